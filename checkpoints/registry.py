@@ -1,0 +1,141 @@
+"""The model registry: named models, where their files are, and how to load them.
+
+Weight files are looked up in the package (shipped defaults, ``checkpoints/weights/``),
+then in the cache: ``$FACEEDIT_HOME``, else ``$XDG_CACHE_HOME/faceedit``, else
+``~/.cache/faceedit``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .native import CheckpointError, load_native, sha256_file
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry row."""
+
+    name: str
+    resolution: int
+    spaces: tuple
+    license: str
+    source: str                      # where it came from (a URL, or "shipped")
+    filename: str                    # folder (native) or file (.pkl/.pt) name
+    mapping_kind: str = "mlp"
+    sha256: str = ""                 # expected hash of the download, where known
+    description: str = ""
+    default_for: tuple = field(default_factory=tuple)  # spaces this model is the default for
+
+
+REGISTRY = {e.name: e for e in [
+    ModelEntry("faces64", 64, ("w", "w+"), "non-commercial research (UTKFace, CelebA)", "shipped",
+               "faces64", "mlp", description="faceedit's own 64 px StyleGAN2 (MLP mapping), trained on "
+               "the train split of UTKFace + CelebA", default_for=("w", "w+")),
+    ModelEntry("faces64-wpp", 64, ("w+", "wpp", "wpp-z"), "non-commercial research (UTKFace, CelebA)",
+               "shipped", "faces64-wpp", "transformer", description="faceedit's own 64 px StyleGAN2 with "
+               "TransStyleGAN's transformer mapping (W++)", default_for=("wpp", "wpp-z")),
+    ModelEntry("stylegan2-ffhq-1024", 1024, ("w", "w+"), "NVIDIA Source Code License-NC",
+               "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
+               "stylegan2-ffhq-1024x1024.pkl", "stylegan2-ffhq-1024x1024.pkl", "mlp",
+               description="NVIDIA's official StyleGAN2 FFHQ (config-f), stylegan2-ada-pytorch pickle"),
+    ModelEntry("stylegan2-ffhq-256", 256, ("w", "w+"), "NVIDIA Source Code License-NC",
+               "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
+               "stylegan2-ffhq-256x256.pkl", "stylegan2-ffhq-256x256.pkl", "mlp",
+               description="NVIDIA's StyleGAN2 FFHQ at 256 px"),
+    ModelEntry("rosinality-ffhq-1024", 1024, ("w", "w+"), "NVIDIA Source Code License-NC (converted weights)",
+               "https://github.com/rosinality/stylegan2-pytorch (converted official weights)",
+               "stylegan2-ffhq-config-f.pt", "mlp", description="rosinality's conversion of the FFHQ model"),
+]}
+
+
+def cache_dir() -> Path:
+    if os.environ.get("FACEEDIT_HOME"):
+        return Path(os.environ["FACEEDIT_HOME"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "faceedit"
+
+
+def list_models() -> list:
+    """Registry entries with where their files are (``None`` if not on this machine)."""
+    return [(e, locate(e.name)) for e in REGISTRY.values()]
+
+
+def locate(name: str) -> Path | None:
+    """Path of a registered model's files, or ``None`` if not present."""
+    e = REGISTRY[name]
+    for base in (WEIGHTS_DIR, cache_dir()):
+        p = base / e.filename
+        if p.exists():
+            return p
+    return None
+
+
+def default_model(space: str) -> str:
+    for e in REGISTRY.values():
+        if space in e.default_for:
+            return e.name
+    raise ValueError(f"no default model for space {space!r}")
+
+
+def models_with_mapping(kind: str) -> list:
+    return [e.name for e in REGISTRY.values() if e.mapping_kind == kind]
+
+
+def resolve(name_or_path) -> tuple:
+    """Turn a registry name or a path into ``(path, registry_name_or_None)``."""
+    s = str(name_or_path)
+    if s in REGISTRY:
+        p = locate(s)
+        if p is None:
+            e = REGISTRY[s]
+            raise CheckpointError(
+                f"model {s!r} is not on this machine. Download it with `faceedit download {s}` "
+                f"(from {e.source}) or place {e.filename} in {cache_dir()}")
+        return p, s
+    p = Path(s).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"{s!r} is neither a known model name ({', '.join(REGISTRY)}) nor an existing "
+                              f"path; `faceedit models` lists what is available")
+    return p, None
+
+
+def load_model(name_or_path, *, device=None, with_discriminator: bool = False) -> dict:
+    """Load any supported checkpoint (native folder/zip, NVIDIA .pkl, rosinality .pt).
+
+    Returns the dict of :func:`load_native`, plus ``model_id`` (``name@sha256[:12]``).
+    """
+    path, reg = resolve(name_or_path)
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pt", ".pth"):
+        from .convert import convert_to_native_in_memory
+
+        out = convert_to_native_in_memory(path)
+        if device is not None:
+            out["G"].to(device)
+        if with_discriminator and out.get("D") is None:
+            raise CheckpointError(f"{path} holds no discriminator")
+    else:
+        out = load_native(path, with_discriminator=with_discriminator, device=device)
+    name = reg or out["config"].get("name") or path.stem
+    out["model_id"] = f"{name}@{out['sha256'][:12]}"
+    out["name"] = name
+    out["path"] = path
+    return out
+
+
+def load_generator(name_or_path, device=None):
+    """Generator module with ``mapping``, ``synthesis``, ``num_ws``, ``w_dim``, ``resolution``,
+    ``mapping_kind``; plus ``model_id`` and ``recipe`` (dict) attributes."""
+    m = load_model(name_or_path, device=device)
+    G = m["G"]
+    G.model_id = m["model_id"]
+    G.recipe = m["config"].get("recipe")
+    return G
+
+
+__all__ = ["REGISTRY", "ModelEntry", "list_models", "locate", "resolve", "load_model", "load_generator",
+           "default_model", "cache_dir", "sha256_file", "models_with_mapping"]

@@ -1,0 +1,57 @@
+"""The ``faceedit`` command line: a click group whose commands are thin wrappers.
+
+Each command lives in its own module of this package and is registered below.
+Exit codes: 0 success, 1 a failed job (``click.ClickException``), 2 a usage error.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from faceedit._version import __version__
+
+# (module, command attribute) in help order; every module here is part of the package.
+_COMMANDS = [
+    ("faceedit.cli.models", "models"),
+    ("faceedit.cli.models", "download"),
+    ("faceedit.cli.models", "convert"),
+    ("faceedit.cli.generate", "generate"),
+    ("faceedit.cli.generate", "mix"),
+]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="faceedit")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to run the networks.")
+@click.pass_context
+def cli(ctx, verbose, quiet, device):
+    """faceedit: invert real photos into StyleGAN latent spaces (W, W+, W++) and edit them.
+
+    \b
+    Examples:
+      faceedit edit photo.jpg --attr smile --strength 2 --out out/
+      faceedit invert photo.jpg --space wpp
+      faceedit models
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["device"] = device
+    ctx.obj["quiet"] = quiet
+
+
+def _register():
+    for mod, attr in _COMMANDS:
+        cli.add_command(getattr(importlib.import_module(mod), attr))
+
+
+_register()
+
+
+def main():
+    cli(prog_name="faceedit")

@@ -1,0 +1,35 @@
+"""Helpers shared by the CLI commands (parsing, turning library errors into exit codes)."""
+from __future__ import annotations
+
+import contextlib
+import re
+
+import click
+
+
+def parse_range(text: str, *, name: str = "seeds") -> list:
+    """``0-7`` / ``1,5,9`` / ``0-3,10`` -> list of ints."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
+        if not m:
+            raise click.BadParameter(f"{part!r} is not a number or a range like 0-7", param_hint=f"--{name}")
+        a, b = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if b < a:
+            raise click.BadParameter(f"range {part!r} runs backwards", param_hint=f"--{name}")
+        if b - a > 100_000:
+            raise click.BadParameter(f"range {part!r} is too long (100000 at most)", param_hint=f"--{name}")
+        out.extend(range(a, b + 1))
+    return out
+
+
+@contextlib.contextmanager
+def job_errors():
+    """Report expected library errors as one line and exit code 1 (never a traceback)."""
+    from faceedit.errors import USER_ERRORS
+
+    try:
+        yield
+    except USER_ERRORS as e:
+        raise click.ClickException(f"{type(e).__name__}: {e}") from e

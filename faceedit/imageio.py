@@ -1,0 +1,140 @@
+"""Image input and output as real users need it.
+
+Input: EXIF orientation applied; RGBA/LA (composited on white), P, CMYK, I;16, L and
+other modes converted to RGB; content sniffed, not trusted from the extension (a PNG
+named ``.jpg`` is fine); a pixel limit against decompression bombs; truncated or
+non-image files raise :class:`ImageLoadError` that names the fix.
+
+Output: PNG/JPEG written atomically; an output never replaces an input file.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from faceedit.checkpoints.atomic import atomic_write_bytes
+
+DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any phone photo, far below a bomb
+MAX_FILE_BYTES = 200 * 1024 * 1024
+
+
+class ImageLoadError(ValueError):
+    """A file that cannot be read as a photo."""
+
+
+def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a photo as ``[H, W, 3]`` RGB uint8 with its EXIF orientation applied.
+
+    Args:
+        path: image file (JPEG, PNG, WebP, BMP, TIFF, ...).
+        max_pixels: refuse images with more pixels than this (``--max-pixels``).
+    Raises:
+        ImageLoadError: missing, empty, truncated, not an image, or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size == 0:
+        raise ImageLoadError(f"{path} is empty (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise ImageLoadError(f"{path} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB "
+                             f"limit for a photo; downscale it first")
+    return decode_image(path.read_bytes(), name=str(path), max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes (see :func:`load_image`)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageLoadError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} MP, over the limit of "
+                                     f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels if you trust the file)")
+            if w < 1 or h < 1:
+                raise ImageLoadError(f"{name} has no pixels ({w}x{h})")
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except ImageLoadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"{name} is not an image faceedit can read ({type(e).__name__}); "
+                             f"pass a JPEG or PNG photo") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt, "
+                             f"re-export or re-download it") from e
+
+
+def to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> RGB uint8 array; transparency is composited on white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=2)
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+        return np.repeat((a * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def encode_image(arr: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """``[H, W, 3]`` uint8 (or float in [0, 1]) -> encoded bytes."""
+    a = np.asarray(arr)
+    if a.dtype != np.uint8:
+        a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    kw = {"quality": quality} if fmt.upper() in ("JPEG", "JPG") else {}
+    Image.fromarray(a).save(buf, format="JPEG" if fmt.upper() == "JPG" else fmt.upper(), **kw)
+    return buf.getvalue()
+
+
+def save_image(path, arr: np.ndarray, *, protect=()) -> Path:
+    """Write an image atomically; the format follows the extension (PNG by default)."""
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+    return atomic_write_bytes(path, encode_image(arr, fmt), protect=protect)
+
+
+def tensor_to_uint8(img) -> np.ndarray:
+    """Generator output ``[N, 3, H, W]`` in [-1, 1] -> ``[N, H, W, 3]`` uint8."""
+    import torch
+
+    x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def uint8_to_tensor(arr: np.ndarray, device=None):
+    """``[H, W, 3]`` or ``[N, H, W, 3]`` uint8 -> ``[N, 3, H, W]`` float in [-1, 1]."""
+    import torch
+
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected [H, W, 3] or [N, H, W, 3] RGB, got {a.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return t.to(device) if device is not None else t
+
+
+def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:
+    """``[N, H, W, 3]`` uint8 -> one grid image (white padding)."""
+    n, h, w, c = images.shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, np.uint8)
+    for i, im in enumerate(images):
+        r, k = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = im
+    return grid

@@ -1,0 +1,159 @@
+"""The ``Latent`` type and its file format (safetensors + JSON metadata, never a pickle)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from faceedit.checkpoints.atomic import atomic_write_bytes
+
+SPACES = ("z", "w", "w+", "wpp", "wpp-z")
+FORMAT_VERSION = 1
+
+
+class LatentFileError(ValueError):
+    """A latent file that cannot be used (wrong format, other model, NaNs, ...)."""
+
+
+@dataclass(frozen=True)
+class Latent:
+    """A point in one of a generator's latent spaces.
+
+    Attributes:
+        space: ``z``, ``w``, ``w+``, ``wpp`` or ``wpp-z`` (see ``inversion.spaces``).
+        codes: ``[B, num_ws, w_dim]`` per-layer codes in W/W+/W++ (for ``w`` the code is
+            stored broadcast to every layer). For ``wpp-z`` the optimised per-token z live
+            in ``z`` and ``codes`` holds their mapping, so any consumer can synthesise.
+        model_id: the generator's id (``name@sha256-prefix``); edits and synthesis
+            refuse a latent from another model.
+        z: ``[B, ...]`` input latents when the space is ``z`` or ``wpp-z``.
+        noise: optimised noise maps, one ``[B, 1, r, r]`` per styled conv, if any.
+        tuning: pivotal-tuning weight deltas ``{param_name: tensor}``, if any.
+        meta: free JSON metadata (source photo, alignment matrix, losses, ...).
+    """
+
+    space: str
+    codes: torch.Tensor
+    model_id: str
+    z: torch.Tensor | None = None
+    noise: tuple | None = None
+    tuning: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise ValueError(f"unknown latent space {self.space!r}; expected one of {', '.join(SPACES)}")
+        if not isinstance(self.codes, torch.Tensor) or self.codes.ndim != 3:
+            raise ValueError(f"Latent.codes must be a [B, num_ws, w_dim] tensor, got "
+                             f"{getattr(self.codes, 'shape', type(self.codes))}")
+        if not torch.isfinite(self.codes).all():
+            raise LatentFileError("latent codes contain NaN or Inf; re-run the inversion "
+                                  "(a diverged optimisation) or pass a valid latent file")
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.codes.shape[0])
+
+    def __getitem__(self, i: int) -> "Latent":
+        """The ``i``-th latent of the batch, as a batch of one."""
+        sl = slice(i, i + 1)
+        return replace(self, codes=self.codes[sl], z=None if self.z is None else self.z[sl],
+                       noise=None if self.noise is None else tuple(n[sl] for n in self.noise))
+
+    def to(self, device) -> "Latent":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, codes=self.codes.to(device), z=mv(self.z),
+                       noise=None if self.noise is None else tuple(n.to(device) for n in self.noise),
+                       tuning=None if self.tuning is None else {k: v.to(device) for k, v in self.tuning.items()})
+
+    def with_codes(self, codes: torch.Tensor, **meta) -> "Latent":
+        """Same latent with new codes (an edit); the space becomes W+-like if ``z`` no longer matches."""
+        return replace(self, codes=codes, meta={**self.meta, **meta})
+
+    def check_model(self, model_id: str) -> None:
+        """Raise ``LatentFileError`` unless this latent belongs to ``model_id``."""
+        if self.model_id != model_id:
+            raise LatentFileError(f"this latent belongs to model {self.model_id!r}, not {model_id!r}; "
+                                  f"pass --model {self.model_id.split('@')[0]} or invert the photo again "
+                                  f"with this model")
+
+    # -- file format -----------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write atomically as ``.safetensors`` with the metadata in its JSON header."""
+        from safetensors.torch import save
+
+        tensors = {"codes": self.codes.detach().float().cpu().contiguous()}
+        if self.z is not None:
+            tensors["z"] = self.z.detach().float().cpu().contiguous()
+        for i, n in enumerate(self.noise or ()):
+            tensors[f"noise.{i}"] = n.detach().float().cpu().contiguous()
+        for k, v in (self.tuning or {}).items():
+            tensors[f"tuning.{k}"] = v.detach().float().cpu().contiguous()
+        header = {"format": "faceedit.latent", "version": str(FORMAT_VERSION), "space": self.space,
+                  "model_id": self.model_id, "meta": json.dumps(self.meta, default=_json_default)}
+        return atomic_write_bytes(path, save(tensors, metadata=header))
+
+    @classmethod
+    def load(cls, path, *, max_bytes: int = 1 << 30) -> "Latent":
+        """Read a latent file written by :meth:`save`; refuses pickles and foreign files."""
+        return _load_latent(Path(path), max_bytes)
+
+
+def _json_default(o):
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def _load_latent(path: Path, max_bytes: int) -> Latent:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not path.is_file():
+        raise LatentFileError(f"latent file {path} does not exist; run `faceedit invert PHOTO` first")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise LatentFileError(f"{path} is {size} bytes, over the {max_bytes}-byte limit for latent files")
+    data = path.read_bytes()
+    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+        raise LatentFileError(f"{path} is a pickle/torch file; faceedit reads latents only as "
+                              f".safetensors written by `faceedit invert` (pickles can run code)")
+    try:
+        tensors = load(data)
+        header = _read_header(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise LatentFileError(f"{path} is not a valid faceedit latent file ({e}); "
+                              f"write one with `faceedit invert`") from e
+    meta = header.get("__metadata__", {}) or {}
+    if meta.get("format") != "faceedit.latent" or "codes" not in tensors:
+        raise LatentFileError(f"{path} is a safetensors file but not a faceedit latent "
+                              f"(format={meta.get('format')!r}); write one with `faceedit invert`")
+    noise = tuple(tensors[f"noise.{i}"] for i in range(len([k for k in tensors if k.startswith("noise.")])))
+    tuning = {k[len("tuning."):]: v for k, v in tensors.items() if k.startswith("tuning.")}
+    try:
+        extra = json.loads(meta.get("meta", "{}"))
+    except json.JSONDecodeError as e:
+        raise LatentFileError(f"{path}: metadata is not valid JSON ({e})") from e
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise LatentFileError(f"{path}: tensor {name!r} holds NaN or Inf; the file is damaged or came "
+                                  f"from a diverged optimisation; invert the photo again")
+    return Latent(space=meta.get("space", ""), codes=tensors["codes"], model_id=meta.get("model_id", ""),
+                  z=tensors.get("z"), noise=noise or None, tuning=tuning or None, meta=extra)
+
+
+def _read_header(data: bytes) -> dict:
+    import struct
+
+    if len(data) < 8:
+        raise ValueError("file too short")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > len(data) - 8:
+        raise ValueError("header length past end of file")
+    return json.loads(data[8:8 + n])

@@ -1,0 +1,287 @@
+"""StyleGAN2 generator (skip architecture) and residual discriminator, in plain PyTorch.
+
+Faithful to the paper and the official configuration: equalised learning rate, learned
+4x4 constant, modulated convolutions with demodulation (toRGB modulated, not
+demodulated), per-layer noise with a learned strength, [1, 3, 3, 1] FIR resampling,
+skip-connected toRGB outputs, and the choice of mapping network (``mlp`` for W,
+``transformer`` for W++). Any power-of-two resolution from 16 to 1024.
+
+Code layout of ``ws`` (``num_ws = 2 * log2(resolution) - 2``): layer 0 is the 4x4 conv,
+layer 1 the 4x4 toRGB and, for every later block, ``2k`` / ``2k + 1`` its two convs and
+``2k + 1`` also its toRGB -- the toRGB of a block shares its code with the next block's
+first conv, as in the official implementation.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import EqualConv2d, EqualLinear
+from .mapping import MappingMLP, MappingTransformer
+from .ops import downsample2d, lrelu_gain, make_fir, modulated_conv2d, upsample2d
+
+
+def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:
+    """Channels per resolution: ``min(channel_base // res, channel_max)`` (NVIDIA's rule)."""
+    return {2 ** i: min(channel_base // 2 ** i, channel_max) for i in range(2, int(math.log2(resolution)) + 1)}
+
+
+def _check_resolution(resolution: int) -> int:
+    log = math.log2(resolution) if resolution > 0 else -1
+    if log != int(log) or not 16 <= resolution <= 1024:
+        raise ValueError(f"resolution must be a power of two in 16..1024, got {resolution}")
+    return int(log)
+
+
+class StyledConv(nn.Module):
+    """Modulated 3x3 conv + noise + bias + leaky ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, up: bool = False):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
+        self.scale = 1 / math.sqrt(in_ch * 9)
+        self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
+        self.register_buffer("fir", make_fir(), persistent=False)
+        self.up, self.resolution = up, resolution
+
+    def forward(self, x, w, noise_mode="const", noise=None, fused=True):
+        styles = self.affine(w)
+        x = modulated_conv2d(x, self.weight * self.scale, styles, up=self.up, fir=self.fir, fused=fused)
+        if noise is None and noise_mode == "random":
+            noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
+        elif noise is None and noise_mode == "const":
+            noise = self.noise_const
+        if noise is not None:
+            x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
+        return lrelu_gain(x + self.bias.to(x.dtype).view(1, -1, 1, 1))
+
+
+class ToRGB(nn.Module):
+    """Modulated 1x1 conv to RGB, not demodulated, plus the up-sampled skip."""
+
+    def __init__(self, in_ch: int, w_dim: int, img_channels: int = 3):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(img_channels, in_ch, 1, 1))
+        self.scale = 1 / math.sqrt(in_ch)
+        self.bias = nn.Parameter(torch.zeros(img_channels))
+        self.register_buffer("fir", make_fir(), persistent=False)
+
+    def forward(self, x, w, skip=None, fused=True):
+        y = modulated_conv2d(x, self.weight * self.scale, self.affine(w), demodulate=False, fused=fused)
+        y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        if skip is not None:
+            y = y + upsample2d(skip, self.fir)
+        return y
+
+
+class SynthesisNetwork(nn.Module):
+    """Synthesis network: ``ws [N, num_ws, w_dim] -> image [N, 3, R, R]`` in about [-1, 1]."""
+
+    def __init__(self,
+                 w_dim: int,                  # Intermediate latent (W) dimensionality.
+                 resolution: int,             # Output resolution (power of two, 16..1024).
+                 channel_base: int = 32768,   # Overall multiplier for the number of channels.
+                 channel_max: int = 512,      # Maximum number of channels in any layer.
+                 img_channels: int = 3,       # Number of output colour channels.
+                 ):
+        super().__init__()
+        self.log_res = _check_resolution(resolution)
+        self.w_dim, self.resolution = w_dim, resolution
+        self.channels = channels_for(resolution, channel_base, channel_max)
+        self.num_ws = 2 * self.log_res - 2
+        ch = self.channels
+        self.const = nn.Parameter(torch.randn(1, ch[4], 4, 4))
+        self.conv1 = StyledConv(ch[4], ch[4], w_dim, 4)
+        self.torgb1 = ToRGB(ch[4], w_dim, img_channels)
+        self.convs_up, self.convs, self.torgbs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i in range(3, self.log_res + 1):
+            r = 2 ** i
+            self.convs_up.append(StyledConv(ch[r // 2], ch[r], w_dim, r, up=True))
+            self.convs.append(StyledConv(ch[r], ch[r], w_dim, r))
+            self.torgbs.append(ToRGB(ch[r], w_dim, img_channels))
+
+    def noise_buffers(self) -> list:
+        """The constant noise maps, one per styled conv, in layer order."""
+        return [self.conv1.noise_const] + [b for c, d in zip(self.convs_up, self.convs)
+                                           for b in (c.noise_const, d.noise_const)]
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None,
+                fused: bool = True) -> torch.Tensor:
+        """Synthesise images.
+
+        Args:
+            ws: ``[N, num_ws, w_dim]`` per-layer codes.
+            noise_mode: ``const`` (the stored maps), ``random`` or ``none``.
+            noise: optional explicit list of noise maps (one per styled conv), overriding
+                ``noise_mode``; used by inversion when noise is optimised.
+            fused: see :func:`networks.ops.modulated_conv2d`.
+        """
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"synthesis expects ws of shape [N, {self.num_ws}, {self.w_dim}], "
+                             f"got {tuple(ws.shape)}")
+        if noise_mode not in ("const", "random", "none"):
+            raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+        if noise is not None and len(noise) != 1 + 2 * len(self.convs):
+            raise ValueError(f"expected {1 + 2 * len(self.convs)} noise maps, got {len(noise)}")
+        nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
+        x = self.const.to(ws.dtype).expand(ws.shape[0], -1, -1, -1)
+        x = self.conv1(x, ws[:, 0], noise_mode, nz(0), fused)
+        img = self.torgb1(x, ws[:, 1], fused=fused)
+        for k, (cu, cv, rgb) in enumerate(zip(self.convs_up, self.convs, self.torgbs)):
+            x = cu(x, ws[:, 2 * k + 1], noise_mode, nz(2 * k + 1), fused)
+            x = cv(x, ws[:, 2 * k + 2], noise_mode, nz(2 * k + 2), fused)
+            img = rgb(x, ws[:, 2 * k + 3], img, fused=fused)
+        return img
+
+
+class Generator(nn.Module):
+    """Mapping + synthesis with the seam inversion needs.
+
+    Attributes:
+        mapping: ``MappingMLP`` (space W) or ``MappingTransformer`` (space W++).
+        synthesis: ``SynthesisNetwork``.
+        num_ws, w_dim, z_dim, resolution, mapping_kind: the facts callers need.
+    """
+
+    def __init__(self,
+                 z_dim: int = 512,            # Input latent (Z) dimensionality.
+                 w_dim: int = 512,            # Intermediate latent (W) dimensionality.
+                 resolution: int = 1024,      # Output resolution.
+                 mapping_kind: str = "mlp",   # 'mlp' (StyleGAN2, W) or 'transformer' (W++).
+                 mapping_layers: int = 8,     # FC layers of the MLP mapping.
+                 mapping_blocks: int = 4,     # Attention blocks of the transformer mapping.
+                 mapping_heads: int = 4,      # Attention heads of the transformer mapping.
+                 mapping_lr_mul: float = 0.01,  # Learning-rate multiplier of the mapping.
+                 channel_base: int = 32768,   # Channel multiplier (32768 = config-f).
+                 channel_max: int = 512,      # Maximum channels.
+                 img_channels: int = 3,       # Output colour channels.
+                 ):
+        super().__init__()
+        self.synthesis = SynthesisNetwork(w_dim, resolution, channel_base, channel_max, img_channels)
+        self.num_ws, self.w_dim, self.z_dim, self.resolution = self.synthesis.num_ws, w_dim, z_dim, resolution
+        if mapping_kind == "mlp":
+            self.mapping = MappingMLP(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul)
+        elif mapping_kind == "transformer":
+            self.mapping = MappingTransformer(z_dim, w_dim, self.num_ws, mapping_blocks, mapping_heads,
+                                              lr_mul=mapping_lr_mul)
+        else:
+            raise ValueError(f"mapping_kind must be 'mlp' or 'transformer', got {mapping_kind!r}")
+        self.mapping_kind = mapping_kind
+        self.config = dict(z_dim=z_dim, w_dim=w_dim, resolution=resolution, mapping_kind=mapping_kind,
+                           mapping_layers=mapping_layers, mapping_blocks=mapping_blocks,
+                           mapping_heads=mapping_heads, mapping_lr_mul=mapping_lr_mul,
+                           channel_base=channel_base, channel_max=channel_max, img_channels=img_channels)
+
+    @property
+    def z_shape(self) -> tuple:
+        """Shape of one z sample: ``(z_dim,)`` for W, ``(num_ws, z_dim)`` for W++."""
+        return self.mapping.z_shape
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        """Mean code broadcast to ``[num_ws, w_dim]``."""
+        return self.mapping.w_avg.reshape(-1, self.w_dim).expand(self.num_ws, -1)
+
+    def sample_z(self, n: int, *, seed: int | None = None, generator: torch.Generator | None = None,
+                 device=None) -> torch.Tensor:
+        """Standard-normal z of the shape this mapping takes (deterministic for a seed)."""
+        if seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
+        z = torch.randn((n, *self.z_shape), generator=generator)
+        return z.to(device if device is not None else self.synthesis.const.device)
+
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, truncation_cutoff: int | None = None,
+                noise_mode: str = "const", mixing_z: torch.Tensor | None = None,
+                mixing_cutoff: int | None = None) -> torch.Tensor:
+        """z -> image; optional style mixing: layers from ``mixing_cutoff`` on use ``mixing_z``."""
+        ws = self.mapping(z, truncation_psi, truncation_cutoff)
+        if mixing_z is not None:
+            ws2 = self.mapping(mixing_z, truncation_psi, truncation_cutoff)
+            cut = self.num_ws // 2 if mixing_cutoff is None else mixing_cutoff
+            ws = torch.cat([ws[:, :cut], ws2[:, cut:]], dim=1)
+        return self.synthesis(ws, noise_mode=noise_mode)
+
+
+class MinibatchStd(nn.Module):
+    """Appends the std of features over groups of ``group_size`` samples as one channel.
+
+    ``group_size=1`` makes every sample its own group (std 0): the layer then carries no
+    cross-sample information, which per-sample gradients (GSNR) need.
+    """
+
+    def __init__(self, group_size: int = 4):
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g:
+            g = 1
+        y = x.float().reshape(g, -1, c, h, w)
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])  # [n/g]
+        y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w).to(x.dtype)
+        return torch.cat([x, y], dim=1)
+
+
+class DiscBlock(nn.Module):
+    """Residual discriminator block: two 3x3 convs with down-sampling and a 1x1 skip."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv0 = EqualConv2d(in_ch, in_ch, 3, activation="lrelu")
+        self.conv1 = EqualConv2d(in_ch, out_ch, 3, activation="lrelu")
+        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
+        self.register_buffer("fir", make_fir(), persistent=False)
+
+    def forward(self, x):
+        y = self.skip(downsample2d(x, self.fir))
+        x = self.conv1(downsample2d(self.conv0(x), self.fir))
+        return (x + y) * (1 / math.sqrt(2))
+
+
+class Discriminator(nn.Module):
+    """StyleGAN2 residual discriminator; ``features()`` exposes its per-scale activations."""
+
+    def __init__(self,
+                 resolution: int,             # Input resolution.
+                 channel_base: int = 32768,   # Channel multiplier.
+                 channel_max: int = 512,      # Maximum channels.
+                 img_channels: int = 3,       # Input colour channels.
+                 mbstd_group: int = 4,        # Minibatch-std group size (1 = per sample).
+                 ):
+        super().__init__()
+        log = _check_resolution(resolution)
+        ch = channels_for(resolution, channel_base, channel_max)
+        self.resolution = resolution
+        self.config = dict(resolution=resolution, channel_base=channel_base, channel_max=channel_max,
+                           img_channels=img_channels, mbstd_group=mbstd_group)
+        self.from_rgb = EqualConv2d(img_channels, ch[resolution], 1, activation="lrelu")
+        self.blocks = nn.ModuleList([DiscBlock(ch[2 ** i], ch[2 ** (i - 1)]) for i in range(log, 2, -1)])
+        self.mbstd = MinibatchStd(mbstd_group)
+        self.conv = EqualConv2d(ch[4] + 1, ch[4], 3, activation="lrelu")
+        self.fc = EqualLinear(ch[4] * 16, ch[4], activation="lrelu")
+        self.out = EqualLinear(ch[4], 1)
+
+    def features(self, img: torch.Tensor) -> list:
+        """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
+        if img.ndim != 4 or img.shape[2:] != (self.resolution, self.resolution):
+            raise ValueError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
+                             f"got {tuple(img.shape)}")
+        x = self.from_rgb(img)
+        feats = [x]
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.features(img)[-1]
+        x = self.conv(self.mbstd(x))
+        return self.out(self.fc(x.flatten(1)))
