@@ -19,6 +19,16 @@ _COMMANDS = [
     ("faceedit.cli.models", "convert"),
     ("faceedit.cli.generate", "generate"),
     ("faceedit.cli.generate", "mix"),
+    # Each line below is enabled by the change that adds its module:
+    # ("faceedit.cli.align", "align"),
+    # ("faceedit.cli.score", "score"),
+    # ("faceedit.cli.bench", "bench"),
+    # ("faceedit.cli.train", "dataset"),
+    # ("faceedit.cli.train", "train"),
+    # ("faceedit.cli.invert", "invert"),
+    # ("faceedit.cli.edit", "edit"),
+    # ("faceedit.cli.edit", "directions"),
+    # ("faceedit.cli.encoder", "train_encoder"),
 ]
 
 
