@@ -1,0 +1,284 @@
+"""Tests for faceedit.editing: direction files, fitting (InterFaceGAN, conditional, GANSpace, SeFa), edits."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from faceedit.editing import Direction, DirectionError, DirectionFileError, edit
+from faceedit.editing.apply import displacement
+from faceedit.editing.direction import direction_filename, find_direction, list_directions
+from faceedit.editing.fit import (affines_for_layer, condition, fit_direction, fit_svm, ganspace, latent_std,
+                                  project_off, sample_and_score, sample_codes, sefa, sefa_weights)
+from faceedit.inversion.latent import Latent
+from faceedit.networks import Generator
+
+MID = "tiny@0123456789ab"
+
+
+def _dir(attr="smile", rows=1, num_ws=6, w_dim=8, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return Direction.from_vector(torch.randn(rows, w_dim, generator=g), space=kw.pop("space", "w"), attribute=attr,
+                                 model_id=kw.pop("model_id", MID), num_ws=num_ws, **kw)
+
+
+def _latent(space="w", B=2, num_ws=6, w_dim=8, model_id=MID, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(B, 1 if space == "w" else num_ws, w_dim, generator=g).expand(B, num_ws, w_dim).clone()
+    return Latent(space=space, codes=c, model_id=model_id)
+
+
+@pytest.fixture(scope="module")
+def tiny_G():
+    torch.manual_seed(0)
+    return Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=128, channel_max=16).eval()
+
+
+# -- direction files ----------------------------------------------------------------
+def test_direction_round_trip(tmp_path):
+    d = _dir("Smiling", layers=(0, 1, 2, 3), conditions=("gender", "Eyeglasses"), latent_std=0.37, scorer="clf@x",
+             samples=1000, fraction=0.02, accuracy=0.95, meta={"train_accuracy": 0.97})
+    assert d.attribute == "smile" and d.conditions == ("male", "eyeglasses")
+    p = d.save(tmp_path)
+    assert p.name == "tiny_smile_w_l0-3_c-eyeglasses-male.safetensors"
+    e = Direction.load(p)
+    assert torch.equal(e.vector, d.vector)
+    for f in ("space", "attribute", "model_id", "num_ws", "layers", "conditions", "method", "latent_std",
+              "scorer", "samples", "fraction", "accuracy", "meta"):
+        assert getattr(e, f) == getattr(d, f), f
+    assert abs(float(e.vector.norm()) - 1) < 1e-6
+
+
+def test_filenames_carry_what_defines_them():
+    assert direction_filename("faces64", "smile", "w") == "faces64_smile_w.safetensors"
+    assert direction_filename("faces64", "age", "w", conditions=("gender",)) == "faces64_age_w_c-male.safetensors"
+    assert direction_filename("faces64-wpp", "yaw", "wpp", layers=range(10), num_ws=10) == \
+        "faces64-wpp_yaw_wpp.safetensors"
+    assert direction_filename("m", "Wearing_Hat", "w+", layers=(1, 3)) == "m_wearing-hat_wp_l1.3.safetensors"
+
+
+def test_refuses_pickles_nan_and_wrong_shapes(tmp_path):
+    from safetensors.torch import save_file
+
+    p = tmp_path / "boundary.pt"
+    torch.save({"vector": torch.ones(1, 8)}, p)
+    with pytest.raises(DirectionFileError, match="safetensors"):
+        Direction.load(p)
+    q = tmp_path / "evil.safetensors"
+    q.write_bytes(p.read_bytes())  # a pickle renamed
+    with pytest.raises(DirectionFileError, match="pickle"):
+        Direction.load(q)
+    n = tmp_path / "b.npy"
+    np.save(n, np.ones(8))
+    with pytest.raises(DirectionFileError, match="from_vector"):
+        Direction.load(n)
+
+    good = _dir()
+    meta = json.loads(json.dumps(good.metadata()))
+
+    def write(name, vec, m=meta, fmt="faceedit.direction"):
+        f = tmp_path / name
+        save_file({"vector": vec}, f, metadata={"format": fmt, "version": "1", "direction": json.dumps(m)})
+        return f
+
+    bad = good.vector.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(DirectionFileError, match="NaN"):
+        Direction.load(write("nan.safetensors", bad))
+    with pytest.raises(DirectionFileError, match="rows"):
+        Direction.load(write("rows.safetensors", torch.ones(3, 8) / math.sqrt(24)))
+    with pytest.raises(DirectionFileError, match="w_dim"):
+        Direction.load(write("wdim.safetensors", torch.ones(1, 4) / 2))
+    with pytest.raises(DirectionFileError, match="norm"):
+        Direction.load(write("norm.safetensors", good.vector * 3))
+    with pytest.raises(DirectionFileError, match="not a faceedit direction"):
+        Direction.load(write("foreign.safetensors", good.vector, fmt="something"))
+    with pytest.raises(DirectionFileError, match="does not exist"):
+        Direction.load(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(DirectionFileError):
+        Direction.load(tmp_path / "junk.safetensors")
+    assert issubclass(DirectionFileError, ValueError)
+
+
+# -- conditional manipulation ---------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_project_off_is_orthogonal_to_every_condition(k):
+    rng = np.random.default_rng(k)
+    for _ in range(5):
+        n = rng.normal(size=64)
+        C = [rng.normal(size=64) + 0.8 * n for _ in range(k)]  # correlated with n, not orthogonal to each other
+        r = project_off(n, C).numpy()
+        assert abs(np.linalg.norm(r) - 1) < 1e-9
+        for c in C:
+            assert abs(r @ c) < 1e-8 * np.linalg.norm(c)
+        assert r @ n > 0  # still points the primal way
+        # it is the closest unit vector to n in the orthogonal complement: residual of lstsq
+        Q, _ = np.linalg.qr(np.stack(C, 1))
+        ref = n - Q @ (Q.T @ n)
+        assert np.allclose(r, ref / np.linalg.norm(ref), atol=1e-9)
+
+
+def test_condition_direction_and_degenerate():
+    age, male, glasses = _dir("age", seed=1), _dir("male", seed=2), _dir("eyeglasses", seed=3)
+    c = condition(age, [male, glasses])
+    assert c.conditions == ("eyeglasses", "male") and c.key == "age|eyeglasses,male"
+    assert abs(float(c.vector.reshape(-1) @ male.vector.reshape(-1))) < 1e-6
+    assert abs(float(c.vector.reshape(-1) @ glasses.vector.reshape(-1))) < 1e-6
+    assert c.filename() == "tiny_age_w_c-eyeglasses-male.safetensors"
+    with pytest.raises(DirectionError, match="span"):
+        condition(age, [age])
+    with pytest.raises(DirectionError, match="one model"):
+        condition(age, [_dir("male", model_id="other@1")])
+
+
+# -- InterFaceGAN SVM -------------------------------------------------------------------
+def test_svm_recovers_planted_direction():
+    rng = np.random.default_rng(0)
+    D, N = 32, 20000
+    n = rng.normal(size=D)
+    n /= np.linalg.norm(n)
+    X = rng.normal(size=(N, D)) * rng.uniform(0.5, 2.0, size=D)  # anisotropic, like W
+    scores = X @ n + 0.3 * rng.normal(size=N)
+    normal, info = fit_svm(X, scores, fraction=0.05)
+    assert normal @ n > 0.9
+    assert info["accuracy"] > 0.95 and info["n_kept"] == 2000
+    normal2, _ = fit_svm(X, -scores, fraction=0.05)
+    assert normal2 @ n < -0.9  # sign follows the scores
+    with pytest.raises(ValueError, match="sample more"):
+        fit_svm(X[:50], scores[:50])
+
+
+def test_fit_direction_per_layer_and_std():
+    rng = np.random.default_rng(1)
+    num_ws, w_dim, N = 4, 6, 6000
+    X = rng.normal(size=(N, num_ws, w_dim))
+    planted = np.zeros((num_ws, w_dim))
+    planted[2, :] = 1
+    s = (X * planted).sum((1, 2))
+    d = fit_direction(X, s, attribute="thing", model_id=MID, num_ws=num_ws, fraction=0.05, scorer="stub")
+    assert d.space == "wpp" and d.per_layer and d.vector.shape == (num_ws, w_dim)
+    v = d.vector.numpy()
+    assert (v * planted).sum() / np.linalg.norm(planted) > 0.9
+    assert abs(d.latent_std - 1.0) < 0.1  # unit-variance codes: std along any unit vector ~ 1
+    assert d.scorer == "stub" and d.samples == N and 0.9 < d.accuracy <= 1
+
+
+# -- GANSpace / SeFa --------------------------------------------------------------------
+def test_ganspace_finds_principal_axes():
+    rng = np.random.default_rng(2)
+    w_dim = 10
+    Q, _ = np.linalg.qr(rng.normal(size=(w_dim, w_dim)))
+    sd = np.linspace(5, 0.5, w_dim)
+    X = (rng.normal(size=(20000, w_dim)) * sd) @ Q.T
+    dirs = ganspace(X, model_id=MID, num_ws=6, k=3, layers=range(0, 2))
+    V = np.stack([d.vector.numpy()[0] for d in dirs])
+    assert np.allclose(V @ V.T, np.eye(3), atol=1e-6)
+    for i, d in enumerate(dirs):
+        assert abs(abs(V[i] @ Q[:, i]) - 1) < 1e-2
+        assert abs(d.latent_std / sd[i] - 1) < 0.03
+        assert d.layers == (0, 1) and d.method == "ganspace" and d.attribute == f"pc{i}"
+
+
+def test_sefa_properties(tiny_G):
+    G = tiny_G
+    # every style affine reads exactly one layer of ws
+    owners = {}
+    for li in range(G.num_ws):
+        for m in affines_for_layer(G.synthesis, li):
+            assert id(m) not in owners
+            owners[id(m)] = li
+    all_affines = [m for m in G.synthesis.modules() if hasattr(m, "in_features") and m.in_features == G.w_dim]
+    assert len(owners) == len(all_affines)
+    dirs = sefa(G, model_id=MID, k=4, layers=(0, 1, 2))
+    V = np.stack([d.vector.numpy()[0] for d in dirs])
+    assert np.allclose(V @ V.T, np.eye(4), atol=1e-5)
+    A = sefa_weights(G, (0, 1, 2))
+    A = A / np.linalg.norm(A, axis=1, keepdims=True)
+    gains = [np.linalg.norm(A @ v) for v in V]
+    assert gains == sorted(gains, reverse=True)
+    rnd = np.random.default_rng(0).normal(size=(200, G.w_dim))
+    rnd /= np.linalg.norm(rnd, axis=1, keepdims=True)
+    assert gains[0] >= np.linalg.norm(rnd @ A.T, axis=1).max() - 1e-9  # top eigenvector maximises |A v|
+    assert all(d.latent_std > 0 and d.layers == (0, 1, 2) for d in dirs)
+
+
+# -- applying edits -----------------------------------------------------------------------
+def test_edit_strength_zero_is_identity_and_scale():
+    d = _dir(latent_std=0.5)
+    lat = _latent()
+    out = edit(lat, {d: 0.0})
+    assert torch.equal(out.codes, lat.codes) and out.space == "w"
+    for s in (-3.0, 1.0, 2.5):
+        o = edit(lat, {d: s})
+        delta = o.codes - lat.codes
+        proj = (delta @ d.vector[0]).numpy()
+        assert np.allclose(proj, s * 0.5, atol=1e-5)  # every layer moves by s * std along n
+        assert torch.allclose(delta, torch.from_numpy(proj)[..., None] * d.vector[0], atol=1e-5)  # only along n
+        o2 = edit(lat, {d: s}, strength_unit="distance")
+        assert np.allclose(((o2.codes - lat.codes) @ d.vector[0]).numpy(), s, atol=1e-5)
+    assert out.meta["edits"][0]["attribute"] == "smile"
+
+
+def test_edit_several_layers_and_spaces():
+    a, b = _dir("smile", seed=1, latent_std=2.0), _dir("age", seed=2, latent_std=0.3)
+    lat = _latent()
+    both = edit(lat, {a: 1.0, b: -2.0})
+    seq = edit(edit(lat, {a: 1.0}), {b: -2.0})
+    assert torch.allclose(both.codes, seq.codes, atol=1e-6)
+    assert len(seq.meta["edits"]) == 2
+    part = edit(lat, {a: 1.0}, layers=range(0, 2))
+    assert part.space == "w+"  # only some layers moved
+    assert torch.equal(part.codes[:, 2:], lat.codes[:, 2:]) and not torch.equal(part.codes[:, :2], lat.codes[:, :2])
+    # W++ per-layer direction on a wpp-z latent -> wpp, z dropped
+    p = _dir("smile", rows=6, space="wpp")
+    zl = Latent(space="wpp-z", codes=torch.randn(1, 6, 8), model_id=MID, z=torch.randn(1, 6, 8))
+    e = edit(zl, {p: 1.0})
+    assert e.space == "wpp" and e.z is None
+    assert torch.allclose(e.codes - zl.codes, p.vector * p.latent_std, atol=1e-6)
+
+
+def test_wrong_model_space_and_names_refused(tmp_path):
+    d = _dir()
+    with pytest.raises(DirectionError, match="other@"):
+        edit(_latent(model_id="other@fff"), {d: 1})
+    with pytest.raises(DirectionError, match="space"):
+        edit(Latent(space="wpp", codes=torch.randn(1, 6, 8), model_id=MID), {d: 1})
+    with pytest.raises(DirectionError, match="architecture"):
+        edit(Latent(space="w", codes=torch.randn(1, 6, 4), model_id=MID), {_dir(w_dim=4, num_ws=7): 1})
+    with pytest.raises(DirectionError, match="number"):
+        edit(_latent(), {d: "lots"})
+    d.save(tmp_path)
+    condition(_dir("age", seed=4), [d]).save(tmp_path)
+    _dir("age", seed=4).save(tmp_path)
+    assert len(list_directions(folder=tmp_path)) == 3
+    out = edit(_latent(), {"smiling": 1, "age|smile": 1}, directions=tmp_path)
+    assert [e["attribute"] for e in out.meta["edits"]] == ["smile", "age|smile"]
+    with pytest.raises(DirectionError, match="available: age, age\\|smile, smile"):
+        edit(_latent(), {"eyeglasses": 1}, directions=tmp_path)
+    with pytest.raises(DirectionError, match="exists only for model"):
+        find_direction("other@1", "smile", "w", candidates=[d])
+
+
+# -- fitting against a generator --------------------------------------------------------------
+def test_fit_on_tiny_generator_moves_the_score(tiny_G):
+    G = tiny_G
+
+    def scorer(img):  # stub: redness of the image (stands in for an attribute classifier)
+        return {"redness": img[:, 0].mean((1, 2)) - img[:, 1:].mean((1, 2, 3))}
+
+    codes, scores = sample_and_score(G, scorer, 3000, seed=0, batch=500)
+    assert codes.shape == (3000, G.w_dim) and scores["redness"].shape == (3000,)
+    d = fit_direction(codes, scores["redness"], attribute="redness", model_id=MID, num_ws=G.num_ws,
+                      fraction=0.05, scorer="stub")
+    assert d.accuracy > 0.8
+    assert abs(d.latent_std - latent_std(sample_codes(G, 2000, seed=5), d.vector)) < 0.1 * d.latent_std
+    ws = G.mapping(G.sample_z(64, seed=9))
+    lat = Latent(space="w", codes=ws, model_id=MID)
+    with torch.no_grad():
+        s0 = scorer(G.synthesis(ws))["redness"]
+        s_up = scorer(G.synthesis(edit(lat, {d: 2}).codes))["redness"]
+        s_dn = scorer(G.synthesis(edit(lat, {d: -2}).codes))["redness"]
+    assert (s_up > s0).float().mean() > 0.8 and (s_dn < s0).float().mean() > 0.8
+    assert torch.allclose(displacement(d, 1.0).sum(0) / G.num_ws, d.vector[0] * d.latent_std, atol=1e-6)
