@@ -147,14 +147,20 @@ def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3,
     return normal / norm, info
 
 
-def latent_std(codes, vector) -> float:
-    """Standard deviation of ``codes`` projected on ``vector`` (flattened, unit-normalised)."""
-    X = np.asarray(codes, dtype=np.float64).reshape(len(codes), -1)
+def latent_std(codes, vector, *, chunk: int = 16384) -> float:
+    """Standard deviation of ``codes`` projected on ``vector`` (flattened, unit-normalised).
+
+    A ``[w_dim]`` vector against ``[N, num_ws, w_dim]`` codes pools every layer's projection.
+    Computed in chunks, so 100k W++ codes need no float64 copy.
+    """
+    codes = np.asarray(codes)
     v = np.asarray(vector, dtype=np.float64).reshape(-1)
+    v = (v / np.linalg.norm(v)).astype(np.float32)
+    X = codes.reshape(len(codes), -1)
     if X.shape[1] != v.size:
-        # a [w_dim] direction against [N, num_ws, w_dim] codes: project every layer, pool
         X = X.reshape(-1, v.size)
-    return float(np.std(X @ (v / np.linalg.norm(v))))
+    proj = np.concatenate([X[i:i + chunk].astype(np.float32) @ v for i in range(0, len(X), chunk)])
+    return float(np.std(proj.astype(np.float64)))
 
 
 def fit_direction(codes, scores, *, attribute: str, model_id: str, num_ws: int, space: str | None = None,

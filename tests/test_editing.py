@@ -282,3 +282,24 @@ def test_fit_on_tiny_generator_moves_the_score(tiny_G):
         s_dn = scorer(G.synthesis(edit(lat, {d: -2}).codes))["redness"]
     assert (s_up > s0).float().mean() > 0.8 and (s_dn < s0).float().mean() > 0.8
     assert torch.allclose(displacement(d, 1.0).sum(0) / G.num_ws, d.vector[0] * d.latent_std, atol=1e-6)
+
+
+def test_fit_job_runs_at_tiny_size(tmp_path, tiny_G):
+    from faceedit.checkpoints.native import save_native
+    from faceedit.editing import fit_job
+    from faceedit.metrics.attributes import AttrNet, save_attrnet
+
+    save_native(tmp_path / "tiny", tiny_G, name="tiny")
+    torch.manual_seed(0)
+    save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=4),
+                 {"validation": {"attributes": {"Bald": {"auc": 0.95}, "Bangs": {"auc": 0.5}}}})
+    assert fit_job.main(["--model", str(tmp_path / "tiny"), "--scorers", str(tmp_path / "attrnet.safetensors"),
+                         "--n", "600", "--fraction", "0.05", "--out", str(tmp_path / "out"), "--device", "cpu",
+                         "--unsupervised", "2"]) == 0
+    found = {d.key: d for _, d in list_directions(folder=tmp_path / "out")}
+    assert {"smile", "age", "male", "eyeglasses", "bald", "age|male", "eyeglasses|age", "pc0", "sefa1"} <= set(found)
+    assert "bangs" not in found  # below --min-auc
+    assert all(d.model_id.startswith("tiny@") and d.space == "w" for d in found.values())
+    assert found["smile"].scorer.startswith("attrnet@") and found["smile"].samples == 600
+    rep = json.loads((tmp_path / "out" / "tiny" / "fit_report.json").read_text())
+    assert rep["directions"]["smile"]["file"] == "tiny_smile_w.safetensors"
