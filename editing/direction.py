@@ -275,7 +275,9 @@ def _load(path: Path) -> Direction:
     if size > MAX_FILE_BYTES:
         raise DirectionFileError(f"{path} is {size} bytes, far more than a direction; {fix}")
     data = path.read_bytes()
-    if data[:1] == b"\x80" or data[:4] == b"PK\x03\x04" or path.suffix in (".pkl", ".pt", ".pth", ".npy"):
+    if not _looks_like_safetensors(data) and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"
+                                              or data[:6] == b"\x93NUMPY"
+                                              or path.suffix in (".pkl", ".pt", ".pth", ".npy")):
         raise DirectionFileError(f"{path} is a pickle/torch/numpy file; faceedit reads directions only as "
                                  f".safetensors (pickles can run code). Convert a numpy boundary with "
                                  f"Direction.from_vector(np.load(f), ...).save(DIR)")
@@ -303,6 +305,19 @@ def _load(path: Path) -> Direction:
         raise DirectionFileError(f"{path}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
         raise DirectionFileError(f"{path}: metadata is incomplete or malformed ({e}); {fix}") from e
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """An 8-byte little-endian header length followed by a JSON object that fits the file.
+
+    (Checked before sniffing for pickles: a header length such as 640 = 0x280 starts with
+    the same byte as a pickle.)"""
+    import struct
+
+    if len(data) < 10:
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return n <= len(data) - 8 and data[8:9] == b"{"
 
 
 def _read_header(data: bytes) -> dict:

@@ -303,3 +303,11 @@ def test_fit_job_runs_at_tiny_size(tmp_path, tiny_G):
     assert found["smile"].scorer.startswith("attrnet@") and found["smile"].samples == 600
     rep = json.loads((tmp_path / "out" / "tiny" / "fit_report.json").read_text())
     assert rep["directions"]["smile"]["file"] == "tiny_smile_w.safetensors"
+
+
+def test_header_length_that_looks_like_a_pickle_is_read(tmp_path):
+    # a safetensors header of 0x80 + 256 k bytes starts with b"\x80", like a pickle
+    for pad in range(0, 300, 7):
+        d = _dir(meta={"pad": "x" * pad})
+        p = d.save(tmp_path / f"d{pad}.safetensors")
+        assert Direction.load(p).meta["pad"] == "x" * pad
