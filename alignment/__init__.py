@@ -1,4 +1,18 @@
-"""Face detection, landmarks, the FFHQ alignment recipe, inverse warp and paste-back."""
+"""Face detection, landmarks, the FFHQ alignment recipe, inverse warp and paste-back.
+
+Everything heavy (dlib, OpenCV, facenet-pytorch) is imported inside the functions that
+need it, so importing this package is cheap.
+"""
+from .align import AlignmentReport, SkippedFace, align, align_photo
+from .detect import Detection, default_upsample, detect_faces
+from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError, ModelFileError
+from .ffhq import align_landmarks, ffhq_quad, to_cv
+from .landmarks import landmarks68
+from .models import model_file
+from .paste import paste_back
 from .types import FACES64, FFHQ, AlignedFace, AlignmentRecipe
 
-__all__ = ["AlignedFace", "AlignmentRecipe", "FFHQ", "FACES64"]
+__all__ = ["AlignedFace", "AlignmentRecipe", "FFHQ", "FACES64", "align", "align_photo", "AlignmentReport",
+           "SkippedFace", "align_landmarks", "ffhq_quad", "to_cv", "detect_faces", "default_upsample", "Detection",
+           "landmarks68", "model_file", "paste_back", "AlignmentError", "FaceNotFoundError", "FaceTooSmallError",
+           "ModelFileError"]

