@@ -38,8 +38,10 @@ def _check_resolution(resolution: int) -> int:
 class StyledConv(nn.Module):
     """Modulated 3x3 conv + noise + bias + leaky ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, up: bool = False):
+    def __init__(self, in_ch: int, out_ch: int, w_dim: int, resolution: int, up: bool = False,
+                 conv_clamp: float | None = None):
         super().__init__()
+        self.conv_clamp = conv_clamp
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, 3, 3))
         self.scale = 1 / math.sqrt(in_ch * 9)
@@ -58,14 +60,16 @@ class StyledConv(nn.Module):
             noise = self.noise_const
         if noise is not None:
             x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
-        return lrelu_gain(x + self.bias.to(x.dtype).view(1, -1, 1, 1))
+        x = lrelu_gain(x + self.bias.to(x.dtype).view(1, -1, 1, 1))
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
     """Modulated 1x1 conv to RGB, not demodulated, plus the up-sampled skip."""
 
-    def __init__(self, in_ch: int, w_dim: int, img_channels: int = 3):
+    def __init__(self, in_ch: int, w_dim: int, img_channels: int = 3, conv_clamp: float | None = None):
         super().__init__()
+        self.conv_clamp = conv_clamp
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(img_channels, in_ch, 1, 1))
         self.scale = 1 / math.sqrt(in_ch)
@@ -75,6 +79,8 @@ class ToRGB(nn.Module):
     def forward(self, x, w, skip=None, fused=True):
         y = modulated_conv2d(x, self.weight * self.scale, self.affine(w), demodulate=False, fused=fused)
         y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        if self.conv_clamp is not None:
+            y = y.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
             y = y + upsample2d(skip, self.fir)
         return y
@@ -89,6 +95,7 @@ class SynthesisNetwork(nn.Module):
                  channel_base: int = 32768,   # Overall multiplier for the number of channels.
                  channel_max: int = 512,      # Maximum number of channels in any layer.
                  img_channels: int = 3,       # Number of output colour channels.
+                 conv_clamp: float | None = None,  # Clamp conv outputs to +-X (NVIDIA's ADA models: 256).
                  ):
         super().__init__()
         self.log_res = _check_resolution(resolution)
@@ -97,14 +104,14 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = 2 * self.log_res - 2
         ch = self.channels
         self.const = nn.Parameter(torch.randn(1, ch[4], 4, 4))
-        self.conv1 = StyledConv(ch[4], ch[4], w_dim, 4)
-        self.torgb1 = ToRGB(ch[4], w_dim, img_channels)
+        self.conv1 = StyledConv(ch[4], ch[4], w_dim, 4, conv_clamp=conv_clamp)
+        self.torgb1 = ToRGB(ch[4], w_dim, img_channels, conv_clamp)
         self.convs_up, self.convs, self.torgbs = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in range(3, self.log_res + 1):
             r = 2 ** i
-            self.convs_up.append(StyledConv(ch[r // 2], ch[r], w_dim, r, up=True))
-            self.convs.append(StyledConv(ch[r], ch[r], w_dim, r))
-            self.torgbs.append(ToRGB(ch[r], w_dim, img_channels))
+            self.convs_up.append(StyledConv(ch[r // 2], ch[r], w_dim, r, up=True, conv_clamp=conv_clamp))
+            self.convs.append(StyledConv(ch[r], ch[r], w_dim, r, conv_clamp=conv_clamp))
+            self.torgbs.append(ToRGB(ch[r], w_dim, img_channels, conv_clamp))
 
     def noise_buffers(self) -> list:
         """The constant noise maps, one per styled conv, in layer order."""
@@ -161,9 +168,10 @@ class Generator(nn.Module):
                  channel_base: int = 32768,   # Channel multiplier (32768 = config-f).
                  channel_max: int = 512,      # Maximum channels.
                  img_channels: int = 3,       # Output colour channels.
+                 conv_clamp: float | None = None,  # Clamp conv outputs to +-X; None = off (set by converted ADA models).
                  ):
         super().__init__()
-        self.synthesis = SynthesisNetwork(w_dim, resolution, channel_base, channel_max, img_channels)
+        self.synthesis = SynthesisNetwork(w_dim, resolution, channel_base, channel_max, img_channels, conv_clamp)
         self.num_ws, self.w_dim, self.z_dim, self.resolution = self.synthesis.num_ws, w_dim, z_dim, resolution
         if mapping_kind == "mlp":
             self.mapping = MappingMLP(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul)
@@ -177,6 +185,8 @@ class Generator(nn.Module):
                            mapping_layers=mapping_layers, mapping_blocks=mapping_blocks,
                            mapping_heads=mapping_heads, mapping_lr_mul=mapping_lr_mul,
                            channel_base=channel_base, channel_max=channel_max, img_channels=img_channels)
+        if conv_clamp is not None:  # only present when set, so existing configs stay unchanged
+            self.config["conv_clamp"] = float(conv_clamp)
 
     @property
     def z_shape(self) -> tuple:
