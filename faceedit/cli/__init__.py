@@ -26,8 +26,8 @@ _COMMANDS = [
     # ("faceedit.cli.train", "dataset"),
     # ("faceedit.cli.train", "train"),
     # ("faceedit.cli.invert", "invert"),
-    # ("faceedit.cli.edit", "edit"),
-    # ("faceedit.cli.edit", "directions"),
+    ("faceedit.cli.edit", "edit"),
+    ("faceedit.cli.edit", "directions"),
     # ("faceedit.cli.encoder", "train_encoder"),
 ]
 

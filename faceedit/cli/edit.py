@@ -1,0 +1,505 @@
+"""`faceedit edit` (photo or latent in, edited photo out) and `faceedit directions fit|list|show`."""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import click
+
+from .common import job_errors, parse_range
+
+PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def parse_attr(text: str, default: float) -> tuple:
+    """``smile`` / ``smile=2`` / ``age|male=-1.5`` -> ``(key, strength)``."""
+    key, sep, val = str(text).partition("=")
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+(\|[A-Za-z0-9_\-]+(,[A-Za-z0-9_\-]+)*)?", key):
+        raise click.BadParameter(f"{text!r} is not NAME or NAME=STRENGTH (e.g. smile=2, age|male=-1)",
+                                 param_hint="--attr")
+    if not sep:
+        return key, float(default)
+    try:
+        return key, float(val)
+    except ValueError:
+        raise click.BadParameter(f"strength {val!r} in {text!r} is not a number", param_hint="--attr") from None
+
+
+def parse_sweep(text: str) -> list:
+    """``-3:3:7`` -> 7 strengths from -3 to 3."""
+    m = re.fullmatch(r"\s*(-?[\d.]+)\s*:\s*(-?[\d.]+)\s*:\s*(\d+)\s*", str(text))
+    if not m:
+        raise click.BadParameter(f"{text!r} is not START:STOP:COUNT (e.g. -3:3:7)", param_hint="--sweep")
+    a, b, n = float(m.group(1)), float(m.group(2)), int(m.group(3))
+    if not 2 <= n <= 64:
+        raise click.BadParameter("COUNT must be 2..64", param_hint="--sweep")
+    return [a + (b - a) * i / (n - 1) for i in range(n)]
+
+
+def _last_inversion() -> dict:
+    from faceedit.checkpoints.registry import cache_dir
+
+    p = cache_dir() / "last_inversion.json"
+    if not p.is_file():
+        raise click.UsageError("nothing to edit: pass a photo (`faceedit edit photo.jpg --attr smile`), "
+                               "--latent FILE, or run `faceedit invert PHOTO` first (its result is remembered "
+                               f"in {p})")
+    try:
+        rec = json.loads(p.read_text())
+        faces = rec["faces"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise click.ClickException(f"{p} is damaged ({e}); run `faceedit invert PHOTO` again") from e
+    if not faces:
+        raise click.ClickException(f"{p} lists no faces; run `faceedit invert PHOTO` again")
+    return rec
+
+
+def _face_from_meta(meta: dict):
+    """An AlignedFace rebuilt from a latent's ``alignment`` metadata (no landmarks: quad mask)."""
+    import numpy as np
+
+    from faceedit.alignment.types import AlignedFace, AlignmentRecipe
+
+    a = meta["alignment"]
+    return AlignedFace(crop=np.zeros((1, 1, 3), np.uint8), matrix=np.asarray(a["matrix"], np.float64),
+                       quad=np.asarray(a["quad"], np.float64), landmarks=np.zeros((0, 2)),
+                       score=float(a.get("score", 0.0)), source_size=tuple(a["source_size"]),
+                       index=int(a.get("index", 0)), detector=a.get("detector", ""),
+                       recipe=AlignmentRecipe.from_dict(a.get("recipe") or {}))
+
+
+def _face_for_latent(pipe, photo, meta: dict):
+    """Re-detect the face the latent was inverted from (landmarks give the hull mask);
+    falls back to the stored matrix and quad (quad mask)."""
+    import logging
+
+    import numpy as np
+
+    a = meta.get("alignment")
+    if not a:
+        return None, None
+    stored = _face_from_meta(meta)
+    try:
+        for f in pipe.align(photo, face="all"):
+            if f.index == stored.index and np.allclose(f.matrix, stored.matrix, atol=1e-3, rtol=1e-4):
+                return f, None
+    except Exception as e:  # noqa: BLE001 -- any failure: use the stored geometry
+        logging.getLogger(__name__).info("re-alignment failed (%s); using the stored quad", e)
+    return stored, {"mask": "quad"}
+
+
+@click.command("edit")
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False), metavar="[PHOTO|LATENT]...")
+@click.option("--attr", "attrs", multiple=True, metavar="NAME[=STRENGTH]",
+              help="Attribute to edit, repeatable: smile, age, male, eyeglasses, yaw, ...; age|male = age with "
+                   "male held (a conditional direction); =STRENGTH overrides --strength.")
+@click.option("--strength", type=float, default=2.0, show_default=True,
+              help="Strength of the attributes given without one; 1 = one standard deviation of the latent "
+                   "distribution along the direction (positive = more smile, older, more CelebA Male, glasses on, "
+                   "turned to the subject's left).")
+@click.option("--unit", type=click.Choice(["std", "distance"]), default="std", show_default=True,
+              help="std: strength in standard deviations; distance: InterFaceGAN's distance to the hyperplane.")
+@click.option("--layers", default=None, help="Apply the edits to these layers only, e.g. 0-3 (coarse) or 4-9.")
+@click.option("--sweep", default=None, metavar="START:STOP:COUNT",
+              help="Also write a strip (crops) and a GIF (photo) sweeping each attribute, e.g. -3:3:7.")
+@click.option("--latent", "latent_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Edit this latent file (from `faceedit invert`); its source photo is found in its metadata.")
+@click.option("--photo", "photo_override", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --latent: the photo to paste into, if it moved since the inversion.")
+@click.option("--directions", "directions_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of direction files [default: shipped, then `faceedit directions fit` output].")
+@click.option("--model", default=None, help="For photos: registry name or checkpoint path [default: the "
+              "default model of --space].")
+@click.option("--space", type=click.Choice(["w", "w+", "wpp", "wpp-z"]), default="w+", show_default=True,
+              help="For photos: the space to invert into.")
+@click.option("--steps", type=click.IntRange(1, 100_000), default=None,
+              help="For photos: inversion steps [default: 50 on CPU, 300 on CUDA].")
+@click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
+@click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True)
+@click.pass_context
+def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
+         space, steps, face, detector, seed, out):
+    """Edit faces: a photo (aligned and inverted first), a latent file, or the last inversion.
+
+    Writes to --out, per photo: STEM_edit.png (the whole photo with the edit pasted
+    back, same size as the input, changed only inside the face mask), per face
+    STEM_FACE_edit.png (the edited crop), STEM_FACE_side.png (aligned | reconstruction |
+    edit), STEM_FACE_edit.latent.safetensors, and STEM_edit.json (the record); with
+    --sweep also STEM_FACE_sweep.png and STEM_sweep_ATTR.gif.
+
+    \b
+    Examples:
+      faceedit edit --attr smile --strength 2                 # the last `faceedit invert`
+      faceedit edit photo.jpg --attr smile --out out/
+      faceedit edit photo.jpg --attr age=2 --attr eyeglasses=1 --face all
+      faceedit edit photo.jpg --attr "age|male=3"             # older, gender held
+      faceedit edit --latent out/invert/photo_0.latent.safetensors --attr yaw --sweep -3:3:7
+      faceedit edit photo.jpg --space wpp --attr smile --layers 0-5
+    """
+    if not attrs:
+        raise click.UsageError("say what to edit with --attr NAME[=STRENGTH], e.g. --attr smile "
+                               "(`faceedit directions list` shows the attributes)")
+    pairs = dict(parse_attr(a, strength) for a in attrs)
+    layer_list = parse_range(layers, name="layers") if layers else None
+    strengths = parse_sweep(sweep) if sweep else None
+    photos = [Path(p) for p in inputs if Path(p).suffix.lower() in PHOTO_EXTS]
+    lat_inputs = [Path(p) for p in latent_files] + [Path(p) for p in inputs if Path(p).suffix == ".safetensors"]
+    odd = [p for p in inputs if Path(p).suffix.lower() not in PHOTO_EXTS and Path(p).suffix != ".safetensors"]
+    if odd:
+        raise click.BadParameter(f"{odd[0]} is neither a photo ({', '.join(sorted(PHOTO_EXTS))}) nor a latent "
+                                 f"(.safetensors)", param_hint="[PHOTO|LATENT]")
+    if photos and lat_inputs:
+        raise click.UsageError("give photos or latents, not both (pair a latent with its photo via --photo)")
+    if photo_override and len(lat_inputs) > 1:
+        raise click.UsageError("--photo goes with a single --latent")
+    out = Path(out)
+    t_start = time.perf_counter()
+    with job_errors():
+        from faceedit.device import resolve_device
+        from faceedit.imageio import load_image
+        from faceedit.inversion.latent import Latent
+
+        device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
+        jobs = []  # (photo path or None, [latents], model for the pipeline)
+        if photos:
+            jobs = [(p, None, model) for p in photos]
+        else:
+            if lat_inputs:
+                lats = [(p, Latent.load(p)) for p in lat_inputs]
+            else:
+                rec = _last_inversion()
+                lats = [(Path(f["latent"]), Latent.load(f["latent"])) for f in rec["faces"]]
+                model = model or rec.get("model")
+            by_photo = {}
+            for p, lat in lats:
+                src = photo_override or lat.meta.get("source")
+                by_photo.setdefault(src, []).append(lat)
+            jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
+        from faceedit.pipeline import Pipeline
+
+        pipes = {}
+        records = []
+        for src, lats, mdl in jobs:
+            if lats is not None:
+                mdl = mdl or _model_for_latent(lats[0])
+            key = (mdl, space if lats is None else lats[0].space)
+            if key not in pipes:
+                sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
+                pipes[key] = Pipeline(mdl, space=sp, device=device, detector=detector, directions=directions_dir,
+                                      strength_unit=unit,
+                                      invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+            pipe = pipes[key]
+            records.append(_run_one(pipe, src, lats, pairs, face, layer_list, strengths, out, load_image))
+    dt = time.perf_counter() - t_start
+    for r in records:
+        t = r["timings"]
+        click.echo(f"wrote {r['photo_out'] or r['faces'][0]['crop']} ({len(r['faces'])} face(s), "
+                   + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + ")")
+    click.echo(f"done in {dt:.1f} s; records in {out}")
+
+
+def _model_for_latent(lat) -> str:
+    """The model a latent belongs to: its registry name, or the path recorded at inversion."""
+    from faceedit.checkpoints.registry import REGISTRY
+
+    name = lat.model_id.split("@")[0]
+    if name in REGISTRY:
+        return name
+    for k in ("model_path", "model"):
+        if lat.meta.get(k):
+            return lat.meta[k]
+    raise click.UsageError(f"the latent belongs to {lat.model_id!r}, which is not a registered model; "
+                           f"pass --model PATH")
+
+
+def _run_one(pipe, src, lats, pairs, face, layers, strengths, out, load_image) -> dict:
+    import numpy as np
+
+    from faceedit import __version__
+    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.imageio import make_grid, save_image
+
+    t0 = time.perf_counter()
+    photo = load_image(src) if src is not None and Path(src).is_file() else None
+    t_read = time.perf_counter() - t0
+    protect = (src,) if src is not None else ()
+    stem = Path(src).stem if src is not None else Path(lats[0].meta.get("source", "latent")).stem
+    if lats is None:
+        res = pipe.edit_photo(photo, pairs, face=_face_arg(face), layers=layers)
+    elif photo is None:
+        res = None
+        if src is not None:
+            import logging
+
+            logging.getLogger(__name__).warning("source photo %s not found: writing crops only (pass --photo)", src)
+    else:
+        faces, opts = [], None
+        for lat in lats:
+            f, o = _face_for_latent(pipe, photo, lat.meta)
+            if f is None:
+                raise click.ClickException("the latent records no alignment, so it cannot be pasted into a photo; "
+                                           "invert the photo with `faceedit invert` (or edit it directly)")
+            faces.append(f)
+            opts = opts or o
+        old = dict(pipe.paste_options)
+        pipe.paste_options.update(opts or {})
+        try:
+            res = pipe.edit_photo(photo, pairs, faces=faces, latents=lats, layers=layers)
+        finally:
+            pipe.paste_options = old
+    if res is None:  # latents without a photo
+        from faceedit.pipeline import FaceEdit
+
+        fe = []
+        for lat in lats:
+            e = pipe.edit(lat, pairs, layers=layers)
+            both = pipe.synthesize(lat)[0], pipe.synthesize(e)[0]
+            fe.append(FaceEdit(face=None, latent=lat, edited=e, reconstruction=both[0], crop=both[1]))
+        timings = {}
+        faces_out = fe
+        photo_out = None
+    else:
+        timings = {"read": round(t_read, 3), **res.timings}
+        faces_out = res.faces
+        t1 = time.perf_counter()
+        photo_out = out / f"{stem}_edit.png"
+        save_image(photo_out, res.photo, protect=protect)
+        timings["write"] = round(time.perf_counter() - t1, 3)
+    rec = {"version": __version__, "photo": str(Path(src).resolve()) if src else None,
+           "photo_out": str(photo_out) if photo_out else None, "model_id": pipe.model_id,
+           "edits": {k: float(v) for k, v in pairs.items()}, "unit": pipe.strength_unit,
+           "layers": layers, "timings": timings, "faces": []}
+    for fe in faces_out:
+        idx = fe.face.index if fe.face is not None else 0
+        fstem = f"{stem}_{idx}"
+        save_image(out / f"{fstem}_edit.png", fe.crop, protect=protect)
+        tiles = [fe.reconstruction, fe.crop]
+        if fe.face is not None and fe.face.crop.shape[0] > 1:
+            tgt = fe.face.crop
+            if tgt.shape[0] != fe.crop.shape[0]:
+                import cv2
+
+                tgt = cv2.resize(tgt, fe.crop.shape[:2][::-1], interpolation=cv2.INTER_AREA)
+            tiles.insert(0, tgt)
+        save_image(out / f"{fstem}_side.png", make_grid(np.stack(tiles), cols=len(tiles)), protect=protect)
+        fe.edited.save(out / f"{fstem}_edit.latent.safetensors")
+        rec["faces"].append({"face": idx, "crop": str(out / f"{fstem}_edit.png"), "space": fe.edited.space,
+                             "latent_in_space": fe.latent.space,
+                             "latent": str(out / f"{fstem}_edit.latent.safetensors"),
+                             "applied": fe.edited.meta.get("edits", [])[-len(pairs):],
+                             "alignment": fe.face.metadata() if fe.face is not None else None})
+    if strengths:
+        rec["sweep"] = _write_sweep(pipe, photo, faces_out, pairs, strengths, layers, out, stem, protect)
+    atomic_write_text(out / f"{stem}_edit.json", json.dumps(rec, indent=2, default=str), protect=protect)
+    return rec
+
+
+def _face_arg(face: str):
+    if face in ("largest", "all"):
+        return face
+    try:
+        return int(face)
+    except ValueError:
+        raise click.BadParameter(f"{face!r} is not largest, all or a face index", param_hint="--face") from None
+
+
+def _write_sweep(pipe, photo, faces, pairs, strengths, layers, out, stem, protect) -> dict:
+    """One strip of crops per face (rows: attributes, columns: strengths) and one GIF of the
+    whole photo per attribute (downscaled to 512 px at most)."""
+    import numpy as np
+
+    from faceedit.imageio import make_grid, save_image
+
+    written = {"strengths": strengths, "strips": [], "gifs": []}
+    frames = {k: [] for k in pairs}
+    for fe in faces:
+        tiles = []
+        for key in pairs:
+            for s in strengths:
+                tiles.append(pipe.synthesize(pipe.edit(fe.latent, {key: s}, layers=layers))[0])
+        p = out / f"{stem}_{fe.face.index if fe.face is not None else 0}_sweep.png"
+        save_image(p, make_grid(np.stack(tiles), cols=len(strengths)), protect=protect)
+        written["strips"].append(str(p))
+    if photo is None or faces[0].face is None:
+        return written
+    import imageio.v2 as imageio
+
+    from faceedit.checkpoints.atomic import atomic_write_bytes
+
+    scale = min(1.0, 512 / max(photo.shape[:2]))
+    for key in pairs:
+        for s in strengths:
+            img = photo
+            for fe in faces:
+                e = pipe.edit(fe.latent, {key: s}, layers=layers)
+                img, _ = pipe.paste_back(img, fe.face, pipe.synthesize(e)[0], fe.reconstruction)
+            if scale < 1:
+                import cv2
+
+                img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                                 interpolation=cv2.INTER_AREA)
+            frames[key].append(img)
+        import io
+
+        buf = io.BytesIO()
+        seq = frames[key] + frames[key][-2:0:-1]  # there and back
+        imageio.mimsave(buf, seq, format="GIF", duration=0.25, loop=0)
+        p = out / f"{stem}_sweep_{re.sub(r'[^A-Za-z0-9-]+', '-', key)}.gif"
+        atomic_write_bytes(p, buf.getvalue(), protect=protect)
+        written["gifs"].append(str(p))
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# faceedit directions
+# ---------------------------------------------------------------------------------------------
+@click.group("directions")
+def directions():
+    """Attribute directions: list the shipped and fitted ones, show one, fit new ones.
+
+    \b
+    Examples:
+      faceedit directions list --model faces64
+      faceedit directions show faces64_smile_w.safetensors
+      faceedit directions fit --model faces64 --attr smile --attr age --n 20000
+      faceedit directions fit --model faces64 --attr age --condition male
+      faceedit directions fit --model faces64 --method ganspace --k 10 --layers 0-3
+    """
+
+
+@directions.command("list")
+@click.option("--model", default=None, help="Only this model's directions (registry name).")
+@click.option("--folder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="List the files of this folder instead.")
+def directions_list(model, folder):
+    """List direction files (shipped, then the cache): key, space, layers, accuracy, strength scale."""
+    with job_errors():
+        from faceedit.editing.direction import list_directions
+
+        found = list_directions(model, folder=folder)
+    if not found:
+        where = folder or f"checkpoints/weights/directions/{model or '*'} and the cache"
+        click.echo(f"no directions in {where}; fit some with `faceedit directions fit --model NAME --attr smile`")
+        return
+    rows = [("model", "direction", "space", "layers", "method", "val acc", "std", "samples", "file")]
+    for p, d in found:
+        lay = "all" if not d.layers else f"{d.layers[0]}-{d.layers[-1]}"
+        rows.append((d.model_id, d.key, d.space, lay, d.method,
+                     "" if d.accuracy is None else f"{d.accuracy:.3f}", f"{d.latent_std:.3g}", str(d.samples), p.name))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
+
+
+@directions.command("show")
+@click.argument("name")
+@click.option("--model", default=None, help="With a key (smile, age|male): the model to look it up for.")
+def directions_show(name, model):
+    """Show one direction's metadata: a file path, or a key (smile, age|male) with --model."""
+    with job_errors():
+        from faceedit.editing.direction import Direction, list_directions, parse_key
+
+        p = Path(name)
+        if p.suffix == ".safetensors" and not p.exists():
+            hits = [q for q, _ in list_directions(model) if q.name == p.name]
+            p = hits[0] if hits else p
+        if p.suffix == ".safetensors" or p.exists():
+            d = Direction.load(p)
+        else:
+            if not model:
+                raise click.UsageError("a direction key needs --model (or pass the file)")
+            want = parse_key(name)
+            hits = [(q, d) for q, d in list_directions(model) if (d.attribute, tuple(sorted(d.conditions))) == want]
+            if not hits:
+                raise click.ClickException(f"no direction {name!r} for {model}; `faceedit directions list --model "
+                                           f"{model}` shows what there is")
+            p, d = hits[0]
+    info = d.metadata()
+    info["file"] = str(p)
+    info["vector_shape"] = list(d.vector.shape)
+    click.echo(json.dumps(info, indent=2))
+
+
+@directions.command("fit")
+@click.option("--model", required=True, help="Registry name or checkpoint path.")
+@click.option("--attr", "attrs", multiple=True, help="Attribute(s) to fit (names the scorer gives: smile, age, "
+              "male, eyeglasses, ...); default smile, age, male, eyeglasses.")
+@click.option("--condition", "conditions", multiple=True,
+              help="Also write each direction with these attributes held (conditional manipulation).")
+@click.option("--method", type=click.Choice(["interfacegan", "ganspace", "sefa"]), default="interfacegan",
+              show_default=True)
+@click.option("--scorer", default=None, help="Attribute-network weights [default: shipped], or 'landmarks' "
+              "(dlib landmark geometry: yaw; CPU).")
+@click.option("--n", "n", type=click.IntRange(100, 10_000_000), default=20000, show_default=True,
+              help="Latents sampled (InterFaceGAN uses 500k; 100k on a GPU is plenty, 20k on a CPU is usable).")
+@click.option("--fraction", type=click.FloatRange(0.001, 0.5), default=0.02, show_default=True,
+              help="Fraction kept at each end of the scores.")
+@click.option("--k", type=click.IntRange(1, 512), default=10, show_default=True, help="GANSpace/SeFa: components.")
+@click.option("--layers", default=None, help="Layers the direction applies to, e.g. 0-3 [default: all].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(1, 65536), default=256, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder [default: the cache, CACHE/directions/MODEL, where `faceedit edit` looks].")
+@click.pass_context
+def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k, layers, seed, batch, out):
+    """Fit directions for a model (InterFaceGAN with the attribute scorer, or GANSpace / SeFa).
+
+    \b
+    Examples:
+      faceedit directions fit --model faces64 --attr smile --n 20000
+      faceedit directions fit --model faces64 --attr age --condition male
+      faceedit --device cuda directions fit --model faces64-wpp --n 100000
+      faceedit directions fit --model faces64 --method sefa --layers 0-3
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    layer_list = tuple(parse_range(layers, name="layers")) if layers else ()
+    with job_errors():
+        from faceedit.checkpoints.registry import cache_dir, load_model
+        from faceedit.device import resolve_device
+        from faceedit.editing.direction import canonical_attribute, model_name
+        from faceedit.editing.fit import condition, fit_direction, ganspace, sample_and_score, sample_codes, sefa
+        from faceedit.editing.fit_job import classifier_scorer, landmark_scorer
+
+        device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
+        m = load_model(model, device=device)
+        G, mid = m["G"], m["model_id"]
+        folder = Path(out) if out else cache_dir() / "directions" / model_name(mid)
+        written = []
+        if method in ("ganspace", "sefa"):
+            codes = sample_codes(G, n, seed=seed, device=device)
+            dirs = (ganspace(codes, model_id=mid, num_ws=G.num_ws, k=k, layers=layer_list, seed=seed)
+                    if method == "ganspace" else sefa(G, model_id=mid, k=k, layers=layer_list, codes=codes[:20000]))
+            written = [(d, d.save(folder)) for d in dirs]
+        else:
+            score_fn, _, ident = landmark_scorer(device) if scorer == "landmarks" else classifier_scorer(scorer, device)
+            want = [canonical_attribute(a) for a in attrs] or ["smile", "age", "male", "eyeglasses"]
+            conds = [canonical_attribute(c) for c in conditions]
+            bar = tqdm(total=n, desc="sample+score", file=sys.stderr, disable=ctx.obj.get("quiet", False))
+            codes, scores = sample_and_score(G, score_fn, n, seed=seed, batch=batch, device=device,
+                                             progress=lambda d, t: bar.update(d - bar.n))
+            bar.close()
+            missing = [a for a in want + conds if a not in scores]
+            if missing:
+                raise click.ClickException(f"the scorer gives no {', '.join(missing)}; it scores "
+                                           f"{', '.join(sorted(scores))}")
+            fitted = {}
+            for a in dict.fromkeys(want + conds):
+                fitted[a] = fit_direction(codes, scores[a], attribute=a, model_id=mid, num_ws=G.num_ws,
+                                          layers=layer_list, fraction=fraction, seed=seed, scorer=ident)
+            for a in want:
+                written.append((fitted[a], fitted[a].save(folder)))
+                held = [fitted[c] for c in conds if c != a]
+                if held:
+                    d = condition(fitted[a], held, codes=codes)
+                    written.append((d, d.save(folder)))
+    for d, p in written:
+        acc = "" if d.accuracy is None else f" val acc {d.accuracy:.3f},"
+        click.echo(f"{d.key:<24}{acc} std {d.latent_std:.3g} -> {p}")

@@ -1,0 +1,179 @@
+"""Photo in, photo out: Pipeline and `faceedit edit` on a tiny random generator and real photos."""
+import json
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from faceedit.alignment.types import FACES64
+from faceedit.checkpoints.native import save_native
+from faceedit.cli.edit import parse_attr, parse_sweep
+from faceedit.editing.fit import ganspace, sample_codes
+from faceedit.imageio import load_image
+from faceedit.networks import Generator
+
+PHOTO = "datasets/photos/face_recognition__obama.jpg"
+TWO = "datasets/photos/face_recognition__two_people.jpg"
+FAST = dict(steps=3, prior="none", perceptual="none")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random generator saved natively, and two 'directions' (GANSpace axes renamed)."""
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=128, channel_max=16)
+    path = save_native(root / "tiny", G, name="tiny", recipe=FACES64.to_dict())
+    from faceedit.checkpoints.registry import load_model
+
+    m = load_model(path)
+    pcs = ganspace(sample_codes(m["G"], 2000), model_id=m["model_id"], num_ws=m["G"].num_ws, k=2)
+    for d, name in zip(pcs, ("smile", "age")):
+        replace(d, attribute=name, method="manual").save(root / "dirs")
+    return {"path": str(path), "dirs": str(root / "dirs"), "model_id": m["model_id"], "root": root}
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    from faceedit.pipeline import Pipeline
+
+    return Pipeline(tiny["path"], device="cpu", directions=tiny["dirs"], invert_options=FAST)
+
+
+@pytest.fixture(scope="module")
+def edited(pipe, shared_dir):
+    photo = load_image(os.path.join(shared_dir, PHOTO))
+    return photo, pipe.edit_photo(photo, {"smile": 3})
+
+
+def test_parse_attr_and_sweep():
+    assert parse_attr("smile", 2.0) == ("smile", 2.0)
+    assert parse_attr("age|male=-1.5", 2.0) == ("age|male", -1.5)
+    assert parse_sweep("-3:3:7") == [-3, -2, -1, 0, 1, 2, 3]
+    import click
+
+    for bad in ("smile=lots", "rm -rf", "a|"):
+        with pytest.raises(click.BadParameter):
+            parse_attr(bad, 1.0)
+    with pytest.raises(click.BadParameter):
+        parse_sweep("3")
+
+
+def test_pipeline_end_to_end(edited, tiny):
+    photo, r = edited
+    assert r.photo.shape == photo.shape and r.photo.dtype == np.uint8
+    assert len(r.faces) == 1
+    f = r.faces[0]
+    assert f.crop.shape == (16, 16, 3) and f.reconstruction.shape == (16, 16, 3)
+    assert f.latent.model_id == tiny["model_id"] and f.edited.meta["edits"][0]["attribute"] == "smile"
+    changed = np.any(r.photo != photo, axis=2)
+    assert changed.any()  # the edit shows
+    assert not (changed & (r.mask == 0)).any()  # only inside the face mask
+    assert 0 < (r.mask > 0).mean() < 0.5
+    assert set(r.timings) >= {"align", "invert", "edit", "synthesize", "paste"}
+
+
+def test_strength_zero_returns_the_input(edited, pipe):
+    photo, r = edited
+    r0 = pipe.edit_photo(photo, {"smile": 0, "age": 0}, faces=[f.face for f in r.faces],
+                         latents=[f.latent for f in r.faces])
+    assert np.abs(r0.photo.astype(int) - photo).max() <= 1
+    # opposite strengths move the crop in opposite directions along the direction
+    up = pipe.edit_photo(photo, {"smile": 2}, faces=[r.faces[0].face], latents=[r.faces[0].latent])
+    dn = pipe.edit_photo(photo, {"smile": -2}, faces=[r.faces[0].face], latents=[r.faces[0].latent])
+    d = up.faces[0].edited.codes - dn.faces[0].edited.codes
+    assert torch.allclose(d, 2 * (up.faces[0].edited.codes - r.faces[0].latent.codes), atol=1e-5)
+
+
+def test_wrong_model_latent_refused(edited, pipe):
+    from faceedit.editing import DirectionError
+
+    photo, r = edited
+    other = replace(r.faces[0].latent, model_id="someone-else@123")
+    with pytest.raises(DirectionError, match="someone-else"):
+        pipe.edit_photo(photo, {"smile": 1}, faces=[r.faces[0].face], latents=[other])
+
+
+@pytest.mark.slow
+def test_cli_photo_latent_and_last_inversion(tiny, shared_dir, tmp_path, monkeypatch):
+    from faceedit.cli import cli
+    from faceedit.inversion.latent import Latent
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    src = os.path.join(shared_dir, TWO)
+    photo = load_image(src)
+    out = tmp_path / "out"
+    res = runner.invoke(cli, ["--device", "cpu", "edit", src, "--model", tiny["path"], "--directions", tiny["dirs"],
+                              "--attr", "smile", "--attr", "age=-1", "--face", "all", "--steps", "2",
+                              "--sweep", "-2:2:3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    stem = "face_recognition__two_people"
+    big = load_image(out / f"{stem}_edit.png")
+    assert big.shape == photo.shape and (big != photo).any()
+    rec = json.loads((out / f"{stem}_edit.json").read_text())
+    assert rec["edits"] == {"smile": 2.0, "age": -1.0} and len(rec["faces"]) == 2
+    assert (out / f"{stem}_0_sweep.png").is_file() and (out / f"{stem}_sweep_smile.gif").is_file()
+    assert load_image(out / f"{stem}_1_edit.png").shape == (16, 16, 3)
+
+    # the last inversion, in the format `faceedit invert` writes (cache_dir()/last_inversion.json)
+    from faceedit.pipeline import Pipeline
+
+    pipe = Pipeline(tiny["path"], device="cpu", invert_options=FAST)
+    faces = pipe.align(photo, face="all")
+    lat = pipe.invert(faces)
+    entries = []
+    for i, f in enumerate(faces):
+        one = lat[i]
+        one = replace(one, meta={**one.meta, "source": src, "face_index": f.index, "alignment": f.metadata()})
+        p = one.save(tmp_path / "inv" / f"{stem}_{f.index}.latent.safetensors")
+        entries.append({"photo": src, "face": f.index, "latent": str(p), "json": ""})
+    (tmp_path / "home").mkdir(exist_ok=True)
+    (tmp_path / "home" / "last_inversion.json").write_text(json.dumps(
+        {"model": tiny["path"], "model_id": tiny["model_id"], "space": "w+", "faces": entries}))
+    out2 = tmp_path / "out2"
+    res = runner.invoke(cli, ["--device", "cpu", "edit", "--attr", "smile", "--strength", "0",
+                              "--directions", tiny["dirs"], "--out", str(out2)])
+    assert res.exit_code == 0, res.output
+    same = load_image(out2 / f"{stem}_edit.png")
+    assert np.abs(same.astype(int) - photo).max() <= 1  # strength 0: the input photo back
+    res = runner.invoke(cli, ["--device", "cpu", "edit", "--latent", entries[0]["latent"], "--model", tiny["path"],
+                              "--directions", tiny["dirs"], "--attr", "smile=3", "--out", str(tmp_path / "out3")])
+    assert res.exit_code == 0, res.output
+    one = load_image(tmp_path / "out3" / f"{stem}_edit.png")
+    assert one.shape == photo.shape and (one != photo).any()
+    edited_lat = Latent.load(tmp_path / "out3" / f"{stem}_{entries[0]['face']}_edit.latent.safetensors")
+    assert edited_lat.meta["edits"][-1]["strength"] == 3.0
+
+
+def test_cli_errors(tiny, tmp_path, monkeypatch, shared_dir):
+    from faceedit.cli import cli
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "empty"))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["edit", "--attr", "smile"])
+    assert res.exit_code == 2 and "faceedit invert" in res.output
+    res = runner.invoke(cli, ["edit", os.path.join(shared_dir, PHOTO)])
+    assert res.exit_code == 2 and "--attr" in res.output
+    res = runner.invoke(cli, ["--device", "cpu", "edit", os.path.join(shared_dir, PHOTO), "--model", tiny["path"],
+                              "--directions", tiny["dirs"], "--attr", "eyeglasses", "--steps", "1",
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "no direction 'eyeglasses'" in res.output and "available: age, smile" in res.output
+
+
+def test_cli_directions_list_show_fit(tiny, tmp_path):
+    from faceedit.cli import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["directions", "list", "--folder", tiny["dirs"]])
+    assert res.exit_code == 0 and "tiny_smile_w.safetensors" in res.output
+    res = runner.invoke(cli, ["directions", "show", os.path.join(tiny["dirs"], "tiny_age_w.safetensors")])
+    assert res.exit_code == 0 and json.loads(res.output)["attribute"] == "age"
+    res = runner.invoke(cli, ["--device", "cpu", "directions", "fit", "--model", tiny["path"], "--method", "sefa",
+                              "--k", "2", "--layers", "0-1", "--n", "500", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["tiny_sefa0_w_l0-1.safetensors",
+                                                                   "tiny_sefa1_w_l0-1.safetensors"]
