@@ -3,7 +3,7 @@
 Everything heavy (dlib, OpenCV, facenet-pytorch) is imported inside the functions that
 need it, so importing this package is cheap.
 """
-from .align import AlignmentReport, SkippedFace, align, align_photo
+from .align import AlignmentReport, SkippedFace, align, align_photo, face_from_dict, face_to_dict
 from .detect import Detection, default_upsample, detect_faces
 from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError, ModelFileError
 from .ffhq import align_landmarks, ffhq_quad, to_cv
@@ -13,6 +13,6 @@ from .paste import paste_back
 from .types import FACES64, FFHQ, AlignedFace, AlignmentRecipe
 
 __all__ = ["AlignedFace", "AlignmentRecipe", "FFHQ", "FACES64", "align", "align_photo", "AlignmentReport",
-           "SkippedFace", "align_landmarks", "ffhq_quad", "to_cv", "detect_faces", "default_upsample", "Detection",
+           "SkippedFace", "face_to_dict", "face_from_dict", "align_landmarks", "ffhq_quad", "to_cv", "detect_faces", "default_upsample", "Detection",
            "landmarks68", "model_file", "paste_back", "AlignmentError", "FaceNotFoundError", "FaceTooSmallError",
            "ModelFileError"]

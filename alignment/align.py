@@ -100,6 +100,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         report.tried.append(tried_text(detector, work.shape, upsample) + (f" rotated {90 * k} deg" if k else ""))
         dets = detect_faces(work, detector, upsample)
         if dets:
+            if dets[0].upsample is not None:
+                report.tried[-1] = f"{detector} at upsample {dets[0].upsample}" + (f" rotated {90 * k} deg" if k else "")
             report.rotation = 90 * k
             inv = np.linalg.inv(_rot90_matrix(k, W, H))
             break
@@ -142,6 +144,27 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     for s in report.skipped:
         log.warning("%s: face %d skipped: %s", name, s.index, s.reason)
     return report
+
+
+def face_to_dict(face: AlignedFace) -> dict:
+    """JSON-ready record of a face (``AlignedFace.metadata()`` plus its landmarks)."""
+    d = face.metadata()
+    d["landmarks"] = np.round(np.asarray(face.landmarks, np.float64), 3).tolist()
+    return d
+
+
+def face_from_dict(d: dict, crop: np.ndarray) -> AlignedFace:
+    """Rebuild an :class:`AlignedFace` from :func:`face_to_dict`'s record and its crop image
+    (e.g. to paste an edited crop back into the photo from the JSON ``faceedit align`` wrote)."""
+    try:
+        return AlignedFace(crop=np.asarray(crop), matrix=np.asarray(d["matrix"], np.float64),
+                           quad=np.asarray(d["quad"], np.float64),
+                           landmarks=np.asarray(d.get("landmarks", d["quad"]), np.float64),
+                           score=float(d.get("score", 0.0)), source_size=tuple(d["source_size"]),
+                           index=int(d.get("index", 0)), detector=str(d.get("detector", "")),
+                           recipe=AlignmentRecipe.from_dict(d.get("recipe", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        raise AlignmentError(f"not an alignment record ({e}); pass the JSON written by faceedit align") from e
 
 
 def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",

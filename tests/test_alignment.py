@@ -254,3 +254,41 @@ def test_landmarks_redetected_on_crop_land_on_template(shared_dir):
     f = align(img, recipe=FFHQ.with_size(256), face="largest")[0]
     f2 = align(f.crop, recipe=FFHQ.with_size(256), face="largest")[0]
     np.testing.assert_allclose(f2.quad, [[0, 0], [0, 256], [256, 256], [256, 0]], atol=0.03 * 256)
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+def test_cli_align_files_folder_resume_and_failures(shared_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from faceedit.alignment import face_from_dict, paste_back
+    from faceedit.cli import cli
+
+    photos = os.path.join(shared_dir, "datasets", "photos")
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in ("face_recognition__two_people.jpg", "face_alignment__grass.jpg"):
+        os.symlink(os.path.join(photos, n), src / n)
+    (src / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["align", str(src), "--out", str(out), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    assert "aligned 2 face(s) from 1 photo(s)" in r.output and "2 failed" in r.output
+    rec = json.loads((out / "face_recognition__two_people.json").read_text())
+    assert [f["index"] for f in rec["faces"]] == [0, 1] and rec["faces"][0]["file"] == "face_recognition__two_people_0.png"
+    assert "FaceNotFoundError" in json.loads((out / "face_alignment__grass.json").read_text())["error"]
+    assert "ImageLoadError" in json.loads((out / "broken.json").read_text())["error"]
+    # The JSON is enough to paste a crop back: the unedited crop reproduces the photo in the face.
+    img = load_image(src / "face_recognition__two_people.jpg")
+    crop = load_image(out / "face_recognition__two_people_1.png")
+    face = face_from_dict(rec["faces"][1], crop)
+    pasted, m = paste_back(img, face, crop, return_mask=True)
+    assert psnr(pasted[m > 0.999], img[m > 0.999]) > 27
+    # Resume: everything done is skipped.
+    r2 = CliRunner().invoke(cli, ["align", str(src), "--out", str(out)])
+    assert r2.exit_code == 0 and "nothing to do" in r2.output
+    # One photo with no face, alone: the job fails with exit code 1 and a one-line reason.
+    r3 = CliRunner().invoke(cli, ["align", str(src / "face_alignment__grass.jpg"), "--out", str(tmp_path / "o3")])
+    assert r3.exit_code == 1 and "FaceNotFoundError" in r3.output
+    r4 = CliRunner().invoke(cli, ["align", str(src), "--out", str(out), "--face", "biggest"])
+    assert r4.exit_code == 2
