@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -27,6 +29,8 @@ from .atomic import atomic_write_bytes, atomic_write_text
 
 FORMAT = "faceedit.checkpoint"
 MAX_CONFIG_BYTES = 1 << 20
+MAX_WEIGHTS_BYTES = 4 << 30       # a 1024 px StyleGAN2 in fp32 is ~130 MB
+MAX_PARAMETERS = 1_000_000_000    # refuse architectures that would allocate more (a 1024 px G: ~30M)
 
 
 class CheckpointError(ValueError):
@@ -41,6 +45,21 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def is_zip(path) -> bool:
+    """True when ``path`` is a zip archive *by its first bytes* (``PK\\x03\\x04``).
+
+    ``zipfile.is_zipfile`` alone looks for an end-of-archive record near the end of the
+    file, so a plain pickle whose last stored bytes are a nested ``torch.save`` archive
+    (how NVIDIA pickles store tensors) passes it; checking the start too tells them apart.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"PK\x03\x04", b"PK\x05\x06") and zipfile.is_zipfile(path)
+
+
 class _Source:
     """Uniform read access to a checkpoint folder or zip, refusing path tricks."""
 
@@ -48,13 +67,17 @@ class _Source:
         self.path = path
         self.zip = None
         if path.is_file():
-            if not zipfile.is_zipfile(path):
+            if not is_zip(path):
                 raise CheckpointError(f"{path} is neither a checkpoint folder nor a zip of one; "
                                       f"convert other formats with `faceedit convert {path} OUT`")
-            self.zip = zipfile.ZipFile(path)
+            try:
+                self.zip = zipfile.ZipFile(path)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                raise CheckpointError(f"{path} is a damaged zip ({e}); download or convert it again") from e
             names = self.zip.namelist()
             for n in names:
-                if n.startswith("/") or ".." in Path(n).parts:
+                parts = Path(n.replace("\\", "/")).parts
+                if n.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
                     raise CheckpointError(f"{path}: zip entry {n!r} points outside the archive; refused")
             roots = {n.split("/")[0] for n in names if "/" in n}
             self.prefix = "" if "config.json" in names else (f"{roots.pop()}/" if len(roots) == 1 else "")
@@ -66,12 +89,18 @@ class _Source:
             return self.prefix + name in self.zip.namelist()
         return (self.path / name).is_file()
 
-    def read(self, name: str, limit: int | None = None) -> bytes:
+    def read(self, name: str, limit: int | None = -1) -> bytes:
+        """The bytes of ``name``; ``limit`` bounds the size (``-1``: ``MAX_WEIGHTS_BYTES``, ``None``: none)."""
+        limit = MAX_WEIGHTS_BYTES if limit == -1 else limit
         if self.zip is not None:
             info = self.zip.getinfo(self.prefix + name)
             if limit is not None and info.file_size > limit:
                 raise CheckpointError(f"{self.path}: {name} is {info.file_size} bytes, over {limit}")
-            return self.zip.read(info)
+            try:  # zipfile stops at the declared size, so a deflate bomb cannot exceed the limit
+                return self.zip.read(info)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+                raise CheckpointError(f"{self.path}: {name} cannot be read from the zip ({e}); the archive is "
+                                      f"damaged, encrypted or uses an unsupported compression") from e
         p = self.path / name
         if limit is not None and p.stat().st_size > limit:
             raise CheckpointError(f"{p} is {p.stat().st_size} bytes, over the {limit}-byte limit")
@@ -90,22 +119,89 @@ def read_config(path) -> dict:
 def _parse_config(raw: bytes, path) -> dict:
     try:
         cfg = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}/config.json is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path}/config.json is not valid JSON ({type(e).__name__}: {str(e)[:200]}); "
+                              f"the checkpoint is damaged") from e
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{path}/config.json is not a faceedit checkpoint config "
                               f"(expected format {FORMAT!r})")
     gen = cfg.get("generator")
     if not isinstance(gen, dict):
         raise CheckpointError(f"{path}/config.json has no 'generator' architecture table")
-    allowed = set(Generator.__init__.__code__.co_varnames[1:Generator.__init__.__code__.co_argcount])
-    unknown = set(gen) - allowed
-    if unknown:
-        raise CheckpointError(f"{path}/config.json: unknown generator settings {sorted(unknown)}")
-    for k, v in gen.items():
-        if not isinstance(v, (int, float, str)) or isinstance(v, bool):
-            raise CheckpointError(f"{path}/config.json: generator setting {k!r} has a bad value {v!r}")
+    check_architecture("generator", gen, f"{path}/config.json")
+    disc = cfg.get("discriminator")
+    if disc is not None:
+        if not isinstance(disc, dict):
+            raise CheckpointError(f"{path}/config.json: 'discriminator' must be a table or null")
+        check_architecture("discriminator", disc, f"{path}/config.json")
     return cfg
+
+
+# Per setting: allowed types and (low, high) bounds; what a sane StyleGAN2 can have.
+_ARCH_LIMITS = {
+    "z_dim": (int, 1, 4096), "w_dim": (int, 1, 4096), "resolution": (int, 16, 1024),
+    "mapping_layers": (int, 1, 64), "mapping_blocks": (int, 1, 64), "mapping_heads": (int, 1, 64),
+    "mapping_lr_mul": ((int, float), 1e-6, 1e3), "channel_base": (int, 1, 1 << 22),
+    "channel_max": (int, 1, 4096), "img_channels": (int, 1, 4), "conv_clamp": ((int, float), 1e-6, 1e9),
+    "mbstd_group": (int, 1, 64),
+}
+
+
+def _signature_names(cls) -> set:
+    code = cls.__init__.__code__
+    return set(code.co_varnames[1:code.co_argcount])
+
+
+def check_architecture(kind: str, kw: dict, where: str) -> None:
+    """Validate ``Generator``/``Discriminator`` keyword arguments read from a file *before* building.
+
+    A hostile or damaged config must not make faceedit allocate terabytes or hang, so every
+    setting is type- and range-checked and the parameter count is estimated from the
+    channel table (cheap) and bounded by ``MAX_PARAMETERS``.
+
+    Raises:
+        CheckpointError: unknown setting, wrong type, out of range, or too large a network.
+    """
+    cls = Generator if kind == "generator" else Discriminator
+    unknown = set(kw) - _signature_names(cls)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown {kind} settings {sorted(unknown)}")
+    for k, v in kw.items():
+        if k == "mapping_kind":
+            if v not in ("mlp", "transformer"):
+                raise CheckpointError(f"{where}: mapping_kind must be 'mlp' or 'transformer', got {v!r}")
+            continue
+        if k == "conv_clamp" and v is None:
+            continue
+        types, lo, hi = _ARCH_LIMITS.get(k, ((int, float), -math.inf, math.inf))
+        if isinstance(v, bool) or not isinstance(v, types) or not (isinstance(v, int) or math.isfinite(v)) \
+                or not lo <= v <= hi:
+            raise CheckpointError(f"{where}: {kind} setting {k!r} = {v!r} is not valid (expected "
+                                  f"{'an integer' if types is int else 'a number'} in {lo}..{hi}); the file is "
+                                  f"damaged or not a faceedit checkpoint")
+    res = kw.get("resolution", 1024 if kind == "generator" else None)
+    if res is None or res & (res - 1):
+        raise CheckpointError(f"{where}: {kind} resolution {res!r} is not a power of two in 16..1024")
+    base, cmax = kw.get("channel_base", 32768), kw.get("channel_max", 512)
+    ch = [min(base // 2 ** i, cmax) for i in range(2, int(math.log2(res)) + 1)]
+    if min(ch) < 1:
+        raise CheckpointError(f"{where}: channel_base={base} leaves layers with no channels at {res} px")
+    w = kw.get("w_dim", 512) if kind == "generator" else 0
+    convs = sum(9 * a * b for a, b in zip([ch[0]] + ch, ch + ch[1:])) + sum(w * c for c in ch) * 3
+    mapping = kw.get("mapping_layers", 8) * w * w + kw.get("mapping_blocks", 4) * 12 * w * w
+    if convs + mapping > MAX_PARAMETERS:
+        raise CheckpointError(f"{where}: the {kind} described would have about {(convs + mapping) / 1e9:.1f} "
+                              f"billion parameters (limit {MAX_PARAMETERS / 1e9:.0f}); refused")
+
+
+def build_network(kind: str, kw: dict, where: str):
+    """``Generator(**kw)`` or ``Discriminator(**kw)`` from file data, checked first (see :func:`check_architecture`)."""
+    check_architecture(kind, kw, where)
+    cls = Generator if kind == "generator" else Discriminator
+    try:
+        return cls(**kw)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{where}: cannot build the {kind} it describes ({e})") from e
 
 
 def _load_tensors(raw: bytes, where: str) -> dict:
@@ -128,6 +224,11 @@ def _strict_load(module: torch.nn.Module, state: dict, where: str) -> None:
                               f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''})")
     for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: {k} is a {type(v).__name__}, not a tensor")
+        if own[k].is_floating_point() and not v.is_floating_point():
+            raise CheckpointError(f"{where}: tensor {k} has dtype {v.dtype}; the architecture needs floating-point "
+                                  f"weights (the file is damaged or not a StyleGAN2 checkpoint)")
         if v.shape != own[k].shape:
             raise CheckpointError(f"{where}: tensor {k} has shape {tuple(v.shape)}, the architecture "
                                   f"needs {tuple(own[k].shape)}")
@@ -151,7 +252,7 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
     raw = src.read("model.safetensors")
     sha = hashlib.sha256(raw).hexdigest()
     tensors = _load_tensors(raw, f"{path}/model.safetensors")
-    G = Generator(**cfg["generator"])
+    G = build_network("generator", cfg["generator"], f"{path}/config.json")
     _strict_load(G, {k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}, f"{path}/model.safetensors")
     prior = {k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")}
     D = None
@@ -159,7 +260,7 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
         if cfg.get("discriminator") is None or not src.exists("discriminator.safetensors"):
             raise CheckpointError(f"{path} ships no discriminator; `--perceptual disc` and realism "
                                   f"scores need one (use --perceptual none)")
-        D = Discriminator(**cfg["discriminator"])
+        D = build_network("discriminator", cfg["discriminator"], f"{path}/config.json")
         dt = _load_tensors(src.read("discriminator.safetensors"), f"{path}/discriminator.safetensors")
         _strict_load(D, {k[2:]: v for k, v in dt.items() if k.startswith("D.")}, f"{path}/discriminator.safetensors")
         D.eval().requires_grad_(False)
@@ -168,6 +269,17 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
         G.to(device)
         D = D.to(device) if D is not None else None
     return {"G": G, "D": D, "config": cfg, "prior": prior, "sha256": sha}
+
+
+def model_safetensors_bytes(G: Generator, prior: dict | None = None, dtype: torch.dtype = torch.float32) -> bytes:
+    """The exact bytes :func:`save_native` writes as ``model.safetensors`` (its sha256 is the model id)."""
+    from safetensors.torch import save
+
+    cast = lambda t: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()  # noqa: E731
+    tensors = {f"G_ema.{k}": cast(v) for k, v in G.state_dict().items()}
+    for k, v in (prior or {}).items():
+        tensors[f"prior.{k}"] = v.detach().float().cpu().contiguous()  # statistics stay fp32
+    return save(tensors)
 
 
 def save_native(path, G: Generator, *, name: str, D: Discriminator | None = None, recipe: dict | None = None,
@@ -182,10 +294,7 @@ def save_native(path, G: Generator, *, name: str, D: Discriminator | None = None
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cast = lambda t: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()  # noqa: E731
-    tensors = {f"G_ema.{k}": cast(v) for k, v in G.state_dict().items()}
-    for k, v in (prior or {}).items():
-        tensors[f"prior.{k}"] = v.detach().float().cpu().contiguous()  # statistics stay fp32
-    atomic_write_bytes(path / "model.safetensors", save(tensors))
+    atomic_write_bytes(path / "model.safetensors", model_safetensors_bytes(G, prior, dtype))
     if D is not None:
         atomic_write_bytes(path / "discriminator.safetensors",
                            save({f"D.{k}": cast(v) for k, v in D.state_dict().items()}))

@@ -1,0 +1,240 @@
+"""Reader for NVIDIA stylegan2-ada-pytorch ``.pkl`` generators (no NVIDIA code is run or needed).
+
+The file is read with :mod:`faceedit.checkpoints.safe_pickle`; the generator's constructor
+arguments and tensors are taken from its persistence record and mapped onto
+:class:`faceedit.networks.Generator`.
+
+Name mapping (NVIDIA -> faceedit), with ``k = log2(res) - 3`` for blocks ``res >= 8``::
+
+    mapping.fc{i}.{weight,bias}          -> mapping.net.{i}.{weight,bias}
+    mapping.w_avg                        -> mapping.w_avg
+    synthesis.b4.const      [C, 4, 4]    -> synthesis.const [1, C, 4, 4]
+    synthesis.b4.conv1.*                 -> synthesis.conv1.*
+    synthesis.b4.torgb.*                 -> synthesis.torgb1.*
+    synthesis.b{res}.conv0.*             -> synthesis.convs_up.{k}.*
+    synthesis.b{res}.conv1.*             -> synthesis.convs.{k}.*
+    synthesis.b{res}.torgb.*             -> synthesis.torgbs.{k}.*
+    *.affine.{weight,bias}, *.weight, *.bias, *.noise_strength: unchanged
+    *.noise_const           [R, R]       -> [1, 1, R, R]
+    *.resample_filter (checked to be [1,3,3,1] and dropped)
+
+Conventions line up one to one: both store equalised-lr weights as N(0, 1/lr_mul) and scale
+them at run time by ``lr_mul / sqrt(fan_in)`` (biases by ``lr_mul``); NVIDIA applies the
+3x3 conv gain ``1/sqrt(fan_in)`` nowhere (demodulation cancels it) and the toRGB gain on
+the styles, we apply both on the weight: equal to float rounding. ``conv_clamp`` is
+carried over. ``num_fp16_res`` is not: the converted model runs in fp32, which matches
+NVIDIA's ``force_fp32=True`` output.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from faceedit.networks import Generator
+
+from .native import CheckpointError, _strict_load
+from .safe_pickle import EasyDict, PersistentRecord, load_restricted
+
+log = logging.getLogger(__name__)
+
+_GEN_ARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
+# Settings that change nothing in fp32 inference, or that we reproduce exactly.
+_IGNORED_SYNTH = {"num_fp16_res", "fp16_channels_last", "channels_last", "use_fp16"}
+
+
+def _fir_ok(t: torch.Tensor) -> bool:
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    ref2 = torch.outer(k, k) / 64
+    return (t.shape == (4, 4) and torch.allclose(t.float(), ref2)) or \
+           (t.shape == (4,) and torch.allclose(t.float(), k / 8))
+
+
+def nvidia_to_native_state(sd: dict, num_blocks: int) -> dict:
+    """Map an NVIDIA generator state dict to faceedit names (see the module docstring).
+
+    Args:
+        sd: ``{name: tensor}`` as NVIDIA's ``G.state_dict()`` names them.
+        num_blocks: number of synthesis blocks after ``b4`` (``log2(resolution) - 2``).
+    Raises:
+        CheckpointError: an unknown tensor name, or a resampling filter other than [1,3,3,1].
+    """
+    out = {}
+    blocks = {"b4.conv1": "conv1", "b4.torgb": "torgb1"}
+    for k in range(num_blocks):
+        r = 2 ** (k + 3)
+        blocks.update({f"b{r}.conv0": f"convs_up.{k}", f"b{r}.conv1": f"convs.{k}", f"b{r}.torgb": f"torgbs.{k}"})
+    for name, t in sd.items():
+        parts = name.split(".")
+        if name.endswith("resample_filter"):
+            if not _fir_ok(t):
+                raise CheckpointError(f"{name} is not the [1,3,3,1] filter faceedit implements "
+                                      f"(found {t.flatten()[:6].tolist()}...)")
+            continue
+        if parts[0] == "mapping":
+            if parts[1] == "w_avg":
+                out["mapping.w_avg"] = t
+            elif parts[1].startswith("fc") and parts[1][2:].isdigit() and len(parts) == 3:
+                out[f"mapping.net.{int(parts[1][2:])}.{parts[2]}"] = t
+            elif parts[1] == "embed":
+                raise CheckpointError("this is a class-conditional generator (mapping.embed); faceedit "
+                                      "supports unconditional StyleGAN2 generators only")
+            else:
+                raise CheckpointError(f"unexpected mapping tensor {name}")
+            continue
+        if parts[0] != "synthesis" or len(parts) < 3:
+            raise CheckpointError(f"unexpected generator tensor {name}")
+        if parts[1] == "b4" and parts[2] == "const":
+            out["synthesis.const"] = t.unsqueeze(0)
+            continue
+        layer = ".".join(parts[1:3])
+        if layer not in blocks:
+            raise CheckpointError(f"unexpected synthesis tensor {name}: faceedit reads the 'skip' "
+                                  f"architecture of StyleGAN2 (not StyleGAN3, not 'resnet'/'orig')")
+        rest = ".".join(parts[3:])
+        if rest == "noise_const":
+            t = t.reshape(1, 1, *t.shape[-2:])
+        out[f"synthesis.{blocks[layer]}.{rest}"] = t
+    return out
+
+
+def native_to_nvidia_state(sd: dict, num_blocks: int) -> dict:
+    """Inverse of :func:`nvidia_to_native_state` (without the filter buffers); used by tests
+    to lay one of our generators out under NVIDIA's names."""
+    inv = {"conv1": "b4.conv1", "torgb1": "b4.torgb"}
+    for k in range(num_blocks):
+        r = 2 ** (k + 3)
+        inv.update({f"convs_up.{k}": f"b{r}.conv0", f"convs.{k}": f"b{r}.conv1", f"torgbs.{k}": f"b{r}.torgb"})
+    out = {}
+    for name, t in sd.items():
+        p = name.split(".")
+        if name == "mapping.w_avg":
+            out[name] = t
+        elif p[:2] == ["mapping", "net"]:
+            out[f"mapping.fc{p[2]}.{p[3]}"] = t
+        elif name == "synthesis.const":
+            out["synthesis.b4.const"] = t[0]
+        else:
+            layer = p[1] if p[1] in inv else ".".join(p[1:3])
+            rest = name[len("synthesis.") + len(layer) + 1:]
+            if rest == "noise_const":
+                t = t[0, 0]
+            out[f"synthesis.{inv[layer]}.{rest}"] = t
+    return out
+
+
+def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
+    args = rec.init_args
+    if len(args) > len(_GEN_ARGS):
+        raise CheckpointError(f"{where}: Generator was built with {len(args)} positional arguments; expected "
+                              f"at most {len(_GEN_ARGS)}")
+    kw = dict(zip(_GEN_ARGS, args))
+    kw.update(rec.init_kwargs)
+    missing = [k for k in ("z_dim", "w_dim", "img_resolution") if k not in kw]
+    if missing:
+        raise CheckpointError(f"{where}: the generator record lacks constructor arguments {missing}")
+    if kw.get("c_dim", 0):
+        raise CheckpointError(f"{where}: class-conditional generator (c_dim={kw['c_dim']}); faceedit supports "
+                              f"unconditional StyleGAN2 generators only")
+    mk = dict(kw.get("mapping_kwargs") or {})
+    sk = dict(kw.get("synthesis_kwargs") or {})
+    for k in set(kw) - set(_GEN_ARGS):
+        raise CheckpointError(f"{where}: unknown Generator argument {k!r}={kw[k]!r}; not a stylegan2-ada-pytorch "
+                              f"StyleGAN2 generator (StyleGAN3 and other variants are not supported)")
+    w_dim = int(kw["w_dim"])
+    for key, ok in (("activation", "lrelu"),):
+        if mk.get(key, ok) != ok:
+            raise CheckpointError(f"{where}: mapping {key}={mk[key]!r} is not supported (only {ok!r})")
+    if mk.get("layer_features") not in (None, w_dim):
+        raise CheckpointError(f"{where}: mapping layer_features={mk['layer_features']} != w_dim is not supported")
+    for key, ok in (("architecture", "skip"), ("resample_filter", [1, 3, 3, 1]), ("activation", "lrelu"),
+                    ("kernel_size", 3)):
+        found = sk.get(key, ok)
+        if (list(found) if isinstance(ok, list) else found) != ok:
+            raise CheckpointError(f"{where}: synthesis {key}={sk[key]!r} is not supported (faceedit implements "
+                                  f"StyleGAN2 with {key}={ok!r})")
+    known = {"channel_base", "channel_max", "conv_clamp", "architecture", "resample_filter", "activation",
+             "kernel_size", "use_noise"} | _IGNORED_SYNTH
+    unknown = sorted(set(sk) - known)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown synthesis settings {unknown}; not a StyleGAN2 generator "
+                              f"faceedit can reproduce")
+    known_m = {"num_layers", "lr_multiplier", "w_avg_beta", "embed_features", "layer_features", "activation"}
+    unknown = sorted(set(mk) - known_m)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown mapping settings {unknown}")
+    cfg = dict(z_dim=int(kw["z_dim"]), w_dim=w_dim, resolution=int(kw["img_resolution"]), mapping_kind="mlp",
+               mapping_layers=int(mk.get("num_layers", 8)), mapping_lr_mul=float(mk.get("lr_multiplier", 0.01)),
+               channel_base=int(sk.get("channel_base", 32768)), channel_max=int(sk.get("channel_max", 512)),
+               img_channels=int(kw.get("img_channels", 3)))
+    if sk.get("conv_clamp") is not None:
+        cfg["conv_clamp"] = float(sk["conv_clamp"])
+    if sk.get("num_fp16_res"):
+        log.info("%s: NVIDIA ran the top %d resolutions in fp16; the converted model runs in fp32 "
+                 "(it matches NVIDIA's force_fp32=True output)", where, sk["num_fp16_res"])
+    return cfg
+
+
+def pick_generator(obj, where: str) -> tuple:
+    """From an unpickled NVIDIA file, the generator record and which key it came from."""
+    if isinstance(obj, PersistentRecord):
+        return obj, "(top level)"
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{where} holds a {type(obj).__name__}, not a stylegan2-ada-pytorch network dict")
+    for key in ("G_ema", "G"):
+        rec = obj.get(key)
+        if isinstance(rec, PersistentRecord):
+            if key == "G":
+                log.warning("%s has no G_ema; using the training generator G", where)
+            return rec, key
+    raise CheckpointError(f"{where} has no generator (keys: {sorted(map(str, obj))}); expected 'G_ema' "
+                          f"as stylegan2-ada-pytorch writes it")
+
+
+def read_nvidia(path) -> dict:
+    """Read an NVIDIA stylegan2-ada-pytorch pickle into a faceedit :class:`Generator`.
+
+    Nothing from the file is executed (see :mod:`faceedit.checkpoints.safe_pickle`).
+
+    Returns:
+        ``{"G": Generator (eval, fp32), "provenance": dict}``.
+    Raises:
+        UnsafePickleError: the pickle references anything outside the allow-list.
+        CheckpointError: not a StyleGAN2 generator faceedit can reproduce; the message says why.
+    """
+    path = Path(path)
+    obj = load_restricted(path)
+    rec, key = pick_generator(obj, str(path))
+    if rec.class_name != "Generator":
+        raise CheckpointError(f"{path}: {key} is a {rec.class_name}, not a Generator")
+    cfg = _generator_kwargs(rec, str(path))
+    res = cfg["resolution"]
+    if res < 16 or res > 1024 or res & (res - 1):
+        raise CheckpointError(f"{path}: resolution {res} is outside faceedit's 16..1024 powers of two")
+    try:
+        nv = rec.tensors()
+    except RecursionError as e:
+        raise CheckpointError(f"{path}: sub-networks nested far deeper than any StyleGAN2; the file is damaged "
+                              f"or hostile") from e
+    if any(k.startswith("synthesis.input") or ".L0_" in k for k in nv):
+        raise CheckpointError(f"{path} is a StyleGAN3 generator; faceedit reads StyleGAN2 only")
+    num_blocks = int(math.log2(res)) - 2
+    noise_free = [k[: -len(".affine.weight")] for k in nv if k.endswith(".affine.weight") and ".torgb" not in k
+                  and k.replace(".affine.weight", ".noise_strength") not in nv]
+    state = nvidia_to_native_state(nv, num_blocks)
+    G = Generator(**cfg)
+    for layer in noise_free:  # use_noise=False layers: zero strength reproduces them exactly
+        base = next(iter(nvidia_to_native_state({layer + ".bias": torch.zeros(1)}, num_blocks)))[: -len(".bias")]
+        state[f"{base}.noise_strength"] = torch.zeros([])
+        state[f"{base}.noise_const"] = torch.zeros_like(G.state_dict()[f"{base}.noise_const"])
+    _strict_load(G, {k: v.float() for k, v in state.items()}, f"{path} ({key})")
+    G.eval().requires_grad_(False)
+    prov = {"source_format": "nvidia-stylegan2-ada-pkl", "source_key": key, "source_file": path.name,
+            "nvidia_synthesis_kwargs": {k: v for k, v in dict(rec.init_kwargs.get("synthesis_kwargs") or {}).items()
+                                        if isinstance(v, (int, float, str, bool, type(None)))}}
+    return {"G": G, "provenance": prov}
+
+
+__all__ = ["read_nvidia", "nvidia_to_native_state", "native_to_nvidia_state", "pick_generator", "EasyDict"]

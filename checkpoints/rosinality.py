@@ -1,0 +1,228 @@
+"""Reader for rosinality/stylegan2-pytorch ``.pt`` checkpoints (``torch.load(weights_only=True)``).
+
+Such a file is a dict from ``torch.save``: ``g_ema`` (the generator's state dict), optionally
+``latent_avg`` (the mean W of converted official models), ``g``, ``d``, optimizer states and
+``args`` (an ``argparse.Namespace``, the one non-tensor class allowed while loading).
+
+Name mapping (rosinality -> faceedit), ``j`` counting rosinality's ``convs`` list::
+
+    style.{i}.{weight,bias}  (i = 1..n_mlp)  -> mapping.net.{i-1}.{weight,bias}
+    latent_avg                                -> mapping.w_avg   (else estimated, see below)
+    input.input                               -> synthesis.const
+    conv1 / convs.{2k} / convs.{2k+1}         -> synthesis.conv1 / convs_up.{k} / convs.{k}
+        .conv.weight        [1, O, I, 3, 3]   -> .weight [O, I, 3, 3]
+        .conv.modulation.*                    -> .affine.*
+        .noise.weight       [1]               -> .noise_strength []
+        .activate.bias      [O]               -> .bias
+    noises.noise_{l}        [1, 1, R, R]      -> noise_const of styled conv l (conv1 is l = 0)
+    to_rgb1 / to_rgbs.{k}                     -> synthesis.torgb1 / torgbs.{k}
+        .conv.weight        [1, 3, I, 1, 1]   -> .weight [3, I, 1, 1];  .bias [1, 3, 1, 1] -> [3]
+    *.blur.kernel, *.upsample.kernel (checked to be the [1,3,3,1] filter and dropped)
+
+rosinality's equalised-lr conventions are NVIDIA's (weights N(0, 1/lr_mul), run-time scale
+``lr_mul / sqrt(fan_in)``), so tensors copy over unchanged. Its channel table
+(512 up to 32 px, then ``16384 * channel_multiplier / res``) is ``min(base // res, 512)``
+with ``base = 16384 * channel_multiplier`` for multipliers 1 and 2; other tables are refused.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from faceedit.networks import Generator, channels_for
+
+from .native import CheckpointError, _strict_load
+
+log = logging.getLogger(__name__)
+
+W_AVG_SAMPLES = 10000
+W_AVG_SEED = 0
+
+
+def load_weights_only(path) -> object:
+    """``torch.load(path, weights_only=True)`` allowing ``argparse.Namespace`` (rosinality's ``args``)."""
+    try:
+        ctx = torch.serialization.safe_globals([argparse.Namespace])
+    except AttributeError:  # torch < 2.5: no context manager; Namespace-free files still load
+        ctx = None
+    try:
+        if ctx is None:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with ctx:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: refused to load: torch.load(weights_only=True) found something other "
+                              f"than tensors and plain data ({first}). The file may be malicious; nothing in it "
+                              f"was executed. faceedit never falls back to unsafe loading.") from e
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({e})") from e
+
+
+def _kernel_ok(t: torch.Tensor, scale: float) -> bool:
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    return t.shape == (4, 4) and torch.allclose(t.float(), torch.outer(k, k) / 64 * scale)
+
+
+def _infer_channel_rule(ch: dict, where: str) -> tuple:
+    """``(channel_base, channel_max)`` reproducing ``{res: channels}`` with ``min(base // res, max)``."""
+    cmax = max(ch.values())
+    below = [r for r in ch if ch[r] < cmax]
+    base = ch[min(below)] * min(below) if below else cmax * max(ch)
+    if channels_for(max(ch), base, cmax) != ch:
+        raise CheckpointError(f"{where}: channel table {ch} is not of the form min(base / res, max); "
+                              f"faceedit cannot reproduce this generator")
+    return base, cmax
+
+
+def rosinality_to_native_state(sd: dict, where: str = "checkpoint") -> tuple:
+    """Map a rosinality ``g_ema`` state dict to faceedit names.
+
+    Returns:
+        ``(config, state)``: Generator kwargs and the renamed tensors (``mapping.w_avg`` not included).
+    Raises:
+        CheckpointError: missing or unexpected tensors, or an unsupported layout (e.g. SWAGAN).
+    """
+    if any(k.startswith(("dwt", "iwt")) or ".iwt." in k for k in sd):
+        raise CheckpointError(f"{where} is a SWAGAN (wavelet) generator; faceedit reads StyleGAN2 only")
+    style = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k)))
+    if not style or "input.input" not in sd or "to_rgb1.conv.weight" not in sd:
+        raise CheckpointError(f"{where}: not a rosinality StyleGAN2 generator (need style.*, input.input, "
+                              f"to_rgb1.*; found {sorted(sd)[:6]}...)")
+    n_rgbs = len({k.split(".")[1] for k in sd if k.startswith("to_rgbs.")})
+    resolution = 2 ** (n_rgbs + 2)
+    z_dim = sd["style.1.weight"].shape[1]
+    ch = {4: sd["input.input"].shape[1]}
+    for k in range(n_rgbs):
+        ch[2 ** (k + 3)] = sd[f"convs.{2 * k}.conv.weight"].shape[1]
+    base, cmax = _infer_channel_rule(ch, where)
+    cfg = dict(z_dim=z_dim, w_dim=z_dim, resolution=resolution, mapping_kind="mlp", mapping_layers=len(style),
+               mapping_lr_mul=0.01, channel_base=base, channel_max=cmax, img_channels=3)
+    convs = {"conv1": "conv1", **{f"convs.{j}": (f"convs_up.{j // 2}" if j % 2 == 0 else f"convs.{j // 2}")
+                                  for j in range(2 * n_rgbs)}}
+    noise_of = {0: "conv1", **{j + 1: convs[f"convs.{j}"] for j in range(2 * n_rgbs)}}
+    rgbs = {"to_rgb1": "torgb1", **{f"to_rgbs.{k}": f"torgbs.{k}" for k in range(n_rgbs)}}
+    out = {}
+    for name, t in sd.items():
+        if name.endswith(("blur.kernel", "upsample.kernel")):
+            if not _kernel_ok(t, 4.0):
+                raise CheckpointError(f"{where}: {name} is not the [1,3,3,1] filter faceedit implements")
+            continue
+        if m := re.fullmatch(r"style\.(\d+)\.(weight|bias)", name):
+            out[f"mapping.net.{int(m.group(1)) - 1}.{m.group(2)}"] = t
+        elif name == "input.input":
+            out["synthesis.const"] = t
+        elif m := re.fullmatch(r"noises\.noise_(\d+)", name):
+            if int(m.group(1)) not in noise_of:
+                raise CheckpointError(f"{where}: unexpected noise buffer {name}")
+            out[f"synthesis.{noise_of[int(m.group(1))]}.noise_const"] = t
+        elif m := re.fullmatch(r"(conv1|convs\.\d+)\.(conv\.weight|conv\.modulation\.(?:weight|bias)|noise\.weight|"
+                               r"activate\.bias)", name):
+            if m.group(1) not in convs:
+                raise CheckpointError(f"{where}: unexpected tensor {name}")
+            dst = {"conv.weight": "weight", "noise.weight": "noise_strength", "activate.bias": "bias"}.get(
+                m.group(2), m.group(2).replace("conv.modulation", "affine"))
+            t = t[0] if dst == "weight" else (t.reshape([]) if dst == "noise_strength" else t)
+            out[f"synthesis.{convs[m.group(1)]}.{dst}"] = t
+        elif m := re.fullmatch(r"(to_rgb1|to_rgbs\.\d+)\.(conv\.weight|conv\.modulation\.(?:weight|bias)|bias)", name):
+            if m.group(1) not in rgbs:
+                raise CheckpointError(f"{where}: unexpected tensor {name}")
+            dst = {"conv.weight": "weight", "bias": "bias"}.get(m.group(2), m.group(2).replace("conv.modulation",
+                                                                                               "affine"))
+            t = t[0] if dst == "weight" else (t.reshape(-1) if dst == "bias" else t)
+            out[f"synthesis.{rgbs[m.group(1)]}.{dst}"] = t
+        else:
+            raise CheckpointError(f"{where}: unexpected tensor {name} for a rosinality StyleGAN2 generator")
+    return cfg, out
+
+
+def native_to_rosinality_state(sd: dict, num_blocks: int) -> dict:
+    """Inverse of :func:`rosinality_to_native_state` (no filter buffers, no ``latent_avg``);
+    used by tests to lay one of our generators out under rosinality's names."""
+    convs = {"conv1": "conv1", **{f"convs_up.{k}": f"convs.{2 * k}" for k in range(num_blocks)},
+             **{f"convs.{k}": f"convs.{2 * k + 1}" for k in range(num_blocks)}}
+    noise_idx = {"conv1": 0, **{f"convs_up.{k}": 2 * k + 1 for k in range(num_blocks)},
+                 **{f"convs.{k}": 2 * k + 2 for k in range(num_blocks)}}
+    rgbs = {"torgb1": "to_rgb1", **{f"torgbs.{k}": f"to_rgbs.{k}" for k in range(num_blocks)}}
+    out = {}
+    for name, t in sd.items():
+        p = name.split(".")
+        if p[:2] == ["mapping", "net"]:
+            out[f"style.{int(p[2]) + 1}.{p[3]}"] = t
+        elif name == "mapping.w_avg":
+            continue
+        elif name == "synthesis.const":
+            out["input.input"] = t
+        else:
+            layer = p[1] if p[1] in ("conv1", "torgb1") else ".".join(p[1:3])
+            rest = name[len("synthesis.") + len(layer) + 1:]
+            if layer in rgbs:
+                dst = {"weight": "conv.weight", "bias": "bias"}.get(rest, rest.replace("affine", "conv.modulation"))
+                t = t[None] if rest == "weight" else (t.reshape(1, -1, 1, 1) if rest == "bias" else t)
+                out[f"{rgbs[layer]}.{dst}"] = t
+            elif rest == "noise_const":
+                out[f"noises.noise_{noise_idx[layer]}"] = t
+            else:
+                dst = {"weight": "conv.weight", "noise_strength": "noise.weight", "bias": "activate.bias"}.get(
+                    rest, rest.replace("affine", "conv.modulation"))
+                t = t[None] if rest == "weight" else (t.reshape(1) if rest == "noise_strength" else t)
+                out[f"{convs[layer]}.{dst}"] = t
+    return out
+
+
+def read_rosinality(path, obj=None) -> dict:
+    """Read a rosinality ``.pt`` checkpoint into a faceedit :class:`Generator`.
+
+    Args:
+        path: the file.
+        obj: the already loaded (``weights_only``) content, to avoid reading twice.
+    Returns:
+        ``{"G": Generator (eval, fp32), "provenance": dict}``. Without ``latent_avg`` in the
+        file, ``w_avg`` is estimated from ``W_AVG_SAMPLES`` mapped z (seed ``W_AVG_SEED``) and
+        the provenance says so.
+    """
+    path = Path(path)
+    obj = load_weights_only(path) if obj is None else obj
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a rosinality checkpoint dict")
+    key = "g_ema" if "g_ema" in obj else ("g" if "g" in obj else None)
+    if key is None or not isinstance(obj[key], dict):
+        raise CheckpointError(f"{path} has no generator state 'g_ema' (keys: {sorted(map(str, obj))[:8]})")
+    if key == "g":
+        log.warning("%s has no g_ema; using the training generator g", path)
+    sd = {k: v for k, v in obj[key].items()}
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: {key} entries {bad[:3]} are not tensors")
+    cfg, state = rosinality_to_native_state(sd, f"{path} ({key})")
+    args = obj.get("args")
+    if isinstance(args, argparse.Namespace) and isinstance(getattr(args, "lr_mlp", None), (int, float)):
+        cfg["mapping_lr_mul"] = float(args.lr_mlp)
+    G = Generator(**cfg)
+    la = obj.get("latent_avg")
+    prov = {"source_format": "rosinality-pt", "source_key": key, "source_file": path.name}
+    if isinstance(la, torch.Tensor) and la.numel() == cfg["w_dim"]:
+        state["mapping.w_avg"] = la.reshape(-1)
+    else:
+        state["mapping.w_avg"] = torch.zeros(cfg["w_dim"])
+        prov["w_avg"] = f"estimated from {W_AVG_SAMPLES} mapped z (seed {W_AVG_SEED}); the file has no latent_avg"
+    _strict_load(G, {k: v.float() for k, v in state.items()}, f"{path} ({key})")
+    if "w_avg" in prov:
+        with torch.no_grad():
+            z = torch.randn(W_AVG_SAMPLES, cfg["z_dim"], generator=torch.Generator().manual_seed(W_AVG_SEED))
+            G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(0))
+    G.eval().requires_grad_(False)
+    return {"G": G, "provenance": prov}
+
+
+def num_blocks_for(resolution: int) -> int:
+    return int(math.log2(resolution)) - 2
+
+
+__all__ = ["read_rosinality", "load_weights_only", "rosinality_to_native_state", "native_to_rosinality_state"]

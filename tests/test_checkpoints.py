@@ -1,0 +1,513 @@
+"""Tests of faceedit.checkpoints: native round trips, NVIDIA/rosinality readers, hostile files.
+
+The NVIDIA and rosinality files are built here, from one of our generators with a known
+state laid out under their names: NVIDIA pickles through stand-in ``torch_utils.persistence``
+and ``dnnlib.util`` modules that exist only while the file is written (so the reader is
+shown to need none of them), with the same reconstruction records, module source string,
+``EasyDict`` kwargs, numpy scalars and nested-storage tensors NVIDIA's own code writes.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import os
+import pickle
+import subprocess
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from faceedit.checkpoints import CheckpointError, load_model, load_native, save_native
+from faceedit.checkpoints.convert import convert_file, convert_to_native_in_memory, sniff
+from faceedit.checkpoints.native import folder_to_zip_bytes
+from faceedit.checkpoints.nvidia import native_to_nvidia_state, read_nvidia
+from faceedit.checkpoints.rosinality import native_to_rosinality_state, read_rosinality
+from faceedit.checkpoints.safe_pickle import UnsafePickleError, load_restricted
+from faceedit.networks import Discriminator, Generator
+
+RES = 32
+NUM_BLOCKS = 3  # log2(32) - 2
+
+
+def make_generator(seed=0, **kw) -> Generator:
+    torch.manual_seed(seed)
+    G = Generator(z_dim=16, w_dim=16, resolution=RES, mapping_layers=2, channel_base=512, channel_max=32, **kw)
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength") or name.endswith(".bias"):
+                p.add_(0.3 * torch.randn_like(p))
+        G.mapping.w_avg.copy_(0.5 * torch.randn_like(G.mapping.w_avg))
+    return G.eval()
+
+
+def images(G, n=3, seed=11, psi=0.7):
+    with torch.no_grad():
+        z = torch.randn(n, *G.z_shape, generator=torch.Generator().manual_seed(seed))
+        return G(z, truncation_psi=psi, noise_mode="const")
+
+
+def assert_same_generator(a: Generator, b: Generator):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert torch.equal(images(a), images(b))
+
+
+# --- NVIDIA-layout pickles, written without NVIDIA's code ------------------------------------
+
+class FakeNvidia:
+    """Stand-ins for ``torch_utils.persistence`` / ``dnnlib.util`` while a test file is written."""
+
+    def __init__(self, monkeypatch):
+        self.mp = monkeypatch
+
+    def __enter__(self):
+        self.ctx = self.mp.context()
+        m = self.ctx.__enter__()
+        tu, pers = types.ModuleType("torch_utils"), types.ModuleType("torch_utils.persistence")
+        dn, util = types.ModuleType("dnnlib"), types.ModuleType("dnnlib.util")
+
+        def _reconstruct_persistent_obj(meta):  # never called in these tests
+            raise AssertionError("the reader must not call NVIDIA's reconstruction")
+
+        _reconstruct_persistent_obj.__module__ = "torch_utils.persistence"
+        _reconstruct_persistent_obj.__qualname__ = "_reconstruct_persistent_obj"
+        pers._reconstruct_persistent_obj = _reconstruct_persistent_obj
+        tu.persistence = pers
+
+        class EasyDict(dict):
+            pass
+
+        EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
+        util.EasyDict = EasyDict
+        dn.util = util
+        for name, mod in [("torch_utils", tu), ("torch_utils.persistence", pers), ("dnnlib", dn), ("dnnlib.util", util)]:
+            m.setitem(sys.modules, name, mod)
+        self.reconstruct, self.EasyDict = _reconstruct_persistent_obj, EasyDict
+        return self
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc)
+
+
+class Record:
+    """Pickles exactly like a ``persistence``-decorated module: a reconstruction call with a meta dict."""
+
+    def __init__(self, fake, class_name, state, module_src):
+        self.fake, self.meta = fake, dict(type="class", version=6, module_src=module_src, class_name=class_name,
+                                          state=state)
+
+    def __reduce__(self):
+        return (self.fake.reconstruct, (self.meta,))
+
+
+PARAM_LEAVES = {"weight", "bias", "const", "noise_strength"}
+
+
+def records_from_state(fake, nv_state: dict, init_kwargs: dict, module_src: str, marker_src_ok=True) -> Record:
+    """Nest NVIDIA-named tensors into module records with ``_parameters`` / ``_buffers`` / ``_modules``."""
+    tree = {}
+    for name, t in nv_state.items():
+        node = tree
+        *path, leaf = name.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[leaf] = t
+
+    def build(node, class_name, kwargs):
+        params, bufs, mods = collections.OrderedDict(), collections.OrderedDict(), collections.OrderedDict()
+        for k, v in node.items():
+            if isinstance(v, dict):
+                cls = {"mapping": "MappingNetwork", "synthesis": "SynthesisNetwork", "affine": "FullyConnectedLayer",
+                       "torgb": "ToRGBLayer"}.get(k, "SynthesisBlock" if k.startswith("b") else
+                                                   "FullyConnectedLayer" if k.startswith("fc") else "SynthesisLayer")
+                mods[k] = build(v, cls, {})
+            elif k in PARAM_LEAVES:
+                params[k] = torch.nn.Parameter(v.clone(), requires_grad=False)
+            else:
+                bufs[k] = v.clone()
+        state = dict(training=False, _parameters=params, _buffers=bufs, _non_persistent_buffers_set=set(),
+                     _backward_hooks=collections.OrderedDict(), _forward_hooks=collections.OrderedDict(),
+                     _modules=mods, _init_args=(), _init_kwargs=kwargs,
+                     weight_gain=np.float64(0.25), bias_gain=np.float32(1.0), activation="lrelu")
+        return Record(fake, class_name, state, module_src)
+
+    return build(tree, "Generator", init_kwargs)
+
+
+def nvidia_state_of(G: Generator) -> dict:
+    sd = native_to_nvidia_state(G.state_dict(), NUM_BLOCKS)
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    filt = torch.outer(k, k) / 64
+    for name in list(sd):  # NVIDIA keeps a resample_filter buffer in every block and styled layer
+        if name.endswith(".affine.weight") and ".torgb." not in name:
+            sd[name.replace("affine.weight", "resample_filter")] = filt
+    for r in [4, 8, 16, 32]:
+        sd[f"synthesis.b{r}.resample_filter"] = filt
+    return sd
+
+
+def write_nvidia_pkl(monkeypatch, path, G, *, synthesis_kwargs=None, torch_zip=False, module_src="# source",
+                     extra=None, edit_state=None):
+    sd = nvidia_state_of(G)
+    if edit_state:
+        edit_state(sd)
+    with FakeNvidia(monkeypatch) as fake:
+        E = fake.EasyDict
+        sk = E(channel_base=512, channel_max=32, num_fp16_res=0, conv_clamp=None)
+        sk.update(synthesis_kwargs or {})
+        kw = E(z_dim=G.z_dim, c_dim=0, w_dim=G.w_dim, img_resolution=G.resolution, img_channels=3,
+               mapping_kwargs=E(num_layers=2), synthesis_kwargs=sk)
+        G_ema = records_from_state(fake, sd, kw, module_src)
+        D = Record(fake, "Discriminator", dict(_parameters=collections.OrderedDict(w=torch.ones(2)),
+                                               _buffers={}, _modules={}, _init_kwargs=E(c_dim=0)), module_src)
+        data = dict(G=G_ema, D=D, G_ema=G_ema, augment_pipe=None,
+                    training_set_kwargs=E(path="x.zip", resolution=G.resolution), **(extra or {}))
+        if torch_zip:
+            torch.save(data, path)
+        else:
+            with open(path, "wb") as f:
+                pickle.dump(data, f)
+    return path
+
+
+def test_nvidia_pickle_converts_to_the_same_generator(tmp_path, monkeypatch):
+    marker = tmp_path / "source_was_executed"
+    src = f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\nclass Generator: pass\n"
+    G = make_generator()
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, module_src=src)
+    raw = p.read_bytes()
+    assert b"torch_utils.persistence" in raw and b"_load_from_bytes" in raw and b"_rebuild_tensor_v2" in raw
+    out = read_nvidia(p)
+    assert_same_generator(out["G"], G)
+    assert not marker.exists(), "the pickled module source was executed"
+    assert out["G"].config == G.config
+    assert sniff(p) == "nvidia"
+
+
+def test_nvidia_torch_save_zip_with_persistent_ids(tmp_path, monkeypatch):
+    G = make_generator(seed=1)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pt", G, torch_zip=True)
+    assert zipfile.is_zipfile(p) and sniff(p) == "nvidia"
+    assert_same_generator(convert_to_native_in_memory(p)["G"], G)
+
+
+def test_nvidia_conv_clamp_is_carried_over(tmp_path, monkeypatch):
+    G = make_generator(seed=2, conv_clamp=256.0)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, synthesis_kwargs=dict(conv_clamp=256))
+    H = read_nvidia(p)["G"]
+    assert H.config["conv_clamp"] == 256.0
+    assert_same_generator(H, G)
+
+
+def test_nvidia_unsupported_variants_are_named(tmp_path, monkeypatch):
+    G = make_generator()
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "a.pkl", G, synthesis_kwargs=dict(architecture="resnet"))
+    with pytest.raises(CheckpointError, match="architecture"):
+        read_nvidia(p)
+
+    def bad_filter(sd):
+        sd["synthesis.b8.resample_filter"] = torch.ones(4, 4) / 16
+
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "b.pkl", G, edit_state=bad_filter)
+    with pytest.raises(CheckpointError, match=r"\[1,3,3,1\]"):
+        read_nvidia(p)
+
+    def drop(sd):
+        del sd["synthesis.b16.conv1.weight"]
+
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "c.pkl", G, edit_state=drop)
+    with pytest.raises(CheckpointError, match="missing"):
+        read_nvidia(p)
+
+
+def test_nvidia_layers_without_noise_convert_exactly(tmp_path, monkeypatch):
+    G = make_generator(seed=3)
+    with torch.no_grad():  # what use_noise=False means for our generator
+        for m in G.modules():
+            if hasattr(m, "noise_strength"):
+                m.noise_strength.zero_()
+                m.noise_const.zero_()
+
+    def no_noise(sd):
+        for k in [k for k in sd if k.endswith(("noise_strength", "noise_const"))]:
+            del sd[k]
+
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "n.pkl", G, synthesis_kwargs=dict(use_noise=False),
+                         edit_state=no_noise)
+    assert_same_generator(read_nvidia(p)["G"], G)
+
+
+# --- hostile files -------------------------------------------------------------------------
+
+class Shell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class Eval:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (eval, (f"open({str(self.marker)!r}, 'w').write('x')",))
+
+
+class Popen:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+class NestedStorage:
+    """Pickles as ``torch.storage._load_from_bytes(b)`` with hostile bytes inside."""
+
+    def __init__(self, payload: bytes):
+        self.payload = payload
+
+    def __reduce__(self):
+        return (torch.storage._load_from_bytes, (self.payload,))
+
+
+@pytest.mark.parametrize("evil", [Shell, Eval, Popen])
+def test_hostile_pickle_is_refused_and_never_runs(tmp_path, evil):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pkl"
+    p.write_bytes(pickle.dumps({"G_ema": evil(marker)}))
+    with pytest.raises(UnsafePickleError, match=r"refused to load: the pickle references (posix|builtins|subprocess)"):
+        load_restricted(p)
+    with pytest.raises(CheckpointError):
+        convert_to_native_in_memory(p)
+    assert not marker.exists()
+
+
+def test_the_hostile_file_is_live(tmp_path):
+    """Control: plain pickle.load of the same bytes does run the payload (so the test above can fail)."""
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(Eval(marker)))
+    assert marker.exists()
+
+
+def test_hostile_code_inside_a_valid_record_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    G = make_generator()
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, extra=dict(progress=Eval(marker)))
+    with pytest.raises(UnsafePickleError, match="builtins.eval"):
+        read_nvidia(p)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("container", ["raw", "torch_legacy"])
+def test_hostile_nested_storage_bytes_are_refused(tmp_path, container):
+    marker = tmp_path / "pwned"
+    if container == "raw":
+        payload = pickle.dumps(Shell(marker), protocol=2)
+    else:
+        buf = io.BytesIO()
+        torch.save(Shell(marker), buf, _use_new_zipfile_serialization=False)
+        payload = buf.getvalue()
+    p = tmp_path / "nested.pkl"
+    p.write_bytes(pickle.dumps({"G_ema": NestedStorage(payload)}))
+    with pytest.raises(UnsafePickleError, match="nested tensor storage"):
+        load_restricted(p)
+    assert not marker.exists()
+
+
+def test_hostile_rosinality_file_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pt"
+    torch.save({"g_ema": {"style.1.weight": torch.zeros(2, 2)}, "args": Shell(marker)}, p)
+    assert sniff(p) == "rosinality"
+    with pytest.raises(CheckpointError, match="weights_only"):
+        convert_to_native_in_memory(p)
+    assert not marker.exists()
+
+
+def test_garbage_and_truncated_files(tmp_path, monkeypatch):
+    p = tmp_path / "junk.pkl"
+    p.write_bytes(b"hello, not a pickle")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        convert_to_native_in_memory(p)
+    G = make_generator()
+    good = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G).read_bytes()
+    p.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError):
+        convert_to_native_in_memory(p)
+
+
+# --- rosinality ----------------------------------------------------------------------------
+
+def rosinality_state_of(G: Generator) -> dict:
+    sd = native_to_rosinality_state(G.state_dict(), NUM_BLOCKS)
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    kern = torch.outer(k, k) / 64 * 4
+    for j in range(0, 2 * NUM_BLOCKS, 2):
+        sd[f"convs.{j}.conv.blur.kernel"] = kern
+    for j in range(NUM_BLOCKS):
+        sd[f"to_rgbs.{j}.upsample.kernel"] = kern
+    return sd
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_rosinality_checkpoint_converts_to_the_same_generator(tmp_path, legacy):
+    G = make_generator(seed=4)
+    sd = rosinality_state_of(G)
+    assert sd["conv1.conv.weight"].shape == (1, 32, 32, 3, 3) and sd["noises.noise_6"].shape == (1, 1, 32, 32)
+    p = tmp_path / "ros.pt"
+    torch.save({"g_ema": sd, "g": sd, "latent_avg": G.mapping.w_avg.clone(),
+                "args": argparse.Namespace(size=RES, latent=16, n_mlp=2, lr_mlp=0.01)}, p,
+               _use_new_zipfile_serialization=not legacy)
+    assert sniff(p) == "rosinality"
+    out = read_rosinality(p)
+    assert_same_generator(out["G"], G)
+
+
+def test_rosinality_without_latent_avg_estimates_it(tmp_path):
+    G = make_generator(seed=5)
+    p = tmp_path / "ros.pt"
+    torch.save({"g_ema": rosinality_state_of(G)}, p)
+    out = read_rosinality(p)
+    assert "estimated" in out["provenance"]["w_avg"]
+    with torch.no_grad():
+        mean = G.mapping(torch.randn(20000, 16, generator=torch.Generator().manual_seed(1)))[:, 0].mean(0)
+    assert torch.allclose(out["G"].mapping.w_avg, mean, atol=0.05)
+
+
+def test_rosinality_channel_table_is_inferred(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(z_dim=8, w_dim=8, resolution=64, mapping_layers=1, channel_base=512, channel_max=16).eval()
+    p = tmp_path / "r.pt"
+    torch.save({"g_ema": native_to_rosinality_state(G.state_dict(), 4), "latent_avg": torch.zeros(8)}, p)
+    H = read_rosinality(p)["G"]
+    assert H.synthesis.channels == G.synthesis.channels == {4: 16, 8: 16, 16: 16, 32: 16, 64: 8}
+
+
+# --- native format and conversion ----------------------------------------------------------
+
+def test_native_save_load_bit_exact_folder_and_zip(tmp_path):
+    G = make_generator(seed=6)
+    D = Discriminator(RES, channel_base=512, channel_max=32)
+    prior = {"mean": torch.randn(16), "cov": torch.eye(16)}
+    save_native(tmp_path / "m", G, name="tiny", D=D, prior=prior, license="test", provenance={"why": "test"})
+    out = load_native(tmp_path / "m", with_discriminator=True)
+    assert_same_generator(out["G"], G)
+    assert all(torch.equal(out["D"].state_dict()[k], v) for k, v in D.state_dict().items())
+    assert torch.equal(out["prior"]["mean"], prior["mean"])
+    (tmp_path / "m.zip").write_bytes(folder_to_zip_bytes(tmp_path / "m"))
+    z = load_native(tmp_path / "m.zip")
+    assert_same_generator(z["G"], G) and z["sha256"] == out["sha256"]
+    # fp16 storage: exactly the fp16-rounded weights come back
+    save_native(tmp_path / "h", G, name="half", dtype=torch.float16)
+    H = load_native(tmp_path / "h")["G"]
+    assert all(torch.equal(H.state_dict()[k], v.half().float()) for k, v in G.state_dict().items())
+
+
+def test_native_zip_with_parent_entries_is_refused(tmp_path):
+    G = make_generator()
+    save_native(tmp_path / "m", G, name="tiny")
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        for f in (tmp_path / "m").iterdir():
+            z.write(f, f.name)
+        z.writestr("../escaped.txt", "x")
+    with pytest.raises(CheckpointError, match="outside the archive"):
+        load_native(tmp_path / "evil.zip")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_convert_file_round_trip_keeps_image_and_model_id(tmp_path, monkeypatch):
+    G = make_generator(seed=7)
+    pkl = write_nvidia_pkl(monkeypatch, tmp_path / "ffhq-tiny.pkl", G)
+    mem = convert_to_native_in_memory(pkl)
+    assert set(mem) == {"G", "D", "config", "prior", "sha256"}
+    before = pkl.read_bytes()
+    out = convert_file(pkl, tmp_path / "native")
+    assert pkl.read_bytes() == before
+    loaded = load_native(out)
+    assert_same_generator(loaded["G"], G)
+    assert loaded["sha256"] == mem["sha256"]  # same model id whether loaded from .pkl or converted
+    assert loaded["config"]["provenance"]["source_format"] == "nvidia-stylegan2-ada-pkl"
+    zipped = convert_file(pkl, tmp_path / "native.zip")
+    assert_same_generator(load_native(zipped)["G"], G)
+    m = load_model(pkl)
+    assert m["model_id"] == f"ffhq-tiny@{mem['sha256'][:12]}"
+    with pytest.raises(CheckpointError, match="overwrite the input"):
+        convert_file(pkl, pkl)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="non-empty folder"):
+        convert_file(pkl, tmp_path / "busy")
+
+
+# --- download -----------------------------------------------------------------------------
+
+def test_download_checks_sha256_and_explains_offline(tmp_path, monkeypatch):
+    import hashlib
+
+    from faceedit.checkpoints import registry
+    from faceedit.checkpoints.download import download_model
+    from faceedit.checkpoints.registry import REGISTRY, ModelEntry
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "cache"))
+    payload = tmp_path / "remote.pkl"
+    payload.write_bytes(b"some weights")
+    good = hashlib.sha256(b"some weights").hexdigest()
+    entry = lambda src, sha: ModelEntry("t", 16, ("w",), "test", src, "t.pkl", sha256=sha)  # noqa: E731
+    monkeypatch.setitem(REGISTRY, "t", entry(payload.as_uri(), "0" * 64))
+    with pytest.raises(CheckpointError, match="sha256"):
+        download_model("t")
+    assert registry.locate("t") is None  # the bad download was deleted
+    monkeypatch.setitem(REGISTRY, "t", entry(payload.as_uri(), good))
+    path = download_model("t")
+    assert path == tmp_path / "cache" / "t.pkl" and path.read_bytes() == b"some weights"
+    monkeypatch.setitem(REGISTRY, "u", ModelEntry("u", 16, ("w",), "test", "http://127.0.0.1:9/u.pkl", "u.pkl"))
+    with pytest.raises(CheckpointError, match=r"no network.*place it at .*cache/u\.pkl"):
+        download_model("u", timeout=5)
+    with pytest.raises(CheckpointError, match="unknown model"):
+        download_model("no-such-model")
+
+
+# --- once, against NVIDIA's own code (opt-in: FACEEDIT_NVIDIA_SRC=/path/to/stylegan2-ada-pytorch) --
+
+@pytest.mark.skipif(not os.environ.get("FACEEDIT_NVIDIA_SRC"), reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's repo")
+def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
+    """Runs NVIDIA's code (only in this opt-in test) to build and pickle a generator."""
+    import copy
+
+    sys.path.insert(0, os.environ["FACEEDIT_NVIDIA_SRC"])
+    try:
+        import dnnlib
+        from training.networks import Generator as NVGenerator
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    G = NVGenerator(z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
+                    mapping_kwargs=dnnlib.EasyDict(num_layers=3),
+                    synthesis_kwargs=dnnlib.EasyDict(channel_base=1024, channel_max=32, num_fp16_res=2,
+                                                     conv_clamp=256))
+    with torch.no_grad():
+        for n, p in G.named_parameters():
+            if "noise_strength" in n or n.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.3)
+        G.mapping.w_avg.copy_(torch.randn(32) * 0.5)
+    G.eval()  # in training mode NVIDIA's mapping would move w_avg on every call
+    p = tmp_path / "nv.pkl"
+    with open(p, "wb") as f:
+        pickle.dump(dict(G_ema=copy.deepcopy(G).eval().requires_grad_(False)), f)
+    ours = read_nvidia(p)["G"]
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for mode in ("const", "none"):
+            ref = G(z, None, truncation_psi=0.7, noise_mode=mode, force_fp32=True)
+            img = ours(z, truncation_psi=0.7, noise_mode=mode)
+            assert (img - ref).abs().max() < 1e-4 * ref.abs().max()
