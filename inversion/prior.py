@@ -1,0 +1,407 @@
+"""The Gaussianized latent prior (Wulff & Torralba) and log-compression.
+
+Two models of the distribution of a generator's codes, picked by its mapping:
+
+* **MLP mapping (W).** The last layer ends in a leaky ReLU (slope 0.2, gain sqrt 2), so
+  undoing its negative slope, ``v = where(w >= 0, w, 5 * w)``, makes the codes close to
+  Gaussian. One Gaussian ``N(mean, cov)`` over ``v`` (``w_dim`` dimensions) is fitted
+  and applied to every layer: the penalty of a W+ latent is the squared Mahalanobis
+  distance of each layer's ``v`` summed over the layers.
+* **Transformer mapping (W++).** The mapping ends in a residual sum, not a leaky ReLU,
+  and its layers' codes are correlated, so ``v = ws`` flattened and one *joint*
+  Gaussian over all layers (``num_ws * w_dim`` dimensions) is fitted.
+
+Both are fitted from ``n >= 100_000`` mapping samples with Ledoit-Wolf shrinkage,
+computed in one streaming pass from chunked moments (no sample matrix is kept), and
+checked: for fresh samples the squared Mahalanobis distance should follow chi-square
+with ``D`` degrees of freedom (mean ``D``, variance ``2D``); ``fit_prior`` stores the
+mean and variance ratios and the Kolmogorov-Smirnov statistic of that check.
+
+Storage: ``fit_prior`` returns a dict of tensors that ``save_native(..., prior=)``
+writes as ``prior.*`` into ``model.safetensors``; ``load_prior`` reads them from there
+or, for a model file without them, fits once and caches the result in
+``cache_dir()/priors/<sha256 of model.safetensors>.safetensors`` (written atomically).
+
+Keys of the dict: ``mean [D]``, ``cov [D, D]`` (shrunk), ``slope`` (5.0 for the MLP
+transform, 1.0 = identity for W++), ``joint`` (0 per-layer / 1 joint), ``n``,
+``shrinkage``, ``w_std`` (RMS distance of mapping samples from ``w_avg`` over
+``[num_ws, w_dim]`` codes, used by the projector's latent noise), ``num_ws``, ``w_dim``,
+``check_n``, ``check_mean_ratio``, ``check_var_ratio``, ``check_ks``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LEAKY_INV_SLOPE = 5.0  # 1 / 0.2, the inverse of the mapping's last leaky ReLU on negatives
+DEFAULT_N = 100_000
+
+
+# -- the Gaussianizing transform ----------------------------------------------------
+def gaussianize(w: torch.Tensor, slope: float = LEAKY_INV_SLOPE) -> torch.Tensor:
+    """``v = where(w >= 0, w, slope * w)`` (the leaky ReLU's inverse on negatives)."""
+    return torch.where(w >= 0, w, w * slope) if slope != 1 else w
+
+
+def degaussianize(v: torch.Tensor, slope: float = LEAKY_INV_SLOPE) -> torch.Tensor:
+    """Inverse of :func:`gaussianize`: ``w = where(v >= 0, v, v / slope)``."""
+    return torch.where(v >= 0, v, v / slope) if slope != 1 else v
+
+
+# -- streaming Ledoit-Wolf ----------------------------------------------------------
+class LedoitWolfAccumulator:
+    """Mean and Ledoit-Wolf-shrunk covariance from chunks of samples, in one pass.
+
+    Accumulates, in float64 and about a shift ``c`` (the first chunk's mean, for
+    numerical safety), ``sum x``, ``sum x x^T``, ``sum |x|^2``, ``sum |x|^2 x`` and
+    ``sum |x|^4``; these give the centred fourth-moment term Ledoit-Wolf's shrinkage
+    intensity needs. The result equals ``sklearn.covariance.ledoit_wolf`` on the
+    stacked samples (tested), without holding them: for W++ at 64 px that matrix
+    would be 100k x 2560.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.shift = None
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64).flatten(1)
+        if self.shift is None:
+            self.shift = x.mean(0)
+            p = x.shape[1]
+            z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=x.device)  # noqa: E731
+            self.s1, self.s2, self.q1, self.qx, self.q2 = z(p), z(p, p), z(()), z(p), z(())
+        x = x - self.shift
+        q = x.square().sum(1)
+        self.n += x.shape[0]
+        self.s1 += x.sum(0)
+        self.s2 += x.T @ x
+        self.q1 += q.sum()
+        self.qx += q @ x
+        self.q2 += q.square().sum()
+
+    def finalize(self) -> dict:
+        """Returns ``{mean, cov (shrunk), emp_cov, shrinkage, n}`` (float64)."""
+        n = self.n
+        if n < 2:
+            raise ValueError("Ledoit-Wolf needs at least 2 samples")
+        p = self.s1.numel()
+        m = self.s1 / n                                  # mean about the shift
+        emp = self.s2 / n - torch.outer(m, m)            # biased covariance, as sklearn
+        mm = m @ m
+        # sum_k |x_k - m|^4, expanded in the accumulated moments
+        sum4 = (self.q2 + 4 * (m @ self.s2 @ m) + n * mm ** 2 - 4 * (self.qx @ m)
+                + 2 * mm * self.q1 - 4 * mm * (self.s1 @ m))
+        mu = torch.trace(emp) / p
+        fro2 = emp.square().sum()
+        delta = (fro2 - 2 * mu * torch.trace(emp) + p * mu ** 2) / p
+        beta = (sum4 / n - fro2) / (p * n)
+        beta = torch.minimum(beta.clamp_min(0), delta)
+        shrink = float(beta / delta) if float(delta) > 0 else 0.0
+        cov = (1 - shrink) * emp + shrink * mu * torch.eye(p, dtype=emp.dtype, device=emp.device)
+        return {"mean": m + self.shift, "cov": cov, "emp_cov": emp, "shrinkage": shrink, "n": n}
+
+
+def chi2_check(d2: torch.Tensor, dof: int) -> dict:
+    """Compare squared Mahalanobis distances with chi-square(``dof``).
+
+    Returns ``{mean_ratio: mean/dof, var_ratio: var/(2 dof), ks: KS statistic, p_value}``;
+    a Gaussian fit gives ratios near 1 and a small KS statistic.
+    """
+    from scipy import stats
+
+    d = d2.detach().double().cpu().numpy()
+    ks = stats.kstest(d, "chi2", args=(dof,))
+    return {"mean_ratio": float(d.mean() / dof), "var_ratio": float(d.var(ddof=1) / (2 * dof)),
+            "ks": float(ks.statistic), "p_value": float(ks.pvalue), "n": int(d.size), "dof": int(dof)}
+
+
+# -- the prior object ----------------------------------------------------------------
+class GaussianPrior:
+    """A fitted Gaussianized prior for one generator (see the module docstring).
+
+    Args:
+        stats: the dict of :func:`fit_prior` (or read back from a file).
+        num_ws, w_dim: the generator's code layout (checked against the statistics).
+    """
+
+    def __init__(self, stats: dict, num_ws: int, w_dim: int):
+        missing = {"mean", "cov", "slope", "joint"} - set(stats)
+        if missing:
+            raise ValueError(f"prior statistics lack {sorted(missing)}; refit with "
+                             f"`python -m faceedit.inversion.prior MODEL --out DIR`")
+        self.stats = {k: v.detach().float().cpu() for k, v in stats.items()}
+        self.joint = bool(float(stats["joint"]))
+        self.slope = float(stats["slope"])
+        self.num_ws, self.w_dim = int(num_ws), int(w_dim)
+        self.dim = self.num_ws * self.w_dim if self.joint else self.w_dim
+        mean = stats["mean"].double().flatten()
+        if mean.numel() != self.dim:
+            raise ValueError(f"prior statistics have {mean.numel()} dimensions, but this generator needs "
+                             f"{self.dim} ({'joint over ' + str(num_ws) + ' layers x ' if self.joint else ''}"
+                             f"w_dim {w_dim}); the prior belongs to another model, refit it")
+        cov = stats["cov"].double().reshape(self.dim, self.dim)
+        cov = 0.5 * (cov + cov.T)
+        L = torch.linalg.cholesky(cov)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        self.mean = mean.float()
+        self.whiten = torch.linalg.solve_triangular(L, eye, upper=False).float()  # L^-1
+        self._cov = cov
+        self._pca = None
+        self.w_std = float(stats["w_std"]) if "w_std" in stats else None
+
+    @property
+    def layers(self) -> int:
+        """Number of independent Gaussian terms per image (num_ws, or 1 when joint)."""
+        return 1 if self.joint else self.num_ws
+
+    @property
+    def total_dim(self) -> int:
+        """Degrees of freedom of :meth:`penalty` for one W+ latent (``num_ws * w_dim``)."""
+        return self.num_ws * self.w_dim
+
+    def mean_ws(self) -> torch.Tensor:
+        """The prior's mean mapped back to codes, ``[num_ws, w_dim]``."""
+        v = self.mean.reshape(-1, self.w_dim)
+        w = degaussianize(v, self.slope)
+        return w.expand(self.num_ws, -1) if not self.joint else w
+
+    def _v(self, ws: torch.Tensor) -> torch.Tensor:
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"prior expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        v = gaussianize(ws.float(), self.slope)
+        return v.reshape(ws.shape[0], 1, -1) if self.joint else v
+
+    def mahalanobis(self, ws: torch.Tensor) -> torch.Tensor:
+        """Squared Mahalanobis distance per image ``[B]``, summed over layers when per-layer."""
+        v = self._v(ws)
+        d = (v - self.mean.to(v.device)) @ self.whiten.to(v.device).T
+        return d.square().sum(dim=(1, 2))
+
+    def penalty(self, ws: torch.Tensor) -> torch.Tensor:
+        """The prior's loss term per image ``[B]``: :meth:`mahalanobis` (differentiable).
+
+        Its expected value under the model is ``num_ws * w_dim``; the projector divides it
+        by that so that ``prior_weight`` reads the same on every model.
+        """
+        return self.mahalanobis(ws)
+
+    def _pca_basis(self):
+        if self._pca is None:
+            lam, U = torch.linalg.eigh(self._cov)
+            self._pca = (lam.clamp_min(0).sqrt().float(), U.float())
+        return self._pca
+
+    def compress(self, ws: torch.Tensor, tau: float = 2.0) -> torch.Tensor:
+        """Wulff & Torralba's log-compression instead of truncation.
+
+        In the Gaussianized space each code's PCA coefficients ``c_i`` (std ``sigma_i``)
+        beyond ``t_i = tau * sigma_i`` are compressed to ``sign(c_i) t_i (1 + log(|c_i| / t_i))``
+        (continuous with slope 1 at the threshold), then mapped back to W.
+
+        Args:
+            ws: ``[B, num_ws, w_dim]``.
+            tau: threshold in standard deviations (> 0); smaller compresses more.
+        """
+        if not tau > 0:
+            raise ValueError(f"compression threshold tau must be > 0, got {tau}")
+        sigma, U = self._pca_basis()
+        v = self._v(ws)
+        dev = v.device
+        mean, sigma, U = self.mean.to(dev), sigma.to(dev), U.to(dev)
+        c = (v - mean) @ U
+        t = (tau * sigma).clamp_min(1e-12)
+        a = c.abs()
+        c = torch.where(a > t, torch.sign(c) * t * (1 + torch.log(a.clamp_min(1e-30) / t)), c)
+        v = c @ U.T + mean
+        return degaussianize(v.reshape(ws.shape), self.slope).to(ws.dtype)
+
+    def check(self, G, n: int = 10_000, *, seed: int = 12345, batch: int = 2048) -> dict:
+        """Chi-square check on ``n`` fresh mapping samples (see :func:`chi2_check`)."""
+        d2 = []
+        for ws in _mapping_chunks(G, n, seed, batch):
+            v = self._v(ws)
+            v = v if self.joint else v[:, :1]  # an MLP mapping repeats one code on every layer
+            d = (v - self.mean.to(v.device)) @ self.whiten.to(v.device).T
+            d2.append(d.square().sum(-1).flatten().cpu())
+        return chi2_check(torch.cat(d2), self.dim)
+
+    def summary(self) -> dict:
+        out = {"kind": "joint W++" if self.joint else "per-layer leaky-ReLU-inverse", "dim": self.dim}
+        for k in ("n", "shrinkage", "w_std", "check_n", "check_mean_ratio", "check_var_ratio", "check_ks"):
+            if k in self.stats:
+                out[k] = float(self.stats[k])
+        return out
+
+
+def _mapping_chunks(G, n: int, seed: int, batch: int):
+    dev = G.synthesis.const.device
+    gen = torch.Generator().manual_seed(int(seed))
+    done = 0
+    with torch.no_grad():
+        while done < n:
+            b = min(batch, n - done)
+            z = torch.randn((b, *G.z_shape), generator=gen).to(dev)
+            yield G.mapping(z).float()
+            done += b
+
+
+def fit_prior(G, n: int = DEFAULT_N, *, batch: int = 4096, seed: int = 0, check_n: int = 10_000) -> dict:
+    """Fit the Gaussianized prior of generator ``G`` from ``n`` mapping samples.
+
+    Args:
+        G: a generator (``mapping_kind`` picks the per-layer or joint model).
+        n: mapping samples (the method wants at least 100k; fewer only for tests).
+        batch: samples per chunk.
+        seed: seeds the z samples; the check uses fresh samples from another seed.
+        check_n: fresh samples for the chi-square check (0 skips it).
+    Returns:
+        Dict of float32 tensors (keys in the module docstring), for ``save_native(prior=)``.
+    """
+    if n < 2:
+        raise ValueError(f"fit_prior needs n >= 2 samples, got {n}")
+    if n < DEFAULT_N:
+        log.info("fitting the prior from %d samples (the method wants >= %d)", n, DEFAULT_N)
+    joint = G.mapping_kind == "transformer"
+    slope = 1.0 if joint else LEAKY_INV_SLOPE
+    acc = LedoitWolfAccumulator()
+    w_avg = G.w_avg.detach().float()
+    sq = 0.0
+    for ws in _mapping_chunks(G, n, seed, batch):
+        sq += float((ws - w_avg).square().sum(-1).mean(1).sum())
+        v = ws.flatten(1) if joint else ws[:, 0]
+        acc.update(gaussianize(v, slope))
+    res = acc.finalize()
+    f = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    stats = {"mean": res["mean"].float().cpu(), "cov": res["cov"].float().cpu(), "slope": f(slope),
+             "joint": f(1.0 if joint else 0.0), "n": f(n), "shrinkage": f(res["shrinkage"]),
+             "w_std": f(math.sqrt(sq / n)), "num_ws": f(G.num_ws), "w_dim": f(G.w_dim)}
+    if check_n:
+        chk = GaussianPrior(stats, G.num_ws, G.w_dim).check(G, check_n, seed=seed + 1_000_003)
+        stats.update(check_n=f(chk["n"]), check_mean_ratio=f(chk["mean_ratio"]),
+                     check_var_ratio=f(chk["var_ratio"]), check_ks=f(chk["ks"]))
+        log.info("prior fit check: mean ratio %.3f, var ratio %.3f, KS %.4f (dof %d)",
+                 chk["mean_ratio"], chk["var_ratio"], chk["ks"], chk["dof"])
+    return stats
+
+
+# -- loading and caching -------------------------------------------------------------
+def _prior_from_file(path: Path) -> tuple:
+    """``(prior tensors, sha256)`` straight from a native folder's model.safetensors."""
+    from faceedit.checkpoints.native import sha256_file
+
+    f = path / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(f), framework="pt") as sf:
+        prior = {k[6:]: sf.get_tensor(k).float() for k in sf.keys() if k.startswith("prior.")}
+    return prior, sha256_file(f)
+
+
+def prior_cache_path(sha256: str) -> Path:
+    """Where the prior of a model without stored statistics is cached."""
+    from faceedit.checkpoints.registry import cache_dir
+
+    return cache_dir() / "priors" / f"{sha256[:32]}.safetensors"
+
+
+def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> GaussianPrior:
+    """The prior of a model: from its file, else from the cache, else fitted and cached.
+
+    Args:
+        model: registry name, checkpoint path, or the dict returned by ``load_model``.
+        G: the generator (saves loading it again; needed to fit).
+        n: samples when fitting.
+        fit: fit (and cache) when no statistics are found; ``False`` raises instead.
+    Raises:
+        ValueError: no statistics and ``fit=False``, or statistics for another architecture.
+    """
+    from safetensors.torch import load_file, save
+
+    from faceedit.checkpoints.atomic import atomic_write_bytes
+
+    if isinstance(model, dict):
+        stats, sha = model.get("prior") or {}, model["sha256"]
+        G = G if G is not None else model["G"]
+    else:
+        from faceedit.checkpoints.registry import load_model, resolve
+
+        path, _ = resolve(model)
+        if path.is_dir() and (path / "model.safetensors").is_file():
+            stats, sha = _prior_from_file(path)
+        else:
+            m = load_model(model)
+            stats, sha = m["prior"], m["sha256"]
+            G = G if G is not None else m["G"]
+    if G is None:
+        from faceedit.checkpoints.registry import load_generator
+
+        G = load_generator(model)
+    if stats:
+        return GaussianPrior(stats, G.num_ws, G.w_dim)
+    cache = prior_cache_path(sha)
+    if cache.is_file():
+        return GaussianPrior(load_file(str(cache)), G.num_ws, G.w_dim)
+    if not fit:
+        raise ValueError(f"the model has no prior statistics and none are cached at {cache}; embed them with "
+                         f"`python -m faceedit.inversion.prior MODEL --out DIR`")
+    log.warning("the model file has no prior statistics: fitting them from %d samples once (cached in %s)",
+                n, cache)
+    stats = fit_prior(G, n)
+    atomic_write_bytes(cache, save({k: v.contiguous() for k, v in stats.items()}))
+    return GaussianPrior(stats, G.num_ws, G.w_dim)
+
+
+def main(argv=None) -> None:
+    """``python -m faceedit.inversion.prior MODEL --out DIR``: embed the prior into a copy.
+
+    Loads MODEL (with its discriminator if any), fits the prior on the best device and
+    writes a native checkpoint with ``prior.*`` to DIR; prints the fit check last.
+    """
+    import argparse
+    import time
+
+    from faceedit.checkpoints.native import save_native
+    from faceedit.checkpoints.registry import load_model
+
+    ap = argparse.ArgumentParser(prog="python -m faceedit.inversion.prior", description=main.__doc__)
+    ap.add_argument("model")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--n", type=int, default=DEFAULT_N)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                    help="weight dtype of the written checkpoint (statistics stay float32)")
+    a = ap.parse_args(argv)
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if a.device == "auto" else a.device))
+    try:
+        m = load_model(a.model, device=dev, with_discriminator=True)
+    except ValueError:
+        m = load_model(a.model, device=dev)
+    t = time.time()
+    stats = fit_prior(m["G"], a.n)
+    secs = time.time() - t
+    cfg = m["config"]
+    save_native(a.out, m["G"].cpu(), name=cfg.get("name") or m["name"], D=None if m.get("D") is None else m["D"].cpu(),
+                recipe=cfg.get("recipe"), license=cfg.get("license", ""), provenance=cfg.get("provenance"),
+                prior=stats, dtype=getattr(torch, a.dtype))
+    print(f"prior of {m['model_id']} ({'joint' if float(stats['joint']) else 'per-layer'}, "
+          f"dim {stats['mean'].numel()}, n {a.n}) fitted in {secs:.1f} s on {dev}; written to {a.out}")
+    print("| shrinkage | w_std | chi2 mean ratio | chi2 var ratio | KS |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| {float(stats['shrinkage']):.4g} | {float(stats['w_std']):.4g} | "
+          f"{float(stats.get('check_mean_ratio', float('nan'))):.4f} | "
+          f"{float(stats.get('check_var_ratio', float('nan'))):.4f} | {float(stats.get('check_ks', float('nan'))):.4f} |")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["GaussianPrior", "LedoitWolfAccumulator", "chi2_check", "degaussianize", "fit_prior", "gaussianize",
+           "load_prior", "prior_cache_path", "LEAKY_INV_SLOPE"]
