@@ -64,7 +64,4 @@ _register()
 
 
 def main():
-    from .common import handle_termination
-
-    handle_termination()
     cli(prog_name="faceedit")
