@@ -1,0 +1,136 @@
+"""`faceedit dataset build` and `faceedit train`: thin wrappers over ``faceedit.training``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import job_errors
+
+
+def _default_datasets() -> str:
+    import os
+
+    env = os.environ.get("FACEEDIT_DATASETS")
+    if env:
+        return env
+    here = Path(__file__).resolve().parents[2]  # the checkout
+    return str(here.parent / "shared" / "datasets")
+
+
+@click.group("dataset")
+def dataset():
+    """Build the aligned face packs the generators train on."""
+
+
+@dataset.command("build")
+@click.option("--out", type=click.Path(file_okay=False), default=".gpu/data", show_default=True,
+              help="Folder for faces64_train.npz, faces64_test.npz, the report and contact sheet.")
+@click.option("--datasets", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The shared data sets folder (default: $FACEEDIT_DATASETS or ../shared/datasets).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Alignment processes.")
+@click.option("--max-mib", type=click.FloatRange(1, 1000), default=44.0, show_default=True,
+              help="Size cap of the train pack; the JPEG quality is chosen to meet it.")
+@click.option("--limit", type=click.IntRange(1), default=None,
+              help="Process only about N photos per split (evenly spaced): a quick trial build.")
+@click.option("--prefix", default="faces64", show_default=True, help="File-name prefix.")
+@click.pass_context
+def build(ctx, out, datasets, workers, max_mib, limit, prefix):
+    """Align UTKFace and CelebA (FACES64 recipe, largest face), pack train and test splits.
+
+    The test split (CelebA 009001-010000; UTKFace every 20th sorted name) goes only to
+    the test pack. Takes several minutes of CPU for the full sets.
+
+    \b
+    Examples:
+      faceedit dataset build --out .gpu/data
+      faceedit dataset build --out /tmp/trial --limit 200
+    """
+    from faceedit.training.dataset import build_dataset
+
+    with job_errors():
+        stats = build_dataset(out, datasets or _default_datasets(), workers=workers, max_mib=max_mib, limit=limit,
+                              progress=not ctx.obj.get("quiet"), prefix=prefix)
+    for split, s in stats["splits"].items():
+        per = ", ".join(f"{k} {v['aligned']}/{v['photos']}" for k, v in s["per_source"].items())
+        click.echo(f"{split}: {s['aligned']} faces aligned of {s['photos']} photos ({per}); {s['failed']} failed")
+    click.echo(f"malformed UTKFace names left out: {len(stats['malformed_utkface_names'])}")
+    click.echo(f"JPEG quality {stats['jpeg_quality']}, packs (MiB): {stats['pack_mib']}; report in "
+               f"{Path(out) / (prefix + '_stats.md')}")
+
+
+@click.command("train")
+@click.option("--data", type=click.Path(dir_okay=False), default=".gpu/data/faces64_train.npz", show_default=True,
+              help="Train pack from `faceedit dataset build`.")
+@click.option("--mapping", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
+              help="mlp: W/W+ model (faces64); transformer: W++ model (faces64-wpp).")
+@click.option("--resolution", type=click.Choice(["16", "32", "64"]), default="64", show_default=True,
+              help="Training resolution (the pack is area-downsampled if smaller).")
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Checkpoint folder, resumed when it holds one (default runs/NAME).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=8.5, show_default=True,
+              help="Wall-clock budget of the whole job; it stops cleanly and saves.")
+@click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after N steps.")
+@click.option("--export", type=click.Path(file_okay=False), default=None,
+              help="Write NAME.zip, NAME.disc.safetensors, NAME.resume.safetensors here.")
+@click.option("--resume-from", type=click.Path(file_okay=False), default=None,
+              help="Folder with an earlier export, used when --run-dir has no checkpoint.")
+@click.option("--batch", type=click.IntRange(4), default=None, help="Images per step [64].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [0.002].")
+@click.option("--r1-gamma", type=click.FloatRange(min=0), default=None, help="R1 weight [0.2].")
+@click.option("--augment", default=None, help="DiffAugment policy [color,translation,cutout]; '' for none.")
+@click.option("--seed", type=int, default=None, help="Seed [0].")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any other TrainConfig field, e.g. --set ema_kimg=5 --set channel_base=1024.")
+@click.option("--plot", "plot_only", is_flag=True,
+              help="Only draw loss.png and gsnr.png from the CSV logs of --run-dir, then exit.")
+@click.pass_context
+def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, resume_from, batch, lr, r1_gamma,
+          augment, seed, settings, plot_only):
+    """Train a StyleGAN2 generator (W or W++) on a face pack, resumably.
+
+    A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
+    channel_max 256; transformer 4 blocks, 4 heads); a resumed run keeps its saved
+    settings. The GPU machine runs the same code as `python -m faceedit.training.job`.
+
+    \b
+    Examples:
+      faceedit train --mapping mlp --minutes 8.5 --export out/
+      faceedit train --mapping transformer --run-dir runs/faces64-wpp --minutes 8.5
+      faceedit train --resolution 16 --set channel_base=256 --set channel_max=32 --max-steps 20 --run-dir /tmp/t
+      faceedit train --plot --run-dir runs/faces64
+    """
+    from faceedit.training.job import NAMES, format_table, parse_overrides, run_job
+
+    run_dir = run_dir or f"runs/{NAMES[mapping]}"
+    if plot_only:
+        _plots(run_dir, NAMES[mapping])
+        return
+    with job_errors():
+        overrides = parse_overrides(settings)
+        for k, v in (("batch", batch), ("lr", lr), ("r1_gamma", r1_gamma), ("augment", augment), ("seed", seed)):
+            if v is not None:
+                overrides[k] = v
+        overrides["resolution"] = int(resolution)
+        s = run_job(data=data, mapping=mapping, run_dir=run_dir, minutes=minutes, export=export,
+                    resume_from=resume_from, device=ctx.obj["device"], max_steps=max_steps, overrides=overrides,
+                    t_start=__import__("time").time())
+    click.echo(format_table(s))
+
+
+def _plots(run_dir, name):
+    from faceedit.checkpoints.atomic import atomic_write_bytes
+
+    try:
+        from faceedit.training.plots import gsnr_plot_png, loss_plot_png
+    except ImportError as e:  # pragma: no cover
+        raise click.ClickException(f"plots need matplotlib ({e}); pip install matplotlib")
+    wrote = []
+    for fname, fn, csv in (("loss.png", loss_plot_png, "loss.csv"), ("gsnr.png", gsnr_plot_png, "gsnr.csv")):
+        png = fn(Path(run_dir) / csv, name)
+        if png is not None:
+            atomic_write_bytes(Path(run_dir) / fname, png)
+            wrote.append(fname)
+    if not wrote:
+        raise click.ClickException(f"{run_dir} holds no loss.csv or gsnr.csv; pass the --run-dir of a run")
+    click.echo(f"wrote {', '.join(wrote)} in {run_dir}")

@@ -1,0 +1,185 @@
+"""What a training chunk hands back: a shippable checkpoint, a compact resume state, logs.
+
+The GPU machine returns at most 8 files of at most 16 MiB each (64 MiB in all) and the
+two shipped models train side by side, so each run exports exactly three files into
+the export folder (``NAME`` = ``faces64`` or ``faces64-wpp``):
+
+* ``NAME.zip``: a native checkpoint without its discriminator (``config.json`` and
+  ``model.safetensors`` holding G_ema in fp16; ``faceedit.checkpoints.load_native``
+  reads the zip as is) plus the run's ``loss.csv``, ``gsnr.csv``, ``samples.png``,
+  ``gsnr.png`` (where matplotlib exists) and ``train.json`` (summary, profile);
+* ``NAME.disc.safetensors``: the discriminator in fp16, byte for byte the native
+  ``discriminator.safetensors``;
+* ``NAME.resume.safetensors``: the training generator G in fp16, the path-length mean,
+  the counters and the config (G_ema and D come from the two files above).
+
+:func:`unpack` turns these into a native checkpoint folder (``checkpoints/weights/NAME``);
+:func:`resume_from_export` continues training from them on a fresh machine. Adam's
+moments are not exported (they would double the size): a resumed chunk restarts Adam,
+which with ``beta1 = 0`` only has to re-estimate the second moment (about 100 steps at
+``beta2 = 0.99``; Adam's bias correction covers the start).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zipfile
+from pathlib import Path
+
+import torch
+
+from faceedit.checkpoints.atomic import atomic_write_bytes
+
+from .loop import STATE_FORMAT, Trainer, TrainConfig, _load_module, read_state_metadata
+
+log = logging.getLogger(__name__)
+
+LICENSE = "non-commercial research only (UTKFace, CelebA terms)"
+MAX_FILE_BYTES = 16 * 2 ** 20
+LOG_FILES = ("loss.csv", "gsnr.csv", "samples.png", "gsnr.png", "train.json")
+
+
+def export_names(name: str) -> dict:
+    return {"zip": f"{name}.zip", "disc": f"{name}.disc.safetensors", "resume": f"{name}.resume.safetensors"}
+
+
+def _fp16(module: torch.nn.Module, prefix: str) -> dict:
+    return {f"{prefix}.{k}": (v.half() if v.is_floating_point() else v).detach().cpu().contiguous()
+            for k, v in module.state_dict().items()}
+
+
+def export_run(trainer: Trainer, out_dir, name: str, *, recipe: dict | None, provenance: dict,
+               extra_files: dict | None = None) -> dict:
+    """Write the three export files of ``trainer`` into ``out_dir`` (see module docstring).
+
+    Args:
+        trainer: the trained state.
+        out_dir: export folder.
+        name: model name (``faces64`` / ``faces64-wpp``).
+        recipe: alignment recipe dict of the training data.
+        provenance: facts recorded in ``config.json`` (kimg, steps, minutes, data, ...).
+        extra_files: ``{file name: bytes}`` added to the zip (logs, plots, summary).
+    Returns:
+        ``{kind: path}`` of the written files.
+    Raises:
+        ValueError: a file would exceed the 16 MiB transfer limit.
+    """
+    import tempfile
+
+    from safetensors.torch import save
+
+    from faceedit.checkpoints.native import save_native
+
+    out_dir = Path(out_dir)
+    names = export_names(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_native(Path(tmp) / name, trainer.G_ema, name=name, D=trainer.D, recipe=recipe,
+                             license=LICENSE, provenance=provenance, dtype=torch.float16)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("config.json", (folder / "config.json").read_bytes())
+            z.writestr(zipfile.ZipInfo("model.safetensors"), (folder / "model.safetensors").read_bytes(),
+                       compress_type=zipfile.ZIP_STORED)
+            for fname, data in (extra_files or {}).items():
+                z.writestr(fname, data)
+        blobs = {"zip": buf.getvalue(), "disc": (folder / "discriminator.safetensors").read_bytes()}
+    t = _fp16(trainer.G, "G")
+    t["pl_mean"] = trainer.pl_mean.detach().float().cpu().reshape(1)
+    meta = {"format": STATE_FORMAT, "kind": "resume-fp16", "name": name,
+            "config": json.dumps(trainer.cfg.to_dict()), "counters": json.dumps(trainer.counters())}
+    blobs["resume"] = save(t, metadata=meta)
+    for kind, data in blobs.items():
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"export file {names[kind]} is {len(data) / 2**20:.1f} MiB, over the 16 MiB "
+                             f"transfer limit; use a smaller architecture")
+    return {kind: atomic_write_bytes(out_dir / names[kind], data) for kind, data in blobs.items()}
+
+
+def find_export(src_dir, name: str) -> dict | None:
+    """Paths of ``name``'s three export files in ``src_dir`` (None if any is missing)."""
+    src = Path(src_dir)
+    paths = {k: src / v for k, v in export_names(name).items()}
+    return paths if all(p.is_file() for p in paths.values()) else None
+
+
+def read_export_config(src_dir, name: str) -> TrainConfig:
+    paths = find_export(src_dir, name)
+    if paths is None:
+        raise FileNotFoundError(f"{src_dir} lacks one of {sorted(export_names(name).values())}")
+    meta = read_state_metadata(paths["resume"].read_bytes(), paths["resume"])
+    return TrainConfig.from_dict(meta["config"])
+
+
+def resume_from_export(trainer: Trainer, src_dir, name: str) -> None:
+    """Load G, G_ema, D, the path-length mean and the counters from an export (fresh Adam).
+
+    The trainer must have been built with the exported config (:func:`read_export_config`).
+    The export's ``loss.csv`` / ``gsnr.csv`` are copied into the trainer's run folder.
+    """
+    from safetensors.torch import load
+
+    from faceedit.checkpoints.native import load_native
+
+    paths = find_export(src_dir, name)
+    if paths is None:
+        raise FileNotFoundError(f"cannot resume: {src_dir} lacks one of {sorted(export_names(name).values())}; "
+                                f"copy all three files a chunk exported there")
+    raw = paths["resume"].read_bytes()
+    meta = read_state_metadata(raw, paths["resume"])
+    t = load(raw)
+    _load_module(trainer.G, t, "G", paths["resume"])
+    nat = load_native(paths["zip"])
+    trainer.G_ema.load_state_dict(nat["G"].state_dict())
+    d = load(paths["disc"].read_bytes())
+    _load_module(trainer.D, d, "D", paths["disc"])
+    trainer.pl_mean.copy_(t["pl_mean"].reshape([]).to(trainer.pl_mean.device))
+    trainer._set_counters(meta["counters"])
+    torch.manual_seed(trainer.cfg.seed + trainer.step_count)
+    if trainer.run_dir is not None:
+        with zipfile.ZipFile(paths["zip"]) as z:
+            for fname in ("loss.csv", "gsnr.csv"):
+                if fname in z.namelist():
+                    atomic_write_bytes(trainer.run_dir / fname, z.read(fname))
+        trainer.load_logs()
+    log.info("resumed %s from the export in %s at step %d (%.1f kimg); Adam restarted",
+             name, src_dir, trainer.step_count, trainer.kimg)
+
+
+def unpack(src_dir, name: str, dest) -> Path:
+    """Assemble a native checkpoint folder ``dest/name`` from the three export files.
+
+    Writes ``config.json``, ``model.safetensors``, ``discriminator.safetensors`` and the
+    logs/plots found in the zip.
+    """
+    paths = find_export(src_dir, name)
+    if paths is None:
+        raise FileNotFoundError(f"{src_dir} lacks one of {sorted(export_names(name).values())}")
+    folder = Path(dest) / name
+    with zipfile.ZipFile(paths["zip"]) as z:
+        for fname in z.namelist():
+            if "/" in fname or fname.startswith("."):
+                raise ValueError(f"{paths['zip']}: unexpected entry {fname!r}")
+            atomic_write_bytes(folder / fname, z.read(fname))
+    atomic_write_bytes(folder / "discriminator.safetensors", paths["disc"].read_bytes())
+    return folder
+
+
+def _main(argv=None):
+    """``python -m faceedit.training.export SRC DEST [NAME ...]``: unpack exports into native folders."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=_main.__doc__)
+    p.add_argument("src", help="folder holding NAME.zip, NAME.disc.safetensors, NAME.resume.safetensors")
+    p.add_argument("dest", help="folder that receives DEST/NAME/ (e.g. checkpoints/weights)")
+    p.add_argument("names", nargs="*", default=["faces64", "faces64-wpp"])
+    a = p.parse_args(argv)
+    for n in a.names:
+        if find_export(a.src, n) is None:
+            print(f"skip {n}: not all three export files are in {a.src}")
+            continue
+        print(f"{n} -> {unpack(a.src, n, a.dest)}")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,235 @@
+"""GPU job: train one shipped model for a wall-clock budget, resuming, then export.
+
+Run on the GPU machine (torch, numpy, opencv, pillow, click, safetensors; no dlib,
+lpips or facenet needed)::
+
+    python -m faceedit.training.job --data .gpu/data/faces64_train.npz --mapping mlp \\
+        --run-dir runs/faces64 --minutes 8.5 --export $OUT
+
+It continues from ``RUN_DIR/checkpoint.safetensors`` when that exists (same machine,
+exact: Adam and RNG included), else from an earlier chunk's export given with
+``--resume-from DIR`` (fresh machine; Adam restarts), else starts fresh. ``--minutes``
+bounds the whole job from process start (data decoding, training, export). It writes
+the three files of :mod:`faceedit.training.export` into ``--export`` and prints a
+summary table last.
+"""
+from __future__ import annotations
+
+import time
+
+_T_START = time.time()
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+NAMES = {"mlp": "faces64", "transformer": "faces64-wpp"}
+EXPORT_RESERVE_S = 30.0
+
+
+def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_from=None, name: str | None = None,
+            device: str = "auto", max_steps: int | None = None, overrides: dict | None = None,
+            t_start: float | None = None) -> dict:
+    """Train one model for ``minutes`` of wall clock (resuming) and export it.
+
+    Args:
+        data: train pack (``faces64_train.npz``).
+        mapping: ``mlp`` (faces64) or ``transformer`` (faces64-wpp).
+        run_dir: folder kept between chunks on the training machine.
+        minutes: wall-clock budget of the whole job, counted from ``t_start``.
+        export: folder for the three export files (None: no export).
+        resume_from: folder with an earlier export, used when ``run_dir`` has no checkpoint.
+        name: model name (default ``faces64`` / ``faces64-wpp``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        max_steps: stop after this many steps (tests, benchmarks).
+        overrides: :class:`TrainConfig` fields for a fresh run (ignored on resume, which
+            keeps the saved settings).
+    Returns:
+        summary dict (also written as ``train.json`` into the export zip).
+    """
+    import torch
+
+    from faceedit.device import resolve_device
+
+    from . import export as _export
+    from .loop import Trainer, TrainConfig, load_images, read_state_metadata
+    from .pack import Pack
+
+    t_start = _T_START if t_start is None else t_start
+    deadline = t_start + minutes * 60
+    name = name or NAMES[mapping]
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    ckpt = run_dir / "checkpoint.safetensors"
+    overrides = dict(overrides or {})
+
+    if ckpt.is_file():
+        cfg = TrainConfig.from_dict(read_state_metadata(ckpt.read_bytes(), ckpt)["config"])
+        source = f"checkpoint {ckpt}"
+    elif resume_from is not None and _export.find_export(resume_from, name) is not None:
+        cfg = _export.read_export_config(resume_from, name)
+        source = f"export in {resume_from}"
+    else:
+        if resume_from is not None:
+            log.warning("%s: no export of %s in %s; starting fresh", name, name, resume_from)
+        cfg = TrainConfig(mapping=mapping, **overrides)
+        source = "fresh start"
+    if cfg.mapping != mapping:
+        raise ValueError(f"{source} was trained with mapping {cfg.mapping!r}, not {mapping!r}; "
+                         f"use another --run-dir or --mapping {cfg.mapping}")
+
+    pack_meta = Pack(data).meta
+    images = load_images(data, cfg.resolution)
+    trainer = Trainer(cfg, images, dev, run_dir=run_dir)
+    if ckpt.is_file():
+        trainer.load_checkpoint(ckpt)
+        trainer.load_logs()
+    elif source.startswith("export"):
+        _export.resume_from_export(trainer, resume_from, name)
+    log.info("%s: %s; %d training images; step %d, %.1f kimg; device %s, amp %s", name, source, len(images),
+             trainer.step_count, trainer.kimg, dev, trainer.amp_dtype)
+
+    budget = deadline - time.time() - (EXPORT_RESERVE_S if export is not None else 5.0)
+    if budget <= 0 and max_steps is None:
+        raise ValueError(f"--minutes {minutes} leaves no time to train after loading (need more than "
+                         f"{EXPORT_RESERVE_S:.0f} s for the export)")
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    summary = trainer.train(seconds=max(budget, 0.0), max_steps=max_steps)
+    if summary["stopped_on_nan"]:
+        if ckpt.is_file():
+            trainer.load_checkpoint(ckpt)
+            log.error("%s: non-finite losses; exporting the last good checkpoint (step %d)", name, trainer.step_count)
+        else:
+            raise RuntimeError(f"{name}: training diverged before the first checkpoint; lower --lr or raise --r1-gamma")
+
+    profile = trainer.timer.table()
+    summary.update({
+        "name": name, "mapping": mapping, "source": source, "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "",
+        "peak_mem_gib": (torch.cuda.max_memory_allocated(dev) / 2 ** 30) if dev.type == "cuda" else None,
+        "train_minutes_total": trainer.train_seconds / 60, "gsnr_seconds": trainer.gsnr_seconds,
+        "profile_ms_per_step": {k: round(v, 3) for k, v, _ in profile},
+        "config": cfg.to_dict(), "images": len(images), "job_seconds": time.time() - t_start,
+        "torch": torch.__version__,
+    })
+    if export is not None:
+        provenance = {
+            "kimg": round(trainer.kimg, 3), "steps": trainer.step_count,
+            "minutes": round(trainer.train_seconds / 60, 2), "images_seen": trainer.nimg,
+            "data": {"pack": Path(data).name, "images": len(images), "split": pack_meta.get("split", "train"),
+                     "sources": pack_meta.get("sources", "UTKFace + CelebA (train split)")},
+            "training": {k: cfg.to_dict()[k] for k in ("batch", "lr", "r1_gamma", "pl_weight", "ema_kimg",
+                                                       "augment", "mirror", "style_mixing")},
+            "style_mixing_prob": cfg.mixing_prob, "hardware": summary["gpu"] or "cpu", "torch": torch.__version__,
+        }
+        extra = {"samples.png": _png(trainer.sample_grid()), "train.json": json.dumps(summary, indent=2).encode()}
+        for fname in ("loss.csv", "gsnr.csv"):
+            p = run_dir / fname
+            if p.is_file():
+                extra[fname] = p.read_bytes()
+        plot = _gsnr_plot_png(run_dir / "gsnr.csv", name)
+        if plot is not None:
+            extra["gsnr.png"] = plot
+        files = _export.export_run(trainer, export, name, recipe=pack_meta.get("recipe"), provenance=provenance,
+                                   extra_files=extra)
+        summary["export"] = {k: str(v) for k, v in files.items()}
+        summary["export_mib"] = {k: round(Path(v).stat().st_size / 2 ** 20, 2) for k, v in files.items()}
+    summary["job_seconds"] = time.time() - t_start
+    return summary
+
+
+def _png(grid) -> bytes:
+    from faceedit.imageio import encode_image
+
+    return encode_image(grid, "PNG")
+
+
+def _gsnr_plot_png(csv_path: Path, title: str):
+    """GSNR per group over kimg as PNG bytes, or None (no matplotlib / no data)."""
+    try:
+        from .plots import gsnr_plot_png
+    except ImportError:
+        return None
+    try:
+        return gsnr_plot_png(csv_path, title)
+    except ImportError:
+        return None
+
+
+def format_table(s: dict) -> str:
+    """The short table printed last."""
+    rows = [("model", s["name"]), ("source", s["source"]), ("device", s["gpu"] or s["device"]),
+            ("steps this chunk", s["steps"]), ("kimg total", s["kimg"]), ("kimg this chunk", round(s["chunk_kimg"], 1)),
+            ("images/s", round(s["img_per_s"], 1)), ("train minutes total", round(s["train_minutes_total"], 2)),
+            ("job seconds", round(s["job_seconds"], 1)), ("gsnr seconds", round(s["gsnr_seconds"], 1)),
+            ("peak GPU memory GiB", None if s["peak_mem_gib"] is None else round(s["peak_mem_gib"], 2)),
+            ("stopped on NaN", s["stopped_on_nan"])]
+    for k, v in s.get("profile_ms_per_step", {}).items():
+        rows.append((f"  {k} ms/step", v))
+    for k, v in s.get("export_mib", {}).items():
+        rows.append((f"  export {k} MiB", v))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def _main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m faceedit.training.job", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", required=True, help="train pack (.npz)")
+    p.add_argument("--mapping", required=True, choices=["mlp", "transformer"])
+    p.add_argument("--run-dir", required=True, help="checkpoint folder kept between chunks")
+    p.add_argument("--minutes", type=float, default=8.5, help="wall-clock budget of the whole job")
+    p.add_argument("--export", default=None, help="folder for NAME.zip, NAME.disc/.resume.safetensors")
+    p.add_argument("--resume-from", default=None, help="folder with an earlier export (fresh machine)")
+    p.add_argument("--name", default=None, help="model name (default faces64 / faces64-wpp)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (tests)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig field for a fresh run, e.g. --set batch=32 --set r1_gamma=0.5")
+    a = p.parse_args(argv)
+    overrides = parse_overrides(a.set)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {a.name or NAMES[a.mapping]} %(message)s",
+                        datefmt="%H:%M:%S")
+    s = run_job(data=a.data, mapping=a.mapping, run_dir=a.run_dir, minutes=a.minutes, export=a.export,
+                resume_from=a.resume_from, name=a.name, device=a.device, max_steps=a.max_steps, overrides=overrides)
+    print(format_table(s), flush=True)
+
+
+def parse_overrides(items) -> dict:
+    """``["batch=32", "augment=color"]`` -> typed :class:`TrainConfig` overrides."""
+    from dataclasses import fields
+
+    from .loop import TrainConfig
+
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        k = k.strip().replace("-", "_")
+        if k not in types:
+            raise ValueError(f"unknown setting {k!r}; known: {', '.join(sorted(types))}")
+        t = str(types[k])
+        if v.lower() in ("none", "null") and "None" in t:
+            out[k] = None
+        elif t.startswith("bool"):
+            out[k] = v.lower() in ("1", "true", "yes", "on")
+        elif t.startswith("int"):
+            out[k] = int(v)
+        elif t.startswith("float"):
+            out[k] = float(v)
+            if not math.isfinite(out[k]):
+                raise ValueError(f"{k} must be finite")
+        else:
+            out[k] = v
+    return out
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,631 @@
+"""The StyleGAN2 training loop, one for both mapping kinds (W: MLP, W++: transformer).
+
+What one step does (the order and the lazy-regularisation bookkeeping follow NVIDIA's
+StyleGAN2-ADA loop; the code is our own):
+
+1. ``Gmain``: non-saturating logistic loss ``softplus(-D(aug(G(z))))``; style mixing
+   (probability 0.9, per sample, a random crossover layer) for the MLP mapping only; the
+   transformer mapping (W++) trains without it, as TransStyleGAN does.
+2. ``Greg`` every ``pl_every`` steps: path-length regularisation on ``batch / 2`` samples,
+   weight ``pl_weight * pl_every``; run in fp32.
+3. ``Dmain``: ``softplus(D(aug(G(z)))) + softplus(-D(aug(x)))``.
+4. ``Dreg`` every ``r1_every`` steps: R1 ``gamma / 2 * |grad_x D(aug(x))|^2`` on real
+   images, weight ``r1_every``; run in fp32.
+5. EMA of G: half-life ``ema_kimg`` thousand images (ramped up over the first
+   ``ema_rampup`` of the images seen), buffers copied.
+
+Every main/regulariser phase is its own Adam step; with lazy regularisation every
+``c`` steps Adam's learning rate and betas are corrected by ``c / (c + 1)`` (StyleGAN2
+paper, appendix B). G and D run under bf16 autocast on CUDA; the regularisers and the
+losses are fp32. DiffAugment (``training.augment``) is applied to every image D sees.
+
+Run folder (``run_dir``): ``checkpoint.safetensors`` (everything needed to continue
+bit-for-bit: G, G_ema, D, both Adam states, counters, the path-length mean, RNG states,
+the config; written atomically), ``loss.csv``, ``gsnr.csv``, ``samples/kimgNNNNNN.png``
+(G_ema on fixed seeds) and ``samples/latest.png``.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
+from faceedit.networks import Discriminator, Generator
+
+from . import augment as _augment
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = "faceedit.trainstate"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run (saved in checkpoints; a resumed run keeps the saved ones).
+
+    The defaults are the shipped 64 px models' settings.
+    """
+
+    resolution: int = 64              # Image side (power of two).
+    mapping: str = "mlp"              # 'mlp' (W, W+) or 'transformer' (W++).
+    z_dim: int = 256                  # Input latent dimensionality (per token for W++).
+    w_dim: int = 256                  # Style code dimensionality.
+    mapping_layers: int = 8           # FC layers of the MLP mapping.
+    mapping_blocks: int = 4           # Attention blocks of the transformer mapping.
+    mapping_heads: int = 4            # Attention heads of the transformer mapping.
+    channel_base: int = 2048          # Channel multiplier of G and D.
+    channel_max: int = 256            # Maximum channels of G and D.
+    batch: int = 64                   # Images per step.
+    lr: float = 0.002                 # Adam learning rate of G and D (before the lazy correction).
+    beta1: float = 0.0                # Adam beta1.
+    beta2: float = 0.99               # Adam beta2.
+    r1_gamma: float = 0.2             # R1 weight (64 px; NVIDIA's heuristic 2e-4 * res^2 / batch = 0.013).
+    r1_every: int = 16                # Lazy R1 interval (0 = no R1).
+    pl_weight: float = 2.0            # Path-length weight (0 = off).
+    pl_every: int = 4                 # Lazy path-length interval.
+    pl_decay: float = 0.01            # Decay of the running path-length mean.
+    pl_batch_shrink: int = 2          # Path length on batch // shrink samples.
+    style_mixing: float | None = None  # Mixing probability (None: 0.9 for mlp, 0 for transformer).
+    ema_kimg: float = 10.0            # EMA half-life in thousands of images.
+    ema_rampup: float | None = 0.05   # EMA half-life at most this fraction of the images seen (None: off).
+    augment: str = "color,translation,cutout"  # DiffAugment policy ('' = none).
+    mirror: bool = True               # Random horizontal flips of the real images.
+    amp: str = "auto"                 # 'bf16', 'off' or 'auto' (bf16 on CUDA, off on CPU).
+    seed: int = 0                     # Seed of the initial weights, data order and noise.
+    log_every: int = 100              # Steps between loss-CSV rows.
+    sample_every_kimg: float = 100.0  # kimg between sample grids.
+    checkpoint_every_min: float = 2.0  # Minutes between checkpoints (and one at the end).
+    gsnr_every: int = 1000            # Steps between GSNR measurements (0 = never).
+    gsnr_samples: int = 32            # Samples per GSNR measurement.
+    profile_every: int = 200          # Time every phase of 16 consecutive steps every N steps (0 = off).
+
+    def __post_init__(self):
+        if self.mapping not in ("mlp", "transformer"):
+            raise ValueError(f"mapping must be 'mlp' or 'transformer', got {self.mapping!r}")
+        if self.batch < 2 or self.batch % 4:
+            raise ValueError(f"batch must be a multiple of 4 (the minibatch-std group), got {self.batch}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+        _augment.parse_policy(self.augment)
+
+    @property
+    def mixing_prob(self) -> float:
+        if self.style_mixing is not None:
+            return float(self.style_mixing)
+        return 0.9 if self.mapping == "mlp" else 0.0
+
+    def generator_kwargs(self) -> dict:
+        return dict(z_dim=self.z_dim, w_dim=self.w_dim, resolution=self.resolution, mapping_kind=self.mapping,
+                    mapping_layers=self.mapping_layers, mapping_blocks=self.mapping_blocks,
+                    mapping_heads=self.mapping_heads, channel_base=self.channel_base, channel_max=self.channel_max)
+
+    def discriminator_kwargs(self) -> dict:
+        return dict(resolution=self.resolution, channel_base=self.channel_base, channel_max=self.channel_max)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- data
+
+
+def load_images(path, resolution: int | None = None, *, limit: int | None = None) -> torch.Tensor:
+    """Decode a data pack into ``[N, 3, R, R]`` uint8 (area-downsampled if ``resolution`` is smaller)."""
+    import cv2
+
+    from .pack import Pack
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data pack {path} does not exist; build it with `faceedit dataset build --out DIR`")
+    pack = Pack(path)
+    n = len(pack) if limit is None else min(limit, len(pack))
+    if n == 0:
+        raise ValueError(f"data pack {path} holds no images")
+    first = pack.image(0)
+    side = first.shape[0]
+    r = side if resolution is None else int(resolution)
+    if r > side or side % r:
+        raise ValueError(f"data pack {path} holds {side} px images; --resolution must divide it "
+                         f"(e.g. {side}), got {r}")
+    out = np.empty((n, r, r, 3), np.uint8)
+    for i in range(n):
+        im = pack.image(i)
+        if im.shape[:2] != (side, side):
+            raise ValueError(f"{path}: image {i} is {im.shape[1]}x{im.shape[0]}, expected {side}x{side}")
+        out[i] = im if r == side else cv2.resize(im, (r, r), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ema_beta(batch: int, cur_nimg: int, ema_kimg: float, rampup: float | None) -> float:
+    """Per-step EMA decay for a half-life of ``ema_kimg`` thousand images (with ramp-up)."""
+    ema_nimg = ema_kimg * 1000
+    if rampup is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * rampup)
+    return 0.5 ** (batch / max(ema_nimg, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(G_ema: torch.nn.Module, G: torch.nn.Module, beta: float) -> None:
+    """``p_ema <- beta * p_ema + (1 - beta) * p`` for parameters; buffers copied from ``G``."""
+    ema_p = [p for p in G_ema.parameters()]
+    src_p = [p.detach() for p in G.parameters()]
+    torch._foreach_lerp_(ema_p, src_p, 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def r1_penalty(D, real: torch.Tensor, augment=None) -> tuple:
+    """``|grad_x D(aug(x))|^2`` per image and the logits (``x`` the un-augmented reals)."""
+    x = real.detach().requires_grad_(True)
+    logits = D(augment(x) if augment is not None else x)
+    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    return g.square().sum(dim=[1, 2, 3]), logits
+
+
+def _lazy_adam(params, lr, beta1, beta2, every, active):
+    ratio = every / (every + 1) if active and every > 0 else 1.0
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(beta1 ** ratio, beta2 ** ratio), eps=1e-8)
+
+
+class _PhaseTimer:
+    """Wall-clock per training phase on sampled steps (CUDA synchronised only then)."""
+
+    def __init__(self, device):
+        self.device, self.on = device, False
+        self.total, self.steps = {}, 0
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def phase(self, name):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self_):
+                if timer.on:
+                    timer.sync()
+                    self_.t = time.perf_counter()
+
+            def __exit__(self_, *a):
+                if timer.on:
+                    timer.sync()
+                    timer.total[name] = timer.total.get(name, 0.0) + time.perf_counter() - self_.t
+
+        return _Ctx()
+
+    def table(self) -> list:
+        """Rows ``(phase, ms per step amortised, share)`` over the profiled steps."""
+        if not self.steps:
+            return []
+        s = sum(self.total.values())
+        return [(k, 1000 * v / self.steps, v / s if s else 0.0) for k, v in self.total.items()]
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Holds G, G_ema, D, their optimisers and counters; ``step()`` is one training step.
+
+    Args:
+        cfg: the run's settings.
+        images: ``[N, 3, R, R]`` uint8 training images (see :func:`load_images`).
+        device: torch device.
+        run_dir: where checkpoints, logs and samples go (None: nowhere).
+    """
+
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device=None, run_dir=None):
+        from faceedit.device import resolve_device
+
+        self.cfg = cfg
+        self.device = resolve_device(device or "auto")
+        if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (cfg.resolution, cfg.resolution):
+            raise ValueError(f"training images must be [N, 3, {cfg.resolution}, {cfg.resolution}] uint8, "
+                             f"got {tuple(images.shape)}")
+        self.images = images.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        torch.manual_seed(cfg.seed)
+        self.G = Generator(**cfg.generator_kwargs()).to(self.device).train()
+        self.D = Discriminator(**cfg.discriminator_kwargs()).to(self.device).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.optG = _lazy_adam(self.G.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.pl_every, cfg.pl_weight > 0)
+        self.optD = _lazy_adam(self.D.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.r1_every, cfg.r1_gamma > 0)
+        self.pl_mean = torch.zeros([], device=self.device)
+        self.step_count = 0          # optimisation steps done
+        self.nimg = 0                # real images shown to D
+        self.train_seconds = 0.0     # wall-clock spent in train() over all chunks
+        self.aug = _augment.DiffAugment(cfg.augment)
+        amp = cfg.amp if cfg.amp != "auto" else ("bf16" if self.device.type == "cuda" else "off")
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+        self.timer = _PhaseTimer(self.device)
+        self.loss_rows: list = []
+        self.gsnr_rows: list = []
+        self._acc: dict = {}
+        self.sample_z = self.G.sample_z(64, seed=1234).to(self.device)
+        self._last_sample_kimg = -1.0
+        self._chunk_t0, self._secs_base = None, 0.0
+        self.gsnr_seconds = 0.0
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+
+    # ------------------------------------------------------------------ pieces
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def real_batch(self, n: int) -> torch.Tensor:
+        idx = torch.randint(len(self.images), (n,), device=self.device)
+        x = self.images[idx].float() / 127.5 - 1.0
+        if self.cfg.mirror:
+            flip = torch.rand(n, device=self.device) < 0.5
+            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+        return x
+
+    def mapping(self, G, n: int, update_w_avg: bool = False) -> torch.Tensor:
+        """Codes ``ws`` for ``n`` random z, with per-sample style mixing for the MLP mapping."""
+        z = torch.randn((n, *G.z_shape), device=self.device)
+        ws = G.mapping(z, update_w_avg=update_w_avg)
+        p = self.cfg.mixing_prob
+        if p > 0:
+            z2 = torch.randn((n, *G.z_shape), device=self.device)
+            ws2 = G.mapping(z2)
+            cut = torch.randint(1, G.num_ws, (n, 1), device=self.device)
+            cut = torch.where(torch.rand(n, 1, device=self.device) < p, cut, torch.full_like(cut, G.num_ws))
+            layer = torch.arange(G.num_ws, device=self.device).view(1, -1)
+            ws = torch.where((layer >= cut).unsqueeze(2), ws2, ws)
+        return ws
+
+    def generate(self, G, n: int, update_w_avg: bool = False) -> tuple:
+        ws = self.mapping(G, n, update_w_avg)
+        return G.synthesis(ws, noise_mode="random", fused=False), ws
+
+    def _add(self, name, value):
+        v = value.detach().float()
+        s, c = self._acc.get(name, (torch.zeros([], device=self.device), 0))
+        self._acc[name] = (s + v, c + 1)
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self) -> None:
+        """One optimisation step of G and D (with the lazy regularisers when due)."""
+        cfg, G, D = self.cfg, self.G, self.D
+        B = cfg.batch
+        k = self.step_count
+        self.timer.on = bool(cfg.profile_every) and (k % cfg.profile_every) < 16
+        with self.timer.phase("data"):
+            real = self.real_batch(B)
+
+        # Gmain
+        with self.timer.phase("G main"):
+            G.requires_grad_(True)
+            D.requires_grad_(False)
+            self.optG.zero_grad(set_to_none=True)
+            with self._autocast():
+                fake, _ = self.generate(G, B, update_w_avg=True)
+                logits = D(self.aug(fake))
+            loss_G = F.softplus(-logits.float()).mean()
+            loss_G.backward()
+            self.optG.step()
+            self._add("loss_G", loss_G)
+
+        # Greg: path length
+        if cfg.pl_weight > 0 and cfg.pl_every > 0 and k % cfg.pl_every == 0:
+            with self.timer.phase("G pl"):
+                self.optG.zero_grad(set_to_none=True)
+                n = max(B // cfg.pl_batch_shrink, 1)
+                img, ws = self.generate(G, n)
+                noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+                (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+                lengths = g.square().sum(2).mean(1).sqrt()
+                self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), cfg.pl_decay))
+                pl = (lengths - self.pl_mean).square().mean()
+                (pl * cfg.pl_weight * cfg.pl_every).backward()
+                self.optG.step()
+                self._add("pl", pl)
+                self._add("pl_mean", self.pl_mean)
+
+        # Dmain
+        with self.timer.phase("D main"):
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            self.optD.zero_grad(set_to_none=True)
+            with torch.no_grad(), self._autocast():
+                fake, _ = self.generate(G, B)
+            with self._autocast():
+                lf = D(self.aug(fake.detach())).float()
+                lr_ = D(self.aug(real)).float()
+            loss_D = F.softplus(lf).mean() + F.softplus(-lr_).mean()
+            loss_D.backward()
+            self.optD.step()
+            self._add("loss_D", loss_D)
+            self._add("D_real", lr_.mean())
+            self._add("D_fake", lf.mean())
+
+        # Dreg: R1
+        if cfg.r1_gamma > 0 and cfg.r1_every > 0 and k % cfg.r1_every == 0:
+            with self.timer.phase("D r1"):
+                self.optD.zero_grad(set_to_none=True)
+                r1, _ = r1_penalty(D, real, self.aug)
+                (r1.mean() * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
+                self.optD.step()
+                self._add("r1", r1.mean())
+
+        with self.timer.phase("ema"):
+            self.nimg += B
+            self.step_count += 1
+            update_ema(self.G_ema, G, ema_beta(B, self.nimg, cfg.ema_kimg, cfg.ema_rampup))
+        if self.timer.on:
+            self.timer.steps += 1
+
+    # ------------------------------------------------------------------ logging
+
+    @property
+    def kimg(self) -> float:
+        return self.nimg / 1000
+
+    def flush_log(self, seconds: float, img_per_s: float) -> dict:
+        row = {"step": self.step_count, "kimg": round(self.kimg, 3), "minutes": round(seconds / 60, 3),
+               "img_per_s": round(img_per_s, 1)}
+        for k in ("loss_G", "loss_D", "D_real", "D_fake", "r1", "pl", "pl_mean"):
+            s, c = self._acc.get(k, (None, 0))
+            row[k] = round(float(s) / c, 5) if c else ""
+        self._acc = {}
+        self.loss_rows.append(row)
+        if self.run_dir is not None:
+            _write_csv(self.run_dir / "loss.csv", self.loss_rows)
+        return row
+
+    def measure_gsnr(self) -> list:
+        """GSNR of G and D on ``gsnr_samples`` fresh samples (fp32); appends rows to ``gsnr.csv``."""
+        from . import gsnr
+
+        cfg, m = self.cfg, self.cfg.gsnr_samples
+        m -= m % 4
+        if m < 4:
+            return []
+        z = torch.randn((m, *self.G.z_shape), device=self.device)
+        ap = _augment.sample_params(m, cfg.resolution, policy=self.aug.policy, device=self.device)
+        g = gsnr.generator_gsnr(self.G, self.D, z, aug_params=ap, chunk_size=8)
+        with torch.no_grad():
+            fake, _ = self.generate(self.G, m)
+            real = self.real_batch(m)
+            fa, ra = self.aug(fake), self.aug(real)
+        d = gsnr.discriminator_gsnr(self.D, ra, fa, chunk_size=8)
+        rows = []
+        for net, res in (("G", g), ("D", d)):
+            for group, v in res.items():
+                rows.append({"step": self.step_count, "kimg": round(self.kimg, 3), "net": net, "group": group,
+                             "gsnr": f"{v['gsnr']:.6g}", "params": v["params"], "samples": m})
+        self.gsnr_rows.extend(rows)
+        if self.run_dir is not None:
+            _write_csv(self.run_dir / "gsnr.csv", self.gsnr_rows)
+        return rows
+
+    @torch.no_grad()
+    def sample_grid(self, n: int = 64) -> np.ndarray:
+        from faceedit.imageio import make_grid, tensor_to_uint8
+
+        z = self.sample_z[:n]
+        imgs = [self.G_ema.synthesis(self.G_ema.mapping(z[i:i + 16]), noise_mode="const")
+                for i in range(0, len(z), 16)]
+        return make_grid(tensor_to_uint8(torch.cat(imgs)), cols=int(math.ceil(math.sqrt(n))))
+
+    def save_samples(self) -> None:
+        if self.run_dir is None:
+            return
+        from faceedit.imageio import save_image
+
+        grid = self.sample_grid()
+        save_image(self.run_dir / "samples" / f"kimg{int(self.kimg):06d}.png", grid)
+        save_image(self.run_dir / "samples" / "latest.png", grid)
+
+    # ------------------------------------------------------------------ state
+
+    def state_tensors(self) -> dict:
+        """Everything to continue exactly: weights, optimiser moments, counters, RNG."""
+        t = {}
+        for prefix, mod in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            t.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in mod.state_dict().items()})
+        for prefix, opt in (("optG", self.optG), ("optD", self.optD)):
+            for idx, st in opt.state_dict()["state"].items():
+                for name, v in st.items():
+                    t[f"{prefix}.{idx}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
+        t["pl_mean"] = self.pl_mean.detach().cpu().reshape(1).clone()
+        t["rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            t["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return t
+
+    def counters(self) -> dict:
+        secs = self.train_seconds
+        if self._chunk_t0 is not None:  # inside train(): count the chunk so far
+            secs = self._secs_base + time.perf_counter() - self._chunk_t0
+        return {"step": self.step_count, "nimg": self.nimg, "train_seconds": secs,
+                "last_sample_kimg": self._last_sample_kimg}
+
+    def save_checkpoint(self, path=None) -> Path:
+        """Full-precision checkpoint, atomically (default ``run_dir/checkpoint.safetensors``)."""
+        from safetensors.torch import save
+
+        path = Path(path) if path is not None else self.run_dir / "checkpoint.safetensors"
+        meta = {"format": STATE_FORMAT, "config": json.dumps(self.cfg.to_dict()),
+                "counters": json.dumps(self.counters())}
+        atomic_write_bytes(path, save(self.state_tensors(), metadata=meta))
+        return path
+
+    def load_checkpoint(self, path) -> None:
+        """Continue from a checkpoint written by :meth:`save_checkpoint` (weights, Adam, counters, RNG)."""
+        from safetensors.torch import load
+
+        raw = Path(path).read_bytes()
+        meta = read_state_metadata(raw, path)
+        t = load(raw)
+        for prefix, mod in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
+            _load_module(mod, t, prefix, path)
+        for prefix, opt in (("optG", self.optG), ("optD", self.optD)):
+            sd = opt.state_dict()
+            state = {}
+            for key, v in t.items():
+                if key.startswith(prefix + "."):
+                    _, idx, name = key.split(".", 2)
+                    state.setdefault(int(idx), {})[name] = v
+            sd["state"] = state
+            opt.load_state_dict(sd)
+        self.pl_mean.copy_(t["pl_mean"].reshape([]).to(self.device))
+        torch.set_rng_state(t["rng.cpu"])
+        if self.device.type == "cuda" and "rng.cuda" in t:
+            torch.cuda.set_rng_state(t["rng.cuda"], self.device)
+        self._set_counters(meta["counters"])
+
+    def _set_counters(self, c: dict) -> None:
+        self.step_count, self.nimg = int(c["step"]), int(c["nimg"])
+        self.train_seconds = float(c.get("train_seconds", 0.0))
+        self._last_sample_kimg = float(c.get("last_sample_kimg", -1.0))
+
+    def load_logs(self) -> None:
+        """Read ``loss.csv`` / ``gsnr.csv`` of the run folder so a resumed run appends to them."""
+        if self.run_dir is None:
+            return
+        for name, rows in (("loss.csv", self.loss_rows), ("gsnr.csv", self.gsnr_rows)):
+            p = self.run_dir / name
+            if p.is_file():
+                with open(p, newline="") as f:
+                    old = [r for r in csv.DictReader(f) if int(float(r["step"])) <= self.step_count]
+                rows[:0] = old
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self, *, seconds: float | None = None, max_steps: int | None = None, kimg: float | None = None,
+              progress: bool = False) -> dict:
+        """Train until a wall-clock budget, a step count or an image count is reached; then checkpoint.
+
+        Non-finite losses stop the chunk without saving (the last good checkpoint stays).
+
+        Returns:
+            summary dict (steps, kimg, seconds, images/s, whether stopped on NaN).
+        """
+        if seconds is None and max_steps is None and kimg is None:
+            raise ValueError("train() needs a budget: seconds, max_steps or kimg")
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        last_ckpt = t0
+        self._chunk_t0, self._secs_base = t0, self.train_seconds
+        start_step, start_nimg = self.step_count, self.nimg
+        log_t, log_nimg = t0, self.nimg
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max_steps, unit="step", disable=None)
+        nan = False
+        while True:
+            done = self.step_count - start_step
+            el = time.perf_counter() - t0
+            if (max_steps is not None and done >= max_steps) or (seconds is not None and el >= seconds) or \
+                    (kimg is not None and self.kimg >= kimg):
+                break
+            self.step()
+            if bar is not None:
+                bar.update(1)
+            if self.step_count % cfg.log_every == 0:
+                now = time.perf_counter()
+                row = self.flush_log(self._secs_base + now - t0, (self.nimg - log_nimg) / max(now - log_t, 1e-9))
+                log_t, log_nimg = now, self.nimg
+                if not all(math.isfinite(float(row[k])) for k in ("loss_G", "loss_D") if row[k] != ""):
+                    log.error("non-finite loss at step %d (%s); stopping this chunk without saving",
+                              self.step_count, row)
+                    nan = True
+                    break
+                log.info("step %d kimg %.1f G %.3f D %.3f %.0f img/s", row["step"], row["kimg"], row["loss_G"],
+                         row["loss_D"], row["img_per_s"])
+            if cfg.gsnr_every and self.step_count % cfg.gsnr_every == 0:
+                tg = time.perf_counter()
+                self.measure_gsnr()
+                self.timer.sync()
+                self.gsnr_seconds += time.perf_counter() - tg
+            if self.kimg - self._last_sample_kimg >= cfg.sample_every_kimg:
+                self._last_sample_kimg = self.kimg
+                self.save_samples()
+            if self.run_dir is not None and time.perf_counter() - last_ckpt > cfg.checkpoint_every_min * 60:
+                self.save_checkpoint()
+                last_ckpt = time.perf_counter()
+        if bar is not None:
+            bar.close()
+        el = time.perf_counter() - t0
+        if not nan and self.run_dir is not None:
+            if self._acc:
+                self.flush_log(self._secs_base + el, (self.nimg - log_nimg) / max(time.perf_counter() - log_t, 1e-9))
+            self.save_samples()
+            self.save_checkpoint()
+        self.train_seconds = self._secs_base + (time.perf_counter() - t0)
+        self._chunk_t0 = None
+        return {"steps": self.step_count - start_step, "kimg": round(self.kimg, 3),
+                "chunk_kimg": (self.nimg - start_nimg) / 1000, "seconds": el,
+                "img_per_s": (self.nimg - start_nimg) / max(el, 1e-9), "stopped_on_nan": nan,
+                "total_steps": self.step_count}
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_state_metadata(raw: bytes, where="") -> dict:
+    """Parse the JSON metadata of a training-state safetensors file."""
+    from safetensors import safe_open  # noqa: F401  (import check)
+
+    n = int.from_bytes(raw[:8], "little")
+    if n <= 0 or n > len(raw) - 8:
+        raise ValueError(f"{where} is not a safetensors file")
+    header = json.loads(raw[8:8 + n])
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != STATE_FORMAT:
+        raise ValueError(f"{where} is not a faceedit training state (format {meta.get('format')!r})")
+    return {"config": json.loads(meta["config"]), "counters": json.loads(meta["counters"]),
+            **{k: v for k, v in meta.items() if k not in ("config", "counters")}}
+
+
+def _load_module(mod: torch.nn.Module, tensors: dict, prefix: str, where) -> None:
+    own = mod.state_dict()
+    sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+    missing, extra = sorted(set(own) - set(sub)), sorted(set(sub) - set(own))
+    if missing or extra:
+        raise ValueError(f"{where}: {prefix} does not match the architecture (missing {missing[:4]}, "
+                         f"unexpected {extra[:4]})")
+    mod.load_state_dict({k: v.to(own[k].dtype) for k, v in sub.items()}, strict=True)
+
+
+def _write_csv(path: Path, rows: list) -> None:
+    if not rows:
+        return
+    keys = list(rows[0].keys())
+    for r in rows[1:]:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
