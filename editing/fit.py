@@ -111,14 +111,14 @@ def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3,
     """
     from sklearn.svm import LinearSVC
 
-    X = np.asarray(codes, dtype=np.float64)
+    X = np.asarray(codes)  # only the kept rows are converted to float64 below
     y = np.asarray(scores, dtype=np.float64).reshape(-1)
     if X.ndim != 2 or len(X) != len(y):
         raise ValueError(f"codes must be [N, D] and scores [N]; got {X.shape} and {y.shape}")
     if not 0 < fraction <= 0.5:
         raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
-    ok = np.isfinite(y)
-    X, y = X[ok], y[ok]
+    finite = np.flatnonzero(np.isfinite(y))
+    y = y[finite]
     k = int(math.floor(len(y) * fraction))
     if k < 4:
         raise ValueError(f"only {len(y)} scored samples: {fraction:.1%} at each end leaves {k} per class; "
@@ -128,7 +128,7 @@ def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3,
     if y[hi].min() <= y[lo].max():
         raise ValueError("the top and bottom samples have the same scores; the scorer does not separate "
                          "this attribute on these images")
-    Xk = np.concatenate([X[hi], X[lo]])
+    Xk = np.concatenate([X[finite[hi]], X[finite[lo]]]).astype(np.float64)
     yk = np.concatenate([np.ones(k), np.zeros(k)])
     rng = np.random.default_rng(seed)
     perm = rng.permutation(2 * k)

@@ -10,7 +10,9 @@ CelebA attributes, years for ``age``), then fit an InterFaceGAN direction per at
 (top/bottom ``--fraction``, linear SVM, held-out accuracy) in the model's own space (W
 for an MLP mapping, W++ for a transformer mapping, fitted on the flattened per-layer
 codes), the conditional variants (``age|male``, ``eyeglasses|age``, ...), and the
-unsupervised GANSpace and SeFa directions. Files go to ``DIR/<model>/`` (copy them to
+unsupervised GANSpace and SeFa directions, and the linear separability of the
+model's code space (``faceedit.metrics.separability``, on the first ``--separability``
+samples, over the binary attributes fitted here; one process per attribute). Files go to ``DIR/<model>/`` (copy them to
 ``checkpoints/weights/directions/<model>/``), a report to ``DIR/<model>/fit_report.json``,
 and a table is printed last.
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from .direction import canonical_attribute, model_name
-from .fit import condition, fit_direction, ganspace, sample_and_score, sefa
+from .fit import code_space, condition, fit_direction, ganspace, sample_and_score, sefa
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,27 @@ def landmark_scorer(device):
     return score, {}, "landmarks"
 
 
+def _parallel_separability(X, probs, fn, jobs: int = 0) -> dict:
+    """``fn(X, probs)`` with one attribute per worker process (each SVM is single-threaded)."""
+    import os
+
+    names = sorted(probs)
+    jobs = min(len(names), jobs or os.cpu_count() or 1, 16)
+    if jobs <= 1:
+        return fn(X, probs)
+    from joblib import Parallel, delayed
+
+    parts = Parallel(n_jobs=jobs)(delayed(fn)(X, {a: probs[a]}) for a in names)
+    per = {a: r for p in parts for a, r in p["per_attribute"].items()}
+    total = sum(r["entropy"] for r in per.values())
+    return {"separability": float(np.exp(total)), "sum_entropy_nats": float(total), "per_attribute": per,
+            "skipped": [a for p in parts for a in p["skipped"]], "n": int(len(X))}
+
+
+def code_space_name(G) -> str:
+    return {"w": "W", "wpp": "W++ (flattened)"}[code_space(G)]
+
+
 def _table(rows) -> str:
     head = ("model", "direction", "space", "val acc", "train acc", "std", "kept", "cos(primal)")
     lines = [head] + [tuple(str(x) for x in r) for r in rows]
@@ -101,7 +124,7 @@ def _table(rows) -> str:
 
 
 def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch, device, seed, attrs,
-              min_auc, unsupervised: int):
+              min_auc, unsupervised: int, separability: int = 0, jobs: int = 0):
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(model_path, device=device)
@@ -162,6 +185,20 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
         for d in sefa(G, model_id=model_id, k=unsupervised, codes=sub):
             d.save(folder)
             rows.append((name, d.key, d.space, "", "", f"{d.latent_std:.4g}", "sefa", ""))
+    if separability:
+        # the metrics room's definition (held-out H(Y|X)), on the first samples' probabilities
+        from faceedit.metrics.separability import linear_separability
+
+        k = min(separability, len(codes))
+        probs = {a: 1.0 / (1.0 + np.exp(-scores[a][:k].astype(np.float64))) for a in fitted if a != "age"}
+        t1 = time.time()
+        sep = _parallel_separability(codes[:k].reshape(k, -1), probs, linear_separability, jobs)
+        report["separability"] = {"space": code_space_name(G), "n": k, "seconds": round(time.time() - t1, 2),
+                                  "separability": sep["separability"], "skipped": sep["skipped"],
+                                  "per_attribute": {a: {"entropy": r["entropy"], "svm_accuracy": r["svm_accuracy"]}
+                                                    for a, r in sep["per_attribute"].items()}}
+        rows.append((name, "linear separability", code_space_name(G), "", "", "", k,
+                     f"exp(sum H)={sep['separability']:.3g} over {len(sep['per_attribute'])} attrs"))
     report["seconds_total"] = round(time.time() - t0, 2)
     report["score_summary"] = {a: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
                                for a, v in scores.items()}
@@ -183,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--attrs", nargs="*", default=None, help="attributes to fit (default: core + AUC >= --min-auc)")
     p.add_argument("--min-auc", type=float, default=0.9)
     p.add_argument("--unsupervised", type=int, default=8, help="GANSpace and SeFa directions per model (0: none)")
+    p.add_argument("--separability", type=int, default=10000,
+                   help="samples for the linear-separability figure (metrics room's definition; 0: skip)")
+    p.add_argument("--jobs", type=int, default=0, help="processes for the separability SVMs (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
@@ -200,7 +240,7 @@ def main(argv=None) -> int:
     for mp in a.model:
         rows, rep = fit_model(mp, score_fn, aucs, ident, n=a.n, out=a.out, fraction=a.fraction, batch=a.batch,
                               device=device, seed=a.seed, attrs=a.attrs, min_auc=a.min_auc,
-                              unsupervised=a.unsupervised)
+                              unsupervised=a.unsupervised, separability=a.separability, jobs=a.jobs)
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")
