@@ -124,24 +124,72 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
             x = F.conv2d(x, wmod.reshape(n * cout, cin, kh, kw).to(x.dtype), padding=kh // 2, groups=n)
         x = x.reshape(n, cout, *x.shape[2:])
     else:
-        if demodulate:
-            # sum_{i,k} (w_oik s_i)^2 = sum_i s_i^2 sum_k w_oik^2: one [N,Cin]x[Cin,Cout] matmul
-            # instead of materialising the [N, Cout, Cin, k, k] modulated weights.
-            # Kept in fp32 under autocast: the coefficients set every layer's output scale.
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                w2 = weight.float().square().sum(dim=[2, 3])  # [Cout, Cin]
-                dcoefs = (styles.float().square() @ w2.t() + eps).rsqrt()  # [N, Cout]
-        x = x * styles.to(x.dtype).view(n, cin, 1, 1)
-        wt = weight.to(x.dtype)
-        if up:
-            x = F.conv_transpose2d(x, wt.transpose(0, 1), stride=2)
-        else:
-            x = F.conv2d(x, wt, padding=kh // 2)
+        x, dcoefs = modulated_conv2d_shared(x, weight, styles, demodulate=demodulate, up=up, fir=fir, eps=eps)
         if dcoefs is not None:
             x = x * dcoefs.to(x.dtype).view(n, cout, 1, 1)
+        return x
     if up:
         # transposed 3x3 stride-2 conv gives 2H+1; the blur brings it to exactly 2H.
         fw = fir.numel()
         p0, p1 = (fw + 1) // 2 - 1, (fw - 2) // 2
         x = upfirdn2d(x, fir, pad=(p0, p1, p0, p1), gain=4)
     return x
+
+
+def modulated_conv2d_shared(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
+                            demodulate: bool = True, up: bool = False, fir: torch.Tensor | None = None,
+                            eps: float = 1e-8) -> tuple:
+    """The fast (non-fused) modulated convolution, leaving the demodulation to the caller.
+
+    Scales the activations by the styles, runs one convolution shared by the whole batch
+    (plus the FIR blur when ``up``), and returns the demodulation coefficients unapplied
+    so that the caller can fold them into its epilogue (bias, noise, activation) in one
+    pass. ``out * dcoefs[:, :, None, None]`` equals :func:`modulated_conv2d` to float rounding.
+
+    Returns:
+        ``(out [N, Cout, H', W'], dcoefs [N, Cout] in fp32 or None)``.
+    """
+    n, cin = x.shape[:2]
+    cout, _, kh, _ = weight.shape
+    dcoefs = None
+    if demodulate:
+        # sum_{i,k} (w_oik s_i)^2 = sum_i s_i^2 sum_k w_oik^2: one [N,Cin]x[Cin,Cout] matmul
+        # instead of materialising the [N, Cout, Cin, k, k] modulated weights. Kept in fp32
+        # under autocast: the coefficients set every layer's output scale.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            w2 = weight.float().square().sum(dim=[2, 3])  # [Cout, Cin]
+            dcoefs = (styles.float().square() @ w2.t() + eps).rsqrt()  # [N, Cout]
+    x = x * styles.to(x.dtype).view(n, cin, 1, 1)
+    wt = weight.to(x.dtype)
+    if up:
+        x = F.conv_transpose2d(x, wt.transpose(0, 1), stride=2)
+        fw = fir.numel()
+        p0, p1 = (fw + 1) // 2 - 1, (fw - 2) // 2
+        if p0 == p1:  # the 4-tap case: one depthwise conv with built-in padding
+            x = F.conv2d(x, _fir2d(fir, x, gain=4), padding=p0, groups=x.shape[1])
+        else:
+            x = upfirdn2d(x, fir, pad=(p0, p1, p0, p1), gain=4)
+    else:
+        x = F.conv2d(x, wt, padding=kh // 2)
+    return x, dcoefs
+
+
+def _fir2d(fir: torch.Tensor, x: torch.Tensor, gain: float) -> torch.Tensor:
+    """Depthwise 2-D kernel ``[C, 1, k, k]`` (flipped: a true convolution) for ``x``'s channels."""
+    f = fir.flip(0)
+    k = torch.outer(f, f) * gain
+    return k.to(x.dtype).view(1, 1, *k.shape).expand(x.shape[1], 1, -1, -1).contiguous()
+
+
+def upsample2d_fast(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+    """:func:`upsample2d` as one depthwise transposed convolution (stride 2, padding 1).
+
+    Zero insertion, padding ``(2, 1)`` and a 4-tap convolution equal a stride-2 transposed
+    convolution with the same kernel and padding 1; equal to float rounding (tested).
+    Only for 4-tap filters; other lengths fall back to :func:`upsample2d`.
+    """
+    if fir.numel() != 4:
+        return upsample2d(x, fir)
+    k = torch.outer(fir, fir) * 4
+    k = k.to(x.dtype).view(1, 1, 4, 4).expand(x.shape[1], 1, 4, 4).contiguous()
+    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=x.shape[1])

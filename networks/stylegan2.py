@@ -20,7 +20,8 @@ from torch import nn
 
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP, MappingTransformer
-from .ops import downsample2d, lrelu_gain, make_fir, modulated_conv2d, upsample2d
+from .ops import (downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared, upsample2d,
+                  upsample2d_fast)
 
 
 def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:
@@ -53,15 +54,30 @@ class StyledConv(nn.Module):
 
     def forward(self, x, w, noise_mode="const", noise=None, fused=True):
         styles = self.affine(w)
-        x = modulated_conv2d(x, self.weight * self.scale, styles, up=self.up, fir=self.fir, fused=fused)
         if noise is None and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
         elif noise is None and noise_mode == "const":
             noise = self.noise_const
+        if not fused:
+            return self._forward_fast(x, styles, noise)
+        x = modulated_conv2d(x, self.weight * self.scale, styles, up=self.up, fir=self.fir, fused=True)
         if noise is not None:
             x = x + noise.to(x.dtype) * self.noise_strength.to(x.dtype)
         x = lrelu_gain(x + self.bias.to(x.dtype).view(1, -1, 1, 1))
         return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
+
+    def _forward_fast(self, x, styles, noise):
+        """Shared-weight conv, then demodulation, noise, bias and gain in one ``addcmul`` and an
+        in-place leaky ReLU. Uses ``lrelu(g * y) = g * lrelu(y)`` for ``g > 0`` to fold the gain
+        into the coefficients. Equal to the reference to float rounding (tested)."""
+        y, dcoefs = modulated_conv2d_shared(x, self.weight * self.scale, styles, up=self.up, fir=self.fir)
+        g = math.sqrt(2)
+        add = self.bias.view(1, -1, 1, 1) * g
+        if noise is not None:
+            add = add + noise.to(add.dtype) * (self.noise_strength * g)
+        y = torch.addcmul(add.to(y.dtype), y, (dcoefs * g).to(y.dtype).view(*dcoefs.shape, 1, 1))
+        y = torch.nn.functional.leaky_relu_(y, 0.2)
+        return y if self.conv_clamp is None else y.clamp_(-self.conv_clamp, self.conv_clamp)
 
 
 class ToRGB(nn.Module):
@@ -82,7 +98,7 @@ class ToRGB(nn.Module):
         if self.conv_clamp is not None:
             y = y.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
-            y = y + upsample2d(skip, self.fir)
+            y = y + (upsample2d(skip, self.fir) if fused else upsample2d_fast(skip, self.fir))
         return y
 
 
