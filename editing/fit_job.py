@@ -18,8 +18,10 @@ and a table is printed last.
 
 Landmark-based directions (``--scorers landmarks``: yaw, and any other score the
 landmark scorer gives) need dlib, which the GPU machine lacks: run those on the CPU with
-fewer samples (e.g. ``--n 6000 --fraction 0.05 --attrs yaw --device cpu``); the report
-records the sample count.
+fewer samples (e.g. ``--scorers landmarks --n 6000 --fraction 0.05 --attrs yaw
+--device cpu --unsupervised 0 --separability 0``, about 25 ms per image); the report
+records the sample count. Yaw's sign: positive = nose towards the image's right = the
+head turned to the subject's left (``faceedit.metrics.geometry``).
 
 Needs only torch, numpy, scikit-learn and safetensors (no dlib, lpips, facenet for the
 classifier path); runs on CUDA or CPU.
@@ -75,24 +77,24 @@ def classifier_scorer(path, device):
     return score, aucs, ident
 
 
-def landmark_scorer(device):
-    """``images -> {yaw, ...}`` from the metrics room's landmark geometry (dlib: CPU only)."""
+def landmark_scorer(device, *, with_yaw5: bool = False):
+    """``images -> {yaw, pitch, roll, smile, mouth_open, eyes_open[, yaw5]}`` from the metrics
+    room's landmark geometry (``faceedit.metrics.geometry.crop_geometry``: dlib, so CPU only;
+    NaN where no face is found, which the SVM fit drops)."""
     try:
-        from faceedit.metrics import landmarks as lm  # noqa: F401
+        from faceedit.metrics.geometry import crop_geometry
     except ImportError as e:
-        raise SystemExit(f"the landmark scorer (faceedit.metrics.landmarks) is not available here ({e}); "
+        raise SystemExit(f"the landmark scorer (faceedit.metrics.geometry) is not available here ({e}); "
                          f"it needs dlib: run this on the CPU machine") from e
     from faceedit.imageio import tensor_to_uint8
 
-    scorer = lm.LandmarkScorer() if hasattr(lm, "LandmarkScorer") else None
-    if scorer is None:
-        raise SystemExit("faceedit.metrics.landmarks has no LandmarkScorer; update fit_job to its API")
+    keys = ("yaw", "pitch", "roll", "smile", "mouth_open", "eyes_open") + (("yaw5",) if with_yaw5 else ())
 
     def score(img):
-        s = scorer.scores(tensor_to_uint8(img))
-        return {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in s.items()}
+        geos = [crop_geometry(a, with_yaw5=with_yaw5) for a in tensor_to_uint8(img)]
+        return {k: torch.tensor([getattr(g, k) for g in geos], dtype=torch.float32) for k in keys}
 
-    return score, {}, "landmarks"
+    return score, {}, "landmarks-dlib68"
 
 
 def _parallel_separability(X, probs, fn, jobs: int = 0) -> dict:
@@ -204,7 +206,8 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
                                for a, v in scores.items()}
     from faceedit.checkpoints.atomic import atomic_write_text
 
-    atomic_write_text(folder / "fit_report.json", json.dumps(report, indent=2))
+    suffix = "_landmarks" if scorer_id.startswith("landmarks") else ""
+    atomic_write_text(folder / f"fit_report{suffix}.json", json.dumps(report, indent=2))
     return rows, report
 
 
@@ -233,6 +236,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     if a.scorers == "landmarks":
         score_fn, aucs, ident = landmark_scorer(device)
+        if a.attrs is None:
+            a.attrs = ["yaw"]  # the classifier's smile stays the shipped smile
     else:
         score_fn, aucs, ident = classifier_scorer(a.scorers, device)
     all_rows = []

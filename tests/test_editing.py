@@ -312,3 +312,20 @@ def test_header_length_that_looks_like_a_pickle_is_read(tmp_path):
         d = _dir(meta={"pad": "x" * pad})
         p = d.save(tmp_path / f"d{pad}.safetensors")
         assert Direction.load(p).meta["pad"] == "x" * pad
+
+
+def test_landmark_scorer_on_a_real_face(shared_dir):
+    import os
+
+    from faceedit.alignment import FACES64, align
+    from faceedit.editing.fit_job import landmark_scorer
+    from faceedit.imageio import load_image, uint8_to_tensor
+
+    photo = load_image(os.path.join(shared_dir, "datasets/photos/face_recognition__obama.jpg"))
+    crop = align(photo, recipe=FACES64)[0].crop
+    score, _, ident = landmark_scorer("cpu")
+    noise = np.random.default_rng(0).integers(0, 255, crop.shape, dtype=np.uint8)
+    s = score(torch.cat([uint8_to_tensor(crop), uint8_to_tensor(noise)]))
+    assert ident.startswith("landmarks") and set(s) >= {"yaw", "smile"}
+    assert np.isfinite(s["yaw"][0]) and abs(float(s["yaw"][0])) < 30  # a roughly frontal face
+    assert np.isnan(s["yaw"][1])  # no face in noise: NaN, never a guess
