@@ -30,7 +30,8 @@ class Latent:
             refuse a latent from another model.
         z: ``[B, ...]`` input latents when the space is ``z`` or ``wpp-z``.
         noise: optimised noise maps, one ``[B, 1, r, r]`` per styled conv, if any.
-        tuning: pivotal-tuning weight deltas ``{param_name: tensor}``, if any.
+        tuning: pivotal-tuning weight deltas ``{param_name: tensor}``, if any; every tensor
+            has a leading image dimension ``B`` (see ``inversion.pti``).
         meta: free JSON metadata (source photo, alignment matrix, losses, ...).
     """
 
@@ -60,7 +61,8 @@ class Latent:
         """The ``i``-th latent of the batch, as a batch of one."""
         sl = slice(i, i + 1)
         return replace(self, codes=self.codes[sl], z=None if self.z is None else self.z[sl],
-                       noise=None if self.noise is None else tuple(n[sl] for n in self.noise))
+                       noise=None if self.noise is None else tuple(n[sl] for n in self.noise),
+                       tuning=None if self.tuning is None else {k: v[sl] for k, v in self.tuning.items()})
 
     def to(self, device) -> "Latent":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731

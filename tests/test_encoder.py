@@ -1,0 +1,153 @@
+"""Encoder network, its training job, encoder/hybrid inversion (tiny CPU models)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from faceedit.networks import Discriminator, Generator
+from faceedit.networks.encoder import Encoder, LatentDiscriminator, encoder_groups
+
+TINY_E = dict(channel_base=256, channel_max=32, channel_min=8, fpn_channels=16, head_channels=16)
+
+
+def tiny_generator(res=16, kind="mlp", seed=0):
+    torch.manual_seed(seed)
+    G = Generator(z_dim=16, w_dim=16, resolution=res, mapping_kind=kind, channel_base=128, channel_max=16,
+                  mapping_layers=2, mapping_blocks=1, mapping_heads=2).eval().requires_grad_(False)
+    with torch.no_grad():  # a trained mapping tracks its mean; do the same
+        ws = G.mapping(G.sample_z(2000, seed=1)).mean(0)
+        G.mapping.w_avg.copy_(ws if kind == "transformer" else ws[0])
+    return G
+
+
+# -- the network ---------------------------------------------------------------------
+@pytest.mark.parametrize("res", [16, 32])
+@pytest.mark.parametrize("kind,space", [("mlp", "w"), ("mlp", "w+"), ("transformer", "wpp")])
+def test_output_shapes_per_space(res, kind, space):
+    G = tiny_generator(res, kind)
+    E = Encoder.from_generator(G, space, **TINY_E)
+    x = torch.rand(3, 3, res, res) * 2 - 1
+    codes, deltas = E(x, return_deltas=True)
+    assert codes.shape == (3, G.num_ws, G.w_dim)
+    assert deltas.shape == (3, 0 if space == "w" else G.num_ws - 1, G.w_dim)
+    if space == "w":  # one code, broadcast
+        assert torch.equal(codes, codes[:, :1].expand_as(codes))
+    else:  # codes differ per layer and are w_avg + base + delta
+        assert not torch.allclose(codes[:, 0], codes[:, -1])
+        base = codes[:, :1] - E.w_avg[:1]
+        torch.testing.assert_close(codes[:, 1:] - E.w_avg[1:] - base, deltas, rtol=1e-5, atol=1e-5)
+    # offsets start small: the untrained encoder's codes lie near the generator's mean
+    assert (codes - G.w_avg).norm(dim=-1).mean() < 0.5 * G.w_avg.norm(dim=-1).mean() + 1.0
+    G.synthesis(codes)  # the codes are what the synthesis network takes
+
+
+def test_groups_follow_psp_split():
+    assert encoder_groups(18) == {"coarse": [0, 1, 2], "medium": [3, 4, 5, 6], "fine": list(range(7, 18))}
+    assert encoder_groups(10)["fine"] == [7, 8, 9]
+    assert "fine" not in encoder_groups(6)
+
+
+def test_any_power_of_two_resolution_and_errors():
+    E = Encoder(128, 12, 32, "w+", **TINY_E)
+    assert E(torch.zeros(1, 3, 128, 128)).shape == (1, 12, 32)
+    big = Encoder(1024, 18, 512, "w+")  # the benchmark architecture builds (random weights)
+    assert len(big.blocks) == 7 and big.levels == [8, 16, 32]
+    with pytest.raises(ValueError, match="power of two"):
+        Encoder(48, 10, 16)
+    with pytest.raises(ValueError, match="space"):
+        Encoder(64, 10, 16, space="z")
+    with pytest.raises(ValueError, match="resize or align"):
+        E(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="faces64-wpp"):
+        Encoder.from_generator(tiny_generator(16, "mlp"), "wpp")
+
+
+def test_latent_discriminator_shapes():
+    from faceedit.training.encoder import make_latent_discriminator
+
+    G = tiny_generator(16, "transformer")
+    for space, rows in (("w+", 3 * G.num_ws), ("wpp", 3)):
+        E = Encoder.from_generator(G, space, **TINY_E)
+        LD = make_latent_discriminator(E)
+        assert isinstance(LD, LatentDiscriminator)
+        assert LD(torch.randn(3, G.num_ws, G.w_dim)).shape == (rows, 1)
+
+
+# -- training ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny generator and an encoder trained on its synthetic pairs (before/after figures)."""
+    from faceedit.training.encoder import evaluate, train_encoder
+
+    G = tiny_generator(16)
+    torch.manual_seed(1)
+    E = Encoder.from_generator(G, "w+", **TINY_E)
+    before = evaluate(G, E, n_syn=64)
+    res = train_encoder(G, E, torch.zeros(0, 3, 16, 16, dtype=torch.uint8), steps=100, batch=16, lr=1e-2,
+                        weights=dict(perc=0.0, adv=0.05), log_every=50)
+    after = evaluate(G, E, n_syn=64)
+    return G, E, before, after, res
+
+
+@pytest.mark.slow
+def test_training_reduces_latent_loss_on_synthetic_pairs(trained):
+    G, E, before, after, res = trained
+    assert res["steps"] == 100 and len(res["history"]) == 2
+    assert {"pix", "lat", "delta", "adv", "ld"} <= set(res["history"][-1])
+    # held-out synthetic pairs (a fixed seed the training never drew)
+    assert after["syn_latent_mse"] < 0.9 * before["syn_latent_mse"]
+    assert after["syn_mse"] < 0.7 * before["syn_mse"]
+
+
+def _tiny_model(tmp_path, G):
+    from faceedit.checkpoints import load_model, save_native
+
+    torch.manual_seed(3)
+    D = Discriminator(G.resolution, channel_base=128, channel_max=16)
+    save_native(tmp_path / "tiny", G, name="tiny", D=D)
+    return load_model(tmp_path / "tiny", with_discriminator=True)
+
+
+@pytest.mark.slow
+def test_save_load_encode_and_hybrid(trained, tmp_path):
+    from faceedit.inversion.encoder import EncoderError, encode, find_encoder, load_encoder
+    from faceedit.inversion.hybrid import default_method, invert_with
+    from faceedit.training.encoder import save_encoder
+
+    G, E, *_ = trained
+    m = _tiny_model(tmp_path, G)
+    assert default_method(m, "w+") == "optim"  # no encoder shipped yet
+    wpath, jpath = save_encoder(tmp_path / "tiny", E, model_id=m["model_id"], model_sha256=m["sha256"],
+                                record={"steps": 100})
+    assert wpath.name == "encoder_wplus.safetensors" and json.loads(jpath.read_text())["space"] == "w+"
+    assert default_method(m, "w+") == "hybrid" and default_method(m, "w") == "hybrid"
+    assert find_encoder(m, "wpp") is None
+    # round trip: fp16 weights, so equal to the fp16-rounded encoder's output
+    E2 = load_encoder(wpath, G=G, model_sha256=m["sha256"])
+    ref = Encoder(**E.config)
+    ref.load_state_dict({k: (v if k == "w_avg" else v.half().float()) for k, v in E.state_dict().items()})
+    x = G.synthesis(G.mapping(G.sample_z(4, seed=77)))
+    torch.testing.assert_close(E2(x), ref.eval()(x))
+    with pytest.raises(EncoderError, match="trained for generator"):
+        load_encoder(wpath, model_sha256="0" * 64)
+
+    # targets the encoder never saw; compare the methods at equal footing (MSE only)
+    target = G.synthesis(G.mapping(G.sample_z(6, seed=4321)))
+    kw = dict(G=m["G"], D=m["D"], prior="none", perceptual="none", seed=0)
+    enc = invert_with("encoder", target, m, "w+", **kw)
+    assert enc.meta["method"] == "encoder" and enc.model_id == m["model_id"]
+    lat_w = encode(target, m, "w", G=m["G"])  # a w+ encoder serves w by averaging its layers
+    assert torch.equal(lat_w.codes, lat_w.codes[:, :1].expand_as(lat_w.codes))
+    k = 10
+    hyb = invert_with("hybrid", target, m, "w+", k, **kw)
+    assert hyb.meta["steps"] == k
+    hyb_mse = np.mean(hyb.meta["losses"]["mse"])
+    assert hyb_mse < 0.7 * np.mean(enc.meta["losses"]["mse"])  # hybrid beats the encoder alone
+    # the optimiser from the mean code needs more steps for the same loss
+    opt_k = invert_with("optim", target, m, "w+", k, **kw)
+    assert np.mean(opt_k.meta["losses"]["mse"]) > hyb_mse
+    opt_2k = invert_with("optim", target, m, "w+", 2 * k, **kw)
+    assert np.mean(opt_2k.meta["losses"]["mse"]) > hyb_mse
