@@ -177,3 +177,32 @@ def test_cli_directions_list_show_fit(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["tiny_sefa0_w_l0-1.safetensors",
                                                                    "tiny_sefa1_w_l0-1.safetensors"]
+
+
+@pytest.mark.slow
+def test_bench_editing_tiny(tiny, shared_dir, tmp_path):
+    from faceedit import bench_editing
+    from faceedit.metrics.attributes import AttributeScorer, AttrNet
+
+    torch.manual_seed(0)
+    sc = AttributeScorer(AttrNet(width=4))
+    clf = (lambda imgs: {k.lower().replace("smiling", "smile"): v for k, v in sc.scores(imgs).items()}, "stub")
+    rng = np.random.default_rng(0)
+    faces = {"images": rng.integers(0, 255, (3, 16, 16, 3), dtype=np.uint8)}
+    rows = bench_editing.bench_model(tiny["path"], faces, strengths=(-2, 0, 2), steps=2, device="cpu",
+                                     classifier=clf, independent={}, directions=tiny["dirs"], perceptual="none")
+    assert [r["direction"] for r in rows] == ["age", "smile"]
+    smile = rows[1]
+    assert smile["target_by"].startswith("stub logit") and np.isfinite(smile["d_target"])
+    assert 0 <= smile["flip"] <= 1 and smile["drift"] >= 0 and "male" in smile["held"]
+    assert rows[0]["target_by"].startswith("stub age")
+    md = bench_editing.table(rows)
+    assert md.count("\n| tiny |") == 2
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("face_alignment__grass.jpg", "face_recognition__two_people.jpg"):
+        (photos / name).write_bytes(open(os.path.join(shared_dir, "datasets/photos", name), "rb").read())
+    chk = bench_editing.photo_check(tiny["path"], photos, steps=1, directions=tiny["dirs"])
+    assert chk["passed"] and chk["checked_photos"] == 1 and chk["faces"] == 2 and len(chk["no_face"]) == 1
+    assert chk["zero_max_diff"] <= 1 and chk["outside_mask_changed_px"] == 0 and chk["inside_changed"] == 1
