@@ -92,7 +92,11 @@ class Projector:
         mse_weight, perceptual_weight: weights of the image losses.
         patience, min_delta: early stop (None = off).
         seed: seeds the latent noise, the noise maps and the ``wpp-z`` start.
-        fused: modulated-conv path (None: fused on CUDA, the faster unfused one on CPU).
+        fused: modulated-conv path (default False: the shared-conv path, faster for batches;
+            True is NVIDIA's grouped-conv reference).
+        amp: ``None`` (float32) or ``"bf16"``: synthesis and the perceptual loss under bf16
+            autocast on CUDA (losses and the optimiser stay float32).
+        compile: ``torch.compile`` the synthesis + loss function (CUDA speed; first steps compile).
         lpips_pnet_rand: random LPIPS trunk (tests only).
     """
 
@@ -101,7 +105,8 @@ class Projector:
                  lr_rampdown: float = 0.25, noise_factor: float = 0.05, noise_ramp: float = 0.75,
                  optimize_noise: bool = False, noise_reg_weight: float = 1e5, mse_weight: float = 1.0,
                  perceptual_weight: float = 1.0, patience: int | None = None, min_delta: float = 1e-3,
-                 seed: int = 0, fused: bool | None = None, lpips_pnet_rand: bool = False):
+                 seed: int = 0, fused: bool | None = None, amp: str | None = None, compile: bool = False,
+                 lpips_pnet_rand: bool = False):
         self.G = G.eval().requires_grad_(False)
         self.device = G.synthesis.const.device
         self.space = Space(G, check_space(G, space))
@@ -123,7 +128,11 @@ class Projector:
         self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
         self.patience, self.min_delta = patience, min_delta
         self.seed = int(seed)
-        self.fused = (self.device.type == "cuda") if fused is None else fused
+        self.fused = False if fused is None else bool(fused)
+        if amp not in (None, "none", "bf16"):
+            raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+        self.amp = amp if amp == "bf16" else None
+        self._loss_fn = torch.compile(self._losses, dynamic=False) if compile else self._losses
 
     # -- set-up ------------------------------------------------------------------------
     @property
@@ -152,11 +161,14 @@ class Projector:
         return self.lr * ramp
 
     def _losses(self, ws, target, prepared, noise) -> dict:
-        img = self.G.synthesis(ws, noise_mode="const", noise=noise, fused=self.fused)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16"):
+            img = self.G.synthesis(ws, noise_mode="const", noise=noise, fused=self.fused)
+            perc = self.perceptual(img, prepared) if self.perceptual is not None else None
+        img = img.float()
         out = {"mse": self.mse(img, target)}
         total = self.mse_weight * out["mse"]
-        if self.perceptual is not None:
-            out["perceptual"] = self.perceptual(img, prepared)
+        if perc is not None:
+            out["perceptual"] = perc.float()
             total = total + self.perceptual_weight * out["perceptual"]
         if self.prior is not None:
             out["prior"] = self.prior.penalty(ws) / self.prior.total_dim
@@ -208,7 +220,7 @@ class Projector:
             p = param
             if strength > 0:
                 p = param + torch.randn(param.shape, generator=gen).to(dev) * strength
-            losses = self._losses(self.space.to_ws(p), target, prepared, noise)
+            losses = self._loss_fn(self.space.to_ws(p), target, prepared, noise)
             opt.zero_grad(set_to_none=True)
             losses["total"].sum().backward()
             opt.step()

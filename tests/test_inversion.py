@@ -249,3 +249,32 @@ def test_cli_invert_photo_with_alignment(tiny_model, tmp_path, monkeypatch, shar
     none = os.path.join(shared_dir, "datasets", "photos", "face_alignment__grass.jpg")
     r = CliRunner().invoke(cli, ["--device", "cpu", "invert", none, "--model", str(path), "--out", str(out)])
     assert r.exit_code == 1 and "FaceNotFoundError" in r.output
+
+
+def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch):
+    from faceedit import bench_inversion
+    from faceedit.imageio import encode_image, tensor_to_uint8
+    from faceedit.training.pack import write_pack
+
+    path, G = tiny_model
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    _, target = _target(G, n=4)
+    jpegs = [encode_image(im, "JPEG") for im in tensor_to_uint8(target)]
+    labels = {"source": np.array([1, 1, 1, 0], np.int8), "race": np.array([0, 1, 0, -1], np.int8),
+              "gender": np.array([0, 1, 1, -1], np.int8), "age": np.array([25, 70, 5, np.nan], np.float32)}
+    pack = write_pack(tmp_path / "test.npz", jpegs, labels, [f"f{i}.jpg" for i in range(4)], {})
+    res = bench_inversion.run([str(path)], pack=pack, n=4, steps=3, identity=False, out=tmp_path / "b",
+                              perceptual="disc")
+    rows = res["rows"]
+    assert [(r["space"], r["prior"]) for r in rows] == [("w", "none"), ("w", "gaussian"), ("w+", "none"),
+                                                        ("w+", "gaussian")]
+    for r in rows:
+        assert r["n"] == 4 and r["steps"] == 3 and 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1
+        assert all(np.isfinite(r[k]) for k in ("realism_D", "real_D", "interp_D", "perturb_D", "prior_dist"))
+    assert (tmp_path / "b" / "inversion.md").read_text().count("\n") >= 6
+    assert bench_inversion._groups(np.array([0.9, 0.5, 0.7, 0.1]), {k: v.astype(float) for k, v in labels.items()},
+                                   np.ones(4, bool)) == {"race=white": (pytest.approx(0.8), 2),
+                                                         "race=black": (0.5, 1), "gender=male": (0.9, 1),
+                                                         "gender=female": (pytest.approx(0.6), 2),
+                                                         "age=0-19": (0.7, 1), "age=20-39": (0.9, 1),
+                                                         "age=60-": (0.5, 1)}

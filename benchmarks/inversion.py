@@ -1,0 +1,245 @@
+"""Speed of optimisation inversion: steps/s and images x steps/s, ours beside NVIDIA's recipe.
+
+Usage (GPU machine; no lpips/dlib needed there)::
+
+    python benchmarks/inversion.py --out OUT [--model PATH] [--device auto] [--quick]
+
+Rows:
+
+* ``nvidia-baseline``: NVIDIA's projector step as its code runs it: batch 1, float32,
+  grouped ("fused") modulated convolutions, VGG16 features of the image area-downsampled
+  to 256 px, noise maps optimised with the noise regulariser, Adam. The VGG16 here is
+  torchvision's architecture with random weights (no download on the GPU machine): the
+  cost is that of the real network, the loss values are meaningless.
+* ``ours``: the same loss terms, batched (1, 8, 32), shared-conv modulated convolutions,
+  optionally bf16 autocast and ``torch.compile``.
+* ``cpu``: the default 64 px model (or its random twin) at batch 1/8/32 on the CPU, and
+  the wall time of 200 steps for one face with the default CPU settings
+  (``--perceptual disc``, prior on).
+
+Generators: the given ``--model`` (default: the shipped ``faces64`` when present, else a
+random generator of the same configuration) and a random config-f 1024 generator
+(``Generator(512, 512, 1024)``, 30M synthesis parameters) on CUDA. Writes
+``inversion_speed.json`` and ``inversion_speed.md`` to ``--out`` and prints the table last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+FACES64 = dict(z_dim=256, w_dim=256, resolution=64, channel_base=2048, channel_max=256)
+CONFIG_F = dict(z_dim=512, w_dim=512, resolution=1024, channel_base=32768, channel_max=512)
+
+
+class VGGFeatureLoss(torch.nn.Module):
+    """LPIPS-shaped VGG16 distance (5 stages, unit-normalised, area-downsampled to 256 px).
+
+    Random torchvision weights: for timing only (same architecture and cost as LPIPS-VGG).
+    """
+
+    name = "vgg16-random"
+
+    def __init__(self):
+        super().__init__()
+        import torchvision
+
+        feats = torchvision.models.vgg16(weights=None).features.eval().requires_grad_(False)
+        cuts = [4, 9, 16, 23, 30]
+        self.slices = torch.nn.ModuleList([feats[a:b] for a, b in zip([0] + cuts[:-1], cuts)])
+
+    def _feats(self, x):
+        x = x.float() if not torch.is_autocast_enabled() else x
+        if x.shape[-1] > 256:
+            x = F.interpolate(x, size=(256, 256), mode="area")
+        out = []
+        for s in self.slices:
+            x = s(x)
+            out.append(x / (x.float().square().sum(1, keepdim=True).sqrt() + 1e-10).to(x.dtype))
+        return out
+
+    def prepare(self, target):
+        with torch.no_grad():
+            return self._feats(target)
+
+    def __call__(self, img, prep):
+        return sum((a.float() - b.float()).square().sum(1).mean(dim=(1, 2)) for a, b in zip(self._feats(img), prep))
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_projector(G, *, batch, steps, warmup, perceptual, optimize_noise=True, fused=False, amp=None,
+                   compile=False, prior=None, prior_weight=0.0, space="w+"):
+    """Seconds per optimisation step (median of chunks) for one configuration."""
+    from faceedit.inversion.projector import Projector
+
+    dev = G.synthesis.const.device
+    with torch.no_grad():
+        target = G.synthesis(G.mapping(G.sample_z(batch, seed=1, device=dev)), fused=False).clamp(-1, 1)
+    p = Projector(G, space, steps=warmup + steps, perceptual=perceptual, optimize_noise=optimize_noise,
+                  fused=fused, amp=amp, compile=compile, prior=prior, prior_weight=prior_weight)
+    p._w_std = lambda: 1.0  # not part of a step; skip the sampling it needs
+    marks = []
+
+    def cb(step, _):
+        if step + 1 >= warmup:
+            _sync(dev)
+            marks.append(time.perf_counter())
+
+    p.project(target, callback=cb)
+    dts = [b - a for a, b in zip(marks[:-1], marks[1:])]
+    dts.sort()
+    return dts[len(dts) // 2], sum(dts) / len(dts)
+
+
+def _rows_for(G, label, dev, batches, configs, steps, warmup, perceptual, out_rows, log):
+    for name, kw in configs:
+        for b in batches:
+            if name == "nvidia-baseline" and b != 1:
+                continue
+            try:
+                med, mean = time_projector(G, batch=b, steps=steps, warmup=warmup, perceptual=perceptual, **kw)
+                row = {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                       "model": label, "config": name, "batch": b, "ms_per_step": med * 1e3,
+                       "steps_per_s": 1 / med, "image_steps_per_s": b / med, "mean_ms": mean * 1e3, **{
+                           k: v for k, v in kw.items() if k in ("fused", "amp", "compile")}}
+            except Exception as e:  # noqa: BLE001 -- a row that cannot run (OOM, compile) is reported
+                row = {"device": str(dev), "model": label, "config": name, "batch": b, "error": f"{type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:160] if str(e) else ''}"}
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+            out_rows.append(row)
+            log(row)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default=None, help="checkpoint path or name (default: faces64 if present)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of this script)")
+    ap.add_argument("--skip-1024", action="store_true")
+    ap.add_argument("--cpu-200", action=argparse.BooleanOptionalAction, default=True,
+                    help="time 200 steps of one face on the CPU")
+    a = ap.parse_args(argv)
+    from faceedit.networks import Discriminator, Generator
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if a.device == "auto" else a.device))
+    rows = []
+    log = lambda r: print(json.dumps(r), flush=True)  # noqa: E731
+
+    # the default model (or a random twin of it)
+    D = None
+    if a.model:
+        from faceedit.checkpoints.registry import load_model
+
+        m = load_model(a.model, with_discriminator=False)
+        G, label = m["G"], m["model_id"]
+    else:
+        try:
+            from faceedit.checkpoints.registry import load_model
+
+            m = load_model("faces64")
+            G, label = m["G"], m["model_id"]
+        except Exception:  # noqa: BLE001 -- not shipped yet: its random twin has the same cost
+            cfg = dict(FACES64, channel_base=256, channel_max=32, resolution=16) if a.quick else FACES64
+            G, label = Generator(**cfg).eval(), f"random-{cfg['resolution']}px"
+    steps, warmup = (4, 2) if a.quick else (30, 5)
+    batches = (1, 2) if a.quick else (1, 8, 32)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        vgg = VGGFeatureLoss().to(dev)
+        configs = [("nvidia-baseline", dict(fused=True)),
+                   ("ours-fp32", dict(fused=False)),
+                   ("ours-bf16", dict(fused=False, amp="bf16")),
+                   ("ours-bf16-compile", dict(fused=False, amp="bf16", compile=True))]
+        _rows_for(G.to(dev), label, dev, batches, configs, steps, warmup, vgg, rows, log)
+        if not a.skip_1024 and not a.quick:
+            torch.manual_seed(0)
+            Gf = Generator(**CONFIG_F).eval().to(dev)
+            _rows_for(Gf, "random-config-f-1024", dev, batches, configs, 20, 5, vgg, rows, log)
+            # one 1024 photo, 1000 W+ steps, with the fastest batch-1 configuration
+            best = min((r for r in rows if r["model"] == "random-config-f-1024" and r["batch"] == 1
+                        and "error" not in r and r["config"] != "nvidia-baseline"), key=lambda r: r["ms_per_step"],
+                       default=None)
+            if best is not None:
+                kw = {k: best[k] for k in ("fused", "amp", "compile") if k in best}
+                t = time.perf_counter()
+                time_projector(Gf, batch=1, steps=1000, warmup=1, perceptual=vgg, **kw)
+                _sync(dev)
+                rows.append({"device": str(dev), "model": "random-config-f-1024", "config": best["config"],
+                             "batch": 1, "what": "1000-step W+ inversion of one photo (wall s)",
+                             "seconds": time.perf_counter() - t})
+                log(rows[-1])
+            del Gf
+    # CPU rows: default model (or twin), batch 1/8/32, default CPU settings
+    Gc = G.to("cpu")
+    Dc = Discriminator(Gc.resolution, channel_base=Gc.config["channel_base"], channel_max=Gc.config["channel_max"])
+    if D is not None:
+        Dc = D.to("cpu")
+    from faceedit.inversion.losses import DiscFeatureLoss
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    _rows_for(Gc, label, torch.device("cpu"), batches, [("cpu-default", dict(fused=False, optimize_noise=False))],
+              3 if a.quick else 10, 1 if a.quick else 3, DiscFeatureLoss(Dc), rows, log)
+    if a.cpu_200:
+        from faceedit.inversion.prior import GaussianPrior, fit_prior
+        from faceedit.inversion.projector import Projector
+
+        prior = GaussianPrior(fit_prior(Gc, 2000 if a.quick else 20000, check_n=0), Gc.num_ws, Gc.w_dim)
+        with torch.no_grad():
+            target = Gc.synthesis(Gc.mapping(Gc.sample_z(1, seed=2)))
+        n = 20 if a.quick else 200
+        p = Projector(Gc, "w+", steps=n, perceptual=DiscFeatureLoss(Dc), prior=prior, prior_weight=0.01)
+        t, c = time.perf_counter(), time.process_time()
+        p.project(target)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+        rows.append({"device": "cpu", "threads": torch.get_num_threads(), "model": label, "config": "cpu-default",
+                     "batch": 1, "what": f"{n} steps of one face (wall s; process CPU s {cpu:.2f}, "
+                     f"load average {os.getloadavg()[0]:.1f})", "seconds": wall, "cpu_seconds": cpu})
+        log(rows[-1])
+
+    (out / "inversion_speed.json").write_text(json.dumps(rows, indent=2))
+    lines = ["| device | model | config | batch | ms/step | steps/s | image-steps/s | note |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "seconds" in r:
+            lines.append(f"| {r['device']} | {r['model']} | {r['config']} | {r['batch']} | | | | "
+                         f"{r['what']}: {r['seconds']:.2f} |")
+        elif "error" in r:
+            lines.append(f"| {r['device']} | {r['model']} | {r['config']} | {r['batch']} | | | | {r['error']} |")
+        else:
+            lines.append(f"| {r['device']} | {r['model']} | {r['config']} | {r['batch']} | {r['ms_per_step']:.1f} | "
+                         f"{r['steps_per_s']:.2f} | {r['image_steps_per_s']:.1f} | |")
+    base = {r["model"]: r for r in rows if r.get("config") == "nvidia-baseline" and "error" not in r}
+    for r in rows:
+        if r.get("model") in base and "image_steps_per_s" in r and r["config"] != "nvidia-baseline" \
+                and r["device"] != "cpu":
+            r["speedup_vs_baseline"] = r["image_steps_per_s"] / base[r["model"]]["image_steps_per_s"]
+    best = {}
+    for r in rows:
+        if "speedup_vs_baseline" in r:
+            best[r["model"]] = max(best.get(r["model"], 0), r["speedup_vs_baseline"])
+    for k, v in best.items():
+        lines.append(f"\nbest image-steps/s speed-up over the NVIDIA baseline on {k}: {v:.1f}x")
+    table = "\n".join(lines)
+    (out / "inversion_speed.md").write_text(table + "\n")
+    (out / "inversion_speed.json").write_text(json.dumps(rows, indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

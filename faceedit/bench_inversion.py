@@ -1,0 +1,273 @@
+"""`faceedit bench inversion`: reconstruction quality of optimisation inversion, one table.
+
+For every model and every space it supports (MLP models: ``w``, ``w+``; W++ models:
+``w+``, ``wpp``, ``wpp-z``), with and without the Gaussianized prior, at equal steps and
+the same seed, the same faces are inverted and measured:
+
+* ``mse``, ``psnr`` (on the [0, 1] range), ``ssim`` (``faceedit.metrics.reconstruction``);
+* ``id_sim``: identity similarity of target and reconstruction (``faceedit.metrics.identity``,
+  dlib's face-recognition ResNet) where that instrument is installed;
+* ``realism``: the model's own discriminator score (mean logit) of the reconstructions,
+  beside ``real_D`` (the same score of the targets). Scores of different models come from
+  different discriminators and are comparable only within one model;
+* rows for each perceptual loss asked for (default ``disc`` and ``none``: does the
+  discriminator-feature loss help over pixel MSE alone?);
+* the prior's promise: ``interp_D``, the discriminator score of images half-way between
+  two inverted faces (pairs ``i, i+1``), and ``perturb_D``, of inverted codes plus
+  Gaussian noise of std ``0.25 * w_std`` per element, each with and without the prior.
+
+Identity is also broken down by UTKFace race, gender and age bucket (faces whose pack
+labels have ``source == 1``). Faces come from an aligned test pack (default
+``.gpu/data/faces64_test.npz``; evenly spaced indices, never the train split) and/or a
+folder of photos aligned with each model's recipe (largest face). Identity figures on
+the test split are optimistic: the splits are by image, not by person.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+RACES = ("white", "black", "asian", "indian", "other")
+AGE_BUCKETS = ((0, 20), (20, 40), (40, 60), (60, 200))
+
+
+def spaces_for(G) -> tuple:
+    return ("w+", "wpp", "wpp-z") if G.mapping_kind == "transformer" else ("w", "w+")
+
+
+def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: int | None = None) -> dict:
+    """Aligned target faces: ``{"set": [...], "images": [N,H,W,3] uint8, "labels": {...}, "names": [...]}``."""
+    imgs, sets, names, labels = [], [], [], {"race": [], "gender": [], "age": [], "source": []}
+    if pack is not None:
+        from faceedit.training.pack import Pack
+
+        p = Pack(pack)
+        idx = np.unique(np.linspace(0, len(p) - 1, min(n, len(p))).round().astype(int))
+        for i in idx:
+            imgs.append(p.image(int(i)))
+            sets.append("test")
+            names.append(str(p.names[i]))
+            for k in labels:
+                labels[k].append(p.labels[k][i] if k in p.labels else -1)
+    if photos is not None:
+        from faceedit.alignment import align
+        from faceedit.imageio import load_image
+
+        files = sorted(q for q in Path(photos).iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        for f in files[:max_photos]:
+            try:
+                faces = align(load_image(f), recipe=recipe, face="largest")
+            except Exception as e:  # noqa: BLE001 -- photos without a usable face are listed, not fatal
+                log.info("bench: %s skipped (%s)", f.name, e)
+                continue
+            imgs.append(faces[0].crop)
+            sets.append("photos")
+            names.append(f.name)
+            for k in labels:
+                labels[k].append(-1)
+    if not imgs:
+        raise ValueError("no faces to benchmark: pass --pack (an aligned test pack) and/or --photos DIR")
+    return {"images": np.stack(imgs), "set": np.array(sets), "names": names,
+            "labels": {k: np.asarray(v, dtype=np.float64) for k, v in labels.items()}}
+
+
+def _identity():
+    try:
+        from faceedit.metrics.identity import IdentityEncoder
+
+        return IdentityEncoder()
+    except Exception as e:  # noqa: BLE001 -- the column is left out and the reason recorded
+        log.warning("identity similarity left out: %s", e)
+        return None
+
+
+def _d_score(D, imgs: torch.Tensor, bs: int = 64) -> np.ndarray:
+    if D is None:
+        return np.full(len(imgs), np.nan)
+    with torch.no_grad():
+        return torch.cat([D(imgs[i:i + bs].clamp(-1, 1)).flatten().float().cpu() for i in range(0, len(imgs), bs)]
+                         ).numpy()
+
+
+def _synth(G, ws, bs=64):
+    with torch.no_grad():
+        return torch.cat([G.synthesis(ws[i:i + bs]) for i in range(0, len(ws), bs)])
+
+
+def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptual=("disc", "none"),
+                prior_weight: float = 0.01, spaces=None, device=None, identity=None, batch_size: int = 32) -> list:
+    """Rows for one model (see the module docstring)."""
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.imageio import tensor_to_uint8, uint8_to_tensor
+    from faceedit.inversion.prior import load_prior
+    from faceedit.inversion.projector import invert
+    from faceedit.metrics.reconstruction import reconstruction_metrics
+
+    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        m = load_model(model, device=dev, with_discriminator=True)
+    except ValueError:
+        m = load_model(model, device=dev)
+    G, D = m["G"], m.get("D")
+    prior = load_prior(m, G)
+    R = G.resolution
+    target = uint8_to_tensor(faces["images"]).to(dev)
+    if target.shape[-1] != R:
+        target = torch.nn.functional.interpolate(target, size=(R, R), mode="bilinear", antialias=True)
+    target_u8 = tensor_to_uint8(target)
+    real_d = _d_score(D, target)
+    w_std = prior.w_std or 1.0
+    rows = []
+    percs = [perceptual] if isinstance(perceptual, str) else list(perceptual)
+    combos = [(s, p, u) for s in (spaces or spaces_for(G)) for p in percs for u in (False, True)]
+    for space, perc, use_prior in combos:
+        if True:
+            if perc == "disc" and D is None:
+                log.warning("bench: %s ships no discriminator; --perceptual disc rows left out", m["model_id"])
+                continue
+            t = time.perf_counter()
+            lat = invert(target, m, space=space, steps=steps, G=G, D=D, prior=prior if use_prior else "none",
+                         prior_weight=prior_weight, perceptual=perc, seed=seed, batch_size=batch_size)
+            secs = time.perf_counter() - t
+            ws = lat.codes.to(dev)
+            recon = _synth(G, ws)
+            met = reconstruction_metrics(target_u8, tensor_to_uint8(recon), identity=identity)
+            gen = torch.Generator().manual_seed(seed + 7)
+            mid = _synth(G, 0.5 * (ws[:-1] + ws[1:])) if len(ws) > 1 else recon[:0]
+            with torch.no_grad():
+                dist = (prior.penalty(ws) / prior.total_dim).cpu().numpy()
+            pert = _synth(G, ws + 0.25 * w_std * torch.randn(ws.shape, generator=gen).to(dev))
+            for subset in sorted(set(faces["set"])):
+                sel = faces["set"] == subset
+                row = {"model": m["model_id"], "space": space, "prior": "gaussian" if use_prior else "none",
+                       "set": subset, "n": int(sel.sum()), "steps": steps, "perceptual": lat.meta["perceptual"],
+                       "mse": float(met["mse"][sel].mean()), "psnr": float(met["psnr"][sel].mean()),
+                       "ssim": float(met["ssim"][sel].mean()),
+                       "id_sim": float(met["identity_similarity"][sel].mean()) if "identity_similarity" in met
+                       else None,
+                       "realism_D": float(_d_score(D, recon)[sel].mean()), "real_D": float(real_d[sel].mean()),
+                       "prior_dist": float(dist[sel].mean()),
+                       "seconds": secs}
+                msel = sel[:-1] & sel[1:]
+                row["interp_D"] = float(_d_score(D, mid)[msel].mean()) if msel.any() else None
+                row["perturb_D"] = float(_d_score(D, pert)[sel].mean())
+                if "identity_similarity" in met and subset == "test":
+                    row["id_groups"] = _groups(met["identity_similarity"], faces["labels"], sel)
+                rows.append(row)
+                log.info("bench %s", row)
+    return rows
+
+
+def _groups(sim: np.ndarray, labels: dict, sel: np.ndarray) -> dict:
+    """Mean identity similarity per UTKFace race, gender and age bucket."""
+    utk = sel & (labels["source"] == 1)
+    out = {}
+    for r, name in enumerate(RACES):
+        s = utk & (labels["race"] == r)
+        if s.any():
+            out[f"race={name}"] = (float(sim[s].mean()), int(s.sum()))
+    for g, name in enumerate(("male", "female")):
+        s = utk & (labels["gender"] == g)
+        if s.any():
+            out[f"gender={name}"] = (float(sim[s].mean()), int(s.sum()))
+    for lo, hi in AGE_BUCKETS:
+        s = utk & (labels["age"] >= lo) & (labels["age"] < hi)
+        if s.any():
+            out[f"age={lo}-{hi - 1 if hi < 200 else ''}"] = (float(sim[s].mean()), int(s.sum()))
+    return out
+
+
+def table(rows: list) -> str:
+    """Markdown table of the rows (and the identity breakdown below it)."""
+    cols = ["model", "space", "prior", "set", "n", "steps", "perceptual", "mse", "psnr", "ssim", "id_sim",
+            "realism_D", "real_D", "interp_D", "perturb_D", "prior_dist", "seconds"]
+    f = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(f(r.get(c)) for c in cols) + " |" for r in rows]
+    groups = [r for r in rows if r.get("id_groups")]
+    if groups:
+        keys = sorted({k for r in groups for k in r["id_groups"]})
+        lines += ["", "identity similarity by UTKFace group (test set):", "",
+                  "| model | space | prior | " + " | ".join(keys) + " |", "|" + " --- |" * (3 + len(keys))]
+        for r in groups:
+            lines.append(f"| {r['model']} | {r['space']} | {r['prior']} | " + " | ".join(
+                f"{r['id_groups'][k][0]:.3f} (n={r['id_groups'][k][1]})" if k in r["id_groups"] else ""
+                for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed: int = 0, perceptual=("disc", "none"),
+        prior_weight: float = 0.01, out=None, device=None, identity: bool = True, max_photos=None,
+        batch_size: int = 32) -> dict:
+    """Benchmark several models on the same faces; writes ``inversion.json``/``.csv``/``.md`` to ``out``."""
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.alignment.types import AlignmentRecipe, FACES64
+
+    rows = []
+    enc = _identity() if identity else None
+    for model in models:
+        cfg = load_model(model)["config"]
+        R = cfg["generator"]["resolution"]
+        recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
+        faces = load_faces(pack, n, photos, recipe.with_size(R), max_photos)
+        rows += bench_model(model, faces, steps=steps, seed=seed, perceptual=perceptual, prior_weight=prior_weight,
+                            device=device, identity=enc, batch_size=batch_size)
+    result = {"rows": rows, "settings": {"steps": steps, "seed": seed, "perceptual": perceptual,
+                                         "prior_weight": prior_weight, "n": n, "pack": str(pack),
+                                         "photos": str(photos), "identity": enc is not None},
+              "versions": _versions()}
+    if out is not None:
+        from faceedit.checkpoints.atomic import atomic_write_text
+
+        out = Path(out)
+        atomic_write_text(out / "inversion.json", json.dumps(result, indent=2, default=str))
+        atomic_write_text(out / "inversion.md", table(rows) + "\n")
+        keys = [k for k in rows[0] if k != "id_groups"] if rows else []
+        atomic_write_text(out / "inversion.csv", "\n".join([",".join(keys)] + [
+            ",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]) + "\n")
+    return result
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for p in ("faceedit", "torch", "numpy", "lpips", "dlib-bin"):
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def main(argv=None):
+    """``python -m faceedit.bench_inversion --model faces64 --model faces64-wpp --out DIR``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m faceedit.bench_inversion", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", default=None)
+    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--photos", default=None)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--perceptual", default="disc,none", help="comma-separated: disc, lpips, none")
+    ap.add_argument("--prior-weight", type=float, default=0.01)
+    ap.add_argument("--no-identity", action="store_true")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    pack = a.pack if a.pack and Path(a.pack).is_file() else None
+    res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n, steps=a.steps,
+              perceptual=a.perceptual.split(","), prior_weight=a.prior_weight, out=a.out, identity=not a.no_identity)
+    print(table(res["rows"]))
+
+
+if __name__ == "__main__":
+    main()
