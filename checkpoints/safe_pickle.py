@@ -59,6 +59,8 @@ class EasyDict(dict):
     """Stand-in for ``dnnlib.util.EasyDict``: a dict whose keys are also attributes."""
 
     def __getattr__(self, name):
+        if name.startswith("__"):  # never let a key pose as a protocol method (e.g. __setstate__)
+            raise AttributeError(name)
         try:
             return self[name]
         except KeyError:

@@ -184,7 +184,7 @@ class Generator(nn.Module):
                  channel_base: int = 32768,   # Channel multiplier (32768 = config-f).
                  channel_max: int = 512,      # Maximum channels.
                  img_channels: int = 3,       # Output colour channels.
-                 conv_clamp: float | None = None,  # Clamp conv outputs to +-X; None = off (set by converted ADA models).
+                 conv_clamp: float | None = None,  # Clamp conv outputs to +-X; None = off (ADA models: 256).
                  ):
         super().__init__()
         self.synthesis = SynthesisNetwork(w_dim, resolution, channel_base, channel_max, img_channels, conv_clamp)

@@ -87,7 +87,8 @@ class FakeNvidia:
         EasyDict.__module__, EasyDict.__qualname__ = "dnnlib.util", "EasyDict"
         util.EasyDict = EasyDict
         dn.util = util
-        for name, mod in [("torch_utils", tu), ("torch_utils.persistence", pers), ("dnnlib", dn), ("dnnlib.util", util)]:
+        for name, mod in [("torch_utils", tu), ("torch_utils.persistence", pers), ("dnnlib", dn),
+                          ("dnnlib.util", util)]:
             m.setitem(sys.modules, name, mod)
         self.reconstruct, self.EasyDict = _reconstruct_persistent_obj, EasyDict
         return self
