@@ -122,12 +122,12 @@ def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
 
 def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int | None = None, seed: int = 0,
                 device=None, classifier=None, independent=None, identity=(None, None), directions=None,
-                perceptual: str = "disc", batch_size: int = 32) -> list:
+                perceptual: str = "disc", batch_size: int = 32, method: str | None = None) -> list:
     """Rows of the table for one model (see the module docstring)."""
     from faceedit.checkpoints.registry import load_model
     from faceedit.editing.apply import displacement
     from faceedit.editing.direction import EDITABLE, list_directions
-    from faceedit.inversion import invert
+    from faceedit.inversion.hybrid import invert_with
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = load_model(model, device=device, with_discriminator=perceptual == "disc")
@@ -140,14 +140,16 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         log.warning("%s: no InterFaceGAN directions found; fit them first (python -m faceedit.editing.fit_job)", mid)
         return []
     t0 = time.time()
-    lat = invert(list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
-                 perceptual=perceptual, batch_size=batch_size)
+    lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
+                      perceptual=perceptual, batch_size=batch_size)
     t_inv = time.time() - t0
     codes = lat.codes
     s = np.asarray(sorted(strengths), np.float64)
     score, scorer_name = classifier
     sim, sim_name = identity
     indep = independent or {}
+    if lat.tuning:
+        raise ValueError("bench editing takes latents without pivotal tuning; use --method optim, hybrid or encoder")
     base = _synth(G, codes, lat.noise)
     rows = []
     for d in sorted(dirs, key=lambda d: d.key):
@@ -210,7 +212,7 @@ def photo_check(model, photos, *, attr: str | None = None, strength: float = 2.0
 
     m = load_model(model, device=device)
     space = "wpp" if m["G"].mapping_kind == "transformer" else "w+"
-    pipe = Pipeline(m, space=space, device=device, directions=directions,
+    pipe = Pipeline(m, space=space, method="optim", device=device, directions=directions,
                     invert_options=dict(steps=steps, prior="none", perceptual="none"))
     pool = [d for _, d in (list_directions(pipe.model_id) if directions is None else list_directions(folder=directions))
             if d.model_id == pipe.model_id]
@@ -284,7 +286,7 @@ def table(rows: list, photos: dict | None = None) -> str:
 
 def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1, 2), steps: int | None = None,
         seed: int = 0, device=None, directions=None, out=None, identity: bool = True, perceptual: str = "disc",
-        photo_steps: int = 5) -> dict:
+        photo_steps: int = 5, method: str | None = None) -> dict:
     """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``."""
     from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.bench_inversion import load_faces
@@ -302,12 +304,14 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
         faces = load_faces(pack, n, None if pack else photos, recipe.with_size(R))
         rows += bench_model(model, faces, strengths=strengths, steps=steps, seed=seed, device=device, classifier=clf,
-                            independent=indep, identity=ident, directions=directions, perceptual=perceptual)
+                            independent=indep, identity=ident, directions=directions, perceptual=perceptual,
+                            method=method)
     check = None
     if photos:
         check = photo_check(models[0], photos, steps=photo_steps, device=device, directions=directions)
     result = {"rows": rows, "photo_check": check,
-              "settings": {"n": n, "strengths": list(strengths), "steps": steps, "seed": seed, "pack": str(pack),
+              "settings": {"n": n, "method": method or "default", "strengths": list(strengths), "steps": steps,
+                           "seed": seed, "pack": str(pack),
                            "photos": str(photos), "scorer": clf[1], "identity": ident[1],
                            "independent": {k: v[0] for k, v in indep.items()}}}
     if out is not None:
@@ -333,6 +337,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--directions", default=None, help="folder of direction files [default: shipped + cache]")
     ap.add_argument("--perceptual", default="disc")
+    ap.add_argument("--method", default=None, help="inversion method [default: the model's default]")
     ap.add_argument("--photo-steps", type=int, default=5)
     ap.add_argument("--no-identity", action="store_true")
     ap.add_argument("--device", default="auto")
@@ -343,7 +348,7 @@ def main(argv=None):
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n,
               strengths=[float(x) for x in a.strengths.split(",")], steps=a.steps, device=a.device,
               directions=a.directions, out=a.out, identity=not a.no_identity, perceptual=a.perceptual,
-              photo_steps=a.photo_steps)
+              photo_steps=a.photo_steps, method=a.method)
     print(table(res["rows"], res["photo_check"]))
 
 

@@ -87,6 +87,9 @@ class Pipeline:
         model: registry name or checkpoint path (default: the default model of ``space``),
             or a ``load_model`` dict.
         space: inversion space (``w``, ``w+``, ``wpp``, ``wpp-z``).
+        method: inversion method (``encoder``, ``optim``, ``hybrid``, ``pti``; default: the
+            inversion room's default for the model and space: ``hybrid`` when the model
+            ships an encoder for the space, else ``optim``).
         device: ``auto``, ``cpu``, ``cuda`` or a ``torch.device``.
         detector: face detector for alignment (``dlib``, ``dlib-cnn``, ``mtcnn``).
         directions: where attribute names are looked up (see ``faceedit.editing.edit``).
@@ -98,8 +101,9 @@ class Pipeline:
             as reference.
     """
 
-    def __init__(self, model=None, *, space: str = "w+", device="auto", detector: str = "dlib", directions=None,
-                 strength_unit: str = "std", invert_options: dict | None = None, paste_options: dict | None = None):
+    def __init__(self, model=None, *, space: str = "w+", method: str | None = None, device="auto",
+                 detector: str = "dlib", directions=None, strength_unit: str = "std",
+                 invert_options: dict | None = None, paste_options: dict | None = None):
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.device import resolve_device
 
@@ -123,6 +127,9 @@ class Pipeline:
         from faceedit.inversion.spaces import check_space
 
         check_space(self.G, self.space)
+        from faceedit.inversion.hybrid import default_method
+
+        self.method = method or default_method(self.model, self.space)
         self.detector = detector
         self.directions = directions
         self.strength_unit = strength_unit
@@ -147,8 +154,9 @@ class Pipeline:
         return align(photo, recipe=self.recipe, detector=self.detector, face=face)
 
     def invert(self, faces: list):
-        """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space``; one batched Latent."""
-        from faceedit.inversion import invert
+        """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
+        ``self.method``; one batched Latent."""
+        from faceedit.inversion.hybrid import invert_with
 
         opts = dict(self.invert_options)
         prior = opts.pop("prior", "gaussian")
@@ -158,8 +166,9 @@ class Pipeline:
 
                 self._prior = load_prior(self.model, self.G)
             prior = self._prior
-        return invert(list(faces), self.model, space=self.space, G=self.G, D=self.model.get("D"), prior=prior,
-                      **opts)
+        opts.setdefault("batch_size", max(1, len(faces)))
+        return invert_with(self.method, list(faces), self.model, space=self.space, G=self.G, D=self.model.get("D"),
+                           prior=prior, **opts)
 
     def edit(self, latent, attributes: dict, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit."""
@@ -171,26 +180,12 @@ class Pipeline:
 
     @torch.no_grad()
     def synthesize(self, latent) -> np.ndarray:
-        """``[B, R, R, 3]`` uint8 images of a latent (its optimised noise maps and tuning deltas used)."""
+        """``[B, R, R, 3]`` uint8 images of a latent (its optimised noise maps and pivotal tuning used)."""
         from faceedit.imageio import tensor_to_uint8
+        from faceedit.inversion.pti import synthesize
 
         latent.check_model(self.model_id)
-        codes = latent.codes.to(self.device, torch.float32)
-        noise = None if latent.noise is None else [n.to(self.device) for n in latent.noise]
-        if latent.tuning:
-            from torch.func import functional_call
-
-            params = dict(self.G.synthesis.named_parameters())
-            prefix = "synthesis."
-            for k, v in latent.tuning.items():
-                name = k[len(prefix):] if k.startswith(prefix) else k
-                if name not in params:
-                    raise ValueError(f"the latent's tuning delta {k!r} matches no synthesis parameter of {self.model_id}")
-                params[name] = params[name] + v.to(self.device, params[name].dtype)
-            img = functional_call(self.G.synthesis, params, (codes,), {"noise": noise})
-        else:
-            img = self.G.synthesis(codes, noise=noise)
-        return tensor_to_uint8(img)
+        return tensor_to_uint8(synthesize(self.G, latent))
 
     def paste_back(self, photo: np.ndarray, face, crop: np.ndarray, reference: np.ndarray, return_mask: bool = True):
         """``faceedit.alignment.paste_back(photo, face, crop, mode='residual', reference=reference)``."""
@@ -243,8 +238,7 @@ class Pipeline:
             t0 = time.perf_counter()
             edited = self.edit(lat, attributes, layers=layers)
             t1 = time.perf_counter()
-            both = self.synthesize(_stack(lat, edited))
-            recon, crop = both[0], both[1]
+            recon, crop = self.synthesize(lat)[0], self.synthesize(edited)[0]
             t2 = time.perf_counter()
             out, mask = self.paste_back(out, f, crop, recon)
             t3 = time.perf_counter()
@@ -264,24 +258,6 @@ def _as_list(latents) -> list:
             out += [lat[i] for i in range(lat.batch_size)]
         return out
     return [latents[i] for i in range(latents.batch_size)]
-
-
-def _stack(a, b):
-    """Two single latents of one model as a batch of two (noise maps stacked too)."""
-    from dataclasses import replace
-
-    noise = None
-    if a.noise is not None and b.noise is not None:
-        noise = tuple(torch.cat([x, y]) for x, y in zip(a.noise, b.noise))
-    if (a.tuning or None) is not None and not _same_tuning(a.tuning, b.tuning):
-        raise ValueError("the edited latent's tuning deltas differ from the original's")
-    return replace(a, codes=torch.cat([a.codes, b.codes.to(a.codes.dtype)]), z=None, noise=noise)
-
-
-def _same_tuning(x, y) -> bool:
-    if not y or set(x) != set(y):
-        return False
-    return all(torch.equal(x[k], y[k]) for k in x)
 
 
 __all__ = ["Pipeline", "EditResult", "FaceEdit"]

@@ -115,15 +115,18 @@ def _face_for_latent(pipe, photo, meta: dict):
               "default model of --space].")
 @click.option("--space", type=click.Choice(["w", "w+", "wpp", "wpp-z"]), default="w+", show_default=True,
               help="For photos: the space to invert into.")
+@click.option("--method", type=click.Choice(["encoder", "optim", "hybrid", "pti"]), default=None,
+              help="For photos: inversion method [default: hybrid when the model ships an encoder for the space, "
+                   "else optim].")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
-              help="For photos: inversion steps [default: 50 on CPU, 300 on CUDA].")
+              help="For photos: inversion steps [default: the method's, e.g. 50 optim steps on CPU].")
 @click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
 @click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True)
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
-         space, steps, face, detector, seed, out):
+         space, method, steps, face, detector, seed, out):
     """Edit faces: a photo (aligned and inverted first), a latent file, or the last inversion.
 
     Writes to --out, per photo: STEM_edit.png (the whole photo with the edit pasted
@@ -190,7 +193,8 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
             key = (mdl, space if lats is None else lats[0].space)
             if key not in pipes:
                 sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
-                pipes[key] = Pipeline(mdl, space=sp, device=device, detector=detector, directions=directions_dir,
+                pipes[key] = Pipeline(mdl, space=sp, method=method, device=device, detector=detector,
+                                      directions=directions_dir,
                                       strength_unit=unit,
                                       invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
             pipe = pipes[key]
@@ -272,6 +276,8 @@ def _run_one(pipe, src, lats, pairs, face, layers, strengths, out, load_image) -
         timings["write"] = round(time.perf_counter() - t1, 3)
     rec = {"version": __version__, "photo": str(Path(src).resolve()) if src else None,
            "photo_out": str(photo_out) if photo_out else None, "model_id": pipe.model_id,
+           "inversion": None if lats is not None else {"method": pipe.method, "space": pipe.space,
+                                                        **{k: v for k, v in pipe.invert_options.items()}},
            "edits": {k: float(v) for k, v in pairs.items()}, "unit": pipe.strength_unit,
            "layers": layers, "timings": timings, "faces": []}
     for fe in faces_out:
