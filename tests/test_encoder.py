@@ -151,3 +151,52 @@ def test_save_load_encode_and_hybrid(trained, tmp_path):
     assert np.mean(opt_k.meta["losses"]["mse"]) > hyb_mse
     opt_2k = invert_with("optim", target, m, "w+", 2 * k, **kw)
     assert np.mean(opt_2k.meta["losses"]["mse"]) > hyb_mse
+
+
+@pytest.mark.slow
+def test_cli_train_encoder_then_invert_methods(tmp_path, monkeypatch):
+    """`faceedit train-encoder` writes shippable files; `faceedit invert` then defaults to hybrid and runs pti."""
+    import shutil
+
+    import cv2
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+    from faceedit.imageio import save_image, tensor_to_uint8
+    from faceedit.inversion.latent import Latent
+    from faceedit.training.pack import write_pack
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    G = tiny_generator(16)
+    _tiny_model(tmp_path, G)
+    faces = tensor_to_uint8(G.synthesis(G.mapping(G.sample_z(12, seed=8))))
+    jpegs = [cv2.imencode(".jpg", f[:, :, ::-1])[1].tobytes() for f in faces]
+    write_pack(tmp_path / "pack.npz", jpegs, {}, [f"{i}.jpg" for i in range(12)], {"split": "train"})
+    run = CliRunner().invoke(cli, ["--device", "cpu", "train-encoder", "--model", str(tmp_path / "tiny"),
+                                   "--data", str(tmp_path / "pack.npz"), "--steps", "3", "--batch", "4",
+                                   "--channels", "8", "--val", "4", "--out", str(tmp_path / "enc")])
+    assert run.exit_code == 0, run.output
+    assert "val real MSE" in run.output and "latency" in run.output
+    rec = json.loads((tmp_path / "enc" / "encoder_wplus.json").read_text())
+    assert rec["train"]["steps"] == 3 and rec["train"]["train_images"] == 8 and rec["space"] == "w+"
+    for f in ("encoder_wplus.safetensors", "encoder_wplus.json"):
+        shutil.copy(tmp_path / "enc" / f, tmp_path / "tiny" / f)
+    # a second run resumes from the training state left in --out
+    run = CliRunner().invoke(cli, ["--device", "cpu", "train-encoder", "--model", str(tmp_path / "tiny"),
+                                   "--data", str(tmp_path / "pack.npz"), "--steps", "2", "--batch", "4",
+                                   "--channels", "8", "--val", "4", "--out", str(tmp_path / "enc")])
+    assert run.exit_code == 0, run.output
+    assert json.loads((tmp_path / "enc" / "encoder_wplus.json").read_text())["train"]["steps"] == 5
+
+    save_image(tmp_path / "crops" / "a.png", faces[-1])
+    base = ["--device", "cpu", "invert", str(tmp_path / "crops"), "--aligned", "--model", str(tmp_path / "tiny"),
+            "--prior", "none", "--perceptual", "none"]
+    run = CliRunner().invoke(cli, base + ["--steps", "2", "--out", str(tmp_path / "inv")])
+    assert run.exit_code == 0, run.output
+    assert json.loads((tmp_path / "inv" / "a_0.json").read_text())["method"] == "hybrid"
+    run = CliRunner().invoke(cli, base + ["--method", "pti", "--steps", "2", "--out", str(tmp_path / "pti")])
+    assert run.exit_code == 0, run.output
+    lat = Latent.load(tmp_path / "pti" / "a_0.latent.safetensors")
+    assert lat.tuning and lat.meta["method"] == "pti" and lat.meta["pivot_method"] == "hybrid"
+    run = CliRunner().invoke(cli, base + ["--space", "wpp", "--method", "encoder", "--out", str(tmp_path / "x")])
+    assert run.exit_code != 0 and "W++" in run.output

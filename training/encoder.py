@@ -296,6 +296,14 @@ def save_encoder(folder, E: Encoder, *, model_id: str, model_sha256: str, record
     return wpath, jpath
 
 
+def encoder_width(channels: int) -> dict:
+    """Encoder kwargs scaled from one width (256 = the default architecture, ~4M parameters at 64 px)."""
+    if channels < 8 or channels & (channels - 1):
+        raise ValueError(f"--channels must be a power of two >= 8, got {channels}")
+    return dict(channel_base=16 * channels, channel_max=channels, channel_min=max(4, channels // 8),
+                fpn_channels=max(4, channels // 2), head_channels=max(4, channels // 2))
+
+
 def _state_path(out: Path, space: str) -> Path:
     return encoder_files(out, space)[0].with_suffix(".train.pt")
 
@@ -431,6 +439,7 @@ def main(argv=None) -> None:
     p.add_argument("--perceptual", choices=["disc", "none"], default="disc")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--channels", type=int, default=256, help="encoder width (256 = default architecture)")
     p.add_argument("--no-resume", action="store_true", help="ignore a training state in --out")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
@@ -438,7 +447,7 @@ def main(argv=None) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     s = run(a.model, a.data, space=a.space, minutes=a.minutes, steps=a.steps, out=a.out, batch=a.batch, lr=a.lr,
             max_images=a.max_images, val=a.val, perceptual=a.perceptual, device=a.device, seed=a.seed,
-            resume=not a.no_resume)
+            resume=not a.no_resume, encoder_kwargs=encoder_width(a.channels))
     print(format_summary(s))
 
 

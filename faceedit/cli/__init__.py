@@ -28,7 +28,7 @@ _COMMANDS = [
     ("faceedit.cli.invert", "invert"),
     ("faceedit.cli.edit", "edit"),
     ("faceedit.cli.edit", "directions"),
-    # ("faceedit.cli.encoder", "train_encoder"),
+    ("faceedit.cli.encoder", "train_encoder"),
 ]
 
 

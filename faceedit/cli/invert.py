@@ -69,10 +69,12 @@ def _collect(inputs) -> list:
               help="Latent space (wpp/wpp-z need a W++ model).")
 @click.option("--model", default=None, help="Registry name or checkpoint path [default: the default model "
               "for the space: faces64 for w/w+, faces64-wpp for wpp/wpp-z].")
-@click.option("--method", type=click.Choice(["optim"]), default="optim", show_default=True,
-              help="Inversion method.")
+@click.option("--method", type=click.Choice(["encoder", "optim", "hybrid", "pti"]), default=None,
+              help="Inversion method [default: hybrid when the model ships an encoder for the space, else "
+              "optim]; pti tunes low-rank generator deltas per face (stored in the latent file).")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
-              help="Optimisation steps [default: 50 on CPU, 300 on CUDA].")
+              help="Optimisation steps [default: optim 50 on CPU, 300 on CUDA; hybrid 15 / 50]; for pti the "
+              "tuning steps [40 / 200] (its pivot takes the hybrid or optim default).")
 @click.option("--face", default="largest", show_default=True, help="largest, all, or a face index (0 = leftmost).")
 @click.option("--prior", type=click.Choice(["gaussian", "none"]), default="gaussian", show_default=True,
               help="Gaussianized latent prior (fitted once per model and cached if the model lacks it).")
@@ -115,7 +117,8 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     from faceedit.checkpoints.registry import default_model, load_model
     from faceedit.device import resolve_device
     from faceedit.imageio import load_image, make_grid, save_image, tensor_to_uint8
-    from faceedit.inversion.projector import invert as run_invert
+    from faceedit.inversion.hybrid import default_method, invert_with
+    from faceedit.inversion.pti import synthesize
 
     face_sel = _face_option(face)
     photos = _collect(inputs)
@@ -135,6 +138,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
         from faceedit.inversion.spaces import check_space
 
         check_space(G, space)
+        method = method or default_method(m, space)
         recipe = _recipe(m, G.resolution)
         # 1. align
         faces = []  # (photo path, AlignedFace or None, crop uint8)
@@ -180,12 +184,10 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
 
         def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
             items = [f if f is not None else crop for _, f, crop in chunk]
-            lat = run_invert(items, m, space=space, steps=steps, G=G, D=m.get("D"), prior=prior_obj or "none",
-                             prior_weight=prior_weight, perceptual=perceptual, seed=seed,
-                             optimize_noise=optimize_noise, batch_size=len(chunk))
-            with torch.no_grad():
-                noise = None if lat.noise is None else [n.to(device) for n in lat.noise]
-                recon = tensor_to_uint8(G.synthesis(lat.codes.to(device), noise=noise))
+            lat = invert_with(method, items, m, space=space, steps=steps, G=G, D=m.get("D"),
+                              prior=prior_obj or "none", prior_weight=prior_weight, perceptual=perceptual,
+                              seed=seed, optimize_noise=optimize_noise, batch_size=len(chunk))
+            recon = tensor_to_uint8(synthesize(G, lat))  # with optimised noise / PTI tuning, if any
             targets = _targets(items, G.resolution)
             metrics = _metrics(targets, recon)
             for k, (p, f, _) in enumerate(chunk):
@@ -248,7 +250,8 @@ def _write_face(out, photo, face, k, lat, m, target, recon, metrics, version, me
     meta["face_index"] = idx
     if face is not None:
         meta["alignment"] = face.metadata()
-    one = type(one)(space=one.space, codes=one.codes, model_id=one.model_id, z=one.z, noise=one.noise, meta=meta)
+    one = type(one)(space=one.space, codes=one.codes, model_id=one.model_id, z=one.z, noise=one.noise,
+                    tuning=one.tuning, meta=meta)
     protect = (photo,)
     lat_path = out / f"{stem}.latent.safetensors"
     one.save(lat_path)
