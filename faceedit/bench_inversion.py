@@ -12,6 +12,8 @@ the same seed, the same faces are inverted and measured:
   different discriminators and are comparable only within one model;
 * rows for each perceptual loss asked for (default ``disc`` and ``none``: does the
   discriminator-feature loss help over pixel MSE alone?);
+* a second table: log-compression vs truncation at equal reduction of the outliers'
+  norm, diversity in the attribute network's features (``compression_table``);
 * the prior's promise: ``interp_D``, the discriminator score of images half-way between
   two inverted faces (pairs ``i, i+1``), and ``perturb_D``, of inverted codes plus
   Gaussian noise of std ``0.25 * w_std`` per element, each with and without the prior.
@@ -205,7 +207,7 @@ def table(rows: list) -> str:
 
 def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed: int = 0, perceptual=("disc", "none"),
         prior_weight: float = 0.01, out=None, device=None, identity: bool = True, max_photos=None,
-        batch_size: int = 32) -> dict:
+        batch_size: int = 32, compression: bool = True) -> dict:
     """Benchmark several models on the same faces; writes ``inversion.json``/``.csv``/``.md`` to ``out``."""
     from faceedit.checkpoints.registry import load_model
     from faceedit.alignment.types import AlignmentRecipe, FACES64
@@ -219,7 +221,10 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
         faces = load_faces(pack, n, photos, recipe.with_size(R), max_photos)
         rows += bench_model(model, faces, steps=steps, seed=seed, perceptual=perceptual, prior_weight=prior_weight,
                             device=device, identity=enc, batch_size=batch_size)
-    result = {"rows": rows, "settings": {"steps": steps, "seed": seed, "perceptual": perceptual,
+    comp = []
+    for model in models if compression else []:
+        comp += compression_table(model, device=device)
+    result = {"rows": rows, "compression": comp, "settings": {"steps": steps, "seed": seed, "perceptual": perceptual,
                                          "prior_weight": prior_weight, "n": n, "pack": str(pack),
                                          "photos": str(photos), "identity": enc is not None},
               "versions": _versions()}
@@ -228,11 +233,47 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
 
         out = Path(out)
         atomic_write_text(out / "inversion.json", json.dumps(result, indent=2, default=str))
-        atomic_write_text(out / "inversion.md", table(rows) + "\n")
+        atomic_write_text(out / "inversion.md", table(rows) + "\n\n" + compression_md(comp) + "\n")
         keys = [k for k in rows[0] if k != "id_groups"] if rows else []
         atomic_write_text(out / "inversion.csv", "\n".join([",".join(keys)] + [
             ",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]) + "\n")
     return result
+
+
+def compression_table(model, *, taus=(1.0, 1.5, 2.0, 3.0), n: int = 1000, device=None) -> list:
+    """Log-compression vs truncation on ``model`` (``inversion.prior.compression_vs_truncation``).
+
+    Diversity is the mean pairwise distance in the attribute network's pooled features
+    (``faceedit.metrics.attributes``) when its weights are installed, else in pixels.
+    """
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.inversion.prior import compression_vs_truncation, load_prior
+
+    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m = load_model(model, device=dev)
+    G = m["G"]
+    feats, name = None, "pixels"
+    try:
+        from faceedit.metrics.attributes import AttributeScorer
+
+        sc = AttributeScorer.load(device=dev)
+        feats, name = (lambda im: torch.from_numpy(sc.features(im.clamp(-1, 1)))), "attribute-net features"
+    except Exception as e:  # noqa: BLE001 -- fall back to pixels, and say so in the table
+        log.warning("compression table: attribute features unavailable (%s); diversity in pixels", e)
+    rows = compression_vs_truncation(G, load_prior(m, G), taus, n=n, features=feats, feature_name=name)
+    return [{"model": m["model_id"], **r} for r in rows]
+
+
+def compression_md(rows: list) -> str:
+    if not rows:
+        return ""
+    lines = ["log-compression vs truncation at equal reduction of the outliers' (top 10%) Mahalanobis norm; "
+             f"diversity = mean pairwise distance in {rows[0]['features']}:", "",
+             "| model | tau | matched psi | outlier norm ratio | diversity compress | diversity truncate | "
+             "diversity none |", "|" + " --- |" * 7]
+    lines += [f"| {r['model']} | {r['tau']:.2f} | {r['psi']:.3f} | {r['norm_ratio']:.3f} | {r['div_compress']:.4g} | "
+              f"{r['div_truncate']:.4g} | {r['div_none']:.4g} |" for r in rows]
+    return "\n".join(lines)
 
 
 def _versions() -> dict:
@@ -266,6 +307,7 @@ def main(argv=None):
     pack = a.pack if a.pack and Path(a.pack).is_file() else None
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n, steps=a.steps,
               perceptual=a.perceptual.split(","), prior_weight=a.prior_weight, out=a.out, identity=not a.no_identity)
+    print(compression_md(res["compression"]))
     print(table(res["rows"]))
 
 

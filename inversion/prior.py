@@ -357,6 +357,52 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
     return GaussianPrior(stats, G.num_ws, G.w_dim)
 
 
+def compression_vs_truncation(G, prior: GaussianPrior, taus=(1.0, 1.5, 2.0, 3.0), *, n: int = 512, seed: int = 0,
+                              outlier_quantile: float = 0.9, features=None, feature_name: str = "pixels") -> list:
+    """Compare log-compression with truncation at equal reduction of the outliers' norm.
+
+    Samples ``n`` codes; the outliers are those whose Mahalanobis norm (sqrt of
+    :meth:`GaussianPrior.mahalanobis`) lies above the ``outlier_quantile``. For every tau the
+    outliers' mean norm after compression, as a fraction of before, is matched by the
+    truncation psi (bisection) that gives the same fraction; then the diversity of all
+    ``n`` generated images is measured for both as the mean pairwise Euclidean distance of
+    ``features(images)`` (default: the images' pixels, ``feature_name`` says which).
+
+    Returns:
+        one dict per tau: ``tau, psi, norm_ratio, div_compress, div_truncate, div_none, features``.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    dev = G.synthesis.const.device
+    with torch.no_grad():
+        z = torch.randn((n, *G.z_shape), generator=gen).to(dev)
+        ws = G.mapping(z)
+        norm = lambda x: prior.mahalanobis(x).clamp_min(0).sqrt()  # noqa: E731
+        base = norm(ws)
+        out = base >= torch.quantile(base, outlier_quantile)
+        feat = features or (lambda im: im.flatten(1))
+
+        def diversity(codes):
+            f = torch.cat([feat(G.synthesis(c)).float() for c in codes.split(64)])
+            return float(torch.pdist(f).mean())
+
+        w_avg = G.w_avg.to(dev)
+        trunc = lambda psi: w_avg + psi * (ws - w_avg)  # noqa: E731
+        rows = []
+        div_none = diversity(ws)
+        for tau in taus:
+            c = prior.compress(ws, tau=tau)
+            ratio = float(norm(c)[out].mean() / base[out].mean())
+            lo, hi = 0.0, 1.0
+            for _ in range(30):
+                mid = 0.5 * (lo + hi)
+                r = float(norm(trunc(mid))[out].mean() / base[out].mean())
+                lo, hi = (mid, hi) if r < ratio else (lo, mid)
+            psi = 0.5 * (lo + hi)
+            rows.append({"tau": float(tau), "psi": psi, "norm_ratio": ratio, "div_compress": diversity(c),
+                         "div_truncate": diversity(trunc(psi)), "div_none": div_none, "features": feature_name})
+    return rows
+
+
 def main(argv=None) -> None:
     """``python -m faceedit.inversion.prior MODEL --out DIR``: embed the prior into a copy.
 
@@ -403,5 +449,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["GaussianPrior", "LedoitWolfAccumulator", "chi2_check", "degaussianize", "fit_prior", "gaussianize",
+__all__ = ["GaussianPrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation", "degaussianize", "fit_prior", "gaussianize",
            "load_prior", "prior_cache_path", "LEAKY_INV_SLOPE"]

@@ -264,7 +264,7 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
               "gender": np.array([0, 1, 1, -1], np.int8), "age": np.array([25, 70, 5, np.nan], np.float32)}
     pack = write_pack(tmp_path / "test.npz", jpegs, labels, [f"f{i}.jpg" for i in range(4)], {})
     res = bench_inversion.run([str(path)], pack=pack, n=4, steps=3, identity=False, out=tmp_path / "b",
-                              perceptual="disc")
+                              perceptual="disc", compression=False)
     rows = res["rows"]
     assert [(r["space"], r["prior"]) for r in rows] == [("w", "none"), ("w", "gaussian"), ("w+", "none"),
                                                         ("w+", "gaussian")]
@@ -272,6 +272,8 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
         assert r["n"] == 4 and r["steps"] == 3 and 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1
         assert all(np.isfinite(r[k]) for k in ("realism_D", "real_D", "interp_D", "perturb_D", "prior_dist"))
     assert (tmp_path / "b" / "inversion.md").read_text().count("\n") >= 6
+    comp = bench_inversion.compression_table(str(path), taus=(2.0,), n=16, device=torch.device("cpu"))
+    assert comp[0]["tau"] == 2.0 and "psi" in comp[0] and "diversity" in bench_inversion.compression_md(comp)
     assert bench_inversion._groups(np.array([0.9, 0.5, 0.7, 0.1]), {k: v.astype(float) for k, v in labels.items()},
                                    np.ones(4, bool)) == {"race=white": (pytest.approx(0.8), 2),
                                                          "race=black": (0.5, 1), "gender=male": (0.9, 1),
