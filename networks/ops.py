@@ -15,6 +15,7 @@ Convention (all functions in this file):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -156,7 +157,7 @@ def modulated_conv2d_shared(x: torch.Tensor, weight: torch.Tensor, styles: torch
         # sum_{i,k} (w_oik s_i)^2 = sum_i s_i^2 sum_k w_oik^2: one [N,Cin]x[Cin,Cout] matmul
         # instead of materialising the [N, Cout, Cin, k, k] modulated weights. Kept in fp32
         # under autocast: the coefficients set every layer's output scale.
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with _autocast_off(x.device.type):
             w2 = weight.float().square().sum(dim=[2, 3])  # [Cout, Cin]
             dcoefs = (styles.float().square() @ w2.t() + eps).rsqrt()  # [N, Cout]
     x = x * styles.to(x.dtype).view(n, cin, 1, 1)
@@ -193,3 +194,11 @@ def upsample2d_fast(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     k = torch.outer(fir, fir) * 4
     k = k.to(x.dtype).view(1, 1, 4, 4).expand(x.shape[1], 1, 4, 4).contiguous()
     return F.conv_transpose2d(x, k, stride=2, padding=1, groups=x.shape[1])
+
+
+def _autocast_off(device_type: str):
+    """``torch.autocast(device_type, enabled=False)``, or nothing where autocast does not exist (meta)."""
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
