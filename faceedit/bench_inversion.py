@@ -58,7 +58,17 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
             names.append(str(p.names[i]))
             for k in labels:
                 labels[k].append(p.labels[k][i] if k in p.labels else -1)
-    if photos is not None:
+    if photos is not None and str(photos).endswith(".npz"):  # photos aligned beforehand (align_photos_pack)
+        from faceedit.training.pack import Pack
+
+        p = Pack(photos)
+        for i in range(len(p)):
+            imgs.append(p.image(i))
+            sets.append("photos")
+            names.append(str(p.names[i]))
+            for k in labels:
+                labels[k].append(-1)
+    elif photos is not None:
         from faceedit.alignment import align
         from faceedit.imageio import load_image
 
@@ -104,7 +114,8 @@ def _synth(G, ws, bs=64):
 
 
 def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptual=("disc", "none"),
-                prior_weight: float = 0.01, spaces=None, device=None, identity=None, batch_size: int = 32) -> list:
+                prior_weight: float = 0.01, spaces=None, device=None, identity=None, batch_size: int = 32,
+                keep: dict | None = None) -> list:
     """Rows for one model (see the module docstring)."""
     from faceedit.checkpoints.registry import load_model
     from faceedit.imageio import tensor_to_uint8, uint8_to_tensor
@@ -146,9 +157,14 @@ def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptu
             with torch.no_grad():
                 dist = (prior.penalty(ws) / prior.total_dim).cpu().numpy()
             pert = _synth(G, ws + 0.25 * w_std * torch.randn(ws.shape, generator=gen).to(dev))
+            if keep is not None:
+                keep[f"{m['model_id']}|{space}|{'gaussian' if use_prior else 'none'}|{lat.meta['perceptual']}"] = \
+                    tensor_to_uint8(recon)
+                keep["targets"] = target_u8
             for subset in sorted(set(faces["set"])):
                 sel = faces["set"] == subset
-                row = {"model": m["model_id"], "space": space, "prior": "gaussian" if use_prior else "none",
+                row = {"model": m["model_id"], "space": space, "key": f"{m['model_id']}|{space}|"
+                       f"{'gaussian' if use_prior else 'none'}|{lat.meta['perceptual']}", "prior": "gaussian" if use_prior else "none",
                        "set": subset, "n": int(sel.sum()), "steps": steps, "perceptual": lat.meta["perceptual"],
                        "mse": float(met["mse"][sel].mean()), "psnr": float(met["psnr"][sel].mean()),
                        "ssim": float(met["ssim"][sel].mean()),
@@ -212,31 +228,29 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
     from faceedit.checkpoints.registry import load_model
     from faceedit.alignment.types import AlignmentRecipe, FACES64
 
-    rows = []
+    rows, recon_files = [], []
     enc = _identity() if identity else None
     for model in models:
         cfg = load_model(model)["config"]
         R = cfg["generator"]["resolution"]
         recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
         faces = load_faces(pack, n, photos, recipe.with_size(R), max_photos)
+        keep = {} if out is not None else None
         rows += bench_model(model, faces, steps=steps, seed=seed, perceptual=perceptual, prior_weight=prior_weight,
-                            device=device, identity=enc, batch_size=batch_size)
+                            device=device, identity=enc, batch_size=batch_size, keep=keep)
+        if keep:
+            _save_recon(Path(out) / f"recon_{len(recon_files)}.npz", keep, faces)
+            recon_files.append(str(Path(out) / f"recon_{len(recon_files)}.npz"))
     comp = []
     for model in models if compression else []:
         comp += compression_table(model, device=device)
     result = {"rows": rows, "compression": comp, "settings": {"steps": steps, "seed": seed, "perceptual": perceptual,
                                          "prior_weight": prior_weight, "n": n, "pack": str(pack),
-                                         "photos": str(photos), "identity": enc is not None},
+                                         "photos": str(photos), "identity": enc is not None,
+                                         "recon_files": recon_files},
               "versions": _versions()}
     if out is not None:
-        from faceedit.checkpoints.atomic import atomic_write_text
-
-        out = Path(out)
-        atomic_write_text(out / "inversion.json", json.dumps(result, indent=2, default=str))
-        atomic_write_text(out / "inversion.md", table(rows) + "\n\n" + compression_md(comp) + "\n")
-        keys = [k for k in rows[0] if k != "id_groups"] if rows else []
-        atomic_write_text(out / "inversion.csv", "\n".join([",".join(keys)] + [
-            ",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]) + "\n")
+        _write(Path(out), result)
     return result
 
 
@@ -276,6 +290,77 @@ def compression_md(rows: list) -> str:
     return "\n".join(lines)
 
 
+def _save_recon(path: Path, keep: dict, faces: dict) -> None:
+    import io
+
+    from faceedit.checkpoints.atomic import atomic_write_bytes
+
+    arrays = {f"recon{i}": v for i, (k, v) in enumerate((k, v) for k, v in keep.items() if k != "targets")}
+    keys = [k for k in keep if k != "targets"]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, targets=keep["targets"], keys=np.array(keys), set=faces["set"],
+                        **{f"label_{k}": v for k, v in faces["labels"].items()}, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def add_identity(out) -> dict:
+    """CPU pass after a GPU run: identity similarity from the saved reconstructions.
+
+    Reads ``inversion.json`` and its ``recon_*.npz`` in ``out`` (written by :func:`run`),
+    fills ``id_sim`` and the UTKFace breakdown with ``faceedit.metrics.identity`` (dlib),
+    and rewrites ``inversion.json``/``.md``/``.csv``.
+    """
+    from faceedit.metrics.reconstruction import reconstruction_metrics
+
+    out = Path(out)
+    res = json.loads((out / "inversion.json").read_text())
+    enc = _identity()
+    if enc is None:
+        raise RuntimeError("the identity instrument (faceedit.metrics.identity, dlib) is not available here")
+    by_key = {}
+    for f in res["settings"].get("recon_files", []):
+        with np.load(Path(out) / Path(f).name, allow_pickle=False) as z:
+            labels = {k[6:]: z[k] for k in z.files if k.startswith("label_")}
+            for i, key in enumerate(z["keys"]):
+                met = reconstruction_metrics(z["targets"], z[f"recon{i}"], identity=enc)
+                by_key[str(key)] = (met["identity_similarity"], z["set"], labels)
+    for r in res["rows"]:
+        if r.get("key") in by_key:
+            sim, sets, labels = by_key[r["key"]]
+            sel = sets == r["set"]
+            r["id_sim"] = float(sim[sel].mean())
+            if r["set"] == "test":
+                r["id_groups"] = _groups(sim, {k: v.astype(np.float64) for k, v in labels.items()}, sel)
+    res["settings"]["identity"] = True
+    _write(out, res)
+    return res
+
+
+def _write(out: Path, result: dict) -> None:
+    from faceedit.checkpoints.atomic import atomic_write_text
+
+    rows = result["rows"]
+    atomic_write_text(out / "inversion.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(out / "inversion.md", table(rows) + "\n\n" + compression_md(result.get("compression", [])) + "\n")
+    keys = [k for k in rows[0] if k != "id_groups"] if rows else []
+    atomic_write_text(out / "inversion.csv", "\n".join([",".join(keys)] + [
+        ",".join("" if r.get(k) is None else str(r[k]) for k in keys) for r in rows]) + "\n")
+
+
+def align_photos_pack(photos, model, path) -> Path:
+    """Align the largest face of every photo in ``photos`` with ``model``'s recipe into a pack (CPU, dlib)."""
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.alignment.types import AlignmentRecipe, FACES64
+    from faceedit.imageio import encode_image
+    from faceedit.training.pack import write_pack
+
+    cfg = load_model(model)["config"]
+    recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
+    faces = load_faces(None, 0, photos, recipe.with_size(cfg["generator"]["resolution"]))
+    jpegs = [encode_image(im, "PNG") for im in faces["images"]]
+    return write_pack(path, jpegs, {}, faces["names"], {"recipe": recipe.to_dict(), "source": str(photos)})
+
+
 def _versions() -> dict:
     import importlib.metadata as md
 
@@ -302,11 +387,27 @@ def main(argv=None):
     ap.add_argument("--perceptual", default="disc,none", help="comma-separated: disc, lpips, none")
     ap.add_argument("--prior-weight", type=float, default=0.01)
     ap.add_argument("--no-identity", action="store_true")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--no-compression", action="store_true")
+    ap.add_argument("--add-identity", action="store_true",
+                    help="CPU pass: fill identity from the reconstructions a GPU run saved in --out")
+    ap.add_argument("--align-photos", default=None, metavar="PACK",
+                    help="CPU pass: align --photos with the first --model's recipe into PACK and exit")
+    ap.add_argument("--out", required=False, default=None)
     a = ap.parse_args(argv)
+    if a.align_photos:
+        p = align_photos_pack(a.photos, (a.model or ["faces64"])[0], a.align_photos)
+        print(f"wrote {p}")
+        return
+    if a.out is None:
+        ap.error("--out is required")
+    if a.add_identity:
+        res = add_identity(a.out)
+        print(table(res["rows"]))
+        return
     pack = a.pack if a.pack and Path(a.pack).is_file() else None
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n, steps=a.steps,
-              perceptual=a.perceptual.split(","), prior_weight=a.prior_weight, out=a.out, identity=not a.no_identity)
+              perceptual=a.perceptual.split(","), prior_weight=a.prior_weight, out=a.out, identity=not a.no_identity,
+              compression=not a.no_compression)
     print(compression_md(res["compression"]))
     print(table(res["rows"]))
 

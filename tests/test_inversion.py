@@ -280,3 +280,38 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
                                                          "gender=female": (pytest.approx(0.6), 2),
                                                          "age=0-19": (0.7, 1), "age=20-39": (0.9, 1),
                                                          "age=60-": (0.5, 1)}
+
+
+def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monkeypatch):
+    """GPU run saves reconstructions; a later CPU pass fills identity (a stand-in encoder here)."""
+    from faceedit import bench_inversion
+    from faceedit.imageio import encode_image, tensor_to_uint8
+    from faceedit.training.pack import write_pack
+
+    path, G = tiny_model
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    _, target = _target(G, n=3)
+    ims = tensor_to_uint8(target)
+    labels = {"source": np.array([1, 1, 0], np.int8), "race": np.array([2, 2, -1], np.int8),
+              "gender": np.array([0, 0, -1], np.int8), "age": np.array([30, 33, np.nan], np.float32)}
+    pack = write_pack(tmp_path / "t.npz", [encode_image(i, "PNG") for i in ims], labels, ["a", "b", "c"], {})
+    photos = write_pack(tmp_path / "p.npz", [encode_image(ims[0], "PNG")], {}, ["p.jpg"], {})
+    out = tmp_path / "b"
+    bench_inversion.run([str(path)], pack=pack, photos=photos, n=3, steps=2, identity=False, out=out,
+                        perceptual="none", compression=False)
+
+    class FakeId:
+        def distance(self, a, b):
+            return np.abs(a.astype(float) - b.astype(float)).mean(axis=(1, 2, 3)) / 255
+
+        def similarity_from_distance(self, d):
+            return 1 - d
+
+    monkeypatch.setattr(bench_inversion, "_identity", lambda: FakeId())
+    res = bench_inversion.add_identity(out)
+    assert {r["set"] for r in res["rows"]} == {"test", "photos"}
+    for r in res["rows"]:
+        assert 0 < r["id_sim"] <= 1
+        if r["set"] == "test":
+            assert set(r["id_groups"]) == {"race=asian", "gender=male", "age=20-39"}
+    assert "race=asian" in (out / "inversion.md").read_text()
