@@ -1,0 +1,192 @@
+"""Encoder vs optim vs hybrid vs PTI on the same test faces: one table of the trade-off.
+
+For each ``MODEL:SPACE`` run (default ``faces64:w+`` and ``faces64-wpp:wpp``) the same
+``--n`` faces of the aligned *test* pack are inverted by every method and measured:
+
+* ``mse``, ``psnr``, ``ssim`` (``faceedit.metrics.reconstruction``) and, where dlib's
+  identity instrument is installed (not on the GPU machine), ``id_sim``;
+* ``s/img``: wall seconds per image of the whole method (hybrid: encoder + optimiser;
+  PTI: its hybrid pivot + tuning), batched as ``faceedit invert`` does;
+* ``steps`` and ``bytes/img``: size of one face's latent file (PTI: codes + LoRA deltas);
+* for PTI, when the model has a direction for ``--edit-attr`` and the attribute scorer is
+  installed: the attribute change per unit strength (slope of the scorer's probability
+  over strengths -2..2, ``metrics.editing``) of the pivot without and with its tuning,
+  and their ratio (the target is >= 0.7).
+
+Run on the GPU machine (after the encoders are in the model folders)::
+
+    python benchmarks/inversion_methods.py --out runs/methods --n 100
+
+Writes ``methods.json`` and ``methods.md``; prints the table last. Identity figures on
+the test split are optimistic (splits are by image, not by person).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger("benchmarks.inversion_methods")
+
+
+def _faces(pack: str, n: int) -> np.ndarray:
+    from faceedit.training.pack import Pack
+
+    p = Pack(pack)
+    if str(p.meta.get("split", "test")).lower() == "train":
+        raise ValueError(f"{pack} is the train split; benchmark on the test pack")
+    idx = np.unique(np.linspace(0, len(p) - 1, min(n, len(p))).round().astype(int))
+    return p.images([int(i) for i in idx])
+
+
+def _bytes_per_image(lat) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        return lat[0].save(Path(d) / "one.latent.safetensors").stat().st_size
+
+
+def _editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
+    """Slope of the attribute probability per unit strength, without and with the latent's tuning."""
+    from faceedit.editing.apply import edit
+    from faceedit.editing.direction import canonical_attribute, find_direction
+    from faceedit.imageio import tensor_to_uint8
+    from faceedit.inversion.latent import Latent
+    from faceedit.inversion.pti import synthesize
+    from faceedit.metrics.attributes import AttributeScorer
+    from faceedit.metrics.editing import editing_metrics
+
+    dev = G.synthesis.const.device
+    scorer = AttributeScorer.load(device=dev)
+    d = find_direction(lat.model_id, attr, lat.space)
+    name = next((k for k in scorer.names if canonical_attribute(k) == d.attribute), None)
+    if name is None:
+        raise ValueError(f"the attribute scorer has no output for {d.attribute!r}")
+    plain = Latent(space=lat.space, codes=lat.codes, model_id=lat.model_id, meta=lat.meta)
+    out = {}
+    for tag, base in (("pivot", plain), ("pti", lat)):
+        scores = [scorer.scores(tensor_to_uint8(synthesize(G, edit(base, {d: s})))) for s in strengths]
+        out[tag] = editing_metrics(list(strengths), scores, name)["target"]["slope_prob"]
+    out["ratio"] = out["pti"] / out["pivot"] if out["pivot"] else float("nan")
+    out["attribute"] = name
+    return out
+
+
+def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybrid_steps, pti_steps, pti_n: int,
+          perceptual: str, seed: int, batch_size: int, identity, edit_attr: str | None, device) -> list:
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.imageio import tensor_to_uint8
+    from faceedit.inversion.hybrid import invert_with
+    from faceedit.inversion.prior import load_prior
+    from faceedit.inversion.pti import synthesize
+    from faceedit.metrics.reconstruction import reconstruction_metrics
+
+    m = load_model(model, device=device, with_discriminator=perceptual == "disc")
+    G, D = m["G"], m.get("D")
+    prior = load_prior(m, G)
+    R = G.resolution
+    if images.shape[1] != R:
+        import cv2
+
+        images = np.stack([cv2.resize(a, (R, R), interpolation=cv2.INTER_AREA) for a in images])
+    rows = []
+    plan = [("encoder", None, len(images)), ("optim", optim_steps, len(images)),
+            ("hybrid", hybrid_steps, len(images)), ("pti", pti_steps, min(pti_n, len(images)))]
+    for method, steps, n in plan:
+        items = list(images[:n])
+        kw = dict(G=G, D=D, prior=prior, perceptual=perceptual, seed=seed, batch_size=batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        try:
+            lat = invert_with(method, items, m, space, steps, **kw)
+        except ValueError as e:  # e.g. no encoder shipped: the row says so
+            rows.append({"model": m["model_id"], "space": space, "method": method, "error": str(e)})
+            log.warning("%s %s %s: %s", model, space, method, e)
+            continue
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t
+        recon = tensor_to_uint8(synthesize(G, lat))
+        met = reconstruction_metrics(images[:n], recon, identity=identity)
+        row = {"model": m["model_id"], "space": space, "method": method, "n": n,
+               "steps": lat.meta.get("tuning", {}).get("steps") if method == "pti" else lat.meta.get("steps"),
+               "pivot_steps": lat.meta.get("steps") if method == "pti" else None,
+               "mse": float(met["mse"].mean()), "psnr": float(met["psnr"].mean()), "ssim": float(met["ssim"].mean()),
+               "id_sim": float(met["identity_similarity"].mean()) if "identity_similarity" in met else None,
+               "s_per_img": secs / n, "bytes_per_img": _bytes_per_image(lat), "device": str(device)}
+        if method == "pti" and edit_attr:
+            try:
+                row["edit"] = _editability(G, lat, edit_attr)
+            except Exception as e:  # noqa: BLE001 -- no direction/scorer: the reason is recorded
+                row["edit"] = {"error": f"{type(e).__name__}: {e}"}
+        rows.append(row)
+        log.info("%s", row)
+    return rows
+
+
+def table(rows: list) -> str:
+    cols = ["model", "space", "method", "n", "steps", "mse", "psnr", "ssim", "id_sim", "s_per_img", "bytes_per_img"]
+    f = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['space']} | {r['method']} | not run: {r['error']} |")
+        else:
+            lines.append("| " + " | ".join(f(r.get(c)) for c in cols) + " |")
+    for r in rows:
+        e = r.get("edit")
+        if e and "error" not in e:
+            lines.append(f"\nPTI editability ({r['model']} {r['space']}, {e['attribute']}): slope {e['pivot']:.4f} "
+                         f"-> {e['pti']:.4f} probability per unit strength, ratio {e['ratio']:.2f} (target >= 0.7)")
+        elif e:
+            lines.append(f"\nPTI editability ({r['model']} {r['space']}): not measured ({e['error']})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", default="faces64:w+,faces64-wpp:wpp", help="MODEL:SPACE pairs, comma-separated")
+    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--pti-n", type=int, default=100, help="faces for PTI (it tunes one face at a time)")
+    ap.add_argument("--optim-steps", type=int, default=500)
+    ap.add_argument("--hybrid-steps", type=int, default=None, help="default: the library's (50 on CUDA)")
+    ap.add_argument("--pti-steps", type=int, default=None, help="default: the library's (200 on CUDA)")
+    ap.add_argument("--perceptual", choices=["disc", "none"], default="disc")
+    ap.add_argument("--edit-attr", default="smile", help="direction for the PTI editability check ('' = skip)")
+    ap.add_argument("--identity", action="store_true", help="add dlib identity similarity (CPU machine only)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING)
+    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    identity = None
+    if a.identity:
+        from faceedit.metrics.identity import IdentityEncoder
+
+        identity = IdentityEncoder()
+    images = _faces(a.pack, a.n)
+    rows = []
+    for run in a.runs.split(","):
+        model, space = run.rsplit(":", 1)
+        rows += bench(model, space, images, optim_steps=a.optim_steps, hybrid_steps=a.hybrid_steps,
+                      pti_steps=a.pti_steps, pti_n=a.pti_n, perceptual=a.perceptual, seed=a.seed,
+                      batch_size=a.batch_size, identity=identity, edit_attr=a.edit_attr or None, device=dev)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "methods.json").write_text(json.dumps({"rows": rows, "settings": vars(a)}, indent=2, default=str))
+    md = table(rows)
+    (out / "methods.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
