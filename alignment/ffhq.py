@@ -104,16 +104,18 @@ def _reflect_pad(img: np.ndarray, pad, qsize: float) -> np.ndarray:
     yy = np.arange(h, dtype=np.float32)
     mx = 1.0 - np.minimum(xx / P0, (w - 1 - xx) / P2)
     my = 1.0 - np.minimum(yy / P1, (h - 1 - yy) / P3)
-    mask = np.maximum(mx[None, :], my[:, None])[..., None]
+    mask = np.maximum(mx[None, :], my[:, None])
     sigma = qsize * 0.02
     if sigma > 0.1:
         blurred = cv2.GaussianBlur(f, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        f += (blurred - f) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
-    q = np.clip(np.rint(f), 0, 255).astype(np.uint8).reshape(-1, 3)
-    half = q.shape[0] / 2.0
-    med = np.array([np.searchsorted(np.cumsum(np.bincount(q[:, k], minlength=256)), half) for k in range(3)],
-                   np.float32)
-    f += (med - f) * np.clip(mask, 0.0, 1.0)
+        wb = cv2.merge([np.clip(mask * 3.0 + 1.0, 0.0, 1.0)] * 3)
+        f = cv2.add(f, cv2.multiply(cv2.subtract(blurred, f), wb))
+    q = np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    half = q.shape[0] * q.shape[1] / 2.0
+    med = [float(np.searchsorted(np.cumsum(cv2.calcHist([q], [k], None, [256], [0, 256]).ravel()), half))
+           for k in range(3)]
+    wm = cv2.merge([np.clip(mask, 0.0, 1.0)] * 3)
+    f = cv2.add(f, cv2.multiply(cv2.subtract(np.full_like(f, 0) + np.array(med, np.float32), f), wm))
     return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 

@@ -292,3 +292,14 @@ def test_cli_align_files_folder_resume_and_failures(shared_dir, tmp_path):
     assert r3.exit_code == 1 and "FaceNotFoundError" in r3.output
     r4 = CliRunner().invoke(cli, ["align", str(src), "--out", str(out), "--face", "biggest"])
     assert r4.exit_code == 2
+
+
+def test_every_no_face_photo_gives_face_not_found(shared_dir):
+    """The photos a person counted 0 faces in (tests/data/photo_face_counts.json) end in a clear error."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    counts = json.load(open(os.path.join(here, "data", "photo_face_counts.json")))["counts"]
+    empty = [n for n, c in counts.items() if c == 0]
+    assert len(empty) == 7 and len(counts) == 95
+    for n in empty:
+        with pytest.raises(FaceNotFoundError, match="tried dlib"):
+            align(photo(shared_dir, n))
