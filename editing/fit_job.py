@@ -12,7 +12,10 @@ for an MLP mapping, W++ for a transformer mapping, fitted on the flattened per-l
 codes), the conditional variants (``age|male``, ``eyeglasses|age``, ...), and the
 unsupervised GANSpace and SeFa directions, and the linear separability of the
 model's code space (``faceedit.metrics.separability``, on the first ``--separability``
-samples, over the binary attributes fitted here; one process per attribute). Files go to ``DIR/<model>/`` (copy them to
+samples, over the binary attributes fitted here; one process per attribute). With
+``--wplus-pack TRAIN.npz`` W+ directions are also fitted on the codes of inverted train
+faces (MLP models; the default inversion method; scored by the same classifier on the
+real images). Files go to ``DIR/<model>/`` (copy them to
 ``checkpoints/weights/directions/<model>/``), a report to ``DIR/<model>/fit_report.json``,
 and a table is printed last.
 
@@ -97,6 +100,53 @@ def landmark_scorer(device, *, with_yaw5: bool = False):
     return score, {}, "landmarks-dlib68"
 
 
+def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fraction, seed, report, device) -> list:
+    """W+ directions from the codes of inverted TRAIN-split faces (mapping samples are the same
+    on every layer, so a flattened W+ SVM on them would be degenerate). The faces are scored
+    by the same classifier on the real aligned images; the default inversion method is used."""
+    from faceedit.imageio import uint8_to_tensor
+    from faceedit.inversion.hybrid import default_method, invert_with
+    from faceedit.training.pack import Pack
+
+    pack = Pack(pack_path)
+    if str(pack.meta.get("split", "")).lower() == "test":
+        raise SystemExit(f"{pack_path} is the test split; directions are fitted on the train split only")
+    idx = np.unique(np.linspace(0, len(pack) - 1, min(n, len(pack))).round().astype(int))
+    imgs = pack.images(idx)
+    G = m["G"]
+    t0 = time.time()
+    method = default_method(m, "w+")
+    lat = invert_with(method, list(imgs), m, space="w+", steps=steps, G=G, D=m.get("D"), seed=seed,
+                      batch_size=256 if torch.device(device).type == "cuda" else 32)
+    t_inv = time.time() - t0
+    scores = {}
+    with torch.no_grad():
+        for i in range(0, len(imgs), 512):
+            for k, v in score_fn(uint8_to_tensor(imgs[i:i + 512], device=device)).items():
+                scores.setdefault(k, []).append(torch.as_tensor(v).float().cpu().numpy().reshape(-1))
+    scores = {k: np.concatenate(v) for k, v in scores.items()}
+    codes = lat.codes.float().numpy()
+    rows, name = [], model_name(m["model_id"])
+    report["wplus"] = {"pack": str(pack_path), "faces": int(len(idx)), "method": method,
+                       "steps": lat.meta.get("steps"), "seconds_invert": round(t_inv, 1), "directions": {}}
+    for a in attrs:
+        if a not in scores:
+            continue
+        try:
+            d = fit_direction(codes, scores[a], attribute=a, model_id=m["model_id"], num_ws=G.num_ws, space="w+",
+                              fraction=fraction, seed=seed, scorer=scorer_id,
+                              meta={"source": "inverted train faces", "pack": Path(pack_path).name,
+                                    "inversion": method})
+        except ValueError as e:
+            log.warning("%s: W+ %s skipped (%s)", name, a, e)
+            continue
+        p = d.save(folder)
+        report["wplus"]["directions"][d.key] = {"file": p.name, "accuracy": d.accuracy, "std": d.latent_std}
+        rows.append((name, d.key, d.space, f"{d.accuracy:.3f}", f"{d.meta['train_accuracy']:.3f}",
+                     f"{d.latent_std:.4g}", d.meta["n_kept"], "inverted train faces"))
+    return rows
+
+
 def _parallel_separability(X, probs, fn, jobs: int = 0) -> dict:
     """``fn(X, probs)`` with one attribute per worker process (each SVM is single-threaded)."""
     import os
@@ -126,7 +176,8 @@ def _table(rows) -> str:
 
 
 def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch, device, seed, attrs,
-              min_auc, unsupervised: int, separability: int = 0, jobs: int = 0):
+              min_auc, unsupervised: int, separability: int = 0, jobs: int = 0, wplus_pack=None,
+              wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1):
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(model_path, device=device)
@@ -178,6 +229,9 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
             report["directions"][d.key] = {"file": p.name, "std": d.latent_std,
                                            "primal_cosine": d.meta["primal_cosine"]}
             rows.append((name, d.key, d.space, "", "", f"{d.latent_std:.4g}", "", f"{d.meta['primal_cosine']:.3f}"))
+    if wplus_pack and G.mapping_kind == "mlp" and fitted:
+        rows += _fit_wplus(m, score_fn, scorer_id, wplus_pack, list(fitted), folder=folder, n=wplus_n,
+                           steps=wplus_steps, fraction=wplus_fraction, seed=seed, report=report, device=device)
     if unsupervised:
         sub = codes[: min(len(codes), 50000)]
         for d in ganspace(sub, model_id=model_id, num_ws=num_ws, k=unsupervised, seed=seed):
@@ -225,6 +279,11 @@ def main(argv=None) -> int:
     p.add_argument("--unsupervised", type=int, default=8, help="GANSpace and SeFa directions per model (0: none)")
     p.add_argument("--separability", type=int, default=10000,
                    help="samples for the linear-separability figure (metrics room's definition; 0: skip)")
+    p.add_argument("--wplus-pack", default=None,
+                   help="aligned TRAIN pack (.npz): also fit W+ directions on the codes of inverted faces from it")
+    p.add_argument("--wplus-n", type=int, default=5000, help="faces inverted for the W+ fit")
+    p.add_argument("--wplus-steps", type=int, default=None, help="inversion steps for the W+ fit [method default]")
+    p.add_argument("--wplus-fraction", type=float, default=0.1, help="fraction kept at each end for the W+ fit")
     p.add_argument("--jobs", type=int, default=0, help="processes for the separability SVMs (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -245,7 +304,9 @@ def main(argv=None) -> int:
     for mp in a.model:
         rows, rep = fit_model(mp, score_fn, aucs, ident, n=a.n, out=a.out, fraction=a.fraction, batch=a.batch,
                               device=device, seed=a.seed, attrs=a.attrs, min_auc=a.min_auc,
-                              unsupervised=a.unsupervised, separability=a.separability, jobs=a.jobs)
+                              unsupervised=a.unsupervised, separability=a.separability, jobs=a.jobs,
+                              wplus_pack=a.wplus_pack, wplus_n=a.wplus_n, wplus_steps=a.wplus_steps,
+                              wplus_fraction=a.wplus_fraction)
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")
