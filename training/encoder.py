@@ -311,7 +311,7 @@ def _state_path(out: Path, space: str) -> Path:
 def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int = 32, lr: float = 2e-3,
         max_images: int | None = None, val: int = 256, perceptual: str = "disc", weights: dict | None = None,
         device=None, seed: int = 0, resume: bool = True, encoder_kwargs: dict | None = None,
-        steps: int | None = None, log_every: int = 100) -> dict:
+        steps: int | None = None, log_every: int = 100, state_dir=None) -> dict:
     """The whole job: load model and data, train, evaluate before/after, export. Returns a summary.
 
     Args:
@@ -322,7 +322,9 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
         out: output folder.
         perceptual: ``disc`` (discriminator features; the model must ship a discriminator) or ``none``.
         val: faces at the end of the pack held out for the figures.
-        resume: continue from ``out/encoder_<space>.train.pt`` when it exists.
+        resume: continue from ``<state_dir>/encoder_<space>.train.pt`` when it exists.
+        state_dir: where the resumable training state goes (default ``out``; it is ~12x the
+            encoder's size, so keep it out of a folder that has to travel back).
     """
     from faceedit.checkpoints.registry import load_model
 
@@ -347,7 +349,7 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     train_imgs, val_imgs = imgs[:-val] if val else imgs, imgs[-val:] if val else imgs[:0]
     E = Encoder.from_generator(G, space, **(encoder_kwargs or {})).to(dev)
     LD = make_latent_discriminator(E).to(dev)
-    state_file = _state_path(out, space)
+    state_file = _state_path(Path(state_dir) if state_dir is not None else out, space)
     opt_state = None
     if resume and state_file.is_file():
         st = torch.load(state_file, map_location=dev, weights_only=True)
@@ -440,14 +442,15 @@ def main(argv=None) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=256, help="encoder width (256 = default architecture)")
-    p.add_argument("--no-resume", action="store_true", help="ignore a training state in --out")
+    p.add_argument("--state-dir", default=None, help="folder for the resumable training state (default --out)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a training state in --state-dir")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     s = run(a.model, a.data, space=a.space, minutes=a.minutes, steps=a.steps, out=a.out, batch=a.batch, lr=a.lr,
             max_images=a.max_images, val=a.val, perceptual=a.perceptual, device=a.device, seed=a.seed,
-            resume=not a.no_resume, encoder_kwargs=encoder_width(a.channels))
+            resume=not a.no_resume, encoder_kwargs=encoder_width(a.channels), state_dir=a.state_dir)
     print(format_summary(s))
 
 
