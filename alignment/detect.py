@@ -23,8 +23,10 @@ DETECTORS = ("dlib", "dlib-cnn", "mtcnn")
 DETECT_MAX_PIXELS = 2_500_000
 # Grey margin around the image given to MTCNN, as a fraction of its shorter side.
 MTCNN_MARGIN_FRAC = 0.25
-# An upsampled copy is never larger than this many pixels.
+# An automatically upsampled copy is never larger than this many pixels (HOG; the CNN is
+# about 30x slower, so its cap is lower: ~10 s for 4 MP on one core).
 UPSAMPLE_MAX_PIXELS = 12_000_000
+CNN_MAX_PIXELS = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
             or ``mtcnn`` (facenet-pytorch; also gives 5 landmarks).
         upsample: dlib upsampling count (0-3); ``None`` picks one by image size
             (:func:`default_upsample`) and, if that finds nothing, tries one more
-            level as long as the upsampled image stays under 12 MP. Ignored by MTCNN.
+            level, as long as the upsampled image stays under 12 MP (HOG) or 4 MP
+            (CNN; larger photos get less upsampling). Ignored by MTCNN.
         min_score: drop detections below this score (default: keep all dlib detections
             with a non-negative margin, MTCNN's own thresholds).
         retry: allow the automatic extra upsampling described above.
@@ -162,9 +165,7 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
     else:
         vh, vw = view.shape[:2]
         if upsample is None:
-            ups = [default_upsample(h, w)]
-            if retry and vh * vw * 4 ** (ups[0] + 1) <= UPSAMPLE_MAX_PIXELS:
-                ups.append(ups[0] + 1)
+            ups = _auto_upsamples(h, w, vh * vw, detector, retry)
         else:
             if not 0 <= int(upsample) <= 4:
                 raise AlignmentError(f"upsample must be in 0..4, got {upsample}")
@@ -181,6 +182,18 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
     return sorted(found, key=lambda d: d.center[0])
 
 
+def _auto_upsamples(h: int, w: int, view_pixels: int, detector: str, retry: bool = True) -> list:
+    """The upsampling levels ``detect_faces(upsample=None)`` tries, in order."""
+    cap = UPSAMPLE_MAX_PIXELS if detector == "dlib" else CNN_MAX_PIXELS
+    u = default_upsample(h, w)
+    while u > 0 and view_pixels * 4 ** u > cap:
+        u -= 1
+    ups = [u]
+    if retry and view_pixels * 4 ** (u + 1) <= cap:
+        ups.append(u + 1)
+    return ups
+
+
 def tried_text(detector: str, image_shape, upsample: Optional[int] = None) -> str:
     """Human description of what :func:`detect_faces` tries for this image (for errors)."""
     if detector == "mtcnn":
@@ -189,6 +202,5 @@ def tried_text(detector: str, image_shape, upsample: Optional[int] = None) -> st
     if upsample is not None:
         return f"{detector} at upsample {upsample}"
     s = min(1.0, float(np.sqrt(DETECT_MAX_PIXELS / (h * w))))
-    u = default_upsample(h, w)
-    ups = [u] + ([u + 1] if h * w * s * s * 4 ** (u + 1) <= UPSAMPLE_MAX_PIXELS else [])
+    ups = _auto_upsamples(h, w, h * w * s * s, detector)
     return f"{detector} at upsample {' and '.join(map(str, ups))}"

@@ -53,7 +53,7 @@ def _align_one(job):
     except (AlignmentError, ImageLoadError) as e:
         record.update(error=f"{type(e).__name__}: {e}", faces=[])
         atomic_write_text(json_path, json.dumps(record, indent=1), protect=[src])
-        return "failed", str(src), 0, f"{type(e).__name__}: {e}"
+        return "failed", str(src), 0, 0, f"{type(e).__name__}: {e}"
     faces = []
     for f in rep.faces:
         out = json_path.with_name(f"{json_path.name[:-len('.json')]}_{f.index}.{opts['ext']}")
@@ -64,7 +64,24 @@ def _align_one(job):
     record.update(source_size=list(img.shape[1::-1]), rotation=rep.rotation, tried=rep.tried,
                   num_detected=len(rep.detections), faces=faces, skipped=[s.to_dict() for s in rep.skipped])
     atomic_write_text(json_path, json.dumps(record, indent=1), protect=[src])  # written last: marks "done"
-    return "ok", str(src), len(faces), ""
+    return "ok", str(src), len(faces), len(rep.skipped), ""
+
+
+class _cleanup_parts_on_exit:
+    """On the way out (interrupt included, after the worker pool is stopped), delete the
+    temporary files of workers that were killed mid-write."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        from faceedit.checkpoints.atomic import remove_stale_parts
+
+        remove_stale_parts(self.out)
+        return False
 
 
 @click.command("align")
@@ -125,6 +142,9 @@ def align(ctx, inputs, out, recipe, size, scale, detector, face, upsample, min_f
             done += 1
             continue
         jobs.append((str(src), str(json_path), opts))
+    from faceedit.checkpoints.atomic import remove_stale_parts
+
+    remove_stale_parts(out)  # temporary files of an earlier run that was killed outright
     if not jobs:
         click.echo(f"nothing to do: all {done} photo(s) already have results in {out}")
         return
@@ -132,26 +152,28 @@ def align(ctx, inputs, out, recipe, size, scale, detector, face, upsample, min_f
     logging.getLogger("faceedit.alignment").setLevel(logging.ERROR)  # skipped faces are summarised below
     from tqdm import tqdm
 
-    ok = faces = 0
+    ok = faces = small = 0
     failures = []
     bar = tqdm(total=len(jobs), unit="photo", file=sys.stderr, disable=None if not quiet else True, desc="align")
-    with job_errors():
+    with job_errors(), _cleanup_parts_on_exit(out):
         if workers > 1 and len(jobs) > 1:
             import multiprocessing as mp
 
+            from .common import worker_init
+
             os.environ.setdefault("OMP_NUM_THREADS", "1")
-            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=worker_init) as pool:
                 results = pool.imap_unordered(_align_one, jobs, chunksize=8 if len(jobs) > 200 else 1)
-                for status, src, n, msg in results:
+                for status, src, n, n_small, msg in results:
                     bar.update(1)
-                    ok, faces = ok + (status == "ok"), faces + n
+                    ok, faces, small = ok + (status == "ok"), faces + n, small + n_small
                     if status != "ok":
                         failures.append((src, msg))
         else:
             for job in jobs:
-                status, src, n, msg = _align_one(job)
+                status, src, n, n_small, msg = _align_one(job)
                 bar.update(1)
-                ok, faces = ok + (status == "ok"), faces + n
+                ok, faces, small = ok + (status == "ok"), faces + n, small + n_small
                 if status != "ok":
                     failures.append((src, msg))
     bar.close()
@@ -164,6 +186,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, face, upsample, min_f
         if len(failures) > 10:
             click.echo(f"... and {len(failures) - 10} more (see {out / 'failures.json'})", err=True)
     click.echo(f"aligned {faces} face(s) from {ok} photo(s) into {out}; {len(failures)} failed"
+               + (f"; {small} face(s) below --min-face skipped (listed in the JSON)" if small else "")
                + (f"; {done} already done" if done else ""))
     if failures and not ok and not done:
         raise click.ClickException(f"no photo could be aligned ({len(failures)} failed)")
