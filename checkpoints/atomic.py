@@ -2,6 +2,11 @@
 
 Lives in the lowest room that writes files (checkpoints) so that every room above it,
 ``faceedit.inversion`` and ``faceedit.editing`` included, shares one implementation.
+
+Temporary files are named ``.<name>.<pid>.<random>.part`` beside the destination. A
+process killed outright (SIGKILL, or SIGTERM where no handler runs) cannot delete its
+own; :func:`remove_stale_parts` deletes those whose writer process no longer exists, and
+never those of a live process (a concurrent run into the same folder).
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ def atomic_write_bytes(path, data: bytes, *, protect=()) -> Path:
         except FileNotFoundError:
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -47,3 +52,40 @@ def atomic_write_bytes(path, data: bytes, *, protect=()) -> Path:
 
 def atomic_write_text(path, text: str, **kw) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), **kw)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_parts(folder, *, recursive: bool = True) -> list:
+    """Delete temporary ``.part`` files left in ``folder`` by writers that no longer run.
+
+    Args:
+        folder: an output folder (missing folders are fine).
+        recursive: also look in sub-folders.
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in (folder.rglob(".*.part") if recursive else folder.glob(".*.part")):
+        parts = p.name[: -len(".part")].rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        try:
+            p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed

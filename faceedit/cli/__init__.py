@@ -64,4 +64,7 @@ _register()
 
 
 def main():
+    from .common import handle_termination
+
+    handle_termination()
     cli(prog_name="faceedit")

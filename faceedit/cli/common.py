@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 
 import click
 
@@ -33,3 +34,26 @@ def job_errors():
         yield
     except USER_ERRORS as e:
         raise click.ClickException(f"{type(e).__name__}: {e}") from e
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def handle_termination() -> None:
+    """Make SIGTERM behave like Ctrl-C in the main process.
+
+    The default SIGTERM action kills the process on the spot; turned into
+    ``KeyboardInterrupt`` it unwinds instead, so atomic writes delete their temporary
+    files, worker pools are shut down and click reports ``Aborted!`` (exit code 1).
+    Finished outputs stay; a re-run resumes. Called once by ``faceedit.cli.main``.
+    """
+    with contextlib.suppress(ValueError, OSError):  # not the main thread / no such signal
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def worker_init() -> None:
+    """Initializer for worker processes: ignore Ctrl-C (the parent handles it and stops
+    the pool), so an interrupt prints no traceback per worker."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
