@@ -20,8 +20,8 @@ from torch import nn
 
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP, MappingTransformer
-from .ops import (downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared, upsample2d,
-                  upsample2d_fast)
+from .ops import (_autocast_off, downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared,
+                  upsample2d, upsample2d_fast)
 
 
 def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:
@@ -94,11 +94,17 @@ class ToRGB(nn.Module):
 
     def forward(self, x, w, skip=None, fused=True):
         y = modulated_conv2d(x, self.weight * self.scale, self.affine(w), demodulate=False, fused=fused)
+        if not fused:  # fast path: the image itself is summed in fp32 even under bf16 autocast
+            y = y.float()
         y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         if self.conv_clamp is not None:
             y = y.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
-            y = y + (upsample2d(skip, self.fir) if fused else upsample2d_fast(skip, self.fir))
+            if fused:
+                y = y + upsample2d(skip, self.fir)
+            else:
+                with _autocast_off(y.device.type):
+                    y = y + upsample2d_fast(skip.float(), self.fir)
         return y
 
 
