@@ -238,9 +238,12 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
         keep = {} if out is not None else None
         rows += bench_model(model, faces, steps=steps, seed=seed, perceptual=perceptual, prior_weight=prior_weight,
                             device=device, identity=enc, batch_size=batch_size, keep=keep)
-        if keep:
-            _save_recon(Path(out) / f"recon_{len(recon_files)}.npz", keep, faces)
-            recon_files.append(str(Path(out) / f"recon_{len(recon_files)}.npz"))
+        if keep:  # one file per space keeps each under the GPU machine's 16 MiB per returned file
+            for sp in sorted({k.split("|")[1] for k in keep if k != "targets"}):
+                part = {k: v for k, v in keep.items() if k == "targets" or k.split("|")[1] == sp}
+                f = Path(out) / f"recon_{len(recon_files)}_{sp.replace('+', 'p')}.npz"
+                _save_recon(f, part, faces)
+                recon_files.append(str(f))
     comp = []
     for model in models if compression else []:
         comp += compression_table(model, device=device)
@@ -354,9 +357,14 @@ def align_photos_pack(photos, model, path) -> Path:
     from faceedit.imageio import encode_image
     from faceedit.training.pack import write_pack
 
-    cfg = load_model(model)["config"]
-    recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
-    faces = load_faces(None, 0, photos, recipe.with_size(cfg["generator"]["resolution"]))
+    try:
+        cfg = load_model(model)["config"]
+        recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
+        recipe = recipe.with_size(cfg["generator"]["resolution"])
+    except ValueError as e:  # the model is not built yet: the shipped models' recipe
+        log.warning("%s; aligning with the %s recipe", e, FACES64.name)
+        recipe = FACES64
+    faces = load_faces(None, 0, photos, recipe)
     jpegs = [encode_image(im, "PNG") for im in faces["images"]]
     return write_pack(path, jpegs, {}, faces["names"], {"recipe": recipe.to_dict(), "source": str(photos)})
 
