@@ -44,8 +44,9 @@ FORMAT = "faceedit.direction"
 FORMAT_VERSION = 1
 SPACES = ("w", "w+", "wpp")
 METHODS = ("interfacegan", "ganspace", "sefa", "manual")
-# Latent spaces (``faceedit.inversion.latent.SPACES``) each direction space may edit.
-EDITABLE = {"w": ("z", "w", "w+"), "w+": ("z", "w", "w+"), "wpp": ("wpp", "wpp-z")}
+# Latent spaces (``faceedit.inversion.latent.SPACES``) each direction space may edit. A W++
+# direction also edits W+ latents of its own (transformer) model: same per-layer codes.
+EDITABLE = {"w": ("z", "w", "w+"), "w+": ("z", "w", "w+"), "wpp": ("wpp", "wpp-z", "w+")}
 MAX_FILE_BYTES = 64 << 20
 
 #: What a positive strength means, per attribute (the scorer's positive class).
