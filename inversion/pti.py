@@ -353,4 +353,5 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
                   z=pivot.z, noise=None, tuning=tuning, meta=meta)
 
 
-__all__ = ["pti_invert", "tune", "apply_tuning", "synthesize", "tuning_deltas", "tuning_bytes", "modulated_weights", "pti_steps"]
+__all__ = ["pti_invert", "tune", "apply_tuning", "synthesize", "tuning_deltas", "tuning_bytes", "modulated_weights",
+           "pti_steps"]
