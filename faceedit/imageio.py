@@ -61,7 +61,10 @@ def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAUL
             return to_rgb(im)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow's own guard fires in open(), before our check
+        raise ImageLoadError(f"{name} is too large: its header claims more pixels than Pillow will decode "
+                             f"({e}); it is over the limit for a photo (check --max-pixels), downscale it first") from e
+    except UnidentifiedImageError as e:
         raise ImageLoadError(f"{name} is not an image faceedit can read ({type(e).__name__}); "
                              f"pass a JPEG or PNG photo") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -174,6 +174,8 @@ class Pipeline:
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit."""
         from faceedit.editing import edit
 
+        latent.check_model(self.model_id)
+        latent.check_generator(self.G)
         kw.setdefault("directions", self.directions)
         kw.setdefault("strength_unit", self.strength_unit)
         return edit(latent, attributes, **kw)
@@ -185,6 +187,7 @@ class Pipeline:
         from faceedit.inversion.pti import synthesize
 
         latent.check_model(self.model_id)
+        latent.check_generator(self.G)
         return tensor_to_uint8(synthesize(self.G, latent))
 
     def paste_back(self, photo: np.ndarray, face, crop: np.ndarray, reference: np.ndarray, return_mask: bool = True):

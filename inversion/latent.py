@@ -74,6 +74,24 @@ class Latent:
         """Same latent with new codes (an edit); the space becomes W+-like if ``z`` no longer matches."""
         return replace(self, codes=codes, meta={**self.meta, **meta})
 
+    def check_generator(self, G) -> None:
+        """Raise ``LatentFileError`` unless the codes (and noise maps) fit ``G``'s shapes.
+
+        A latent with the right model id but damaged or hand-made tensors would otherwise
+        fail deep inside synthesis with a shape error.
+        """
+        want = (int(G.num_ws), int(G.w_dim))
+        if tuple(self.codes.shape[1:]) != want:
+            raise LatentFileError(f"latent codes have shape {list(self.codes.shape)}, the generator needs "
+                                  f"[B, {want[0]}, {want[1]}] (num_ws, w_dim); the file is damaged or belongs to "
+                                  f"another model; invert the photo again")
+        if self.noise is not None and hasattr(G, "synthesis") and hasattr(G.synthesis, "noise_buffers"):
+            bufs = G.synthesis.noise_buffers()
+            if len(self.noise) != len(bufs) or any(tuple(n.shape[1:]) != tuple(b.shape[1:])
+                                                  for n, b in zip(self.noise, bufs)):
+                raise LatentFileError(f"the latent's {len(self.noise)} noise maps do not fit the generator's "
+                                      f"{len(bufs)}; the file is damaged; invert the photo again")
+
     def check_model(self, model_id: str) -> None:
         """Raise ``LatentFileError`` unless this latent belongs to ``model_id``."""
         if self.model_id != model_id:
@@ -129,25 +147,41 @@ def _load_latent(path: Path, max_bytes: int) -> Latent:
     try:
         tensors = load(data)
         header = _read_header(data)
-    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+    except (SafetensorError, ValueError, RecursionError) as e:
         raise LatentFileError(f"{path} is not a valid faceedit latent file ({e}); "
                               f"write one with `faceedit invert`") from e
     meta = header.get("__metadata__", {}) or {}
     if meta.get("format") != "faceedit.latent" or "codes" not in tensors:
         raise LatentFileError(f"{path} is a safetensors file but not a faceedit latent "
                               f"(format={meta.get('format')!r}); write one with `faceedit invert`")
-    noise = tuple(tensors[f"noise.{i}"] for i in range(len([k for k in tensors if k.startswith("noise.")])))
+    n_noise = len([k for k in tensors if k.startswith("noise.")])
+    if any(f"noise.{i}" not in tensors for i in range(n_noise)):
+        raise LatentFileError(f"{path}: noise maps are not numbered 0..{n_noise - 1}; the file is damaged; "
+                              f"invert the photo again")
+    noise = tuple(tensors[f"noise.{i}"] for i in range(n_noise))
     tuning = {k[len("tuning."):]: v for k, v in tensors.items() if k.startswith("tuning.")}
     try:
         extra = json.loads(meta.get("meta", "{}"))
-    except json.JSONDecodeError as e:
-        raise LatentFileError(f"{path}: metadata is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:
+        raise LatentFileError(f"{path}: metadata is not valid JSON ({str(e)[:200]}); the file is damaged") from e
+    if not isinstance(extra, dict):
+        raise LatentFileError(f"{path}: metadata 'meta' must be a JSON object, got {type(extra).__name__}")
     for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise LatentFileError(f"{path}: tensor {name!r} has dtype {t.dtype}; latent files hold floating-point "
+                                  f"tensors; write one with `faceedit invert`")
         if not torch.isfinite(t).all():
             raise LatentFileError(f"{path}: tensor {name!r} holds NaN or Inf; the file is damaged or came "
                                   f"from a diverged optimisation; invert the photo again")
-    return Latent(space=meta.get("space", ""), codes=tensors["codes"], model_id=meta.get("model_id", ""),
-                  z=tensors.get("z"), noise=noise or None, tuning=tuning or None, meta=extra)
+    f32 = lambda t: None if t is None else t.float()  # noqa: E731
+    try:
+        return Latent(space=meta.get("space", ""), codes=tensors["codes"].float(), model_id=meta.get("model_id", ""),
+                      z=f32(tensors.get("z")), noise=tuple(n.float() for n in noise) or None,
+                      tuning={k: v.float() for k, v in tuning.items()} or None, meta=extra)
+    except LatentFileError as e:
+        raise LatentFileError(f"{path}: {e}") from e
+    except ValueError as e:
+        raise LatentFileError(f"{path}: {e}; write latent files with `faceedit invert`") from e
 
 
 def _read_header(data: bytes) -> dict:
