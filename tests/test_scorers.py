@@ -134,3 +134,117 @@ def test_training_job_learns_synthetic_attributes(tmp_path):
     assert sc.feature_dim == 64
     with pytest.raises(ValueError, match="test pack"):
         train_attrnet(tmp_path / "faces64_test.npz", tmp_path / "x", max_steps=1)
+
+
+# --- landmark geometry and identity (dlib; real photos from ../shared) -------------------------
+
+@pytest.fixture(scope="module")
+def obama(shared_dir):
+    from faceedit.alignment import detect_faces, landmarks68
+    from faceedit.imageio import load_image
+
+    img = load_image(f"{shared_dir}/datasets/photos/face_recognition__obama.jpg")
+    box = detect_faces(img)[0].box
+    return img, box, landmarks68(img, box)
+
+
+def test_geometry_is_invariant_to_roll_and_mirrors_with_flip(obama):
+    from faceedit.metrics.geometry import scores_from_landmarks
+
+    img, _, lm = obama
+    W, H = img.shape[1], img.shape[0]
+    s0 = scores_from_landmarks(lm, (W, H))
+    c, th = np.array([W / 2, H / 2]), np.radians(10)
+    R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    s1 = scores_from_landmarks((lm - c) @ R.T + c, (W, H))  # turned clockwise on screen
+    for k in ("smile", "mouth_open", "eyes_open", "mouth_width"):
+        assert abs(s0[k] - s1[k]) < 1e-6, k
+    assert abs((s1["roll"] - s0["roll"]) - 10) < 1.0
+    # mirrored landmarks (with left/right point labels swapped) negate yaw and roll
+    perm = np.r_[16:-1:-1, 26:16:-1, 27:31, 35:30:-1, [45, 44, 43, 42, 47, 46], [39, 38, 37, 36, 41, 40],
+                 54:47:-1, 59:54:-1, 64:59:-1, 67:64:-1]
+    fl = lm[perm].copy()
+    fl[:, 0] = W - fl[:, 0]
+    s2 = scores_from_landmarks(fl, (W, H))
+    assert abs(s2["yaw"] + s0["yaw"]) < 0.5 and abs(s2["roll"] + s0["roll"]) < 0.5
+    assert abs(s2["smile"] - s0["smile"]) < 1e-6
+
+
+def test_mouth_open_and_smile_respond_to_landmark_moves(obama):
+    from faceedit.metrics.geometry import scores_from_landmarks
+
+    img, _, lm = obama
+    size = (img.shape[1], img.shape[0])
+    base = scores_from_landmarks(lm, size)
+    opened = lm.copy()
+    opened[[56, 57, 58, 65, 66, 67], 1] += 15          # lower lip down
+    assert scores_from_landmarks(opened, size)["mouth_open"] > base["mouth_open"] + 0.05
+    lifted = lm.copy()
+    lifted[[48, 54], 1] -= 6                            # corners up
+    assert scores_from_landmarks(lifted, size)["smile"] > base["smile"] + 0.05
+
+
+def test_yaw5_sign_and_symmetry():
+    from faceedit.metrics.geometry import yaw_from_5points
+
+    pts = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], float)
+    assert abs(yaw_from_5points(pts)) < 1e-9
+    right = pts.copy()
+    right[2, 0] += 8                                    # nose towards the image's right
+    assert yaw_from_5points(right) > 10
+    left = right.copy()
+    left[:, 0] = 100 - left[:, 0]
+    left = left[[1, 0, 2, 4, 3]]
+    assert abs(yaw_from_5points(left) + yaw_from_5points(right)) < 1e-9
+
+
+@pytest.mark.slow
+def test_crop_geometry_and_failure_report(obama):
+    from faceedit.alignment import FACES64, align
+    from faceedit.metrics.geometry import crop_geometry, geometry_for_box
+
+    img, box, _ = obama
+    crop = align(img, recipe=FACES64)[0].crop
+    g = crop_geometry(crop, with_yaw5=True)
+    assert g.ok and g.landmarks.shape == (68, 2)
+    assert np.all((g.landmarks[36:48] > 0) & (g.landmarks[36:48] < 64))  # eyes inside (the chin may be cut off)
+    full = geometry_for_box(img, box)
+    assert abs(g.yaw - full.yaw) < 10 and abs(g.smile - full.smile) < 0.15
+    assert np.isfinite(g.yaw5) and np.sign(g.yaw5) == np.sign(g.yaw) or abs(g.yaw) < 3
+    blank = crop_geometry(np.full((64, 64, 3), 128, np.uint8), with_yaw5=False)
+    assert not blank.ok and "no face" in blank.reason and np.isnan(blank.smile)
+    assert blank.to_dict()["smile"] is None
+
+
+@pytest.mark.slow
+def test_identity_separates_people_and_keeps_a_face(shared_dir, tmp_path):
+    from faceedit.alignment import FACES64, align
+    from faceedit.imageio import load_image
+    from faceedit.metrics.identity import IdentityEncoder, calibrate, chip_matrix, perturbations
+
+    m = chip_matrix(64)
+    assert np.allclose(m @ [32, 32 + 10, 1], [75, 75])       # chip centre from the FACES64 crop
+    photos = ["face_recognition__obama.jpg", "face_recognition__obama2.jpg", "face_recognition__biden.jpg",
+              "facenet__angelina_jolie_1.jpg", "facenet__paul_rudd_1.jpg", "face_recognition__lin-manuel-miranda.png",
+              "facenet__kate_siegel_1.jpg", "facenet__shea_whigham_1.jpg", "insightface__Tom_Hanks_54745.png",
+              "face_recognition__alex-lacamoire.png", "insightface__bulk_Rob_Lowe_0001.jpg"]
+    crops = np.stack([align(load_image(f"{shared_dir}/datasets/photos/{p}"), recipe=FACES64, face="largest")[0].crop
+                      for p in photos])
+    enc = IdentityEncoder(calibration=False)
+    e = enc.embed(crops)
+    assert e.shape == (11, 128)
+    assert np.allclose(enc.distance(crops[:2], crops[:2]), 0)
+    same_person = np.linalg.norm(e[0] - e[1])                 # two photos of Obama
+    strangers = [np.linalg.norm(e[i] - e[j]) for i in range(2, 11) for j in range(i + 1, 11)]
+    assert same_person < 0.6 < np.median(strangers)
+    flips = enc.distance(crops, perturbations(crops)["flip"])
+    assert np.median(flips) < np.median(strangers) / 2
+    cal = calibrate(crops, n_pairs=300)
+    assert np.all(np.diff(cal["different"]["quantiles"]) >= 0) and cal["same"]["mean"] < cal["different"]["mean"]
+    p = tmp_path / "cal.json"
+    p.write_text(json.dumps(cal))
+    enc2 = IdentityEncoder(calibration=p)
+    sim = enc2.similarity_from_distance(np.array([0.0, 0.5, 2.0]))
+    assert sim[0] == 1.0 and sim[2] == 0.0 and 0 <= sim[1] <= 1
+    s = enc2.similarity(crops[:2], crops[[1, 0]])
+    assert s.shape == (2,) and s[0] == s[1]

@@ -1,0 +1,518 @@
+"""`faceedit bench`: benchmarks that print one table and write it beside them (CSV, JSON, PNG).
+
+Every output records what produced it (:func:`provenance`): the faceedit version, package
+versions, the git commit when run from a checkout, the command line, and the sha256 of
+every model and scorer used, so each figure in a README or model card can be traced.
+
+Kinds (``faceedit bench KIND``):
+
+* ``generator`` (here): a generator against the real faces, in the attribute network's
+  features: KID-attr with a bootstrap interval, FD-attr, precision/recall-attr, each
+  also for real-train vs real-test (the floor a perfect generator would reach);
+  attribute rates of generated vs real faces; PPL and linear separability; a contact
+  sheet of generated faces beside their nearest train faces.
+* ``scorers`` (here): the attribute network's test-split card (per-attribute AUC, gender
+  AUC, age MAE, per race / gender / age bucket) and the landmark scores' agreement
+  (geometric smile vs CelebA ``Smiling`` AUC, 68-point yaw vs MTCNN yaw correlation).
+* ``identity-calibration`` (here): the identity calibration shipped beside the scorers.
+* ``inversion`` and ``editing``: plug-ins, modules registered in :data:`PLUGINS` that
+  expose ``main(argv: list[str])``; the CLI passes its remaining arguments through.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# kind -> module exposing main(argv); `faceedit bench KIND ARGS...` calls module.main(ARGS).
+PLUGINS = {
+    "inversion": "faceedit.bench_inversion",
+    "editing": "faceedit.bench_editing",
+}
+KEY_ATTRIBUTES = ("Smiling", "Male", "Young", "Eyeglasses", "Wearing_Hat", "Blond_Hair", "Black_Hair", "Bald",
+                  "Mustache", "No_Beard", "Heavy_Makeup", "Wearing_Lipstick")
+
+
+# --------------------------------------------------------------------------------------------- provenance
+
+
+def versions(packages=("faceedit", "torch", "torchvision", "numpy", "scikit-learn", "scipy", "opencv-python-headless",
+                       "opencv-python", "pytorch-msssim", "lpips", "dlib-bin", "dlib", "facenet-pytorch")) -> dict:
+    """Installed versions of the packages that can change a figure (missing ones left out)."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for p in packages:
+        try:
+            out[p] = md.version(p)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    import subprocess
+
+    try:
+        root = Path(__file__).resolve().parent.parent
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if r.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return r.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def provenance(models: dict | None = None, **extra) -> dict:
+    """``{"versions", "git", "command", "time", "device", "models": {name: sha256...}, ...}``."""
+    import torch
+
+    return {"faceedit_bench": 1, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(sys.argv), "git": git_commit(), "versions": versions(),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+            "models": models or {}, **extra}
+
+
+def file_sha256(path) -> str:
+    from faceedit.checkpoints.native import sha256_file
+
+    p = Path(path)
+    if p.is_dir():
+        import hashlib
+
+        h = hashlib.sha256()
+        for f in sorted(p.rglob("*")):
+            if f.is_file():
+                h.update(f.relative_to(p).as_posix().encode())
+                h.update(bytes.fromhex(sha256_file(f)))
+        return h.hexdigest()
+    return sha256_file(p)
+
+
+# --------------------------------------------------------------------------------------------- tables and files
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "nan"
+        a = abs(float(v))
+        if a != 0 and (a >= 1e5 or a < 10 ** -(digits - 1)):
+            return f"{float(v):.{digits - 1}e}"
+        return f"{float(v):.{digits}f}".rstrip("0").rstrip(".") if a < 1e3 else f"{float(v):.1f}"
+    return str(v)
+
+
+def format_table(rows: list, columns: list | None = None) -> str:
+    """Rows (dicts) as a Markdown table; ``columns`` picks and orders keys (default: all, first row's order)."""
+    if not rows:
+        return "(no rows)"
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    w = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w[i]) for i, v in enumerate(vals)) + " |"  # noqa: E731
+    return "\n".join([line(cols), "|" + "|".join("-" * (x + 2) for x in w) + "|"] + [line(c) for c in cells])
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _jsonable(o.tolist())
+    if isinstance(o, (np.floating, float)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, Path):
+        return str(o)
+    return o
+
+
+def write_outputs(out, stem: str, rows: list, result: dict, *, columns=None, images: dict | None = None,
+                  title: str = "") -> dict:
+    """Write ``{stem}.md`` (table + provenance), ``{stem}.csv`` (rows), ``{stem}.json`` (everything) and
+    PNGs (``images``: name -> uint8 image) into ``out`` atomically. Returns ``{kind: path}``."""
+    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.imageio import save_image
+
+    out = Path(out)
+    paths = {}
+    table = format_table(rows, columns)
+    prov = result.get("provenance", {})
+    md = [f"# {title or stem}", "", table, "", "```", json.dumps(_jsonable(prov), indent=1), "```", ""]
+    paths["md"] = atomic_write_text(out / f"{stem}.md", "\n".join(md))
+    cols = columns or list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(r.get(k), 6) for k in cols})
+    paths["csv"] = atomic_write_text(out / f"{stem}.csv", buf.getvalue())
+    paths["json"] = atomic_write_text(out / f"{stem}.json", json.dumps(_jsonable({**result, "rows": rows}), indent=1))
+    for name, im in (images or {}).items():
+        paths[name] = save_image(out / f"{stem}_{name}.png", im)
+    return paths
+
+
+def bar_chart(groups: dict, labels: list, *, width: int = 900, bar_h: int = 9, colors=None) -> np.ndarray:
+    """A plain horizontal bar chart (values in [0, 1]) drawn with OpenCV, no plotting package needed.
+
+    Args:
+        groups: ``{series name: [value per label]}``.
+        labels: one label per bar group.
+    """
+    import cv2
+
+    colors = colors or [(40, 90, 200), (220, 120, 30), (60, 160, 60), (150, 60, 160)]
+    left, top = 190, 30
+    n, k = len(labels), len(groups)
+    h = top + n * (k * bar_h + 8) + 10
+    img = np.full((h, width, 3), 255, np.uint8)
+    scale = width - left - 20
+    for si, name in enumerate(groups):
+        cv2.rectangle(img, (left + 150 * si, 8), (left + 150 * si + 12, 20), colors[si % len(colors)], -1)
+        cv2.putText(img, str(name)[:18], (left + 150 * si + 16, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    for i, lab in enumerate(labels):
+        y = top + i * (k * bar_h + 8)
+        cv2.putText(img, str(lab)[:26], (5, y + k * bar_h // 2 + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1)
+        for si, vals in enumerate(groups.values()):
+            v = float(np.clip(vals[i], 0, 1)) if np.isfinite(vals[i]) else 0.0
+            cv2.rectangle(img, (left, y + si * bar_h), (left + int(v * scale), y + (si + 1) * bar_h - 1),
+                          colors[si % len(colors)], -1)
+    for t in (0, 0.25, 0.5, 0.75, 1.0):
+        x = left + int(t * scale)
+        cv2.line(img, (x, top - 4), (x, h - 6), (200, 200, 200), 1)
+    return img
+
+
+# --------------------------------------------------------------------------------------------- generator
+
+
+def _gen_images(G, n: int, *, seed: int = 0, trunc: float = 1.0, batch: int = 128, noise_mode: str = "const"):
+    """``(uint8 images [n, R, R, 3], z [n, ...], w [n, num_ws, w_dim])`` for seeds ``seed..seed+n-1``-style sampling."""
+    import torch
+
+    from faceedit.imageio import tensor_to_uint8
+
+    dev = next(G.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    imgs, zs, ws_all = [], [], []
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            b = min(batch, n - i)
+            z = torch.randn((b, *G.z_shape), generator=gen).to(dev)
+            ws = G.mapping(z, truncation_psi=trunc)
+            imgs.append(tensor_to_uint8(G.synthesis(ws, noise_mode=noise_mode)))
+            zs.append(z.float().cpu().numpy())
+            ws_all.append(ws.float().cpu().numpy())
+    return np.concatenate(imgs), np.concatenate(zs), np.concatenate(ws_all)
+
+
+def _pairs_sheet(gen, train, idx, cols: int = 8) -> np.ndarray:
+    """Generated faces (top of each pair) above their nearest train faces."""
+    from faceedit.imageio import make_grid
+
+    tiles = []
+    for r in range(0, len(gen), cols):
+        g = gen[r:r + cols]
+        t = train[idx[r:r + cols]]
+        pad = cols - len(g)
+        if pad:
+            blank = np.full((pad, *g.shape[1:]), 255, np.uint8)
+            g, t = np.concatenate([g, blank]), np.concatenate([t, blank])
+        tiles += [g, t]
+    return make_grid(np.concatenate(tiles), cols=cols)
+
+
+def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed: int = 0, trunc: float = 1.0,
+                    ppl_samples: int = 1000, ls_samples: int = 4000, device=None, scorer=None,
+                    out=None, progress=None) -> dict:
+    """Measure generators against the real test faces (see the module docstring).
+
+    Args:
+        models: registry names or checkpoint paths.
+        test_pack, train_pack: aligned packs (``faceedit.training.pack``); features of the
+            generated faces are compared with the TEST faces; train faces give the floor
+            (train vs test) and the nearest-neighbour sheet.
+        n: generated faces per model (default: as many as test faces, for equal sample sizes).
+        ppl_samples: PPL pairs per space (0 = skip).
+        ls_samples: generated faces for linear separability (0 = skip).
+        scorer: an :class:`AttributeScorer` (default: the shipped one).
+    Returns:
+        ``{"rows", "attribute_rates", "provenance", ...}``; also written to ``out`` when given.
+    """
+    import torch
+
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.device import resolve_device
+    from faceedit.metrics import distribution as D
+    from faceedit.metrics.attributes import AttributeScorer
+    from faceedit.training.pack import Pack
+
+    dev = resolve_device(device or "auto")
+    scorer = scorer or AttributeScorer.load(device=dev)
+    say = progress or (lambda msg: log.info(msg))
+    test, train = Pack(test_pack), Pack(train_pack)
+    say(f"decoding {len(test)} test and {len(train)} train faces")
+    test_imgs, train_imgs = test.images(), train.images()
+    n = int(n or len(test_imgs))
+    rng = np.random.default_rng(seed)
+    tr_sel = rng.choice(len(train_imgs), min(len(train_imgs), max(n, len(test_imgs))), replace=False)
+    say("scoring real faces")
+    sc_test, f_test = scorer.scores_and_features(test_imgs)
+    sc_train, f_train_all = scorer.scores_and_features(train_imgs)
+    f_train = f_train_all[tr_sel]
+    rows = []
+    neq = min(len(f_test), len(f_train))
+
+    def dist_rows(name, f_fake, kind):
+        k = D.kid(f_fake, f_test, seed=seed)
+        pr = D.precision_recall(f_test, f_fake, seed=seed)
+        return [
+            {"model": name, "compared": kind, "metric": "KID-attr", "value": k["kid"], "ci_low": k["ci_low"],
+             "ci_high": k["ci_high"], "n": k["n"]},
+            {"model": name, "compared": kind, "metric": "FD-attr", "value": D.frechet_distance(f_fake, f_test),
+             "n": min(len(f_fake), len(f_test))},
+            {"model": name, "compared": kind, "metric": "precision-attr", "value": pr["precision"], "n": pr["n"]},
+            {"model": name, "compared": kind, "metric": "recall-attr", "value": pr["recall"], "n": pr["n"]},
+        ]
+
+    rows += dist_rows("real-train", f_train[:neq], "vs real test (floor)")
+    rates = {"real test (labels)": {}, "real test (scorer)": {}, "real train (scorer)": {}}
+    from faceedit.metrics.attributes import celeba_label_matrix, CELEBA_ATTRIBUTES
+
+    lab = celeba_label_matrix(test.labels, len(test))
+    for a in KEY_ATTRIBUTES:
+        j = CELEBA_ATTRIBUTES.index(a)
+        known = lab[:, j] != 0
+        rates["real test (labels)"][a] = float((lab[known, j] == 1).mean()) if known.any() else float("nan")
+        rates["real test (scorer)"][a] = float((sc_test[a] > 0.5).mean())
+        rates["real train (scorer)"][a] = float((sc_train[a] > 0.5).mean())
+    for key, sc in (("real test (scorer)", sc_test), ("real train (scorer)", sc_train)):
+        rates[key]["female"] = float((sc["female"] > 0.5).mean())
+        rates[key]["mean_age"] = float(sc["age"].mean())
+    model_hashes = {"attrnet": scorer.sha256}
+    images, extra = {}, {}
+    for m in models:
+        say(f"loading {m}")
+        info = load_model(m, device=dev)
+        G = info["G"].eval()
+        name = info["model_id"]
+        model_hashes[name] = info["sha256"]
+        say(f"{name}: generating {n} faces")
+        gen_imgs, zs, ws = _gen_images(G, n, seed=seed, trunc=trunc)
+        if gen_imgs.shape[1] != 64:
+            import torch.nn.functional as F
+
+            t = torch.from_numpy(gen_imgs).permute(0, 3, 1, 2).float()
+            gen_imgs = F.interpolate(t, size=(64, 64), mode="area").round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+        sc_gen, f_gen = scorer.scores_and_features(gen_imgs)
+        rows += dist_rows(name, f_gen, "vs real test")
+        r = {a: float((sc_gen[a] > 0.5).mean()) for a in KEY_ATTRIBUTES}
+        r.update(female=float((sc_gen["female"] > 0.5).mean()), mean_age=float(sc_gen["age"].mean()))
+        rates[name] = r
+        # memorisation check: nearest train face in the attribute features
+        nn_gen, d_gen = D.nearest_neighbours(f_gen, f_train_all)
+        _, d_test = D.nearest_neighbours(f_test, f_train_all)
+        rows.append({"model": name, "compared": "nearest train face", "metric": "median NN distance (attr)",
+                     "value": float(np.median(d_gen)), "n": len(d_gen),
+                     "note": f"real test faces: {np.median(d_test):.4g}"})
+        rows.append({"model": name, "compared": "nearest train face", "metric": "share closer than 1st pct of test",
+                     "value": float((d_gen < np.quantile(d_test, 0.01)).mean()), "n": len(d_gen),
+                     "note": "~0.01 expected without copying"})
+        order = np.argsort(d_gen)[:16]  # the 16 generated faces closest to a train face: the suspects
+        images[f"nearest_{info['name']}"] = _pairs_sheet(gen_imgs[order], train_imgs, nn_gen[order])
+        from faceedit.imageio import make_grid
+
+        images[f"samples_{info['name']}"] = make_grid(gen_imgs[:64], cols=8)
+        if ppl_samples:
+            from faceedit.metrics.ppl import perceptual_path_length
+
+            for space in ("z", "w"):
+                for sampling in ("full", "end"):
+                    say(f"{name}: PPL {space} {sampling}")
+                    res = perceptual_path_length(G, space=space, sampling=sampling, num_samples=ppl_samples,
+                                                 distance=_ppl_distance(scorer), seed=seed, device=dev)
+                    rows.append({"model": name, "compared": "path", "metric": res["name"], "value": res["ppl"],
+                                 "n": res["num_samples"]})
+        if ls_samples:
+            from faceedit.metrics.separability import linear_separability
+
+            say(f"{name}: linear separability on {ls_samples} faces")
+            li, lz, lw = _gen_images(G, ls_samples, seed=seed + 1, trunc=1.0)
+            ls_sc = scorer.scores(li)
+            attrs = [a for a in KEY_ATTRIBUTES] + ["female"]
+            for space, lat in (("z", lz.reshape(len(lz), -1)), ("w", lw[:, 0] if G.mapping_kind == "mlp" else
+                                                                  lw.reshape(len(lw), -1))):
+                res = linear_separability(lat, ls_sc, attributes=attrs, seed=seed)
+                rows.append({"model": name, "compared": "latent", "metric": f"linear separability {space} (attr)",
+                             "value": res["separability"], "n": res["n"],
+                             "note": f"{len(res['per_attribute'])} attributes, skipped {','.join(res['skipped'])}"})
+                extra.setdefault(name, {})[f"separability_{space}"] = res
+        del G
+    labels = list(KEY_ATTRIBUTES) + ["female"]
+    chart = {k: [v.get(a, float("nan")) for a in labels] for k, v in rates.items() if k != "real train (scorer)"}
+    images["attribute_rates"] = bar_chart(chart, labels)
+    result = {"rows": rows, "attribute_rates": rates, "details": extra,
+              "settings": {"n": n, "seed": seed, "trunc": trunc, "ppl_samples": ppl_samples, "ls_samples": ls_samples,
+                           "test_pack": str(test_pack), "train_pack": str(train_pack),
+                           "feature_space": "attribute network pooled features (KID-attr, FD-attr: not FID/KID)"},
+              "provenance": provenance(model_hashes, test_pack_sha256=file_sha256(test_pack),
+                                       train_pack_sha256=file_sha256(train_pack))}
+    if out is not None:
+        rate_rows = [{"set": k, **v} for k, v in rates.items()]
+        write_outputs(out, "generator", rows, result, images=images,
+                      columns=["model", "compared", "metric", "value", "ci_low", "ci_high", "n", "note"],
+                      title="faceedit bench generator")
+        from faceedit.checkpoints.atomic import atomic_write_text
+
+        atomic_write_text(Path(out) / "generator_attribute_rates.md", format_table(rate_rows) + "\n")
+    result["rate_rows"] = [{"set": k, **v} for k, v in rates.items()]
+    return result
+
+
+def _ppl_distance(scorer):
+    """LPIPS when its backbone is present, else the scorer's features (named)."""
+    from faceedit.metrics.reconstruction import lpips_available
+
+    if lpips_available("vgg"):
+        return "lpips"
+
+    def d(x, y):
+        return (scorer.net.features(x) - scorer.net.features(y)).pow(2).sum(dim=1)
+
+    d.name = "attr"
+    return d
+
+
+# --------------------------------------------------------------------------------------------- scorers card
+
+
+def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0, device="cpu", out=None,
+                  card=None, progress=None) -> dict:
+    """The attribute network's test-split card and the landmark scores' agreement.
+
+    Args:
+        test_pack: the aligned TEST pack.
+        weights: attribute-network weights (default: the shipped ones).
+        geometry: how many test faces get landmark scores (0 = skip; ~0.1 s each on a CPU).
+        card: a card JSON to update in place (its ``test`` entry) -- normally the shipped
+            ``attrnet.json``; written atomically.
+    """
+    from faceedit.metrics.attributes import AttributeScorer, evaluate_scores, celeba_label_matrix, CELEBA_ATTRIBUTES
+    from faceedit.training.pack import Pack
+
+    say = progress or (lambda msg: log.info(msg))
+    sc = AttributeScorer.load(weights, device=device)
+    pack = Pack(test_pack)
+    imgs = pack.images()
+    say(f"scoring {len(imgs)} test faces")
+    t = time.time()
+    scores = sc.scores(imgs)
+    per_img = (time.time() - t) / max(1, len(imgs))
+    ev = evaluate_scores(scores, pack.labels)
+    t = time.time()
+    sc.scores(imgs[:1])
+    single = time.time() - t
+    rows = [{"output": a, "metric": "AUC", "value": v["auc"], "positives": v["positives"], "negatives": v["negatives"]}
+            for a, v in ev["attributes"].items()]
+    rows.append({"output": "mean of 40 attributes", "metric": "AUC", "value": ev["mean_auc"]})
+    rows.append({"output": "female", "metric": "AUC", "value": ev["gender"]["auc"], "positives": ev["gender"]["n"]})
+    rows.append({"output": "age", "metric": "MAE (years)", "value": ev["age"]["mae"], "positives": ev["age"]["n"]})
+    for g, v in ev["groups"].items():
+        rows.append({"output": f"age [{g}]", "metric": "MAE (years)", "value": v["age_mae"], "positives": v["n"]})
+        rows.append({"output": f"female [{g}]", "metric": "AUC", "value": v["gender_auc"], "positives": v["n"]})
+    geo = None
+    if geometry:
+        from faceedit.metrics.attributes import _auc
+        from faceedit.metrics.geometry import crop_geometry
+
+        lab = celeba_label_matrix(pack.labels, len(pack))
+        smile_lab = lab[:, CELEBA_ATTRIBUTES.index("Smiling")]
+        mouth_lab = lab[:, CELEBA_ATTRIBUTES.index("Mouth_Slightly_Open")]
+        rng = np.random.default_rng(seed)
+        celeba = np.flatnonzero(smile_lab != 0)
+        other = np.flatnonzero(smile_lab == 0)
+        k1 = min(len(celeba), (geometry + 1) // 2 if len(other) else geometry)
+        pick = np.concatenate([rng.choice(celeba, k1, replace=False),
+                               rng.choice(other, min(len(other), geometry - k1), replace=False)]).astype(int)
+        say(f"landmark scores on {len(pick)} test faces")
+        t = time.time()
+        gs = [crop_geometry(imgs[i]) for i in pick]
+        geo_s = (time.time() - t) / max(1, len(pick))
+        ok = np.array([g.ok for g in gs])
+        val = lambda k: np.array([getattr(g, k) for g in gs], np.float64)  # noqa: E731
+        res = {"faces": int(len(pick)), "landmarks_ok": float(ok.mean()), "seconds_per_face": geo_s,
+               "failures": sorted({g.reason for g in gs if not g.ok})[:10]}
+        ys = smile_lab[pick]
+        m = ok & (ys != 0)
+        for k in ("smile", "corner_lift", "mouth_width", "mouth_open"):
+            res[f"auc_{k}_vs_Smiling"] = _auc(ys[m] == 1, val(k)[m])
+        ym = mouth_lab[pick]
+        mm = ok & (ym != 0)
+        res["auc_mouth_open_vs_Mouth_Slightly_Open"] = _auc(ym[mm] == 1, val("mouth_open")[mm])
+        res["auc_classifier_vs_Smiling_same_faces"] = _auc(ys[m] == 1, scores["Smiling"][pick][m])
+        yaw, yaw5 = val("yaw"), val("yaw5")
+        both = np.isfinite(yaw) & np.isfinite(yaw5)
+        res["yaw_pairs"] = int(both.sum())
+        res["yaw_vs_yaw5_pearson"] = float(np.corrcoef(yaw[both], yaw5[both])[0, 1]) if both.sum() > 2 else float("nan")
+        from scipy.stats import spearmanr
+
+        res["yaw_vs_yaw5_spearman"] = float(spearmanr(yaw[both], yaw5[both]).statistic) if both.sum() > 2 else float("nan")
+        res["yaw_abs_diff_median_deg"] = float(np.median(np.abs(yaw[both] - yaw5[both]))) if both.any() else float("nan")
+        geo = res
+        rows += [{"output": "geometry", "metric": k, "value": v} for k, v in res.items()
+                 if isinstance(v, (int, float))]
+    result = {"test": {**ev, "seconds_per_image_batched": per_img, "seconds_single_image": single,
+                       "pack": Path(test_pack).name, "pack_sha256": file_sha256(test_pack),
+                       "note": "test split by image, not by person (see datasets/README.md)"},
+              "geometry": geo, "provenance": provenance({"attrnet": sc.sha256})}
+    if out is not None:
+        write_outputs(out, "scorers", rows, result, columns=["output", "metric", "value", "positives", "negatives"],
+                      title="faceedit bench scorers (test split)")
+    if card is not None:
+        from faceedit.checkpoints.atomic import atomic_write_text
+
+        cp = Path(card)
+        c = json.loads(cp.read_text()) if cp.is_file() else {}
+        c["test"] = _jsonable(result["test"])
+        c["geometry"] = _jsonable(geo)
+        c["test_provenance"] = _jsonable(result["provenance"])
+        atomic_write_text(cp, json.dumps(c, indent=2) + "\n")
+    result["rows"] = rows
+    return result
+
+
+def identity_calibration(test_pack, out_file, *, n_pairs: int = 5000, max_faces: int = 1500, seed: int = 0) -> dict:
+    """Measure and write the identity calibration (``faceedit.metrics.identity.calibrate``) on test faces."""
+    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.metrics.identity import calibrate
+    from faceedit.training.pack import Pack
+
+    pack = Pack(test_pack)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(pack), min(len(pack), max_faces), replace=False))
+    cal = calibrate(pack.images(idx), n_pairs=n_pairs, seed=seed, source=f"{Path(test_pack).name} "
+                    f"sha256 {file_sha256(test_pack)[:16]}, {len(idx)} faces")
+    cal["provenance"] = provenance()
+    atomic_write_text(out_file, json.dumps(_jsonable(cal), indent=1) + "\n")
+    return cal
+
+
+__all__ = ["PLUGINS", "versions", "provenance", "format_table", "write_outputs", "bench_generator", "bench_scorers",
+           "identity_calibration", "bar_chart"]
