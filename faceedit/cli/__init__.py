@@ -21,8 +21,8 @@ _COMMANDS = [
     ("faceedit.cli.generate", "mix"),
     # Each line below is enabled by the change that adds its module:
     ("faceedit.cli.align", "align"),
-    # ("faceedit.cli.score", "score"),
-    # ("faceedit.cli.bench", "bench"),
+    ("faceedit.cli.score", "score"),
+    ("faceedit.cli.bench", "bench"),
     ("faceedit.cli.train", "dataset"),
     ("faceedit.cli.train", "train"),
     ("faceedit.cli.invert", "invert"),
