@@ -57,7 +57,12 @@ def is_zip(path) -> bool:
             head = f.read(4)
     except OSError:
         return False
-    return head in (b"PK\x03\x04", b"PK\x05\x06") and zipfile.is_zipfile(path)
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+        return False
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, ValueError, NotImplementedError):  # a damaged zip: opening it says why
+        return True
 
 
 class _Source:
@@ -72,8 +77,9 @@ class _Source:
                                       f"convert other formats with `faceedit convert {path} OUT`")
             try:
                 self.zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-                raise CheckpointError(f"{path} is a damaged zip ({e}); download or convert it again") from e
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+                raise CheckpointError(f"{path} is a damaged zip or one faceedit cannot read ({e}); download or "
+                                      f"convert it again") from e
             names = self.zip.namelist()
             for n in names:
                 parts = Path(n.replace("\\", "/")).parts

@@ -61,8 +61,9 @@ def load_weights_only(path) -> object:
         raise CheckpointError(f"{path}: refused to load: torch.load(weights_only=True) found something other "
                               f"than tensors and plain data ({first}). The file may be malicious; nothing in it "
                               f"was executed. faceedit never falls back to unsafe loading.") from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({e})") from e
+    except Exception as e:  # noqa: BLE001 - damaged bytes make torch.load raise many types (AssertionError,
+        # IndexError, KeyError, struct.error, ...); weights_only already refused anything unsafe
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
 
 
 def _kernel_ok(t: torch.Tensor, scale: float) -> bool:

@@ -105,7 +105,7 @@ def check_align_outputs(out: Path) -> list:
 
 # --------------------------------------------------------------------------- align
 @pytest.mark.slow
-@pytest.mark.parametrize("how,workers", [("ctrl-c", 1), ("sigterm", 1), ("sigterm", 2)])
+@pytest.mark.parametrize("how,workers", [("ctrl-c", 1), ("sigterm", 2)])
 def test_align_interrupt_then_resume(tmp_path, how, workers):
     photos = celeba_inputs(tmp_path / "in", 20)
     out = tmp_path / "out"
@@ -221,7 +221,7 @@ def check_invert_outputs(out: Path) -> list:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c"])
 def test_invert_interrupt_then_resume(tmp_path, tiny_model, how):
     if not _invert_available():
         pytest.skip("faceedit invert is not registered yet")
