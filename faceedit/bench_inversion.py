@@ -284,12 +284,14 @@ def compression_table(model, *, taus=(1.0, 1.5, 2.0, 3.0), n: int = 1000, device
 def compression_md(rows: list) -> str:
     if not rows:
         return ""
-    lines = ["log-compression vs truncation at equal reduction of the outliers' (top 10%) Mahalanobis norm; "
-             f"diversity = mean pairwise distance in {rows[0]['features']}:", "",
-             "| model | tau | matched psi | outlier norm ratio | diversity compress | diversity truncate | "
-             "diversity none |", "|" + " --- |" * 7]
-    lines += [f"| {r['model']} | {r['tau']:.2f} | {r['psi']:.3f} | {r['norm_ratio']:.3f} | {r['div_compress']:.4g} | "
-              f"{r['div_truncate']:.4g} | {r['div_none']:.4g} |" for r in rows]
+    lines = ["log-compression vs truncation at equal reduction of the outliers' norm |w - w_avg| (outliers: top 10% "
+             f"by Mahalanobis distance); diversity = mean pairwise distance in {rows[0]['features']}; maha = mean "
+             "Mahalanobis norm of the outliers after:", "",
+             "| model | tau | matched psi | diversity compress | diversity truncate | diversity none | "
+             "maha compress | maha truncate | maha none |", "|" + " --- |" * 9]
+    lines += [f"| {r['model']} | {r['tau']:.2f} | {r['psi']:.3f} | {r['div_compress']:.4g} | {r['div_truncate']:.4g} | "
+              f"{r['div_none']:.4g} | {r['maha_compress']:.4g} | {r['maha_truncate']:.4g} | {r['maha_none']:.4g} |"
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -191,6 +191,12 @@ class GaussianPrior:
         """
         return self.mahalanobis(ws)
 
+    def layerwise(self) -> "LayerwisePrior":
+        """The W+ view of a joint (W++) prior: one Gaussian per layer, cross-layer terms dropped."""
+        if not self.joint:
+            return self
+        return LayerwisePrior(self)
+
     def _pca_basis(self):
         if self._pca is None:
             lam, U = torch.linalg.eigh(self._cov)
@@ -237,6 +243,48 @@ class GaussianPrior:
             if k in self.stats:
                 out[k] = float(self.stats[k])
         return out
+
+
+class LayerwisePrior:
+    """One Gaussian per layer: the diagonal blocks ``(mean_l, cov_ll)`` of a joint W++ fit.
+
+    This is how W+ sees a W++ generator's codes: every layer in its own distribution, the
+    correlations between layers (what makes W++ W++) ignored. The projector uses it for
+    ``w``/``w+`` on a transformer-mapping model, so that W+ and W++ differ by exactly that.
+    Same interface as :class:`GaussianPrior` for the projector (no ``compress``).
+    """
+
+    joint = False
+
+    def __init__(self, joint_prior: GaussianPrior):
+        P = joint_prior
+        L, d = P.num_ws, P.w_dim
+        self.num_ws, self.w_dim, self.slope, self.w_std, self.stats = L, d, P.slope, P.w_std, P.stats
+        self.dim, self.layers, self.total_dim = d, L, L * d
+        self.mean = P.mean.reshape(L, d)
+        cov = P._cov.reshape(L, d, L, d)
+        blocks = torch.stack([cov[i, :, i, :] for i in range(L)])
+        chol = torch.linalg.cholesky(blocks)
+        eye = torch.eye(d, dtype=torch.float64).expand(L, d, d)
+        self.whiten = torch.linalg.solve_triangular(chol, eye, upper=False).float()  # [L, d, d]
+        self._cov = blocks
+
+    def mean_ws(self) -> torch.Tensor:
+        return degaussianize(self.mean, self.slope).clone()
+
+    def mahalanobis(self, ws: torch.Tensor) -> torch.Tensor:
+        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"prior expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+        d = gaussianize(ws.float(), self.slope) - self.mean.to(ws.device)
+        return torch.einsum("bld,lkd->blk", d, self.whiten.to(ws.device)).square().sum(dim=(1, 2))
+
+    penalty = mahalanobis
+
+    def layerwise(self) -> "LayerwisePrior":
+        return self
+
+    def summary(self) -> dict:
+        return {"kind": "layer-wise blocks of the joint W++ fit", "dim": self.dim, "layers": self.layers}
 
 
 def _mapping_chunks(G, n: int, seed: int, batch: int):
@@ -361,45 +409,44 @@ def compression_vs_truncation(G, prior: GaussianPrior, taus=(1.0, 1.5, 2.0, 3.0)
                               outlier_quantile: float = 0.9, features=None, feature_name: str = "pixels") -> list:
     """Compare log-compression with truncation at equal reduction of the outliers' norm.
 
-    Samples ``n`` codes; the outliers are those whose Mahalanobis norm (sqrt of
-    :meth:`GaussianPrior.mahalanobis`) lies above the ``outlier_quantile``. For every tau the
-    outliers' mean norm after compression, as a fraction of before, is matched by the
-    truncation psi (bisection) that gives the same fraction; then the diversity of all
-    ``n`` generated images is measured for both as the mean pairwise Euclidean distance of
-    ``features(images)`` (default: the images' pixels, ``feature_name`` says which).
+    Samples ``n`` codes. The outliers are the codes whose Mahalanobis distance under the
+    prior lies above ``outlier_quantile``; their norm is ``|ws - w_avg|`` (over all layers,
+    the quantity truncation scales). For every tau, the outliers' mean norm after
+    compression, as a fraction of before, is the truncation psi that reduces it equally
+    (truncation scales every norm by psi exactly). Then the diversity of all ``n``
+    generated images is measured for both as the mean pairwise Euclidean distance of
+    ``features(images)`` (default the pixels; ``feature_name`` says which).
 
     Returns:
-        one dict per tau: ``tau, psi, norm_ratio, div_compress, div_truncate, div_none, features``.
+        one dict per tau: ``tau, psi, div_compress, div_truncate, div_none, maha_compress,
+        maha_truncate`` (mean Mahalanobis norm of the outliers after each), ``features``.
     """
     gen = torch.Generator().manual_seed(int(seed))
     dev = G.synthesis.const.device
     with torch.no_grad():
         z = torch.randn((n, *G.z_shape), generator=gen).to(dev)
         ws = G.mapping(z)
-        norm = lambda x: prior.mahalanobis(x).clamp_min(0).sqrt()  # noqa: E731
-        base = norm(ws)
-        out = base >= torch.quantile(base, outlier_quantile)
+        maha = prior.mahalanobis(ws).clamp_min(0).sqrt()
+        out = maha >= torch.quantile(maha, outlier_quantile)
+        w_avg = G.w_avg.to(dev)
+        norm = lambda x: (x - w_avg).flatten(1).norm(dim=1)  # noqa: E731
         feat = features or (lambda im: im.flatten(1))
 
         def diversity(codes):
             f = torch.cat([feat(G.synthesis(c)).float() for c in codes.split(64)])
             return float(torch.pdist(f).mean())
 
-        w_avg = G.w_avg.to(dev)
-        trunc = lambda psi: w_avg + psi * (ws - w_avg)  # noqa: E731
         rows = []
         div_none = diversity(ws)
         for tau in taus:
             c = prior.compress(ws, tau=tau)
-            ratio = float(norm(c)[out].mean() / base[out].mean())
-            lo, hi = 0.0, 1.0
-            for _ in range(30):
-                mid = 0.5 * (lo + hi)
-                r = float(norm(trunc(mid))[out].mean() / base[out].mean())
-                lo, hi = (mid, hi) if r < ratio else (lo, mid)
-            psi = 0.5 * (lo + hi)
-            rows.append({"tau": float(tau), "psi": psi, "norm_ratio": ratio, "div_compress": diversity(c),
-                         "div_truncate": diversity(trunc(psi)), "div_none": div_none, "features": feature_name})
+            psi = float(norm(c)[out].mean() / norm(ws)[out].mean())
+            t = w_avg + psi * (ws - w_avg)
+            rows.append({"tau": float(tau), "psi": psi, "div_compress": diversity(c), "div_truncate": diversity(t),
+                         "div_none": div_none,
+                         "maha_compress": float(prior.mahalanobis(c).clamp_min(0).sqrt()[out].mean()),
+                         "maha_truncate": float(prior.mahalanobis(t).clamp_min(0).sqrt()[out].mean()),
+                         "maha_none": float(maha[out].mean()), "features": feature_name})
     return rows
 
 
@@ -449,5 +496,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["GaussianPrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation", "degaussianize", "fit_prior", "gaussianize",
+__all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation", "degaussianize", "fit_prior", "gaussianize",
            "load_prior", "prior_cache_path", "LEAKY_INV_SLOPE"]

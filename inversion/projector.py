@@ -13,6 +13,9 @@ The loop follows NVIDIA's StyleGAN2 projector (``project(G, target, num_steps)``
   prior.penalty / (num_ws * w_dim) + noise_reg_weight * noise_regularization`` (the
   last only when the noise maps are optimised; they are re-normalised after each step);
   the prior term is normalised so that it is about 1 for a typical latent of the model;
+  on a W++ (transformer) model, ``w``/``w+`` use the layer-wise blocks of its joint prior
+  (``LayerwisePrior``) and ``wpp`` the joint one, so W+ and W++ differ exactly by the
+  cross-layer correlations (without a prior the two are the same free per-layer codes);
 * the images of a batch are independent (losses are per image and summed; Adam is
   element-wise), so a batch of 32 gives the same latents as 32 single runs;
 * early stop: when ``patience`` is set, the run ends once no image's loss has improved
@@ -121,6 +124,8 @@ class Projector:
         self.perceptual = make_perceptual(perceptual, D=D, pnet_rand=lpips_pnet_rand)
         if isinstance(self.perceptual, torch.nn.Module):
             self.perceptual.to(self.device)
+        if prior is not None and getattr(prior, "joint", False) and self.space.name in ("w", "w+"):
+            prior = prior.layerwise()  # W+ on a W++ model: per-layer Gaussians, no cross-layer terms
         self.prior, self.prior_weight = prior, float(prior_weight)
         self.lr, self.lr_rampup, self.lr_rampdown = lr, lr_rampup, lr_rampdown
         self.noise_factor, self.noise_ramp = noise_factor, noise_ramp
@@ -373,6 +378,7 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
     meta = {"losses": losses, "steps": max(r.steps for r in results), "steps_requested": proj.steps,
             "seed": seed, "space": space, "method": "optim", "perceptual": proj.perceptual_name,
             "prior": "gaussian" if prior is not None else "none", "prior_weight": proj.prior_weight,
+            "prior_kind": proj.prior.summary()["kind"] if proj.prior is not None else None,
             "optimize_noise": bool(optimize_noise), "seconds": sum(r.seconds for r in results),
             "history": [float(np.mean([r.history[s] for r in results if s < len(r.history)]))
                         for s in range(max(len(r.history) for r in results))]}

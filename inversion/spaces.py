@@ -17,6 +17,12 @@ space      optimised tensor            initialised at                    turned 
                                        W++ mean
 =========  ==========================  ================================  ================================
 
+Priors (``inversion.prior``): on an MLP model every space uses the per-layer Gaussianized
+prior. On a W++ model ``wpp``/``wpp-z`` use the joint Gaussian over all layers, while
+``w``/``w+`` use its layer-wise blocks (each layer its own Gaussian, cross-layer
+correlations dropped): without a prior ``w+`` and ``wpp`` are the same free per-layer
+codes, with it they differ by exactly the correlations that define W++.
+
 ``wpp`` and ``wpp-z`` need a generator whose mapping is a transformer (TransStyleGAN);
 asking for them on an MLP-mapping generator raises ``ValueError`` naming the registered
 models that have one. ``w`` and ``w+`` work on both kinds (on a transformer generator ``w``

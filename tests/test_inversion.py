@@ -315,3 +315,14 @@ def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monk
         if r["set"] == "test":
             assert set(r["id_groups"]) == {"race=asian", "gender=male", "age=20-39"}
     assert "race=asian" in (out / "inversion.md").read_text()
+
+
+def test_w_plus_on_a_wpp_model_uses_the_layerwise_prior(Gt):
+    from faceedit.inversion.prior import LayerwisePrior
+
+    prior = GaussianPrior(fit_prior(Gt, 3000, check_n=0), Gt.num_ws, Gt.w_dim)
+    assert isinstance(Projector(Gt, "w+", prior=prior, prior_weight=0.1).prior, LayerwisePrior)
+    assert Projector(Gt, "wpp", prior=prior, prior_weight=0.1).prior is prior
+    _, target = _target(Gt, n=1)
+    lat = invert(target, G=Gt, space="w+", steps=3, prior=prior, perceptual="none")
+    assert lat.meta["prior_kind"].startswith("layer-wise")

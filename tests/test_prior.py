@@ -222,6 +222,24 @@ def test_compression_keeps_more_diversity_than_truncation(kind):
     prior = GaussianPrior(fit_prior(G, 5000, check_n=0), G.num_ws, G.w_dim)
     rows = compression_vs_truncation(G, prior, taus=(1.0, 2.0), n=128)
     for r in rows:
-        assert 0 < r["psi"] < 1 and r["norm_ratio"] < 1
+        assert 0 < r["psi"] < 1 and r["maha_compress"] < r["maha_none"]
         # equal outlier-norm reduction, yet compression leaves the bulk alone: more pixel diversity
         assert r["div_truncate"] < r["div_compress"] <= r["div_none"] * 1.01, r
+
+
+def test_layerwise_view_of_a_joint_prior():
+    G = _FakeG("transformer", w_dim=4, num_ws=3)
+    joint = GaussianPrior(fit_prior(G, 6000, check_n=0), 3, 4)
+    lw = joint.layerwise()
+    assert lw.layers == 3 and lw.total_dim == 12 and lw.layerwise() is lw
+    ws = torch.randn(5, 3, 4)
+    # each layer's term equals a direct Mahalanobis distance with that layer's block of the joint covariance
+    cov = joint._cov.reshape(3, 4, 3, 4)
+    direct = 0
+    for i in range(3):
+        d = (ws[:, i].double() - joint.mean.reshape(3, 4)[i].double())
+        direct = direct + torch.einsum("bi,ij,bj->b", d, torch.linalg.inv(cov[i, :, i, :]), d)
+    torch.testing.assert_close(lw.penalty(ws).double(), direct, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lw.mean_ws(), joint.mean_ws())
+    # correlated layers: the joint distance of a typical code differs from the layer-wise one
+    assert not torch.allclose(lw.penalty(ws), joint.penalty(ws), rtol=0.05)
