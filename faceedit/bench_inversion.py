@@ -16,7 +16,11 @@ the same seed, the same faces are inverted and measured:
   norm, diversity in the attribute network's features (``compression_table``);
 * the prior's promise: ``interp_D``, the discriminator score of images half-way between
   two inverted faces (pairs ``i, i+1``), and ``perturb_D``, of inverted codes plus
-  Gaussian noise of std ``0.25 * w_std`` per element, each with and without the prior.
+  Gaussian noise of norm about ``0.25 * w_std`` per layer (``w_std``: RMS distance of
+  mapping samples from ``w_avg``), each with and without the prior;
+* ``prior_dist``: the normalised squared Mahalanobis distance of the inverted codes under
+  the model's prior (the joint W++ one on a W++ model, for every space: how far from the
+  model's distribution the latents end up; about 1 for samples of the model).
 
 Identity is also broken down by UTKFace race, gender and age bucket (faces whose pack
 labels have ``source == 1``). Faces come from an aligned test pack (default
@@ -139,47 +143,50 @@ def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptu
     w_std = prior.w_std or 1.0
     rows = []
     percs = [perceptual] if isinstance(perceptual, str) else list(perceptual)
-    combos = [(s, p, u) for s in (spaces or spaces_for(G)) for p in percs for u in (False, True)]
-    for space, perc, use_prior in combos:
-        if True:
-            if perc == "disc" and D is None:
-                log.warning("bench: %s ships no discriminator; --perceptual disc rows left out", m["model_id"])
-                continue
-            t = time.perf_counter()
-            lat = invert(target, m, space=space, steps=steps, G=G, D=D, prior=prior if use_prior else "none",
-                         prior_weight=prior_weight, perceptual=perc, seed=seed, batch_size=batch_size)
-            secs = time.perf_counter() - t
-            ws = lat.codes.to(dev)
-            recon = _synth(G, ws)
-            met = reconstruction_metrics(target_u8, tensor_to_uint8(recon), identity=identity)
-            gen = torch.Generator().manual_seed(seed + 7)
-            mid = _synth(G, 0.5 * (ws[:-1] + ws[1:])) if len(ws) > 1 else recon[:0]
-            with torch.no_grad():
-                dist = (prior.penalty(ws) / prior.total_dim).cpu().numpy()
-            pert = _synth(G, ws + 0.25 * w_std * torch.randn(ws.shape, generator=gen).to(dev))
-            if keep is not None:
-                keep[f"{m['model_id']}|{space}|{'gaussian' if use_prior else 'none'}|{lat.meta['perceptual']}"] = \
-                    tensor_to_uint8(recon)
-                keep["targets"] = target_u8
-            for subset in sorted(set(faces["set"])):
-                sel = faces["set"] == subset
-                row = {"model": m["model_id"], "space": space, "key": f"{m['model_id']}|{space}|"
-                       f"{'gaussian' if use_prior else 'none'}|{lat.meta['perceptual']}", "prior": "gaussian" if use_prior else "none",
-                       "set": subset, "n": int(sel.sum()), "steps": steps, "perceptual": lat.meta["perceptual"],
-                       "mse": float(met["mse"][sel].mean()), "psnr": float(met["psnr"][sel].mean()),
-                       "ssim": float(met["ssim"][sel].mean()),
-                       "id_sim": float(met["identity_similarity"][sel].mean()) if "identity_similarity" in met
-                       else None,
-                       "realism_D": float(_d_score(D, recon)[sel].mean()), "real_D": float(real_d[sel].mean()),
-                       "prior_dist": float(dist[sel].mean()),
-                       "seconds": secs}
-                msel = sel[:-1] & sel[1:]
-                row["interp_D"] = float(_d_score(D, mid)[msel].mean()) if msel.any() else None
-                row["perturb_D"] = float(_d_score(D, pert)[sel].mean())
-                if "identity_similarity" in met and subset == "test":
-                    row["id_groups"] = _groups(met["identity_similarity"], faces["labels"], sel)
-                rows.append(row)
-                log.info("bench %s", row)
+    weights = [prior_weight] if isinstance(prior_weight, (int, float)) else list(prior_weight)
+    combos = [(s, p, u) for s in (spaces or spaces_for(G)) for p in percs for u in [0.0] + weights]
+    for space, perc, pw in combos:
+        use_prior = pw > 0
+        ptag = f"gaussian@{pw:g}" if use_prior else "none"
+        if perc == "disc" and D is None:
+            log.warning("bench: %s ships no discriminator; --perceptual disc rows left out", m["model_id"])
+            continue
+        t = time.perf_counter()
+        lat = invert(target, m, space=space, steps=steps, G=G, D=D, prior=prior if use_prior else "none",
+                     prior_weight=pw, perceptual=perc, seed=seed, batch_size=batch_size)
+        secs = time.perf_counter() - t
+        ws = lat.codes.to(dev)
+        recon = _synth(G, ws)
+        met = reconstruction_metrics(target_u8, tensor_to_uint8(recon), identity=identity)
+        gen = torch.Generator().manual_seed(seed + 7)
+        mid = _synth(G, 0.5 * (ws[:-1] + ws[1:])) if len(ws) > 1 else recon[:0]
+        with torch.no_grad():
+            dist = (prior.penalty(ws) / prior.total_dim).cpu().numpy()
+        eps = 0.25 * w_std / G.w_dim ** 0.5  # per element: a perturbation of norm ~0.25 w_std per layer
+        pert = _synth(G, ws + eps * torch.randn(ws.shape, generator=gen).to(dev))
+        if keep is not None:
+            keep[f"{m['model_id']}|{space}|{ptag}|{lat.meta['perceptual']}"] = \
+                tensor_to_uint8(recon)
+            keep["targets"] = target_u8
+        for subset in sorted(set(faces["set"])):
+            sel = faces["set"] == subset
+            row = {"model": m["model_id"], "space": space, "key": f"{m['model_id']}|{space}|"
+                   f"{ptag}|{lat.meta['perceptual']}", "prior": ptag,
+                   "set": subset, "n": int(sel.sum()), "steps": steps, "perceptual": lat.meta["perceptual"],
+                   "mse": float(met["mse"][sel].mean()), "psnr": float(met["psnr"][sel].mean()),
+                   "ssim": float(met["ssim"][sel].mean()),
+                   "id_sim": float(met["identity_similarity"][sel].mean()) if "identity_similarity" in met
+                   else None,
+                   "realism_D": float(_d_score(D, recon)[sel].mean()), "real_D": float(real_d[sel].mean()),
+                   "prior_dist": float(dist[sel].mean()),
+                   "seconds": secs}
+            msel = sel[:-1] & sel[1:]
+            row["interp_D"] = float(_d_score(D, mid)[msel].mean()) if msel.any() else None
+            row["perturb_D"] = float(_d_score(D, pert)[sel].mean())
+            if "identity_similarity" in met and subset == "test":
+                row["id_groups"] = _groups(met["identity_similarity"], faces["labels"], sel)
+            rows.append(row)
+            log.info("bench %s", row)
     return rows
 
 
@@ -395,7 +402,7 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--perceptual", default="disc,none", help="comma-separated: disc, lpips, none")
-    ap.add_argument("--prior-weight", type=float, default=0.01)
+    ap.add_argument("--prior-weight", default="0.01", help="comma-separated weights (each a row beside no prior)")
     ap.add_argument("--no-identity", action="store_true")
     ap.add_argument("--no-compression", action="store_true")
     ap.add_argument("--add-identity", action="store_true",
@@ -416,7 +423,7 @@ def main(argv=None):
         return
     pack = a.pack if a.pack and Path(a.pack).is_file() else None
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n, steps=a.steps,
-              perceptual=a.perceptual.split(","), prior_weight=a.prior_weight, out=a.out, identity=not a.no_identity,
+              perceptual=a.perceptual.split(","), prior_weight=[float(x) for x in a.prior_weight.split(",")], out=a.out, identity=not a.no_identity,
               compression=not a.no_compression)
     print(compression_md(res["compression"]))
     print(table(res["rows"]))

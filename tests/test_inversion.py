@@ -266,8 +266,8 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
     res = bench_inversion.run([str(path)], pack=pack, n=4, steps=3, identity=False, out=tmp_path / "b",
                               perceptual="disc", compression=False)
     rows = res["rows"]
-    assert [(r["space"], r["prior"]) for r in rows] == [("w", "none"), ("w", "gaussian"), ("w+", "none"),
-                                                        ("w+", "gaussian")]
+    assert [(r["space"], r["prior"]) for r in rows] == [("w", "none"), ("w", "gaussian@0.01"), ("w+", "none"),
+                                                        ("w+", "gaussian@0.01")]
     for r in rows:
         assert r["n"] == 4 and r["steps"] == 3 and 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1
         assert all(np.isfinite(r[k]) for k in ("realism_D", "real_D", "interp_D", "perturb_D", "prior_dist"))
