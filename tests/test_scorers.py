@@ -248,3 +248,78 @@ def test_identity_separates_people_and_keeps_a_face(shared_dir, tmp_path):
     assert sim[0] == 1.0 and sim[2] == 0.0 and 0 <= sim[1] <= 1
     s = enc2.similarity(crops[:2], crops[[1, 0]])
     assert s.shape == (2,) and s[0] == s[1]
+
+
+# --- faceedit bench / faceedit score ------------------------------------------------------------
+
+def test_format_table_and_write_outputs(tmp_path):
+    from faceedit.bench import format_table, provenance, write_outputs
+
+    rows = [{"a": 1, "b": 0.123456789}, {"a": "x", "c": float("nan")}]
+    t = format_table(rows)
+    assert t.splitlines()[0].split("|")[1].strip() == "a" and "0.1235" in t and "nan" in t
+    res = {"provenance": provenance({"m": "abc"})}
+    paths = write_outputs(tmp_path, "demo", rows, res, images={"img": np.zeros((4, 4, 3), np.uint8)})
+    j = json.loads(paths["json"].read_text())
+    assert j["rows"][1]["c"] is None and j["provenance"]["models"] == {"m": "abc"}
+    assert "torch" in j["provenance"]["versions"]
+    assert paths["csv"].read_text().splitlines()[0] == "a,b,c"
+    assert (tmp_path / "demo_img.png").is_file()
+
+
+@pytest.mark.slow
+def test_bench_generator_and_scorers_end_to_end(tmp_path):
+    from faceedit.bench import bench_generator, bench_scorers
+    from faceedit.checkpoints.native import save_native
+    from faceedit.networks import Generator
+
+    torch.manual_seed(0)
+    save_native(tmp_path / "g", Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=64,
+                                          channel_max=16), name="tiny")
+    train = synthetic_pack(tmp_path / "train.npz", n=60, seed=1)
+    test = synthetic_pack(tmp_path / "test.npz", n=60, seed=2)
+    w, _ = save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=8).eval(), {})
+    sc = AttributeScorer.load(w)
+    res = bench_generator([str(tmp_path / "g")], test_pack=test, train_pack=train, n=40, ppl_samples=8,
+                          ls_samples=0, scorer=sc, device="cpu", out=tmp_path / "out")
+    metrics = {(r["model"], r["metric"]) for r in res["rows"]}
+    assert ("real-train", "KID-attr") in metrics and any(m[1] == "ppl_w_end[attr]" for m in metrics)
+    kid = [r for r in res["rows"] if r["metric"] == "KID-attr" and r["model"] != "real-train"][0]
+    assert kid["n"] == 40 and kid["ci_low"] <= kid["value"] <= kid["ci_high"]
+    out = json.loads((tmp_path / "out" / "generator.json").read_text())
+    assert out["provenance"]["models"]["attrnet"] == sc.sha256 and out["provenance"]["test_pack_sha256"]
+    assert (tmp_path / "out" / "generator_nearest_tiny.png").is_file()
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    r2 = bench_scorers(test, weights=w, geometry=0, out=tmp_path / "s", card=card)
+    assert "Smiling" in r2["test"]["attributes"] and json.loads(card.read_text())["test"]["n"] == 60
+
+
+def test_cli_bench_lists_plugins_and_refuses_missing_pack(tmp_path):
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    r = CliRunner().invoke(cli, ["bench", "--help"])
+    assert r.exit_code == 0 and "inversion" in r.output and "editing" in r.output and "generator" in r.output
+    r = CliRunner().invoke(cli, ["bench", "scorers", "--test-pack", str(tmp_path / "none.npz")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+@pytest.mark.slow
+def test_cli_score_prints_pose_and_landmarks(shared_dir, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    w, _ = save_attrnet(tmp_path / "home" / "scorers" / "attrnet.safetensors", AttrNet(width=8).eval(), {})
+    photo = f"{shared_dir}/datasets/photos/face_recognition__obama_small.jpg"
+    r = CliRunner().invoke(cli, ["--device", "cpu", "score", photo, "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    assert "1 face(s)" in r.output and "yaw" in r.output and "landmarks68" in r.output and "Smiling" in r.output
+    j = json.loads((tmp_path / "s.json").read_text())
+    f = j[0]["faces"][0]
+    assert len(f["geometry"]["landmarks"]) == 68 and set(CELEBA_ATTRIBUTES) <= set(f["attributes"])
+    r = CliRunner().invoke(cli, ["score", f"{shared_dir}/datasets/photos/face_alignment__grass.jpg"])
+    assert r.exit_code == 1 and "no face" in r.output.lower()
