@@ -312,6 +312,31 @@ def _torch_zip_reader(path: Path):
     return z.read(pkls[0]), storages
 
 
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def prescan(data: bytes, source: str) -> None:
+    """Walk the opcodes of a pickle (``pickletools.genops``: parsing only, nothing is built or
+    called) and refuse memo indices larger than the file could hold.
+
+    CPython's C unpickler grows its memo table to twice the largest index it is given, so a
+    300-byte file with ``LONG_BINPUT 0x20000000`` would make it allocate and zero gigabytes
+    before failing. Length fields beyond the end of the data make ``genops`` raise here too.
+    """
+    import pickletools
+
+    limit = len(data)
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in _MEMO_OPS and isinstance(arg, int) and not 0 <= arg <= limit:
+                raise CheckpointError(f"{source}: pickle memo index {arg} is larger than the file ({limit} bytes) "
+                                      f"could need; the file is damaged or hostile")
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        raise CheckpointError(f"{source} is not a readable checkpoint pickle ({type(e).__name__}: {e})") from e
+
+
 def load_restricted(path) -> object:
     """Load a plain pickle or a ``torch.save`` zip through :class:`RestrictedUnpickler`.
 
@@ -325,10 +350,10 @@ def load_restricted(path) -> object:
     try:
         if is_zip(path):
             data, storages = _torch_zip_reader(path)
-            obj = RestrictedUnpickler(io.BytesIO(data), source=str(path), storages=storages).load()
         else:
-            with open(path, "rb") as f:
-                obj = RestrictedUnpickler(f, source=str(path)).load()
+            data, storages = path.read_bytes(), None
+        prescan(data, str(path))
+        obj = RestrictedUnpickler(io.BytesIO(data), source=str(path), storages=storages).load()
     except UnsafePickleError:
         raise
     except CheckpointError:

@@ -104,4 +104,35 @@ def run_batched(fn: Callable[[Sequence], object], items: Sequence, batch_size: i
     return out
 
 
-__all__ = ["run_batched", "is_oom", "OutOfMemoryAtBatchOne"]
+def retry_smaller(fn: Callable[[int], object], batch_size: int, *, min_batch: int = 1,
+                  on_shrink: Callable[[int, int], None] | None = None):
+    """Call ``fn(batch_size)``; on out-of-memory, call it again with half the batch size.
+
+    For callees that chunk their input themselves and take the chunk size as an argument
+    (``faceedit.inversion.invert(..., batch_size=)``), so their results stay one object.
+    The whole call is repeated, so ``fn`` must not have written anything before failing.
+
+    Raises:
+        OutOfMemoryAtBatchOne: still out of memory at ``min_batch``.
+    """
+    size = max(int(batch_size), int(min_batch), 1)
+    while True:
+        try:
+            return fn(size)
+        except BaseException as e:  # noqa: B902 - filtered right below
+            if not is_oom(e):
+                raise
+            del e
+            _free_memory()
+            if size <= min_batch:
+                raise OutOfMemoryAtBatchOne(
+                    f"out of GPU memory even at batch size {size}; free the GPU (other processes), use a "
+                    f"smaller model, or run with --device cpu") from None
+            new = max(min_batch, size // 2)
+            log.warning("out of GPU memory at batch size %d; retrying with %d", size, new)
+            if on_shrink is not None:
+                on_shrink(size, new)
+            size = new
+
+
+__all__ = ["run_batched", "retry_smaller", "is_oom", "OutOfMemoryAtBatchOne"]

@@ -166,9 +166,11 @@ class Pipeline:
 
                 self._prior = load_prior(self.model, self.G)
             prior = self._prior
-        opts.setdefault("batch_size", max(1, len(faces)))
-        return invert_with(self.method, list(faces), self.model, space=self.space, G=self.G, D=self.model.get("D"),
-                           prior=prior, **opts)
+        from faceedit.batching import retry_smaller
+
+        bs = opts.pop("batch_size", max(1, len(faces)))
+        return retry_smaller(lambda b: invert_with(self.method, list(faces), self.model, space=self.space, G=self.G,
+                                                   D=self.model.get("D"), prior=prior, batch_size=b, **opts), bs)
 
     def edit(self, latent, attributes: dict, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit."""

@@ -254,15 +254,24 @@ def test_pickle_length_bombs(tmp_path):
         "BINBYTES8 2^62": b"\x80\x04\x8e" + struct.pack("<Q", 2 ** 62) + b"abc",
         "BINUNICODE 2^31": b"\x80\x02X" + struct.pack("<I", 2 ** 31) + b"abc",
         "LONG4 huge": b"\x80\x02\x8b" + struct.pack("<i", 2 ** 31 - 1) + b"\x01",
+        # found by fuzzing: the C unpickler grows its memo to 2x the index (GBs for a 300-byte file)
+        "LONG_BINPUT memo bomb": b"\x80\x02}r" + struct.pack("<I", 0x08000000) + b".",
+        "LONG_BINGET memo bomb": b"\x80\x02}h\x00j" + struct.pack("<I", 0x40000000) + b".",
         "truncated": pickle.dumps({"G_ema": 1}, protocol=2)[:-3],
         "empty": b"",
         "one byte": b"\x80",
     }
+    import resource
+    import time
+
     for name, data in cases.items():
         f = tmp_path / "bomb.pkl"
         f.write_bytes(data)
+        rss0, t = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
         with pytest.raises(CheckpointError):
             load_model(f)
+        assert time.perf_counter() - t < 5, name
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0 < 200_000, name  # KiB
 
 
 def test_convert_cli_refuses_and_writes_nothing(tmp_path, marker):

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceedit.batching import OutOfMemoryAtBatchOne, is_oom, run_batched
+from faceedit.batching import OutOfMemoryAtBatchOne, is_oom, retry_smaller, run_batched
 
 CELEBA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celeba10k"
 RUN = [sys.executable, "-c", "from faceedit.cli import main; main()"]
@@ -313,3 +313,38 @@ def test_oom_on_tensors_and_other_errors_pass_through():
     with pytest.raises(ValueError):
         run_batched(bad, [1], 0)
     assert run_batched(bad, [], 4) == []
+
+
+def test_retry_smaller_repeats_the_whole_call_with_half_the_batch():
+    items = list(range(10))
+    gpu = FakeGPU(3)
+
+    def job(bs):  # a callee that chunks internally, like inversion.invert(batch_size=)
+        return [y for i in range(0, len(items), bs) for y in gpu(items[i:i + bs])]
+
+    assert retry_smaller(job, 16) == [2 * x for x in items]
+    assert [c for c in gpu.calls if c > 3] == [10, 8, 4]  # 16 -> 8 -> 4 -> 2 (first chunk of each try fails)
+    with pytest.raises(OutOfMemoryAtBatchOne):
+        retry_smaller(lambda bs: FakeGPU(0)([0] * bs), 4)
+
+
+def test_pipeline_invert_retries_on_oom(monkeypatch, tiny_model):
+    """``Pipeline.invert`` goes through ``retry_smaller``: a simulated OOM at batch 4 is retried at 2."""
+    from faceedit.inversion import hybrid
+    from faceedit.pipeline import Pipeline
+
+    seen = []
+    real = hybrid.invert_with
+
+    def fake(method, images, model=None, **kw):
+        seen.append(kw["batch_size"])
+        if kw["batch_size"] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(method, images, model, **{**kw, "steps": 2})
+
+    monkeypatch.setattr(hybrid, "invert_with", fake)
+    pipe = Pipeline(str(tiny_model), space="w", method="optim", device="cpu",
+                    invert_options={"prior": "none", "perceptual": "none"})
+    crops = [np.full((16, 16, 3), 100 + 10 * i, np.uint8) for i in range(4)]
+    lat = pipe.invert(crops)
+    assert seen == [4, 2] and lat.codes.shape[0] == 4
