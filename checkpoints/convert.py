@@ -42,7 +42,7 @@ def sniff(path) -> str:
                 pkls = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
                 if len(pkls) == 1:
                     return "nvidia" if b"torch_utils.persistence" in z.read(pkls[0]) else "rosinality"
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} is a damaged zip ({e}); download or convert it again") from e
         raise CheckpointError(f"{path} is a zip that is neither a faceedit checkpoint nor a torch.save archive")
     with open(path, "rb") as f:

@@ -491,3 +491,17 @@ def test_zip_with_oversized_config(tmp_path, tiny_dir):
                                      "model.safetensors": (tiny_dir / "model.safetensors").read_bytes()})
     with pytest.raises(CheckpointError, match="over"):
         load_model(z)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".zip"])
+def test_zip_with_undecodable_entry_name(tmp_path, suffix):
+    """Found by fuzzing: an entry flagged UTF-8 whose name is not UTF-8 made ``zipfile`` raise
+    ``UnicodeDecodeError`` while sniffing the file kind."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("arch/data\u00e9.pkl", b"x")
+    raw = buf.getvalue().replace("\u00e9".encode(), b"\x85\x85")
+    f = tmp_path / f"bad{suffix}"
+    f.write_bytes(raw)
+    with pytest.raises(CheckpointError):
+        load_model(f)
