@@ -245,3 +245,13 @@ def test_editing_metrics_linear_sweep():
     assert np.allclose(r["identity"]["mean"], [0.8, 0.9, 1.0, 0.9, 0.8])
     with pytest.raises(ValueError, match="target attribute"):
         editing_metrics(strengths, sets, "Bald")
+
+
+def test_real_fid_refuses_without_inception_weights(tmp_path, monkeypatch):
+    from faceedit.metrics import fid
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert not fid.inception_available()
+    with pytest.raises(fid.InceptionUnavailableError) as e:
+        fid.inception_features(_imgs(n=2))
+    assert fid.INCEPTION_FILE in str(e.value) and str(tmp_path) in str(e.value)

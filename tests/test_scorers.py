@@ -128,6 +128,7 @@ def test_training_job_learns_synthetic_attributes(tmp_path):
     assert v["attributes"]["Smiling"]["auc"] > 0.8
     assert v["gender"]["auc"] > 0.9
     assert card["training"]["steps"] == 70 and "Smiling" in summary_table(card)
+    assert len(card["training"]["validation_history"]) >= 2 and card["training"]["weights_kept"]
     on_disk = json.loads((tmp_path / "out" / "attrnet.json").read_text())
     assert on_disk["validation"]["n"] == v["n"]
     sc = AttributeScorer.load(tmp_path / "out" / "attrnet.safetensors")

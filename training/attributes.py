@@ -81,7 +81,8 @@ def _sha256(path) -> str:
     return h.hexdigest()
 
 
-def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int | None = None,
+def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int | None = None, epochs: float = 40.0,
+                  val_every: float = 4.0,
                   batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 0.05, width: int = 32,
                   val_fraction: float = 0.05, seed: int = 0, device="auto", progress=None) -> dict:
     """Train the attribute network and write its weights and card.
@@ -91,6 +92,10 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
         out_dir: output folder (``attrnet.safetensors``, ``attrnet.json``).
         minutes: wall-clock budget of the optimisation loop (the schedule spans it).
         max_steps: stop after this many steps even if time is left (tests, reproducibility).
+        epochs: stop after this many passes over the training part; the schedule spans whichever
+            of ``minutes``, ``epochs`` and ``max_steps`` runs out first.
+        val_every: validate every this many epochs (and at the end); the weights with the best
+            validation figure (mean of the 40-attribute mean AUC and the gender AUC) are kept.
         batch_size, lr, weight_decay, width: optimisation and architecture.
         val_fraction: random part of the train pack held out for validation.
         seed: permutation, initialisation and augmentation seed.
@@ -142,11 +147,26 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
     step, seen, t0, t_log = 0, 0, time.time(), time.time()
     order = torch.randperm(len(tr_idx), device=dev, generator=gen)
     pos = 0
-    hist = []
+    hist, val_hist = [], []
+    best = (-1.0, None, 0)
+    next_val = val_every * len(tr_idx)
+    val_labels = {k: np.asarray(v)[val_idx] for k, v in pack.labels.items()}
+
+    def validate():
+        net.eval()
+        v = evaluate_scores(AttributeScorer(net, device=dev).scores(images[val_idx], batch_size=1024), val_labels)
+        net.train()
+        fig = np.nanmean([v["mean_auc"], v["gender"]["auc"]])
+        val_hist.append({"step": step, "epoch": round(seen / len(tr_idx), 2), "mean_auc": v["mean_auc"],
+                         "gender_auc": v["gender"]["auc"], "age_mae": v["age"]["mae"], "figure": float(fig)})
+        log.info("validation at epoch %.1f: mean AUC %.4f, gender AUC %.4f, age MAE %.2f", seen / len(tr_idx),
+                 v["mean_auc"], v["gender"]["auc"], v["age"]["mae"])
+        return float(fig)
     net.train()
     while True:
         elapsed = time.time() - t0
-        frac = elapsed / budget if max_steps is None else max(elapsed / budget, step / max_steps)
+        frac = max(elapsed / budget, seen / (epochs * len(tr_idx)),
+                   step / max_steps if max_steps is not None else 0.0)
         if frac >= 1.0 or (max_steps is not None and step >= max_steps):
             break
         cur_lr = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
@@ -169,6 +189,11 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
         opt.step()
         step += 1
         seen += len(idx)
+        if seen >= next_val:
+            next_val += val_every * len(tr_idx)
+            fig = validate()
+            if fig > best[0]:
+                best = (fig, {k: v.detach().clone() for k, v in net.state_dict().items()}, step)
         if time.time() - t_log > 10 or step == 1:
             t_log = time.time()
             rec = {"step": step, "seconds": round(t_log - t0, 1), "loss_attr": float(l_attr.detach()),
@@ -181,11 +206,15 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
     if dev.type == "cuda":
         torch.cuda.synchronize()
     train_s = time.time() - t0
+    final_fig = validate()
+    kept = "final"
+    if best[1] is not None and best[0] > final_fig:
+        net.load_state_dict(best[1])
+        kept = f"step {best[2]} (best validation)"
     net = net.to(memory_format=torch.contiguous_format).eval()
 
     scorer = AttributeScorer(net, device=dev)
     val_scores = scorer.scores(images[val_idx], batch_size=1024)
-    val_labels = {k: np.asarray(v)[val_idx] for k, v in pack.labels.items()}
     val = evaluate_scores(val_scores, val_labels)
     card = {
         "name": "attrnet",
@@ -208,7 +237,8 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
             "schedule": "linear warm-up 200 steps, cosine over the time budget", "optimizer": "AdamW",
             "precision": "bf16 autocast" if amp else "fp32", "device": str(dev),
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
-            "torch": torch.__version__, "loss_history": hist,
+            "torch": torch.__version__, "epochs_budget": epochs, "weights_kept": kept,
+            "validation_history": val_hist, "loss_history": hist,
         },
         "validation": val,
         "test": None,
@@ -241,6 +271,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--minutes", type=float, default=2.5)
     p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=float, default=40.0)
+    p.add_argument("--val-every", type=float, default=4.0)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--width", type=int, default=32)
@@ -249,7 +281,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    card = train_attrnet(a.train, a.out, minutes=a.minutes, max_steps=a.max_steps, batch_size=a.batch_size,
+    card = train_attrnet(a.train, a.out, minutes=a.minutes, max_steps=a.max_steps, epochs=a.epochs,
+                         val_every=a.val_every, batch_size=a.batch_size,
                          lr=a.lr, width=a.width, val_fraction=a.val_fraction, seed=a.seed, device=a.device)
     print(f"wrote {Path(a.out) / 'attrnet.safetensors'} and attrnet.json")
     print(summary_table(card))
