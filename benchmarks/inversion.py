@@ -11,6 +11,10 @@ Rows:
   to 256 px, noise maps optimised with the noise regulariser, Adam. The VGG16 here is
   torchvision's architecture with random weights (no download on the GPU machine): the
   cost is that of the real network, the loss values are meaningless.
+* ``nvidia-code-fp16`` / ``nvidia-code-fp32`` (with ``--nvidia-src DIR``, a
+  stylegan2-ada-pytorch checkout): the same step run on NVIDIA's own generator code in
+  its fp16 mode (``num_fp16_res=4, conv_clamp=256``) and in fp32, with ours timed on the
+  very same weights; the speed-up is then stated against ``nvidia-code-fp16``.
 * ``ours``: the same loss terms, batched (1, 8, 32), shared-conv modulated convolutions,
   optionally bf16 autocast and ``torch.compile``.
 * ``cpu``: the default 64 px model (or its random twin) at batch 1/8/32 on the CPU, and
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -100,6 +105,77 @@ def time_projector(G, *, batch, steps, warmup, perceptual, optimize_noise=True, 
     return dts[len(dts) // 2], sum(dts) / len(dts)
 
 
+def time_nvidia_projector(nv, vgg, *, steps: int, warmup: int, force_fp32: bool = False):
+    """NVIDIA's projector step on NVIDIA's own generator code (``--nvidia-src``), batch 1.
+
+    The loop of its ``projector.py``: one W code broadcast to all layers plus annealed latent
+    noise, the noise buffers optimised with Adam (betas 0.9/0.999, lr 0.1) and re-normalised,
+    images scaled to [0, 255] and area-downsampled to 256 px for VGG16 features, the noise
+    regulariser at weight 1e5. The VGG16 is ``VGGFeatureLoss`` (random weights; NVIDIA's own
+    file is a download). Returns (median, mean) seconds per step.
+    """
+    dev = next(nv.parameters()).device
+    with torch.no_grad():
+        ws_s = nv.mapping(torch.randn(1000, nv.z_dim, device=dev), None)[:, :1]
+        w_avg = ws_s.mean(0, keepdim=True)
+        w_std = float(((ws_s - w_avg).square().sum() / 1000) ** 0.5)
+        target = nv.synthesis(nv.mapping(torch.randn(1, nv.z_dim, device=dev), None), noise_mode="const",
+                              force_fp32=True).float().clamp(-1, 1)
+        target_f = vgg.prepare((target + 1) * 127.5)
+    noise_bufs = [b for n, b in nv.synthesis.named_buffers() if "noise_const" in n]
+    w_opt = w_avg.clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([w_opt] + noise_bufs, betas=(0.9, 0.999), lr=0.1)
+    with torch.no_grad():
+        for b in noise_bufs:
+            b[:] = torch.randn_like(b)
+    for b in noise_bufs:
+        b.requires_grad = True
+    marks = []
+    total = warmup + steps
+    for step in range(total):
+        t = step / total
+        noise_scale = w_std * 0.05 * max(0.0, 1.0 - t / 0.75) ** 2
+        ws = (w_opt + torch.randn_like(w_opt) * noise_scale).repeat([1, nv.num_ws, 1])
+        img = nv.synthesis(ws, noise_mode="const", force_fp32=force_fp32).float()
+        img = (img + 1) * (255 / 2)
+        dist = vgg(img, target_f).sum()
+        reg = 0.0
+        for v in noise_bufs:
+            noise = v[None, None, :, :]
+            while True:
+                reg = reg + (noise * torch.roll(noise, shifts=1, dims=3)).mean() ** 2
+                reg = reg + (noise * torch.roll(noise, shifts=1, dims=2)).mean() ** 2
+                if noise.shape[2] <= 8:
+                    break
+                noise = F.avg_pool2d(noise, kernel_size=2)
+        loss = dist + reg * 1e5
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for b in noise_bufs:
+                b -= b.mean()
+                b *= b.square().mean().rsqrt()
+        if step + 1 >= warmup:
+            _sync(dev)
+            marks.append(time.perf_counter())
+    for b in noise_bufs:
+        b.requires_grad = False
+    dts = sorted(b - a for a, b in zip(marks[:-1], marks[1:]))
+    return dts[len(dts) // 2], sum(dts) / len(dts)
+
+
+def _nvidia_row(nv, vgg, label, dev, steps, warmup, force_fp32, name):
+    try:
+        med, mean = time_nvidia_projector(nv, vgg, steps=steps, warmup=warmup, force_fp32=force_fp32)
+        return {"device": str(dev), "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                "model": label, "config": name, "batch": 1, "ms_per_step": med * 1e3, "steps_per_s": 1 / med,
+                "image_steps_per_s": 1 / med, "mean_ms": mean * 1e3}
+    except Exception as e:  # noqa: BLE001
+        return {"device": str(dev), "model": label, "config": name, "batch": 1,
+                "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+
+
 def _rows_for(G, label, dev, batches, configs, steps, warmup, perceptual, out_rows, log):
     for name, kw in configs:
         for b in batches:
@@ -127,6 +203,8 @@ def main(argv=None):
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke test of this script)")
     ap.add_argument("--skip-1024", action="store_true")
+    ap.add_argument("--nvidia-src", default=None, help="a stylegan2-ada-pytorch checkout: time NVIDIA's own "
+                    "generator code (fp16 mode and fp32) as the baseline, ours on the same weights")
     ap.add_argument("--cpu-200", action=argparse.BooleanOptionalAction, default=True,
                     help="time 200 steps of one face on the CPU")
     a = ap.parse_args(argv)
@@ -169,18 +247,32 @@ def main(argv=None):
         _rows_for(G.to(dev), label, dev, batches, configs, steps, warmup, vgg, rows, log)
         if not a.skip_1024 and not a.quick:
             torch.manual_seed(0)
-            Gf = Generator(**CONFIG_F).eval().to(dev)
-            _rows_for(Gf, "random-config-f-1024", dev, batches, configs, 20, 5, vgg, rows, log)
+            label_f = "random-config-f-1024"
+            if a.nvidia_src:  # NVIDIA's own code as the baseline, ours with the same weights
+                sys.path.insert(0, str(Path(__file__).resolve().parent))
+                from synthesis import load_nvidia, nvidia_plugins_status
+
+                nv, Gf = load_nvidia(a.nvidia_src, dev, 1024, 32768, 512)
+                Gf = Gf.eval()
+                label_f = "random-config-f-1024 (NVIDIA init)"
+                for name, fp32 in (("nvidia-code-fp16", False), ("nvidia-code-fp32", True)):
+                    rows.append(_nvidia_row(nv, vgg, label_f, dev, 20, 5, fp32, name))
+                    rows[-1]["nvidia_ops"] = nvidia_plugins_status(a.nvidia_src)
+                    log(rows[-1])
+                del nv
+            else:
+                Gf = Generator(**CONFIG_F).eval().to(dev)
+            _rows_for(Gf, label_f, dev, batches, configs, 20, 5, vgg, rows, log)
             # one 1024 photo, 1000 W+ steps, with the fastest batch-1 configuration
-            best = min((r for r in rows if r["model"] == "random-config-f-1024" and r["batch"] == 1
-                        and "error" not in r and r["config"] != "nvidia-baseline"), key=lambda r: r["ms_per_step"],
+            best = min((r for r in rows if r["model"] == label_f and r["batch"] == 1
+                        and "error" not in r and not r["config"].startswith("nvidia")), key=lambda r: r["ms_per_step"],
                        default=None)
             if best is not None:
                 kw = {k: best[k] for k in ("fused", "amp", "compile") if k in best}
                 t = time.perf_counter()
                 time_projector(Gf, batch=1, steps=1000, warmup=1, perceptual=vgg, **kw)
                 _sync(dev)
-                rows.append({"device": str(dev), "model": "random-config-f-1024", "config": best["config"],
+                rows.append({"device": str(dev), "model": label_f, "config": best["config"],
                              "batch": 1, "what": "1000-step W+ inversion of one photo (wall s)",
                              "seconds": time.perf_counter() - t})
                 log(rows[-1])
@@ -225,8 +317,9 @@ def main(argv=None):
             lines.append(f"| {r['device']} | {r['model']} | {r['config']} | {r['batch']} | {r['ms_per_step']:.1f} | "
                          f"{r['steps_per_s']:.2f} | {r['image_steps_per_s']:.1f} | |")
     base = {r["model"]: r for r in rows if r.get("config") == "nvidia-baseline" and "error" not in r}
+    base.update({r["model"]: r for r in rows if r.get("config") == "nvidia-code-fp16" and "error" not in r})
     for r in rows:
-        if r.get("model") in base and "image_steps_per_s" in r and r["config"] != "nvidia-baseline" \
+        if r.get("model") in base and "image_steps_per_s" in r and not r["config"].startswith("nvidia") \
                 and r["device"] != "cpu":
             r["speedup_vs_baseline"] = r["image_steps_per_s"] / base[r["model"]]["image_steps_per_s"]
     best = {}

@@ -77,7 +77,7 @@ class StyledConv(nn.Module):
             add = add + noise.to(add.dtype) * (self.noise_strength * g)
         y = torch.addcmul(add.to(y.dtype), y, (dcoefs * g).to(y.dtype).view(*dcoefs.shape, 1, 1))
         y = torch.nn.functional.leaky_relu_(y, 0.2)
-        return y if self.conv_clamp is None else y.clamp_(-self.conv_clamp, self.conv_clamp)
+        return y if self.conv_clamp is None else y.clamp(-self.conv_clamp, self.conv_clamp)  # not clamp_: autograd
 
 
 class ToRGB(nn.Module):

@@ -326,3 +326,13 @@ def test_w_plus_on_a_wpp_model_uses_the_layerwise_prior(Gt):
     _, target = _target(Gt, n=1)
     lat = invert(target, G=Gt, space="w+", steps=3, prior=prior, perceptual="none")
     assert lat.meta["prior_kind"].startswith("layer-wise")
+
+
+def test_inversion_gradients_through_a_conv_clamp_model():
+    """NVIDIA ADA models clamp conv outputs; the projector's default (shared-conv) path must backprop."""
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=128, channel_max=16, mapping_layers=2,
+                  conv_clamp=256).eval()
+    _, target = _target(G, n=1)
+    r = Projector(G, "w+", steps=4, seed=0).project(target)
+    assert np.isfinite(r.history).all()
