@@ -240,8 +240,8 @@ def _pairs_sheet(gen, train, idx, cols: int = 8) -> np.ndarray:
 
 
 def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed: int = 0, trunc: float = 1.0,
-                    ppl_samples: int = 1000, ls_samples: int = 4000, device=None, scorer=None,
-                    out=None, progress=None) -> dict:
+                    ppl_samples: int = 1000, ls_samples: int = 4000, max_train: int = 10000, device=None,
+                    scorer=None, out=None, progress=None) -> dict:
     """Measure generators against the real test faces (see the module docstring).
 
     Args:
@@ -252,6 +252,8 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         n: generated faces per model (default: as many as test faces, for equal sample sizes).
         ppl_samples: PPL pairs per space (0 = skip).
         ls_samples: generated faces for linear separability (0 = skip).
+        max_train: train faces used (a seeded random subset; the nearest-neighbour search and
+            the floor use these).
         scorer: an :class:`AttributeScorer` (default: the shipped one).
     Returns:
         ``{"rows", "attribute_rates", "provenance", ...}``; also written to ``out`` when given.
@@ -269,9 +271,10 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
     say = progress or (lambda msg: log.info(msg))
     test, train = Pack(test_pack), Pack(train_pack)
     say(f"decoding {len(test)} test and {len(train)} train faces")
-    test_imgs, train_imgs = test.images(), train.images()
-    n = int(n or len(test_imgs))
     rng = np.random.default_rng(seed)
+    test_imgs = test.images()
+    train_imgs = train.images(np.sort(rng.choice(len(train), min(len(train), max_train), replace=False)))
+    n = int(n or len(test_imgs))
     tr_sel = rng.choice(len(train_imgs), min(len(train_imgs), max(n, len(test_imgs))), replace=False)
     say("scoring real faces")
     sc_test, f_test = scorer.scores_and_features(test_imgs)
@@ -375,7 +378,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
     images["attribute_rates"] = bar_chart(chart, labels)
     result = {"rows": rows, "attribute_rates": rates, "details": extra,
               "settings": {"n": n, "seed": seed, "trunc": trunc, "ppl_samples": ppl_samples, "ls_samples": ls_samples,
-                           "test_pack": str(test_pack), "train_pack": str(train_pack),
+                           "train_faces_used": int(len(train_imgs)), "test_pack": str(test_pack), "train_pack": str(train_pack),
                            "feature_space": "attribute network pooled features (KID-attr, FD-attr: not FID/KID)",
                            "note": "rates are shares with P > 0.5; mean_age of real test (labels) covers UTKFace faces only"},
               "provenance": provenance(model_hashes, test_pack_sha256=file_sha256(test_pack),
@@ -410,40 +413,43 @@ def _ppl_distance(scorer):
 
 
 def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0, device="cpu", out=None,
-                  card=None, progress=None) -> dict:
+                  card=None, attributes: bool = True, progress=None) -> dict:
     """The attribute network's test-split card and the landmark scores' agreement.
 
     Args:
         test_pack: the aligned TEST pack.
         weights: attribute-network weights (default: the shipped ones).
-        geometry: how many test faces get landmark scores (0 = skip; ~0.1 s each on a CPU).
+        geometry: how many test faces get landmark scores (0 = skip; ~0.1-0.8 s each on a CPU).
         card: a card JSON to update in place (its ``test`` entry) -- normally the shipped
             ``attrnet.json``; written atomically.
+        attributes: score with the attribute network (False: landmark geometry only).
     """
     from faceedit.metrics.attributes import AttributeScorer, evaluate_scores, celeba_label_matrix, CELEBA_ATTRIBUTES
     from faceedit.training.pack import Pack
 
     say = progress or (lambda msg: log.info(msg))
-    sc = AttributeScorer.load(weights, device=device)
     pack = Pack(test_pack)
     imgs = pack.images()
-    say(f"scoring {len(imgs)} test faces")
-    t = time.time()
-    scores = sc.scores(imgs)
-    per_img = (time.time() - t) / max(1, len(imgs))
-    ev = evaluate_scores(scores, pack.labels)
-    t = time.time()
-    sc.scores(imgs[:1])
-    single = time.time() - t
-    rows = [{"output": a, "metric": "AUC", "value": v["auc"], "positives": v["positives"], "negatives": v["negatives"]}
-            for a, v in ev["attributes"].items()]
-    rows.append({"output": "mean of 40 attributes", "metric": "AUC", "value": ev["mean_auc"]})
-    rows.append({"output": "female", "metric": "AUC", "value": ev["gender"]["auc"], "positives": ev["gender"]["n"]})
-    rows.append({"output": "age", "metric": "MAE (years)", "value": ev["age"]["mae"], "positives": ev["age"]["n"]})
-    for g, v in ev["groups"].items():
-        rows.append({"output": f"age [{g}]", "metric": "MAE (years)", "value": v["age_mae"], "positives": v["n"]})
-        if not g.startswith("gender="):  # one class inside a gender group: no AUC
-            rows.append({"output": f"female [{g}]", "metric": "AUC", "value": v["gender_auc"], "positives": v["n"]})
+    rows, ev, sc, scores, per_img, single = [], None, None, None, None, None
+    if attributes:
+        sc = AttributeScorer.load(weights, device=device)
+        say(f"scoring {len(imgs)} test faces")
+        t = time.time()
+        scores = sc.scores(imgs)
+        per_img = (time.time() - t) / max(1, len(imgs))
+        ev = evaluate_scores(scores, pack.labels)
+        t = time.time()
+        sc.scores(imgs[:1])
+        single = time.time() - t
+        rows = [{"output": a, "metric": "AUC", "value": v["auc"], "positives": v["positives"],
+                 "negatives": v["negatives"]} for a, v in ev["attributes"].items()]
+        rows.append({"output": "mean of 40 attributes", "metric": "AUC", "value": ev["mean_auc"]})
+        rows.append({"output": "female", "metric": "AUC", "value": ev["gender"]["auc"], "positives": ev["gender"]["n"]})
+        rows.append({"output": "age", "metric": "MAE (years)", "value": ev["age"]["mae"], "positives": ev["age"]["n"]})
+        for g, v in ev["groups"].items():
+            rows.append({"output": f"age [{g}]", "metric": "MAE (years)", "value": v["age_mae"], "positives": v["n"]})
+            if not g.startswith("gender="):  # one class inside a gender group: no AUC
+                rows.append({"output": f"female [{g}]", "metric": "AUC", "value": v["gender_auc"], "positives": v["n"]})
     geo = None
     if geometry:
         from faceedit.metrics.attributes import _auc
@@ -473,7 +479,8 @@ def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0
         ym = mouth_lab[pick]
         mm = ok & (ym != 0)
         res["auc_mouth_open_vs_Mouth_Slightly_Open"] = _auc(ym[mm] == 1, val("mouth_open")[mm])
-        res["auc_classifier_vs_Smiling_same_faces"] = _auc(ys[m] == 1, scores["Smiling"][pick][m])
+        if scores is not None:
+            res["auc_classifier_vs_Smiling_same_faces"] = _auc(ys[m] == 1, scores["Smiling"][pick][m])
         yaw, yaw5 = val("yaw"), val("yaw5")
         both = np.isfinite(yaw) & np.isfinite(yaw5)
         res["yaw_pairs"] = int(both.sum())
@@ -485,10 +492,12 @@ def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0
         geo = res
         rows += [{"output": "geometry", "metric": k, "value": v} for k, v in res.items()
                  if isinstance(v, (int, float))]
-    result = {"test": {**ev, "seconds_per_image_batched": per_img, "seconds_single_image": single,
-                       "pack": Path(test_pack).name, "pack_sha256": file_sha256(test_pack),
-                       "note": "test split by image, not by person (see datasets/README.md)"},
-              "geometry": geo, "provenance": provenance({"attrnet": sc.sha256})}
+    result = {"test": None if ev is None else {
+                  **ev, "seconds_per_image_batched": per_img, "seconds_single_image": single,
+                  "pack": Path(test_pack).name, "pack_sha256": file_sha256(test_pack),
+                  "note": "test split by image, not by person (see datasets/README.md)"},
+              "geometry": geo, "provenance": provenance({"attrnet": sc.sha256} if sc is not None else {},
+                                                        test_pack_sha256=file_sha256(test_pack))}
     if out is not None:
         write_outputs(out, "scorers", rows, result, columns=["output", "metric", "value", "positives", "negatives"],
                       title="faceedit bench scorers (test split)")
@@ -497,7 +506,8 @@ def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0
 
         cp = Path(card)
         c = json.loads(cp.read_text()) if cp.is_file() else {}
-        c["test"] = _jsonable(result["test"])
+        if result["test"] is not None:
+            c["test"] = _jsonable(result["test"])
         c["geometry"] = _jsonable(geo)
         c["test_provenance"] = _jsonable(result["provenance"])
         atomic_write_text(cp, json.dumps(c, indent=2) + "\n")

@@ -44,11 +44,15 @@ def bench():
               help="PPL pairs per space and sampling (0 = skip).")
 @click.option("--ls", "ls_samples", type=click.IntRange(min=0), default=4000, show_default=True,
               help="Generated faces for linear separability (0 = skip).")
+@click.option("--max-train", type=click.IntRange(min=100), default=10000, show_default=True,
+              help="Train faces used for the floor and the nearest-neighbour search (random subset).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Attribute-network weights [default: the shipped ones].")
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="bench/generator", show_default=True)
 @click.pass_context
-def generator(ctx, models, test_pack, train_pack, n, ppl_samples, ls_samples, trunc, seed, out):
+def generator(ctx, models, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc, seed, out):
     """Generated vs real faces in the attribute network's features.
 
     KID-attr (bootstrap 95% interval), FD-attr and precision/recall-attr against the real
@@ -66,9 +70,14 @@ def generator(ctx, models, test_pack, train_pack, n, ppl_samples, ls_samples, tr
     _need(test_pack, "--test-pack")
     _need(train_pack, "--train-pack")
     with job_errors():
+        from faceedit.device import resolve_device
+        from faceedit.metrics.attributes import AttributeScorer
+
+        dev = resolve_device(ctx.obj.get("device", "auto"))
         res = bench_generator(list(models), test_pack=test_pack, train_pack=train_pack, n=n, seed=seed, trunc=trunc,
-                              ppl_samples=ppl_samples, ls_samples=ls_samples, device=ctx.obj.get("device", "auto"),
-                              out=out, progress=lambda m: click.echo(m, err=True))
+                              ppl_samples=ppl_samples, ls_samples=ls_samples, max_train=max_train, device=dev,
+                              scorer=AttributeScorer.load(weights, device=dev), out=out,
+                              progress=lambda m: click.echo(m, err=True))
     click.echo(format_table(res["rate_rows"]))
     click.echo()
     click.echo(format_table(res["rows"], ["model", "compared", "metric", "value", "ci_low", "ci_high", "n", "note"]))
@@ -83,9 +92,11 @@ def generator(ctx, models, test_pack, train_pack, n, ppl_samples, ls_samples, tr
               help="Test faces that get landmark scores (0 = skip).")
 @click.option("--update-card", type=click.Path(dir_okay=False), default=None,
               help="Write the test figures into this card JSON (e.g. the shipped attrnet.json).")
+@click.option("--attributes/--no-attributes", default=True, show_default=True,
+              help="Score with the attribute network (--no-attributes: landmark geometry only).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="bench/scorers", show_default=True)
-def scorers(test_pack, weights, geometry, update_card, seed, out):
+def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
     """The attribute scorers' card on the test split (CPU).
 
     Per-attribute AUC, gender AUC, age MAE, per race / gender / age bucket; the landmark
@@ -100,7 +111,7 @@ def scorers(test_pack, weights, geometry, update_card, seed, out):
     _need(test_pack, "--test-pack")
     with job_errors():
         res = bench_scorers(test_pack, weights=weights, geometry=geometry, seed=seed, device="cpu", out=out,
-                            card=update_card, progress=lambda m: click.echo(m, err=True))
+                            card=update_card, attributes=attributes, progress=lambda m: click.echo(m, err=True))
     click.echo(format_table(res["rows"], ["output", "metric", "value", "positives", "negatives"]))
     click.echo(f"wrote {out}/scorers.md, .csv, .json" + (f" and updated {update_card}" if update_card else ""))
 
