@@ -201,6 +201,8 @@ class Projector:
         target = target.to(dev, torch.float32)
         B = target.shape[0]
         gen = torch.Generator().manual_seed(self.seed)
+        # latent noise drawn on the device: no host round trip per step (deterministic per device)
+        dgen = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(self.seed)
         start = self.space.start(self._mean_ws(), seed=self.seed)
         param = start.unsqueeze(0).repeat(B, *([1] * start.ndim)).requires_grad_(True)
         noise = None
@@ -224,24 +226,26 @@ class Projector:
             strength = w_std * self.noise_factor * max(0.0, 1.0 - t / self.noise_ramp) ** 2
             p = param
             if strength > 0:
-                p = param + torch.randn(param.shape, generator=gen).to(dev) * strength
+                p = param + torch.randn(param.shape, generator=dgen, device=dev) * strength
             losses = self._loss_fn(self.space.to_ws(p), target, prepared, noise)
             opt.zero_grad(set_to_none=True)
             losses["total"].sum().backward()
             opt.step()
             if noise is not None:
                 normalize_noise_(noise)
-            tot = losses["total"].detach().float().cpu()
-            history.append(float(tot.mean()))
+            tot = losses["total"].detach().float()
+            history.append(tot.mean())  # kept on the device: no sync per step
             if callback is not None:
                 callback(step, {k: v.detach() for k, v in losses.items()})
             if self.patience is not None and t >= self.noise_ramp:
+                tot = tot.cpu()
                 improved = tot < best * (1 - self.min_delta)
                 best = torch.minimum(best, tot)
                 since = 0 if bool(improved.any()) else since + 1
                 if since >= self.patience:
                     log.info("early stop at step %d of %d (loss plateau)", step + 1, self.steps)
                     break
+        history = torch.stack(history).cpu().tolist()
         seconds = time.perf_counter() - t0
         with torch.no_grad():
             ws = self.space.to_ws(param.detach())
