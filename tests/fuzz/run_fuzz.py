@@ -60,7 +60,8 @@ def run_target(name: str, seconds: int, out: Path, timeout: int, rss_mb: int) ->
         if re.search(rf"==\d+== ERROR: libFuzzer: {kind}", log):
             findings[f"libFuzzer {kind}"] = {"count": 1, "message": log[-1500:]}
     m = re.search(r"stat::number_of_executed_units:\s*(\d+)", log)
-    return {"target": name, "seconds": round(time.time() - t0, 1), "execs": stats.get("execs", 0),
+    units = int(m.group(1)) if m else 0  # libFuzzer's count survives a crash that beat our last flush
+    return {"target": name, "seconds": round(time.time() - t0, 1), "execs": max(stats.get("execs", 0), units),
             "libfuzzer_units": int(m.group(1)) if m else None, "unique_findings": len(findings),
             "findings": findings, "exit": p.returncode}
 
