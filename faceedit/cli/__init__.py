@@ -2,6 +2,9 @@
 
 Each command lives in its own module of this package and is registered below.
 Exit codes: 0 success, 1 a failed job (``click.ClickException``), 2 a usage error.
+Ctrl-C and SIGTERM stop a command cleanly (``Aborted!``, exit code 1): finished outputs
+stay complete, temporary files are removed, and folder runs (``align``, ``invert``)
+resume where they stopped when run again.
 """
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ def cli(ctx, verbose, quiet, device):
       faceedit edit photo.jpg --attr smile --strength 2 --out out/
       faceedit invert photo.jpg --space wpp
       faceedit models
+
+    \b
+    Exit codes: 0 done; 1 the job failed (the message names the fix) or was
+    interrupted (Ctrl-C, SIGTERM: finished outputs are kept, a re-run resumes);
+    2 a usage error.
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
