@@ -148,10 +148,14 @@ class Pipeline:
         return r if r.size == self.G.resolution else r.with_size(self.G.resolution)
 
     def align(self, photo: np.ndarray, face="largest") -> list:
-        """Faces of ``photo`` aligned with the model's recipe (``face``: largest, all, or an index)."""
+        """Faces of ``photo`` aligned with the model's recipe (``face``: largest, all, or an index).
+
+        When no face is found upright, the photo is also tried rotated by 90, 180 and 270
+        degrees (``try_rotations``); matrices still refer to the photo as given, so the
+        edit is pasted back into the photo as it is."""
         from faceedit.alignment import align
 
-        return align(photo, recipe=self.recipe, detector=self.detector, face=face)
+        return align(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True)
 
     def invert(self, faces: list):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
