@@ -258,7 +258,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
                                          "prior_weight": prior_weight, "n": n, "pack": str(pack),
                                          "photos": str(photos), "identity": enc is not None,
                                          "recon_files": recon_files},
-              "versions": _versions()}
+              "provenance": _provenance(models)}
     if out is not None:
         _write(Path(out), result)
     return result
@@ -378,23 +378,26 @@ def align_photos_pack(photos, model, path) -> Path:
     return write_pack(path, jpegs, {}, faces["names"], {"recipe": recipe.to_dict(), "source": str(photos)})
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
+def _provenance(models) -> dict:
+    """``faceedit.bench.provenance`` (versions, git commit, command, device) with the models' sha256."""
+    from faceedit.bench import provenance
+    from faceedit.checkpoints.registry import load_model
 
-    out = {}
-    for p in ("faceedit", "torch", "numpy", "lpips", "dlib-bin"):
+    shas = {}
+    for mdl in models:
         try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            pass
-    return out
+            m = load_model(mdl)
+            shas[m["model_id"]] = m["sha256"]
+        except ValueError:
+            shas[str(mdl)] = None
+    return provenance(shas)
 
 
 def main(argv=None):
-    """``python -m faceedit.bench_inversion --model faces64 --model faces64-wpp --out DIR``."""
+    """``faceedit bench inversion ...`` / ``python -m faceedit.bench_inversion --model faces64 --out DIR``."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m faceedit.bench_inversion", description=__doc__,
+    ap = argparse.ArgumentParser(prog="faceedit bench inversion", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None)
     ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
