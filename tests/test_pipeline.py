@@ -90,10 +90,11 @@ def test_strength_zero_returns_the_input(edited, pipe):
 
 def test_wrong_model_latent_refused(edited, pipe):
     from faceedit.editing import DirectionError
+    from faceedit.inversion.latent import LatentFileError
 
     photo, r = edited
     other = replace(r.faces[0].latent, model_id="someone-else@123")
-    with pytest.raises(DirectionError, match="someone-else"):
+    with pytest.raises((DirectionError, LatentFileError), match="someone-else"):
         pipe.edit_photo(photo, {"smile": 1}, faces=[r.faces[0].face], latents=[other])
 
 
