@@ -247,7 +247,7 @@ def test_build_small_real_pack_keeps_test_out(shared_dir, tmp_path):
     from faceedit.training.dataset import build_dataset, list_sources
     from faceedit.training.pack import Pack
 
-    stats = build_dataset(tmp_path, f"{shared_dir}/datasets", workers=1, limit=8, max_mib=1)
+    stats = build_dataset(tmp_path, f"{shared_dir}/datasets", workers=1, limit=8, max_mib=1, cache=tmp_path / "c")
     train, test = Pack(tmp_path / "faces64_train.npz"), Pack(tmp_path / "faces64_test.npz")
     src = list_sources(f"{shared_dir}/datasets")
     test_names = {r["name"] for r in src["test"]}
@@ -260,3 +260,19 @@ def test_build_small_real_pack_keeps_test_out(shared_dir, tmp_path):
     assert np.all(train.labels["race"][utk] >= 0) and np.all(np.isnan(train.labels["age"][~utk]))
     assert np.all(np.isin(train.labels["Smiling"][~utk], [-1, 1])) and np.all(train.labels["Smiling"][utk] == 0)
     assert (tmp_path / "faces64_contact.png").is_file() and (tmp_path / "faces64_stats.md").is_file()
+    # a re-pack reuses the cached crops: no alignment, the same faces
+    first = train.images()
+    import faceedit.training.dataset as ds
+
+    calls = []
+    orig = ds.align_records
+    ds.align_records = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        again_stats = build_dataset(tmp_path / "b", f"{shared_dir}/datasets", workers=1, limit=8, max_mib=1,
+                                    cache=tmp_path / "c")
+    finally:
+        ds.align_records = orig
+    assert calls == [] and again_stats["splits"]["train"]["aligned"] == stats["splits"]["train"]["aligned"]
+    again = Pack(tmp_path / "b" / "faces64_train.npz")
+    assert list(again.names) == list(train.names)
+    assert np.array_equal(again.images(), first)

@@ -77,7 +77,21 @@ def per_sample_grads(loss_fn, params: dict, inputs: tuple, *, micro: int = 1, ch
                      inputs)
     params = {k: v.detach() for k, v in params.items()}
     fn = vmap(grad(loss_fn), in_dims=(None, *([0] * len(inputs))), chunk_size=chunk_size)
-    return fn(params, *split)
+    with _math_attention():
+        return fn(params, *split)
+
+
+def _math_attention():
+    """Plain-math attention kernels: the fused (flash / memory-efficient) ones have no
+    ``vmap`` batching rules and would fall back to a slow per-sample loop."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    except ImportError:  # pragma: no cover - torch < 2.3
+        import contextlib
+
+        return contextlib.nullcontext()
 
 
 def gsnr_from_grads(grads: dict, *, micro: int = 1) -> dict:

@@ -72,9 +72,11 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     elif resume_from is not None and _export.find_export(resume_from, name) is not None:
         cfg = _export.read_export_config(resume_from, name)
         source = f"export in {resume_from}"
+    elif resume_from is not None:
+        raise FileNotFoundError(f"--resume-from {resume_from}: no {', '.join(_export.export_names(name).values())} "
+                                f"there and no checkpoint in {run_dir}; copy the files an earlier chunk exported "
+                                f"into that folder, or leave out --resume-from to start fresh")
     else:
-        if resume_from is not None:
-            log.warning("%s: no export of %s in %s; starting fresh", name, name, resume_from)
         cfg = TrainConfig(mapping=mapping, **overrides)
         source = "fresh start"
     if cfg.mapping != mapping:

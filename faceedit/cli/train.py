@@ -75,7 +75,7 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix):
               help="Write NAME.zip, NAME.disc.safetensors, NAME.resume.safetensors here.")
 @click.option("--resume-from", type=click.Path(file_okay=False), default=None,
               help="Folder with an earlier export, used when --run-dir has no checkpoint.")
-@click.option("--batch", type=click.IntRange(4), default=None, help="Images per step [64].")
+@click.option("--batch", type=click.IntRange(4), default=None, help="Images per step [128].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [0.002].")
 @click.option("--r1-gamma", type=click.FloatRange(min=0), default=None, help="R1 weight [0.2].")
 @click.option("--augment", default=None, help="DiffAugment policy [color,translation,cutout]; '' for none.")
