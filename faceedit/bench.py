@@ -223,6 +223,30 @@ def _gen_images(G, n: int, *, seed: int = 0, trunc: float = 1.0, batch: int = 12
     return np.concatenate(imgs), np.concatenate(zs), np.concatenate(ws_all)
 
 
+def load_image_folder(folder, limit: int | None = None) -> np.ndarray:
+    """All images of a folder (sorted by name; PNG/JPEG/WebP/BMP) as uint8 ``[N, S, S, 3]``, resized to the
+    first image's size when they differ."""
+    import cv2
+
+    from faceedit.imageio import load_image
+
+    exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in exts)
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise FileNotFoundError(f"no images (png/jpg/webp/bmp) in {folder}")
+    out = []
+    for f in files:
+        a = load_image(f)
+        if out and a.shape != out[0].shape:
+            a = cv2.resize(a, (out[0].shape[1], out[0].shape[0]), interpolation=cv2.INTER_AREA)
+        out.append(a)
+    if out[0].shape[0] != out[0].shape[1]:
+        raise ValueError(f"images in {folder} are {out[0].shape[1]}x{out[0].shape[0]}; aligned square faces expected")
+    return np.stack(out)
+
+
 def _pairs_sheet(gen, train, idx, cols: int = 8) -> np.ndarray:
     """Generated faces (top of each pair) above their nearest train faces."""
     from faceedit.imageio import make_grid
@@ -241,7 +265,7 @@ def _pairs_sheet(gen, train, idx, cols: int = 8) -> np.ndarray:
 
 def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed: int = 0, trunc: float = 1.0,
                     ppl_samples: int = 1000, ls_samples: int = 4000, max_train: int = 10000, device=None,
-                    scorer=None, out=None, progress=None) -> dict:
+                    scorer=None, out=None, progress=None, images_dirs=None) -> dict:
     """Measure generators against the real test faces (see the module docstring).
 
     Args:
@@ -255,6 +279,8 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         max_train: train faces used (a seeded random subset; the nearest-neighbour search and
             the floor use these).
         scorer: an :class:`AttributeScorer` (default: the shipped one).
+        images_dirs: folders of images (aligned faces, e.g. from another generator) measured
+            like a model's samples (no PPL or separability: there is no latent).
     Returns:
         ``{"rows", "attribute_rates", "provenance", ...}``; also written to ``out`` when given.
     """
@@ -316,14 +342,22 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         rates[key]["mean_age"] = float(sc["age"].mean())
     model_hashes = {"attrnet": scorer.sha256}
     images, extra = {}, {}
-    for m in models:
-        say(f"loading {m}")
-        info = load_model(m, device=dev)
-        G = info["G"].eval()
-        name = info["model_id"]
-        model_hashes[name] = info["sha256"]
-        say(f"{name}: generating {n} faces")
-        gen_imgs, zs, ws = _gen_images(G, n, seed=seed, trunc=trunc)
+    sources = [("model", m) for m in models] + [("images", d) for d in (images_dirs or [])]
+    for kind, m in sources:
+        if kind == "model":
+            say(f"loading {m}")
+            info = load_model(m, device=dev)
+            G = info["G"].eval()
+            name = info["model_id"]
+            model_hashes[name] = info["sha256"]
+            say(f"{name}: generating {n} faces")
+            gen_imgs, zs, ws = _gen_images(G, n, seed=seed, trunc=trunc)
+        else:
+            G, info = None, {"name": Path(m).name}
+            gen_imgs = load_image_folder(m, limit=n)
+            name = f"images:{Path(m).name}"
+            model_hashes[name] = file_sha256(m)
+            say(f"{name}: {len(gen_imgs)} images")
         if gen_imgs.shape[1] != 64:
             import torch.nn.functional as F
 
@@ -348,7 +382,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         from faceedit.imageio import make_grid
 
         images[f"samples_{info['name']}"] = make_grid(gen_imgs[:64], cols=8)
-        if ppl_samples:
+        if ppl_samples and G is not None:
             from faceedit.metrics.ppl import perceptual_path_length
 
             for space in ("z", "w"):
@@ -358,7 +392,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
                                                  distance=_ppl_distance(scorer), seed=seed, device=dev)
                     rows.append({"model": name, "compared": "path", "metric": res["name"], "value": res["ppl"],
                                  "n": res["num_samples"]})
-        if ls_samples:
+        if ls_samples and G is not None:
             from faceedit.metrics.separability import linear_separability
 
             say(f"{name}: linear separability on {ls_samples} faces")

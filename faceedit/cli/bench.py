@@ -35,8 +35,10 @@ def bench():
 
 
 @bench.command("generator")
-@click.option("--model", "models", multiple=True, default=("faces64",), show_default=True,
-              help="Registry name or checkpoint path (repeat for several).")
+@click.option("--model", "models", multiple=True, default=None,
+              help="Registry name or checkpoint path (repeat for several) [default: faces64 unless --images].")
+@click.option("--images", "images_dirs", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="A folder of aligned face images to measure like a model's samples (repeatable).")
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces (the reference).")
 @_pack_option("--train-pack", DEFAULT_TRAIN, "Aligned real TRAIN faces (floor and nearest-neighbour sheet).")
 @click.option("--n", type=click.IntRange(min=10), default=None, help="Generated faces [default: as many as test faces].")
@@ -52,7 +54,7 @@ def bench():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="bench/generator", show_default=True)
 @click.pass_context
-def generator(ctx, models, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc, seed, out):
+def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc, seed, out):
     """Generated vs real faces in the attribute network's features.
 
     KID-attr (bootstrap 95% interval), FD-attr and precision/recall-attr against the real
@@ -74,7 +76,8 @@ def generator(ctx, models, test_pack, train_pack, n, ppl_samples, ls_samples, ma
         from faceedit.metrics.attributes import AttributeScorer
 
         dev = resolve_device(ctx.obj.get("device", "auto"))
-        res = bench_generator(list(models), test_pack=test_pack, train_pack=train_pack, n=n, seed=seed, trunc=trunc,
+        models = list(models) if models else ([] if images_dirs else ["faces64"])
+        res = bench_generator(models, images_dirs=list(images_dirs), test_pack=test_pack, train_pack=train_pack, n=n, seed=seed, trunc=trunc,
                               ppl_samples=ppl_samples, ls_samples=ls_samples, max_train=max_train, device=dev,
                               scorer=AttributeScorer.load(weights, device=dev), out=out,
                               progress=lambda m: click.echo(m, err=True))
