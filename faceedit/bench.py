@@ -322,6 +322,22 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         ]
 
     rows += dist_rows("real-train", f_train[:neq], "vs real test (floor)")
+    from faceedit.metrics import fid as fidm
+
+    use_fid = fidm.inception_available()
+    if use_fid:
+        say("Inception weights present: real FID/KID too")
+        inc_test = fidm.inception_features(test_imgs, device=dev)
+
+        def fid_rows(name, imgs, kind):
+            f = fidm.inception_features(imgs, device=dev)
+            k = D.kid(f, inc_test, seed=seed)
+            return [{"model": name, "compared": kind, "metric": "FID (Inception)", "value": D.frechet_distance(f, inc_test),
+                     "n": min(len(f), len(inc_test))},
+                    {"model": name, "compared": kind, "metric": "KID (Inception)", "value": k["kid"],
+                     "ci_low": k["ci_low"], "ci_high": k["ci_high"], "n": k["n"]}]
+
+        rows += fid_rows("real-train", train_imgs[tr_sel][:neq], "vs real test (floor)")
     rates = {"real test (labels)": {}, "real test (scorer)": {}, "real train (scorer)": {}}
     from faceedit.metrics.attributes import celeba_label_matrix, CELEBA_ATTRIBUTES
 
@@ -365,6 +381,8 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
             gen_imgs = F.interpolate(t, size=(64, 64), mode="area").round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
         sc_gen, f_gen = scorer.scores_and_features(gen_imgs)
         rows += dist_rows(name, f_gen, "vs real test")
+        if use_fid:
+            rows += fid_rows(name, gen_imgs, "vs real test")
         r = {a: float((sc_gen[a] > 0.5).mean()) for a in KEY_ATTRIBUTES}
         r.update(female=float((sc_gen["female"] > 0.5).mean()), mean_age=float(sc_gen["age"].mean()))
         rates[name] = r
@@ -414,6 +432,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
               "settings": {"n": n, "seed": seed, "trunc": trunc, "ppl_samples": ppl_samples, "ls_samples": ls_samples,
                            "train_faces_used": int(len(train_imgs)), "test_pack": str(test_pack), "train_pack": str(train_pack),
                            "feature_space": "attribute network pooled features (KID-attr, FD-attr: not FID/KID)",
+                           "inception": "FID/KID rows present" if use_fid else "Inception weights absent: no FID/KID rows",
                            "note": "rates are shares with P > 0.5; mean_age of real test (labels) covers UTKFace faces only"},
               "provenance": provenance(model_hashes, test_pack_sha256=file_sha256(test_pack),
                                        train_pack_sha256=file_sha256(train_pack))}

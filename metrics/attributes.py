@@ -182,8 +182,21 @@ def save_attrnet(path, net: AttrNet, card: dict) -> tuple:
             "attributes": json.dumps(list(CELEBA_ATTRIBUTES[:net.num_attrs]))}
     atomic_write_bytes(path, save(sd, metadata=meta))
     card_path = path.with_suffix(".json")
-    atomic_write_text(card_path, json.dumps(card, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(card_path, json.dumps(_finite(card), indent=2, sort_keys=False) + "\n")
     return path, card_path
+
+
+def _finite(o):
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(o, dict):
+        return {str(k): _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
 
 
 def load_attrnet(path) -> tuple:
