@@ -58,6 +58,9 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     from .loop import Trainer, TrainConfig, load_images, read_state_metadata
     from .pack import Pack
 
+    if not Path(data).is_file():
+        raise FileNotFoundError(f"data pack {data} does not exist; build it with `faceedit dataset build --out DIR` "
+                                f"(on the GPU machine: carry .gpu/data)")
     t_start = _T_START if t_start is None else t_start
     deadline = t_start + minutes * 60
     name = name or NAMES[mapping]
