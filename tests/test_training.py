@@ -276,3 +276,26 @@ def test_build_small_real_pack_keeps_test_out(shared_dir, tmp_path):
     again = Pack(tmp_path / "b" / "faces64_train.npz")
     assert list(again.names) == list(train.names)
     assert np.array_equal(again.images(), first)
+
+
+def test_default_architecture_fits_the_budgets():
+    """One 64 px G forward <= 1 GFLOP (torch's counter: 2 per multiply-add); each exported
+    file <= 16 MiB in fp16; both models' exports together well under the 64 MiB return."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from faceedit.networks import Discriminator, Generator
+
+    cfg = TrainConfig()
+    assert (cfg.resolution, cfg.z_dim, cfg.w_dim, cfg.channel_base, cfg.channel_max) == (64, 256, 256, 2048, 256)
+    D = Discriminator(**cfg.discriminator_kwargs())
+    fp16 = lambda m: sum(v.numel() * 2 for v in m.state_dict().values()) / 2 ** 20  # noqa: E731
+    total = 0.0
+    for mapping in ("mlp", "transformer"):
+        G = Generator(**TrainConfig(mapping=mapping).generator_kwargs())
+        assert (G.mapping_kind, G.num_ws) == (mapping, 10)
+        with FlopCounterMode(display=False) as fc:
+            G.synthesis(G.mapping(G.sample_z(1, seed=0)), fused=False)
+        assert fc.get_total_flops() <= 1e9
+        assert fp16(G) < 15.5 and fp16(D) < 15.5
+        total += 2 * fp16(G) + fp16(D)
+    assert total < 56
