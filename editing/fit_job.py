@@ -164,6 +164,21 @@ def _parallel_separability(X, probs, fn, jobs: int = 0) -> dict:
             "skipped": [a for p in parts for a in p["skipped"]], "n": int(len(X))}
 
 
+def _zip_folder(folder, zip_path) -> None:
+    import io
+    import zipfile
+
+    from faceedit.checkpoints.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    root = Path(folder)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and f.resolve() != Path(zip_path).resolve():
+                z.write(f, f.relative_to(root).as_posix())
+    atomic_write_bytes(zip_path, buf.getvalue())
+
+
 def code_space_name(G) -> str:
     return {"w": "W", "wpp": "W++ (flattened)"}[code_space(G)]
 
@@ -284,6 +299,9 @@ def main(argv=None) -> int:
     p.add_argument("--wplus-n", type=int, default=5000, help="faces inverted for the W+ fit")
     p.add_argument("--wplus-steps", type=int, default=None, help="inversion steps for the W+ fit [method default]")
     p.add_argument("--wplus-fraction", type=float, default=0.1, help="fraction kept at each end for the W+ fit")
+    p.add_argument("--zip", default=None,
+                   help="also pack everything written under --out into this one .zip (the GPU machine returns "
+                        "at most 8 files)")
     p.add_argument("--jobs", type=int, default=0, help="processes for the separability SVMs (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -310,6 +328,9 @@ def main(argv=None) -> int:
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")
+    if a.zip:
+        _zip_folder(a.out, a.zip)
+        timing.append(f"zipped {a.out} into {a.zip}")
     print("\n".join(timing) + f"\nall done in {time.time() - t0:.1f} s on {device}")
     print(_table(all_rows))
     return 0
