@@ -23,7 +23,10 @@ Landmark-based directions (``--scorers landmarks``: yaw, and any other score the
 landmark scorer gives) need dlib, which the GPU machine lacks: run those on the CPU with
 fewer samples (e.g. ``--scorers landmarks --n 6000 --fraction 0.05 --attrs yaw
 --device cpu --unsupervised 0 --separability 0``, about 25 ms per image); the report
-records the sample count. Yaw's sign: positive = nose towards the image's right = the
+records the sample count. Faster: let the GPU run synthesise them (``--save-samples 6000``
+writes ``samples_<model>.npz``, JPEG images plus the seed) and score only on the CPU
+(``--scorers landmarks --from-samples DIR``; the codes are recomputed from the seed by
+the mapping alone). Yaw's sign: positive = nose towards the image's right = the
 head turned to the subject's left (``faceedit.metrics.geometry``).
 
 Needs only torch, numpy, scikit-learn and safetensors (no dlib, lpips, facenet for the
@@ -164,6 +167,57 @@ def _parallel_separability(X, probs, fn, jobs: int = 0) -> dict:
             "skipped": [a for p in parts for a in p["skipped"]], "n": int(len(X))}
 
 
+@torch.no_grad()
+def _save_samples(G, model_id, codes, path, *, seed, batch, device) -> Path:
+    """The first sampled images as JPEG (q95) in one ``.npz`` (no pickles), with what is needed
+    to recompute their codes on another machine (seed, batch: the z are drawn on the CPU)."""
+    import cv2
+
+    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.imageio import tensor_to_uint8
+
+    jpegs = []
+    for i in range(0, len(codes), 256):
+        c = torch.from_numpy(np.asarray(codes[i:i + 256])).to(device)
+        ws = c[:, None].expand(-1, G.num_ws, -1) if c.ndim == 2 else c
+        for im in tensor_to_uint8(G.synthesis(ws)):
+            ok, enc = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            jpegs.append(enc.reshape(-1))
+    offsets = np.zeros(len(jpegs) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(j) for j in jpegs])
+    meta = {"model_id": model_id, "seed": int(seed), "batch": int(batch), "n": len(jpegs), "truncation_psi": 1.0}
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, jpeg=np.concatenate(jpegs), offsets=offsets, meta=np.array(json.dumps(meta)))
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _score_saved_samples(G, model_id, folder, score_fn, device) -> tuple:
+    """Codes (recomputed from the saved seed) and scores (of the saved images) of ``samples_<model>.npz``."""
+    import cv2
+
+    from faceedit.editing.fit import sample_codes
+    from faceedit.imageio import uint8_to_tensor
+
+    path = Path(folder) / f"samples_{model_name(model_id)}.npz"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found; write it on the GPU with --save-samples N")
+    with np.load(path, allow_pickle=False) as z:
+        jpeg, offsets, meta = z["jpeg"], z["offsets"], json.loads(str(z["meta"]))
+    if meta["model_id"] != model_id:
+        raise SystemExit(f"{path} holds samples of {meta['model_id']}, not {model_id}")
+    n = int(meta["n"])
+    codes = sample_codes(G, n, seed=meta["seed"], batch=meta["batch"], device=device)
+    scores = {}
+    for i in range(0, n, 64):
+        imgs = np.stack([cv2.cvtColor(cv2.imdecode(jpeg[offsets[j]:offsets[j + 1]], cv2.IMREAD_COLOR),
+                                      cv2.COLOR_BGR2RGB) for j in range(i, min(i + 64, n))])
+        for k, v in score_fn(uint8_to_tensor(imgs)).items():
+            scores.setdefault(k, []).append(torch.as_tensor(v).float().cpu().numpy().reshape(-1))
+    return codes, {k: np.concatenate(v) for k, v in scores.items()}, n
+
+
 def _zip_folder(folder, zip_path) -> None:
     import io
     import zipfile
@@ -192,7 +246,8 @@ def _table(rows) -> str:
 
 def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch, device, seed, attrs,
               min_auc, unsupervised: int, separability: int = 0, jobs: int = 0, wplus_pack=None,
-              wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1):
+              wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1, save_samples: int = 0,
+              from_samples=None):
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(model_path, device=device)
@@ -207,10 +262,18 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
         progress = lambda done, total: bar.update(done - bar.n)  # noqa: E731
     except ImportError:
         bar, progress = None, None
-    codes, scores = sample_and_score(G, score_fn, n, seed=seed, batch=batch, device=device, progress=progress)
+    if from_samples:
+        codes, scores, n = _score_saved_samples(G, model_id, from_samples, score_fn, device)
+    else:
+        codes, scores = sample_and_score(G, score_fn, n, seed=seed, batch=batch, device=device, progress=progress)
     if bar is not None:
         bar.close()
     t_sample = time.time() - t0
+    if save_samples:
+        k = max(batch, save_samples // batch * batch)  # whole batches: the CPU redraws exactly these z
+        p = _save_samples(G, model_id, codes[:k], folder.parent / f"samples_{name}.npz", seed=seed,
+                          batch=batch, device=device)
+        log.info("%s: wrote %d sample images to %s for the CPU landmark fit", name, min(save_samples, n), p)
     if attrs:
         want = [canonical_attribute(a) for a in attrs]
         missing = [a for a in want if a not in scores]
@@ -299,6 +362,11 @@ def main(argv=None) -> int:
     p.add_argument("--wplus-n", type=int, default=5000, help="faces inverted for the W+ fit")
     p.add_argument("--wplus-steps", type=int, default=None, help="inversion steps for the W+ fit [method default]")
     p.add_argument("--wplus-fraction", type=float, default=0.1, help="fraction kept at each end for the W+ fit")
+    p.add_argument("--save-samples", type=int, default=0,
+                   help="also write the first N sampled images to OUT/samples_<model>.npz (GPU), for a CPU "
+                        "landmark fit with --from-samples")
+    p.add_argument("--from-samples", default=None,
+                   help="folder with samples_<model>.npz: score those images instead of sampling (CPU landmark fit)")
     p.add_argument("--zip", default=None,
                    help="also pack everything written under --out into this one .zip (the GPU machine returns "
                         "at most 8 files)")
@@ -324,7 +392,8 @@ def main(argv=None) -> int:
                               device=device, seed=a.seed, attrs=a.attrs, min_auc=a.min_auc,
                               unsupervised=a.unsupervised, separability=a.separability, jobs=a.jobs,
                               wplus_pack=a.wplus_pack, wplus_n=a.wplus_n, wplus_steps=a.wplus_steps,
-                              wplus_fraction=a.wplus_fraction)
+                              wplus_fraction=a.wplus_fraction, save_samples=a.save_samples,
+                              from_samples=a.from_samples)
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")

@@ -297,7 +297,7 @@ def test_fit_job_runs_at_tiny_size(tmp_path, tiny_G):
     assert fit_job.main(["--model", str(tmp_path / "tiny"), "--scorers", str(tmp_path / "attrnet.safetensors"),
                          "--n", "600", "--fraction", "0.05", "--out", str(tmp_path / "out"), "--device", "cpu",
                          "--unsupervised", "2", "--separability", "400", "--jobs", "1",
-                         "--zip", str(tmp_path / "dirs.zip")]) == 0
+                         "--zip", str(tmp_path / "dirs.zip"), "--save-samples", "100"]) == 0
     found = {d.key: d for _, d in list_directions(folder=tmp_path / "out")}
     assert {"smile", "age", "male", "eyeglasses", "bald", "age|male", "eyeglasses|age", "pc0", "sefa1"} <= set(found)
     assert "bangs" not in found  # below --min-auc
@@ -311,6 +311,7 @@ def test_fit_job_runs_at_tiny_size(tmp_path, tiny_G):
 
     names = zipfile.ZipFile(tmp_path / "dirs.zip").namelist()
     assert "tiny/tiny_smile_w.safetensors" in names and "tiny/fit_report.json" in names
+    assert "samples_tiny.npz" in names  # whole batches: all 600 (batch 1000 > n)
 
 
 @pytest.mark.slow
@@ -375,3 +376,24 @@ def test_landmark_scorer_on_a_real_face(shared_dir):
     y = s["yaw"].numpy()
     assert np.isfinite(y[0]) and abs(y[0]) < 30  # a roughly frontal face
     assert np.isnan(y[1])  # no face in noise: NaN, never a guess
+
+
+def test_saved_samples_round_trip(tmp_path, tiny_G):
+    from faceedit.editing.fit_job import _save_samples, _score_saved_samples
+    from faceedit.imageio import tensor_to_uint8
+
+    codes = sample_codes(tiny_G, 300, seed=3, batch=100)
+    _save_samples(tiny_G, MID, codes[:200], tmp_path / "samples_tiny.npz", seed=3, batch=100, device="cpu")
+
+    def mean_score(img):
+        return {"brightness": img.mean((1, 2, 3))}
+
+    c2, s2, n = _score_saved_samples(tiny_G, MID, tmp_path, mean_score, "cpu")
+    assert n == 200 and np.array_equal(c2, codes[:200])  # the same z redrawn from the seed
+    with torch.no_grad():
+        ref = mean_score(torch.from_numpy(tensor_to_uint8(tiny_G.synthesis(
+            torch.from_numpy(codes[:200])[:, None].expand(-1, tiny_G.num_ws, -1)))).permute(0, 3, 1, 2).float()
+            / 127.5 - 1)["brightness"].numpy()
+    assert np.abs(s2["brightness"] - ref).max() < 0.02  # JPEG q95
+    with pytest.raises(SystemExit, match="not"):
+        _score_saved_samples(tiny_G, "other@1", tmp_path, mean_score, "cpu")
