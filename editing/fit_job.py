@@ -169,7 +169,7 @@ def _parallel_separability(X, probs, fn, jobs: int = 0) -> dict:
 
 @torch.no_grad()
 def _save_samples(G, model_id, codes, path, *, seed, batch, device) -> Path:
-    """The first sampled images as JPEG (q95) in one ``.npz`` (no pickles), with what is needed
+    """The first sampled images as JPEG (q92) in one ``.npz`` (no pickles), with what is needed
     to recompute their codes on another machine (seed, batch: the z are drawn on the CPU)."""
     import cv2
 
@@ -181,7 +181,7 @@ def _save_samples(G, model_id, codes, path, *, seed, batch, device) -> Path:
         c = torch.from_numpy(np.asarray(codes[i:i + 256])).to(device)
         ws = c[:, None].expand(-1, G.num_ws, -1) if c.ndim == 2 else c
         for im in tensor_to_uint8(G.synthesis(ws)):
-            ok, enc = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            ok, enc = cv2.imencode(".jpg", cv2.cvtColor(im, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
             jpegs.append(enc.reshape(-1))
     offsets = np.zeros(len(jpegs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(j) for j in jpegs])
@@ -228,7 +228,7 @@ def _zip_folder(folder, zip_path) -> None:
     root = Path(folder)
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(root.rglob("*")):
-            if f.is_file() and f.resolve() != Path(zip_path).resolve():
+            if f.is_file() and f.resolve() != Path(zip_path).resolve() and not f.name.startswith("samples_"):
                 z.write(f, f.relative_to(root).as_posix())
     atomic_write_bytes(zip_path, buf.getvalue())
 
@@ -247,7 +247,7 @@ def _table(rows) -> str:
 def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch, device, seed, attrs,
               min_auc, unsupervised: int, separability: int = 0, jobs: int = 0, wplus_pack=None,
               wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1, save_samples: int = 0,
-              from_samples=None):
+              from_samples=None, samples_dir=None):
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(model_path, device=device)
@@ -271,7 +271,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
     t_sample = time.time() - t0
     if save_samples:
         k = max(batch, save_samples // batch * batch)  # whole batches: the CPU redraws exactly these z
-        p = _save_samples(G, model_id, codes[:k], folder.parent / f"samples_{name}.npz", seed=seed,
+        p = _save_samples(G, model_id, codes[:k], Path(samples_dir or out) / f"samples_{name}.npz", seed=seed,
                           batch=batch, device=device)
         log.info("%s: wrote %d sample images to %s for the CPU landmark fit", name, min(save_samples, n), p)
     if attrs:
@@ -365,11 +365,12 @@ def main(argv=None) -> int:
     p.add_argument("--save-samples", type=int, default=0,
                    help="also write the first N sampled images to OUT/samples_<model>.npz (GPU), for a CPU "
                         "landmark fit with --from-samples")
+    p.add_argument("--samples-dir", default=None, help="where --save-samples writes [default: --out]")
     p.add_argument("--from-samples", default=None,
                    help="folder with samples_<model>.npz: score those images instead of sampling (CPU landmark fit)")
     p.add_argument("--zip", default=None,
-                   help="also pack everything written under --out into this one .zip (the GPU machine returns "
-                        "at most 8 files)")
+                   help="also pack the directions and reports written under --out into this one .zip (the GPU "
+                        "machine returns at most 8 files; samples_*.npz stay separate)")
     p.add_argument("--jobs", type=int, default=0, help="processes for the separability SVMs (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -393,7 +394,7 @@ def main(argv=None) -> int:
                               unsupervised=a.unsupervised, separability=a.separability, jobs=a.jobs,
                               wplus_pack=a.wplus_pack, wplus_n=a.wplus_n, wplus_steps=a.wplus_steps,
                               wplus_fraction=a.wplus_fraction, save_samples=a.save_samples,
-                              from_samples=a.from_samples)
+                              from_samples=a.from_samples, samples_dir=a.samples_dir)
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")

@@ -311,7 +311,7 @@ def test_fit_job_runs_at_tiny_size(tmp_path, tiny_G):
 
     names = zipfile.ZipFile(tmp_path / "dirs.zip").namelist()
     assert "tiny/tiny_smile_w.safetensors" in names and "tiny/fit_report.json" in names
-    assert "samples_tiny.npz" in names  # whole batches: all 600 (batch 1000 > n)
+    assert "samples_tiny.npz" not in names and (tmp_path / "out" / "samples_tiny.npz").is_file()
 
 
 @pytest.mark.slow
@@ -394,6 +394,6 @@ def test_saved_samples_round_trip(tmp_path, tiny_G):
         ref = mean_score(torch.from_numpy(tensor_to_uint8(tiny_G.synthesis(
             torch.from_numpy(codes[:200])[:, None].expand(-1, tiny_G.num_ws, -1)))).permute(0, 3, 1, 2).float()
             / 127.5 - 1)["brightness"].numpy()
-    assert np.abs(s2["brightness"] - ref).max() < 0.02  # JPEG q95
+    assert np.abs(s2["brightness"] - ref).max() < 0.03  # JPEG q92
     with pytest.raises(SystemExit, match="not"):
         _score_saved_samples(tiny_G, "other@1", tmp_path, mean_score, "cpu")
