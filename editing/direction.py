@@ -62,7 +62,7 @@ SIGNS = {
     "blond-hair": "blonder hair",
     "black-hair": "blacker hair",
     "mustache": "more moustache",
-    "beard": "more beard (CelebA No_Beard negated)",
+    "no-beard": "beard removed (CelebA No_Beard)",
     "wearing-hat": "hat on",
     "mouth-slightly-open": "mouth opening",
     "heavy-makeup": "more make-up",
@@ -70,7 +70,7 @@ SIGNS = {
 
 #: Names users type -> the attribute name used in files.
 ALIASES = {"smiling": "smile", "gender": "male", "glasses": "eyeglasses", "hat": "wearing-hat",
-           "old": "age", "older": "age", "pose": "yaw", "no-beard": "beard", "moustache": "mustache"}
+           "old": "age", "older": "age", "pose": "yaw", "moustache": "mustache"}
 
 
 class DirectionError(ValueError):

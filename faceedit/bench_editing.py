@@ -309,7 +309,9 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     check = None
     if photos:
         check = photo_check(models[0], photos, steps=photo_steps, device=device, directions=directions)
-    result = {"rows": rows, "photo_check": check,
+    from faceedit.bench import provenance
+
+    result = {"rows": rows, "photo_check": check, "provenance": provenance(),
               "settings": {"n": n, "method": method or "default", "strengths": list(strengths), "steps": steps,
                            "seed": seed, "pack": str(pack),
                            "photos": str(photos), "scorer": clf[1], "identity": ident[1],
