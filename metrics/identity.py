@@ -193,8 +193,8 @@ def calibrate(crops, *, n_pairs: int = 5000, seed: int = 0, recipe_scale: float 
     enc = IdentityEncoder(recipe_scale=recipe_scale, calibration=False)
     a = _as_uint8(crops)
     n = len(a)
-    if n < 10:
-        raise ValueError(f"identity calibration needs at least 10 crops, got {n}")
+    if n < 8:
+        raise ValueError(f"identity calibration needs at least 8 crops, got {n}")
     emb = enc.embed(a)
     rng = np.random.default_rng(seed)
     i, j = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)

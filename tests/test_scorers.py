@@ -227,20 +227,19 @@ def test_identity_separates_people_and_keeps_a_face(shared_dir, tmp_path):
     assert np.allclose(m @ [32, 32 + 10, 1], [75, 75])       # chip centre from the FACES64 crop
     photos = ["face_recognition__obama.jpg", "face_recognition__obama2.jpg", "face_recognition__biden.jpg",
               "facenet__angelina_jolie_1.jpg", "facenet__paul_rudd_1.jpg", "face_recognition__lin-manuel-miranda.png",
-              "facenet__kate_siegel_1.jpg", "facenet__shea_whigham_1.jpg", "insightface__Tom_Hanks_54745.png",
-              "face_recognition__alex-lacamoire.png", "insightface__bulk_Rob_Lowe_0001.jpg"]
+              "facenet__kate_siegel_1.jpg", "facenet__shea_whigham_1.jpg"]
     crops = np.stack([align(load_image(f"{shared_dir}/datasets/photos/{p}"), recipe=FACES64, face="largest")[0].crop
                       for p in photos])
     enc = IdentityEncoder(calibration=False)
     e = enc.embed(crops)
-    assert e.shape == (11, 128)
+    assert e.shape == (8, 128)
     assert np.allclose(enc.distance(crops[:2], crops[:2]), 0)
     same_person = np.linalg.norm(e[0] - e[1])                 # two photos of Obama
-    strangers = [np.linalg.norm(e[i] - e[j]) for i in range(2, 11) for j in range(i + 1, 11)]
+    strangers = [np.linalg.norm(e[i] - e[j]) for i in range(2, 8) for j in range(i + 1, 8)]
     assert same_person < 0.6 < np.median(strangers)
-    flips = enc.distance(crops, perturbations(crops)["flip"])
+    flips = enc.distance(crops[:3], perturbations(crops[:3])["flip"])
     assert np.median(flips) < np.median(strangers) / 2
-    cal = calibrate(crops, n_pairs=300)
+    cal = calibrate(crops, n_pairs=200)
     assert np.all(np.diff(cal["different"]["quantiles"]) >= 0) and cal["same"]["mean"] < cal["different"]["mean"]
     p = tmp_path / "cal.json"
     p.write_text(json.dumps(cal))
