@@ -34,8 +34,11 @@ def dataset():
 @click.option("--limit", type=click.IntRange(1), default=None,
               help="Process only about N photos per split (evenly spaced): a quick trial build.")
 @click.option("--prefix", default="faces64", show_default=True, help="File-name prefix.")
+@click.option("--cache", type=click.Path(file_okay=False), default=None,
+              help="Keep the raw aligned crops here (~400 MB; not inside --out, which travels to the GPU) "
+                   "so that a re-pack at another --max-mib skips alignment.")
 @click.pass_context
-def build(ctx, out, datasets, workers, max_mib, limit, prefix):
+def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
     """Align UTKFace and CelebA (FACES64 recipe, largest face), pack train and test splits.
 
     The test split (CelebA 009001-010000; UTKFace every 20th sorted name) goes only to
@@ -45,12 +48,13 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix):
     Examples:
       faceedit dataset build --out .gpu/data
       faceedit dataset build --out /tmp/trial --limit 200
+      faceedit dataset build --out .gpu/data --cache /tmp/faces64_cache --max-mib 40
     """
     from faceedit.training.dataset import build_dataset
 
     with job_errors():
         stats = build_dataset(out, datasets or _default_datasets(), workers=workers, max_mib=max_mib, limit=limit,
-                              progress=not ctx.obj.get("quiet"), prefix=prefix)
+                              progress=not ctx.obj.get("quiet"), prefix=prefix, cache=cache)
     for split, s in stats["splits"].items():
         per = ", ".join(f"{k} {v['aligned']}/{v['photos']}" for k, v in s["per_source"].items())
         click.echo(f"{split}: {s['aligned']} faces aligned of {s['photos']} photos ({per}); {s['failed']} failed")
