@@ -122,11 +122,11 @@ def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
 
 def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int | None = None, seed: int = 0,
                 device=None, classifier=None, independent=None, identity=(None, None), directions=None,
-                perceptual: str = "disc", batch_size: int = 32, method: str | None = None) -> list:
+                perceptual: str = "disc", batch_size: int = 32, method: str | None = None, attrs=None) -> list:
     """Rows of the table for one model (see the module docstring)."""
     from faceedit.checkpoints.registry import load_model
     from faceedit.editing.apply import displacement
-    from faceedit.editing.direction import EDITABLE, list_directions
+    from faceedit.editing.direction import EDITABLE, canonical_attribute, list_directions
     from faceedit.inversion.hybrid import invert_with
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,6 +136,9 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     pool = list_directions(mid) if directions is None else list_directions(folder=directions)
     dirs = [d for _, d in pool if d.model_id == mid and d.method not in ("ganspace", "sefa")
             and space in EDITABLE[d.space]]
+    if attrs:
+        keep = {canonical_attribute(a) for a in attrs}
+        dirs = [d for d in dirs if d.attribute in keep]
     if not dirs:
         log.warning("%s: no InterFaceGAN directions found; fit them first (python -m faceedit.editing.fit_job)", mid)
         return []
@@ -216,7 +219,7 @@ def photo_check(model, photos, *, attr: str | None = None, strength: float = 2.0
                     invert_options=dict(steps=steps, prior="none", perceptual="none"))
     pool = [d for _, d in (list_directions(pipe.model_id) if directions is None else list_directions(folder=directions))
             if d.model_id == pipe.model_id]
-    d = next((x for x in pool if attr is None or x.key == attr), None)
+    d = next((x for x in pool if x.key == (attr or "smile")), None) or (None if attr else next(iter(pool), None))
     if d is None:
         d = ganspace(sample_codes(pipe.G, 5000), model_id=pipe.model_id, num_ws=pipe.G.num_ws, k=1)[0]
     files = sorted(q for q in Path(photos).iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))[:limit]
@@ -273,7 +276,7 @@ def table(rows: list, photos: dict | None = None) -> str:
     if rows:
         r = rows[0]
         lines += ["", f"Per unit strength (1 = one standard deviation of the latent distribution along the "
-                      f"direction), strengths {r['strengths']}, {r['n']} inverted test faces per model "
+                      f"direction), strengths {r['strengths']}, {r['n']} inverted faces per model "
                       f"({r.get('steps')} steps). d_prob/drift: classifier probability per unit; held: drift of "
                       f"attributes conditioning holds (age in years per unit). Rows measured by the scorer they "
                       f"were fitted with are optimistic."]
@@ -286,7 +289,7 @@ def table(rows: list, photos: dict | None = None) -> str:
 
 def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1, 2), steps: int | None = None,
         seed: int = 0, device=None, directions=None, out=None, identity: bool = True, perceptual: str = "disc",
-        photo_steps: int = 5, method: str | None = None) -> dict:
+        photo_steps: int = 5, method: str | None = None, attrs=None) -> dict:
     """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``."""
     from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.bench_inversion import load_faces
@@ -305,7 +308,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         faces = load_faces(pack, n, None if pack else photos, recipe.with_size(R))
         rows += bench_model(model, faces, strengths=strengths, steps=steps, seed=seed, device=device, classifier=clf,
                             independent=indep, identity=ident, directions=directions, perceptual=perceptual,
-                            method=method)
+                            method=method, attrs=attrs)
     check = None
     if photos:
         check = photo_check(models[0], photos, steps=photo_steps, device=device, directions=directions)
@@ -340,6 +343,8 @@ def main(argv=None):
     ap.add_argument("--directions", default=None, help="folder of direction files [default: shipped + cache]")
     ap.add_argument("--perceptual", default="disc")
     ap.add_argument("--method", default=None, help="inversion method [default: the model's default]")
+    ap.add_argument("--attrs", nargs="*", default=None,
+                    help="only directions of these attributes (with their conditional variants) [default: all]")
     ap.add_argument("--photo-steps", type=int, default=5)
     ap.add_argument("--no-identity", action="store_true")
     ap.add_argument("--device", default="auto")
@@ -350,7 +355,7 @@ def main(argv=None):
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n,
               strengths=[float(x) for x in a.strengths.split(",")], steps=a.steps, device=a.device,
               directions=a.directions, out=a.out, identity=not a.no_identity, perceptual=a.perceptual,
-              photo_steps=a.photo_steps, method=a.method)
+              photo_steps=a.photo_steps, method=a.method, attrs=a.attrs)
     print(table(res["rows"], res["photo_check"]))
 
 
