@@ -57,7 +57,8 @@ def main():
 @click.option("--size", default=1024, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
 @click.option("--detectors", default="dlib,mtcnn,dlib-cnn", show_default=True)
-def speed(out, photo, size, repeats, detectors):
+@click.option("--upsample", type=int, default=None, help="dlib upsampling [default: automatic by photo size].")
+def speed(out, photo, size, repeats, detectors, upsample):
     """Faces per second for a SIZE px FFHQ crop from a ~2 MP photo, per detector."""
     from faceedit.alignment import FFHQ, align, align_landmarks, detect_faces, landmarks68
     from faceedit.imageio import load_image
@@ -67,11 +68,11 @@ def speed(out, photo, size, repeats, detectors):
     recipe = FFHQ.with_size(size)
     rows, res = [], {}
     for det in detectors.split(","):
-        align(img, recipe=recipe.with_size(64), detector=det)  # load models, warm caches
+        align(img, recipe=recipe.with_size(64), detector=det, upsample=upsample)  # load models, warm caches
         t_wall, t_cpu, n = [], [], 0
         for _ in range(repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            faces = align(img, recipe=recipe, detector=det)
+            faces = align(img, recipe=recipe, detector=det, upsample=upsample)
             t_wall.append(time.perf_counter() - w0)
             t_cpu.append(time.process_time() - c0)
             n = len(faces)
@@ -79,7 +80,7 @@ def speed(out, photo, size, repeats, detectors):
         c = time.process_time
         parts = {"detect": [], "landmarks": [], "warp": []}
         for _ in range(repeats):
-            a = c(); d = detect_faces(img, det); b = c()
+            a = c(); d = detect_faces(img, det, upsample); b = c()
             lms = [x.landmarks5 if det == "mtcnn" else landmarks68(img, x.box) for x in d]; e = c()
             for lm in lms:
                 align_landmarks(img, lm, recipe)
@@ -96,6 +97,7 @@ def speed(out, photo, size, repeats, detectors):
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "results": res}
     _write_json(out, "speed.json", meta)
     print(f"photo {Path(photo).name} {w}x{h} ({w * h / 1e6:.2f} MP) -> {size} px FFHQ crop (4x supersampled), "
+          f"upsample {'auto' if upsample is None else upsample}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load avg {os.getloadavg()[0]:.1f}")
     print(_table(rows, ["detector", "faces", "faces/s wall", "faces/s cpu", "detect ms", "landmarks ms", "warp ms"]))
 
@@ -173,6 +175,21 @@ def _train_files(per_set: int, seed: int):
     return {"celeba": pick(celeba) if per_set else celeba, "utkface": pick(utk) if per_set else utk}
 
 
+def _redetect(crop):
+    """dlib HOG + 68 landmarks on an aligned crop, with a grey margin of a quarter of its side
+    (a tight crop leaves HOG no context around the face). None if no face is found."""
+    import cv2
+
+    from faceedit.alignment import detect_faces, landmarks68
+
+    m = crop.shape[0] // 4
+    padded = cv2.copyMakeBorder(crop, m, m, m, m, cv2.BORDER_CONSTANT, value=(127, 127, 127))
+    d = detect_faces(padded, "dlib", upsample=0) or detect_faces(padded, "dlib", upsample=1)
+    if not d:
+        return None
+    return landmarks68(padded, max(d, key=lambda x: x.size).box) - m
+
+
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--per-set", default=1000, show_default=True, help="Faces sampled per data set (0 = all train faces).")
@@ -204,11 +221,9 @@ def landmarks(out, per_set, check_size, seed):
                 continue
             el, er, _, _ = eye_mouth_points(f.landmarks)
             first = apply_matrix(f.matrix, np.stack([el, er]))  # where the first pass put the eyes
-            d2 = detect_faces(f.crop, "dlib", upsample=0) or detect_faces(f.crop, "dlib", upsample=1)
+            lm2 = _redetect(f.crop)
             rec = {"file": p.name, "first": first.tolist()}
-            if d2:
-                d2 = max(d2, key=lambda d: d.size)
-                lm2 = landmarks68(f.crop, d2.box)
+            if lm2 is not None:
                 e2 = np.stack(eye_mouth_points(lm2)[:2])
                 rec["redetected"] = e2.tolist()
             else:
@@ -263,8 +278,7 @@ def landmarks(out, per_set, check_size, seed):
         f = align(load_image(p), recipe=recipe, face="largest")[0]
         t = f.crop.copy()
         tpl = np.array(result[set_name]["template_eyes_px"])
-        d2 = detect_faces(f.crop, "dlib", upsample=0) or detect_faces(f.crop, "dlib", upsample=1)
-        lm2 = landmarks68(f.crop, max(d2, key=lambda d: d.size).box)
+        lm2 = _redetect(f.crop)
         for q in tpl:
             cv2.circle(t, tuple(int(v) for v in q), 4, (0, 255, 0), 2)
         for q in np.stack(eye_mouth_points(lm2)[:2]):
