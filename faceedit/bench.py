@@ -338,21 +338,21 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
                      "ci_low": k["ci_low"], "ci_high": k["ci_high"], "n": k["n"]}]
 
         rows += fid_rows("real-train", train_imgs[tr_sel][:neq], "vs real test (floor)")
-    rates = {"real test (labels)": {}, "real test (scorer)": {}, "real train (scorer)": {}}
+    rates = {"real test (labels: CelebA attrs on CelebA faces)": {}, "real test (scorer)": {}, "real train (scorer)": {}}
     from faceedit.metrics.attributes import celeba_label_matrix, CELEBA_ATTRIBUTES
 
     lab = celeba_label_matrix(test.labels, len(test))
     for a in KEY_ATTRIBUTES:
         j = CELEBA_ATTRIBUTES.index(a)
         known = lab[:, j] != 0
-        rates["real test (labels)"][a] = float((lab[known, j] == 1).mean()) if known.any() else float("nan")
+        rates["real test (labels: CelebA attrs on CelebA faces)"][a] = float((lab[known, j] == 1).mean()) if known.any() else float("nan")
         rates["real test (scorer)"][a] = float((sc_test[a] > 0.5).mean())
         rates["real train (scorer)"][a] = float((sc_train[a] > 0.5).mean())
     from faceedit.metrics.attributes import age_targets, gender_targets
 
     g_lab, a_lab = gender_targets(test.labels, lab), age_targets(test.labels, len(test))
-    rates["real test (labels)"]["female"] = float(np.nanmean(g_lab)) if np.isfinite(g_lab).any() else float("nan")
-    rates["real test (labels)"]["mean_age"] = float(np.nanmean(a_lab)) if np.isfinite(a_lab).any() else float("nan")
+    rates["real test (labels: CelebA attrs on CelebA faces)"]["female"] = float(np.nanmean(g_lab)) if np.isfinite(g_lab).any() else float("nan")
+    rates["real test (labels: CelebA attrs on CelebA faces)"]["mean_age"] = float(np.nanmean(a_lab)) if np.isfinite(a_lab).any() else float("nan")
     for key, sc in (("real test (scorer)", sc_test), ("real train (scorer)", sc_train)):
         rates[key]["female"] = float((sc["female"] > 0.5).mean())
         rates[key]["mean_age"] = float(sc["age"].mean())
