@@ -5,8 +5,12 @@ A checkpoint is a folder (or a ``.zip`` of one) holding:
 * ``config.json``: ``{"format": "faceedit.checkpoint", "version": 1, "name": ...,
   "generator": {Generator kwargs}, "discriminator": {Discriminator kwargs} | null,
   "recipe": {AlignmentRecipe}, "license": ..., "provenance": {...}}``;
-* ``model.safetensors``: ``G_ema.*`` parameters and buffers (``w_avg`` included) and,
-  optionally, ``prior.*`` statistics of the Gaussianized prior;
+* ``model.safetensors``: ``G_ema.*`` parameters and buffers (``w_avg`` included); its
+  sha256 is the model id that latents, directions and encoders record;
+* ``prior.safetensors`` (optional): the Gaussianized prior's statistics, fp32 (a separate
+  file so that the W++ joint covariance does not push the weight file past 16 MiB, and so
+  that adding a prior does not change the model id). Older files holding ``prior.*``
+  tensors inside ``model.safetensors`` are still read;
 * ``discriminator.safetensors`` (optional): ``D.*``.
 
 Nothing in a native checkpoint is executable; reading it never runs code.
@@ -261,6 +265,9 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
     G = build_network("generator", cfg["generator"], f"{path}/config.json")
     _strict_load(G, {k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}, f"{path}/model.safetensors")
     prior = {k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")}
+    if src.exists("prior.safetensors"):
+        prior.update(_unpack_prior(_load_tensors(src.read("prior.safetensors"), f"{path}/prior.safetensors"),
+                                   f"{path}/prior.safetensors"))
     D = None
     if with_discriminator:
         if cfg.get("discriminator") is None or not src.exists("discriminator.safetensors"):
@@ -277,15 +284,45 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
     return {"G": G, "D": D, "config": cfg, "prior": prior, "sha256": sha}
 
 
-def model_safetensors_bytes(G: Generator, prior: dict | None = None, dtype: torch.dtype = torch.float32) -> bytes:
+def model_safetensors_bytes(G: Generator, dtype: torch.dtype = torch.float32) -> bytes:
     """The exact bytes :func:`save_native` writes as ``model.safetensors`` (its sha256 is the model id)."""
     from safetensors.torch import save
 
     cast = lambda t: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()  # noqa: E731
-    tensors = {f"G_ema.{k}": cast(v) for k, v in G.state_dict().items()}
-    for k, v in (prior or {}).items():
-        tensors[f"prior.{k}"] = v.detach().float().cpu().contiguous()  # statistics stay fp32
-    return save(tensors)
+    return save({f"G_ema.{k}": cast(v) for k, v in G.state_dict().items()})
+
+
+def prior_safetensors_bytes(prior: dict) -> bytes:
+    """The bytes of ``prior.safetensors``: statistics stay fp32; a symmetric ``cov`` is
+    stored as its packed upper triangle (``cov.triu``), which halves the W++ joint
+    covariance (2560 x 2560) to 13 MB so the file stays under 16 MiB."""
+    from safetensors.torch import save
+
+    out = {}
+    for k, v in prior.items():
+        v = v.detach().float().cpu()
+        if k == "cov" and v.ndim == 2 and v.shape[0] == v.shape[1]:
+            i, j = torch.triu_indices(v.shape[0], v.shape[0])
+            out["cov.triu"] = v[i, j].contiguous()
+        else:
+            out[k] = v.contiguous()
+    return save(out)
+
+
+def _unpack_prior(tensors: dict, where: str) -> dict:
+    """Inverse of :func:`prior_safetensors_bytes`'s packing."""
+    out = {k: v.float() for k, v in tensors.items() if k != "cov.triu"}
+    if "cov.triu" in tensors:
+        tri = tensors["cov.triu"].float()
+        n = int(round(((8 * tri.numel() + 1) ** 0.5 - 1) / 2))
+        if tri.ndim != 1 or n * (n + 1) // 2 != tri.numel():
+            raise CheckpointError(f"{where}: cov.triu has {tri.numel()} values, not a triangle")
+        cov = torch.zeros(n, n)
+        i, j = torch.triu_indices(n, n)
+        cov[i, j] = tri
+        cov[j, i] = tri
+        out["cov"] = cov
+    return out
 
 
 def save_native(path, G: Generator, *, name: str, D: Discriminator | None = None, recipe: dict | None = None,
@@ -300,7 +337,9 @@ def save_native(path, G: Generator, *, name: str, D: Discriminator | None = None
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cast = lambda t: (t.to(dtype) if t.is_floating_point() else t).detach().cpu().contiguous()  # noqa: E731
-    atomic_write_bytes(path / "model.safetensors", model_safetensors_bytes(G, prior, dtype))
+    atomic_write_bytes(path / "model.safetensors", model_safetensors_bytes(G, dtype))
+    if prior:
+        atomic_write_bytes(path / "prior.safetensors", prior_safetensors_bytes(prior))
     if D is not None:
         atomic_write_bytes(path / "discriminator.safetensors",
                            save({f"D.{k}": cast(v) for k, v in D.state_dict().items()}))

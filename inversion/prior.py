@@ -18,7 +18,7 @@ with ``D`` degrees of freedom (mean ``D``, variance ``2D``); ``fit_prior`` store
 mean and variance ratios and the Kolmogorov-Smirnov statistic of that check.
 
 Storage: ``fit_prior`` returns a dict of tensors that ``save_native(..., prior=)``
-writes as ``prior.*`` into ``model.safetensors``; ``load_prior`` reads them from there
+writes into the checkpoint's ``prior.safetensors``; ``load_prior`` reads them from there
 or, for a model file without them, fits once and caches the result in
 ``cache_dir()/priors/<sha256 of model.safetensors>.safetensors`` (written atomically).
 
@@ -340,14 +340,20 @@ def fit_prior(G, n: int = DEFAULT_N, *, batch: int = 4096, seed: int = 0, check_
 
 # -- loading and caching -------------------------------------------------------------
 def _prior_from_file(path: Path) -> tuple:
-    """``(prior tensors, sha256)`` straight from a native folder's model.safetensors."""
+    """``(prior tensors, sha256 of model.safetensors)`` from a native folder (its
+    ``prior.safetensors``, or ``prior.*`` tensors inside older ``model.safetensors`` files)."""
+    from safetensors import safe_open
+
     from faceedit.checkpoints.native import sha256_file
 
     f = path / "model.safetensors"
-    from safetensors import safe_open
-
     with safe_open(str(f), framework="pt") as sf:
         prior = {k[6:]: sf.get_tensor(k).float() for k in sf.keys() if k.startswith("prior.")}
+    if (path / "prior.safetensors").is_file():
+        from faceedit.checkpoints.native import _unpack_prior
+
+        with safe_open(str(path / "prior.safetensors"), framework="pt") as sf:
+            prior.update(_unpack_prior({k: sf.get_tensor(k) for k in sf.keys()}, path / "prior.safetensors"))
     return prior, sha256_file(f)
 
 
@@ -454,7 +460,7 @@ def main(argv=None) -> None:
     """``python -m faceedit.inversion.prior MODEL --out DIR``: embed the prior into a copy.
 
     Loads MODEL (with its discriminator if any), fits the prior on the best device and
-    writes a native checkpoint with ``prior.*`` to DIR; prints the fit check last.
+    writes a native checkpoint with its ``prior.safetensors`` to DIR; prints the fit check last.
     """
     import argparse
     import time
