@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from faceedit.checkpoints.atomic import atomic_write_bytes
+from faceedit.inversion.latent import looks_like_safetensors, read_safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def _load(path: Path) -> Direction:
     if size > MAX_FILE_BYTES:
         raise DirectionFileError(f"{path} is {size} bytes, far more than a direction; {fix}")
     data = path.read_bytes()
-    if not _looks_like_safetensors(data) and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"
+    if not looks_like_safetensors(data) and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"
                                               or data[:6] == b"\x93NUMPY"
                                               or path.suffix in (".pkl", ".pt", ".pth", ".npy")):
         raise DirectionFileError(f"{path} is a pickle/torch/numpy file; faceedit reads directions only as "
@@ -284,7 +285,7 @@ def _load(path: Path) -> Direction:
                                  f"Direction.from_vector(np.load(f), ...).save(DIR)")
     try:
         tensors = load(data)
-        meta = (_read_header(data).get("__metadata__") or {})
+        meta = (read_safetensors_header(data).get("__metadata__") or {})
         info = json.loads(meta.get("direction", "null"))
     except (SafetensorError, ValueError, json.JSONDecodeError) as e:
         raise DirectionFileError(f"{path} is not a valid faceedit direction file ({e}); {fix}") from e
@@ -306,30 +307,6 @@ def _load(path: Path) -> Direction:
         raise DirectionFileError(f"{path}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
         raise DirectionFileError(f"{path}: metadata is incomplete or malformed ({e}); {fix}") from e
-
-
-def _looks_like_safetensors(data: bytes) -> bool:
-    """An 8-byte little-endian header length followed by a JSON object that fits the file.
-
-    (Checked before sniffing for pickles: a header length such as 640 = 0x280 starts with
-    the same byte as a pickle.)"""
-    import struct
-
-    if len(data) < 10:
-        return False
-    (n,) = struct.unpack("<Q", data[:8])
-    return n <= len(data) - 8 and data[8:9] == b"{"
-
-
-def _read_header(data: bytes) -> dict:
-    import struct
-
-    if len(data) < 8:
-        raise ValueError("file too short")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise ValueError("header length past end of file")
-    return json.loads(data[8:8 + n])
 
 
 # -- where direction files live ---------------------------------------------------------

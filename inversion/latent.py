@@ -141,12 +141,12 @@ def _load_latent(path: Path, max_bytes: int) -> Latent:
     if size > max_bytes:
         raise LatentFileError(f"{path} is {size} bytes, over the {max_bytes}-byte limit for latent files")
     data = path.read_bytes()
-    if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:4] == b"PK\x03\x04":
+    if not looks_like_safetensors(data) and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"):
         raise LatentFileError(f"{path} is a pickle/torch file; faceedit reads latents only as "
                               f".safetensors written by `faceedit invert` (pickles can run code)")
     try:
         tensors = load(data)
-        header = _read_header(data)
+        header = read_safetensors_header(data)
     except (SafetensorError, ValueError, RecursionError) as e:
         raise LatentFileError(f"{path} is not a valid faceedit latent file ({e}); "
                               f"write one with `faceedit invert`") from e
@@ -184,7 +184,22 @@ def _load_latent(path: Path, max_bytes: int) -> Latent:
         raise LatentFileError(f"{path}: {e}; write latent files with `faceedit invert`") from e
 
 
-def _read_header(data: bytes) -> dict:
+def looks_like_safetensors(data: bytes) -> bool:
+    """Whether ``data`` starts like a safetensors file (a length, then a JSON header).
+
+    Checked before sniffing for pickles: a safetensors header of 640, 896, ... bytes
+    begins with the byte 0x80, as pickles do.
+    """
+    import struct
+
+    if len(data) < 10:
+        return False
+    (n,) = struct.unpack("<Q", data[:8])
+    return n <= len(data) - 8 and data[8:9] == b"{"
+
+
+def read_safetensors_header(data: bytes) -> dict:
+    """The JSON header of a safetensors file (raises ``ValueError`` when malformed)."""
     import struct
 
     if len(data) < 8:
