@@ -92,7 +92,7 @@ def landmark_scorer(device, *, with_yaw5: bool = False):
     except ImportError as e:
         raise SystemExit(f"the landmark scorer (faceedit.metrics.geometry) is not available here ({e}); "
                          f"it needs dlib: run this on the CPU machine") from e
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.networks.images import tensor_to_uint8
 
     keys = ("yaw", "pitch", "roll", "smile", "mouth_open", "eyes_open") + (("yaw5",) if with_yaw5 else ())
 
@@ -107,7 +107,7 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
     """W+ directions from the codes of inverted TRAIN-split faces (mapping samples are the same
     on every layer, so a flattened W+ SVM on them would be degenerate). The faces are scored
     by the same classifier on the real aligned images; the default inversion method is used."""
-    from faceedit.imageio import uint8_to_tensor
+    from faceedit.networks.images import uint8_to_tensor
     from faceedit.inversion.hybrid import default_method, invert_with
     from faceedit.training.pack import Pack
 
@@ -174,7 +174,7 @@ def _save_samples(G, model_id, codes, path, *, seed, batch, device) -> Path:
     import cv2
 
     from faceedit.checkpoints.atomic import atomic_write_bytes
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.networks.images import tensor_to_uint8
 
     jpegs = []
     for i in range(0, len(codes), 256):
@@ -198,7 +198,7 @@ def _score_saved_samples(G, model_id, folder, score_fn, device) -> tuple:
     import cv2
 
     from faceedit.editing.fit import sample_codes
-    from faceedit.imageio import uint8_to_tensor
+    from faceedit.networks.images import uint8_to_tensor
 
     path = Path(folder) / f"samples_{model_name(model_id)}.npz"
     if not path.is_file():

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceedit.checkpoints.atomic import atomic_write_bytes
+from faceedit.networks.images import tensor_to_uint8, uint8_to_tensor  # noqa: F401  (public API)
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any phone photo, far below a bomb
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -108,27 +109,6 @@ def save_image(path, arr: np.ndarray, *, protect=()) -> Path:
     path = Path(path)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
     return atomic_write_bytes(path, encode_image(arr, fmt), protect=protect)
-
-
-def tensor_to_uint8(img) -> np.ndarray:
-    """Generator output ``[N, 3, H, W]`` in [-1, 1] -> ``[N, H, W, 3]`` uint8."""
-    import torch
-
-    x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
-    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def uint8_to_tensor(arr: np.ndarray, device=None):
-    """``[H, W, 3]`` or ``[N, H, W, 3]`` uint8 -> ``[N, 3, H, W]`` float in [-1, 1]."""
-    import torch
-
-    a = np.asarray(arr)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or a.shape[-1] != 3:
-        raise ValueError(f"expected [H, W, 3] or [N, H, W, 3] RGB, got {a.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return t.to(device) if device is not None else t
 
 
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:

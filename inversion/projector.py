@@ -259,7 +259,7 @@ class Projector:
 # -- the one-call API ----------------------------------------------------------------
 def _to_batch(images, R: int, device):
     """Targets ``[B, 3, R, R]`` in [-1, 1] and the AlignedFace (or None) of each image."""
-    from faceedit.imageio import uint8_to_tensor
+    from faceedit.networks.images import uint8_to_tensor
 
     if isinstance(images, torch.Tensor):
         t = images if images.ndim == 4 else images.unsqueeze(0)

@@ -300,3 +300,14 @@ def test_fast_upsample_equals_reference():
     x = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(6))
     assert rel_err(upsample2d_fast(x, make_fir()), ref_upsample(x.double())) < 1e-6
     assert rel_err(upsample2d_fast(x, make_fir((1, 2, 1))), upsample2d(x, make_fir((1, 2, 1)))) < 1e-6
+
+
+def test_uint8_tensor_round_trip_is_exact():
+    import numpy as np
+
+    from faceedit.networks.images import tensor_to_uint8, uint8_to_tensor
+
+    a = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
+    t = uint8_to_tensor(a)
+    assert t.shape == (3, 3, 5, 7) and float(t.min()) >= -1 and float(t.max()) <= 1
+    assert (tensor_to_uint8(t) == a).all()

@@ -432,7 +432,8 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64) -> np.ndarray:
-        from faceedit.imageio import make_grid, tensor_to_uint8
+        from faceedit.imageio import make_grid
+        from faceedit.networks.images import tensor_to_uint8
 
         z = self.sample_z[:n]
         imgs = [self.G_ema.synthesis(self.G_ema.mapping(z[i:i + 16]), noise_mode="const")
