@@ -254,4 +254,10 @@ def test_real_fid_refuses_without_inception_weights(tmp_path, monkeypatch):
     assert not fid.inception_available()
     with pytest.raises(fid.InceptionUnavailableError) as e:
         fid.inception_features(_imgs(n=2))
-    assert fid.INCEPTION_FILE in str(e.value) and str(tmp_path) in str(e.value)
+    try:
+        import pytorch_fid  # noqa: F401  (the optional `fid` extra)
+    except ImportError:
+        # Without the extra, the error names the package to install.
+        assert "pip install pytorch-fid" in str(e.value)
+    else:
+        assert fid.INCEPTION_FILE in str(e.value) and str(tmp_path) in str(e.value)
