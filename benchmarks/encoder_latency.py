@@ -16,24 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-
-def _time(E, batch: int, device, amp: bool, iters: int, warmup: int) -> float:
-    x = torch.randn(batch, 3, E.resolution, E.resolution, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        for _ in range(warmup):
-            E(x)
-        sync()
-        t = time.perf_counter()
-        for _ in range(iters):
-            E(x)
-        sync()
-    return (time.perf_counter() - t) / iters
+from faceedit.training.encoder import encoder_latency
 
 
 def _encoders(models, spaces, big_res: int, channels: int):
@@ -82,7 +69,7 @@ def main(argv=None) -> None:
         for amp in ([False, True] if dev.type == "cuda" else [False]):
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            s = _time(E, a.batch, dev, amp, a.iters, a.warmup)
+            s = encoder_latency(E, batch=a.batch, device=dev, iters=a.iters, warmup=a.warmup, amp=amp) * a.batch / 1000
             mem = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else float("nan")
             rows.append({"encoder": name, "input_px": E.resolution, "weights": src, "params": params,
                          "precision": "bf16" if amp else "fp32", "batch": a.batch,

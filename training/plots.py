@@ -30,15 +30,19 @@ def _pyplot():
     return plt
 
 
-def gsnr_plot_png(csv_path, title: str = "") -> bytes | None:
-    """GSNR (mean over each parameter group's parameters) against kimg, one panel per network."""
+def _rows_or_none(csv_path):
+    """The CSV's rows, or ``None`` when the file is missing or empty (nothing to plot)."""
     if not Path(csv_path).is_file():
         return None
-    rows = _rows(csv_path)
-    if not rows:
+    return _rows(csv_path) or None
+
+
+def gsnr_plot_png(csv_path, title: str = "") -> bytes | None:
+    """GSNR (mean over each parameter group's parameters) against kimg, one panel per network."""
+    rows = _rows_or_none(csv_path)
+    if rows is None:
         return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
     for ax, net in zip(axes, ("G", "D")):
         groups = sorted({r["group"] for r in rows if r["net"] == net}, key=lambda g: (g == "all", g))
         for g in groups:
@@ -60,13 +64,10 @@ def gsnr_plot_png(csv_path, title: str = "") -> bytes | None:
 
 def loss_plot_png(csv_path, title: str = "") -> bytes | None:
     """Losses, logits and regularisers against kimg."""
-    if not Path(csv_path).is_file():
+    rows = _rows_or_none(csv_path)
+    if rows is None:
         return None
-    rows = _rows(csv_path)
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = _pyplot().subplots(1, 3, figsize=(14, 3.8))
     x = [float(r["kimg"]) for r in rows]
 
     def series(k):
