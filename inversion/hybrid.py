@@ -63,7 +63,9 @@ def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", p
     ``model``: registry name, checkpoint path or ``load_model`` dict (default: the
     registry's default model for ``space``); ignored for loading when ``G`` is given.
     """
-    from faceedit.checkpoints.registry import default_model, load_model
+    from faceedit.checkpoints.registry import default_model
+
+    from .projector import load_model_for_loss, resolve_prior
 
     mdict = model if isinstance(model, dict) else None
     if G is None:
@@ -71,27 +73,11 @@ def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", p
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if mdict is None:
             name = model if model is not None else default_model("wpp" if str(space).startswith("wpp") else space)
-            try:
-                mdict = load_model(name, device=device, with_discriminator=perceptual in ("disc", "auto"))
-            except ValueError:
-                if perceptual == "disc":
-                    raise
-                mdict = load_model(name, device=device)
+            mdict = load_model_for_loss(name, device, perceptual)
         G = mdict["G"].to(device)
         D = D if D is not None else mdict.get("D")
     model_id = mdict["model_id"] if mdict is not None else getattr(G, "model_id", "unknown")
-    if isinstance(prior, str):
-        if prior not in ("gaussian", "none"):
-            raise ValueError(f"prior must be 'gaussian' or 'none', got {prior!r}")
-        if prior == "gaussian":
-            from .prior import load_prior
-
-            if mdict is None and model is None:
-                raise ValueError("prior='gaussian' with a bare G needs model= or a GaussianPrior; "
-                                 "or pass prior='none'")
-            prior = load_prior(mdict if mdict is not None else model, G)
-        else:
-            prior = None
+    prior = resolve_prior(prior, mdict, model, G)
     return G, D, mdict, model_id, prior
 
 

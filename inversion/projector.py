@@ -327,7 +327,7 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
         ``seed``, ``space``, ``prior``, ``perceptual`` and, for AlignedFace inputs, ``faces``
         (index, alignment matrix, quad, recipe).
     """
-    from faceedit.checkpoints.registry import default_model, load_model
+    from faceedit.checkpoints.registry import default_model
 
     space = str(space).lower()
     model_id, sha = getattr(G, "model_id", "unknown"), None
@@ -339,31 +339,14 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if mdict is None:
             name = model if model is not None else default_model("wpp" if space in ("wpp", "wpp-z") else space)
-            want_d = perceptual in ("disc", "auto")
-            try:
-                mdict = load_model(name, device=device, with_discriminator=want_d)
-            except ValueError:
-                if perceptual == "disc":
-                    raise
-                mdict = load_model(name, device=device)
+            mdict = load_model_for_loss(name, device, perceptual)
         G, D = mdict["G"].to(device), D if D is not None else mdict.get("D")
         if D is not None:
             D.to(device)
         model_id, sha = mdict["model_id"], mdict["sha256"]
     space = check_space(G, space)
     dev = G.synthesis.const.device
-    if isinstance(prior, str):
-        if prior not in ("gaussian", "none"):
-            raise ValueError(f"prior must be 'gaussian' or 'none', got {prior!r}")
-        if prior == "gaussian":
-            from .prior import load_prior
-
-            if mdict is None and model is None:
-                raise ValueError("prior='gaussian' with a bare G needs model= (its file holds or caches the "
-                                 "prior) or a GaussianPrior object; or pass prior='none'")
-            prior = load_prior(mdict if mdict is not None else model, G)
-        else:
-            prior = None
+    prior = resolve_prior(prior, mdict, model, G)
     proj = Projector(G, space, steps=steps, D=D, perceptual=perceptual, prior=prior,
                      prior_weight=prior_weight if prior is not None else 0.0, optimize_noise=optimize_noise,
                      seed=seed, **options)
@@ -394,3 +377,35 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
 
 
 __all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT"]
+
+
+def resolve_prior(prior, mdict, model, G):
+    """``'gaussian'`` / ``'none'`` / a prior object -> the prior object or ``None``."""
+    if not isinstance(prior, str):
+        return prior
+    if prior not in ("gaussian", "none"):
+        raise ValueError(f"prior must be 'gaussian' or 'none', got {prior!r}")
+    if prior == "none":
+        return None
+    from .prior import load_prior
+
+    if mdict is None and model is None:
+        raise ValueError("prior='gaussian' with a bare G needs model= (its file holds or caches the "
+                         "prior) or a GaussianPrior object; or pass prior='none'")
+    return load_prior(mdict if mdict is not None else model, G)
+
+
+def load_model_for_loss(name, device, perceptual: str) -> dict:
+    """Load a model with its discriminator when the perceptual loss may use it.
+
+    ``perceptual='auto'`` falls back to the model without a discriminator (the loss then
+    picks another term); ``'disc'`` re-raises, since the user asked for that loss.
+    """
+    from faceedit.checkpoints.registry import load_model
+
+    try:
+        return load_model(name, device=device, with_discriminator=perceptual in ("disc", "auto"))
+    except ValueError:
+        if perceptual == "disc":
+            raise
+        return load_model(name, device=device)

@@ -109,16 +109,16 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
       faceedit invert photo.jpg --prior none --perceptual none --seed 1
     """
     import numpy as np
-    import torch
     from tqdm import tqdm
 
     from faceedit import __version__
     from faceedit.checkpoints.atomic import atomic_write_text
-    from faceedit.checkpoints.registry import default_model, load_model
+    from faceedit.checkpoints.registry import default_model
     from faceedit.device import resolve_device
     from faceedit.imageio import load_image, make_grid, save_image, tensor_to_uint8
     from faceedit.inversion.hybrid import default_method, invert_with
     from faceedit.inversion.pti import synthesize
+    from faceedit.inversion.projector import load_model_for_loss
 
     face_sel = _face_option(face)
     photos = _collect(inputs)
@@ -128,12 +128,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     with job_errors():
         device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
         name = model or default_model("wpp" if space in ("wpp", "wpp-z") else space)
-        try:
-            m = load_model(name, device=device, with_discriminator=perceptual in ("auto", "disc"))
-        except ValueError:
-            if perceptual == "disc":
-                raise
-            m = load_model(name, device=device)
+        m = load_model_for_loss(name, device, perceptual)
         G = m["G"]
         from faceedit.inversion.spaces import check_space
 
