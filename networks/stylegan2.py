@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from .fastsynth import synthesis_poly
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP, MappingTransformer
 from .ops import (_autocast_off, downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared,
@@ -141,7 +142,7 @@ class SynthesisNetwork(nn.Module):
                                            for b in (c.noise_const, d.noise_const)]
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None,
-                fused: bool = True) -> torch.Tensor:
+                fused: bool | str = True) -> torch.Tensor:
         """Synthesise images.
 
         Args:
@@ -149,8 +150,14 @@ class SynthesisNetwork(nn.Module):
             noise_mode: ``const`` (the stored maps), ``random`` or ``none``.
             noise: optional explicit list of noise maps (one per styled conv), overriding
                 ``noise_mode``; used by inversion when noise is optimised.
-            fused: see :func:`networks.ops.modulated_conv2d`.
+            fused: ``True``: the reference (per-sample grouped convs, NVIDIA's
+                ``fused_modconv``); ``False``: one shared conv per layer (see
+                :func:`networks.ops.modulated_conv2d`); ``"poly"``: the polyphase fast path
+                of :mod:`networks.fastsynth` (up-sampling convs as one dense low-resolution
+                conv, for GPUs; returns fp32). All three are equal to float rounding.
         """
+        if fused not in (True, False, "poly"):
+            raise ValueError(f"fused must be True, False or 'poly', got {fused!r}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"synthesis expects ws of shape [N, {self.num_ws}, {self.w_dim}], "
                              f"got {tuple(ws.shape)}")
@@ -158,6 +165,8 @@ class SynthesisNetwork(nn.Module):
             raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
         if noise is not None and len(noise) != 1 + 2 * len(self.convs):
             raise ValueError(f"expected {1 + 2 * len(self.convs)} noise maps, got {len(noise)}")
+        if fused == "poly":
+            return synthesis_poly(self, ws, noise_mode, noise)
         nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
         x = self.const.to(ws.dtype).expand(ws.shape[0], -1, -1, -1)
         x = self.conv1(x, ws[:, 0], noise_mode, nz(0), fused)

@@ -1,0 +1,226 @@
+"""Polyphase fast path of StyleGAN2 synthesis (``synthesis(ws, fused="poly")``).
+
+The reference up-sampling layer is a stride-2 transposed 3x3 convolution at the high
+resolution followed by the 4x4 [1, 3, 3, 1] FIR blur; the shared-conv fast path
+(``fused=False``) keeps that structure. Both are slow on GPUs: the transposed conv and the
+depthwise blur run at the high resolution with few channels, where no tensor-core kernel
+is efficient. This module rewrites the whole synthesis network with operations that are:
+
+* **Polyphase up-convolution.** Transposed conv + blur is one linear, stride-2
+  shift-equivariant operator with an effective 6x6 kernel at the high resolution (the 3x3
+  weight convolved with the 4x4 filter). Each of the four output phases (even/odd row and
+  column) sees a 3x3 window of the *low*-resolution input, so the layer equals ONE dense
+  3x3 convolution at the low resolution with ``4 * Cout`` outputs, followed by a
+  depth-to-space shuffle (:func:`phase_shuffle`). The polyphase kernel is
+  ``K[p, q] = M[p] @ w @ M[q]^T`` per (out, in) channel pair with ``M`` the 2x3x3 phase
+  matrices of the filter (:func:`phase_matrices`): a differentiable function of the
+  weight, cached per weight version when no gradient can flow to it. It costs 4x the
+  multiply-adds of the transposed conv but runs as a large implicit GEMM and removes the
+  blur pass.
+* **Demodulation exactly as StyleGAN2:** the norm of the modulated 3x3 weight, per sample
+  and output channel, applied after the convolution (one ``[N, Cin] x [Cin, Cout]``
+  matmul, in fp32).
+* **Skip up-sampling** of the RGB image by the same polyphase rule, written as shifted
+  slices (:func:`upsample2d_poly`), in fp32.
+* **toRGB** with the styles folded into per-sample 1x1 weights (a batched matmul): the
+  activations are read once and never rescaled.
+* **One epilogue** per conv (demodulation, noise, bias, leaky ReLU with its gain, clamp):
+  no data-dependent Python branches, no host synchronisation, so ``torch.compile`` fuses
+  each into one kernel (together with the next layer's input scaling and the shuffle).
+* On CUDA the activations run ``channels_last`` (what cuDNN's tensor-core kernels use).
+
+Equal to the reference path (``fused=True``) up to float rounding, forward and backward
+(``tests/test_fastsynth.py``). Only 4-tap filters are supported (StyleGAN2's).
+
+Convention: NCHW tensors (the memory may be ``channels_last``); ``fir`` holds the 1-D taps
+normalised to sum 1, as in :mod:`networks.ops`; phase ``p = 2 * py + px`` is the output
+pixel ``(2 * m + py, 2 * n + px)``; the polyphase channels are phase-major
+(channel ``p * Cout + c``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .ops import _autocast_off
+
+_SQRT2 = math.sqrt(2.0)
+
+# M[p, k, a] = g[a + 2k - p - 1] (zero outside 0..3) with g = 2 * flip(fir); the index table
+# below is that argument + 2, looked up in g padded by two zeros on each side.
+_PHASE_INDEX = torch.tensor([[[a + 2 * k - p - 1 + 2 for a in range(3)] for k in range(3)] for p in range(2)])
+
+
+def _check_fir(fir: torch.Tensor) -> None:
+    if fir.ndim != 1 or fir.numel() != 4:
+        raise ValueError(f"the polyphase path supports 4-tap FIR filters (StyleGAN2's [1, 3, 3, 1]); got "
+                         f"shape {tuple(fir.shape)}; use fused=False or fused=True for other filters")
+
+
+def phase_matrices(fir: torch.Tensor) -> torch.Tensor:
+    """The ``[2, 3, 3]`` phase matrices of 2x up-sampling by transposed conv + ``fir`` blur.
+
+    For one spatial axis, transposed conv (stride 2, 3 taps ``w``) then the blur (pad 1,
+    gain 2 per axis) gives ``out[2m + p] = sum_k x[m + k - 1] * (M[p] @ w)[k]``.
+    """
+    _check_fir(fir)
+    g = F.pad(fir.flip(0) * 2, (2, 2))
+    return g[_PHASE_INDEX.to(fir.device)]
+
+
+def upconv_poly_weight(weight: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+    """Polyphase kernel of the up-sampling conv: ``[Cout, Cin, 3, 3] -> [4 * Cout, Cin, 3, 3]``.
+
+    ``phase_shuffle(conv2d(x, K, padding=1))`` equals ``conv_transpose2d(x, weight^T,
+    stride=2)`` followed by ``upfirdn2d(., fir, pad=(1, 1, 1, 1), gain=4)``. Differentiable
+    in ``weight`` (and ``fir``).
+    """
+    if weight.ndim != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"upconv_poly_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
+    cout, cin = weight.shape[:2]
+    m = phase_matrices(fir).to(weight.dtype)
+    k = torch.einsum("pka,oiab,qlb->pqoikl", m, weight, m)   # [2, 2, Cout, Cin, 3, 3]
+    return k.reshape(4 * cout, cin, 3, 3)
+
+
+def phase_shuffle(t: torch.Tensor) -> torch.Tensor:
+    """Depth-to-space for phase-major channels: ``[N, 4C, H, W] -> [N, C, 2H, 2W]``.
+
+    ``out[n, c, 2m + py, 2k + px] = t[n, (2 * py + px) * C + c, m, k]``. Keeps ``channels_last``.
+    """
+    n, c4, h, w = t.shape
+    if c4 % 4:
+        raise ValueError(f"phase_shuffle expects 4 * C channels, got {c4}")
+    c = c4 // 4
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():  # one NHWC copy
+        y = t.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
+        return y.reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+    return t.reshape(n, 2, 2, c, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c, 2 * h, 2 * w)
+
+
+def upsample2d_poly(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+    """2x FIR up-sampling (equal to :func:`networks.ops.upsample2d`) as shifted slices.
+
+    Per axis, with ``g = 2 * flip(fir)``: ``out[2m] = g0 x[m-1] + g2 x[m]`` and
+    ``out[2m+1] = g1 x[m] + g3 x[m+1]`` (zero outside the image). Pointwise work only:
+    ``torch.compile`` fuses it with the skip addition.
+    """
+    _check_fir(fir)
+    g = fir.flip(0).to(x.dtype) * 2
+    for dim in (3, 2):
+        n = x.shape[dim]
+        xp = F.pad(x, (1, 1) if dim == 3 else (0, 0, 1, 1))
+        left, mid, right = xp.narrow(dim, 0, n), xp.narrow(dim, 1, n), xp.narrow(dim, 2, n)
+        even = g[0] * left + g[2] * mid
+        odd = g[1] * mid + g[3] * right
+        x = torch.stack([even, odd], dim=dim + 1).flatten(dim, dim + 1)
+    return x
+
+
+def _weights(layer, up: bool) -> tuple:
+    """(conv kernel, per (out, in) sum of squared 3x3 taps) of a styled conv, cached when possible.
+
+    The cache is used only where no gradient can reach the weight and outside
+    ``torch.compile`` tracing (there the few small ops are part of the graph); it is keyed
+    by the parameter's version counter, so in-place updates (optimiser steps, loading)
+    invalidate it.
+    """
+    weight = layer.weight
+    usable = not (torch.is_grad_enabled() and weight.requires_grad) and not _compiling()
+    key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, up, layer.scale)
+    if usable:
+        hit = getattr(layer, "_poly_cache", None)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+    w = weight * layer.scale
+    with _autocast_off(weight.device.type):
+        w2 = w.float().square().sum(dim=[2, 3])  # [Cout, Cin]
+        k = upconv_poly_weight(w, layer.fir) if up else w
+    out = (k, w2)
+    if usable:
+        layer._poly_cache = (key, tuple(t.detach() for t in out))
+    return out
+
+
+def _compiling() -> bool:
+    comp = getattr(torch, "compiler", None)
+    if comp is not None and hasattr(comp, "is_compiling"):
+        return comp.is_compiling()
+    return False
+
+
+def _noise(layer, x_ref: torch.Tensor, res: int, noise_mode: str, noise):
+    if noise is not None:
+        return noise
+    if noise_mode == "random":
+        return torch.randn(x_ref.shape[0], 1, res, res, device=x_ref.device, dtype=x_ref.dtype)
+    if noise_mode == "const":
+        return layer.noise_const
+    return None
+
+
+def styled_conv_poly(layer, x: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """One ``StyledConv`` (plain or up-sampling) on the polyphase path: modulate, conv, epilogue."""
+    n = x.shape[0]
+    k, w2 = _weights(layer, layer.up)
+    with _autocast_off(x.device.type):
+        dcoefs = (styles.float().square() @ w2.t() + 1e-8).rsqrt()  # [N, Cout], StyleGAN2's demodulation
+    h = x * styles.to(x.dtype).view(n, -1, 1, 1)
+    if x.is_cuda and not k.is_contiguous(memory_format=torch.channels_last):
+        k = k.contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(h, k.to(h.dtype), padding=1)
+    if layer.up:
+        y = phase_shuffle(y)
+    # epilogue: lrelu(g * (y * d + noise * strength + bias)) = lrelu(y * (g d) + g (noise * strength + bias))
+    add = layer.bias.view(1, -1, 1, 1) * _SQRT2
+    if noise is not None:
+        add = add + noise.to(add.dtype) * (layer.noise_strength * _SQRT2)
+    y = torch.addcmul(add.to(y.dtype), y, (dcoefs * _SQRT2).to(y.dtype).view(n, -1, 1, 1))
+    y = F.leaky_relu_(y, 0.2)  # in place on the epilogue's own output (autograd-safe)
+    if layer.conv_clamp is not None:
+        y = y.clamp(-layer.conv_clamp, layer.conv_clamp)
+    return y
+
+
+def torgb_poly(layer, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """One ``ToRGB``: per-sample modulated 1x1 weights (no demodulation) as a batched matmul,
+    then bias, clamp and the polyphase up-sampled skip, summed in fp32."""
+    n, c, hh, ww = x.shape
+    styles = layer.affine(w)                                                   # [N, C]
+    wm = (layer.weight * layer.scale).reshape(1, -1, c) * styles.view(n, 1, c)   # [N, 3, C]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = torch.bmm(x.permute(0, 2, 3, 1).reshape(n, hh * ww, c), wm.transpose(1, 2).to(x.dtype))
+        y = y.reshape(n, hh, ww, -1).permute(0, 3, 1, 2)
+    else:
+        y = torch.bmm(wm.to(x.dtype), x.reshape(n, c, hh * ww)).reshape(n, -1, hh, ww)
+    y = y.float() + layer.bias.float().view(1, -1, 1, 1)
+    if layer.conv_clamp is not None:
+        y = y.clamp(-layer.conv_clamp, layer.conv_clamp)
+    if skip is not None:
+        with _autocast_off(y.device.type):
+            y = y + upsample2d_poly(skip.float(), layer.fir)
+    return y
+
+
+def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None) -> torch.Tensor:
+    """The whole ``SynthesisNetwork`` forward on the polyphase path (inputs already checked).
+
+    Returns the image ``[N, 3, R, R]`` in fp32 (contiguous).
+    """
+    n = ws.shape[0]
+    nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
+    x = net.const.to(ws.dtype).expand(n, -1, -1, -1)
+    if ws.is_cuda:  # cuDNN's tensor-core kernels want NHWC; every later activation follows
+        x = x.contiguous(memory_format=torch.channels_last)
+    c1 = net.conv1
+    x = styled_conv_poly(c1, x, c1.affine(ws[:, 0]), _noise(c1, x, c1.resolution, noise_mode, nz(0)))
+    img = torgb_poly(net.torgb1, x, ws[:, 1], None)
+    for k, (cu, cv, rgb) in enumerate(zip(net.convs_up, net.convs, net.torgbs)):
+        x = styled_conv_poly(cu, x, cu.affine(ws[:, 2 * k + 1]),
+                             _noise(cu, x, cu.resolution, noise_mode, nz(2 * k + 1)))
+        x = styled_conv_poly(cv, x, cv.affine(ws[:, 2 * k + 2]),
+                             _noise(cv, x, cv.resolution, noise_mode, nz(2 * k + 2)))
+        img = torgb_poly(rgb, x, ws[:, 2 * k + 3], img)
+    return img.contiguous()
