@@ -85,6 +85,57 @@ def upconv_poly_weight(weight: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     return k.reshape(4 * cout, cin, 3, 3)
 
 
+# A[p, k, a] = 1 where a stride-2 transposed conv puts weight tap a of input x[m - 1 + k]
+# into its output 2m + p: the 2x2-window form of the transposed conv (T[2m+p], m = 0..H).
+_TCONV_PHASES = torch.tensor([[[1.0 if (a - p) % 2 == 0 and k == 1 - (a - p) // 2 else 0.0 for a in range(3)]
+                               for k in range(2)] for p in range(2)])
+
+
+def upconv_phase2_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The stride-2 transposed conv as one 2x2 conv: ``[Cout, Cin, 3, 3] -> [4 * Cout, Cin, 2, 2]``.
+
+    ``conv2d(x, K, padding=1)`` gives the four phases of ``conv_transpose2d(x, weight^T,
+    stride=2)`` (``[N, 4 Cout, H + 1, W + 1]``, phase-major; the odd phases' last row and
+    column are zero). 16/9 of the transposed conv's multiply-adds, against 4x for the
+    3x3 polyphase kernel; the blur is left to :func:`blur_phases`.
+    """
+    if weight.ndim != 4 or weight.shape[2:] != (3, 3):
+        raise ValueError(f"upconv_phase2_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
+    cout, cin = weight.shape[:2]
+    a = _TCONV_PHASES.to(device=weight.device, dtype=weight.dtype)
+    return torch.einsum("pka,oiab,qlb->pqoikl", a, weight, a).reshape(4 * cout, cin, 2, 2)
+
+
+def _blur_pair(even: torch.Tensor, odd: torch.Tensor, g: torch.Tensor, dim: int) -> tuple:
+    """One axis of the blur on phases: ``E[m] = T[2m]``, ``O[m] = T[2m+1]`` (length L + 1)
+    -> the two phases (length L) of ``z[j] = sum_t g[t] T[j + t - 1]``."""
+    n = even.shape[dim] - 1
+    e0, e1 = even.narrow(dim, 0, n), even.narrow(dim, 1, n)
+    o0, o1 = odd.narrow(dim, 0, n), odd.narrow(dim, 1, n)
+    om = F.pad(odd, (1, 0) if dim == even.ndim - 1 else (0, 0, 1, 0)).narrow(dim, 0, n)   # O[m - 1]
+    z0 = g[0] * om + g[1] * e0 + g[2] * o0 + g[3] * e1
+    z1 = g[0] * e0 + g[1] * o0 + g[2] * e1 + g[3] * o1
+    return z0, z1
+
+
+def blur_phases(t: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+    """The FIR blur (pad 1, gain 4) applied to a transposed conv's output held as phases.
+
+    ``t``: ``[N, 4C, H + 1, W + 1]`` from :func:`upconv_phase2_weight`; returns the blurred
+    ``[N, 4C, H, W]`` phases (for :func:`phase_shuffle`). Shifted slices only: under
+    ``torch.compile`` it fuses into the layer's epilogue.
+    """
+    _check_fir(fir)
+    n, c4, h1, w1 = t.shape
+    g = fir.flip(0).to(t.dtype) * 2
+    t6 = t.view(n, 2, 2, c4 // 4, h1, w1)                       # [N, py, px, C, H+1, W+1]
+    zx = _blur_pair(t6[:, :, 0], t6[:, :, 1], g, dim=4)           # along W: two [N, py, C, H+1, W]
+    zy0 = _blur_pair(zx[0][:, 0], zx[0][:, 1], g, dim=2)          # along H, output column phase 0
+    zy1 = _blur_pair(zx[1][:, 0], zx[1][:, 1], g, dim=2)          # ... column phase 1
+    z = torch.stack([torch.stack([zy0[0], zy1[0]], 1), torch.stack([zy0[1], zy1[1]], 1)], 1)
+    return z.reshape(n, c4, h1 - 1, w1 - 1)
+
+
 def phase_shuffle(t: torch.Tensor) -> torch.Tensor:
     """Depth-to-space for phase-major channels: ``[N, 4C, H, W] -> [N, C, 2H, 2W]``.
 
@@ -119,7 +170,7 @@ def upsample2d_poly(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _weights(layer, up: bool) -> tuple:
+def _weights(layer, up: str | None) -> tuple:
     """(conv kernel, per (out, in) sum of squared 3x3 taps) of a styled conv, cached when possible.
 
     The cache is used only where no gradient can reach the weight and outside
@@ -136,12 +187,17 @@ def _weights(layer, up: bool) -> tuple:
             return hit[1]
     w = weight * layer.scale
     with _autocast_off(weight.device.type):
-        w2 = w.float().square().sum(dim=[2, 3])  # [Cout, Cin]
-        k = upconv_poly_weight(w, layer.fir) if up else w
+        w2 = _acc(w).square().sum(dim=[2, 3])  # [Cout, Cin]
+        k = w if up is None else upconv_poly_weight(w, layer.fir) if up == "poly3" else upconv_phase2_weight(w)
     out = (k, w2)
     if usable:
         layer._poly_cache = (key, tuple(t.detach() for t in out))
     return out
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in at least fp32 (the demodulation coefficients set every layer's scale)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def _compiling() -> bool:
@@ -161,17 +217,26 @@ def _noise(layer, x_ref: torch.Tensor, res: int, noise_mode: str, noise):
     return None
 
 
-def styled_conv_poly(layer, x: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """One ``StyledConv`` (plain or up-sampling) on the polyphase path: modulate, conv, epilogue."""
+def styled_conv_poly(layer, x: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None,
+                     up_impl: str = "poly3") -> torch.Tensor:
+    """One ``StyledConv`` (plain or up-sampling) on the polyphase path: modulate, conv, epilogue.
+
+    ``up_impl`` (up-sampling layers): ``poly3`` (transposed conv and blur folded into one
+    3x3 kernel) or ``phase2`` (the transposed conv as a 2x2 conv, the blur as shifted
+    slices that ``torch.compile`` fuses into the epilogue; fewer FLOPs, slow in eager).
+    """
     n = x.shape[0]
-    k, w2 = _weights(layer, layer.up)
+    up = up_impl if layer.up else None
+    k, w2 = _weights(layer, up)
     with _autocast_off(x.device.type):
-        dcoefs = (styles.float().square() @ w2.t() + 1e-8).rsqrt()  # [N, Cout], StyleGAN2's demodulation
+        dcoefs = (_acc(styles).square() @ w2.to(_acc(styles).dtype).t() + 1e-8).rsqrt()  # [N, Cout]: StyleGAN2's
     h = x * styles.to(x.dtype).view(n, -1, 1, 1)
     if x.is_cuda and not k.is_contiguous(memory_format=torch.channels_last):
         k = k.contiguous(memory_format=torch.channels_last)
     y = F.conv2d(h, k.to(h.dtype), padding=1)
-    if layer.up:
+    if up == "phase2":
+        y = blur_phases(y, layer.fir)
+    if up is not None:
         y = phase_shuffle(y)
     # epilogue: lrelu(g * (y * d + noise * strength + bias)) = lrelu(y * (g d) + g (noise * strength + bias))
     add = layer.bias.view(1, -1, 1, 1) * _SQRT2
@@ -195,20 +260,32 @@ def torgb_poly(layer, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | Non
         y = y.reshape(n, hh, ww, -1).permute(0, 3, 1, 2)
     else:
         y = torch.bmm(wm.to(x.dtype), x.reshape(n, c, hh * ww)).reshape(n, -1, hh, ww)
-    y = y.float() + layer.bias.float().view(1, -1, 1, 1)
+    y = _acc(y) + layer.bias.to(_acc(y).dtype).view(1, -1, 1, 1)
     if layer.conv_clamp is not None:
         y = y.clamp(-layer.conv_clamp, layer.conv_clamp)
     if skip is not None:
         with _autocast_off(y.device.type):
-            y = y + upsample2d_poly(skip.float(), layer.fir)
+            y = y + upsample2d_poly(skip.to(y.dtype), layer.fir)
     return y
 
 
-def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None) -> torch.Tensor:
+UP_IMPLS = ("poly3", "phase2")
+
+
+def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None,
+                   up_impl: str | None = None) -> torch.Tensor:
     """The whole ``SynthesisNetwork`` forward on the polyphase path (inputs already checked).
 
-    Returns the image ``[N, 3, R, R]`` in fp32 (contiguous).
+    Args:
+        up_impl: ``poly3``, ``phase2`` (see :func:`styled_conv_poly`) or None: ``poly3``
+            in eager mode, ``phase2`` under ``torch.compile`` (where its blur is fused).
+    Returns:
+        the image ``[N, 3, R, R]`` in fp32 (fp64 for fp64 inputs), contiguous.
     """
+    if up_impl is None:
+        up_impl = "phase2" if _compiling() else "poly3"
+    if up_impl not in UP_IMPLS:
+        raise ValueError(f"up_impl must be one of {UP_IMPLS} or None, got {up_impl!r}")
     n = ws.shape[0]
     nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
     x = net.const.to(ws.dtype).expand(n, -1, -1, -1)
@@ -219,7 +296,7 @@ def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list
     img = torgb_poly(net.torgb1, x, ws[:, 1], None)
     for k, (cu, cv, rgb) in enumerate(zip(net.convs_up, net.convs, net.torgbs)):
         x = styled_conv_poly(cu, x, cu.affine(ws[:, 2 * k + 1]),
-                             _noise(cu, x, cu.resolution, noise_mode, nz(2 * k + 1)))
+                             _noise(cu, x, cu.resolution, noise_mode, nz(2 * k + 1)), up_impl)
         x = styled_conv_poly(cv, x, cv.affine(ws[:, 2 * k + 2]),
                              _noise(cv, x, cv.resolution, noise_mode, nz(2 * k + 2)))
         img = torgb_poly(rgb, x, ws[:, 2 * k + 3], img)

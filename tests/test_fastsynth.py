@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from faceedit.networks import Generator
-from faceedit.networks.fastsynth import (phase_matrices, phase_shuffle, synthesis_poly, upconv_poly_weight,
-                                         upsample2d_poly)
+from faceedit.networks.fastsynth import (blur_phases, phase_matrices, phase_shuffle, synthesis_poly,
+                                         upconv_phase2_weight, upconv_poly_weight, upsample2d_poly)
 from faceedit.networks.ops import make_fir, modulated_conv2d, upfirdn2d, upsample2d
 
 
@@ -28,6 +28,13 @@ def random_generator(resolution, channel_base, channel_max, w_dim=16, seed=0, **
             if name.endswith("noise_strength") or name.endswith(".bias"):
                 p.add_(0.3 * torch.randn_like(p))
     return G.eval().requires_grad_(False)
+
+
+def synth(G, ws, impl, **kw):
+    """``impl``: True (the reference), ``poly3`` or ``phase2`` (the polyphase path's two up-convs)."""
+    if impl is True:
+        return G.synthesis(ws, fused=True, **kw)
+    return synthesis_poly(G.synthesis, ws, kw.get("noise_mode", "const"), kw.get("noise"), up_impl=impl)
 
 
 def transposed_conv_blur(x, weight, fir):
@@ -48,6 +55,14 @@ def test_polyphase_upconv_equals_transposed_conv_and_blur(taps):
     out = phase_shuffle(F.conv2d(x, upconv_poly_weight(weight, fir), padding=1))
     assert out.shape == ref.shape == (2, 4, 14, 12)
     assert rel_err(out, ref) < 1e-12
+    # the 2x2 form: the transposed conv's phases, then the blur on the phases (both layouts)
+    t4 = F.conv2d(x, upconv_phase2_weight(weight), padding=1)
+    tconv = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)             # [.., 15, 13]
+    assert rel_err(phase_shuffle(t4)[:, :, :-1, :-1], tconv) < 1e-12
+    assert phase_shuffle(t4)[:, :, -1].abs().max() == 0 and phase_shuffle(t4)[..., -1].abs().max() == 0
+    assert rel_err(phase_shuffle(blur_phases(t4, fir)), ref) < 1e-12
+    t4cl = t4.contiguous(memory_format=torch.channels_last)
+    assert rel_err(phase_shuffle(blur_phases(t4cl, fir)), ref) < 1e-12
 
 
 def test_polyphase_kernel_is_the_filtered_weight():
@@ -118,30 +133,47 @@ def test_synthesis_poly_matches_reference(name):
             out = G.synthesis(ws, noise_mode=mode, fused="poly")
             assert out.shape == ref.shape and out.dtype == torch.float32
             assert rel_err(out, ref) < 1e-4, (name, mode)
+            assert rel_err(synth(G, ws, "phase2", noise_mode=mode), ref) < 1e-4, (name, mode)
     if "conv_clamp" in CONFIGS[name]:  # the clamp must actually bite for the test to mean anything
         with torch.no_grad():
             G2 = random_generator(**{k: v for k, v in CONFIGS[name].items() if k != "conv_clamp"})
             assert rel_err(G2.synthesis(ws, fused=True), ref) > 1e-2
 
 
+def _grads(G, ws0, noise0, probe, impl, dtype):
+    ws = ws0.to(dtype).clone().requires_grad_(True)
+    noise = [n.to(dtype).clone().requires_grad_(True) for n in noise0]
+    (synth(G.to(dtype), ws, impl, noise=noise) * probe.to(dtype)).sum().backward()
+    return ws.grad, torch.cat([n.grad.flatten() for n in noise])
+
+
 @pytest.mark.parametrize("name", ["res32", "1024-like"])
 def test_synthesis_poly_gradients_match_reference(name):
-    """d(loss)/d(ws) and d(loss)/d(noise maps) through the polyphase path (the projector's use)."""
+    """d(loss)/d(ws) and d(loss)/d(noise maps) through the polyphase path (the projector's use).
+
+    fp32 against the fp32 reference at 32 px. At 1024 px with 2 channels the fp32
+    reference's own ws-gradient is ~1.2e-4 away from fp64, so there both are compared with
+    an fp64 reference: the new path must be exact in fp64 and no less accurate in fp32.
+    """
     G = random_generator(**CONFIGS[name])
     batch = 1 if name == "1024-like" else 2
     ws0 = G.mapping(torch.randn(batch, 16, generator=torch.Generator().manual_seed(6)))
     noise0 = [torch.randn(batch, 1, b.shape[-2], b.shape[-1], generator=torch.Generator().manual_seed(i))
               for i, b in enumerate(G.synthesis.noise_buffers())]
     probe = torch.randn(batch, 3, G.resolution, G.resolution, generator=torch.Generator().manual_seed(7))
-    grads = {}
-    for fused in (True, "poly"):
-        ws = ws0.clone().requires_grad_(True)
-        noise = [n.clone().requires_grad_(True) for n in noise0]
-        (G.synthesis(ws, noise=noise, fused=fused) * probe).sum().backward()
-        grads[fused] = (ws.grad, torch.cat([n.grad.flatten() for n in noise]))
-    assert rel_err(grads["poly"][0], grads[True][0]) < 1e-4
-    assert rel_err(grads["poly"][1], grads[True][1]) < 1e-4
-    assert grads[True][0].abs().sum() > 0
+    ref32 = _grads(G, ws0, noise0, probe, True, torch.float32)
+    assert ref32[0].abs().sum() > 0
+    ref64 = _grads(G, ws0, noise0, probe, True, torch.float64) if name == "1024-like" else None
+    for impl in ("poly3", "phase2"):
+        new32 = _grads(G, ws0, noise0, probe, impl, torch.float32)
+        if ref64 is None:
+            assert rel_err(new32[0], ref32[0]) < 1e-4, impl
+            assert rel_err(new32[1], ref32[1]) < 1e-4, impl
+            continue
+        new64 = _grads(G, ws0, noise0, probe, impl, torch.float64)
+        for i in range(2):
+            assert rel_err(new64[i], ref64[i]) < 1e-10, impl
+            assert rel_err(new32[i], ref64[i]) < max(1e-4, 1.5 * rel_err(ref32[i], ref64[i])), impl
 
 
 def test_synthesis_poly_weight_gradients_and_cache():
@@ -150,12 +182,13 @@ def test_synthesis_poly_weight_gradients_and_cache():
     ws = G.mapping(torch.randn(2, 16, generator=torch.Generator().manual_seed(8)))
     layer = G.synthesis.convs_up[1]
     layer.weight.requires_grad_(True)
-    for fused in (True, "poly"):
+    grads = {}
+    for fused in (True, "poly3", "phase2"):
         layer.weight.grad = None
-        G.synthesis(ws, fused=fused).square().mean().backward()
-        if fused is True:
-            ref_grad = layer.weight.grad.clone()
-    assert rel_err(layer.weight.grad, ref_grad) < 1e-4
+        synth(G, ws, fused).square().mean().backward()
+        grads[fused] = layer.weight.grad.clone()
+    assert rel_err(grads["poly3"], grads[True]) < 1e-4
+    assert rel_err(grads["phase2"], grads[True]) < 1e-4
     layer.weight.requires_grad_(False)
     with torch.no_grad():
         a = G.synthesis(ws, fused="poly")
@@ -201,11 +234,13 @@ def test_synthesis_poly_traces_as_one_graph():
     """No graph breaks (no .item(), no data-dependent Python branch): torch.compile can fuse it."""
     G = random_generator(resolution=16, channel_base=256, channel_max=16)
     ws = G.mapping(torch.randn(2, 16, generator=torch.Generator().manual_seed(11)))
-    torch._dynamo.reset()
-    fn = torch.compile(lambda w: synthesis_poly(G.synthesis, w, "const", None), backend="eager", fullgraph=True)
-    with torch.no_grad():
-        out = fn(ws)
-        assert rel_err(out, G.synthesis(ws, fused=True)) < 1e-4
+    ref = G.synthesis(ws, fused=True)
+    for impl in (None, "poly3"):   # None picks phase2 while compiling
+        torch._dynamo.reset()
+        fn = torch.compile(lambda w: synthesis_poly(G.synthesis, w, "const", None, impl), backend="eager",
+                           fullgraph=True)
+        with torch.no_grad():
+            assert rel_err(fn(ws), ref) < 1e-4
     torch._dynamo.reset()
 
 
