@@ -2,7 +2,8 @@
 
 Usage (GPU machine; no lpips/dlib needed there)::
 
-    python benchmarks/inversion.py --out OUT [--model PATH] [--device auto] [--quick]
+    python benchmarks/inversion.py --out OUT [--model PATH] [--device auto] [--quick] \\
+        [--configs nvidia-baseline,ours-poly-bf16-compile] [--batches 1] [--skip-64] [--no-cpu-rows]
 
 Rows:
 
@@ -16,7 +17,8 @@ Rows:
   its fp16 mode (``num_fp16_res=4, conv_clamp=256``) and in fp32, with ours timed on the
   very same weights; the speed-up is then stated against ``nvidia-code-fp16``.
 * ``ours``: the same loss terms, batched (1, 8, 32), shared-conv modulated convolutions,
-  optionally bf16 autocast and ``torch.compile``.
+  optionally bf16 autocast and ``torch.compile``; ``ours-poly-*``: the polyphase synthesis
+  path (``fused="poly"``, ``networks/fastsynth.py``).
 * ``cpu``: the default 64 px model (or its random twin) at batch 1/8/32 on the CPU, and
   the wall time of 200 steps for one face with the default CPU settings
   (``--perceptual disc``, prior on).
@@ -40,6 +42,8 @@ import torch.nn.functional as F
 
 FACES64 = dict(z_dim=256, w_dim=256, resolution=64, channel_base=2048, channel_max=256)
 CONFIG_F = dict(z_dim=512, w_dim=512, resolution=1024, channel_base=32768, channel_max=512)
+GPU_CONFIGS = ("nvidia-baseline", "ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-poly-bf16",
+               "ours-poly-bf16-compile")
 
 
 class VGGFeatureLoss(torch.nn.Module):
@@ -207,7 +211,16 @@ def main(argv=None):
                     "generator code (fp16 mode and fp32) as the baseline, ours on the same weights")
     ap.add_argument("--cpu-200", action=argparse.BooleanOptionalAction, default=True,
                     help="time 200 steps of one face on the CPU")
+    ap.add_argument("--cpu-rows", action=argparse.BooleanOptionalAction, default=True,
+                    help="the CPU rows (default model at batch 1/8/32)")
+    ap.add_argument("--skip-64", action="store_true", help="no GPU rows for the default (64 px) model")
+    ap.add_argument("--configs", default=None, help=f"comma-separated GPU configs to run (default: all of "
+                    f"{', '.join(GPU_CONFIGS)}); nvidia-code-* rows follow --nvidia-src")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8,32)")
     a = ap.parse_args(argv)
+    if a.configs and set(a.configs.split(",")) - set(GPU_CONFIGS):
+        ap.error(f"unknown --configs {sorted(set(a.configs.split(',')) - set(GPU_CONFIGS))}; choose from "
+                 f"{list(GPU_CONFIGS)}")
     from faceedit.networks import Discriminator, Generator
 
     out = Path(a.out)
@@ -235,6 +248,8 @@ def main(argv=None):
             G, label = Generator(**cfg).eval(), f"random-{cfg['resolution']}px"
     steps, warmup = (4, 2) if a.quick else (30, 5)
     batches = (1, 2) if a.quick else (1, 8, 32)
+    if a.batches:
+        batches = tuple(int(b) for b in a.batches.split(","))
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -243,8 +258,13 @@ def main(argv=None):
         configs = [("nvidia-baseline", dict(fused=True)),
                    ("ours-fp32", dict(fused=False)),
                    ("ours-bf16", dict(fused=False, amp="bf16")),
-                   ("ours-bf16-compile", dict(fused=False, amp="bf16", compile=True))]
-        _rows_for(G.to(dev), label, dev, batches, configs, steps, warmup, vgg, rows, log)
+                   ("ours-bf16-compile", dict(fused=False, amp="bf16", compile=True)),
+                   ("ours-poly-bf16", dict(fused="poly", amp="bf16")),
+                   ("ours-poly-bf16-compile", dict(fused="poly", amp="bf16", compile=True))]
+        if a.configs:
+            configs = [(n, kw) for n, kw in configs if n in a.configs.split(",")]
+        if not a.skip_64:
+            _rows_for(G.to(dev), label, dev, batches, configs, steps, warmup, vgg, rows, log)
         if not a.skip_1024 and not a.quick:
             torch.manual_seed(0)
             label_f = "random-config-f-1024"
@@ -279,6 +299,8 @@ def main(argv=None):
             del Gf
     # CPU rows: default model (or twin), batch 1/8/32, default CPU settings
     Gc = G.to("cpu")
+    if not a.cpu_rows:
+        batches = ()
     Dc = Discriminator(Gc.resolution, channel_base=Gc.config["channel_base"], channel_max=Gc.config["channel_max"])
     if D is not None:
         Dc = D.to("cpu")

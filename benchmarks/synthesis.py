@@ -9,6 +9,14 @@ What it measures (``noise_mode='const'``, synthesis network only, ``ws`` precomp
       matmul, fused epilogue), ``channels_last``;
     - ``ours-fast bf16``: the same under ``torch.autocast(bfloat16)``;
     - ``ours-fast bf16 compiled``: the same through ``torch.compile`` (``--compile``);
+    - ``ours-poly``: ``fused="poly"`` (``networks/fastsynth.py``: every up-sampling conv as one
+      dense low-resolution conv plus a depth-to-space shuffle, no transposed conv, no blur
+      pass; channels_last on its own), fp32 and bf16, eager (its ``poly3`` up-conv);
+    - ``ours-poly compiled (poly3|phase2)``: bf16 through ``torch.compile``, with either
+      up-conv (``phase2``: the 2x2 transposed-conv phases with the blur fused into the
+      epilogue; fewer FLOPs). Compiled rows run most important first (batch 32 of both,
+      then the faster one at the other batches, then the ``fused=False`` compiled rows)
+      until ``--time-budget`` is spent;
     - with ``--nvidia-src DIR`` (a checkout of NVlabs/stylegan2-ada-pytorch, never part of
       this repository): NVIDIA's implementation with the *same weights* (built by NVIDIA's
       code, pickled, read back by faceedit's safe reader), ``force_fp32`` and its fp16 mode
@@ -21,11 +29,17 @@ What it measures (``noise_mode='const'``, synthesis network only, ``ws`` precomp
   and bytes that the high-resolution layers (the top three resolutions: 256 px and up)
   must move at least (every activation written once and read once) over the measured
   copy bandwidth;
-* a 64 px generator (faceedit's ``faces64`` size) on the CPU.
+* a 64 px generator (faceedit's ``faces64`` size) on the CPU;
+* ``--profile``: the top CUDA kernels of the polyphase path at the largest batch (eager and
+  compiled) in ``synthesis_profile.txt``.
+
+The compute floor of every row is the reference's FLOPs (the same work); the polyphase
+path executes more multiply-adds (``gflop_per_image_poly3`` / ``_phase2`` in the info).
 
 Run on the GPU machine::
 
-    python benchmarks/synthesis.py --out $OUT/bench [--nvidia-src .gpu/nvidia-src] [--compile]
+    python benchmarks/synthesis.py --out $OUT/bench [--nvidia-src .gpu/nvidia-src] [--compile] \\
+        [--no-nvidia-plugins] [--min-time 0.5] [--profile]
 
 and here, at toy size, to check it works::
 
@@ -53,6 +67,7 @@ import torch
 
 from faceedit.checkpoints.nvidia import read_nvidia
 from faceedit.networks import Generator
+from faceedit.networks.fastsynth import synthesis_poly
 
 
 def sync(device):
@@ -103,12 +118,34 @@ def copy_bandwidth(device, nbytes=1 << 30, min_time=1.0) -> float:
     return 2 * nbytes / t
 
 
-def synthesis_flops(G, ws1, fused) -> int:
+def synthesis_flops(G, ws1, fused, up_impl=None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        G.synthesis(ws1, fused=fused)
+        if up_impl is None:
+            G.synthesis(ws1, fused=fused)
+        else:
+            synthesis_poly(G.synthesis, ws1, "const", None, up_impl)
     return fc.get_total_flops()
+
+
+def profile_table(fn, device, n=3, rows=18) -> str:
+    """The top kernels of ``n`` calls of ``fn`` by self device time (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        sync(device)
+    avg = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total"):
+        try:
+            return avg.table(sort_by=key, row_limit=rows, max_name_column_width=90)
+        except Exception:  # noqa: BLE001 -- the key's name changed across torch versions
+            continue
+    return avg.table(row_limit=rows)
 
 
 def highres_bytes(G: Generator, elem: int) -> int:
@@ -185,10 +222,12 @@ def nvidia_plugins_status(src: str) -> str:
 @click.option("--cpu-batches", default="1,8", show_default=True, help="Batches of the 64 px CPU rows.")
 @click.option("--nvidia-plugins/--no-nvidia-plugins", default=True, show_default=True,
               help="Let NVIDIA's code try to build its CUDA plugins (it falls back to its reference ops).")
-@click.option("--time-budget", type=float, default=180, show_default=True,
-              help="No new torch.compile (about a minute each) once this many seconds have passed.")
+@click.option("--time-budget", type=float, default=170, show_default=True,
+              help="No new torch.compile (15-30 s each) once this many seconds have passed.")
+@click.option("--profile/--no-profile", "do_profile", default=False, show_default=True,
+              help="Write the top CUDA kernels of the polyphase path (largest batch) to synthesis_profile.txt.")
 def main(out_dir, device, resolution, channel_base, channel_max, batches, min_time, do_compile, nvidia_src,
-         cpu_batches, nvidia_plugins, time_budget):
+         cpu_batches, nvidia_plugins, time_budget, do_profile):
     """Time StyleGAN2 synthesis (ours vs NVIDIA's), print images/s beside two floors."""
     t_start = time.time()
     out = Path(out_dir)
@@ -232,6 +271,8 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
     # --- floors ------------------------------------------------------------------------
     flops = synthesis_flops(G, ws_all[:1], fused=False)
     info["gflop_per_image"] = flops / 1e9
+    for impl in ("poly3", "phase2"):
+        info[f"gflop_per_image_{impl}"] = synthesis_flops(G, ws_all[:1], None, impl) / 1e9
     peak_bf16 = matmul_peak(dev, torch.bfloat16, min_time=min_time)
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -273,12 +314,19 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
         add_row("ours-ref (fused)", "fp32", b, time_per_call(lambda: ours(ws, True, False, G), dev, min_time))
         add_row("ours-fast", "fp32", b, time_per_call(lambda: ours(ws, False, False, G_cl), dev, min_time))
         add_row("ours-fast", "bf16", b, time_per_call(lambda: ours(ws, False, True, G_cl), dev, min_time))
+    for b in batches:  # the polyphase path, eager (poly3 up-convs); it goes channels_last by itself on CUDA
+        ws = ws_all[:b].contiguous()
+        add_row("ours-poly", "fp32", b, time_per_call(lambda: ours(ws, "poly", False, G), dev, min_time))
+        add_row("ours-poly", "bf16", b, time_per_call(lambda: ours(ws, "poly", True, G), dev, min_time))
     bref = batches[min(1, len(batches) - 1)]
     diff = ours(ws_all[:bref], False, False, G_cl) - ref_imgs[bref]
     checks["ours_fast_fp32_vs_ref_max_abs"] = diff.abs().max().item()
     checks["ours_bf16_psnr_db"] = psnr(ours(ws_all[:bref], False, True, G_cl), ref_imgs[bref])
+    checks["ours_poly_fp32_vs_ref_max_abs"] = (ours(ws_all[:bref], "poly", False, G) - ref_imgs[bref]).abs().max().item()
+    checks["ours_poly_bf16_psnr_db"] = psnr(ours(ws_all[:bref], "poly", True, G), ref_imgs[bref])
     log(f"fast fp32 vs reference max |diff| {checks['ours_fast_fp32_vs_ref_max_abs']:.2e}; "
-        f"bf16 PSNR {checks['ours_bf16_psnr_db']:.1f} dB")
+        f"bf16 PSNR {checks['ours_bf16_psnr_db']:.1f} dB; poly fp32 max |diff| "
+        f"{checks['ours_poly_fp32_vs_ref_max_abs']:.2e}, poly bf16 PSNR {checks['ours_poly_bf16_psnr_db']:.1f} dB")
     save()
 
     if nv is not None:
@@ -301,29 +349,68 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
             add_row("nvidia (fp16 top 4 res)", "fp16", b, time_per_call(lambda: nvrun(ws, False), dev, min_time))
 
     if do_compile and dev.type == "cuda":
-        try:
-            compiled = torch.compile(G_cl.synthesis, dynamic=False)
+        def compiled_fn(kind):
+            if kind == "fast":
+                compiled = torch.compile(G_cl.synthesis, dynamic=False)
+
+                def comp(ws):
+                    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+                        return compiled(ws, noise_mode="const", fused=False).float()
+                return comp
+
+            def poly(ws):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return synthesis_poly(G.synthesis, ws, "const", None, kind)
+            compiled_poly = torch.compile(poly, dynamic=False)
 
             def comp(ws):
-                with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                    return compiled(ws, noise_mode="const", fused=False).float()
+                with torch.no_grad():
+                    return compiled_poly(ws)
+            return comp
 
-            for b in sorted(batches, reverse=True):  # the batch that matters most first
-                if time.time() - t_start > time_budget:
-                    checks[f"compile_skipped_batch{b}"] = f"time budget {time_budget:.0f} s spent"
-                    log(f"skipping the compiled row at batch {b}: time budget spent")
-                    continue
+        fns, names = {}, {"fast": "ours-fast compiled", "poly3": "ours-poly compiled (poly3)",
+                          "phase2": "ours-poly compiled (phase2)"}
+
+        def compiled_row(kind, b):
+            """One compiled row (compiling first); False when skipped or failed."""
+            if time.time() - t_start > time_budget:
+                checks[f"compile_skipped_{kind}_batch{b}"] = f"time budget {time_budget:.0f} s spent"
+                log(f"skipping the compiled {kind} row at batch {b}: time budget spent")
+                return None
+            try:
+                if kind not in fns:
+                    fns[kind] = compiled_fn(kind)
                 ws = ws_all[:b].contiguous()
                 t0 = time.time()
-                img = comp(ws)
+                img = fns[kind](ws)
                 sync(dev)
-                checks[f"compile_seconds_batch{b}"] = time.time() - t0
-                if b == bref:
-                    checks["ours_bf16_compiled_psnr_db"] = psnr(img, ref_imgs[bref])
-                add_row("ours-fast compiled", "bf16", b, time_per_call(lambda: comp(ws), dev, min_time))
-        except Exception as e:  # report, keep the other rows
-            checks["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            log(f"torch.compile failed: {checks['compile_error']}")
+                checks[f"compile_seconds_{kind}_batch{b}"] = time.time() - t0
+                if b == bref or b == batches[-1]:
+                    checks[f"ours_{kind}_compiled_bf16_psnr_db_batch{b}"] = psnr(img, ref_imgs[b])
+                add_row(names[kind], "bf16", b, time_per_call(lambda: fns[kind](ws), dev, min_time))
+                return rows[-1]["img_s"]
+            except Exception as e:  # report, keep the other rows
+                checks[f"compile_error_{kind}_batch{b}"] = f"{type(e).__name__}: {str(e)[:300]}"
+                log(f"torch.compile failed ({kind}, batch {b}): {checks[f'compile_error_{kind}_batch{b}']}")
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                return None
+
+        order = sorted(batches, reverse=True)  # the batch that matters most first
+        top = {k: compiled_row(k, order[0]) for k in ("phase2", "poly3")}
+        best = max(top, key=lambda k: top[k] or 0)
+        for b in order[1:]:
+            compiled_row(best, b)
+        for b in order:
+            compiled_row("fast", b)
+        if do_profile and best in fns:
+            ws = ws_all[:order[0]].contiguous()
+            text = [f"== ours-poly compiled ({best}), batch {order[0]} ==",
+                    profile_table(lambda: fns[best](ws), dev),
+                    f"== ours-poly eager (poly3) bf16, batch {order[0]} ==",
+                    profile_table(lambda: ours(ws, "poly", True, G), dev, n=2)]
+            (out / "synthesis_profile.txt").write_text("\n".join(text) + "\n")
+            log("profile written to synthesis_profile.txt")
 
     # --- 64 px on the CPU --------------------------------------------------------------
     torch.manual_seed(0)
@@ -332,7 +419,7 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
         wsc = small.mapping(torch.randn(max(int(b) for b in cpu_batches.split(",")), 256), truncation_psi=0.7)
     cpu = torch.device("cpu")
     for b in [int(x) for x in cpu_batches.split(",")]:
-        for fused, name in ((True, "ours-ref (fused)"), (False, "ours-fast")):
+        for fused, name in ((True, "ours-ref (fused)"), (False, "ours-fast"), ("poly", "ours-poly")):
             def run(ws=wsc[:b].contiguous(), fused=fused):
                 with torch.no_grad():
                     return small.synthesis(ws, fused=fused)
@@ -352,7 +439,8 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
         if nvb:
             checks[f"speedup_batch{b}_ours_best_vs_nvidia_best"] = best / nvb
     lines = [f"StyleGAN2 synthesis, {resolution} px (channel_base {channel_base}), {info['device']}, "
-             f"torch {torch.__version__}; {info['gflop_per_image']:.1f} GFLOP/img; "
+             f"torch {torch.__version__}; {info['gflop_per_image']:.1f} GFLOP/img (polyphase path executes "
+             f"{info['gflop_per_image_poly3']:.1f} with poly3, {info['gflop_per_image_phase2']:.1f} with phase2); "
              f"peaks: bf16 {info['matmul_peak_bf16_tflops']:.0f} TFLOP/s, "
              f"tf32 {info['matmul_peak_tf32_tflops']:.0f} TFLOP/s, copy {info['copy_bandwidth_gbs']:.0f} GB/s", "",
              "| impl | prec | batch | img/s | ms/batch | compute floor img/s | bandwidth floor img/s "
@@ -366,6 +454,8 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
         lines.append(f"| {r['impl']} | {r['precision']} | {r['batch']} | {r['img_s']:.1f} | {r['ms_per_batch']:.1f} | "
                      f"{fmt(r['compute_floor_img_s'], '.0f')} | {fmt(r['bandwidth_floor_img_s'], '.0f')} | "
                      f"{fmt(r['pct_of_roofline'], '.1f')} | {fmt(r['img_s'] / base if base else None, '.2f')} |")
+    bf16_psnr = {k: v for k, v in checks.items() if "bf16" in k and "psnr_db" in k}
+    checks["bf16_psnr_all_ge_40db"] = bool(bf16_psnr) and all(v >= 40 for v in bf16_psnr.values())
     lines += ["", "checks: " + json.dumps(checks), f"total {time.time() - t_start:.0f} s"]
     (out / "synthesis.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -96,7 +96,8 @@ class Projector:
         patience, min_delta: early stop (None = off).
         seed: seeds the latent noise, the noise maps and the ``wpp-z`` start.
         fused: modulated-conv path (default False: the shared-conv path, faster for batches;
-            True is NVIDIA's grouped-conv reference).
+            True is NVIDIA's grouped-conv reference; ``"poly"`` the polyphase GPU path of
+            ``networks.fastsynth``).
         amp: ``None`` (float32) or ``"bf16"``: synthesis and the perceptual loss under bf16
             autocast on CUDA (losses and the optimiser stay float32).
         compile: ``torch.compile`` the synthesis + loss function (CUDA speed; first steps compile).
@@ -133,7 +134,7 @@ class Projector:
         self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
         self.patience, self.min_delta = patience, min_delta
         self.seed = int(seed)
-        self.fused = False if fused is None else bool(fused)
+        self.fused = False if fused is None else (fused if fused == "poly" else bool(fused))
         if amp not in (None, "none", "bf16"):
             raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
         self.amp = amp if amp == "bf16" else None

@@ -248,3 +248,20 @@ def test_bad_fused_value_is_refused():
     G = random_generator(**CONFIGS["res32"])
     with pytest.raises(ValueError, match="fused must be True, False or 'poly'"):
         G.synthesis(torch.zeros(1, G.num_ws, 16), fused="fast")
+
+
+def test_projector_runs_on_the_polyphase_path():
+    """``Projector(fused="poly")`` (what benchmarks/inversion.py's ours-poly rows use) follows
+    the same optimisation trajectory as the reference path, noise maps included."""
+    from faceedit.inversion.projector import Projector
+
+    G = random_generator(**CONFIGS["res32"])
+    with torch.no_grad():
+        target = G.synthesis(G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(12))))
+    res = {}
+    for fused in (True, "poly"):
+        p = Projector(G, "w+", steps=3, fused=fused, optimize_noise=True, noise_factor=0.0)
+        assert p.fused == fused
+        res[fused] = p.project(target.clamp(-1, 1))
+    assert rel_err(res["poly"].ws, res[True].ws) < 1e-4
+    assert abs(res["poly"].history[-1] - res[True].history[-1]) <= 1e-4 * abs(res[True].history[-1])
