@@ -10,12 +10,16 @@ import numpy as np
 from .detect import DETECTORS, Detection, check_image, detect_faces, tried_text
 from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError
 from .ffhq import align_landmarks, apply_matrix
-from .landmarks import landmarks68
+from .landmarks import calibrate_mtcnn5, landmarks68, mtcnn5_refined
 from .types import FACES64, AlignedFace, AlignmentRecipe
 
 log = logging.getLogger(__name__)
 
-LANDMARK_KINDS = ("dlib68", "mtcnn5")
+# dlib68: dlib's 68 points. mtcnn5: MTCNN's 5 points re-estimated on an exact (and mirrored)
+# crop and calibrated to the 68-point definitions of eyes and mouth corners, so the quad
+# matches a dlib68 quad (landmarks.mtcnn5_refined / calibrate_mtcnn5). mtcnn5-raw:
+# facenet-pytorch's points as they come.
+LANDMARK_KINDS = ("dlib68", "mtcnn5", "mtcnn5-raw")
 
 
 @dataclass
@@ -84,9 +88,9 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         raise AlignmentError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
     lm_kind = landmarks or ("mtcnn5" if detector == "mtcnn" else "dlib68")
     if lm_kind not in LANDMARK_KINDS:
-        raise AlignmentError(f"unknown landmarks {lm_kind!r}; choose dlib68 or mtcnn5")
-    if lm_kind == "mtcnn5" and detector != "mtcnn":
-        raise AlignmentError("mtcnn5 landmarks come with the mtcnn detector; use detector='mtcnn' or landmarks='dlib68'")
+        raise AlignmentError(f"unknown landmarks {lm_kind!r}; choose one of {', '.join(LANDMARK_KINDS)}")
+    if lm_kind.startswith("mtcnn5") and detector != "mtcnn":
+        raise AlignmentError(f"{lm_kind} landmarks come with the mtcnn detector; use detector='mtcnn' or landmarks='dlib68'")
     if not (face in ("all", "largest") or (isinstance(face, (int, np.integer)) and not isinstance(face, bool))):
         raise AlignmentError(f"face must be 'all', 'largest' or a face index (0 = leftmost), got {face!r}")
     min_face = _default_min_face(recipe) if min_face is None else int(min_face)
@@ -132,8 +136,10 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
             report.skipped.append(SkippedFace(i, pd.box, pd.size, f"face of {pd.size:.0f} px is below the minimum "
                                                                     f"face size {min_face} px (--min-face)"))
             continue
-        if lm_kind == "mtcnn5":
+        if lm_kind == "mtcnn5-raw":
             lm = apply_matrix(inv, wd.landmarks5)
+        elif lm_kind == "mtcnn5":
+            lm = apply_matrix(inv, calibrate_mtcnn5(mtcnn5_refined(work, wd.box)))
         else:
             lm = apply_matrix(inv, landmarks68(work, wd.box))
         report.faces.append(align_landmarks(image, lm, recipe, score=pd.score, index=i, detector=detector))
@@ -182,8 +188,10 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             logged, never aligned into mush; default ``max(24, recipe.size // 16)``.
         try_rotations: when nothing is found, also try the photo rotated by 90, 180 and
             270 degrees; matrices and quads still refer to the photo as given.
-        landmarks: ``dlib68`` or ``mtcnn5``; default ``mtcnn5`` with the mtcnn detector,
-            else ``dlib68``.
+        landmarks: ``dlib68``, ``mtcnn5`` (MTCNN's points refined on an exact crop and
+            calibrated to the 68-point eye and mouth definitions, so its quads match dlib68
+            quads) or ``mtcnn5-raw`` (facenet-pytorch's points unchanged); default ``mtcnn5``
+            with the mtcnn detector, else ``dlib68``.
     Returns:
         list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces found.
     Raises:

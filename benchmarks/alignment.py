@@ -7,15 +7,20 @@ Three parts, each printing a short table last and writing JSON (and PNGs) under 
   photos     faces found per detector on ../shared/datasets/photos against the counts a
              person made (tests/data/photo_face_counts.json), and how every photo ends:
              aligned, a clear FaceNotFoundError, or an unexpected exception.
-  landmarks  on CelebA and UTKFace TRAIN faces: re-detect landmarks on the aligned crops
-             and compare the eye centres with the template (where the first pass put
-             them, and the data-set mean); compare 68-point and MTCNN quads of the same
-             faces (centre offset / quad side, scale ratio); contact sheet of the worst.
+  redetect   on EVERY CelebA and UTKFace TRAIN face: align as the data set did, re-find the
+             68 landmarks on the crop from the template face box, compare the eye centres
+             with the template; percentiles per source and a contact sheet of the worst.
+             Resumable (one JSONL line per face).
+  quads      68-point vs MTCNN quads of the same faces (centre offset / quad side, side
+             ratio) on the TEST split and a TRAIN sample, for MTCNN's raw points and the
+             refined / mirrored / calibrated ones; the floor is dlib vs dlib on the
+             mirrored photo. --fit fits the MTCNN calibration on the TRAIN faces.
 
 Examples:
   OMP_NUM_THREADS=1 python benchmarks/alignment.py speed --out out/bench_align
   OMP_NUM_THREADS=1 python benchmarks/alignment.py photos --detectors dlib,mtcnn,dlib-cnn --out out/photos
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py landmarks --per-set 1000 --out out/lmk
+  OMP_NUM_THREADS=1 python benchmarks/alignment.py redetect --out bench/alignment
+  OMP_NUM_THREADS=1 python benchmarks/alignment.py quads --fit --out bench/alignment
 """
 from __future__ import annotations
 
@@ -165,134 +170,371 @@ def photos(out, detectors, try_rotations):
 
 
 # ----------------------------------------------------------------------------------------------
-def _train_files(per_set: int, seed: int):
-    """A random sample of CelebA and UTKFace TRAIN files (DATASETS README split rules)."""
-    rng = np.random.default_rng(seed)
-    celeba = [SHARED / f"datasets/celeba10k/{i:06d}.jpg" for i in range(1, 9001)]
-    utk_all = sorted(os.listdir(SHARED / "datasets/utkface"))
-    utk = [SHARED / "datasets/utkface" / n for i, n in enumerate(utk_all) if i % 20 != 0]
-    pick = lambda xs: [xs[i] for i in sorted(rng.choice(len(xs), min(per_set, len(xs)), replace=False))]  # noqa: E731
-    return {"celeba": pick(celeba) if per_set else celeba, "utkface": pick(utk) if per_set else utk}
+def _pct(a) -> dict:
+    a = np.asarray(a, np.float64)
+    return {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 95, 99)} | {"max": float(a.max()), "n": int(a.size)}
 
 
-def _redetect(crop):
-    """dlib HOG + 68 landmarks on an aligned crop, with a grey margin of a quarter of its side
-    (a tight crop leaves HOG no context around the face). None if no face is found."""
+def _interleave(*lists):
+    """Round-robin over lists (so a partial run covers every source)."""
+    out = []
+    for i in range(max(len(x) for x in lists)):
+        out += [x[i] for x in lists if i < len(x)]
+    return out
+
+
+def _read_jsonl(path: Path) -> list:
+    """Records of a JSONL file; a torn last line (killed mid-write) is dropped."""
+    recs = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return recs
+
+
+def _eyes(lm) -> np.ndarray:
+    from faceedit.alignment.landmarks import eye_mouth_points
+
+    return np.stack(eye_mouth_points(lm)[:2])
+
+
+def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
+    """Align a train photo as the data set did, re-find the landmarks on the crop, return eye centres."""
     import cv2
 
-    from faceedit.alignment import detect_faces, landmarks68
+    from faceedit.alignment import align, detect_faces, landmarks68
+    from faceedit.alignment.ffhq import apply_matrix
+    from faceedit.alignment.landmarks import landmarks68_on_crop
+    from faceedit.imageio import load_image
 
-    m = crop.shape[0] // 4
-    padded = cv2.copyMakeBorder(crop, m, m, m, m, cv2.BORDER_CONSTANT, value=(127, 127, 127))
-    d = detect_faces(padded, "dlib", upsample=0) or detect_faces(padded, "dlib", upsample=1)
-    if not d:
-        return None
-    return landmarks68(padded, max(d, key=lambda x: x.size).box) - m
+    try:
+        f = align(load_image(path), recipe=recipe, face="largest")[0]
+    except Exception as e:  # noqa: BLE001 -- the data set build counts these the same way
+        return {"ok": False, "reason": type(e).__name__}
+    rec = {"ok": True, "own": apply_matrix(f.matrix, _eyes(f.landmarks)).round(3).tolist(),
+           "fixed": _eyes(landmarks68_on_crop(f.crop, recipe.scale)).round(3).tolist()}
+    if with_hog:  # the detector's box on the crop (grey margin of a quarter side), for comparison
+        m = recipe.size // 4
+        pad = cv2.copyMakeBorder(f.crop, m, m, m, m, cv2.BORDER_CONSTANT, value=(127, 127, 127))
+        d = detect_faces(pad, "dlib", upsample=0) or detect_faces(pad, "dlib", upsample=1)
+        rec["hog"] = (_eyes(landmarks68(pad, max(d, key=lambda x: x.size).box) - m).round(3).tolist() if d else None)
+    return rec
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--per-set", default=1000, show_default=True, help="Faces sampled per data set (0 = all train faces).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for redetect.jsonl (appended per face: a killed run resumes), redetect.json, worst_eyes.png.")
+@click.option("--limit", default=0, show_default=True, help="Faces per source (0 = every train face).")
 @click.option("--check-size", default=256, show_default=True,
-              help="Crop side used for re-detection (FACES64 geometry; 64 px is too small for dlib's HOG).")
-@click.option("--seed", default=0, show_default=True)
-def landmarks(out, per_set, check_size, seed):
-    """Re-detected eye centres on aligned crops vs the template; 68-point vs MTCNN quads."""
-    from faceedit.alignment import FACES64, FaceNotFoundError, align, detect_faces, ffhq_quad, landmarks68
-    from faceedit.alignment.ffhq import apply_matrix
-    from faceedit.alignment.landmarks import eye_mouth_points
-    from faceedit.imageio import load_image, make_grid, save_image
+              help="Crop side used for re-detection (faces64 geometry; at 64 px the eyes are a few pixels).")
+@click.option("--hog-every", default=10, show_default=True,
+              help="Also re-detect with dlib's HOG box on every N-th face (0 = never), to compare with the template box.")
+@click.option("--sheet", default=32, show_default=True, help="Worst faces on the contact sheet.")
+def redetect(out, limit, check_size, hog_every, sheet):
+    """Eye centres re-found on the aligned crops of the train faces vs the template positions.
+
+    Every CelebA and UTKFace TRAIN photo of the data set (training.dataset.list_sources) is
+    aligned as the data set build did (dlib HOG, 68 points, faces64 geometry, here at
+    CHECK_SIZE px), then dlib's 68-point predictor runs again on the crop from the recipe's
+    template face box (alignment.landmarks.landmarks68_on_crop, no detector). Error of a face =
+    the worse eye's distance from its template position / crop side. Template: the mean eye
+    position over all faces (one template for the data set); 'own' is where this face's own
+    first-pass landmarks put its eyes.
+    """
+    from faceedit.alignment import FACES64
+    from faceedit.training.dataset import list_sources
 
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     recipe = FACES64.with_size(check_size)
-    files = _train_files(per_set, seed)
-    result, rows = {}, []
-    worst_all = []
-    for set_name, paths in files.items():
-        recs = []
-        n_fail1 = n_fail2 = n_mtcnn_fail = 0
-        t0 = time.perf_counter()
-        for k, p in enumerate(paths):
-            img = load_image(p)
-            try:
-                f = align(img, recipe=recipe, face="largest")[0]
-            except FaceNotFoundError:
-                n_fail1 += 1
-                continue
-            el, er, _, _ = eye_mouth_points(f.landmarks)
-            first = apply_matrix(f.matrix, np.stack([el, er]))  # where the first pass put the eyes
-            lm2 = _redetect(f.crop)
-            rec = {"file": p.name, "first": first.tolist()}
-            if lm2 is not None:
-                e2 = np.stack(eye_mouth_points(lm2)[:2])
-                rec["redetected"] = e2.tolist()
-            else:
-                n_fail2 += 1
-            # 68-point vs MTCNN quad on the same photo (same face: the MTCNN face nearest the dlib quad).
-            q68, s68 = ffhq_quad(f.landmarks, recipe.scale)
-            dm = detect_faces(img, "mtcnn")
-            if dm:
-                c68 = q68.mean(0)
-                best = min(dm, key=lambda d: np.hypot(*(np.asarray(d.center) - c68)))
-                qm, sm = ffhq_quad(best.landmarks5, recipe.scale)
-                rec["quad_centre_off"] = float(np.hypot(*(qm.mean(0) - c68)) / s68)
-                rec["quad_scale_ratio"] = float(sm / s68)
-            else:
-                n_mtcnn_fail += 1
-            recs.append(rec)
-            if (k + 1) % 200 == 0:
-                print(f"{set_name}: {k + 1}/{len(paths)} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-        red = [r for r in recs if "redetected" in r]
-        first = np.array([r["first"] for r in red])
-        again = np.array([r["redetected"] for r in red])
-        template = first.mean(0)
-        # error per face: the worse of the two eyes, as a fraction of the crop side
-        err_own = np.linalg.norm(again - first, axis=2).max(1) / check_size
-        err_tpl = np.linalg.norm(again - template, axis=2).max(1) / check_size
-        qo = np.array([r["quad_centre_off"] for r in recs if "quad_centre_off" in r])
-        qs = np.array([r["quad_scale_ratio"] for r in recs if "quad_scale_ratio" in r])
-        agree = (qo < 0.02) & (np.abs(qs - 1) < 0.03)
-        pct = lambda a: {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 95, 99)} | {"max": float(a.max())}  # noqa: E731
-        res = {"sampled": len(paths), "first_pass_no_face": n_fail1, "redetect_no_face": n_fail2,
-               "mtcnn_no_face": n_mtcnn_fail, "checked": len(red),
-               "template_eyes_px": template.tolist(), "err_vs_own_first_pass": pct(err_own),
-               "err_vs_mean_template": pct(err_tpl),
-               "within_2pct_own": float((err_own <= 0.02).mean()), "within_2pct_template": float((err_tpl <= 0.02).mean()),
-               "quad_pairs": int(len(qo)), "quad_centre_off": pct(qo), "quad_scale_ratio": pct(np.abs(qs - 1)),
-               "quad_scale_ratio_mean": float(qs.mean()),
-               "quad_agree_frac": float(agree.mean()), "seconds": time.perf_counter() - t0}
-        result[set_name] = res
-        order = np.argsort(-err_tpl)[:16]
-        for i in order:
-            worst_all.append((set_name, red[i]["file"], float(err_tpl[i])))
-        rows.append([set_name, len(paths), n_fail1, n_fail2, f"{res['within_2pct_own'] * 100:.1f}%",
-                     f"{res['within_2pct_template'] * 100:.1f}%", f"{res['err_vs_mean_template']['p95'] * 100:.2f}%",
-                     f"{res['quad_agree_frac'] * 100:.1f}%", f"{res['quad_centre_off']['p95'] * 100:.2f}%",
-                     f"{res['quad_scale_ratio']['p95'] * 100:.2f}%"])
-    # Contact sheet of the worst faces (vs the mean template): crop with template (green) and re-detected (red) eyes.
+    train = list_sources(SHARED / "datasets")["train"]
+    by_src = [[r for r in train if r["name"].startswith(s)] for s in ("celeba10k/", "utkface/")]
+    if limit:
+        by_src = [x[:limit] for x in by_src]
+    todo = _interleave(*by_src)
+    log_path = out / "redetect.jsonl"
+    done = {r["name"] for r in _read_jsonl(log_path)}
+    left = [r for r in todo if r["name"] not in done]
+    print(f"{len(todo)} train faces, {len(done)} done earlier, {len(left)} to go", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as fh:
+        for k, r in enumerate(left):
+            rec = _redetect_one(r["path"], recipe, bool(hog_every) and (len(done) + k) % hog_every == 0)
+            rec["name"] = r["name"]
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            if (k + 1) % 500 == 0:
+                dt = time.perf_counter() - t0
+                print(f"{k + 1}/{len(left)} {dt:.0f} s, {dt / (k + 1) * 1e3:.0f} ms/face, "
+                      f"~{dt / (k + 1) * (len(left) - k - 1) / 60:.0f} min left", file=sys.stderr, flush=True)
+    run_s = time.perf_counter() - t0
+    recs = {r["name"]: r for r in _read_jsonl(log_path)}
+    recs = [recs[r["name"]] for r in todo if r["name"] in recs]
+    ok = [r for r in recs if r["ok"]]
+    own = np.array([r["own"] for r in ok])
+    template = own.mean(0)
+    fixed = np.array([r["fixed"] for r in ok])
+    err_tpl = np.linalg.norm(fixed - template, axis=2).max(1) / check_size
+    err_own = np.linalg.norm(fixed - own, axis=2).max(1) / check_size
+    src = np.array([r["name"].split("/")[0] for r in ok])
+    hog_i = [i for i, r in enumerate(ok) if r.get("hog") is not None]
+    hog = np.array([ok[i]["hog"] for i in hog_i]).reshape(-1, 2, 2)
+    res, rows = {}, []
+    for s in ("celeba10k", "utkface", "all"):
+        sel = np.ones(len(ok), bool) if s == "all" else src == s
+        hs = [j for j, i in enumerate(hog_i) if sel[i]]
+        e_hog = np.linalg.norm(hog[hs] - template, axis=2).max(1) / check_size if hs else np.zeros(0)
+        e_fix_sub = err_tpl[[hog_i[j] for j in hs]]
+        n_all = sum(r["name"].startswith(s) for r in recs) if s != "all" else len(recs)
+        err_src = np.linalg.norm(fixed[sel] - own[sel].mean(0), axis=2).max(1) / check_size
+        res[s] = {"faces": n_all, "aligned": int(sel.sum()), "err_vs_template": _pct(err_tpl[sel]),
+                  "template_of_this_source_px": own[sel].mean(0).tolist(),
+                  "within_2pct_template_of_this_source": float((err_src <= 0.02).mean()),
+                  "err_vs_own": _pct(err_own[sel]),
+                  "within_2pct_template": float((err_tpl[sel] <= 0.02).mean()),
+                  "within_2pct_own": float((err_own[sel] <= 0.02).mean()),
+                  "hog_box_subset": {"n": len(hs), "within_2pct_template_hog": float((e_hog <= 0.02).mean()) if hs else None,
+                                     "within_2pct_template_fixed": float((e_fix_sub <= 0.02).mean()) if hs else None}}
+        rows.append([s, n_all, int(sel.sum()), f"{res[s]['within_2pct_template'] * 100:.1f}%",
+                     *(f"{res[s]['err_vs_template'][q] * 100:.2f}%" for q in ("p50", "p90", "p95", "p99", "max")),
+                     f"{res[s]['within_2pct_own'] * 100:.1f}%",
+                     f"{res[s]['hog_box_subset']['within_2pct_template_hog'] * 100:.1f}% (n={len(hs)})" if hs else "-"])
+    # Contact sheet of the worst faces: template eyes (green rings), re-found eyes (red dots).
     import cv2
 
+    from faceedit.alignment import align
+    from faceedit.alignment.landmarks import landmarks68_on_crop
+    from faceedit.imageio import load_image, make_grid, save_image
+
+    worst = np.argsort(-err_tpl)[:sheet]
+    paths = {r["name"]: r["path"] for r in train}
     tiles = []
-    for set_name, name, e in worst_all:
-        p = SHARED / "datasets" / ("celeba10k" if set_name == "celeba" else "utkface") / name
-        f = align(load_image(p), recipe=recipe, face="largest")[0]
+    for i in worst:
+        f = align(load_image(paths[ok[i]["name"]]), recipe=recipe, face="largest")[0]
         t = f.crop.copy()
-        tpl = np.array(result[set_name]["template_eyes_px"])
-        lm2 = _redetect(f.crop)
-        for q in tpl:
-            cv2.circle(t, tuple(int(v) for v in q), 4, (0, 255, 0), 2)
-        for q in np.stack(eye_mouth_points(lm2)[:2]):
+        for q in template:
+            cv2.circle(t, tuple(int(v) for v in q), 5, (0, 255, 0), 2)
+        for q in _eyes(landmarks68_on_crop(f.crop, recipe.scale)):
             cv2.circle(t, tuple(int(v) for v in q), 3, (255, 0, 0), -1)
-        cv2.putText(t, f"{e * 100:.1f}%", (4, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 0), 2)
-        tiles.append(t)
+        cv2.putText(t, f"{err_tpl[i] * 100:.1f}%", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 0), 2)
+        tiles.append(cv2.resize(t, (128, 128), interpolation=cv2.INTER_AREA))
     if tiles:
         save_image(out / "worst_eyes.png", make_grid(np.stack(tiles), cols=8))
-    _write_json(out, "landmarks.json", {"recipe": recipe.to_dict(), "per_set": per_set, "seed": seed, "results": result,
-                                        "worst": worst_all})
-    print(f"FACES64 geometry at {check_size} px; eye error = worse eye's distance / crop side; quad agreement = "
-          f"centre within 2% of the side and scale within 3%")
-    print(_table(rows, ["set", "faces", "no face", "no face on crop", "eyes<=2% own", "eyes<=2% template",
-                        "p95 eye err", "quads agree", "p95 centre", "p95 scale"]))
+    _write_json(out, "redetect.json", {
+        "recipe": recipe.to_dict(), "template_eyes_px": template.tolist(), "results": res,
+        "worst": [{"name": ok[i]["name"], "err": float(err_tpl[i])} for i in worst],
+        "failures": {k: sum(1 for r in recs if not r["ok"] and r["reason"] == k) for k in {r.get("reason") for r in recs if not r["ok"]}},
+        "seconds_this_run": run_s, "faces_this_run": len(left)})
+    print(f"faces64 geometry at {check_size} px; template eyes at {np.round(template, 1).tolist()} px; error = worse "
+          f"eye's distance from the template / crop side; 68 points re-found from the template face box "
+          f"({len(left)} faces in {run_s / 60:.1f} min this run)")
+    print(_table(rows, ["source", "train", "aligned", "<=2%", "p50", "p90", "p95", "p99", "max", "<=2% own",
+                        "<=2% HOG box"]))
+
+
+# ----------------------------------------------------------------------------------------------
+QUAD_CENTRE_TOL, QUAD_SCALE_TOL = 0.02, 0.03
+
+
+def quad_agreement(ref, other, scale: float = 0.6):
+    """``(centre offset / ref quad side, other's quad side / ref's)`` of two landmark sets of one face."""
+    from faceedit.alignment import ffhq_quad
+
+    qa, sa = ffhq_quad(ref, scale)
+    qb, sb = ffhq_quad(other, scale)
+    return float(np.hypot(*(qb.mean(0) - qa.mean(0))) / sa), float(sb / sa)
+
+
+def _as5(points4) -> np.ndarray:
+    """``[5, 2]`` from (eye, eye, mouth corner, mouth corner), the nose at the eye midpoint (unused by the quad)."""
+    p = np.asarray(points4, np.float64)
+    return np.stack([p[0], p[1], (p[0] + p[1]) / 2, p[2], p[3]])
+
+
+def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
+    """Eye means and mouth corners of 68 points; for points found on the mirrored photo (mapped back), swap sides."""
+    from faceedit.alignment.landmarks import eye_mouth_points
+
+    p = np.stack(eye_mouth_points(np.asarray(lm68)))
+    return p[[1, 0, 3, 2]] if mirrored else p
+
+
+def _quad_record(img) -> dict:
+    """dlib 68 points and MTCNN's 5 (raw, raw on the mirrored photo, refined with and without mirror) of the largest dlib face."""
+    from faceedit.alignment import detect_faces, landmarks68
+    from faceedit.alignment.landmarks import mtcnn5_refined
+
+    W = img.shape[1]
+    rnd = lambda a: np.round(np.asarray(a, np.float64), 3).tolist()  # noqa: E731
+    d = detect_faces(img, "dlib")
+    if not d:
+        return {"ok": False, "reason": "dlib: no face"}
+    d = max(d, key=lambda x: x.size)
+    lm = landmarks68(img, d.box)
+    rec = {"ok": True, "lm68": rnd(lm)}
+    c = lm.mean(0)
+    mirror = np.ascontiguousarray(img[:, ::-1])
+    dm = detect_faces(mirror, "dlib")
+    if dm:
+        dm = max(dm, key=lambda x: x.size)
+        lmm = landmarks68(mirror, dm.box)
+        lmm[:, 0] = W - lmm[:, 0]
+        rec["lm68_mirror"] = rnd(lmm)
+    m = detect_faces(img, "mtcnn")
+    if not m:
+        rec["reason"] = "mtcnn: no face"
+        return rec
+    m = min(m, key=lambda x: np.hypot(*(np.asarray(x.center) - c)))
+    rec.update(box5=rnd(m.box), raw=rnd(m.landmarks5), ref1=rnd(mtcnn5_refined(img, m.box, mirror=False)),
+               ref=rnd(mtcnn5_refined(img, m.box)))
+    mm = detect_faces(mirror, "mtcnn")
+    if mm:
+        mm = min(mm, key=lambda x: np.hypot(*(np.asarray(x.center) - [W - c[0], c[1]])))
+        q = mm.landmarks5.copy()
+        q[:, 0] = W - q[:, 0]
+        rec["raw_mirror"] = rnd(q[[1, 0, 2, 4, 3]])
+    return rec
+
+
+def _split_files() -> dict:
+    """``{(source, split): [(name, path), ...]}`` by the data README's split rules (list_sources)."""
+    from faceedit.training.dataset import list_sources
+
+    src = list_sources(SHARED / "datasets")
+    out = {}
+    for split in ("train", "test"):
+        for r in src[split]:
+            out.setdefault((r["name"].split("/")[0], split), []).append((r["name"], r["path"]))
+    return out
+
+
+def fit_calibration(recs: list) -> tuple:
+    """Least-squares ``[7, 8]`` map from refined MTCNN points to the 68-point quad points (TRAIN records only)."""
+    from faceedit.alignment.landmarks import dlib4_in_eye_frame, mtcnn5_features
+
+    recs = [r for r in recs if r.get("ref") is not None]
+    if any(r["split"] != "train" for r in recs):
+        raise ValueError("the calibration is fitted on train-split faces only")
+    X = np.array([np.append(mtcnn5_features(r["ref"]), 1.0) for r in recs])
+    Y = np.array([dlib4_in_eye_frame(r["ref"], _dlib4(r["lm68"])) for r in recs])
+    W, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    return W, len(recs)
+
+
+def _variants(weights):
+    from faceedit.alignment.landmarks import calibrate_mtcnn5
+
+    return {
+        "mtcnn raw (facenet)": lambda r: r["raw"],
+        "raw, mirror-averaged": lambda r: (np.asarray(r["raw"]) + r["raw_mirror"]) / 2 if "raw_mirror" in r else None,
+        "refined (exact crop)": lambda r: r["ref1"],
+        "refined + mirror": lambda r: r["ref"],
+        "refined + mirror + calibrated": lambda r: calibrate_mtcnn5(r["ref"], weights),
+        "floor: dlib68 on mirrored photo": lambda r: _as5(_dlib4(r["lm68_mirror"], True)) if "lm68_mirror" in r else None,
+    }
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for quads.jsonl (appended per face: a killed run resumes) and quads.json.")
+@click.option("--train-per-set", default=1000, show_default=True, help="Random TRAIN faces per source (0 = none).")
+@click.option("--test-per-set", default=0, show_default=True, help="TEST faces per source (0 = all).")
+@click.option("--fit", is_flag=True, help="Fit the MTCNN calibration on the TRAIN faces and write it to "
+                                          "alignment/mtcnn5_calibration.json (never on test faces).")
+@click.option("--scale", default=0.6, show_default=True, help="Quad scale (faces64 geometry).")
+@click.option("--seed", default=0, show_default=True)
+def quads(out, train_per_set, test_per_set, fit, scale, seed):
+    """68-point vs MTCNN quads of the same faces: centre within 2% of the side and scale within 3%.
+
+    For each face (the largest dlib face of a CelebA or UTKFace photo): dlib's 68 points, and
+    MTCNN's 5 points of the same face as facenet-pytorch gives them, averaged with those of the
+    mirrored photo, refined on an exact crop (alignment.landmarks.mtcnn5_refined) with and
+    without the mirrored crop, and refined + calibrated (what align(detector='mtcnn') uses).
+    The floor: dlib's 68 points on the mirrored photo against those on the photo.
+    """
+    from faceedit.alignment.landmarks import CALIBRATION_FILE, mtcnn5_calibration
+    from faceedit.imageio import load_image
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files = _split_files()
+    jobs = []
+    for (source, split), lst in sorted(files.items()):
+        n = train_per_set if split == "train" else (test_per_set or len(lst))
+        pick = sorted(rng.choice(len(lst), min(n, len(lst)), replace=False)) if n < len(lst) else range(len(lst))
+        jobs += [(source, split, *lst[i]) for i in pick]
+    log_path = out / "quads.jsonl"
+    done = {r["name"] for r in _read_jsonl(log_path)}
+    left = [j for j in jobs if j[2] not in done]
+    print(f"{len(jobs)} faces, {len(done)} done earlier, {len(left)} to go", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "a") as fh:
+        for k, (source, split, name, path) in enumerate(left):
+            rec = _quad_record(load_image(path))
+            rec.update(name=name, source=source, split=split)
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            if (k + 1) % 250 == 0:
+                dt = time.perf_counter() - t0
+                print(f"{k + 1}/{len(left)} {dt:.0f} s, ~{dt / (k + 1) * (len(left) - k - 1) / 60:.0f} min left",
+                      file=sys.stderr, flush=True)
+    run_s = time.perf_counter() - t0
+    want = {j[2] for j in jobs}
+    recs = [r for r in _read_jsonl(log_path) if r["name"] in want and r.get("ref") is not None]
+    cal_path = REPO / "alignment" / CALIBRATION_FILE
+    if fit:
+        from faceedit.checkpoints.atomic import atomic_write_text
+
+        W, n_fit = fit_calibration([r for r in recs if r["split"] == "train"])
+        counts = {s: sum(1 for r in recs if r["split"] == "train" and r["source"] == s) for s in ("celeba10k", "utkface")}
+        atomic_write_text(cal_path, json.dumps({
+            "what": "refined MTCNN points (alignment.landmarks.mtcnn5_refined, mirror=True) -> dlib 68-point eye "
+                    "means and outer mouth corners, in the eye frame of the 5 points (origin eye midpoint, unit eye "
+                    "distance, x along the eyes); rows: nose x, nose y, mouth-left x, y, mouth-right x, y, 1; "
+                    "columns: eye-left x, y, eye-right x, y, mouth-left x, y, mouth-right x, y",
+            "fitted_on": f"{n_fit} TRAIN faces ({counts['celeba10k']} CelebA, {counts['utkface']} UTKFace; random, "
+                         f"seed {seed}), least squares; never on the test split",
+            "made_by": "python benchmarks/alignment.py quads --fit", "weights": "@W@"}, indent=1).replace(
+            '"@W@"', "[\n  " + ",\n  ".join(json.dumps(np.round(row, 6).tolist()) for row in W) + "\n ]") + "\n")
+        mtcnn5_calibration.cache_clear()
+    weights = mtcnn5_calibration()["weights"]
+    res, rows = {}, []
+    for split in ("test", "train"):
+        for source in ("celeba10k", "utkface", "all"):
+            sel = [r for r in recs if r["split"] == split and source in ("all", r["source"])]
+            if not sel:
+                continue
+            for vname, get in _variants(weights).items():
+                cs = []
+                for r in sel:
+                    p = get(r)
+                    if p is not None:
+                        cs.append(quad_agreement(r["lm68"], p, scale))
+                cs = np.array(cs)
+                ok = (cs[:, 0] < QUAD_CENTRE_TOL) & (np.abs(cs[:, 1] - 1) < QUAD_SCALE_TOL)
+                d = {"n": len(cs), "agree": float(ok.mean()), "centre_ok": float((cs[:, 0] < QUAD_CENTRE_TOL).mean()),
+                     "scale_ok": float((np.abs(cs[:, 1] - 1) < QUAD_SCALE_TOL).mean()),
+                     "centre_p95": float(np.percentile(cs[:, 0], 95)),
+                     "scale_err_p95": float(np.percentile(np.abs(cs[:, 1] - 1), 95)),
+                     "scale_ratio_mean": float(cs[:, 1].mean())}
+                res[f"{split}/{source}/{vname}"] = d
+                rows.append([split, source, vname, d["n"], f"{d['agree'] * 100:.1f}%", f"{d['centre_ok'] * 100:.1f}%",
+                             f"{d['scale_ok'] * 100:.1f}%", f"{d['centre_p95'] * 100:.2f}%",
+                             f"{d['scale_err_p95'] * 100:.2f}%", f"{d['scale_ratio_mean']:.4f}"])
+    n_fail = {f"{s}/{sp}": sum(1 for r in _read_jsonl(log_path) if r["name"] in want and r.get("ref") is None
+                              and r["source"] == s and r["split"] == sp)
+              for s in ("celeba10k", "utkface") for sp in ("train", "test")}
+    _write_json(out, "quads.json", {"scale": scale, "seed": seed, "train_per_set": train_per_set,
+                                    "test_per_set": test_per_set, "calibration": str(cal_path.relative_to(REPO)),
+                                    "no_pair": n_fail, "results": res, "seconds_this_run": run_s})
+    print(f"faces64 quads (scale {scale}); agree = centre within {QUAD_CENTRE_TOL:.0%} of the 68-point quad's side "
+          f"and side within {QUAD_SCALE_TOL:.0%}; faces without a dlib+MTCNN pair: {n_fail}")
+    print(_table(rows, ["split", "source", "MTCNN points", "faces", "agree", "centre ok", "scale ok", "p95 centre",
+                        "p95 scale", "mean ratio"]))
 
 
 if __name__ == "__main__":
