@@ -22,7 +22,8 @@ is efficient. This module rewrites the whole synthesis network with operations t
   matmul, in fp32).
 * **Skip up-sampling** of the RGB image by the same polyphase rule, written as shifted
   slices (:func:`upsample2d_poly`), in fp32.
-* **toRGB** with the styles folded into per-sample 1x1 weights (a batched matmul): the
+* **toRGB** with the styles folded into per-sample 1x1 weights (a batched matmul; under
+  ``torch.compile`` channel reductions that fuse with the producing epilogue): the
   activations are read once and never rescaled.
 * **One epilogue** per conv (demodulation, noise, bias, leaky ReLU with its gain, clamp):
   no data-dependent Python branches, no host synchronisation, so ``torch.compile`` fuses
@@ -96,8 +97,9 @@ def upconv_phase2_weight(weight: torch.Tensor) -> torch.Tensor:
 
     ``conv2d(x, K, padding=1)`` gives the four phases of ``conv_transpose2d(x, weight^T,
     stride=2)`` (``[N, 4 Cout, H + 1, W + 1]``, phase-major; the odd phases' last row and
-    column are zero). 16/9 of the transposed conv's multiply-adds, against 4x for the
-    3x3 polyphase kernel; the blur is left to :func:`blur_phases`.
+    column are zero); ``padding=2`` adds a zero row and column in front (and one at the
+    end), which :func:`blur_phases` takes. 16/9 of the transposed conv's multiply-adds,
+    against 4x for the 3x3 polyphase kernel.
     """
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"upconv_phase2_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
@@ -106,34 +108,27 @@ def upconv_phase2_weight(weight: torch.Tensor) -> torch.Tensor:
     return torch.einsum("pka,oiab,qlb->pqoikl", a, weight, a).reshape(4 * cout, cin, 2, 2)
 
 
-def _blur_pair(even: torch.Tensor, odd: torch.Tensor, g: torch.Tensor, dim: int) -> tuple:
-    """One axis of the blur on phases: ``E[m] = T[2m]``, ``O[m] = T[2m+1]`` (length L + 1)
-    -> the two phases (length L) of ``z[j] = sum_t g[t] T[j + t - 1]``."""
-    n = even.shape[dim] - 1
-    e0, e1 = even.narrow(dim, 0, n), even.narrow(dim, 1, n)
-    o0, o1 = odd.narrow(dim, 0, n), odd.narrow(dim, 1, n)
-    om = F.pad(odd, (1, 0) if dim == even.ndim - 1 else (0, 0, 1, 0)).narrow(dim, 0, n)   # O[m - 1]
-    z0 = g[0] * om + g[1] * e0 + g[2] * o0 + g[3] * e1
-    z1 = g[0] * e0 + g[1] * o0 + g[2] * e1 + g[3] * o1
-    return z0, z1
-
-
 def blur_phases(t: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
-    """The FIR blur (pad 1, gain 4) applied to a transposed conv's output held as phases.
+    """The FIR blur (pad 1, gain 4) of a transposed conv's output held as phases, shuffled.
 
-    ``t``: ``[N, 4C, H + 1, W + 1]`` from :func:`upconv_phase2_weight`; returns the blurred
-    ``[N, 4C, H, W]`` phases (for :func:`phase_shuffle`). Shifted slices only: under
-    ``torch.compile`` it fuses into the layer's epilogue.
+    ``t``: ``conv2d(x, upconv_phase2_weight(w), padding=2)``, ``[N, 4C, H + 3, W + 3]``;
+    shuffled, it is the transposed conv's output ``T`` shifted by two pixels with zeros
+    around. Returns the up-sampled ``[N, C, 2H, 2W]``: sixteen shifted slices of the
+    shuffled ``t`` summed, with no intermediate tensor and no concatenation, so that
+    ``torch.compile`` folds the shuffle, the blur and the layer's epilogue into one kernel
+    (slow in eager mode: use ``poly3`` there).
     """
     _check_fir(fir)
-    n, c4, h1, w1 = t.shape
+    h, w = t.shape[2] - 3, t.shape[3] - 3
     g = fir.flip(0).to(t.dtype) * 2
-    t6 = t.view(n, 2, 2, c4 // 4, h1, w1)                       # [N, py, px, C, H+1, W+1]
-    zx = _blur_pair(t6[:, :, 0], t6[:, :, 1], g, dim=4)           # along W: two [N, py, C, H+1, W]
-    zy0 = _blur_pair(zx[0][:, 0], zx[0][:, 1], g, dim=2)          # along H, output column phase 0
-    zy1 = _blur_pair(zx[1][:, 0], zx[1][:, 1], g, dim=2)          # ... column phase 1
-    z = torch.stack([torch.stack([zy0[0], zy1[0]], 1), torch.stack([zy0[1], zy1[1]], 1)], 1)
-    return z.reshape(n, c4, h1 - 1, w1 - 1)
+    g2 = torch.outer(g, g)
+    big = phase_shuffle(t)                         # T[Y, X] at [Y + 2, X + 2]
+    z = None
+    for ty in range(4):                            # z[Y] = sum_t g[t] T[Y + t - 1]
+        for tx in range(4):
+            term = g2[ty, tx] * big[:, :, ty + 1:ty + 1 + 2 * h, tx + 1:tx + 1 + 2 * w]
+            z = term if z is None else z + term
+    return z
 
 
 def phase_shuffle(t: torch.Tensor) -> torch.Tensor:
@@ -160,6 +155,17 @@ def upsample2d_poly(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     """
     _check_fir(fir)
     g = fir.flip(0).to(x.dtype) * 2
+    if _compiling():  # zero-stuffing and a 16-tap stencil: one fused kernel, no concatenation
+        n, c, h, w = x.shape
+        u = F.pad(x.reshape(n, c, h, 1, w, 1), (0, 1, 0, 0, 0, 1)).reshape(n, c, 2 * h, 2 * w)
+        u = F.pad(u, (2, 1, 2, 1))                 # out[Y] = sum_t g[t] u[Y + t - 2]
+        g2 = torch.outer(g, g)
+        out = None
+        for ty in range(4):
+            for tx in range(4):
+                term = g2[ty, tx] * u[:, :, ty:ty + 2 * h, tx:tx + 2 * w]
+                out = term if out is None else out + term
+        return out
     for dim in (3, 2):
         n = x.shape[dim]
         xp = F.pad(x, (1, 1) if dim == 3 else (0, 0, 1, 1))
@@ -217,28 +223,31 @@ def _noise(layer, x_ref: torch.Tensor, res: int, noise_mode: str, noise):
     return None
 
 
-def styled_conv_poly(layer, x: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None,
-                     up_impl: str = "poly3") -> torch.Tensor:
-    """One ``StyledConv`` (plain or up-sampling) on the polyphase path: modulate, conv, epilogue.
-
-    ``up_impl`` (up-sampling layers): ``poly3`` (transposed conv and blur folded into one
-    3x3 kernel) or ``phase2`` (the transposed conv as a 2x2 conv, the blur as shifted
-    slices that ``torch.compile`` fuses into the epilogue; fewer FLOPs, slow in eager).
-    """
-    n = x.shape[0]
-    up = up_impl if layer.up else None
+def prepare_conv(layer, styles: torch.Tensor, up: str | None) -> tuple:
+    """The per-call constants of one styled conv: its kernel (``up``: None, ``poly3`` or
+    ``phase2``) and StyleGAN2's demodulation coefficients ``[N, Cout]`` (fp32), the norm of
+    the modulated 3x3 weight (one matmul)."""
     k, w2 = _weights(layer, up)
-    with _autocast_off(x.device.type):
-        dcoefs = (_acc(styles).square() @ w2.to(_acc(styles).dtype).t() + 1e-8).rsqrt()  # [N, Cout]: StyleGAN2's
-    h = x * styles.to(x.dtype).view(n, -1, 1, 1)
-    if x.is_cuda and not k.is_contiguous(memory_format=torch.channels_last):
+    with _autocast_off(styles.device.type):
+        dcoefs = (_acc(styles).square() @ w2.to(_acc(styles).dtype).t() + 1e-8).rsqrt()
+    if styles.is_cuda and not k.is_contiguous(memory_format=torch.channels_last):
         k = k.contiguous(memory_format=torch.channels_last)
-    y = F.conv2d(h, k.to(h.dtype), padding=1)
+    return k, dcoefs
+
+
+def apply_conv(layer, x: torch.Tensor, styles: torch.Tensor, k: torch.Tensor, dcoefs: torch.Tensor,
+               noise: torch.Tensor | None, up: str | None) -> torch.Tensor:
+    """Modulate, convolve (and up-sample), then the epilogue: demodulation, noise, bias,
+    leaky ReLU with its gain, clamp."""
+    n = x.shape[0]
+    h = x * styles.to(x.dtype).view(n, -1, 1, 1)
     if up == "phase2":
-        y = blur_phases(y, layer.fir)
-    if up is not None:
-        y = phase_shuffle(y)
-    # epilogue: lrelu(g * (y * d + noise * strength + bias)) = lrelu(y * (g d) + g (noise * strength + bias))
+        y = blur_phases(F.conv2d(h, k.to(h.dtype), padding=2), layer.fir)
+    elif up == "poly3":
+        y = phase_shuffle(F.conv2d(h, k.to(h.dtype), padding=1))
+    else:
+        y = F.conv2d(h, k.to(h.dtype), padding=1)
+    # lrelu(g * (y * d + noise * strength + bias)) = lrelu(y * (g d) + g (noise * strength + bias))
     add = layer.bias.view(1, -1, 1, 1) * _SQRT2
     if noise is not None:
         add = add + noise.to(add.dtype) * (layer.noise_strength * _SQRT2)
@@ -249,13 +258,31 @@ def styled_conv_poly(layer, x: torch.Tensor, styles: torch.Tensor, noise: torch.
     return y
 
 
-def torgb_poly(layer, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-    """One ``ToRGB``: per-sample modulated 1x1 weights (no demodulation) as a batched matmul,
-    then bias, clamp and the polyphase up-sampled skip, summed in fp32."""
+def styled_conv_poly(layer, x: torch.Tensor, styles: torch.Tensor, noise: torch.Tensor | None,
+                     up_impl: str = "poly3") -> torch.Tensor:
+    """One ``StyledConv`` (plain or up-sampling) on the polyphase path.
+
+    ``up_impl`` (up-sampling layers): ``poly3`` (transposed conv and blur folded into one
+    3x3 kernel) or ``phase2`` (the transposed conv as a 2x2 conv, the blur as shifted
+    slices that ``torch.compile`` fuses into the epilogue; fewer FLOPs, slow in eager).
+    """
+    up = up_impl if layer.up else None
+    k, dcoefs = prepare_conv(layer, styles, up)
+    return apply_conv(layer, x, styles, k, dcoefs, noise, up)
+
+
+def torgb_poly(layer, x: torch.Tensor, styles: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """One ``ToRGB`` (``styles = layer.affine(w)``): per-sample modulated 1x1 weights (no
+    demodulation) as a batched matmul, then bias, clamp and the polyphase up-sampled skip,
+    summed in fp32."""
     n, c, hh, ww = x.shape
-    styles = layer.affine(w)                                                   # [N, C]
     wm = (layer.weight * layer.scale).reshape(1, -1, c) * styles.view(n, 1, c)   # [N, 3, C]
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if _compiling():
+        # one channel reduction per colour: inductor fuses the three (x is read once) and, where x
+        # has no other reader (the last block), the producing epilogue too, so x is never written
+        wx = wm.to(x.dtype)
+        y = torch.stack([(x * wx[:, o].view(n, c, 1, 1)).sum(1) for o in range(wx.shape[1])], 1)
+    elif x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         y = torch.bmm(x.permute(0, 2, 3, 1).reshape(n, hh * ww, c), wm.transpose(1, 2).to(x.dtype))
         y = y.reshape(n, hh, ww, -1).permute(0, 3, 1, 2)
     else:
@@ -269,12 +296,43 @@ def torgb_poly(layer, x: torch.Tensor, w: torch.Tensor, skip: torch.Tensor | Non
     return y
 
 
+def all_styles(layers: list, ws: torch.Tensor) -> list:
+    """Every layer's styles ``affine(ws[:, i])`` from one batched matmul.
+
+    ``layers``: ``(module with .affine, ws index)`` pairs. The affine weights are zero-padded
+    to the widest layer and stacked (cached per parameter version when no gradient can reach
+    them); one ``[L, N, w_dim] x [L, w_dim, C]`` matmul replaces one launch per layer and,
+    in a traced graph, makes every style available before the first convolution.
+    """
+    affs = [m.affine for m, _ in layers]
+    params = [t for a in affs for t in (a.weight, a.bias)]
+    usable = not (torch.is_grad_enabled() and any(t.requires_grad for t in params)) and not _compiling()
+    key = (tuple((t._version, t.data_ptr()) for t in params), ws.dtype, ws.device)
+    owner = layers[0][0]
+    hit = getattr(owner, "_poly_affine_cache", None) if usable else None
+    if hit is not None and hit[0] == key:
+        wt, b = hit[1]
+    else:
+        cmax = max(a.out_features for a in affs)
+        wt = torch.stack([F.pad((a.weight * a.scale).t(), (0, cmax - a.out_features)) for a in affs])  # [L, w, C]
+        b = torch.stack([F.pad(a.bias * a.lr_mul, (0, cmax - a.out_features)) for a in affs])          # [L, C]
+        if usable:
+            owner._poly_affine_cache = (key, (wt.detach(), b.detach()))
+    idx = torch.tensor([i for _, i in layers], device=ws.device)
+    st = torch.baddbmm(b.to(ws.dtype).unsqueeze(1), ws.index_select(1, idx).transpose(0, 1), wt.to(ws.dtype))
+    return [st[j, :, :a.out_features] for j, a in enumerate(affs)]   # each [N, C_j]
+
+
 UP_IMPLS = ("poly3", "phase2")
 
 
 def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None,
                    up_impl: str | None = None) -> torch.Tensor:
     """The whole ``SynthesisNetwork`` forward on the polyphase path (inputs already checked).
+
+    Every layer's styles, kernel and demodulation coefficients are computed first, so that
+    in the traced graph nothing but the convolutions separates one layer's epilogue from
+    the next layer's input scaling (``torch.compile`` then fuses the two).
 
     Args:
         up_impl: ``poly3``, ``phase2`` (see :func:`styled_conv_poly`) or None: ``poly3``
@@ -287,17 +345,23 @@ def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list
     if up_impl not in UP_IMPLS:
         raise ValueError(f"up_impl must be one of {UP_IMPLS} or None, got {up_impl!r}")
     n = ws.shape[0]
-    nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
+    convs = [(net.conv1, 0, None)]
+    rgbs = [(net.torgb1, 1)]
+    for k, (cu, cv, rgb) in enumerate(zip(net.convs_up, net.convs, net.torgbs)):
+        convs += [(cu, 2 * k + 1, up_impl), (cv, 2 * k + 2, None)]
+        rgbs.append((rgb, 2 * k + 3))
+    styles = all_styles([(layer, i) for layer, i, _ in convs] + rgbs, ws)
+    conv_styles, rgb_styles = styles[:len(convs)], styles[len(convs):]
+    prepared = [prepare_conv(layer, s, up) for (layer, _, up), s in zip(convs, conv_styles)]
+
     x = net.const.to(ws.dtype).expand(n, -1, -1, -1)
     if ws.is_cuda:  # cuDNN's tensor-core kernels want NHWC; every later activation follows
         x = x.contiguous(memory_format=torch.channels_last)
-    c1 = net.conv1
-    x = styled_conv_poly(c1, x, c1.affine(ws[:, 0]), _noise(c1, x, c1.resolution, noise_mode, nz(0)))
-    img = torgb_poly(net.torgb1, x, ws[:, 1], None)
-    for k, (cu, cv, rgb) in enumerate(zip(net.convs_up, net.convs, net.torgbs)):
-        x = styled_conv_poly(cu, x, cu.affine(ws[:, 2 * k + 1]),
-                             _noise(cu, x, cu.resolution, noise_mode, nz(2 * k + 1)), up_impl)
-        x = styled_conv_poly(cv, x, cv.affine(ws[:, 2 * k + 2]),
-                             _noise(cv, x, cv.resolution, noise_mode, nz(2 * k + 2)))
-        img = torgb_poly(rgb, x, ws[:, 2 * k + 3], img)
+    img = None
+    for j, ((layer, i, up), s, (k, d)) in enumerate(zip(convs, conv_styles, prepared)):
+        nz = _noise(layer, x, layer.resolution, noise_mode, None if noise is None else noise[j])
+        x = apply_conv(layer, x, s, k, d, nz, up)
+        if j % 2 == 0:  # after the 4x4 conv and after each block's second conv
+            rgb, _ = rgbs[j // 2]
+            img = torgb_poly(rgb, x, rgb_styles[j // 2], img)
     return img.contiguous()

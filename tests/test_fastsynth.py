@@ -60,9 +60,9 @@ def test_polyphase_upconv_equals_transposed_conv_and_blur(taps):
     tconv = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)             # [.., 15, 13]
     assert rel_err(phase_shuffle(t4)[:, :, :-1, :-1], tconv) < 1e-12
     assert phase_shuffle(t4)[:, :, -1].abs().max() == 0 and phase_shuffle(t4)[..., -1].abs().max() == 0
-    assert rel_err(phase_shuffle(blur_phases(t4, fir)), ref) < 1e-12
-    t4cl = t4.contiguous(memory_format=torch.channels_last)
-    assert rel_err(phase_shuffle(blur_phases(t4cl, fir)), ref) < 1e-12
+    t4p = F.conv2d(x, upconv_phase2_weight(weight), padding=2)
+    assert rel_err(blur_phases(t4p, fir), ref) < 1e-12
+    assert rel_err(blur_phases(t4p.contiguous(memory_format=torch.channels_last), fir), ref) < 1e-12
 
 
 def test_polyphase_kernel_is_the_filtered_weight():
@@ -97,6 +97,12 @@ def test_upsample2d_poly_equals_upsample2d():
         assert rel_err(upsample2d_poly(x, fir), upsample2d(x, fir)) < 1e-13
     with pytest.raises(ValueError, match="4-tap"):
         upsample2d_poly(x, make_fir((1, 2, 1)))
+    # the form used under torch.compile (a zero-stuffed 16-tap stencil)
+    fir = make_fir((1, 2, 5, 3)).double()
+    fn = torch.compile(upsample2d_poly, backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    assert rel_err(fn(x, fir), upsample2d(x, fir)) < 1e-13
+    torch._dynamo.reset()
 
 
 def test_modulated_up_conv_with_demodulation_matches_reference():
@@ -193,7 +199,9 @@ def test_synthesis_poly_weight_gradients_and_cache():
     with torch.no_grad():
         a = G.synthesis(ws, fused="poly")
         assert hasattr(layer, "_poly_cache")
-        layer.weight.mul_(1.5).add_(0.1)            # in-place update: the cache must not serve stale kernels
+        layer.weight.mul_(1.5).add_(0.1)            # in-place updates: the caches must not serve stale kernels
+        G.synthesis.convs[0].affine.weight.mul_(1.2)
+        G.synthesis.torgbs[1].affine.bias.add_(0.3)
         b = G.synthesis(ws, fused="poly")
         assert rel_err(b, G.synthesis(ws, fused=True)) < 1e-4
         assert rel_err(a, b) > 1e-3
@@ -224,8 +232,8 @@ def test_synthesis_poly_nhwc_helpers_match():
     x = torch.randn(2, rgb.weight.shape[1], 8, 8)
     skip = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
-        a = fastsynth.torgb_poly(rgb, x, ws[:, 3], skip)
-        b = fastsynth.torgb_poly(rgb, x.contiguous(memory_format=torch.channels_last), ws[:, 3], skip)
+        a = fastsynth.torgb_poly(rgb, x, rgb.affine(ws[:, 3]), skip)
+        b = fastsynth.torgb_poly(rgb, x.contiguous(memory_format=torch.channels_last), rgb.affine(ws[:, 3]), skip)
         ref = rgb(x, ws[:, 3], skip, fused=True)
     assert rel_err(a, ref) < 1e-5 and rel_err(b, ref) < 1e-5
 
