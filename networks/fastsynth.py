@@ -54,6 +54,20 @@ _SQRT2 = math.sqrt(2.0)
 _PHASE_INDEX = torch.tensor([[[a + 2 * k - p - 1 + 2 for a in range(3)] for k in range(3)] for p in range(2)])
 
 
+_CONSTS: dict = {}
+
+
+def _const_on(t: torch.Tensor, device) -> torch.Tensor:
+    """A module constant on ``device``, copied there once (a host-to-device copy per call
+    would wait for the GPU); under ``torch.compile`` the graph holds it as a constant."""
+    if _compiling():
+        return t.to(device)
+    key = (id(t), str(device))
+    if key not in _CONSTS:
+        _CONSTS[key] = t.to(device)
+    return _CONSTS[key]
+
+
 def _check_fir(fir: torch.Tensor) -> None:
     if fir.ndim != 1 or fir.numel() != 4:
         raise ValueError(f"the polyphase path supports 4-tap FIR filters (StyleGAN2's [1, 3, 3, 1]); got "
@@ -68,7 +82,7 @@ def phase_matrices(fir: torch.Tensor) -> torch.Tensor:
     """
     _check_fir(fir)
     g = F.pad(fir.flip(0) * 2, (2, 2))
-    return g[_PHASE_INDEX.to(fir.device)]
+    return g[_const_on(_PHASE_INDEX, fir.device)]
 
 
 def upconv_poly_weight(weight: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
@@ -104,7 +118,7 @@ def upconv_phase2_weight(weight: torch.Tensor) -> torch.Tensor:
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
         raise ValueError(f"upconv_phase2_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
     cout, cin = weight.shape[:2]
-    a = _TCONV_PHASES.to(device=weight.device, dtype=weight.dtype)
+    a = _const_on(_TCONV_PHASES, weight.device).to(weight.dtype)
     return torch.einsum("pka,oiab,qlb->pqoikl", a, weight, a).reshape(4 * cout, cin, 2, 2)
 
 
@@ -176,7 +190,7 @@ def upsample2d_poly(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _weights(layer, up: str | None) -> tuple:
+def _weights(layer, up: str | None, channels_last: bool = False) -> tuple:
     """(conv kernel, per (out, in) sum of squared 3x3 taps) of a styled conv, cached when possible.
 
     The cache is used only where no gradient can reach the weight and outside
@@ -186,7 +200,7 @@ def _weights(layer, up: str | None) -> tuple:
     """
     weight = layer.weight
     usable = not (torch.is_grad_enabled() and weight.requires_grad) and not _compiling()
-    key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, up, layer.scale)
+    key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, up, layer.scale, channels_last)
     if usable:
         hit = getattr(layer, "_poly_cache", None)
         if hit is not None and hit[0] == key:
@@ -195,6 +209,8 @@ def _weights(layer, up: str | None) -> tuple:
     with _autocast_off(weight.device.type):
         w2 = _acc(w).square().sum(dim=[2, 3])  # [Cout, Cin]
         k = w if up is None else upconv_poly_weight(w, layer.fir) if up == "poly3" else upconv_phase2_weight(w)
+    if channels_last:
+        k = k.contiguous(memory_format=torch.channels_last)
     out = (k, w2)
     if usable:
         layer._poly_cache = (key, tuple(t.detach() for t in out))
@@ -227,11 +243,9 @@ def prepare_conv(layer, styles: torch.Tensor, up: str | None) -> tuple:
     """The per-call constants of one styled conv: its kernel (``up``: None, ``poly3`` or
     ``phase2``) and StyleGAN2's demodulation coefficients ``[N, Cout]`` (fp32), the norm of
     the modulated 3x3 weight (one matmul)."""
-    k, w2 = _weights(layer, up)
+    k, w2 = _weights(layer, up, channels_last=styles.is_cuda)
     with _autocast_off(styles.device.type):
         dcoefs = (_acc(styles).square() @ w2.to(_acc(styles).dtype).t() + 1e-8).rsqrt()
-    if styles.is_cuda and not k.is_contiguous(memory_format=torch.channels_last):
-        k = k.contiguous(memory_format=torch.channels_last)
     return k, dcoefs
 
 
@@ -251,6 +265,8 @@ def apply_conv(layer, x: torch.Tensor, styles: torch.Tensor, k: torch.Tensor, dc
     add = layer.bias.view(1, -1, 1, 1) * _SQRT2
     if noise is not None:
         add = add + noise.to(add.dtype) * (layer.noise_strength * _SQRT2)
+        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+            add = add.contiguous(memory_format=torch.channels_last)  # else addcmul's output is NCHW
     y = torch.addcmul(add.to(y.dtype), y, (dcoefs * _SQRT2).to(y.dtype).view(n, -1, 1, 1))
     y = F.leaky_relu_(y, 0.2)  # in place on the epilogue's own output (autograd-safe)
     if layer.conv_clamp is not None:
@@ -318,8 +334,8 @@ def all_styles(layers: list, ws: torch.Tensor) -> list:
         b = torch.stack([F.pad(a.bias * a.lr_mul, (0, cmax - a.out_features)) for a in affs])          # [L, C]
         if usable:
             owner._poly_affine_cache = (key, (wt.detach(), b.detach()))
-    idx = torch.tensor([i for _, i in layers], device=ws.device)
-    st = torch.baddbmm(b.to(ws.dtype).unsqueeze(1), ws.index_select(1, idx).transpose(0, 1), wt.to(ws.dtype))
+    wsl = torch.stack([ws[:, i] for _, i in layers])                                                # [L, N, w]
+    st = torch.baddbmm(b.to(ws.dtype).unsqueeze(1), wsl, wt.to(ws.dtype))
     return [st[j, :, :a.out_features] for j, a in enumerate(affs)]   # each [N, C_j]
 
 

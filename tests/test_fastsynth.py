@@ -236,6 +236,16 @@ def test_synthesis_poly_nhwc_helpers_match():
         b = fastsynth.torgb_poly(rgb, x.contiguous(memory_format=torch.channels_last), rgb.affine(ws[:, 3]), skip)
         ref = rgb(x, ws[:, 3], skip, fused=True)
     assert rel_err(a, ref) < 1e-5 and rel_err(b, ref) < 1e-5
+    # channels_last activations stay channels_last through every kind of layer (the epilogue's
+    # addcmul would otherwise hand NCHW to the next conv)
+    for layer in (G.synthesis.convs_up[1], G.synthesis.convs[1]):
+        res = layer.resolution
+        x = torch.randn(2, layer.weight.shape[1], res // 2 if layer.up else res, res // 2 if layer.up else res)
+        x = x.contiguous(memory_format=torch.channels_last)
+        for impl in ("poly3", "phase2"):
+            with torch.no_grad():
+                y = fastsynth.styled_conv_poly(layer, x, layer.affine(ws[:, 4]), layer.noise_const, impl)
+            assert y.shape[-1] == res and y.is_contiguous(memory_format=torch.channels_last), (impl, layer.up)
 
 
 def test_synthesis_poly_traces_as_one_graph():
