@@ -30,8 +30,8 @@ What it measures (``noise_mode='const'``, synthesis network only, ``ws`` precomp
   must move at least (every activation written once and read once) over the measured
   copy bandwidth;
 * a 64 px generator (faceedit's ``faces64`` size) on the CPU;
-* ``--profile``: the top CUDA kernels of the polyphase path at the largest batch (eager and
-  compiled) in ``synthesis_profile.txt``.
+* ``--profile``: the top CUDA kernels at the largest batch (the polyphase path compiled and
+  eager, the ``fused=False`` path eager) in ``synthesis_profile.txt``.
 
 The compute floor of every row is the reference's FLOPs (the same work); the polyphase
 path executes more multiply-adds (``gflop_per_image_poly3`` / ``_phase2`` in the info).
@@ -322,7 +322,8 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
     diff = ours(ws_all[:bref], False, False, G_cl) - ref_imgs[bref]
     checks["ours_fast_fp32_vs_ref_max_abs"] = diff.abs().max().item()
     checks["ours_bf16_psnr_db"] = psnr(ours(ws_all[:bref], False, True, G_cl), ref_imgs[bref])
-    checks["ours_poly_fp32_vs_ref_max_abs"] = (ours(ws_all[:bref], "poly", False, G) - ref_imgs[bref]).abs().max().item()
+    poly32 = ours(ws_all[:bref], "poly", False, G)
+    checks["ours_poly_fp32_vs_ref_max_abs"] = (poly32 - ref_imgs[bref]).abs().max().item()
     checks["ours_poly_bf16_psnr_db"] = psnr(ours(ws_all[:bref], "poly", True, G), ref_imgs[bref])
     log(f"fast fp32 vs reference max |diff| {checks['ours_fast_fp32_vs_ref_max_abs']:.2e}; "
         f"bf16 PSNR {checks['ours_bf16_psnr_db']:.1f} dB; poly fp32 max |diff| "
@@ -408,7 +409,9 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
             text = [f"== ours-poly compiled ({best}), batch {order[0]} ==",
                     profile_table(lambda: fns[best](ws), dev),
                     f"== ours-poly eager (poly3) bf16, batch {order[0]} ==",
-                    profile_table(lambda: ours(ws, "poly", True, G), dev, n=2)]
+                    profile_table(lambda: ours(ws, "poly", True, G), dev, n=2),
+                    f"== ours-fast eager (fused=False) bf16, batch {order[0]}: where the old path spends its time ==",
+                    profile_table(lambda: ours(ws, False, True, G_cl), dev, n=2)]
             (out / "synthesis_profile.txt").write_text("\n".join(text) + "\n")
             log("profile written to synthesis_profile.txt")
 
