@@ -317,7 +317,7 @@ def redetect(out, limit, check_size, hog_every, sheet):
 
     from faceedit.alignment import align
     from faceedit.alignment.landmarks import landmarks68_on_crop
-    from faceedit.imageio import load_image, make_grid, save_image
+    from faceedit.imageio import load_image, make_grid
 
     worst = np.argsort(-err_tpl)[:sheet]
     paths = {r["name"]: r["path"] for r in train}
@@ -331,8 +331,16 @@ def redetect(out, limit, check_size, hog_every, sheet):
             cv2.circle(t, tuple(int(v) for v in q), 3, (255, 0, 0), -1)
         cv2.putText(t, f"{err_tpl[i] * 100:.1f}%", (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 0), 2)
         tiles.append(cv2.resize(t, (128, 128), interpolation=cv2.INTER_AREA))
-    if tiles:
-        save_image(out / "worst_eyes.png", make_grid(np.stack(tiles), cols=8))
+    if tiles:  # a 256-colour PNG keeps the sheet small enough to commit
+        import io
+
+        from PIL import Image
+
+        from faceedit.checkpoints.atomic import atomic_write_bytes
+
+        buf = io.BytesIO()
+        Image.fromarray(make_grid(np.stack(tiles), cols=8)).quantize(256).save(buf, "PNG", optimize=True)
+        atomic_write_bytes(out / "worst_eyes.png", buf.getvalue())
     _write_json(out, "redetect.json", {
         "recipe": recipe.to_dict(), "template_eyes_px": template.tolist(), "results": res,
         "worst": [{"name": ok[i]["name"], "err": float(err_tpl[i])} for i in worst],
