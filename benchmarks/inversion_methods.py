@@ -77,7 +77,8 @@ def _editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
 
 
 def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybrid_steps, pti_steps, pti_n: int,
-          perceptual: str, seed: int, batch_size: int, identity, edit_attr: str | None, device) -> list:
+          perceptual: str, seed: int, batch_size: int, identity, edit_attr: str | None, device,
+          save_recon=None) -> list:
     from faceedit.checkpoints.registry import load_model
     from faceedit.imageio import tensor_to_uint8
     from faceedit.inversion.hybrid import invert_with
@@ -119,6 +120,10 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
                "mse": float(met["mse"].mean()), "psnr": float(met["psnr"].mean()), "ssim": float(met["ssim"].mean()),
                "id_sim": float(met["identity_similarity"].mean()) if "identity_similarity" in met else None,
                "s_per_img": secs / n, "bytes_per_img": _bytes_per_image(lat), "device": str(device)}
+        if save_recon is not None:  # for add_identity() on a machine with dlib
+            row["recon_file"] = f"{m['name']}_{space}_{method}.npz".replace("+", "p")
+            Path(save_recon).mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(Path(save_recon) / row["recon_file"], targets=images[:n], recon=recon)
         if method == "pti" and edit_attr:
             try:
                 row["edit"] = _editability(G, lat, edit_attr)
@@ -127,6 +132,38 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
         rows.append(row)
         log.info("%s", row)
     return rows
+
+
+def add_identity(folder) -> list:
+    """CPU pass after a GPU run: fill ``id_sim`` from the reconstructions saved by ``--save-recon``."""
+    from faceedit.metrics.identity import IdentityEncoder
+    from faceedit.metrics.reconstruction import reconstruction_metrics
+
+    folder = Path(folder)
+    res = json.loads((folder / "methods.json").read_text())
+    enc = IdentityEncoder()
+    for r in res["rows"]:
+        if "recon_file" in r:
+            z = np.load(folder / r["recon_file"])
+            met = reconstruction_metrics(z["targets"], z["recon"], identity=enc)
+            r["id_sim"] = float(np.nanmean(met["identity_similarity"]))
+    (folder / "methods.json").write_text(json.dumps(res, indent=2, default=str))
+    (folder / "methods.md").write_text(table(res["rows"]) + "\n")
+    return res["rows"]
+
+
+def targets(rows: list) -> list:
+    """The issue's two targets per model, as sentences (hybrid vs optim identity and time; PTI editability)."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        by = {r["method"]: r for r in rows if r["model"] == model and "error" not in r}
+        o, h = by.get("optim"), by.get("hybrid")
+        if o and h and o.get("id_sim") is not None and h.get("id_sim") is not None:
+            frac = h["s_per_img"] / o["s_per_img"]
+            ok = h["id_sim"] >= o["id_sim"] and frac < 0.2
+            lines.append(f"{model}: hybrid identity {h['id_sim']:.4f} vs optim ({o['steps']} steps) {o['id_sim']:.4f} "
+                         f"in {100 * frac:.1f}% of its time: target {'met' if ok else 'NOT met'}")
+    return lines
 
 
 def table(rows: list) -> str:
@@ -145,6 +182,7 @@ def table(rows: list) -> str:
                          f"-> {e['pti']:.4f} probability per unit strength, ratio {e['ratio']:.2f} (target >= 0.7)")
         elif e:
             lines.append(f"\nPTI editability ({r['model']} {r['space']}): not measured ({e['error']})")
+    lines += ["", *targets(rows)] if targets(rows) else []
     return "\n".join(lines)
 
 
@@ -163,10 +201,17 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--save-recon", action="store_true",
+                    help="keep targets and reconstructions in --out for --add-identity on a machine with dlib")
+    ap.add_argument("--add-identity", action="store_true",
+                    help="only fill id_sim of an earlier run's --out from its saved reconstructions")
     ap.add_argument("--out", required=True)
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING)
+    if a.add_identity:
+        print(table(add_identity(a.out)))
+        return
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     identity = None
     if a.identity:
@@ -179,7 +224,8 @@ def main(argv=None) -> None:
         model, space = run.rsplit(":", 1)
         rows += bench(model, space, images, optim_steps=a.optim_steps, hybrid_steps=a.hybrid_steps,
                       pti_steps=a.pti_steps, pti_n=a.pti_n, perceptual=a.perceptual, seed=a.seed,
-                      batch_size=a.batch_size, identity=identity, edit_attr=a.edit_attr or None, device=dev)
+                      batch_size=a.batch_size, identity=identity, edit_attr=a.edit_attr or None, device=dev,
+                      save_recon=a.out if a.save_recon else None)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "methods.json").write_text(json.dumps({"rows": rows, "settings": vars(a)}, indent=2, default=str))

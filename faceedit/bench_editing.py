@@ -122,8 +122,15 @@ def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
 
 def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int | None = None, seed: int = 0,
                 device=None, classifier=None, independent=None, identity=(None, None), directions=None,
-                perceptual: str = "disc", batch_size: int = 32, method: str | None = None, attrs=None) -> list:
-    """Rows of the table for one model (see the module docstring)."""
+                perceptual: str = "disc", batch_size: int = 32, method: str | None = None, attrs=None,
+                latents_dir=None, save_latents=None, invert_only: bool = False) -> list:
+    """Rows of the table for one model (see the module docstring).
+
+    ``latents_dir``: take the inverted faces from ``<dir>/<model>_<space>.latent.safetensors``
+    when it is there (e.g. inverted on a GPU machine by ``save_latents``, then scored here
+    with the CPU-only instruments); ``save_latents``: write the inversions to that folder
+    (and stop there with ``invert_only``: a GPU machine without dlib inverts, the CPU scores).
+    """
     from faceedit.checkpoints.registry import load_model
     from faceedit.editing.apply import displacement
     from faceedit.editing.direction import EDITABLE, canonical_attribute, list_directions
@@ -143,9 +150,27 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         log.warning("%s: no InterFaceGAN directions found; fit them first (python -m faceedit.editing.fit_job)", mid)
         return []
     t0 = time.time()
-    lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
-                      perceptual=perceptual, batch_size=batch_size)
-    t_inv = time.time() - t0
+    fname = f"{m['name']}_{space}.latent.safetensors"
+    if latents_dir is not None and (Path(latents_dir) / fname).is_file():
+        from faceedit.inversion.latent import Latent
+
+        lat = Latent.load(Path(latents_dir) / fname)
+        lat.check_model(mid)
+        if lat.batch_size != len(faces["images"]) or lat.meta.get("faces") != list(faces["names"]):
+            raise ValueError(f"{Path(latents_dir) / fname} holds other faces than this run's; "
+                             f"delete it or use the same --pack and --n")
+        log.info("%s: %d inverted faces from %s", mid, lat.batch_size, latents_dir)
+    else:
+        lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
+                          perceptual=perceptual, batch_size=batch_size)
+        lat.meta["faces"] = list(faces["names"])
+        if save_latents is not None:
+            Path(save_latents).mkdir(parents=True, exist_ok=True)
+            lat.to("cpu").save(Path(save_latents) / fname)
+            if invert_only:
+                return []
+    t_inv = time.time() - t0 if "invert_seconds" not in lat.meta else lat.meta["invert_seconds"]
+    lat.meta["invert_seconds"] = t_inv
     codes = lat.codes
     s = np.asarray(sorted(strengths), np.float64)
     score, scorer_name = classifier
@@ -289,7 +314,8 @@ def table(rows: list, photos: dict | None = None) -> str:
 
 def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1, 2), steps: int | None = None,
         seed: int = 0, device=None, directions=None, out=None, identity: bool = True, perceptual: str = "disc",
-        photo_steps: int = 5, method: str | None = None, attrs=None) -> dict:
+        photo_steps: int = 5, method: str | None = None, attrs=None, latents_dir=None, save_latents=None,
+        invert_only: bool = False) -> dict:
     """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``."""
     from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.bench_inversion import load_faces
@@ -308,7 +334,8 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         faces = load_faces(pack, n, None if pack else photos, recipe.with_size(R))
         rows += bench_model(model, faces, strengths=strengths, steps=steps, seed=seed, device=device, classifier=clf,
                             independent=indep, identity=ident, directions=directions, perceptual=perceptual,
-                            method=method, attrs=attrs)
+                            method=method, attrs=attrs, latents_dir=latents_dir, save_latents=save_latents,
+                            invert_only=invert_only)
     check = None
     if photos:
         check = photo_check(models[0], photos, steps=photo_steps, device=device, directions=directions)
@@ -348,6 +375,10 @@ def main(argv=None):
     ap.add_argument("--photo-steps", type=int, default=5)
     ap.add_argument("--no-identity", action="store_true")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--latents", default=None, metavar="DIR",
+                    help="reuse inversions saved there by --save-latents (same pack and --n)")
+    ap.add_argument("--save-latents", default=None, metavar="DIR", help="save the inversions there")
+    ap.add_argument("--invert-only", action="store_true", help="with --save-latents: stop after inverting")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -355,7 +386,8 @@ def main(argv=None):
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n,
               strengths=[float(x) for x in a.strengths.split(",")], steps=a.steps, device=a.device,
               directions=a.directions, out=a.out, identity=not a.no_identity, perceptual=a.perceptual,
-              photo_steps=a.photo_steps, method=a.method, attrs=a.attrs)
+              photo_steps=a.photo_steps, method=a.method, attrs=a.attrs, latents_dir=a.latents,
+              save_latents=a.save_latents, invert_only=a.invert_only)
     print(table(res["rows"], res["photo_check"]))
 
 

@@ -408,6 +408,7 @@ def main(argv=None):
     ap.add_argument("--prior-weight", default="0.01", help="comma-separated weights (each a row beside no prior)")
     ap.add_argument("--no-identity", action="store_true")
     ap.add_argument("--no-compression", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=32, help="faces per optimisation batch (GPU: all at once)")
     ap.add_argument("--add-identity", action="store_true",
                     help="CPU pass: fill identity from the reconstructions a GPU run saved in --out")
     ap.add_argument("--align-photos", default=None, metavar="PACK",
@@ -427,7 +428,7 @@ def main(argv=None):
     pack = a.pack if a.pack and Path(a.pack).is_file() else None
     res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n, steps=a.steps,
               perceptual=a.perceptual.split(","), prior_weight=[float(x) for x in a.prior_weight.split(",")], out=a.out, identity=not a.no_identity,
-              compression=not a.no_compression)
+              compression=not a.no_compression, batch_size=a.batch_size)
     print(compression_md(res["compression"]))
     print(table(res["rows"]))
 

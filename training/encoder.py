@@ -311,7 +311,7 @@ def _state_path(out: Path, space: str) -> Path:
 def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int = 32, lr: float = 2e-3,
         max_images: int | None = None, val: int = 256, perceptual: str = "disc", weights: dict | None = None,
         device=None, seed: int = 0, resume: bool = True, encoder_kwargs: dict | None = None,
-        steps: int | None = None, log_every: int = 100, state_dir=None) -> dict:
+        steps: int | None = None, log_every: int = 100, state_dir=None, init_from=None) -> dict:
     """The whole job: load model and data, train, evaluate before/after, export. Returns a summary.
 
     Args:
@@ -325,6 +325,9 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
         resume: continue from ``<state_dir>/encoder_<space>.train.pt`` when it exists.
         state_dir: where the resumable training state goes (default ``out``; it is ~12x the
             encoder's size, so keep it out of a folder that has to travel back).
+        init_from: an exported encoder (``encoder_<space>.safetensors``, e.g. the shipped one)
+            to start from when there is no training state: fine-tuning an encoder whose
+            state was not kept (its optimiser and latent discriminator start fresh).
     """
     from faceedit.checkpoints.registry import load_model
 
@@ -360,6 +363,15 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
         LD.load_state_dict(st["LD_weights"])
         opt_state = st["opt"]
         log.info("resuming from %s at step %d", state_file, opt_state["step"])
+    elif init_from is not None:
+        from faceedit.inversion.encoder import load_encoder
+
+        init = load_encoder(init_from, G=G, model_sha256=m["sha256"], device=dev)
+        if init.config != E.config:
+            raise ValueError(f"{init_from} has another encoder architecture ({init.config}); "
+                             f"pass a matching --channels or drop --init-from")
+        E.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+        log.info("starting from the weights of %s", init_from)
     load_s = time.time() - t_load
     before = evaluate(G, E, real=val_imgs, D=D)
     res = train_encoder(G, E, train_imgs, D=D, LD=LD, minutes=minutes, steps=steps, batch=batch, lr=lr,
@@ -444,13 +456,16 @@ def main(argv=None) -> None:
     p.add_argument("--channels", type=int, default=256, help="encoder width (256 = default architecture)")
     p.add_argument("--state-dir", default=None, help="folder for the resumable training state (default --out)")
     p.add_argument("--no-resume", action="store_true", help="ignore a training state in --state-dir")
+    p.add_argument("--init-from", default=None,
+                   help="exported encoder weights to fine-tune when there is no training state")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     s = run(a.model, a.data, space=a.space, minutes=a.minutes, steps=a.steps, out=a.out, batch=a.batch, lr=a.lr,
             max_images=a.max_images, val=a.val, perceptual=a.perceptual, device=a.device, seed=a.seed,
-            resume=not a.no_resume, encoder_kwargs=encoder_width(a.channels), state_dir=a.state_dir)
+            resume=not a.no_resume, encoder_kwargs=encoder_width(a.channels), state_dir=a.state_dir,
+            init_from=a.init_from)
     print(format_summary(s))
 
 
