@@ -1,0 +1,146 @@
+"""The projector's fast CUDA step paths (fused Adam, foreach noise re-normalisation, the
+whole-step CUDA graph), checked on the CPU against the reference loop where they can run here."""
+import pytest
+import torch
+
+from faceedit.inversion.losses import normalize_noise_
+from faceedit.inversion.projector import Projector, _normalize_noise_foreach_
+from faceedit.networks import Generator
+
+
+@pytest.fixture(scope="module")
+def G():
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=128, channel_max=16, mapping_layers=2).eval()
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(G.mapping(G.sample_z(2000, seed=1)).mean((0, 1)))
+    return G
+
+
+def _target(G, n=2):
+    with torch.no_grad():
+        return G.synthesis(G.mapping(G.sample_z(n, seed=3)))
+
+
+def test_graph_modes_need_cuda_and_name_the_fix(G):
+    with pytest.raises(ValueError, match="cuda_graphs=False"):
+        Projector(G, "w+", cuda_graphs=True)
+    with pytest.raises(ValueError, match="reduce-overhead.*CUDA"):
+        Projector(G, "w+", compile="reduce-overhead")
+    with pytest.raises(ValueError, match="compile must be"):
+        Projector(G, "w+", compile="max-speed")
+
+
+def test_foreach_renormalisation_matches_the_reference():
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.randn(3, 1, r, r, generator=g) * s + m for r, s, m in ((4, 2.0, 1.0), (8, 0.5, -3.0), (32, 7.0, 0.2))]
+    maps.append(torch.full((3, 1, 8, 8), 2.5))  # constant map: the variance floor, no NaN
+    a = [m.clone() for m in maps]
+    b = [m.clone() for m in maps]
+    normalize_noise_(a)
+    _normalize_noise_foreach_(b)
+    for x, y in zip(a, b):
+        assert torch.allclose(x, y, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(b[-1]).all() and b[-1].abs().max() == 0
+    _normalize_noise_foreach_([])  # nothing to do
+
+
+def _run(G, target, **attrs):
+    p = Projector(G, "w+", steps=12, optimize_noise=True, noise_ramp=0.5, seed=7)
+    for k, v in attrs.items():
+        setattr(p, k, v)
+    seen = []
+    r = p.project(target, callback=lambda s, losses: seen.append((s, float(losses["total"].sum()))))
+    return r, seen
+
+
+@pytest.mark.parametrize("attrs", [{"_fast_step": True}, {"_static_loop": True}])
+def test_fast_step_paths_follow_the_reference_loop(G, attrs, monkeypatch):
+    """Fused Adam + foreach re-normalisation (CUDA's eager path) and the step function the
+    CUDA graph captures (run here without capture: static lr/noise buffers, capturable fused
+    Adam with a tensor learning rate) give the reference loop's result up to rounding."""
+    import faceedit.inversion.projector as mod
+
+    target = _target(G)
+    ref, seen_ref = _run(G, target)
+    calls = {"renorm": 0, "static": 0}
+    renorm, static = mod._normalize_noise_foreach_, Projector._loop_static
+
+    def spy_renorm(noises):
+        calls["renorm"] += 1
+        renorm(noises)
+
+    def spy_static(self, *a, **k):
+        calls["static"] += 1
+        return static(self, *a, **k)
+
+    monkeypatch.setattr(mod, "_normalize_noise_foreach_", spy_renorm)
+    monkeypatch.setattr(Projector, "_loop_static", spy_static)
+    new, seen_new = _run(G, target, **attrs)
+    assert calls == {"renorm": 12, "static": int("_static_loop" in attrs)}  # the path under test ran
+    assert new.steps == ref.steps == 12 and [s for s, _ in seen_new] == list(range(12))
+    assert torch.allclose(new.ws, ref.ws, atol=2e-4, rtol=1e-4)
+    for a, b in zip(new.noise, ref.noise):
+        assert torch.allclose(a, b, atol=2e-3, rtol=1e-3)
+    assert new.history == pytest.approx(ref.history, rel=1e-3, abs=1e-5)
+    assert [v for _, v in seen_new] == pytest.approx([v for _, v in seen_ref], rel=1e-3, abs=1e-5)
+    assert new.losses["total"] == pytest.approx(ref.losses["total"], rel=1e-3)
+    assert ref.history[-1] < ref.history[0]  # the runs optimise something
+
+
+def test_static_loop_early_stop_and_latent_noise(G):
+    target = _target(G, n=1)
+    kw = dict(steps=400, patience=3, min_delta=1e-3, noise_ramp=0.01, lr=1e-7)
+    ref = Projector(G, "w", **kw).project(target)
+    p = Projector(G, "w", **kw)
+    p._static_loop = True
+    new = p.project(target)
+    assert new.steps == ref.steps <= 4 + 3 + 1
+    # latent noise is drawn from the same seeded stream as the reference loop's torch.randn
+    a = Projector(G, "w+", steps=6, noise_ramp=1.0, noise_factor=5.0, lr=0.0).project(target)
+    p = Projector(G, "w+", steps=6, noise_ramp=1.0, noise_factor=5.0, lr=0.0)
+    p._static_loop = True
+    b = p.project(target)
+    assert b.history == pytest.approx(a.history, rel=1e-5)
+    assert len(set(round(h, 6) for h in a.history)) > 1  # the noise did change the loss
+
+
+@pytest.mark.gpu
+def test_cuda_graph_step_matches_the_eager_loop_on_cuda(G):
+    Gc = Generator(**G.config).eval().cuda()
+    Gc.load_state_dict(G.state_dict())
+    target = _target(G).cuda()
+    kw = dict(steps=20, optimize_noise=True, seed=3)
+    ref = Projector(Gc, "w+", **kw).project(target)
+    seen = []
+    new = Projector(Gc, "w+", cuda_graphs=True, **kw).project(target, callback=lambda s, l: seen.append(s))
+    assert seen == list(range(20)) and new.steps == 20
+    assert torch.allclose(new.ws, ref.ws, atol=1e-3, rtol=1e-3)
+    assert new.history == pytest.approx(ref.history, rel=1e-3, abs=1e-5)
+
+
+def test_benchmark_reports_a_failing_config_and_times_the_long_run_with_the_best(G):
+    """benchmarks/inversion.py: a config that cannot run (here cuda_graphs on the CPU) becomes an
+    error row and the run goes on; the long one-photo run reuses the fastest batch-1 projector."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_inversion_speed", Path(__file__).resolve().parents[1] / "benchmarks" / "inversion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu = torch.device("cpu")
+    rows, kept, logged = [], {}, []
+    configs = [("ours-poly-bf16-graphs", dict(fused="poly", cuda_graphs=True)),
+               ("ours-fp32", dict(fused=False)), ("nvidia-baseline", dict(fused=True, reference_step=True))]
+    bench._rows_for(G, "tiny", cpu, (1,), configs, 3, 1, None, rows, logged.append, kept=kept)
+    assert [r["config"] for r in rows] == ["ours-poly-bf16-graphs", "ours-fp32", "nvidia-baseline"]
+    assert "cuda_graphs=False" in rows[0]["error"] and "error" not in rows[1] and "error" not in rows[2]
+    assert rows[1]["ms_per_step"] > 0 and set(kept) == {"ours-fp32", "nvidia-baseline"}
+    assert kept["nvidia-baseline"]["projector"]._fast_step is False
+    long = bench.time_1000_steps(rows, kept, "tiny", cpu, G, None, logged.append, steps=7)
+    assert len(long) == 1 and long[0]["config"] == "ours-fp32" and long[0]["what"].startswith("7-step")
+    assert long[0]["seconds"] > 0 and long[0]["goal_met"] in (True, False) and logged[-1] is long[0]
+    kept["ours-fp32"]["projector"] = None  # a broken projector: reported, no crash
+    bad = bench.time_1000_steps(rows, kept, "tiny", cpu, G, None, logged.append, steps=7)
+    assert len(bad) == 1 and "error" in bad[0]
