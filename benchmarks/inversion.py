@@ -328,6 +328,13 @@ def main(argv=None):
     if a.batches:
         batches = tuple(int(b) for b in a.batches.split(","))
     if dev.type == "cuda":
+        # every compiled row is a new Projector: one more compilation of the same ``_losses`` code
+        # object; beyond dynamo's recompile limit (8) later rows would silently run eagerly
+        import torch._dynamo.config as dynamo_config
+
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo_config, knob):
+                setattr(dynamo_config, knob, 64)
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
