@@ -7,7 +7,8 @@ from .align import AlignmentReport, SkippedFace, align, align_photo, face_from_d
 from .detect import Detection, default_upsample, detect_faces
 from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError, ModelFileError
 from .ffhq import align_landmarks, ffhq_quad, to_cv
-from .landmarks import calibrate_mtcnn5, landmarks68, landmarks68_on_crop, mtcnn5_refined
+from .landmarks import landmarks68, landmarks68_on_crop
+from .mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
 from .models import model_file
 from .paste import paste_back
 from .types import FACES64, FFHQ, AlignedFace, AlignmentRecipe

@@ -10,14 +10,15 @@ import numpy as np
 from .detect import DETECTORS, Detection, check_image, detect_faces, tried_text
 from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError
 from .ffhq import align_landmarks, apply_matrix
-from .landmarks import calibrate_mtcnn5, landmarks68, mtcnn5_refined
+from .landmarks import landmarks68
+from .mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
 from .types import FACES64, AlignedFace, AlignmentRecipe
 
 log = logging.getLogger(__name__)
 
 # dlib68: dlib's 68 points. mtcnn5: MTCNN's 5 points re-estimated on an exact (and mirrored)
 # crop and calibrated to the 68-point definitions of eyes and mouth corners, so the quad
-# matches a dlib68 quad (landmarks.mtcnn5_refined / calibrate_mtcnn5). mtcnn5-raw:
+# matches a dlib68 quad (mtcnn5.mtcnn5_refined / calibrate_mtcnn5). mtcnn5-raw:
 # facenet-pytorch's points as they come.
 LANDMARK_KINDS = ("dlib68", "mtcnn5", "mtcnn5-raw")
 

@@ -385,7 +385,7 @@ def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
 def _quad_record(img) -> dict:
     """dlib 68 points and MTCNN's 5 (raw, raw on the mirrored photo, refined with and without mirror) of the largest dlib face."""
     from faceedit.alignment import detect_faces, landmarks68
-    from faceedit.alignment.landmarks import mtcnn5_refined
+    from faceedit.alignment.mtcnn5 import mtcnn5_refined
 
     W = img.shape[1]
     rnd = lambda a: np.round(np.asarray(a, np.float64), 3).tolist()  # noqa: E731
@@ -433,7 +433,7 @@ def _split_files() -> dict:
 
 def fit_calibration(recs: list) -> tuple:
     """Least-squares ``[7, 8]`` map from refined MTCNN points to the 68-point quad points (TRAIN records only)."""
-    from faceedit.alignment.landmarks import dlib4_in_eye_frame, mtcnn5_features
+    from faceedit.alignment.mtcnn5 import dlib4_in_eye_frame, mtcnn5_features
 
     recs = [r for r in recs if r.get("ref") is not None]
     if any(r["split"] != "train" for r in recs):
@@ -445,7 +445,7 @@ def fit_calibration(recs: list) -> tuple:
 
 
 def _variants(weights):
-    from faceedit.alignment.landmarks import calibrate_mtcnn5
+    from faceedit.alignment.mtcnn5 import calibrate_mtcnn5
 
     return {
         "mtcnn raw (facenet)": lambda r: r["raw"],
@@ -471,11 +471,11 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed):
 
     For each face (the largest dlib face of a CelebA or UTKFace photo): dlib's 68 points, and
     MTCNN's 5 points of the same face as facenet-pytorch gives them, averaged with those of the
-    mirrored photo, refined on an exact crop (alignment.landmarks.mtcnn5_refined) with and
+    mirrored photo, refined on an exact crop (alignment.mtcnn5.mtcnn5_refined) with and
     without the mirrored crop, and refined + calibrated (what align(detector='mtcnn') uses).
     The floor: dlib's 68 points on the mirrored photo against those on the photo.
     """
-    from faceedit.alignment.landmarks import CALIBRATION_FILE, mtcnn5_calibration
+    from faceedit.alignment.mtcnn5 import CALIBRATION_FILE, mtcnn5_calibration
     from faceedit.imageio import load_image
 
     out = Path(out)
@@ -512,7 +512,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed):
         W, n_fit = fit_calibration([r for r in recs if r["split"] == "train"])
         counts = {s: sum(1 for r in recs if r["split"] == "train" and r["source"] == s) for s in ("celeba10k", "utkface")}
         atomic_write_text(cal_path, json.dumps({
-            "what": "refined MTCNN points (alignment.landmarks.mtcnn5_refined, mirror=True) -> dlib 68-point eye "
+            "what": "refined MTCNN points (alignment.mtcnn5.mtcnn5_refined, mirror=True) -> dlib 68-point eye "
                     "means and outer mouth corners, in the eye frame of the 5 points (origin eye midpoint, unit eye "
                     "distance, x along the eyes); rows: nose x, nose y, mouth-left x, y, mouth-right x, y, 1; "
                     "columns: eye-left x, y, eye-right x, y, mouth-left x, y, mouth-right x, y",

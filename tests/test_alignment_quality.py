@@ -10,8 +10,8 @@ import pytest
 
 from faceedit.alignment import FACES64, align, detect_faces, ffhq_quad, landmarks68
 from faceedit.alignment.ffhq import apply_matrix
-from faceedit.alignment.landmarks import (calibrate_mtcnn5, eye_mouth_points, landmarks68_on_crop, mtcnn5_calibration,
-                                          mtcnn5_features, mtcnn5_refined, template_box)
+from faceedit.alignment.landmarks import eye_mouth_points, landmarks68_on_crop, template_box
+from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_calibration, mtcnn5_features, mtcnn5_refined
 from faceedit.imageio import load_image
 
 
