@@ -156,14 +156,14 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
 
         lat = Latent.load(Path(latents_dir) / fname)
         lat.check_model(mid)
-        if lat.batch_size != len(faces["images"]) or lat.meta.get("faces") != list(faces["names"]):
+        if lat.batch_size != len(faces["images"]) or lat.meta.get("faces") != list(faces.get("names", [])):
             raise ValueError(f"{Path(latents_dir) / fname} holds other faces than this run's; "
                              f"delete it or use the same --pack and --n")
         log.info("%s: %d inverted faces from %s", mid, lat.batch_size, latents_dir)
     else:
         lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
                           perceptual=perceptual, batch_size=batch_size)
-        lat.meta["faces"] = list(faces["names"])
+        lat.meta["faces"] = list(faces.get("names", []))
         if save_latents is not None:
             Path(save_latents).mkdir(parents=True, exist_ok=True)
             lat.to("cpu").save(Path(save_latents) / fname)

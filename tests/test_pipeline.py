@@ -199,6 +199,15 @@ def test_bench_editing_tiny(tiny, shared_dir, tmp_path):
     assert rows[0]["target_by"].startswith("stub age")
     md = bench_editing.table(rows)
     assert md.count("\n| tiny |") == 2
+    # Invert on one machine (--save-latents --invert-only), score on another (--latents): same rows.
+    kw = dict(strengths=(-2, 0, 2), steps=2, device="cpu", classifier=clf, independent={}, directions=tiny["dirs"],
+              perceptual="none")
+    assert bench_editing.bench_model(tiny["path"], faces, save_latents=tmp_path / "lat", invert_only=True, **kw) == []
+    again = bench_editing.bench_model(tiny["path"], faces, latents_dir=tmp_path / "lat", **kw)
+    assert [r["d_target"] for r in again] == pytest.approx([r["d_target"] for r in rows])
+    other = {"images": faces["images"][:2]}
+    with pytest.raises(ValueError, match="other faces"):
+        bench_editing.bench_model(tiny["path"], other, latents_dir=tmp_path / "lat", **kw)
 
     photos = tmp_path / "photos"
     photos.mkdir()
