@@ -13,7 +13,7 @@ of strengths (default -2..2, in standard deviations) and the edited images are m
   strength (``age``: years per unit): optimistic, the ``target_by`` column says which;
 * ``d_prob``: the classifier's probability change per unit strength and ``flip``: the
   share of faces whose classifier decision flips at the largest strength;
-* ``id_lo`` / ``id_hi``: identity similarity of the face edited at the smallest / largest
+* ``id_lo`` / ``id_hi`` (and ``id_dist_*``, dlib descriptor distances): identity similarity of the face edited at the smallest / largest
   strength to its unedited reconstruction (``faceedit.metrics.identity``, where installed);
 * ``drift``: mean absolute probability change per unit strength of the other binary
   attributes, the largest few, and ``held``: the drift of the attributes conditional
@@ -84,28 +84,14 @@ def _independent():
 
 
 def _identity():
-    """``fn(a, b) -> [N]`` similarity of two image batches, or ``None`` (reason logged)."""
+    """``(IdentityEncoder, name)``, or ``(None, None)`` where dlib is missing (reason logged)."""
     try:
-        from faceedit.metrics import identity as idm
+        from faceedit.metrics.identity import IdentityEncoder
+
+        return IdentityEncoder(), "identity similarity"
     except Exception as e:  # noqa: BLE001 -- the column is left out and the reason recorded
         log.warning("identity similarity left out: %s", e)
         return None, None
-    enc = idm.IdentityEncoder() if hasattr(idm, "IdentityEncoder") else None
-    if enc is not None and hasattr(enc, "similarity"):
-        return (lambda a, b: np.asarray(enc.similarity(a, b), np.float64)), "identity similarity"
-    for name in ("embed", "encode", "embeddings", "descriptors"):
-        if enc is not None and hasattr(enc, name):
-            f = getattr(enc, name)
-
-            def sim(a, b, f=f):
-                ea, eb = np.asarray(f(a), np.float64), np.asarray(f(b), np.float64)
-                na = ea / np.linalg.norm(ea, axis=1, keepdims=True).clip(1e-12)
-                nb = eb / np.linalg.norm(eb, axis=1, keepdims=True).clip(1e-12)
-                return (na * nb).sum(1)
-
-            return sim, f"cosine of {type(enc).__name__}.{name}"
-    log.warning("faceedit.metrics.identity has no usable encoder; identity left out")
-    return None, None
 
 
 @torch.no_grad()
@@ -123,13 +109,17 @@ def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
 def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int | None = None, seed: int = 0,
                 device=None, classifier=None, independent=None, identity=(None, None), directions=None,
                 perceptual: str = "disc", batch_size: int = 32, method: str | None = None, attrs=None,
-                latents_dir=None, save_latents=None, invert_only: bool = False) -> list:
+                latents_dir=None, save_latents=None, invert_only: bool = False,
+                identity_n: int | None = None) -> list:
     """Rows of the table for one model (see the module docstring).
 
     ``latents_dir``: take the inverted faces from ``<dir>/<model>_<space>.latent.safetensors``
     when it is there (e.g. inverted on a GPU machine by ``save_latents``, then scored here
     with the CPU-only instruments); ``save_latents``: write the inversions to that folder
     (and stop there with ``invert_only``: a GPU machine without dlib inverts, the CPU scores).
+    ``identity``: ``(IdentityEncoder, name)``; ``identity_n``: measure identity on the first
+    that many faces only (dlib's descriptor costs ~0.1 s per image on a small CPU; the
+    unedited reconstructions are embedded once per model).
     """
     from faceedit.checkpoints.registry import load_model
     from faceedit.editing.apply import displacement
@@ -174,11 +164,13 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     codes = lat.codes
     s = np.asarray(sorted(strengths), np.float64)
     score, scorer_name = classifier
-    sim, sim_name = identity
+    enc, sim_name = identity
+    k = len(codes) if identity_n is None else max(1, min(int(identity_n), len(codes)))
     indep = independent or {}
     if lat.tuning:
         raise ValueError("bench editing takes latents without pivotal tuning; use --method optim, hybrid or encoder")
     base = _synth(G, codes, lat.noise)
+    base_emb = enc.embed(base[:k]) if enc is not None else None
     rows = []
     for d in sorted(dirs, key=lambda d: d.key):
         t1 = time.time()
@@ -208,10 +200,12 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
             if 0.0 in s:
                 b = pv[list(s).index(0.0)] > 0.5
                 row["flip"] = float(((pv[-1] > 0.5) != b).mean())
-        if sim is not None and 0.0 in s:
-            row["id_lo"] = float(np.nanmean(sim(images[0], base)))
-            row["id_hi"] = float(np.nanmean(sim(images[-1], base)))
-            row["identity_by"] = sim_name
+        if enc is not None and 0.0 in s:
+            for key, im in (("id_lo", images[0]), ("id_hi", images[-1])):
+                dist = np.linalg.norm(enc.embed(im[:k]) - base_emb, axis=1)
+                row[key] = float(np.nanmean(enc.similarity_from_distance(dist)))
+                row[key.replace("id_", "id_dist_")] = float(np.nanmean(dist))  # dlib: < 0.6 = same person
+            row["identity_by"] = sim_name + (f" (first {k} faces)" if k < len(codes) else "")
         drift = {k: _slope(s, np.stack([p[k] for p in per_s])) for k in per_s[0]
                  if k not in (tgt, "age", "female")}
         row["drift"] = float(np.mean([abs(v) for v in drift.values()])) if drift else None
@@ -295,7 +289,7 @@ def _f(v) -> str:
 def table(rows: list, photos: dict | None = None) -> str:
     """Markdown table (plus the photo check, if run)."""
     cols = ["model", "space", "direction", "val_acc", "target_by", "d_target", "d_prob", "flip", "id_lo", "id_hi",
-            "drift", "held", "largest_drift"]
+            "id_dist_lo", "id_dist_hi", "drift", "held", "largest_drift"]
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     lines += ["| " + " | ".join(_f(r.get(c)) for c in cols) + " |" for r in rows]
     if rows:
@@ -304,7 +298,9 @@ def table(rows: list, photos: dict | None = None) -> str:
                       f"direction), strengths {r['strengths']}, {r['n']} inverted faces per model "
                       f"({r.get('steps')} steps). d_prob/drift: classifier probability per unit; held: drift of "
                       f"attributes conditioning holds (age in years per unit). Rows measured by the scorer they "
-                      f"were fitted with are optimistic."]
+                      f"were fitted with are optimistic. id_lo/id_hi: calibrated identity similarity to the "
+                      f"unedited reconstruction at the smallest/largest strength; id_dist_*: dlib descriptor "
+                      f"distance (< 0.6: same person by dlib's threshold)."]
     if photos:
         lines += ["", "Photo check: " + json.dumps({k: v for k, v in photos.items()
                                                     if k not in ("no_face", "errors")}),
@@ -315,7 +311,7 @@ def table(rows: list, photos: dict | None = None) -> str:
 def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1, 2), steps: int | None = None,
         seed: int = 0, device=None, directions=None, out=None, identity: bool = True, perceptual: str = "disc",
         photo_steps: int = 5, method: str | None = None, attrs=None, latents_dir=None, save_latents=None,
-        invert_only: bool = False) -> dict:
+        invert_only: bool = False, identity_n: int | None = None) -> dict:
     """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``."""
     from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.bench_inversion import load_faces
@@ -335,7 +331,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         rows += bench_model(model, faces, strengths=strengths, steps=steps, seed=seed, device=device, classifier=clf,
                             independent=indep, identity=ident, directions=directions, perceptual=perceptual,
                             method=method, attrs=attrs, latents_dir=latents_dir, save_latents=save_latents,
-                            invert_only=invert_only)
+                            invert_only=invert_only, identity_n=identity_n)
     check = None
     if photos:
         check = photo_check(models[0], photos, steps=photo_steps, device=device, directions=directions)
@@ -344,7 +340,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     result = {"rows": rows, "photo_check": check, "provenance": provenance(),
               "settings": {"n": n, "method": method or "default", "strengths": list(strengths), "steps": steps,
                            "seed": seed, "pack": str(pack),
-                           "photos": str(photos), "scorer": clf[1], "identity": ident[1],
+                           "photos": str(photos), "scorer": clf[1], "identity": ident[1], "identity_n": identity_n,
                            "independent": {k: v[0] for k, v in indep.items()}}}
     if out is not None:
         from faceedit.checkpoints.atomic import atomic_write_text
@@ -374,6 +370,7 @@ def main(argv=None):
                     help="only directions of these attributes (with their conditional variants) [default: all]")
     ap.add_argument("--photo-steps", type=int, default=5)
     ap.add_argument("--no-identity", action="store_true")
+    ap.add_argument("--identity-n", type=int, default=None, help="identity on the first N faces only [default: all]")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--latents", default=None, metavar="DIR",
                     help="reuse inversions saved there by --save-latents (same pack and --n)")
@@ -387,7 +384,7 @@ def main(argv=None):
               strengths=[float(x) for x in a.strengths.split(",")], steps=a.steps, device=a.device,
               directions=a.directions, out=a.out, identity=not a.no_identity, perceptual=a.perceptual,
               photo_steps=a.photo_steps, method=a.method, attrs=a.attrs, latents_dir=a.latents,
-              save_latents=a.save_latents, invert_only=a.invert_only)
+              save_latents=a.save_latents, invert_only=a.invert_only, identity_n=a.identity_n)
     print(table(res["rows"], res["photo_check"]))
 
 
