@@ -15,7 +15,7 @@ from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_calibration, mtcn
 from faceedit.imageio import load_image
 
 
-def test_files(shared_dir, n_per_source, split):
+def split_files(shared_dir, n_per_source, split):
     """``n`` CelebA and ``n`` UTKFace files of a split, by the data README's rules."""
     cel = [f"{i:06d}.jpg" for i in (range(9001, 10001) if split == "test" else range(1, 9001))]
     utk_all = sorted(os.listdir(os.path.join(shared_dir, "datasets", "utkface")))
@@ -23,9 +23,6 @@ def test_files(shared_dir, n_per_source, split):
     step_c, step_u = len(cel) // n_per_source, len(utk) // n_per_source
     return ([os.path.join(shared_dir, "datasets", "celeba10k", cel[i * step_c]) for i in range(n_per_source)]
             + [os.path.join(shared_dir, "datasets", "utkface", utk[i * step_u]) for i in range(n_per_source)])
-
-
-test_files.__test__ = False  # a helper, not a test
 
 
 def eyes(lm):
@@ -89,7 +86,7 @@ def _agree_counts(files):
 
 def test_calibrated_mtcnn_quads_agree_with_dlib68_better_than_raw_on_test_faces(shared_dir):
     """20 TEST faces (the calibration never saw them): more quads agree (centre < 2%, side < 3%), smaller errors."""
-    raw, cal = _agree_counts(test_files(shared_dir, 10, "test"))
+    raw, cal = _agree_counts(split_files(shared_dir, 10, "test"))
     ok = lambda a: int(((a[:, 0] < 0.02) & (a[:, 1] < 0.03)).sum())  # noqa: E731
     assert ok(cal) >= ok(raw) + 3, (ok(raw), ok(cal))
     assert cal[:, 0].mean() < 0.8 * raw[:, 0].mean()
@@ -126,7 +123,7 @@ def test_eyes_refound_on_aligned_train_crops_land_on_their_template(shared_dir):
 
     recipe = FACES64.with_size(256)
     within, shifts = [], []
-    for path in test_files(shared_dir, 5, "train"):
+    for path in split_files(shared_dir, 5, "train"):
         f = align(load_image(path), recipe=recipe, face="largest")[0]
         own = apply_matrix(f.matrix, eyes(f.landmarks))
         again = eyes(landmarks68_on_crop(f.crop, recipe.scale))
