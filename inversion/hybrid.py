@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .latent import Latent
+from .projector import setup
 from .spaces import Space, check_space
 
 log = logging.getLogger(__name__)
@@ -55,30 +56,6 @@ class _FromCodes(Space):
         if self.name == "w":
             return (self.base[:, :1] + param).expand(-1, self.G.num_ws, -1)
         return self.base + param
-
-
-def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", perceptual="auto"):
-    """Load what an inversion needs: ``(G, D, model dict or None, model_id, prior or None)``.
-
-    ``model``: registry name, checkpoint path or ``load_model`` dict (default: the
-    registry's default model for ``space``); ignored for loading when ``G`` is given.
-    """
-    from faceedit.checkpoints.registry import default_model
-
-    from .projector import load_model_for_loss, resolve_prior
-
-    mdict = model if isinstance(model, dict) else None
-    if G is None:
-        if device is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if mdict is None:
-            name = model if model is not None else default_model("wpp" if str(space).startswith("wpp") else space)
-            mdict = load_model_for_loss(name, device, perceptual)
-        G = mdict["G"].to(device)
-        D = D if D is not None else mdict.get("D")
-    model_id = mdict["model_id"] if mdict is not None else getattr(G, "model_id", "unknown")
-    prior = resolve_prior(prior, mdict, model, G)
-    return G, D, mdict, model_id, prior
 
 
 def hybrid_invert(images, model=None, space: str = "w+", steps: int | None = None, *, G=None, D=None,

@@ -491,26 +491,11 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
         ``seed``, ``space``, ``prior``, ``perceptual`` and, for AlignedFace inputs, ``faces``
         (index, alignment matrix, quad, recipe).
     """
-    from faceedit.checkpoints.registry import default_model
-
     space = str(space).lower()
-    model_id, sha = getattr(G, "model_id", "unknown"), None
-    mdict = model if isinstance(model, dict) else None
-    if mdict is not None:
-        model_id, sha = mdict["model_id"], mdict["sha256"]
-    if G is None:
-        if device is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if mdict is None:
-            name = model if model is not None else default_model("wpp" if space in ("wpp", "wpp-z") else space)
-            mdict = load_model_for_loss(name, device, perceptual)
-        G, D = mdict["G"].to(device), D if D is not None else mdict.get("D")
-        if D is not None:
-            D.to(device)
-        model_id, sha = mdict["model_id"], mdict["sha256"]
+    G, D, mdict, model_id, prior = setup(model, space, G=G, D=D, device=device, prior=prior, perceptual=perceptual)
+    sha = mdict["sha256"] if mdict is not None else None
     space = check_space(G, space)
     dev = G.synthesis.const.device
-    prior = resolve_prior(prior, mdict, model, G)
     proj = Projector(G, space, steps=steps, D=D, perceptual=perceptual, prior=prior,
                      prior_weight=prior_weight if prior is not None else 0.0, optimize_noise=optimize_noise,
                      seed=seed, **options)
@@ -541,6 +526,30 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
 
 
 __all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT"]
+
+
+def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", perceptual="auto"):
+    """Load what an inversion needs: ``(G, D, model dict or None, model_id, prior or None)``.
+
+    ``model``: registry name, checkpoint path or ``load_model`` dict (default: the
+    registry's default model for ``space``); ignored for loading when ``G`` is given.
+    """
+    from faceedit.checkpoints.registry import default_model
+
+    mdict = model if isinstance(model, dict) else None
+    if G is None:
+        if device is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if mdict is None:
+            name = model if model is not None else default_model("wpp" if str(space).startswith("wpp") else space)
+            mdict = load_model_for_loss(name, device, perceptual)
+        G = mdict["G"].to(device)
+        D = D if D is not None else mdict.get("D")
+        if D is not None:
+            D.to(device)
+    model_id = mdict["model_id"] if mdict is not None else getattr(G, "model_id", "unknown")
+    prior = resolve_prior(prior, mdict, model, G)
+    return G, D, mdict, model_id, prior
 
 
 def resolve_prior(prior, mdict, model, G):

@@ -289,7 +289,8 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
         A :class:`Latent` (the pivot codes) whose ``tuning`` holds one delta set per image;
         ``meta['tuning']`` records rank, bytes per image and the losses before/after.
     """
-    from .hybrid import default_method, invert_with, setup
+    from .hybrid import default_method, invert_with
+    from .projector import setup
     from .losses import make_perceptual
     from .projector import _to_batch
 
