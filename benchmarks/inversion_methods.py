@@ -182,7 +182,8 @@ def table(rows: list) -> str:
                          f"-> {e['pti']:.4f} probability per unit strength, ratio {e['ratio']:.2f} (target >= 0.7)")
         elif e:
             lines.append(f"\nPTI editability ({r['model']} {r['space']}): not measured ({e['error']})")
-    lines += ["", *targets(rows)] if targets(rows) else []
+    verdicts = targets(rows)
+    lines += ["", *verdicts] if verdicts else []
     return "\n".join(lines)
 
 

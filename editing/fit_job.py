@@ -273,7 +273,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
         k = max(batch, save_samples // batch * batch)  # whole batches: the CPU redraws exactly these z
         p = _save_samples(G, model_id, codes[:k], Path(samples_dir or out) / f"samples_{name}.npz", seed=seed,
                           batch=batch, device=device)
-        log.info("%s: wrote %d sample images to %s for the CPU landmark fit", name, min(save_samples, n), p)
+        log.info("%s: wrote %d sample images to %s for the CPU landmark fit", name, len(codes[:k]), p)
     if attrs:
         want = [canonical_attribute(a) for a in attrs]
         missing = [a for a in want if a not in scores]

@@ -83,17 +83,6 @@ def _independent():
     return {"smile": ("landmark smile", make("smile", False)), "yaw": ("MTCNN yaw5 (deg)", make("yaw5", True))}
 
 
-def _identity():
-    """``(IdentityEncoder, name)``, or ``(None, None)`` where dlib is missing (reason logged)."""
-    try:
-        from faceedit.metrics.identity import IdentityEncoder
-
-        return IdentityEncoder(), "identity similarity"
-    except Exception as e:  # noqa: BLE001 -- the column is left out and the reason recorded
-        log.warning("identity similarity left out: %s", e)
-        return None, None
-
-
 @torch.no_grad()
 def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
     from faceedit.imageio import tensor_to_uint8
@@ -154,13 +143,13 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
                           perceptual=perceptual, batch_size=batch_size)
         lat.meta["faces"] = list(faces.get("names", []))
+        lat.meta["invert_seconds"] = round(time.time() - t0, 2)
         if save_latents is not None:
             Path(save_latents).mkdir(parents=True, exist_ok=True)
             lat.to("cpu").save(Path(save_latents) / fname)
             if invert_only:
                 return []
-    t_inv = time.time() - t0 if "invert_seconds" not in lat.meta else lat.meta["invert_seconds"]
-    lat.meta["invert_seconds"] = t_inv
+    t_inv = lat.meta.get("invert_seconds")  # None: a latent file saved before this was recorded
     codes = lat.codes
     s = np.asarray(sorted(strengths), np.float64)
     score, scorer_name = classifier
@@ -215,7 +204,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         row["seconds"] = round(time.time() - t1, 2)
         rows.append(row)
     for r in rows:
-        r["invert_seconds"] = round(t_inv, 1)
+        r["invert_seconds"] = t_inv
         r["steps"] = lat.meta.get("steps")
     return rows
 
@@ -314,14 +303,15 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         invert_only: bool = False, identity_n: int | None = None) -> dict:
     """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``."""
     from faceedit.alignment.types import FACES64, AlignmentRecipe
-    from faceedit.bench_inversion import load_faces
+    from faceedit.bench_inversion import _identity, load_faces
     from faceedit.checkpoints.registry import load_model
     from faceedit.device import resolve_device
 
     device = resolve_device(device or "auto")
     clf = _classifier(device)
     indep = _independent()
-    ident = _identity() if identity else (None, None)
+    enc = _identity() if identity else None
+    ident = (enc, "identity similarity" if enc is not None else None)
     rows = []
     for model in models:
         cfg = load_model(model)["config"]

@@ -95,11 +95,14 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
 
 
 def _identity():
-    try:
-        from faceedit.metrics.identity import IdentityEncoder
+    """dlib's identity instrument, or ``None`` where dlib or its model file is missing (the GPU
+    machine: the column is left out, the reason logged, and ``--add-identity`` fills it later)."""
+    from faceedit.alignment.errors import ModelFileError
+    from faceedit.metrics.identity import IdentityEncoder, IdentityUnavailableError
 
+    try:
         return IdentityEncoder()
-    except Exception as e:  # noqa: BLE001 -- the column is left out and the reason recorded
+    except (IdentityUnavailableError, ModelFileError) as e:
         log.warning("identity similarity left out: %s", e)
         return None
 
