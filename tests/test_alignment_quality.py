@@ -16,13 +16,16 @@ from faceedit.imageio import load_image
 
 
 def split_files(shared_dir, n_per_source, split):
-    """``n`` CelebA and ``n`` UTKFace files of a split, by the data README's rules."""
-    cel = [f"{i:06d}.jpg" for i in (range(9001, 10001) if split == "test" else range(1, 9001))]
-    utk_all = sorted(os.listdir(os.path.join(shared_dir, "datasets", "utkface")))
-    utk = [n for i, n in enumerate(utk_all) if (i % 20 == 0) == (split == "test")]
-    step_c, step_u = len(cel) // n_per_source, len(utk) // n_per_source
-    return ([os.path.join(shared_dir, "datasets", "celeba10k", cel[i * step_c]) for i in range(n_per_source)]
-            + [os.path.join(shared_dir, "datasets", "utkface", utk[i * step_u]) for i in range(n_per_source)])
+    """``n`` CelebA and ``n`` UTKFace files of a split, evenly spaced (the data set's own split rules)."""
+    from faceedit.training.dataset import list_sources
+
+    recs = list_sources(os.path.join(shared_dir, "datasets"))[split]
+    out = []
+    for source in ("celeba10k", "utkface"):
+        paths = [r["path"] for r in recs if r["name"].split("/")[0] == source]
+        step = len(paths) // n_per_source
+        out += [str(paths[i * step]) for i in range(n_per_source)]
+    return out
 
 
 def eyes(lm):
