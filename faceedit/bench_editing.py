@@ -73,7 +73,7 @@ def _independent():
     """``{attribute: (label, fn(images uint8) -> [N])}`` for the scorers that are installed."""
     try:
         from faceedit.metrics.geometry import crop_geometry
-    except ImportError as e:  # noqa: F841
+    except ImportError as e:
         log.warning("landmark scorers unavailable (%s): smile and yaw measured by the classifier only", e)
         return {}
 
