@@ -146,3 +146,51 @@ def test_bad_tuning_entries_are_refused():
     with pytest.raises(LatentFileError, match="do not fit"):
         tuning_deltas(G, {"synthesis.conv1.weight.lora_a": torch.zeros(1, 2, 5),
                           "synthesis.conv1.weight.lora_b": torch.zeros(1, W.shape[0], 2)})
+
+
+def _response_error(G, lat, pivot, deltas):
+    """Mean squared difference between the tuned and the original generator's change for code moves ``deltas``."""
+    ref_p = G.synthesis(pivot)
+    ref = G.synthesis(pivot + deltas) - ref_p
+    with apply_tuning(G, lat):
+        got = G.synthesis(pivot + deltas) - G.synthesis(pivot)
+    return float((got - ref).square().mean()), float(ref.square().mean())
+
+
+def test_edit_consistency_keeps_the_response_to_small_moves():
+    """With the edit-consistency term the tuned generator changes like the original one for moves of
+    edit size around the pivot (held-out moves, not the ones it was trained on); without it the
+    change drifts much further."""
+    from faceedit.inversion.pti import _edit_codes
+
+    G = tiny_generator(seed=2)
+    pivot = G.mapping(G.sample_z(1, seed=3))
+    noise = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    target = (G.synthesis(pivot) + 0.5 * noise).clamp(-1, 1)
+    bank = G.mapping(G.sample_z(256, seed=50))
+    moves = _edit_codes(pivot, bank, 16, 2.0, torch.Generator().manual_seed(123)) - pivot
+    errors = {}
+    for w in (0.0, 5.0):
+        tuning, rec = tune(G, pivot, target, steps=40, rank=2, lr=1e-2, locality_weight=0.0,
+                           consistency_weight=w, consistency_batch=4, seed=1)
+        assert rec["loss_after"] < 0.8 * rec["loss_before"]  # it still tunes towards the target
+        errors[w], scale = _response_error(G, Latent("w+", pivot, "tiny@000000000000", tuning=tuning), pivot, moves)
+    assert errors[5.0] < 0.5 * errors[0.0], errors
+    assert errors[5.0] < 0.5 * scale, (errors, scale)  # small against the size of the change itself
+
+
+def test_edit_codes_lie_one_edit_from_the_pivot():
+    """Moves are along differences of mapping samples, |s| in strength * [0.5, 1] latent stds along them."""
+    from faceedit.inversion.pti import _edit_codes
+
+    G = tiny_generator(seed=4)
+    bank = G.mapping(G.sample_z(512, seed=7))
+    pivot = G.mapping(G.sample_z(1, seed=8))
+    codes = _edit_codes(pivot, bank, 64, 2.0, torch.Generator().manual_seed(0))
+    d = (codes - pivot).flatten(1)
+    u = d / d.norm(dim=1, keepdim=True)
+    sigma = ((bank - bank.mean(0)).flatten(1) @ u.T).std(0)
+    s = d.norm(dim=1) / sigma
+    assert codes.shape == (64, *pivot.shape[1:])
+    assert float(s.min()) >= 1.0 - 1e-4 and float(s.max()) <= 2.0 + 1e-4
+    assert 10 < int((d[:, 0] > 0).sum()) < 54  # both signs
