@@ -26,7 +26,10 @@ Differences from the paper, and why:
   ``sigma_u``: the latent standard deviation along it, ``|s|`` in ``consistency_strength
   * [0.5, 1]``) and asks the tuned generator to *change* as the original does:
   ``G'(w_n) - G'(w_p) ~ G(w_n) - G(w_p)`` (MSE, weight ``consistency_weight``). An offset
-  at the pivot is allowed, a flattened neighbourhood is not.
+  at the pivot is allowed, a flattened neighbourhood is not. Weight 10 chosen on 5 test
+  faces of faces64-wpp (CPU, 100 tuning steps; smile slope after / before tuning): 0.19
+  without the term (0.06 at 200 steps on the GPU), 0.88 at weight 10 (PSNR 30.5 dB), 0.59
+  at 30 (29.7 dB).
 
 Storage (``Latent.tuning``): ``{"<param>.lora_a": [B, r, Cin*k*k], "<param>.lora_b":
 [B, Cout, r]}`` with ``<param>`` the generator parameter name (``synthesis.convs.0.weight``);
@@ -208,7 +211,7 @@ def _edit_codes(pivot: torch.Tensor, bank: torch.Tensor, n: int, strength: float
 def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int = 4, lr: float = 3e-3,
          perceptual=None, mse_weight: float = 1.0, perceptual_weight: float = 1.0,
          locality_weight: float = 0.1, locality_radius: float = 0.5, locality_batch: int = 4,
-         consistency_weight: float = 1.0, consistency_strength: float = 2.0, consistency_batch: int = 4,
+         consistency_weight: float = 10.0, consistency_strength: float = 2.0, consistency_batch: int = 4,
          seed: int = 0, fused: bool | None = None) -> tuple:
     """Pivotal tuning of one image.
 
@@ -313,7 +316,7 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
                encoder=None, device=None, prior="gaussian", prior_weight: float | None = None,
                perceptual="auto", seed: int = 0, optimize_noise: bool = False, batch_size: int = 32,
                progress=None, rank: int = 4, lr: float = 3e-3, locality_weight: float = 0.1,
-               locality_radius: float = 0.5, consistency_weight: float = 1.0, consistency_strength: float = 2.0,
+               locality_radius: float = 0.5, consistency_weight: float = 10.0, consistency_strength: float = 2.0,
                **options) -> Latent:
     """Invert faces to a pivot, then tune low-rank generator deltas per face.
 
