@@ -108,7 +108,7 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
     on every layer, so a flattened W+ SVM on them would be degenerate). The faces are scored
     by the same classifier on the real aligned images; the default inversion method is used."""
     from faceedit.networks.images import uint8_to_tensor
-    from faceedit.inversion.hybrid import default_method, invert_with
+    from faceedit.inversion.methods import default_method, invert_with
     from faceedit.training.pack import Pack
 
     pack = Pack(pack_path)

@@ -113,7 +113,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     from faceedit.checkpoints.registry import load_model
     from faceedit.editing.apply import displacement
     from faceedit.editing.direction import EDITABLE, canonical_attribute, list_directions
-    from faceedit.inversion.hybrid import invert_with
+    from faceedit.inversion.methods import invert_with
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     m = load_model(model, device=device, with_discriminator=perceptual == "disc")

@@ -39,11 +39,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.inversion.methods import METHODS
 from faceedit.inversion.projector import DEFAULT_PRIOR_WEIGHT
 
 log = logging.getLogger(__name__)
-
-METHODS = ("encoder", "optim", "hybrid", "pti")
 
 
 def _faces(pack: str, n: int) -> np.ndarray:
@@ -98,15 +97,11 @@ def _editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
 def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybrid_steps, pti_steps, pti_n: int,
           perceptual: str, seed: int, batch_size: int, identity, edit_attr: str | None, device,
           save_recon=None, methods=METHODS, compare_prior: bool = False) -> list:
-    from faceedit.checkpoints.registry import load_model
     from faceedit.imageio import tensor_to_uint8
-    from faceedit.inversion.prior import load_prior
     from faceedit.inversion.pti import synthesize
     from faceedit.metrics.reconstruction import reconstruction_metrics
 
-    m = load_model(model, device=device, with_discriminator=perceptual == "disc")
-    G, D = m["G"], m.get("D")
-    prior = load_prior(m, G)
+    m, G, D, prior, enc = _load(model, space, device, perceptual)
     R = G.resolution
     images = _resized(images, R)
     rows = []
@@ -120,6 +115,8 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
         if method not in methods:
             continue
         extra = {} if pw is None else {"prior_weight": pw}
+        if method != "optim" and enc is not None:
+            extra["encoder"] = enc
         try:
             lat, secs = _timed_invert(method, images[:n], m, space, steps, G=G, D=D, prior=prior,
                                       perceptual=perceptual, seed=seed, batch_size=batch_size, device=device,
@@ -138,7 +135,7 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
                "s_per_img": secs / n, "bytes_per_img": _bytes_per_image(lat), "device": str(device),
                "prior_weight": lat.meta.get("prior_weight"),
                "settings": {"steps": steps, "perceptual": perceptual, "seed": seed, "batch_size": batch_size,
-                            **extra}}
+                            **({} if pw is None else {"prior_weight": pw})}}
         if save_recon is not None:  # for add_identity() on a machine with dlib
             tag = "" if pw is None else f"_pw{pw:g}"
             row["recon_file"] = f"{m['name']}_{space}_{method}{tag}.npz".replace("+", "p")
@@ -163,7 +160,7 @@ def _default_prior_weight(method: str) -> float:
 
 def _timed_invert(method, images, m, space, steps, *, device, **kw):
     """``(latent, wall seconds)`` of one method on ``images`` (CUDA synchronised around it)."""
-    from faceedit.inversion.hybrid import invert_with
+    from faceedit.inversion.methods import invert_with
 
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -174,23 +171,36 @@ def _timed_invert(method, images, m, space, steps, *, device, **kw):
     return lat, time.perf_counter() - t
 
 
-def add_cpu_seconds(rows: list, images: np.ndarray, n: int, pti_n: int) -> None:
-    """Fill ``s_per_img_cpu``: each row's method and steps re-run on this machine's CPU on ``n`` faces."""
+def _load(model: str, space: str, device, perceptual: str) -> tuple:
+    """``(model dict, G, D, prior, encoder or None)``, loaded once per run like G, D and the prior, so
+    that no method's time includes reading a file."""
     from faceedit.checkpoints.registry import load_model
+    from faceedit.inversion.encoder import EncoderError, encoder_for
     from faceedit.inversion.prior import load_prior
 
+    m = load_model(model, device=device, with_discriminator=perceptual == "disc")
+    G = m["G"]
+    try:
+        E = encoder_for(m, space, G=G, device=device, model_sha256=m["sha256"])[0]
+    except EncoderError:
+        E = None  # the encoder-based rows then say why they did not run
+    return m, G, m.get("D"), load_prior(m, G), E
+
+
+def add_cpu_seconds(rows: list, images: np.ndarray, n: int, pti_n: int) -> None:
+    """Fill ``s_per_img_cpu``: each row's method and steps re-run on this machine's CPU on ``n`` faces."""
     cpu = torch.device("cpu")
     for r in rows:
         if "error" in r or "model_name" not in r:
             continue
         st = r["settings"]
-        m = load_model(r["model_name"], device=cpu, with_discriminator=st["perceptual"] == "disc")
-        G = m["G"]
+        m, G, D, prior, E = _load(r["model_name"], r["space"], cpu, st["perceptual"])
         k = min(pti_n if r["method"] == "pti" else n, len(images))
         ims = _resized(images[:k], G.resolution)
         steps = r["steps"] or None  # as run on the GPU (PTI: its tuning steps; its pivot below)
-        kw = dict(G=G, D=m.get("D"), prior=load_prior(m, G), perceptual=st["perceptual"], seed=st["seed"],
-                  batch_size=st["batch_size"])
+        kw = dict(G=G, D=D, prior=prior, perceptual=st["perceptual"], seed=st["seed"], batch_size=st["batch_size"])
+        if r["method"] != "optim" and E is not None:
+            kw["encoder"] = E
         if "prior_weight" in st:
             kw["prior_weight"] = st["prior_weight"]
         if r["method"] == "pti":
@@ -215,6 +225,7 @@ def add_identity(folder, *, cpu_n: int = 0, pti_cpu_n: int = 2) -> list:
             z = np.load(folder / r["recon_file"])
             met = reconstruction_metrics(z["targets"], z["recon"], identity=enc)
             r["id_sim"] = float(np.nanmean(met["identity_similarity"]))
+            r["id_per_face"] = [float(x) for x in met["identity_similarity"]]
             if targets_ is None or len(z["targets"]) > len(targets_):
                 targets_ = z["targets"]
     if cpu_n > 0:
@@ -224,6 +235,19 @@ def add_identity(folder, *, cpu_n: int = 0, pti_cpu_n: int = 2) -> list:
     (folder / "methods.json").write_text(json.dumps(res, indent=2, default=str))
     (folder / "methods.md").write_text(table(res["rows"]) + "\n")
     return res["rows"]
+
+
+def _paired(h: dict, o: dict) -> str:
+    """`` (paired difference d +- 95% interval over N faces)`` when both rows hold per-face identities."""
+    a, b = h.get("id_per_face"), o.get("id_per_face")
+    if not a or not b or len(a) != len(b):
+        return ""
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return ""
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    return f" (paired difference {d.mean():+.4f} +- {half:.4f}, 95% interval over {len(d)} faces)"
 
 
 def targets(rows: list) -> list:
@@ -247,8 +271,8 @@ def targets(rows: list) -> list:
                 cpu = f" (CPU: {100 * h['s_per_img_cpu'] / o['s_per_img_cpu']:.1f}%)"
             ok = h["id_sim"] >= o["id_sim"] and frac < 0.2
             lines.append(f"{model}, {what}: hybrid ({h['steps']} steps) identity {h['id_sim']:.4f} vs optim "
-                         f"({o['steps']} steps) {o['id_sim']:.4f} in {100 * frac:.1f}% of its time{cpu}: "
-                         f"target {'met' if ok else 'NOT met'}")
+                         f"({o['steps']} steps) {o['id_sim']:.4f}{_paired(h, o)} in {100 * frac:.1f}% of its "
+                         f"time{cpu}: target {'met' if ok else 'NOT met'}")
     return lines
 
 

@@ -127,7 +127,7 @@ class Pipeline:
         from faceedit.inversion.spaces import check_space
 
         check_space(self.G, self.space)
-        from faceedit.inversion.hybrid import default_method
+        from faceedit.inversion.methods import default_method
 
         self.method = method or default_method(self.model, self.space)
         self.detector = detector
@@ -160,7 +160,7 @@ class Pipeline:
     def invert(self, faces: list):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
         ``self.method``; one batched Latent."""
-        from faceedit.inversion.hybrid import invert_with
+        from faceedit.inversion.methods import invert_with
 
         opts = dict(self.invert_options)
         prior = opts.pop("prior", "gaussian")

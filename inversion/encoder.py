@@ -1,6 +1,6 @@
 """Encoder inversion: load a model's shipped encoder and map aligned faces to a ``Latent`` in one pass.
 
-Files (written by ``faceedit train-encoder`` / ``python -m faceedit.training.encoder``):
+Files (written by ``faceedit train-encoder``):
 ``encoder_<tag>.safetensors`` and ``encoder_<tag>.json`` in the model's folder, with
 ``<tag>`` = ``w``, ``wplus`` (for W+) or ``wpp``. The JSON names the architecture
 (``networks.encoder.Encoder`` kwargs) and the sha256 of the generator it was trained

@@ -20,9 +20,11 @@ Plumbing: the projector optimises one tensor per image through a ``Space``; here
 tensor is the *offset* from the encoder's code (``_FromCodes``: start 0, ``ws = codes +
 offset``), which is the same optimisation as starting Adam at the code itself.
 
-:func:`invert_with` is the one dispatcher that ``faceedit invert --method`` calls:
-``encoder``, ``optim``, ``hybrid`` or ``pti``; :func:`default_method` picks ``hybrid``
-when the model ships an encoder for the space, else ``optim``.
+:func:`invert_code` runs one of the methods that find a code (``encoder``, ``optim``,
+``hybrid``; PTI's pivot comes from it); :func:`default_method` picks ``hybrid`` when the
+model ships an encoder for the space, else ``optim``. The dispatcher over every method,
+PTI included, is ``inversion.methods.invert_with`` (it sits above both this module and
+``inversion.pti``, so neither imports the other back).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from .spaces import Space, check_space
 
 log = logging.getLogger(__name__)
 
-METHODS = ("encoder", "optim", "hybrid", "pti")
+CODE_METHODS = ("encoder", "optim", "hybrid")
 HYBRID_STEPS = {"cpu": 30, "cuda": 90}     # the optimiser alone: 50 / 300 (projector.DEFAULT_STEPS)
 HYBRID_LR = 0.3                            # the optimiser alone: 0.1 (NVIDIA's)
 HYBRID_NOISE = 0.0                         # latent-noise start in w_std; the optimiser alone: 0.05
@@ -149,29 +151,26 @@ def default_method(model, space: str) -> str:
     return "hybrid" if space != "wpp-z" and has_encoder(model, space) else "optim"
 
 
-def invert_with(method: str | None, images, model=None, space: str = "w+", steps: int | None = None,
+def invert_code(method: str | None, images, model=None, space: str = "w+", steps: int | None = None,
                 **kwargs) -> Latent:
-    """Invert with one of :data:`METHODS` (``None``: :func:`default_method`).
+    """Invert with one of :data:`CODE_METHODS` (``None``: :func:`default_method`).
 
     ``kwargs`` are those of :func:`faceedit.inversion.invert` (``G``, ``D``, ``prior``,
     ``prior_weight``, ``perceptual``, ``seed``, ``optimize_noise``, ``batch_size``, ...);
-    ``steps`` means the optimisation steps for ``optim``/``hybrid`` and the tuning steps for
-    ``pti``. The returned latent's ``meta`` carries the same keys whatever the method.
+    ``steps`` means the optimisation steps for ``optim``/``hybrid``. The returned latent's
+    ``meta`` carries the same keys whatever the method.
     """
     if method is None:
         method = default_method(model, space)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method not in CODE_METHODS:
+        raise ValueError(f"a code is found by one of {', '.join(CODE_METHODS)}, got {method!r} "
+                         f"(pti: inversion.methods.invert_with)")
     if method == "optim":
         from .projector import invert
 
         return invert(images, model, space, steps, **kwargs)
     if method == "hybrid":
         return hybrid_invert(images, model, space, steps, **kwargs)
-    if method == "pti":
-        from .pti import pti_invert
-
-        return pti_invert(images, model, space, steps, **kwargs)
     from .encoder import encode
 
     keep = {k: kwargs[k] for k in ("G", "encoder", "device", "batch_size") if k in kwargs}
@@ -181,5 +180,5 @@ def invert_with(method: str | None, images, model=None, space: str = "w+", steps
     return Latent(space=lat.space, codes=lat.codes, model_id=lat.model_id, meta=meta)
 
 
-__all__ = ["hybrid_invert", "invert_with", "default_method", "hybrid_steps", "METHODS", "HYBRID_STEPS",
+__all__ = ["hybrid_invert", "invert_code", "default_method", "hybrid_steps", "CODE_METHODS", "HYBRID_STEPS",
            "HYBRID_PRIOR_WEIGHT"]

@@ -334,10 +334,9 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
         A :class:`Latent` (the pivot codes) whose ``tuning`` holds one delta set per image;
         ``meta['tuning']`` records rank, bytes per image and the losses before/after.
     """
-    from .hybrid import default_method, invert_with
-    from .projector import setup
+    from .hybrid import default_method, invert_code
     from .losses import make_perceptual
-    from .projector import _to_batch
+    from .projector import _to_batch, setup
 
     if optimize_noise:
         raise ValueError("pivotal tuning keeps the generator's constant noise; drop --optimize-noise")
@@ -360,7 +359,7 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
             kw["encoder"] = encoder
         if pivot_method == "encoder":
             kw = {"G": G, "encoder": encoder, "batch_size": batch_size, "seed": seed}
-        pivot = invert_with(pivot_method, images, model_ref, space, pivot_steps, **kw)
+        pivot = invert_code(pivot_method, images, model_ref, space, pivot_steps, **kw)
     target, faces = _to_batch(images, G.resolution, dev)
     if pivot.batch_size != target.shape[0]:
         raise ValueError(f"the pivot latent holds {pivot.batch_size} codes for {target.shape[0]} images")

@@ -114,7 +114,7 @@ def _tiny_model(tmp_path, G):
 @pytest.mark.slow
 def test_save_load_encode_and_hybrid(trained, tmp_path):
     from faceedit.inversion.encoder import EncoderError, encode, find_encoder, load_encoder
-    from faceedit.inversion.hybrid import default_method, invert_with
+    from faceedit.inversion.methods import default_method, invert_with
     from faceedit.training.encoder import save_encoder
 
     G, E, *_ = trained
@@ -244,6 +244,7 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
         assert 0 < r["id_sim"] <= 1 and r["s_per_img_cpu"] > 0 and r["n_cpu"] == 2
     md = (out / "methods.md").read_text()
     assert "s_per_img_cpu" in md and "hybrid (2 steps) identity" in md and "(CPU:" in md
+    assert "paired difference" in md and len(rows[0]["id_per_face"]) == 3
     with pytest.raises(SystemExit):
         bench_methods.main(["--methods", "encoder,magic", "--out", str(out)])
 

@@ -330,11 +330,11 @@ def test_retry_smaller_repeats_the_whole_call_with_half_the_batch():
 
 def test_pipeline_invert_retries_on_oom(monkeypatch, tiny_model):
     """``Pipeline.invert`` goes through ``retry_smaller``: a simulated OOM at batch 4 is retried at 2."""
-    from faceedit.inversion import hybrid
+    from faceedit.inversion import methods
     from faceedit.pipeline import Pipeline
 
     seen = []
-    real = hybrid.invert_with
+    real = methods.invert_with
 
     def fake(method, images, model=None, **kw):
         seen.append(kw["batch_size"])
@@ -342,7 +342,7 @@ def test_pipeline_invert_retries_on_oom(monkeypatch, tiny_model):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(method, images, model, **{**kw, "steps": 2})
 
-    monkeypatch.setattr(hybrid, "invert_with", fake)
+    monkeypatch.setattr(methods, "invert_with", fake)
     pipe = Pipeline(str(tiny_model), space="w", method="optim", device="cpu",
                     invert_options={"prior": "none", "perceptual": "none"})
     crops = [np.full((16, 16, 3), 100 + 10 * i, np.uint8) for i in range(4)]

@@ -2,7 +2,7 @@
 
 Run on the GPU machine (no dlib, lpips or facenet needed)::
 
-    python -m faceedit.training.encoder --model checkpoints/weights/faces64 \\
+    faceedit --device cuda train-encoder --model checkpoints/weights/faces64 \\
         --data .gpu/data/faces64_train.npz --space w+ --minutes 3 --out runs/enc_faces64
 
 Each step draws a batch of real faces from the packed *train* split and a batch of
@@ -433,41 +433,3 @@ def format_summary(s: dict) -> str:
     lines.append(f"{'latency ms/img b32':<18}{'':>12}{s['latency_ms_per_image_b32']:>12.4f}")
     lines.append(f"wrote {s['weights']} and {s['json']}")
     return "\n".join(lines)
-
-
-def main(argv=None) -> None:
-    """``python -m faceedit.training.encoder`` (the GPU job; ``faceedit train-encoder`` is the same)."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m faceedit.training.encoder", description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="registry name or checkpoint folder of the generator")
-    p.add_argument("--data", required=True, help="training pack (.npz, train split)")
-    p.add_argument("--space", choices=["w", "w+", "wpp"], default="w+")
-    p.add_argument("--minutes", type=float, default=3.0, help="training-loop wall time")
-    p.add_argument("--steps", type=int, default=None, help="stop after this many steps (with --minutes)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--batch", type=int, default=32, help="real faces per step (plus as many synthetic pairs)")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--max-images", type=int, default=None)
-    p.add_argument("--val", type=int, default=256, help="faces at the end of the pack held out for figures")
-    p.add_argument("--perceptual", choices=["disc", "none"], default="disc")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--channels", type=int, default=256, help="encoder width (256 = default architecture)")
-    p.add_argument("--state-dir", default=None, help="folder for the resumable training state (default --out)")
-    p.add_argument("--no-resume", action="store_true", help="ignore a training state in --state-dir")
-    p.add_argument("--init-from", default=None,
-                   help="exported encoder weights to fine-tune when there is no training state")
-    p.add_argument("-v", "--verbose", action="store_true")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    s = run(a.model, a.data, space=a.space, minutes=a.minutes, steps=a.steps, out=a.out, batch=a.batch, lr=a.lr,
-            max_images=a.max_images, val=a.val, perceptual=a.perceptual, device=a.device, seed=a.seed,
-            resume=not a.no_resume, encoder_kwargs=encoder_width(a.channels), state_dir=a.state_dir,
-            init_from=a.init_from)
-    print(format_summary(s))
-
-
-if __name__ == "__main__":
-    main()

@@ -27,11 +27,15 @@ from .common import job_errors
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the training state left in --out by an earlier run.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the resumable training state [default: --out].")
+@click.option("--init-from", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Exported encoder weights to fine-tune when there is no training state.")
 @click.option("--out", type=click.Path(file_okay=False), default="out/encoder", show_default=True,
               help="Folder for encoder_<space>.safetensors/.json (copy them into the model folder to ship).")
 @click.pass_context
 def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual, channels, val, max_images, seed,
-                  resume, out):
+                  resume, state_dir, init_from, out):
     """Train the pSp/e4e-style encoder of a model (pixel, perceptual, latent and e4e losses).
 
     \b
@@ -47,5 +51,5 @@ def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual
         device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
         s = run(model, data, space=space, minutes=minutes, steps=steps, out=out, batch=batch, lr=lr,
                 max_images=max_images, val=val, perceptual=perceptual, device=device, seed=seed, resume=resume,
-                encoder_kwargs=encoder_width(channels))
+                encoder_kwargs=encoder_width(channels), state_dir=state_dir, init_from=init_from)
     click.echo(format_summary(s))

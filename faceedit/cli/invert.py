@@ -116,7 +116,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     from faceedit.checkpoints.registry import default_model
     from faceedit.device import resolve_device
     from faceedit.imageio import load_image, make_grid, save_image, tensor_to_uint8
-    from faceedit.inversion.hybrid import default_method, invert_with
+    from faceedit.inversion.methods import default_method, invert_with
     from faceedit.inversion.pti import synthesize
     from faceedit.inversion.projector import load_model_for_loss
 

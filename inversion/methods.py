@@ -1,0 +1,37 @@
+"""Every inversion method behind one call: ``invert_with(method, images, model, space, steps, ...)``.
+
+``encoder``, ``optim`` and ``hybrid`` find a code (``inversion.hybrid.invert_code``);
+``pti`` finds one the same way and then tunes the generator around it
+(``inversion.pti.pti_invert``). This module sits above both, so that PTI can take its
+pivot from the code methods without the code methods importing PTI back.
+"""
+from __future__ import annotations
+
+from .hybrid import CODE_METHODS, default_method, invert_code
+from .latent import Latent
+
+METHODS = (*CODE_METHODS, "pti")
+
+
+def invert_with(method: str | None, images, model=None, space: str = "w+", steps: int | None = None,
+                **kwargs) -> Latent:
+    """Invert with one of :data:`METHODS` (``None``: :func:`default_method`: ``hybrid`` when the
+    model ships an encoder for the space, else ``optim``).
+
+    ``kwargs`` are those of :func:`faceedit.inversion.invert` (``G``, ``D``, ``prior``,
+    ``prior_weight``, ``perceptual``, ``seed``, ``optimize_noise``, ``batch_size``, ...);
+    ``steps`` means the optimisation steps for ``optim``/``hybrid`` and the tuning steps for
+    ``pti``. The returned latent's ``meta`` carries the same keys whatever the method.
+    """
+    if method is None:
+        method = default_method(model, space)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "pti":
+        from .pti import pti_invert
+
+        return pti_invert(images, model, space, steps, **kwargs)
+    return invert_code(method, images, model, space, steps, **kwargs)
+
+
+__all__ = ["invert_with", "default_method", "METHODS"]
