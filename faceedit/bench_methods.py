@@ -153,7 +153,6 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
 
 def _default_prior_weight(method: str) -> float:
     from faceedit.inversion.hybrid import HYBRID_PRIOR_WEIGHT
-    from faceedit.inversion.projector import DEFAULT_PRIOR_WEIGHT
 
     return HYBRID_PRIOR_WEIGHT if method == "hybrid" else DEFAULT_PRIOR_WEIGHT
 
