@@ -134,7 +134,7 @@ class GaussianPrior:
         missing = {"mean", "cov", "slope", "joint"} - set(stats)
         if missing:
             raise ValueError(f"prior statistics lack {sorted(missing)}; refit with "
-                             f"`python -m faceedit.inversion.prior MODEL --out DIR`")
+                             f"`faceedit fit-prior MODEL --out DIR`")
         self.stats = {k: v.detach().float().cpu() for k, v in stats.items()}
         self.joint = bool(float(stats["joint"]))
         self.slope = float(stats["slope"])
@@ -403,7 +403,7 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
         return GaussianPrior(load_file(str(cache)), G.num_ws, G.w_dim)
     if not fit:
         raise ValueError(f"the model has no prior statistics and none are cached at {cache}; embed them with "
-                         f"`python -m faceedit.inversion.prior MODEL --out DIR`")
+                         f"`faceedit fit-prior MODEL --out DIR`")
     log.warning("the model file has no prior statistics: fitting them from %d samples once (cached in %s)",
                 n, cache)
     stats = fit_prior(G, n)
@@ -456,51 +456,34 @@ def compression_vs_truncation(G, prior: GaussianPrior, taus=(1.0, 1.5, 2.0, 3.0)
     return rows
 
 
-def main(argv=None) -> None:
-    """``python -m faceedit.inversion.prior MODEL --out DIR``: embed the prior into a copy.
+def embed_prior(model, out, *, n: int = DEFAULT_N, device=None, dtype=torch.float32) -> dict:
+    """Fit the prior of ``model`` and write a native copy of it, with ``prior.safetensors``, to ``out``.
 
-    Loads MODEL (with its discriminator if any), fits the prior on the best device and
-    writes a native checkpoint with its ``prior.safetensors`` to DIR; prints the fit check last.
+    ``model`` is a registry name or checkpoint path (its discriminator, if any, is copied too).
+    Returns ``{"path", "model_id", "stats", "seconds", "device"}``; the fit check is in ``stats``.
     """
-    import argparse
     import time
 
     from faceedit.checkpoints.native import save_native
     from faceedit.checkpoints.registry import load_model
 
-    ap = argparse.ArgumentParser(prog="python -m faceedit.inversion.prior", description=main.__doc__)
-    ap.add_argument("model")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n", type=int, default=DEFAULT_N)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                    help="weight dtype of the written checkpoint (statistics stay float32)")
-    a = ap.parse_args(argv)
-    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if a.device == "auto" else a.device))
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        m = load_model(a.model, device=dev, with_discriminator=True)
-    except ValueError:
-        m = load_model(a.model, device=dev)
+        m = load_model(model, device=dev, with_discriminator=True)
+    except ValueError:  # no discriminator in that checkpoint
+        m = load_model(model, device=dev)
     t = time.time()
-    stats = fit_prior(m["G"], a.n)
+    stats = fit_prior(m["G"], n)
     secs = time.time() - t
     cfg = m["config"]
-    save_native(a.out, m["G"].cpu(), name=cfg.get("name") or m["name"], D=None if m.get("D") is None else m["D"].cpu(),
-                recipe=cfg.get("recipe"), license=cfg.get("license", ""), provenance=cfg.get("provenance"),
-                prior=stats, dtype=getattr(torch, a.dtype))
-    print(f"prior of {m['model_id']} ({'joint' if float(stats['joint']) else 'per-layer'}, "
-          f"dim {stats['mean'].numel()}, n {a.n}) fitted in {secs:.1f} s on {dev}; written to {a.out}")
-    print("| shrinkage | w_std | chi2 mean ratio | chi2 var ratio | KS |")
-    print("| --- | --- | --- | --- | --- |")
-    print(f"| {float(stats['shrinkage']):.4g} | {float(stats['w_std']):.4g} | "
-          f"{float(stats.get('check_mean_ratio', float('nan'))):.4f} | "
-          f"{float(stats.get('check_var_ratio', float('nan'))):.4f} | {float(stats.get('check_ks', float('nan'))):.4f} |")
+    path = save_native(out, m["G"].cpu(), name=cfg.get("name") or m["name"],
+                       D=None if m.get("D") is None else m["D"].cpu(), recipe=cfg.get("recipe"),
+                       license=cfg.get("license", ""), provenance=cfg.get("provenance"), prior=stats, dtype=dtype)
+    return {"path": path, "model_id": m["model_id"], "stats": stats, "seconds": secs, "device": str(dev)}
 
 
-if __name__ == "__main__":
-    main()
 
 
-__all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation", "degaussianize", "fit_prior", "gaussianize",
+__all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",
+           "degaussianize", "embed_prior", "fit_prior", "gaussianize",
            "load_prior", "prior_cache_path", "LEAKY_INV_SLOPE"]

@@ -198,17 +198,21 @@ def test_generate_compress_cli(tmp_path, monkeypatch):
     assert (tmp_path / "g" / "seed0001.png").is_file()
 
 
-def test_prior_main_embeds_statistics(tmp_path, capsys):
+def test_fit_prior_command_embeds_statistics(tmp_path):
     from faceedit.checkpoints import load_model, save_native
-    from faceedit.inversion.prior import main
+    from faceedit.cli import cli
 
     src = save_native(tmp_path / "src", _tiny("mlp"), name="tiny")
-    main([str(src), "--out", str(tmp_path / "dst"), "--n", "2000"])
-    out = capsys.readouterr().out
-    assert "chi2 mean ratio" in out
+    r = CliRunner().invoke(cli, ["--device", "cpu", "fit-prior", str(src), "--out", str(tmp_path / "dst"),
+                                 "--n", "2000"])
+    assert r.exit_code == 0, r.output
+    assert "chi2 mean ratio" in r.output and "n 2000" in r.output
     m = load_model(tmp_path / "dst")
     assert m["prior"]["mean"].shape == (16,)
     assert float(m["prior"]["n"]) == 2000
+    assert m["model_id"] == load_model(src)["model_id"]  # same weights, same id
+    r = CliRunner().invoke(cli, ["--device", "cpu", "fit-prior", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "Error" in r.output
 
 
 @pytest.mark.parametrize("kind", ["mlp", "transformer"])

@@ -20,6 +20,7 @@ _COMMANDS = [
     ("faceedit.cli.models", "models"),
     ("faceedit.cli.models", "download"),
     ("faceedit.cli.models", "convert"),
+    ("faceedit.cli.models", "fit_prior_cmd"),
     ("faceedit.cli.generate", "generate"),
     ("faceedit.cli.generate", "mix"),
     # Each line below is enabled by the change that adds its module:

@@ -1,4 +1,4 @@
-"""`faceedit models`, `faceedit download`, `faceedit convert`."""
+"""`faceedit models`, `faceedit download`, `faceedit convert`, `faceedit fit-prior`."""
 from __future__ import annotations
 
 import click
@@ -58,3 +58,37 @@ def convert(src, dst):
     with job_errors():
         out = convert_file(src, dst)
     click.echo(f"wrote {out}")
+
+
+@click.command("fit-prior")
+@click.argument("model")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the copy with its prior.")
+@click.option("--n", type=click.IntRange(min=100), default=None, help="Mapping samples [default: 100000].")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weight dtype of the written checkpoint (the statistics stay float32).")
+@click.pass_context
+def fit_prior_cmd(ctx, model, out, n, dtype):
+    """Fit a model's Gaussianized prior and write a copy of the model that ships it.
+
+    \b
+    Example:
+      faceedit --device cuda fit-prior ffhq1024/ --out ffhq1024-prior/
+    """
+    import torch
+
+    from faceedit.device import resolve_device
+    from faceedit.inversion.prior import DEFAULT_N, embed_prior
+
+    with job_errors():
+        dev = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
+        r = embed_prior(model, out, n=n or DEFAULT_N, device=dev, dtype=getattr(torch, dtype))
+    st = r["stats"]
+    click.echo(f"prior of {r['model_id']} ({'joint' if float(st['joint']) else 'per-layer'}, dim "
+               f"{st['mean'].numel()}, n {int(float(st['n']))}) fitted in {r['seconds']:.1f} s on {r['device']}; "
+               f"written to {r['path']}")
+    click.echo("| shrinkage | w_std | chi2 mean ratio | chi2 var ratio | KS |")
+    click.echo("| --- | --- | --- | --- | --- |")
+    nan = float("nan")
+    click.echo(f"| {float(st['shrinkage']):.4g} | {float(st['w_std']):.4g} | "
+               f"{float(st.get('check_mean_ratio', nan)):.4f} | {float(st.get('check_var_ratio', nan)):.4f} | "
+               f"{float(st.get('check_ks', nan)):.4f} |")
