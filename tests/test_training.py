@@ -217,8 +217,15 @@ def test_job_exports_resumes_on_fresh_machine_and_unpacks(tmp_path):
     with pytest.raises(ValueError, match="mapping"):
         job.run_job(data=pack, mapping="transformer", run_dir=tmp_path / "run", minutes=5, device="cpu",
                     max_steps=1, name="faces64")
-    folder = export.unpack(tmp_path / "out2", "faces64", tmp_path / "weights")
-    full = load_native(folder, with_discriminator=True)
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    r = CliRunner().invoke(cli, ["unpack-export", str(tmp_path / "out2"), str(tmp_path / "weights"), "faces64",
+                                 "faces64-wpp"])
+    assert r.exit_code == 0, r.output
+    assert "skip faces64-wpp" in r.output and f"faces64 -> {tmp_path / 'weights' / 'faces64'}" in r.output
+    full = load_native(tmp_path / "weights" / "faces64", with_discriminator=True)
     assert full["D"] is not None and full["config"]["provenance"]["steps"] == 6
 
 

@@ -163,23 +163,3 @@ def unpack(src_dir, name: str, dest) -> Path:
             atomic_write_bytes(folder / fname, z.read(fname))
     atomic_write_bytes(folder / "discriminator.safetensors", paths["disc"].read_bytes())
     return folder
-
-
-def _main(argv=None):
-    """``python -m faceedit.training.export SRC DEST [NAME ...]``: unpack exports into native folders."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=_main.__doc__)
-    p.add_argument("src", help="folder holding NAME.zip, NAME.disc.safetensors, NAME.resume.safetensors")
-    p.add_argument("dest", help="folder that receives DEST/NAME/ (e.g. checkpoints/weights)")
-    p.add_argument("names", nargs="*", default=["faces64", "faces64-wpp"])
-    a = p.parse_args(argv)
-    for n in a.names:
-        if find_export(a.src, n) is None:
-            print(f"skip {n}: not all three export files are in {a.src}")
-            continue
-        print(f"{n} -> {unpack(a.src, n, a.dest)}")
-
-
-if __name__ == "__main__":
-    _main()

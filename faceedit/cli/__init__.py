@@ -29,6 +29,7 @@ _COMMANDS = [
     ("faceedit.cli.bench", "bench"),
     ("faceedit.cli.train", "dataset"),
     ("faceedit.cli.train", "train"),
+    ("faceedit.cli.train", "unpack_export"),
     ("faceedit.cli.invert", "invert"),
     ("faceedit.cli.edit", "edit"),
     ("faceedit.cli.edit", "directions"),

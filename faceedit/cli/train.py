@@ -1,4 +1,4 @@
-"""`faceedit dataset build` and `faceedit train`: thin wrappers over ``faceedit.training``."""
+"""`faceedit dataset build`, `faceedit train` and `faceedit unpack-export`: thin wrappers over ``faceedit.training``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -138,3 +138,27 @@ def _plots(run_dir, name):
     if not wrote:
         raise click.ClickException(f"{run_dir} holds no loss.csv or gsnr.csv; pass the --run-dir of a run")
     click.echo(f"wrote {', '.join(wrote)} in {run_dir}")
+
+
+@click.command("unpack-export")
+@click.argument("src", type=click.Path(file_okay=False, exists=True))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("names", nargs=-1)
+def unpack_export(src, dest, names):
+    """Assemble native model folders DEST/NAME from a training job's exports in SRC.
+
+    SRC holds NAME.zip, NAME.disc.safetensors and NAME.resume.safetensors per model
+    (what `faceedit train --export` writes); NAMES default to faceedit's two models.
+
+    \b
+    Example:
+      faceedit unpack-export runs/export checkpoints/weights faces64
+    """
+    from faceedit.training.export import find_export, unpack
+
+    with job_errors():
+        for n in names or ("faces64", "faces64-wpp"):
+            if find_export(src, n) is None:
+                click.echo(f"skip {n}: not all three export files are in {src}")
+                continue
+            click.echo(f"{n} -> {unpack(src, n, dest)}")
