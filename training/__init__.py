@@ -7,7 +7,7 @@
 * :mod:`.augment` -- DiffAugment (colour, translation, cutout).
 * :mod:`.gsnr` -- per-parameter gradient signal-to-noise ratio from ``torch.func`` per-sample gradients.
 * :mod:`.job` / :mod:`.export` -- the GPU entry point (``python -m faceedit.training.job``), its
-  three-file export, fresh-machine resume and ``python -m faceedit.training.export`` to unpack.
+  three-file export, fresh-machine resume and ``faceedit unpack-export`` to unpack.
 * :mod:`.plots` -- loss and GSNR plots from the CSV logs (matplotlib, optional).
 
 Nothing here is imported by ``import faceedit.training``; the GPU job needs only torch,
