@@ -6,7 +6,7 @@
   both mapping kinds (W: MLP, W++: transformer); ``faceedit train``.
 * :mod:`.augment` -- DiffAugment (colour, translation, cutout).
 * :mod:`.gsnr` -- per-parameter gradient signal-to-noise ratio from ``torch.func`` per-sample gradients.
-* :mod:`.job` / :mod:`.export` -- the GPU entry point (``python -m faceedit.training.job``), its
+* :mod:`.job` / :mod:`.export` -- the GPU job behind ``faceedit train``, its
   three-file export, fresh-machine resume and ``faceedit unpack-export`` to unpack.
 * :mod:`.plots` -- loss and GSNR plots from the CSV logs (matplotlib, optional).
 

@@ -3,15 +3,15 @@
 Run on the GPU machine (torch, numpy, opencv, pillow, click, safetensors; no dlib,
 lpips or facenet needed)::
 
-    python -m faceedit.training.job --data .gpu/data/faces64_train.npz --mapping mlp \\
+    faceedit --device cuda train --data .gpu/data/faces64_train.npz --mapping mlp \\
         --run-dir runs/faces64 --minutes 8.5 --export $OUT
 
 It continues from ``RUN_DIR/checkpoint.safetensors`` when that exists (same machine,
 exact: Adam and RNG included), else from an earlier chunk's export given with
 ``--resume-from DIR`` (fresh machine; Adam restarts), else starts fresh. ``--minutes``
-bounds the whole job from process start (data decoding, training, export). It writes
-the three files of :mod:`faceedit.training.export` into ``--export`` and prints a
-summary table last.
+bounds the whole job from the command's start (data decoding, training, export). It
+writes the three files of :mod:`faceedit.training.export` into ``--export``; the
+command prints a summary table last.
 """
 from __future__ import annotations
 
@@ -181,30 +181,6 @@ def format_table(s: dict) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def _main(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m faceedit.training.job", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="train pack (.npz)")
-    p.add_argument("--mapping", required=True, choices=["mlp", "transformer"])
-    p.add_argument("--run-dir", required=True, help="checkpoint folder kept between chunks")
-    p.add_argument("--minutes", type=float, default=8.5, help="wall-clock budget of the whole job")
-    p.add_argument("--export", default=None, help="folder for NAME.zip, NAME.disc/.resume.safetensors")
-    p.add_argument("--resume-from", default=None, help="folder with an earlier export (fresh machine)")
-    p.add_argument("--name", default=None, help="model name (default faces64 / faces64-wpp)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N steps (tests)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="TrainConfig field for a fresh run, e.g. --set batch=32 --set r1_gamma=0.5")
-    a = p.parse_args(argv)
-    overrides = parse_overrides(a.set)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {a.name or NAMES[a.mapping]} %(message)s",
-                        datefmt="%H:%M:%S")
-    s = run_job(data=a.data, mapping=a.mapping, run_dir=a.run_dir, minutes=a.minutes, export=a.export,
-                resume_from=a.resume_from, name=a.name, device=a.device, max_steps=a.max_steps, overrides=overrides)
-    print(format_table(s), flush=True)
-
-
 def parse_overrides(items) -> dict:
     """``["batch=32", "augment=color"]`` -> typed :class:`TrainConfig` overrides."""
     from dataclasses import fields
@@ -234,7 +210,3 @@ def parse_overrides(items) -> dict:
         else:
             out[k] = v
     return out
-
-
-if __name__ == "__main__":
-    _main()

@@ -86,16 +86,17 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 @click.option("--seed", type=int, default=None, help="Seed [0].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set ema_kimg=5 --set channel_base=1024.")
+@click.option("--name", default=None, help="Model name [faces64 for mlp, faces64-wpp for transformer].")
 @click.option("--plot", "plot_only", is_flag=True,
               help="Only draw loss.png and gsnr.png from the CSV logs of --run-dir, then exit.")
 @click.pass_context
 def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, resume_from, batch, lr, r1_gamma,
-          augment, seed, settings, plot_only):
+          augment, seed, settings, name, plot_only):
     """Train a StyleGAN2 generator (W or W++) on a face pack, resumably.
 
     A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
     channel_max 256; transformer 4 blocks, 4 heads); a resumed run keeps its saved
-    settings. The GPU machine runs the same code as `python -m faceedit.training.job`.
+    settings. The GPU machine runs this same command (`faceedit --device cuda train ...`).
 
     \b
     Examples:
@@ -106,9 +107,10 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
     """
     from faceedit.training.job import NAMES, format_table, parse_overrides, run_job
 
-    run_dir = run_dir or f"runs/{NAMES[mapping]}"
+    name = name or NAMES[mapping]
+    run_dir = run_dir or f"runs/{name}"
     if plot_only:
-        _plots(run_dir, NAMES[mapping])
+        _plots(run_dir, name)
         return
     with job_errors():
         overrides = parse_overrides(settings)
@@ -117,7 +119,8 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
                 overrides[k] = v
         overrides["resolution"] = int(resolution)
         s = run_job(data=data, mapping=mapping, run_dir=run_dir, minutes=minutes, export=export,
-                    resume_from=resume_from, device=ctx.obj["device"], max_steps=max_steps, overrides=overrides,
+                    resume_from=resume_from, name=name, device=ctx.obj["device"], max_steps=max_steps,
+                    overrides=overrides,
                     t_start=__import__("time").time())
     click.echo(format_table(s))
 
