@@ -18,8 +18,8 @@ tensors in ``[-1, 1]`` (the generator's output range). They should be aligned wi
 to 64 px with an anti-aliased bilinear filter.
 
 The weights ship as ``checkpoints/weights/scorers/attrnet.safetensors`` (fp16) with a
-JSON card beside it (``attrnet.json``); they are trained by
-``python -m faceedit.training.attributes``.
+JSON card beside it (``attrnet.json``); they are trained by ``faceedit train-scorers``
+(``faceedit.training.attributes``).
 """
 from __future__ import annotations
 
@@ -207,8 +207,8 @@ def load_attrnet(path) -> tuple:
     path = Path(path)
     if not path.is_file():
         raise ScorerNotFoundError(
-            f"attribute-network weights not found at {path}. Train them with `python -m "
-            f"faceedit.training.attributes --train .gpu/data/faces64_train.npz --out DIR` and copy "
+            f"attribute-network weights not found at {path}. Train them with `faceedit train-scorers "
+            f"--train .gpu/data/faces64_train.npz --out DIR` and copy "
             f"DIR/{WEIGHTS_NAME} and DIR/{CARD_NAME} into {path.parent}")
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}

@@ -85,7 +85,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_missing_weights_error_names_the_fix(tmp_path):
-    with pytest.raises(ScorerNotFoundError, match="faceedit.training.attributes"):
+    with pytest.raises(ScorerNotFoundError, match="faceedit train-scorers"):
         AttributeScorer.load(tmp_path / "nope.safetensors")
 
 
@@ -114,6 +114,22 @@ def test_evaluate_scores_perfect_and_random():
     assert "race=White" in r["groups"] and abs(r["groups"]["age=20-30"]["age_mae"] - 2.0) < 1e-5
     scores["Smiling"] = rng.random(n)
     assert 0.35 < evaluate_scores(scores, labels)["attributes"]["Smiling"]["auc"] < 0.65
+
+
+def test_train_scorers_command_writes_loadable_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    pack = synthetic_pack(tmp_path / "synth_train.npz", n=120)
+    r = CliRunner().invoke(cli, ["--device", "cpu", "train-scorers", "--train", str(pack), "--out",
+                                 str(tmp_path / "out"), "--max-steps", "3", "--batch-size", "32", "--width", "8",
+                                 "--val-fraction", "0.3"])
+    assert r.exit_code == 0, r.output
+    assert "attrnet.safetensors" in r.output
+    assert AttributeScorer.load(tmp_path / "out" / "attrnet.safetensors").feature_dim == 64
+    r = CliRunner().invoke(cli, ["train-scorers", "--train", str(tmp_path / "nope.npz"), "--out", str(tmp_path)])
+    assert r.exit_code == 2  # click names the missing file
 
 
 @pytest.mark.slow

@@ -261,32 +261,3 @@ def summary_table(card: dict, key: str = "validation") -> str:
                  ("train seconds", t["seconds"]), ("images/s", t["images_per_second"])]
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{k:<{w}}  {val}" for k, val in rows)
-
-
-def main(argv=None):
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m faceedit.training.attributes", description=__doc__.split("\n")[0])
-    p.add_argument("--train", required=True, help="train pack (.npz)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--minutes", type=float, default=2.5)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--epochs", type=float, default=40.0)
-    p.add_argument("--val-every", type=float, default=4.0)
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--val-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    card = train_attrnet(a.train, a.out, minutes=a.minutes, max_steps=a.max_steps, epochs=a.epochs,
-                         val_every=a.val_every, batch_size=a.batch_size,
-                         lr=a.lr, width=a.width, val_fraction=a.val_fraction, seed=a.seed, device=a.device)
-    print(f"wrote {Path(a.out) / 'attrnet.safetensors'} and attrnet.json")
-    print(summary_table(card))
-
-
-if __name__ == "__main__":
-    main()

@@ -30,6 +30,7 @@ _COMMANDS = [
     ("faceedit.cli.train", "dataset"),
     ("faceedit.cli.train", "train"),
     ("faceedit.cli.train", "unpack_export"),
+    ("faceedit.cli.train", "train_scorers"),
     ("faceedit.cli.invert", "invert"),
     ("faceedit.cli.edit", "edit"),
     ("faceedit.cli.edit", "directions"),

@@ -1,4 +1,5 @@
-"""`faceedit dataset build`, `faceedit train` and `faceedit unpack-export`: thin wrappers over ``faceedit.training``."""
+"""`faceedit dataset build`, `faceedit train`, `faceedit unpack-export`, `faceedit train-scorers`: thin wrappers
+over ``faceedit.training``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -165,3 +166,38 @@ def unpack_export(src, dest, names):
                 click.echo(f"skip {n}: not all three export files are in {src}")
                 continue
             click.echo(f"{n} -> {unpack(src, n, dest)}")
+
+
+@click.command("train-scorers")
+@click.option("--train", "train_pack", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="Aligned TRAIN pack (.npz) with CelebA attributes and UTKFace age/gender labels.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for attrnet.safetensors and attrnet.json (copy them into checkpoints/weights/scorers).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=2.5, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1), default=None)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True)
+@click.option("--val-every", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Epochs between validations.")
+@click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--width", type=click.IntRange(4), default=32, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 0.5, min_open=True), default=0.05, show_default=True,
+              help="Fraction of the train pack held out for validation (never the test split).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, batch_size, lr, width, val_fraction,
+                  seed):
+    """Train the attribute network (CelebA's 40 attributes, gender, age) that scores and fits edits.
+
+    \b
+    Example:
+      faceedit --device cuda train-scorers --train .gpu/data/faces64_train.npz --out runs/scorers
+    """
+    from faceedit.training.attributes import summary_table, train_attrnet
+
+    with job_errors():
+        card = train_attrnet(train_pack, out, minutes=minutes, max_steps=max_steps, epochs=epochs,
+                             val_every=val_every, batch_size=batch_size, lr=lr, width=width,
+                             val_fraction=val_fraction, seed=seed, device=ctx.obj["device"] if ctx.obj else "auto")
+    click.echo(f"wrote {Path(out) / 'attrnet.safetensors'} and attrnet.json")
+    click.echo(summary_table(card))
