@@ -1,6 +1,6 @@
 """GPU job: fit the shipped attribute directions of one or more generators.
 
-    python -m faceedit.editing.fit_job --model checkpoints/weights/faces64 \\
+    faceedit --device cuda directions fit-all --model checkpoints/weights/faces64 \\
         --model checkpoints/weights/faces64-wpp --scorers checkpoints/weights/scorers/attrnet.safetensors \\
         --n 100000 --out DIR
 
@@ -17,7 +17,7 @@ samples, over the binary attributes fitted here; one process per attribute). Wit
 faces (MLP models; the default inversion method; scored by the same classifier on the
 real images). Files go to ``DIR/<model>/`` (copy them to
 ``checkpoints/weights/directions/<model>/``), a report to ``DIR/<model>/fit_report.json``,
-and a table is printed last.
+and the command prints a table last.
 
 Landmark-based directions (``--scorers landmarks``: yaw, and any other score the
 landmark scorer gives) need dlib, which the GPU machine lacks: run those on the CPU with
@@ -34,7 +34,6 @@ classifier path); runs on CUDA or CPU.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -90,7 +89,7 @@ def landmark_scorer(device, *, with_yaw5: bool = False):
     try:
         from faceedit.metrics.geometry import crop_geometry
     except ImportError as e:
-        raise SystemExit(f"the landmark scorer (faceedit.metrics.geometry) is not available here ({e}); "
+        raise ValueError(f"the landmark scorer (faceedit.metrics.geometry) is not available here ({e}); "
                          f"it needs dlib: run this on the CPU machine") from e
     from faceedit.networks.images import tensor_to_uint8
 
@@ -113,7 +112,7 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
 
     pack = Pack(pack_path)
     if str(pack.meta.get("split", "")).lower() == "test":
-        raise SystemExit(f"{pack_path} is the test split; directions are fitted on the train split only")
+        raise ValueError(f"{pack_path} is the test split; directions are fitted on the train split only")
     idx = np.unique(np.linspace(0, len(pack) - 1, min(n, len(pack))).round().astype(int))
     imgs = pack.images(idx)
     G = m["G"]
@@ -202,11 +201,11 @@ def _score_saved_samples(G, model_id, folder, score_fn, device) -> tuple:
 
     path = Path(folder) / f"samples_{model_name(model_id)}.npz"
     if not path.is_file():
-        raise SystemExit(f"{path} not found; write it on the GPU with --save-samples N")
+        raise ValueError(f"{path} not found; write it on the GPU with --save-samples N")
     with np.load(path, allow_pickle=False) as z:
         jpeg, offsets, meta = z["jpeg"], z["offsets"], json.loads(str(z["meta"]))
     if meta["model_id"] != model_id:
-        raise SystemExit(f"{path} holds samples of {meta['model_id']}, not {model_id}")
+        raise ValueError(f"{path} holds samples of {meta['model_id']}, not {model_id}")
     n = int(meta["n"])
     codes = sample_codes(G, n, seed=meta["seed"], batch=meta["batch"], device=device)
     scores = {}
@@ -237,7 +236,8 @@ def code_space_name(G) -> str:
     return {"w": "W", "wpp": "W++ (flattened)"}[code_space(G)]
 
 
-def _table(rows) -> str:
+def table(rows) -> str:
+    """The summary table of :func:`run_fit_job`'s rows."""
     head = ("model", "direction", "space", "val acc", "train acc", "std", "kept", "cos(primal)")
     lines = [head] + [tuple(str(x) for x in r) for r in rows]
     w = [max(len(r[i]) for r in lines) for i in range(len(head))]
@@ -278,7 +278,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
         want = [canonical_attribute(a) for a in attrs]
         missing = [a for a in want if a not in scores]
         if missing:
-            raise SystemExit(f"the scorer gives no {missing}; it scores {sorted(scores)}")
+            raise ValueError(f"the scorer gives no {missing}; it scores {sorted(scores)}")
     else:
         want = [a for a in CORE if a in scores] + sorted(
             a for a in scores if a not in CORE and a not in NEVER and aucs.get(a, 0.0) >= min_auc)
@@ -343,68 +343,38 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
     return rows, report
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m faceedit.editing.fit_job", description=__doc__.split("\n")[0])
-    p.add_argument("--model", action="append", required=True, help="checkpoint path or registry name (repeatable)")
-    p.add_argument("--scorers", default=None,
-                   help="attribute-network weights (.safetensors; default the shipped ones) or 'landmarks'")
-    p.add_argument("--n", type=int, default=100000, help="latents sampled per model")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--fraction", type=float, default=0.02, help="fraction kept at each end")
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--attrs", nargs="*", default=None, help="attributes to fit (default: core + AUC >= --min-auc)")
-    p.add_argument("--min-auc", type=float, default=0.9)
-    p.add_argument("--unsupervised", type=int, default=8, help="GANSpace and SeFa directions per model (0: none)")
-    p.add_argument("--separability", type=int, default=10000,
-                   help="samples for the linear-separability figure (metrics room's definition; 0: skip)")
-    p.add_argument("--wplus-pack", default=None,
-                   help="aligned TRAIN pack (.npz): also fit W+ directions on the codes of inverted faces from it")
-    p.add_argument("--wplus-n", type=int, default=5000, help="faces inverted for the W+ fit")
-    p.add_argument("--wplus-steps", type=int, default=None, help="inversion steps for the W+ fit [method default]")
-    p.add_argument("--wplus-fraction", type=float, default=0.1, help="fraction kept at each end for the W+ fit")
-    p.add_argument("--save-samples", type=int, default=0,
-                   help="also write the first N sampled images to OUT/samples_<model>.npz (GPU), for a CPU "
-                        "landmark fit with --from-samples")
-    p.add_argument("--samples-dir", default=None, help="where --save-samples writes [default: --out]")
-    p.add_argument("--from-samples", default=None,
-                   help="folder with samples_<model>.npz: score those images instead of sampling (CPU landmark fit)")
-    p.add_argument("--zip", default=None,
-                   help="also pack the directions and reports written under --out into this one .zip (the GPU "
-                        "machine returns at most 8 files; samples_*.npz stay separate)")
-    p.add_argument("--jobs", type=int, default=0, help="processes for the separability SVMs (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+def run_fit_job(models, out, *, scorers=None, n: int = 100000, fraction: float = 0.02, batch: int = 1000,
+                attrs=None, min_auc: float = 0.9, unsupervised: int = 8, separability: int = 10000,
+                wplus_pack=None, wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1,
+                save_samples: int = 0, samples_dir=None, from_samples=None, zip_path=None, jobs: int = 0,
+                seed: int = 0, device="auto") -> dict:
+    """Fit the shipped direction set of every model in ``models`` (see the module docstring).
+
+    Returns ``{"rows": [...], "timing": [lines], "device": str, "seconds": float}``; the
+    caller (``faceedit directions fit-all``) prints them.
+    """
     from faceedit.device import resolve_device
 
-    device = resolve_device(a.device)
+    device = resolve_device(device)
     t0 = time.time()
-    if a.scorers == "landmarks":
+    if scorers == "landmarks":
         score_fn, aucs, ident = landmark_scorer(device)
-        if a.attrs is None:
-            a.attrs = ["yaw"]  # the classifier's smile stays the shipped smile
+        if attrs is None:
+            attrs = ["yaw"]  # the classifier's smile stays the shipped smile
     else:
-        score_fn, aucs, ident = classifier_scorer(a.scorers, device)
-    all_rows = []
-    timing = []
-    for mp in a.model:
-        rows, rep = fit_model(mp, score_fn, aucs, ident, n=a.n, out=a.out, fraction=a.fraction, batch=a.batch,
-                              device=device, seed=a.seed, attrs=a.attrs, min_auc=a.min_auc,
-                              unsupervised=a.unsupervised, separability=a.separability, jobs=a.jobs,
-                              wplus_pack=a.wplus_pack, wplus_n=a.wplus_n, wplus_steps=a.wplus_steps,
-                              wplus_fraction=a.wplus_fraction, save_samples=a.save_samples,
-                              from_samples=a.from_samples, samples_dir=a.samples_dir)
+        score_fn, aucs, ident = classifier_scorer(scorers, device)
+    all_rows, timing = [], []
+    for mp in models:
+        rows, rep = fit_model(mp, score_fn, aucs, ident, n=n, out=out, fraction=fraction, batch=batch,
+                              device=device, seed=seed, attrs=attrs, min_auc=min_auc,
+                              unsupervised=unsupervised, separability=separability, jobs=jobs,
+                              wplus_pack=wplus_pack, wplus_n=wplus_n, wplus_steps=wplus_steps,
+                              wplus_fraction=wplus_fraction, save_samples=save_samples,
+                              from_samples=from_samples, samples_dir=samples_dir)
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")
-    if a.zip:
-        _zip_folder(a.out, a.zip)
-        timing.append(f"zipped {a.out} into {a.zip}")
-    print("\n".join(timing) + f"\nall done in {time.time() - t0:.1f} s on {device}")
-    print(_table(all_rows))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    if zip_path:
+        _zip_folder(out, zip_path)
+        timing.append(f"zipped {out} into {zip_path}")
+    return {"rows": all_rows, "timing": timing, "device": str(device), "seconds": time.time() - t0}

@@ -126,7 +126,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         keep = {canonical_attribute(a) for a in attrs}
         dirs = [d for d in dirs if d.attribute in keep]
     if not dirs:
-        log.warning("%s: no InterFaceGAN directions found; fit them first (python -m faceedit.editing.fit_job)", mid)
+        log.warning("%s: no InterFaceGAN directions found; fit them first (faceedit directions fit-all)", mid)
         return []
     t0 = time.time()
     fname = f"{m['name']}_{space}.latent.safetensors"

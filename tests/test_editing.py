@@ -284,20 +284,30 @@ def test_fit_on_tiny_generator_moves_the_score(tiny_G):
     assert torch.allclose(displacement(d, 1.0).sum(0) / G.num_ws, d.vector[0] * d.latent_std, atol=1e-6)
 
 
+def _fit_all(args):
+    """``faceedit --device cpu directions fit-all ARGS`` (the GPU job's command)."""
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    return CliRunner().invoke(cli, ["--device", "cpu", "directions", "fit-all", *args])
+
+
 @pytest.mark.slow
 def test_fit_job_runs_at_tiny_size(tmp_path, tiny_G):
     from faceedit.checkpoints.native import save_native
-    from faceedit.editing import fit_job
     from faceedit.metrics.attributes import AttrNet, save_attrnet
 
     save_native(tmp_path / "tiny", tiny_G, name="tiny")
     torch.manual_seed(0)
     save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=4),
                  {"validation": {"attributes": {"Bald": {"auc": 0.95}, "Bangs": {"auc": 0.5}}}})
-    assert fit_job.main(["--model", str(tmp_path / "tiny"), "--scorers", str(tmp_path / "attrnet.safetensors"),
-                         "--n", "600", "--fraction", "0.05", "--out", str(tmp_path / "out"), "--device", "cpu",
-                         "--unsupervised", "2", "--separability", "400", "--jobs", "1",
-                         "--zip", str(tmp_path / "dirs.zip"), "--save-samples", "100"]) == 0
+    r = _fit_all(["--model", str(tmp_path / "tiny"), "--scorers", str(tmp_path / "attrnet.safetensors"),
+                  "--n", "600", "--fraction", "0.05", "--out", str(tmp_path / "out"),
+                  "--unsupervised", "2", "--separability", "400", "--jobs", "1",
+                  "--zip", str(tmp_path / "dirs.zip"), "--save-samples", "100"])
+    assert r.exit_code == 0, r.output
+    assert "all done in" in r.output and "smile" in r.output.split("all done")[1]  # the table follows
     found = {d.key: d for _, d in list_directions(folder=tmp_path / "out")}
     assert {"smile", "age", "male", "eyeglasses", "bald", "age|male", "eyeglasses|age", "pc0", "sefa1"} <= set(found)
     assert "bangs" not in found  # below --min-auc
@@ -321,7 +331,6 @@ def test_fit_job_wplus_from_inverted_train_faces(tmp_path, tiny_G):
     from PIL import Image
 
     from faceedit.checkpoints.native import save_native
-    from faceedit.editing import fit_job
     from faceedit.metrics.attributes import AttrNet, save_attrnet
     from faceedit.training.pack import write_pack
 
@@ -337,11 +346,12 @@ def test_fit_job_wplus_from_inverted_train_faces(tmp_path, tiny_G):
     write_pack(tmp_path / "test.npz", jpegs, {}, [f"{i}.jpg" for i in range(60)], {"split": "test"})
     write_pack(tmp_path / "train.npz", jpegs, {}, [f"{i}.jpg" for i in range(60)], {"split": "train"})
     args = ["--model", str(tmp_path / "tiny"), "--scorers", str(tmp_path / "a.safetensors"), "--n", "400",
-            "--fraction", "0.05", "--attrs", "smile", "male", "--unsupervised", "0", "--separability", "0",
-            "--device", "cpu", "--wplus-n", "60", "--wplus-steps", "6", "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match="test split"):
-        fit_job.main(args + ["--wplus-pack", str(tmp_path / "test.npz")])
-    assert fit_job.main(args + ["--wplus-pack", str(tmp_path / "train.npz")]) == 0
+            "--fraction", "0.05", "--attr", "smile", "--attr", "male", "--unsupervised", "0", "--separability", "0",
+            "--wplus-n", "60", "--wplus-steps", "6", "--out", str(tmp_path / "out")]
+    r = _fit_all(args + ["--wplus-pack", str(tmp_path / "test.npz")])
+    assert r.exit_code == 1 and "test split" in r.output
+    r = _fit_all(args + ["--wplus-pack", str(tmp_path / "train.npz")])
+    assert r.exit_code == 0, r.output
     wp = Direction.load(tmp_path / "out" / "tiny" / "tiny_smile_wp.safetensors")
     assert wp.space == "w+" and wp.per_layer and wp.samples == 60 and wp.meta["source"] == "inverted train faces"
     # a W+ latent gets the W fit by default, the W+ one when asked for explicitly

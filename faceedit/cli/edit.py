@@ -431,6 +431,59 @@ def directions_show(name, model):
     click.echo(json.dumps(info, indent=2))
 
 
+@directions.command("fit-all")
+@click.option("--model", "models", multiple=True, required=True, help="Registry name or checkpoint path (repeatable).")
+@click.option("--scorers", default=None,
+              help="Attribute-network weights [default: shipped], or 'landmarks' (dlib geometry; CPU).")
+@click.option("--n", "n", type=click.IntRange(100), default=100000, show_default=True, help="Latents per model.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder; files go to OUT/<model>/.")
+@click.option("--fraction", type=click.FloatRange(0.001, 0.5), default=0.02, show_default=True,
+              help="Fraction kept at each end.")
+@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--attr", "attrs", multiple=True, help="Attributes to fit [default: core ones + AUC >= --min-auc].")
+@click.option("--min-auc", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--unsupervised", type=click.IntRange(0), default=8, show_default=True,
+              help="GANSpace and SeFa directions per model (0: none).")
+@click.option("--separability", type=click.IntRange(0), default=10000, show_default=True,
+              help="Samples for the linear-separability figure (0: skip).")
+@click.option("--wplus-pack", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Aligned TRAIN pack: also fit W+ directions on the codes of inverted faces from it.")
+@click.option("--wplus-n", type=click.IntRange(1), default=5000, show_default=True, help="Faces inverted for W+.")
+@click.option("--wplus-steps", type=click.IntRange(1), default=None, help="Inversion steps for W+ [method default].")
+@click.option("--wplus-fraction", type=click.FloatRange(0.001, 0.5), default=0.1, show_default=True)
+@click.option("--save-samples", type=click.IntRange(0), default=0, show_default=True,
+              help="Also write the first N sampled images to samples_<model>.npz (for a CPU landmark fit).")
+@click.option("--samples-dir", type=click.Path(file_okay=False), default=None, help="Where --save-samples writes.")
+@click.option("--from-samples", type=click.Path(file_okay=False), default=None,
+              help="Score the images of samples_<model>.npz in this folder instead of sampling.")
+@click.option("--zip", "zip_path", type=click.Path(dir_okay=False), default=None,
+              help="Also pack the directions and reports under --out into this one .zip.")
+@click.option("--jobs", type=click.IntRange(0), default=0, show_default=True,
+              help="Processes for the separability SVMs (0: all cores).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min_auc, unsupervised, separability,
+                       wplus_pack, wplus_n, wplus_steps, wplus_fraction, save_samples, samples_dir, from_samples,
+                       zip_path, jobs, seed):
+    """Fit the whole shipped direction set of one or more models (the GPU job).
+
+    \b
+    Example:
+      faceedit --device cuda directions fit-all --model faces64 --model faces64-wpp --n 100000 --out DIR
+    """
+    from faceedit.editing.fit_job import run_fit_job, table
+
+    with job_errors():
+        res = run_fit_job(list(models), out, scorers=scorers, n=n, fraction=fraction, batch=batch,
+                          attrs=list(attrs) or None, min_auc=min_auc, unsupervised=unsupervised,
+                          separability=separability, wplus_pack=wplus_pack, wplus_n=wplus_n, wplus_steps=wplus_steps,
+                          wplus_fraction=wplus_fraction, save_samples=save_samples, samples_dir=samples_dir,
+                          from_samples=from_samples, zip_path=zip_path, jobs=jobs, seed=seed,
+                          device=ctx.obj["device"] if ctx.obj else "auto")
+    click.echo("\n".join(res["timing"]) + f"\nall done in {res['seconds']:.1f} s on {res['device']}")
+    click.echo(table(res["rows"]))
+
+
 @directions.command("fit")
 @click.option("--model", required=True, help="Registry name or checkpoint path.")
 @click.option("--attr", "attrs", multiple=True, help="Attribute(s) to fit (names the scorer gives: smile, age, "
