@@ -405,5 +405,5 @@ def test_saved_samples_round_trip(tmp_path, tiny_G):
             torch.from_numpy(codes[:200])[:, None].expand(-1, tiny_G.num_ws, -1)))).permute(0, 3, 1, 2).float()
             / 127.5 - 1)["brightness"].numpy()
     assert np.abs(s2["brightness"] - ref).max() < 0.03  # JPEG q92
-    with pytest.raises(SystemExit, match="not"):
+    with pytest.raises(ValueError, match="not"):
         _score_saved_samples(tiny_G, "other@1", tmp_path, mean_score, "cpu")
