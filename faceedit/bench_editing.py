@@ -96,7 +96,7 @@ def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
 
 
 def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int | None = None, seed: int = 0,
-                device=None, classifier=None, independent=None, identity=(None, None), directions=None,
+                device=None, classifier=None, independent=None, identity=None, directions=None,
                 perceptual: str = "disc", batch_size: int = 32, method: str | None = None, attrs=None,
                 latents_dir=None, save_latents=None, invert_only: bool = False,
                 identity_n: int | None = None) -> list:
@@ -106,7 +106,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     when it is there (e.g. inverted on a GPU machine by ``save_latents``, then scored here
     with the CPU-only instruments); ``save_latents``: write the inversions to that folder
     (and stop there with ``invert_only``: a GPU machine without dlib inverts, the CPU scores).
-    ``identity``: ``(IdentityEncoder, name)``; ``identity_n``: measure identity on the first
+    ``identity``: an ``IdentityEncoder`` or None; ``identity_n``: measure identity on the first
     that many faces only (dlib's descriptor costs ~0.1 s per image on a small CPU; the
     unedited reconstructions are embedded once per model).
     """
@@ -153,7 +153,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     codes = lat.codes
     s = np.asarray(sorted(strengths), np.float64)
     score, scorer_name = classifier
-    enc, sim_name = identity
+    enc = identity
     k = len(codes) if identity_n is None else max(1, min(int(identity_n), len(codes)))
     indep = independent or {}
     if lat.tuning:
@@ -194,7 +194,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
                 dist = np.linalg.norm(enc.embed(im[:k]) - base_emb, axis=1)
                 row[key] = float(np.nanmean(enc.similarity_from_distance(dist)))
                 row[key.replace("id_", "id_dist_")] = float(np.nanmean(dist))  # dlib: < 0.6 = same person
-            row["identity_by"] = sim_name + (f" (first {k} faces)" if k < len(codes) else "")
+            row["identity_by"] = "identity similarity" + (f" (first {k} faces)" if k < len(codes) else "")
         drift = {k: _slope(s, np.stack([p[k] for p in per_s])) for k in per_s[0]
                  if k not in (tgt, "age", "female")}
         row["drift"] = float(np.mean([abs(v) for v in drift.values()])) if drift else None
@@ -311,7 +311,6 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     clf = _classifier(device)
     indep = _independent()
     enc = _identity() if identity else None
-    ident = (enc, "identity similarity" if enc is not None else None)
     rows = []
     for model in models:
         cfg = load_model(model)["config"]
@@ -319,7 +318,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
         faces = load_faces(pack, n, None if pack else photos, recipe.with_size(R))
         rows += bench_model(model, faces, strengths=strengths, steps=steps, seed=seed, device=device, classifier=clf,
-                            independent=indep, identity=ident, directions=directions, perceptual=perceptual,
+                            independent=indep, identity=enc, directions=directions, perceptual=perceptual,
                             method=method, attrs=attrs, latents_dir=latents_dir, save_latents=save_latents,
                             invert_only=invert_only, identity_n=identity_n)
     check = None
@@ -330,7 +329,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     result = {"rows": rows, "photo_check": check, "provenance": provenance(),
               "settings": {"n": n, "method": method or "default", "strengths": list(strengths), "steps": steps,
                            "seed": seed, "pack": str(pack),
-                           "photos": str(photos), "scorer": clf[1], "identity": ident[1], "identity_n": identity_n,
+                           "photos": str(photos), "scorer": clf[1], "identity": "identity similarity" if enc is not None else None, "identity_n": identity_n,
                            "independent": {k: v[0] for k, v in indep.items()}}}
     if out is not None:
         from faceedit.checkpoints.atomic import atomic_write_text

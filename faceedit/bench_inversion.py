@@ -56,6 +56,8 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
         from faceedit.training.pack import Pack
 
         p = Pack(pack)
+        if str(p.meta.get("split", "test")).lower() == "train":
+            raise ValueError(f"{pack} is the train split; quality figures are measured on the test pack")
         idx = np.unique(np.linspace(0, len(p) - 1, min(n, len(p))).round().astype(int))
         for i in idx:
             imgs.append(p.image(int(i)))

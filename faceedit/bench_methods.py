@@ -39,20 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceedit.inversion.methods import METHODS
+from faceedit.bench_inversion import load_faces
+from faceedit.inversion.hybrid import HYBRID_PRIOR_WEIGHT
+from faceedit.inversion.methods import METHODS, invert_with
 from faceedit.inversion.projector import DEFAULT_PRIOR_WEIGHT
 
 log = logging.getLogger(__name__)
-
-
-def _faces(pack: str, n: int) -> np.ndarray:
-    from faceedit.training.pack import Pack
-
-    p = Pack(pack)
-    if str(p.meta.get("split", "test")).lower() == "train":
-        raise ValueError(f"{pack} is the train split; benchmark on the test pack")
-    idx = np.unique(np.linspace(0, len(p) - 1, min(n, len(p))).round().astype(int))
-    return p.images([int(i) for i in idx])
 
 
 def _resized(images: np.ndarray, R: int) -> np.ndarray:
@@ -152,15 +144,11 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
 
 
 def _default_prior_weight(method: str) -> float:
-    from faceedit.inversion.hybrid import HYBRID_PRIOR_WEIGHT
-
     return HYBRID_PRIOR_WEIGHT if method == "hybrid" else DEFAULT_PRIOR_WEIGHT
 
 
 def _timed_invert(method, images, m, space, steps, *, device, **kw):
     """``(latent, wall seconds)`` of one method on ``images`` (CUDA synchronised around it)."""
-    from faceedit.inversion.methods import invert_with
-
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
@@ -342,7 +330,7 @@ def main(argv=None) -> None:
         from faceedit.metrics.identity import IdentityEncoder
 
         identity = IdentityEncoder()
-    images = _faces(a.pack, a.n)
+    images = load_faces(a.pack, a.n)["images"]
     rows = []
     for run in a.runs.split(","):
         model, space = run.rsplit(":", 1)

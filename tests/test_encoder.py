@@ -203,7 +203,7 @@ def test_cli_train_encoder_then_invert_methods(tmp_path, monkeypatch):
     assert run.exit_code != 0 and "W++" in run.output
 
 
-def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypatch):
+def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypatch, fake_identity):
     """`faceedit bench inversion --methods ...`: one row per method with its time and bytes, the
     prior-comparison rows, then the CPU pass fills identity (a stand-in encoder) and CPU seconds."""
     from faceedit import bench_inversion, bench_methods
@@ -230,14 +230,7 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
     assert all(r["s_per_img"] > 0 and r["bytes_per_img"] > 0 and r["n"] == 3 for r in rows)
     assert by["hybrid"]["psnr"] > by["encoder"]["psnr"]
 
-    class FakeId:
-        def distance(self, a, b):
-            return np.abs(a.astype(float) - b.astype(float)).mean(axis=(1, 2, 3)) / 255
-
-        def similarity_from_distance(self, d):
-            return 1 - d
-
-    monkeypatch.setattr(identity_mod, "IdentityEncoder", FakeId)
+    monkeypatch.setattr(identity_mod, "IdentityEncoder", fake_identity)
     bench_methods.main(["--add-identity", "--cpu-n", "2", "--out", str(out)])
     rows = json.loads((out / "methods.json").read_text())["rows"]
     for r in rows:

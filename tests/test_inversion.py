@@ -282,7 +282,7 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
                                                          "age=60-": (0.5, 1)}
 
 
-def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monkeypatch):
+def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monkeypatch, fake_identity):
     """GPU run saves reconstructions; a later CPU pass fills identity (a stand-in encoder here)."""
     from faceedit import bench_inversion
     from faceedit.imageio import encode_image, tensor_to_uint8
@@ -300,14 +300,7 @@ def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monk
     bench_inversion.run([str(path)], pack=pack, photos=photos, n=3, steps=2, identity=False, out=out,
                         perceptual="none", compression=False)
 
-    class FakeId:
-        def distance(self, a, b):
-            return np.abs(a.astype(float) - b.astype(float)).mean(axis=(1, 2, 3)) / 255
-
-        def similarity_from_distance(self, d):
-            return 1 - d
-
-    monkeypatch.setattr(bench_inversion, "_identity", lambda: FakeId())
+    monkeypatch.setattr(bench_inversion, "_identity", lambda: fake_identity())
     res = bench_inversion.add_identity(out)
     assert {r["set"] for r in res["rows"]} == {"test", "photos"}
     for r in res["rows"]:
@@ -336,3 +329,17 @@ def test_inversion_gradients_through_a_conv_clamp_model():
     _, target = _target(G, n=1)
     r = Projector(G, "w+", steps=4, seed=0).project(target)
     assert np.isfinite(r.history).all()
+
+
+def test_bench_faces_refuse_the_train_split(tmp_path):
+    """Every bench takes its faces through ``load_faces``: a train pack is refused, a test pack read."""
+    from faceedit.bench_inversion import load_faces
+    from faceedit.imageio import encode_image
+    from faceedit.training.pack import write_pack
+
+    im = [encode_image(np.full((16, 16, 3), 90 + i, np.uint8), "PNG") for i in range(3)]
+    train = write_pack(tmp_path / "train.npz", im, {}, ["a", "b", "c"], {"split": "train"})
+    with pytest.raises(ValueError, match="train split"):
+        load_faces(train, 3)
+    test = write_pack(tmp_path / "test.npz", im, {}, ["a", "b", "c"], {"split": "test"})
+    assert load_faces(test, 2)["images"].shape == (2, 16, 16, 3)
