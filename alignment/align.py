@@ -12,15 +12,17 @@ from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError
 from .ffhq import align_landmarks, apply_matrix
 from .landmarks import landmarks68
 from .mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
+from .quadnet import quadnet_points
 from .types import FACES64, AlignedFace, AlignmentRecipe
 
 log = logging.getLogger(__name__)
 
-# dlib68: dlib's 68 points. mtcnn5: MTCNN's 5 points re-estimated on an exact (and mirrored)
-# crop and calibrated to the 68-point definitions of eyes and mouth corners, so the quad
-# matches a dlib68 quad (mtcnn5.mtcnn5_refined / calibrate_mtcnn5). mtcnn5-raw:
-# facenet-pytorch's points as they come.
-LANDMARK_KINDS = ("dlib68", "mtcnn5", "mtcnn5-raw")
+# dlib68: dlib's 68 points. mtcnn5-linear: MTCNN's 5 points re-estimated on an exact (and
+# mirrored) crop and calibrated to the 68-point definitions of eyes and mouth corners by a
+# linear map (mtcnn5.mtcnn5_refined / calibrate_mtcnn5). mtcnn5: those, with eyes and mouth
+# corners re-estimated by QuadNet on the crop they frame, so the quad matches a dlib68 quad
+# (quadnet.quadnet_points). mtcnn5-raw: facenet-pytorch's points as they come.
+LANDMARK_KINDS = ("dlib68", "mtcnn5", "mtcnn5-linear", "mtcnn5-raw")
 
 
 @dataclass
@@ -139,8 +141,9 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
             continue
         if lm_kind == "mtcnn5-raw":
             lm = apply_matrix(inv, wd.landmarks5)
-        elif lm_kind == "mtcnn5":
-            lm = apply_matrix(inv, calibrate_mtcnn5(mtcnn5_refined(work, wd.box)))
+        elif lm_kind.startswith("mtcnn5"):
+            lm = calibrate_mtcnn5(mtcnn5_refined(work, wd.box))
+            lm = apply_matrix(inv, quadnet_points(work, lm) if lm_kind == "mtcnn5" else lm)
         else:
             lm = apply_matrix(inv, landmarks68(work, wd.box))
         report.faces.append(align_landmarks(image, lm, recipe, score=pd.score, index=i, detector=detector))
@@ -189,10 +192,11 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             logged, never aligned into mush; default ``max(24, recipe.size // 16)``.
         try_rotations: when nothing is found, also try the photo rotated by 90, 180 and
             270 degrees; matrices and quads still refer to the photo as given.
-        landmarks: ``dlib68``, ``mtcnn5`` (MTCNN's points refined on an exact crop and
-            calibrated to the 68-point eye and mouth definitions, so its quads match dlib68
-            quads) or ``mtcnn5-raw`` (facenet-pytorch's points unchanged); default ``mtcnn5``
-            with the mtcnn detector, else ``dlib68``.
+        landmarks: ``dlib68``; ``mtcnn5-linear`` (MTCNN's points refined on an exact crop and
+            mapped to the 68-point eye and mouth definitions by a linear calibration);
+            ``mtcnn5`` (those, re-estimated by QuadNet on the crop they frame, so its quads
+            match dlib68 quads more closely) or ``mtcnn5-raw`` (facenet-pytorch's points
+            unchanged); default ``mtcnn5`` with the mtcnn detector, else ``dlib68``.
     Returns:
         list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces found.
     Raises:

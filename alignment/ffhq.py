@@ -51,7 +51,8 @@ def ffhq_quad(landmarks: np.ndarray, scale: float = 1.0):
     """The oriented FFHQ quad of a face.
 
     Args:
-        landmarks: ``[68, 2]`` dlib or ``[5, 2]`` MTCNN points (photo coordinates).
+        landmarks: ``[68, 2]`` dlib, ``[5, 2]`` MTCNN or ``[4, 2]`` eye and mouth points
+            (photo coordinates; see :func:`~faceedit.alignment.landmarks.eye_mouth_points`).
         scale: multiplier on the FFHQ quad size (``AlignmentRecipe.scale``).
     Returns:
         ``(quad [4, 2], qsize)``: corners top-left, bottom-left, bottom-right, top-right
@@ -73,6 +74,17 @@ def ffhq_quad(landmarks: np.ndarray, scale: float = 1.0):
     c = eye_avg + eye_to_mouth * 0.1
     quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
     return quad, float(np.hypot(*x) * 2)
+
+
+def quad_difference(ref: np.ndarray, other: np.ndarray, scale: float = 1.0):
+    """How far the FFHQ quad of ``other`` landmarks is from that of ``ref`` (the same face).
+
+    Returns:
+        ``(centre offset / ref's side, other's side / ref's side)``.
+    """
+    qa, sa = ffhq_quad(ref, scale)
+    qb, sb = ffhq_quad(other, scale)
+    return float(np.hypot(*(qb.mean(0) - qa.mean(0))) / sa), float(sb / sa)
 
 
 def quad_to_crop_matrix(quad: np.ndarray, size: float) -> np.ndarray:

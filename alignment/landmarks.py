@@ -45,15 +45,17 @@ def eye_mouth_points(landmarks: np.ndarray):
         ``(eye_left, eye_right, mouth_left, mouth_right)``, each ``[2]``, image-left first.
         For 68 points the eyes are the means of the eye contours and the mouth points
         are the outer mouth corners (48, 54); for MTCNN's 5 points they are points
-        0, 1, 3, 4.
+        0, 1, 3, 4; 4 points are taken as they are.
     """
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.shape == (68, 2):
         return lm[EYE_LEFT].mean(0), lm[EYE_RIGHT].mean(0), lm[48], lm[54]
     if lm.shape == (5, 2):
         return lm[0], lm[1], lm[3], lm[4]
-    raise AlignmentError(f"landmarks must be [68, 2] (dlib) or [5, 2] (MTCNN: eyes, nose, mouth corners), "
-                         f"got shape {lm.shape}")
+    if lm.shape == (4, 2):
+        return lm[0], lm[1], lm[2], lm[3]
+    raise AlignmentError(f"landmarks must be [68, 2] (dlib), [5, 2] (MTCNN: eyes, nose, mouth corners) or [4, 2] "
+                         f"(eyes, mouth corners), got shape {lm.shape}")
 
 
 # The face box dlib's HOG detector returns on a crop of the ``faces64`` geometry (0.6x the FFHQ

@@ -18,8 +18,9 @@ class AlignmentRecipe:
             downsampled with an anti-aliasing filter (FFHQ uses 4).
         pad_mode: how area outside the photo is filled: ``reflect`` (FFHQ: reflect,
             blur and median fill) or ``constant``.
-        landmarks: ``dlib68``, ``mtcnn5`` (calibrated to the 68-point definitions) or
-            ``mtcnn5-raw``; all give the eye and mouth points the quad needs.
+        landmarks: ``dlib68``, ``mtcnn5`` (QuadNet on the calibrated points),
+            ``mtcnn5-linear`` (calibrated to the 68-point definitions) or ``mtcnn5-raw``;
+            all give the eye and mouth points the quad needs.
     """
 
     name: str = "ffhq"

@@ -7,20 +7,21 @@ Three parts, each printing a short table last and writing JSON (and PNGs) under 
   photos     faces found per detector on ../shared/datasets/photos against the counts a
              person made (tests/data/photo_face_counts.json), and how every photo ends:
              aligned, a clear FaceNotFoundError, or an unexpected exception.
-  redetect   on EVERY CelebA and UTKFace TRAIN face: align as the data set did, re-find the
-             68 landmarks on the crop from the template face box, compare the eye centres
-             with the template; percentiles per source and a contact sheet of the worst.
-             Resumable (one JSONL line per face).
+  redetect   on EVERY CelebA and UTKFace TRAIN face: align (faces64 framing as the data set,
+             or --recipe ffhq), re-find the 68 landmarks on the crop from the template face
+             box, compare the eye centres with the template; percentiles per source and a
+             contact sheet of the worst. Resumable (one JSONL line per face).
   quads      68-point vs MTCNN quads of the same faces (centre offset / quad side, side
-             ratio) on the TEST split and a TRAIN sample, for MTCNN's raw points and the
-             refined / mirrored / calibrated ones; the floor is dlib vs dlib on the
-             mirrored photo. --fit fits the MTCNN calibration on the TRAIN faces.
+             ratio) on the TEST split, a TRAIN sample and the in-the-wild photos, for
+             MTCNN's raw points, the refined / mirrored / calibrated ones and QuadNet's;
+             the floor is dlib vs dlib on the mirrored photo. --fit fits the MTCNN
+             calibration on the TRAIN faces.
 
 Examples:
   OMP_NUM_THREADS=1 python benchmarks/alignment.py speed --out out/bench_align
   OMP_NUM_THREADS=1 python benchmarks/alignment.py photos --detectors dlib,mtcnn,dlib-cnn --out out/photos
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py redetect --out bench/alignment
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py quads --fit --out bench/alignment
+  OMP_NUM_THREADS=1 python benchmarks/alignment.py redetect --recipe ffhq --workers 2 --out out/redetect_ffhq
+  OMP_NUM_THREADS=1 python benchmarks/alignment.py quads --scale 1.0 --workers 2 --out out/quads_qn
 """
 from __future__ import annotations
 
@@ -224,6 +225,21 @@ def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
     return rec
 
 
+def _redetect_job(job) -> dict:
+    path, name, recipe, with_hog = job
+    return {**_redetect_one(path, recipe, with_hog), "name": name}
+
+
+def _pool(workers: int):
+    """A pool of one-thread worker processes, or a null context (``None``) for one worker."""
+    import contextlib
+    import multiprocessing
+
+    from faceedit.training.dataset import _init_worker
+
+    return multiprocessing.get_context("fork").Pool(workers, _init_worker) if workers > 1 else contextlib.nullcontext()
+
+
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Folder for redetect.jsonl (appended per face: a killed run resumes), redetect.json, worst_eyes.png.")
@@ -233,23 +249,27 @@ def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
 @click.option("--hog-every", default=10, show_default=True,
               help="Also re-detect with dlib's HOG box on every N-th face (0 = never), to compare with the template box.")
 @click.option("--sheet", default=32, show_default=True, help="Worst faces on the contact sheet.")
-def redetect(out, limit, check_size, hog_every, sheet):
+@click.option("--recipe", "recipe_name", type=click.Choice(["faces64", "ffhq"]), default="faces64", show_default=True,
+              help="Crop geometry: faces64 (0.6x the FFHQ quad, how the shipped data sets were cut) or ffhq (the "
+                   "FFHQ recipe itself, 1.0x; the same errors in face units are 0.6x the fraction of its crop).")
+@click.option("--workers", default=1, show_default=True, help="Processes (one thread each).")
+def redetect(out, limit, check_size, hog_every, sheet, recipe_name, workers):
     """Eye centres re-found on the aligned crops of the train faces vs the template positions.
 
     Every CelebA and UTKFace TRAIN photo of the data set (training.dataset.list_sources) is
-    aligned as the data set build did (dlib HOG, 68 points, faces64 geometry, here at
-    CHECK_SIZE px), then dlib's 68-point predictor runs again on the crop from the recipe's
+    aligned as the data set build did (dlib HOG, 68 points, RECIPE geometry: faces64 as the
+    data set, or the FFHQ recipe; here at CHECK_SIZE px), then dlib's 68-point predictor runs again on the crop from the recipe's
     template face box (alignment.landmarks.landmarks68_on_crop, no detector). Error of a face =
     the worse eye's distance from its template position / crop side. Template: the mean eye
     position over all faces (one template for the data set); 'own' is where this face's own
     first-pass landmarks put its eyes.
     """
-    from faceedit.alignment import FACES64
+    from faceedit.alignment import FACES64, FFHQ
     from faceedit.training.dataset import list_sources
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    recipe = FACES64.with_size(check_size)
+    recipe = {"faces64": FACES64, "ffhq": FFHQ}[recipe_name].with_size(check_size)
     train = list_sources(SHARED / "datasets")["train"]
     by_src = [[r for r in train if r["name"].startswith(s)] for s in ("celeba10k/", "utkface/")]
     if limit:
@@ -262,10 +282,9 @@ def redetect(out, limit, check_size, hog_every, sheet):
     left = [r for r in todo if r["name"] not in done]
     print(f"{len(todo)} train faces, {len(done)} done earlier, {len(left)} to go", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    with open(log_path, "a") as fh:
-        for k, r in enumerate(left):
-            rec = _redetect_one(r["path"], recipe, r["name"] in hog_names)
-            rec["name"] = r["name"]
+    jobs = [(r["path"], r["name"], recipe, r["name"] in hog_names) for r in left]
+    with open(log_path, "a") as fh, _pool(workers) as pool:
+        for k, rec in enumerate(pool.imap(_redetect_job, jobs, chunksize=8) if pool else map(_redetect_job, jobs)):
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             if (k + 1) % 500 == 0:
@@ -346,7 +365,7 @@ def redetect(out, limit, check_size, hog_every, sheet):
         "worst": [{"name": ok[i]["name"], "err": float(err_tpl[i])} for i in worst],
         "failures": {k: sum(1 for r in recs if not r["ok"] and r["reason"] == k) for k in {r.get("reason") for r in recs if not r["ok"]}},
         "seconds_this_run": run_s, "faces_this_run": len(left)})
-    print(f"faces64 geometry at {check_size} px; template eyes at {np.round(template, 1).tolist()} px; error = worse "
+    print(f"{recipe.name} geometry (quad scale {recipe.scale}) at {check_size} px; template eyes at {np.round(template, 1).tolist()} px; error = worse "
           f"eye's distance from the template / crop side; 68 points re-found from the template face box "
           f"({len(left)} faces in {run_s / 60:.1f} min this run)")
     print(_table(rows, ["source", "train", "aligned", "<=2%", "p50", "p90", "p95", "p99", "max", "<=2% own",
@@ -359,21 +378,6 @@ def redetect(out, limit, check_size, hog_every, sheet):
 QUAD_CENTRE_TOL, QUAD_SCALE_TOL = 0.02, 0.03
 
 
-def quad_agreement(ref, other, scale: float = 0.6):
-    """``(centre offset / ref quad side, other's quad side / ref's)`` of two landmark sets of one face."""
-    from faceedit.alignment import ffhq_quad
-
-    qa, sa = ffhq_quad(ref, scale)
-    qb, sb = ffhq_quad(other, scale)
-    return float(np.hypot(*(qb.mean(0) - qa.mean(0))) / sa), float(sb / sa)
-
-
-def _as5(points4) -> np.ndarray:
-    """``[5, 2]`` from (eye, eye, mouth corner, mouth corner), the nose at the eye midpoint (unused by the quad)."""
-    p = np.asarray(points4, np.float64)
-    return np.stack([p[0], p[1], (p[0] + p[1]) / 2, p[2], p[3]])
-
-
 def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
     """Eye means and mouth corners of 68 points; for points found on the mirrored photo (mapped back), swap sides."""
     from faceedit.alignment.landmarks import eye_mouth_points
@@ -382,10 +386,17 @@ def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
     return p[[1, 0, 3, 2]] if mirrored else p
 
 
+def _quadnet_shipped() -> bool:
+    from faceedit.alignment.quadnet import QUADNET_FILE
+
+    return (REPO / "alignment" / QUADNET_FILE).is_file()
+
+
 def _quad_record(img) -> dict:
     """dlib 68 points and MTCNN's 5 (raw, raw on the mirrored photo, refined with and without mirror) of the largest dlib face."""
     from faceedit.alignment import detect_faces, landmarks68
-    from faceedit.alignment.mtcnn5 import mtcnn5_refined
+    from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
+    from faceedit.alignment.quadnet import quadnet_points
 
     W = img.shape[1]
     rnd = lambda a: np.round(np.asarray(a, np.float64), 3).tolist()  # noqa: E731
@@ -410,6 +421,8 @@ def _quad_record(img) -> dict:
     m = min(m, key=lambda x: np.hypot(*(np.asarray(x.center) - c)))
     rec.update(box5=rnd(m.box), raw=rnd(m.landmarks5), ref1=rnd(mtcnn5_refined(img, m.box, mirror=False)),
                ref=rnd(mtcnn5_refined(img, m.box)))
+    if _quadnet_shipped():
+        rec["quadnet"] = rnd(quadnet_points(img, calibrate_mtcnn5(rec["ref"])))
     mm = detect_faces(mirror, "mtcnn")
     if mm:
         mm = min(mm, key=lambda x: np.hypot(*(np.asarray(x.center) - [W - c[0], c[1]])))
@@ -453,8 +466,20 @@ def _variants(weights):
         "refined (exact crop)": lambda r: r["ref1"],
         "refined + mirror": lambda r: r["ref"],
         "refined + mirror + calibrated": lambda r: calibrate_mtcnn5(r["ref"], weights),
-        "floor: dlib68 on mirrored photo": lambda r: _as5(_dlib4(r["lm68_mirror"], True)) if "lm68_mirror" in r else None,
+        "... + QuadNet": lambda r: r.get("quadnet"),
+        "floor: dlib68 on mirrored photo": lambda r: _dlib4(r["lm68_mirror"], True) if "lm68_mirror" in r else None,
     }
+
+
+def _quad_job(job) -> dict:
+    from faceedit.imageio import load_image
+
+    source, split, name, path = job
+    try:
+        rec = _quad_record(load_image(path))
+    except Exception as e:  # noqa: BLE001 -- an unreadable photo is a record, not the end of the run
+        rec = {"ok": False, "reason": f"{type(e).__name__}: {e}"}
+    return {**rec, "name": name, "source": source, "split": split}
 
 
 @main.command()
@@ -463,20 +488,26 @@ def _variants(weights):
 @click.option("--train-per-set", default=1000, show_default=True, help="Random TRAIN faces per source (0 = none).")
 @click.option("--test-per-set", default=0, show_default=True, help="TEST faces per source (0 = all).")
 @click.option("--fit", is_flag=True, help="Fit the MTCNN calibration on the TRAIN faces and write it to "
-                                          "alignment/mtcnn5_calibration.json (never on test faces).")
-@click.option("--scale", default=0.6, show_default=True, help="Quad scale (faces64 geometry).")
+                                          "alignment/mtcnn5_calibration.json (never on test faces); QuadNet "
+                                          "takes the calibrated points as input: retrain it after a refit.")
+@click.option("--scale", default=1.0, show_default=True,
+              help="Quad scale whose side the centre offset is measured against (1.0 = the FFHQ quad; 0.6 = faces64).")
 @click.option("--seed", default=0, show_default=True)
-def quads(out, train_per_set, test_per_set, fit, scale, seed):
+@click.option("--workers", default=1, show_default=True, help="Processes (one thread each).")
+@click.option("--photos/--no-photos", default=True, show_default=True,
+              help="Also the largest face of each in-the-wild photo (../shared/datasets/photos).")
+def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
     """68-point vs MTCNN quads of the same faces: centre within 2% of the side and scale within 3%.
 
     For each face (the largest dlib face of a CelebA or UTKFace photo): dlib's 68 points, and
     MTCNN's 5 points of the same face as facenet-pytorch gives them, averaged with those of the
     mirrored photo, refined on an exact crop (alignment.mtcnn5.mtcnn5_refined) with and
-    without the mirrored crop, and refined + calibrated (what align(detector='mtcnn') uses).
-    The floor: dlib's 68 points on the mirrored photo against those on the photo.
+    without the mirrored crop, refined + calibrated (landmarks='mtcnn5-linear'), and those
+    re-estimated by QuadNet (what align(detector='mtcnn') uses). The floor: dlib's 68 points
+    on the mirrored photo against those on the photo.
     """
+    from faceedit.alignment.ffhq import quad_difference
     from faceedit.alignment.mtcnn5 import CALIBRATION_FILE, mtcnn5_calibration
-    from faceedit.imageio import load_image
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -487,15 +518,17 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed):
         n = train_per_set if split == "train" else (test_per_set or len(lst))
         pick = sorted(rng.choice(len(lst), min(n, len(lst)), replace=False)) if n < len(lst) else range(len(lst))
         jobs += [(source, split, *lst[i]) for i in pick]
+    if photos:  # the in-the-wild photos: larger faces, real cameras (largest dlib face of each)
+        folder = SHARED / "datasets" / "photos"
+        jobs += [("photos", "wild", f"photos/{p.name}", str(p)) for p in sorted(folder.iterdir())
+                 if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
     log_path = out / "quads.jsonl"
     done = {r["name"] for r in _read_jsonl(log_path)}
     left = [j for j in jobs if j[2] not in done]
     print(f"{len(jobs)} faces, {len(done)} done earlier, {len(left)} to go", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    with open(log_path, "a") as fh:
-        for k, (source, split, name, path) in enumerate(left):
-            rec = _quad_record(load_image(path))
-            rec.update(name=name, source=source, split=split)
+    with open(log_path, "a") as fh, _pool(workers) as pool:
+        for k, rec in enumerate(pool.imap(_quad_job, left, chunksize=8) if pool else map(_quad_job, left)):
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             if (k + 1) % 250 == 0:
@@ -523,8 +556,8 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed):
         mtcnn5_calibration.cache_clear()
     weights = mtcnn5_calibration()["weights"]
     res, rows = {}, []
-    for split in ("test", "train"):
-        for source in ("celeba10k", "utkface", "all"):
+    for split in ("test", "train", "wild"):
+        for source in (("photos",) if split == "wild" else ("celeba10k", "utkface", "all")):
             sel = [r for r in recs if r["split"] == split and source in ("all", r["source"])]
             if not sel:
                 continue
@@ -533,7 +566,9 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed):
                 for r in sel:
                     p = get(r)
                     if p is not None:
-                        cs.append(quad_agreement(r["lm68"], p, scale))
+                        cs.append(quad_difference(r["lm68"], p, scale))
+                if not cs:
+                    continue
                 cs = np.array(cs)
                 ok = (cs[:, 0] < QUAD_CENTRE_TOL) & (np.abs(cs[:, 1] - 1) < QUAD_SCALE_TOL)
                 d = {"n": len(cs), "agree": float(ok.mean()), "centre_ok": float((cs[:, 0] < QUAD_CENTRE_TOL).mean()),
@@ -547,11 +582,12 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed):
                              f"{d['scale_err_p95'] * 100:.2f}%", f"{d['scale_ratio_mean']:.4f}"])
     n_fail = {f"{s}/{sp}": sum(1 for r in _read_jsonl(log_path) if r["name"] in want and r.get("ref") is None
                               and r["source"] == s and r["split"] == sp)
-              for s in ("celeba10k", "utkface") for sp in ("train", "test")}
+              for s, sp in (("celeba10k", "train"), ("celeba10k", "test"), ("utkface", "train"), ("utkface", "test"),
+                            ("photos", "wild"))}
     _write_json(out, "quads.json", {"scale": scale, "seed": seed, "train_per_set": train_per_set,
                                     "test_per_set": test_per_set, "calibration": str(cal_path.relative_to(REPO)),
                                     "no_pair": n_fail, "results": res, "seconds_this_run": run_s})
-    print(f"faces64 quads (scale {scale}); agree = centre within {QUAD_CENTRE_TOL:.0%} of the 68-point quad's side "
+    print(f"quads at scale {scale}; agree = centre within {QUAD_CENTRE_TOL:.0%} of the 68-point quad's side "
           f"and side within {QUAD_SCALE_TOL:.0%}; faces without a dlib+MTCNN pair: {n_fail}")
     print(_table(rows, ["split", "source", "MTCNN points", "faces", "agree", "centre ok", "scale ok", "p95 centre",
                         "p95 scale", "mean ratio"]))

@@ -6,7 +6,6 @@ The data-set-wide figures come from ``benchmarks/alignment.py quads`` and ``rede
 import os
 
 import numpy as np
-import pytest
 
 from faceedit.alignment import FACES64, align, detect_faces, ffhq_quad, landmarks68
 from faceedit.alignment.ffhq import apply_matrix
@@ -96,17 +95,23 @@ def test_calibrated_mtcnn_quads_agree_with_dlib68_better_than_raw_on_test_faces(
     assert np.median(cal[:, 1]) < np.median(raw[:, 1])
 
 
-def test_align_with_mtcnn_uses_calibrated_points_unless_raw_is_asked(shared_dir):
+def test_align_with_mtcnn_uses_quadnet_on_calibrated_points_unless_asked_otherwise(shared_dir):
+    from faceedit.alignment.quadnet import quadnet_points
+
     img = load_image(os.path.join(shared_dir, "datasets", "photos", "face_recognition__two_people.jpg"))
-    fc = align(img, detector="mtcnn")
+    fq = align(img, detector="mtcnn")
+    fc = align(img, detector="mtcnn", landmarks="mtcnn5-linear")
     fr = align(img, detector="mtcnn", landmarks="mtcnn5-raw")
     fd = align(img)
     dets = detect_faces(img, "mtcnn")
-    for c, r, d, det in zip(fc, fr, fd, dets):
+    for q, c, r, d, det in zip(fq, fc, fr, fd, dets):
         np.testing.assert_allclose(r.landmarks, det.landmarks5)
-        np.testing.assert_allclose(c.landmarks, calibrate_mtcnn5(mtcnn5_refined(img, det.box)))
+        cal = calibrate_mtcnn5(mtcnn5_refined(img, det.box))
+        np.testing.assert_allclose(c.landmarks, cal)
+        np.testing.assert_allclose(q.landmarks, quadnet_points(img, cal))
         side = np.hypot(*(d.quad[1] - d.quad[0]))
         assert np.hypot(*(c.quad.mean(0) - d.quad.mean(0))) < 0.03 * side
+        assert np.hypot(*(q.quad.mean(0) - d.quad.mean(0))) < 0.03 * side
 
 
 # --- re-detection on aligned crops -------------------------------------------------------------

@@ -31,6 +31,7 @@ _COMMANDS = [
     ("faceedit.cli.train", "train"),
     ("faceedit.cli.train", "unpack_export"),
     ("faceedit.cli.train", "train_scorers"),
+    ("faceedit.cli.train", "train_quadnet_cmd"),
     ("faceedit.cli.invert", "invert"),
     ("faceedit.cli.edit", "edit"),
     ("faceedit.cli.edit", "directions"),
