@@ -16,7 +16,8 @@ Kinds (``faceedit bench KIND``):
   (geometric smile vs CelebA ``Smiling`` AUC, 68-point yaw vs MTCNN yaw correlation).
 * ``identity-calibration`` (here): the identity calibration shipped beside the scorers.
 * ``inversion`` and ``editing``: plug-ins, modules registered in :data:`PLUGINS` that
-  expose ``main(argv: list[str])``; the CLI passes its remaining arguments through.
+  expose ``main(argv: list[str])``; the CLI passes its remaining arguments through
+  (:data:`PLUGIN_ROUTES`: an option that sends them to another module).
 """
 from __future__ import annotations
 
@@ -38,6 +39,19 @@ PLUGINS = {
     "inversion": "faceedit.bench_inversion",
     "editing": "faceedit.bench_editing",
 }
+# (kind, option) -> module: `faceedit bench KIND --OPTION ...` runs that module's main instead
+# (`faceedit bench inversion --methods ...` is the encoder / optim / hybrid / PTI table).
+PLUGIN_ROUTES = {
+    ("inversion", "--methods"): "faceedit.bench_methods",
+}
+
+
+def plugin_module(kind: str, args) -> str:
+    """The module whose ``main(args)`` runs ``faceedit bench KIND ARGS`` (see ``PLUGINS``, ``PLUGIN_ROUTES``)."""
+    for (k, opt), module in PLUGIN_ROUTES.items():
+        if k == kind and any(a == opt or a.startswith(opt + "=") for a in args):
+            return module
+    return PLUGINS[kind]
 KEY_ATTRIBUTES = ("Smiling", "Male", "Young", "Eyeglasses", "Wearing_Hat", "Blond_Hair", "Black_Hair", "Bald",
                   "Mustache", "No_Beard", "Heavy_Makeup", "Wearing_Lipstick")
 
@@ -584,5 +598,5 @@ def identity_calibration(test_pack, out_file, *, n_pairs: int = 5000, max_faces:
     return cal
 
 
-__all__ = ["PLUGINS", "versions", "provenance", "format_table", "write_outputs", "bench_generator", "bench_scorers",
+__all__ = ["PLUGINS", "PLUGIN_ROUTES", "plugin_module", "versions", "provenance", "format_table", "write_outputs", "bench_generator", "bench_scorers",
            "identity_calibration", "bar_chart"]

@@ -402,20 +402,16 @@ def _provenance(models) -> dict:
 def main(argv=None):
     """``faceedit bench inversion ...`` / ``python -m faceedit.bench_inversion --model faces64 --out DIR``.
 
-    With ``--methods`` the encoder / optim / hybrid / PTI table of ``faceedit.bench_methods`` runs instead.
+    ``faceedit bench inversion --methods ...`` runs the encoder / optim / hybrid / PTI table of
+    ``faceedit.bench_methods`` instead (``faceedit.bench.PLUGIN_ROUTES``).
     """
     import argparse
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(x == "--methods" or x.startswith("--methods=") for x in argv):
-        from faceedit.bench_methods import main as methods_main
-
-        return methods_main(argv)
-
     ap = argparse.ArgumentParser(prog="faceedit bench inversion", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default=None, metavar="LIST",
-                    help="encoder,optim,hybrid,pti: the methods table instead (its options: --methods --help)")
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="faceedit bench inversion --methods encoder,optim,hybrid,pti ... runs the "
+                                        "methods table instead (its options: --methods x --help)")
     ap.add_argument("--model", action="append", default=None)
     ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
     ap.add_argument("--photos", default=None)

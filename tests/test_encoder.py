@@ -206,7 +206,7 @@ def test_cli_train_encoder_then_invert_methods(tmp_path, monkeypatch):
 def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypatch, fake_identity):
     """`faceedit bench inversion --methods ...`: one row per method with its time and bytes, the
     prior-comparison rows, then the CPU pass fills identity (a stand-in encoder) and CPU seconds."""
-    from faceedit import bench_inversion, bench_methods
+    from faceedit import bench_methods
     from faceedit.imageio import encode_image, tensor_to_uint8
     from faceedit.metrics import identity as identity_mod
     from faceedit.training.encoder import save_encoder
@@ -221,7 +221,12 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
     args = ["--methods", "encoder,optim,hybrid", "--runs", f"{tmp_path / 'tiny'}:w+", "--pack", str(pack),
             "--n", "3", "--optim-steps", "4", "--hybrid-steps", "2", "--perceptual", "none", "--device", "cpu",
             "--compare-prior", "--save-recon", "--out", str(out)]
-    bench_inversion.main(args)  # dispatches on --methods
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    r = CliRunner().invoke(cli, ["bench", "inversion", *args])  # routed to bench_methods by --methods
+    assert r.exit_code == 0, r.output
     rows = json.loads((out / "methods.json").read_text())["rows"]
     # no prior ships with this tiny model: the comparison rows run without one too
     assert [r["method"] for r in rows][:3] == ["encoder", "optim", "hybrid"]

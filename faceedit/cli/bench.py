@@ -153,8 +153,10 @@ def _plugin(kind: str, module: str):
                                            "help_option_names": []})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def cmd(args):
+        from faceedit.bench import plugin_module
+
         try:
-            mod = importlib.import_module(module)
+            mod = importlib.import_module(plugin_module(kind, args))
         except ImportError as e:
             raise click.ClickException(f"`faceedit bench {kind}` is not available in this install ({e})")
         with job_errors():
