@@ -31,6 +31,7 @@ import os
 import numpy as np
 
 from .errors import AlignmentError, ModelFileError
+from .ffhq import apply_matrix, ffhq_quad, quad_to_crop_matrix, to_cv
 
 QUADNET_FILE = "quadnet.safetensors"
 CROP = 64  # crop side the net sees
@@ -51,8 +52,6 @@ def quad_crop(image: np.ndarray, points: np.ndarray, size: int = CROP, *, scale:
         ``(crop [size, size, 3] uint8, M [3, 3] photo -> crop)``.
     """
     import cv2
-
-    from .ffhq import ffhq_quad, quad_to_crop_matrix, to_cv
 
     quad, side = ffhq_quad(points, scale)
     img = np.ascontiguousarray(image)
@@ -77,7 +76,7 @@ def quad_crop(image: np.ndarray, points: np.ndarray, size: int = CROP, *, scale:
     return crop, np.diag([1.0 / supersample, 1.0 / supersample, 1.0]) @ A @ shift
 
 
-def _net(width: int = 24):
+def _net(width: int = 40):
     import torch
     from torch import nn
 
@@ -102,7 +101,7 @@ def _net(width: int = 24):
     return QuadNet()
 
 
-def new_quadnet(width: int = 24):
+def new_quadnet(width: int = 40):
     """An untrained QuadNet (``torch.nn.Module``) with ``width`` channels in its first layer."""
     return _net(width)
 
@@ -169,7 +168,5 @@ def quadnet_points(image: np.ndarray, points5: np.ndarray, *, net=None, mirror: 
         raise AlignmentError(f"expected finite [5, 2] MTCNN points, got shape {p5.shape}")
     crop, M = quad_crop(image, p5)
     q = predict_crops(net or load_quadnet(), crop[None], mirror)[0].reshape(4, 2) * CROP
-    from .ffhq import apply_matrix
-
     pts = apply_matrix(np.linalg.inv(M), q)
     return np.stack([pts[0], pts[1], p5[2], pts[2], pts[3]])

@@ -117,6 +117,9 @@ def extract_samples(records: list, *, workers: int = 2, progress=None) -> dict:
                 names.append(name)
             if progress and (k + 1) % 1000 == 0:
                 progress(k + 1, len(jobs), time.perf_counter() - t0)
+    if not blobs:
+        raise ValueError(f"no usable face in any of the {len(jobs)} photos (a dlib face with an MTCNN face at its "
+                         f"place is needed); reasons: {sorted(set(failed.values()))[:3]}")
     return {"jpeg": np.concatenate(blobs), "offsets": np.cumsum([0] + [len(b) for b in blobs]),
             "targets": np.array(targets), "mtcnn": np.array(own), "names": np.array(names), "failed": failed}
 
@@ -156,8 +159,8 @@ def _to_net_frame(pts, A, t):
     return ((x + 1) / 2).reshape(-1, 8)
 
 
-def train_quadnet(samples: dict, *, steps: int = 6000, batch: int = 256, lr: float = 2e-3, val_frac: float = 0.05,
-                  jitter: float = 1.0, width: int = 24, seed: int = 0, device: str = "cpu", log_every: int = 500):
+def train_quadnet(samples: dict, *, steps: int = 18000, batch: int = 256, lr: float = 2e-3, val_frac: float = 0.05,
+                  jitter: float = 1.0, width: int = 40, seed: int = 0, device: str = "cpu", log_every: int = 500):
     """Fit a QuadNet on :func:`extract_samples`' output; returns ``(net, record)``.
 
     Each step cuts the net's 64 px crops from the stored crops with random framings
