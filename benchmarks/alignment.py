@@ -471,6 +471,16 @@ def _variants(weights):
     }
 
 
+def _mirror_mean_ref(r):
+    """dlib's quad points averaged over the photo and its mirror image (``None`` without the mirror's)."""
+    return 0.5 * (_dlib4(r["lm68"]) + _dlib4(r["lm68_mirror"], True)) if "lm68_mirror" in r else None
+
+
+# Rows measured against dlib averaged over photo and mirror (half the reference's noise) instead of dlib's
+# points on the photo: variant name -> (row label, reference).
+REFERENCE_ROWS = {"... + QuadNet": ("... + QuadNet vs dlib68 photo+mirror mean", _mirror_mean_ref)}
+
+
 def _quad_job(job) -> dict:
     from faceedit.imageio import load_image
 
@@ -561,12 +571,14 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
             sel = [r for r in recs if r["split"] == split and source in ("all", r["source"])]
             if not sel:
                 continue
-            for vname, get in _variants(weights).items():
+            rows_of = [(v, get, lambda r: r["lm68"]) for v, get in _variants(weights).items()]
+            rows_of += [(label, _variants(weights)[v], ref) for v, (label, ref) in REFERENCE_ROWS.items()]
+            for vname, get, ref_of in rows_of:
                 cs = []
                 for r in sel:
-                    p = get(r)
-                    if p is not None:
-                        cs.append(quad_difference(r["lm68"], p, scale))
+                    p, ref = get(r), ref_of(r)
+                    if p is not None and ref is not None:
+                        cs.append(quad_difference(ref, p, scale))
                 if not cs:
                     continue
                 cs = np.array(cs)
