@@ -66,7 +66,8 @@ def main():
 @click.option("--upsample", type=int, default=None, help="dlib upsampling [default: automatic by photo size].")
 def speed(out, photo, size, repeats, detectors, upsample):
     """Faces per second for a SIZE px FFHQ crop from a ~2 MP photo, per detector."""
-    from faceedit.alignment import FFHQ, align, align_landmarks, detect_faces, landmarks68
+    from faceedit.alignment import FFHQ, align, align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68, mtcnn5_refined
+    from faceedit.alignment.quadnet import quadnet_points
     from faceedit.imageio import load_image
 
     out = Path(out)
@@ -86,12 +87,19 @@ def speed(out, photo, size, repeats, detectors, upsample):
         c = time.process_time
         parts = {"detect": [], "landmarks": [], "warp": []}
         for _ in range(repeats):
-            a = c(); d = detect_faces(img, det, upsample); b = c()
-            lms = [x.landmarks5 if det == "mtcnn" else landmarks68(img, x.box) for x in d]; e = c()
+            a = c()
+            d = detect_faces(img, det, upsample)
+            b = c()
+            # what align() does per face: MTCNN refined, calibrated and QuadNet; else dlib's 68 points
+            lms = [quadnet_points(img, calibrate_mtcnn5(mtcnn5_refined(img, x.box))) if det == "mtcnn"
+                   else landmarks68(img, x.box) for x in d]
+            e = c()
             for lm in lms:
                 align_landmarks(img, lm, recipe)
             f = c()
-            parts["detect"].append(b - a); parts["landmarks"].append(e - b); parts["warp"].append(f - e)
+            parts["detect"].append(b - a)
+            parts["landmarks"].append(e - b)
+            parts["warp"].append(f - e)
         med = {k: float(np.median(v)) for k, v in parts.items()}
         wall, cpu = float(np.median(t_wall)), float(np.median(t_cpu))
         res[det] = {"faces": n, "wall_s": wall, "cpu_s": cpu, "faces_per_s_wall": n / wall, "faces_per_s_cpu": n / cpu,
