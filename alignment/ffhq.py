@@ -76,6 +76,17 @@ def ffhq_quad(landmarks: np.ndarray, scale: float = 1.0):
     return quad, float(np.hypot(*x) * 2)
 
 
+# Two quads of one face agree when the centres are within 2% of the reference side and the
+# sides within 3% of each other (the alignment issue's test of 68-point vs MTCNN quads).
+QUAD_CENTRE_TOL, QUAD_SIDE_TOL = 0.02, 0.03
+
+
+def quads_agree(differences) -> np.ndarray:
+    """Booleans ``[N]`` from ``[N, 2]`` rows of :func:`quad_difference` (see ``QUAD_*_TOL``)."""
+    d = np.asarray(differences, np.float64).reshape(-1, 2)
+    return (d[:, 0] < QUAD_CENTRE_TOL) & (np.abs(d[:, 1] - 1) < QUAD_SIDE_TOL)
+
+
 def quad_difference(ref: np.ndarray, other: np.ndarray, scale: float = 1.0):
     """How far the FFHQ quad of ``other`` landmarks is from that of ``ref`` (the same face).
 
@@ -96,6 +107,46 @@ def quad_to_crop_matrix(quad: np.ndarray, size: float) -> np.ndarray:
     m = np.eye(3)
     m[:2] = sol.T
     return m
+
+
+def warp_quad(image: np.ndarray, quad: np.ndarray, size: int, *, supersample: int = 4, fill=None):
+    """The region a quad frames, resampled to ``size x size`` px, and its photo->crop matrix.
+
+    A plain warp for the landmark networks (not the FFHQ recipe's padding): bilinear at
+    ``supersample * size`` px, then area-downsampled; a region larger than that is
+    Gaussian-blurred first, so no source pixel is skipped. Outside the photo: edge pixels
+    repeated (``fill=None``) or the grey level ``fill``.
+
+    Returns:
+        ``(crop [size, size, 3] uint8, M [3, 3])``.
+    Raises:
+        AlignmentError: the quad lies outside the photo and no ``fill`` is given.
+    """
+    import cv2
+
+    q = np.asarray(quad, np.float64)
+    side = float(np.hypot(*(q[1] - q[0])))
+    big = size * supersample
+    k = side / big  # photo pixels per warped pixel
+    H, W = image.shape[:2]
+    m = int(np.ceil(3 * max(k, 1.0))) + 2
+    lo = np.floor(q.min(0)).astype(int) - m
+    hi = np.ceil(q.max(0)).astype(int) + m
+    xa, ya, xb, yb = max(lo[0], 0), max(lo[1], 0), min(hi[0], W), min(hi[1], H)
+    if xb > xa and yb > ya:
+        region = np.ascontiguousarray(image[ya:yb, xa:xb])
+    elif fill is None:
+        raise AlignmentError("the face's quad lies outside the photo; check the landmarks' coordinates")
+    else:
+        region, xa, ya = np.full((1, 1, 3), fill, np.uint8), 0, 0
+    if k > 1.0:
+        region = cv2.GaussianBlur(region, (0, 0), 0.5 * k)
+    A = quad_to_crop_matrix(q - [xa, ya], big)
+    border = dict(borderMode=cv2.BORDER_REPLICATE) if fill is None else dict(
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(fill, fill, fill))
+    out = cv2.warpAffine(region, to_cv(A), (big, big), flags=cv2.INTER_LINEAR, **border)
+    crop = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA) if supersample > 1 else out
+    return crop, np.diag([1.0 / supersample, 1.0 / supersample, 1.0]) @ A @ _shift(-xa, -ya)
 
 
 def _reflect_pad(img: np.ndarray, pad, qsize: float) -> np.ndarray:

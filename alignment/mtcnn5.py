@@ -12,35 +12,11 @@ import functools
 import numpy as np
 
 from .errors import AlignmentError
+from .ffhq import warp_quad
 
 # MTCNN's output network (ONet) sees a face as a 48x48 crop.
 ONET_SIZE = 48
 CALIBRATION_FILE = "mtcnn5_calibration.json"
-
-
-def _square_crop(image: np.ndarray, x0: float, y0: float, side: float, n: int, supersample: int = 4) -> np.ndarray:
-    """The continuous square ``[x0, x0 + side]^2`` of a photo resampled to ``n x n`` (grey outside).
-
-    Warped bilinearly at ``supersample * n`` px and area-downsampled; a face larger than that
-    is Gaussian-blurred first, so no source pixel is skipped.
-    """
-    import cv2
-
-    from .ffhq import to_cv
-
-    big = n * supersample
-    k = side / big  # source pixels per warped pixel
-    H, W = image.shape[:2]
-    m = int(np.ceil(3 * max(k, 1.0))) + 2
-    xa, ya = max(int(np.floor(x0)) - m, 0), max(int(np.floor(y0)) - m, 0)
-    xb, yb = min(int(np.ceil(x0 + side)) + m, W), min(int(np.ceil(y0 + side)) + m, H)
-    region = image[ya:yb, xa:xb] if xb > xa and yb > ya else np.full((1, 1, 3), 127, np.uint8)
-    if k > 1.0:
-        region = cv2.GaussianBlur(region, (0, 0), 0.5 * k)
-    M = np.array([[big / side, 0.0, -(x0 - xa) * big / side], [0.0, big / side, -(y0 - ya) * big / side], [0, 0, 1.0]])
-    out = cv2.warpAffine(np.ascontiguousarray(region), to_cv(M), (big, big), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=(127, 127, 127))
-    return cv2.resize(out, (n, n), interpolation=cv2.INTER_AREA) if supersample > 1 else out
 
 
 def mtcnn5_refined(image: np.ndarray, box, *, mirror: bool = True) -> np.ndarray:
@@ -69,7 +45,8 @@ def mtcnn5_refined(image: np.ndarray, box, *, mirror: bool = True) -> np.ndarray
         raise AlignmentError(f"face box {box} is empty; expected (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
     side = max(x1 - x0, y1 - y0)
     bx, by = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
-    crop = _square_crop(np.ascontiguousarray(image), bx, by, side, ONET_SIZE)
+    square = np.array([[bx, by], [bx, by + side], [bx + side, by + side], [bx + side, by]])
+    crop = warp_quad(np.ascontiguousarray(image), square, ONET_SIZE, fill=127)[0]
     crops = [crop, crop[:, ::-1]] if mirror else [crop]
     x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float()
     with torch.no_grad():

@@ -9,8 +9,6 @@ quad (``'quad'``); feathering ramps the weight from 0 on the polygon's edge to 1
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from .errors import AlignmentError

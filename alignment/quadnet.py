@@ -31,49 +31,21 @@ import os
 import numpy as np
 
 from .errors import AlignmentError, ModelFileError
-from .ffhq import apply_matrix, ffhq_quad, quad_to_crop_matrix, to_cv
+from .ffhq import apply_matrix, ffhq_quad, warp_quad
 
 QUADNET_FILE = "quadnet.safetensors"
 CROP = 64  # crop side the net sees
 CROP_SCALE = 0.6  # its quad scale (the faces64 framing: eyes and mouth fill the middle of the crop)
 
 
-def quad_crop(image: np.ndarray, points: np.ndarray, size: int = CROP, *, scale: float = CROP_SCALE,
-              supersample: int = 4):
-    """The crop the FFHQ quad (at ``scale``) of ``points`` frames, resampled to ``size`` px, and its matrix.
+def quad_crop(image: np.ndarray, points: np.ndarray, size: int = CROP, *, scale: float = CROP_SCALE):
+    """The crop the FFHQ quad (at ``scale``) of ``points`` frames, at ``size`` px, and its photo->crop matrix.
 
-    A plain warp (edge pixels repeated outside the photo), not the full recipe of
-    :func:`faceedit.alignment.align_landmarks`: the net only needs to see the face.
-
-    Args:
-        image: ``[H, W, 3]`` RGB uint8 photo.
-        points: ``[5, 2]`` or ``[68, 2]`` landmarks in photo coordinates.
-    Returns:
-        ``(crop [size, size, 3] uint8, M [3, 3] photo -> crop)``.
+    A plain warp (:func:`~faceedit.alignment.ffhq.warp_quad`, edge pixels repeated outside the
+    photo), not the full recipe of :func:`faceedit.alignment.align_landmarks`: the net only
+    needs to see the face.
     """
-    import cv2
-
-    quad, side = ffhq_quad(points, scale)
-    img = np.ascontiguousarray(image)
-    big = size * supersample
-    k = side / big  # photo pixels per warped pixel
-    H, W = img.shape[:2]
-    m = int(np.ceil(3 * max(k, 1.0))) + 2
-    lo = np.floor(quad.min(0)).astype(int) - m
-    hi = np.ceil(quad.max(0)).astype(int) + m
-    xa, ya = max(lo[0], 0), max(lo[1], 0)
-    xb, yb = min(hi[0], W), min(hi[1], H)
-    if xb <= xa or yb <= ya:
-        raise AlignmentError("the face's quad lies outside the photo; check the landmarks' coordinates")
-    region = img[ya:yb, xa:xb]
-    if k > 1.0:  # anti-alias a large face before the warp
-        region = cv2.GaussianBlur(region, (0, 0), 0.5 * k)
-    A = quad_to_crop_matrix(quad - [xa, ya], big)
-    out = cv2.warpAffine(np.ascontiguousarray(region), to_cv(A), (big, big), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_REPLICATE)
-    crop = cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA) if supersample > 1 else out
-    shift = np.array([[1.0, 0, -xa], [0, 1.0, -ya], [0, 0, 1.0]])
-    return crop, np.diag([1.0 / supersample, 1.0 / supersample, 1.0]) @ A @ shift
+    return warp_quad(np.ascontiguousarray(image), ffhq_quad(points, scale)[0], size)
 
 
 def _net(width: int = 40):

@@ -383,7 +383,6 @@ def redetect(out, limit, check_size, hog_every, sheet, recipe_name, workers):
 
 
 # ----------------------------------------------------------------------------------------------
-QUAD_CENTRE_TOL, QUAD_SCALE_TOL = 0.02, 0.03
 
 
 def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
@@ -392,12 +391,6 @@ def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
 
     p = np.stack(eye_mouth_points(np.asarray(lm68)))
     return p[[1, 0, 3, 2]] if mirrored else p
-
-
-def _quadnet_shipped() -> bool:
-    from faceedit.alignment.quadnet import QUADNET_FILE
-
-    return (REPO / "alignment" / QUADNET_FILE).is_file()
 
 
 def _quad_record(img) -> dict:
@@ -429,8 +422,7 @@ def _quad_record(img) -> dict:
     m = min(m, key=lambda x: np.hypot(*(np.asarray(x.center) - c)))
     rec.update(box5=rnd(m.box), raw=rnd(m.landmarks5), ref1=rnd(mtcnn5_refined(img, m.box, mirror=False)),
                ref=rnd(mtcnn5_refined(img, m.box)))
-    if _quadnet_shipped():
-        rec["quadnet"] = rnd(quadnet_points(img, calibrate_mtcnn5(rec["ref"])))
+    rec["quadnet"] = rnd(quadnet_points(img, calibrate_mtcnn5(rec["ref"])))
     mm = detect_faces(mirror, "mtcnn")
     if mm:
         mm = min(mm, key=lambda x: np.hypot(*(np.asarray(x.center) - [W - c[0], c[1]])))
@@ -466,27 +458,27 @@ def fit_calibration(recs: list) -> tuple:
 
 
 def _variants(weights):
+    """Row name -> ``(MTCNN-side points of a record, 68-point reference of it)``; ``None`` skips the record."""
     from faceedit.alignment.mtcnn5 import calibrate_mtcnn5
 
+    def dlib(r):
+        return r["lm68"]
+
+    def dlib_mirror_mean(r):  # dlib averaged over the photo and its mirror image: half the reference's noise
+        return 0.5 * (_dlib4(r["lm68"]) + _dlib4(r["lm68_mirror"], True)) if "lm68_mirror" in r else None
+
     return {
-        "mtcnn raw (facenet)": lambda r: r["raw"],
-        "raw, mirror-averaged": lambda r: (np.asarray(r["raw"]) + r["raw_mirror"]) / 2 if "raw_mirror" in r else None,
-        "refined (exact crop)": lambda r: r["ref1"],
-        "refined + mirror": lambda r: r["ref"],
-        "refined + mirror + calibrated": lambda r: calibrate_mtcnn5(r["ref"], weights),
-        "... + QuadNet": lambda r: r.get("quadnet"),
-        "floor: dlib68 on mirrored photo": lambda r: _dlib4(r["lm68_mirror"], True) if "lm68_mirror" in r else None,
+        "mtcnn raw (facenet)": (lambda r: r["raw"], dlib),
+        "raw, mirror-averaged": (lambda r: (np.asarray(r["raw"]) + r["raw_mirror"]) / 2 if "raw_mirror" in r else None,
+                                 dlib),
+        "refined (exact crop)": (lambda r: r["ref1"], dlib),
+        "refined + mirror": (lambda r: r["ref"], dlib),
+        "refined + mirror + calibrated": (lambda r: calibrate_mtcnn5(r["ref"], weights), dlib),
+        "... + QuadNet": (lambda r: r.get("quadnet"), dlib),
+        "floor: dlib68 on mirrored photo": (lambda r: _dlib4(r["lm68_mirror"], True) if "lm68_mirror" in r else None,
+                                            dlib),
+        "... + QuadNet vs dlib68 photo+mirror mean": (lambda r: r.get("quadnet"), dlib_mirror_mean),
     }
-
-
-def _mirror_mean_ref(r):
-    """dlib's quad points averaged over the photo and its mirror image (``None`` without the mirror's)."""
-    return 0.5 * (_dlib4(r["lm68"]) + _dlib4(r["lm68_mirror"], True)) if "lm68_mirror" in r else None
-
-
-# Rows measured against dlib averaged over photo and mirror (half the reference's noise) instead of dlib's
-# points on the photo: variant name -> (row label, reference).
-REFERENCE_ROWS = {"... + QuadNet": ("... + QuadNet vs dlib68 photo+mirror mean", _mirror_mean_ref)}
 
 
 def _quad_job(job) -> dict:
@@ -524,7 +516,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
     re-estimated by QuadNet (what align(detector='mtcnn') uses). The floor: dlib's 68 points
     on the mirrored photo against those on the photo.
     """
-    from faceedit.alignment.ffhq import quad_difference
+    from faceedit.alignment.ffhq import QUAD_CENTRE_TOL, QUAD_SIDE_TOL, quad_difference, quads_agree
     from faceedit.alignment.mtcnn5 import CALIBRATION_FILE, mtcnn5_calibration
 
     out = Path(out)
@@ -579,9 +571,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
             sel = [r for r in recs if r["split"] == split and source in ("all", r["source"])]
             if not sel:
                 continue
-            rows_of = [(v, get, lambda r: r["lm68"]) for v, get in _variants(weights).items()]
-            rows_of += [(label, _variants(weights)[v], ref) for v, (label, ref) in REFERENCE_ROWS.items()]
-            for vname, get, ref_of in rows_of:
+            for vname, (get, ref_of) in _variants(weights).items():
                 cs = []
                 for r in sel:
                     p, ref = get(r), ref_of(r)
@@ -590,9 +580,9 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
                 if not cs:
                     continue
                 cs = np.array(cs)
-                ok = (cs[:, 0] < QUAD_CENTRE_TOL) & (np.abs(cs[:, 1] - 1) < QUAD_SCALE_TOL)
+                ok = quads_agree(cs)
                 d = {"n": len(cs), "agree": float(ok.mean()), "centre_ok": float((cs[:, 0] < QUAD_CENTRE_TOL).mean()),
-                     "scale_ok": float((np.abs(cs[:, 1] - 1) < QUAD_SCALE_TOL).mean()),
+                     "scale_ok": float((np.abs(cs[:, 1] - 1) < QUAD_SIDE_TOL).mean()),
                      "centre_p95": float(np.percentile(cs[:, 0], 95)),
                      "scale_err_p95": float(np.percentile(np.abs(cs[:, 1] - 1), 95)),
                      "scale_ratio_mean": float(cs[:, 1].mean())}
@@ -608,7 +598,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
                                     "test_per_set": test_per_set, "calibration": str(cal_path.relative_to(REPO)),
                                     "no_pair": n_fail, "results": res, "seconds_this_run": run_s})
     print(f"quads at scale {scale}; agree = centre within {QUAD_CENTRE_TOL:.0%} of the 68-point quad's side "
-          f"and side within {QUAD_SCALE_TOL:.0%}; faces without a dlib+MTCNN pair: {n_fail}")
+          f"and side within {QUAD_SIDE_TOL:.0%}; faces without a dlib+MTCNN pair: {n_fail}")
     print(_table(rows, ["split", "source", "MTCNN points", "faces", "agree", "centre ok", "scale ok", "p95 centre",
                         "p95 scale", "mean ratio"]))
 

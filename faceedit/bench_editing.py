@@ -40,6 +40,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+# What the identity columns are (metrics.identity: dlib descriptors, calibrated similarity).
+IDENTITY_BY = "identity similarity"
+
 HELD = ("male", "age", "eyeglasses", "smile")
 # attribute -> (independent scorer key in metrics.geometry, units)
 INDEPENDENT = {"smile": ("smile", "landmark smile"), "yaw": ("yaw5", "MTCNN yaw5 deg")}
@@ -194,7 +197,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
                 dist = np.linalg.norm(enc.embed(im[:k]) - base_emb, axis=1)
                 row[key] = float(np.nanmean(enc.similarity_from_distance(dist)))
                 row[key.replace("id_", "id_dist_")] = float(np.nanmean(dist))  # dlib: < 0.6 = same person
-            row["identity_by"] = "identity similarity" + (f" (first {k} faces)" if k < len(codes) else "")
+            row["identity_by"] = IDENTITY_BY + (f" (first {k} faces)" if k < len(codes) else "")
         drift = {k: _slope(s, np.stack([p[k] for p in per_s])) for k in per_s[0]
                  if k not in (tgt, "age", "female")}
         row["drift"] = float(np.mean([abs(v) for v in drift.values()])) if drift else None
@@ -329,7 +332,8 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     result = {"rows": rows, "photo_check": check, "provenance": provenance(),
               "settings": {"n": n, "method": method or "default", "strengths": list(strengths), "steps": steps,
                            "seed": seed, "pack": str(pack),
-                           "photos": str(photos), "scorer": clf[1], "identity": "identity similarity" if enc is not None else None, "identity_n": identity_n,
+                           "photos": str(photos), "scorer": clf[1], "identity": IDENTITY_BY if enc is not None else None,
+                           "identity_n": identity_n,
                            "independent": {k: v[0] for k, v in indep.items()}}}
     if out is not None:
         from faceedit.checkpoints.atomic import atomic_write_text

@@ -456,10 +456,11 @@ def compression_vs_truncation(G, prior: GaussianPrior, taus=(1.0, 1.5, 2.0, 3.0)
     return rows
 
 
-def embed_prior(model, out, *, n: int = DEFAULT_N, device=None, dtype=torch.float32) -> dict:
+def embed_prior(model, out, *, device, n: int = DEFAULT_N, dtype=torch.float32) -> dict:
     """Fit the prior of ``model`` and write a native copy of it, with ``prior.safetensors``, to ``out``.
 
-    ``model`` is a registry name or checkpoint path (its discriminator, if any, is copied too).
+    ``model`` is a registry name or checkpoint path (its discriminator, if any, is copied too);
+    ``device`` is where the prior is fitted (``faceedit.device.resolve_device`` picks it for the CLI).
     Returns ``{"path", "model_id", "stats", "seconds", "device"}``; the fit check is in ``stats``.
     """
     import time
@@ -467,7 +468,7 @@ def embed_prior(model, out, *, n: int = DEFAULT_N, device=None, dtype=torch.floa
     from faceedit.checkpoints.native import save_native
     from faceedit.checkpoints.registry import load_model
 
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
     try:
         m = load_model(model, device=dev, with_discriminator=True)
     except ValueError:  # no discriminator in that checkpoint
@@ -480,8 +481,6 @@ def embed_prior(model, out, *, n: int = DEFAULT_N, device=None, dtype=torch.floa
                        D=None if m.get("D") is None else m["D"].cpu(), recipe=cfg.get("recipe"),
                        license=cfg.get("license", ""), provenance=cfg.get("provenance"), prior=stats, dtype=dtype)
     return {"path": path, "model_id": m["model_id"], "stats": stats, "seconds": secs, "device": str(dev)}
-
-
 
 
 __all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",

@@ -231,47 +231,17 @@ def train_quadnet_cmd(ctx, out, datasets, per_source, samples, workers, steps, b
     Example:
       faceedit train-quadnet --out runs/quadnet --samples runs/quadnet/samples.npz
     """
-    import io
-    import json
-
-    import numpy as np
-
-    from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
     from faceedit.device import resolve_device
-    from faceedit.training.dataset import list_sources
-    from faceedit.training.quadnet import extract_samples, train_quadnet
+    from faceedit.training.quadnet import run_quadnet_job
 
-    out = Path(out)
     with job_errors():
-        if samples and Path(samples).is_file():
-            with np.load(samples, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        else:
-            recs = list_sources(datasets or _default_datasets())["train"]
-            if per_source:
-                rng = np.random.default_rng(seed)
-                picked = []
-                for src in ("celeba10k/", "utkface/"):
-                    lst = [r for r in recs if r["name"].startswith(src)]
-                    picked += [lst[i] for i in sorted(rng.choice(len(lst), min(per_source, len(lst)), replace=False))]
-                recs = picked
-            click.echo(f"extracting crops of {len(recs)} train photos with {workers} workers ...")
-            data = extract_samples(recs, workers=workers, progress=lambda k, n, s: click.echo(
-                f"  {k}/{n} photos, {s:.0f} s"))
-            click.echo(f"{len(data['names'])} faces; {len(data.pop('failed'))} photos failed")
-            if samples:
-                buf = io.BytesIO()
-                np.savez(buf, **data)
-                atomic_write_bytes(samples, buf.getvalue())
-        device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
-        net, rec = train_quadnet(data, steps=steps, batch=batch, lr=lr, jitter=jitter, width=width, seed=seed,
-                                 device=str(device))
-    from safetensors.torch import save
-
-    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
-    rec.update(faces=int(len(data["names"])), what="QuadNet (faceedit.alignment.quadnet), fitted on "
-               "TRAIN-split CelebA and UTKFace faces only", made_by="faceedit train-quadnet")
-    atomic_write_bytes(out / "quadnet.safetensors", save(state, metadata={"record": json.dumps(rec)}))
-    atomic_write_text(out / "quadnet.json", json.dumps(rec, indent=1) + "\n")
-    click.echo(f"wrote {out / 'quadnet.safetensors'}; held-out L1 (fraction of the crop): calibrated MTCNN "
-               f"{rec['val_l1_mtcnn_calibrated']:.4f} -> QuadNet {rec['val_l1_quadnet']:.4f}")
+        if not (samples and Path(samples).is_file()):
+            click.echo(f"extracting the crops of the train photos with {workers} workers ...")
+        rec = run_quadnet_job(out, datasets=datasets or _default_datasets(), per_source=per_source, samples=samples,
+                              workers=workers, steps=steps, batch=batch, lr=lr, jitter=jitter, width=width, seed=seed,
+                              device=str(resolve_device(ctx.obj["device"] if ctx.obj else "auto")),
+                              progress=lambda k, n, secs: click.echo(f"  {k}/{n} photos, {secs:.0f} s"))
+    click.echo(f"wrote {Path(out) / 'quadnet.safetensors'} ({rec['faces']} faces); held-out L1 (fraction of the "
+               f"crop): calibrated MTCNN {rec['val_l1_mtcnn_calibrated']:.4f} -> QuadNet {rec['val_l1_quadnet']:.4f}; "
+               f"quads agreeing {rec.get('val_agree_mtcnn_calibrated', float('nan')):.1%} -> "
+               f"{rec.get('val_agree_quadnet', float('nan')):.1%}")
