@@ -38,6 +38,70 @@ def landmarks68(image: np.ndarray, box) -> np.ndarray:
     return pts + 0.5
 
 
+# Index of each of the 68 points on the mirrored face (iBUG markup): the jaw runs the other way,
+# brows, eyes, nostrils and mouth trade sides, the midline points stay.
+MIRROR68 = np.array(
+    list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+    + [45, 44, 43, 42, 47, 46] + [39, 38, 37, 36, 41, 40]
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
+
+# Test-time averaging for landmarks68_averaged: the face region is resampled so the box side is
+# at least AVERAGE_MIN_BOX px (dlib returns whole pixels: on a 45 px CelebA box that rounding
+# alone is ~1% of the FFHQ quad), and the predictor runs from the box and six moved copies
+# (shift 4% of the box side left, right, up, down; grow and shrink 5%), each on the image and on
+# its mirror image. Chosen on QuadNet's held-out TRAIN faces (1,200): against QuadNet's quads
+# these points agree for 95.3% of faces, a single pass for 92.2%, photo + mirror for 94.4%;
+# 12-15 boxes or larger moves gained nothing.
+AVERAGE_MIN_BOX = 256
+AVERAGE_BOX_MOVES = ((0.0, 0.0, 0.0), (0.04, 0.0, 0.0), (-0.04, 0.0, 0.0), (0.0, 0.04, 0.0), (0.0, -0.04, 0.0),
+                     (0.0, 0.0, 0.05), (0.0, 0.0, -0.05))
+
+
+def landmarks68_averaged(image: np.ndarray, box) -> np.ndarray:
+    """dlib's 68 landmarks averaged over the mirror image and moved face boxes, at sub-pixel precision.
+
+    One predictor pass lands on whole pixels and depends on where the box starts it; this
+    averages 14 passes (``AVERAGE_BOX_MOVES`` on the face region and its mirror image, points
+    of the mirror mapped back with ``MIRROR68``) on the face region resampled (bicubic) so the
+    box is at least ``AVERAGE_MIN_BOX`` px. About 15 ms a face. On the mean over faces it
+    moves nothing measurable (quad side -0.08%, centre 0.05 px on CelebA/UTKFace); it takes
+    out noise. ``align(landmarks='dlib68')`` uses it.
+
+    Args and returns as :func:`landmarks68`.
+    """
+    import cv2
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise AlignmentError(f"face box {box} is empty; expected (x0, y0, x1, y1) with x1 > x0 and y1 > y0")
+    H, W = image.shape[:2]
+    side = max(x1 - x0, y1 - y0)
+    margin = 0.35 * side  # room for the moved boxes and the predictor's reach past the box
+    cx0, cy0 = max(0, int(np.floor(x0 - margin))), max(0, int(np.floor(y0 - margin)))
+    cx1, cy1 = min(W, int(np.ceil(x1 + margin))), min(H, int(np.ceil(y1 + margin)))
+    if cx1 <= cx0 or cy1 <= cy0:
+        raise AlignmentError(f"face box {box} lies outside the {W}x{H} photo")
+    region = np.ascontiguousarray(image[cy0:cy1, cx0:cx1])
+    f = max(1.0, AVERAGE_MIN_BOX / side)
+    if f > 1.0:
+        region = cv2.resize(region, (int(round(region.shape[1] * f)), int(round(region.shape[0] * f))),
+                            interpolation=cv2.INTER_CUBIC)
+    fx, fy = region.shape[1] / (cx1 - cx0), region.shape[0] / (cy1 - cy0)
+    mirror = np.ascontiguousarray(region[:, ::-1])
+    rw = region.shape[1]
+    b = np.array([(x0 - cx0) * fx, (y0 - cy0) * fy, (x1 - cx0) * fx, (y1 - cy0) * fy])
+    s = b[2] - b[0]
+    runs = []
+    for dx, dy, grow in AVERAGE_BOX_MOVES:
+        m = b + s * np.array([dx - grow, dy - grow, dx + grow, dy + grow])
+        runs.append(landmarks68(region, m))
+        q = landmarks68(mirror, (rw - m[2], m[1], rw - m[0], m[3]))
+        q[:, 0] = rw - q[:, 0]
+        runs.append(q[MIRROR68])
+    p = np.mean(runs, 0)
+    return np.stack([p[:, 0] / fx + cx0, p[:, 1] / fy + cy0], 1)
+
+
 def eye_mouth_points(landmarks: np.ndarray):
     """The four points of the FFHQ recipe from 68 or 5 landmarks.
 
@@ -76,7 +140,7 @@ def template_box(size: int, scale: float = TEMPLATE_BOX_SCALE) -> tuple:
     return tuple(float(size) * (0.5 + (f - 0.5) * k) for f in TEMPLATE_BOX)
 
 
-def landmarks68_on_crop(crop: np.ndarray, scale: float = TEMPLATE_BOX_SCALE) -> np.ndarray:
+def landmarks68_on_crop(crop: np.ndarray, scale: float = TEMPLATE_BOX_SCALE, *, averaged: bool = True) -> np.ndarray:
     """dlib's 68 landmarks on an aligned crop, started from the recipe's template face box (no detector).
 
     The crop is framed by the FFHQ recipe, so where the face is is known; running the HOG
@@ -86,6 +150,7 @@ def landmarks68_on_crop(crop: np.ndarray, scale: float = TEMPLATE_BOX_SCALE) -> 
     Args:
         crop: ``[S, S, 3]`` RGB uint8 aligned crop (``AlignedFace.crop``).
         scale: the quad scale of the recipe that made the crop (``AlignedFace.recipe.scale``).
+        averaged: :func:`landmarks68_averaged` (default) or one predictor pass (:func:`landmarks68`).
     Returns:
         ``[68, 2]`` float64 crop coordinates (pixel centres at integer + 0.5).
     """
@@ -97,4 +162,4 @@ def landmarks68_on_crop(crop: np.ndarray, scale: float = TEMPLATE_BOX_SCALE) -> 
     m = int(round(CROP_MARGIN_FRAC * c.shape[0]))
     padded = cv2.copyMakeBorder(c, m, m, m, m, cv2.BORDER_CONSTANT, value=(127, 127, 127))
     x0, y0, x1, y1 = template_box(c.shape[0], scale)
-    return landmarks68(padded, (x0 + m, y0 + m, x1 + m, y1 + m)) - m
+    return (landmarks68_averaged if averaged else landmarks68)(padded, (x0 + m, y0 + m, x1 + m, y1 + m)) - m

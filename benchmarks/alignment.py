@@ -13,9 +13,9 @@ Three parts, each printing a short table last and writing JSON (and PNGs) under 
              contact sheet of the worst. Resumable (one JSONL line per face).
   quads      68-point vs MTCNN quads of the same faces (centre offset / quad side, side
              ratio) on the TEST split, a TRAIN sample and the in-the-wild photos, for
-             MTCNN's raw points, the refined / mirrored / calibrated ones and QuadNet's;
-             the floor is dlib vs dlib on the mirrored photo. --fit fits the MTCNN
-             calibration on the TRAIN faces.
+             MTCNN's raw points, the refined / mirrored / calibrated ones and QuadNet's,
+             against dlib68 (averaged, align's default) and dlib68-single (one pass);
+             --fit fits the MTCNN calibration on the TRAIN faces.
 
 Examples:
   OMP_NUM_THREADS=1 python benchmarks/alignment.py speed --out out/bench_align
@@ -66,7 +66,8 @@ def main():
 @click.option("--upsample", type=int, default=None, help="dlib upsampling [default: automatic by photo size].")
 def speed(out, photo, size, repeats, detectors, upsample):
     """Faces per second for a SIZE px FFHQ crop from a ~2 MP photo, per detector."""
-    from faceedit.alignment import FFHQ, align, align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68, mtcnn5_refined
+    from faceedit.alignment import (FFHQ, align, align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68,
+                                    landmarks68_averaged, mtcnn5_refined)
     from faceedit.alignment.quadnet import quadnet_points
     from faceedit.imageio import load_image
 
@@ -85,14 +86,14 @@ def speed(out, photo, size, repeats, detectors, upsample):
             n = len(faces)
         # Breakdown (CPU seconds, median of the repeats).
         c = time.process_time
-        parts = {"detect": [], "landmarks": [], "warp": []}
+        parts = {"detect": [], "landmarks": [], "warp": [], "landmarks_one_pass": []}
         for _ in range(repeats):
             a = c()
             d = detect_faces(img, det, upsample)
             b = c()
-            # what align() does per face: MTCNN refined, calibrated and QuadNet; else dlib's 68 points
+            # what align() does per face: MTCNN refined, calibrated and QuadNet; else dlib's 68 points, averaged
             lms = [quadnet_points(img, calibrate_mtcnn5(mtcnn5_refined(img, x.box))) if det == "mtcnn"
-                   else landmarks68(img, x.box) for x in d]
+                   else landmarks68_averaged(img, x.box) for x in d]
             e = c()
             for lm in lms:
                 align_landmarks(img, lm, recipe)
@@ -100,12 +101,19 @@ def speed(out, photo, size, repeats, detectors, upsample):
             parts["detect"].append(b - a)
             parts["landmarks"].append(e - b)
             parts["warp"].append(f - e)
-        med = {k: float(np.median(v)) for k, v in parts.items()}
+            if det != "mtcnn":  # the baseline of the averaged points: one predictor pass (dlib68-single)
+                g = c()
+                for x in d:
+                    landmarks68(img, x.box)
+                parts["landmarks_one_pass"].append(c() - g)
+        med = {k: float(np.median(v)) for k, v in parts.items() if v}
         wall, cpu = float(np.median(t_wall)), float(np.median(t_cpu))
         res[det] = {"faces": n, "wall_s": wall, "cpu_s": cpu, "faces_per_s_wall": n / wall, "faces_per_s_cpu": n / cpu,
                     "breakdown_cpu_s": med}
         rows.append([det, n, f"{n / wall:.2f}", f"{n / cpu:.2f}", f"{med['detect'] * 1e3:.0f}",
-                     f"{med['landmarks'] * 1e3:.0f}", f"{med['warp'] * 1e3:.0f}"])
+                     f"{med['landmarks'] * 1e3:.0f}",
+                     f"{med['landmarks_one_pass'] * 1e3:.0f}" if "landmarks_one_pass" in med else "-",
+                     f"{med['warp'] * 1e3:.0f}"])
     h, w = img.shape[:2]
     meta = {"photo": str(photo), "photo_size": [w, h], "megapixels": w * h / 1e6, "size": size, "repeats": repeats,
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "results": res}
@@ -113,7 +121,10 @@ def speed(out, photo, size, repeats, detectors, upsample):
     print(f"photo {Path(photo).name} {w}x{h} ({w * h / 1e6:.2f} MP) -> {size} px FFHQ crop (4x supersampled), "
           f"upsample {'auto' if upsample is None else upsample}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load avg {os.getloadavg()[0]:.1f}")
-    print(_table(rows, ["detector", "faces", "faces/s wall", "faces/s cpu", "detect ms", "landmarks ms", "warp ms"]))
+    print(_table(rows, ["detector", "faces", "faces/s wall", "faces/s cpu", "detect ms", "landmarks ms", "one pass ms",
+                        "warp ms"]))
+    print("landmarks: what align() does per face (dlib68: 14 averaged passes; mtcnn: refine, calibrate, QuadNet); "
+          "one pass: dlib's predictor once (dlib68-single)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,10 +222,10 @@ def _eyes(lm) -> np.ndarray:
 
 
 def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
-    """Align a train photo as the data set did, re-find the landmarks on the crop, return eye centres."""
+    """Align a train photo (align()'s defaults), re-find the landmarks on the crop, return eye centres."""
     import cv2
 
-    from faceedit.alignment import align, detect_faces, landmarks68
+    from faceedit.alignment import align, detect_faces, landmarks68_averaged
     from faceedit.alignment.ffhq import apply_matrix
     from faceedit.alignment.landmarks import landmarks68_on_crop
     from faceedit.imageio import load_image
@@ -229,7 +240,8 @@ def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
         m = recipe.size // 4
         pad = cv2.copyMakeBorder(f.crop, m, m, m, m, cv2.BORDER_CONSTANT, value=(127, 127, 127))
         d = detect_faces(pad, "dlib", upsample=0) or detect_faces(pad, "dlib", upsample=1)
-        rec["hog"] = (_eyes(landmarks68(pad, max(d, key=lambda x: x.size).box) - m).round(3).tolist() if d else None)
+        rec["hog"] = (_eyes(landmarks68_averaged(pad, max(d, key=lambda x: x.size).box) - m).round(3).tolist()
+                      if d else None)
     return rec
 
 
@@ -265,9 +277,10 @@ def redetect(out, limit, check_size, hog_every, sheet, recipe_name, workers):
     """Eye centres re-found on the aligned crops of the train faces vs the template positions.
 
     Every CelebA and UTKFace TRAIN photo of the data set (training.dataset.list_sources) is
-    aligned as the data set build did (dlib HOG, 68 points, RECIPE geometry: faces64 as the
-    data set, or the FFHQ recipe; here at CHECK_SIZE px), then dlib's 68-point predictor runs again on the crop from the recipe's
-    template face box (alignment.landmarks.landmarks68_on_crop, no detector). Error of a face =
+    aligned with align()'s defaults (dlib HOG, dlib68 landmarks, RECIPE geometry: faces64 as the
+    data set, or the FFHQ recipe; here at CHECK_SIZE px), then the 68 points are found again on
+    the crop from the recipe's template face box (alignment.landmarks.landmarks68_on_crop,
+    averaged as align's dlib68, no detector). Error of a face =
     the worse eye's distance from its template position / crop side. Template: the mean eye
     position over all faces (one template for the data set); 'own' is where this face's own
     first-pass landmarks put its eyes.
@@ -394,8 +407,9 @@ def _dlib4(lm68, mirrored: bool = False) -> np.ndarray:
 
 
 def _quad_record(img) -> dict:
-    """dlib 68 points and MTCNN's 5 (raw, raw on the mirrored photo, refined with and without mirror) of the largest dlib face."""
-    from faceedit.alignment import detect_faces, landmarks68
+    """dlib 68 points (one pass, one pass on the mirrored photo, averaged) and MTCNN's 5 (raw, raw on the mirrored
+    photo, refined with and without mirror, QuadNet's) of the largest dlib face."""
+    from faceedit.alignment import detect_faces, landmarks68, landmarks68_averaged
     from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
     from faceedit.alignment.quadnet import quadnet_points
 
@@ -406,7 +420,7 @@ def _quad_record(img) -> dict:
         return {"ok": False, "reason": "dlib: no face"}
     d = max(d, key=lambda x: x.size)
     lm = landmarks68(img, d.box)
-    rec = {"ok": True, "lm68": rnd(lm)}
+    rec = {"ok": True, "lm68": rnd(lm), "lm68_avg": rnd(landmarks68_averaged(img, d.box))}
     c = lm.mean(0)
     mirror = np.ascontiguousarray(img[:, ::-1])
     dm = detect_faces(mirror, "dlib")
@@ -458,26 +472,38 @@ def fit_calibration(recs: list) -> tuple:
 
 
 def _variants(weights):
-    """Row name -> ``(MTCNN-side points of a record, 68-point reference of it)``; ``None`` skips the record."""
+    """Row name -> ``(points of a record, reference points of it)``; ``None`` skips the record.
+
+    dlib68 is what ``align(landmarks='dlib68')`` uses (dlib averaged over the mirror image and
+    moved boxes, ``landmarks68_averaged``), dlib68-single one predictor pass; the rows against
+    dlib68-single and the floor (one pass on the photo vs one on its mirror image) are the
+    earlier runs' measure.
+    """
     from faceedit.alignment.mtcnn5 import calibrate_mtcnn5
 
-    def dlib(r):
+    def single(r):
         return r["lm68"]
 
-    def dlib_mirror_mean(r):  # dlib averaged over the photo and its mirror image: half the reference's noise
-        return 0.5 * (_dlib4(r["lm68"]) + _dlib4(r["lm68_mirror"], True)) if "lm68_mirror" in r else None
+    def averaged(r):
+        return r.get("lm68_avg")
+
+    def linear(r):
+        return calibrate_mtcnn5(r["ref"], weights)
 
     return {
-        "mtcnn raw (facenet)": (lambda r: r["raw"], dlib),
-        "raw, mirror-averaged": (lambda r: (np.asarray(r["raw"]) + r["raw_mirror"]) / 2 if "raw_mirror" in r else None,
-                                 dlib),
-        "refined (exact crop)": (lambda r: r["ref1"], dlib),
-        "refined + mirror": (lambda r: r["ref"], dlib),
-        "refined + mirror + calibrated": (lambda r: calibrate_mtcnn5(r["ref"], weights), dlib),
-        "... + QuadNet": (lambda r: r.get("quadnet"), dlib),
-        "floor: dlib68 on mirrored photo": (lambda r: _dlib4(r["lm68_mirror"], True) if "lm68_mirror" in r else None,
-                                            dlib),
-        "... + QuadNet vs dlib68 photo+mirror mean": (lambda r: r.get("quadnet"), dlib_mirror_mean),
+        "mtcnn5 (QuadNet) vs dlib68": (lambda r: r.get("quadnet"), averaged),
+        "mtcnn5-linear vs dlib68": (linear, averaged),
+        "mtcnn5-raw vs dlib68": (lambda r: r["raw"], averaged),
+        "dlib68-single vs dlib68": (single, averaged),
+        "mtcnn5 (QuadNet) vs dlib68-single": (lambda r: r.get("quadnet"), single),
+        "mtcnn5-linear vs dlib68-single": (linear, single),
+        "raw vs dlib68-single": (lambda r: r["raw"], single),
+        "raw, mirror-averaged vs dlib68-single": (
+            lambda r: (np.asarray(r["raw"]) + r["raw_mirror"]) / 2 if "raw_mirror" in r else None, single),
+        "refined (exact crop) vs dlib68-single": (lambda r: r["ref1"], single),
+        "refined + mirror vs dlib68-single": (lambda r: r["ref"], single),
+        "floor: dlib68-single on mirrored photo vs on photo": (
+            lambda r: _dlib4(r["lm68_mirror"], True) if "lm68_mirror" in r else None, single),
     }
 
 
@@ -509,12 +535,14 @@ def _quad_job(job) -> dict:
 def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
     """68-point vs MTCNN quads of the same faces: centre within 2% of the side and scale within 3%.
 
-    For each face (the largest dlib face of a CelebA or UTKFace photo): dlib's 68 points, and
-    MTCNN's 5 points of the same face as facenet-pytorch gives them, averaged with those of the
-    mirrored photo, refined on an exact crop (alignment.mtcnn5.mtcnn5_refined) with and
-    without the mirrored crop, refined + calibrated (landmarks='mtcnn5-linear'), and those
-    re-estimated by QuadNet (what align(detector='mtcnn') uses). The floor: dlib's 68 points
-    on the mirrored photo against those on the photo.
+    For each face (the largest dlib face of a CelebA or UTKFace photo): dlib's 68 points as
+    align(landmarks='dlib68') finds them (averaged over the mirror image and moved boxes) and
+    in one pass (dlib68-single), and MTCNN's 5 points of the same face as facenet-pytorch gives
+    them, averaged with those of the mirrored photo, refined on an exact crop
+    (alignment.mtcnn5.mtcnn5_refined) with and without the mirrored crop, refined + calibrated
+    (landmarks='mtcnn5-linear'), and those re-estimated by QuadNet (what align(detector='mtcnn')
+    uses). The floor of the one-pass rows: dlib's one pass on the mirrored photo against the
+    one on the photo.
     """
     from faceedit.alignment.ffhq import QUAD_CENTRE_TOL, QUAD_SIDE_TOL, quad_difference, quads_agree
     from faceedit.alignment.mtcnn5 import CALIBRATION_FILE, mtcnn5_calibration
@@ -599,7 +627,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
                                     "no_pair": n_fail, "results": res, "seconds_this_run": run_s})
     print(f"quads at scale {scale}; agree = centre within {QUAD_CENTRE_TOL:.0%} of the 68-point quad's side "
           f"and side within {QUAD_SIDE_TOL:.0%}; faces without a dlib+MTCNN pair: {n_fail}")
-    print(_table(rows, ["split", "source", "MTCNN points", "faces", "agree", "centre ok", "scale ok", "p95 centre",
+    print(_table(rows, ["split", "source", "points vs reference", "faces", "agree", "centre ok", "scale ok", "p95 centre",
                         "p95 scale", "mean ratio"]))
 
 

@@ -292,6 +292,15 @@ def test_cli_align_files_folder_resume_and_failures(shared_dir, tmp_path):
     assert r3.exit_code == 1 and "FaceNotFoundError" in r3.output
     r4 = CliRunner().invoke(cli, ["align", str(src), "--out", str(out), "--face", "biggest"])
     assert r4.exit_code == 2
+    assert rec["landmarks"] == "dlib68"
+    # --landmarks: one pass records its kind; a kind of the other detector is refused before any photo is read.
+    one = src / "face_recognition__two_people.jpg"
+    r5 = CliRunner().invoke(cli, ["align", str(one), "--out", str(tmp_path / "o5"), "--landmarks", "dlib68-single"])
+    rec5 = json.loads((tmp_path / "o5" / "face_recognition__two_people.json").read_text())
+    assert r5.exit_code == 0 and rec5["landmarks"] == "dlib68-single"
+    assert rec5["faces"][1]["landmarks"] != rec["faces"][1]["landmarks"]
+    r6 = CliRunner().invoke(cli, ["align", str(one), "--out", str(tmp_path / "o6"), "--landmarks", "mtcnn5"])
+    assert r6.exit_code == 2 and "--detector mtcnn" in r6.output and not (tmp_path / "o6").exists()
 
 
 def test_every_no_face_photo_gives_face_not_found(shared_dir):

@@ -9,7 +9,8 @@ import numpy as np
 
 from faceedit.alignment import FACES64, align, detect_faces, ffhq_quad, landmarks68
 from faceedit.alignment.ffhq import apply_matrix
-from faceedit.alignment.landmarks import eye_mouth_points, landmarks68_on_crop, template_box
+from faceedit.alignment.landmarks import (MIRROR68, eye_mouth_points, landmarks68_averaged, landmarks68_on_crop,
+                                          template_box)
 from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_calibration, mtcnn5_features, mtcnn5_refined
 from faceedit.imageio import load_image
 
@@ -112,6 +113,51 @@ def test_align_with_mtcnn_uses_quadnet_on_calibrated_points_unless_asked_otherwi
         side = np.hypot(*(d.quad[1] - d.quad[0]))
         assert np.hypot(*(c.quad.mean(0) - d.quad.mean(0))) < 0.03 * side
         assert np.hypot(*(q.quad.mean(0) - d.quad.mean(0))) < 0.03 * side
+
+
+# --- dlib68: one pass and the averaged points ---------------------------------------------------
+
+def _mirrored_pass(fn, img, box):
+    """``fn``'s 68 points on the mirrored photo, mapped back to the photo with MIRROR68."""
+    W = img.shape[1]
+    q = fn(np.ascontiguousarray(img[:, ::-1]), (W - box[2], box[1], W - box[0], box[3]))
+    q[:, 0] = W - q[:, 0]
+    return q[MIRROR68]
+
+
+def test_mirror68_maps_each_point_to_its_mirror_twin(shared_dir):
+    """On the mirrored photo dlib finds the same face: mapped back through MIRROR68 every point lands
+    within a few px of its own one-pass position (a wrong pair would be off by a feature's width)."""
+    assert sorted(MIRROR68) == list(range(68)) and (MIRROR68[MIRROR68] == np.arange(68)).all()
+    img = load_image(os.path.join(shared_dir, "datasets", "celeba10k", "009001.jpg"))
+    box = max(detect_faces(img, "dlib"), key=lambda x: x.size).box
+    lm = landmarks68(img, box)
+    err = np.linalg.norm(_mirrored_pass(landmarks68, img, box) - lm, axis=1)
+    eye_distance = np.linalg.norm(np.subtract(*eyes(lm)))
+    assert err.max() < 0.15 * eye_distance, err.round(1)
+
+
+def test_averaged_landmarks_are_subpixel_mirror_equivariant_and_unbiased(shared_dir):
+    """On 6 TEST faces: the averaged points of the mirrored photo map back exactly onto those of the
+    photo (its passes are a mirror-symmetric set; one pass is off by up to 3 px on these faces),
+    are not whole-pixel values, and sit where one pass does on average (no shift of the recipe's
+    geometry); align() uses them for dlib68 and one pass for dlib68-single."""
+    avg_err, one_err, offsets, frac = [], [], [], []
+    for path in split_files(shared_dir, 3, "test"):
+        img = load_image(path)
+        box = max(detect_faces(img, "dlib"), key=lambda x: x.size).box
+        a, one = landmarks68_averaged(img, box), landmarks68(img, box)
+        quad4 = lambda lm: np.stack(eye_mouth_points(lm))  # noqa: E731
+        avg_err.append(np.abs(quad4(_mirrored_pass(landmarks68_averaged, img, box)) - quad4(a)).max())
+        one_err.append(np.abs(quad4(_mirrored_pass(landmarks68, img, box)) - quad4(one)).max())
+        offsets.append(quad4(a).mean(0) - quad4(one).mean(0))
+        frac.append(np.abs(a - np.round(a - 0.5) - 0.5).mean())
+    assert max(avg_err) < 1e-6 and max(one_err) > 0.5, (avg_err, one_err)
+    assert min(frac) > 0.1, frac  # whole-pixel points (+0.5) would give 0
+    assert np.linalg.norm(np.mean(offsets, 0)) < 0.5, offsets
+    fa, fs = align(img, face="largest")[0], align(img, face="largest", landmarks="dlib68-single")[0]
+    np.testing.assert_allclose(fa.landmarks, a)
+    np.testing.assert_allclose(fs.landmarks, one)
 
 
 # --- re-detection on aligned crops -------------------------------------------------------------

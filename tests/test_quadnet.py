@@ -104,7 +104,7 @@ def test_training_learns_where_the_points_are_on_synthetic_faces():
 def test_shipped_quadnet_brings_mtcnn_quads_closer_to_dlib68_on_test_faces(shared_dir):
     """20 TEST faces (never seen in training): the side of the QuadNet quad is closer to dlib's than the
     calibrated MTCNN quad's for most faces, and its median side error is smaller."""
-    from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68, mtcnn5_refined
+    from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68_averaged, mtcnn5_refined
     from faceedit.alignment.quadnet import quadnet_points
     from faceedit.imageio import load_image
     from test_alignment_quality import split_files
@@ -113,7 +113,7 @@ def test_shipped_quadnet_brings_mtcnn_quads_closer_to_dlib68_on_test_faces(share
     for path in split_files(shared_dir, 10, "test"):
         img = load_image(path)
         d = max(detect_faces(img, "dlib"), key=lambda x: x.size)
-        lm = landmarks68(img, d.box)
+        lm = landmarks68_averaged(img, d.box)  # align's dlib68
         m = min(detect_faces(img, "mtcnn"), key=lambda x: np.hypot(*(np.asarray(x.center) - lm.mean(0))))
         p5 = calibrate_mtcnn5(mtcnn5_refined(img, m.box))
         lin.append(abs(quad_difference(lm, p5)[1] - 1))

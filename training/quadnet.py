@@ -1,9 +1,9 @@
 """Training data and training loop for QuadNet (``faceedit.alignment.quadnet``).
 
 ``extract_samples``: for TRAIN-split CelebA and UTKFace photos only (the test split is
-refused), the largest dlib face's 68 points (on the photo and on its mirror image,
-averaged: the target) and MTCNN's calibrated points of the same face, which frame a grey
-crop stored as JPEG at 1.5x the net's framing (same pixel density), so that re-framed
+refused), the largest dlib face's 68 points as ``align(landmarks='dlib68')`` finds them
+(``alignment.landmarks68_averaged``: the target) and MTCNN's calibrated points of the
+same face, which frame a grey crop stored as JPEG at 1.5x the net's framing (same pixel density), so that re-framed
 crops can be cut from it while training. Points are kept in the stored crop's pixels.
 
 ``train_quadnet``: AdamW with warm-up and a cosine learning rate on the L1 error; each
@@ -28,16 +28,6 @@ def _dlib4(lm68: np.ndarray) -> np.ndarray:
     return np.stack(eye_mouth_points(lm68))
 
 
-def _mirror68(image: np.ndarray, box) -> np.ndarray:
-    """dlib's 4 quad points found on the mirrored photo, mapped back (image-left first)."""
-    from faceedit.alignment import landmarks68
-
-    W = image.shape[1]
-    lm = landmarks68(np.ascontiguousarray(image[:, ::-1]), (W - box[2], box[1], W - box[0], box[3]))
-    lm[:, 0] = W - lm[:, 0]
-    return _dlib4(lm)[[1, 0, 3, 2]]
-
-
 # What is stored per face: a grey crop framed by the calibrated MTCNN points at 1.5x the net's
 # framing and at the same pixel density, so the net's 64 px crop is its centre and jittered
 # framings can be cut from it on the GPU.
@@ -48,12 +38,12 @@ STORE_SCALE_FACTOR = 1.5
 def sample_face(path: str):
     """``(grey crop [96, 96] uint8, dlib targets [8], calibrated MTCNN points [8])`` or a reason string.
 
-    Points are in the stored crop's pixel coordinates: the targets are dlib's eye-contour means
-    and outer mouth corners, averaged over the photo and its mirror image.
+    Points are in the stored crop's pixel coordinates: the targets are the eye-contour means
+    and outer mouth corners of :func:`~faceedit.alignment.landmarks68_averaged`.
     """
     import cv2
 
-    from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68, mtcnn5_refined
+    from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68_averaged, mtcnn5_refined
     from faceedit.alignment.ffhq import apply_matrix
     from faceedit.alignment.quadnet import CROP_SCALE, quad_crop
     from faceedit.imageio import load_image
@@ -63,7 +53,7 @@ def sample_face(path: str):
     if not ds:
         return "dlib: no face"
     d = max(ds, key=lambda x: x.size)
-    target = 0.5 * (_dlib4(landmarks68(img, d.box)) + _mirror68(img, d.box))
+    target = _dlib4(landmarks68_averaged(img, d.box))
     c = np.asarray(d.center)
     ms = [m for m in detect_faces(img, "mtcnn") if np.hypot(*(np.asarray(m.center) - c)) < 0.3 * d.size]
     if not ms:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from faceedit.alignment.align import LANDMARK_KINDS
+
 from .common import job_errors
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -49,7 +51,7 @@ def _align_one(job):
         img = load_image(src, max_pixels=opts["max_pixels"])
         rep = align_photo(img, recipe=opts["recipe"], detector=opts["detector"], face=opts["face"],
                           upsample=opts["upsample"], min_face=opts["min_face"],
-                          try_rotations=opts["try_rotations"], name=str(src))
+                          try_rotations=opts["try_rotations"], landmarks=opts["landmarks"], name=str(src))
     except (AlignmentError, ImageLoadError) as e:
         record.update(error=f"{type(e).__name__}: {e}", faces=[])
         atomic_write_text(json_path, json.dumps(record, indent=1), protect=[src])
@@ -61,7 +63,7 @@ def _align_one(job):
         d = face_to_dict(f)
         d["file"] = out.name
         faces.append(d)
-    record.update(source_size=list(img.shape[1::-1]), rotation=rep.rotation, tried=rep.tried,
+    record.update(source_size=list(img.shape[1::-1]), landmarks=rep.landmarks, rotation=rep.rotation, tried=rep.tried,
                   num_detected=len(rep.detections), faces=faces, skipped=[s.to_dict() for s in rep.skipped])
     atomic_write_text(json_path, json.dumps(record, indent=1), protect=[src])  # written last: marks "done"
     return "ok", str(src), len(faces), len(rep.skipped), ""
@@ -93,6 +95,10 @@ class _cleanup_parts_on_exit:
 @click.option("--scale", type=click.FloatRange(0.2, 3.0), default=None,
               help="Quad scale relative to FFHQ [default: the recipe's].")
 @click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
+@click.option("--landmarks", type=click.Choice(LANDMARK_KINDS), default=None,
+              help="Landmarks the quad is built from [default: dlib68 (dlib's predictor averaged over the mirror "
+                   "image and moved boxes) with the dlib detectors, mtcnn5 (MTCNN + QuadNet) with mtcnn]; "
+                   "dlib68-single is one predictor pass, as the shipped data sets were cut.")
 @click.option("--face", default="all", show_default=True, help="all, largest, or an index (0 = leftmost face).")
 @click.option("--upsample", type=click.IntRange(0, 4), default=None,
               help="dlib upsampling [default: by image size, one more if nothing is found].")
@@ -105,8 +111,8 @@ class _cleanup_parts_on_exit:
 @click.option("--max-pixels", type=click.IntRange(1, None), default=50_000_000, show_default=True,
               help="Refuse larger images (decompression bombs).")
 @click.pass_context
-def align(ctx, inputs, out, recipe, size, scale, detector, face, upsample, min_face, try_rotations, ext, workers,
-          max_pixels):
+def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsample, min_face, try_rotations, ext,
+          workers, max_pixels):
     """Detect, align and crop the faces of photos; write crops and a JSON with each face's transform.
 
     For every photo STEM it writes STEM_<i>.png per face (i = position left to right
@@ -128,11 +134,15 @@ def align(ctx, inputs, out, recipe, size, scale, detector, face, upsample, min_f
     from faceedit.alignment import FACES64, FFHQ
 
     rec = {"faces64": FACES64, "ffhq": FFHQ}[recipe]
+    if landmarks and landmarks.startswith("mtcnn5") != (detector == "mtcnn"):
+        raise click.BadParameter(f"{landmarks} landmarks come with the {'mtcnn' if landmarks.startswith('mtcnn5') else 'dlib'}"
+                                 f" detectors; pass --detector {'mtcnn' if landmarks.startswith('mtcnn5') else 'dlib'} "
+                                 f"or leave --landmarks out", param_hint="--landmarks")
     with job_errors():
         if size is not None or scale is not None:
             rec = type(rec).from_dict({**rec.to_dict(), **({"size": size} if size else {}),
                                        **({"scale": scale} if scale else {})})
-    opts = dict(recipe=rec, detector=detector, face=_parse_face(face), upsample=upsample, min_face=min_face,
+    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=_parse_face(face), upsample=upsample, min_face=min_face,
                 try_rotations=try_rotations, ext=ext, max_pixels=max_pixels)
     out = Path(out)
     jobs, done = [], 0
