@@ -1,6 +1,6 @@
 """Alignment benchmarks and quality measurements (CPU; dlib and facenet-pytorch needed).
 
-Three parts, each printing a short table last and writing JSON (and PNGs) under --out:
+The parts, each printing a short table last and writing JSON (and PNGs) under --out:
 
   speed      faces aligned per second for a 1024 px FFHQ crop from a ~2 MP photo, per
              detector (wall and CPU time; the breakdown detect / landmarks / warp).
@@ -11,6 +11,8 @@ Three parts, each printing a short table last and writing JSON (and PNGs) under 
              or --recipe ffhq), re-find the 68 landmarks on the crop from the template face
              box, compare the eye centres with the template; percentiles per source and a
              contact sheet of the worst. Resumable (one JSONL line per face).
+  recon-kinds the shipped encoder's reconstructions of TEST photos aligned with dlib68
+             (averaged) and dlib68-single (one pass, as its data set was cut), paired.
   quads      68-point vs MTCNN quads of the same faces (centre offset / quad side, side
              ratio) on the TEST split, a TRAIN sample and the in-the-wild photos, for
              MTCNN's raw points, the refined / mirrored / calibrated ones and QuadNet's,
@@ -629,6 +631,57 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
           f"and side within {QUAD_SIDE_TOL:.0%}; faces without a dlib+MTCNN pair: {n_fail}")
     print(_table(rows, ["split", "source", "points vs reference", "faces", "agree", "centre ok", "scale ok", "p95 centre",
                         "p95 scale", "mean ratio"]))
+
+
+# ----------------------------------------------------------------------------------------------
+@main.command("recon-kinds")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--per-source", default=40, show_default=True, help="TEST photos per source (CelebA, UTKFace), evenly spaced.")
+@click.option("--model", default="faces64", show_default=True)
+def recon_kinds(out, per_source, model):
+    """The shipped encoder's reconstructions of the same TEST photos aligned with dlib68 (averaged) and
+    dlib68-single (one pass, as the model's data set was cut): paired PSNR / SSIM.
+
+    A landmark change that moved the recipe's geometry would show as worse reconstructions of the
+    new crops (the encoder learnt the data set's framing)."""
+    import torch
+
+    from faceedit.alignment import AlignmentRecipe, align
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.imageio import load_image, tensor_to_uint8
+    from faceedit.inversion.methods import invert_with
+    from faceedit.inversion.pti import synthesize
+    from faceedit.metrics.reconstruction import reconstruction_metrics
+
+    torch.set_num_threads(1)
+    m = load_model(model)
+    recipe = AlignmentRecipe.from_dict(m["config"]["recipe"])
+    kinds = ("dlib68", "dlib68-single")
+    files = _split_files()
+    crops, used = {k: [] for k in kinds}, 0
+    for source in ("celeba10k", "utkface"):
+        lst = files[(source, "test")]
+        for i in range(per_source):
+            img = load_image(lst[i * (len(lst) // per_source)][1])
+            try:
+                got = [align(img, recipe=recipe, face="largest", landmarks=k)[0].crop for k in kinds]
+            except Exception:  # noqa: BLE001 -- no face: the photo is left out of both rows
+                continue
+            used += 1
+            for k, c in zip(kinds, got):
+                crops[k].append(c)
+    res, rows = {}, []
+    for k in kinds:
+        lat = invert_with("encoder", crops[k], m, space="w+", G=m["G"])
+        met = reconstruction_metrics(np.stack(crops[k]), tensor_to_uint8(synthesize(m["G"], lat)))
+        res[k] = {name: np.asarray(v, np.float64).tolist() for name, v in met.items()}
+        rows.append([k, used, f"{np.mean(met['psnr']):.3f}", f"{np.mean(met['ssim']):.4f}"])
+    d = np.subtract(res["dlib68"]["psnr"], res["dlib68-single"]["psnr"])
+    summary = {"model": model, "photos": used, "psnr_diff_mean": float(d.mean()),
+               "psnr_diff_se": float(d.std(ddof=1) / np.sqrt(len(d))), "per_face": res}
+    _write_json(Path(out), "recon_kinds.json", summary)
+    print(_table(rows, ["landmarks", "TEST photos", "PSNR dB", "SSIM"]))
+    print(f"paired PSNR, dlib68 - dlib68-single: {d.mean():+.3f} dB (standard error {summary['psnr_diff_se']:.3f})")
 
 
 if __name__ == "__main__":
