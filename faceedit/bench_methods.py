@@ -60,7 +60,7 @@ def _bytes_per_image(lat) -> int:
         return lat[0].save(Path(d) / "one.latent.safetensors").stat().st_size
 
 
-def _editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
+def editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
     """Slope of the attribute probability per unit strength, without and with the latent's tuning."""
     from faceedit.editing.apply import edit
     from faceedit.editing.direction import canonical_attribute, find_direction
@@ -135,7 +135,7 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
             np.savez_compressed(Path(save_recon) / row["recon_file"], targets=images[:n], recon=recon)
         if method == "pti" and edit_attr:
             try:
-                row["edit"] = _editability(G, lat, edit_attr)
+                row["edit"] = editability(G, lat, edit_attr)
             except Exception as e:  # noqa: BLE001 -- no direction/scorer: the reason is recorded
                 row["edit"] = {"error": f"{type(e).__name__}: {e}"}
         rows.append(row)

@@ -20,6 +20,13 @@ steps: 0.9967 vs 0.9956 in 14.8%), so the CUDA default is 110. Per step the hybr
 0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise). On the CPU the default is 30
 steps, so that `faceedit edit photo.jpg` stays a few seconds.
 
+Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'
+validation tail; ``benchmarks/hybrid_sweep.py``, ``bench/methods/sweep_val.json``), H100, identity
+vs the 500-step optimiser at 110 steps: lr 0.1 / 0.2 / 0.3 / 0.5 -0.0022 / -0.0005 / +0.0005 /
+-0.0001 (faces64) and -0.0010 / +0.0007 / +0.0020 / +0.0026 (faces64-wpp, 0.3 and 0.5 within
+noise); at lr 0.3, 90 steps -0.0009 +- 0.0006 on faces64, 110 steps reach the optimiser on both.
+Both defaults stand.
+
 Plumbing: the projector optimises one tensor per image through a ``Space``; here that
 tensor is the *offset* from the encoder's code (``_FromCodes``: start 0, ``ws = codes +
 offset``), which is the same optimisation as starting Adam at the code itself.
