@@ -197,8 +197,9 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
         try_rotations: when nothing is found, also try the photo rotated by 90, 180 and
             270 degrees; matrices and quads still refer to the photo as given.
         landmarks: ``dlib68`` (dlib's predictor averaged over the mirror image and moved face
-            boxes at sub-pixel precision, ~15 ms); ``dlib68-single`` (one pass); ``mtcnn5-linear`` (MTCNN's points refined on an exact crop and
-            mapped to the 68-point eye and mouth definitions by a linear calibration);
+            boxes at sub-pixel precision, ~20 ms); ``dlib68-single`` (one pass); ``mtcnn5-linear``
+            (MTCNN's points refined on an exact crop and mapped to the 68-point eye and mouth
+            definitions by a linear calibration);
             ``mtcnn5`` (those, re-estimated by QuadNet on the crop they frame, so its quads
             match dlib68 quads more closely) or ``mtcnn5-raw`` (facenet-pytorch's points
             unchanged); default ``mtcnn5`` with the mtcnn detector, else ``dlib68``.

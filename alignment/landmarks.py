@@ -63,9 +63,9 @@ def landmarks68_averaged(image: np.ndarray, box) -> np.ndarray:
     One predictor pass lands on whole pixels and depends on where the box starts it; this
     averages 14 passes (``AVERAGE_BOX_MOVES`` on the face region and its mirror image, points
     of the mirror mapped back with ``MIRROR68``) on the face region resampled (bicubic) so the
-    box is at least ``AVERAGE_MIN_BOX`` px. About 15 ms a face. On the mean over faces it
-    moves nothing measurable (quad side -0.08%, centre 0.05 px on CelebA/UTKFace); it takes
-    out noise. ``align(landmarks='dlib68')`` uses it.
+    box is at least ``AVERAGE_MIN_BOX`` px. About 20 ms a face (one pass: 2 ms). On the mean
+    over faces it moves nothing measurable (quad side -0.08%, centre 0.05 px on CelebA and
+    UTKFace); it takes out noise. ``align(landmarks='dlib68')`` uses it.
 
     Args and returns as :func:`landmarks68`.
     """

@@ -51,10 +51,8 @@ Writes ``synthesis.json`` and ``synthesis.md`` to ``--out`` and prints the table
 from __future__ import annotations
 
 import copy
-import io
 import json
 import math
-import os
 import pickle
 import sys
 import tempfile

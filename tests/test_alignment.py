@@ -9,7 +9,7 @@ import pytest
 from faceedit.alignment import (FACES64, FFHQ, AlignmentError, AlignmentRecipe, FaceNotFoundError,
                                 FaceTooSmallError, ModelFileError, align, align_landmarks, align_photo,
                                 default_upsample, detect_faces, ffhq_quad, landmarks68, model_file)
-from faceedit.alignment.ffhq import apply_matrix, quad_to_crop_matrix
+from faceedit.alignment.ffhq import apply_matrix
 from faceedit.imageio import load_image
 
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from faceedit.alignment import FACES64, FFHQ, AlignmentError, AlignmentRecipe, align, align_landmarks, paste_back
+from faceedit.alignment import AlignmentError, AlignmentRecipe, align, align_landmarks, paste_back
 from faceedit.alignment.paste import face_polygon
 from faceedit.imageio import load_image
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from faceedit.metrics.attributes import (CELEBA_ATTRIBUTES, AttributeScorer, AttrNet, ScorerNotFoundError,
-                                         celeba_label_matrix, evaluate_scores, gender_targets, load_attrnet,
-                                         save_attrnet, to_input)
+                                         celeba_label_matrix, evaluate_scores, gender_targets, save_attrnet, to_input)
 
 
 def synthetic_pack(path, n=240, seed=0):

@@ -361,6 +361,6 @@ def stats_markdown(stats: dict) -> str:
             lines.append(f"| {split} | {src} | {c['photos']} | {c['aligned']} | {c['failed']} |")
         lines.append(f"| {split} | all | {s['photos']} | {s['aligned']} | {s['failed']} |")
     lines += ["", "Failure kinds: " + "; ".join(f"{k} {json.dumps(s['failure_kinds'])}" for k, s in stats["splits"].items()),
-              "", f"Malformed UTKFace names (left out of both packs): "
+              "", "Malformed UTKFace names (left out of both packs): "
               + ", ".join(f"`{m['name']}` ({m['split']})" for m in stats["malformed_utkface_names"]), ""]
     return "\n".join(lines)
