@@ -27,6 +27,25 @@ log = logging.getLogger(__name__)
 LANDMARK_KINDS = ("dlib68", "dlib68-single", "mtcnn5", "mtcnn5-linear", "mtcnn5-raw")
 
 
+def landmark_kind(detector: str, landmarks: Optional[str] = None) -> str:
+    """The landmark kind :func:`align` uses with ``detector`` (``landmarks=None``: its default).
+
+    Raises:
+        AlignmentError: an unknown detector or kind, or a kind of the other detector family
+            (the mtcnn5 kinds need MTCNN's points; the dlib68 kinds start from a dlib face box).
+    """
+    if detector not in DETECTORS:
+        raise AlignmentError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+    kind = landmarks or ("mtcnn5" if detector == "mtcnn" else "dlib68")
+    if kind not in LANDMARK_KINDS:
+        raise AlignmentError(f"unknown landmarks {kind!r}; choose one of {', '.join(LANDMARK_KINDS)}")
+    if kind.startswith("mtcnn5") != (detector == "mtcnn"):
+        family = "mtcnn" if kind.startswith("mtcnn5") else "dlib"
+        raise AlignmentError(f"{kind} landmarks come with the {family} detectors; use --detector {family} "
+                             f"(detector='{family}') or leave the landmarks at their default")
+    return kind
+
+
 @dataclass
 class SkippedFace:
     """A detected face that was not aligned, and why."""
@@ -91,13 +110,7 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
 
     Raises the same errors as :func:`align`.
     """
-    if detector not in DETECTORS:
-        raise AlignmentError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-    lm_kind = landmarks or ("mtcnn5" if detector == "mtcnn" else "dlib68")
-    if lm_kind not in LANDMARK_KINDS:
-        raise AlignmentError(f"unknown landmarks {lm_kind!r}; choose one of {', '.join(LANDMARK_KINDS)}")
-    if lm_kind.startswith("mtcnn5") and detector != "mtcnn":
-        raise AlignmentError(f"{lm_kind} landmarks come with the mtcnn detector; use detector='mtcnn' or landmarks='dlib68'")
+    lm_kind = landmark_kind(detector, landmarks)
     if not (face in ("all", "largest") or (isinstance(face, (int, np.integer)) and not isinstance(face, bool))):
         raise AlignmentError(f"face must be 'all', 'largest' or a face index (0 = leftmost), got {face!r}")
     min_face = _default_min_face(recipe) if min_face is None else int(min_face)

@@ -14,10 +14,9 @@ averaged with that on the mirrored crop (averaging over re-framed crops as well 
 nothing: 90.1% vs 90.4% agreement on 292 test faces).
 
 It is trained (``faceedit train-quadnet``, code in ``faceedit.training.quadnet``) on
-TRAIN-split CelebA and UTKFace faces only, with dlib's 68 points (averaged over the photo
-and its mirror image) as targets: it makes MTCNN crops match the crops the shipped models'
-data were cut with, and inherits dlib's definitions, not an independent judgement of
-where eyes are. What it does to agreement on test faces is in
+TRAIN-split CelebA and UTKFace faces only, with dlib's 68 points as ``align`` finds them
+(``landmarks68_averaged``) as targets: it makes MTCNN crops match dlib68 crops, and
+inherits dlib's definitions, not an independent judgement of where eyes are. What it does to agreement on test faces is in
 ``bench/alignment/alignment.md``.
 
 No library offers this (a 5-point detector whose points follow the 68-point markup), hence
@@ -48,7 +47,8 @@ def quad_crop(image: np.ndarray, points: np.ndarray, size: int = CROP, *, scale:
     return warp_quad(np.ascontiguousarray(image), ffhq_quad(points, scale)[0], size)
 
 
-def _net(width: int = 40):
+def new_quadnet(width: int = 40):
+    """An untrained QuadNet (``torch.nn.Module``) with ``width`` channels in its first layer."""
     import torch
     from torch import nn
 
@@ -73,20 +73,16 @@ def _net(width: int = 40):
     return QuadNet()
 
 
-def new_quadnet(width: int = 40):
-    """An untrained QuadNet (``torch.nn.Module``) with ``width`` channels in its first layer."""
-    return _net(width)
-
-
 # Mirroring a crop swaps image-left and image-right points: (eye, eye, mouth, mouth) -> indices.
 _MIRROR4 = [1, 0, 3, 2]
 
 
-def mirror_targets(t: np.ndarray) -> np.ndarray:
-    """``[..., 8]`` targets of a crop -> those of the mirrored crop (x -> 1 - x, left and right swapped)."""
-    p = np.asarray(t, np.float64).reshape(*np.shape(t)[:-1], 4, 2).copy()
+def mirror_targets(t):
+    """``[..., 8]`` float targets of a crop (a numpy array or a torch tensor) -> those of the mirrored
+    crop (x -> 1 - x, left and right swapped); a new array of the same kind."""
+    p = t.reshape(*t.shape[:-1], 4, 2)[..., _MIRROR4, :]  # indexing with a list copies
     p[..., 0] = 1.0 - p[..., 0]
-    return p[..., _MIRROR4, :].reshape(np.shape(t))
+    return p.reshape(t.shape)
 
 
 @functools.lru_cache(maxsize=2)
@@ -101,7 +97,7 @@ def load_quadnet(path: str | None = None):
                              f"landmarks='mtcnn5-linear'")
     try:
         state = {k: v.float() for k, v in load_file(path).items()}
-        net = _net(int(state["features.0.0.weight"].shape[0]))
+        net = new_quadnet(int(state["features.0.0.weight"].shape[0]))
         net.load_state_dict(state)
     except (SafetensorError, OSError, RuntimeError, KeyError) as e:
         raise ModelFileError(f"cannot read the QuadNet weights {path} ({e}); reinstall faceedit, or align with "

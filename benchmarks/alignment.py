@@ -257,9 +257,9 @@ def _pool(workers: int):
     import contextlib
     import multiprocessing
 
-    from faceedit.training.dataset import _init_worker
+    from faceedit.training.dataset import init_worker
 
-    return multiprocessing.get_context("fork").Pool(workers, _init_worker) if workers > 1 else contextlib.nullcontext()
+    return multiprocessing.get_context("fork").Pool(workers, init_worker) if workers > 1 else contextlib.nullcontext()
 
 
 @main.command()
@@ -487,17 +487,17 @@ def _variants(weights):
         return r["lm68"]
 
     def averaged(r):
-        return r.get("lm68_avg")
+        return r["lm68_avg"]
 
     def linear(r):
         return calibrate_mtcnn5(r["ref"], weights)
 
     return {
-        "mtcnn5 (QuadNet) vs dlib68": (lambda r: r.get("quadnet"), averaged),
+        "mtcnn5 (QuadNet) vs dlib68": (lambda r: r["quadnet"], averaged),
         "mtcnn5-linear vs dlib68": (linear, averaged),
         "mtcnn5-raw vs dlib68": (lambda r: r["raw"], averaged),
         "dlib68-single vs dlib68": (single, averaged),
-        "mtcnn5 (QuadNet) vs dlib68-single": (lambda r: r.get("quadnet"), single),
+        "mtcnn5 (QuadNet) vs dlib68-single": (lambda r: r["quadnet"], single),
         "mtcnn5-linear vs dlib68-single": (linear, single),
         "raw vs dlib68-single": (lambda r: r["raw"], single),
         "raw, mirror-averaged vs dlib68-single": (
@@ -578,6 +578,10 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
     run_s = time.perf_counter() - t0
     want = {j[2] for j in jobs}
     recs = [r for r in _read_jsonl(log_path) if r["name"] in want and r.get("ref") is not None]
+    old = [r["name"] for r in recs if "lm68_avg" not in r or "quadnet" not in r]
+    if old:  # records of an earlier version of this bench: its rows would silently cover fewer faces
+        raise click.ClickException(f"{len(old)} records in {log_path} (e.g. {old[0]}) lack the averaged dlib68 or "
+                                   f"QuadNet points of this version; use a new --out")
     cal_path = REPO / "alignment" / CALIBRATION_FILE
     if fit:
         from faceedit.checkpoints.atomic import atomic_write_text

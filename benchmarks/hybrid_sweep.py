@@ -60,7 +60,8 @@ def _val_faces(pack: str, tail: int, n: int):
 @click.option("--lrs", default="0.1,0.2,0.3,0.5", show_default=True, help="Learning rates, at --at-steps.")
 @click.option("--steps", "steps_grid", default="50,70,90,110,150", show_default=True,
               help="Step counts, at the default learning rate.")
-@click.option("--at-steps", default=110, show_default=True, help="Steps of the learning-rate rows (the CUDA default).")
+@click.option("--at-steps", type=int, default=None, help="Steps of the learning-rate rows [default: the hybrid's CUDA "
+                                                       "default, inversion.hybrid.HYBRID_STEPS].")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def run(pack, tail, n, optim_steps, lrs, steps_grid, at_steps, out):
     """GPU pass: invert the held-out faces with every setting; reconstructions and PSNR to --out."""
@@ -71,12 +72,13 @@ def run(pack, tail, n, optim_steps, lrs, steps_grid, at_steps, out):
     from faceedit.imageio import tensor_to_uint8
     from faceedit.inversion.prior import load_prior
     from faceedit.inversion.encoder import encoder_for
-    from faceedit.inversion.hybrid import HYBRID_LR
+    from faceedit.inversion.hybrid import HYBRID_LR, HYBRID_STEPS
     from faceedit.inversion.methods import invert_with
     from faceedit.inversion.pti import synthesize
     from faceedit.metrics.reconstruction import psnr
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    at_steps = HYBRID_STEPS["cuda"] if at_steps is None else at_steps
     out = Path(out)
     images, names = _val_faces(pack, tail, n)
     rows = []
@@ -185,9 +187,14 @@ def identity(out, name):
         r["id_sim"] = float(np.nanmean(r["id_per_face"]))
     atomic_write_text(out / name, json.dumps(rec, indent=1))
     table = []
+    def is_ref(x):  # PTI without the consistency term, or the optimiser
+        return x.get("consistency_weight") == 0.0 if name == "pti.json" else x["method"] == "optim"
+
     for r in rec["rows"]:
-        ref = next(x for x in rec["rows"] if x["model"] == r["model"] and x["method"] in ("optim", "pti")
-                   and x.get("consistency_weight") in (None, 0.0))
+        ref = next((x for x in rec["rows"] if x["model"] == r["model"] and is_ref(x)), None)
+        if ref is None:
+            raise click.ClickException(f"{r['model']} has no reference row in {name} (the optimiser, or PTI at "
+                                       f"weight 0): run it with that setting included")
         d = np.subtract(r["id_per_face"], ref["id_per_face"])
         setting = (f"cw {r['consistency_weight']:g}" if "consistency_weight" in r
                    else f"{r['steps']} steps, lr {'-' if r['lr'] is None else r['lr']}")

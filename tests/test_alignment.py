@@ -312,3 +312,19 @@ def test_every_no_face_photo_gives_face_not_found(shared_dir):
     for n in empty:
         with pytest.raises(FaceNotFoundError, match="tried dlib"):
             align(photo(shared_dir, n))
+
+
+def test_landmark_kind_defaults_per_detector_and_refuses_the_other_family():
+    from faceedit.alignment.align import landmark_kind
+
+    assert [landmark_kind(d) for d in ("dlib", "dlib-cnn", "mtcnn")] == ["dlib68", "dlib68", "mtcnn5"]
+    assert landmark_kind("dlib", "dlib68-single") == "dlib68-single"
+    assert landmark_kind("mtcnn", "mtcnn5-raw") == "mtcnn5-raw"
+    with pytest.raises(AlignmentError, match="--detector mtcnn"):
+        landmark_kind("dlib", "mtcnn5-linear")
+    with pytest.raises(AlignmentError, match="--detector dlib"):
+        landmark_kind("mtcnn", "dlib68")
+    with pytest.raises(AlignmentError, match="choose one of"):
+        landmark_kind("dlib", "dlib5")
+    with pytest.raises(AlignmentError, match="unknown detector"):
+        landmark_kind("haar")

@@ -1,5 +1,4 @@
 """QuadNet: its crop geometry, the mirror algebra, its training data and loop, its file errors."""
-import os
 
 import numpy as np
 import pytest
@@ -99,8 +98,6 @@ def test_training_learns_where_the_points_are_on_synthetic_faces():
     assert rec["val_l1_quadnet"] < 0.5 * rec["val_l1_mtcnn_calibrated"], rec
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(os.path.dirname(__file__), "..", "alignment", "quadnet.safetensors")),
-                    reason="QuadNet weights not shipped in this checkout")
 def test_shipped_quadnet_brings_mtcnn_quads_closer_to_dlib68_on_test_faces(shared_dir):
     """20 TEST faces (never seen in training): the side of the QuadNet quad is closer to dlib's than the
     calibrated MTCNN quad's for most faces, and its median side error is smaller."""

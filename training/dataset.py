@@ -106,7 +106,8 @@ def list_sources(datasets_dir) -> dict:
 # --------------------------------------------------------------------------- alignment workers
 
 
-def _init_worker():
+def init_worker():
+    """Pool initializer: one thread per worker process (OpenMP and OpenCV), so workers share the cores."""
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         import cv2
@@ -143,7 +144,7 @@ def align_records(records: list, recipe, workers: int = 2, progress: bool = Fals
         import multiprocessing as mp
 
         ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker) as pool:
+        with ctx.Pool(workers, initializer=init_worker) as pool:
             out = list(_maybe_tqdm(pool.imap(_align_task, tasks, chunksize=32), progress, total=len(tasks)))
     return [c for c, _ in out], [r for _, r in out]
 

@@ -88,7 +88,7 @@ def extract_samples(records: list, *, workers: int = 2, progress=None) -> dict:
 
     import cv2
 
-    from .dataset import _init_worker
+    from .dataset import init_worker
 
     bad = [r["name"] for r in records if r.get("split") != "train"]
     if bad:
@@ -96,7 +96,7 @@ def extract_samples(records: list, *, workers: int = 2, progress=None) -> dict:
     jobs = [(r["path"], r["name"]) for r in records]
     blobs, targets, own, names, failed = [], [], [], [], {}
     t0 = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(workers, _init_worker) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, init_worker) as pool:
         for k, (name, r) in enumerate(pool.imap(_sample_job, jobs, chunksize=16)):
             if isinstance(r, str):
                 failed[name] = r
@@ -201,9 +201,7 @@ def train_quadnet(samples: dict, *, steps: int = 18000, batch: int = 256, lr: fl
         y = _to_net_frame(P[idx], A, t)
         flip = torch.rand(batch, generator=gen, device=device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        ym = y.view(-1, 4, 2)[:, [1, 0, 3, 2]].clone()
-        ym[..., 0] = 1 - ym[..., 0]
-        y = torch.where(flip[:, None], ym.reshape(-1, 8), y)
+        y = torch.where(flip[:, None], mirror_targets(y), y)
         rnd = lambda *shape: torch.randn(*shape, generator=gen, device=device)  # noqa: E731
         mean = x.mean((1, 2, 3), keepdim=True)
         x = (x - mean) * torch.exp(0.25 * rnd(batch, 1, 1, 1)) + mean * torch.exp(0.2 * rnd(batch, 1, 1, 1))

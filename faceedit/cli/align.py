@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from faceedit.alignment.align import LANDMARK_KINDS
+from faceedit.alignment.align import LANDMARK_KINDS, landmark_kind
+from faceedit.alignment.errors import AlignmentError
 
 from .common import job_errors
 
@@ -40,7 +41,7 @@ def _gather(inputs):
 
 def _align_one(job):
     """Worker: align one photo, write its crops and JSON; returns (status, path, faces, message)."""
-    from faceedit.alignment import AlignmentError, align_photo, face_to_dict
+    from faceedit.alignment import align_photo, face_to_dict
     from faceedit.checkpoints.atomic import atomic_write_text
     from faceedit.imageio import ImageLoadError, load_image, save_image
 
@@ -134,10 +135,10 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
     from faceedit.alignment import FACES64, FFHQ
 
     rec = {"faces64": FACES64, "ffhq": FFHQ}[recipe]
-    if landmarks and landmarks.startswith("mtcnn5") != (detector == "mtcnn"):
-        raise click.BadParameter(f"{landmarks} landmarks come with the {'mtcnn' if landmarks.startswith('mtcnn5') else 'dlib'}"
-                                 f" detectors; pass --detector {'mtcnn' if landmarks.startswith('mtcnn5') else 'dlib'} "
-                                 f"or leave --landmarks out", param_hint="--landmarks")
+    try:  # checked once here, before any photo is read
+        landmark_kind(detector, landmarks)
+    except AlignmentError as e:
+        raise click.BadParameter(str(e), param_hint="--landmarks") from e
     with job_errors():
         if size is not None or scale is not None:
             rec = type(rec).from_dict({**rec.to_dict(), **({"size": size} if size else {}),
