@@ -9,8 +9,8 @@ import numpy as np
 
 from faceedit.alignment import FACES64, align, detect_faces, ffhq_quad, landmarks68
 from faceedit.alignment.ffhq import apply_matrix
-from faceedit.alignment.landmarks import (MIRROR68, eye_mouth_points, landmarks68_averaged, landmarks68_on_crop,
-                                          template_box)
+from faceedit.alignment.landmarks import (AVERAGE_BOX_MOVES, MIRROR68, eye_mouth_points, landmarks68_averaged,
+                                          landmarks68_on_crop, template_box)
 from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_calibration, mtcnn5_features, mtcnn5_refined
 from faceedit.imageio import load_image
 
@@ -138,10 +138,15 @@ def test_mirror68_maps_each_point_to_its_mirror_twin(shared_dir):
 
 
 def test_averaged_landmarks_are_subpixel_mirror_equivariant_and_unbiased(shared_dir):
-    """On 6 TEST faces: the averaged points of the mirrored photo map back exactly onto those of the
-    photo (its passes are a mirror-symmetric set; one pass is off by up to 3 px on these faces),
-    are not whole-pixel values, and sit where one pass does on average (no shift of the recipe's
-    geometry); align() uses them for dlib68 and one pass for dlib68-single."""
+    """On 6 TEST faces: the averaged points of the mirrored photo map back onto those of the photo
+    (its passes are a mirror-symmetric set; one pass is off by up to 3 px on these faces), are not
+    whole-pixel values, and sit where one pass does on average (no shift of the recipe's
+    geometry); align() uses them for dlib68 and one pass for dlib68-single.
+
+    The symmetry is exact in exact arithmetic only: the bicubic resize of the mirrored region
+    rounds differently on some CPUs, which can move one whole-pixel point of one of the averaged
+    passes by a pixel. So the bound is one such flip (1 px over the number of passes), an order
+    below one pass's own mirror error, not a floating-point equality."""
     avg_err, one_err, offsets, frac = [], [], [], []
     for path in split_files(shared_dir, 3, "test"):
         img = load_image(path)
@@ -152,7 +157,9 @@ def test_averaged_landmarks_are_subpixel_mirror_equivariant_and_unbiased(shared_
         one_err.append(np.abs(quad4(_mirrored_pass(landmarks68, img, box)) - quad4(one)).max())
         offsets.append(quad4(a).mean(0) - quad4(one).mean(0))
         frac.append(np.abs(a - np.round(a - 0.5) - 0.5).mean())
-    assert max(avg_err) < 1e-6 and max(one_err) > 0.5, (avg_err, one_err)
+    one_flip = 1.0 / (2 * len(AVERAGE_BOX_MOVES))  # one point of one pass moved by a pixel
+    assert max(avg_err) <= one_flip + 1e-6 and max(one_err) > 0.5, (avg_err, one_err)
+    assert np.mean(avg_err) < np.mean(one_err) / 10, (avg_err, one_err)
     assert min(frac) > 0.1, frac  # whole-pixel points (+0.5) would give 0
     assert np.linalg.norm(np.mean(offsets, 0)) < 0.5, offsets
     fa, fs = align(img, face="largest")[0], align(img, face="largest", landmarks="dlib68-single")[0]
