@@ -157,9 +157,13 @@ def _grads(G, ws0, noise0, probe, impl, dtype):
 def test_synthesis_poly_gradients_match_reference(name):
     """d(loss)/d(ws) and d(loss)/d(noise maps) through the polyphase path (the projector's use).
 
-    fp32 against the fp32 reference at 32 px. At 1024 px with 2 channels the fp32
-    reference's own ws-gradient is ~1.2e-4 away from fp64, so there both are compared with
-    an fp64 reference: the new path must be exact in fp64 and no less accurate in fp32.
+    fp32 against the fp32 reference at 32 px. At 1024 px with 2 channels the paths are compared
+    with an fp64 reference: the new path must be exact in fp64 (that is the correctness check) and
+    within fp32 rounding in fp32. How far fp32 lands from fp64 there depends on the CPU's
+    convolution kernels and reduction order (the reference path measured 5e-6 on one machine and
+    1.2e-4 on another, the polyphase path 1.2e-4 to 1.4e-4), so the fp32 bound is a rounding bound
+    (5e-4, or 1.5x the reference's own error where that is larger), not a ranking of the two paths;
+    a real error in the path (blur, demodulation, noise placement) is off by 1e-2 or more.
     """
     G = random_generator(**CONFIGS[name])
     batch = 1 if name == "1024-like" else 2
@@ -179,7 +183,7 @@ def test_synthesis_poly_gradients_match_reference(name):
         new64 = _grads(G, ws0, noise0, probe, impl, torch.float64)
         for i in range(2):
             assert rel_err(new64[i], ref64[i]) < 1e-10, impl
-            assert rel_err(new32[i], ref64[i]) < max(1e-4, 1.5 * rel_err(ref32[i], ref64[i])), impl
+            assert rel_err(new32[i], ref64[i]) < max(5e-4, 1.5 * rel_err(ref32[i], ref64[i])), impl
 
 
 def test_synthesis_poly_weight_gradients_and_cache():
