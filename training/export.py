@@ -146,6 +146,74 @@ def resume_from_export(trainer: Trainer, src_dir, name: str) -> None:
              name, src_dir, trainer.step_count, trainer.kimg)
 
 
+NATIVE_ARCH_KEYS = {"z_dim": "z_dim", "w_dim": "w_dim", "resolution": "resolution", "mapping_kind": "mapping",
+                    "mapping_layers": "mapping_layers", "mapping_blocks": "mapping_blocks",
+                    "mapping_heads": "mapping_heads", "channel_base": "channel_base", "channel_max": "channel_max"}
+
+
+def native_train_config(folder, overrides: dict | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` for continuing a native checkpoint: its architecture, the training
+    settings its provenance records, then ``overrides`` (which may not change the architecture)."""
+    from faceedit.checkpoints.native import read_config
+
+    cfg = read_config(Path(folder))
+    arch = {NATIVE_ARCH_KEYS[k]: v for k, v in cfg["generator"].items() if k in NATIVE_ARCH_KEYS}
+    if cfg["generator"].get("mapping_lr_mul", 0.01) != 0.01 or cfg["generator"].get("img_channels", 3) != 3:
+        raise ValueError(f"{folder}: only generators with mapping_lr_mul 0.01 and 3 colour channels can be "
+                         f"trained further here")
+    clash = sorted(k for k in (overrides or {}) if k in arch and overrides[k] != arch[k])
+    if clash:
+        raise ValueError(f"{folder}: --set {', '.join(clash)} would change the architecture of the checkpoint "
+                         f"being continued; start a fresh run for another architecture")
+    trained = (cfg.get("provenance") or {}).get("training") or {}
+    return TrainConfig.from_dict({**trained, **arch, **(overrides or {})})
+
+
+def init_from_native(trainer: Trainer, folder) -> None:
+    """Continue from a native checkpoint holding only G_ema and D (no optimiser state, no G).
+
+    G and G_ema both start from the checkpoint's G_ema (the training G is not shipped; the
+    EMA is the better estimate of it), D from ``discriminator.safetensors``; the image and
+    step counters from the checkpoint's provenance, so the EMA ramp-up continues where it
+    was; the path-length mean is re-estimated on one batch (starting it at 0 would pull
+    every path length to 0 for the first hundred steps); Adam restarts.
+
+    Raises:
+        FileNotFoundError / ValueError: no discriminator, or an architecture that does not
+            match ``trainer.cfg`` (build the trainer with :func:`native_train_config`).
+    """
+    from faceedit.checkpoints.native import load_native
+
+    folder = Path(folder)
+    nat = load_native(folder, with_discriminator=True)
+    sd = nat["G"].state_dict()
+    for mod in (trainer.G, trainer.G_ema):
+        own = mod.state_dict()
+        if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
+            raise ValueError(f"{folder}: its generator does not match the training config "
+                             f"(build the trainer with native_train_config)")
+        mod.load_state_dict(sd)
+    trainer.D.load_state_dict(nat["D"].state_dict())
+    prov = nat["config"].get("provenance") or {}
+    trainer._set_counters({"step": int(prov.get("steps", 0)), "nimg": int(prov.get("images_seen", 0)),
+                           "train_seconds": 60.0 * float(prov.get("minutes", 0.0))})
+    trainer.G.requires_grad_(True)
+    trainer.D.requires_grad_(True)
+    n = max(trainer.cfg.batch // trainer.cfg.pl_batch_shrink, 1)
+    if trainer.cfg.pl_weight > 0:
+        from .faststep import draw_fakes, mixed_ws
+
+        d = draw_fakes(trainer.G, n, trainer.cfg.mixing_prob, (), trainer.device)
+        ws = mixed_ws(trainer.G, d)
+        img = trainer.G.synthesis(ws, noise=d.noise, fused=False)
+        noise = torch.randn_like(img) / (img.shape[2] * img.shape[3]) ** 0.5
+        (g,) = torch.autograd.grad((img * noise).sum(), ws)
+        trainer.pl_mean.copy_(g.square().sum(2).mean(1).sqrt().mean().detach())
+    torch.manual_seed(trainer.cfg.seed + trainer.step_count)
+    log.info("continuing %s from G_ema and D at step %d (%.1f kimg); G := G_ema, Adam restarted",
+             folder, trainer.step_count, trainer.kimg)
+
+
 def unpack(src_dir, name: str, dest) -> Path:
     """Assemble a native checkpoint folder ``dest/name`` from the three export files.
 

@@ -32,7 +32,7 @@ EXPORT_RESERVE_S = 30.0
 
 def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_from=None, name: str | None = None,
             device: str = "auto", max_steps: int | None = None, overrides: dict | None = None,
-            t_start: float | None = None) -> dict:
+            t_start: float | None = None, init_from=None) -> dict:
     """Train one model for ``minutes`` of wall clock (resuming) and export it.
 
     Args:
@@ -45,8 +45,11 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         name: model name (default ``faces64`` / ``faces64-wpp``).
         device: ``auto``, ``cpu`` or ``cuda``.
         max_steps: stop after this many steps (tests, benchmarks).
-        overrides: :class:`TrainConfig` fields for a fresh run (ignored on resume, which
-            keeps the saved settings).
+        overrides: :class:`TrainConfig` fields for a fresh run or one started with
+            ``init_from`` (ignored on resume, which keeps the saved settings).
+        init_from: a native checkpoint folder (G_ema and D, e.g. a shipped model) to continue
+            when neither ``run_dir`` nor ``resume_from`` holds a training state: G and G_ema
+            start from its G_ema, the counters from its provenance, Adam fresh.
     Returns:
         summary dict (also written as ``train.json`` into the export zip).
     """
@@ -79,6 +82,9 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         raise FileNotFoundError(f"--resume-from {resume_from}: no {', '.join(_export.export_names(name).values())} "
                                 f"there and no checkpoint in {run_dir}; copy the files an earlier chunk exported "
                                 f"into that folder, or leave out --resume-from to start fresh")
+    elif init_from is not None:
+        cfg = _export.native_train_config(init_from, {k: v for k, v in overrides.items() if k != "resolution"})
+        source = f"native checkpoint {init_from}"
     else:
         cfg = TrainConfig(mapping=mapping, **overrides)
         source = "fresh start"
@@ -94,6 +100,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         trainer.load_logs()
     elif source.startswith("export"):
         _export.resume_from_export(trainer, resume_from, name)
+    elif source.startswith("native"):
+        _export.init_from_native(trainer, init_from)
     log.info("%s: %s; %d training images; step %d, %.1f kimg; device %s, amp %s", name, source, len(images),
              trainer.step_count, trainer.kimg, dev, trainer.amp_dtype)
 

@@ -48,6 +48,7 @@ from . import augment as _augment
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "faceedit.trainstate"
+HOLDOUT_SEED = 20261206  # fixes which pack images TrainConfig.holdout keeps out
 
 
 @dataclass
@@ -92,6 +93,10 @@ class TrainConfig:
     gsnr_every: int = 1000            # Steps between GSNR measurements (0 = never).
     gsnr_samples: int = 32            # Samples per GSNR measurement.
     profile_every: int = 200          # Time every phase of 16 consecutive steps every N steps (0 = off).
+    holdout: int = 0                  # N pack images (a fixed random subset) kept out of training; D's logits on them beside
+                                      # train images measure the generalisation gap at every GSNR step.
+    fast: bool = False                # The fast step (training.faststep: explicit draws, polyphase synthesis,
+                                      # torch.compile on CUDA, fused Adam); False = the reference step below.
 
     def __post_init__(self):
         if self.mapping not in ("mlp", "transformer"):
@@ -185,9 +190,10 @@ def r1_penalty(D, real: torch.Tensor, augment=None) -> tuple:
     return g.square().sum(dim=[1, 2, 3]), logits
 
 
-def _lazy_adam(params, lr, beta1, beta2, every, active):
+def _lazy_adam(params, lr, beta1, beta2, every, active, fused: bool = False):
     ratio = every / (every + 1) if active and every > 0 else 1.0
-    return torch.optim.Adam(params, lr=lr * ratio, betas=(beta1 ** ratio, beta2 ** ratio), eps=1e-8)
+    return torch.optim.Adam(params, lr=lr * ratio, betas=(beta1 ** ratio, beta2 ** ratio), eps=1e-8,
+                            fused=True if fused else None)
 
 
 class _PhaseTimer:
@@ -246,14 +252,24 @@ class Trainer:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (cfg.resolution, cfg.resolution):
             raise ValueError(f"training images must be [N, 3, {cfg.resolution}, {cfg.resolution}] uint8, "
                              f"got {tuple(images.shape)}")
+        if cfg.holdout and not 0 < cfg.holdout < len(images) // 2:
+            raise ValueError(f"holdout must leave most of the {len(images)} images for training, got {cfg.holdout}")
+        self.heldout = None
+        if cfg.holdout:  # a fixed random subset (packs are ordered by source), the same on every resume
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+            self.heldout = images[order[:cfg.holdout].sort().values].to(self.device)
+            images = images[order[cfg.holdout:].sort().values]
         self.images = images.to(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         torch.manual_seed(cfg.seed)
         self.G = Generator(**cfg.generator_kwargs()).to(self.device).train()
         self.D = Discriminator(**cfg.discriminator_kwargs()).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.optG = _lazy_adam(self.G.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.pl_every, cfg.pl_weight > 0)
-        self.optD = _lazy_adam(self.D.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.r1_every, cfg.r1_gamma > 0)
+        fused = cfg.fast and self.device.type == "cuda"
+        self.optG = _lazy_adam(self.G.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.pl_every, cfg.pl_weight > 0,
+                               fused)
+        self.optD = _lazy_adam(self.D.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.r1_every, cfg.r1_gamma > 0,
+                               fused)
         self.pl_mean = torch.zeros([], device=self.device)
         self.step_count = 0          # optimisation steps done
         self.nimg = 0                # real images shown to D
@@ -274,6 +290,11 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
             torch.backends.cudnn.benchmark = True
+        self.fast_step = None
+        if cfg.fast:
+            from .faststep import FastStep
+
+            self.fast_step = FastStep(self)
 
     # ------------------------------------------------------------------ pieces
 
@@ -317,6 +338,8 @@ class Trainer:
 
     def step(self) -> None:
         """One optimisation step of G and D (with the lazy regularisers when due)."""
+        if self.fast_step is not None:
+            return self.fast_step.step()
         cfg, G, D = self.cfg, self.G, self.D
         B = cfg.batch
         k = self.step_count
@@ -425,10 +448,26 @@ class Trainer:
             for group, v in res.items():
                 rows.append({"step": self.step_count, "kimg": round(self.kimg, 3), "net": net, "group": group,
                              "gsnr": f"{v['gsnr']:.6g}", "params": v["params"], "samples": m})
+        if self.heldout is not None:
+            rows.extend(self.generalisation_gap())
         self.gsnr_rows.extend(rows)
         if self.run_dir is not None:
             _write_csv(self.run_dir / "gsnr.csv", self.gsnr_rows)
         return rows
+
+    @torch.no_grad()
+    def generalisation_gap(self, n: int = 1024) -> list:
+        """D's mean logit on ``n`` train images and on the held-out ones (no augmentation), as
+        ``gsnr.csv`` rows (net ``D``, groups ``logit_train`` / ``logit_heldout`` / ``gap``)."""
+        g = torch.Generator(device="cpu").manual_seed(0)
+        pick = lambda imgs: imgs[torch.randperm(len(imgs), generator=g)[:n].to(imgs.device)]  # noqa: E731
+        means = {}
+        for key, imgs in (("logit_train", pick(self.images)), ("logit_heldout", pick(self.heldout))):
+            out = [self.D(x.float() / 127.5 - 1.0).float() for x in imgs.split(256)]
+            means[key] = float(torch.cat(out).mean())
+        means["gap"] = means["logit_train"] - means["logit_heldout"]
+        return [{"step": self.step_count, "kimg": round(self.kimg, 3), "net": "D", "group": k, "gsnr": f"{v:.6g}",
+                 "params": "", "samples": min(n, len(self.heldout))} for k, v in means.items()]
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64) -> np.ndarray:

@@ -88,11 +88,16 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set ema_kimg=5 --set channel_base=1024.")
 @click.option("--name", default=None, help="Model name [faces64 for mlp, faces64-wpp for transformer].")
+@click.option("--init-from", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Native checkpoint folder (G_ema + discriminator, e.g. a shipped model) to continue when "
+                   "the run folder holds no state and --resume-from is not given; Adam restarts.")
+@click.option("--fast/--reference", default=None,
+              help="The fast step (compiled on CUDA) or the reference step [reference, or what a resumed run saved].")
 @click.option("--plot", "plot_only", is_flag=True,
               help="Only draw loss.png and gsnr.png from the CSV logs of --run-dir, then exit.")
 @click.pass_context
 def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, resume_from, batch, lr, r1_gamma,
-          augment, seed, settings, name, plot_only):
+          augment, seed, settings, name, init_from, fast, plot_only):
     """Train a StyleGAN2 generator (W or W++) on a face pack, resumably.
 
     A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
@@ -103,6 +108,7 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
     Examples:
       faceedit train --mapping mlp --minutes 8.5 --export out/
       faceedit train --mapping transformer --run-dir runs/faces64-wpp --minutes 8.5
+      faceedit --device cuda train --init-from checkpoints/weights/faces64 --fast --batch 512 --export out/
       faceedit train --resolution 16 --set channel_base=256 --set channel_max=32 --max-steps 20 --run-dir /tmp/t
       faceedit train --plot --run-dir runs/faces64
     """
@@ -115,13 +121,14 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
         return
     with job_errors():
         overrides = parse_overrides(settings)
-        for k, v in (("batch", batch), ("lr", lr), ("r1_gamma", r1_gamma), ("augment", augment), ("seed", seed)):
+        for k, v in (("batch", batch), ("lr", lr), ("r1_gamma", r1_gamma), ("augment", augment), ("seed", seed),
+                     ("fast", fast)):
             if v is not None:
                 overrides[k] = v
         overrides["resolution"] = int(resolution)
         s = run_job(data=data, mapping=mapping, run_dir=run_dir, minutes=minutes, export=export,
                     resume_from=resume_from, name=name, device=ctx.obj["device"], max_steps=max_steps,
-                    overrides=overrides,
+                    overrides=overrides, init_from=init_from,
                     t_start=__import__("time").time())
     click.echo(format_table(s))
 

@@ -1,0 +1,230 @@
+"""The fast training step: the same losses as :meth:`Trainer.step`, shaped for a GPU.
+
+At 64 px the reference step is launch-bound: every phase is a few hundred small kernels,
+each waiting on Python. This step keeps the mathematics of the reference (same losses,
+same regularisers at the same lazy intervals, same EMA) and changes how it runs:
+
+* **Explicit draws.** Every random input of a phase (z, the mixing z and crossover layer,
+  the noise maps, the augmentation parameters, the real indices and flips) is drawn first
+  into a :class:`Draws`; the phase itself is then a pure function of weights and draws, which
+  is what lets ``torch.compile`` capture it whole and what makes it testable against the
+  reference path on the same inputs (``tests/test_training.py``).
+* **Polyphase synthesis** (``fused="poly"``, :mod:`networks.fastsynth`) instead of the
+  shared-conv path: dense low-resolution convolutions instead of transposed ones plus a blur.
+* **``torch.compile``** of the G-main loss, the fake generation of D-main and the D-main
+  loss (forward and backward through AOTAutograd), each compiled once: a phase always sees
+  the same ``requires_grad`` state, so no guard forces a recompile. The regularisers (R1,
+  path length) need double backward, which ``torch.compile`` does not capture; they stay
+  eager and run every ``r1_every`` / ``pl_every`` steps, as in the reference.
+* **Fused Adam** on CUDA (one kernel per parameter group instead of one per tensor; the
+  trainer builds its optimisers so when ``TrainConfig.fast`` is set).
+* bf16 autocast on CUDA as the reference; the discriminator runs ``channels_last`` on CUDA.
+
+A larger batch is what makes the step fast: ``TrainConfig.batch``. The learning rate, R1
+weight and EMA half-life are per image, not per step, in this loop (Adam's update does not
+grow with the batch; R1 is a mean over the batch; the EMA half-life is counted in images),
+so they keep their values at any batch. The path-length mean's decay is per step: the fast
+step scales it by ``batch / 128`` so that it averages over the same number of images.
+
+On the CPU the step runs uncompiled unless asked (``compile=True`` works there too, with a
+C++ compiler, but compiles for minutes).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import augment as _augment
+
+log = logging.getLogger(__name__)
+
+PL_DECAY_BATCH = 128  # the batch at which ``TrainConfig.pl_decay`` is meant
+
+
+@dataclass
+class Draws:
+    """The random inputs of one generator pass: ``G(z, z2, cut, noise)`` then ``aug``.
+
+    Attributes:
+        z: ``[B, *z_shape]`` latents.
+        z2: mixing latents (same shape) or None when the run does not mix.
+        cut: ``[B, 1]`` int64 crossover layer (``num_ws`` = no mixing for that sample) or None.
+        noise: one ``[B, 1, r, r]`` map per styled conv, in layer order.
+        aug: augmentation parameters (:func:`training.augment.sample_params`) for the fakes.
+    """
+
+    z: torch.Tensor
+    z2: torch.Tensor | None
+    cut: torch.Tensor | None
+    noise: list
+    aug: dict
+
+
+def draw_fakes(G, n: int, mixing_prob: float, policy: tuple, device) -> Draws:
+    """Draw everything one generator pass of ``n`` samples needs (see :class:`Draws`)."""
+    z = torch.randn((n, *G.z_shape), device=device)
+    z2 = cut = None
+    if mixing_prob > 0:
+        z2 = torch.randn((n, *G.z_shape), device=device)
+        cut = torch.randint(1, G.num_ws, (n, 1), device=device)
+        cut = torch.where(torch.rand(n, 1, device=device) < mixing_prob, cut, torch.full_like(cut, G.num_ws))
+    noise = [torch.randn(n, 1, b.shape[-2], b.shape[-1], device=device) for b in G.synthesis.noise_buffers()]
+    aug = _augment.sample_params(n, G.resolution, policy=policy, device=device) if policy else {}
+    return Draws(z, z2, cut, noise, aug)
+
+
+def mixed_ws(G, d: Draws, update_w_avg: bool = False) -> torch.Tensor:
+    """Codes of ``d.z``, with layers from ``d.cut`` on taken from ``d.z2`` (style mixing)."""
+    ws = G.mapping(d.z, update_w_avg=update_w_avg)
+    if d.z2 is None:
+        return ws
+    ws2 = G.mapping(d.z2)
+    layer = torch.arange(G.num_ws, device=ws.device).view(1, -1)
+    return torch.where((layer >= d.cut).unsqueeze(2), ws2, ws)
+
+
+def _augmented(x: torch.Tensor, params: dict) -> torch.Tensor:
+    return _augment.apply(x, params) if params else x
+
+
+def generate(G, d: Draws, path, update_w_avg: bool = False) -> torch.Tensor:
+    """Images of the draws through synthesis path ``path`` (``"poly"``, ``False`` or ``True``)."""
+    return G.synthesis(mixed_ws(G, d, update_w_avg), noise=d.noise, fused=path)
+
+
+def g_main_loss(G, D, d: Draws, path) -> torch.Tensor:
+    """Non-saturating generator loss ``mean softplus(-D(aug(G(d))))`` (updates G's ``w_avg``)."""
+    fake = generate(G, d, path, update_w_avg=True)
+    return F.softplus(-D(_augmented(fake, d.aug)).float()).mean()
+
+
+def d_main_loss(D, fake: torch.Tensor, fake_aug: dict, real: torch.Tensor, real_aug: dict) -> tuple:
+    """Logistic discriminator loss; returns ``(loss, real logits, fake logits)``."""
+    lf = D(_augmented(fake, fake_aug)).float()
+    lr = D(_augmented(real, real_aug)).float()
+    return F.softplus(lf).mean() + F.softplus(-lr).mean(), lr, lf
+
+
+class FastStep:
+    """Runs :meth:`Trainer.step`'s phases the fast way (module docstring) on a trainer's state.
+
+    Args:
+        trainer: the :class:`training.loop.Trainer` whose G, D, G_ema, optimisers and
+            counters this step advances.
+        compile: ``torch.compile`` the main phases (default: on CUDA only).
+        path: synthesis path of the main phases (``"poly"``; ``False`` is the reference's
+            shared-conv path, for comparisons).
+    """
+
+    def __init__(self, trainer, compile: bool | None = None, path="poly"):
+        self.t = trainer
+        dev = trainer.device
+        self.path = path
+        self.compiled = dev.type == "cuda" if compile is None else bool(compile)
+        if dev.type == "cuda":
+            trainer.D.to(memory_format=torch.channels_last)
+        wrap = (lambda f: torch.compile(f, dynamic=False)) if self.compiled else (lambda f: f)
+        self._g_main = wrap(self._g_main_impl)
+        self._fakes = wrap(self._fakes_impl)
+        self._d_main = wrap(self._d_main_impl)
+        self.pl_decay = min(1.0, trainer.cfg.pl_decay * trainer.cfg.batch / PL_DECAY_BATCH)
+
+    # the compiled bodies -------------------------------------------------------------
+
+    # (flat tensor arguments, so that the compiled functions guard on tensors only)
+
+    def _g_main_impl(self, z, z2, cut, noise, aug) -> torch.Tensor:
+        with self.t._autocast():
+            return g_main_loss(self.t.G, self.t.D, Draws(z, z2, cut, noise, aug), self.path)
+
+    @torch.no_grad()
+    def _fakes_impl(self, z, z2, cut, noise) -> torch.Tensor:
+        with self.t._autocast():
+            return generate(self.t.G, Draws(z, z2, cut, noise, {}), self.path)
+
+    def _d_main_impl(self, fake, fake_aug, real, real_aug):
+        with self.t._autocast():
+            return d_main_loss(self.t.D, fake, fake_aug, real, real_aug)
+
+    # one step ------------------------------------------------------------------------
+
+    def draws(self, n: int) -> Draws:
+        t = self.t
+        return draw_fakes(t.G, n, t.cfg.mixing_prob, t.aug.policy, t.device)
+
+    def step(self) -> None:
+        """One optimisation step of G and D, the lazy regularisers when due, the EMA."""
+        t = self.t
+        cfg, G, D = t.cfg, t.G, t.D
+        B, k = cfg.batch, t.step_count
+        t.timer.on = bool(cfg.profile_every) and (k % cfg.profile_every) < 16
+        policy = t.aug.policy
+        with t.timer.phase("data"):
+            real = t.real_batch(B)
+            real_aug = _augment.sample_params(B, cfg.resolution, policy=policy, device=t.device) if policy else {}
+            g_draws, d_draws = self.draws(B), self.draws(B)
+
+        with t.timer.phase("G main"):
+            G.requires_grad_(True)
+            D.requires_grad_(False)
+            t.optG.zero_grad(set_to_none=True)
+            loss_G = self._g_main(g_draws.z, g_draws.z2, g_draws.cut, g_draws.noise, g_draws.aug)
+            loss_G.backward()
+            t.optG.step()
+            t._add("loss_G", loss_G)
+
+        if cfg.pl_weight > 0 and cfg.pl_every > 0 and k % cfg.pl_every == 0:
+            with t.timer.phase("G pl"):
+                t.optG.zero_grad(set_to_none=True)
+                pl = path_length_loss(t, max(B // cfg.pl_batch_shrink, 1), self.pl_decay, self.path)
+                (pl * cfg.pl_weight * cfg.pl_every).backward()
+                t.optG.step()
+                t._add("pl", pl)
+                t._add("pl_mean", t.pl_mean)
+
+        with t.timer.phase("D main"):
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            t.optD.zero_grad(set_to_none=True)
+            fake = self._fakes(d_draws.z, d_draws.z2, d_draws.cut, d_draws.noise)
+            loss_D, lr_, lf = self._d_main(fake, d_draws.aug, real, real_aug)
+            loss_D.backward()
+            t.optD.step()
+            t._add("loss_D", loss_D)
+            t._add("D_real", lr_.mean())
+            t._add("D_fake", lf.mean())
+
+        if cfg.r1_gamma > 0 and cfg.r1_every > 0 and k % cfg.r1_every == 0:
+            with t.timer.phase("D r1"):
+                from .loop import r1_penalty
+
+                t.optD.zero_grad(set_to_none=True)
+                r1, _ = r1_penalty(D, real, t.aug)
+                (r1.mean() * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
+                t.optD.step()
+                t._add("r1", r1.mean())
+
+        with t.timer.phase("ema"):
+            from .loop import ema_beta, update_ema
+
+            t.nimg += B
+            t.step_count += 1
+            update_ema(t.G_ema, G, ema_beta(B, t.nimg, cfg.ema_kimg, cfg.ema_rampup))
+        if t.timer.on:
+            t.timer.steps += 1
+
+
+def path_length_loss(t, n: int, decay: float, path) -> torch.Tensor:
+    """StyleGAN2's path-length penalty on ``n`` fresh samples, fp32; updates ``t.pl_mean``."""
+    d = draw_fakes(t.G, n, t.cfg.mixing_prob, (), t.device)
+    ws = mixed_ws(t.G, d)
+    img = t.G.synthesis(ws, noise=d.noise, fused=path)
+    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+    lengths = g.square().sum(2).mean(1).sqrt()
+    t.pl_mean.copy_(t.pl_mean.lerp(lengths.mean().detach(), decay))
+    return (lengths - t.pl_mean).square().mean()
