@@ -47,8 +47,8 @@ def _weights_dir(name: str) -> Path:
     return Path(__file__).resolve().parent.parent / "checkpoints" / "weights" / name
 
 
-def make_trainer(name: str, images, device, *, fast: bool, batch: int, random: bool) -> Trainer:
-    quiet = dict(log_every=10 ** 9, gsnr_every=0, profile_every=0, sample_every_kimg=1e12)
+def make_trainer(name: str, images, device, *, fast: bool, batch: int, random: bool, compile: bool = True) -> Trainer:
+    quiet = dict(compile=compile, log_every=10 ** 9, gsnr_every=0, profile_every=0, sample_every_kimg=1e12)
     if random:
         cfg = TrainConfig(mapping=MODELS[name], batch=batch, fast=fast, **quiet)
         return Trainer(cfg, images, device)
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="faces64,faces64-wpp")
     ap.add_argument("--random", action="store_true", help="random weights instead of the shipped ones")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--no-compile", action="store_true", help="the fast step without torch.compile")
     a = ap.parse_args(argv)
     if a.steps % 16:
         ap.error("--steps must be a multiple of 16 (the R1 interval)")
@@ -119,11 +120,11 @@ def main(argv=None) -> int:
         floor = peak / fpi
         for fast, batch in ((False, a.old_batch), (True, a.batch)):
             torch.manual_seed(0)
-            tr = make_trainer(name, images, dev, fast=fast, batch=batch, random=a.random)
+            tr = make_trainer(name, images, dev, fast=fast, batch=batch, random=a.random, compile=not a.no_compile)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             r = time_steps(tr, a.warmup, a.steps)
-            r.update(model=name, step="fast" if fast else "reference", batch=batch, gflop_per_img=fpi / 1e9,
+            r.update(model=name, step=("fast" + ("" if not a.no_compile else " (eager)")) if fast else "reference", batch=batch, gflop_per_img=fpi / 1e9,
                      floor_img_per_s=floor, share_of_floor=r["img_per_s"] / floor,
                      peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None)
             info["rows"].append(r)

@@ -97,6 +97,7 @@ class TrainConfig:
                                       # train images measure the generalisation gap at every GSNR step.
     fast: bool = False                # The fast step (training.faststep: explicit draws, polyphase synthesis,
                                       # torch.compile on CUDA, fused Adam); False = the reference step below.
+    compile: bool = True              # torch.compile the fast step's main phases on CUDA (never on the CPU).
 
     def __post_init__(self):
         if self.mapping not in ("mlp", "transformer"):
@@ -294,7 +295,7 @@ class Trainer:
         if cfg.fast:
             from .faststep import FastStep
 
-            self.fast_step = FastStep(self)
+            self.fast_step = FastStep(self, compile=cfg.compile and self.device.type == "cuda")
 
     # ------------------------------------------------------------------ pieces
 
