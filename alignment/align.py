@@ -200,7 +200,7 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
     """Detect and align the faces of a photo with the FFHQ recipe.
 
     Args:
-        image: ``[H, W, 3]`` RGB uint8 (``faceedit.imageio.load_image`` gives one).
+        image: ``[H, W, 3]`` RGB uint8 (``faceedit.core.images.load_image`` gives one).
         recipe: crop geometry and size; use the recipe of the model you will invert into.
         detector: ``dlib`` (HOG), ``dlib-cnn`` (MMOD) or ``mtcnn``.
         face: ``'all'`` (left to right), ``'largest'``, or an index (0 = leftmost face).

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from faceedit.core.errors import CheckpointError
+from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import Discriminator, Generator
-
-from .atomic import atomic_write_bytes, atomic_write_text
 
 FORMAT = "faceedit.checkpoint"
 MAX_CONFIG_BYTES = 1 << 20
@@ -37,16 +37,6 @@ MAX_WEIGHTS_BYTES = 4 << 30       # a 1024 px StyleGAN2 in fp32 is ~130 MB
 MAX_PARAMETERS = 1_000_000_000    # refuse architectures that would allocate more (a 1024 px G: ~30M)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read safely or does not describe a usable model."""
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_zip(path) -> bool:

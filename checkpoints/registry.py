@@ -10,7 +10,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .native import CheckpointError, load_native, sha256_file
+from faceedit.core.errors import CheckpointError
+from faceedit.core.files import sha256_file
+
+from .native import load_native
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -78,7 +81,7 @@ def default_model(space: str) -> str:
     for e in REGISTRY.values():
         if space in e.default_for:
             return e.name
-    raise ValueError(f"no default model for space {space!r}")
+    raise CheckpointError(f"no default model for space {space!r}")
 
 
 def models_with_mapping(kind: str) -> list:

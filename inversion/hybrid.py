@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from faceedit.core.errors import InversionError
+
 from .latent import Latent
 from .projector import DEFAULT_PRIOR_WEIGHT, setup
 from .spaces import Space, check_space
@@ -108,8 +110,8 @@ def hybrid_invert(images, model=None, space: str = "w+", steps: int | None = Non
                                          perceptual=perceptual)
     space = check_space(G, space)
     if space == "wpp-z":
-        raise ValueError("hybrid inversion starts from the encoder's codes, which are not z: use --space wpp "
-                         "with --method hybrid, or --method optim for wpp-z")
+        raise InversionError("hybrid inversion starts from the encoder's codes, which are not z: use --space wpp "
+                             "with --method hybrid, or --method optim for wpp-z")
     dev = G.synthesis.const.device
     E, espace = _resolve_encoder(encoder, mdict if mdict is not None else model, space, G, dev)
     steps = int(steps) if steps is not None else hybrid_steps(dev)
@@ -174,8 +176,8 @@ def invert_code(method: str | None, images, model=None, space: str = "w+", steps
     if method is None:
         method = default_method(model, space)
     if method not in CODE_METHODS:
-        raise ValueError(f"a code is found by one of {', '.join(CODE_METHODS)}, got {method!r} "
-                         f"(pti: inversion.methods.invert_with)")
+        raise InversionError(f"a code is found by one of {', '.join(CODE_METHODS)}, got {method!r} "
+                             f"(pti: inversion.methods.invert_with)")
     if method == "optim":
         from .projector import invert
 

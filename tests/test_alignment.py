@@ -6,11 +6,25 @@ import os
 import numpy as np
 import pytest
 
-from faceedit.alignment import (FACES64, FFHQ, AlignmentError, AlignmentRecipe, FaceNotFoundError,
-                                FaceTooSmallError, ModelFileError, align, align_landmarks, align_photo,
-                                default_upsample, detect_faces, ffhq_quad, landmarks68, model_file)
+from faceedit.alignment import (
+    FACES64,
+    FFHQ,
+    AlignmentError,
+    AlignmentRecipe,
+    FaceNotFoundError,
+    FaceTooSmallError,
+    ModelFileError,
+    align,
+    align_landmarks,
+    align_photo,
+    default_upsample,
+    detect_faces,
+    ffhq_quad,
+    landmarks68,
+    model_file,
+)
 from faceedit.alignment.ffhq import apply_matrix
-from faceedit.imageio import load_image
+from faceedit.core.images import load_image
 
 
 def photo(shared_dir, name):

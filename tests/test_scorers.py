@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from faceedit.metrics.attributes import (CELEBA_ATTRIBUTES, AttributeScorer, AttrNet, ScorerNotFoundError,
-                                         celeba_label_matrix, evaluate_scores, gender_targets, save_attrnet, to_input)
+from faceedit.metrics.attributes import (
+    CELEBA_ATTRIBUTES,
+    AttributeScorer,
+    AttrNet,
+    ScorerNotFoundError,
+    celeba_label_matrix,
+    evaluate_scores,
+    gender_targets,
+    save_attrnet,
+    to_input,
+)
 
 
 def synthetic_pack(path, n=240, seed=0):
@@ -17,7 +26,7 @@ def synthetic_pack(path, n=240, seed=0):
     """
     import cv2
 
-    from faceedit.training.pack import write_pack
+    from faceedit.core.pack import write_pack
 
     rng = np.random.default_rng(seed)
     jpegs = []
@@ -157,7 +166,7 @@ def test_training_job_learns_synthetic_attributes(tmp_path):
 @pytest.fixture(scope="module")
 def obama(shared_dir):
     from faceedit.alignment import detect_faces, landmarks68
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     img = load_image(f"{shared_dir}/datasets/photos/face_recognition__obama.jpg")
     box = detect_faces(img)[0].box
@@ -235,7 +244,7 @@ def test_crop_geometry_and_failure_report(obama):
 @pytest.mark.slow
 def test_identity_separates_people_and_keeps_a_face(shared_dir, tmp_path):
     from faceedit.alignment import FACES64, align
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
     from faceedit.metrics.identity import IdentityEncoder, calibrate, chip_matrix, perturbations
 
     m = chip_matrix(64)
@@ -295,8 +304,8 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
     test = synthetic_pack(tmp_path / "test.npz", n=60, seed=2)
     w, _ = save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=8).eval(), {})
     sc = AttributeScorer.load(w)
-    from faceedit.imageio import save_image
-    from faceedit.training.pack import Pack
+    from faceedit.core.images import save_image
+    from faceedit.core.pack import Pack
 
     for i, im in enumerate(Pack(train).images(range(12))):
         save_image(tmp_path / "imgs" / f"{i:03d}.png", im)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faceedit.core.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 UTK_PATTERN = re.compile(r"(\d+)_([01])_([0-4])_(\d+)\.jpg\.chip\.jpg")
@@ -72,7 +74,7 @@ def read_celeba_attributes(path: Path) -> tuple:
             if not parts:
                 continue
             if len(parts) != len(attr_names) + 1:
-                raise ValueError(f"{path}: row {parts[0]!r} has {len(parts) - 1} values for {len(attr_names)} attributes")
+                raise TrainingError(f"{path}: row {parts[0]!r} has {len(parts) - 1} values for {len(attr_names)} attributes")
             table[parts[0]] = np.array([int(v) for v in parts[1:]], np.int8)
     return attr_names, table
 
@@ -121,7 +123,7 @@ def align_file(path: str, recipe_dict: dict) -> tuple:
     """``(crop uint8 [S, S, 3] or None, reason)`` for one photo (largest face)."""
     from faceedit.alignment import align
     from faceedit.alignment.types import AlignmentRecipe
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     try:
         img = load_image(path)
@@ -213,15 +215,14 @@ def choose_quality(crops: list, names: list, labels: dict, max_bytes: int, quali
         else:
             lo = mid + 1
     if best is None:
-        raise ValueError(f"even JPEG quality {qs[-1]} does not fit {max_bytes / 2**20:.1f} MiB; raise --max-mib")
+        raise TrainingError(f"even JPEG quality {qs[-1]} does not fit {max_bytes / 2**20:.1f} MiB; raise --max-mib")
     return best
 
 
 def contact_sheet(pack_path, n: int = 256, seed: int = 0) -> np.ndarray:
     """A grid of ``n`` random faces decoded from a pack."""
-    from faceedit.imageio import make_grid
-
-    from .pack import Pack
+    from faceedit.core.images import make_grid
+    from faceedit.core.pack import Pack
 
     pack = Pack(pack_path)
     idx = np.random.default_rng(seed).choice(len(pack), size=min(n, len(pack)), replace=False)
@@ -244,7 +245,7 @@ def _cached_alignment(cache, prefix, split, recs, recipe, workers, progress) -> 
     if path is not None:
         import io
 
-        from faceedit.checkpoints.atomic import atomic_write_bytes
+        from faceedit.core.files import atomic_write_bytes
 
         good = [c for c in crops if c is not None]
         buf = io.BytesIO()
@@ -277,10 +278,9 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
         the statistics dict (also written as ``{prefix}_stats.json``).
     """
     from faceedit.alignment.types import FACES64
-    from faceedit.checkpoints.atomic import atomic_write_text
-    from faceedit.imageio import save_image
-
-    from .pack import Pack, write_pack
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.images import save_image
+    from faceedit.core.pack import Pack, write_pack
 
     recipe = recipe or FACES64
     out = Path(out)
@@ -310,7 +310,7 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
                                   "per_source": per_source, "failure_kinds": kinds, "failures": failures}
         crops_by_split[split] = kept
     if not crops_by_split["train"]:
-        raise RuntimeError("no training face could be aligned; check the alignment models (faceedit align --help)")
+        raise TrainingError("no training face could be aligned; check the alignment models (faceedit align --help)")
 
     meta_base = {"recipe": recipe.to_dict(), "sources": "UTKFace aligned&cropped chips + CelebA img_align_celeba "
                  "(images 1-10000, halved)", "license": "non-commercial research only (UTKFace, CelebA terms)",
@@ -334,8 +334,8 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
         sizes[split] = path.stat().st_size
         while split == "train" and sizes[split] > max_mib * 2 ** 20:  # the estimate was short: step down
             if quality <= 10:
-                raise RuntimeError(f"{path} is {sizes[split] / 2**20:.2f} MiB even at JPEG quality {quality}, "
-                                   f"over {max_mib}; raise --max-mib")
+                raise TrainingError(f"{path} is {sizes[split] / 2**20:.2f} MiB even at JPEG quality {quality}, "
+                                    f"over {max_mib}; raise --max-mib")
             quality -= 1
             jpegs = encode_jpegs(crops, quality)
             meta["jpeg_quality"] = quality

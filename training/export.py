@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from faceedit.checkpoints.atomic import atomic_write_bytes
+from faceedit.core.errors import TrainingError
+from faceedit.core.files import atomic_write_bytes
 
-from .loop import STATE_FORMAT, Trainer, TrainConfig, _load_module, read_state_metadata
+from .loop import STATE_FORMAT, TrainConfig, Trainer, _load_module, read_state_metadata
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def export_run(trainer: Trainer, out_dir, name: str, *, recipe: dict | None, pro
     blobs["resume"] = save(t, metadata=meta)
     for kind, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"export file {names[kind]} is {len(data) / 2**20:.1f} MiB, over the 16 MiB "
-                             f"transfer limit; use a smaller architecture")
+            raise TrainingError(f"export file {names[kind]} is {len(data) / 2**20:.1f} MiB, over the 16 MiB "
+                                f"transfer limit; use a smaller architecture")
     return {kind: atomic_write_bytes(out_dir / names[kind], data) for kind, data in blobs.items()}
 
 
@@ -159,7 +160,7 @@ def unpack(src_dir, name: str, dest) -> Path:
     with zipfile.ZipFile(paths["zip"]) as z:
         for fname in z.namelist():
             if "/" in fname or fname.startswith("."):
-                raise ValueError(f"{paths['zip']}: unexpected entry {fname!r}")
+                raise TrainingError(f"{paths['zip']}: unexpected entry {fname!r}")
             atomic_write_bytes(folder / fname, z.read(fname))
     atomic_write_bytes(folder / "discriminator.safetensors", paths["disc"].read_bytes())
     return folder

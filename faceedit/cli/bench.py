@@ -72,7 +72,7 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
     _need(test_pack, "--test-pack")
     _need(train_pack, "--train-pack")
     with job_errors():
-        from faceedit.device import resolve_device
+        from faceedit.core.device import resolve_device
         from faceedit.metrics.attributes import AttributeScorer
 
         dev = resolve_device(ctx.obj.get("device", "auto"))

@@ -44,7 +44,7 @@ def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual
       faceedit train-encoder --model faces64-wpp --space wpp --minutes 3 --out runs/enc64wpp
       faceedit --device cpu train-encoder --model ./tiny --data pack.npz --steps 20 --channels 32
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
     from faceedit.training.encoder import encoder_width, format_summary, run
 
     with job_errors():

@@ -127,7 +127,7 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
 
 
 def _plots(run_dir, name):
-    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.core.files import atomic_write_bytes
 
     try:
         from faceedit.training.plots import gsnr_plot_png, loss_plot_png
@@ -231,7 +231,7 @@ def train_quadnet_cmd(ctx, out, datasets, per_source, samples, workers, steps, b
     Example:
       faceedit train-quadnet --out runs/quadnet --samples runs/quadnet/samples.npz
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
     from faceedit.training.quadnet import run_quadnet_job
 
     with job_errors():
