@@ -8,8 +8,8 @@ A checkpoint is a folder (or a ``.zip`` of one) holding:
 * ``model.safetensors``: ``G_ema.*`` parameters and buffers (``w_avg`` included); its
   sha256 is the model id that latents, directions and encoders record;
 * ``prior.safetensors`` (optional): the Gaussianized prior's statistics, fp32 (a separate
-  file so that the W++ joint covariance does not push the weight file past 16 MiB, and so
-  that adding a prior does not change the model id). Older files holding ``prior.*``
+  file so that the W++ joint covariance does not enlarge the weight file, and so that
+  adding a prior does not change the model id). Older files holding ``prior.*``
   tensors inside ``model.safetensors`` are still read;
 * ``discriminator.safetensors`` (optional): ``D.*``.
 
@@ -285,7 +285,7 @@ def model_safetensors_bytes(G: Generator, dtype: torch.dtype = torch.float32) ->
 def prior_safetensors_bytes(prior: dict) -> bytes:
     """The bytes of ``prior.safetensors``: statistics stay fp32; a symmetric ``cov`` is
     stored as its packed upper triangle (``cov.triu``), which halves the W++ joint
-    covariance (2560 x 2560) to 13 MB so the file stays under 16 MiB."""
+    covariance (2560 x 2560) to 13 MB."""
     from safetensors.torch import save
 
     out = {}

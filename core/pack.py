@@ -51,9 +51,6 @@ class Pack:
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def jpeg_bytes(self, i: int) -> bytes:
-        return self.jpeg[self.offsets[i]:self.offsets[i + 1]].tobytes()
-
     def image(self, i: int) -> np.ndarray:
         import cv2
 

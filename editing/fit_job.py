@@ -20,7 +20,7 @@ real images). Files go to ``DIR/<model>/`` (copy them to
 and the command prints a table last.
 
 Landmark-based directions (``--scorers landmarks``: yaw, and any other score the
-landmark scorer gives) need dlib, which the GPU machine lacks: run those on the CPU with
+landmark scorer gives) need dlib; where it is not installed, run those on the CPU with
 fewer samples (e.g. ``--scorers landmarks --n 6000 --fraction 0.05 --attrs yaw
 --device cpu --unsupervised 0 --separability 0``, about 25 ms per image); the report
 records the sample count. Faster: let the GPU run synthesise them (``--save-samples 6000``
@@ -50,7 +50,7 @@ from .fit import code_space, condition, fit_direction, ganspace, sample_and_scor
 
 log = logging.getLogger(__name__)
 
-# Always fitted when the scorer has them (the list); others join when the scorer's
+# Always fitted when the scorer has them (the shipped set's core); others join when the scorer's
 # validation AUC on real faces reaches --min-auc.
 CORE = ("smile", "age", "male", "eyeglasses", "young")
 # (primal, conditions)

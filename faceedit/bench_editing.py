@@ -24,7 +24,7 @@ of strengths (default -2..2, in standard deviations) and the edited images are m
 (all faces) and the output must have the input's size, differ from it only inside the
 paste-back mask, and equal it (within 1 level) at strength 0.
 
-Faces come from an aligned test pack (default ``.gpu/data/faces64_test.npz``, evenly
+Faces come from an aligned test pack (default ``<faceedit cache>/data/faces64_test.npz``, evenly
 spaced, never the train split). Figures on the test split are optimistic for identity
 (the split is by image, not by person).
 """
@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.checkpoints.registry import cache_dir
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
 
@@ -353,7 +354,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m faceedit.bench_editing", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None)
-    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
     ap.add_argument("--photos", default=None, help="also run the photo check on this folder")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--strengths", default="-2,-1,0,1,2")

@@ -24,7 +24,7 @@ the same seed, the same faces are inverted and measured:
 
 Identity is also broken down by UTKFace race, gender and age bucket (faces whose pack
 labels have ``source == 1``). Faces come from an aligned test pack (default
-``.gpu/data/faces64_test.npz``; evenly spaced indices, never the train split) and/or a
+``<faceedit cache>/data/faces64_test.npz``; evenly spaced indices, never the train split) and/or a
 folder of photos aligned with each model's recipe (largest face). Identity figures on
 the test split are optimistic: the splits are by image, not by person.
 """
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.checkpoints.registry import cache_dir
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
 
@@ -416,7 +417,7 @@ def main(argv=None):
                                  epilog="faceedit bench inversion --methods encoder,optim,hybrid,pti ... runs the "
                                         "methods table instead (its options: --methods x --help)")
     ap.add_argument("--model", action="append", default=None)
-    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
     ap.add_argument("--photos", default=None)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--steps", type=int, default=100)

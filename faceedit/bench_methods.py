@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from faceedit.bench_inversion import load_faces
+from faceedit.checkpoints.registry import cache_dir
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
 from faceedit.inversion.hybrid import HYBRID_PRIOR_WEIGHT
@@ -294,7 +295,7 @@ def main(argv=None) -> None:
     ap.add_argument("--compare-prior", action="store_true",
                     help="also run optim and hybrid with the other prior setting (like-for-like rows)")
     ap.add_argument("--runs", default="faces64:w+,faces64-wpp:wpp", help="MODEL:SPACE pairs, comma-separated")
-    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--pti-n", type=int, default=100, help="faces for PTI (it tunes one face at a time)")
     ap.add_argument("--optim-steps", type=int, default=500)

@@ -71,10 +71,6 @@ class Latent:
                        noise=None if self.noise is None else tuple(n.to(device) for n in self.noise),
                        tuning=None if self.tuning is None else {k: v.to(device) for k, v in self.tuning.items()})
 
-    def with_codes(self, codes: torch.Tensor, **meta) -> "Latent":
-        """Same latent with new codes (an edit); the space becomes W+-like if ``z`` no longer matches."""
-        return replace(self, codes=codes, meta={**self.meta, **meta})
-
     def check_generator(self, G) -> None:
         """Raise ``LatentFileError`` unless the codes (and noise maps) fit ``G``'s shapes.
 

@@ -14,8 +14,8 @@ Every photo is aligned with ``faceedit.alignment.align(..., recipe=FACES64,
 face='largest')`` -- dlib HOG detection (upsampling picked by image size), 68 landmarks,
 the FFHQ quad at 0.6x its size, 64 px -- in worker processes; photos where no face is
 found are counted and listed. The crops are JPEG-encoded at the highest quality
-(from 95 down in steps of 1) that keeps the train pack under ``max_mib`` (it travels to
-the GPU machine beside the repo within 64 MiB); the test pack uses the same quality.
+(from 95 down in steps of 1) that keeps the train pack under ``max_mib`` (a size budget
+for moving the pack to where training runs); the test pack uses the same quality.
 
 Why FACES64 (FFHQ geometry at 0.6x the quad): ENVIRONMENT.md measured that the full
 FFHQ quad is ~1.6x a UTKFace chip (64% of the crop would be reflect padding) while at
@@ -273,7 +273,7 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
         prefix: file-name prefix.
         cache: folder for the raw aligned crops (reused when the photos and recipe are the
             same, so a re-pack at another size skips alignment); keep it out of ``out``,
-            which travels to the GPU machine.
+            so ``out`` holds only the packs and their reports.
     Returns:
         the statistics dict (also written as ``{prefix}_stats.json``).
     """

@@ -1,6 +1,6 @@
 """Training job for the pSp/e4e-family encoder (``networks.encoder.Encoder``).
 
-Run on the GPU machine (no dlib, lpips or facenet needed)::
+Needs no dlib, lpips or facenet, so it runs on a bare CUDA machine::
 
     faceedit --device cuda train-encoder --model checkpoints/weights/faces64 \\
         --data .gpu/data/faces64_train.npz --space w+ --minutes 3 --out runs/enc_faces64

@@ -1,8 +1,8 @@
 """What a training chunk hands back: a shippable checkpoint, a compact resume state, logs.
 
-The GPU machine returns at most 8 files of at most 16 MiB each (64 MiB in all) and the
-two shipped models train side by side, so each run exports exactly three files into
-the export folder (``NAME`` = ``faces64`` or ``faces64-wpp``):
+Each file stays under ``MAX_FILE_BYTES`` (16 MiB) so that a chunk's results can be carried
+off a training machine as a few small files, and the two shipped models train side by
+side, so each run exports exactly three files into the export folder (``NAME`` = ``faces64`` or ``faces64-wpp``):
 
 * ``NAME.zip``: a native checkpoint without its discriminator (``config.json`` and
   ``model.safetensors`` holding G_ema in fp16; ``faceedit.checkpoints.load_native``
@@ -64,7 +64,7 @@ def export_run(trainer: Trainer, out_dir, name: str, *, recipe: dict | None, pro
     Returns:
         ``{kind: path}`` of the written files.
     Raises:
-        ValueError: a file would exceed the 16 MiB transfer limit.
+        TrainingError: a file would exceed ``MAX_FILE_BYTES``.
     """
     import tempfile
 
@@ -93,7 +93,7 @@ def export_run(trainer: Trainer, out_dir, name: str, *, recipe: dict | None, pro
     for kind, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
             raise TrainingError(f"export file {names[kind]} is {len(data) / 2**20:.1f} MiB, over the 16 MiB "
-                                f"transfer limit; use a smaller architecture")
+                                f"limit for one export file; use a smaller architecture")
     return {kind: atomic_write_bytes(out_dir / names[kind], data) for kind, data in blobs.items()}
 
 

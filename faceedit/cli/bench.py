@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors
+from .common import DATA_HELP, data_default, job_errors
 
-DEFAULT_TEST = ".gpu/data/faces64_test.npz"
-DEFAULT_TRAIN = ".gpu/data/faces64_train.npz"
+DEFAULT_TEST = "faces64_test.npz"
+DEFAULT_TRAIN = "faces64_train.npz"
 
 
 def _pack_option(name, default, help_):
-    return click.option(name, type=click.Path(dir_okay=False), default=default, show_default=True, help=help_)
+    return click.option(name, type=click.Path(dir_okay=False), default=data_default(default),
+                        show_default=f"{DATA_HELP}/{default}", help=help_)
 
 
 def _need(path, what):

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import click
 
-from .common import job_errors
+from .common import DATA_HELP, data_default, job_errors
 
 
 @click.command("train-encoder")
 @click.option("--model", default="faces64", show_default=True, help="Registry name or checkpoint folder.")
-@click.option("--data", type=click.Path(dir_okay=False), default=".gpu/data/faces64_train.npz", show_default=True,
+@click.option("--data", type=click.Path(dir_okay=False), default=data_default("faces64_train.npz"),
+              show_default=f"{DATA_HELP}/faces64_train.npz",
               help="Training pack (train split), as written by `faceedit dataset`.")
 @click.option("--space", type=click.Choice(["w", "w+", "wpp"]), default="w+", show_default=True,
               help="Space the encoder predicts (wpp needs a W++ model such as faces64-wpp).")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors
+from .common import DATA_HELP, data_default, job_errors
 
 
 def _default_datasets() -> str:
@@ -25,7 +25,7 @@ def dataset():
 
 
 @dataset.command("build")
-@click.option("--out", type=click.Path(file_okay=False), default=".gpu/data", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=data_default(), show_default=DATA_HELP,
               help="Folder for faces64_train.npz, faces64_test.npz, the report and contact sheet.")
 @click.option("--datasets", type=click.Path(exists=True, file_okay=False), default=None,
               help="The shared data sets folder (default: $FACEEDIT_DATASETS or ../shared/datasets).")
@@ -36,7 +36,7 @@ def dataset():
               help="Process only about N photos per split (evenly spaced): a quick trial build.")
 @click.option("--prefix", default="faces64", show_default=True, help="File-name prefix.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
-              help="Keep the raw aligned crops here (~400 MB; not inside --out, which travels to the GPU) "
+              help="Keep the raw aligned crops here (~400 MB; not inside --out, which holds only the packs) "
                    "so that a re-pack at another --max-mib skips alignment.")
 @click.pass_context
 def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
@@ -65,8 +65,8 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 
 
 @click.command("train")
-@click.option("--data", type=click.Path(dir_okay=False), default=".gpu/data/faces64_train.npz", show_default=True,
-              help="Train pack from `faceedit dataset build`.")
+@click.option("--data", type=click.Path(dir_okay=False), default=data_default("faces64_train.npz"),
+              show_default=f"{DATA_HELP}/faces64_train.npz", help="Train pack from `faceedit dataset build`.")
 @click.option("--mapping", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
               help="mlp: W/W+ model (faces64); transformer: W++ model (faces64-wpp).")
 @click.option("--resolution", type=click.Choice(["16", "32", "64"]), default="64", show_default=True,
@@ -97,7 +97,7 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
 
     A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
     channel_max 256; transformer 4 blocks, 4 heads); a resumed run keeps its saved
-    settings. The GPU machine runs this same command (`faceedit --device cuda train ...`).
+    settings. On a GPU: `faceedit --device cuda train ...`.
 
     \b
     Examples:
