@@ -105,7 +105,8 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-                try_rotations: bool = False, landmarks: Optional[str] = None, name: str = "the photo") -> AlignmentReport:
+                try_rotations: bool = False, landmarks: Optional[str] = None,
+                name: str = "the photo") -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
     Raises the same errors as :func:`align`.
@@ -125,7 +126,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         dets = detect_faces(work, detector, upsample)
         if dets:
             if dets[0].upsample is not None:
-                report.tried[-1] = f"{detector} at upsample {dets[0].upsample}" + (f" rotated {90 * k} deg" if k else "")
+                report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}"
+                                    + (f" rotated {90 * k} deg" if k else ""))
             report.rotation = 90 * k
             inv = np.linalg.inv(_rot90_matrix(k, W, H))
             break

@@ -251,5 +251,6 @@ def align_landmarks(image: np.ndarray, landmarks: np.ndarray, recipe: AlignmentR
     if ss > 1:
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     M = np.diag([1.0 / ss, 1.0 / ss, 1.0]) @ A @ T
-    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=M, quad=quad0, landmarks=np.asarray(landmarks, np.float64),
+    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=M, quad=quad0,
+                       landmarks=np.asarray(landmarks, np.float64),
                        score=float(score), source_size=(W, H), index=int(index), detector=detector, recipe=recipe)

@@ -68,16 +68,8 @@ def main():
 @click.option("--upsample", type=int, default=None, help="dlib upsampling [default: automatic by photo size].")
 def speed(out, photo, size, repeats, detectors, upsample):
     """Faces per second for a SIZE px FFHQ crop from a ~2 MP photo, per detector."""
-    from faceedit.alignment import (
-        FFHQ,
-        align,
-        align_landmarks,
-        calibrate_mtcnn5,
-        detect_faces,
-        landmarks68,
-        landmarks68_averaged,
-        mtcnn5_refined,
-    )
+    from faceedit.alignment import (FFHQ, align, align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68,
+                                    landmarks68_averaged, mtcnn5_refined)
     from faceedit.alignment.quadnet import quadnet_points
     from faceedit.core.images import load_image
 

@@ -241,7 +241,8 @@ def condition(direction: Direction, conditions, *, codes=None) -> Direction:
         if c.model_id != direction.model_id or c.space != direction.space or c.vector.shape != direction.vector.shape:
             raise DirectionError(f"condition {c.key!r} ({c.model_id}, {c.space}, {tuple(c.vector.shape)}) does not "
                                  f"match {direction.key!r} ({direction.model_id}, {direction.space}, "
-                                 f"{tuple(direction.vector.shape)}); condition only on directions of one model and space")
+                                 f"{tuple(direction.vector.shape)}); condition only on directions of one model and "
+                                 f"space")
     v = project_off(direction.vector, [c.vector for c in conditions]).reshape(direction.vector.shape).float()
     cos = float((v.double().reshape(-1) @ direction.vector.double().reshape(-1)))
     std = direction.latent_std if codes is None else latent_std(codes, v)

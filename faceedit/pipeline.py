@@ -115,7 +115,8 @@ class Pipeline:
         if isinstance(model, dict):
             self.model = model
         else:
-            name = model if model is not None else default_model("wpp" if self.space in ("wpp", "wpp-z") else self.space)
+            default_space = "wpp" if self.space in ("wpp", "wpp-z") else self.space
+            name = model if model is not None else default_model(default_space)
             opts = invert_options or {}
             want_d = opts.get("perceptual", "auto") in ("auto", "disc")
             try:

@@ -17,7 +17,8 @@ noise, lr 0.3. Steps on CUDA: in the 100-face table (``bench/methods/``, H100) 9
 left faces64 0.0002 short of the 500-step optimiser's identity (0.9957 vs 0.9959, paired
 interval +-0.0009); 110 steps reached 0.9968 in 16.9% of its time (faces64-wpp at 100
 steps: 0.9967 vs 0.9956 in 14.8%), so the CUDA default is 110. Per step the hybrid took
-0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise). On the CPU the default is 30
+0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise). On the CPU the
+default is 30
 steps, so that `faceedit edit photo.jpg` stays a few seconds.
 
 Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'

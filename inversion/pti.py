@@ -277,7 +277,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         alpha = locality_radius * float((bank - pivot).flatten(1).norm(dim=1).median())
     t0 = time.perf_counter()
     hist = []
-    for step in range(steps):
+    for _step in range(steps):
         # the pivot and every regulariser code go through the tuned generator as ONE batch
         extra = [_locality_codes(pivot, bank, n_loc, alpha, gen)] if n_loc else []
         extra += [_edit_codes(pivot, bank, n_con, consistency_strength, gen)] if n_con else []
@@ -389,7 +389,8 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
                    "pti_after": [r["loss_after"] for r in records]},
         "tuning": {"kind": "lora", "rank": rank, "steps": steps, "lr": lr, "locality_weight": locality_weight,
                    "locality_radius": locality_radius, "consistency_weight": consistency_weight,
-                   "consistency_strength": consistency_strength, "params": sorted({k.rsplit('.', 1)[0] for k in tuning}),
+                   "consistency_strength": consistency_strength,
+                   "params": sorted({k.rsplit('.', 1)[0] for k in tuning}),
                    "bytes_per_image": per_image, "generator_bytes": g_bytes},
         "seconds": time.perf_counter() - t_all, "tuning_seconds": sum(r["seconds"] for r in records),
         "steps": meta.get("steps", 0), "steps_requested": meta.get("steps_requested", 0),

@@ -74,7 +74,8 @@ def _as_uint8(images) -> np.ndarray:
 
         if isinstance(images, torch.Tensor):
             x = images[None] if images.ndim == 3 else images
-            return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return x.permute(0, 2, 3, 1).cpu().numpy()
     except ImportError:  # pragma: no cover
         pass
     a = np.asarray(images)

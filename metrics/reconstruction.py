@@ -34,7 +34,8 @@ class LPIPSUnavailableError(FaceeditError, FileNotFoundError):
 
 
 def to_unit(images) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` / ``[H, W, 3]`` or float ``[N, 3, H, W]`` in [-1, 1] -> float ``[N, 3, H, W]`` in [0, 1]."""
+    """uint8 ``[N, H, W, 3]`` / ``[H, W, 3]`` or float ``[N, 3, H, W]`` in [-1, 1] -> float
+    ``[N, 3, H, W]`` in [0, 1]."""
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4 or x.shape[1] not in (1, 3):

@@ -104,8 +104,8 @@ def linear_separability(latents: np.ndarray, scores: dict, *, attributes=None, k
             continue
         per[a] = r
     total = sum(r["entropy"] for r in per.values())
-    return {"separability": float(np.exp(total)) if per else float("nan"), "sum_entropy_nats": float(total), "per_attribute": per,
-            "skipped": skipped, "keep": keep, "held_out": held_out, "n": int(len(latents))}
+    return {"separability": float(np.exp(total)) if per else float("nan"), "sum_entropy_nats": float(total),
+            "per_attribute": per, "skipped": skipped, "keep": keep, "held_out": held_out, "n": int(len(latents))}
 
 
 __all__ = ["linear_separability", "attribute_entropy", "conditional_entropy"]

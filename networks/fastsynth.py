@@ -376,7 +376,7 @@ def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list
     if ws.is_cuda:  # cuDNN's tensor-core kernels want NHWC; every later activation follows
         x = x.contiguous(memory_format=torch.channels_last)
     img = None
-    for j, ((layer, i, up), s, (k, d)) in enumerate(zip(convs, conv_styles, prepared)):
+    for j, ((layer, _i, up), s, (k, d)) in enumerate(zip(convs, conv_styles, prepared)):
         nz = _noise(layer, x, layer.resolution, noise_mode, None if noise is None else noise[j])
         x = apply_conv(layer, x, s, k, d, nz, up)
         if j % 2 == 0:  # after the 4x4 conv and after each block's second conv

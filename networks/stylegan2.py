@@ -23,16 +23,8 @@ from faceedit.core.errors import NetworkError
 from .fastsynth import synthesis_poly
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP, MappingTransformer
-from .ops import (
-    _autocast_off,
-    downsample2d,
-    lrelu_gain,
-    make_fir,
-    modulated_conv2d,
-    modulated_conv2d_shared,
-    upsample2d,
-    upsample2d_fast,
-)
+from .ops import (_autocast_off, downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared,
+                  upsample2d, upsample2d_fast)
 
 
 def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:

@@ -9,19 +9,8 @@ import torch
 from faceedit.editing import Direction, DirectionError, DirectionFileError, edit
 from faceedit.editing.apply import displacement
 from faceedit.editing.direction import direction_filename, find_direction, list_directions
-from faceedit.editing.fit import (
-    affines_for_layer,
-    condition,
-    fit_direction,
-    fit_svm,
-    ganspace,
-    latent_std,
-    project_off,
-    sample_and_score,
-    sample_codes,
-    sefa,
-    sefa_weights,
-)
+from faceedit.editing.fit import (affines_for_layer, condition, fit_direction, fit_svm, ganspace, latent_std,
+                                  project_off, sample_and_score, sample_codes, sefa, sefa_weights)
 from faceedit.inversion.latent import Latent
 from faceedit.networks import Generator
 

@@ -8,13 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from faceedit.inversion import Latent, Projector, invert
-from faceedit.inversion.losses import (
-    DiscFeatureLoss,
-    LPIPSLoss,
-    MissingWeightsError,
-    noise_regularization,
-    normalize_noise_,
-)
+from faceedit.inversion.losses import (DiscFeatureLoss, LPIPSLoss, MissingWeightsError, noise_regularization,
+                                       normalize_noise_)
 from faceedit.inversion.prior import GaussianPrior, fit_prior
 from faceedit.inversion.spaces import Space, check_space
 from faceedit.networks import Discriminator, Generator
@@ -133,7 +128,8 @@ def test_noise_regulariser_and_renormalisation():
     smooth = [torch.nn.functional.interpolate(torch.randn(2, 1, 4, 4, generator=g), size=32, mode="bilinear")]
     normalize_noise_(white)
     normalize_noise_(smooth)
-    assert float(smooth[0].mean()) == pytest.approx(0, abs=1e-5) and float(smooth[0].std()) == pytest.approx(1, abs=0.02)
+    assert float(smooth[0].mean()) == pytest.approx(0, abs=1e-5) and float(smooth[0].std()) == pytest.approx(1,
+                                                                                                             abs=0.02)
     assert (noise_regularization(smooth) > 50 * noise_regularization(white)).all()
     assert noise_regularization(white).shape == (2,)
 

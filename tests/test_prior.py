@@ -6,16 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from faceedit.inversion.prior import (
-    GaussianPrior,
-    LedoitWolfAccumulator,
-    chi2_check,
-    degaussianize,
-    fit_prior,
-    gaussianize,
-    load_prior,
-    prior_cache_path,
-)
+from faceedit.inversion.prior import (GaussianPrior, LedoitWolfAccumulator, chi2_check, degaussianize, fit_prior,
+                                      gaussianize, load_prior, prior_cache_path)
 from faceedit.networks import Generator
 from faceedit.networks.ops import lrelu_gain
 

@@ -5,17 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from faceedit.metrics.attributes import (
-    CELEBA_ATTRIBUTES,
-    AttributeScorer,
-    AttrNet,
-    ScorerNotFoundError,
-    celeba_label_matrix,
-    evaluate_scores,
-    gender_targets,
-    save_attrnet,
-    to_input,
-)
+from faceedit.metrics.attributes import (CELEBA_ATTRIBUTES, AttributeScorer, AttrNet, ScorerNotFoundError,
+                                         celeba_label_matrix, evaluate_scores, gender_targets, save_attrnet, to_input)
 
 
 def synthetic_pack(path, n=240, seed=0):
@@ -45,7 +36,8 @@ def synthetic_pack(path, n=240, seed=0):
         if m:
             im[..., 0] = np.clip(im[..., 0].astype(int) + 70, 0, 255)
         if i % 2 == 0:
-            lab["Smiling"][i], lab["Eyeglasses"][i], lab["Male"][i] = (1 if s else -1), (1 if e else -1), (1 if m else -1)
+            sign = lambda b: 1 if b else -1  # noqa: E731
+            lab["Smiling"][i], lab["Eyeglasses"][i], lab["Male"][i] = sign(s), sign(e), sign(m)
         else:
             a = rng.uniform(1, 80)
             im[0:12, 0:12] = int(a * 3)

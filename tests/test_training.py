@@ -197,7 +197,8 @@ def test_job_exports_resumes_on_fresh_machine_and_unpacks(tmp_path):
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["faces64.disc.safetensors", "faces64.resume.safetensors", "faces64.zip"]
     with zipfile.ZipFile(tmp_path / "out" / "faces64.zip") as z:
-        assert {"config.json", "model.safetensors", "loss.csv", "gsnr.csv", "samples.png", "train.json"} <= set(z.namelist())
+        assert {"config.json", "model.safetensors", "loss.csv", "gsnr.csv", "samples.png",
+                "train.json"} <= set(z.namelist())
         cfg = json.loads(z.read("config.json"))
     assert cfg["name"] == "faces64" and "non-commercial" in cfg["license"]
     assert cfg["provenance"]["steps"] == 4 and cfg["recipe"]["name"] == "faces64"

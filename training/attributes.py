@@ -31,17 +31,8 @@ import torch.nn.functional as F
 from faceedit.core.errors import TrainingError
 from faceedit.core.files import sha256_file
 from faceedit.core.pack import Pack
-from faceedit.metrics.attributes import (
-    AGE_SCALE,
-    CELEBA_ATTRIBUTES,
-    AttributeScorer,
-    AttrNet,
-    age_targets,
-    celeba_label_matrix,
-    evaluate_scores,
-    gender_targets,
-    save_attrnet,
-)
+from faceedit.metrics.attributes import (AGE_SCALE, CELEBA_ATTRIBUTES, AttributeScorer, AttrNet, age_targets,
+                                         celeba_label_matrix, evaluate_scores, gender_targets, save_attrnet)
 
 log = logging.getLogger(__name__)
 

@@ -74,7 +74,8 @@ def read_celeba_attributes(path: Path) -> tuple:
             if not parts:
                 continue
             if len(parts) != len(attr_names) + 1:
-                raise TrainingError(f"{path}: row {parts[0]!r} has {len(parts) - 1} values for {len(attr_names)} attributes")
+                raise TrainingError(f"{path}: row {parts[0]!r} has {len(parts) - 1} values for {len(attr_names)} "
+                                    f"attributes")
             table[parts[0]] = np.array([int(v) for v in parts[1:]], np.int8)
     return attr_names, table
 
@@ -93,7 +94,8 @@ def _records_celeba(root: Path) -> tuple:
 
 
 def list_sources(datasets_dir) -> dict:
-    """All photos with split and labels: ``{"train": [...], "test": [...], "malformed": [...], "attr_names": [...]}``."""
+    """All photos with split and labels:
+    ``{"train": [...], "test": [...], "malformed": [...], "attr_names": [...]}``."""
     root = Path(datasets_dir)
     for sub in ("utkface", "celeba10k"):
         if not (root / sub).is_dir():
@@ -361,7 +363,8 @@ def stats_markdown(stats: dict) -> str:
         for src, c in s["per_source"].items():
             lines.append(f"| {split} | {src} | {c['photos']} | {c['aligned']} | {c['failed']} |")
         lines.append(f"| {split} | all | {s['photos']} | {s['aligned']} | {s['failed']} |")
-    lines += ["", "Failure kinds: " + "; ".join(f"{k} {json.dumps(s['failure_kinds'])}" for k, s in stats["splits"].items()),
+    lines += ["", "Failure kinds: " + "; ".join(f"{k} {json.dumps(s['failure_kinds'])}" for k,
+                                                s in stats["splits"].items()),
               "", "Malformed UTKFace names (left out of both packs): "
               + ", ".join(f"`{m['name']}` ({m['split']})" for m in stats["malformed_utkface_names"]), ""]
     return "\n".join(lines)

@@ -111,7 +111,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
             trainer.load_checkpoint(ckpt)
             log.error("%s: non-finite losses; exporting the last good checkpoint (step %d)", name, trainer.step_count)
         else:
-            raise TrainingError(f"{name}: training diverged before the first checkpoint; lower --lr or raise --r1-gamma")
+            raise TrainingError(f"{name}: training diverged before the first checkpoint; lower --lr or raise "
+                                f"--r1-gamma")
 
     profile = trainer.timer.table()
     summary.update({

@@ -185,7 +185,8 @@ def train_quadnet(samples: dict, *, steps: int = 18000, batch: int = 256, lr: fl
         net.template.copy_(_to_net_frame(P[tr], torch.eye(2, device=device).expand(len(tr), 2, 2),
                                          torch.zeros(len(tr), 2, device=device)).mean(0))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
 
     def predict(x):
         net.eval()
@@ -226,7 +227,8 @@ def train_quadnet(samples: dict, *, steps: int = 18000, batch: int = 256, lr: fl
     pm = predict(Xva.flip(3)).double().cpu().numpy()
     pred2 = 0.5 * (pred.double().cpu().numpy() + mirror_targets(pm))
     Yn, Qn = Yva.double().cpu().numpy(), Qva.double().cpu().numpy()
-    rec = {"faces": n, "val_faces": int(len(va)), "steps": steps, "batch": batch, "lr": lr, "jitter": jitter, "width": width,
+    rec = {"faces": n, "val_faces": int(len(va)), "steps": steps, "batch": batch, "lr": lr, "jitter": jitter,
+           "width": width,
            "seed": seed, "seconds": round(seconds, 1), "device": str(device),
            "val_l1_mtcnn_calibrated": round(float(np.abs(Qn - Yn).mean()), 5),
            "val_l1_quadnet": round(float(np.abs(pred2 - Yn).mean()), 5),

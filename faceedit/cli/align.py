@@ -143,7 +143,8 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
         if size is not None or scale is not None:
             rec = type(rec).from_dict({**rec.to_dict(), **({"size": size} if size else {}),
                                        **({"scale": scale} if scale else {})})
-    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=_parse_face(face), upsample=upsample, min_face=min_face,
+    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=_parse_face(face), upsample=upsample,
+                min_face=min_face,
                 try_rotations=try_rotations, ext=ext, max_pixels=max_pixels)
     out = Path(out)
     jobs, done = [], 0
@@ -192,7 +193,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
         from faceedit.core.files import atomic_write_text
 
         atomic_write_text(out / "failures.json", json.dumps([{"source": s, "error": m} for s, m in failures], indent=1))
-        for s, m in failures[:10]:
+        for _s, m in failures[:10]:
             click.echo(f"failed: {m}", err=True)
         if len(failures) > 10:
             click.echo(f"... and {len(failures) - 10} more (see {out / 'failures.json'})", err=True)

@@ -42,7 +42,8 @@ def bench():
               help="A folder of aligned face images to measure like a model's samples (repeatable).")
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces (the reference).")
 @_pack_option("--train-pack", DEFAULT_TRAIN, "Aligned real TRAIN faces (floor and nearest-neighbour sheet).")
-@click.option("--n", type=click.IntRange(min=10), default=None, help="Generated faces [default: as many as test faces].")
+@click.option("--n", type=click.IntRange(min=10), default=None,
+              help="Generated faces [default: as many as test faces].")
 @click.option("--ppl", "ppl_samples", type=click.IntRange(min=0), default=1000, show_default=True,
               help="PPL pairs per space and sampling (0 = skip).")
 @click.option("--ls", "ls_samples", type=click.IntRange(min=0), default=4000, show_default=True,
@@ -55,7 +56,8 @@ def bench():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="bench/generator", show_default=True)
 @click.pass_context
-def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc, seed, out):
+def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc,
+              seed, out):
     """Generated vs real faces in the attribute network's features.
 
     KID-attr (bootstrap 95% interval), FD-attr and precision/recall-attr against the real
@@ -78,7 +80,8 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
 
         dev = resolve_device(ctx.obj.get("device", "auto"))
         models = list(models) if models else ([] if images_dirs else ["faces64"])
-        res = bench_generator(models, images_dirs=list(images_dirs), test_pack=test_pack, train_pack=train_pack, n=n, seed=seed, trunc=trunc,
+        res = bench_generator(models, images_dirs=list(images_dirs), test_pack=test_pack, train_pack=train_pack, n=n,
+                              seed=seed, trunc=trunc,
                               ppl_samples=ppl_samples, ls_samples=ls_samples, max_train=max_train, device=dev,
                               scorer=AttributeScorer.load(weights, device=dev), out=out,
                               progress=lambda m: click.echo(m, err=True))
@@ -159,7 +162,7 @@ def _plugin(kind: str, module: str):
         try:
             mod = importlib.import_module(plugin_module(kind, args))
         except ImportError as e:
-            raise click.ClickException(f"`faceedit bench {kind}` is not available in this install ({e})")
+            raise click.ClickException(f"`faceedit bench {kind}` is not available in this install ({e})") from e
         with job_errors():
             mod.main(list(args))
 

@@ -179,7 +179,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                 lats = [(Path(f["latent"]), Latent.load(f["latent"])) for f in rec["faces"]]
                 model = model or rec.get("model")
             by_photo = {}
-            for p, lat in lats:
+            for _p, lat in lats:
                 src = photo_override or lat.meta.get("source")
                 by_photo.setdefault(src, []).append(lat)
             jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
@@ -196,7 +196,8 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                 pipes[key] = Pipeline(mdl, space=sp, method=method, device=device, detector=detector,
                                       directions=directions_dir,
                                       strength_unit=unit,
-                                      invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+                                      invert_options={k: v for k, v in (("steps", steps), ("seed", seed))
+                                                      if v is not None})
             pipe = pipes[key]
             records.append(_run_one(pipe, src, lats, pairs, face, layer_list, strengths, out, load_image))
     dt = time.perf_counter() - t_start

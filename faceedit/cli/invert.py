@@ -44,7 +44,7 @@ def _face_option(value: str):
     try:
         i = int(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not largest, all or a face index (0 = leftmost)")
+        raise click.BadParameter(f"{value!r} is not largest, all or a face index (0 = leftmost)") from None
     if i < 0:
         raise click.BadParameter("a face index is 0 or more (0 = leftmost face)")
     return i

@@ -132,7 +132,7 @@ def _plots(run_dir, name):
     try:
         from faceedit.training.plots import gsnr_plot_png, loss_plot_png
     except ImportError as e:  # pragma: no cover
-        raise click.ClickException(f"plots need matplotlib ({e}); pip install matplotlib")
+        raise click.ClickException(f"plots need matplotlib ({e}); pip install matplotlib") from e
     wrote = []
     for fname, fn, csv in (("loss.png", loss_plot_png, "loss.csv"), ("gsnr.png", gsnr_plot_png, "gsnr.csv")):
         png = fn(Path(run_dir) / csv, name)
@@ -218,7 +218,8 @@ def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, b
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--jitter", type=click.FloatRange(0, 3), default=1.0, show_default=True,
               help="Random re-framing of the training crops (1 = rotation 4 deg, scale 5%, shift 4%, sd).")
-@click.option("--width", type=click.IntRange(4, 256), default=40, show_default=True, help="Channels of the first layer.")
+@click.option("--width", type=click.IntRange(4, 256), default=40, show_default=True,
+              help="Channels of the first layer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def train_quadnet_cmd(ctx, out, datasets, per_source, samples, workers, steps, batch, lr, jitter, width, seed):
