@@ -105,7 +105,8 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-                try_rotations: bool = False, landmarks: Optional[str] = None, name: str = "the photo") -> AlignmentReport:
+                try_rotations: bool = False, landmarks: Optional[str] = None,
+                name: str = "the photo") -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
     Raises the same errors as :func:`align`.
@@ -125,7 +126,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         dets = detect_faces(work, detector, upsample)
         if dets:
             if dets[0].upsample is not None:
-                report.tried[-1] = f"{detector} at upsample {dets[0].upsample}" + (f" rotated {90 * k} deg" if k else "")
+                report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}"
+                                    + (f" rotated {90 * k} deg" if k else ""))
             report.rotation = 90 * k
             inv = np.linalg.inv(_rot90_matrix(k, W, H))
             break
@@ -200,7 +202,7 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
     """Detect and align the faces of a photo with the FFHQ recipe.
 
     Args:
-        image: ``[H, W, 3]`` RGB uint8 (``faceedit.imageio.load_image`` gives one).
+        image: ``[H, W, 3]`` RGB uint8 (``faceedit.core.images.load_image`` gives one).
         recipe: crop geometry and size; use the recipe of the model you will invert into.
         detector: ``dlib`` (HOG), ``dlib-cnn`` (MMOD) or ``mtcnn``.
         face: ``'all'`` (left to right), ``'largest'``, or an index (0 = leftmost face).

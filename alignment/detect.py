@@ -70,7 +70,7 @@ def check_image(image) -> np.ndarray:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] != 3:
         raise AlignmentError(f"expected an [H, W, 3] RGB image, got shape {a.shape}; "
-                             f"load photos with faceedit.imageio.load_image")
+                             f"load photos with faceedit.core.images.load_image")
     if a.dtype != np.uint8:
         raise AlignmentError(f"expected uint8 pixels, got {a.dtype}; convert with np.clip(x, 0, 255).astype(np.uint8)")
     if min(a.shape[:2]) < 8:
@@ -149,9 +149,9 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
     view, s = _detection_view(image)
     found = []
     if detector == "mtcnn":
-        from . import models
-
         import cv2
+
+        from . import models
 
         # MTCNN's landmarks drift badly (10-20 px on a 200 px chip) when the face touches the
         # image border, as in tight face chips; a grey margin of a quarter of the shorter

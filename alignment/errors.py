@@ -1,9 +1,9 @@
 """Errors of the alignment room; each message names what was tried and what to try next."""
 from __future__ import annotations
 
+from faceedit.core.errors import AlignmentError
 
-class AlignmentError(ValueError):
-    """Base class: a photo or a request that alignment cannot serve."""
+__all__ = ["AlignmentError", "FaceNotFoundError", "FaceTooSmallError", "ModelFileError"]
 
 
 class FaceNotFoundError(AlignmentError):

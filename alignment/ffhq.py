@@ -251,10 +251,6 @@ def align_landmarks(image: np.ndarray, landmarks: np.ndarray, recipe: AlignmentR
     if ss > 1:
         crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     M = np.diag([1.0 / ss, 1.0 / ss, 1.0]) @ A @ T
-    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=M, quad=quad0, landmarks=np.asarray(landmarks, np.float64),
+    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=M, quad=quad0,
+                       landmarks=np.asarray(landmarks, np.float64),
                        score=float(score), source_size=(W, H), index=int(index), detector=detector, recipe=recipe)
-
-
-def crop_to_photo_points(face: AlignedFace, points: np.ndarray) -> np.ndarray:
-    """Map crop coordinates back to photo coordinates with the inverse of ``face.matrix``."""
-    return apply_matrix(np.linalg.inv(face.matrix), points)

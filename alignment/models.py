@@ -84,6 +84,7 @@ def mtcnn(min_face_size: int = 20):
     try:
         from facenet_pytorch import MTCNN
     except ImportError as e:
-        raise ModelFileError("the mtcnn detector needs facenet-pytorch; run: pip install 'facenet-pytorch>=2.5.3,!=2.6.0' "
+        raise ModelFileError("the mtcnn detector needs facenet-pytorch; run: "
+                             "pip install 'facenet-pytorch>=2.5.3,!=2.6.0' "
                              "or use --detector dlib") from e
     return MTCNN(keep_all=True, device="cpu", min_face_size=int(min_face_size), post_process=False)

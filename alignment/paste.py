@@ -28,7 +28,7 @@ def _as_float_crop(crop, name: str) -> np.ndarray:
     c = c.astype(np.float32)
     if c.size and (np.nanmax(c) > 255.5 or np.nanmin(c) < -255.5 or not np.isfinite(c).all()):
         raise AlignmentError(f"{name} must hold pixel values in 0..255 (uint8 or float); convert a [-1, 1] "
-                             f"tensor with faceedit.imageio.tensor_to_uint8")
+                             f"tensor with faceedit.core.images.tensor_to_uint8")
     return c
 
 

@@ -16,7 +16,8 @@ nothing: 90.1% vs 90.4% agreement on 292 test faces).
 It is trained (``faceedit train-quadnet``, code in ``faceedit.training.quadnet``) on
 TRAIN-split CelebA and UTKFace faces only, with dlib's 68 points as ``align`` finds them
 (``landmarks68_averaged``) as targets: it makes MTCNN crops match dlib68 crops, and
-inherits dlib's definitions, not an independent judgement of where eyes are. What it does to agreement on test faces is in
+inherits dlib's definitions, not an independent judgement of where eyes are. What it does to agreement on
+test faces is in
 ``bench/alignment/alignment.md``.
 
 No library offers this (a 5-point detector whose points follow the 68-point markup), hence
@@ -62,8 +63,10 @@ def new_quadnet(width: int = 40):
         def __init__(self):
             super().__init__()
             w = width
-            self.features = nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w), block(4 * w, 4 * w))  # 64 -> 4
-            self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 128), nn.ReLU(inplace=True), nn.Linear(128, 8))
+            self.features = nn.Sequential(block(1, w), block(w, 2 * w), block(2 * w, 4 * w),
+                                          block(4 * w, 4 * w))  # 64 -> 4
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, 128), nn.ReLU(inplace=True),
+                                      nn.Linear(128, 8))
             self.register_buffer("template", torch.zeros(8))  # mean target, the head predicts the offset
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,11 @@
 """Value types that leave the alignment room."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from faceedit.core.errors import AlignmentError
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,11 @@ class AlignmentRecipe:
 
     def __post_init__(self):
         if not (8 <= int(self.size) <= 4096):
-            raise ValueError(f"alignment size must be in 8..4096, got {self.size}")
+            raise AlignmentError(f"alignment size must be in 8..4096, got {self.size}")
         if not (0.2 <= float(self.scale) <= 3.0):
-            raise ValueError(f"alignment scale must be in 0.2..3.0, got {self.scale}")
+            raise AlignmentError(f"alignment scale must be in 0.2..3.0, got {self.scale}")
         if self.pad_mode not in ("reflect", "constant"):
-            raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {self.pad_mode!r}")
+            raise AlignmentError(f"pad_mode must be 'reflect' or 'constant', got {self.pad_mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -47,7 +47,7 @@ def _table(rows, header):
 
 
 def _write_json(out: Path, name: str, obj):
-    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.core.files import atomic_write_text
 
     atomic_write_text(out / name, json.dumps(obj, indent=1))
 
@@ -71,7 +71,7 @@ def speed(out, photo, size, repeats, detectors, upsample):
     from faceedit.alignment import (FFHQ, align, align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68,
                                     landmarks68_averaged, mtcnn5_refined)
     from faceedit.alignment.quadnet import quadnet_points
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     out = Path(out)
     img = load_image(photo)
@@ -137,7 +137,7 @@ def speed(out, photo, size, repeats, detectors, upsample):
 def photos(out, detectors, try_rotations):
     """Faces found per detector vs the human counts on the 95 photos; how each photo ends."""
     from faceedit.alignment import AlignmentError, FaceNotFoundError, align_photo
-    from faceedit.imageio import ImageLoadError, load_image
+    from faceedit.core.images import ImageLoadError, load_image
 
     out = Path(out)
     truth = json.loads((REPO / "tests/data/photo_face_counts.json").read_text())["counts"]
@@ -230,7 +230,7 @@ def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
     from faceedit.alignment import align, detect_faces, landmarks68_averaged
     from faceedit.alignment.ffhq import apply_matrix
     from faceedit.alignment.landmarks import landmarks68_on_crop
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     try:
         f = align(load_image(path), recipe=recipe, face="largest")[0]
@@ -359,7 +359,7 @@ def redetect(out, limit, check_size, hog_every, sheet, recipe_name, workers):
 
     from faceedit.alignment import align
     from faceedit.alignment.landmarks import landmarks68_on_crop
-    from faceedit.imageio import load_image, make_grid
+    from faceedit.core.images import load_image, make_grid
 
     worst = np.argsort(-err_tpl)[:sheet]
     paths = {r["name"]: r["path"] for r in train}
@@ -378,7 +378,7 @@ def redetect(out, limit, check_size, hog_every, sheet, recipe_name, workers):
 
         from PIL import Image
 
-        from faceedit.checkpoints.atomic import atomic_write_bytes
+        from faceedit.core.files import atomic_write_bytes
 
         buf = io.BytesIO()
         Image.fromarray(make_grid(np.stack(tiles), cols=8)).quantize(256).save(buf, "PNG", optimize=True)
@@ -510,7 +510,7 @@ def _variants(weights):
 
 
 def _quad_job(job) -> dict:
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     source, split, name, path = job
     try:
@@ -584,7 +584,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
                                    f"QuadNet points of this version; use a new --out")
     cal_path = REPO / "alignment" / CALIBRATION_FILE
     if fit:
-        from faceedit.checkpoints.atomic import atomic_write_text
+        from faceedit.core.files import atomic_write_text
 
         W, n_fit = fit_calibration([r for r in recs if r["split"] == "train"])
         counts = {s: sum(1 for r in recs if r["split"] == "train" and r["source"] == s) for s in ("celeba10k", "utkface")}
@@ -652,7 +652,7 @@ def recon_kinds(out, per_source, model):
 
     from faceedit.alignment import AlignmentRecipe, align
     from faceedit.checkpoints.registry import load_model
-    from faceedit.imageio import load_image, tensor_to_uint8
+    from faceedit.core.images import load_image, tensor_to_uint8
     from faceedit.inversion.methods import invert_with
     from faceedit.inversion.pti import synthesize
     from faceedit.metrics.reconstruction import reconstruction_metrics

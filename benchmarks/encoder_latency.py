@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from faceedit.core.device import resolve_device
 from faceedit.training.encoder import encoder_latency
 
 
@@ -59,7 +60,7 @@ def main(argv=None) -> None:
     p.add_argument("--channels", type=int, default=256, help="encoder width (256 = the shipped architecture)")
     p.add_argument("--device", default=None)
     a = p.parse_args(argv)
-    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(a.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = []

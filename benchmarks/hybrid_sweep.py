@@ -32,6 +32,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from faceedit.core.device import resolve_device
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = (("faces64", "w+"), ("faces64-wpp", "wpp"))
 
@@ -42,7 +44,7 @@ def main():
 
 
 def _val_faces(pack: str, tail: int, n: int):
-    from faceedit.training.pack import Pack
+    from faceedit.core.pack import Pack
 
     p = Pack(pack)
     if str(p.meta.get("split", "")).lower() != "train":
@@ -67,17 +69,17 @@ def run(pack, tail, n, optim_steps, lrs, steps_grid, at_steps, out):
     """GPU pass: invert the held-out faces with every setting; reconstructions and PSNR to --out."""
     import torch
 
-    from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
     from faceedit.checkpoints.registry import load_model
-    from faceedit.imageio import tensor_to_uint8
-    from faceedit.inversion.prior import load_prior
+    from faceedit.core.files import atomic_write_bytes, atomic_write_text
+    from faceedit.core.images import tensor_to_uint8
     from faceedit.inversion.encoder import encoder_for
     from faceedit.inversion.hybrid import HYBRID_LR, HYBRID_STEPS
     from faceedit.inversion.methods import invert_with
+    from faceedit.inversion.prior import load_prior
     from faceedit.inversion.pti import synthesize
     from faceedit.metrics.reconstruction import psnr
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device("auto").type
     at_steps = HYBRID_STEPS["cuda"] if at_steps is None else at_steps
     out = Path(out)
     images, names = _val_faces(pack, tail, n)
@@ -128,15 +130,15 @@ def pti(pack, tail, n, weights, edit_attr, only, out):
     import torch
 
     from faceedit.bench_methods import editability
-    from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
     from faceedit.checkpoints.registry import load_model
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.core.files import atomic_write_bytes, atomic_write_text
+    from faceedit.core.images import tensor_to_uint8
     from faceedit.inversion.methods import invert_with
     from faceedit.inversion.prior import load_prior
     from faceedit.inversion.pti import pti_invert, synthesize
     from faceedit.metrics.reconstruction import psnr
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = resolve_device("auto").type
     out = Path(out)
     images, names = _val_faces(pack, tail, n)
     rows = []
@@ -173,7 +175,7 @@ def pti(pack, tail, n, weights, edit_attr, only, out):
 @click.option("--file", "name", type=click.Choice(["sweep.json", "pti.json"]), default="sweep.json", show_default=True)
 def identity(out, name):
     """CPU pass (dlib): identity similarity of each setting's reconstructions; prints the table."""
-    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.core.files import atomic_write_text
     from faceedit.metrics.identity import IdentityEncoder
     from faceedit.metrics.reconstruction import reconstruction_metrics
 

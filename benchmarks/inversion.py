@@ -48,6 +48,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from faceedit.core.device import resolve_device
+
 FACES64 = dict(z_dim=256, w_dim=256, resolution=64, channel_base=2048, channel_max=256)
 CONFIG_F = dict(z_dim=512, w_dim=512, resolution=1024, channel_base=32768, channel_max=512)
 GPU_CONFIGS = ("nvidia-baseline", "ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-poly-bf16",
@@ -302,8 +304,7 @@ def main(argv=None):
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if a.device == "auto" else a.device))
+    dev = resolve_device(a.device)
     rows = []
     log = lambda r: print(json.dumps(r), flush=True)  # noqa: E731
 

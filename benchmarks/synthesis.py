@@ -64,6 +64,7 @@ import click
 import torch
 
 from faceedit.checkpoints.nvidia import read_nvidia
+from faceedit.core.device import resolve_device
 from faceedit.networks import Generator
 from faceedit.networks.fastsynth import synthesis_poly
 
@@ -230,8 +231,7 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
     t_start = time.time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     batches = [int(b) for b in batches.split(",")]
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest algorithms (all rows)

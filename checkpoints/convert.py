@@ -19,9 +19,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .atomic import atomic_write_bytes
-from .native import (FORMAT, CheckpointError, folder_to_zip_bytes, is_zip, load_native, model_safetensors_bytes,
-                     read_config, save_native, sha256_file)
+from faceedit.core.errors import CheckpointError
+from faceedit.core.files import atomic_write_bytes, sha256_file
+
+from .native import FORMAT, folder_to_zip_bytes, is_zip, load_native, model_safetensors_bytes, read_config, save_native
 
 log = logging.getLogger(__name__)
 

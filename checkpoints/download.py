@@ -18,7 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .atomic import atomic_write_text
+from faceedit.core.files import atomic_write_text
+
 from .native import CheckpointError
 from .registry import REGISTRY, cache_dir, locate
 

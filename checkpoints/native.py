@@ -8,8 +8,8 @@ A checkpoint is a folder (or a ``.zip`` of one) holding:
 * ``model.safetensors``: ``G_ema.*`` parameters and buffers (``w_avg`` included); its
   sha256 is the model id that latents, directions and encoders record;
 * ``prior.safetensors`` (optional): the Gaussianized prior's statistics, fp32 (a separate
-  file so that the W++ joint covariance does not push the weight file past 16 MiB, and so
-  that adding a prior does not change the model id). Older files holding ``prior.*``
+  file so that the W++ joint covariance does not enlarge the weight file, and so that
+  adding a prior does not change the model id). Older files holding ``prior.*``
   tensors inside ``model.safetensors`` are still read;
 * ``discriminator.safetensors`` (optional): ``D.*``.
 
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from faceedit.core.errors import CheckpointError
+from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import Discriminator, Generator
-
-from .atomic import atomic_write_bytes, atomic_write_text
 
 FORMAT = "faceedit.checkpoint"
 MAX_CONFIG_BYTES = 1 << 20
@@ -37,16 +37,6 @@ MAX_WEIGHTS_BYTES = 4 << 30       # a 1024 px StyleGAN2 in fp32 is ~130 MB
 MAX_PARAMETERS = 1_000_000_000    # refuse architectures that would allocate more (a 1024 px G: ~30M)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read safely or does not describe a usable model."""
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_zip(path) -> bool:
@@ -295,7 +285,7 @@ def model_safetensors_bytes(G: Generator, dtype: torch.dtype = torch.float32) ->
 def prior_safetensors_bytes(prior: dict) -> bytes:
     """The bytes of ``prior.safetensors``: statistics stay fp32; a symmetric ``cov`` is
     stored as its packed upper triangle (``cov.triu``), which halves the W++ joint
-    covariance (2560 x 2560) to 13 MB so the file stays under 16 MiB."""
+    covariance (2560 x 2560) to 13 MB."""
     from safetensors.torch import save
 
     out = {}

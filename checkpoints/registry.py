@@ -10,7 +10,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .native import CheckpointError, load_native, sha256_file
+from faceedit.core.errors import CheckpointError
+from faceedit.core.files import sha256_file
+
+from .native import load_native
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -26,18 +29,21 @@ class ModelEntry:
     source: str                      # where it came from (a URL, or "shipped")
     filename: str                    # folder (native) or file (.pkl/.pt) name
     mapping_kind: str = "mlp"
-    sha256: str = ""                 # expected hash of the download, where known
+    sha256: str = ""                 # a native folder: its model.safetensors; a download: the file; "" if unknown
     description: str = ""
     default_for: tuple = field(default_factory=tuple)  # spaces this model is the default for
 
 
 REGISTRY = {e.name: e for e in [
     ModelEntry("faces64", 64, ("w", "w+"), "non-commercial research (UTKFace, CelebA)", "shipped",
-               "faces64", "mlp", description="faceedit's own 64 px StyleGAN2 (MLP mapping), trained on "
-               "the train split of UTKFace + CelebA", default_for=("w", "w+")),
+               "faces64", "mlp", sha256="bac7bf484a04b329ab6c7a704730e627c1d6229566dc63f0e254fc6a7925aec3",
+               description="faceedit's own 64 px StyleGAN2 (MLP mapping), trained on the train split of UTKFace + "
+               "CelebA", default_for=("w", "w+")),
     ModelEntry("faces64-wpp", 64, ("w+", "wpp", "wpp-z"), "non-commercial research (UTKFace, CelebA)",
-               "shipped", "faces64-wpp", "transformer", description="faceedit's own 64 px StyleGAN2 with "
-               "TransStyleGAN's transformer mapping (W++)", default_for=("wpp", "wpp-z")),
+               "shipped", "faces64-wpp", "transformer",
+               sha256="17958e3c750f88719b7f436aad1999e155fbba0f76e25482c3fb2968fa32602f",
+               description="faceedit's own 64 px StyleGAN2 with TransStyleGAN's transformer mapping (W++)",
+               default_for=("wpp", "wpp-z")),
     ModelEntry("stylegan2-ffhq-1024", 1024, ("w", "w+"), "NVIDIA Source Code License-NC",
                "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
                "stylegan2-ffhq-1024x1024.pkl", "stylegan2-ffhq-1024x1024.pkl", "mlp",
@@ -78,7 +84,7 @@ def default_model(space: str) -> str:
     for e in REGISTRY.values():
         if space in e.default_for:
             return e.name
-    raise ValueError(f"no default model for space {space!r}")
+    raise CheckpointError(f"no default model for space {space!r}")
 
 
 def models_with_mapping(kind: str) -> list:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import pickle
 import re
 from pathlib import Path
@@ -220,10 +219,6 @@ def read_rosinality(path, obj=None) -> dict:
             G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(0))
     G.eval().requires_grad_(False)
     return {"G": G, "provenance": prov}
-
-
-def num_blocks_for(resolution: int) -> int:
-    return int(math.log2(resolution)) - 2
 
 
 __all__ = ["read_rosinality", "load_weights_only", "rosinality_to_native_state", "native_to_rosinality_state"]

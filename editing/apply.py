@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from faceedit.core.errors import EditingError
+
 from .direction import EDITABLE, Direction, DirectionError, find_direction, list_directions, parse_key
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def check_compatible(direction: Direction, model_id: str, space: str, num_ws: in
 def displacement(direction: Direction, strength: float, strength_unit: str = "std", layers=None) -> torch.Tensor:
     """The ``[num_ws, w_dim]`` offset that ``strength`` of ``direction`` adds to a code."""
     if strength_unit not in STRENGTH_UNITS:
-        raise ValueError(f"strength_unit must be one of {', '.join(STRENGTH_UNITS)}, got {strength_unit!r}")
+        raise EditingError(f"strength_unit must be one of {', '.join(STRENGTH_UNITS)}, got {strength_unit!r}")
     d = direction.with_layers(layers) if layers is not None else direction
     scale = float(strength) * (d.latent_std if strength_unit == "std" else 1.0)
     return d.full() * scale

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from faceedit.checkpoints.atomic import atomic_write_bytes
-from faceedit.inversion.latent import looks_like_safetensors, read_safetensors_header
+from faceedit.core.errors import EditingError
+from faceedit.core.tensorfile import NUMPY_MAGIC, PICKLE_MAGIC, json_default, read_tensor_file, write_tensor_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ ALIASES = {"smiling": "smile", "gender": "male", "glasses": "eyeglasses", "hat":
            "old": "age", "older": "age", "pose": "yaw", "moustache": "mustache"}
 
 
-class DirectionError(ValueError):
+class DirectionError(EditingError):
     """A direction that cannot be used for what was asked (other model, other space, unknown name)."""
 
 
@@ -230,15 +230,12 @@ class Direction:
 
     def save(self, path_or_dir) -> Path:
         """Write atomically; a folder gets :meth:`filename` inside it."""
-        from safetensors.torch import save
-
         p = Path(path_or_dir)
         if p.suffix != ".safetensors":
             p = p / self.filename()
         header = {"format": FORMAT, "version": str(FORMAT_VERSION),
-                  "direction": json.dumps(self.metadata(), default=_json_default)}
-        return atomic_write_bytes(p, save({"vector": self.vector.detach().float().cpu().contiguous()},
-                                          metadata=header))
+                  "direction": json.dumps(self.metadata(), default=json_default)}
+        return write_tensor_file(p, {"vector": self.vector.detach().float().cpu().contiguous()}, header)
 
     @classmethod
     def load(cls, path) -> "Direction":
@@ -258,38 +255,18 @@ def direction_filename(model: str, attribute: str, space: str, layers=(), condit
     return "_".join(parts) + ".safetensors"
 
 
-def _json_default(o):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def _load(path: Path) -> Direction:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     fix = "fit one with `faceedit directions fit` or use a shipped one (`faceedit directions list`)"
-    if not path.is_file():
-        raise DirectionFileError(f"direction file {path} does not exist; {fix}")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise DirectionFileError(f"{path} is {size} bytes, far more than a direction; {fix}")
-    data = path.read_bytes()
-    if not looks_like_safetensors(data) and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"
-                                              or data[:6] == b"\x93NUMPY"
-                                              or path.suffix in (".pkl", ".pt", ".pth", ".npy")):
-        raise DirectionFileError(f"{path} is a pickle/torch/numpy file; faceedit reads directions only as "
-                                 f".safetensors (pickles can run code). Convert a numpy boundary with "
-                                 f"Direction.from_vector(np.load(f), ...).save(DIR)")
+    tensors, meta = read_tensor_file(
+        path, fmt=FORMAT, what="direction", fix=fix, max_bytes=MAX_FILE_BYTES, error=DirectionFileError,
+        refused="faceedit reads directions only as .safetensors (pickles can run code). Convert a numpy "
+                "boundary with Direction.from_vector(np.load(f), ...).save(DIR)",
+        refuse_magic=PICKLE_MAGIC + NUMPY_MAGIC, refuse_suffixes=(".pkl", ".pt", ".pth", ".npy"))
     try:
-        tensors = load(data)
-        meta = (read_safetensors_header(data).get("__metadata__") or {})
         info = json.loads(meta.get("direction", "null"))
-    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:
         raise DirectionFileError(f"{path} is not a valid faceedit direction file ({e}); {fix}") from e
-    if meta.get("format") != FORMAT or not isinstance(info, dict) or "vector" not in tensors:
+    if not isinstance(info, dict) or "vector" not in tensors:
         raise DirectionFileError(f"{path} is a safetensors file but not a faceedit direction "
                                  f"(format={meta.get('format')!r}); {fix}")
     v = tensors["vector"]

@@ -34,6 +34,8 @@ import math
 import numpy as np
 import torch
 
+from faceedit.core.errors import EditingError
+
 from .direction import Direction, DirectionError, canonical_attribute
 
 log = logging.getLogger(__name__)
@@ -114,20 +116,20 @@ def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3,
     X = np.asarray(codes)  # only the kept rows are converted to float64 below
     y = np.asarray(scores, dtype=np.float64).reshape(-1)
     if X.ndim != 2 or len(X) != len(y):
-        raise ValueError(f"codes must be [N, D] and scores [N]; got {X.shape} and {y.shape}")
+        raise EditingError(f"codes must be [N, D] and scores [N]; got {X.shape} and {y.shape}")
     if not 0 < fraction <= 0.5:
-        raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
+        raise EditingError(f"fraction must be in (0, 0.5], got {fraction}")
     finite = np.flatnonzero(np.isfinite(y))
     y = y[finite]
     k = int(math.floor(len(y) * fraction))
     if k < 4:
-        raise ValueError(f"only {len(y)} scored samples: {fraction:.1%} at each end leaves {k} per class; "
-                         f"sample more (--n) or raise the fraction")
+        raise EditingError(f"only {len(y)} scored samples: {fraction:.1%} at each end leaves {k} per class; "
+                           f"sample more (--n) or raise the fraction")
     order = np.argsort(y, kind="stable")
     lo, hi = order[:k], order[-k:]
     if y[hi].min() <= y[lo].max():
-        raise ValueError("the top and bottom samples have the same scores; the scorer does not separate "
-                         "this attribute on these images")
+        raise EditingError("the top and bottom samples have the same scores; the scorer does not separate "
+                           "this attribute on these images")
     Xk = np.concatenate([X[finite[hi]], X[finite[lo]]]).astype(np.float64)
     yk = np.concatenate([np.ones(k), np.zeros(k)])
     rng = np.random.default_rng(seed)
@@ -139,7 +141,7 @@ def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3,
     normal = svm.coef_.reshape(-1).astype(np.float64)
     norm = np.linalg.norm(normal)
     if not np.isfinite(norm) or norm < 1e-12:
-        raise ValueError("the SVM found no separating direction (zero normal)")
+        raise EditingError("the SVM found no separating direction (zero normal)")
     info = {"train_accuracy": float(svm.score(Xk[tr], yk[tr])),
             "accuracy": float(svm.score(Xk[val], yk[val])) if n_val else None,
             "n_kept": int(2 * k), "n_train": int(len(tr)), "n_val": int(n_val), "n_scored": int(len(y)),
@@ -180,14 +182,14 @@ def fit_direction(codes, scores, *, attribute: str, model_id: str, num_ws: int, 
     if codes.ndim == 2:
         space = space or "w"
         if space != "w":
-            raise ValueError(f"2-D codes give a 'w' direction, not {space!r}")
+            raise EditingError(f"2-D codes give a 'w' direction, not {space!r}")
     elif codes.ndim == 3:
         space = space or "wpp"
         if space not in ("w+", "wpp") or codes.shape[1] != num_ws:
-            raise ValueError(f"3-D codes [N, {num_ws}, w_dim] give a 'w+' or 'wpp' direction; got "
-                             f"{codes.shape} for space {space!r}")
+            raise EditingError(f"3-D codes [N, {num_ws}, w_dim] give a 'w+' or 'wpp' direction; got "
+                               f"{codes.shape} for space {space!r}")
     else:
-        raise ValueError(f"codes must be [N, w_dim] or [N, num_ws, w_dim], got {codes.shape}")
+        raise EditingError(f"codes must be [N, w_dim] or [N, num_ws, w_dim], got {codes.shape}")
     normal, info = fit_svm(codes.reshape(len(codes), -1), scores, fraction=fraction, val_fraction=val_fraction,
                            C=C, seed=seed)
     vec = normal.reshape(1 if codes.ndim == 2 else num_ws, -1)
@@ -239,7 +241,8 @@ def condition(direction: Direction, conditions, *, codes=None) -> Direction:
         if c.model_id != direction.model_id or c.space != direction.space or c.vector.shape != direction.vector.shape:
             raise DirectionError(f"condition {c.key!r} ({c.model_id}, {c.space}, {tuple(c.vector.shape)}) does not "
                                  f"match {direction.key!r} ({direction.model_id}, {direction.space}, "
-                                 f"{tuple(direction.vector.shape)}); condition only on directions of one model and space")
+                                 f"{tuple(direction.vector.shape)}); condition only on directions of one model and "
+                                 f"space")
     v = project_off(direction.vector, [c.vector for c in conditions]).reshape(direction.vector.shape).float()
     cos = float((v.double().reshape(-1) @ direction.vector.double().reshape(-1)))
     std = direction.latent_std if codes is None else latent_std(codes, v)
@@ -296,7 +299,7 @@ def affines_for_layer(synthesis, layer: int) -> list:
     """The style-affine ``EqualLinear`` modules that read ``ws[:, layer]`` (see networks.stylegan2)."""
     n = synthesis.num_ws
     if not 0 <= layer < n:
-        raise ValueError(f"layer {layer} out of range 0..{n - 1}")
+        raise EditingError(f"layer {layer} out of range 0..{n - 1}")
     if layer == 0:
         return [synthesis.conv1.affine]
     if layer == 1:

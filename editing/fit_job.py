@@ -20,7 +20,7 @@ real images). Files go to ``DIR/<model>/`` (copy them to
 and the command prints a table last.
 
 Landmark-based directions (``--scorers landmarks``: yaw, and any other score the
-landmark scorer gives) need dlib, which the GPU machine lacks: run those on the CPU with
+landmark scorer gives) need dlib; where it is not installed, run those on the CPU with
 fewer samples (e.g. ``--scorers landmarks --n 6000 --fraction 0.05 --attrs yaw
 --device cpu --unsupervised 0 --separability 0``, about 25 ms per image); the report
 records the sample count. Faster: let the GPU run synthesise them (``--save-samples 6000``
@@ -43,12 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.core.errors import EditingError
+
 from .direction import canonical_attribute, model_name
 from .fit import code_space, condition, fit_direction, ganspace, sample_and_score, sefa
 
 log = logging.getLogger(__name__)
 
-# Always fitted when the scorer has them (the issue's list); others join when the scorer's
+# Always fitted when the scorer has them (the shipped set's core); others join when the scorer's
 # validation AUC on real faces reaches --min-auc.
 CORE = ("smile", "age", "male", "eyeglasses", "young")
 # (primal, conditions)
@@ -89,9 +91,9 @@ def landmark_scorer(device, *, with_yaw5: bool = False):
     try:
         from faceedit.metrics.geometry import crop_geometry
     except ImportError as e:
-        raise ValueError(f"the landmark scorer (faceedit.metrics.geometry) is not available here ({e}); "
-                         f"it needs dlib: run this on the CPU machine") from e
-    from faceedit.networks.images import tensor_to_uint8
+        raise EditingError(f"the landmark scorer (faceedit.metrics.geometry) is not available here ({e}); "
+                           f"it needs dlib: run this on the CPU machine") from e
+    from faceedit.core.images import tensor_to_uint8
 
     keys = ("yaw", "pitch", "roll", "smile", "mouth_open", "eyes_open") + (("yaw5",) if with_yaw5 else ())
 
@@ -106,13 +108,13 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
     """W+ directions from the codes of inverted TRAIN-split faces (mapping samples are the same
     on every layer, so a flattened W+ SVM on them would be degenerate). The faces are scored
     by the same classifier on the real aligned images; the default inversion method is used."""
-    from faceedit.networks.images import uint8_to_tensor
+    from faceedit.core.images import uint8_to_tensor
+    from faceedit.core.pack import Pack
     from faceedit.inversion.methods import default_method, invert_with
-    from faceedit.training.pack import Pack
 
     pack = Pack(pack_path)
     if str(pack.meta.get("split", "")).lower() == "test":
-        raise ValueError(f"{pack_path} is the test split; directions are fitted on the train split only")
+        raise EditingError(f"{pack_path} is the test split; directions are fitted on the train split only")
     idx = np.unique(np.linspace(0, len(pack) - 1, min(n, len(pack))).round().astype(int))
     imgs = pack.images(idx)
     G = m["G"]
@@ -172,8 +174,8 @@ def _save_samples(G, model_id, codes, path, *, seed, batch, device) -> Path:
     to recompute their codes on another machine (seed, batch: the z are drawn on the CPU)."""
     import cv2
 
-    from faceedit.checkpoints.atomic import atomic_write_bytes
-    from faceedit.networks.images import tensor_to_uint8
+    from faceedit.core.files import atomic_write_bytes
+    from faceedit.core.images import tensor_to_uint8
 
     jpegs = []
     for i in range(0, len(codes), 256):
@@ -196,16 +198,16 @@ def _score_saved_samples(G, model_id, folder, score_fn, device) -> tuple:
     """Codes (recomputed from the saved seed) and scores (of the saved images) of ``samples_<model>.npz``."""
     import cv2
 
+    from faceedit.core.images import uint8_to_tensor
     from faceedit.editing.fit import sample_codes
-    from faceedit.networks.images import uint8_to_tensor
 
     path = Path(folder) / f"samples_{model_name(model_id)}.npz"
     if not path.is_file():
-        raise ValueError(f"{path} not found; write it on the GPU with --save-samples N")
+        raise EditingError(f"{path} not found; write it on the GPU with --save-samples N")
     with np.load(path, allow_pickle=False) as z:
         jpeg, offsets, meta = z["jpeg"], z["offsets"], json.loads(str(z["meta"]))
     if meta["model_id"] != model_id:
-        raise ValueError(f"{path} holds samples of {meta['model_id']}, not {model_id}")
+        raise EditingError(f"{path} holds samples of {meta['model_id']}, not {model_id}")
     n = int(meta["n"])
     codes = sample_codes(G, n, seed=meta["seed"], batch=meta["batch"], device=device)
     scores = {}
@@ -221,7 +223,7 @@ def _zip_folder(folder, zip_path) -> None:
     import io
     import zipfile
 
-    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
     root = Path(folder)
@@ -278,7 +280,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
         want = [canonical_attribute(a) for a in attrs]
         missing = [a for a in want if a not in scores]
         if missing:
-            raise ValueError(f"the scorer gives no {missing}; it scores {sorted(scores)}")
+            raise EditingError(f"the scorer gives no {missing}; it scores {sorted(scores)}")
     else:
         want = [a for a in CORE if a in scores] + sorted(
             a for a in scores if a not in CORE and a not in NEVER and aucs.get(a, 0.0) >= min_auc)
@@ -336,7 +338,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
     report["seconds_total"] = round(time.time() - t0, 2)
     report["score_summary"] = {a: {"mean": float(np.nanmean(v)), "std": float(np.nanstd(v))}
                                for a, v in scores.items()}
-    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.core.files import atomic_write_text
 
     suffix = "_landmarks" if scorer_id.startswith("landmarks") else ""
     atomic_write_text(folder / f"fit_report{suffix}.json", json.dumps(report, indent=2))
@@ -353,7 +355,7 @@ def run_fit_job(models, out, *, scorers=None, n: int = 100000, fraction: float =
     Returns ``{"rows": [...], "timing": [lines], "device": str, "seconds": float}``; the
     caller (``faceedit directions fit-all``) prints them.
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
 
     device = resolve_device(device)
     t0 = time.time()

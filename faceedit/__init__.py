@@ -22,8 +22,8 @@ _API = {
     "Projector": "faceedit.inversion",
     "Direction": "faceedit.editing",
     "edit": "faceedit.editing",
-    "load_image": "faceedit.imageio",
-    "save_image": "faceedit.imageio",
+    "load_image": "faceedit.core.images",
+    "save_image": "faceedit.core.images",
     "Pipeline": "faceedit.pipeline",
 }
 

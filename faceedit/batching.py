@@ -22,10 +22,12 @@ import gc
 import logging
 from typing import Callable, Sequence
 
+from faceedit.core.errors import FaceeditError, PipelineError
+
 log = logging.getLogger(__name__)
 
 
-class OutOfMemoryAtBatchOne(RuntimeError):
+class OutOfMemoryAtBatchOne(FaceeditError, RuntimeError):
     """Even a batch of one item does not fit in GPU memory."""
 
 
@@ -76,7 +78,7 @@ def run_batched(fn: Callable[[Sequence], object], items: Sequence, batch_size: i
         Any other exception from ``fn`` passes through unchanged.
     """
     if int(batch_size) < 1 or int(min_batch) < 1:
-        raise ValueError(f"batch_size and min_batch must be at least 1 (got {batch_size}, {min_batch})")
+        raise PipelineError(f"batch_size and min_batch must be at least 1 (got {batch_size}, {min_batch})")
     size = max(int(batch_size), int(min_batch))
     n = len(items)
     out, i = [], 0

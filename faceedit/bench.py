@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faceedit.core.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 # kind -> module exposing main(argv); `faceedit bench KIND ARGS...` calls module.main(ARGS).
@@ -99,7 +101,7 @@ def provenance(models: dict | None = None, **extra) -> dict:
 
 
 def file_sha256(path) -> str:
-    from faceedit.checkpoints.native import sha256_file
+    from faceedit.core.files import sha256_file
 
     p = Path(path)
     if p.is_dir():
@@ -161,8 +163,8 @@ def write_outputs(out, stem: str, rows: list, result: dict, *, columns=None, ima
                   title: str = "") -> dict:
     """Write ``{stem}.md`` (table + provenance), ``{stem}.csv`` (rows), ``{stem}.json`` (everything) and
     PNGs (``images``: name -> uint8 image) into ``out`` atomically. Returns ``{kind: path}``."""
-    from faceedit.checkpoints.atomic import atomic_write_text
-    from faceedit.imageio import save_image
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.images import save_image
 
     out = Path(out)
     paths = {}
@@ -221,7 +223,7 @@ def _gen_images(G, n: int, *, seed: int = 0, trunc: float = 1.0, batch: int = 12
     """``(uint8 images [n, R, R, 3], z [n, ...], w [n, num_ws, w_dim])`` for seeds ``seed..seed+n-1``-style sampling."""
     import torch
 
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.core.images import tensor_to_uint8
 
     dev = next(G.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -242,7 +244,7 @@ def load_image_folder(folder, limit: int | None = None) -> np.ndarray:
     first image's size when they differ."""
     import cv2
 
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in exts)
@@ -257,13 +259,13 @@ def load_image_folder(folder, limit: int | None = None) -> np.ndarray:
             a = cv2.resize(a, (out[0].shape[1], out[0].shape[0]), interpolation=cv2.INTER_AREA)
         out.append(a)
     if out[0].shape[0] != out[0].shape[1]:
-        raise ValueError(f"images in {folder} are {out[0].shape[1]}x{out[0].shape[0]}; aligned square faces expected")
+        raise PipelineError(f"images in {folder} are {out[0].shape[1]}x{out[0].shape[0]}; aligned square faces expected")
     return np.stack(out)
 
 
 def _pairs_sheet(gen, train, idx, cols: int = 8) -> np.ndarray:
     """Generated faces (top of each pair) above their nearest train faces."""
-    from faceedit.imageio import make_grid
+    from faceedit.core.images import make_grid
 
     tiles = []
     for r in range(0, len(gen), cols):
@@ -284,7 +286,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
 
     Args:
         models: registry names or checkpoint paths.
-        test_pack, train_pack: aligned packs (``faceedit.training.pack``); features of the
+        test_pack, train_pack: aligned packs (``faceedit.core.pack``); features of the
             generated faces are compared with the TEST faces; train faces give the floor
             (train vs test) and the nearest-neighbour sheet.
         n: generated faces per model (default: as many as test faces, for equal sample sizes).
@@ -301,10 +303,10 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
     import torch
 
     from faceedit.checkpoints.registry import load_model
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
+    from faceedit.core.pack import Pack
     from faceedit.metrics import distribution as D
     from faceedit.metrics.attributes import AttributeScorer
-    from faceedit.training.pack import Pack
 
     dev = resolve_device(device or "auto")
     scorer = scorer or AttributeScorer.load(device=dev)
@@ -353,7 +355,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
 
         rows += fid_rows("real-train", train_imgs[tr_sel][:neq], "vs real test (floor)")
     rates = {"real test (labels: CelebA attrs on CelebA faces)": {}, "real test (scorer)": {}, "real train (scorer)": {}}
-    from faceedit.metrics.attributes import celeba_label_matrix, CELEBA_ATTRIBUTES
+    from faceedit.metrics.attributes import CELEBA_ATTRIBUTES, celeba_label_matrix
 
     lab = celeba_label_matrix(test.labels, len(test))
     for a in KEY_ATTRIBUTES:
@@ -411,7 +413,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
                      "note": "~0.01 expected without copying"})
         order = np.argsort(d_gen)[:16]  # the 16 generated faces closest to a train face: the suspects
         images[f"nearest_{info['name']}"] = _pairs_sheet(gen_imgs[order], train_imgs, nn_gen[order])
-        from faceedit.imageio import make_grid
+        from faceedit.core.images import make_grid
 
         images[f"samples_{info['name']}"] = make_grid(gen_imgs[:64], cols=8)
         if ppl_samples and G is not None:
@@ -455,7 +457,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         write_outputs(out, "generator", rows, result, images=images,
                       columns=["model", "compared", "metric", "value", "ci_low", "ci_high", "n", "note"],
                       title="faceedit bench generator")
-        from faceedit.checkpoints.atomic import atomic_write_text
+        from faceedit.core.files import atomic_write_text
 
         atomic_write_text(Path(out) / "generator_attribute_rates.md", format_table(rate_rows) + "\n")
     result["rate_rows"] = [{"set": k, **v} for k, v in rates.items()]
@@ -491,8 +493,8 @@ def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0
             ``attrnet.json``; written atomically.
         attributes: score with the attribute network (False: landmark geometry only).
     """
-    from faceedit.metrics.attributes import AttributeScorer, evaluate_scores, celeba_label_matrix, CELEBA_ATTRIBUTES
-    from faceedit.training.pack import Pack
+    from faceedit.core.pack import Pack
+    from faceedit.metrics.attributes import CELEBA_ATTRIBUTES, AttributeScorer, celeba_label_matrix, evaluate_scores
 
     say = progress or (lambda msg: log.info(msg))
     pack = Pack(test_pack)
@@ -569,7 +571,7 @@ def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0
         write_outputs(out, "scorers", rows, result, columns=["output", "metric", "value", "positives", "negatives"],
                       title="faceedit bench scorers (test split)")
     if card is not None:
-        from faceedit.checkpoints.atomic import atomic_write_text
+        from faceedit.core.files import atomic_write_text
 
         cp = Path(card)
         c = json.loads(cp.read_text()) if cp.is_file() else {}
@@ -584,9 +586,9 @@ def bench_scorers(test_pack, *, weights=None, geometry: int = 400, seed: int = 0
 
 def identity_calibration(test_pack, out_file, *, n_pairs: int = 5000, max_faces: int = 1500, seed: int = 0) -> dict:
     """Measure and write the identity calibration (``faceedit.metrics.identity.calibrate``) on test faces."""
-    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.pack import Pack
     from faceedit.metrics.identity import calibrate
-    from faceedit.training.pack import Pack
 
     pack = Pack(test_pack)
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ of strengths (default -2..2, in standard deviations) and the edited images are m
 (all faces) and the output must have the input's size, differ from it only inside the
 paste-back mask, and equal it (within 1 level) at strength 0.
 
-Faces come from an aligned test pack (default ``.gpu/data/faces64_test.npz``, evenly
+Faces come from an aligned test pack (default ``<faceedit cache>/data/faces64_test.npz``, evenly
 spaced, never the train split). Figures on the test split are optimistic for identity
 (the split is by image, not by person).
 """
@@ -37,6 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from faceedit.checkpoints.registry import cache_dir
+from faceedit.core.device import resolve_device
+from faceedit.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ def _independent():
 
 @torch.no_grad()
 def _synth(G, codes: torch.Tensor, noise=None, bs: int = 64) -> np.ndarray:
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.core.images import tensor_to_uint8
 
     dev = G.synthesis.const.device
     out = []
@@ -118,7 +122,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     from faceedit.editing.direction import EDITABLE, canonical_attribute, list_directions
     from faceedit.inversion.methods import invert_with
 
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     m = load_model(model, device=device, with_discriminator=perceptual == "disc")
     G, mid = m["G"], m["model_id"]
     space = "wpp" if G.mapping_kind == "transformer" else "w+"
@@ -139,8 +143,8 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         lat = Latent.load(Path(latents_dir) / fname)
         lat.check_model(mid)
         if lat.batch_size != len(faces["images"]) or lat.meta.get("faces") != list(faces.get("names", [])):
-            raise ValueError(f"{Path(latents_dir) / fname} holds other faces than this run's; "
-                             f"delete it or use the same --pack and --n")
+            raise PipelineError(f"{Path(latents_dir) / fname} holds other faces than this run's; "
+                                f"delete it or use the same --pack and --n")
         log.info("%s: %d inverted faces from %s", mid, lat.batch_size, latents_dir)
     else:
         lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
@@ -160,7 +164,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     k = len(codes) if identity_n is None else max(1, min(int(identity_n), len(codes)))
     indep = independent or {}
     if lat.tuning:
-        raise ValueError("bench editing takes latents without pivotal tuning; use --method optim, hybrid or encoder")
+        raise PipelineError("bench editing takes latents without pivotal tuning; use --method optim, hybrid or encoder")
     base = _synth(G, codes, lat.noise)
     base_emb = enc.embed(base[:k]) if enc is not None else None
     rows = []
@@ -217,12 +221,11 @@ def photo_check(model, photos, *, attr: str | None = None, strength: float = 2.0
     """The issue's photo check on every photo of a folder (all faces, ``steps`` inversion steps:
     geometry, not quality, is checked). Without a fitted direction GANSpace's first component
     stands in (it moves the face just as well for this purpose)."""
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.core.images import load_image
     from faceedit.editing.direction import list_directions
     from faceedit.editing.fit import ganspace, sample_codes
-    from faceedit.imageio import load_image
     from faceedit.pipeline import Pipeline
-
-    from faceedit.checkpoints.registry import load_model
 
     m = load_model(model, device=device)
     space = "wpp" if m["G"].mapping_kind == "transformer" else "w+"
@@ -308,7 +311,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.bench_inversion import _identity, load_faces
     from faceedit.checkpoints.registry import load_model
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
 
     device = resolve_device(device or "auto")
     clf = _classifier(device)
@@ -336,7 +339,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
                            "identity_n": identity_n,
                            "independent": {k: v[0] for k, v in indep.items()}}}
     if out is not None:
-        from faceedit.checkpoints.atomic import atomic_write_text
+        from faceedit.core.files import atomic_write_text
 
         out = Path(out)
         atomic_write_text(out / "editing.json", json.dumps(result, indent=2, default=str))
@@ -351,7 +354,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m faceedit.bench_editing", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", default=None)
-    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
     ap.add_argument("--photos", default=None, help="also run the photo check on this folder")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--strengths", default="-2,-1,0,1,2")

@@ -24,7 +24,7 @@ the same seed, the same faces are inverted and measured:
 
 Identity is also broken down by UTKFace race, gender and age bucket (faces whose pack
 labels have ``source == 1``). Faces come from an aligned test pack (default
-``.gpu/data/faces64_test.npz``; evenly spaced indices, never the train split) and/or a
+``<faceedit cache>/data/faces64_test.npz``; evenly spaced indices, never the train split) and/or a
 folder of photos aligned with each model's recipe (largest face). Identity figures on
 the test split are optimistic: the splits are by image, not by person.
 """
@@ -38,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from faceedit.checkpoints.registry import cache_dir
+from faceedit.core.device import resolve_device
+from faceedit.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,11 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
     """Aligned target faces: ``{"set": [...], "images": [N,H,W,3] uint8, "labels": {...}, "names": [...]}``."""
     imgs, sets, names, labels = [], [], [], {"race": [], "gender": [], "age": [], "source": []}
     if pack is not None:
-        from faceedit.training.pack import Pack
+        from faceedit.core.pack import Pack
 
         p = Pack(pack)
         if str(p.meta.get("split", "test")).lower() == "train":
-            raise ValueError(f"{pack} is the train split; quality figures are measured on the test pack")
+            raise PipelineError(f"{pack} is the train split; quality figures are measured on the test pack")
         idx = np.unique(np.linspace(0, len(p) - 1, min(n, len(p))).round().astype(int))
         for i in idx:
             imgs.append(p.image(int(i)))
@@ -66,7 +70,7 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
             for k in labels:
                 labels[k].append(p.labels[k][i] if k in p.labels else -1)
     if photos is not None and str(photos).endswith(".npz"):  # photos aligned beforehand (align_photos_pack)
-        from faceedit.training.pack import Pack
+        from faceedit.core.pack import Pack
 
         p = Pack(photos)
         for i in range(len(p)):
@@ -77,7 +81,7 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
                 labels[k].append(-1)
     elif photos is not None:
         from faceedit.alignment import align
-        from faceedit.imageio import load_image
+        from faceedit.core.images import load_image
 
         files = sorted(q for q in Path(photos).iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
         for f in files[:max_photos]:
@@ -92,7 +96,7 @@ def load_faces(pack=None, n: int = 100, photos=None, recipe=None, max_photos: in
             for k in labels:
                 labels[k].append(-1)
     if not imgs:
-        raise ValueError("no faces to benchmark: pass --pack (an aligned test pack) and/or --photos DIR")
+        raise PipelineError("no faces to benchmark: pass --pack (an aligned test pack) and/or --photos DIR")
     return {"images": np.stack(imgs), "set": np.array(sets), "names": names,
             "labels": {k: np.asarray(v, dtype=np.float64) for k, v in labels.items()}}
 
@@ -128,12 +132,12 @@ def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptu
                 keep: dict | None = None) -> list:
     """Rows for one model (see the module docstring)."""
     from faceedit.checkpoints.registry import load_model
-    from faceedit.imageio import tensor_to_uint8, uint8_to_tensor
+    from faceedit.core.images import tensor_to_uint8, uint8_to_tensor
     from faceedit.inversion.prior import load_prior
     from faceedit.inversion.projector import invert
     from faceedit.metrics.reconstruction import reconstruction_metrics
 
-    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     try:
         m = load_model(model, device=dev, with_discriminator=True)
     except ValueError:
@@ -238,8 +242,8 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
         prior_weight: float = 0.01, out=None, device=None, identity: bool = True, max_photos=None,
         batch_size: int = 32, compression: bool = True) -> dict:
     """Benchmark several models on the same faces; writes ``inversion.json``/``.csv``/``.md`` to ``out``."""
+    from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.checkpoints.registry import load_model
-    from faceedit.alignment.types import AlignmentRecipe, FACES64
 
     rows, recon_files = [], []
     enc = _identity() if identity else None
@@ -279,7 +283,7 @@ def compression_table(model, *, taus=(1.0, 1.5, 2.0, 3.0), n: int = 1000, device
     from faceedit.checkpoints.registry import load_model
     from faceedit.inversion.prior import compression_vs_truncation, load_prior
 
-    dev = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     m = load_model(model, device=dev)
     G = m["G"]
     feats, name = None, "pixels"
@@ -311,7 +315,7 @@ def compression_md(rows: list) -> str:
 def _save_recon(path: Path, keep: dict, faces: dict) -> None:
     import io
 
-    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.core.files import atomic_write_bytes
 
     arrays = {f"recon{i}": v for i, (k, v) in enumerate((k, v) for k, v in keep.items() if k != "targets")}
     keys = [k for k in keep if k != "targets"]
@@ -334,7 +338,7 @@ def add_identity(out) -> dict:
     res = json.loads((out / "inversion.json").read_text())
     enc = _identity()
     if enc is None:
-        raise RuntimeError("the identity instrument (faceedit.metrics.identity, dlib) is not available here")
+        raise PipelineError("the identity instrument (faceedit.metrics.identity, dlib) is not available here")
     by_key = {}
     for f in res["settings"].get("recon_files", []):
         with np.load(Path(out) / Path(f).name, allow_pickle=False) as z:
@@ -355,7 +359,7 @@ def add_identity(out) -> dict:
 
 
 def _write(out: Path, result: dict) -> None:
-    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.core.files import atomic_write_text
 
     rows = result["rows"]
     atomic_write_text(out / "inversion.json", json.dumps(result, indent=2, default=str))
@@ -367,10 +371,10 @@ def _write(out: Path, result: dict) -> None:
 
 def align_photos_pack(photos, model, path) -> Path:
     """Align the largest face of every photo in ``photos`` with ``model``'s recipe into a pack (CPU, dlib)."""
+    from faceedit.alignment.types import FACES64, AlignmentRecipe
     from faceedit.checkpoints.registry import load_model
-    from faceedit.alignment.types import AlignmentRecipe, FACES64
-    from faceedit.imageio import encode_image
-    from faceedit.training.pack import write_pack
+    from faceedit.core.images import encode_image
+    from faceedit.core.pack import write_pack
 
     try:
         cfg = load_model(model)["config"]
@@ -413,7 +417,7 @@ def main(argv=None):
                                  epilog="faceedit bench inversion --methods encoder,optim,hybrid,pti ... runs the "
                                         "methods table instead (its options: --methods x --help)")
     ap.add_argument("--model", action="append", default=None)
-    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
     ap.add_argument("--photos", default=None)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--steps", type=int, default=100)

@@ -40,6 +40,9 @@ import numpy as np
 import torch
 
 from faceedit.bench_inversion import load_faces
+from faceedit.checkpoints.registry import cache_dir
+from faceedit.core.device import resolve_device
+from faceedit.core.errors import PipelineError
 from faceedit.inversion.hybrid import HYBRID_PRIOR_WEIGHT
 from faceedit.inversion.methods import METHODS, invert_with
 from faceedit.inversion.projector import DEFAULT_PRIOR_WEIGHT
@@ -62,9 +65,9 @@ def _bytes_per_image(lat) -> int:
 
 def editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
     """Slope of the attribute probability per unit strength, without and with the latent's tuning."""
+    from faceedit.core.images import tensor_to_uint8
     from faceedit.editing.apply import edit
     from faceedit.editing.direction import canonical_attribute, find_direction
-    from faceedit.imageio import tensor_to_uint8
     from faceedit.inversion.latent import Latent
     from faceedit.inversion.pti import synthesize
     from faceedit.metrics.attributes import AttributeScorer
@@ -75,7 +78,7 @@ def editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
     d = find_direction(lat.model_id, attr, lat.space)
     name = next((k for k in scorer.names if canonical_attribute(k) == d.attribute), None)
     if name is None:
-        raise ValueError(f"the attribute scorer has no output for {d.attribute!r}")
+        raise PipelineError(f"the attribute scorer has no output for {d.attribute!r}")
     plain = Latent(space=lat.space, codes=lat.codes, model_id=lat.model_id, meta=lat.meta)
     out = {}
     for tag, base in (("pivot", plain), ("pti", lat)):
@@ -89,7 +92,7 @@ def editability(G, lat, attr: str, strengths=(-2.0, -1.0, 0.0, 1.0, 2.0)):
 def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybrid_steps, pti_steps, pti_n: int,
           perceptual: str, seed: int, batch_size: int, identity, edit_attr: str | None, device,
           save_recon=None, methods=METHODS, compare_prior: bool = False) -> list:
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.core.images import tensor_to_uint8
     from faceedit.inversion.pti import synthesize
     from faceedit.metrics.reconstruction import reconstruction_metrics
 
@@ -217,7 +220,7 @@ def add_identity(folder, *, cpu_n: int = 0, pti_cpu_n: int = 2) -> list:
                 targets_ = z["targets"]
     if cpu_n > 0:
         if targets_ is None:
-            raise ValueError(f"{folder} holds no saved reconstructions (run the GPU pass with --save-recon)")
+            raise PipelineError(f"{folder} holds no saved reconstructions (run the GPU pass with --save-recon)")
         add_cpu_seconds(res["rows"], targets_, cpu_n, pti_cpu_n)
     (folder / "methods.json").write_text(json.dumps(res, indent=2, default=str))
     (folder / "methods.md").write_text(table(res["rows"]) + "\n")
@@ -292,7 +295,7 @@ def main(argv=None) -> None:
     ap.add_argument("--compare-prior", action="store_true",
                     help="also run optim and hybrid with the other prior setting (like-for-like rows)")
     ap.add_argument("--runs", default="faces64:w+,faces64-wpp:wpp", help="MODEL:SPACE pairs, comma-separated")
-    ap.add_argument("--pack", default=".gpu/data/faces64_test.npz")
+    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--pti-n", type=int, default=100, help="faces for PTI (it tunes one face at a time)")
     ap.add_argument("--optim-steps", type=int, default=500)
@@ -324,7 +327,7 @@ def main(argv=None) -> None:
     if a.add_identity:
         print(table(add_identity(a.out, cpu_n=a.cpu_n, pti_cpu_n=a.pti_cpu_n)))
         return
-    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(a.device)
     identity = None
     if a.identity:
         from faceedit.metrics.identity import IdentityEncoder

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from faceedit.core.errors import PipelineError
+
 log = logging.getLogger(__name__)
 
 
@@ -105,7 +107,7 @@ class Pipeline:
                  detector: str = "dlib", directions=None, strength_unit: str = "std",
                  invert_options: dict | None = None, paste_options: dict | None = None):
         from faceedit.checkpoints.registry import default_model, load_model
-        from faceedit.device import resolve_device
+        from faceedit.core.device import resolve_device
 
         t0 = time.perf_counter()
         self.space = str(space).lower()
@@ -113,7 +115,8 @@ class Pipeline:
         if isinstance(model, dict):
             self.model = model
         else:
-            name = model if model is not None else default_model("wpp" if self.space in ("wpp", "wpp-z") else self.space)
+            default_space = "wpp" if self.space in ("wpp", "wpp-z") else self.space
+            name = model if model is not None else default_model(default_space)
             opts = invert_options or {}
             want_d = opts.get("perceptual", "auto") in ("auto", "disc")
             try:
@@ -189,7 +192,7 @@ class Pipeline:
     @torch.no_grad()
     def synthesize(self, latent) -> np.ndarray:
         """``[B, R, R, 3]`` uint8 images of a latent (its optimised noise maps and pivotal tuning used)."""
-        from faceedit.imageio import tensor_to_uint8
+        from faceedit.core.images import tensor_to_uint8
         from faceedit.inversion.pti import synthesize
 
         latent.check_model(self.model_id)
@@ -221,8 +224,8 @@ class Pipeline:
         """
         photo = np.asarray(photo)
         if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-            raise ValueError(f"photo must be [H, W, 3] RGB uint8, got {photo.shape} {photo.dtype}; "
-                             f"read it with faceedit.load_image")
+            raise PipelineError(f"photo must be [H, W, 3] RGB uint8, got {photo.shape} {photo.dtype}; "
+                                f"read it with faceedit.load_image")
         t = {"load": round(self.load_seconds, 3)}
         from faceedit.editing import resolve_directions
 
@@ -239,7 +242,7 @@ class Pipeline:
         else:
             lats = _as_list(latents)
         if len(lats) != len(faces):
-            raise ValueError(f"{len(lats)} latents for {len(faces)} faces; pass one latent per face")
+            raise PipelineError(f"{len(lats)} latents for {len(faces)} faces; pass one latent per face")
         t["invert"] = time.perf_counter() - t0
         t["edit"] = t["synthesize"] = t["paste"] = 0.0
         out, results = photo, []

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from faceedit.core.device import resolve_device
+from faceedit.core.errors import InversionError
 from faceedit.networks.encoder import ENCODER_SPACES, Encoder
 
 from .latent import Latent
@@ -40,14 +42,14 @@ _SERVES = {"w": ("w", "w+"), "w+": ("w+", "w"), "wpp": ("wpp",), "wpp-z": ()}
 _MAX_JSON = 1 << 20
 
 
-class EncoderError(ValueError):
+class EncoderError(InversionError):
     """No usable encoder for a model and space (names how to get one)."""
 
 
 def encoder_files(folder, space: str) -> tuple:
     """``(weights, json)`` paths of the ``space`` encoder inside a model folder."""
     if space not in _TAG:
-        raise ValueError(f"encoders exist for spaces {', '.join(_TAG)}, not {space!r}")
+        raise InversionError(f"encoders exist for spaces {', '.join(_TAG)}, not {space!r}")
     folder = Path(folder)
     return folder / f"encoder_{_TAG[space]}.safetensors", folder / f"encoder_{_TAG[space]}.json"
 
@@ -242,8 +244,7 @@ def _load(model, space, G, device):
         return G, None, getattr(G, "model_id", "unknown")
     from faceedit.checkpoints.registry import default_model, load_model
 
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     if isinstance(model, dict):
         mdict = model
     else:

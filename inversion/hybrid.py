@@ -17,7 +17,8 @@ noise, lr 0.3. Steps on CUDA: in the 100-face table (``bench/methods/``, H100) 9
 left faces64 0.0002 short of the 500-step optimiser's identity (0.9957 vs 0.9959, paired
 interval +-0.0009); 110 steps reached 0.9968 in 16.9% of its time (faces64-wpp at 100
 steps: 0.9967 vs 0.9956 in 14.8%), so the CUDA default is 110. Per step the hybrid took
-0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise). On the CPU the default is 30
+0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise). On the CPU the
+default is 30
 steps, so that `faceedit edit photo.jpg` stays a few seconds.
 
 Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'
@@ -45,6 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from faceedit.core.errors import InversionError
 
 from .latent import Latent
 from .projector import DEFAULT_PRIOR_WEIGHT, setup
@@ -108,8 +111,8 @@ def hybrid_invert(images, model=None, space: str = "w+", steps: int | None = Non
                                          perceptual=perceptual)
     space = check_space(G, space)
     if space == "wpp-z":
-        raise ValueError("hybrid inversion starts from the encoder's codes, which are not z: use --space wpp "
-                         "with --method hybrid, or --method optim for wpp-z")
+        raise InversionError("hybrid inversion starts from the encoder's codes, which are not z: use --space wpp "
+                             "with --method hybrid, or --method optim for wpp-z")
     dev = G.synthesis.const.device
     E, espace = _resolve_encoder(encoder, mdict if mdict is not None else model, space, G, dev)
     steps = int(steps) if steps is not None else hybrid_steps(dev)
@@ -174,8 +177,8 @@ def invert_code(method: str | None, images, model=None, space: str = "w+", steps
     if method is None:
         method = default_method(model, space)
     if method not in CODE_METHODS:
-        raise ValueError(f"a code is found by one of {', '.join(CODE_METHODS)}, got {method!r} "
-                         f"(pti: inversion.methods.invert_with)")
+        raise InversionError(f"a code is found by one of {', '.join(CODE_METHODS)}, got {method!r} "
+                             f"(pti: inversion.methods.invert_with)")
     if method == "optim":
         from .projector import invert
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import torch
 
-from faceedit.checkpoints.atomic import atomic_write_bytes
+from faceedit.core.errors import InversionError
+from faceedit.core.tensorfile import json_default, read_tensor_file, write_tensor_file
 
 SPACES = ("z", "w", "w+", "wpp", "wpp-z")
 FORMAT_VERSION = 1
 
 
-class LatentFileError(ValueError):
+class LatentFileError(InversionError):
     """A latent file that cannot be used (wrong format, other model, NaNs, ...)."""
 
 
@@ -45,10 +46,10 @@ class Latent:
 
     def __post_init__(self):
         if self.space not in SPACES:
-            raise ValueError(f"unknown latent space {self.space!r}; expected one of {', '.join(SPACES)}")
+            raise InversionError(f"unknown latent space {self.space!r}; expected one of {', '.join(SPACES)}")
         if not isinstance(self.codes, torch.Tensor) or self.codes.ndim != 3:
-            raise ValueError(f"Latent.codes must be a [B, num_ws, w_dim] tensor, got "
-                             f"{getattr(self.codes, 'shape', type(self.codes))}")
+            raise InversionError(f"Latent.codes must be a [B, num_ws, w_dim] tensor, got "
+                                 f"{getattr(self.codes, 'shape', type(self.codes))}")
         if not torch.isfinite(self.codes).all():
             raise LatentFileError("latent codes contain NaN or Inf; re-run the inversion "
                                   "(a diverged optimisation) or pass a valid latent file")
@@ -69,10 +70,6 @@ class Latent:
         return replace(self, codes=self.codes.to(device), z=mv(self.z),
                        noise=None if self.noise is None else tuple(n.to(device) for n in self.noise),
                        tuning=None if self.tuning is None else {k: v.to(device) for k, v in self.tuning.items()})
-
-    def with_codes(self, codes: torch.Tensor, **meta) -> "Latent":
-        """Same latent with new codes (an edit); the space becomes W+-like if ``z`` no longer matches."""
-        return replace(self, codes=codes, meta={**self.meta, **meta})
 
     def check_generator(self, G) -> None:
         """Raise ``LatentFileError`` unless the codes (and noise maps) fit ``G``'s shapes.
@@ -102,8 +99,6 @@ class Latent:
     # -- file format -----------------------------------------------------------------
     def save(self, path) -> Path:
         """Write atomically as ``.safetensors`` with the metadata in its JSON header."""
-        from safetensors.torch import save
-
         tensors = {"codes": self.codes.detach().float().cpu().contiguous()}
         if self.z is not None:
             tensors["z"] = self.z.detach().float().cpu().contiguous()
@@ -112,8 +107,8 @@ class Latent:
         for k, v in (self.tuning or {}).items():
             tensors[f"tuning.{k}"] = v.detach().float().cpu().contiguous()
         header = {"format": "faceedit.latent", "version": str(FORMAT_VERSION), "space": self.space,
-                  "model_id": self.model_id, "meta": json.dumps(self.meta, default=_json_default)}
-        return atomic_write_bytes(path, save(tensors, metadata=header))
+                  "model_id": self.model_id, "meta": json.dumps(self.meta, default=json_default)}
+        return write_tensor_file(path, tensors, header)
 
     @classmethod
     def load(cls, path, *, max_bytes: int = 1 << 30) -> "Latent":
@@ -121,39 +116,14 @@ class Latent:
         return _load_latent(Path(path), max_bytes)
 
 
-def _json_default(o):
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
 def _load_latent(path: Path, max_bytes: int) -> Latent:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    if not path.is_file():
-        raise LatentFileError(f"latent file {path} does not exist; run `faceedit invert PHOTO` first")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise LatentFileError(f"{path} is {size} bytes, over the {max_bytes}-byte limit for latent files")
-    data = path.read_bytes()
-    if not looks_like_safetensors(data) and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"):
-        raise LatentFileError(f"{path} is a pickle/torch file; faceedit reads latents only as "
-                              f".safetensors written by `faceedit invert` (pickles can run code)")
-    try:
-        tensors = load(data)
-        header = read_safetensors_header(data)
-    except (SafetensorError, ValueError, RecursionError) as e:
-        raise LatentFileError(f"{path} is not a valid faceedit latent file ({e}); "
-                              f"write one with `faceedit invert`") from e
-    meta = header.get("__metadata__", {}) or {}
-    if meta.get("format") != "faceedit.latent" or "codes" not in tensors:
-        raise LatentFileError(f"{path} is a safetensors file but not a faceedit latent "
-                              f"(format={meta.get('format')!r}); write one with `faceedit invert`")
+    tensors, meta = read_tensor_file(
+        path, fmt="faceedit.latent", what="latent", fix="write one with `faceedit invert PHOTO`", max_bytes=max_bytes,
+        refused="faceedit reads latents only as .safetensors written by `faceedit invert` (pickles can run code)",
+        error=LatentFileError)
+    if "codes" not in tensors:
+        raise LatentFileError(f"{path} is a faceedit latent without its 'codes' tensor; the file is damaged; "
+                              f"invert the photo again")
     n_noise = len([k for k in tensors if k.startswith("noise.")])
     if any(f"noise.{i}" not in tensors for i in range(n_noise)):
         raise LatentFileError(f"{path}: noise maps are not numbered 0..{n_noise - 1}; the file is damaged; "
@@ -182,29 +152,3 @@ def _load_latent(path: Path, max_bytes: int) -> Latent:
         raise LatentFileError(f"{path}: {e}") from e
     except ValueError as e:
         raise LatentFileError(f"{path}: {e}; write latent files with `faceedit invert`") from e
-
-
-def looks_like_safetensors(data: bytes) -> bool:
-    """Whether ``data`` starts like a safetensors file (a length, then a JSON header).
-
-    Checked before sniffing for pickles: a safetensors header of 640, 896, ... bytes
-    begins with the byte 0x80, as pickles do.
-    """
-    import struct
-
-    if len(data) < 10:
-        return False
-    (n,) = struct.unpack("<Q", data[:8])
-    return n <= len(data) - 8 and data[8:9] == b"{"
-
-
-def read_safetensors_header(data: bytes) -> dict:
-    """The JSON header of a safetensors file (raises ``ValueError`` when malformed)."""
-    import struct
-
-    if len(data) < 8:
-        raise ValueError("file too short")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise ValueError("header length past end of file")
-    return json.loads(data[8:8 + n])

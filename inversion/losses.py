@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from faceedit.core.errors import FaceeditError, InversionError
+
 LPIPS_TRUNK_FILES = {
     "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
     "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
@@ -33,7 +35,7 @@ LPIPS_TRUNK_FILES = {
 }
 
 
-class MissingWeightsError(RuntimeError):
+class MissingWeightsError(FaceeditError, RuntimeError):
     """A pretrained backbone file that is not on this machine (no download is attempted)."""
 
 
@@ -74,7 +76,7 @@ class LPIPSLoss(torch.nn.Module):
     def __init__(self, net: str = "vgg", *, max_size: int = 256, pnet_rand: bool = False):
         super().__init__()
         if net not in LPIPS_TRUNK_FILES:
-            raise ValueError(f"LPIPS net must be one of {', '.join(LPIPS_TRUNK_FILES)}, got {net!r}")
+            raise InversionError(f"LPIPS net must be one of {', '.join(LPIPS_TRUNK_FILES)}, got {net!r}")
         path = lpips_trunk_path(net)
         if not pnet_rand and not path.is_file():
             fname, url = LPIPS_TRUNK_FILES[net]
@@ -177,10 +179,10 @@ def make_perceptual(kind, *, D=None, lpips_net: str = "vgg", pnet_rand: bool = F
         return LPIPSLoss(lpips_net, pnet_rand=pnet_rand)
     if kind == "disc":
         if D is None:
-            raise ValueError("--perceptual disc needs the model's discriminator, and this model ships none; "
-                             "use --perceptual lpips or none")
+            raise InversionError("--perceptual disc needs the model's discriminator, and this model ships none; "
+                                 "use --perceptual lpips or none")
         return DiscFeatureLoss(D)
-    raise ValueError(f"perceptual loss must be lpips, disc, auto or none, got {kind!r}")
+    raise InversionError(f"perceptual loss must be lpips, disc, auto or none, got {kind!r}")
 
 
 __all__ = ["PixelMSE", "LPIPSLoss", "DiscFeatureLoss", "MissingWeightsError", "noise_regularization",

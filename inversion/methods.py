@@ -7,6 +7,8 @@ pivot from the code methods without the code methods importing PTI back.
 """
 from __future__ import annotations
 
+from faceedit.core.errors import InversionError
+
 from .hybrid import CODE_METHODS, default_method, invert_code
 from .latent import Latent
 
@@ -26,7 +28,7 @@ def invert_with(method: str | None, images, model=None, space: str = "w+", steps
     if method is None:
         method = default_method(model, space)
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise InversionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "pti":
         from .pti import pti_invert
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from faceedit.core.errors import InversionError
+
 log = logging.getLogger(__name__)
 
 LEAKY_INV_SLOPE = 5.0  # 1 / 0.2, the inverse of the mapping's last leaky ReLU on negatives
@@ -89,7 +91,7 @@ class LedoitWolfAccumulator:
         """Returns ``{mean, cov (shrunk), emp_cov, shrinkage, n}`` (float64)."""
         n = self.n
         if n < 2:
-            raise ValueError("Ledoit-Wolf needs at least 2 samples")
+            raise InversionError("Ledoit-Wolf needs at least 2 samples")
         p = self.s1.numel()
         m = self.s1 / n                                  # mean about the shift
         emp = self.s2 / n - torch.outer(m, m)            # biased covariance, as sklearn
@@ -133,8 +135,8 @@ class GaussianPrior:
     def __init__(self, stats: dict, num_ws: int, w_dim: int):
         missing = {"mean", "cov", "slope", "joint"} - set(stats)
         if missing:
-            raise ValueError(f"prior statistics lack {sorted(missing)}; refit with "
-                             f"`faceedit fit-prior MODEL --out DIR`")
+            raise InversionError(f"prior statistics lack {sorted(missing)}; refit with "
+                                 f"`faceedit fit-prior MODEL --out DIR`")
         self.stats = {k: v.detach().float().cpu() for k, v in stats.items()}
         self.joint = bool(float(stats["joint"]))
         self.slope = float(stats["slope"])
@@ -142,9 +144,9 @@ class GaussianPrior:
         self.dim = self.num_ws * self.w_dim if self.joint else self.w_dim
         mean = stats["mean"].double().flatten()
         if mean.numel() != self.dim:
-            raise ValueError(f"prior statistics have {mean.numel()} dimensions, but this generator needs "
-                             f"{self.dim} ({'joint over ' + str(num_ws) + ' layers x ' if self.joint else ''}"
-                             f"w_dim {w_dim}); the prior belongs to another model, refit it")
+            raise InversionError(f"prior statistics have {mean.numel()} dimensions, but this generator needs "
+                                 f"{self.dim} ({'joint over ' + str(num_ws) + ' layers x ' if self.joint else ''}"
+                                 f"w_dim {w_dim}); the prior belongs to another model, refit it")
         cov = stats["cov"].double().reshape(self.dim, self.dim)
         cov = 0.5 * (cov + cov.T)
         L = torch.linalg.cholesky(cov)
@@ -173,7 +175,7 @@ class GaussianPrior:
 
     def _v(self, ws: torch.Tensor) -> torch.Tensor:
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"prior expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+            raise InversionError(f"prior expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         v = gaussianize(ws.float(), self.slope)
         return v.reshape(ws.shape[0], 1, -1) if self.joint else v
 
@@ -215,7 +217,7 @@ class GaussianPrior:
             tau: threshold in standard deviations (> 0); smaller compresses more.
         """
         if not tau > 0:
-            raise ValueError(f"compression threshold tau must be > 0, got {tau}")
+            raise InversionError(f"compression threshold tau must be > 0, got {tau}")
         sigma, U = self._pca_basis()
         v = self._v(ws)
         dev = v.device
@@ -274,7 +276,7 @@ class LayerwisePrior:
 
     def mahalanobis(self, ws: torch.Tensor) -> torch.Tensor:
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"prior expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
+            raise InversionError(f"prior expects ws [B, {self.num_ws}, {self.w_dim}], got {tuple(ws.shape)}")
         d = gaussianize(ws.float(), self.slope) - self.mean.to(ws.device)
         return torch.einsum("bld,lkd->blk", d, self.whiten.to(ws.device)).square().sum(dim=(1, 2))
 
@@ -312,7 +314,7 @@ def fit_prior(G, n: int = DEFAULT_N, *, batch: int = 4096, seed: int = 0, check_
         Dict of float32 tensors (keys in the module docstring), for ``save_native(prior=)``.
     """
     if n < 2:
-        raise ValueError(f"fit_prior needs n >= 2 samples, got {n}")
+        raise InversionError(f"fit_prior needs n >= 2 samples, got {n}")
     if n < DEFAULT_N:
         log.info("fitting the prior from %d samples (the method wants >= %d)", n, DEFAULT_N)
     joint = G.mapping_kind == "transformer"
@@ -344,7 +346,7 @@ def _prior_from_file(path: Path) -> tuple:
     ``prior.safetensors``, or ``prior.*`` tensors inside older ``model.safetensors`` files)."""
     from safetensors import safe_open
 
-    from faceedit.checkpoints.native import sha256_file
+    from faceedit.core.files import sha256_file
 
     f = path / "model.safetensors"
     with safe_open(str(f), framework="pt") as sf:
@@ -375,9 +377,9 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
     Raises:
         ValueError: no statistics and ``fit=False``, or statistics for another architecture.
     """
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load_file
 
-    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.core.tensorfile import write_tensor_file
 
     if isinstance(model, dict):
         stats, sha = model.get("prior") or {}, model["sha256"]
@@ -402,12 +404,12 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
     if cache.is_file():
         return GaussianPrior(load_file(str(cache)), G.num_ws, G.w_dim)
     if not fit:
-        raise ValueError(f"the model has no prior statistics and none are cached at {cache}; embed them with "
-                         f"`faceedit fit-prior MODEL --out DIR`")
+        raise InversionError(f"the model has no prior statistics and none are cached at {cache}; embed them with "
+                             f"`faceedit fit-prior MODEL --out DIR`")
     log.warning("the model file has no prior statistics: fitting them from %d samples once (cached in %s)",
                 n, cache)
     stats = fit_prior(G, n)
-    atomic_write_bytes(cache, save({k: v.contiguous() for k, v in stats.items()}))
+    write_tensor_file(cache, {k: v.contiguous() for k, v in stats.items()})
     return GaussianPrior(stats, G.num_ws, G.w_dim)
 
 
@@ -460,7 +462,7 @@ def embed_prior(model, out, *, device, n: int = DEFAULT_N, dtype=torch.float32) 
     """Fit the prior of ``model`` and write a native copy of it, with ``prior.safetensors``, to ``out``.
 
     ``model`` is a registry name or checkpoint path (its discriminator, if any, is copied too);
-    ``device`` is where the prior is fitted (``faceedit.device.resolve_device`` picks it for the CLI).
+    ``device`` is where the prior is fitted (``faceedit.core.device.resolve_device`` picks it for the CLI).
     Returns ``{"path", "model_id", "stats", "seconds", "device"}``; the fit check is in ``stats``.
     """
     import time

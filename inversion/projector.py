@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from faceedit.core.device import resolve_device
+from faceedit.core.errors import InversionError
+
 from .latent import Latent
 from .losses import PixelMSE, make_perceptual, noise_regularization, normalize_noise_
 from .spaces import Space, check_space
@@ -135,11 +138,11 @@ class Projector:
         self.space = Space(G, check_space(G, space))
         self.steps = int(steps) if steps is not None else default_steps(self.device)
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+            raise InversionError(f"steps must be >= 1, got {steps}")
         if prior_weight < 0:
-            raise ValueError(f"prior weight must be >= 0, got {prior_weight}")
+            raise InversionError(f"prior weight must be >= 0, got {prior_weight}")
         if prior_weight > 0 and prior is None:
-            raise ValueError("prior_weight > 0 needs a prior (load_prior(model, G)); or pass prior_weight=0")
+            raise InversionError("prior_weight > 0 needs a prior (load_prior(model, G)); or pass prior_weight=0")
         self.mse = PixelMSE()
         self.perceptual = make_perceptual(perceptual, D=D, pnet_rand=lpips_pnet_rand)
         if isinstance(self.perceptual, torch.nn.Module):
@@ -155,19 +158,19 @@ class Projector:
         self.seed = int(seed)
         self.fused = False if fused is None else (fused if fused == "poly" else bool(fused))
         if amp not in (None, "none", "bf16"):
-            raise ValueError(f"amp must be None or 'bf16', got {amp!r}")
+            raise InversionError(f"amp must be None or 'bf16', got {amp!r}")
         self.amp = amp if amp == "bf16" else None
         if compile not in (False, True, None, "default", "reduce-overhead"):
-            raise ValueError(f"compile must be False, True or 'reduce-overhead', got {compile!r}")
+            raise InversionError(f"compile must be False, True or 'reduce-overhead', got {compile!r}")
         self.cuda_graphs = bool(cuda_graphs)
         self._reduce_overhead = compile == "reduce-overhead"
         if (self.cuda_graphs or self._reduce_overhead) and self.device.type != "cuda":
             what = "cuda_graphs=True" if self.cuda_graphs else "compile='reduce-overhead'"
-            raise ValueError(f"{what} needs the generator on a CUDA device (it is on {self.device}); "
-                             f"move G to CUDA or pass cuda_graphs=False and compile=False/True")
+            raise InversionError(f"{what} needs the generator on a CUDA device (it is on {self.device}); "
+                                 f"move G to CUDA or pass cuda_graphs=False and compile=False/True")
         if self.cuda_graphs and self._reduce_overhead:
-            raise ValueError("cuda_graphs=True already captures the whole step in one CUDA graph; combine it "
-                             "with compile=True, not compile='reduce-overhead'")
+            raise InversionError("cuda_graphs=True already captures the whole step in one CUDA graph; combine it "
+                                 "with compile=True, not compile='reduce-overhead'")
         if compile:
             mode = "reduce-overhead" if self._reduce_overhead else None
             self._loss_fn = torch.compile(self._losses, dynamic=False, mode=mode)
@@ -236,8 +239,8 @@ class Projector:
         G, dev = self.G, self.device
         R = G.resolution
         if target.ndim != 4 or target.shape[1:] != (3, R, R):
-            raise ValueError(f"targets must be [B, 3, {R}, {R}] in [-1, 1] for this {R} px model, got "
-                             f"{tuple(target.shape)}; align/resize the faces to the model's resolution first")
+            raise InversionError(f"targets must be [B, 3, {R}, {R}] in [-1, 1] for this {R} px model, got "
+                                 f"{tuple(target.shape)}; align/resize the faces to the model's resolution first")
         target = target.to(dev, torch.float32)
         B = target.shape[0]
         gen = torch.Generator().manual_seed(self.seed)
@@ -423,7 +426,7 @@ def _normalize_noise_foreach_(noises) -> None:
 # -- the one-call API ----------------------------------------------------------------
 def _to_batch(images, R: int, device):
     """Targets ``[B, 3, R, R]`` in [-1, 1] and the AlignedFace (or None) of each image."""
-    from faceedit.networks.images import uint8_to_tensor
+    from faceedit.core.images import uint8_to_tensor
 
     if isinstance(images, torch.Tensor):
         t = images if images.ndim == 4 else images.unsqueeze(0)
@@ -431,15 +434,15 @@ def _to_batch(images, R: int, device):
     else:
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         if not items:
-            raise ValueError("no images to invert")
+            raise InversionError("no images to invert")
         faces, arrays = [], []
         for it in items:
             crop = getattr(it, "crop", None)
             faces.append(it if crop is not None else None)
             a = np.asarray(crop if crop is not None else it)
             if a.ndim != 3 or a.shape[-1] != 3:
-                raise ValueError(f"expected an AlignedFace or an aligned RGB crop [H, W, 3], got shape {a.shape}; "
-                                 f"align photos with faceedit.align first")
+                raise InversionError(f"expected an AlignedFace or an aligned RGB crop [H, W, 3], got shape {a.shape}; "
+                                     f"align photos with faceedit.align first")
             if a.dtype != np.uint8:
                 a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8) if a.max() <= 1.0 else a.astype(np.uint8)
             arrays.append(uint8_to_tensor(a))
@@ -447,7 +450,7 @@ def _to_batch(images, R: int, device):
         arrays = [_resize(x, R) for x in arrays] if sizes != {(R, R)} else arrays
         t = torch.cat(arrays)
     if t.ndim != 4 or t.shape[1] != 3:
-        raise ValueError(f"expected images [B, 3, H, W] in [-1, 1], got {tuple(t.shape)}")
+        raise InversionError(f"expected images [B, 3, H, W] in [-1, 1], got {tuple(t.shape)}")
     if t.shape[-1] != R or t.shape[-2] != R:
         t = _resize(t, R)
     return t.to(device, torch.float32), faces
@@ -455,7 +458,7 @@ def _to_batch(images, R: int, device):
 
 def _resize(x: torch.Tensor, R: int) -> torch.Tensor:
     if x.shape[-2] != x.shape[-1]:
-        raise ValueError(f"aligned crops must be square, got {tuple(x.shape[-2:])}; align the photo first")
+        raise InversionError(f"aligned crops must be square, got {tuple(x.shape[-2:])}; align the photo first")
     if x.shape[-1] == R:
         return x
     return torch.nn.functional.interpolate(x.float(), size=(R, R), mode="bilinear", antialias=True,
@@ -538,8 +541,7 @@ def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", p
 
     mdict = model if isinstance(model, dict) else None
     if G is None:
-        if device is None:
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         if mdict is None:
             name = model if model is not None else default_model("wpp" if str(space).startswith("wpp") else space)
             mdict = load_model_for_loss(name, device, perceptual)
@@ -557,14 +559,14 @@ def resolve_prior(prior, mdict, model, G):
     if not isinstance(prior, str):
         return prior
     if prior not in ("gaussian", "none"):
-        raise ValueError(f"prior must be 'gaussian' or 'none', got {prior!r}")
+        raise InversionError(f"prior must be 'gaussian' or 'none', got {prior!r}")
     if prior == "none":
         return None
     from .prior import load_prior
 
     if mdict is None and model is None:
-        raise ValueError("prior='gaussian' with a bare G needs model= (its file holds or caches the "
-                         "prior) or a GaussianPrior object; or pass prior='none'")
+        raise InversionError("prior='gaussian' with a bare G needs model= (its file holds or caches the "
+                             "prior) or a GaussianPrior object; or pass prior='none'")
     return load_prior(mdict if mdict is not None else model, G)
 
 

@@ -46,6 +46,8 @@ import time
 
 import torch
 
+from faceedit.core.errors import InversionError
+
 from .latent import Latent, LatentFileError
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,8 @@ def modulated_weights(G) -> dict:
             if mod.weight.ndim == 4:
                 out[f"{name}.weight"] = mod.weight
     if not out:
-        raise ValueError("this generator has no modulated convolutions to tune (expected StyledConv/ToRGB "
-                         "modules with .affine and a 4-D .weight)")
+        raise InversionError("this generator has no modulated convolutions to tune (expected StyledConv/ToRGB "
+                             "modules with .affine and a 4-D .weight)")
     return out
 
 
@@ -137,8 +139,8 @@ def apply_tuning(G, latent: Latent | None):
         latent.check_model(gid)
     n = {int(v.shape[0]) for v in latent.tuning.values()}
     if n != {1}:
-        raise ValueError(f"this latent holds pivotal tuning for {sorted(n)} images; a generator takes one "
-                         f"image's tuning at a time: use `with apply_tuning(G, latent[i])` per image")
+        raise InversionError(f"this latent holds pivotal tuning for {sorted(n)} images; a generator takes one "
+                             f"image's tuning at a time: use `with apply_tuning(G, latent[i])` per image")
     params = dict(G.named_parameters())
     deltas = tuning_deltas(G, latent.tuning, 0)
     saved = {}
@@ -167,7 +169,7 @@ def synthesize(G, latent: Latent, *, codes: torch.Tensor | None = None, noise_mo
     dev = G.synthesis.const.device
     codes = (latent.codes if codes is None else codes).to(dev)
     if codes.shape[0] != latent.batch_size:
-        raise ValueError(f"codes batch {codes.shape[0]} does not match the latent's {latent.batch_size}")
+        raise InversionError(f"codes batch {codes.shape[0]} does not match the latent's {latent.batch_size}")
     noise = None if latent.noise is None else [n.to(dev) for n in latent.noise]
     if not latent.tuning:
         out = []
@@ -234,10 +236,10 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     from .losses import PixelMSE
 
     if pivot.ndim != 3 or pivot.shape[0] != 1 or target.ndim != 4 or target.shape[0] != 1:
-        raise ValueError(f"tune() takes one image: pivot [1, num_ws, w_dim] and target [1, 3, R, R], got "
-                         f"{tuple(pivot.shape)} and {tuple(target.shape)}")
+        raise InversionError(f"tune() takes one image: pivot [1, num_ws, w_dim] and target [1, 3, R, R], got "
+                             f"{tuple(pivot.shape)} and {tuple(target.shape)}")
     if rank < 1:
-        raise ValueError(f"tuning rank must be >= 1, got {rank}")
+        raise InversionError(f"tuning rank must be >= 1, got {rank}")
     dev = G.synthesis.const.device
     fused = (dev.type == "cuda") if fused is None else fused
     gen = torch.Generator().manual_seed(int(seed))
@@ -275,7 +277,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         alpha = locality_radius * float((bank - pivot).flatten(1).norm(dim=1).median())
     t0 = time.perf_counter()
     hist = []
-    for step in range(steps):
+    for _step in range(steps):
         # the pivot and every regulariser code go through the tuned generator as ONE batch
         extra = [_locality_codes(pivot, bank, n_loc, alpha, gen)] if n_loc else []
         extra += [_edit_codes(pivot, bank, n_con, consistency_strength, gen)] if n_con else []
@@ -339,7 +341,7 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
     from .projector import _to_batch, setup
 
     if optimize_noise:
-        raise ValueError("pivotal tuning keeps the generator's constant noise; drop --optimize-noise")
+        raise InversionError("pivotal tuning keeps the generator's constant noise; drop --optimize-noise")
     G, D, mdict, model_id, prior_obj = setup(model, space, G=G, D=D, device=device, prior=prior,
                                              perceptual=perceptual)
     model_ref = mdict if mdict is not None else model
@@ -350,7 +352,7 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
         if pivot_method is None:
             pivot_method = default_method(model_ref, space) if model_ref is not None else "optim"
         if pivot_method == "pti":
-            raise ValueError("the pivot is found by encoder, optim or hybrid, not by pti itself")
+            raise InversionError("the pivot is found by encoder, optim or hybrid, not by pti itself")
         kw = dict(G=G, D=D, prior=prior_obj if prior_obj is not None else "none", perceptual=perceptual,
                   seed=seed, batch_size=batch_size, **options)
         if prior_weight is not None:
@@ -362,7 +364,7 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
         pivot = invert_code(pivot_method, images, model_ref, space, pivot_steps, **kw)
     target, faces = _to_batch(images, G.resolution, dev)
     if pivot.batch_size != target.shape[0]:
-        raise ValueError(f"the pivot latent holds {pivot.batch_size} codes for {target.shape[0]} images")
+        raise InversionError(f"the pivot latent holds {pivot.batch_size} codes for {target.shape[0]} images")
     loss = make_perceptual(perceptual, D=D)
     if isinstance(loss, torch.nn.Module):
         loss.to(dev)
@@ -387,7 +389,8 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
                    "pti_after": [r["loss_after"] for r in records]},
         "tuning": {"kind": "lora", "rank": rank, "steps": steps, "lr": lr, "locality_weight": locality_weight,
                    "locality_radius": locality_radius, "consistency_weight": consistency_weight,
-                   "consistency_strength": consistency_strength, "params": sorted({k.rsplit('.', 1)[0] for k in tuning}),
+                   "consistency_strength": consistency_strength,
+                   "params": sorted({k.rsplit('.', 1)[0] for k in tuning}),
                    "bytes_per_image": per_image, "generator_bytes": g_bytes},
         "seconds": time.perf_counter() - t_all, "tuning_seconds": sum(r["seconds"] for r in records),
         "steps": meta.get("steps", 0), "steps_requested": meta.get("steps_requested", 0),

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from faceedit.core.errors import InversionError
+
 SPACES = ("w", "w+", "wpp", "wpp-z")
 TRANSFORMER_SPACES = ("wpp", "wpp-z")
 
@@ -51,14 +53,14 @@ def check_space(G, space: str) -> str:
     s = str(space).lower().replace("_", "-")
     s = {"wplus": "w+", "w-plus": "w+", "w++": "wpp", "w++-z": "wpp-z", "wppz": "wpp-z"}.get(s, s)
     if s not in SPACES:
-        raise ValueError(f"unknown inversion space {space!r}; expected one of {', '.join(SPACES)}")
+        raise InversionError(f"unknown inversion space {space!r}; expected one of {', '.join(SPACES)}")
     if s in TRANSFORMER_SPACES and getattr(G, "mapping_kind", "mlp") != "transformer":
         from faceedit.checkpoints.registry import models_with_mapping
 
         have = ", ".join(models_with_mapping("transformer")) or "none registered"
-        raise ValueError(f"space {s!r} (W++) needs a generator with a transformer mapping, but this one has "
-                         f"an {getattr(G, 'mapping_kind', 'mlp')!r} mapping; use --space w or w+ with it, or "
-                         f"a W++ model: {have}")
+        raise InversionError(f"space {s!r} (W++) needs a generator with a transformer mapping, but this one has "
+                             f"an {getattr(G, 'mapping_kind', 'mlp')!r} mapping; use --space w or w+ with it, or "
+                             f"a W++ model: {have}")
     return s
 
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from faceedit.core.errors import FaceeditError, MetricsError
+
 log = logging.getLogger(__name__)
 
 CELEBA_ATTRIBUTES = (
@@ -49,7 +51,7 @@ CARD_NAME = "attrnet.json"
 AGE_SCALE = 10.0  # the age head predicts years / AGE_SCALE
 
 
-class ScorerNotFoundError(FileNotFoundError):
+class ScorerNotFoundError(FaceeditError, FileNotFoundError):
     """The attribute network's weights are not on this machine."""
 
 
@@ -102,7 +104,7 @@ class AttrNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, 3, 64, 64]`` in [-1, 1] -> pooled features ``[N, feature_dim]``."""
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"AttrNet expects [N, 3, H, W] images, got {tuple(x.shape)}")
+            raise MetricsError(f"AttrNet expects [N, 3, H, W] images, got {tuple(x.shape)}")
         return self.stages(self.stem(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> tuple:
@@ -128,20 +130,20 @@ def to_input(images, device=None, size: int = INPUT_SIZE) -> torch.Tensor:
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"image tensors must be [N, 3, H, W] in [-1, 1], got {tuple(x.shape)}")
+            raise MetricsError(f"image tensors must be [N, 3, H, W] in [-1, 1], got {tuple(x.shape)}")
         if x.dtype == torch.uint8:
-            raise ValueError("a uint8 tensor is ambiguous; pass a numpy [N, H, W, 3] uint8 array or a "
-                             "float tensor in [-1, 1]")
+            raise MetricsError("a uint8 tensor is ambiguous; pass a numpy [N, H, W, 3] uint8 array or a "
+                               "float tensor in [-1, 1]")
         x = x.float()
     else:
         a = np.asarray(images)
         if a.ndim == 3:
             a = a[None]
         if a.ndim != 4 or a.shape[-1] != 3:
-            raise ValueError(f"image arrays must be [N, H, W, 3] RGB uint8, got {a.shape}")
+            raise MetricsError(f"image arrays must be [N, H, W, 3] RGB uint8, got {a.shape}")
         if a.dtype != np.uint8:
-            raise ValueError(f"image arrays must be uint8 (got {a.dtype}); pass float images as a "
-                             f"[N, 3, H, W] tensor in [-1, 1]")
+            raise MetricsError(f"image arrays must be uint8 (got {a.dtype}); pass float images as a "
+                               f"[N, 3, H, W] tensor in [-1, 1]")
         x = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
     if device is not None:
         x = x.to(device)
@@ -171,16 +173,15 @@ def save_attrnet(path, net: AttrNet, card: dict) -> tuple:
     Returns:
         ``(weights_path, card_path)``.
     """
-    from safetensors.torch import save
-
-    from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.tensorfile import write_tensor_file
 
     path = Path(path)
     sd = {k: (v.detach().to("cpu").half() if v.is_floating_point() else v.detach().to("cpu")).contiguous()
           for k, v in net.state_dict().items()}
     meta = {"format": "faceedit.attrnet", "version": "1", "config": json.dumps(net.config),
             "attributes": json.dumps(list(CELEBA_ATTRIBUTES[:net.num_attrs]))}
-    atomic_write_bytes(path, save(sd, metadata=meta))
+    write_tensor_file(path, sd, meta)
     card_path = path.with_suffix(".json")
     atomic_write_text(card_path, json.dumps(_finite(card), indent=2, sort_keys=False) + "\n")
     return path, card_path
@@ -213,7 +214,7 @@ def load_attrnet(path) -> tuple:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != "faceedit.attrnet":
-        raise ValueError(f"{path} is not a faceedit attribute network (metadata format={meta.get('format')!r})")
+        raise MetricsError(f"{path} is not a faceedit attribute network (metadata format={meta.get('format')!r})")
     net = AttrNet(**json.loads(meta["config"]))
     sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     net.load_state_dict(sd)  # strict: a mismatch is an error
@@ -259,7 +260,7 @@ class AttributeScorer:
 
     @property
     def sha256(self) -> str:
-        from faceedit.checkpoints.native import sha256_file
+        from faceedit.core.files import sha256_file
 
         return sha256_file(self.path) if self.path is not None and self.path.is_file() else ""
 
@@ -341,7 +342,7 @@ def celeba_label_matrix(labels: dict, n: int) -> np.ndarray:
         if key in labels and np.asarray(labels[key]).ndim == 2:
             m = np.asarray(labels[key]).astype(np.int8)
             if m.shape != (n, len(CELEBA_ATTRIBUTES)):
-                raise ValueError(f"label {key!r} has shape {m.shape}, expected {(n, len(CELEBA_ATTRIBUTES))}")
+                raise MetricsError(f"label {key!r} has shape {m.shape}, expected {(n, len(CELEBA_ATTRIBUTES))}")
             return m
     by = {_norm(k): k for k in labels}
     out = np.zeros((n, len(CELEBA_ATTRIBUTES)), np.int8)

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from faceedit.core.errors import MetricsError
+
 NAMES = {"kid": "KID-attr", "fd": "FD-attr", "precision": "precision-attr", "recall": "recall-attr"}
 
 
 def _as2d(x, name):
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2 or len(a) < 2:
-        raise ValueError(f"{name} must be a [N, D] feature array with N >= 2, got shape {a.shape}")
+        raise MetricsError(f"{name} must be a [N, D] feature array with N >= 2, got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
+        raise MetricsError(f"{name} holds NaN or infinite values")
     return a
 
 
@@ -49,7 +51,7 @@ def mmd2_unbiased(x, y) -> float:
     """Unbiased squared MMD with KID's kernel on equal-size sets ``x``, ``y`` ``[n, D]``."""
     x, y = _as2d(x, "x"), _as2d(y, "y")
     if len(x) != len(y):
-        raise ValueError(f"equal sample sizes needed, got {len(x)} and {len(y)}")
+        raise MetricsError(f"equal sample sizes needed, got {len(x)} and {len(y)}")
     n = len(x)
     return float(_h_matrix(x, y).sum() / (n * (n - 1)))
 
@@ -70,7 +72,7 @@ def kid(x, y, *, max_samples: int = 5000, n_boot: int = 200, ci: float = 0.95, s
     """
     x, y = _as2d(x, "x"), _as2d(y, "y")
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"feature sizes differ: {x.shape[1]} and {y.shape[1]}")
+        raise MetricsError(f"feature sizes differ: {x.shape[1]} and {y.shape[1]}")
     rng = np.random.default_rng(seed)
     n = min(len(x), len(y), int(max_samples))
     if len(x) > n:
@@ -105,7 +107,7 @@ def frechet_from_stats(mu1, s1, mu2, s2) -> float:
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"mismatched statistics: means {mu1.shape} {mu2.shape}, covariances {s1.shape} {s2.shape}")
+        raise MetricsError(f"mismatched statistics: means {mu1.shape} {mu2.shape}, covariances {s1.shape} {s2.shape}")
     w, v = np.linalg.eigh((s1 + s1.T) / 2)
     r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     m = r1 @ ((s2 + s2.T) / 2) @ r1
@@ -159,7 +161,7 @@ def precision_recall(real, fake, *, k: int = 3, max_samples: int = 10000, seed: 
     rng = np.random.default_rng(seed)
     n = min(len(real), len(fake), int(max_samples))
     if n <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
+        raise MetricsError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
     real = real[rng.choice(len(real), n, replace=False)] if len(real) > n else real
     fake = fake[rng.choice(len(fake), n, replace=False)] if len(fake) > n else fake
     prec = _inside(fake, real, _knn_radii(real, k)).mean()

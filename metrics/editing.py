@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from faceedit.core.errors import MetricsError
+
 
 def _slopes(s: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per-column least-squares slope of ``values [K, N]`` against strengths ``s [K]``."""
     sc = s - s.mean()
     den = (sc ** 2).sum()
     if den <= 0:
-        raise ValueError("a sweep needs at least two different strengths")
+        raise MetricsError("a sweep needs at least two different strengths")
     return (sc[:, None] * (values - values.mean(0, keepdims=True))).sum(0) / den
 
 
@@ -50,10 +52,10 @@ def editing_metrics(strengths, scores_by_strength, target: str, *, identity_by_s
     """
     s = np.asarray(strengths, np.float64)
     if len(s) != len(scores_by_strength):
-        raise ValueError(f"{len(s)} strengths but {len(scores_by_strength)} score sets")
+        raise MetricsError(f"{len(s)} strengths but {len(scores_by_strength)} score sets")
     if target not in scores_by_strength[0]:
-        raise ValueError(f"target attribute {target!r} is not among the scores "
-                         f"({', '.join(sorted(scores_by_strength[0]))})")
+        raise MetricsError(f"target attribute {target!r} is not among the scores "
+                           f"({', '.join(sorted(scores_by_strength[0]))})")
     order = np.argsort(s)
     s = s[order]
     sets = [scores_by_strength[i] for i in order]

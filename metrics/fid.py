@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.core.errors import FaceeditError
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 
-class InceptionUnavailableError(FileNotFoundError):
+class InceptionUnavailableError(FaceeditError, FileNotFoundError):
     """The FID Inception weights are not in the torch hub cache (or pytorch-fid is missing)."""
 
 

@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from faceedit.core.errors import MetricsError
+
 log = logging.getLogger(__name__)
 
 # Generic 3D face template (arbitrary units, x right, y down, z away from the camera; the
@@ -137,7 +139,7 @@ def scores_from_landmarks(lm68: np.ndarray, image_size: tuple) -> dict:
 
     lm = np.asarray(lm68, np.float64)
     if lm.shape != (68, 2):
-        raise ValueError(f"expected [68, 2] landmarks, got {lm.shape}")
+        raise MetricsError(f"expected [68, 2] landmarks, got {lm.shape}")
     p, ed, _ = _level(lm)
     width = np.hypot(*(p[54] - p[48]))
     centre_y = p[[51, 57, 62, 66], 1].mean()
@@ -166,7 +168,7 @@ def yaw_from_5points(pts5: np.ndarray) -> float:
     """Yaw in degrees from MTCNN's 5 points (eyes, nose, mouth corners; image-left first)."""
     p = np.asarray(pts5, np.float64)
     if p.shape != (5, 2):
-        raise ValueError(f"expected [5, 2] points, got {p.shape}")
+        raise MetricsError(f"expected [5, 2] points, got {p.shape}")
     v = p[1] - p[0]
     ed = float(np.hypot(*v))
     if ed <= 0:
@@ -277,7 +279,7 @@ def crop_geometry(crop: np.ndarray, *, scale: int = 4, with_yaw5: bool = True) -
 
     a = np.asarray(crop)
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"crop must be [H, W, 3] uint8, got {a.shape} {a.dtype}")
+        raise MetricsError(f"crop must be [H, W, 3] uint8, got {a.shape} {a.dtype}")
     big = cv2.resize(a, (a.shape[1] * scale, a.shape[0] * scale), interpolation=cv2.INTER_CUBIC)
     dets = []
     for up in (0, 1):

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from faceedit.core.errors import FaceeditError, MetricsError
+
 log = logging.getLogger(__name__)
 
 CHIP_SIZE = 150
@@ -43,7 +45,7 @@ CALIBRATION_NAME = "identity_calibration.json"
 DLIB_SAME_PERSON = 0.6
 
 
-class IdentityUnavailableError(RuntimeError):
+class IdentityUnavailableError(FaceeditError, RuntimeError):
     """dlib or its face-recognition model file is missing."""
 
 
@@ -72,17 +74,18 @@ def _as_uint8(images) -> np.ndarray:
 
         if isinstance(images, torch.Tensor):
             x = images[None] if images.ndim == 3 else images
-            return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return x.permute(0, 2, 3, 1).cpu().numpy()
     except ImportError:  # pragma: no cover
         pass
     a = np.asarray(images)
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"identity needs [N, H, W, 3] uint8 crops or [N, 3, H, W] tensors in [-1, 1], got "
-                         f"{a.shape} {a.dtype}")
+        raise MetricsError(f"identity needs [N, H, W, 3] uint8 crops or [N, 3, H, W] tensors in [-1, 1], got "
+                           f"{a.shape} {a.dtype}")
     if a.shape[1] != a.shape[2]:
-        raise ValueError(f"identity needs square aligned crops, got {a.shape[2]}x{a.shape[1]}")
+        raise MetricsError(f"identity needs square aligned crops, got {a.shape[2]}x{a.shape[1]}")
     return a
 
 
@@ -137,7 +140,7 @@ class IdentityEncoder:
         """Euclidean descriptor distance per pair ``[N]`` (crops of the same shape)."""
         ea, eb = self.embed(a), self.embed(b)
         if ea.shape != eb.shape:
-            raise ValueError(f"{len(ea)} images against {len(eb)}: identity compares pairs")
+            raise MetricsError(f"{len(ea)} images against {len(eb)}: identity compares pairs")
         return np.linalg.norm(ea - eb, axis=1)
 
     def similarity_from_distance(self, d) -> np.ndarray:
@@ -194,7 +197,7 @@ def calibrate(crops, *, n_pairs: int = 5000, seed: int = 0, recipe_scale: float 
     a = _as_uint8(crops)
     n = len(a)
     if n < 8:
-        raise ValueError(f"identity calibration needs at least 8 crops, got {n}")
+        raise MetricsError(f"identity calibration needs at least 8 crops, got {n}")
     emb = enc.embed(a)
     rng = np.random.default_rng(seed)
     i, j = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)

@@ -24,6 +24,8 @@ import logging
 import numpy as np
 import torch
 
+from faceedit.core.errors import MetricsError
+
 log = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ def _distance_fn(distance, device):
         return "attr", lambda x, y: (sc.net.features(x) - sc.net.features(y)).pow(2).sum(dim=1)
     if callable(distance):
         return getattr(distance, "name", "custom"), distance
-    raise ValueError(f"distance must be 'auto', 'lpips', 'attr' or a callable, got {distance!r}")
+    raise MetricsError(f"distance must be 'auto', 'lpips', 'attr' or a callable, got {distance!r}")
 
 
 @torch.no_grad()
@@ -91,9 +93,9 @@ def perceptual_path_length(G, *, space: str = "w", sampling: str = "full", num_s
         "median", "p1", "p99"}``.
     """
     if space not in ("z", "w"):
-        raise ValueError(f"PPL space must be 'z' or 'w', got {space!r}")
+        raise MetricsError(f"PPL space must be 'z' or 'w', got {space!r}")
     if sampling not in ("full", "end"):
-        raise ValueError(f"PPL sampling must be 'full' or 'end', got {sampling!r}")
+        raise MetricsError(f"PPL sampling must be 'full' or 'end', got {sampling!r}")
     dev = device or next(G.parameters()).device
     dname, dist = _distance_fn(distance, dev)
     gen = torch.Generator(device="cpu").manual_seed(seed)

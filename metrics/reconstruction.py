@@ -21,37 +21,40 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.core.errors import FaceeditError, MetricsError
+
 log = logging.getLogger(__name__)
 
 MS_SSIM_MIN_SIDE = 161  # 5 scales, window 11: (11 - 1) * 2 ** 4 < side
 PSNR_CAP = 100.0
 
 
-class LPIPSUnavailableError(FileNotFoundError):
+class LPIPSUnavailableError(FaceeditError, FileNotFoundError):
     """LPIPS' backbone weights are not in the torch hub cache."""
 
 
 def to_unit(images) -> torch.Tensor:
-    """uint8 ``[N, H, W, 3]`` / ``[H, W, 3]`` or float ``[N, 3, H, W]`` in [-1, 1] -> float ``[N, 3, H, W]`` in [0, 1]."""
+    """uint8 ``[N, H, W, 3]`` / ``[H, W, 3]`` or float ``[N, 3, H, W]`` in [-1, 1] -> float
+    ``[N, 3, H, W]`` in [0, 1]."""
     if isinstance(images, torch.Tensor):
         x = images[None] if images.ndim == 3 else images
         if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"image tensors must be [N, 3, H, W] in [-1, 1], got {tuple(x.shape)}")
+            raise MetricsError(f"image tensors must be [N, 3, H, W] in [-1, 1], got {tuple(x.shape)}")
         if x.dtype == torch.uint8:
-            raise ValueError("pass uint8 images as a numpy [N, H, W, 3] array, float images as a tensor in [-1, 1]")
+            raise MetricsError("pass uint8 images as a numpy [N, H, W, 3] array, float images as a tensor in [-1, 1]")
         return ((x.float() + 1) / 2).clamp(0, 1)
     a = np.asarray(images)
     if a.ndim == 3:
         a = a[None]
     if a.ndim != 4 or a.shape[-1] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"image arrays must be [N, H, W, 3] uint8, got {a.shape} {a.dtype}")
+        raise MetricsError(f"image arrays must be [N, H, W, 3] uint8, got {a.shape} {a.dtype}")
     return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255.0
 
 
 def _pair(a, b):
     x, y = to_unit(a), to_unit(b)
     if x.shape != y.shape:
-        raise ValueError(f"image batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
+        raise MetricsError(f"image batches differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
     return x, y.to(x.device)
 
 
@@ -74,7 +77,7 @@ def ssim(a, b) -> np.ndarray:
 
     x, y = _pair(a, b)
     if min(x.shape[-2:]) < 11:
-        raise ValueError(f"SSIM needs images of at least 11x11 px, got {tuple(x.shape[-2:])}")
+        raise MetricsError(f"SSIM needs images of at least 11x11 px, got {tuple(x.shape[-2:])}")
     return _ssim(x, y, data_range=1.0, size_average=False).detach().cpu().double().numpy()
 
 
@@ -88,8 +91,8 @@ def ms_ssim(a, b) -> np.ndarray:
 
     x, y = _pair(a, b)
     if min(x.shape[-2:]) < MS_SSIM_MIN_SIDE:
-        raise ValueError(f"MS-SSIM (5 scales, window 11) needs a smaller side of at least {MS_SSIM_MIN_SIDE} px, "
-                         f"got {tuple(x.shape[-2:])}; report SSIM for images this small")
+        raise MetricsError(f"MS-SSIM (5 scales, window 11) needs a smaller side of at least {MS_SSIM_MIN_SIDE} px, "
+                           f"got {tuple(x.shape[-2:])}; report SSIM for images this small")
     return _ms(x, y, data_range=1.0, size_average=False).detach().cpu().double().numpy()
 
 
@@ -122,7 +125,7 @@ class LPIPS:
 
     def __init__(self, net: str = "vgg", device="cpu", random_backbone: bool = False):
         if net not in LPIPS_BACKBONE_FILES:
-            raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONE_FILES)}, got {net!r}")
+            raise MetricsError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONE_FILES)}, got {net!r}")
         p = lpips_backbone_path(net)
         if not random_backbone and not p.is_file():
             raise LPIPSUnavailableError(

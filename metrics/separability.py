@@ -18,6 +18,8 @@ import logging
 
 import numpy as np
 
+from faceedit.core.errors import MetricsError
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def conditional_entropy(y: np.ndarray, x: np.ndarray) -> float:
     """``H(Y | X)`` in nats for two binary (or discrete) label arrays of the same length."""
     y, x = np.asarray(y), np.asarray(x)
     if y.shape != x.shape or y.ndim != 1:
-        raise ValueError(f"y and x must be 1-D arrays of one length, got {y.shape} and {x.shape}")
+        raise MetricsError(f"y and x must be 1-D arrays of one length, got {y.shape} and {x.shape}")
     n = len(y)
     h = 0.0
     for xv in np.unique(x):
@@ -56,7 +58,7 @@ def attribute_entropy(latents: np.ndarray, prob: np.ndarray, *, keep: float = 0.
     lat = np.asarray(latents, np.float64).reshape(len(latents), -1)
     p = np.asarray(prob, np.float64)
     if len(lat) != len(p):
-        raise ValueError(f"{len(lat)} latents for {len(p)} scores")
+        raise MetricsError(f"{len(lat)} latents for {len(p)} scores")
     conf = np.abs(p - 0.5)
     n_keep = max(4, int(round(len(p) * keep)))
     idx = np.argsort(-conf, kind="stable")[:n_keep]
@@ -102,8 +104,8 @@ def linear_separability(latents: np.ndarray, scores: dict, *, attributes=None, k
             continue
         per[a] = r
     total = sum(r["entropy"] for r in per.values())
-    return {"separability": float(np.exp(total)) if per else float("nan"), "sum_entropy_nats": float(total), "per_attribute": per,
-            "skipped": skipped, "keep": keep, "held_out": held_out, "n": int(len(latents))}
+    return {"separability": float(np.exp(total)) if per else float("nan"), "sum_entropy_nats": float(total),
+            "per_attribute": per, "skipped": skipped, "keep": keep, "held_out": held_out, "n": int(len(latents))}
 
 
 __all__ = ["linear_separability", "attribute_entropy", "conditional_entropy"]

@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from faceedit.core.errors import NetworkError
 
 from .layers import EqualConv2d, EqualLinear
 from .stylegan2 import DiscBlock
@@ -46,7 +48,7 @@ def encoder_groups(num_ws: int) -> dict:
     Groups that would be empty for a small generator (no fine layers at 16-32 px) are left out.
     """
     if num_ws < 1:
-        raise ValueError(f"num_ws must be positive, got {num_ws}")
+        raise NetworkError(f"num_ws must be positive, got {num_ws}")
     ends = (*_GROUP_STARTS[1:], num_ws)
     out = {}
     for name, a, b in zip(GROUP_NAMES, _GROUP_STARTS, ends):
@@ -97,10 +99,10 @@ class Encoder(nn.Module):
         super().__init__()
         log = math.log2(resolution) if resolution > 0 else -1
         if log != int(log) or not 16 <= resolution <= 1024:
-            raise ValueError(f"encoder resolution must be a power of two in 16..1024, got {resolution}")
+            raise NetworkError(f"encoder resolution must be a power of two in 16..1024, got {resolution}")
         if space not in ENCODER_SPACES:
-            raise ValueError(f"encoder space must be one of {ENCODER_SPACES}, got {space!r} "
-                             f"(encode to z or wpp-z by optimising from the encoder's code instead)")
+            raise NetworkError(f"encoder space must be one of {ENCODER_SPACES}, got {space!r} "
+                               f"(encode to z or wpp-z by optimising from the encoder's code instead)")
         self.config = dict(resolution=resolution, num_ws=num_ws, w_dim=w_dim, space=space,
                            channel_base=channel_base, channel_max=channel_max, channel_min=channel_min,
                            fpn_channels=fpn_channels, head_channels=head_channels, out_gain=out_gain,
@@ -131,8 +133,8 @@ class Encoder(nn.Module):
             ValueError: ``wpp`` asked of a generator whose mapping is not a transformer.
         """
         if space == "wpp" and getattr(G, "mapping_kind", "mlp") != "transformer":
-            raise ValueError("space 'wpp' needs a generator with a transformer (W++) mapping, e.g. the "
-                             "faces64-wpp model; use --space w or w+ for this one")
+            raise NetworkError("space 'wpp' needs a generator with a transformer (W++) mapping, e.g. the "
+                               "faces64-wpp model; use --space w or w+ for this one")
         E = cls(resolution or G.resolution, G.num_ws, G.w_dim, space, **kwargs)
         with torch.no_grad():
             E.w_avg.copy_(G.w_avg.detach().float().cpu())
@@ -163,9 +165,9 @@ class Encoder(nn.Module):
             codes ``[N, num_ws, w_dim]`` (and the deltas).
         """
         if img.ndim != 4 or img.shape[1:] != (self.config["img_channels"], self.resolution, self.resolution):
-            raise ValueError(f"encoder expects images [N, {self.config['img_channels']}, {self.resolution}, "
-                             f"{self.resolution}] in [-1, 1], got {tuple(img.shape)}; resize or align the "
-                             f"faces to {self.resolution} px first")
+            raise NetworkError(f"encoder expects images [N, {self.config['img_channels']}, {self.resolution}, "
+                               f"{self.resolution}] in [-1, 1], got {tuple(img.shape)}; resize or align the "
+                               f"faces to {self.resolution} px first")
         maps = self.pyramid(img)
         raw = torch.cat([self.heads[name](maps[GROUP_NAMES.index(name)]) for name in self.groups], dim=1)
         base = raw[:, :1]

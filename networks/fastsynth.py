@@ -45,6 +45,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from faceedit.core.errors import NetworkError
+
 from .ops import _autocast_off
 
 _SQRT2 = math.sqrt(2.0)
@@ -70,8 +72,8 @@ def _const_on(t: torch.Tensor, device) -> torch.Tensor:
 
 def _check_fir(fir: torch.Tensor) -> None:
     if fir.ndim != 1 or fir.numel() != 4:
-        raise ValueError(f"the polyphase path supports 4-tap FIR filters (StyleGAN2's [1, 3, 3, 1]); got "
-                         f"shape {tuple(fir.shape)}; use fused=False or fused=True for other filters")
+        raise NetworkError(f"the polyphase path supports 4-tap FIR filters (StyleGAN2's [1, 3, 3, 1]); got "
+                           f"shape {tuple(fir.shape)}; use fused=False or fused=True for other filters")
 
 
 def phase_matrices(fir: torch.Tensor) -> torch.Tensor:
@@ -93,7 +95,7 @@ def upconv_poly_weight(weight: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     in ``weight`` (and ``fir``).
     """
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
-        raise ValueError(f"upconv_poly_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
+        raise NetworkError(f"upconv_poly_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
     cout, cin = weight.shape[:2]
     m = phase_matrices(fir).to(weight.dtype)
     k = torch.einsum("pka,oiab,qlb->pqoikl", m, weight, m)   # [2, 2, Cout, Cin, 3, 3]
@@ -116,7 +118,7 @@ def upconv_phase2_weight(weight: torch.Tensor) -> torch.Tensor:
     against 4x for the 3x3 polyphase kernel.
     """
     if weight.ndim != 4 or weight.shape[2:] != (3, 3):
-        raise ValueError(f"upconv_phase2_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
+        raise NetworkError(f"upconv_phase2_weight expects a [Cout, Cin, 3, 3] weight, got {tuple(weight.shape)}")
     cout, cin = weight.shape[:2]
     a = _const_on(_TCONV_PHASES, weight.device).to(weight.dtype)
     return torch.einsum("pka,oiab,qlb->pqoikl", a, weight, a).reshape(4 * cout, cin, 2, 2)
@@ -152,7 +154,7 @@ def phase_shuffle(t: torch.Tensor) -> torch.Tensor:
     """
     n, c4, h, w = t.shape
     if c4 % 4:
-        raise ValueError(f"phase_shuffle expects 4 * C channels, got {c4}")
+        raise NetworkError(f"phase_shuffle expects 4 * C channels, got {c4}")
     c = c4 // 4
     if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():  # one NHWC copy
         y = t.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)
@@ -359,7 +361,7 @@ def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list
     if up_impl is None:
         up_impl = "phase2" if _compiling() else "poly3"
     if up_impl not in UP_IMPLS:
-        raise ValueError(f"up_impl must be one of {UP_IMPLS} or None, got {up_impl!r}")
+        raise NetworkError(f"up_impl must be one of {UP_IMPLS} or None, got {up_impl!r}")
     n = ws.shape[0]
     convs = [(net.conv1, 0, None)]
     rgbs = [(net.torgb1, 1)]
@@ -374,7 +376,7 @@ def synthesis_poly(net, ws: torch.Tensor, noise_mode: str = "const", noise: list
     if ws.is_cuda:  # cuDNN's tensor-core kernels want NHWC; every later activation follows
         x = x.contiguous(memory_format=torch.channels_last)
     img = None
-    for j, ((layer, i, up), s, (k, d)) in enumerate(zip(convs, conv_styles, prepared)):
+    for j, ((layer, _i, up), s, (k, d)) in enumerate(zip(convs, conv_styles, prepared)):
         nz = _noise(layer, x, layer.resolution, noise_mode, None if noise is None else noise[j])
         x = apply_conv(layer, x, s, k, d, nz, up)
         if j % 2 == 0:  # after the 4x4 conv and after each block's second conv

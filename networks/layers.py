@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from faceedit.core.errors import NetworkError
 
 from .ops import lrelu_gain
 
@@ -27,7 +29,7 @@ class EqualLinear(nn.Module):
                  ):
         super().__init__()
         if activation not in ("linear", "lrelu"):
-            raise ValueError(f"activation must be 'linear' or 'lrelu', got {activation!r}")
+            raise NetworkError(f"activation must be 'linear' or 'lrelu', got {activation!r}")
         self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
         self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
         self.scale = lr_mul / math.sqrt(in_features)
@@ -37,7 +39,7 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"EqualLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
+            raise NetworkError(f"EqualLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
         w = self.weight.to(x.dtype) * self.scale
         b = None if self.bias is None else self.bias.to(x.dtype) * self.lr_mul
         x = F.linear(x, w, b)

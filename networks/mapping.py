@@ -10,8 +10,10 @@ Both return per-layer codes ``ws`` shaped ``[N, num_ws, w_dim]`` and keep a runn
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from faceedit.core.errors import NetworkError
 
 from .layers import EqualLinear, normalize_2nd_moment
 
@@ -20,7 +22,7 @@ def _truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | N
     if psi == 1:
         return ws
     if w_avg.shape[-1] != ws.shape[-1] or w_avg.numel() not in (ws.shape[-1], ws.shape[1] * ws.shape[2]):
-        raise ValueError(f"w_avg shape {tuple(w_avg.shape)} does not fit ws {tuple(ws.shape)}")
+        raise NetworkError(f"w_avg shape {tuple(w_avg.shape)} does not fit ws {tuple(ws.shape)}")
     trunc = torch.lerp(w_avg.to(ws.dtype).reshape(1, -1, ws.shape[-1]).expand_as(ws), ws, psi)
     if cutoff is None:
         return trunc
@@ -55,7 +57,7 @@ class MappingMLP(nn.Module):
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"MLP mapping expects z of shape [N, {self.z_dim}], got {tuple(z.shape)}")
+            raise NetworkError(f"MLP mapping expects z of shape [N, {self.z_dim}], got {tuple(z.shape)}")
         w = self.net(normalize_2nd_moment(z))
         if update_w_avg:
             self.w_avg.copy_(w.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
@@ -69,7 +71,7 @@ class _TokenBlock(nn.Module):
     def __init__(self, num_tokens: int, dim: int, num_heads: int, mlp_ratio: float, lr_mul: float):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"transformer width {dim} is not divisible by {num_heads} heads")
+            raise NetworkError(f"transformer width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.norm1 = nn.LayerNorm([num_tokens, dim])
         self.qkv = EqualLinear(dim, 3 * dim, lr_mul=lr_mul)
@@ -125,8 +127,8 @@ class MappingTransformer(nn.Module):
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0,
                 truncation_cutoff: int | None = None, update_w_avg: bool = False) -> torch.Tensor:
         if z.ndim != 3 or z.shape[1:] != (self.num_ws, self.z_dim):
-            raise ValueError(f"transformer mapping expects z of shape [N, {self.num_ws}, {self.z_dim}] "
-                             f"(one z per synthesis layer), got {tuple(z.shape)}")
+            raise NetworkError(f"transformer mapping expects z of shape [N, {self.num_ws}, {self.z_dim}] "
+                               f"(one z per synthesis layer), got {tuple(z.shape)}")
         ids = self.token_ids.to(z.dtype).expand(z.shape[0], -1, -1)
         x = self.embed(torch.cat([normalize_2nd_moment(z), ids], dim=2))
         for block in self.blocks:

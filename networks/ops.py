@@ -21,12 +21,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from faceedit.core.errors import NetworkError
+
 
 def make_fir(taps=(1, 3, 3, 1), *, device=None) -> torch.Tensor:
     """Normalised 1-D FIR filter (sum 1) as a float32 tensor."""
     k = torch.as_tensor(taps, dtype=torch.float32, device=device)
     if k.ndim != 1 or k.numel() < 1:
-        raise ValueError(f"FIR taps must be a non-empty 1-D sequence, got shape {tuple(k.shape)}")
+        raise NetworkError(f"FIR taps must be a non-empty 1-D sequence, got shape {tuple(k.shape)}")
     return k / k.sum()
 
 
@@ -44,7 +46,7 @@ def upfirdn2d(x: torch.Tensor, fir: torch.Tensor, *, up: int = 1, down: int = 1,
             up-sampling so the mean is preserved).
     """
     if x.ndim != 4:
-        raise ValueError(f"upfirdn2d expects [N, C, H, W], got {tuple(x.shape)}")
+        raise NetworkError(f"upfirdn2d expects [N, C, H, W], got {tuple(x.shape)}")
     n, c, h, w = x.shape
     if up > 1:
         x = x.reshape(n, c, h, 1, w, 1)
@@ -102,15 +104,15 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         ``[N, Cout, H', W']``.
     """
     if x.ndim != 4 or weight.ndim != 4 or styles.ndim != 2:
-        raise ValueError(f"modulated_conv2d expects x [N, Cin, H, W], weight [Cout, Cin, k, k], styles [N, Cin]; "
-                         f"got {tuple(x.shape)}, {tuple(weight.shape)}, {tuple(styles.shape)}")
+        raise NetworkError(f"modulated_conv2d expects x [N, Cin, H, W], weight [Cout, Cin, k, k], styles [N, Cin]; "
+                           f"got {tuple(x.shape)}, {tuple(weight.shape)}, {tuple(styles.shape)}")
     n, cin, h, w = x.shape
     cout, cin_w, kh, kw = weight.shape
     if up and fir is None:
-        raise ValueError("modulated_conv2d(up=True) needs the FIR taps `fir`")
+        raise NetworkError("modulated_conv2d(up=True) needs the FIR taps `fir`")
     if cin_w != cin or styles.shape != (n, cin):
-        raise ValueError(f"modulated_conv2d: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
-                         f"styles {tuple(styles.shape)} do not agree")
+        raise NetworkError(f"modulated_conv2d: x {tuple(x.shape)}, weight {tuple(weight.shape)}, "
+                           f"styles {tuple(styles.shape)} do not agree")
     dcoefs = None
     if fused:
         wmod = weight.unsqueeze(0) * styles.view(n, 1, cin, 1, 1)  # [N, Cout, Cin, k, k]

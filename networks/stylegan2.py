@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from faceedit.core.errors import NetworkError
+
 from .fastsynth import synthesis_poly
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP, MappingTransformer
@@ -33,7 +35,7 @@ def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:
 def _check_resolution(resolution: int) -> int:
     log = math.log2(resolution) if resolution > 0 else -1
     if log != int(log) or not 16 <= resolution <= 1024:
-        raise ValueError(f"resolution must be a power of two in 16..1024, got {resolution}")
+        raise NetworkError(f"resolution must be a power of two in 16..1024, got {resolution}")
     return int(log)
 
 
@@ -157,14 +159,14 @@ class SynthesisNetwork(nn.Module):
                 conv, for GPUs; returns fp32). All three are equal to float rounding.
         """
         if fused not in (True, False, "poly"):
-            raise ValueError(f"fused must be True, False or 'poly', got {fused!r}")
+            raise NetworkError(f"fused must be True, False or 'poly', got {fused!r}")
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"synthesis expects ws of shape [N, {self.num_ws}, {self.w_dim}], "
-                             f"got {tuple(ws.shape)}")
+            raise NetworkError(f"synthesis expects ws of shape [N, {self.num_ws}, {self.w_dim}], "
+                               f"got {tuple(ws.shape)}")
         if noise_mode not in ("const", "random", "none"):
-            raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+            raise NetworkError(f"noise_mode must be const, random or none, got {noise_mode!r}")
         if noise is not None and len(noise) != 1 + 2 * len(self.convs):
-            raise ValueError(f"expected {1 + 2 * len(self.convs)} noise maps, got {len(noise)}")
+            raise NetworkError(f"expected {1 + 2 * len(self.convs)} noise maps, got {len(noise)}")
         if fused == "poly":
             return synthesis_poly(self, ws, noise_mode, noise)
         nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
@@ -210,7 +212,7 @@ class Generator(nn.Module):
             self.mapping = MappingTransformer(z_dim, w_dim, self.num_ws, mapping_blocks, mapping_heads,
                                               lr_mul=mapping_lr_mul)
         else:
-            raise ValueError(f"mapping_kind must be 'mlp' or 'transformer', got {mapping_kind!r}")
+            raise NetworkError(f"mapping_kind must be 'mlp' or 'transformer', got {mapping_kind!r}")
         self.mapping_kind = mapping_kind
         self.config = dict(z_dim=z_dim, w_dim=w_dim, resolution=resolution, mapping_kind=mapping_kind,
                            mapping_layers=mapping_layers, mapping_blocks=mapping_blocks,
@@ -313,8 +315,8 @@ class Discriminator(nn.Module):
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
         if img.ndim != 4 or img.shape[2:] != (self.resolution, self.resolution):
-            raise ValueError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
-                             f"got {tuple(img.shape)}")
+            raise NetworkError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
+                               f"got {tuple(img.shape)}")
         x = self.from_rgb(img)
         feats = [x]
         for block in self.blocks:

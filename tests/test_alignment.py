@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from faceedit.alignment import (FACES64, FFHQ, AlignmentError, AlignmentRecipe, FaceNotFoundError,
-                                FaceTooSmallError, ModelFileError, align, align_landmarks, align_photo,
-                                default_upsample, detect_faces, ffhq_quad, landmarks68, model_file)
+from faceedit.alignment import (FACES64, FFHQ, AlignmentError, AlignmentRecipe, FaceNotFoundError, FaceTooSmallError,
+                                ModelFileError, align, align_landmarks, align_photo, default_upsample, detect_faces,
+                                ffhq_quad, landmarks68, model_file)
 from faceedit.alignment.ffhq import apply_matrix
-from faceedit.imageio import load_image
+from faceedit.core.images import load_image
 
 
 def photo(shared_dir, name):
@@ -70,7 +70,8 @@ def test_matrix_maps_quad_to_crop_corners():
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (300, 260, 3), dtype=np.uint8)
     lm = synthetic_landmarks68((110, 120), (150, 128), (112, 170), (146, 176))
-    for recipe in (FACES64, FFHQ.with_size(128), AlignmentRecipe(size=96, scale=0.8, supersample=2, pad_mode="constant")):
+    for recipe in (FACES64, FFHQ.with_size(128), AlignmentRecipe(size=96, scale=0.8, supersample=2,
+                                                                 pad_mode="constant")):
         f = align_landmarks(img, lm, recipe)
         s = recipe.size
         np.testing.assert_allclose(apply_matrix(f.matrix, f.quad), [[0, 0], [0, s], [s, s], [s, 0]], atol=1e-6)
@@ -109,7 +110,8 @@ def _reference_ffhq_pil(img, lm, size, scale=1.0):
         quad, qsize = quad / shrink, qsize / shrink
     border = max(int(np.rint(qsize * 0.1)), 3)
     lo, hi = np.floor(quad.min(0)).astype(int), np.ceil(quad.max(0)).astype(int)
-    box = (max(lo[0] - border, 0), max(lo[1] - border, 0), min(hi[0] + border, pil.size[0]), min(hi[1] + border, pil.size[1]))
+    box = (max(lo[0] - border, 0), max(lo[1] - border, 0), min(hi[0] + border, pil.size[0]), min(hi[1] + border,
+                                                                                                 pil.size[1]))
     if box[2] - box[0] < pil.size[0] or box[3] - box[1] < pil.size[1]:
         pil = pil.crop(box)
         quad = quad - box[:2]
@@ -275,7 +277,8 @@ def test_cli_align_files_folder_resume_and_failures(shared_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "aligned 2 face(s) from 1 photo(s)" in r.output and "2 failed" in r.output
     rec = json.loads((out / "face_recognition__two_people.json").read_text())
-    assert [f["index"] for f in rec["faces"]] == [0, 1] and rec["faces"][0]["file"] == "face_recognition__two_people_0.png"
+    assert [f["index"] for f in rec["faces"]] == [0,
+                                                  1] and rec["faces"][0]["file"] == "face_recognition__two_people_0.png"
     assert "FaceNotFoundError" in json.loads((out / "face_alignment__grass.json").read_text())["error"]
     assert "ImageLoadError" in json.loads((out / "broken.json").read_text())["error"]
     # The JSON is enough to paste a crop back: the unedited crop reproduces the photo in the face.

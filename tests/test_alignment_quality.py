@@ -12,7 +12,7 @@ from faceedit.alignment.ffhq import apply_matrix
 from faceedit.alignment.landmarks import (AVERAGE_BOX_MOVES, MIRROR68, eye_mouth_points, landmarks68_averaged,
                                           landmarks68_on_crop, template_box)
 from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_calibration, mtcnn5_features, mtcnn5_refined
-from faceedit.imageio import load_image
+from faceedit.core.images import load_image
 
 
 def split_files(shared_dir, n_per_source, split):

@@ -35,7 +35,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from faceedit.imageio import ImageLoadError, decode_image, load_image
+from faceedit.core.images import ImageLoadError, decode_image, load_image
 
 CELEBA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celeba10k"
 CORPUS_STATS = Counter()

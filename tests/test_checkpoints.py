@@ -512,3 +512,16 @@ def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
             ref = G(z, None, truncation_psi=0.7, noise_mode=mode, force_fp32=True)
             img = ours(z, truncation_psi=0.7, noise_mode=mode)
             assert (img - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+def test_shipped_registry_entries_carry_their_sha256():
+    """Each shipped model's registry sha256 is that of its model.safetensors, so the model id
+    (``name@sha256[:12]``) of a loaded shipped model can be checked against the registry."""
+    from faceedit.checkpoints.registry import REGISTRY, WEIGHTS_DIR
+    from faceedit.core.files import sha256_file
+
+    shipped = [e for e in REGISTRY.values() if e.source == "shipped"]
+    assert shipped
+    for e in shipped:
+        assert len(e.sha256) == 64, e.name
+        assert sha256_file(WEIGHTS_DIR / e.filename / "model.safetensors") == e.sha256, e.name

@@ -331,8 +331,8 @@ def test_fit_job_wplus_from_inverted_train_faces(tmp_path, tiny_G):
     from PIL import Image
 
     from faceedit.checkpoints.native import save_native
+    from faceedit.core.pack import write_pack
     from faceedit.metrics.attributes import AttrNet, save_attrnet
-    from faceedit.training.pack import write_pack
 
     save_native(tmp_path / "tiny", tiny_G, name="tiny")
     torch.manual_seed(0)
@@ -374,8 +374,8 @@ def test_landmark_scorer_on_a_real_face(shared_dir):
     import os
 
     from faceedit.alignment import FACES64, align
+    from faceedit.core.images import load_image, uint8_to_tensor
     from faceedit.editing.fit_job import landmark_scorer
-    from faceedit.imageio import load_image, uint8_to_tensor
 
     photo = load_image(os.path.join(shared_dir, "datasets/photos/face_recognition__obama.jpg"))
     crop = align(photo, recipe=FACES64)[0].crop
@@ -389,8 +389,8 @@ def test_landmark_scorer_on_a_real_face(shared_dir):
 
 
 def test_saved_samples_round_trip(tmp_path, tiny_G):
+    from faceedit.core.images import tensor_to_uint8
     from faceedit.editing.fit_job import _save_samples, _score_saved_samples
-    from faceedit.imageio import tensor_to_uint8
 
     codes = sample_codes(tiny_G, 300, seed=3, batch=100)
     _save_samples(tiny_G, MID, codes[:200], tmp_path / "samples_tiny.npz", seed=3, batch=100, device="cpu")

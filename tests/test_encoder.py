@@ -163,9 +163,9 @@ def test_cli_train_encoder_then_invert_methods(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from faceedit.cli import cli
-    from faceedit.imageio import save_image, tensor_to_uint8
+    from faceedit.core.images import save_image, tensor_to_uint8
+    from faceedit.core.pack import write_pack
     from faceedit.inversion.latent import Latent
-    from faceedit.training.pack import write_pack
 
     monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
     G = tiny_generator(16)
@@ -207,10 +207,10 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
     """`faceedit bench inversion --methods ...`: one row per method with its time and bytes, the
     prior-comparison rows, then the CPU pass fills identity (a stand-in encoder) and CPU seconds."""
     from faceedit import bench_methods
-    from faceedit.imageio import encode_image, tensor_to_uint8
+    from faceedit.core.images import encode_image, tensor_to_uint8
+    from faceedit.core.pack import write_pack
     from faceedit.metrics import identity as identity_mod
     from faceedit.training.encoder import save_encoder
-    from faceedit.training.pack import write_pack
 
     G, E, *_ = trained
     m = _tiny_model(tmp_path, G)

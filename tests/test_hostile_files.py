@@ -29,8 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from faceedit.checkpoints import CheckpointError, load_model, save_native
-from faceedit.checkpoints import native
+from faceedit.checkpoints import CheckpointError, load_model, native, save_native
 from faceedit.networks import Discriminator, Generator
 
 TINY = dict(z_dim=16, w_dim=16, resolution=16, channel_base=64, channel_max=16, mapping_layers=2)

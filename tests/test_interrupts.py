@@ -90,7 +90,7 @@ def celeba_inputs(folder: Path, n: int) -> list:
 
 def check_align_outputs(out: Path) -> list:
     """Every JSON in ``out`` parses and names crops that exist and decode; returns the JSON paths."""
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     jsons = sorted(p for p in out.glob("*.json") if p.name != "failures.json")
     for j in jsons:
@@ -145,7 +145,7 @@ def test_two_align_runs_into_one_folder(tmp_path):
 
 
 def test_stale_parts_removed_only_for_dead_writers(tmp_path):
-    from faceedit.checkpoints.atomic import atomic_write_bytes, remove_stale_parts
+    from faceedit.core.files import atomic_write_bytes, remove_stale_parts
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -163,7 +163,7 @@ def test_stale_parts_removed_only_for_dead_writers(tmp_path):
 
 
 def test_atomic_write_interrupted_leaves_nothing(tmp_path, monkeypatch):
-    from faceedit.checkpoints import atomic
+    from faceedit.core import files as atomic
 
     def boom(fd):
         raise KeyboardInterrupt
@@ -188,7 +188,7 @@ def tiny_model(tmp_path_factory):
 
 
 def _crops(folder: Path, n: int) -> list:
-    from faceedit.imageio import save_image
+    from faceedit.core.images import save_image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -206,7 +206,7 @@ def _invert_available():
 
 
 def check_invert_outputs(out: Path) -> list:
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
     from faceedit.inversion.latent import Latent
 
     jsons = sorted(out.glob("*.json"))

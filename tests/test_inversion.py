@@ -128,7 +128,8 @@ def test_noise_regulariser_and_renormalisation():
     smooth = [torch.nn.functional.interpolate(torch.randn(2, 1, 4, 4, generator=g), size=32, mode="bilinear")]
     normalize_noise_(white)
     normalize_noise_(smooth)
-    assert float(smooth[0].mean()) == pytest.approx(0, abs=1e-5) and float(smooth[0].std()) == pytest.approx(1, abs=0.02)
+    assert float(smooth[0].mean()) == pytest.approx(0, abs=1e-5) and float(smooth[0].std()) == pytest.approx(1,
+                                                                                                             abs=0.02)
     assert (noise_regularization(smooth) > 50 * noise_regularization(white)).all()
     assert noise_regularization(white).shape == (2,)
 
@@ -171,7 +172,7 @@ def test_invert_returns_latent_that_round_trips(G, tmp_path):
 
 
 def test_invert_wpp_z_stores_z_and_aligned_face_matrix(Gt, tmp_path):
-    from faceedit.alignment.types import AlignedFace, FACES64
+    from faceedit.alignment.types import FACES64, AlignedFace
 
     _, target = _target(Gt, n=1)
     crop = ((target[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
@@ -200,7 +201,7 @@ def tiny_model(tmp_path_factory):
 
 def test_cli_invert_aligned_folder(tiny_model, tmp_path, monkeypatch):
     from faceedit.cli import cli
-    from faceedit.imageio import save_image, tensor_to_uint8
+    from faceedit.core.images import save_image, tensor_to_uint8
 
     path, G = tiny_model
     monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
@@ -253,8 +254,8 @@ def test_cli_invert_photo_with_alignment(tiny_model, tmp_path, monkeypatch, shar
 
 def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch):
     from faceedit import bench_inversion
-    from faceedit.imageio import encode_image, tensor_to_uint8
-    from faceedit.training.pack import write_pack
+    from faceedit.core.images import encode_image, tensor_to_uint8
+    from faceedit.core.pack import write_pack
 
     path, G = tiny_model
     monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
@@ -285,8 +286,8 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
 def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monkeypatch, fake_identity):
     """GPU run saves reconstructions; a later CPU pass fills identity (a stand-in encoder here)."""
     from faceedit import bench_inversion
-    from faceedit.imageio import encode_image, tensor_to_uint8
-    from faceedit.training.pack import write_pack
+    from faceedit.core.images import encode_image, tensor_to_uint8
+    from faceedit.core.pack import write_pack
 
     path, G = tiny_model
     monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
@@ -334,8 +335,8 @@ def test_inversion_gradients_through_a_conv_clamp_model():
 def test_bench_faces_refuse_the_train_split(tmp_path):
     """Every bench takes its faces through ``load_faces``: a train pack is refused, a test pack read."""
     from faceedit.bench_inversion import load_faces
-    from faceedit.imageio import encode_image
-    from faceedit.training.pack import write_pack
+    from faceedit.core.images import encode_image
+    from faceedit.core.pack import write_pack
 
     im = [encode_image(np.full((16, 16, 3), 90 + i, np.uint8), "PNG") for i in range(3)]
     train = write_pack(tmp_path / "train.npz", im, {}, ["a", "b", "c"], {"split": "train"})

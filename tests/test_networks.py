@@ -305,7 +305,7 @@ def test_fast_upsample_equals_reference():
 def test_uint8_tensor_round_trip_is_exact():
     import numpy as np
 
-    from faceedit.networks.images import tensor_to_uint8, uint8_to_tensor
+    from faceedit.core.images import tensor_to_uint8, uint8_to_tensor
 
     a = np.random.default_rng(0).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8)
     t = uint8_to_tensor(a)

@@ -6,7 +6,7 @@ import pytest
 
 from faceedit.alignment import AlignmentError, AlignmentRecipe, align, align_landmarks, paste_back
 from faceedit.alignment.paste import face_polygon
-from faceedit.imageio import load_image
+from faceedit.core.images import load_image
 
 
 def psnr(a, b):

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from faceedit.alignment.types import FACES64
 from faceedit.checkpoints.native import save_native
 from faceedit.cli.edit import parse_attr, parse_sweep
+from faceedit.core.images import load_image
 from faceedit.editing.fit import ganspace, sample_codes
-from faceedit.imageio import load_image
 from faceedit.networks import Generator
 
 PHOTO = "datasets/photos/face_recognition__obama.jpg"

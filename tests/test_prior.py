@@ -6,8 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from faceedit.inversion.prior import (GaussianPrior, LedoitWolfAccumulator, chi2_check, degaussianize,
-                                      fit_prior, gaussianize, load_prior, prior_cache_path)
+from faceedit.inversion.prior import (GaussianPrior, LedoitWolfAccumulator, chi2_check, degaussianize, fit_prior,
+                                      gaussianize, load_prior, prior_cache_path)
 from faceedit.networks import Generator
 from faceedit.networks.ops import lrelu_gain
 
@@ -157,14 +157,14 @@ def _tiny(kind):
 
 
 def test_load_prior_fits_once_caches_and_prefers_the_model_file(tmp_path, monkeypatch):
-    from faceedit.checkpoints import save_native
     import faceedit.inversion.prior as prior_mod
+    from faceedit.checkpoints import save_native
 
     monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
     G = _tiny("mlp")
     path = save_native(tmp_path / "m", G, name="tiny")
     p1 = load_prior(str(path), G, n=3000)
-    from faceedit.checkpoints.native import sha256_file
+    from faceedit.core.files import sha256_file
 
     cache = prior_cache_path(sha256_file(path / "model.safetensors"))
     assert cache.is_file() and not any(cache.parent.glob("*.part"))

@@ -113,7 +113,7 @@ def test_cuda_graph_step_matches_the_eager_loop_on_cuda(G):
     kw = dict(steps=20, optimize_noise=True, seed=3)
     ref = Projector(Gc, "w+", **kw).project(target)
     seen = []
-    new = Projector(Gc, "w+", cuda_graphs=True, **kw).project(target, callback=lambda s, l: seen.append(s))
+    new = Projector(Gc, "w+", cuda_graphs=True, **kw).project(target, callback=lambda s, _loss: seen.append(s))
     assert seen == list(range(20)) and new.steps == 20
     assert torch.allclose(new.ws, ref.ws, atol=1e-3, rtol=1e-3)
     assert new.history == pytest.approx(ref.history, rel=1e-3, abs=1e-5)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from faceedit.inversion.latent import Latent, LatentFileError
-from faceedit.inversion.pti import (apply_tuning, modulated_weights, pti_invert, synthesize, tune,
-                                    tuning_bytes, tuning_deltas)
+from faceedit.inversion.pti import (apply_tuning, modulated_weights, pti_invert, synthesize, tune, tuning_bytes,
+                                    tuning_deltas)
 from faceedit.networks import Generator
 
 

@@ -101,10 +101,11 @@ def test_training_learns_where_the_points_are_on_synthetic_faces():
 def test_shipped_quadnet_brings_mtcnn_quads_closer_to_dlib68_on_test_faces(shared_dir):
     """20 TEST faces (never seen in training): the side of the QuadNet quad is closer to dlib's than the
     calibrated MTCNN quad's for most faces, and its median side error is smaller."""
+    from test_alignment_quality import split_files
+
     from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68_averaged, mtcnn5_refined
     from faceedit.alignment.quadnet import quadnet_points
-    from faceedit.imageio import load_image
-    from test_alignment_quality import split_files
+    from faceedit.core.images import load_image
 
     lin, qn = [], []
     for path in split_files(shared_dir, 10, "test"):

@@ -17,7 +17,7 @@ def synthetic_pack(path, n=240, seed=0):
     """
     import cv2
 
-    from faceedit.training.pack import write_pack
+    from faceedit.core.pack import write_pack
 
     rng = np.random.default_rng(seed)
     jpegs = []
@@ -36,7 +36,8 @@ def synthetic_pack(path, n=240, seed=0):
         if m:
             im[..., 0] = np.clip(im[..., 0].astype(int) + 70, 0, 255)
         if i % 2 == 0:
-            lab["Smiling"][i], lab["Eyeglasses"][i], lab["Male"][i] = (1 if s else -1), (1 if e else -1), (1 if m else -1)
+            sign = lambda b: 1 if b else -1  # noqa: E731
+            lab["Smiling"][i], lab["Eyeglasses"][i], lab["Male"][i] = sign(s), sign(e), sign(m)
         else:
             a = rng.uniform(1, 80)
             im[0:12, 0:12] = int(a * 3)
@@ -157,7 +158,7 @@ def test_training_job_learns_synthetic_attributes(tmp_path):
 @pytest.fixture(scope="module")
 def obama(shared_dir):
     from faceedit.alignment import detect_faces, landmarks68
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     img = load_image(f"{shared_dir}/datasets/photos/face_recognition__obama.jpg")
     box = detect_faces(img)[0].box
@@ -235,7 +236,7 @@ def test_crop_geometry_and_failure_report(obama):
 @pytest.mark.slow
 def test_identity_separates_people_and_keeps_a_face(shared_dir, tmp_path):
     from faceedit.alignment import FACES64, align
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
     from faceedit.metrics.identity import IdentityEncoder, calibrate, chip_matrix, perturbations
 
     m = chip_matrix(64)
@@ -295,8 +296,8 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
     test = synthetic_pack(tmp_path / "test.npz", n=60, seed=2)
     w, _ = save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=8).eval(), {})
     sc = AttributeScorer.load(w)
-    from faceedit.imageio import save_image
-    from faceedit.training.pack import Pack
+    from faceedit.core.images import save_image
+    from faceedit.core.pack import Pack
 
     for i, im in enumerate(Pack(train).images(range(12))):
         save_image(tmp_path / "imgs" / f"{i:03d}.png", im)

@@ -23,7 +23,7 @@ def _images(n=24, res=16, seed=0):
 def _tiny_pack(path, n=24, side=32):
     import cv2
 
-    from faceedit.training.pack import write_pack
+    from faceedit.core.pack import write_pack
 
     rng = np.random.default_rng(0)
     jpegs = [cv2.imencode(".jpg", (rng.random((side, side, 3)) * 255).astype(np.uint8))[1].tobytes()
@@ -197,7 +197,8 @@ def test_job_exports_resumes_on_fresh_machine_and_unpacks(tmp_path):
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["faces64.disc.safetensors", "faces64.resume.safetensors", "faces64.zip"]
     with zipfile.ZipFile(tmp_path / "out" / "faces64.zip") as z:
-        assert {"config.json", "model.safetensors", "loss.csv", "gsnr.csv", "samples.png", "train.json"} <= set(z.namelist())
+        assert {"config.json", "model.safetensors", "loss.csv", "gsnr.csv", "samples.png",
+                "train.json"} <= set(z.namelist())
         cfg = json.loads(z.read("config.json"))
     assert cfg["name"] == "faces64" and "non-commercial" in cfg["license"]
     assert cfg["provenance"]["steps"] == 4 and cfg["recipe"]["name"] == "faces64"
@@ -251,8 +252,8 @@ def test_split_rules_on_real_names(shared_dir):
 
 @pytest.mark.slow
 def test_build_small_real_pack_keeps_test_out(shared_dir, tmp_path):
+    from faceedit.core.pack import Pack
     from faceedit.training.dataset import build_dataset, list_sources
-    from faceedit.training.pack import Pack
 
     stats = build_dataset(tmp_path, f"{shared_dir}/datasets", workers=1, limit=8, max_mib=1, cache=tmp_path / "c")
     train, test = Pack(tmp_path / "faces64_train.npz"), Pack(tmp_path / "faces64_test.npz")

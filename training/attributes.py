@@ -18,7 +18,6 @@ padding, brightness/contrast/saturation jitter.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import platform
@@ -29,10 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from faceedit.core.errors import TrainingError
+from faceedit.core.files import sha256_file
+from faceedit.core.pack import Pack
 from faceedit.metrics.attributes import (AGE_SCALE, CELEBA_ATTRIBUTES, AttributeScorer, AttrNet, age_targets,
                                          celeba_label_matrix, evaluate_scores, gender_targets, save_attrnet)
-
-from .pack import Pack
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,6 @@ def _losses(net_out, attrs, female, age):
     return l_attr, l_g, l_age
 
 
-def _sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int | None = None, epochs: float = 40.0,
                   val_every: float = 4.0,
                   batch_size: int = 512, lr: float = 2e-3, weight_decay: float = 0.05, width: int = 32,
@@ -88,7 +80,7 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
     """Train the attribute network and write its weights and card.
 
     Args:
-        train_path: a TRAIN pack (``faceedit.training.pack`` format). Never pass the test pack.
+        train_path: a TRAIN pack (``faceedit.core.pack`` format). Never pass the test pack.
         out_dir: output folder (``attrnet.safetensors``, ``attrnet.json``).
         minutes: wall-clock budget of the optimisation loop (the schedule spans it).
         max_steps: stop after this many steps even if time is left (tests, reproducibility).
@@ -104,21 +96,21 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
     Returns:
         The card (dict) as written.
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
 
     t_start = time.time()
     dev = resolve_device(device)
     train_path = Path(train_path)
     if "test" in train_path.name.lower():
-        raise ValueError(f"{train_path} looks like a test pack; the attribute network is fitted on the "
-                         f"train split only (pass faces64_train.npz)")
+        raise TrainingError(f"{train_path} looks like a test pack; the attribute network is fitted on the "
+                            f"train split only (pass faces64_train.npz)")
     if not 0 < val_fraction < 0.5:
-        raise ValueError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
+        raise TrainingError(f"val_fraction must be in (0, 0.5), got {val_fraction}")
     torch.manual_seed(seed)
     pack = Pack(train_path)
     n = len(pack)
     if n < 20:
-        raise ValueError(f"{train_path} holds {n} faces; the attribute network needs at least 20")
+        raise TrainingError(f"{train_path} holds {n} faces; the attribute network needs at least 20")
     images = pack.images()
     attrs = celeba_label_matrix(pack.labels, n)
     female = gender_targets(pack.labels, attrs)
@@ -131,8 +123,8 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
 
     x_all = torch.from_numpy(images[tr_idx]).permute(0, 3, 1, 2).contiguous().to(dev)  # uint8
     if x_all.shape[-1] != 64:
-        raise ValueError(f"the pack holds {x_all.shape[-1]} px faces; the attribute network takes 64 px "
-                         f"(FACES64 recipe)")
+        raise TrainingError(f"the pack holds {x_all.shape[-1]} px faces; the attribute network takes 64 px "
+                            f"(FACES64 recipe)")
     a_all = torch.from_numpy(attrs[tr_idx]).to(dev)
     g_all = torch.from_numpy(female[tr_idx]).to(dev)
     age_all = torch.from_numpy(age[tr_idx]).to(dev)
@@ -226,7 +218,7 @@ def train_attrnet(train_path, out_dir, *, minutes: float = 2.5, max_steps: int |
                          "feature_dim": net.feature_dim},
         "license": "non-commercial research only (trained on CelebA and UTKFace, whose terms apply)",
         "training": {
-            "data": {"path": train_path.name, "sha256": _sha256(train_path), "faces": int(n),
+            "data": {"path": train_path.name, "sha256": sha256_file(train_path), "faces": int(n),
                      "train": int(len(tr_idx)), "validation": int(len(val_idx)), "meta": pack.meta},
             "split_note": "validation is a random part of the TRAIN pack; test figures come from "
                           "`faceedit bench scorers` on the test pack",

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from faceedit.core.errors import TrainingError
+
 POLICIES = ("color", "translation", "cutout")
 
 
@@ -32,8 +34,8 @@ def parse_policy(policy: str | None) -> tuple:
     names = tuple(p.strip() for p in str(policy).split(",") if p.strip())
     bad = [p for p in names if p not in POLICIES]
     if bad:
-        raise ValueError(f"unknown augmentation {bad}; choose from {', '.join(POLICIES)} (comma separated) "
-                         f"or an empty string for none")
+        raise TrainingError(f"unknown augmentation {bad}; choose from {', '.join(POLICIES)} (comma separated) "
+                            f"or an empty string for none")
     return names
 
 
@@ -71,7 +73,7 @@ def sample_params(n: int, size: int, *, policy=POLICIES, translation: float = 0.
 def apply(x: torch.Tensor, params: dict) -> torch.Tensor:
     """Apply drawn augmentations (differentiable in ``x``; works per sample under ``vmap``)."""
     if x.ndim != 4:
-        raise ValueError(f"augment expects [N, C, H, W], got {tuple(x.shape)}")
+        raise TrainingError(f"augment expects [N, C, H, W], got {tuple(x.shape)}")
     n, c, h, w = x.shape
     view = lambda t: t.to(x.dtype).view(n, 1, 1, 1)  # noqa: E731
     if "brightness" in params:

@@ -14,15 +14,15 @@ Every photo is aligned with ``faceedit.alignment.align(..., recipe=FACES64,
 face='largest')`` -- dlib HOG detection (upsampling picked by image size), 68 landmarks,
 the FFHQ quad at 0.6x its size, 64 px -- in worker processes; photos where no face is
 found are counted and listed. The crops are JPEG-encoded at the highest quality
-(from 95 down in steps of 1) that keeps the train pack under ``max_mib`` (it travels to
-the GPU machine beside the repo within 64 MiB); the test pack uses the same quality.
+(from 95 down in steps of 1) that keeps the train pack under ``max_mib`` (a size budget
+for moving the pack to where training runs); the test pack uses the same quality.
 
 Why FACES64 (FFHQ geometry at 0.6x the quad): ENVIRONMENT.md measured that the full
 FFHQ quad is ~1.6x a UTKFace chip (64% of the crop would be reflect padding) while at
 0.6x only ~17% is padding and CelebA's quad lies inside its images; the faces keep FFHQ's
 eye/mouth placement, so inversion of any photo uses the same recipe.
 
-Outputs in ``out``: ``faces64_train.npz``, ``faces64_test.npz`` (``training.pack``
+Outputs in ``out``: ``faces64_train.npz``, ``faces64_test.npz`` (``core.pack``
 format), ``faces64_stats.json`` (counts, failures, quality, sizes), ``faces64_stats.md``
 (the same, readable) and ``faces64_contact.png`` (a contact sheet of random train faces,
 decoded from the pack so JPEG artefacts show).
@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from faceedit.core.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ def read_celeba_attributes(path: Path) -> tuple:
             if not parts:
                 continue
             if len(parts) != len(attr_names) + 1:
-                raise ValueError(f"{path}: row {parts[0]!r} has {len(parts) - 1} values for {len(attr_names)} attributes")
+                raise TrainingError(f"{path}: row {parts[0]!r} has {len(parts) - 1} values for {len(attr_names)} "
+                                    f"attributes")
             table[parts[0]] = np.array([int(v) for v in parts[1:]], np.int8)
     return attr_names, table
 
@@ -91,7 +94,8 @@ def _records_celeba(root: Path) -> tuple:
 
 
 def list_sources(datasets_dir) -> dict:
-    """All photos with split and labels: ``{"train": [...], "test": [...], "malformed": [...], "attr_names": [...]}``."""
+    """All photos with split and labels:
+    ``{"train": [...], "test": [...], "malformed": [...], "attr_names": [...]}``."""
     root = Path(datasets_dir)
     for sub in ("utkface", "celeba10k"):
         if not (root / sub).is_dir():
@@ -121,7 +125,7 @@ def align_file(path: str, recipe_dict: dict) -> tuple:
     """``(crop uint8 [S, S, 3] or None, reason)`` for one photo (largest face)."""
     from faceedit.alignment import align
     from faceedit.alignment.types import AlignmentRecipe
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     try:
         img = load_image(path)
@@ -176,7 +180,7 @@ def encode_jpegs(crops: list, quality: int) -> list:
 
 
 def pack_labels(records: list, attr_names: list) -> dict:
-    """Label arrays in the pack's conventions (see ``training.pack``)."""
+    """Label arrays in the pack's conventions (see ``core.pack``)."""
     n = len(records)
     labels = {a: np.zeros(n, np.int8) for a in attr_names}
     age = np.full(n, np.nan, np.float32)
@@ -213,15 +217,14 @@ def choose_quality(crops: list, names: list, labels: dict, max_bytes: int, quali
         else:
             lo = mid + 1
     if best is None:
-        raise ValueError(f"even JPEG quality {qs[-1]} does not fit {max_bytes / 2**20:.1f} MiB; raise --max-mib")
+        raise TrainingError(f"even JPEG quality {qs[-1]} does not fit {max_bytes / 2**20:.1f} MiB; raise --max-mib")
     return best
 
 
 def contact_sheet(pack_path, n: int = 256, seed: int = 0) -> np.ndarray:
     """A grid of ``n`` random faces decoded from a pack."""
-    from faceedit.imageio import make_grid
-
-    from .pack import Pack
+    from faceedit.core.images import make_grid
+    from faceedit.core.pack import Pack
 
     pack = Pack(pack_path)
     idx = np.random.default_rng(seed).choice(len(pack), size=min(n, len(pack)), replace=False)
@@ -244,7 +247,7 @@ def _cached_alignment(cache, prefix, split, recs, recipe, workers, progress) -> 
     if path is not None:
         import io
 
-        from faceedit.checkpoints.atomic import atomic_write_bytes
+        from faceedit.core.files import atomic_write_bytes
 
         good = [c for c in crops if c is not None]
         buf = io.BytesIO()
@@ -272,15 +275,14 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
         prefix: file-name prefix.
         cache: folder for the raw aligned crops (reused when the photos and recipe are the
             same, so a re-pack at another size skips alignment); keep it out of ``out``,
-            which travels to the GPU machine.
+            so ``out`` holds only the packs and their reports.
     Returns:
         the statistics dict (also written as ``{prefix}_stats.json``).
     """
     from faceedit.alignment.types import FACES64
-    from faceedit.checkpoints.atomic import atomic_write_text
-    from faceedit.imageio import save_image
-
-    from .pack import Pack, write_pack
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.images import save_image
+    from faceedit.core.pack import Pack, write_pack
 
     recipe = recipe or FACES64
     out = Path(out)
@@ -310,7 +312,7 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
                                   "per_source": per_source, "failure_kinds": kinds, "failures": failures}
         crops_by_split[split] = kept
     if not crops_by_split["train"]:
-        raise RuntimeError("no training face could be aligned; check the alignment models (faceedit align --help)")
+        raise TrainingError("no training face could be aligned; check the alignment models (faceedit align --help)")
 
     meta_base = {"recipe": recipe.to_dict(), "sources": "UTKFace aligned&cropped chips + CelebA img_align_celeba "
                  "(images 1-10000, halved)", "license": "non-commercial research only (UTKFace, CelebA terms)",
@@ -334,8 +336,8 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
         sizes[split] = path.stat().st_size
         while split == "train" and sizes[split] > max_mib * 2 ** 20:  # the estimate was short: step down
             if quality <= 10:
-                raise RuntimeError(f"{path} is {sizes[split] / 2**20:.2f} MiB even at JPEG quality {quality}, "
-                                   f"over {max_mib}; raise --max-mib")
+                raise TrainingError(f"{path} is {sizes[split] / 2**20:.2f} MiB even at JPEG quality {quality}, "
+                                    f"over {max_mib}; raise --max-mib")
             quality -= 1
             jpegs = encode_jpegs(crops, quality)
             meta["jpeg_quality"] = quality
@@ -361,7 +363,8 @@ def stats_markdown(stats: dict) -> str:
         for src, c in s["per_source"].items():
             lines.append(f"| {split} | {src} | {c['photos']} | {c['aligned']} | {c['failed']} |")
         lines.append(f"| {split} | all | {s['photos']} | {s['aligned']} | {s['failed']} |")
-    lines += ["", "Failure kinds: " + "; ".join(f"{k} {json.dumps(s['failure_kinds'])}" for k, s in stats["splits"].items()),
+    lines += ["", "Failure kinds: " + "; ".join(f"{k} {json.dumps(s['failure_kinds'])}" for k,
+                                                s in stats["splits"].items()),
               "", "Malformed UTKFace names (left out of both packs): "
               + ", ".join(f"`{m['name']}` ({m['split']})" for m in stats["malformed_utkface_names"]), ""]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Training job for the pSp/e4e-family encoder (``networks.encoder.Encoder``).
 
-Run on the GPU machine (no dlib, lpips or facenet needed)::
+Needs no dlib, lpips or facenet, so it runs on a bare CUDA machine::
 
     faceedit --device cuda train-encoder --model checkpoints/weights/faces64 \\
         --data .gpu/data/faces64_train.npz --space w+ --minutes 3 --out runs/enc_faces64
@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from faceedit.core.device import resolve_device
+from faceedit.core.errors import TrainingError
 from faceedit.inversion.encoder import ENCODER_FORMAT, encoder_files
 from faceedit.inversion.losses import DiscFeatureLoss
 from faceedit.networks.encoder import Encoder, LatentDiscriminator
@@ -58,7 +60,7 @@ def load_pack_images(path, resolution: int, *, max_images: int | None = None) ->
     """
     import numpy as np
 
-    from .pack import Pack
+    from faceedit.core.pack import Pack
 
     path = Path(path)
     if not path.is_file():
@@ -66,7 +68,7 @@ def load_pack_images(path, resolution: int, *, max_images: int | None = None) ->
                                 f"(it writes .gpu/data/faces64_train.npz)")
     pack = Pack(path)
     if "split" in pack.meta and str(pack.meta["split"]).lower() == "test":
-        raise ValueError(f"{path} is the test split; encoders are trained on the train split only")
+        raise TrainingError(f"{path} is the test split; encoders are trained on the train split only")
     n = len(pack) if max_images is None else min(len(pack), int(max_images))
     imgs = pack.images(range(n))
     if imgs.shape[1] != resolution or imgs.shape[2] != resolution:
@@ -169,11 +171,11 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
         ``{'steps', 'seconds', 'history': [{step, seconds, loss terms...}], 'opt_state', 'LD'}``.
     """
     if minutes is None and steps is None:
-        raise ValueError("give --minutes or --steps to bound the training run")
+        raise TrainingError("give --minutes or --steps to bound the training run")
     w = {**DEFAULT_WEIGHTS, **(weights or {})}
     unknown = set(w) - set(DEFAULT_WEIGHTS)
     if unknown:
-        raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
+        raise TrainingError(f"unknown loss weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
     if w["perc"] > 0 and D is None:
         w["perc"] = 0.0
     dev = G.synthesis.const.device
@@ -278,16 +280,15 @@ def save_encoder(folder, E: Encoder, *, model_id: str, model_sha256: str, record
 
     The file name uses ``wplus`` for ``w+`` (``encoder_wplus.safetensors``).
     """
-    from safetensors.torch import save
-
-    from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.tensorfile import write_tensor_file
 
     wpath, jpath = encoder_files(folder, E.space)
     tensors = {}
     for k, v in E.state_dict().items():
         v = v.detach().cpu()
         tensors[k] = (v.float() if k == "w_avg" else v.to(dtype)).contiguous()
-    atomic_write_bytes(wpath, save(tensors, metadata={"format": ENCODER_FORMAT, "space": E.space}))
+    write_tensor_file(wpath, tensors, {"format": ENCODER_FORMAT, "space": E.space})
     cfg = {"format": ENCODER_FORMAT, "version": 1, "space": E.space, "encoder": E.config,
            "model_id": model_id, "model_sha256": model_sha256,
            "params": sum(p.numel() for p in E.parameters()), "dtype": str(dtype).replace("torch.", ""),
@@ -299,7 +300,7 @@ def save_encoder(folder, E: Encoder, *, model_id: str, model_sha256: str, record
 def encoder_width(channels: int) -> dict:
     """Encoder kwargs scaled from one width (256 = the default architecture, ~4M parameters at 64 px)."""
     if channels < 8 or channels & (channels - 1):
-        raise ValueError(f"--channels must be a power of two >= 8, got {channels}")
+        raise TrainingError(f"--channels must be a power of two >= 8, got {channels}")
     return dict(channel_base=16 * channels, channel_max=channels, channel_min=max(4, channels // 8),
                 fpn_channels=max(4, channels // 2), head_channels=max(4, channels // 2))
 
@@ -332,10 +333,8 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     from faceedit.checkpoints.registry import load_model
 
     if perceptual not in ("disc", "none"):
-        raise ValueError(f"perceptual must be 'disc' or 'none', got {perceptual!r}")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+        raise TrainingError(f"perceptual must be 'disc' or 'none', got {perceptual!r}")
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -348,7 +347,7 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     G, D = m["G"], m["D"]
     imgs = load_pack_images(data, G.resolution, max_images=max_images)
     if len(imgs) <= val:
-        raise ValueError(f"{data} holds {len(imgs)} faces, too few to hold out --val {val}")
+        raise TrainingError(f"{data} holds {len(imgs)} faces, too few to hold out --val {val}")
     train_imgs, val_imgs = imgs[:-val] if val else imgs, imgs[-val:] if val else imgs[:0]
     E = Encoder.from_generator(G, space, **(encoder_kwargs or {})).to(dev)
     LD = make_latent_discriminator(E).to(dev)
@@ -357,8 +356,8 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     if resume and state_file.is_file():
         st = torch.load(state_file, map_location=dev, weights_only=True)
         if st.get("model_sha256") != m["sha256"] or st.get("config") != E.config:
-            raise ValueError(f"{state_file} belongs to another model or encoder architecture; "
-                             f"delete it or pass another --out")
+            raise TrainingError(f"{state_file} belongs to another model or encoder architecture; "
+                                f"delete it or pass another --out")
         E.load_state_dict(st["E_weights"])
         LD.load_state_dict(st["LD_weights"])
         opt_state = st["opt"]
@@ -368,8 +367,8 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
 
         init = load_encoder(init_from, G=G, model_sha256=m["sha256"], device=dev)
         if init.config != E.config:
-            raise ValueError(f"{init_from} has another encoder architecture ({init.config}); "
-                             f"pass a matching --channels or drop --init-from")
+            raise TrainingError(f"{init_from} has another encoder architecture ({init.config}); "
+                                f"pass a matching --channels or drop --init-from")
         E.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
         log.info("starting from the weights of %s", init_from)
     load_s = time.time() - t_load
@@ -386,8 +385,9 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
               "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
               "latency_ms_per_image_b32": lat_ms, "history": res["history"][-20:]}
     wpath, jpath = save_encoder(out, E, model_id=m["model_id"], model_sha256=m["sha256"], record=record)
-    from faceedit.checkpoints.atomic import atomic_write_bytes
     import io
+
+    from faceedit.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
     torch.save({"model_sha256": m["sha256"], "config": E.config, "E_weights": E.state_dict(),

@@ -1,8 +1,8 @@
 """What a training chunk hands back: a shippable checkpoint, a compact resume state, logs.
 
-The GPU machine returns at most 8 files of at most 16 MiB each (64 MiB in all) and the
-two shipped models train side by side, so each run exports exactly three files into
-the export folder (``NAME`` = ``faces64`` or ``faces64-wpp``):
+Each file stays under ``MAX_FILE_BYTES`` (16 MiB) so that a chunk's results can be carried
+off a training machine as a few small files, and the two shipped models train side by
+side, so each run exports exactly three files into the export folder (``NAME`` = ``faces64`` or ``faces64-wpp``):
 
 * ``NAME.zip``: a native checkpoint without its discriminator (``config.json`` and
   ``model.safetensors`` holding G_ema in fp16; ``faceedit.checkpoints.load_native``
@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
-from faceedit.checkpoints.atomic import atomic_write_bytes
+from faceedit.core.errors import TrainingError
+from faceedit.core.files import atomic_write_bytes
 
-from .loop import STATE_FORMAT, Trainer, TrainConfig, _load_module, read_state_metadata
+from .loop import STATE_FORMAT, TrainConfig, Trainer, _load_module, read_state_metadata
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def export_run(trainer: Trainer, out_dir, name: str, *, recipe: dict | None, pro
     Returns:
         ``{kind: path}`` of the written files.
     Raises:
-        ValueError: a file would exceed the 16 MiB transfer limit.
+        TrainingError: a file would exceed ``MAX_FILE_BYTES``.
     """
     import tempfile
 
@@ -91,8 +92,8 @@ def export_run(trainer: Trainer, out_dir, name: str, *, recipe: dict | None, pro
     blobs["resume"] = save(t, metadata=meta)
     for kind, data in blobs.items():
         if len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"export file {names[kind]} is {len(data) / 2**20:.1f} MiB, over the 16 MiB "
-                             f"transfer limit; use a smaller architecture")
+            raise TrainingError(f"export file {names[kind]} is {len(data) / 2**20:.1f} MiB, over the 16 MiB "
+                                f"limit for one export file; use a smaller architecture")
     return {kind: atomic_write_bytes(out_dir / names[kind], data) for kind, data in blobs.items()}
 
 
@@ -159,11 +160,11 @@ def native_train_config(folder, overrides: dict | None = None) -> TrainConfig:
     cfg = read_config(Path(folder))
     arch = {NATIVE_ARCH_KEYS[k]: v for k, v in cfg["generator"].items() if k in NATIVE_ARCH_KEYS}
     if cfg["generator"].get("mapping_lr_mul", 0.01) != 0.01 or cfg["generator"].get("img_channels", 3) != 3:
-        raise ValueError(f"{folder}: only generators with mapping_lr_mul 0.01 and 3 colour channels can be "
+        raise TrainingError(f"{folder}: only generators with mapping_lr_mul 0.01 and 3 colour channels can be "
                          f"trained further here")
     clash = sorted(k for k in (overrides or {}) if k in arch and overrides[k] != arch[k])
     if clash:
-        raise ValueError(f"{folder}: --set {', '.join(clash)} would change the architecture of the checkpoint "
+        raise TrainingError(f"{folder}: --set {', '.join(clash)} would change the architecture of the checkpoint "
                          f"being continued; start a fresh run for another architecture")
     trained = (cfg.get("provenance") or {}).get("training") or {}
     return TrainConfig.from_dict({**trained, **arch, **(overrides or {})})
@@ -179,7 +180,7 @@ def init_from_native(trainer: Trainer, folder) -> None:
     every path length to 0 for the first hundred steps); Adam restarts.
 
     Raises:
-        FileNotFoundError / ValueError: no discriminator, or an architecture that does not
+        CheckpointError / TrainingError: no discriminator, or an architecture that does not
             match ``trainer.cfg`` (build the trainer with :func:`native_train_config`).
     """
     from faceedit.checkpoints.native import load_native
@@ -190,7 +191,7 @@ def init_from_native(trainer: Trainer, folder) -> None:
     for mod in (trainer.G, trainer.G_ema):
         own = mod.state_dict()
         if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
-            raise ValueError(f"{folder}: its generator does not match the training config "
+            raise TrainingError(f"{folder}: its generator does not match the training config "
                              f"(build the trainer with native_train_config)")
         mod.load_state_dict(sd)
     trainer.D.load_state_dict(nat["D"].state_dict())
@@ -227,7 +228,7 @@ def unpack(src_dir, name: str, dest) -> Path:
     with zipfile.ZipFile(paths["zip"]) as z:
         for fname in z.namelist():
             if "/" in fname or fname.startswith("."):
-                raise ValueError(f"{paths['zip']}: unexpected entry {fname!r}")
+                raise TrainingError(f"{paths['zip']}: unexpected entry {fname!r}")
             atomic_write_bytes(folder / fname, z.read(fname))
     atomic_write_bytes(folder / "discriminator.safetensors", paths["disc"].read_bytes())
     return folder

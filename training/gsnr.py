@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceedit.core.errors import TrainingError
+
 from . import augment as _augment
 
 MBSTD_EPS = 1e-8
@@ -69,10 +71,10 @@ def per_sample_grads(loss_fn, params: dict, inputs: tuple, *, micro: int = 1, ch
     leaves, _ = tree_flatten(inputs)
     sizes = {t.shape[0] for t in leaves if isinstance(t, torch.Tensor)}
     if len(sizes) != 1:
-        raise ValueError(f"all per-sample inputs need the same batch size, got {sorted(sizes)}")
+        raise TrainingError(f"all per-sample inputs need the same batch size, got {sorted(sizes)}")
     m = sizes.pop()
     if micro < 1 or m % micro:
-        raise ValueError(f"batch of {m} is not divisible into micro-batches of {micro}")
+        raise TrainingError(f"batch of {m} is not divisible into micro-batches of {micro}")
     split = tree_map(lambda t: t.reshape(m // micro, micro, *t.shape[1:]) if isinstance(t, torch.Tensor) else t,
                      inputs)
     params = {k: v.detach() for k, v in params.items()}
@@ -102,7 +104,7 @@ def gsnr_from_grads(grads: dict, *, micro: int = 1) -> dict:
     out = {}
     for name, g in grads.items():
         if g.shape[0] < 2:
-            raise ValueError("GSNR needs at least 2 samples (or micro-batches)")
+            raise TrainingError("GSNR needs at least 2 samples (or micro-batches)")
         g = g.detach().double()
         var = g.var(dim=0, unbiased=True) * micro
         mean2 = g.mean(dim=0).square()
@@ -198,7 +200,7 @@ def _stat_for(D, x, mbstd):
         return mbstd_stats(D, x)
     if mbstd == "group1":
         return torch.full((x.shape[0],), math.sqrt(MBSTD_EPS), device=x.device)
-    raise ValueError(f"mbstd must be 'detach' or 'group1', got {mbstd!r}")
+    raise TrainingError(f"mbstd must be 'detach' or 'group1', got {mbstd!r}")
 
 
 def generator_gsnr(G, D, z: torch.Tensor, *, noise: list | None = None, aug_params: dict | None = None,
@@ -255,7 +257,7 @@ def discriminator_gsnr(D, real: torch.Tensor, fake: torch.Tensor, *, micro: int 
     ``fake`` are the (already augmented) images the discriminator sees, ``[m, 3, R, R]``.
     """
     if real.shape != fake.shape:
-        raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} batches must match")
+        raise TrainingError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} batches must match")
     s_real, s_fake = _stat_for(D, real, mbstd), _stat_for(D, fake, mbstd)
 
     def loss(d, r, f, sr, sf):

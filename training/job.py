@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 
+from faceedit.core.errors import TrainingError
+
 _T_START = time.time()
 
 import json  # noqa: E402
@@ -55,11 +57,11 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     """
     import torch
 
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
+    from faceedit.core.pack import Pack
 
     from . import export as _export
-    from .loop import Trainer, TrainConfig, load_images, read_state_metadata
-    from .pack import Pack
+    from .loop import TrainConfig, Trainer, load_images, read_state_metadata
 
     if not Path(data).is_file():
         raise FileNotFoundError(f"data pack {data} does not exist; build it with `faceedit dataset build --out DIR` "
@@ -89,8 +91,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         cfg = TrainConfig(mapping=mapping, **overrides)
         source = "fresh start"
     if cfg.mapping != mapping:
-        raise ValueError(f"{source} was trained with mapping {cfg.mapping!r}, not {mapping!r}; "
-                         f"use another --run-dir or --mapping {cfg.mapping}")
+        raise TrainingError(f"{source} was trained with mapping {cfg.mapping!r}, not {mapping!r}; "
+                            f"use another --run-dir or --mapping {cfg.mapping}")
 
     pack_meta = Pack(data).meta
     images = load_images(data, cfg.resolution)
@@ -107,8 +109,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
 
     budget = deadline - time.time() - (EXPORT_RESERVE_S if export is not None else 5.0)
     if budget <= 0 and max_steps is None:
-        raise ValueError(f"--minutes {minutes} leaves no time to train after loading (need more than "
-                         f"{EXPORT_RESERVE_S:.0f} s for the export)")
+        raise TrainingError(f"--minutes {minutes} leaves no time to train after loading (need more than "
+                            f"{EXPORT_RESERVE_S:.0f} s for the export)")
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     summary = trainer.train(seconds=max(budget, 0.0), max_steps=max_steps)
@@ -117,7 +119,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
             trainer.load_checkpoint(ckpt)
             log.error("%s: non-finite losses; exporting the last good checkpoint (step %d)", name, trainer.step_count)
         else:
-            raise RuntimeError(f"{name}: training diverged before the first checkpoint; lower --lr or raise --r1-gamma")
+            raise TrainingError(f"{name}: training diverged before the first checkpoint; lower --lr or raise "
+                                f"--r1-gamma")
 
     profile = trainer.timer.table()
     summary.update({
@@ -156,7 +159,7 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
 
 
 def _png(grid) -> bytes:
-    from faceedit.imageio import encode_image
+    from faceedit.core.images import encode_image
 
     return encode_image(grid, "PNG")
 
@@ -199,11 +202,11 @@ def parse_overrides(items) -> dict:
     out = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise TrainingError(f"--set expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         k = k.strip().replace("-", "_")
         if k not in types:
-            raise ValueError(f"unknown setting {k!r}; known: {', '.join(sorted(types))}")
+            raise TrainingError(f"unknown setting {k!r}; known: {', '.join(sorted(types))}")
         t = str(types[k])
         if v.lower() in ("none", "null") and "None" in t:
             out[k] = None
@@ -214,7 +217,7 @@ def parse_overrides(items) -> dict:
         elif t.startswith("float"):
             out[k] = float(v)
             if not math.isfinite(out[k]):
-                raise ValueError(f"{k} must be finite")
+                raise TrainingError(f"{k} must be finite")
         else:
             out[k] = v
     return out

@@ -40,7 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
+from faceedit.core.errors import TrainingError
+from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import Discriminator, Generator
 
 from . import augment as _augment
@@ -101,11 +102,11 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mapping not in ("mlp", "transformer"):
-            raise ValueError(f"mapping must be 'mlp' or 'transformer', got {self.mapping!r}")
+            raise TrainingError(f"mapping must be 'mlp' or 'transformer', got {self.mapping!r}")
         if self.batch < 2 or self.batch % 4:
-            raise ValueError(f"batch must be a multiple of 4 (the minibatch-std group), got {self.batch}")
+            raise TrainingError(f"batch must be a multiple of 4 (the minibatch-std group), got {self.batch}")
         if self.amp not in ("auto", "bf16", "off"):
-            raise ValueError(f"amp must be auto, bf16 or off, got {self.amp!r}")
+            raise TrainingError(f"amp must be auto, bf16 or off, got {self.amp!r}")
         _augment.parse_policy(self.augment)
 
     @property
@@ -138,7 +139,7 @@ def load_images(path, resolution: int | None = None, *, limit: int | None = None
     """Decode a data pack into ``[N, 3, R, R]`` uint8 (area-downsampled if ``resolution`` is smaller)."""
     import cv2
 
-    from .pack import Pack
+    from faceedit.core.pack import Pack
 
     path = Path(path)
     if not path.is_file():
@@ -146,18 +147,18 @@ def load_images(path, resolution: int | None = None, *, limit: int | None = None
     pack = Pack(path)
     n = len(pack) if limit is None else min(limit, len(pack))
     if n == 0:
-        raise ValueError(f"data pack {path} holds no images")
+        raise TrainingError(f"data pack {path} holds no images")
     first = pack.image(0)
     side = first.shape[0]
     r = side if resolution is None else int(resolution)
     if r > side or side % r:
-        raise ValueError(f"data pack {path} holds {side} px images; --resolution must divide it "
-                         f"(e.g. {side}), got {r}")
+        raise TrainingError(f"data pack {path} holds {side} px images; --resolution must divide it "
+                            f"(e.g. {side}), got {r}")
     out = np.empty((n, r, r, 3), np.uint8)
     for i in range(n):
         im = pack.image(i)
         if im.shape[:2] != (side, side):
-            raise ValueError(f"{path}: image {i} is {im.shape[1]}x{im.shape[0]}, expected {side}x{side}")
+            raise TrainingError(f"{path}: image {i} is {im.shape[1]}x{im.shape[0]}, expected {side}x{side}")
         out[i] = im if r == side else cv2.resize(im, (r, r), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
@@ -246,15 +247,15 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, images: torch.Tensor, device=None, run_dir=None):
-        from faceedit.device import resolve_device
+        from faceedit.core.device import resolve_device
 
         self.cfg = cfg
         self.device = resolve_device(device or "auto")
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (cfg.resolution, cfg.resolution):
-            raise ValueError(f"training images must be [N, 3, {cfg.resolution}, {cfg.resolution}] uint8, "
-                             f"got {tuple(images.shape)}")
+            raise TrainingError(f"training images must be [N, 3, {cfg.resolution}, {cfg.resolution}] uint8, "
+                                f"got {tuple(images.shape)}")
         if cfg.holdout and not 0 < cfg.holdout < len(images) // 2:
-            raise ValueError(f"holdout must leave most of the {len(images)} images for training, got {cfg.holdout}")
+            raise TrainingError(f"holdout must leave most of the {len(images)} images for training, got {cfg.holdout}")
         self.heldout = None
         if cfg.holdout:  # a fixed random subset (packs are ordered by source), the same on every resume
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
@@ -472,8 +473,7 @@ class Trainer:
 
     @torch.no_grad()
     def sample_grid(self, n: int = 64) -> np.ndarray:
-        from faceedit.imageio import make_grid
-        from faceedit.networks.images import tensor_to_uint8
+        from faceedit.core.images import make_grid, tensor_to_uint8
 
         z = self.sample_z[:n]
         imgs = [self.G_ema.synthesis(self.G_ema.mapping(z[i:i + 16]), noise_mode="const")
@@ -483,7 +483,7 @@ class Trainer:
     def save_samples(self) -> None:
         if self.run_dir is None:
             return
-        from faceedit.imageio import save_image
+        from faceedit.core.images import save_image
 
         grid = self.sample_grid()
         save_image(self.run_dir / "samples" / f"kimg{int(self.kimg):06d}.png", grid)
@@ -575,7 +575,7 @@ class Trainer:
             summary dict (steps, kimg, seconds, images/s, whether stopped on NaN).
         """
         if seconds is None and max_steps is None and kimg is None:
-            raise ValueError("train() needs a budget: seconds, max_steps or kimg")
+            raise TrainingError("train() needs a budget: seconds, max_steps or kimg")
         cfg = self.cfg
         t0 = time.perf_counter()
         last_ckpt = t0
@@ -653,11 +653,11 @@ def read_state_metadata(raw: bytes, where="") -> dict:
 
     n = int.from_bytes(raw[:8], "little")
     if n <= 0 or n > len(raw) - 8:
-        raise ValueError(f"{where} is not a safetensors file")
+        raise TrainingError(f"{where} is not a safetensors file")
     header = json.loads(raw[8:8 + n])
     meta = header.get("__metadata__") or {}
     if meta.get("format") != STATE_FORMAT:
-        raise ValueError(f"{where} is not a faceedit training state (format {meta.get('format')!r})")
+        raise TrainingError(f"{where} is not a faceedit training state (format {meta.get('format')!r})")
     return {"config": json.loads(meta["config"]), "counters": json.loads(meta["counters"]),
             **{k: v for k, v in meta.items() if k not in ("config", "counters")}}
 
@@ -667,8 +667,8 @@ def _load_module(mod: torch.nn.Module, tensors: dict, prefix: str, where) -> Non
     sub = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
     missing, extra = sorted(set(own) - set(sub)), sorted(set(sub) - set(own))
     if missing or extra:
-        raise ValueError(f"{where}: {prefix} does not match the architecture (missing {missing[:4]}, "
-                         f"unexpected {extra[:4]})")
+        raise TrainingError(f"{where}: {prefix} does not match the architecture (missing {missing[:4]}, "
+                            f"unexpected {extra[:4]})")
     mod.load_state_dict({k: v.to(own[k].dtype) for k, v in sub.items()}, strict=True)
 
 

@@ -1,5 +1,5 @@
-"""Plots of a run's CSV logs (matplotlib, optional: the GPU machine has none, so the job
-skips them there and ``faceedit train --plot RUN`` makes them afterwards)."""
+"""Plots of a run's CSV logs (matplotlib, optional: where it is not installed the job skips
+them and ``faceedit train --plot RUN`` makes them afterwards)."""
 from __future__ import annotations
 
 import csv

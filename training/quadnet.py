@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from faceedit.core.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +48,7 @@ def sample_face(path: str):
     from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68_averaged, mtcnn5_refined
     from faceedit.alignment.ffhq import apply_matrix
     from faceedit.alignment.quadnet import CROP_SCALE, quad_crop
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
 
     img = load_image(path)
     ds = detect_faces(img, "dlib")
@@ -92,7 +94,7 @@ def extract_samples(records: list, *, workers: int = 2, progress=None) -> dict:
 
     bad = [r["name"] for r in records if r.get("split") != "train"]
     if bad:
-        raise ValueError(f"QuadNet is fitted on train-split faces only; {len(bad)} record(s) are not, e.g. {bad[0]}")
+        raise TrainingError(f"QuadNet is fitted on train-split faces only; {len(bad)} record(s) are not, e.g. {bad[0]}")
     jobs = [(r["path"], r["name"]) for r in records]
     blobs, targets, own, names, failed = [], [], [], [], {}
     t0 = time.perf_counter()
@@ -108,8 +110,8 @@ def extract_samples(records: list, *, workers: int = 2, progress=None) -> dict:
             if progress and (k + 1) % 1000 == 0:
                 progress(k + 1, len(jobs), time.perf_counter() - t0)
     if not blobs:
-        raise ValueError(f"no usable face in any of the {len(jobs)} photos (a dlib face with an MTCNN face at its "
-                         f"place is needed); reasons: {sorted(set(failed.values()))[:3]}")
+        raise TrainingError(f"no usable face in any of the {len(jobs)} photos (a dlib face with an MTCNN face at its "
+                            f"place is needed); reasons: {sorted(set(failed.values()))[:3]}")
     return {"jpeg": np.concatenate(blobs), "offsets": np.cumsum([0] + [len(b) for b in blobs]),
             "targets": np.array(targets), "mtcnn": np.array(own), "names": np.array(names), "failed": failed}
 
@@ -183,7 +185,8 @@ def train_quadnet(samples: dict, *, steps: int = 18000, batch: int = 256, lr: fl
         net.template.copy_(_to_net_frame(P[tr], torch.eye(2, device=device).expand(len(tr), 2, 2),
                                          torch.zeros(len(tr), 2, device=device)).mean(0))
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
 
     def predict(x):
         net.eval()
@@ -224,7 +227,8 @@ def train_quadnet(samples: dict, *, steps: int = 18000, batch: int = 256, lr: fl
     pm = predict(Xva.flip(3)).double().cpu().numpy()
     pred2 = 0.5 * (pred.double().cpu().numpy() + mirror_targets(pm))
     Yn, Qn = Yva.double().cpu().numpy(), Qva.double().cpu().numpy()
-    rec = {"faces": n, "val_faces": int(len(va)), "steps": steps, "batch": batch, "lr": lr, "jitter": jitter, "width": width,
+    rec = {"faces": n, "val_faces": int(len(va)), "steps": steps, "batch": batch, "lr": lr, "jitter": jitter,
+           "width": width,
            "seed": seed, "seconds": round(seconds, 1), "device": str(device),
            "val_l1_mtcnn_calibrated": round(float(np.abs(Qn - Yn).mean()), 5),
            "val_l1_quadnet": round(float(np.abs(pred2 - Yn).mean()), 5),
@@ -242,9 +246,8 @@ def run_quadnet_job(out, *, datasets=None, per_source: int = 0, samples=None, wo
     import json
     from pathlib import Path
 
-    from safetensors.torch import save
-
-    from faceedit.checkpoints.atomic import atomic_write_bytes, atomic_write_text
+    from faceedit.core.files import atomic_write_bytes, atomic_write_text
+    from faceedit.core.tensorfile import write_tensor_file
 
     from .dataset import list_sources
 
@@ -254,7 +257,7 @@ def run_quadnet_job(out, *, datasets=None, per_source: int = 0, samples=None, wo
         failed = None
     else:
         if datasets is None:
-            raise ValueError("no --samples file to read: pass the shared datasets folder to extract the crops")
+            raise TrainingError("no --samples file to read: pass the shared datasets folder to extract the crops")
         recs = list_sources(datasets)["train"]
         if per_source:
             rng = np.random.default_rng(seed)
@@ -275,7 +278,7 @@ def run_quadnet_job(out, *, datasets=None, per_source: int = 0, samples=None, wo
                "UTKFace faces only", made_by="faceedit train-quadnet")
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
     out = Path(out)
-    atomic_write_bytes(out / "quadnet.safetensors", save(state, metadata={"record": json.dumps(rec)}))
+    write_tensor_file(out / "quadnet.safetensors", state, {"record": json.dumps(rec)})
     atomic_write_text(out / "quadnet.json", json.dumps(rec, indent=1) + "\n")
     return rec
 

@@ -42,8 +42,8 @@ def _gather(inputs):
 def _align_one(job):
     """Worker: align one photo, write its crops and JSON; returns (status, path, faces, message)."""
     from faceedit.alignment import align_photo, face_to_dict
-    from faceedit.checkpoints.atomic import atomic_write_text
-    from faceedit.imageio import ImageLoadError, load_image, save_image
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.images import ImageLoadError, load_image, save_image
 
     src, json_path, opts = job
     src, json_path = Path(src), Path(json_path)
@@ -81,7 +81,7 @@ class _cleanup_parts_on_exit:
         return self
 
     def __exit__(self, *exc):
-        from faceedit.checkpoints.atomic import remove_stale_parts
+        from faceedit.core.files import remove_stale_parts
 
         remove_stale_parts(self.out)
         return False
@@ -143,7 +143,8 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
         if size is not None or scale is not None:
             rec = type(rec).from_dict({**rec.to_dict(), **({"size": size} if size else {}),
                                        **({"scale": scale} if scale else {})})
-    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=_parse_face(face), upsample=upsample, min_face=min_face,
+    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=_parse_face(face), upsample=upsample,
+                min_face=min_face,
                 try_rotations=try_rotations, ext=ext, max_pixels=max_pixels)
     out = Path(out)
     jobs, done = [], 0
@@ -153,7 +154,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
             done += 1
             continue
         jobs.append((str(src), str(json_path), opts))
-    from faceedit.checkpoints.atomic import remove_stale_parts
+    from faceedit.core.files import remove_stale_parts
 
     remove_stale_parts(out)  # temporary files of an earlier run that was killed outright
     if not jobs:
@@ -189,10 +190,10 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
                     failures.append((src, msg))
     bar.close()
     if failures:
-        from faceedit.checkpoints.atomic import atomic_write_text
+        from faceedit.core.files import atomic_write_text
 
         atomic_write_text(out / "failures.json", json.dumps([{"source": s, "error": m} for s, m in failures], indent=1))
-        for s, m in failures[:10]:
+        for _s, m in failures[:10]:
             click.echo(f"failed: {m}", err=True)
         if len(failures) > 10:
             click.echo(f"... and {len(failures) - 10} more (see {out / 'failures.json'})", err=True)

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors
+from .common import DATA_HELP, data_default, job_errors
 
-DEFAULT_TEST = ".gpu/data/faces64_test.npz"
-DEFAULT_TRAIN = ".gpu/data/faces64_train.npz"
+DEFAULT_TEST = "faces64_test.npz"
+DEFAULT_TRAIN = "faces64_train.npz"
 
 
 def _pack_option(name, default, help_):
-    return click.option(name, type=click.Path(dir_okay=False), default=default, show_default=True, help=help_)
+    return click.option(name, type=click.Path(dir_okay=False), default=data_default(default),
+                        show_default=f"{DATA_HELP}/{default}", help=help_)
 
 
 def _need(path, what):
@@ -41,7 +42,8 @@ def bench():
               help="A folder of aligned face images to measure like a model's samples (repeatable).")
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces (the reference).")
 @_pack_option("--train-pack", DEFAULT_TRAIN, "Aligned real TRAIN faces (floor and nearest-neighbour sheet).")
-@click.option("--n", type=click.IntRange(min=10), default=None, help="Generated faces [default: as many as test faces].")
+@click.option("--n", type=click.IntRange(min=10), default=None,
+              help="Generated faces [default: as many as test faces].")
 @click.option("--ppl", "ppl_samples", type=click.IntRange(min=0), default=1000, show_default=True,
               help="PPL pairs per space and sampling (0 = skip).")
 @click.option("--ls", "ls_samples", type=click.IntRange(min=0), default=4000, show_default=True,
@@ -54,7 +56,8 @@ def bench():
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), default="bench/generator", show_default=True)
 @click.pass_context
-def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc, seed, out):
+def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc,
+              seed, out):
     """Generated vs real faces in the attribute network's features.
 
     KID-attr (bootstrap 95% interval), FD-attr and precision/recall-attr against the real
@@ -72,12 +75,13 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
     _need(test_pack, "--test-pack")
     _need(train_pack, "--train-pack")
     with job_errors():
-        from faceedit.device import resolve_device
+        from faceedit.core.device import resolve_device
         from faceedit.metrics.attributes import AttributeScorer
 
         dev = resolve_device(ctx.obj.get("device", "auto"))
         models = list(models) if models else ([] if images_dirs else ["faces64"])
-        res = bench_generator(models, images_dirs=list(images_dirs), test_pack=test_pack, train_pack=train_pack, n=n, seed=seed, trunc=trunc,
+        res = bench_generator(models, images_dirs=list(images_dirs), test_pack=test_pack, train_pack=train_pack, n=n,
+                              seed=seed, trunc=trunc,
                               ppl_samples=ppl_samples, ls_samples=ls_samples, max_train=max_train, device=dev,
                               scorer=AttributeScorer.load(weights, device=dev), out=out,
                               progress=lambda m: click.echo(m, err=True))
@@ -158,7 +162,7 @@ def _plugin(kind: str, module: str):
         try:
             mod = importlib.import_module(plugin_module(kind, args))
         except ImportError as e:
-            raise click.ClickException(f"`faceedit bench {kind}` is not available in this install ({e})")
+            raise click.ClickException(f"`faceedit bench {kind}` is not available in this install ({e})") from e
         with job_errors():
             mod.main(list(args))
 

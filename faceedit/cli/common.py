@@ -25,6 +25,22 @@ def parse_range(text: str, *, name: str = "seeds") -> list:
     return out
 
 
+def data_default(name: str = ""):
+    """A click default for a data pack or folder under the faceedit cache (``<cache>/data/NAME``),
+    resolved when the command runs (``$FACEEDIT_HOME``, else ``$XDG_CACHE_HOME/faceedit``, else
+    ``~/.cache/faceedit``), never relative to the current directory."""
+    def default() -> str:
+        from faceedit.checkpoints.registry import cache_dir
+
+        return str(cache_dir() / "data" / name) if name else str(cache_dir() / "data")
+
+    return default
+
+
+#: How :func:`data_default` defaults are shown in ``--help``.
+DATA_HELP = "<faceedit cache>/data"
+
+
 @contextlib.contextmanager
 def job_errors():
     """Report expected library errors as one line and exit code 1 (never a traceback)."""

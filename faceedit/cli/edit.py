@@ -163,8 +163,8 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     out = Path(out)
     t_start = time.perf_counter()
     with job_errors():
-        from faceedit.device import resolve_device
-        from faceedit.imageio import load_image
+        from faceedit.core.device import resolve_device
+        from faceedit.core.images import load_image
         from faceedit.inversion.latent import Latent
 
         device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
@@ -179,7 +179,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                 lats = [(Path(f["latent"]), Latent.load(f["latent"])) for f in rec["faces"]]
                 model = model or rec.get("model")
             by_photo = {}
-            for p, lat in lats:
+            for _p, lat in lats:
                 src = photo_override or lat.meta.get("source")
                 by_photo.setdefault(src, []).append(lat)
             jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
@@ -196,7 +196,8 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                 pipes[key] = Pipeline(mdl, space=sp, method=method, device=device, detector=detector,
                                       directions=directions_dir,
                                       strength_unit=unit,
-                                      invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+                                      invert_options={k: v for k, v in (("steps", steps), ("seed", seed))
+                                                      if v is not None})
             pipe = pipes[key]
             records.append(_run_one(pipe, src, lats, pairs, face, layer_list, strengths, out, load_image))
     dt = time.perf_counter() - t_start
@@ -225,8 +226,8 @@ def _run_one(pipe, src, lats, pairs, face, layers, strengths, out, load_image) -
     import numpy as np
 
     from faceedit import __version__
-    from faceedit.checkpoints.atomic import atomic_write_text
-    from faceedit.imageio import make_grid, save_image
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.images import make_grid, save_image
 
     t0 = time.perf_counter()
     photo = load_image(src) if src is not None and Path(src).is_file() else None
@@ -319,7 +320,7 @@ def _write_sweep(pipe, photo, faces, pairs, strengths, layers, out, stem, protec
     whole photo per attribute (downscaled to 512 px at most)."""
     import numpy as np
 
-    from faceedit.imageio import make_grid, save_image
+    from faceedit.core.images import make_grid, save_image
 
     written = {"strengths": strengths, "strips": [], "gifs": []}
     frames = {k: [] for k in pairs}
@@ -335,7 +336,7 @@ def _write_sweep(pipe, photo, faces, pairs, strengths, layers, out, stem, protec
         return written
     import imageio.v2 as imageio
 
-    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.core.files import atomic_write_bytes
 
     scale = min(1.0, 512 / max(photo.shape[:2]))
     for key in pairs:
@@ -522,7 +523,7 @@ def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k
     layer_list = tuple(parse_range(layers, name="layers")) if layers else ()
     with job_errors():
         from faceedit.checkpoints.registry import cache_dir, load_model
-        from faceedit.device import resolve_device
+        from faceedit.core.device import resolve_device
         from faceedit.editing.direction import canonical_attribute, model_name
         from faceedit.editing.fit import condition, fit_direction, ganspace, sample_and_score, sample_codes, sefa
         from faceedit.editing.fit_job import classifier_scorer, landmark_scorer

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import click
 
-from .common import job_errors
+from .common import DATA_HELP, data_default, job_errors
 
 
 @click.command("train-encoder")
 @click.option("--model", default="faces64", show_default=True, help="Registry name or checkpoint folder.")
-@click.option("--data", type=click.Path(dir_okay=False), default=".gpu/data/faces64_train.npz", show_default=True,
+@click.option("--data", type=click.Path(dir_okay=False), default=data_default("faces64_train.npz"),
+              show_default=f"{DATA_HELP}/faces64_train.npz",
               help="Training pack (train split), as written by `faceedit dataset`.")
 @click.option("--space", type=click.Choice(["w", "w+", "wpp"]), default="w+", show_default=True,
               help="Space the encoder predicts (wpp needs a W++ model such as faces64-wpp).")
@@ -44,7 +45,7 @@ def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual
       faceedit train-encoder --model faces64-wpp --space wpp --minutes 3 --out runs/enc64wpp
       faceedit --device cpu train-encoder --model ./tiny --data pack.npz --steps 20 --channels 32
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
     from faceedit.training.encoder import encoder_width, format_summary, run
 
     with job_errors():

@@ -10,7 +10,7 @@ from .common import job_errors, parse_range
 
 def _load(ctx, model):
     from faceedit.checkpoints.registry import load_generator
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
 
     return load_generator(model, device=resolve_device(ctx.obj["device"]))
 
@@ -36,7 +36,7 @@ def generate(ctx, model, seeds, trunc, compress, noise, out):
     """
     import torch
 
-    from faceedit.imageio import make_grid, save_image, tensor_to_uint8
+    from faceedit.core.images import make_grid, save_image, tensor_to_uint8
 
     seed_list = parse_range(seeds)
     with job_errors():
@@ -76,7 +76,7 @@ def mix(ctx, model, rows, cols, crossover, trunc, out):
     import numpy as np
     import torch
 
-    from faceedit.imageio import make_grid, save_image, tensor_to_uint8
+    from faceedit.core.images import make_grid, save_image, tensor_to_uint8
 
     r, c = parse_range(rows, name="rows"), parse_range(cols, name="cols")
     with job_errors():

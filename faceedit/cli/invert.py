@@ -23,6 +23,8 @@ from pathlib import Path
 
 import click
 
+from faceedit.core.errors import PipelineError
+
 from .common import job_errors
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -42,7 +44,7 @@ def _face_option(value: str):
     try:
         i = int(value)
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not largest, all or a face index (0 = leftmost)")
+        raise click.BadParameter(f"{value!r} is not largest, all or a face index (0 = leftmost)") from None
     if i < 0:
         raise click.BadParameter("a face index is 0 or more (0 = leftmost face)")
     return i
@@ -112,13 +114,13 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     from tqdm import tqdm
 
     from faceedit import __version__
-    from faceedit.checkpoints.atomic import atomic_write_text
     from faceedit.checkpoints.registry import default_model
-    from faceedit.device import resolve_device
-    from faceedit.imageio import load_image, make_grid, save_image, tensor_to_uint8
+    from faceedit.core.device import resolve_device
+    from faceedit.core.files import atomic_write_text
+    from faceedit.core.images import load_image, make_grid, save_image, tensor_to_uint8
     from faceedit.inversion.methods import default_method, invert_with
-    from faceedit.inversion.pti import synthesize
     from faceedit.inversion.projector import load_model_for_loss
+    from faceedit.inversion.pti import synthesize
 
     face_sel = _face_option(face)
     photos = _collect(inputs)
@@ -155,9 +157,9 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
                     raise
                 failures.append((str(p), f"{type(e).__name__}: {e}"))
         if not faces:
-            raise ValueError("no face to invert in " + "; ".join(f"{p} ({e})" for p, e in failures))
+            raise PipelineError("no face to invert in " + "; ".join(f"{p} ({e})" for p, e in failures))
         # resume: a face whose JSON record exists was finished by an earlier run (it is written last)
-        from faceedit.checkpoints.atomic import remove_stale_parts
+        from faceedit.core.files import remove_stale_parts
 
         remove_stale_parts(out)
         n_all = len(faces)
@@ -221,7 +223,7 @@ def _recipe(m, resolution):
 
 
 def _targets(items, R):
-    from faceedit.imageio import tensor_to_uint8
+    from faceedit.core.images import tensor_to_uint8
     from faceedit.inversion.projector import _to_batch
 
     t, _ = _to_batch(items, R, "cpu")
@@ -261,7 +263,7 @@ def _write_face(out, photo, face, k, lat, m, target, recon, metrics, version, me
            "alignment": meta.get("alignment"), "latent": str(lat_path.resolve()),
            "reconstruction": str((out / f"{stem}.png").resolve()),
            "side_by_side": str((out / f"{stem}_side.png").resolve())}
-    from faceedit.checkpoints.atomic import atomic_write_text
+    from faceedit.core.files import atomic_write_text
 
     jpath = out / f"{stem}.json"
     atomic_write_text(jpath, json.dumps(rec, indent=2), protect=protect)

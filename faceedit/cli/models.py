@@ -76,7 +76,7 @@ def fit_prior_cmd(ctx, model, out, n, dtype):
     """
     import torch
 
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
     from faceedit.inversion.prior import DEFAULT_N, embed_prior
 
     with job_errors():

@@ -17,7 +17,7 @@ def score_photo(path, *, detector: str = "dlib", with_attributes: bool = True, w
                 device="cpu") -> dict:
     """Everything ``faceedit score`` reports for one photo, as a JSON-ready dict."""
     from faceedit.alignment import FACES64, align_photo, detect_faces
-    from faceedit.imageio import load_image
+    from faceedit.core.images import load_image
     from faceedit.metrics.geometry import _iou, geometry_for_box
 
     img = load_image(path)
@@ -72,7 +72,7 @@ def score(ctx, photos, detector, all_attributes, landmarks, json_out):
       faceedit score photo.jpg
       faceedit score group.jpg --all-attributes --json scores.json
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
 
     results = []
     with job_errors():
@@ -104,7 +104,7 @@ def score(ctx, photos, detector, all_attributes, landmarks, json_out):
                 pts = " ".join(f"{x:.0f},{y:.0f}" for x, y in g["landmarks"])
                 click.echo(f"    landmarks68 {pts}")
     if json_out:
-        from faceedit.checkpoints.atomic import atomic_write_text
+        from faceedit.core.files import atomic_write_text
 
         atomic_write_text(Path(json_out), json.dumps(results, indent=1), protect=list(photos))
         click.echo(f"wrote {json_out}")

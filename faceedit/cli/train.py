@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors
+from .common import DATA_HELP, data_default, job_errors
 
 
 def _default_datasets() -> str:
@@ -25,7 +25,7 @@ def dataset():
 
 
 @dataset.command("build")
-@click.option("--out", type=click.Path(file_okay=False), default=".gpu/data", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=data_default(), show_default=DATA_HELP,
               help="Folder for faces64_train.npz, faces64_test.npz, the report and contact sheet.")
 @click.option("--datasets", type=click.Path(exists=True, file_okay=False), default=None,
               help="The shared data sets folder (default: $FACEEDIT_DATASETS or ../shared/datasets).")
@@ -36,7 +36,7 @@ def dataset():
               help="Process only about N photos per split (evenly spaced): a quick trial build.")
 @click.option("--prefix", default="faces64", show_default=True, help="File-name prefix.")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
-              help="Keep the raw aligned crops here (~400 MB; not inside --out, which travels to the GPU) "
+              help="Keep the raw aligned crops here (~400 MB; not inside --out, which holds only the packs) "
                    "so that a re-pack at another --max-mib skips alignment.")
 @click.pass_context
 def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
@@ -65,8 +65,8 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 
 
 @click.command("train")
-@click.option("--data", type=click.Path(dir_okay=False), default=".gpu/data/faces64_train.npz", show_default=True,
-              help="Train pack from `faceedit dataset build`.")
+@click.option("--data", type=click.Path(dir_okay=False), default=data_default("faces64_train.npz"),
+              show_default=f"{DATA_HELP}/faces64_train.npz", help="Train pack from `faceedit dataset build`.")
 @click.option("--mapping", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
               help="mlp: W/W+ model (faces64); transformer: W++ model (faces64-wpp).")
 @click.option("--resolution", type=click.Choice(["16", "32", "64"]), default="64", show_default=True,
@@ -102,7 +102,7 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
 
     A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
     channel_max 256; transformer 4 blocks, 4 heads); a resumed run keeps its saved
-    settings. The GPU machine runs this same command (`faceedit --device cuda train ...`).
+    settings. On a GPU: `faceedit --device cuda train ...`.
 
     \b
     Examples:
@@ -134,12 +134,12 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
 
 
 def _plots(run_dir, name):
-    from faceedit.checkpoints.atomic import atomic_write_bytes
+    from faceedit.core.files import atomic_write_bytes
 
     try:
         from faceedit.training.plots import gsnr_plot_png, loss_plot_png
     except ImportError as e:  # pragma: no cover
-        raise click.ClickException(f"plots need matplotlib ({e}); pip install matplotlib")
+        raise click.ClickException(f"plots need matplotlib ({e}); pip install matplotlib") from e
     wrote = []
     for fname, fn, csv in (("loss.png", loss_plot_png, "loss.csv"), ("gsnr.png", gsnr_plot_png, "gsnr.csv")):
         png = fn(Path(run_dir) / csv, name)
@@ -225,7 +225,8 @@ def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, b
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--jitter", type=click.FloatRange(0, 3), default=1.0, show_default=True,
               help="Random re-framing of the training crops (1 = rotation 4 deg, scale 5%, shift 4%, sd).")
-@click.option("--width", type=click.IntRange(4, 256), default=40, show_default=True, help="Channels of the first layer.")
+@click.option("--width", type=click.IntRange(4, 256), default=40, show_default=True,
+              help="Channels of the first layer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.pass_context
 def train_quadnet_cmd(ctx, out, datasets, per_source, samples, workers, steps, batch, lr, jitter, width, seed):
@@ -238,7 +239,7 @@ def train_quadnet_cmd(ctx, out, datasets, per_source, samples, workers, steps, b
     Example:
       faceedit train-quadnet --out runs/quadnet --samples runs/quadnet/samples.npz
     """
-    from faceedit.device import resolve_device
+    from faceedit.core.device import resolve_device
     from faceedit.training.quadnet import run_quadnet_job
 
     with job_errors():

@@ -21,8 +21,7 @@ import atheris  # noqa: E402
 with atheris.instrument_imports(include=["faceedit"]):
     import torch
 
-    from faceedit.checkpoints import CheckpointError, load_model, save_native
-    from faceedit.checkpoints import native
+    from faceedit.checkpoints import CheckpointError, load_model, native, save_native
     from faceedit.networks import Generator
 
 ALLOWED = (CheckpointError,)

@@ -1,4 +1,4 @@
-"""Fuzz target: ``faceedit.imageio.decode_image`` (the photo loader: sniffing, EXIF, modes, size guard).
+"""Fuzz target: ``faceedit.core.images.decode_image`` (the photo loader: sniffing, EXIF, modes, size guard).
 
 Documented errors: ``ImageLoadError``. Run through ``run_fuzz.py``.
 """
@@ -13,7 +13,7 @@ with atheris.instrument_imports(include=["faceedit", "PIL"]):
     import numpy as np
     from PIL import Image
 
-    from faceedit.imageio import ImageLoadError, decode_image
+    from faceedit.core.images import ImageLoadError, decode_image
 
 ALLOWED = (ImageLoadError,)
 

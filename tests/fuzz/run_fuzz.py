@@ -6,7 +6,7 @@ Usage::
     python tests/fuzz/run_fuzz.py --seconds 60                 # every target, 60 s each
     python tests/fuzz/run_fuzz.py --seconds 10 --targets image --out /tmp/fz
 
-Targets: ``image`` (``faceedit.imageio.decode_image``); the checkpoint readers ``pkl``
+Targets: ``image`` (``faceedit.core.images.decode_image``); the checkpoint readers ``pkl``
 (NVIDIA pickles, restricted unpickler), ``pt`` (``torch.load(weights_only=True)`` and the
 rosinality mapping), ``zip`` (zipped native checkpoints), ``safetensors`` (native
 ``model.safetensors``), ``config`` (native ``config.json``); ``latent`` and ``direction``

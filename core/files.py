@@ -1,7 +1,4 @@
-"""Atomic file writing: a file appears whole under its final name or not at all.
-
-Lives in the lowest room that writes files (checkpoints) so that every room above it,
-``faceedit.inversion`` and ``faceedit.editing`` included, shares one implementation.
+"""File output: atomic writes (a file appears whole under its final name or not at all) and hashes.
 
 Temporary files are named ``.<name>.<pid>.<random>.part`` beside the destination. A
 process killed outright (SIGKILL, or SIGTERM where no handler runs) cannot delete its
@@ -10,6 +7,7 @@ never those of a live process (a concurrent run into the same folder).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -51,7 +49,17 @@ def atomic_write_bytes(path, data: bytes, *, protect=()) -> Path:
 
 
 def atomic_write_text(path, text: str, **kw) -> Path:
+    """Write ``text`` as UTF-8 with :func:`atomic_write_bytes` (same keywords)."""
     return atomic_write_bytes(path, text.encode("utf-8"), **kw)
+
+
+def sha256_file(path) -> str:
+    """The hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,4 +1,6 @@
-"""Image input and output as real users need it.
+"""Images: generator tensors <-> uint8 arrays, and photo files as real users have them.
+
+Conversion: generator output ``[N, 3, H, W]`` in [-1, 1] <-> ``[N, H, W, 3]`` uint8.
 
 Input: EXIF orientation applied; RGBA/LA (composited on white), P, CMYK, I;16, L and
 other modes converted to RGB; content sniffed, not trusted from the extension (a PNG
@@ -15,15 +17,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from faceedit.checkpoints.atomic import atomic_write_bytes
-from faceedit.networks.images import tensor_to_uint8, uint8_to_tensor  # noqa: F401  (public API)
+from .errors import ImageLoadError
+from .files import atomic_write_bytes
+
+__all__ = ["ImageLoadError", "DEFAULT_MAX_PIXELS", "MAX_FILE_BYTES", "tensor_to_uint8", "uint8_to_tensor",
+           "load_image", "decode_image", "to_rgb", "encode_image", "save_image", "make_grid"]
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any phone photo, far below a bomb
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 
-class ImageLoadError(ValueError):
-    """A file that cannot be read as a photo."""
+def tensor_to_uint8(img) -> np.ndarray:
+    """Generator output ``[N, 3, H, W]`` in [-1, 1] -> ``[N, H, W, 3]`` uint8."""
+    import torch
+
+    x = (img.detach().float().clamp(-1, 1) + 1) * 127.5
+    return x.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def uint8_to_tensor(arr: np.ndarray, device=None):
+    """``[H, W, 3]`` or ``[N, H, W, 3]`` uint8 -> ``[N, 3, H, W]`` float in [-1, 1]."""
+    import torch
+
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3:
+        raise ValueError(f"expected [H, W, 3] or [N, H, W, 3] RGB, got {a.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return t.to(device) if device is not None else t
 
 
 def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""A packed face data set: one ``.npz`` (no pickles) small enough to travel to the GPU machine.
+"""A packed face data set: one ``.npz`` (no pickles) holding JPEG bytes, labels and names.
 
 Layout (all arrays; read with ``allow_pickle=False``):
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_bytes
+
 
 def write_pack(path, jpegs: list, labels: dict, names: list, meta: dict) -> Path:
     """Write a pack atomically (see module docstring)."""
-    from faceedit.checkpoints.atomic import atomic_write_bytes
-
     offsets = np.zeros(len(jpegs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(j) for j in jpegs])
     arrays = {"jpeg": np.frombuffer(b"".join(jpegs), np.uint8), "offsets": offsets,
@@ -50,9 +50,6 @@ class Pack:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
-
-    def jpeg_bytes(self, i: int) -> bytes:
-        return self.jpeg[self.offsets[i]:self.offsets[i + 1]].tobytes()
 
     def image(self, i: int) -> np.ndarray:
         import cv2
