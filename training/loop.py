@@ -94,8 +94,8 @@ class TrainConfig:
     gsnr_every: int = 1000            # Steps between GSNR measurements (0 = never).
     gsnr_samples: int = 32            # Samples per GSNR measurement.
     profile_every: int = 200          # Time every phase of 16 consecutive steps every N steps (0 = off).
-    holdout: int = 0                  # N pack images (a fixed random subset) kept out of training; D's logits on them beside
-                                      # train images measure the generalisation gap at every GSNR step.
+    holdout: int = 0                  # N pack images (a fixed random subset) kept out of training; D's logits
+                                      # on them beside train images measure the generalisation gap.
     fast: bool = False                # The fast step (training.faststep: explicit draws, polyphase synthesis,
                                       # torch.compile on CUDA, fused Adam); False = the reference step below.
     compile: bool = True              # torch.compile the fast step's main phases on CUDA (never on the CPU).
