@@ -184,8 +184,10 @@ class Generator(nn.Module):
     Attributes:
         mapping: ``MappingMLP`` (space W) or ``MappingTransformer`` (space W++).
         synthesis: ``SynthesisNetwork``.
-        num_ws, w_dim, z_dim, resolution, mapping_kind: the facts callers need.
+        num_ws, w_dim, z_dim, resolution, mapping_kind, arch (``"stylegan2"``): the facts callers need.
     """
+
+    arch = "stylegan2"
 
     def __init__(self,
                  z_dim: int = 512,            # Input latent (Z) dimensionality.
