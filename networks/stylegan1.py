@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP
 from .ops import make_fir, upfirdn2d
-from .stylegan2 import Generator, _check_resolution, channels_for
+from .stylegan2 import Generator, _check_resolution, channels_for, check_synthesis_args
 
 V1_TRUNCATION_CUTOFF = 8
 
@@ -70,7 +70,7 @@ class StyledLayer(nn.Module):
         self.scale = math.sqrt(2) / math.sqrt(in_ch * 9)
         self.noise_strength = nn.Parameter(torch.zeros(out_ch))
         self.bias = nn.Parameter(torch.zeros(out_ch))
-        self.affine = EqualLinear(w_dim, 2 * out_ch)  # the paper's "A": [y_s, y_b], initialised to 0
+        self.affine = EqualLinear(w_dim, 2 * out_ch)  # the paper's "A": w -> [y_s, y_b] (bias starts at 0)
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
         self.register_buffer("blur", make_fir((1, 2, 1)), persistent=False)
 
@@ -154,15 +154,7 @@ class SynthesisNetwork1(nn.Module):
         Raises:
             ValueError: wrong ``ws`` shape, unknown ``noise_mode``, wrong number of noise maps.
         """
-        if fused not in (True, False, "poly"):
-            raise ValueError(f"fused must be True, False or 'poly', got {fused!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise ValueError(f"synthesis expects ws of shape [N, {self.num_ws}, {self.w_dim}], "
-                             f"got {tuple(ws.shape)}")
-        if noise_mode not in ("const", "random", "none"):
-            raise ValueError(f"noise_mode must be const, random or none, got {noise_mode!r}")
-        if noise is not None and len(noise) != self.num_ws:
-            raise ValueError(f"expected {self.num_ws} noise maps (one per layer), got {len(noise)}")
+        check_synthesis_args(ws, self.num_ws, self.w_dim, noise_mode, noise, self.num_ws, fused)
         x = self.const.to(ws.dtype).expand(ws.shape[0], -1, -1, -1)
         for i, layer in enumerate(self.layers):
             x = layer(x, ws[:, i], noise_mode, None if noise is None else noise[i])
