@@ -310,10 +310,11 @@ def test_native_round_trip_records_the_arch(G1, tmp_path):
     save_native(tmp_path / "m2", G2, name="tiny-sg2")
     assert "arch" not in json.loads((tmp_path / "m2" / "config.json").read_text())["generator"]
     assert type(load_native(tmp_path / "m2")["G"]) is Generator
-    cfg["generator"]["arch"] = "stylegan9"
-    (tmp_path / "m1" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="arch 'stylegan9'"):
-        load_native(tmp_path / "m1")
+    for key, value, match in [("arch", "stylegan9", "arch 'stylegan9'"), ("arch", ["stylegan1"], "arch"),
+                              ("fused_scale", "sometimes", "fused_scale"), ("mapping_kind", "mlp", "unknown")]:
+        (tmp_path / "m1" / "config.json").write_text(json.dumps({**cfg, "generator": {**cfg["generator"], key: value}}))
+        with pytest.raises(CheckpointError, match=match):
+            load_native(tmp_path / "m1")
 
 
 def test_latents_and_directions_refuse_the_other_arch(G1, tmp_path):
