@@ -332,8 +332,12 @@ def test_latents_and_directions_refuse_the_other_arch(G1, tmp_path):
     d2 = Direction.from_vector(torch.randn(16), space="w", attribute="smile", model_id="tiny-sg1@0", num_ws=8)
     assert "arch" not in d2.metadata() and Direction.load(d2.save(tmp_path / "d2.safetensors")).arch == "stylegan2"
     from faceedit.editing import edit
+    from faceedit.editing.fit import affines_for_layer, sefa
 
     assert edit(lat, {d: 1.0}).arch == "stylegan1"
+    assert affines_for_layer(G1.synthesis, 3) == [G1.synthesis.layers[3].affine]
+    assert [s.arch for s in sefa(G1, model_id="tiny-sg1@0", k=2, layers=(0, 1), codes=torch.randn(50, 16).numpy())] \
+        == ["stylegan1", "stylegan1"]
     with pytest.raises(DirectionError, match="fitted on a stylegan2 generator and cannot edit a stylegan1"):
         edit(lat, {d2: 1.0})
 
