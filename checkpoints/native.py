@@ -4,7 +4,9 @@ A checkpoint is a folder (or a ``.zip`` of one) holding:
 
 * ``config.json``: ``{"format": "faceedit.checkpoint", "version": 1, "name": ...,
   "generator": {Generator kwargs}, "discriminator": {Discriminator kwargs} | null,
-  "recipe": {AlignmentRecipe}, "license": ..., "provenance": {...}}``;
+  "recipe": {AlignmentRecipe}, "license": ..., "provenance": {...}}``; the generator table's
+  ``"arch"`` names its class (``networks.GENERATORS``: ``stylegan1``; absent = ``stylegan2``,
+  so files written before there was a choice read unchanged);
 * ``model.safetensors``: ``G_ema.*`` parameters and buffers (``w_avg`` included); its
   sha256 is the model id that latents, directions and encoders record;
 * ``prior.safetensors`` (optional): the Gaussianized prior's statistics, fp32 (a separate
@@ -18,6 +20,7 @@ Nothing in a native checkpoint is executable; reading it never runs code.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -29,7 +32,7 @@ import torch
 
 from faceedit.core.errors import CheckpointError
 from faceedit.core.files import atomic_write_bytes, atomic_write_text
-from faceedit.networks import Discriminator, Generator
+from faceedit.networks import GENERATORS, Discriminator, Generator, Generator1
 
 FORMAT = "faceedit.checkpoint"
 MAX_CONFIG_BYTES = 1 << 20
@@ -152,6 +155,17 @@ def _signature_names(cls) -> set:
     return set(code.co_varnames[1:code.co_argcount])
 
 
+def _network_class(kind: str, kw: dict, where: str):
+    """The class a generator/discriminator table describes (a generator's ``arch``, default ``stylegan2``)."""
+    if kind != "generator":
+        return Discriminator
+    arch = kw.get("arch", "stylegan2")
+    if not isinstance(arch, str) or arch not in GENERATORS:
+        raise CheckpointError(f"{where}: generator arch {arch!r} is not one faceedit builds "
+                              f"({', '.join(sorted(GENERATORS))}); the file is damaged or from a newer faceedit")
+    return GENERATORS[arch]
+
+
 def check_architecture(kind: str, kw: dict, where: str) -> None:
     """Validate ``Generator``/``Discriminator`` keyword arguments read from a file *before* building.
 
@@ -162,11 +176,17 @@ def check_architecture(kind: str, kw: dict, where: str) -> None:
     Raises:
         CheckpointError: unknown setting, wrong type, out of range, or too large a network.
     """
-    cls = Generator if kind == "generator" else Discriminator
-    unknown = set(kw) - _signature_names(cls)
+    cls = _network_class(kind, kw, where)
+    unknown = set(kw) - _signature_names(cls) - ({"arch"} if kind == "generator" else set())
     if unknown:
         raise CheckpointError(f"{where}: unknown {kind} settings {sorted(unknown)}")
     for k, v in kw.items():
+        if k == "arch":
+            continue
+        if k == "fused_scale":
+            if not (v == "auto" or isinstance(v, bool)):
+                raise CheckpointError(f"{where}: fused_scale must be true, false or 'auto', got {v!r}")
+            continue
         if k == "mapping_kind":
             if v not in ("mlp", "transformer"):
                 raise CheckpointError(f"{where}: mapping_kind must be 'mlp' or 'transformer', got {v!r}")
@@ -182,7 +202,8 @@ def check_architecture(kind: str, kw: dict, where: str) -> None:
     res = kw.get("resolution", 1024 if kind == "generator" else None)
     if res is None or res & (res - 1):
         raise CheckpointError(f"{where}: {kind} resolution {res!r} is not a power of two in 16..1024")
-    base, cmax = kw.get("channel_base", 32768), kw.get("channel_max", 512)
+    default = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+    base, cmax = kw.get("channel_base", default["channel_base"]), kw.get("channel_max", default["channel_max"])
     ch = [min(base // 2 ** i, cmax) for i in range(2, int(math.log2(res)) + 1)]
     if min(ch) < 1:
         raise CheckpointError(f"{where}: channel_base={base} leaves layers with no channels at {res} px")
@@ -195,11 +216,12 @@ def check_architecture(kind: str, kw: dict, where: str) -> None:
 
 
 def build_network(kind: str, kw: dict, where: str):
-    """``Generator(**kw)`` or ``Discriminator(**kw)`` from file data, checked first (see :func:`check_architecture`)."""
+    """The generator (class by ``arch``) or ``Discriminator`` from file data, checked first
+    (see :func:`check_architecture`)."""
     check_architecture(kind, kw, where)
-    cls = Generator if kind == "generator" else Discriminator
+    cls = _network_class(kind, kw, where)
     try:
-        return cls(**kw)
+        return cls(**{k: v for k, v in kw.items() if k != "arch"})
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
         raise CheckpointError(f"{where}: cannot build the {kind} it describes ({e})") from e
 
@@ -242,7 +264,8 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
 
     Returns:
         ``{"G": Generator (eval mode), "D": Discriminator | None, "config": dict,
-        "prior": {name: tensor}, "sha256": hex of model.safetensors}``.
+        "prior": {name: tensor}, "sha256": hex of model.safetensors}``; ``G`` is a
+        ``Generator1`` when the config's ``arch`` is ``stylegan1``.
     """
     path = Path(path)
     src = _Source(path)
@@ -274,7 +297,7 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
     return {"G": G, "D": D, "config": cfg, "prior": prior, "sha256": sha}
 
 
-def model_safetensors_bytes(G: Generator, dtype: torch.dtype = torch.float32) -> bytes:
+def model_safetensors_bytes(G: Generator | Generator1, dtype: torch.dtype = torch.float32) -> bytes:
     """The exact bytes :func:`save_native` writes as ``model.safetensors`` (its sha256 is the model id)."""
     from safetensors.torch import save
 
@@ -315,12 +338,13 @@ def _unpack_prior(tensors: dict, where: str) -> dict:
     return out
 
 
-def save_native(path, G: Generator, *, name: str, D: Discriminator | None = None, recipe: dict | None = None,
-                license: str = "", provenance: dict | None = None, prior: dict | None = None,
-                dtype: torch.dtype = torch.float32) -> Path:
+def save_native(path, G: Generator | Generator1, *, name: str, D: Discriminator | None = None,
+                recipe: dict | None = None, license: str = "", provenance: dict | None = None,
+                prior: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write a native checkpoint folder (atomically, file by file).
 
-    ``dtype`` applies to floating-point weights (``torch.float16`` for shipped models).
+    ``dtype`` applies to floating-point weights (``torch.float16`` for shipped models). The
+    generator table records ``G.arch`` unless it is ``stylegan2`` (the default when absent).
     """
     from safetensors.torch import save
 
@@ -333,7 +357,11 @@ def save_native(path, G: Generator, *, name: str, D: Discriminator | None = None
     if D is not None:
         atomic_write_bytes(path / "discriminator.safetensors",
                            save({f"D.{k}": cast(v) for k, v in D.state_dict().items()}))
-    cfg = {"format": FORMAT, "version": 1, "name": name, "generator": G.config,
+    arch = getattr(G, "arch", "stylegan2")
+    gen = dict(G.config)
+    if arch != "stylegan2":
+        gen = {"arch": arch, **{k: v for k, v in gen.items() if k != "arch"}}
+    cfg = {"format": FORMAT, "version": 1, "name": name, "generator": gen,
            "discriminator": None if D is None else D.config, "recipe": recipe,
            "license": license, "provenance": provenance or {}}
     atomic_write_text(path / "config.json", json.dumps(cfg, indent=2))

@@ -131,6 +131,7 @@ def edit(latent, attributes, *, directions=None, strength_unit: str = "std", lay
     record, all_layers_uniform = [], True
     for d, s in pairs:
         check_compatible(d, latent.model_id, latent.space, num_ws, w_dim)
+        d.check_arch(latent.arch)
         lay = layers.get(d.key, layers.get(d.attribute)) if isinstance(layers, dict) else layers
         delta = displacement(d, s, strength_unit, lay)
         total += delta.double()
@@ -151,7 +152,7 @@ def edit(latent, attributes, *, directions=None, strength_unit: str = "std", lay
     edits = list(latent.meta.get("edits", [])) + record
     return Latent(space=space, codes=codes, model_id=latent.model_id,
                   z=None if latent.space in ("z", "wpp-z") else latent.z,
-                  noise=latent.noise, tuning=latent.tuning, meta={**latent.meta, "edits": edits})
+                  noise=latent.noise, tuning=latent.tuning, meta={**latent.meta, "edits": edits}, arch=latent.arch)
 
 
 def sweep(latent, key, strengths, **kw) -> list:

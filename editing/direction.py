@@ -38,6 +38,7 @@ import torch
 
 from faceedit.core.errors import EditingError
 from faceedit.core.tensorfile import NUMPY_MAGIC, PICKLE_MAGIC, json_default, read_tensor_file, write_tensor_file
+from faceedit.networks import GENERATORS
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class Direction:
         fraction: fraction kept at each end (top and bottom) for the SVM.
         accuracy: validation accuracy of the SVM on the held-out part (``None`` if none).
         meta: free JSON metadata (train accuracy, SVM C, seeds, explained variance, ...).
+        arch: the generator's architecture (``G.arch``: ``stylegan2`` or ``stylegan1``);
+            edits refuse latents of the other one. Files without it read as ``stylegan2``.
     """
 
     vector: torch.Tensor
@@ -131,9 +134,13 @@ class Direction:
     fraction: float = 0.0
     accuracy: float | None = None
     meta: dict = field(default_factory=dict)
+    arch: str = "stylegan2"
 
     def __post_init__(self):
         v = self.vector
+        if self.arch not in GENERATORS:
+            raise DirectionFileError(f"unknown generator architecture {self.arch!r}; expected one of "
+                                     f"{', '.join(GENERATORS)}")
         if not isinstance(v, torch.Tensor) or v.ndim != 2 or not v.is_floating_point():
             raise DirectionFileError(f"Direction.vector must be a float tensor [1 or num_ws, w_dim], got "
                                      f"{getattr(v, 'shape', type(v))}")
@@ -206,6 +213,14 @@ class Direction:
         return replace(self, vector=v / v.norm(), layers=layers,
                        meta={**self.meta, "restricted_from_layers": list(self.applied_layers)})
 
+    def check_arch(self, arch: str) -> None:
+        """Raise :class:`DirectionError` unless this direction was fitted on a generator of ``arch``."""
+        if self.arch != arch:
+            raise DirectionError(f"direction {self.key!r} was fitted on a {self.arch} generator and cannot edit a "
+                                 f"{arch} latent (the architectures' latent spaces differ); fit one for this model "
+                                 f"with `faceedit directions fit --model {model_name(self.model_id)} "
+                                 f"--attr {self.attribute}`")
+
     def sign_meaning(self) -> str:
         return SIGNS.get(self.attribute, f"more {self.attribute} (the scorer's positive class)")
 
@@ -226,7 +241,8 @@ class Direction:
                 "conditions": list(self.conditions), "method": self.method, "latent_std": float(self.latent_std),
                 "scorer": self.scorer, "samples": int(self.samples), "fraction": float(self.fraction),
                 "accuracy": None if self.accuracy is None else float(self.accuracy),
-                "sign": self.sign_meaning(), "meta": self.meta}
+                "sign": self.sign_meaning(), "meta": self.meta,
+                **({} if self.arch == "stylegan2" else {"arch": self.arch})}  # absent = stylegan2: old files unchanged
 
     def save(self, path_or_dir) -> Path:
         """Write atomically; a folder gets :meth:`filename` inside it."""
@@ -279,7 +295,8 @@ def _load(path: Path) -> Direction:
                          conditions=tuple(info.get("conditions", ())), method=info.get("method", "interfacegan"),
                          latent_std=float(info.get("latent_std", 1.0)), scorer=info.get("scorer", ""),
                          samples=int(info.get("samples", 0)), fraction=float(info.get("fraction", 0.0)),
-                         accuracy=info.get("accuracy"), meta=info.get("meta") or {})
+                         accuracy=info.get("accuracy"), meta=info.get("meta") or {},
+                         arch=info.get("arch", "stylegan2"))
     except DirectionFileError as e:
         raise DirectionFileError(f"{path}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:

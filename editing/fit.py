@@ -167,7 +167,7 @@ def latent_std(codes, vector, *, chunk: int = 16384) -> float:
 
 def fit_direction(codes, scores, *, attribute: str, model_id: str, num_ws: int, space: str | None = None,
                   layers=(), fraction: float = 0.02, val_fraction: float = 0.3, C: float = 1.0, seed: int = 0,
-                  scorer: str = "", std_codes=None, meta: dict | None = None) -> Direction:
+                  scorer: str = "", std_codes=None, meta: dict | None = None, arch: str = "stylegan2") -> Direction:
     """InterFaceGAN direction from scored codes.
 
     Args:
@@ -177,6 +177,7 @@ def fit_direction(codes, scores, *, attribute: str, model_id: str, num_ws: int, 
         space: defaults to ``w`` for 2-D codes and ``wpp`` for 3-D codes.
         layers: for a ``w`` direction, the layers it is applied to (default all).
         std_codes: codes whose spread defines strength 1 (default ``codes``).
+        arch: the generator's architecture (``G.arch``), recorded in the direction.
     """
     codes = np.asarray(codes, dtype=np.float32)
     if codes.ndim == 2:
@@ -199,7 +200,7 @@ def fit_direction(codes, scores, *, attribute: str, model_id: str, num_ws: int, 
     return Direction.from_vector(torch.from_numpy(vec), space=space, attribute=attribute, model_id=model_id,
                                  num_ws=num_ws, layers=tuple(layers), method="interfacegan", latent_std=std,
                                  scorer=scorer, samples=int(len(codes)), fraction=fraction,
-                                 accuracy=info["accuracy"], meta={**info, **(meta or {})})
+                                 accuracy=info["accuracy"], meta={**info, **(meta or {})}, arch=arch)
 
 
 # ------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ def condition(direction: Direction, conditions, *, codes=None) -> Direction:
                                  conditions=tuple(sorted({*direction.conditions, *(c.attribute for c in conditions)})),
                                  method=direction.method, latent_std=std, scorer=direction.scorer,
                                  samples=direction.samples, fraction=direction.fraction,
-                                 accuracy=direction.accuracy, meta=meta)
+                                 accuracy=direction.accuracy, meta=meta, arch=direction.arch)
 
 
 # ------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def _orient(v: np.ndarray) -> np.ndarray:
 
 
 def ganspace(codes, *, model_id: str, num_ws: int, k: int = 10, layers=(), space: str = "w",
-             seed: int = 0) -> list:
+             seed: int = 0, arch: str = "stylegan2") -> list:
     """GANSpace: principal components of latent samples, applied to a layer range.
 
     Args:
@@ -273,6 +274,7 @@ def ganspace(codes, *, model_id: str, num_ws: int, k: int = 10, layers=(), space
             taken over the flattened codes and gives per-layer directions).
         k: number of components.
         layers: layers each component is applied to (GANSpace's ranges, e.g. ``range(0, 4)``).
+        arch: the generator's architecture (``G.arch``), recorded in the directions.
     Returns:
         ``k`` directions ``pc0..pc{k-1}``; ``latent_std`` is the component's standard
         deviation; ``meta`` records the explained variance ratio. Signs are arbitrary
@@ -291,15 +293,19 @@ def ganspace(codes, *, model_id: str, num_ws: int, k: int = 10, layers=(), space
                                          layers=tuple(layers), method="ganspace",
                                          latent_std=float(math.sqrt(pca.explained_variance_[i])),
                                          samples=int(len(X)),
-                                         meta={"explained_variance_ratio": float(pca.explained_variance_ratio_[i])}))
+                                         meta={"explained_variance_ratio": float(pca.explained_variance_ratio_[i])},
+                                         arch=arch))
     return out
 
 
 def affines_for_layer(synthesis, layer: int) -> list:
-    """The style-affine ``EqualLinear`` modules that read ``ws[:, layer]`` (see networks.stylegan2)."""
+    """The style-affine ``EqualLinear`` modules that read ``ws[:, layer]`` (see networks.stylegan2;
+    a StyleGAN v1 synthesis has one per layer, its AdaIN's)."""
     n = synthesis.num_ws
     if not 0 <= layer < n:
         raise EditingError(f"layer {layer} out of range 0..{n - 1}")
+    if getattr(synthesis, "arch", "stylegan2") == "stylegan1":
+        return [synthesis.layers[layer].affine]
     if layer == 0:
         return [synthesis.conv1.affine]
     if layer == 1:
@@ -349,5 +355,5 @@ def sefa(G, *, model_id: str, k: int = 10, layers=(), codes=None, space: str | N
         out.append(Direction.from_vector(torch.from_numpy(v[None]), space=space, attribute=f"sefa{rank}",
                                          model_id=model_id, num_ws=G.num_ws, layers=tuple(layers), method="sefa",
                                          latent_std=latent_std(pool, v), samples=int(len(codes)),
-                                         meta={"eigenvalue": float(vals[j])}))
+                                         meta={"eigenvalue": float(vals[j])}, arch=getattr(G, "arch", "stylegan2")))
     return out

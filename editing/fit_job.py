@@ -138,7 +138,7 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
             continue
         try:
             d = fit_direction(codes, scores[a], attribute=a, model_id=m["model_id"], num_ws=G.num_ws, space="w+",
-                              fraction=fraction, seed=seed, scorer=scorer_id,
+                              fraction=fraction, seed=seed, scorer=scorer_id, arch=G.arch,
                               meta={"source": "inverted train faces", "pack": Path(pack_path).name,
                                     "inversion": method})
         except ValueError as e:
@@ -291,7 +291,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
     for a in want:
         try:
             d = fit_direction(codes, scores[a], attribute=a, model_id=model_id, num_ws=num_ws, fraction=fraction,
-                              seed=seed, scorer=scorer_id,
+                              seed=seed, scorer=scorer_id, arch=G.arch,
                               meta={"classifier_auc": aucs.get(a), "truncation_psi": 1.0, "seed": seed})
         except ValueError as e:
             log.warning("%s: %s: skipped (%s)", name, a, e)
@@ -314,7 +314,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
                            steps=wplus_steps, fraction=wplus_fraction, seed=seed, report=report, device=device)
     if unsupervised:
         sub = codes[: min(len(codes), 50000)]
-        for d in ganspace(sub, model_id=model_id, num_ws=num_ws, k=unsupervised, seed=seed):
+        for d in ganspace(sub, model_id=model_id, num_ws=num_ws, k=unsupervised, seed=seed, arch=G.arch):
             d.save(folder)
             rows.append((name, d.key, d.space, "", "", f"{d.latent_std:.4g}", "ganspace",
                          f"evr={d.meta['explained_variance_ratio']:.3f}"))

@@ -233,7 +233,8 @@ def encode(images, model=None, space: str = "w+", *, G=None, encoder: Encoder | 
         meta["model_sha256"] = mdict["sha256"]
     if any(f is not None for f in faces):
         meta["faces"] = [None if f is None else f.metadata() for f in faces]
-    return Latent(space=space, codes=codes.cpu(), model_id=model_id, meta=meta)
+    return Latent(space=space, codes=codes.cpu(), model_id=model_id, meta=meta,
+                  arch=getattr(G, "arch", "stylegan2"))
 
 
 def _load(model, space, G, device):

@@ -155,7 +155,8 @@ def hybrid_invert(images, model=None, space: str = "w+", steps: int | None = Non
         meta["model_sha256"] = mdict["sha256"]
     if any(f is not None for f in faces):
         meta["faces"] = [None if f is None else f.metadata() for f in faces]
-    return Latent(space=space, codes=ws, model_id=model_id, noise=noise, meta=meta)
+    return Latent(space=space, codes=ws, model_id=model_id, noise=noise, meta=meta,
+                  arch=getattr(G, "arch", "stylegan2"))
 
 
 def default_method(model, space: str) -> str:
@@ -191,7 +192,7 @@ def invert_code(method: str | None, images, model=None, space: str = "w+", steps
     lat = encode(images, model, space, **keep)
     meta = {**lat.meta, "steps_requested": 0, "seed": kwargs.get("seed", 0), "prior": "none", "prior_weight": 0.0,
             "perceptual": "none", "optimize_noise": False}
-    return Latent(space=lat.space, codes=lat.codes, model_id=lat.model_id, meta=meta)
+    return Latent(space=lat.space, codes=lat.codes, model_id=lat.model_id, meta=meta, arch=lat.arch)
 
 
 __all__ = ["hybrid_invert", "invert_code", "default_method", "hybrid_steps", "CODE_METHODS", "HYBRID_STEPS",

@@ -9,6 +9,7 @@ import torch
 
 from faceedit.core.errors import InversionError
 from faceedit.core.tensorfile import json_default, read_tensor_file, write_tensor_file
+from faceedit.networks import GENERATORS
 
 SPACES = ("z", "w", "w+", "wpp", "wpp-z")
 FORMAT_VERSION = 1
@@ -34,6 +35,9 @@ class Latent:
         tuning: pivotal-tuning weight deltas ``{param_name: tensor}``, if any; every tensor
             has a leading image dimension ``B`` (see ``inversion.pti``).
         meta: free JSON metadata (source photo, alignment matrix, losses, ...).
+        arch: the generator's architecture (``G.arch``: ``stylegan2`` or ``stylegan1``);
+            a latent is refused by a generator of the other one. Files written before it
+            was recorded read as ``stylegan2``.
     """
 
     space: str
@@ -43,10 +47,14 @@ class Latent:
     noise: tuple | None = None
     tuning: dict | None = None
     meta: dict = field(default_factory=dict)
+    arch: str = "stylegan2"
 
     def __post_init__(self):
         if self.space not in SPACES:
             raise InversionError(f"unknown latent space {self.space!r}; expected one of {', '.join(SPACES)}")
+        if self.arch not in GENERATORS:
+            raise InversionError(f"unknown generator architecture {self.arch!r}; expected one of "
+                                 f"{', '.join(GENERATORS)}")
         if not isinstance(self.codes, torch.Tensor) or self.codes.ndim != 3:
             raise InversionError(f"Latent.codes must be a [B, num_ws, w_dim] tensor, got "
                                  f"{getattr(self.codes, 'shape', type(self.codes))}")
@@ -72,11 +80,17 @@ class Latent:
                        tuning=None if self.tuning is None else {k: v.to(device) for k, v in self.tuning.items()})
 
     def check_generator(self, G) -> None:
-        """Raise ``LatentFileError`` unless the codes (and noise maps) fit ``G``'s shapes.
+        """Raise ``LatentFileError`` unless the latent is of ``G``'s architecture and the codes
+        (and noise maps) fit its shapes.
 
         A latent with the right model id but damaged or hand-made tensors would otherwise
-        fail deep inside synthesis with a shape error.
+        fail deep inside synthesis with a shape error; StyleGAN v1 and v2 codes have the same
+        shapes at one resolution but mean different images, so the architecture is checked first.
         """
+        arch = getattr(G, "arch", "stylegan2")
+        if self.arch != arch:
+            raise LatentFileError(f"this latent is a {self.arch} code; the generator is a {arch} one, and codes do "
+                                  f"not transfer between architectures; invert the photo again with this model")
         want = (int(G.num_ws), int(G.w_dim))
         if tuple(self.codes.shape[1:]) != want:
             raise LatentFileError(f"latent codes have shape {list(self.codes.shape)}, the generator needs "
@@ -108,6 +122,8 @@ class Latent:
             tensors[f"tuning.{k}"] = v.detach().float().cpu().contiguous()
         header = {"format": "faceedit.latent", "version": str(FORMAT_VERSION), "space": self.space,
                   "model_id": self.model_id, "meta": json.dumps(self.meta, default=json_default)}
+        if self.arch != "stylegan2":  # absent = stylegan2, so StyleGAN2 latents are written as before
+            header["arch"] = self.arch
         return write_tensor_file(path, tensors, header)
 
     @classmethod
@@ -147,7 +163,8 @@ def _load_latent(path: Path, max_bytes: int) -> Latent:
     try:
         return Latent(space=meta.get("space", ""), codes=tensors["codes"].float(), model_id=meta.get("model_id", ""),
                       z=f32(tensors.get("z")), noise=tuple(n.float() for n in noise) or None,
-                      tuning={k: v.float() for k, v in tuning.items()} or None, meta=extra)
+                      tuning={k: v.float() for k, v in tuning.items()} or None, meta=extra,
+                      arch=meta.get("arch", "stylegan2"))
     except LatentFileError as e:
         raise LatentFileError(f"{path}: {e}") from e
     except ValueError as e:

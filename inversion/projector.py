@@ -525,7 +525,8 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
         meta["model_sha256"] = sha
     if any(f is not None for f in faces):
         meta["faces"] = [None if f is None else f.metadata() for f in faces]
-    return Latent(space=space, codes=ws, model_id=model_id, z=z, noise=noise, meta=meta)
+    return Latent(space=space, codes=ws, model_id=model_id, z=z, noise=noise, meta=meta,
+                  arch=getattr(G, "arch", "stylegan2"))
 
 
 __all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT"]

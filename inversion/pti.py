@@ -400,7 +400,7 @@ def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, 
     if faces and any(f is not None for f in faces):
         meta["faces"] = [None if f is None else f.metadata() for f in faces]
     return Latent(space=pivot.space, codes=pivot.codes.cpu(), model_id=model_id or pivot.model_id,
-                  z=pivot.z, noise=None, tuning=tuning, meta=meta)
+                  z=pivot.z, noise=None, tuning=tuning, meta=meta, arch=pivot.arch)
 
 
 __all__ = ["pti_invert", "tune", "apply_tuning", "synthesize", "tuning_deltas", "tuning_bytes", "modulated_weights",

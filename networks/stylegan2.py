@@ -111,6 +111,23 @@ class ToRGB(nn.Module):
         return y
 
 
+def check_synthesis_args(ws, num_ws: int, w_dim: int, noise_mode: str, noise, num_noise: int, fused) -> None:
+    """The input checks of a synthesis network's forward (shared by StyleGAN v1 and v2).
+
+    Raises:
+        ValueError: ``fused`` not True/False/'poly', ``ws`` not ``[N, num_ws, w_dim]``, an
+            unknown ``noise_mode``, or a noise list of another length than ``num_noise``.
+    """
+    if fused not in (True, False, "poly"):
+        raise NetworkError(f"fused must be True, False or 'poly', got {fused!r}")
+    if ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim):
+        raise NetworkError(f"synthesis expects ws of shape [N, {num_ws}, {w_dim}], got {tuple(ws.shape)}")
+    if noise_mode not in ("const", "random", "none"):
+        raise NetworkError(f"noise_mode must be const, random or none, got {noise_mode!r}")
+    if noise is not None and len(noise) != num_noise:
+        raise NetworkError(f"expected {num_noise} noise maps, got {len(noise)}")
+
+
 class SynthesisNetwork(nn.Module):
     """Synthesis network: ``ws [N, num_ws, w_dim] -> image [N, 3, R, R]`` in about [-1, 1]."""
 
@@ -158,15 +175,7 @@ class SynthesisNetwork(nn.Module):
                 of :mod:`networks.fastsynth` (up-sampling convs as one dense low-resolution
                 conv, for GPUs; returns fp32). All three are equal to float rounding.
         """
-        if fused not in (True, False, "poly"):
-            raise NetworkError(f"fused must be True, False or 'poly', got {fused!r}")
-        if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
-            raise NetworkError(f"synthesis expects ws of shape [N, {self.num_ws}, {self.w_dim}], "
-                               f"got {tuple(ws.shape)}")
-        if noise_mode not in ("const", "random", "none"):
-            raise NetworkError(f"noise_mode must be const, random or none, got {noise_mode!r}")
-        if noise is not None and len(noise) != 1 + 2 * len(self.convs):
-            raise NetworkError(f"expected {1 + 2 * len(self.convs)} noise maps, got {len(noise)}")
+        check_synthesis_args(ws, self.num_ws, self.w_dim, noise_mode, noise, 1 + 2 * len(self.convs), fused)
         if fused == "poly":
             return synthesis_poly(self, ws, noise_mode, noise)
         nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
@@ -186,8 +195,10 @@ class Generator(nn.Module):
     Attributes:
         mapping: ``MappingMLP`` (space W) or ``MappingTransformer`` (space W++).
         synthesis: ``SynthesisNetwork``.
-        num_ws, w_dim, z_dim, resolution, mapping_kind: the facts callers need.
+        num_ws, w_dim, z_dim, resolution, mapping_kind, arch (``"stylegan2"``): the facts callers need.
     """
+
+    arch = "stylegan2"
 
     def __init__(self,
                  z_dim: int = 512,            # Input latent (Z) dimensionality.

@@ -537,7 +537,7 @@ def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k
         written = []
         if method in ("ganspace", "sefa"):
             codes = sample_codes(G, n, seed=seed, device=device)
-            dirs = (ganspace(codes, model_id=mid, num_ws=G.num_ws, k=k, layers=layer_list, seed=seed)
+            dirs = (ganspace(codes, model_id=mid, num_ws=G.num_ws, k=k, layers=layer_list, seed=seed, arch=G.arch)
                     if method == "ganspace" else sefa(G, model_id=mid, k=k, layers=layer_list, codes=codes[:20000]))
             written = [(d, d.save(folder)) for d in dirs]
         else:
@@ -555,7 +555,8 @@ def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k
             fitted = {}
             for a in dict.fromkeys(want + conds):
                 fitted[a] = fit_direction(codes, scores[a], attribute=a, model_id=mid, num_ws=G.num_ws,
-                                          layers=layer_list, fraction=fraction, seed=seed, scorer=ident)
+                                          layers=layer_list, fraction=fraction, seed=seed, scorer=ident,
+                                          arch=G.arch)
             for a in want:
                 written.append((fitted[a], fitted[a].save(folder)))
                 held = [fitted[c] for c in conds if c != a]
