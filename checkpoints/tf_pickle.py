@@ -310,11 +310,6 @@ def read_tf_pickle(path) -> dict:
                           f"(G, D, Gs) tuple of them")
 
 
-def is_tf_pickle_bytes(head: bytes) -> bool:
-    """Whether the first bytes of a pickle name ``dnnlib.tflib.network`` (how :func:`sniff` tells TF files)."""
-    return b"dnnlib.tflib.network" in head or b"dnnlib.tflib" in head
-
-
 def sniff_generation(net: TFNetwork) -> str:
     """``"stylegan1"`` or ``"stylegan2"`` for a TF generator (``G``/``Gs``) or discriminator.
 
