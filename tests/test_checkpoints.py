@@ -646,3 +646,59 @@ def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
             ref = G(z, None, truncation_psi=0.7, noise_mode=mode, force_fp32=True)
             img = ours(z, truncation_psi=0.7, noise_mode=mode)
             assert (img - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+# --- the CLI: convert records a recipe, generate draws z as NVIDIA does -----------------------
+
+def test_convert_cli_records_ffhq_recipe_and_keeps_d(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+    from faceedit.pipeline import model_recipe
+
+    G, D = make_generator(seed=13), make_strided_discriminator(seed=14)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, D=D)
+    r = CliRunner().invoke(cli, ["convert", str(p), str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "recipe ffhq at 32 px, scale 1.0" in r.output and "discriminator: converted" in r.output
+    cfg = load_native(tmp_path / "a")["config"]
+    assert cfg["recipe"]["name"] == "ffhq" and cfg["recipe"]["scale"] == 1.0 and cfg["recipe"]["size"] == RES
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "a"), str(tmp_path / "b.zip"), "--recipe", "faces64"])
+    assert r.exit_code == 0, r.output
+    assert load_native(tmp_path / "b.zip")["config"]["recipe"]["scale"] == 0.6
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "b.zip"), str(tmp_path / "c")])  # auto keeps it
+    assert load_native(tmp_path / "c")["config"]["recipe"]["scale"] == 0.6, r.output
+    bare = save_native(tmp_path / "bare", G, name="bare")  # no recipe: FFHQ's, never faces64's
+    rec = model_recipe(load_native(bare)["config"], RES)
+    assert rec.name == "ffhq" and rec.scale == 1.0 and rec.size == RES
+
+
+def test_generate_draws_z_as_nvidia_by_default(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+    from faceedit.imageio import load_image
+    from faceedit.sampling import seed_z
+
+    G = make_generator(seed=15)
+    path = save_native(tmp_path / "m", G, name="m")
+    z = seed_z(G, [0, 3])
+    assert torch.equal(z[1], torch.from_numpy(np.random.RandomState(3).randn(1, 16)).float()[0])
+    assert torch.equal(seed_z(G, [0, 3], "torch"), torch.cat([G.sample_z(1, seed=s) for s in (0, 3)]))
+    outs = {}
+    for src in ("numpy", "torch"):
+        r = CliRunner().invoke(cli, ["--device", "cpu", "generate", "--model", str(path), "--seeds", "0,3",
+                                     "--z-source", src, "--out", str(tmp_path / src)])
+        assert r.exit_code == 0, r.output
+        rec = json.loads((tmp_path / src / "generate.json").read_text())
+        assert rec["z_source"] == src and rec["seeds"] == [0, 3]
+        outs[src] = load_image(tmp_path / src / "seed0003.png")
+    with torch.no_grad():
+        from faceedit.imageio import tensor_to_uint8
+
+        want = tensor_to_uint8(G(seed_z(G, [3]), noise_mode="const"))[0]
+    assert np.array_equal(outs["numpy"], want) and not np.array_equal(outs["numpy"], outs["torch"])
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        seed_z(G, [2 ** 32])
