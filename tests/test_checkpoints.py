@@ -648,6 +648,38 @@ def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
             assert (img - ref).abs().max() < 1e-4 * ref.abs().max()
 
 
+@pytest.mark.skipif(not os.environ.get("FACEEDIT_NVIDIA_SRC"), reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's repo")
+def test_against_a_discriminator_pickled_by_nvidias_code(tmp_path):
+    """NVIDIA's resnet D (built and pickled by NVIDIA's code, opt-in) gives the same logits as ours."""
+    import copy
+
+    sys.path.insert(0, os.environ["FACEEDIT_NVIDIA_SRC"])
+    try:
+        import dnnlib
+        from training.networks import Discriminator as NVDiscriminator
+        from training.networks import Generator as NVGenerator
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    G = NVGenerator(z_dim=16, c_dim=0, w_dim=16, img_resolution=32, img_channels=3,
+                    mapping_kwargs=dnnlib.EasyDict(num_layers=2),
+                    synthesis_kwargs=dnnlib.EasyDict(channel_base=512, channel_max=32))
+    D = NVDiscriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=512, channel_max=32,
+                        num_fp16_res=2, conv_clamp=256, epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=4))
+    with torch.no_grad():
+        for n, prm in D.named_parameters():
+            if n.endswith("bias"):
+                prm.add_(torch.randn_like(prm) * 0.3)
+    p = tmp_path / "nv.pkl"
+    with open(p, "wb") as f:
+        pickle.dump(dict(G_ema=copy.deepcopy(G).eval(), D=copy.deepcopy(D).eval().requires_grad_(False)), f)
+    ours = read_nvidia(p)["D"]
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.no_grad():
+        ref = D(x, None, force_fp32=True)
+        assert (ours(x) - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
 # --- the CLI: convert records a recipe, generate draws z as NVIDIA does -----------------------
 
 def test_convert_cli_records_ffhq_recipe_and_keeps_d(tmp_path, monkeypatch):

@@ -347,3 +347,31 @@ def test_stylegan1_dispatch_says_when_support_is_missing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "faceedit.checkpoints.tf_stylegan1", None)  # import fails
     with pytest.raises(CheckpointError, match="StyleGAN v1 support is not installed"):
         read_tf(p)
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("FACEEDIT_NVIDIA_SRC"),
+                    reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's stylegan2-ada-pytorch")
+def test_against_nvidias_own_tf_conversion(tmp_path, monkeypatch):
+    """The same TF-layout file, converted by NVIDIA's legacy.py (opt-in) and by faceedit: same
+    images (truncation 1 and 0.7) and the same discriminator logits."""
+    import os
+
+    G, D = make_generator(seed=21), make_discriminator(seed=22)
+    p = write_tf_pkl(monkeypatch, tmp_path / "g.pkl", G, D)
+    monkeypatch.syspath_prepend(os.environ["FACEEDIT_NVIDIA_SRC"])
+    for name in [n for n in sys.modules if n.split(".")[0] in ("training", "legacy", "dnnlib", "torch_utils")]:
+        monkeypatch.delitem(sys.modules, name)  # NVIDIA's own packages, not same-named ones
+    import legacy
+
+    with open(p, "rb") as f:
+        nv = legacy.load_network_pkl(f)
+    ours = read_tf(p)
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(4, 3, RES, RES, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        for psi in (1.0, 0.7):
+            ref = nv["G_ema"](z, None, truncation_psi=psi, noise_mode="const", force_fp32=True)
+            img = ours["G"](z, truncation_psi=psi, noise_mode="const")
+            assert psnr(img, ref) >= 40 and (img - ref).abs().max() < 1e-4
+        ref_d = nv["D"](x, None, force_fp32=True)
+        assert (ours["D"](x) - ref_d).abs().max() < 1e-4 * ref_d.abs().max()
