@@ -375,4 +375,5 @@ def read_nvidia(path) -> dict:
     return {"G": G, "D": D, "provenance": prov}
 
 
-__all__ = ["read_nvidia", "nvidia_d_to_native_state", "discriminator_from_record", "nvidia_to_native_state", "native_to_nvidia_state", "pick_generator", "EasyDict"]
+__all__ = ["read_nvidia", "nvidia_d_to_native_state", "discriminator_from_record", "nvidia_to_native_state",
+           "native_to_nvidia_state", "pick_generator", "EasyDict"]

@@ -156,8 +156,10 @@ def rosinality_to_native_state(sd: dict, where: str = "checkpoint") -> tuple:
 
 _D_PATTERNS = [
     (r"convs\.0\.0\.weight", "from_rgb.weight"), (r"convs\.0\.1\.bias", "from_rgb.bias"),
-    (r"convs\.(\d+)\.conv1\.0\.weight", "blocks.{}.conv0.weight"), (r"convs\.(\d+)\.conv1\.1\.bias", "blocks.{}.conv0.bias"),
-    (r"convs\.(\d+)\.conv2\.1\.weight", "blocks.{}.conv1.weight"), (r"convs\.(\d+)\.conv2\.2\.bias", "blocks.{}.conv1.bias"),
+    (r"convs\.(\d+)\.conv1\.0\.weight", "blocks.{}.conv0.weight"),
+    (r"convs\.(\d+)\.conv1\.1\.bias", "blocks.{}.conv0.bias"),
+    (r"convs\.(\d+)\.conv2\.1\.weight", "blocks.{}.conv1.weight"),
+    (r"convs\.(\d+)\.conv2\.2\.bias", "blocks.{}.conv1.bias"),
     (r"convs\.(\d+)\.skip\.1\.weight", "blocks.{}.skip.weight"),
     (r"final_conv\.0\.weight", "conv.weight"), (r"final_conv\.1\.bias", "conv.bias"),
     (r"final_linear\.0\.(weight|bias)", "fc.{}"), (r"final_linear\.1\.(weight|bias)", "out.{}"),
