@@ -614,17 +614,28 @@ def test_download_checks_sha256_and_explains_offline(tmp_path, monkeypatch):
 
 # --- once, against NVIDIA's own code (opt-in: FACEEDIT_NVIDIA_SRC=/path/to/stylegan2-ada-pytorch) --
 
-@pytest.mark.skipif(not os.environ.get("FACEEDIT_NVIDIA_SRC"), reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's repo")
-def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
+@pytest.fixture
+def nvidia_src(monkeypatch):
+    """NVIDIA's checkout on ``sys.path`` for one test, its ``training``/``dnnlib``/``torch_utils``
+    packages imported afresh (faceedit has a same-named ``training`` folder); returns
+    ``(dnnlib, training.networks)``."""
+    if not os.environ.get("FACEEDIT_NVIDIA_SRC"):
+        pytest.skip("set FACEEDIT_NVIDIA_SRC to NVIDIA's stylegan2-ada-pytorch checkout")
+    monkeypatch.syspath_prepend(os.environ["FACEEDIT_NVIDIA_SRC"])
+    for name in [n for n in sys.modules if n.split(".")[0] in ("training", "legacy", "dnnlib", "torch_utils")]:
+        monkeypatch.delitem(sys.modules, name)
+    import dnnlib
+    import training.networks
+
+    return dnnlib, training.networks
+
+
+def test_against_a_generator_pickled_by_nvidias_code(tmp_path, nvidia_src):
     """Runs NVIDIA's code (only in this opt-in test) to build and pickle a generator."""
     import copy
 
-    sys.path.insert(0, os.environ["FACEEDIT_NVIDIA_SRC"])
-    try:
-        import dnnlib
-        from training.networks import Generator as NVGenerator
-    finally:
-        sys.path.pop(0)
+    dnnlib, nvnet = nvidia_src
+    NVGenerator = nvnet.Generator
     torch.manual_seed(0)
     G = NVGenerator(z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
                     mapping_kwargs=dnnlib.EasyDict(num_layers=3),
@@ -648,18 +659,12 @@ def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
             assert (img - ref).abs().max() < 1e-4 * ref.abs().max()
 
 
-@pytest.mark.skipif(not os.environ.get("FACEEDIT_NVIDIA_SRC"), reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's repo")
-def test_against_a_discriminator_pickled_by_nvidias_code(tmp_path):
+def test_against_a_discriminator_pickled_by_nvidias_code(tmp_path, nvidia_src):
     """NVIDIA's resnet D (built and pickled by NVIDIA's code, opt-in) gives the same logits as ours."""
     import copy
 
-    sys.path.insert(0, os.environ["FACEEDIT_NVIDIA_SRC"])
-    try:
-        import dnnlib
-        from training.networks import Discriminator as NVDiscriminator
-        from training.networks import Generator as NVGenerator
-    finally:
-        sys.path.pop(0)
+    dnnlib, nvnet = nvidia_src
+    NVGenerator, NVDiscriminator = nvnet.Generator, nvnet.Discriminator
     torch.manual_seed(0)
     G = NVGenerator(z_dim=16, c_dim=0, w_dim=16, img_resolution=32, img_channels=3,
                     mapping_kwargs=dnnlib.EasyDict(num_layers=2),

@@ -25,29 +25,8 @@ from faceedit.checkpoints.nvidia import native_to_nvidia_state
 from faceedit.checkpoints.tf_pickle import TFNetwork, read_tf_pickle, sniff_generation
 from faceedit.networks import Discriminator, Generator
 
-RES = 32
-NUM_BLOCKS = 3
-
-
-def make_generator(seed=0, **kw) -> Generator:
-    torch.manual_seed(seed)
-    G = Generator(z_dim=16, w_dim=16, resolution=RES, mapping_layers=2, channel_base=512, channel_max=32, **kw)
-    with torch.no_grad():
-        for name, p in G.named_parameters():
-            if name.endswith(("noise_strength", ".bias")):
-                p.add_(0.3 * torch.randn_like(p))
-        G.mapping.w_avg.copy_(0.5 * torch.randn_like(G.mapping.w_avg))
-    return G.eval()
-
-
-def make_discriminator(seed=0, **kw) -> Discriminator:
-    torch.manual_seed(seed)
-    D = Discriminator(RES, channel_base=512, channel_max=32, down_conv="strided", **kw)
-    with torch.no_grad():
-        for name, p in D.named_parameters():
-            if name.endswith(".bias"):
-                p.add_(0.3 * torch.randn_like(p))
-    return D.eval()
+from test_checkpoints import NUM_BLOCKS, RES, make_generator, nvidia_src  # noqa: F401 - shared toys, fixture
+from test_checkpoints import make_strided_discriminator as make_discriminator
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -349,19 +328,12 @@ def test_stylegan1_dispatch_says_when_support_is_missing(tmp_path, monkeypatch):
         read_tf(p)
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("FACEEDIT_NVIDIA_SRC"),
-                    reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's stylegan2-ada-pytorch")
-def test_against_nvidias_own_tf_conversion(tmp_path, monkeypatch):
+def test_against_nvidias_own_tf_conversion(tmp_path, monkeypatch, nvidia_src):  # noqa: F811 - the fixture
     """The same TF-layout file, converted by NVIDIA's legacy.py (opt-in) and by faceedit: same
     images (truncation 1 and 0.7) and the same discriminator logits."""
-    import os
-
     G, D = make_generator(seed=21), make_discriminator(seed=22)
     p = write_tf_pkl(monkeypatch, tmp_path / "g.pkl", G, D)
-    monkeypatch.syspath_prepend(os.environ["FACEEDIT_NVIDIA_SRC"])
-    for name in [n for n in sys.modules if n.split(".")[0] in ("training", "legacy", "dnnlib", "torch_utils")]:
-        monkeypatch.delitem(sys.modules, name)  # NVIDIA's own packages, not same-named ones
-    import legacy
+    import legacy  # NVIDIA's, on the path while nvidia_src holds
 
     with open(p, "rb") as f:
         nv = legacy.load_network_pkl(f)
