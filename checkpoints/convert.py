@@ -3,7 +3,11 @@
 The kind of a file is told from its bytes, not its name:
 
 * a folder, or a zip holding ``config.json``: native;
-* a plain pickle stream: NVIDIA stylegan2-ada-pytorch (restricted unpickler);
+* a plain pickle stream naming ``dnnlib.tflib.network``: NVIDIA's TensorFlow StyleGAN or
+  StyleGAN2 (:mod:`.tf_pickle`; StyleGAN2 mapped by :mod:`.tf_stylegan2`, StyleGAN v1 by
+  ``faceedit.checkpoints.tf_stylegan1``);
+* any other plain pickle stream: NVIDIA stylegan2-ada-pytorch or stylegan3-repo StyleGAN2
+  (restricted unpickler);
 * a ``torch.save`` zip whose ``data.pkl`` names ``torch_utils.persistence``: NVIDIA objects
   re-saved with ``torch.save`` (restricted unpickler);
 * any other ``torch.save`` file (zip or legacy): rosinality (``weights_only=True``).
@@ -27,8 +31,13 @@ from .native import FORMAT, folder_to_zip_bytes, is_zip, load_native, model_safe
 log = logging.getLogger(__name__)
 
 
+# How far into a TF pickle its first global (the Network class) can sit: after the PROTO
+# opcode and the opening of the (G, D, Gs) tuple, a few dozen bytes in every protocol.
+_TF_HEAD = 256
+
+
 def sniff(path) -> str:
-    """``'native'``, ``'nvidia'`` or ``'rosinality'`` from the file's content."""
+    """``'native'``, ``'nvidia'``, ``'nvidia-tf'`` or ``'rosinality'`` from the file's content."""
     path = Path(path)
     if path.is_dir():
         return "native"
@@ -47,30 +56,108 @@ def sniff(path) -> str:
             raise CheckpointError(f"{path} is a damaged zip ({e}); download or convert it again") from e
         raise CheckpointError(f"{path} is a zip that is neither a faceedit checkpoint nor a torch.save archive")
     with open(path, "rb") as f:
-        head = f.read(64)
+        head = f.read(_TF_HEAD)
     if head[:1] != b"\x80":
         raise CheckpointError(f"{path} is not a checkpoint faceedit knows (expected a native folder/zip, an NVIDIA "
                               f".pkl or a rosinality .pt)")
     # torch.save's legacy format starts with a pickled magic number (LONG1 opcode, 10 bytes).
     if head[2:4] == b"\x8a\x0a" and head[4:14] == (0x1950A86A20F9469CFC6C).to_bytes(10, "little"):
         return "rosinality"
+    if b"dnnlib.tflib.network" in head or (b"dnnlib.tflib" in head and b"Network" in head):
+        return "nvidia-tf"
     return "nvidia"
 
 
-def _native_config(G, name: str, provenance: dict, license: str = "") -> dict:
-    return {"format": FORMAT, "version": 1, "name": name, "generator": G.config, "discriminator": None,
-            "recipe": None, "license": license, "provenance": provenance}
+def _native_config(G, name: str, provenance: dict, license: str = "", D=None, recipe: dict | None = None) -> dict:
+    return {"format": FORMAT, "version": 1, "name": name, "generator": G.config,
+            "discriminator": None if D is None else D.config, "recipe": recipe, "license": license,
+            "provenance": provenance}
 
 
-def convert_to_native_in_memory(path) -> dict:
-    """Read any supported checkpoint without writing anything.
+def _stylegan1_from_tf(net, where: str) -> dict:
+    """``{"G": Generator1, "provenance": ...}`` from a StyleGAN v1 TF generator record."""
+    from .tf_stylegan1 import stylegan1_from_tf
+
+    G, info = stylegan1_from_tf(net)
+    return {"G": G, "provenance": {"format": "nvidia-stylegan1-tf-pkl", "source": where,
+                                   **{k: v for k, v in info.items() if k in ("unused", "truncation")}}}
+
+
+def read_tf(path) -> dict:
+    """Read an NVIDIA TensorFlow pickle (StyleGAN2 or StyleGAN v1).
 
     Returns:
+        ``{"G": generator, "D": Discriminator | None, "provenance": dict}``: ``Gs`` (else ``G``)
+        converted; ``D`` when it is StyleGAN2's resnet discriminator, otherwise ``None`` with the
+        reason in ``provenance["discriminator"]``.
+    Raises:
+        CheckpointError: unreadable, unsafe, or a generator faceedit cannot map (named).
+    """
+    from .tf_pickle import read_tf_pickle, sniff_generation
+
+    path = Path(path)
+    nets = read_tf_pickle(path)
+    key = "Gs" if nets["Gs"] is not None else "G"
+    if nets[key] is None:
+        raise CheckpointError(f"{path} holds no generator")
+    if key == "G":
+        log.warning("%s has no Gs; using the training generator G", path)
+    gen = sniff_generation(nets[key])
+    where = f"{path} ({key})"
+    if gen == "stylegan1":
+        out = dict(_stylegan1_from_tf(nets[key], where))
+    else:
+        from .tf_stylegan2 import stylegan2_from_tf
+
+        out = dict(stylegan2_from_tf(nets[key], where))
+    prov = dict(out.get("provenance") or {}, source_key=key, source_file=path.name)
+    D, note = out.get("D"), "the file has no discriminator"
+    if D is None and nets["D"] is not None:
+        if gen != "stylegan2":
+            note = f"not converted: faceedit has no network for the {gen} discriminator ({nets['D'].build_func_name})"
+            log.warning("%s: %s; the model converts without a discriminator", path, note)
+        else:
+            from .tf_stylegan2 import discriminator_from_tf
+
+            try:
+                D, note = discriminator_from_tf(nets["D"], f"{path} (D)"), "converted"
+            except CheckpointError as e:
+                note = f"not converted: {e}"
+                log.warning("%s; the model converts without a discriminator", e)
+    elif D is not None:
+        note = "converted"
+    prov["discriminator"] = note
+    return {"G": out["G"], "D": D, "provenance": prov}
+
+
+def _read_foreign(path: Path, kind: str) -> dict:
+    if kind == "nvidia":
+        from .nvidia import read_nvidia
+
+        return read_nvidia(path)
+    if kind == "nvidia-tf":
+        return read_tf(path)
+    from .rosinality import read_rosinality
+
+    return read_rosinality(path)
+
+
+def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> dict:
+    """Read any supported checkpoint without writing anything.
+
+    Args:
+        path: the checkpoint.
+        recipe: the alignment recipe (an ``AlignmentRecipe.to_dict()``) to record for a
+            converted model; its ``size`` is set to the model's resolution. ``None`` records
+            none (``invert``/``edit`` then fall back to FFHQ's and say so). Ignored for native
+            checkpoints, which carry their own.
+    Returns:
         The same keys as :func:`faceedit.checkpoints.native.load_native`: ``G`` (eval, fp32),
-        ``D`` (``None`` for converted files: NVIDIA's and rosinality's discriminators are other
-        architectures), ``config`` (a native ``config.json`` dict), ``prior`` (``{}``) and
-        ``sha256`` (of the ``model.safetensors`` that :func:`convert_file` would write, so the
-        model id is the same before and after conversion).
+        ``D`` (NVIDIA's or rosinality's resnet discriminator when the file has one faceedit can
+        map, else ``None``; the provenance's ``discriminator`` entry says which), ``config`` (a
+        native ``config.json`` dict), ``prior`` (``{}``) and ``sha256`` (of the
+        ``model.safetensors`` that :func:`convert_file` would write, so the model id is the same
+        before and after conversion).
     Raises:
         CheckpointError (and its subclass ``UnsafePickleError``): unreadable, unsafe or unsupported.
     """
@@ -78,26 +165,26 @@ def convert_to_native_in_memory(path) -> dict:
     kind = sniff(path)
     if kind == "native":
         return load_native(path)
-    if kind == "nvidia":
-        from .nvidia import read_nvidia
-
-        out = read_nvidia(path)
-    else:
-        from .rosinality import read_rosinality
-
-        out = read_rosinality(path)
-    G = out["G"]
+    out = _read_foreign(path, kind)
+    G, D = out["G"], out.get("D")
     prov = dict(out["provenance"], source_sha256=sha256_file(path))
+    if recipe is not None:
+        recipe = {**recipe, "size": int(G.resolution)}
     sha = hashlib.sha256(model_safetensors_bytes(G)).hexdigest()
-    return {"G": G, "D": None, "config": _native_config(G, path.stem, prov), "prior": {}, "sha256": sha}
+    return {"G": G, "D": D, "config": _native_config(G, path.stem, prov, D=D, recipe=recipe), "prior": {},
+            "sha256": sha}
 
 
-def convert_file(src, dst) -> Path:
-    """Convert ``src`` (NVIDIA ``.pkl``, rosinality ``.pt`` or native) to a native checkpoint.
+def convert_file(src, dst, *, recipe: dict | None = None) -> Path:
+    """Convert ``src`` (NVIDIA PyTorch or TensorFlow ``.pkl``, rosinality ``.pt`` or native) to a
+    native checkpoint, keeping its discriminator where faceedit can run it.
 
     Args:
         src: input file or folder; never modified.
         dst: output folder, or a path ending in ``.zip`` for a zipped checkpoint.
+        recipe: alignment recipe recorded for a converted model (see
+            :func:`convert_to_native_in_memory`); for a native ``src``, replaces its recipe
+            when given.
     Returns:
         The written path.
     Raises:
@@ -112,9 +199,14 @@ def convert_file(src, dst) -> Path:
                               f"or new folder")
     if sniff(src) == "native":  # re-save (e.g. folder <-> zip), keeping the discriminator if there is one
         out = load_native(src, with_discriminator=read_config(src).get("discriminator") is not None)
+        if recipe is not None:
+            out["config"] = {**out["config"], "recipe": {**recipe, "size": int(out["G"].resolution)}}
     else:
-        out = convert_to_native_in_memory(src)
+        out = convert_to_native_in_memory(src, recipe=recipe)
     cfg = out["config"]
+    if cfg.get("recipe") is None:
+        log.warning("%s: no alignment recipe recorded; invert and edit will align faces with FFHQ's recipe "
+                    "(pass recipe=... / --recipe to choose)", src)
     name = cfg.get("name") or src.stem
     kw = dict(name=name, D=out.get("D"), recipe=cfg.get("recipe"), license=cfg.get("license", ""),
               provenance=cfg.get("provenance") or {}, prior=out.get("prior") or None)
@@ -131,4 +223,4 @@ def convert_file(src, dst) -> Path:
     return dst
 
 
-__all__ = ["convert_file", "convert_to_native_in_memory", "sniff"]
+__all__ = ["convert_file", "convert_to_native_in_memory", "read_tf", "sniff"]

@@ -193,6 +193,10 @@ def check_architecture(kind: str, kw: dict, where: str) -> None:
             continue
         if k == "conv_clamp" and v is None:
             continue
+        if k == "down_conv":
+            if v not in ("decimate", "strided"):
+                raise CheckpointError(f"{where}: down_conv must be 'decimate' or 'strided', got {v!r}")
+            continue
         types, lo, hi = _ARCH_LIMITS.get(k, ((int, float), -math.inf, math.inf))
         if isinstance(v, bool) or not isinstance(v, types) or not (isinstance(v, int) or math.isfinite(v)) \
                 or not lo <= v <= hi:

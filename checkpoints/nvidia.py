@@ -1,8 +1,16 @@
-"""Reader for NVIDIA stylegan2-ada-pytorch ``.pkl`` generators (no NVIDIA code is run or needed).
+"""Reader for NVIDIA's PyTorch StyleGAN2 ``.pkl`` files (no NVIDIA code is run or needed).
+
+Both codebases NVIDIA publishes StyleGAN2 pickles for are read: stylegan2-ada-pytorch
+(``training.networks``: ``Generator(z_dim, c_dim, w_dim, img_resolution, img_channels,
+mapping_kwargs, synthesis_kwargs)``) and the stylegan3 repository
+(``training.networks_stylegan2``: the synthesis arguments at the top level, plus
+``fused_modconv_default``). StyleGAN3 generators are refused by name.
 
 The file is read with :mod:`faceedit.checkpoints.safe_pickle`; the generator's constructor
 arguments and tensors are taken from its persistence record and mapped onto
-:class:`faceedit.networks.Generator`.
+:class:`faceedit.networks.Generator`, and NVIDIA's resnet discriminator ``D``, when there is
+one, onto :class:`faceedit.networks.Discriminator` with ``down_conv="strided"`` (see
+:func:`nvidia_d_to_native_state`).
 
 Name mapping (NVIDIA -> faceedit), with ``k = log2(res) - 3`` for blocks ``res >= 8``::
 
@@ -29,11 +37,12 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
 
-from faceedit.networks import Generator
+from faceedit.networks import Discriminator, Generator
 
 from .native import CheckpointError, _strict_load
 from .safe_pickle import EasyDict, PersistentRecord, load_restricted
@@ -42,7 +51,14 @@ log = logging.getLogger(__name__)
 
 _GEN_ARGS = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels", "mapping_kwargs", "synthesis_kwargs")
 # Settings that change nothing in fp32 inference, or that we reproduce exactly.
-_IGNORED_SYNTH = {"num_fp16_res", "fp16_channels_last", "channels_last", "use_fp16"}
+_IGNORED_SYNTH = {"num_fp16_res", "fp16_channels_last", "channels_last", "use_fp16", "fused_modconv_default"}
+# Synthesis settings the stylegan3 repository's StyleGAN2 Generator takes as its own arguments.
+_SG3_REPO_TOP = {"channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture", "resample_filter",
+                 "use_noise", "activation", "kernel_size", "fp16_channels_last"}
+# Arguments only StyleGAN3's generator (networks_stylegan3) has.
+_SG3_ONLY = {"magnitude_ema_beta", "conv_kernel", "use_radial_filters", "num_layers", "num_critical", "first_cutoff",
+             "first_stopband", "last_stopband_rel", "margin_size", "output_scale", "filter_size",
+             "lrelu_upsampling"}
 
 
 def _fir_ok(t: torch.Tensor) -> bool:
@@ -125,6 +141,93 @@ def native_to_nvidia_state(sd: dict, num_blocks: int) -> dict:
     return out
 
 
+def nvidia_d_to_native_state(sd: dict, resolution: int, where: str = "discriminator") -> dict:
+    """Map an NVIDIA resnet discriminator state dict onto :class:`faceedit.networks.Discriminator`.
+
+    ``b{R}.fromrgb`` (top block only) -> ``from_rgb``; ``b{r}.{conv0,conv1,skip}`` ->
+    ``blocks.{log2(R) - log2(r)}.*``; ``b4.{conv,fc,out}`` -> ``conv``, ``fc``, ``out``;
+    ``*.resample_filter`` checked to be [1,3,3,1] and dropped. Layouts are the same.
+
+    Raises:
+        CheckpointError: a tensor this table does not cover (e.g. the 'skip' or 'orig'
+            discriminator's per-block fromrgb, a conditional mapping), named.
+    """
+    log_res, out = int(math.log2(resolution)), {}
+    for name, t in sd.items():
+        if name.endswith("resample_filter"):
+            if not _fir_ok(t):
+                raise CheckpointError(f"{where}: {name} is not the [1,3,3,1] filter faceedit implements")
+            continue
+        m = re.fullmatch(r"b(\d+)\.(fromrgb|conv0|conv1|skip|conv|fc|out)\.(weight|bias)", name)
+        if not m:
+            raise CheckpointError(f"{where}: discriminator tensor {name} is not part of a StyleGAN2 resnet "
+                                  f"discriminator faceedit can map")
+        r, layer, var = int(m.group(1)), m.group(2), m.group(3)
+        if layer == "fromrgb":
+            if r != resolution:
+                raise CheckpointError(f"{where}: {name}: a fromrgb below the top resolution (the 'skip'/'orig' "
+                                      f"discriminator); faceedit maps the 'resnet' discriminator only")
+            out[f"from_rgb.{var}"] = t
+        elif layer in ("conv0", "conv1", "skip") and 4 < r <= resolution and r & (r - 1) == 0:
+            out[f"blocks.{log_res - int(math.log2(r))}.{layer}.{var}"] = t
+        elif layer in ("conv", "fc", "out") and r == 4:
+            out[f"{layer}.{var}"] = t
+        else:
+            raise CheckpointError(f"{where}: discriminator tensor {name} does not fit a {resolution} px resnet "
+                                  f"discriminator")
+    return out
+
+
+_DISC_ARGS = ("c_dim", "img_resolution", "img_channels", "architecture", "channel_base", "channel_max",
+              "num_fp16_res", "conv_clamp", "cmap_dim", "block_kwargs", "mapping_kwargs", "epilogue_kwargs")
+
+
+def _discriminator_kwargs(rec: PersistentRecord, where: str) -> dict:
+    """faceedit ``Discriminator`` kwargs from NVIDIA's (ada-pytorch, stylegan3-repo StyleGAN2) record."""
+    args = rec.init_args
+    if len(args) > len(_DISC_ARGS):
+        raise CheckpointError(f"{where}: Discriminator built with {len(args)} positional arguments")
+    kw = dict(zip(_DISC_ARGS, args))
+    kw.update(rec.init_kwargs)
+    if "img_resolution" not in kw:
+        raise CheckpointError(f"{where}: the discriminator record lacks img_resolution")
+    unknown = sorted(set(kw) - set(_DISC_ARGS))
+    if unknown:
+        raise CheckpointError(f"{where}: unknown Discriminator argument {unknown[0]!r}")
+    if kw.get("c_dim", 0):
+        raise CheckpointError(f"{where}: a class-conditional discriminator (c_dim={kw['c_dim']})")
+    if kw.get("architecture", "resnet") != "resnet":
+        raise CheckpointError(f"{where}: discriminator architecture {kw['architecture']!r}; faceedit's is 'resnet'")
+    bk, ek = dict(kw.get("block_kwargs") or {}), dict(kw.get("epilogue_kwargs") or {})
+    for d, key, ok in ((bk, "activation", "lrelu"), (ek, "activation", "lrelu"), (ek, "mbstd_num_channels", 1)):
+        if d.get(key, ok) != ok:
+            raise CheckpointError(f"{where}: discriminator {key}={d[key]!r} is not supported (only {ok!r})")
+    if list(bk.get("resample_filter", [1, 3, 3, 1])) != [1, 3, 3, 1]:
+        raise CheckpointError(f"{where}: discriminator resample_filter {bk['resample_filter']} is not [1,3,3,1]")
+    unknown = sorted(set(bk) - {"activation", "resample_filter", "freeze_layers", "fp16_channels_last"})
+    unknown += sorted(set(ek) - {"mbstd_group_size", "mbstd_num_channels", "activation"})
+    if unknown:
+        raise CheckpointError(f"{where}: unknown discriminator settings {unknown}")
+    group = ek.get("mbstd_group_size", 4)
+    cfg = dict(resolution=int(kw["img_resolution"]), channel_base=int(kw.get("channel_base", 32768)),
+               channel_max=int(kw.get("channel_max", 512)), img_channels=int(kw.get("img_channels", 3)),
+               mbstd_group=int(4 if group is None else group), down_conv="strided")
+    if kw.get("conv_clamp") is not None:
+        cfg["conv_clamp"] = float(kw["conv_clamp"])
+    return cfg
+
+
+def discriminator_from_record(rec: PersistentRecord, where: str):
+    """A faceedit :class:`Discriminator` from NVIDIA's ``D`` record, or raise :class:`CheckpointError`."""
+    if rec.class_name != "Discriminator":
+        raise CheckpointError(f"{where}: D is a {rec.class_name}, not a Discriminator")
+    cfg = _discriminator_kwargs(rec, where)
+    state = nvidia_d_to_native_state(rec.tensors(), cfg["resolution"], where)
+    D = Discriminator(**cfg)
+    _strict_load(D, {k: v.float() for k, v in state.items()}, where)
+    return D.eval().requires_grad_(False)
+
+
 def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
     args = rec.init_args
     if len(args) > len(_GEN_ARGS):
@@ -132,6 +235,13 @@ def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
                               f"at most {len(_GEN_ARGS)}")
     kw = dict(zip(_GEN_ARGS, args))
     kw.update(rec.init_kwargs)
+    # The stylegan3 repository's networks_stylegan2.Generator takes the synthesis arguments at
+    # the top level (**synthesis_kwargs) and adds fused_modconv_default (an inference speed
+    # setting that does not change fp32 results).
+    top = {k: kw.pop(k) for k in list(kw) if k in _SG3_REPO_TOP}
+    kw.pop("fused_modconv_default", None)
+    if top:
+        kw["synthesis_kwargs"] = {**dict(kw.get("synthesis_kwargs") or {}), **top}
     missing = [k for k in ("z_dim", "w_dim", "img_resolution") if k not in kw]
     if missing:
         raise CheckpointError(f"{where}: the generator record lacks constructor arguments {missing}")
@@ -140,9 +250,9 @@ def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
                               f"unconditional StyleGAN2 generators only")
     mk = dict(kw.get("mapping_kwargs") or {})
     sk = dict(kw.get("synthesis_kwargs") or {})
-    for k in set(kw) - set(_GEN_ARGS):
-        raise CheckpointError(f"{where}: unknown Generator argument {k!r}={kw[k]!r}; not a stylegan2-ada-pytorch "
-                              f"StyleGAN2 generator (StyleGAN3 and other variants are not supported)")
+    for k in sorted(set(kw) - set(_GEN_ARGS)):
+        raise CheckpointError(f"{where}: unknown Generator argument {k!r}={kw[k]!r}; not a StyleGAN2 generator of "
+                              f"stylegan2-ada-pytorch or the stylegan3 repository (other variants are not supported)")
     w_dim = int(kw["w_dim"])
     for key, ok in (("activation", "lrelu"),):
         if mk.get(key, ok) != ok:
@@ -177,6 +287,18 @@ def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
     return cfg
 
 
+def _refuse_stylegan3(rec: PersistentRecord, where: str) -> None:
+    kw = rec.init_kwargs
+    sk = dict(kw.get("synthesis_kwargs") or {}) if isinstance(kw.get("synthesis_kwargs"), dict) else {}
+    try:
+        names = rec.child("synthesis").state.get("_modules") or {}
+    except CheckpointError:
+        names = {}
+    if "input" in names or any(str(k).startswith("L0_") for k in names) or (_SG3_ONLY & (set(kw) | set(sk))):
+        raise CheckpointError(f"{where} is a StyleGAN3 generator (networks_stylegan3: Fourier-feature input, "
+                              f"alias-free layers); faceedit reads StyleGAN2 generators only")
+
+
 def pick_generator(obj, where: str) -> tuple:
     """From an unpickled NVIDIA file, the generator record and which key it came from."""
     if isinstance(obj, PersistentRecord):
@@ -199,7 +321,9 @@ def read_nvidia(path) -> dict:
     Nothing from the file is executed (see :mod:`faceedit.checkpoints.safe_pickle`).
 
     Returns:
-        ``{"G": Generator (eval, fp32), "provenance": dict}``.
+        ``{"G": Generator (eval, fp32), "D": Discriminator | None, "provenance": dict}``; ``D`` is
+        NVIDIA's resnet discriminator when the file holds one faceedit can map (the provenance's
+        ``discriminator`` entry says why not otherwise).
     Raises:
         UnsafePickleError: the pickle references anything outside the allow-list.
         CheckpointError: not a StyleGAN2 generator faceedit can reproduce; the message says why.
@@ -209,6 +333,7 @@ def read_nvidia(path) -> dict:
     rec, key = pick_generator(obj, str(path))
     if rec.class_name != "Generator":
         raise CheckpointError(f"{path}: {key} is a {rec.class_name}, not a Generator")
+    _refuse_stylegan3(rec, str(path))
     cfg = _generator_kwargs(rec, str(path))
     res = cfg["resolution"]
     if res < 16 or res > 1024 or res & (res - 1):
@@ -231,10 +356,24 @@ def read_nvidia(path) -> dict:
         state[f"{base}.noise_const"] = torch.zeros_like(G.state_dict()[f"{base}.noise_const"])
     _strict_load(G, {k: v.float() for k, v in state.items()}, f"{path} ({key})")
     G.eval().requires_grad_(False)
-    prov = {"source_format": "nvidia-stylegan2-ada-pkl", "source_key": key, "source_file": path.name,
-            "nvidia_synthesis_kwargs": {k: v for k, v in dict(rec.init_kwargs.get("synthesis_kwargs") or {}).items()
+    fmt = "nvidia-stylegan3-repo-stylegan2-pkl" if "fused_modconv_default" in rec.init_kwargs or \
+        "channel_base" in rec.init_kwargs else "nvidia-stylegan2-ada-pkl"
+    prov = {"source_format": fmt, "source_key": key, "source_file": path.name,
+            "nvidia_synthesis_kwargs": {k: v for k, v in {**dict(rec.init_kwargs.get("synthesis_kwargs") or {}),
+                                                            **{k: rec.init_kwargs[k] for k in _SG3_REPO_TOP
+                                                               if k in rec.init_kwargs}}.items()
                                         if isinstance(v, (int, float, str, bool, type(None)))}}
-    return {"G": G, "provenance": prov}
+    D, note = None, "the file has no discriminator"
+    if isinstance(obj, dict) and isinstance(obj.get("D"), PersistentRecord):
+        try:
+            D = discriminator_from_record(obj["D"], f"{path} (D)")
+            note = "converted"
+        except CheckpointError as e:
+            note = f"not converted: {e}"
+            log.warning("%s; the model converts without a discriminator", e)
+    prov["discriminator"] = note
+    return {"G": G, "D": D, "provenance": prov}
 
 
-__all__ = ["read_nvidia", "nvidia_to_native_state", "native_to_nvidia_state", "pick_generator", "EasyDict"]
+__all__ = ["read_nvidia", "nvidia_d_to_native_state", "discriminator_from_record", "nvidia_to_native_state",
+           "native_to_nvidia_state", "pick_generator", "EasyDict"]

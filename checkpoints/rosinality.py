@@ -19,6 +19,17 @@ Name mapping (rosinality -> faceedit), ``j`` counting rosinality's ``convs`` lis
         .conv.weight        [1, 3, I, 1, 1]   -> .weight [3, I, 1, 1];  .bias [1, 3, 1, 1] -> [3]
     *.blur.kernel, *.upsample.kernel (checked to be the [1,3,3,1] filter and dropped)
 
+Its discriminator ``d`` (kept when present) maps onto :class:`faceedit.networks.Discriminator`
+with ``down_conv="strided"`` (rosinality blurs, then convolves with stride 2, as NVIDIA does)::
+
+    convs.0.{0.weight, 1.bias}                         -> from_rgb.{weight, bias}
+    convs.{j}.conv1.{0.weight, 1.bias}                 -> blocks.{j-1}.conv0.*
+    convs.{j}.conv2.{1.weight, 2.bias}                 -> blocks.{j-1}.conv1.*
+    convs.{j}.skip.1.weight                            -> blocks.{j-1}.skip.weight
+    final_conv.{0.weight, 1.bias}                      -> conv.*
+    final_linear.0.* / final_linear.1.*                -> fc.* / out.*
+    *.kernel (the blur, checked to be [1,3,3,1] and dropped)
+
 rosinality's equalised-lr conventions are NVIDIA's (weights N(0, 1/lr_mul), run-time scale
 ``lr_mul / sqrt(fan_in)``), so tensors copy over unchanged. Its channel table
 (512 up to 32 px, then ``16384 * channel_multiplier / res``) is ``min(base // res, 512)``
@@ -34,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from faceedit.networks import Generator, channels_for
+from faceedit.networks import Discriminator, Generator, channels_for
 
 from .native import CheckpointError, _strict_load
 
@@ -142,6 +153,61 @@ def rosinality_to_native_state(sd: dict, where: str = "checkpoint") -> tuple:
     return cfg, out
 
 
+_D_PATTERNS = [
+    (r"convs\.0\.0\.weight", "from_rgb.weight"), (r"convs\.0\.1\.bias", "from_rgb.bias"),
+    (r"convs\.(\d+)\.conv1\.0\.weight", "blocks.{}.conv0.weight"),
+    (r"convs\.(\d+)\.conv1\.1\.bias", "blocks.{}.conv0.bias"),
+    (r"convs\.(\d+)\.conv2\.1\.weight", "blocks.{}.conv1.weight"),
+    (r"convs\.(\d+)\.conv2\.2\.bias", "blocks.{}.conv1.bias"),
+    (r"convs\.(\d+)\.skip\.1\.weight", "blocks.{}.skip.weight"),
+    (r"final_conv\.0\.weight", "conv.weight"), (r"final_conv\.1\.bias", "conv.bias"),
+    (r"final_linear\.0\.(weight|bias)", "fc.{}"), (r"final_linear\.1\.(weight|bias)", "out.{}"),
+]
+
+
+def rosinality_d_to_native_state(sd: dict, where: str = "discriminator") -> tuple:
+    """Map a rosinality discriminator state dict (``d``) onto faceedit's names (module docstring).
+
+    Returns:
+        ``(config, state)``: ``Discriminator`` kwargs (``down_conv='strided'``) and the tensors.
+    Raises:
+        CheckpointError: an unexpected tensor or channel table, named.
+    """
+    if "convs.0.0.weight" not in sd or "final_linear.1.weight" not in sd:
+        raise CheckpointError(f"{where}: not a rosinality StyleGAN2 discriminator (no convs.0 / final_linear)")
+    n_blocks = len({k.split(".")[1] for k in sd if re.fullmatch(r"convs\.\d+\.conv1\..*", k)})
+    resolution = 2 ** (n_blocks + 2)
+    ch = {resolution: sd["convs.0.0.weight"].shape[0]}
+    for j in range(1, n_blocks + 1):
+        w = sd.get(f"convs.{j}.conv2.1.weight")
+        if w is None:
+            raise CheckpointError(f"{where}: discriminator block convs.{j} lacks conv2")
+        ch[resolution >> j] = w.shape[0]
+    base, cmax = _infer_channel_rule(ch, where)
+    out = {}
+    for name, t in sd.items():
+        if name.endswith(".kernel"):
+            if not _kernel_ok(t, 1.0):
+                raise CheckpointError(f"{where}: {name} is not the [1,3,3,1] blur faceedit implements")
+            continue
+        for pat, dst in _D_PATTERNS:
+            m = re.fullmatch(pat, name)
+            if m:
+                if "blocks" in dst:
+                    j = int(m.group(1))
+                    if not 1 <= j <= n_blocks:
+                        raise CheckpointError(f"{where}: unexpected discriminator tensor {name}")
+                    out[dst.format(j - 1)] = t
+                else:
+                    out[dst.format(*m.groups())] = t
+                break
+        else:
+            raise CheckpointError(f"{where}: unexpected tensor {name} for a rosinality StyleGAN2 discriminator")
+    cfg = dict(resolution=resolution, channel_base=base, channel_max=cmax, img_channels=sd["convs.0.0.weight"].shape[1],
+               mbstd_group=4, down_conv="strided")
+    return cfg, out
+
+
 def native_to_rosinality_state(sd: dict, num_blocks: int) -> dict:
     """Inverse of :func:`rosinality_to_native_state` (no filter buffers, no ``latent_avg``);
     used by tests to lay one of our generators out under rosinality's names."""
@@ -183,9 +249,10 @@ def read_rosinality(path, obj=None) -> dict:
         path: the file.
         obj: the already loaded (``weights_only``) content, to avoid reading twice.
     Returns:
-        ``{"G": Generator (eval, fp32), "provenance": dict}``. Without ``latent_avg`` in the
-        file, ``w_avg`` is estimated from ``W_AVG_SAMPLES`` mapped z (seed ``W_AVG_SEED``) and
-        the provenance says so.
+        ``{"G": Generator (eval, fp32), "D": Discriminator | None, "provenance": dict}``.
+        Without ``latent_avg`` in the file, ``w_avg`` is estimated from ``W_AVG_SAMPLES``
+        mapped z (seed ``W_AVG_SEED``) and the provenance says so. ``D`` is the file's ``d``
+        when present and mappable (``provenance["discriminator"]`` says which).
     """
     path = Path(path)
     obj = load_weights_only(path) if obj is None else obj
@@ -218,7 +285,26 @@ def read_rosinality(path, obj=None) -> dict:
             z = torch.randn(W_AVG_SAMPLES, cfg["z_dim"], generator=torch.Generator().manual_seed(W_AVG_SEED))
             G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(0))
     G.eval().requires_grad_(False)
-    return {"G": G, "provenance": prov}
+    D, prov["discriminator"] = None, "the file has no discriminator"
+    if isinstance(obj.get("d"), dict):
+        try:
+            D = _read_discriminator(obj["d"], f"{path} (d)")
+            prov["discriminator"] = "converted"
+        except CheckpointError as e:
+            prov["discriminator"] = f"not converted: {e}"
+            log.warning("%s; the model converts without a discriminator", e)
+    return {"G": G, "D": D, "provenance": prov}
 
 
-__all__ = ["read_rosinality", "load_weights_only", "rosinality_to_native_state", "native_to_rosinality_state"]
+def _read_discriminator(sd: dict, where: str) -> Discriminator:
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{where}: entries {bad[:3]} are not tensors")
+    cfg, state = rosinality_d_to_native_state(sd, where)
+    D = Discriminator(**cfg)
+    _strict_load(D, {k: v.float() for k, v in state.items()}, where)
+    return D.eval().requires_grad_(False)
+
+
+__all__ = ["read_rosinality", "load_weights_only", "rosinality_to_native_state", "native_to_rosinality_state",
+           "rosinality_d_to_native_state"]

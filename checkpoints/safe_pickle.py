@@ -199,17 +199,53 @@ def _codecs_encode(text, encoding="utf-8"):
 _NUMERIC_DTYPES = {"?", "b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"}
 
 
-def _np_dtype(spec, align=False, copy=True):
-    if not isinstance(spec, str) or spec not in _NUMERIC_DTYPES:
-        raise UnsafePickleError(f"numpy.dtype({spec!r}) is not a plain numeric dtype")
-    return np.dtype(spec)
+class NumpyDtype:
+    """What ``numpy.dtype(spec, align, copy)`` resolves to: a plain numeric spec and, once the
+    pickle's BUILD state arrives, its byte order. Never a live ``np.dtype`` whose
+    ``__setstate__`` the file could drive."""
+
+    __slots__ = ("spec", "order", "_built")
+
+    def __init__(self, spec, align=False, copy=True):
+        if not isinstance(spec, str) or spec not in _NUMERIC_DTYPES:
+            raise UnsafePickleError(f"numpy.dtype({spec!r:.40}) is not a plain numeric dtype")
+        self.spec, self.order, self._built = spec, "=", False
+
+    def __setstate__(self, state):
+        if self._built:
+            raise UnsafePickleError("a numpy dtype is given its state twice")
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and isinstance(state[1], str)
+                and state[1] in ("<", ">", "|", "=") and state[2:5] == (None, None, None)):
+            raise UnsafePickleError(f"numpy dtype state {state!r:.80} is not that of a plain numeric dtype")
+        self.order, self._built = state[1], True
+
+    @property
+    def dtype(self) -> np.dtype:
+        d = np.dtype(self.spec)
+        return d if self.order in ("|", "=") else d.newbyteorder(self.order)
 
 
 def _np_scalar(dtype, data=None):
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc" or not isinstance(data, bytes) \
-            or len(data) != dtype.itemsize:
+    if not isinstance(dtype, NumpyDtype) or not isinstance(data, bytes) or len(data) != dtype.dtype.itemsize:
         raise UnsafePickleError("numpy scalar with a non-numeric dtype or malformed bytes")
-    return np.frombuffer(data, dtype=dtype)[0]
+    return np.frombuffer(data, dtype=dtype.dtype)[0]
+
+
+def safe_container_globals() -> dict:
+    """The allow-list entries every faceedit pickle reader shares: plain containers, ``bytes`` as
+    protocol 2 spells them, numpy dtypes and scalars, ``dnnlib.util.EasyDict``."""
+    return {
+        ("dnnlib.util", "EasyDict"): EasyDict,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("__builtin__", "set"): set,            # protocol-2 pickles (torch.save) use Python 2 names
+        ("__builtin__", "frozenset"): frozenset,
+        ("_codecs", "encode"): _codecs_encode,
+        ("numpy", "dtype"): NumpyDtype,
+        ("numpy.core.multiarray", "scalar"): _np_scalar,
+        ("numpy._core.multiarray", "scalar"): _np_scalar,
+    }
 
 
 class _StorageType:
@@ -231,20 +267,11 @@ _STORAGE_DTYPES = {
 
 _ALLOWED = {
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("dnnlib.util", "EasyDict"): EasyDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_from_bytes,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "set"): set,            # protocol-2 pickles (torch.save) use Python 2 names
-    ("__builtin__", "frozenset"): frozenset,
-    ("_codecs", "encode"): _codecs_encode,
-    ("numpy", "dtype"): _np_dtype,
-    ("numpy.core.multiarray", "scalar"): _np_scalar,
-    ("numpy._core.multiarray", "scalar"): _np_scalar,
+    **safe_container_globals(),
 }
 _ALLOWED.update({("torch", k): _StorageType(v) for k, v in _STORAGE_DTYPES.items()})
 
@@ -369,4 +396,5 @@ def load_restricted(path) -> object:
     return obj
 
 
-__all__ = ["UnsafePickleError", "PersistentRecord", "EasyDict", "RestrictedUnpickler", "load_restricted"]
+__all__ = ["UnsafePickleError", "PersistentRecord", "EasyDict", "NumpyDtype", "RestrictedUnpickler", "load_restricted",
+           "prescan", "safe_container_globals"]

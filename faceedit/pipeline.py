@@ -144,11 +144,7 @@ class Pipeline:
     # -- the stages, each usable alone -------------------------------------------------
     @property
     def recipe(self):
-        from faceedit.alignment.types import FACES64, AlignmentRecipe
-
-        rd = self.model["config"].get("recipe")
-        r = AlignmentRecipe.from_dict(rd) if rd else FACES64
-        return r if r.size == self.G.resolution else r.with_size(self.G.resolution)
+        return model_recipe(self.model["config"], self.G.resolution)
 
     def align(self, photo: np.ndarray, face="largest") -> list:
         """Faces of ``photo`` aligned with the model's recipe (``face``: largest, all, or an index).
@@ -261,6 +257,29 @@ class Pipeline:
         edits = {str(getattr(k, "key", k)): float(v) for k, v in dict(attributes).items()}
         return EditResult(photo=out, input=photo, faces=results, edits=edits,
                           timings={k: round(v, 3) for k, v in t.items()})
+
+
+def model_recipe(config: dict, resolution: int):
+    """The alignment recipe a model's faces are cut with, at its resolution.
+
+    A model without one (a checkpoint converted without ``--recipe``) gets FFHQ's recipe
+    (scale 1.0), with a warning: every public StyleGAN face model was trained on FFHQ's framing.
+    faceedit's own 64 px recipe (0.6x the FFHQ quad) is never assumed for another model.
+
+    Args:
+        config: the model's ``config.json`` dict.
+        resolution: the generator's output side.
+    Returns:
+        An :class:`~faceedit.alignment.AlignmentRecipe` of size ``resolution``.
+    """
+    from faceedit.alignment.types import FFHQ, AlignmentRecipe
+
+    rd = config.get("recipe")
+    if not rd:
+        log.warning("model %s records no alignment recipe; aligning faces with FFHQ's (scale 1.0) at %d px. "
+                    "Record one with `faceedit convert --recipe ...` to choose", config.get("name", "?"), resolution)
+    r = AlignmentRecipe.from_dict(rd) if rd else FFHQ
+    return r if r.size == resolution else r.with_size(resolution)
 
 
 def _as_list(latents) -> list:

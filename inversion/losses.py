@@ -21,6 +21,7 @@ features) and ``__call__(img, prepared) -> [B]``.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ LPIPS_TRUNK_FILES = {
     "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
     "squeeze": ("squeezenet1_1-b8a52dc0.pth", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
 }
+
+log = logging.getLogger(__name__)
 
 
 class MissingWeightsError(FaceeditError, RuntimeError):
@@ -165,8 +168,8 @@ def normalize_noise_(noises) -> None:
 
 def make_perceptual(kind, *, D=None, lpips_net: str = "vgg", pnet_rand: bool = False):
     """``none`` -> None; ``lpips`` -> :class:`LPIPSLoss`; ``disc`` -> :class:`DiscFeatureLoss`;
-    ``auto`` -> LPIPS when its trunk is cached, else the discriminator when given, else None.
-    A loss object passes through."""
+    ``auto`` -> LPIPS when its trunk is cached, else the discriminator when given, else None
+    (with a warning: the inversion is then pixel-only). A loss object passes through."""
     if kind is None or kind == "none":
         return None
     if not isinstance(kind, str):
@@ -174,7 +177,14 @@ def make_perceptual(kind, *, D=None, lpips_net: str = "vgg", pnet_rand: bool = F
     if kind == "auto":
         if lpips_trunk_path(lpips_net).is_file():
             return LPIPSLoss(lpips_net)
-        return DiscFeatureLoss(D) if D is not None else None
+        if D is not None:
+            log.info("perceptual 'auto': no LPIPS backbone at %s; using the model's discriminator features",
+                     lpips_trunk_path(lpips_net))
+            return DiscFeatureLoss(D)
+        log.warning("perceptual 'auto': no LPIPS backbone at %s and the model has no discriminator, so the "
+                    "inversion uses the pixel loss (MSE) alone; put the backbone there, or convert the model "
+                    "with its discriminator, for a perceptual term", lpips_trunk_path(lpips_net))
+        return None
     if kind == "lpips":
         return LPIPSLoss(lpips_net, pnet_rand=pnet_rand)
     if kind == "disc":

@@ -145,6 +145,7 @@ class Projector:
             raise InversionError("prior_weight > 0 needs a prior (load_prior(model, G)); or pass prior_weight=0")
         self.mse = PixelMSE()
         self.perceptual = make_perceptual(perceptual, D=D, pnet_rand=lpips_pnet_rand)
+        self.perceptual_requested = perceptual if isinstance(perceptual, str) or perceptual is None else "object"
         if isinstance(self.perceptual, torch.nn.Module):
             self.perceptual.to(self.device)
         if prior is not None and getattr(prior, "joint", False) and self.space.name in ("w", "w+"):
@@ -516,6 +517,7 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
     losses = {k: sum((r.losses[k] for r in results), []) for k in results[0].losses}
     meta = {"losses": losses, "steps": max(r.steps for r in results), "steps_requested": proj.steps,
             "seed": seed, "space": space, "method": "optim", "perceptual": proj.perceptual_name,
+            "perceptual_requested": proj.perceptual_requested,
             "prior": "gaussian" if prior is not None else "none", "prior_weight": proj.prior_weight,
             "prior_kind": proj.prior.summary()["kind"] if proj.prior is not None else None,
             "optimize_noise": bool(optimize_noise), "seconds": sum(r.seconds for r in results),

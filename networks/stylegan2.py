@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from faceedit.core.errors import NetworkError
 
@@ -24,7 +25,7 @@ from .fastsynth import synthesis_poly
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP, MappingTransformer
 from .ops import (_autocast_off, downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared,
-                  upsample2d, upsample2d_fast)
+                  upfirdn2d, upsample2d, upsample2d_fast)
 
 
 def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:
@@ -285,19 +286,38 @@ class MinibatchStd(nn.Module):
 
 
 class DiscBlock(nn.Module):
-    """Residual discriminator block: two 3x3 convs with down-sampling and a 1x1 skip."""
+    """Residual discriminator block: two 3x3 convs with down-sampling and a 1x1 skip.
 
-    def __init__(self, in_ch: int, out_ch: int):
+    ``down_conv="decimate"`` (faceedit's own) down-samples before the second conv, which then
+    runs at the lower resolution; ``"strided"`` (NVIDIA's and rosinality's) blurs at full
+    resolution and convolves with stride 2. The skip is ``1x1(downsample(x))`` in both.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, down_conv: str = "decimate", conv_clamp: float | None = None):
         super().__init__()
+        if down_conv not in ("decimate", "strided"):
+            raise NetworkError(f"down_conv must be 'decimate' or 'strided', got {down_conv!r}")
+        self.down_conv, self.conv_clamp = down_conv, conv_clamp
         self.conv0 = EqualConv2d(in_ch, in_ch, 3, activation="lrelu")
         self.conv1 = EqualConv2d(in_ch, out_ch, 3, activation="lrelu")
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
         self.register_buffer("fir", make_fir(), persistent=False)
 
+    def _clamp(self, x):
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
+
     def forward(self, x):
-        y = self.skip(downsample2d(x, self.fir))
-        x = self.conv1(downsample2d(self.conv0(x), self.fir))
-        return (x + y) * (1 / math.sqrt(2))
+        y = self._clamp(self.skip(downsample2d(x, self.fir)))
+        x = self._clamp(self.conv0(x))
+        if self.down_conv == "strided":
+            p = self.fir.numel() - 2 + 2  # filter taps - down + kernel - 1, split evenly
+            c = self.conv1
+            x = F.conv2d(upfirdn2d(x, self.fir, pad=((p + 1) // 2, p // 2, (p + 1) // 2, p // 2)),
+                         c.weight.to(x.dtype) * c.scale, c.bias.to(x.dtype), stride=2)
+            x = lrelu_gain(x)
+        else:
+            x = self.conv1(downsample2d(x, self.fir))
+        return (self._clamp(x) + y) * (1 / math.sqrt(2))
 
 
 class Discriminator(nn.Module):
@@ -309,26 +329,36 @@ class Discriminator(nn.Module):
                  channel_max: int = 512,      # Maximum channels.
                  img_channels: int = 3,       # Input colour channels.
                  mbstd_group: int = 4,        # Minibatch-std group size (1 = per sample).
+                 down_conv: str = "decimate",  # 'decimate' (faceedit's) or 'strided' (NVIDIA's, rosinality's D).
+                 conv_clamp: float | None = None,  # Clamp conv outputs to +-X; None = off (NVIDIA's ADA D: 256).
                  ):
         super().__init__()
         log = _check_resolution(resolution)
         ch = channels_for(resolution, channel_base, channel_max)
-        self.resolution = resolution
+        self.resolution, self.conv_clamp = resolution, conv_clamp
         self.config = dict(resolution=resolution, channel_base=channel_base, channel_max=channel_max,
                            img_channels=img_channels, mbstd_group=mbstd_group)
+        if down_conv != "decimate":  # only present when set, so existing configs stay unchanged
+            self.config["down_conv"] = down_conv
+        if conv_clamp is not None:
+            self.config["conv_clamp"] = float(conv_clamp)
         self.from_rgb = EqualConv2d(img_channels, ch[resolution], 1, activation="lrelu")
-        self.blocks = nn.ModuleList([DiscBlock(ch[2 ** i], ch[2 ** (i - 1)]) for i in range(log, 2, -1)])
+        self.blocks = nn.ModuleList([DiscBlock(ch[2 ** i], ch[2 ** (i - 1)], down_conv, conv_clamp)
+                                     for i in range(log, 2, -1)])
         self.mbstd = MinibatchStd(mbstd_group)
         self.conv = EqualConv2d(ch[4] + 1, ch[4], 3, activation="lrelu")
         self.fc = EqualLinear(ch[4] * 16, ch[4], activation="lrelu")
         self.out = EqualLinear(ch[4], 1)
+
+    def _clamp(self, x):
+        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
 
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
         if img.ndim != 4 or img.shape[2:] != (self.resolution, self.resolution):
             raise NetworkError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
                                f"got {tuple(img.shape)}")
-        x = self.from_rgb(img)
+        x = self._clamp(self.from_rgb(img))
         feats = [x]
         for block in self.blocks:
             x = block(x)
@@ -337,5 +367,5 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.features(img)[-1]
-        x = self.conv(self.mbstd(x))
+        x = self._clamp(self.conv(self.mbstd(x)))
         return self.out(self.fc(x.flatten(1)))

@@ -111,7 +111,8 @@ class Record:
 PARAM_LEAVES = {"weight", "bias", "const", "noise_strength"}
 
 
-def records_from_state(fake, nv_state: dict, init_kwargs: dict, module_src: str, marker_src_ok=True) -> Record:
+def records_from_state(fake, nv_state: dict, init_kwargs: dict, module_src: str, marker_src_ok=True,
+                       class_name="Generator") -> Record:
     """Nest NVIDIA-named tensors into module records with ``_parameters`` / ``_buffers`` / ``_modules``."""
     tree = {}
     for name, t in nv_state.items():
@@ -139,7 +140,7 @@ def records_from_state(fake, nv_state: dict, init_kwargs: dict, module_src: str,
                      weight_gain=np.float64(0.25), bias_gain=np.float32(1.0), activation="lrelu")
         return Record(fake, class_name, state, module_src)
 
-    return build(tree, "Generator", init_kwargs)
+    return build(tree, class_name, init_kwargs)
 
 
 def nvidia_state_of(G: Generator) -> dict:
@@ -154,8 +155,37 @@ def nvidia_state_of(G: Generator) -> dict:
     return sd
 
 
+def nvidia_d_state_of(D: Discriminator) -> dict:
+    """``D``'s tensors under NVIDIA's resnet discriminator names, with its filter buffers."""
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    out, R = {}, D.resolution
+    for name, t in D.state_dict().items():
+        p = name.split(".")
+        if p[0] == "from_rgb":
+            out[f"b{R}.fromrgb.{p[1]}"] = t
+        elif p[0] == "blocks":
+            out[f"b{R >> int(p[1])}.{p[2]}.{p[3]}"] = t
+            out[f"b{R >> int(p[1])}.resample_filter"] = torch.outer(k, k) / 64
+        else:
+            out[f"b4.{p[0]}.{p[1]}"] = t
+    return out
+
+
+def make_strided_discriminator(seed=0, **kw) -> Discriminator:
+    torch.manual_seed(seed)
+    D = Discriminator(RES, channel_base=512, channel_max=32, down_conv="strided", **kw)
+    with torch.no_grad():
+        for name, prm in D.named_parameters():
+            if name.endswith(".bias"):
+                prm.add_(0.3 * torch.randn_like(prm))
+    return D.eval()
+
+
 def write_nvidia_pkl(monkeypatch, path, G, *, synthesis_kwargs=None, torch_zip=False, module_src="# source",
-                     extra=None, edit_state=None):
+                     extra=None, edit_state=None, layout="ada", D=None, d_kwargs=None):
+    """``layout="ada"``: stylegan2-ada-pytorch's Generator kwargs; ``"sg3"``: the stylegan3
+    repository's networks_stylegan2 (synthesis kwargs at the top level, fused_modconv_default).
+    ``D``: a faceedit strided discriminator laid out as NVIDIA's resnet D (else a dummy record)."""
     sd = nvidia_state_of(G)
     if edit_state:
         edit_state(sd)
@@ -164,10 +194,21 @@ def write_nvidia_pkl(monkeypatch, path, G, *, synthesis_kwargs=None, torch_zip=F
         sk = E(channel_base=512, channel_max=32, num_fp16_res=0, conv_clamp=None)
         sk.update(synthesis_kwargs or {})
         kw = E(z_dim=G.z_dim, c_dim=0, w_dim=G.w_dim, img_resolution=G.resolution, img_channels=3,
-               mapping_kwargs=E(num_layers=2), synthesis_kwargs=sk)
+               mapping_kwargs=E(num_layers=2))
+        if layout == "sg3":
+            kw.update(sk, fused_modconv_default="inference_only")
+        else:
+            kw.update(synthesis_kwargs=sk)
         G_ema = records_from_state(fake, sd, kw, module_src)
-        D = Record(fake, "Discriminator", dict(_parameters=collections.OrderedDict(w=torch.ones(2)),
-                                               _buffers={}, _modules={}, _init_kwargs=E(c_dim=0)), module_src)
+        if D is None:
+            D = Record(fake, "Discriminator", dict(_parameters=collections.OrderedDict(w=torch.ones(2)),
+                                                   _buffers={}, _modules={}, _init_kwargs=E(c_dim=0)), module_src)
+        else:
+            dkw = E(c_dim=0, img_resolution=D.resolution, img_channels=3, architecture="resnet", channel_base=512,
+                    channel_max=32, num_fp16_res=0, conv_clamp=D.conv_clamp, cmap_dim=None,
+                    block_kwargs=E(freeze_layers=0), mapping_kwargs=E(), epilogue_kwargs=E(mbstd_group_size=4))
+            dkw.update(d_kwargs or {})
+            D = records_from_state(fake, nvidia_d_state_of(D), dkw, module_src, class_name="Discriminator")
         data = dict(G=G_ema, D=D, G_ema=G_ema, augment_pipe=None,
                     training_set_kwargs=E(path="x.zip", resolution=G.resolution), **(extra or {}))
         if torch_zip:
@@ -243,6 +284,57 @@ def test_nvidia_layers_without_noise_convert_exactly(tmp_path, monkeypatch):
     p = write_nvidia_pkl(monkeypatch, tmp_path / "n.pkl", G, synthesis_kwargs=dict(use_noise=False),
                          edit_state=no_noise)
     assert_same_generator(read_nvidia(p)["G"], G)
+
+
+@pytest.mark.parametrize("psi", [1.0, 0.7])
+def test_stylegan3_repo_stylegan2_pickle_converts(tmp_path, monkeypatch, psi):
+    G = make_generator(seed=8, conv_clamp=256.0)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "sg3.pkl", G, layout="sg3",
+                         synthesis_kwargs=dict(conv_clamp=256, num_fp16_res=4))
+    out = read_nvidia(p)
+    assert out["G"].config == G.config
+    assert torch.equal(images(out["G"], psi=psi), images(G, psi=psi))
+    assert out["provenance"]["source_format"] == "nvidia-stylegan3-repo-stylegan2-pkl"
+
+
+def test_stylegan3_generator_is_refused_by_name(tmp_path, monkeypatch):
+    G = make_generator()
+
+    def sg3_layers(sd):
+        sd["synthesis.input.weight"] = torch.zeros(4, 2)
+
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "a.pkl", G, layout="sg3", edit_state=sg3_layers)
+    with pytest.raises(CheckpointError, match="StyleGAN3"):
+        read_nvidia(p)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "b.pkl", G, layout="sg3",
+                         synthesis_kwargs=dict(magnitude_ema_beta=0.999))
+    with pytest.raises(CheckpointError, match="StyleGAN3"):
+        read_nvidia(p)
+
+
+@pytest.mark.parametrize("layout", ["ada", "sg3"])
+def test_nvidia_discriminator_is_kept_with_the_same_logits(tmp_path, monkeypatch, layout):
+    G, D = make_generator(seed=9), make_strided_discriminator(seed=10, conv_clamp=256.0)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, D=D, layout=layout)
+    out = read_nvidia(p)
+    assert out["provenance"]["discriminator"] == "converted"
+    x = torch.randn(4, 3, RES, RES, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(out["D"](x), D(x))
+    dst = convert_file(p, tmp_path / "conv")
+    assert (dst / "discriminator.safetensors").is_file()
+    m = load_native(dst, with_discriminator=True)
+    with torch.no_grad():
+        assert torch.equal(m["D"](x), D(x))
+        assert torch.equal(m["D"].features(x)[-1], D.features(x)[-1])
+
+
+def test_nvidia_discriminator_it_cannot_map_is_dropped_with_the_reason(tmp_path, monkeypatch):
+    G, D = make_generator(), make_strided_discriminator()
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, D=D, d_kwargs=dict(architecture="skip"))
+    out = read_nvidia(p)
+    assert out["D"] is None and "'skip'" in out["provenance"]["discriminator"]
+    assert_same_generator(out["G"], G)
 
 
 # --- hostile files -------------------------------------------------------------------------
@@ -374,6 +466,48 @@ def test_rosinality_checkpoint_converts_to_the_same_generator(tmp_path, legacy):
     assert_same_generator(out["G"], G)
 
 
+def rosinality_d_state_of(D: Discriminator) -> dict:
+    """``D``'s tensors under rosinality's discriminator names, with its blur kernels."""
+    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    out = {}
+    for name, t in D.state_dict().items():
+        p = name.split(".")
+        if p[0] == "from_rgb":
+            out[f"convs.0.{0 if p[1] == 'weight' else 1}.{p[1]}"] = t
+        elif p[0] == "blocks":
+            j = int(p[1]) + 1
+            sub = {("conv0", "weight"): "conv1.0.weight", ("conv0", "bias"): "conv1.1.bias",
+                   ("conv1", "weight"): "conv2.1.weight", ("conv1", "bias"): "conv2.2.bias",
+                   ("skip", "weight"): "skip.1.weight"}[(p[2], p[3])]
+            out[f"convs.{j}.{sub}"] = t
+            out[f"convs.{j}.conv2.0.kernel"] = out[f"convs.{j}.skip.0.kernel"] = torch.outer(k, k) / 64
+        elif p[0] == "conv":
+            out[f"final_conv.{0 if p[1] == 'weight' else 1}.{p[1]}"] = t
+        else:
+            out[f"final_linear.{0 if p[0] == 'fc' else 1}.{p[1]}"] = t
+    return out
+
+
+@pytest.mark.parametrize("with_avg", [True, False])
+def test_rosinality_discriminator_is_kept_with_the_same_logits(tmp_path, with_avg):
+    G, D = make_generator(seed=11), make_strided_discriminator(seed=12)
+    p = tmp_path / "ros.pt"
+    obj = {"g_ema": rosinality_state_of(G), "d": rosinality_d_state_of(D)}
+    if with_avg:
+        obj["latent_avg"] = G.mapping.w_avg.clone()
+    torch.save(obj, p)
+    out = read_rosinality(p)
+    assert out["provenance"]["discriminator"] == "converted"
+    assert ("w_avg" in out["provenance"]) is not with_avg
+    x = torch.randn(4, 3, RES, RES, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(out["D"](x), D(x))
+    for psi in (1.0, 0.7):
+        a, b = images(out["G"], psi=psi), images(G, psi=psi)
+        assert torch.equal(a, b) if with_avg else (psi == 0.7 or torch.equal(a, b))
+    assert (convert_file(p, tmp_path / "conv") / "discriminator.safetensors").is_file()
+
+
 def test_rosinality_without_latent_avg_estimates_it(tmp_path):
     G = make_generator(seed=5)
     p = tmp_path / "ros.pt"
@@ -480,17 +614,28 @@ def test_download_checks_sha256_and_explains_offline(tmp_path, monkeypatch):
 
 # --- once, against NVIDIA's own code (opt-in: FACEEDIT_NVIDIA_SRC=/path/to/stylegan2-ada-pytorch) --
 
-@pytest.mark.skipif(not os.environ.get("FACEEDIT_NVIDIA_SRC"), reason="set FACEEDIT_NVIDIA_SRC to NVIDIA's repo")
-def test_against_a_generator_pickled_by_nvidias_code(tmp_path):
+@pytest.fixture
+def nvidia_src(monkeypatch):
+    """NVIDIA's checkout on ``sys.path`` for one test, its ``training``/``dnnlib``/``torch_utils``
+    packages imported afresh (faceedit has a same-named ``training`` folder); returns
+    ``(dnnlib, training.networks)``."""
+    if not os.environ.get("FACEEDIT_NVIDIA_SRC"):
+        pytest.skip("set FACEEDIT_NVIDIA_SRC to NVIDIA's stylegan2-ada-pytorch checkout")
+    monkeypatch.syspath_prepend(os.environ["FACEEDIT_NVIDIA_SRC"])
+    for name in [n for n in sys.modules if n.split(".")[0] in ("training", "legacy", "dnnlib", "torch_utils")]:
+        monkeypatch.delitem(sys.modules, name)
+    import dnnlib
+    import training.networks
+
+    return dnnlib, training.networks
+
+
+def test_against_a_generator_pickled_by_nvidias_code(tmp_path, nvidia_src):
     """Runs NVIDIA's code (only in this opt-in test) to build and pickle a generator."""
     import copy
 
-    sys.path.insert(0, os.environ["FACEEDIT_NVIDIA_SRC"])
-    try:
-        import dnnlib
-        from training.networks import Generator as NVGenerator
-    finally:
-        sys.path.pop(0)
+    dnnlib, nvnet = nvidia_src
+    NVGenerator = nvnet.Generator
     torch.manual_seed(0)
     G = NVGenerator(z_dim=32, c_dim=0, w_dim=32, img_resolution=64, img_channels=3,
                     mapping_kwargs=dnnlib.EasyDict(num_layers=3),
@@ -525,3 +670,85 @@ def test_shipped_registry_entries_carry_their_sha256():
     for e in shipped:
         assert len(e.sha256) == 64, e.name
         assert sha256_file(WEIGHTS_DIR / e.filename / "model.safetensors") == e.sha256, e.name
+
+
+def test_against_a_discriminator_pickled_by_nvidias_code(tmp_path, nvidia_src):
+    """NVIDIA's resnet D (built and pickled by NVIDIA's code, opt-in) gives the same logits as ours."""
+    import copy
+
+    dnnlib, nvnet = nvidia_src
+    NVGenerator, NVDiscriminator = nvnet.Generator, nvnet.Discriminator
+    torch.manual_seed(0)
+    G = NVGenerator(z_dim=16, c_dim=0, w_dim=16, img_resolution=32, img_channels=3,
+                    mapping_kwargs=dnnlib.EasyDict(num_layers=2),
+                    synthesis_kwargs=dnnlib.EasyDict(channel_base=512, channel_max=32))
+    D = NVDiscriminator(c_dim=0, img_resolution=32, img_channels=3, channel_base=512, channel_max=32,
+                        num_fp16_res=2, conv_clamp=256, epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=4))
+    with torch.no_grad():
+        for n, prm in D.named_parameters():
+            if n.endswith("bias"):
+                prm.add_(torch.randn_like(prm) * 0.3)
+    p = tmp_path / "nv.pkl"
+    with open(p, "wb") as f:
+        pickle.dump(dict(G_ema=copy.deepcopy(G).eval(), D=copy.deepcopy(D).eval().requires_grad_(False)), f)
+    ours = read_nvidia(p)["D"]
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.no_grad():
+        ref = D(x, None, force_fp32=True)
+        assert (ours(x) - ref).abs().max() < 1e-4 * ref.abs().max()
+
+
+# --- the CLI: convert records a recipe, generate draws z as NVIDIA does -----------------------
+
+def test_convert_cli_records_ffhq_recipe_and_keeps_d(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+    from faceedit.pipeline import model_recipe
+
+    G, D = make_generator(seed=13), make_strided_discriminator(seed=14)
+    p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pkl", G, D=D)
+    r = CliRunner().invoke(cli, ["convert", str(p), str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "recipe ffhq at 32 px, scale 1.0" in r.output and "discriminator: converted" in r.output
+    cfg = load_native(tmp_path / "a")["config"]
+    assert cfg["recipe"]["name"] == "ffhq" and cfg["recipe"]["scale"] == 1.0 and cfg["recipe"]["size"] == RES
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "a"), str(tmp_path / "b.zip"), "--recipe", "faces64"])
+    assert r.exit_code == 0, r.output
+    assert load_native(tmp_path / "b.zip")["config"]["recipe"]["scale"] == 0.6
+    r = CliRunner().invoke(cli, ["convert", str(tmp_path / "b.zip"), str(tmp_path / "c")])  # auto keeps it
+    assert load_native(tmp_path / "c")["config"]["recipe"]["scale"] == 0.6, r.output
+    bare = save_native(tmp_path / "bare", G, name="bare")  # no recipe: FFHQ's, never faces64's
+    rec = model_recipe(load_native(bare)["config"], RES)
+    assert rec.name == "ffhq" and rec.scale == 1.0 and rec.size == RES
+
+
+def test_generate_draws_z_as_nvidia_by_default(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+    from faceedit.core.images import load_image
+    from faceedit.sampling import seed_z
+
+    G = make_generator(seed=15)
+    path = save_native(tmp_path / "m", G, name="m")
+    z = seed_z(G, [0, 3])
+    assert torch.equal(z[1], torch.from_numpy(np.random.RandomState(3).randn(1, 16)).float()[0])
+    assert torch.equal(seed_z(G, [0, 3], "torch"), torch.cat([G.sample_z(1, seed=s) for s in (0, 3)]))
+    outs = {}
+    for src in ("numpy", "torch"):
+        r = CliRunner().invoke(cli, ["--device", "cpu", "generate", "--model", str(path), "--seeds", "0,3",
+                                     "--z-source", src, "--out", str(tmp_path / src)])
+        assert r.exit_code == 0, r.output
+        rec = json.loads((tmp_path / src / "generate.json").read_text())
+        assert rec["z_source"] == src and rec["seeds"] == [0, 3]
+        outs[src] = load_image(tmp_path / src / "seed0003.png")
+    with torch.no_grad():
+        from faceedit.core.images import tensor_to_uint8
+
+        want = tensor_to_uint8(G(seed_z(G, [3]), noise_mode="const"))[0]
+    assert np.array_equal(outs["numpy"], want) and not np.array_equal(outs["numpy"], outs["torch"])
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        seed_z(G, [2 ** 32])

@@ -504,3 +504,128 @@ def test_zip_with_undecodable_entry_name(tmp_path, suffix):
     f.write_bytes(raw)
     with pytest.raises(CheckpointError):
         load_model(f)
+
+
+# --------------------------------------------------------------------------- TensorFlow pickles
+@pytest.fixture
+def fake_tflib():
+    """An importable stand-in for ``dnnlib.tflib.network.Network`` that pickles to whatever
+    state it is given, so hostile TF-shaped files can be written with ``pickle.dumps``."""
+    made = {}
+    for name in ("dnnlib", "dnnlib.tflib", "dnnlib.tflib.network"):
+        if name not in sys.modules:
+            made[name] = sys.modules[name] = types.ModuleType(name)
+
+    class Network:
+        def __init__(self, **state):
+            self._state = state
+
+        def __getstate__(self):
+            return self._state
+
+    Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
+    sys.modules["dnnlib.tflib.network"].Network = Network
+    yield Network
+    for name in made:
+        sys.modules.pop(name, None)
+
+
+class RawArray:
+    """Pickles as numpy does (``_reconstruct(ndarray, (0,), b'b')`` + BUILD) with any state."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        import numpy as np
+
+        core = np._core if hasattr(np, "_core") else np.core
+        return core.multiarray._reconstruct, (np.ndarray, (0,), b"b"), self.state
+
+
+def _tf_state(**over):
+    import numpy as np
+
+    st = dict(version=4, name="Gs", static_kwargs={"resolution": 16}, components={}, build_module_src="",
+              build_func_name="G_main", variables=[("dlatent_avg", np.zeros(16, np.float32))])
+    st.update(over)
+    return st
+
+
+def tf_payloads(Network, marker: Path) -> dict:
+    """name -> TF-shaped pickle bytes (each names dnnlib.tflib.network first, so it reaches the TF reader)."""
+    import numpy as np
+
+    touch = f"touch {marker}"
+    py = f"open({str(marker)!r}, 'w').close()"
+    f4 = np.dtype("f4")
+    return {
+        "os.system as a variable": pickle.dumps(Network(**_tf_state(variables=[("x", Reduce(os.system, touch))])), 2),
+        "eval in static_kwargs": pickle.dumps(Network(**_tf_state(static_kwargs={"a": Reduce(builtins.eval, py)})),
+                                              4),
+        "exec as a component": pickle.dumps(Network(**_tf_state(components={"m": Reduce(builtins.exec, py)})), 3),
+        "unknown global": pickle.dumps((Network(**_tf_state()), Reduce(types.SimpleNamespace), None), 3),
+        "torch tensor variable": pickle.dumps(Network(**_tf_state(variables=[("x", torch.zeros(2))])), 2),
+        "oversized array claim": pickle.dumps(Network(**_tf_state(
+            variables=[("x", RawArray((1, (1 << 40,), f4, False, b"\0" * 16)))])), 3),
+        "negative shape": pickle.dumps(Network(**_tf_state(variables=[("x", RawArray((1, (-4,), f4, False,
+                                                                                     b"")))])), 4),
+        "object dtype": pickle.dumps(Network(**_tf_state(variables=[("x", RawArray(
+            (1, (1,), np.dtype("O"), False, [Reduce(os.system, touch)])))])), 2),
+        "complex dtype": pickle.dumps(Network(**_tf_state(variables=[("x", RawArray(
+            (1, (1,), np.dtype("c8"), False, b"\0" * 8)))])), 3),
+        "string dtype": pickle.dumps(Network(**_tf_state(variables=[("x", np.array(["ab"]))])), 3),
+        "Network with arguments": (b"\x80\x02" + _glob("dnnlib.tflib.network", "Network") + _u(touch)
+                                   + b"\x85R."),
+        "Network state twice": (b"\x80\x02" + _glob("dnnlib.tflib.network", "Network") + b")\x81"
+                                + b"}b}b."),
+        "not a Network state": pickle.dumps(Network(**_tf_state(version="4")), 3),
+    }
+
+
+def test_hostile_tf_pickles_refused_nothing_runs(tmp_path, marker, fake_tflib):
+    from faceedit.checkpoints.convert import sniff
+    from faceedit.checkpoints.tf_pickle import read_tf_pickle
+
+    for name, data in tf_payloads(fake_tflib, marker).items():
+        f = tmp_path / "evil.pkl"
+        f.write_bytes(data)
+        assert sniff(f) == "nvidia-tf", name
+        for reader in (read_tf_pickle, load_model):
+            with pytest.raises(CheckpointError):
+                reader(f)
+            assert not marker.exists(), name
+
+
+def test_hostile_tf_messages_name_what_was_found(tmp_path, marker, fake_tflib):
+    from faceedit.checkpoints.tf_pickle import read_tf_pickle
+
+    p = tf_payloads(fake_tflib, marker)
+    expect = {"os.system as a variable": r"(posix|os)\.system.*nothing in it was executed",
+              "oversized array claim": r"claims shape \(1099511627776,\)",
+              "object dtype": r"numpy.dtype\('O", "complex dtype": "complex64",
+              "Network with arguments": "constructed with arguments", "Network state twice": "state twice",
+              "not a Network state": "version"}
+    for name, pattern in expect.items():
+        f = tmp_path / "evil.pkl"
+        f.write_bytes(p[name])
+        with pytest.raises(CheckpointError, match=pattern):
+            read_tf_pickle(f)
+
+
+def test_tf_build_module_src_never_runs_and_cycles_are_refused(tmp_path, marker, fake_tflib):
+    import numpy as np
+
+    from faceedit.checkpoints.tf_pickle import read_tf_pickle
+
+    src = f"import os\nos.system('touch {marker}')\nexec('raise SystemExit')\n"
+    f = tmp_path / "ok.pkl"
+    f.write_bytes(pickle.dumps(fake_tflib(**_tf_state(build_module_src=src)), protocol=3))
+    net = read_tf_pickle(f)["Gs"]
+    assert not marker.exists() and not hasattr(net, "build_module_src")
+    np.testing.assert_array_equal(net.variables["dlatent_avg"], np.zeros(16, np.float32))
+    a = fake_tflib(**_tf_state())
+    a._state["components"] = {"self": a}
+    f.write_bytes(pickle.dumps(a, protocol=3))
+    with pytest.raises(CheckpointError, match="cycle"):
+        read_tf_pickle(f)

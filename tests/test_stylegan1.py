@@ -8,7 +8,6 @@ the adjoint of TF's strided SAME conv (autograd), not as ``conv_transpose2d``.
 """
 import json
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -16,23 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from faceedit.checkpoints.native import CheckpointError, load_native, save_native
+from faceedit.checkpoints.tf_pickle import TFNetwork
 from faceedit.checkpoints.tf_stylegan1 import stylegan1_from_tf
 from faceedit.editing.direction import Direction, DirectionError
 from faceedit.inversion.latent import Latent, LatentFileError
 from faceedit.networks import Generator, Generator1
 from faceedit.networks.stylegan1 import StyledLayer, style_mix
-
-try:
-    from faceedit.checkpoints.tf_pickle import TFNetwork
-except ImportError:  # the reader lands separately; the converter only needs these fields
-    @dataclass(frozen=True)
-    class TFNetwork:
-        name: str
-        build_func_name: str
-        static_kwargs: dict
-        variables: dict
-        components: dict = field(default_factory=dict)
-        version: int = 4
 
 TINY = dict(z_dim=16, w_dim=16, mapping_layers=3, channel_base=256, channel_max=16)
 

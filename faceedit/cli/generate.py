@@ -15,6 +15,13 @@ def _load(ctx, model):
     return load_generator(model, device=resolve_device(ctx.obj["device"]))
 
 
+_Z_RULES = {"numpy": "np.random.RandomState(seed).randn(1, *z_shape)",
+            "torch": "torch.randn(1, *z_shape, generator=torch.Generator().manual_seed(seed))"}
+Z_SOURCE = click.option("--z-source", type=click.Choice(list(_Z_RULES)), default="numpy", show_default=True,
+                        help="How z is drawn from a seed: numpy = NVIDIA's RandomState(seed).randn; torch = "
+                             "faceedit's own generator (the shipped sample sheets).")
+
+
 @click.command("generate")
 @click.option("--model", default="faces64", show_default=True, help="Registry name or checkpoint path.")
 @click.option("--seeds", default="0-7", show_default=True, help="Seeds, e.g. 0-7 or 1,5,9.")
@@ -23,26 +30,35 @@ def _load(ctx, model):
 @click.option("--compress", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Log-compression threshold tau (in sigmas) in the Gaussianized space, instead of --trunc.")
 @click.option("--noise", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
+@Z_SOURCE
 @click.option("--out", type=click.Path(file_okay=False), default="out/generate", show_default=True)
 @click.pass_context
-def generate(ctx, model, seeds, trunc, compress, noise, out):
-    """Generate one PNG per seed plus a grid.
+def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
+    """Generate one PNG per seed plus a grid, and generate.json (model, seeds, how z was drawn).
+
+    z of seed S is drawn as NVIDIA's scripts draw it, np.random.RandomState(S).randn(1, z_dim),
+    so seed 0 of an NVIDIA model is the face NVIDIA shows; --z-source torch gives faceedit's
+    own draws (the shipped models' sample sheets).
 
     \b
     Examples:
       faceedit generate --seeds 0-7 --out samples/
       faceedit generate --model faces64-wpp --seeds 0-15 --trunc 0.7
+      faceedit generate --model faces64 --seeds 0-31 --z-source torch   # the model card's sheet
       faceedit generate --compress 2.0 --seeds 0-15
     """
+    import json
+
     import torch
 
+    from faceedit.core.files import atomic_write_text
     from faceedit.core.images import make_grid, save_image, tensor_to_uint8
+    from faceedit.sampling import seed_z
 
     seed_list = parse_range(seeds)
     with job_errors():
         G = _load(ctx, model)
-        dev = G.synthesis.const.device
-        z = torch.cat([G.sample_z(1, seed=s, device=dev) for s in seed_list])
+        z = seed_z(G, seed_list, z_source)
         with torch.no_grad():
             ws = G.mapping(z, truncation_psi=trunc)
             if compress is not None:
@@ -54,7 +70,11 @@ def generate(ctx, model, seeds, trunc, compress, noise, out):
         for s, im in zip(seed_list, imgs):
             save_image(out / f"seed{s:04d}.png", im)
         save_image(out / "grid.png", make_grid(imgs))
-    click.echo(f"wrote {len(seed_list)} images and grid.png to {out}")
+        record = {"version": 1, "model": str(model), "model_id": getattr(G, "model_id", None), "seeds": seed_list,
+                  "z_source": z_source, "z_rule": _Z_RULES[z_source], "truncation_psi": trunc,
+                  "compress_tau": compress, "noise_mode": noise}
+        atomic_write_text(out / "generate.json", json.dumps(record, indent=1) + "\n")
+    click.echo(f"wrote {len(seed_list)} images, grid.png and generate.json to {out} (z from {z_source})")
 
 
 @click.command("mix")
@@ -64,9 +84,10 @@ def generate(ctx, model, seeds, trunc, compress, noise, out):
 @click.option("--crossover", type=int, default=None,
               help="First layer taken from the column seed (default num_ws // 2).")
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
+@Z_SOURCE
 @click.option("--out", type=click.Path(dir_okay=False), default="out/mix.png", show_default=True)
 @click.pass_context
-def mix(ctx, model, rows, cols, crossover, trunc, out):
+def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
     """Style mixing grid: layers before --crossover from the row seed, the rest from the column seed.
 
     \b
@@ -77,6 +98,7 @@ def mix(ctx, model, rows, cols, crossover, trunc, out):
     import torch
 
     from faceedit.core.images import make_grid, save_image, tensor_to_uint8
+    from faceedit.sampling import seed_z
 
     r, c = parse_range(rows, name="rows"), parse_range(cols, name="cols")
     with job_errors():
@@ -84,10 +106,9 @@ def mix(ctx, model, rows, cols, crossover, trunc, out):
         cut = G.num_ws // 2 if crossover is None else crossover
         if not 0 <= cut <= G.num_ws:
             raise click.BadParameter(f"must be in 0..{G.num_ws}", param_hint="--crossover")
-        dev = G.synthesis.const.device
         with torch.no_grad():
-            wr = G.mapping(torch.cat([G.sample_z(1, seed=s, device=dev) for s in r]), truncation_psi=trunc)
-            wc = G.mapping(torch.cat([G.sample_z(1, seed=s, device=dev) for s in c]), truncation_psi=trunc)
+            wr = G.mapping(seed_z(G, r, z_source), truncation_psi=trunc)
+            wc = G.mapping(seed_z(G, c, z_source), truncation_psi=trunc)
             blank = np.full((1, G.resolution, G.resolution, 3), 255, np.uint8)
             tiles = [blank, tensor_to_uint8(G.synthesis(wc))]
             for i in range(len(r)):

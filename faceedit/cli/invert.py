@@ -211,15 +211,9 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
 
 
 def _recipe(m, resolution):
-    from faceedit.alignment.types import FACES64, AlignmentRecipe
+    from faceedit.pipeline import model_recipe
 
-    rd = m["config"].get("recipe")
-    recipe = AlignmentRecipe.from_dict(rd) if rd else FACES64
-    if not rd:
-        import logging
-
-        logging.getLogger(__name__).warning("model has no alignment recipe; using %s", FACES64.name)
-    return recipe if recipe.size == resolution else recipe.with_size(resolution)
+    return model_recipe(m["config"], resolution)
 
 
 def _targets(items, R):
@@ -258,6 +252,7 @@ def _write_face(out, photo, face, k, lat, m, target, recon, metrics, version, me
            "model_sha256": m["sha256"], "space": one.space, "method": method, "steps": meta["steps"],
            "steps_requested": meta["steps_requested"], "seed": meta["seed"], "prior": meta["prior"],
            "prior_weight": meta["prior_weight"], "perceptual": meta["perceptual"],
+           "perceptual_requested": meta.get("perceptual_requested"),
            "optimize_noise": meta["optimize_noise"], "losses": meta["losses"],
            "metrics": {n: v[k] for n, v in metrics.items()}, "seconds_batch": meta["seconds"],
            "alignment": meta.get("alignment"), "latent": str(lat_path.resolve()),

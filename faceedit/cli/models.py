@@ -44,20 +44,37 @@ def download(name):
 @click.command("convert")
 @click.argument("src", type=click.Path(exists=True, dir_okay=True))
 @click.argument("dst", type=click.Path())
-def convert(src, dst):
-    """Convert an NVIDIA .pkl, a rosinality .pt or a native checkpoint to the native format.
+@click.option("--recipe", type=click.Choice(["auto", "ffhq", "faces64"]), default="auto", show_default=True,
+              help="Alignment recipe recorded in the model's config.json, at the model's resolution: ffhq = "
+                   "NVIDIA's FFHQ framing (scale 1.0, what public FFHQ models were trained on); faces64 = "
+                   "faceedit's 64 px framing (0.6x the FFHQ quad); auto = ffhq for a converted file, the "
+                   "source's own for a native checkpoint.")
+def convert(src, dst, recipe):
+    """Convert an NVIDIA PyTorch or TensorFlow .pkl, a rosinality .pt or a native checkpoint to the
+    native format, with the discriminator where faceedit can run it.
 
     Reading never executes code from the file.
 
     \b
-    Example:
+    Examples:
       faceedit convert stylegan2-ffhq-1024x1024.pkl ffhq1024/
+      faceedit convert stylegan2-ffhq-config-f.pkl ffhq1024-tf/          # TensorFlow pickle
+      faceedit convert my-64px-model.pt mine/ --recipe faces64
     """
-    from faceedit.checkpoints.convert import convert_file
+    from faceedit.alignment.types import FACES64, FFHQ
+    from faceedit.checkpoints.convert import convert_file, sniff
 
     with job_errors():
-        out = convert_file(src, dst)
-    click.echo(f"wrote {out}")
+        if recipe == "auto":
+            recipe = None if sniff(src) == "native" else "ffhq"
+        out = convert_file(src, dst, recipe=recipe and {"ffhq": FFHQ, "faces64": FACES64}[recipe].to_dict())
+        from faceedit.checkpoints.native import read_config
+
+        cfg = read_config(out)
+    d = (cfg.get("provenance") or {}).get("discriminator")
+    rec = cfg.get("recipe") or {}
+    click.echo(f"wrote {out} (recipe {rec.get('name', 'none')} at {rec.get('size', '?')} px, scale "
+               f"{rec.get('scale', '?')}; discriminator: {d or ('kept' if cfg.get('discriminator') else 'none')})")
 
 
 @click.command("fit-prior")
