@@ -162,13 +162,14 @@ def per_sample_bytes(G) -> int:
     """Upper bound of the memory one sample takes in a no-grad synthesis pass, in bytes.
 
     Measured, not guessed from the architecture: one batch-1 pass records every module's
-    output size (summed: an upper bound, since most are freed while the pass runs), plus
+    output size, containers included (summed: an upper bound, since most are freed while
+    the pass runs and a container's output is also its last child's), plus
     three copies of the largest per-sample modulated weight (``Cout * Cin * k * k``: the
     reference path's grouped convolution makes them per sample), in float32.
     """
     sizes = []
     hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() if torch.is_tensor(o) else 0))
-             for m in G.synthesis.modules() if not list(m.children())]
+             for m in G.synthesis.modules()]
     try:
         dev = G.synthesis.const.device
         ws = G.mapping(torch.randn((1, *G.z_shape), device=dev))
@@ -495,7 +496,7 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
     shutil.rmtree(tmp, ignore_errors=True)
     prov = {**(cfg.get("provenance") or {}),
             "adopted": {"from": str(checkpoint.resolve()), "format": kind,
-                        "sha256": sha256_file(checkpoint) if checkpoint.is_file() else None,
+                        "sha256": sha256_file(checkpoint if checkpoint.is_file() else checkpoint / "model.safetensors"),
                         "recipe_source": rsrc, "date": time.strftime("%Y-%m-%d")}}
     save_native(tmp, G.cpu(), name=name, D=None if D is None else D.cpu(), recipe=rcp.to_dict(),
                 license=cfg.get("license", ""), provenance=prov, prior=stats)
@@ -518,7 +519,7 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
     timings["write"] = time.time() - t
     report = {"name": name, "model_id": model_id, "path": str(final), "resolution": G.resolution,
               "params": int(params), "discriminator": D is not None, "device": str(dev),
-              "source": {"path": str(checkpoint), "format": kind, "sha256": prov["adopted"]["sha256"] or ""},
+              "source": {"path": str(checkpoint), "format": kind, "sha256": prov["adopted"]["sha256"]},
               "recipe": rcp.to_dict(), "recipe_source": rsrc, "prior": prior_rep, "batch": bs,
               "per_sample_mib": per / 2**20, "seconds_per_image": per_img, "license": cfg.get("license", ""),
               "directions": {"scorer": scorer_id, "scorer_recipe": scorer_recipe.name, "samples": n,
