@@ -121,7 +121,9 @@ def download_model(name: str, *, timeout: float = 60.0, progress=None, force: bo
         Path of the file in the cache (or where it already is).
     Raises:
         CheckpointError: unknown name, a shipped model that is missing, no network (the
-            message names the URL and the path to place the file at), or a sha256 mismatch.
+            message names the URL and the path to place the file at), a sha256 mismatch against
+            the registry or against the hash recorded on first use (``known_hashes.json``), or a
+            damaged record.
     """
     if name not in REGISTRY:
         raise CheckpointError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
