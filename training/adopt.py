@@ -386,7 +386,7 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
         score_fn, scorer_id = scorer, getattr(scorer, "__name__", "custom")
 
     def framed(img):
-        return score_fn(reframe(img, rcp, scorer_recipe.with_size(scorer_recipe.size)))
+        return score_fn(reframe(img, rcp, scorer_recipe))
 
     n_explicit = n is not None
     n = int(n or (100_000 if dev.type == "cuda" else 4000))
