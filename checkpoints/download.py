@@ -2,23 +2,30 @@
 
 Files land in :func:`faceedit.checkpoints.registry.cache_dir` under the registry's file
 name, written atomically (``.part`` then rename) so that an interrupted download never
-leaves a file that looks complete. When the registry knows the file's sha256 a mismatch
-deletes the download and raises; when it does not, the hash is logged and stored beside
-the file (``<file>.sha256``) so later checks and bug reports can quote it. Whatever was
-downloaded is only ever read through the safe readers.
+leaves a file that looks complete. Every file is checked, never silently:
+
+* when the registry knows the file's sha256, a mismatch deletes the download and raises;
+* otherwise trust on first use: the first download's sha256 is logged (a warning, so the
+  command line shows it) and recorded in ``cache_dir()/known_hashes.json``; every later
+  download, and a file found already in the cache, is verified against that record.
+
+The hash is also written beside the file (``<file>.sha256``) so bug reports can quote it.
+Whatever was downloaded is only ever read through the safe readers.
 
 On a machine without a network the error says where to put a file fetched elsewhere.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from faceedit.core.files import atomic_write_text
+from faceedit.core.files import atomic_write_text, sha256_file
 
 from .native import CheckpointError
 from .registry import REGISTRY, cache_dir, locate
@@ -26,6 +33,52 @@ from .registry import REGISTRY, cache_dir, locate
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+KNOWN_HASHES = "known_hashes.json"
+
+
+def known_hashes_path() -> Path:
+    """The trust-on-first-use record: ``cache_dir()/known_hashes.json``."""
+    return cache_dir() / KNOWN_HASHES
+
+
+def known_hashes() -> dict:
+    """``{name: {"sha256", "url", "file", "recorded"}}`` of files first downloaded without a registry hash.
+
+    Raises:
+        CheckpointError: the record exists but is not valid JSON (it is never overwritten then).
+    """
+    p = known_hashes_path()
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text())
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{p} is damaged ({e}); repair or delete it (it records the sha256 of files "
+                              f"first downloaded without a registry hash)") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{p} is not a JSON object; repair or delete it")
+    return data
+
+
+def _record_hash(name: str, digest: str, url: str, path: Path, how: str) -> None:
+    data = known_hashes()
+    data[name] = {"sha256": digest, "url": url, "file": path.name, "recorded": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "how": how}
+    atomic_write_text(known_hashes_path(), json.dumps(data, indent=2, sort_keys=True))
+    log.warning("%s: no sha256 in the registry; trusting this first copy: sha256 %s (%s), recorded in %s. "
+                "Compare it with the publisher's; later downloads are checked against it", name, digest, how,
+                known_hashes_path())
+
+
+def expected_sha256(name: str) -> tuple:
+    """``(sha256 or "", where it comes from: "registry", "known_hashes.json" or "")``."""
+    e = REGISTRY[name]
+    if e.sha256:
+        return e.sha256.lower(), "registry"
+    rec = known_hashes().get(name)
+    if isinstance(rec, dict) and rec.get("sha256"):
+        return str(rec["sha256"]).lower(), KNOWN_HASHES
+    return "", ""
 
 
 def _fetch(url: str, dst: Path, timeout: float, progress) -> str:
@@ -69,14 +122,28 @@ def download_model(name: str, *, timeout: float = 60.0, progress=None, force: bo
         Path of the file in the cache (or where it already is).
     Raises:
         CheckpointError: unknown name, a shipped model that is missing, no network (the
-            message names the URL and the path to place the file at), or a sha256 mismatch.
+            message names the URL and the path to place the file at), a sha256 mismatch against
+            the registry or against the hash recorded on first use (``known_hashes.json``), or a
+            damaged record.
     """
     if name not in REGISTRY:
         raise CheckpointError(f"unknown model {name!r}; known models: {', '.join(REGISTRY)}")
     e = REGISTRY[name]
     have = locate(name)
     if have is not None and not force:
-        log.info("%s is already at %s", name, have)
+        if e.source != "shipped" and have.is_file():
+            digest = sha256_file(have)
+            want, where = expected_sha256(name)
+            if want and digest != want:
+                raise CheckpointError(f"{have} has sha256 {digest}, but the {where} expects {want}; the file is "
+                                      f"damaged or another one: delete it and download again (`faceedit download "
+                                      f"{name}`)")
+            if not want:
+                _record_hash(name, digest, e.source, have, "found in the cache")
+            else:
+                log.info("%s is already at %s (sha256 matches the %s)", name, have, where)
+        else:
+            log.info("%s is already at %s", name, have)
         return have
     if e.source == "shipped":
         raise CheckpointError(f"{name} ships inside the faceedit package but is missing from this installation; "
@@ -96,14 +163,19 @@ def download_model(name: str, *, timeout: float = 60.0, progress=None, force: bo
             f"the file elsewhere, check that its sha256 is {e.sha256 or '(not recorded; compare with the source)'}, "
             f"and place it at {dst} (the cache folder is $FACEEDIT_HOME, else $XDG_CACHE_HOME/faceedit, "
             f"else ~/.cache/faceedit)") from err
-    if e.sha256 and digest != e.sha256.lower():
+    want, where = expected_sha256(name)
+    if want and digest != want:
         dst.unlink(missing_ok=True)
-        raise CheckpointError(f"downloaded {name} has sha256 {digest}, expected {e.sha256}; the file was deleted "
-                              f"(a truncated download or a changed file at {e.source})")
-    if not e.sha256:
-        log.warning("%s: no sha256 recorded in the registry; downloaded file has sha256 %s", name, digest)
+        hint = ("" if where == "registry" else f"; if the publisher really changed the file, remove the entry "
+                f"{name!r} from {known_hashes_path()} and download again")
+        raise CheckpointError(f"downloaded {name} has sha256 {digest}, but the {where} expects {want}; the file was "
+                              f"deleted (a truncated download or a changed file at {e.source}){hint}")
+    if not want:
+        _record_hash(name, digest, e.source, dst, "first download")
+    else:
+        log.info("%s: sha256 %s matches the %s", name, digest, where)
     atomic_write_text(dst.with_name(dst.name + ".sha256"), f"{digest}  {dst.name}\n")
     return dst
 
 
-__all__ = ["download_model"]
+__all__ = ["download_model", "expected_sha256", "known_hashes", "known_hashes_path"]

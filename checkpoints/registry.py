@@ -65,9 +65,35 @@ def cache_dir() -> Path:
     return Path(base) / "faceedit"
 
 
+def adopted_dir(name: str) -> Path:
+    """Where ``faceedit adopt --name NAME`` registers a model: ``cache_dir()/models/NAME``."""
+    return cache_dir() / "models" / str(name)
+
+
+def adopted_models() -> list:
+    """Entries of the models adopted into the cache (``faceedit adopt``), with their folders."""
+    from .native import read_config
+
+    root = cache_dir() / "models"
+    out = []
+    for p in sorted(root.iterdir()) if root.is_dir() else ():
+        if p.name.startswith(".") or not (p / "config.json").is_file():
+            continue
+        try:
+            cfg = read_config(p)
+        except CheckpointError:
+            continue
+        g = cfg.get("generator") or {}
+        kind = g.get("mapping_kind", "mlp")
+        out.append((ModelEntry(p.name, int(g.get("resolution", 0)), ("w+", "wpp", "wpp-z") if kind == "transformer"
+                               else ("w", "w+"), cfg.get("license", ""), "adopted", p.name, kind,
+                               description="adopted with `faceedit adopt`"), p))
+    return out
+
+
 def list_models() -> list:
-    """Registry entries with where their files are (``None`` if not on this machine)."""
-    return [(e, locate(e.name)) for e in REGISTRY.values()]
+    """Registry entries with where their files are (``None`` if not on this machine), then adopted models."""
+    return [(e, locate(e.name)) for e in REGISTRY.values()] + adopted_models()
 
 
 def locate(name: str) -> Path | None:
@@ -102,6 +128,8 @@ def resolve(name_or_path) -> tuple:
                 f"model {s!r} is not on this machine. Download it with `faceedit download {s}` "
                 f"(from {e.source}) or place {e.filename} in {cache_dir()}")
         return p, s
+    if s and "/" not in s and "\\" not in s and (adopted_dir(s) / "config.json").is_file():
+        return adopted_dir(s), None
     p = Path(s).expanduser()
     if not p.exists():
         raise CheckpointError(f"{s!r} is neither a known model name ({', '.join(REGISTRY)}) nor an existing "
@@ -144,4 +172,4 @@ def load_generator(name_or_path, device=None):
 
 
 __all__ = ["REGISTRY", "ModelEntry", "list_models", "locate", "resolve", "load_model", "load_generator",
-           "default_model", "cache_dir", "sha256_file", "models_with_mapping"]
+           "default_model", "cache_dir", "sha256_file", "models_with_mapping", "adopted_dir", "adopted_models"]

@@ -36,6 +36,7 @@ _COMMANDS = [
     ("faceedit.cli.edit", "edit"),
     ("faceedit.cli.edit", "directions"),
     ("faceedit.cli.encoder", "train_encoder"),
+    ("faceedit.cli.adopt", "adopt"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""`faceedit edit` (photo or latent in, edited photo out) and `faceedit directions fit|list|show`."""
+"""`faceedit edit` (photo or latent in, edited photo out) and `faceedit directions fit|list|show|import`."""
 from __future__ import annotations
 
 import json
@@ -367,7 +367,7 @@ def _write_sweep(pipe, photo, faces, pairs, strengths, layers, out, stem, protec
 # ---------------------------------------------------------------------------------------------
 @click.group("directions")
 def directions():
-    """Attribute directions: list the shipped and fitted ones, show one, fit new ones.
+    """Attribute directions: list the shipped and fitted ones, show one, fit new ones, import others'.
 
     \b
     Examples:
@@ -376,6 +376,7 @@ def directions():
       faceedit directions fit --model faces64 --attr smile --attr age --n 20000
       faceedit directions fit --model faces64 --attr age --condition male
       faceedit directions fit --model faces64 --method ganspace --k 10 --layers 0-3
+      faceedit directions import stylegan_ffhq_smile_w_boundary.npy --model ffhq1024
     """
 
 
@@ -566,3 +567,39 @@ def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k
     for d, p in written:
         acc = "" if d.accuracy is None else f" val acc {d.accuracy:.3f},"
         click.echo(f"{d.key:<24}{acc} std {d.latent_std:.3g} -> {p}")
+
+
+@directions.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", required=True, help="Registry name, adopted name or checkpoint path it belongs to.")
+@click.option("--attr", default=None, help="Attribute name [default: guessed from the file name, and said so].")
+@click.option("--space", type=click.Choice(["w", "w+"]), default="w", show_default=True,
+              help="w: one code direction; w+: one slice per layer ([num_ws, w_dim] files).")
+@click.option("--layers", default=None, help="Layers it applies to, e.g. 0-3 (GANSpace's ranges) [default: all].")
+@click.option("--component", "components", multiple=True, type=click.IntRange(min=0),
+              help="GANSpace .npz: import only these components (with --attr: exactly one).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder [default: the cache, CACHE/directions/MODEL, where `faceedit edit` looks].")
+def directions_import(file, model, attr, space, layers, components, out):
+    """Import an InterFaceGAN .npy boundary, an e4e/pSp .pt direction or a GANSpace .npz.
+
+    The vector is checked against the model's w_dim, normalised, and saved with where it
+    came from (path, sha256, format); `faceedit edit --attr NAME` then uses it. Nothing
+    in the file is executed (.npy/.npz without pickles, .pt with weights_only).
+
+    \b
+    Examples:
+      faceedit directions import stylegan_ffhq_smile_w_boundary.npy --model ffhq1024
+      faceedit directions import editings/interfacegan_directions/age.pt --model ffhq1024 --attr age
+      faceedit directions import ganspace_ffhq.npz --model ffhq1024 --component 0 --attr pose --layers 0-6
+    """
+    layer_list = tuple(parse_range(layers, name="layers")) if layers else ()
+    with job_errors():
+        from faceedit.editing.importers import import_directions
+
+        done = import_directions(file, model, attr=attr, space=space, layers=layer_list,
+                                 components=list(components) or None, out=out)
+    for d, p in done:
+        imp = d.meta["imported"]
+        guessed = " (attribute guessed from the file name; pass --attr to set it)" if imp["attribute_guessed"] else ""
+        click.echo(f"{d.key:<16} {imp['format']}, sha256 {imp['sha256'][:12]}, std {d.latent_std:.3g} -> {p}{guessed}")

@@ -30,15 +30,21 @@ def models():
 def download(name):
     """Download a registered public checkpoint into the cache (checks its sha256).
 
+    Without a sha256 in the registry the first download's hash is printed and recorded in
+    the cache's known_hashes.json, and later downloads are checked against it.
+
     \b
     Example:
       faceedit download stylegan2-ffhq-1024
     """
-    from faceedit.checkpoints.download import download_model
+    from faceedit.checkpoints.download import download_model, expected_sha256
 
     with job_errors():
         path = download_model(name)
+        sha, where = expected_sha256(name)
     click.echo(str(path))
+    if sha:
+        click.echo(f"sha256 {sha} (checked against the {where})")
 
 
 @click.command("convert")
