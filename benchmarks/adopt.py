@@ -95,9 +95,9 @@ def main(argv=None) -> int:
             cos = float(mine[a].vector.double().reshape(-1) @ shipped[a].vector.double().reshape(-1))
             rows.append({"attribute": a, "cosine": cos, "accuracy": mine[a].accuracy,
                          "shipped_samples": shipped[a].samples, "note": "ok" if cos >= 0.9 else "below 0.9"})
-        ship_prior = load_native(WEIGHTS_DIR / "faces64")["prior"]
-        adopted_prior = load_native(tmp / "home" / "models" / "faces64-adopted")["prior"]
-        G = load_native(copy)["G"].to(args.device)
+        ship_prior = load_native(WEIGHTS_DIR / "faces64").prior
+        adopted_prior = load_native(tmp / "home" / "models" / "faces64-adopted").prior
+        G = load_native(copy).G.to(args.device)
         again = fit_prior(G, args.prior_n, seed=7, check_n=0)
         d_ship = prior_distance(adopted_prior, ship_prior)
         d_seed = prior_distance(adopted_prior, again)

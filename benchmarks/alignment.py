@@ -659,7 +659,7 @@ def recon_kinds(out, per_source, model):
 
     torch.set_num_threads(1)
     m = load_model(model)
-    recipe = AlignmentRecipe.from_dict(m["config"]["recipe"])
+    recipe = AlignmentRecipe.from_dict(m.config["recipe"])
     kinds = ("dlib68", "dlib68-single")
     files = _split_files()
     crops, used = {k: [] for k in kinds}, 0
@@ -676,8 +676,8 @@ def recon_kinds(out, per_source, model):
                 crops[k].append(c)
     res, rows = {}, []
     for k in kinds:
-        lat = invert_with("encoder", crops[k], m, space="w+", G=m["G"])
-        met = reconstruction_metrics(np.stack(crops[k]), tensor_to_uint8(synthesize(m["G"], lat)))
+        lat = invert_with("encoder", crops[k], m, space="w+", G=m.G)
+        met = reconstruction_metrics(np.stack(crops[k]), tensor_to_uint8(synthesize(m.G, lat)))
         res[k] = {name: np.asarray(v, np.float64).tolist() for name, v in met.items()}
         rows.append([k, used, f"{np.mean(met['psnr']):.3f}", f"{np.mean(met['ssim']):.4f}"])
     d = np.subtract(res["dlib68"]["psnr"], res["dlib68-single"]["psnr"])

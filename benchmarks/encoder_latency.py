@@ -37,10 +37,10 @@ def _encoders(models, spaces, big_res: int, channels: int):
 
             m = load_model(model)
             try:
-                E, _ = encoder_for(m, space, G=m["G"])
+                E, _ = encoder_for(m, space, G=m.G)
                 src = "shipped"
             except ValueError:
-                E = Encoder.from_generator(m["G"], space, **kw)
+                E = Encoder.from_generator(m.G, space, **kw)
         except ValueError:  # model not on this machine: its architecture, random weights
             E = Encoder(64, 10, 256, space, **kw)
         yield f"{model} {space}", E, src

@@ -86,8 +86,8 @@ def run(pack, tail, n, optim_steps, lrs, steps_grid, at_steps, out):
     rows = []
     for model_name, space in RUNS:
         m = load_model(model_name, device=dev, with_discriminator=True)
-        prior = load_prior(m, m["G"])  # loaded once, as the Pipeline does, so no row times a file read
-        enc = encoder_for(m, space, G=m["G"], device=dev, model_sha256=m["sha256"])[0]
+        prior = load_prior(m, m.G)  # loaded once, as the Pipeline does, so no row times a file read
+        enc = encoder_for(m, space, G=m.G, device=dev, model_sha256=m.sha256)[0]
         settings = [("optim", optim_steps, None)]
         settings += [("hybrid", at_steps, float(lr)) for lr in lrs.split(",")]
         settings += [("hybrid", int(s), HYBRID_LR) for s in steps_grid.split(",") if int(s) != at_steps]
@@ -96,11 +96,11 @@ def run(pack, tail, n, optim_steps, lrs, steps_grid, at_steps, out):
             sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
             sync()
             t0 = time.perf_counter()
-            lat = invert_with(method, list(images), m, space=space, steps=steps, G=m["G"], D=m.get("D"),
+            lat = invert_with(method, list(images), m, space=space, steps=steps, G=m.G, D=m.D,
                               prior=prior, batch_size=len(images), seed=0, **kw)
             sync()
             sec = time.perf_counter() - t0
-            recon = tensor_to_uint8(synthesize(m["G"], lat))
+            recon = tensor_to_uint8(synthesize(m.G, lat))
             tag = (f"{model_name}_{space}_{method}_s{steps}" + ("" if lr is None else f"_lr{lr}")).replace("+", "p")
             buf = io.BytesIO()
             np.savez_compressed(buf, targets=images, recon=recon)
@@ -146,21 +146,21 @@ def pti(pack, tail, n, weights, edit_attr, only, out):
         if only and model_name != only:
             continue
         m = load_model(model_name, device=dev, with_discriminator=True)
-        prior = load_prior(m, m["G"])
-        pivot = invert_with("hybrid", list(images), m, space=space, G=m["G"], D=m.get("D"), prior=prior,
+        prior = load_prior(m, m.G)
+        pivot = invert_with("hybrid", list(images), m, space=space, G=m.G, D=m.D, prior=prior,
                             batch_size=len(images), seed=0)
         for w in (float(x) for x in weights.split(",")):
             t0 = time.perf_counter()
-            lat = pti_invert(list(images), m, space, G=m["G"], D=m.get("D"), pivot=pivot, prior=prior,
+            lat = pti_invert(list(images), m, space, G=m.G, D=m.D, pivot=pivot, prior=prior,
                              consistency_weight=w, seed=0)
             sec = time.perf_counter() - t0
-            recon = tensor_to_uint8(synthesize(m["G"], lat))
+            recon = tensor_to_uint8(synthesize(m.G, lat))
             tag = f"{model_name}_{space}_pti_cw{w:g}".replace("+", "p")
             buf = io.BytesIO()
             np.savez_compressed(buf, targets=images, recon=recon)
             atomic_write_bytes(out / f"{tag}.npz", buf.getvalue())
             p = psnr(images, recon)
-            e = editability(m["G"], lat, edit_attr)
+            e = editability(m.G, lat, edit_attr)
             rows.append({"tag": tag, "model": model_name, "space": space, "method": "pti", "steps": None,
                          "lr": None, "consistency_weight": w, "seconds": sec, "psnr": float(np.mean(p)),
                          "psnr_per_face": np.asarray(p).tolist(), "edit": e})

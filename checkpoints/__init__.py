@@ -1,6 +1,7 @@
 """Model registry, safe readers for every weight format, the native writer, shipped weights."""
+from .loaded import LoadedModel
 from .native import CheckpointError, load_native, save_native
 from .registry import REGISTRY, default_model, list_models, load_generator, load_model, locate, resolve
 
-__all__ = ["CheckpointError", "load_native", "save_native", "REGISTRY", "default_model", "list_models",
+__all__ = ["CheckpointError", "LoadedModel", "load_native", "save_native", "REGISTRY", "default_model", "list_models",
            "load_generator", "load_model", "locate", "resolve"]

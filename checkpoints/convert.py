@@ -21,11 +21,13 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 from faceedit.core.errors import CheckpointError
 from faceedit.core.files import atomic_write_bytes, sha256_file
 
+from .loaded import LoadedModel
 from .native import FORMAT, folder_to_zip_bytes, is_zip, load_native, model_safetensors_bytes, read_config, save_native
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ def _read_foreign(path: Path, kind: str) -> dict:
     return read_rosinality(path)
 
 
-def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> dict:
+def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> LoadedModel:
     """Read any supported checkpoint without writing anything.
 
     Args:
@@ -152,7 +154,7 @@ def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> dict:
             none (``invert``/``edit`` then fall back to FFHQ's and say so). Ignored for native
             checkpoints, which carry their own.
     Returns:
-        The same keys as :func:`faceedit.checkpoints.native.load_native`: ``G`` (eval, fp32),
+        A :class:`LoadedModel`, as :func:`faceedit.checkpoints.native.load_native` gives: ``G`` (eval, fp32),
         ``D`` (NVIDIA's or rosinality's resnet discriminator when the file has one faceedit can
         map, else ``None``; the provenance's ``discriminator`` entry says which), ``config`` (a
         native ``config.json`` dict), ``prior`` (``{}``) and ``sha256`` (of the
@@ -171,8 +173,8 @@ def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> dict:
     if recipe is not None:
         recipe = {**recipe, "size": int(G.resolution)}
     sha = hashlib.sha256(model_safetensors_bytes(G)).hexdigest()
-    return {"G": G, "D": D, "config": _native_config(G, path.stem, prov, D=D, recipe=recipe), "prior": {},
-            "sha256": sha}
+    return LoadedModel(G=G, D=D, config=_native_config(G, path.stem, prov, D=D, recipe=recipe), sha256=sha,
+                       name=path.stem, source=path)
 
 
 def convert_file(src, dst, *, recipe: dict | None = None) -> Path:
@@ -200,25 +202,25 @@ def convert_file(src, dst, *, recipe: dict | None = None) -> Path:
     if sniff(src) == "native":  # re-save (e.g. folder <-> zip), keeping the discriminator if there is one
         out = load_native(src, with_discriminator=read_config(src).get("discriminator") is not None)
         if recipe is not None:
-            out["config"] = {**out["config"], "recipe": {**recipe, "size": int(out["G"].resolution)}}
+            out = replace(out, config={**out.config, "recipe": {**recipe, "size": out.resolution}})
     else:
         out = convert_to_native_in_memory(src, recipe=recipe)
-    cfg = out["config"]
+    cfg = out.config
     if cfg.get("recipe") is None:
         log.warning("%s: no alignment recipe recorded; invert and edit will align faces with FFHQ's recipe "
                     "(pass recipe=... / --recipe to choose)", src)
     name = cfg.get("name") or src.stem
-    kw = dict(name=name, D=out.get("D"), recipe=cfg.get("recipe"), license=cfg.get("license", ""),
-              provenance=cfg.get("provenance") or {}, prior=out.get("prior") or None)
+    kw = dict(name=name, D=out.D, recipe=cfg.get("recipe"), license=cfg.get("license", ""),
+              provenance=cfg.get("provenance") or {}, prior=out.prior or None)
     if dst.suffix.lower() == ".zip":
         tmp = Path(tempfile.mkdtemp(prefix=".faceedit-convert-", dir=dst.parent if dst.parent.exists() else None))
         try:
-            save_native(tmp / name, out["G"], **kw)
+            save_native(tmp / name, out.G, **kw)
             atomic_write_bytes(dst, folder_to_zip_bytes(tmp / name), protect=[src])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     else:
-        save_native(dst, out["G"], **kw)
+        save_native(dst, out.G, **kw)
     log.info("converted %s -> %s (%s)", src, dst, cfg.get("provenance", {}).get("source_format", "native"))
     return dst
 

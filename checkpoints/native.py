@@ -34,6 +34,8 @@ from faceedit.core.errors import CheckpointError
 from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import GENERATORS, Discriminator, Generator, Generator1
 
+from .loaded import LoadedModel
+
 FORMAT = "faceedit.checkpoint"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_WEIGHTS_BYTES = 4 << 30       # a 1024 px StyleGAN2 in fp32 is ~130 MB
@@ -263,13 +265,14 @@ def _strict_load(module: torch.nn.Module, state: dict, where: str) -> None:
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
+def load_native(path, *, with_discriminator: bool = False, device=None) -> LoadedModel:
     """Load a native checkpoint.
 
     Returns:
-        ``{"G": Generator (eval mode), "D": Discriminator | None, "config": dict,
-        "prior": {name: tensor}, "sha256": hex of model.safetensors}``; ``G`` is a
-        ``Generator1`` when the config's ``arch`` is ``stylegan1``.
+        A :class:`~faceedit.checkpoints.loaded.LoadedModel` (``G`` in eval mode, a
+        ``Generator1`` when the config's ``arch`` is ``stylegan1``; ``D`` or ``None``; the
+        config; the prior statistics; the sha256 of ``model.safetensors``), named by the
+        config's ``name``, else the path's stem.
     """
     path = Path(path)
     src = _Source(path)
@@ -298,7 +301,8 @@ def load_native(path, *, with_discriminator: bool = False, device=None) -> dict:
     if device is not None:
         G.to(device)
         D = D.to(device) if D is not None else None
-    return {"G": G, "D": D, "config": cfg, "prior": prior, "sha256": sha}
+    return LoadedModel(G=G, D=D, config=cfg, prior=prior, sha256=sha, name=cfg.get("name") or path.stem,
+                       source=path)
 
 
 def model_safetensors_bytes(G: Generator | Generator1, dtype: torch.dtype = torch.float32) -> bytes:

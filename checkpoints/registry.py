@@ -7,12 +7,13 @@ then in the cache: ``$FACEEDIT_HOME``, else ``$XDG_CACHE_HOME/faceedit``, else
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from faceedit.core.errors import CheckpointError
 from faceedit.core.files import sha256_file
 
+from .loaded import LoadedModel
 from .native import load_native
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -137,10 +138,19 @@ def resolve(name_or_path) -> tuple:
     return p, None
 
 
-def load_model(name_or_path, *, device=None, with_discriminator: bool = False) -> dict:
-    """Load any supported checkpoint (native folder/zip, NVIDIA .pkl, rosinality .pt).
+def load_model(name_or_path, *, device=None, with_discriminator: bool = False) -> LoadedModel:
+    """Resolve a registry name or a path and load the checkpoint (native folder/zip, NVIDIA
+    ``.pkl``, rosinality ``.pt``): the one place a model name is resolved.
 
-    Returns the dict of :func:`load_native`, plus ``model_id`` (``name@sha256[:12]``).
+    Args:
+        name_or_path: a registry name, an adopted model's name, or a checkpoint path.
+        device: where to put G (and D); ``None`` leaves them on the CPU.
+        with_discriminator: also load the discriminator (an error when the file has none).
+    Returns:
+        A :class:`LoadedModel` named by the registry name when there is one.
+    Raises:
+        CheckpointError: unknown name, missing file, unreadable or unsafe checkpoint, or no
+            discriminator when one was asked for.
     """
     path, reg = resolve(name_or_path)
     suffix = path.suffix.lower()
@@ -149,27 +159,20 @@ def load_model(name_or_path, *, device=None, with_discriminator: bool = False) -
 
         out = convert_to_native_in_memory(path)
         if device is not None:
-            out["G"].to(device)
-        if with_discriminator and out.get("D") is None:
+            out.to(device)
+        if with_discriminator and out.D is None:
             raise CheckpointError(f"{path} holds no discriminator")
     else:
         out = load_native(path, with_discriminator=with_discriminator, device=device)
-    name = reg or out["config"].get("name") or path.stem
-    out["model_id"] = f"{name}@{out['sha256'][:12]}"
-    out["name"] = name
-    out["path"] = path
-    return out
+    return replace(out, name=reg or out.name, source=path)
 
 
 def load_generator(name_or_path, device=None):
-    """Generator module with ``mapping``, ``synthesis``, ``num_ws``, ``w_dim``, ``resolution``,
-    ``mapping_kind``; plus ``model_id`` and ``recipe`` (dict) attributes."""
-    m = load_model(name_or_path, device=device)
-    G = m["G"]
-    G.model_id = m["model_id"]
-    G.recipe = m["config"].get("recipe")
-    return G
+    """The generator module of :func:`load_model` (``mapping``, ``synthesis``, ``num_ws``,
+    ``w_dim``, ``resolution``, ``mapping_kind``); its model id and recipe are on the
+    :class:`LoadedModel`, so use :func:`load_model` when a latent or an alignment needs them."""
+    return load_model(name_or_path, device=device).G
 
 
-__all__ = ["REGISTRY", "ModelEntry", "list_models", "locate", "resolve", "load_model", "load_generator",
+__all__ = ["REGISTRY", "ModelEntry", "LoadedModel", "list_models", "locate", "resolve", "load_model", "load_generator",
            "default_model", "cache_dir", "sha256_file", "models_with_mapping", "adopted_dir", "adopted_models"]

@@ -117,10 +117,10 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
         raise EditingError(f"{pack_path} is the test split; directions are fitted on the train split only")
     idx = np.unique(np.linspace(0, len(pack) - 1, min(n, len(pack))).round().astype(int))
     imgs = pack.images(idx)
-    G = m["G"]
+    G = m.G
     t0 = time.time()
     method = default_method(m, "w+")
-    lat = invert_with(method, list(imgs), m, space="w+", steps=steps, G=G, D=m.get("D"), seed=seed,
+    lat = invert_with(method, list(imgs), m, space="w+", steps=steps, G=G, D=m.D, seed=seed,
                       batch_size=256 if torch.device(device).type == "cuda" else 32)
     t_inv = time.time() - t0
     scores = {}
@@ -130,14 +130,14 @@ def _fit_wplus(m, score_fn, scorer_id, pack_path, attrs, *, folder, n, steps, fr
                 scores.setdefault(k, []).append(torch.as_tensor(v).float().cpu().numpy().reshape(-1))
     scores = {k: np.concatenate(v) for k, v in scores.items()}
     codes = lat.codes.float().numpy()
-    rows, name = [], model_name(m["model_id"])
+    rows, name = [], model_name(m.model_id)
     report["wplus"] = {"pack": str(pack_path), "faces": int(len(idx)), "method": method,
                        "steps": lat.meta.get("steps"), "seconds_invert": round(t_inv, 1), "directions": {}}
     for a in attrs:
         if a not in scores:
             continue
         try:
-            d = fit_direction(codes, scores[a], attribute=a, model_id=m["model_id"], num_ws=G.num_ws, space="w+",
+            d = fit_direction(codes, scores[a], attribute=a, model_id=m.model_id, num_ws=G.num_ws, space="w+",
                               fraction=fraction, seed=seed, scorer=scorer_id, arch=G.arch,
                               meta={"source": "inverted train faces", "pack": Path(pack_path).name,
                                     "inversion": method})
@@ -253,7 +253,7 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(model_path, device=device)
-    G, model_id = m["G"], m["model_id"]
+    G, model_id = m.G, m.model_id
     name = model_name(model_id)
     folder = Path(out) / name
     t0 = time.time()

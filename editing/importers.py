@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceedit.checkpoints.loaded import LoadedModel
+
 from .direction import MAX_FILE_BYTES, Direction, DirectionFileError, canonical_attribute, model_name
 
 log = logging.getLogger(__name__)
@@ -181,7 +183,7 @@ def import_directions(path, model, *, attr: str | None = None, space: str = "w",
 
     Args:
         path: the file (see the module docstring for the formats).
-        model: registry name, adopted name or checkpoint path; or a ``load_model`` dict.
+        model: registry name, adopted name or checkpoint path; or a ``LoadedModel``.
         attr: attribute name (default: guessed from the file name; GANSpace components are
             ``pc<i>`` unless one component is chosen).
         space: ``w`` (a code direction) or ``w+`` (a per-layer one).
@@ -203,9 +205,9 @@ def import_directions(path, model, *, attr: str | None = None, space: str = "w",
     if space not in ("w", "w+"):
         raise DirectionImportError(f"imported directions are 'w' or 'w+', not {space!r}")
     fmt, sha, raw = read_vectors(path)
-    m = model if isinstance(model, dict) else load_model(model)
-    G = m["G"]
-    model_id, w_dim, num_ws = m["model_id"], int(G.w_dim), int(G.num_ws)
+    m = model if isinstance(model, LoadedModel) else load_model(model)
+    G = m.G
+    model_id, w_dim, num_ws = m.model_id, int(G.w_dim), int(G.num_ws)
     if components is not None:
         comps = [int(c) for c in components]
         bad = [c for c in comps if not 0 <= c < len(raw)]

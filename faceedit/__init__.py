@@ -12,6 +12,7 @@ from ._version import __version__
 _API = {
     "load_generator": "faceedit.checkpoints.registry",
     "load_model": "faceedit.checkpoints.registry",
+    "LoadedModel": "faceedit.checkpoints.loaded",
     "list_models": "faceedit.checkpoints.registry",
     "AlignedFace": "faceedit.alignment.types",
     "AlignmentRecipe": "faceedit.alignment.types",

@@ -379,13 +379,13 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         if kind == "model":
             say(f"loading {m}")
             info = load_model(m, device=dev)
-            G = info["G"].eval()
-            name = info["model_id"]
-            model_hashes[name] = info["sha256"]
+            G, short = info.G.eval(), info.name
+            name = info.model_id
+            model_hashes[name] = info.sha256
             say(f"{name}: generating {n} faces")
             gen_imgs, zs, ws = _gen_images(G, n, seed=seed, trunc=trunc)
         else:
-            G, info = None, {"name": Path(m).name}
+            G, short = None, Path(m).name
             gen_imgs = load_image_folder(m, limit=n)
             name = f"images:{Path(m).name}"
             model_hashes[name] = file_sha256(m)
@@ -412,10 +412,10 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
                      "value": float((d_gen < np.quantile(d_test, 0.01)).mean()), "n": len(d_gen),
                      "note": "~0.01 expected without copying"})
         order = np.argsort(d_gen)[:16]  # the 16 generated faces closest to a train face: the suspects
-        images[f"nearest_{info['name']}"] = _pairs_sheet(gen_imgs[order], train_imgs, nn_gen[order])
+        images[f"nearest_{short}"] = _pairs_sheet(gen_imgs[order], train_imgs, nn_gen[order])
         from faceedit.core.images import make_grid
 
-        images[f"samples_{info['name']}"] = make_grid(gen_imgs[:64], cols=8)
+        images[f"samples_{short}"] = make_grid(gen_imgs[:64], cols=8)
         if ppl_samples and G is not None:
             from faceedit.metrics.ppl import perceptual_path_length
 

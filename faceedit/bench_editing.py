@@ -124,7 +124,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
 
     device = resolve_device(device)
     m = load_model(model, device=device, with_discriminator=perceptual == "disc")
-    G, mid = m["G"], m["model_id"]
+    G, mid = m.G, m.model_id
     space = "wpp" if G.mapping_kind == "transformer" else "w+"
     pool = list_directions(mid) if directions is None else list_directions(folder=directions)
     dirs = [d for _, d in pool if d.model_id == mid and d.method not in ("ganspace", "sefa")
@@ -136,7 +136,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
         log.warning("%s: no InterFaceGAN directions found; fit them first (faceedit directions fit-all)", mid)
         return []
     t0 = time.time()
-    fname = f"{m['name']}_{space}.latent.safetensors"
+    fname = f"{m.name}_{space}.latent.safetensors"
     if latents_dir is not None and (Path(latents_dir) / fname).is_file():
         from faceedit.inversion.latent import Latent
 
@@ -147,7 +147,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
                                 f"delete it or use the same --pack and --n")
         log.info("%s: %d inverted faces from %s", mid, lat.batch_size, latents_dir)
     else:
-        lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.get("D"), seed=seed,
+        lat = invert_with(method, list(faces["images"]), m, space=space, steps=steps, G=G, D=m.D, seed=seed,
                           perceptual=perceptual, batch_size=batch_size)
         lat.meta["faces"] = list(faces.get("names", []))
         lat.meta["invert_seconds"] = round(time.time() - t0, 2)
@@ -176,7 +176,7 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
             images.append(imgs)
             per_s.append(score(imgs))
         tgt = d.attribute
-        row = {"model": m["name"], "space": space, "direction": d.key, "fitted_with": d.scorer, "n": len(codes),
+        row = {"model": m.name, "space": space, "direction": d.key, "fitted_with": d.scorer, "n": len(codes),
                "strengths": s.tolist(), "val_acc": d.accuracy}
         if tgt in indep:
             label, fn = indep[tgt]
@@ -228,7 +228,7 @@ def photo_check(model, photos, *, attr: str | None = None, strength: float = 2.0
     from faceedit.pipeline import Pipeline
 
     m = load_model(model, device=device)
-    space = "wpp" if m["G"].mapping_kind == "transformer" else "w+"
+    space = "wpp" if m.G.mapping_kind == "transformer" else "w+"
     pipe = Pipeline(m, space=space, method="optim", device=device, directions=directions,
                     invert_options=dict(steps=steps, prior="none", perceptual="none"))
     pool = [d for _, d in (list_directions(pipe.model_id) if directions is None else list_directions(folder=directions))
@@ -319,7 +319,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
     enc = _identity() if identity else None
     rows = []
     for model in models:
-        cfg = load_model(model)["config"]
+        cfg = load_model(model).config
         R = cfg["generator"]["resolution"]
         recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
         faces = load_faces(pack, n, None if pack else photos, recipe.with_size(R))

@@ -142,7 +142,7 @@ def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptu
         m = load_model(model, device=dev, with_discriminator=True)
     except ValueError:
         m = load_model(model, device=dev)
-    G, D = m["G"], m.get("D")
+    G, D = m.G, m.D
     prior = load_prior(m, G)
     R = G.resolution
     target = uint8_to_tensor(faces["images"]).to(dev)
@@ -159,7 +159,7 @@ def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptu
         use_prior = pw > 0
         ptag = f"gaussian@{pw:g}" if use_prior else "none"
         if perc == "disc" and D is None:
-            log.warning("bench: %s ships no discriminator; --perceptual disc rows left out", m["model_id"])
+            log.warning("bench: %s ships no discriminator; --perceptual disc rows left out", m.model_id)
             continue
         t = time.perf_counter()
         lat = invert(target, m, space=space, steps=steps, G=G, D=D, prior=prior if use_prior else "none",
@@ -175,12 +175,12 @@ def bench_model(model, faces: dict, *, steps: int = 100, seed: int = 0, perceptu
         eps = 0.25 * w_std / G.w_dim ** 0.5  # per element: a perturbation of norm ~0.25 w_std per layer
         pert = _synth(G, ws + eps * torch.randn(ws.shape, generator=gen).to(dev))
         if keep is not None:
-            keep[f"{m['model_id']}|{space}|{ptag}|{lat.meta['perceptual']}"] = \
+            keep[f"{m.model_id}|{space}|{ptag}|{lat.meta['perceptual']}"] = \
                 tensor_to_uint8(recon)
             keep["targets"] = target_u8
         for subset in sorted(set(faces["set"])):
             sel = faces["set"] == subset
-            row = {"model": m["model_id"], "space": space, "key": f"{m['model_id']}|{space}|"
+            row = {"model": m.model_id, "space": space, "key": f"{m.model_id}|{space}|"
                    f"{ptag}|{lat.meta['perceptual']}", "prior": ptag,
                    "set": subset, "n": int(sel.sum()), "steps": steps, "perceptual": lat.meta["perceptual"],
                    "mse": float(met["mse"][sel].mean()), "psnr": float(met["psnr"][sel].mean()),
@@ -248,7 +248,7 @@ def run(models, *, pack=None, photos=None, n: int = 100, steps: int = 100, seed:
     rows, recon_files = [], []
     enc = _identity() if identity else None
     for model in models:
-        cfg = load_model(model)["config"]
+        cfg = load_model(model).config
         R = cfg["generator"]["resolution"]
         recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
         faces = load_faces(pack, n, photos, recipe.with_size(R), max_photos)
@@ -285,7 +285,7 @@ def compression_table(model, *, taus=(1.0, 1.5, 2.0, 3.0), n: int = 1000, device
 
     dev = resolve_device(device)
     m = load_model(model, device=dev)
-    G = m["G"]
+    G = m.G
     feats, name = None, "pixels"
     try:
         from faceedit.metrics.attributes import AttributeScorer
@@ -295,7 +295,7 @@ def compression_table(model, *, taus=(1.0, 1.5, 2.0, 3.0), n: int = 1000, device
     except Exception as e:  # noqa: BLE001 -- fall back to pixels, and say so in the table
         log.warning("compression table: attribute features unavailable (%s); diversity in pixels", e)
     rows = compression_vs_truncation(G, load_prior(m, G), taus, n=n, features=feats, feature_name=name)
-    return [{"model": m["model_id"], **r} for r in rows]
+    return [{"model": m.model_id, **r} for r in rows]
 
 
 def compression_md(rows: list) -> str:
@@ -377,7 +377,7 @@ def align_photos_pack(photos, model, path) -> Path:
     from faceedit.core.pack import write_pack
 
     try:
-        cfg = load_model(model)["config"]
+        cfg = load_model(model).config
         recipe = AlignmentRecipe.from_dict(cfg["recipe"]) if cfg.get("recipe") else FACES64
         recipe = recipe.with_size(cfg["generator"]["resolution"])
     except ValueError as e:  # the model is not built yet: the shipped models' recipe
@@ -397,7 +397,7 @@ def _provenance(models) -> dict:
     for mdl in models:
         try:
             m = load_model(mdl)
-            shas[m["model_id"]] = m["sha256"]
+            shas[m.model_id] = m.sha256
         except ValueError:
             shas[str(mdl)] = None
     return provenance(shas)

@@ -117,12 +117,12 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
                                       perceptual=perceptual, seed=seed, batch_size=batch_size, device=device,
                                       **extra)
         except ValueError as e:  # e.g. no encoder shipped: the row says so
-            rows.append({"model": m["model_id"], "space": space, "method": method, "error": str(e)})
+            rows.append({"model": m.model_id, "space": space, "method": method, "error": str(e)})
             log.warning("%s %s %s: %s", model, space, method, e)
             continue
         recon = tensor_to_uint8(synthesize(G, lat))
         met = reconstruction_metrics(images[:n], recon, identity=identity)
-        row = {"model": m["model_id"], "model_name": model, "space": space, "method": method, "n": n,
+        row = {"model": m.model_id, "model_name": model, "space": space, "method": method, "n": n,
                "steps": lat.meta.get("tuning", {}).get("steps") if method == "pti" else lat.meta.get("steps"),
                "pivot_steps": lat.meta.get("steps") if method == "pti" else None,
                "mse": float(met["mse"].mean()), "psnr": float(met["psnr"].mean()), "ssim": float(met["ssim"].mean()),
@@ -133,7 +133,7 @@ def bench(model: str, space: str, images: np.ndarray, *, optim_steps: int, hybri
                             **({} if pw is None else {"prior_weight": pw})}}
         if save_recon is not None:  # for add_identity() on a machine with dlib
             tag = "" if pw is None else f"_pw{pw:g}"
-            row["recon_file"] = f"{m['name']}_{space}_{method}{tag}.npz".replace("+", "p")
+            row["recon_file"] = f"{m.name}_{space}_{method}{tag}.npz".replace("+", "p")
             Path(save_recon).mkdir(parents=True, exist_ok=True)
             np.savez_compressed(Path(save_recon) / row["recon_file"], targets=images[:n], recon=recon)
         if method == "pti" and edit_attr:
@@ -169,12 +169,12 @@ def _load(model: str, space: str, device, perceptual: str) -> tuple:
     from faceedit.inversion.prior import load_prior
 
     m = load_model(model, device=device, with_discriminator=perceptual == "disc")
-    G = m["G"]
+    G = m.G
     try:
-        E = encoder_for(m, space, G=G, device=device, model_sha256=m["sha256"])[0]
+        E = encoder_for(m, space, G=G, device=device, model_sha256=m.sha256)[0]
     except EncoderError:
         E = None  # the encoder-based rows then say why they did not run
-    return m, G, m.get("D"), load_prior(m, G), E
+    return m, G, m.D, load_prior(m, G), E
 
 
 def add_cpu_seconds(rows: list, images: np.ndarray, n: int, pti_n: int) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Pipeline:
 
     Args:
         model: registry name or checkpoint path (default: the default model of ``space``),
-            or a ``load_model`` dict.
+            or a ``LoadedModel``.
         space: inversion space (``w``, ``w+``, ``wpp``, ``wpp-z``).
         method: inversion method (``encoder``, ``optim``, ``hybrid``, ``pti``; default: the
             inversion room's default for the model and space: ``hybrid`` when the model
@@ -112,7 +113,7 @@ class Pipeline:
         t0 = time.perf_counter()
         self.space = str(space).lower()
         self.device = resolve_device(device)
-        if isinstance(model, dict):
+        if isinstance(model, LoadedModel):
             self.model = model
         else:
             default_space = "wpp" if self.space in ("wpp", "wpp-z") else self.space
@@ -125,8 +126,8 @@ class Pipeline:
                 if opts.get("perceptual") == "disc":
                     raise
                 self.model = load_model(name, device=self.device)
-        self.G = self.model["G"].to(self.device)
-        self.model_id = self.model["model_id"]
+        self.G = self.model.G.to(self.device)
+        self.model_id = self.model.model_id
         from faceedit.inversion.spaces import check_space
 
         check_space(self.G, self.space)
@@ -144,7 +145,7 @@ class Pipeline:
     # -- the stages, each usable alone -------------------------------------------------
     @property
     def recipe(self):
-        return model_recipe(self.model["config"], self.G.resolution)
+        return model_recipe(self.model.config, self.G.resolution)
 
     def align(self, photo: np.ndarray, face="largest") -> list:
         """Faces of ``photo`` aligned with the model's recipe (``face``: largest, all, or an index).
@@ -173,7 +174,7 @@ class Pipeline:
 
         bs = opts.pop("batch_size", max(1, len(faces)))
         return retry_smaller(lambda b: invert_with(self.method, list(faces), self.model, space=self.space, G=self.G,
-                                                   D=self.model.get("D"), prior=prior, batch_size=b, **opts), bs)
+                                                   D=self.model.D, prior=prior, batch_size=b, **opts), bs)
 
     def edit(self, latent, attributes: dict, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit."""

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from faceedit.core.device import resolve_device
+from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import InversionError
 from faceedit.networks.encoder import ENCODER_SPACES, Encoder
 
@@ -55,11 +56,11 @@ def encoder_files(folder, space: str) -> tuple:
 
 
 def _model_folder(model) -> Path | None:
-    """Folder of a model (registry name, path or ``load_model`` dict), or None (zip, pickle, G only)."""
+    """Folder of a model (registry name, path or ``LoadedModel``), or None (zip, pickle, G only)."""
     if model is None:
         return None
-    if isinstance(model, dict):
-        p = model.get("path")
+    if isinstance(model, LoadedModel):
+        p = model.source
     else:
         from faceedit.checkpoints.registry import resolve
 
@@ -169,8 +170,8 @@ def encoder_for(model, space: str, *, G=None, device=None, model_sha256: str | N
         raise EncoderError(f"no encoder for space {space!r} ships with this model{hint}; train one with "
                            f"`faceedit train-encoder --space {space if space != 'wpp-z' else 'wpp'}` and copy "
                            f"its files into the model folder, or use --method optim")
-    if model_sha256 is None and isinstance(model, dict):
-        model_sha256 = model.get("sha256")
+    if model_sha256 is None and isinstance(model, LoadedModel):
+        model_sha256 = model.sha256
     return load_encoder(found[0], G=G, model_sha256=model_sha256, device=device), found[1]
 
 
@@ -203,7 +204,7 @@ def encode(images, model=None, space: str = "w+", *, G=None, encoder: Encoder | 
     Args:
         images: as :func:`faceedit.inversion.invert` (AlignedFace, aligned crop(s), or a
             tensor ``[B, 3, H, W]`` in [-1, 1]).
-        model: registry name, checkpoint folder or ``load_model`` dict (default: the registry's
+        model: registry name, checkpoint folder or ``LoadedModel`` (default: the registry's
             default model for ``space``).
         space: ``w``, ``w+`` or ``wpp``.
         G: an already loaded generator (needs ``model`` or ``encoder`` to find the encoder).
@@ -230,7 +231,7 @@ def encode(images, model=None, space: str = "w+", *, G=None, encoder: Encoder | 
     meta = {"method": "encoder", "space": space, "encoder_space": espace, "seconds": seconds,
             "losses": {"mse": mse.float().cpu().tolist()}, "steps": 0}
     if mdict is not None:
-        meta["model_sha256"] = mdict["sha256"]
+        meta["model_sha256"] = mdict.sha256
     if any(f is not None for f in faces):
         meta["faces"] = [None if f is None else f.metadata() for f in faces]
     return Latent(space=space, codes=codes.cpu(), model_id=model_id, meta=meta,
@@ -238,20 +239,20 @@ def encode(images, model=None, space: str = "w+", *, G=None, encoder: Encoder | 
 
 
 def _load(model, space, G, device):
-    """``(G, load_model dict or None, model_id)``."""
+    """``(G, LoadedModel or None, model_id)``."""
     if G is not None:
-        if isinstance(model, dict):
-            return G, model, model["model_id"]
+        if isinstance(model, LoadedModel):
+            return G, model, model.model_id
         return G, None, getattr(G, "model_id", "unknown")
     from faceedit.checkpoints.registry import default_model, load_model
 
     device = resolve_device(device)
-    if isinstance(model, dict):
+    if isinstance(model, LoadedModel):
         mdict = model
     else:
         name = model if model is not None else default_model("wpp" if str(space).startswith("wpp") else space)
         mdict = load_model(name, device=device)
-    return mdict["G"].to(device), mdict, mdict["model_id"]
+    return mdict.G.to(device), mdict, mdict.model_id
 
 
 def _resolve_encoder(encoder, model, space, G, dev):
@@ -259,7 +260,7 @@ def _resolve_encoder(encoder, model, space, G, dev):
         if encoder.space == "wpp" and space != "wpp" or space == "wpp" and encoder.space != "wpp":
             raise EncoderError(f"a {encoder.space!r} encoder cannot serve space {space!r}")
         return encoder.to(dev).eval(), encoder.space
-    sha = model.get("sha256") if isinstance(model, dict) else None
+    sha = model.sha256 if isinstance(model, LoadedModel) else None
     if encoder is not None:
         E = load_encoder(encoder, G=G, model_sha256=sha, device=dev)
         if E.space not in _SERVES.get(space, ()):

@@ -152,7 +152,7 @@ def hybrid_invert(images, model=None, space: str = "w+", steps: int | None = Non
             "history": [float(np.mean([r.history[s] for r in results if s < len(r.history)]))
                         for s in range(max(len(r.history) for r in results))]}
     if mdict is not None:
-        meta["model_sha256"] = mdict["sha256"]
+        meta["model_sha256"] = mdict.sha256
     if any(f is not None for f in faces):
         meta["faces"] = [None if f is None else f.metadata() for f in faces]
     return Latent(space=space, codes=ws, model_id=model_id, noise=noise, meta=meta,

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import InversionError
 
 log = logging.getLogger(__name__)
@@ -370,7 +371,7 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
     """The prior of a model: from its file, else from the cache, else fitted and cached.
 
     Args:
-        model: registry name, checkpoint path, or the dict returned by ``load_model``.
+        model: registry name, checkpoint path, or a ``LoadedModel``.
         G: the generator (saves loading it again; needed to fit).
         n: samples when fitting.
         fit: fit (and cache) when no statistics are found; ``False`` raises instead.
@@ -381,9 +382,9 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
 
     from faceedit.core.tensorfile import write_tensor_file
 
-    if isinstance(model, dict):
-        stats, sha = model.get("prior") or {}, model["sha256"]
-        G = G if G is not None else model["G"]
+    if isinstance(model, LoadedModel):
+        stats, sha = model.prior or {}, model.sha256
+        G = G if G is not None else model.G
     else:
         from faceedit.checkpoints.registry import load_model, resolve
 
@@ -392,8 +393,8 @@ def load_prior(model, G=None, *, n: int = DEFAULT_N, fit: bool = True) -> Gaussi
             stats, sha = _prior_from_file(path)
         else:
             m = load_model(model)
-            stats, sha = m["prior"], m["sha256"]
-            G = G if G is not None else m["G"]
+            stats, sha = m.prior, m.sha256
+            G = G if G is not None else m.G
     if G is None:
         from faceedit.checkpoints.registry import load_generator
 
@@ -476,13 +477,13 @@ def embed_prior(model, out, *, device, n: int = DEFAULT_N, dtype=torch.float32) 
     except ValueError:  # no discriminator in that checkpoint
         m = load_model(model, device=dev)
     t = time.time()
-    stats = fit_prior(m["G"], n)
+    stats = fit_prior(m.G, n)
     secs = time.time() - t
-    cfg = m["config"]
-    path = save_native(out, m["G"].cpu(), name=cfg.get("name") or m["name"],
-                       D=None if m.get("D") is None else m["D"].cpu(), recipe=cfg.get("recipe"),
+    cfg = m.config
+    path = save_native(out, m.G.cpu(), name=cfg.get("name") or m.name,
+                       D=None if m.D is None else m.D.cpu(), recipe=cfg.get("recipe"),
                        license=cfg.get("license", ""), provenance=cfg.get("provenance"), prior=stats, dtype=dtype)
-    return {"path": path, "model_id": m["model_id"], "stats": stats, "seconds": secs, "device": str(dev)}
+    return {"path": path, "model_id": m.model_id, "stats": stats, "seconds": secs, "device": str(dev)}
 
 
 __all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",

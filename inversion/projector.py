@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from faceedit.core.device import resolve_device
+from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import InversionError
 
 from .latent import Latent
@@ -475,7 +476,7 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
         images: an ``AlignedFace``, an aligned RGB crop ``[H, W, 3]`` uint8 (square; resized
             to the model's resolution), a list of these, or a tensor ``[B, 3, H, W]`` in [-1, 1].
             Photos must be aligned with the model's recipe first (``faceedit.align``).
-        model: registry name, checkpoint path or ``load_model`` dict (default: the registry's
+        model: registry name, checkpoint path or ``LoadedModel`` (default: the registry's
             default model for ``space``); ignored when ``G`` is given.
         space: ``w``, ``w+``, ``wpp`` or ``wpp-z`` (``inversion.spaces``).
         steps: optimisation steps (default: 50 on CPU, 300 on CUDA).
@@ -497,7 +498,7 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
     """
     space = str(space).lower()
     G, D, mdict, model_id, prior = setup(model, space, G=G, D=D, device=device, prior=prior, perceptual=perceptual)
-    sha = mdict["sha256"] if mdict is not None else None
+    sha = mdict.sha256 if mdict is not None else None
     space = check_space(G, space)
     dev = G.synthesis.const.device
     proj = Projector(G, space, steps=steps, D=D, perceptual=perceptual, prior=prior,
@@ -537,22 +538,22 @@ __all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_
 def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", perceptual="auto"):
     """Load what an inversion needs: ``(G, D, model dict or None, model_id, prior or None)``.
 
-    ``model``: registry name, checkpoint path or ``load_model`` dict (default: the
+    ``model``: registry name, checkpoint path or ``LoadedModel`` (default: the
     registry's default model for ``space``); ignored for loading when ``G`` is given.
     """
     from faceedit.checkpoints.registry import default_model
 
-    mdict = model if isinstance(model, dict) else None
+    mdict = model if isinstance(model, LoadedModel) else None
     if G is None:
         device = resolve_device(device)
         if mdict is None:
             name = model if model is not None else default_model("wpp" if str(space).startswith("wpp") else space)
             mdict = load_model_for_loss(name, device, perceptual)
-        G = mdict["G"].to(device)
-        D = D if D is not None else mdict.get("D")
+        G = mdict.G.to(device)
+        D = D if D is not None else mdict.D
         if D is not None:
             D.to(device)
-    model_id = mdict["model_id"] if mdict is not None else getattr(G, "model_id", "unknown")
+    model_id = mdict.model_id if mdict is not None else getattr(G, "model_id", "unknown")
     prior = resolve_prior(prior, mdict, model, G)
     return G, D, mdict, model_id, prior
 

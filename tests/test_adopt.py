@@ -119,10 +119,10 @@ def test_adopted_prior_matches_a_direct_fit(adopted, monkeypatch):
 
     monkeypatch.setenv("FACEEDIT_HOME", str(adopted["home"]))
     m = load_model("mine")
-    assert m["model_id"] == adopted["report"]["model_id"]
-    ref = fit_prior(load_model(adopted["src"])["G"], 2000, check_n=0)
-    assert torch.allclose(m["prior"]["mean"], ref["mean"], atol=1e-5)
-    assert torch.allclose(m["prior"]["cov"], ref["cov"], atol=1e-5)
+    assert m.model_id == adopted["report"]["model_id"]
+    ref = fit_prior(load_model(adopted["src"]).G, 2000, check_n=0)
+    assert torch.allclose(m.prior["mean"], ref["mean"], atol=1e-5)
+    assert torch.allclose(m.prior["cov"], ref["cov"], atol=1e-5)
 
 
 def test_adopt_refuses_bad_names_and_existing(adopted, monkeypatch):

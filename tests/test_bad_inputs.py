@@ -365,14 +365,14 @@ def tiny(tmp_path_factory):
     save_native(root / "model", G, name="tiny16")
     m = load_model(root / "model")
     with torch.no_grad():
-        codes = m["G"].mapping(torch.randn(1, 16))
-    lat = Latent("w+", codes, m["model_id"], meta={"source": "none.png"})
+        codes = m.G.mapping(torch.randn(1, 16))
+    lat = Latent("w+", codes, m.model_id, meta={"source": "none.png"})
     lat.save(root / "good.latent.safetensors")
-    d = Direction.from_vector(torch.randn(16), space="w", attribute="smile", model_id=m["model_id"],
+    d = Direction.from_vector(torch.randn(16), space="w", attribute="smile", model_id=m.model_id,
                               num_ws=G.num_ws, method="manual")
     (root / "dirs").mkdir()
     d.save(root / "dirs")
-    return {"root": root, "model": root / "model", "model_id": m["model_id"], "G": m["G"], "latent": lat,
+    return {"root": root, "model": root / "model", "model_id": m.model_id, "G": m.G, "latent": lat,
             "direction": d}
 
 

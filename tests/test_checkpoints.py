@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
+import hashlib
 import io
 import os
 import pickle
@@ -22,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceedit.checkpoints import CheckpointError, load_model, load_native, save_native
+from faceedit.checkpoints import CheckpointError, LoadedModel, load_model, load_native, save_native
 from faceedit.checkpoints.convert import convert_file, convert_to_native_in_memory, sniff
 from faceedit.checkpoints.native import folder_to_zip_bytes
 from faceedit.checkpoints.nvidia import native_to_nvidia_state, read_nvidia
@@ -237,7 +239,7 @@ def test_nvidia_torch_save_zip_with_persistent_ids(tmp_path, monkeypatch):
     G = make_generator(seed=1)
     p = write_nvidia_pkl(monkeypatch, tmp_path / "g.pt", G, torch_zip=True)
     assert zipfile.is_zipfile(p) and sniff(p) == "nvidia"
-    assert_same_generator(convert_to_native_in_memory(p)["G"], G)
+    assert_same_generator(convert_to_native_in_memory(p).G, G)
 
 
 def test_nvidia_conv_clamp_is_carried_over(tmp_path, monkeypatch):
@@ -325,8 +327,8 @@ def test_nvidia_discriminator_is_kept_with_the_same_logits(tmp_path, monkeypatch
     assert (dst / "discriminator.safetensors").is_file()
     m = load_native(dst, with_discriminator=True)
     with torch.no_grad():
-        assert torch.equal(m["D"](x), D(x))
-        assert torch.equal(m["D"].features(x)[-1], D.features(x)[-1])
+        assert torch.equal(m.D(x), D(x))
+        assert torch.equal(m.D.features(x)[-1], D.features(x)[-1])
 
 
 def test_nvidia_discriminator_it_cannot_map_is_dropped_with_the_reason(tmp_path, monkeypatch):
@@ -536,15 +538,15 @@ def test_native_save_load_bit_exact_folder_and_zip(tmp_path):
     prior = {"mean": torch.randn(16), "cov": torch.eye(16)}
     save_native(tmp_path / "m", G, name="tiny", D=D, prior=prior, license="test", provenance={"why": "test"})
     out = load_native(tmp_path / "m", with_discriminator=True)
-    assert_same_generator(out["G"], G)
-    assert all(torch.equal(out["D"].state_dict()[k], v) for k, v in D.state_dict().items())
-    assert torch.equal(out["prior"]["mean"], prior["mean"])
+    assert_same_generator(out.G, G)
+    assert all(torch.equal(out.D.state_dict()[k], v) for k, v in D.state_dict().items())
+    assert torch.equal(out.prior["mean"], prior["mean"])
     (tmp_path / "m.zip").write_bytes(folder_to_zip_bytes(tmp_path / "m"))
     z = load_native(tmp_path / "m.zip")
-    assert_same_generator(z["G"], G) and z["sha256"] == out["sha256"]
+    assert_same_generator(z.G, G) and z.sha256 == out.sha256
     # fp16 storage: exactly the fp16-rounded weights come back
     save_native(tmp_path / "h", G, name="half", dtype=torch.float16)
-    H = load_native(tmp_path / "h")["G"]
+    H = load_native(tmp_path / "h").G
     assert all(torch.equal(H.state_dict()[k], v.half().float()) for k, v in G.state_dict().items())
 
 
@@ -564,18 +566,18 @@ def test_convert_file_round_trip_keeps_image_and_model_id(tmp_path, monkeypatch)
     G = make_generator(seed=7)
     pkl = write_nvidia_pkl(monkeypatch, tmp_path / "ffhq-tiny.pkl", G)
     mem = convert_to_native_in_memory(pkl)
-    assert set(mem) == {"G", "D", "config", "prior", "sha256"}
+    assert isinstance(mem, LoadedModel) and mem.prior == {} and mem.name == "ffhq-tiny" and mem.source == pkl
     before = pkl.read_bytes()
     out = convert_file(pkl, tmp_path / "native")
     assert pkl.read_bytes() == before
     loaded = load_native(out)
-    assert_same_generator(loaded["G"], G)
-    assert loaded["sha256"] == mem["sha256"]  # same model id whether loaded from .pkl or converted
-    assert loaded["config"]["provenance"]["source_format"] == "nvidia-stylegan2-ada-pkl"
+    assert_same_generator(loaded.G, G)
+    assert loaded.sha256 == mem.sha256  # same model id whether loaded from .pkl or converted
+    assert loaded.config["provenance"]["source_format"] == "nvidia-stylegan2-ada-pkl"
     zipped = convert_file(pkl, tmp_path / "native.zip")
-    assert_same_generator(load_native(zipped)["G"], G)
+    assert_same_generator(load_native(zipped).G, G)
     m = load_model(pkl)
-    assert m["model_id"] == f"ffhq-tiny@{mem['sha256'][:12]}"
+    assert m.model_id == f"ffhq-tiny@{mem.sha256[:12]}"
     with pytest.raises(CheckpointError, match="overwrite the input"):
         convert_file(pkl, pkl)
     (tmp_path / "busy").mkdir()
@@ -711,15 +713,15 @@ def test_convert_cli_records_ffhq_recipe_and_keeps_d(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["convert", str(p), str(tmp_path / "a")])
     assert r.exit_code == 0, r.output
     assert "recipe ffhq at 32 px, scale 1.0" in r.output and "discriminator: converted" in r.output
-    cfg = load_native(tmp_path / "a")["config"]
+    cfg = load_native(tmp_path / "a").config
     assert cfg["recipe"]["name"] == "ffhq" and cfg["recipe"]["scale"] == 1.0 and cfg["recipe"]["size"] == RES
     r = CliRunner().invoke(cli, ["convert", str(tmp_path / "a"), str(tmp_path / "b.zip"), "--recipe", "faces64"])
     assert r.exit_code == 0, r.output
-    assert load_native(tmp_path / "b.zip")["config"]["recipe"]["scale"] == 0.6
+    assert load_native(tmp_path / "b.zip").config["recipe"]["scale"] == 0.6
     r = CliRunner().invoke(cli, ["convert", str(tmp_path / "b.zip"), str(tmp_path / "c")])  # auto keeps it
-    assert load_native(tmp_path / "c")["config"]["recipe"]["scale"] == 0.6, r.output
+    assert load_native(tmp_path / "c").config["recipe"]["scale"] == 0.6, r.output
     bare = save_native(tmp_path / "bare", G, name="bare")  # no recipe: FFHQ's, never faces64's
-    rec = model_recipe(load_native(bare)["config"], RES)
+    rec = model_recipe(load_native(bare).config, RES)
     assert rec.name == "ffhq" and rec.scale == 1.0 and rec.size == RES
 
 
@@ -752,3 +754,19 @@ def test_generate_draws_z_as_nvidia_by_default(tmp_path):
     assert np.array_equal(outs["numpy"], want) and not np.array_equal(outs["numpy"], outs["torch"])
     with pytest.raises(ValueError, match="2\\*\\*32"):
         seed_z(G, [2 ** 32])
+
+
+def test_load_model_returns_a_frozen_loaded_model(tmp_path):
+    G = make_generator(seed=8)
+    save_native(tmp_path / "m", G, name="tiny", recipe={"scale": 0.6, "size": RES})
+    m = load_model(tmp_path / "m")
+    sha = hashlib.sha256((tmp_path / "m" / "model.safetensors").read_bytes()).hexdigest()
+    assert isinstance(m, LoadedModel) and m.sha256 == sha and m.model_id == f"tiny@{sha[:12]}"
+    assert m.source == tmp_path / "m" and m.folder == tmp_path / "m" and m.D is None
+    assert m.recipe == {"scale": 0.6, "size": RES} and m.arch == "stylegan2" and m.resolution == RES
+    assert_same_generator(m.G, G)
+    assert not hasattr(m.G, "model_id")  # the id lives on the LoadedModel, not bolted onto the module
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.name = "other"
+    with pytest.raises(TypeError):
+        m["G"]  # no dict-style access: fields only

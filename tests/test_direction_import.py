@@ -58,10 +58,10 @@ def test_interfacegan_npy_round_trip_and_used_by_edit(model, tmp_path, monkeypat
     # strength 1 = the spread of the model's own W samples along it
     from faceedit.editing.fit import sample_codes
 
-    proj = sample_codes(model["m"]["G"], 5000) @ (v / np.linalg.norm(v)).reshape(-1)
+    proj = sample_codes(model["m"].G, 5000) @ (v / np.linalg.norm(v)).reshape(-1)
     assert d.latent_std == pytest.approx(float(np.std(proj)), rel=1e-3)
     # found as the model's smile, like a shipped one
-    ((found, strength),) = resolve_directions(model["m"]["model_id"], {"smile": 2}, latent_space="w+")
+    ((found, strength),) = resolve_directions(model["m"].model_id, {"smile": 2}, latent_space="w+")
     assert np.allclose(found.vector.numpy(), d.vector.numpy())
 
 
@@ -149,7 +149,7 @@ def test_refusals(model, tmp_path):
 
 def test_per_layer_boundary_becomes_wplus(model, tmp_path):
     m = model["m"]
-    nws = m["G"].num_ws
+    nws = m.G.num_ws
     np.save(tmp_path / "b.npy", _vec(5, (1, nws, W)))
     (d, _), = import_directions(tmp_path / "b.npy", m, attr="smile", out=tmp_path / "d")
     assert d.space == "w+" and tuple(d.vector.shape) == (nws, W)

@@ -120,13 +120,13 @@ def test_save_load_encode_and_hybrid(trained, tmp_path):
     G, E, *_ = trained
     m = _tiny_model(tmp_path, G)
     assert default_method(m, "w+") == "optim"  # no encoder shipped yet
-    wpath, jpath = save_encoder(tmp_path / "tiny", E, model_id=m["model_id"], model_sha256=m["sha256"],
+    wpath, jpath = save_encoder(tmp_path / "tiny", E, model_id=m.model_id, model_sha256=m.sha256,
                                 record={"steps": 100})
     assert wpath.name == "encoder_wplus.safetensors" and json.loads(jpath.read_text())["space"] == "w+"
     assert default_method(m, "w+") == "hybrid" and default_method(m, "w") == "hybrid"
     assert find_encoder(m, "wpp") is None
     # round trip: fp16 weights, so equal to the fp16-rounded encoder's output
-    E2 = load_encoder(wpath, G=G, model_sha256=m["sha256"])
+    E2 = load_encoder(wpath, G=G, model_sha256=m.sha256)
     ref = Encoder(**E.config)
     ref.load_state_dict({k: (v if k == "w_avg" else v.half().float()) for k, v in E.state_dict().items()})
     x = G.synthesis(G.mapping(G.sample_z(4, seed=77)))
@@ -136,10 +136,10 @@ def test_save_load_encode_and_hybrid(trained, tmp_path):
 
     # targets the encoder never saw; compare the methods at equal footing (MSE only)
     target = G.synthesis(G.mapping(G.sample_z(6, seed=4321)))
-    kw = dict(G=m["G"], D=m["D"], prior="none", perceptual="none", seed=0)
+    kw = dict(G=m.G, D=m.D, prior="none", perceptual="none", seed=0)
     enc = invert_with("encoder", target, m, "w+", **kw)
-    assert enc.meta["method"] == "encoder" and enc.model_id == m["model_id"]
-    lat_w = encode(target, m, "w", G=m["G"])  # a w+ encoder serves w by averaging its layers
+    assert enc.meta["method"] == "encoder" and enc.model_id == m.model_id
+    lat_w = encode(target, m, "w", G=m.G)  # a w+ encoder serves w by averaging its layers
     assert torch.equal(lat_w.codes, lat_w.codes[:, :1].expand_as(lat_w.codes))
     k = 10
     # this 16 px toy prefers a peak lr of 0.1 (the shipped 64 px models 0.3: see inversion/hybrid.py)
@@ -214,7 +214,7 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
 
     G, E, *_ = trained
     m = _tiny_model(tmp_path, G)
-    save_encoder(tmp_path / "tiny", E, model_id=m["model_id"], model_sha256=m["sha256"], record={"steps": 100})
+    save_encoder(tmp_path / "tiny", E, model_id=m.model_id, model_sha256=m.sha256, record={"steps": 100})
     ims = tensor_to_uint8(G.synthesis(G.mapping(G.sample_z(3, seed=9))))
     pack = write_pack(tmp_path / "t.npz", [encode_image(i, "PNG") for i in ims], {}, ["a", "b", "c"], {})
     out = tmp_path / "m"

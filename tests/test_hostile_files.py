@@ -311,7 +311,7 @@ def _state(tiny_dir):
 
 def test_tiny_checkpoint_loads(tiny_dir):
     m = load_model(tiny_dir, with_discriminator=True)
-    assert m["G"].resolution == 16 and m["D"] is not None
+    assert m.G.resolution == 16 and m.D is not None
 
 
 @pytest.mark.parametrize("damage", ["shape", "dtype_int", "dtype_bool", "missing", "extra", "nan", "inf"])
@@ -461,7 +461,7 @@ def test_zip_valid_roundtrip_and_damage(tmp_path, tiny_dir):
     good = _zip(tmp_path / "good.zip", entries)
     ref = load_model(tiny_dir)
     m = load_model(good)
-    assert m["sha256"] == ref["sha256"]
+    assert m.sha256 == ref.sha256
     # flip bytes inside the stored safetensors: CRC error -> CheckpointError, not BadZipFile
     raw = bytearray(good.read_bytes())
     i = raw.find(b"G_ema.") + 4000

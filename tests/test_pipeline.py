@@ -30,10 +30,10 @@ def tiny(tmp_path_factory):
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(path)
-    pcs = ganspace(sample_codes(m["G"], 2000), model_id=m["model_id"], num_ws=m["G"].num_ws, k=2)
+    pcs = ganspace(sample_codes(m.G, 2000), model_id=m.model_id, num_ws=m.G.num_ws, k=2)
     for d, name in zip(pcs, ("smile", "age")):
         replace(d, attribute=name, method="manual").save(root / "dirs")
-    return {"path": str(path), "dirs": str(root / "dirs"), "model_id": m["model_id"], "root": root}
+    return {"path": str(path), "dirs": str(root / "dirs"), "model_id": m.model_id, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +74,30 @@ def test_pipeline_end_to_end(edited, tiny):
     assert not (changed & (r.mask == 0)).any()  # only inside the face mask
     assert 0 < (r.mask > 0).mean() < 0.5
     assert set(r.timings) >= {"align", "invert", "edit", "synthesize", "paste"}
+
+
+@pytest.mark.parametrize("method", ["optim", "pti"])
+def test_edit_photo_resolves_the_model_once(tiny, shared_dir, monkeypatch, method):
+    """A name given to the front door is resolved and loaded once; every stage after takes the LoadedModel."""
+    from faceedit.checkpoints import registry
+    from faceedit.pipeline import Pipeline
+
+    calls = {"resolve": 0, "load_model": 0}
+
+    def counting(fn):
+        def wrapper(*a, **kw):
+            calls[fn.__name__] += 1
+            return fn(*a, **kw)
+        return wrapper
+
+    monkeypatch.setattr(registry, "resolve", counting(registry.resolve))
+    monkeypatch.setattr(registry, "load_model", counting(registry.load_model))
+    photo = load_image(os.path.join(shared_dir, PHOTO))
+    pipe = Pipeline(tiny["path"], device="cpu", method=method, directions=tiny["dirs"],
+                    invert_options=dict(FAST, steps=1))
+    r = pipe.edit_photo(photo, {"smile": 2})
+    assert len(r.faces) == 1 and r.faces[0].latent.meta["method"] == method
+    assert calls == {"resolve": 1, "load_model": 1}
 
 
 def test_strength_zero_returns_the_input(edited, pipe):

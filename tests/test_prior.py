@@ -179,7 +179,7 @@ def test_load_prior_fits_once_caches_and_prefers_the_model_file(tmp_path, monkey
     torch.testing.assert_close(p3.mean, p1.mean + 1.0)
     from faceedit.checkpoints import load_model
 
-    assert set(load_model(path2)["prior"]) >= {"mean", "cov", "slope", "joint"}
+    assert set(load_model(path2).prior) >= {"mean", "cov", "slope", "joint"}
     with pytest.raises(ValueError, match="embed"):
         load_prior(str(save_native(tmp_path / "m3", _tiny("transformer"), name="t")), fit=False)
 
@@ -208,9 +208,9 @@ def test_fit_prior_command_embeds_statistics(tmp_path):
     assert r.exit_code == 0, r.output
     assert "chi2 mean ratio" in r.output and "n 2000" in r.output
     m = load_model(tmp_path / "dst")
-    assert m["prior"]["mean"].shape == (16,)
-    assert float(m["prior"]["n"]) == 2000
-    assert m["model_id"] == load_model(src)["model_id"]  # same weights, same id
+    assert m.prior["mean"].shape == (16,)
+    assert float(m.prior["n"]) == 2000
+    assert m.model_id == load_model(src).model_id  # same weights, same id
     r = CliRunner().invoke(cli, ["--device", "cpu", "fit-prior", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "Error" in r.output
 
@@ -259,7 +259,7 @@ def test_compression_keeps_more_diversity_than_truncation_on_the_shipped_model()
     from faceedit.metrics.attributes import AttributeScorer
 
     m = load_model("faces64")
-    G = m["G"]
+    G = m.G
     sc = AttributeScorer.load()
     feats = lambda im: torch.from_numpy(sc.features(im.clamp(-1, 1)))  # noqa: E731
     (row,) = compression_vs_truncation(G, load_prior(m, G), (1.0,), n=300, features=feats,

@@ -294,13 +294,13 @@ def test_native_round_trip_records_the_arch(G1, tmp_path):
     cfg = json.loads((tmp_path / "m1" / "config.json").read_text())
     assert cfg["generator"]["arch"] == "stylegan1"
     m = load_native(tmp_path / "m1")
-    assert isinstance(m["G"], Generator1)
+    assert isinstance(m.G, Generator1)
     z = G1.sample_z(2, seed=8)
-    assert torch.equal(m["G"](z), G1(z))
+    assert torch.equal(m.G(z), G1(z))
     G2 = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=256, channel_max=16)
     save_native(tmp_path / "m2", G2, name="tiny-sg2")
     assert "arch" not in json.loads((tmp_path / "m2" / "config.json").read_text())["generator"]
-    assert type(load_native(tmp_path / "m2")["G"]) is Generator
+    assert type(load_native(tmp_path / "m2").G) is Generator
     for key, value, match in [("arch", "stylegan9", "arch 'stylegan9'"), ("arch", ["stylegan1"], "arch"),
                               ("fused_scale", "sometimes", "fused_scale"), ("mapping_kind", "mlp", "unknown")]:
         (tmp_path / "m1" / "config.json").write_text(json.dumps({**cfg, "generator": {**cfg["generator"], key: value}}))

@@ -208,12 +208,12 @@ def test_tf_single_network_and_convert_file_keep_d_and_recipe(tmp_path, monkeypa
               "landmarks": "dlib68"}
     dst = convert_file(p, tmp_path / "conv", recipe=recipe)
     m = load_native(dst, with_discriminator=True)
-    assert m["config"]["recipe"] == {**recipe, "size": RES}
-    assert (dst / "discriminator.safetensors").is_file() and m["config"]["discriminator"]["down_conv"] == "strided"
+    assert m.config["recipe"] == {**recipe, "size": RES}
+    assert (dst / "discriminator.safetensors").is_file() and m.config["discriminator"]["down_conv"] == "strided"
     x = torch.rand(2, 3, RES, RES) * 2 - 1
     with torch.no_grad():
-        assert torch.allclose(m["D"](x), D(x), atol=1e-6)
-    assert torch.equal(images(m["G"], 0.7), images(convert_to_native_in_memory(p)["G"], 0.7))
+        assert torch.allclose(m.D(x), D(x), atol=1e-6)
+    assert torch.equal(images(m.G, 0.7), images(convert_to_native_in_memory(p).G, 0.7))
     single = write_tf_pkl(monkeypatch, tmp_path / "gs.pkl", G, single=True)
     nets = read_tf_pickle(single)
     assert nets["G"] is None and nets["D"] is None

@@ -203,7 +203,7 @@ def test_job_exports_resumes_on_fresh_machine_and_unpacks(tmp_path):
     assert cfg["name"] == "faces64" and "non-commercial" in cfg["license"]
     assert cfg["provenance"]["steps"] == 4 and cfg["recipe"]["name"] == "faces64"
     m = load_native(tmp_path / "out" / "faces64.zip")  # the zip loads as a native checkpoint
-    assert m["G"].resolution == 16
+    assert m.G.resolution == 16
     # fresh machine: empty run dir, resume from the export; continues the counters
     s2 = job.run_job(data=pack, mapping="mlp", run_dir=tmp_path / "run2", minutes=5, export=tmp_path / "out2",
                      resume_from=tmp_path / "out", device="cpu", max_steps=2)
@@ -213,7 +213,7 @@ def test_job_exports_resumes_on_fresh_machine_and_unpacks(tmp_path):
     # the resumed G_ema equals the exported fp16 weights before training continued
     tr = Trainer(export.read_export_config(tmp_path / "out", "faces64"), load_images(pack, 16), "cpu")
     export.resume_from_export(tr, tmp_path / "out", "faces64")
-    for k, v in m["G"].state_dict().items():
+    for k, v in m.G.state_dict().items():
         torch.testing.assert_close(tr.G_ema.state_dict()[k], v)
     with pytest.raises(ValueError, match="mapping"):
         job.run_job(data=pack, mapping="transformer", run_dir=tmp_path / "run", minutes=5, device="cpu",
@@ -227,7 +227,7 @@ def test_job_exports_resumes_on_fresh_machine_and_unpacks(tmp_path):
     assert r.exit_code == 0, r.output
     assert "skip faces64-wpp" in r.output and f"faces64 -> {tmp_path / 'weights' / 'faces64'}" in r.output
     full = load_native(tmp_path / "weights" / "faces64", with_discriminator=True)
-    assert full["D"] is not None and full["config"]["provenance"]["steps"] == 6
+    assert full.D is not None and full.config["provenance"]["steps"] == 6
 
 
 def test_split_rules_on_real_names(shared_dir):

@@ -357,7 +357,7 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
         m = load_native(checkpoint, with_discriminator=has_d)
     else:
         m = convert_to_native_in_memory(checkpoint)
-    G, D, cfg = m["G"].to(dev).eval(), m.get("D"), m["config"]
+    G, D, cfg = m.G.to(dev).eval(), m.D, m.config
     D = D.to(dev).eval() if D is not None else None
     sha = hashlib.sha256(model_safetensors_bytes(G)).hexdigest()
     model_id = f"{name}@{sha[:12]}"

@@ -344,7 +344,7 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     out.mkdir(parents=True, exist_ok=True)
     t_load = time.time()
     m = load_model(model, device=dev, with_discriminator=(perceptual == "disc"))
-    G, D = m["G"], m["D"]
+    G, D = m.G, m.D
     imgs = load_pack_images(data, G.resolution, max_images=max_images)
     if len(imgs) <= val:
         raise TrainingError(f"{data} holds {len(imgs)} faces, too few to hold out --val {val}")
@@ -355,7 +355,7 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     opt_state = None
     if resume and state_file.is_file():
         st = torch.load(state_file, map_location=dev, weights_only=True)
-        if st.get("model_sha256") != m["sha256"] or st.get("config") != E.config:
+        if st.get("model_sha256") != m.sha256 or st.get("config") != E.config:
             raise TrainingError(f"{state_file} belongs to another model or encoder architecture; "
                                 f"delete it or pass another --out")
         E.load_state_dict(st["E_weights"])
@@ -365,7 +365,7 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     elif init_from is not None:
         from faceedit.inversion.encoder import load_encoder
 
-        init = load_encoder(init_from, G=G, model_sha256=m["sha256"], device=dev)
+        init = load_encoder(init_from, G=G, model_sha256=m.sha256, device=dev)
         if init.config != E.config:
             raise TrainingError(f"{init_from} has another encoder architecture ({init.config}); "
                                 f"pass a matching --channels or drop --init-from")
@@ -384,17 +384,17 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
               "before": before, "after": after, "device": str(dev),
               "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
               "latency_ms_per_image_b32": lat_ms, "history": res["history"][-20:]}
-    wpath, jpath = save_encoder(out, E, model_id=m["model_id"], model_sha256=m["sha256"], record=record)
+    wpath, jpath = save_encoder(out, E, model_id=m.model_id, model_sha256=m.sha256, record=record)
     import io
 
     from faceedit.core.files import atomic_write_bytes
 
     buf = io.BytesIO()
-    torch.save({"model_sha256": m["sha256"], "config": E.config, "E_weights": E.state_dict(),
+    torch.save({"model_sha256": m.sha256, "config": E.config, "E_weights": E.state_dict(),
                 "LD_weights": res["LD"].state_dict(), "opt": res["opt_state"]}, buf)
     atomic_write_bytes(state_file, buf.getvalue())
     return {"weights": str(wpath), "json": str(jpath), "state": str(state_file), "load_seconds": load_s,
-            "model_id": m["model_id"], "space": space, **record}
+            "model_id": m.model_id, "space": space, **record}
 
 
 @torch.no_grad()

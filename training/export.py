@@ -131,7 +131,7 @@ def resume_from_export(trainer: Trainer, src_dir, name: str) -> None:
     t = load(raw)
     _load_module(trainer.G, t, "G", paths["resume"])
     nat = load_native(paths["zip"])
-    trainer.G_ema.load_state_dict(nat["G"].state_dict())
+    trainer.G_ema.load_state_dict(nat.G.state_dict())
     d = load(paths["disc"].read_bytes())
     _load_module(trainer.D, d, "D", paths["disc"])
     trainer.pl_mean.copy_(t["pl_mean"].reshape([]).to(trainer.pl_mean.device))
@@ -187,15 +187,15 @@ def init_from_native(trainer: Trainer, folder) -> None:
 
     folder = Path(folder)
     nat = load_native(folder, with_discriminator=True)
-    sd = nat["G"].state_dict()
+    sd = nat.G.state_dict()
     for mod in (trainer.G, trainer.G_ema):
         own = mod.state_dict()
         if set(own) != set(sd) or any(own[k].shape != sd[k].shape for k in own):
             raise TrainingError(f"{folder}: its generator does not match the training config "
                              f"(build the trainer with native_train_config)")
         mod.load_state_dict(sd)
-    trainer.D.load_state_dict(nat["D"].state_dict())
-    prov = nat["config"].get("provenance") or {}
+    trainer.D.load_state_dict(nat.D.state_dict())
+    prov = nat.config.get("provenance") or {}
     trainer._set_counters({"step": int(prov.get("steps", 0)), "nimg": int(prov.get("images_seen", 0)),
                            "train_seconds": 60.0 * float(prov.get("minutes", 0.0))})
     trainer.G.requires_grad_(True)

@@ -533,7 +533,7 @@ def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k
         n = n or (100_000 if device.type == "cuda" else 4000)
         fraction = fraction or (0.02 if n >= 20000 else 0.05)
         m = load_model(model, device=device)
-        G, mid = m["G"], m["model_id"]
+        G, mid = m.G, m.model_id
         folder = Path(out) if out else cache_dir() / "directions" / model_name(mid)
         written = []
         if method in ("ganspace", "sefa"):

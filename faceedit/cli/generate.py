@@ -9,10 +9,10 @@ from .common import job_errors, parse_range
 
 
 def _load(ctx, model):
-    from faceedit.checkpoints.registry import load_generator
+    from faceedit.checkpoints.registry import load_model
     from faceedit.core.device import resolve_device
 
-    return load_generator(model, device=resolve_device(ctx.obj["device"]))
+    return load_model(model, device=resolve_device(ctx.obj["device"]))
 
 
 _Z_RULES = {"numpy": "np.random.RandomState(seed).randn(1, *z_shape)",
@@ -57,7 +57,8 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
 
     seed_list = parse_range(seeds)
     with job_errors():
-        G = _load(ctx, model)
+        loaded = _load(ctx, model)
+        G = loaded.G
         z = seed_z(G, seed_list, z_source)
         with torch.no_grad():
             ws = G.mapping(z, truncation_psi=trunc)
@@ -70,7 +71,7 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
         for s, im in zip(seed_list, imgs):
             save_image(out / f"seed{s:04d}.png", im)
         save_image(out / "grid.png", make_grid(imgs))
-        record = {"version": 1, "model": str(model), "model_id": getattr(G, "model_id", None), "seeds": seed_list,
+        record = {"version": 1, "model": str(model), "model_id": loaded.model_id, "seeds": seed_list,
                   "z_source": z_source, "z_rule": _Z_RULES[z_source], "truncation_psi": trunc,
                   "compress_tau": compress, "noise_mode": noise}
         atomic_write_text(out / "generate.json", json.dumps(record, indent=1) + "\n")
@@ -102,7 +103,7 @@ def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
 
     r, c = parse_range(rows, name="rows"), parse_range(cols, name="cols")
     with job_errors():
-        G = _load(ctx, model)
+        G = _load(ctx, model).G
         cut = G.num_ws // 2 if crossover is None else crossover
         if not 0 <= cut <= G.num_ws:
             raise click.BadParameter(f"must be in 0..{G.num_ws}", param_hint="--crossover")

@@ -131,7 +131,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
         device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
         name = model or default_model("wpp" if space in ("wpp", "wpp-z") else space)
         m = load_model_for_loss(name, device, perceptual)
-        G = m["G"]
+        G = m.G
         from faceedit.inversion.spaces import check_space
 
         check_space(G, space)
@@ -181,7 +181,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
 
         def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
             items = [f if f is not None else crop for _, f, crop in chunk]
-            lat = invert_with(method, items, m, space=space, steps=steps, G=G, D=m.get("D"),
+            lat = invert_with(method, items, m, space=space, steps=steps, G=G, D=m.D,
                               prior=prior_obj or "none", prior_weight=prior_weight, perceptual=perceptual,
                               seed=seed, optimize_noise=optimize_noise, batch_size=len(chunk))
             recon = tensor_to_uint8(synthesize(G, lat))  # with optimised noise / PTI tuning, if any
@@ -199,7 +199,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
                                                       err=True))
         bar.close()
         last = {"version": __version__, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "model": name, "model_id": m["model_id"], "space": space, "out": str(out.resolve()),
+                "model": name, "model_id": m.model_id, "space": space, "out": str(out.resolve()),
                 "faces": [{"photo": r["photo"], "face": r["face"], "latent": r["latent"], "json": r["json"]}
                           for r in records]}
         atomic_write_text(last_inversion_path(), json.dumps(last, indent=2))
@@ -207,13 +207,13 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
         click.echo(f"skipped {p}: {e}", err=True)
     mse = np.mean([r["metrics"]["mse"] for r in records])
     click.echo(f"inverted {len(records)} face(s) from {len(photos) - len(failures)} photo(s) into {space} of "
-               f"{m['model_id']} ({records[0]['steps']} steps, mean MSE {mse:.4f} on [0,1]); wrote {out}")
+               f"{m.model_id} ({records[0]['steps']} steps, mean MSE {mse:.4f} on [0,1]); wrote {out}")
 
 
 def _recipe(m, resolution):
     from faceedit.pipeline import model_recipe
 
-    return model_recipe(m["config"], resolution)
+    return model_recipe(m.config, resolution)
 
 
 def _targets(items, R):
@@ -248,8 +248,8 @@ def _write_face(out, photo, face, k, lat, m, target, recon, metrics, version, me
     one.save(lat_path)
     save_image(out / f"{stem}.png", recon, protect=protect)
     save_image(out / f"{stem}_side.png", make_grid(np.stack([target, recon]), cols=2), protect=protect)
-    rec = {"version": version, "photo": meta["source"], "face": idx, "model": m["name"], "model_id": m["model_id"],
-           "model_sha256": m["sha256"], "space": one.space, "method": method, "steps": meta["steps"],
+    rec = {"version": version, "photo": meta["source"], "face": idx, "model": m.name, "model_id": m.model_id,
+           "model_sha256": m.sha256, "space": one.space, "method": method, "steps": meta["steps"],
            "steps_requested": meta["steps_requested"], "seed": meta["seed"], "prior": meta["prior"],
            "prior_weight": meta["prior_weight"], "perceptual": meta["perceptual"],
            "perceptual_requested": meta.get("perceptual_requested"),
