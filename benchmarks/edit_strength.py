@@ -6,7 +6,8 @@ and each split (``--splits``, default ``train,test``), 20 photos are taken from
 .list_sources``): half CelebA, half UTKFace, every k-th photo of the split in file order
 (the next one when dlib finds no face). Each photo goes through the real pipeline
 (``faceedit.Pipeline``: align, invert with the model's default method, CPU) once; the
-inverted latent is cached under ``--out``/cache, so re-running other strengths is cheap.
+inverted latent is cached (``--cache``, default ``<faceedit cache>/bench/edit_strength``,
+keyed by model id and method), so re-running other strengths is cheap.
 The latent is then edited along ``--attr`` (default ``smile``) at every strength of
 ``--strengths`` (in the ``--strength`` unit: one standard deviation of the latent
 distribution along the direction) and, per strength, averaged over the photos:
@@ -188,7 +189,7 @@ def _cached_latent(pipe, face, path: Path):
 
 # ----------------------------------------------------------------------------- run
 
-def measure(model: str, split: str, entries: list, *, attr: str, strengths, out: Path, ident, smile_fn) -> list:
+def measure(model: str, split: str, entries: list, *, attr: str, strengths, cache: Path, ident, smile_fn) -> list:
     """Per-photo figures for one model and split (see the module docstring)."""
     from faceedit.checkpoints.registry import load_model
     from faceedit.core.images import load_image
@@ -197,7 +198,7 @@ def measure(model: str, split: str, entries: list, *, attr: str, strengths, out:
     m = load_model(model, device="cpu")
     space = "wpp" if m["G"].mapping_kind == "transformer" else "w+"
     pipe = Pipeline(model, space=space, device="cpu")
-    cache = out / "cache" / f"{pipe.model_id.replace('@', '_')}_{space.replace('+', 'p')}_{pipe.method}" / split
+    cache = cache / f"{pipe.model_id.replace('@', '_')}_{space.replace('+', 'p')}_{pipe.method}" / split
     per_photo = []
     for cands in entries:
         got = _align_first(pipe, cands, load_image)
@@ -282,6 +283,7 @@ def main(argv=None) -> int:
     ap.add_argument("--strengths", default=",".join(str(s) for s in STRENGTHS))
     ap.add_argument("--datasets", default=str(DEFAULT_DATASETS))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--cache", default=None, help="Inverted latents [default: <faceedit cache>/bench/edit_strength].")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
@@ -292,6 +294,9 @@ def main(argv=None) -> int:
         strengths = [0.0, *strengths]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    from faceedit.checkpoints.registry import cache_dir
+
+    cache = Path(a.cache) if a.cache else cache_dir() / "bench" / "edit_strength"
     try:
         from faceedit.metrics.identity import IdentityEncoder
 
@@ -313,7 +318,7 @@ def main(argv=None) -> int:
     for split in a.splits.split(","):
         entries = pick_photos(a.datasets, split, a.n)
         for model in a.models.split(","):
-            pp = measure(model, split, entries, attr=a.attr, strengths=strengths, out=out, ident=ident,
+            pp = measure(model, split, entries, attr=a.attr, strengths=strengths, cache=cache, ident=ident,
                          smile_fn=smile_fn)
             photos[f"{model}/{split}"] = pp
             summ = summarize(pp, strengths)
