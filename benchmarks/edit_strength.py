@@ -26,6 +26,9 @@ distribution along the direction) and, per strength, averaged over the photos:
   ``faceedit.metrics.geometry``; the direction was fitted with the attribute classifier,
   not with it) from strength 0.
 
+The grid (default 0-8, 10, 12) is the resolution of the choice below: the default is one
+of its strengths, so a finer grid can only move it down to the next grid point.
+
 Choosing the default strength (rule fixed before the measurement was looked at): on the
 TRAIN photos of the default model (``faces64``, W+), the default is the smallest strength
 of the grid whose ``mask_mean`` is at least 6 levels, provided the median ``id_rec`` there
@@ -37,7 +40,7 @@ mean inside the face mask at the default strength"); nothing is fitted on them. 
 figures on the test split are optimistic (the split is by image, not by person).
 
     OMP_NUM_THREADS=1 python benchmarks/edit_strength.py                 # faces64, train + test
-    OMP_NUM_THREADS=1 python benchmarks/edit_strength.py --models faces64,faces64-wpp
+    OMP_NUM_THREADS=1 python benchmarks/edit_strength.py --models faces64,faces64-wpp   # the shipped table
 
 Writes ``strength.json`` (settings, per-photo figures, the table, the choice) and
 ``README.md`` under ``--out`` (default ``bench/editing/strength``); prints the table last.
@@ -141,8 +144,8 @@ def choose_strength(rows: list, *, visible: float = VISIBLE_LEVELS, same_person:
 def pick_photos(datasets, split: str, n: int) -> list:
     """``n`` records of ``split``: every k-th CelebA then every k-th UTKFace photo (half each).
 
-    Each entry is ``(record, fallbacks)``: the chosen record and the ones after it, tried in
-    order when dlib finds no face."""
+    Each entry is a list of records: the chosen one first, then the ones after it up to the
+    next chosen one, tried in order when dlib finds no face."""
     from faceedit.training.dataset import SOURCE_CELEBA, SOURCE_UTK, list_sources
 
     recs = list_sources(datasets)[split]
