@@ -30,6 +30,7 @@ import torch
 
 from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import PipelineError
+from faceedit.defaults import DEFAULT_STRENGTH
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +177,13 @@ class Pipeline:
         return retry_smaller(lambda b: invert_with(self.method, list(faces), self.model, space=self.space, G=self.G,
                                                    D=self.model.D, prior=prior, batch_size=b, **opts), bs)
 
-    def edit(self, latent, attributes: dict, **kw):
-        """``faceedit.editing.edit`` with this pipeline's directions and strength unit."""
+    def edit(self, latent, attributes, **kw):
+        """``faceedit.editing.edit`` with this pipeline's directions and strength unit; an
+        attribute named without a strength (``"smile"``, ``["smile", "age"]``) gets
+        ``faceedit.defaults.DEFAULT_STRENGTH``."""
         from faceedit.editing import edit
+
+        attributes = with_default_strength(attributes)
 
         latent.check_model(self.model_id)
         latent.check_generator(self.G)
@@ -210,7 +215,8 @@ class Pipeline:
 
         Args:
             photo: ``[H, W, 3]`` RGB uint8 (``faceedit.load_image`` gives one).
-            attributes: ``{"smile": 2, "age|male": -1}`` (see ``faceedit.editing.edit``).
+            attributes: ``{"smile": 2, "age|male": -1}`` (see ``faceedit.editing.edit``), or
+                names alone (``"smile"``, ``["smile", "age"]``) for ``DEFAULT_STRENGTH`` each.
             face: ``largest``, ``all`` or a face index (0 = leftmost).
             faces: already aligned faces of this photo (skips alignment).
             latents: their inverted latent(s) (a batched ``Latent`` or a list; skips inversion).
@@ -224,6 +230,7 @@ class Pipeline:
             raise PipelineError(f"photo must be [H, W, 3] RGB uint8, got {photo.shape} {photo.dtype}; "
                                 f"read it with faceedit.load_image")
         t = {"load": round(self.load_seconds, 3)}
+        attributes = with_default_strength(attributes)
         from faceedit.editing import resolve_directions
 
         # fail before the slow stages when a direction is missing or does not fit the model
@@ -283,6 +290,27 @@ def model_recipe(config: dict, resolution: int):
     return r if r.size == resolution else r.with_size(resolution)
 
 
+def with_default_strength(attributes) -> dict:
+    """``"smile"`` / ``["smile", "age"]`` -> ``{name: DEFAULT_STRENGTH}``; a mapping (or a
+    sequence of ``(key, strength)`` pairs) is returned as a dict unchanged.
+
+    Args:
+        attributes: a key (``str`` or ``Direction``), a sequence of keys, a mapping or pairs.
+    Returns:
+        ``{key: strength}``.
+    """
+    from faceedit.editing import Direction
+
+    if hasattr(attributes, "items"):
+        return dict(attributes)
+    if isinstance(attributes, (str, Direction)):
+        return {attributes: DEFAULT_STRENGTH}
+    items = list(attributes)
+    if all(isinstance(a, (tuple, list)) and len(a) == 2 for a in items):
+        return dict(items)
+    return {a: DEFAULT_STRENGTH for a in items}
+
+
 def _as_list(latents) -> list:
     if isinstance(latents, (list, tuple)):
         out = []
@@ -292,4 +320,4 @@ def _as_list(latents) -> list:
     return [latents[i] for i in range(latents.batch_size)]
 
 
-__all__ = ["Pipeline", "EditResult", "FaceEdit"]
+__all__ = ["Pipeline", "EditResult", "FaceEdit", "with_default_strength"]

@@ -12,6 +12,7 @@ from faceedit.alignment.types import FACES64
 from faceedit.checkpoints.native import save_native
 from faceedit.cli.edit import parse_attr, parse_sweep
 from faceedit.core.images import load_image
+from faceedit.defaults import DEFAULT_STRENGTH
 from faceedit.editing.fit import ganspace, sample_codes
 from faceedit.networks import Generator
 
@@ -140,7 +141,7 @@ def test_cli_photo_latent_and_last_inversion(tiny, shared_dir, tmp_path, monkeyp
     big = load_image(out / f"{stem}_edit.png")
     assert big.shape == photo.shape and (big != photo).any()
     rec = json.loads((out / f"{stem}_edit.json").read_text())
-    assert rec["edits"] == {"smile": 2.0, "age": -1.0} and len(rec["faces"]) == 2
+    assert rec["edits"] == {"smile": DEFAULT_STRENGTH, "age": -1.0} and len(rec["faces"]) == 2
     assert (out / f"{stem}_0_sweep.png").is_file() and (out / f"{stem}_sweep_smile.gif").is_file()
     assert load_image(out / f"{stem}_1_edit.png").shape == (16, 16, 3)
 

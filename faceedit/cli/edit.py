@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from faceedit.defaults import DEFAULT_STRENGTH
+
 from .common import job_errors, parse_range
 
 PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -96,7 +98,7 @@ def _face_for_latent(pipe, photo, meta: dict):
 @click.option("--attr", "attrs", multiple=True, metavar="NAME[=STRENGTH]",
               help="Attribute to edit, repeatable: smile, age, male, eyeglasses, yaw, ...; age|male = age with "
                    "male held (a conditional direction); =STRENGTH overrides --strength.")
-@click.option("--strength", type=float, default=2.0, show_default=True,
+@click.option("--strength", type=float, default=DEFAULT_STRENGTH, show_default=True,
               help="Strength of the attributes given without one; 1 = one standard deviation of the latent "
                    "distribution along the direction (positive = more smile, older, more CelebA Male, glasses on, "
                    "turned to the subject's left).")
