@@ -109,7 +109,7 @@ def calibrate_mtcnn5(p5: np.ndarray, weights: np.ndarray | None = None) -> np.nd
     eye-contour means and outer mouth corners (48, 54). On CelebA and UTKFace train faces
     MTCNN's eyes sit higher and ~2% further apart and its mouth corners lower, which alone
     makes quads 2% larger. A linear map, fitted by least squares on train faces
-    (``benchmarks/alignment.py quads --fit``), predicts the 68-point eyes and mouth corners in the eye
+    (``bench/scripts/alignment.py quads --fit``), predicts the 68-point eyes and mouth corners in the eye
     frame of the 5 points (origin eye midpoint, unit eye distance) from the nose and mouth
     corners in that frame (6 numbers and a constant).
 

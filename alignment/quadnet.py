@@ -18,7 +18,7 @@ TRAIN-split CelebA and UTKFace faces only, with dlib's 68 points as ``align`` fi
 (``landmarks68_averaged``) as targets: it makes MTCNN crops match dlib68 crops, and
 inherits dlib's definitions, not an independent judgement of where eyes are. What it does to agreement on
 test faces is in
-``bench/alignment/alignment.md``.
+``bench/results/alignment/alignment.md``.
 
 No library offers this (a 5-point detector whose points follow the 68-point markup), hence
 the module.

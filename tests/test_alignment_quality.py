@@ -1,7 +1,7 @@
 """Landmark quality of the alignment room: MTCNN refinement and calibration, re-detection on crops.
 
-The data-set-wide figures come from ``benchmarks/alignment.py quads`` and ``redetect``
-(``bench/alignment/``); these tests check the same properties on a handful of faces.
+The data-set-wide figures come from ``bench/scripts/alignment.py quads`` and ``redetect``
+(``bench/results/alignment/``); these tests check the same properties on a handful of faces.
 """
 import os
 

@@ -5,7 +5,9 @@ function, absolute or relative, ``importlib.import_module("faceedit.x")`` and
 ``__import__("faceedit.x")`` with a literal name, and literal ``"faceedit.x"`` module names
 kept in a table for lazy re-exports) names the room it reaches. A room may reach only itself,
 rooms on a lower floor, and third-party packages; ``alignment`` may reach only ``core``.
-There is no list of exceptions.
+There is no list of exceptions. :data:`SCRIPTS` names the folders of scripts kept inside a room
+that are no package (no ``__init__.py``, not in setup.cfg): they are not installed and, like
+``examples/``, may use the whole package.
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Rooms from the ground floor up: folder -> floor. ``faceedit`` is the front door.
 FLOORS = {"core": 0, "networks": 1, "checkpoints": 2, "alignment": 3, "metrics": 4, "inversion": 5,
-          "editing": 6, "training": 7, "faceedit": 8}
+          "editing": 6, "training": 7, "bench": 8, "faceedit": 9}
+#: Folders of scripts inside a room: not packages, not installed, not bound by the floors.
+SCRIPTS = ("bench/scripts",)
 #: Rooms whose allowance is narrower than "every lower floor".
 ONLY = {"alignment": {"core"}}
 
@@ -93,7 +97,7 @@ def imported_modules(path: Path, root: Path) -> list:
     return found
 
 
-def violations(root: Path, floors: dict = FLOORS, only: dict = ONLY) -> list:
+def violations(root: Path, floors: dict = FLOORS, only: dict = ONLY, scripts=SCRIPTS) -> list:
     """Every import in ``root``'s rooms that reaches a room it may not, as readable lines."""
     out = []
     for room, floor in floors.items():
@@ -102,6 +106,8 @@ def violations(root: Path, floors: dict = FLOORS, only: dict = ONLY) -> list:
             continue
         for path in sorted(folder.rglob("*.py")):
             if any(p.startswith(".") for p in path.relative_to(root).parts):
+                continue
+            if any(path.is_relative_to(root / s) for s in scripts):
                 continue
             for line, module in imported_modules(path, root):
                 target = room_of(module)
@@ -126,6 +132,8 @@ def test_every_room_is_checked():
     block = cfg.split("package_dir =", 1)[1].split("packages =", 1)[0]
     folders = set(re.findall(r"=\s*([A-Za-z_]+)\s*$", block, re.M))
     assert folders == set(FLOORS), folders ^ set(FLOORS)
+    for s in SCRIPTS:  # a scripts folder stays out of the package, or the floors would have to bind it
+        assert not (ROOT / s / "__init__.py").exists() and s.replace("/", ".") not in cfg, s
 
 
 def _tree(tmp_path, files: dict) -> Path:
@@ -151,6 +159,16 @@ def test_checker_catches_an_upward_import(tmp_path, rel, text):
     root = _tree(tmp_path, {rel: text, "editing/apply.py": ""})
     bad = violations(root)
     assert len(bad) == 1 and bad[0].startswith(rel), bad
+
+
+def test_checker_skips_script_folders_but_not_subpackages(tmp_path):
+    """``bench/scripts/x.py`` may import the front door; ``bench/sub/a.py`` may not."""
+    root = _tree(tmp_path, {
+        "bench/scripts/trace.py": "from faceedit import Pipeline\n",
+        "bench/sub/a.py": "from faceedit.pipeline import Pipeline\n",
+    })
+    bad = violations(root)
+    assert len(bad) == 1 and bad[0].startswith("bench/sub/a.py"), bad
 
 
 def test_checker_allows_downward_and_own_room(tmp_path):

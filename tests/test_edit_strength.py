@@ -1,5 +1,5 @@
 """The default edit strength: one constant for the CLI and the Pipeline, chosen by
-``benchmarks/edit_strength.py``, whose measuring functions are checked here on known images."""
+``bench/scripts/edit_strength.py``, whose measuring functions are checked here on known images."""
 import importlib.util
 import json
 from pathlib import Path
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("edit_strength", REPO / "benchmarks" / "edit_strength.py")
+    spec = importlib.util.spec_from_file_location("edit_strength", REPO / "bench" / "scripts" / "edit_strength.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -55,7 +55,7 @@ def test_pipeline_edit_uses_the_default_on_the_shipped_model():
 
 
 def test_shipped_default_is_the_benchmarks_choice(bench):
-    res = json.loads((REPO / "bench" / "editing" / "strength" / "strength.json").read_text())
+    res = json.loads((REPO / "bench" / "results" / "edit_strength" / "strength.json").read_text())
     assert res["chosen"]["strength"] == DEFAULT_STRENGTH
     # the choice follows the rule over the rows recorded beside it
     rows = [r for r in res["rows"] if r["model"] == bench.CHOOSE_MODEL and r["split"] == bench.CHOOSE_SPLIT]

@@ -204,9 +204,9 @@ def test_cli_train_encoder_then_invert_methods(tmp_path, monkeypatch):
 
 
 def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypatch, fake_identity):
-    """`faceedit bench inversion --methods ...`: one row per method with its time and bytes, the
-    prior-comparison rows, then the CPU pass fills identity (a stand-in encoder) and CPU seconds."""
-    from faceedit import bench_methods
+    """`faceedit bench inversion --methods ...` (= `faceedit bench methods`): one row per method with its
+    time and bytes, the prior-comparison rows, then the CPU pass fills identity (a stand-in encoder) and
+    CPU seconds."""
     from faceedit.core.images import encode_image, tensor_to_uint8
     from faceedit.core.pack import write_pack
     from faceedit.metrics import identity as identity_mod
@@ -225,7 +225,7 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
 
     from faceedit.cli import cli
 
-    r = CliRunner().invoke(cli, ["bench", "inversion", *args])  # routed to bench_methods by --methods
+    r = CliRunner().invoke(cli, ["bench", "inversion", *args])  # --methods: the methods table
     assert r.exit_code == 0, r.output
     rows = json.loads((out / "methods.json").read_text())["rows"]
     # no prior ships with this tiny model: the comparison rows run without one too
@@ -236,20 +236,21 @@ def test_bench_methods_table_gpu_pass_then_cpu_pass(trained, tmp_path, monkeypat
     assert by["hybrid"]["psnr"] > by["encoder"]["psnr"]
 
     monkeypatch.setattr(identity_mod, "IdentityEncoder", fake_identity)
-    bench_methods.main(["--add-identity", "--cpu-n", "2", "--out", str(out)])
+    r = CliRunner().invoke(cli, ["bench", "methods", "--add-identity", "--cpu-n", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
     rows = json.loads((out / "methods.json").read_text())["rows"]
     for r in rows:
         assert 0 < r["id_sim"] <= 1 and r["s_per_img_cpu"] > 0 and r["n_cpu"] == 2
     md = (out / "methods.md").read_text()
     assert "s_per_img_cpu" in md and "hybrid (2 steps) identity" in md and "(CPU:" in md
     assert "paired difference" in md and len(rows[0]["id_per_face"]) == 3
-    with pytest.raises(SystemExit):
-        bench_methods.main(["--methods", "encoder,magic", "--out", str(out)])
+    r = CliRunner().invoke(cli, ["bench", "methods", "--methods", "encoder,magic", "--out", str(out)])
+    assert r.exit_code == 2 and "magic" in r.output and "encoder, optim" in r.output
 
 
 def test_bench_methods_verdicts():
     """The target sentence: hybrid must reach optim's identity in under 20% of its time (defaults and like-for-like)."""
-    from faceedit.bench_methods import targets
+    from faceedit.bench.methods import targets
 
     def row(method, id_sim, s, pw=None, steps=10):
         r = {"model": "m@1", "method": method, "id_sim": id_sim, "s_per_img": s, "steps": steps,

@@ -273,7 +273,7 @@ def test_bad_fused_value_is_refused():
 
 
 def test_projector_runs_on_the_polyphase_path():
-    """``Projector(fused="poly")`` (what benchmarks/inversion.py's ours-poly rows use) follows
+    """``Projector(fused="poly")`` (what bench/scripts/inversion.py's ours-poly rows use) follows
     the same optimisation trajectory as the reference path, noise maps included."""
     from faceedit.inversion.projector import Projector
 

@@ -253,7 +253,7 @@ def test_cli_invert_photo_with_alignment(tiny_model, tmp_path, monkeypatch, shar
 
 
 def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch):
-    from faceedit import bench_inversion
+    from faceedit.bench import inversion as bench_inversion
     from faceedit.core.images import encode_image, tensor_to_uint8
     from faceedit.core.pack import write_pack
 
@@ -283,9 +283,43 @@ def test_bench_inversion_rows_on_a_tiny_model(tiny_model, tmp_path, monkeypatch)
                                                          "age=60-": (0.5, 1)}
 
 
+def test_cli_bench_inversion_and_editing_are_click_commands(tiny_model, tmp_path, monkeypatch):
+    """`faceedit bench inversion` parses its own options (no pass-through): a run writes its rows, bad
+    input is a usage error, and neither command's help points at a `python -m` module."""
+    import json
+
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+    from faceedit.core.images import encode_image, tensor_to_uint8
+    from faceedit.core.pack import write_pack
+
+    path, G = tiny_model
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    _, target = _target(G, n=2)
+    pack = write_pack(tmp_path / "test.npz", [encode_image(im, "PNG") for im in tensor_to_uint8(target)], {},
+                      ["a.png", "b.png"], {})
+    out = tmp_path / "b"
+    r = CliRunner().invoke(cli, ["--device", "cpu", "bench", "inversion", "--model", str(path), "--pack", str(pack),
+                                 "--n", "2", "--steps", "2", "--perceptual", "none", "--prior-weight", "0.5",
+                                 "--no-identity", "--no-compression", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "inversion.json").read_text())["rows"]
+    assert [(x["space"], x["prior"], x["steps"], x["n"]) for x in rows] == [
+        ("w", "none", 2, 2), ("w", "gaussian@0.5", 2, 2), ("w+", "none", 2, 2), ("w+", "gaussian@0.5", 2, 2)]
+    r = CliRunner().invoke(cli, ["bench", "inversion", "--prior-weight", "a,b", "--out", str(out)])
+    assert r.exit_code == 2 and "--prior-weight" in r.output
+    r = CliRunner().invoke(cli, ["bench", "inversion", "--align-photos", str(tmp_path / "p.npz")])
+    assert r.exit_code == 2 and "--photos" in r.output
+    for kind in ("inversion", "editing", "methods"):
+        r = CliRunner().invoke(cli, ["bench", kind, "--help"], prog_name="faceedit")
+        assert r.exit_code == 0 and f"Usage: faceedit bench {kind} [OPTIONS]" in r.output
+        assert "python -m" not in r.output
+
+
 def test_bench_inversion_identity_pass_and_photo_pack(tiny_model, tmp_path, monkeypatch, fake_identity):
     """GPU run saves reconstructions; a later CPU pass fills identity (a stand-in encoder here)."""
-    from faceedit import bench_inversion
+    from faceedit.bench import inversion as bench_inversion
     from faceedit.core.images import encode_image, tensor_to_uint8
     from faceedit.core.pack import write_pack
 
@@ -334,7 +368,7 @@ def test_inversion_gradients_through_a_conv_clamp_model():
 
 def test_bench_faces_refuse_the_train_split(tmp_path):
     """Every bench takes its faces through ``load_faces``: a train pack is refused, a test pack read."""
-    from faceedit.bench_inversion import load_faces
+    from faceedit.bench.inversion import load_faces
     from faceedit.core.images import encode_image
     from faceedit.core.pack import write_pack
 

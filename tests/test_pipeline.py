@@ -207,7 +207,8 @@ def test_cli_directions_list_show_fit(tiny, tmp_path):
 
 @pytest.mark.slow
 def test_bench_editing_tiny(tiny, shared_dir, tmp_path):
-    from faceedit import bench_editing
+    from faceedit import Pipeline
+    from faceedit.bench import editing as bench_editing
     from faceedit.metrics.attributes import AttributeScorer, AttrNet
 
     torch.manual_seed(0)
@@ -238,6 +239,8 @@ def test_bench_editing_tiny(tiny, shared_dir, tmp_path):
     photos.mkdir()
     for name in ("face_alignment__grass.jpg", "face_recognition__two_people.jpg"):
         (photos / name).write_bytes(open(os.path.join(shared_dir, "datasets/photos", name), "rb").read())
-    chk = bench_editing.photo_check(tiny["path"], photos, steps=1, directions=tiny["dirs"])
+    pipe = Pipeline(tiny["path"], space="w+", method="optim", device="cpu", directions=tiny["dirs"],
+                    invert_options=dict(steps=1, prior="none", perceptual="none"))
+    chk = bench_editing.photo_check(pipe, photos, directions=tiny["dirs"])
     assert chk["passed"] and chk["checked_photos"] == 1 and chk["faces"] == 2 and len(chk["no_face"]) == 1
     assert chk["zero_max_diff"] <= 1 and chk["outside_mask_changed_px"] == 0 and chk["inside_changed"] == 1

@@ -120,13 +120,13 @@ def test_cuda_graph_step_matches_the_eager_loop_on_cuda(G):
 
 
 def test_benchmark_reports_a_failing_config_and_times_the_long_run_with_the_best(G):
-    """benchmarks/inversion.py: a config that cannot run (here cuda_graphs on the CPU) becomes an
+    """bench/scripts/inversion.py: a config that cannot run (here cuda_graphs on the CPU) becomes an
     error row and the run goes on; the long one-photo run reuses the fastest batch-1 projector."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "bench_inversion_speed", Path(__file__).resolve().parents[1] / "benchmarks" / "inversion.py")
+        "bench_inversion_speed", Path(__file__).resolve().parents[1] / "bench" / "scripts" / "inversion.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     cpu = torch.device("cpu")

@@ -1,7 +1,7 @@
 """`faceedit bench`: benchmarks that print a table and write CSV/JSON/PNG beside it."""
 from __future__ import annotations
 
-import importlib
+import logging
 from pathlib import Path
 
 import click
@@ -23,15 +23,28 @@ def _need(path, what):
                                  f"(training.dataset) or pass {what}", param_hint=what)
 
 
-@click.group("bench")
+class _BenchGroup(click.Group):
+    """``faceedit bench inversion --methods ...`` is the methods table, ``faceedit bench methods``."""
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name == "inversion" and any(a == "--methods" or a.startswith("--methods=") for a in rest):
+            return "methods", self.get_command(ctx, "methods"), rest
+        return name, cmd, rest
+
+
+@click.group("bench", cls=_BenchGroup)
 def bench():
     """Measure models and instruments; every figure is written with the hashes and versions behind it.
 
+    The code is the faceedit.bench room; the figures shipped with the project are in the
+    checkout's bench/results/<area>/, the GPU and development scripts in bench/scripts/.
+
     \b
     Examples:
-      faceedit bench generator --model faces64 --out bench/generator
-      faceedit bench scorers --out bench/scorers
-      faceedit bench inversion --model faces64 --out bench/inversion
+      faceedit bench generator --model faces64 --out bench/results/generator
+      faceedit bench scorers --out bench/results/scorers
+      faceedit bench inversion --model faces64 --out bench/results/inversion/faces64
     """
 
 
@@ -54,7 +67,7 @@ def bench():
               help="Attribute-network weights [default: the shipped ones].")
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="bench/generator", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="bench/results/generator", show_default=True)
 @click.pass_context
 def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc,
               seed, out):
@@ -68,9 +81,10 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
 
     \b
     Example:
-      faceedit bench generator --model faces64 --model faces64-wpp --out bench/generator
+      faceedit bench generator --model faces64 --model faces64-wpp --out bench/results/generator
     """
-    from faceedit.bench import bench_generator, format_table
+    from faceedit.bench.quality import bench_generator
+    from faceedit.bench.report import format_table
 
     _need(test_pack, "--test-pack")
     _need(train_pack, "--train-pack")
@@ -102,7 +116,7 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
 @click.option("--attributes/--no-attributes", default=True, show_default=True,
               help="Score with the attribute network (--no-attributes: landmark geometry only).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="bench/scorers", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="bench/results/scorers", show_default=True)
 def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
     """The attribute scorers' card on the test split (CPU).
 
@@ -113,7 +127,8 @@ def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
     Example:
       faceedit bench scorers --update-card checkpoints/weights/scorers/attrnet.json
     """
-    from faceedit.bench import bench_scorers, format_table
+    from faceedit.bench.quality import bench_scorers
+    from faceedit.bench.report import format_table
 
     _need(test_pack, "--test-pack")
     with job_errors():
@@ -127,7 +142,8 @@ def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces.")
 @click.option("--pairs", type=click.IntRange(min=100), default=5000, show_default=True)
 @click.option("--max-faces", type=click.IntRange(min=10), default=1500, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default="bench/identity_calibration.json", show_default=True,
+@click.option("--out", type=click.Path(dir_okay=False), default="bench/results/scorers/identity_calibration.json",
+              show_default=True,
               help="Ship it as checkpoints/weights/scorers/identity_calibration.json.")
 def identity_calibration_cmd(test_pack, pairs, max_faces, out):
     """Distances between different people and between perturbed copies of one face (dlib ResNet).
@@ -136,7 +152,7 @@ def identity_calibration_cmd(test_pack, pairs, max_faces, out):
     Example:
       faceedit bench identity-calibration --out checkpoints/weights/scorers/identity_calibration.json
     """
-    from faceedit.bench import identity_calibration
+    from faceedit.bench.quality import identity_calibration
 
     _need(test_pack, "--test-pack")
     with job_errors():
@@ -152,30 +168,216 @@ def identity_calibration_cmd(test_pack, pairs, max_faces, out):
     click.echo(f"wrote {out}")
 
 
-def _plugin(kind: str, module: str):
-    @click.command(kind, context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                                           "help_option_names": []})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args):
-        from faceedit.bench import plugin_module
-
-        try:
-            mod = importlib.import_module(plugin_module(kind, args))
-        except ImportError as e:
-            raise click.ClickException(f"`faceedit bench {kind}` is not available in this install ({e})") from e
-        with job_errors():
-            mod.main(list(args))
-
-    cmd.help = f"Run {module} (its own options; `faceedit bench {kind} --help` lists them)."
-    cmd.short_help = f"{kind.capitalize()} benchmark ({module})."
-    return cmd
+def _floats(text: str, what: str) -> list:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=what) from None
 
 
-def _register_plugins():
-    from faceedit.bench import PLUGINS
+def _names(values) -> list | None:
+    """Repeated and/or comma-separated names (``--attrs smile,age`` = ``--attrs smile --attrs age``)."""
+    out = [x.strip() for v in values for x in v.split(",") if x.strip()]
+    return out or None
 
-    for kind, module in PLUGINS.items():
-        bench.add_command(_plugin(kind, module))
+
+def _device(ctx, device):
+    from faceedit.core.device import resolve_device
+
+    return resolve_device(device or ctx.obj.get("device", "auto"))
 
 
-_register_plugins()
+def _pack_or_none(pack):
+    """The pack when the file is there, else None (faces then come from ``--photos``)."""
+    return pack if pack and Path(pack).is_file() else None
+
+
+@bench.command("editing")
+@click.option("--model", "models", multiple=True,
+              help="Registry name or checkpoint path (repeatable) [default: faces64 and faces64-wpp].")
+@click.option("--pack", default=data_default("faces64_test.npz"), show_default=f"{DATA_HELP}/faces64_test.npz",
+              help="Aligned TEST faces (used when the file exists, else --photos).")
+@click.option("--photos", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Also run the photo check on this folder (and take faces from it without a pack).")
+@click.option("--n", type=click.IntRange(min=1), default=100, show_default=True, help="Faces per model.")
+@click.option("--strengths", default="-2,-1,0,1,2", show_default=True, help="Comma-separated edit strengths.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Inversion steps [default: the method's].")
+@click.option("--directions", type=click.Path(file_okay=False), default=None,
+              help="Folder of direction files [default: shipped + cache].")
+@click.option("--perceptual", default="disc", show_default=True, help="Inversion perceptual loss.")
+@click.option("--method", default=None, help="Inversion method [default: the model's default].")
+@click.option("--attrs", multiple=True,
+              help="Only directions of these attributes, with their conditional variants (repeat or comma-separate) "
+                   "[default: all].")
+@click.option("--photo-steps", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Inversion steps of the photo check (geometry, not quality, is checked).")
+@click.option("--no-identity", is_flag=True, help="Skip dlib identity similarity.")
+@click.option("--identity-n", type=click.IntRange(min=1), default=None,
+              help="Identity on the first N faces only [default: all].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: faceedit --device].")
+@click.option("--latents", type=click.Path(file_okay=False), default=None,
+              help="Reuse inversions saved there by --save-latents (same pack and --n).")
+@click.option("--save-latents", type=click.Path(file_okay=False), default=None, help="Save the inversions there.")
+@click.option("--invert-only", is_flag=True, help="With --save-latents: stop after inverting.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for editing.json and editing.md (e.g. bench/results/editing/faces64).")
+@click.pass_context
+def editing_cmd(ctx, models, pack, photos, n, strengths, steps, directions, perceptual, method, attrs, photo_steps,
+                no_identity, identity_n, device, latents, save_latents, invert_only, out):
+    """How well the shipped directions edit real faces: one table (faceedit.bench.editing).
+
+    \b
+    Examples:
+      faceedit bench editing --model faces64 --n 100 --save-latents runs/lat --invert-only --out runs/ed  # GPU
+      faceedit bench editing --model faces64 --n 100 --latents runs/lat --out bench/results/editing/faces64
+    """
+    from faceedit.bench.editing import run, table
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    models = list(models) or ["faces64", "faces64-wpp"]
+    with job_errors():
+        dev = _device(ctx, device)
+        check = _photo_pipeline(models[0], photo_steps, dev, directions) if photos else None
+        res = run(models, pack=_pack_or_none(pack), photos=photos, n=n, strengths=_floats(strengths, "--strengths"),
+                  steps=steps, device=dev, directions=directions, out=out, identity=not no_identity,
+                  perceptual=perceptual, photo_pipeline=check, method=method, attrs=_names(attrs),
+                  latents_dir=latents, save_latents=save_latents, invert_only=invert_only, identity_n=identity_n)
+    click.echo(table(res["rows"], res["photo_check"]))
+
+
+def _photo_pipeline(model, steps, device, directions):
+    """The pipeline the photo check edits with: ``steps`` plain optimisation steps in the model's widest space."""
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.pipeline import Pipeline
+
+    m = load_model(model, device=device)
+    space = "wpp" if m.G.mapping_kind == "transformer" else "w+"
+    return Pipeline(m, space=space, method="optim", device=device, directions=directions,
+                    invert_options=dict(steps=steps, prior="none", perceptual="none"))
+
+
+@bench.command("inversion")
+@click.option("--model", "models", multiple=True,
+              help="Registry name or checkpoint path (repeatable) [default: faces64 and faces64-wpp].")
+@click.option("--pack", default=data_default("faces64_test.npz"), show_default=f"{DATA_HELP}/faces64_test.npz",
+              help="Aligned TEST faces (used when the file exists).")
+@click.option("--photos", type=click.Path(file_okay=False), default=None,
+              help="A folder of photos, aligned with each model's recipe (largest face).")
+@click.option("--n", type=click.IntRange(min=1), default=100, show_default=True, help="Faces per model.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True, help="Optimisation steps.")
+@click.option("--perceptual", default="disc,none", show_default=True, help="Comma-separated: disc, lpips, none.")
+@click.option("--prior-weight", default="0.01", show_default=True,
+              help="Comma-separated weights (each a row beside no prior).")
+@click.option("--no-identity", is_flag=True, help="Skip dlib identity similarity.")
+@click.option("--no-compression", is_flag=True, help="Skip the compression-vs-truncation table.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Faces per optimisation batch.")
+@click.option("--add-identity", is_flag=True,
+              help="CPU pass: fill identity from the reconstructions a GPU run saved in --out.")
+@click.option("--align-photos", type=click.Path(dir_okay=False), default=None, metavar="PACK",
+              help="CPU pass: align --photos with the first --model's recipe into PACK and exit.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for inversion.json/.csv/.md (required unless --align-photos).")
+@click.pass_context
+def inversion_cmd(ctx, models, pack, photos, n, steps, perceptual, prior_weight, no_identity, no_compression,
+                  batch_size, add_identity, align_photos, out):
+    """Reconstruction quality of optimisation inversion per space, prior and loss (faceedit.bench.inversion).
+
+    With --methods this is `faceedit bench methods` (encoder / optim / hybrid / PTI).
+
+    \b
+    Example:
+      faceedit bench inversion --model faces64 --n 100 --steps 200 --out bench/results/inversion/faces64
+    """
+    from faceedit.bench import inversion as inv
+
+    models = list(models) or ["faces64", "faces64-wpp"]
+    with job_errors():
+        if align_photos:
+            if not photos:
+                raise click.UsageError("--align-photos needs --photos (the folder to align)")
+            click.echo(f"wrote {inv.align_photos_pack(photos, models[0], align_photos)}")
+            return
+        if out is None:
+            raise click.UsageError("--out is required")
+        if add_identity:
+            click.echo(inv.table(inv.add_identity(out)["rows"]))
+            return
+        res = inv.run(models, pack=_pack_or_none(pack), photos=photos, n=n, steps=steps,
+                      perceptual=[x for x in perceptual.split(",") if x], device=ctx.obj.get("device", "auto"),
+                      prior_weight=_floats(prior_weight, "--prior-weight"), out=out, identity=not no_identity,
+                      compression=not no_compression, batch_size=batch_size)
+    click.echo(inv.compression_md(res["compression"]))
+    click.echo(inv.table(res["rows"]))
+
+
+@bench.command("methods")
+@click.option("--methods", default="encoder,optim,hybrid,pti", show_default=True,
+              help="Comma-separated: encoder, optim, hybrid, pti.")
+@click.option("--compare-prior", is_flag=True,
+              help="Also run optim and hybrid with the other prior setting (like-for-like rows).")
+@click.option("--runs", default="faces64:w+,faces64-wpp:wpp", show_default=True,
+              help="MODEL:SPACE pairs, comma-separated.")
+@click.option("--pack", default=data_default("faces64_test.npz"), show_default=f"{DATA_HELP}/faces64_test.npz",
+              help="Aligned TEST faces.")
+@click.option("--n", type=click.IntRange(min=1), default=100, show_default=True, help="Faces per run.")
+@click.option("--pti-n", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Faces for PTI (it tunes one face at a time).")
+@click.option("--optim-steps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--hybrid-steps", type=click.IntRange(min=1), default=None, help="[default: the library's]")
+@click.option("--pti-steps", type=click.IntRange(min=1), default=None, help="[default: the library's]")
+@click.option("--perceptual", type=click.Choice(["disc", "none"]), default="disc", show_default=True)
+@click.option("--edit-attr", default="smile", show_default=True,
+              help="Direction for the PTI editability check ('' = skip).")
+@click.option("--identity", is_flag=True, help="Add dlib identity similarity (needs dlib).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every optimisation.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: faceedit --device].")
+@click.option("--save-recon", is_flag=True,
+              help="Keep targets and reconstructions in --out for --add-identity on a machine with dlib.")
+@click.option("--add-identity", is_flag=True,
+              help="Only fill id_sim of an earlier run's --out from its reconstructions.")
+@click.option("--cpu-n", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --add-identity: also time each row on this CPU on this many faces.")
+@click.option("--pti-cpu-n", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Faces for PTI's CPU timing.")
+@click.option("--append", is_flag=True,
+              help="Add the rows to the methods.json already in --out (one table from several runs).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for methods.json and methods.md.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each stage.")
+@click.pass_context
+def methods_cmd(ctx, methods, compare_prior, runs, pack, n, pti_n, optim_steps, hybrid_steps, pti_steps, perceptual,
+                edit_attr, identity, batch_size, seed, device, save_recon, add_identity, cpu_n, pti_cpu_n, append,
+                out, verbose):
+    """Encoder vs optim vs hybrid vs PTI on the same test faces: one table (faceedit.bench.methods).
+
+    Also reached as `faceedit bench inversion --methods ...`.
+
+    \b
+    Examples:
+      faceedit bench methods --methods encoder,optim,hybrid,pti --n 100 --save-recon --out runs/methods  # GPU
+      faceedit bench methods --add-identity --cpu-n 8 --out runs/methods                                 # CPU, dlib
+    """
+    from faceedit.bench import methods as mt
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+    names = tuple(x.strip() for x in methods.split(",") if x.strip())
+    bad = [x for x in names if x not in mt.METHODS]
+    if bad or not names:
+        raise click.BadParameter(f"a comma-separated list of {', '.join(mt.METHODS)}; got {methods!r}",
+                                 param_hint="--methods")
+    pairs = []
+    for r in runs.split(","):
+        if ":" not in r:
+            raise click.BadParameter(f"{r!r} is not MODEL:SPACE (e.g. faces64:w+)", param_hint="--runs")
+        pairs.append(tuple(r.rsplit(":", 1)))
+    with job_errors():
+        if add_identity:
+            click.echo(mt.table(mt.add_identity(out, cpu_n=cpu_n, pti_cpu_n=pti_cpu_n)))
+            return
+        rows = mt.run_table(pairs, pack=pack, n=n, methods=names, out=out, optim_steps=optim_steps,
+                            hybrid_steps=hybrid_steps, pti_steps=pti_steps, pti_n=pti_n, perceptual=perceptual,
+                            seed=seed, batch_size=batch_size, identity=identity, edit_attr=edit_attr or None,
+                            device=_device(ctx, device), save_recon=save_recon, compare_prior=compare_prior,
+                            append=append, settings=dict(ctx.params))
+    click.echo(mt.table(rows))

@@ -2,7 +2,7 @@
 
 Usage (GPU machine; no lpips/dlib needed there)::
 
-    python benchmarks/inversion.py --out OUT [--model PATH] [--device auto] [--quick] \\
+    python bench/scripts/inversion.py --out OUT [--model PATH] [--device auto] [--quick] \\
         [--configs nvidia-baseline,ours-poly-bf16-compile] [--batches 1] [--skip-64] [--no-cpu-rows]
 
 Rows:

@@ -1,7 +1,7 @@
 """Does `faceedit adopt` reproduce what we know is right? The shipped faces64, generator only.
 
-    python benchmarks/adopt.py --device cuda --n 100000            # the judging run (GPU)
-    OMP_NUM_THREADS=1 python benchmarks/adopt.py --device cpu --n 4000 --prior-n 20000
+    python bench/scripts/adopt.py --device cuda --n 100000            # the judging run (GPU)
+    OMP_NUM_THREADS=1 python bench/scripts/adopt.py --device cpu --n 4000 --prior-n 20000
 
 A copy of the shipped ``faces64`` holding only ``model.safetensors`` and a ``config.json``
 without recipe, discriminator or prior is adopted with ``--recipe faces64`` into a

@@ -7,7 +7,7 @@ is the same architecture (``networks.encoder.Encoder``, default widths) built fo
 
 Run on the GPU machine::
 
-    python benchmarks/encoder_latency.py --out runs/enc_latency
+    python bench/scripts/encoder_latency.py --out runs/enc_latency
 
 Prints one table (ms per image, images per second; fp32 and bf16 autocast) and writes
 ``encoder_latency.json`` to ``--out``.

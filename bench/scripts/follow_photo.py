@@ -8,7 +8,7 @@ and ``load_model`` (model resolutions) and calls that enter a room from a room b
 
 Run from the repository root (CPU is enough)::
 
-    python benchmarks/follow_photo.py [--photo datasets/photos/face_recognition__obama.jpg]
+    python bench/scripts/follow_photo.py [--photo datasets/photos/face_recognition__obama.jpg]
 
 Prints one JSON object: stops, rooms visited, stops per room, module entries, resolutions,
 calls entering a room from below.

@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceedit.checkpoints.registry import cache_dir
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
 
@@ -216,21 +215,28 @@ def bench_model(model, faces: dict, *, strengths=(-2, -1, 0, 1, 2), steps: int |
     return rows
 
 
-def photo_check(model, photos, *, attr: str | None = None, strength: float = 2.0, steps: int = 5, device="cpu",
-                directions=None, limit: int | None = None) -> dict:
-    """The issue's photo check on every photo of a folder (all faces, ``steps`` inversion steps:
-    geometry, not quality, is checked). Without a fitted direction GANSpace's first component
-    stands in (it moves the face just as well for this purpose)."""
-    from faceedit.checkpoints.registry import load_model
+def photo_check(pipe, photos, *, attr: str | None = None, strength: float = 2.0, directions=None,
+                limit: int | None = None) -> dict:
+    """The photo check on every photo of a folder, all faces: the edited photo keeps its size,
+    changes only inside the paste-back mask, and equals the input (within 1 level) at strength 0.
+
+    Args:
+        pipe: a built :class:`faceedit.Pipeline` (the front door builds it: this room sits below
+            it); a few inversion steps are enough, geometry, not quality, is checked.
+        photos: folder of ``.jpg`` / ``.png`` photos.
+        attr: direction to apply (None: ``smile``, else the model's first). Without a fitted
+            direction GANSpace's first component stands in (it moves the face just as well here).
+        strength: edit strength.
+        directions: folder of direction files (None: shipped + cache).
+        limit: check only the first ``limit`` photos.
+
+    Returns:
+        Counts (``faces``, ``size_ok``, ``zero_ok``, ``outside_mask_changed_px``, ...) and ``passed``.
+    """
     from faceedit.core.images import load_image
     from faceedit.editing.direction import list_directions
     from faceedit.editing.fit import ganspace, sample_codes
-    from faceedit.pipeline import Pipeline
 
-    m = load_model(model, device=device)
-    space = "wpp" if m.G.mapping_kind == "transformer" else "w+"
-    pipe = Pipeline(m, space=space, method="optim", device=device, directions=directions,
-                    invert_options=dict(steps=steps, prior="none", perceptual="none"))
     pool = [d for _, d in (list_directions(pipe.model_id) if directions is None else list_directions(folder=directions))
             if d.model_id == pipe.model_id]
     d = next((x for x in pool if x.key == (attr or "smile")), None) or (None if attr else next(iter(pool), None))
@@ -305,11 +311,15 @@ def table(rows: list, photos: dict | None = None) -> str:
 
 def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1, 2), steps: int | None = None,
         seed: int = 0, device=None, directions=None, out=None, identity: bool = True, perceptual: str = "disc",
-        photo_steps: int = 5, method: str | None = None, attrs=None, latents_dir=None, save_latents=None,
+        photo_pipeline=None, method: str | None = None, attrs=None, latents_dir=None, save_latents=None,
         invert_only: bool = False, identity_n: int | None = None) -> dict:
-    """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``."""
+    """Benchmark the models; writes ``editing.json`` / ``editing.md`` to ``out``.
+
+    ``photos`` is where faces come from when there is no ``pack``; with ``photo_pipeline`` (a
+    built :class:`faceedit.Pipeline` of the first model) the photos also get :func:`photo_check`.
+    """
     from faceedit.alignment.types import FACES64, AlignmentRecipe
-    from faceedit.bench_inversion import _identity, load_faces
+    from .inversion import _identity, load_faces
     from faceedit.checkpoints.registry import load_model
     from faceedit.core.device import resolve_device
 
@@ -328,9 +338,9 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
                             method=method, attrs=attrs, latents_dir=latents_dir, save_latents=save_latents,
                             invert_only=invert_only, identity_n=identity_n)
     check = None
-    if photos:
-        check = photo_check(models[0], photos, steps=photo_steps, device=device, directions=directions)
-    from faceedit.bench import provenance
+    if photos and photo_pipeline is not None:
+        check = photo_check(photo_pipeline, photos, directions=directions)
+    from .report import provenance
 
     result = {"rows": rows, "photo_check": check, "provenance": provenance(),
               "settings": {"n": n, "method": method or "default", "strengths": list(strengths), "steps": steps,
@@ -345,44 +355,3 @@ def run(models, *, pack=None, photos=None, n: int = 100, strengths=(-2, -1, 0, 1
         atomic_write_text(out / "editing.json", json.dumps(result, indent=2, default=str))
         atomic_write_text(out / "editing.md", table(rows, check) + "\n")
     return result
-
-
-def main(argv=None):
-    """``python -m faceedit.bench_editing --model faces64 --model faces64-wpp --out DIR [--photos DIR]``."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m faceedit.bench_editing", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", default=None)
-    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
-    ap.add_argument("--photos", default=None, help="also run the photo check on this folder")
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--strengths", default="-2,-1,0,1,2")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--directions", default=None, help="folder of direction files [default: shipped + cache]")
-    ap.add_argument("--perceptual", default="disc")
-    ap.add_argument("--method", default=None, help="inversion method [default: the model's default]")
-    ap.add_argument("--attrs", nargs="*", default=None,
-                    help="only directions of these attributes (with their conditional variants) [default: all]")
-    ap.add_argument("--photo-steps", type=int, default=5)
-    ap.add_argument("--no-identity", action="store_true")
-    ap.add_argument("--identity-n", type=int, default=None, help="identity on the first N faces only [default: all]")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--latents", default=None, metavar="DIR",
-                    help="reuse inversions saved there by --save-latents (same pack and --n)")
-    ap.add_argument("--save-latents", default=None, metavar="DIR", help="save the inversions there")
-    ap.add_argument("--invert-only", action="store_true", help="with --save-latents: stop after inverting")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    pack = a.pack if a.pack and Path(a.pack).is_file() else None
-    res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n,
-              strengths=[float(x) for x in a.strengths.split(",")], steps=a.steps, device=a.device,
-              directions=a.directions, out=a.out, identity=not a.no_identity, perceptual=a.perceptual,
-              photo_steps=a.photo_steps, method=a.method, attrs=a.attrs, latents_dir=a.latents,
-              save_latents=a.save_latents, invert_only=a.invert_only, identity_n=a.identity_n)
-    print(table(res["rows"], res["photo_check"]))
-
-
-if __name__ == "__main__":
-    main()

@@ -18,7 +18,7 @@ FLOPs are linear in the batch), against the measured dense bf16 matmul rate of t
 path's polyphase convolutions do more multiply-adds than the reference's, so its share of
 the floor is measured against the reference's FLOPs (the work that has to be done).
 
-    python benchmarks/training_speed.py --data PACK --out DIR [--batch 512] [--steps 48]
+    python bench/scripts/training_speed.py --data PACK --out DIR [--batch 512] [--steps 48]
 
 Prints a table last and writes ``DIR/training_speed.json`` and ``.md``.
 """
@@ -44,7 +44,7 @@ OLD_BATCH = 192
 
 
 def _weights_dir(name: str) -> Path:
-    return Path(__file__).resolve().parent.parent / "checkpoints" / "weights" / name
+    return Path(__file__).resolve().parents[2] / "checkpoints" / "weights" / name
 
 
 def make_trainer(name: str, images, device, *, fast: bool, batch: int, random: bool, compile: bool = True) -> Trainer:

@@ -38,12 +38,12 @@ path executes more multiply-adds (``gflop_per_image_poly3`` / ``_phase2`` in the
 
 Run on the GPU machine::
 
-    python benchmarks/synthesis.py --out $OUT/bench [--nvidia-src .gpu/nvidia-src] [--compile] \\
+    python bench/scripts/synthesis.py --out $OUT/bench [--nvidia-src .gpu/nvidia-src] [--compile] \\
         [--no-nvidia-plugins] [--min-time 0.5] [--profile]
 
 and here, at toy size, to check it works::
 
-    python benchmarks/synthesis.py --out /tmp/b --device cpu --resolution 64 --channel-base 1024 \\
+    python bench/scripts/synthesis.py --out /tmp/b --device cpu --resolution 64 --channel-base 1024 \\
         --channel-max 64 --batches 1,2 --min-time 0.2 --no-compile
 
 Writes ``synthesis.json`` and ``synthesis.md`` to ``--out`` and prints the table last.

@@ -39,11 +39,11 @@ photos, as issue 17 states its target there ("edited crop vs reconstruction >= 6
 mean inside the face mask at the default strength"); nothing is fitted on them. Identity
 figures on the test split are optimistic (the split is by image, not by person).
 
-    OMP_NUM_THREADS=1 python benchmarks/edit_strength.py                 # faces64, train + test
-    OMP_NUM_THREADS=1 python benchmarks/edit_strength.py --models faces64,faces64-wpp   # the shipped table
+    OMP_NUM_THREADS=1 python bench/scripts/edit_strength.py                 # faces64, train + test
+    OMP_NUM_THREADS=1 python bench/scripts/edit_strength.py --models faces64,faces64-wpp   # the shipped table
 
 Writes ``strength.json`` (settings, per-photo figures, the table, the choice) and
-``README.md`` under ``--out`` (default ``bench/editing/strength``); prints the table last.
+``README.md`` under ``--out`` (default ``bench/results/edit_strength``); prints the table last.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "bench" / "editing" / "strength"
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 STRENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12)
@@ -338,9 +338,9 @@ def main(argv=None) -> int:
            "rows": rows, "photos": photos}
     atomic_write_text(out / "strength.json", json.dumps(res, indent=1, default=float))
     md = ["# Edit strength: what `faceedit edit --attr smile` changes", "",
-          f"`OMP_NUM_THREADS=1 python benchmarks/edit_strength.py --models {a.models} --splits {a.splits}` "
+          f"`OMP_NUM_THREADS=1 python bench/scripts/edit_strength.py --models {a.models} --splits {a.splits}` "
           f"({res['settings']['seconds']} s on the CPU). Columns and the rule: the docstring of "
-          "`benchmarks/edit_strength.py`. Levels are 0-255; identity is dlib descriptor distance "
+          "`bench/scripts/edit_strength.py`. Levels are 0-255; identity is dlib descriptor distance "
           "(same person below 0.6); test-split identity is optimistic (split by image, not by person).", "",
           table_markdown(rows), "", "Choice per model and split (the shipped default follows "
           f"`{CHOOSE_MODEL}/{CHOOSE_SPLIT}`; `faceedit.defaults.DEFAULT_STRENGTH` = {DEFAULT_STRENGTH:g}):", ""]

@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from faceedit.checkpoints.registry import cache_dir
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
 
@@ -389,8 +387,8 @@ def align_photos_pack(photos, model, path) -> Path:
 
 
 def _provenance(models) -> dict:
-    """``faceedit.bench.provenance`` (versions, git commit, command, device) with the models' sha256."""
-    from faceedit.bench import provenance
+    """``faceedit.bench.report.provenance`` (versions, git commit, command, device) with the models' sha256."""
+    from .report import provenance
     from faceedit.checkpoints.registry import load_model
 
     shas = {}
@@ -401,54 +399,3 @@ def _provenance(models) -> dict:
         except ValueError:
             shas[str(mdl)] = None
     return provenance(shas)
-
-
-def main(argv=None):
-    """``faceedit bench inversion ...`` / ``python -m faceedit.bench_inversion --model faces64 --out DIR``.
-
-    ``faceedit bench inversion --methods ...`` runs the encoder / optim / hybrid / PTI table of
-    ``faceedit.bench_methods`` instead (``faceedit.bench.PLUGIN_ROUTES``).
-    """
-    import argparse
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ap = argparse.ArgumentParser(prog="faceedit bench inversion", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="faceedit bench inversion --methods encoder,optim,hybrid,pti ... runs the "
-                                        "methods table instead (its options: --methods x --help)")
-    ap.add_argument("--model", action="append", default=None)
-    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
-    ap.add_argument("--photos", default=None)
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--perceptual", default="disc,none", help="comma-separated: disc, lpips, none")
-    ap.add_argument("--prior-weight", default="0.01", help="comma-separated weights (each a row beside no prior)")
-    ap.add_argument("--no-identity", action="store_true")
-    ap.add_argument("--no-compression", action="store_true")
-    ap.add_argument("--batch-size", type=int, default=32, help="faces per optimisation batch (GPU: all at once)")
-    ap.add_argument("--add-identity", action="store_true",
-                    help="CPU pass: fill identity from the reconstructions a GPU run saved in --out")
-    ap.add_argument("--align-photos", default=None, metavar="PACK",
-                    help="CPU pass: align --photos with the first --model's recipe into PACK and exit")
-    ap.add_argument("--out", required=False, default=None)
-    a = ap.parse_args(argv)
-    if a.align_photos:
-        p = align_photos_pack(a.photos, (a.model or ["faces64"])[0], a.align_photos)
-        print(f"wrote {p}")
-        return
-    if a.out is None:
-        ap.error("--out is required")
-    if a.add_identity:
-        res = add_identity(a.out)
-        print(table(res["rows"]))
-        return
-    pack = a.pack if a.pack and Path(a.pack).is_file() else None
-    res = run(a.model or ["faces64", "faces64-wpp"], pack=pack, photos=a.photos, n=a.n, steps=a.steps,
-              perceptual=a.perceptual.split(","), prior_weight=[float(x) for x in a.prior_weight.split(",")], out=a.out, identity=not a.no_identity,
-              compression=not a.no_compression, batch_size=a.batch_size)
-    print(compression_md(res["compression"]))
-    print(table(res["rows"]))
-
-
-if __name__ == "__main__":
-    main()

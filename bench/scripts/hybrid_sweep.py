@@ -10,13 +10,13 @@ faces, same seed, and writes the reconstructions.
 
 ``pti`` does the same for PTI's edit-consistency weight (10, first picked on 5 test faces):
 PTI from one hybrid pivot per model with each weight, PSNR and the share of a smile edit's
-slope the tuning keeps (``faceedit.bench_methods.editability``).
+slope the tuning keeps (``faceedit.bench.methods.editability``).
 
 Two passes, because the GPU machine has no dlib and dlib's identity network is the judge:
 
-    python benchmarks/hybrid_sweep.py run --pack .gpu/data/faces64_train.npz --out out/sweep   # GPU
-    python benchmarks/hybrid_sweep.py pti --pack .gpu/data/faces64_train.npz --out out/sweep   # GPU
-    python benchmarks/hybrid_sweep.py identity --out out/sweep [--file pti.json]               # CPU, dlib
+    python bench/scripts/hybrid_sweep.py run --pack .gpu/data/faces64_train.npz --out out/sweep   # GPU
+    python bench/scripts/hybrid_sweep.py pti --pack .gpu/data/faces64_train.npz --out out/sweep   # GPU
+    python bench/scripts/hybrid_sweep.py identity --out out/sweep [--file pti.json]               # CPU, dlib
 
 The last prints the table: PSNR and identity similarity per setting, the paired difference
 to the reference's identity (the optimiser; PTI without the term) with its standard error.
@@ -34,7 +34,7 @@ import numpy as np
 
 from faceedit.core.device import resolve_device
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUNS = (("faces64", "w+"), ("faces64-wpp", "wpp"))
 
 
@@ -125,11 +125,11 @@ def run(pack, tail, n, optim_steps, lrs, steps_grid, at_steps, out):
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 def pti(pack, tail, n, weights, edit_attr, only, out):
     """GPU pass: PTI's edit-consistency weight on held-out faces: reconstructions, PSNR and editability
-    (the edit's slope after tuning / before, faceedit.bench_methods.editability) to --out/pti.json,
+    (the edit's slope after tuning / before, faceedit.bench.methods.editability) to --out/pti.json,
     rewritten after every row (a run cut short keeps what it finished)."""
     import torch
 
-    from faceedit.bench_methods import editability
+    from faceedit.bench.methods import editability
     from faceedit.checkpoints.registry import load_model
     from faceedit.core.files import atomic_write_bytes, atomic_write_text
     from faceedit.core.images import tensor_to_uint8

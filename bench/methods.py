@@ -1,8 +1,8 @@
 """Encoder vs optim vs hybrid vs PTI on the same test faces: one table of the trade-off.
 
-``faceedit bench inversion --methods encoder,optim,hybrid,pti ...`` (this module's
-:func:`main`; ``faceedit bench inversion`` without ``--methods`` is the optimiser's
-space/prior/loss table of ``faceedit.bench_inversion``).
+``faceedit bench methods --methods encoder,optim,hybrid,pti ...`` (:func:`run_table`; also
+reached as ``faceedit bench inversion --methods ...``; ``faceedit bench inversion`` without
+``--methods`` is the optimiser's space/prior/loss table of :mod:`faceedit.bench.inversion`).
 
 For each ``MODEL:SPACE`` run (default ``faces64:w+`` and ``faces64-wpp:wpp``) the same
 ``--n`` faces of the aligned *test* pack are inverted by every method and measured:
@@ -21,15 +21,14 @@ Run on the GPU machine (after the encoders are in the model folders), then on a 
 machine with dlib (identity, and seconds per image on that CPU for the first ``--cpu-n``
 faces of each row, same method and steps: the ``s/img CPU`` column)::
 
-    faceedit bench inversion --methods encoder,optim,hybrid,pti --n 100 --save-recon --out runs/methods
-    faceedit bench inversion --methods encoder,optim,hybrid,pti --add-identity --cpu-n 8 --out runs/methods
+    faceedit bench methods --methods encoder,optim,hybrid,pti --n 100 --save-recon --out runs/methods
+    faceedit bench methods --methods encoder,optim,hybrid,pti --add-identity --cpu-n 8 --out runs/methods
 
 Writes ``methods.json`` and ``methods.md``; prints the table last. Identity figures on
 the test split are optimistic (splits are by image, not by person).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import tempfile
@@ -39,13 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faceedit.bench_inversion import load_faces
-from faceedit.checkpoints.registry import cache_dir
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
 from faceedit.inversion.hybrid import HYBRID_PRIOR_WEIGHT
 from faceedit.inversion.methods import METHODS, invert_with
 from faceedit.inversion.projector import DEFAULT_PRIOR_WEIGHT
+
+from .inversion import load_faces
 
 log = logging.getLogger(__name__)
 
@@ -288,71 +287,61 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    """``faceedit bench inversion --methods ...`` (see the module docstring)."""
-    ap = argparse.ArgumentParser(prog="faceedit bench inversion --methods", description=__doc__.split("\n")[0])
-    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated: " + ", ".join(METHODS))
-    ap.add_argument("--compare-prior", action="store_true",
-                    help="also run optim and hybrid with the other prior setting (like-for-like rows)")
-    ap.add_argument("--runs", default="faces64:w+,faces64-wpp:wpp", help="MODEL:SPACE pairs, comma-separated")
-    ap.add_argument("--pack", default=str(cache_dir() / "data" / "faces64_test.npz"))
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--pti-n", type=int, default=100, help="faces for PTI (it tunes one face at a time)")
-    ap.add_argument("--optim-steps", type=int, default=500)
-    ap.add_argument("--hybrid-steps", type=int, default=None, help="default: the library's (50 on CUDA)")
-    ap.add_argument("--pti-steps", type=int, default=None, help="default: the library's (200 on CUDA)")
-    ap.add_argument("--perceptual", choices=["disc", "none"], default="disc")
-    ap.add_argument("--edit-attr", default="smile", help="direction for the PTI editability check ('' = skip)")
-    ap.add_argument("--identity", action="store_true", help="add dlib identity similarity (CPU machine only)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--save-recon", action="store_true",
-                    help="keep targets and reconstructions in --out for --add-identity on a machine with dlib")
-    ap.add_argument("--add-identity", action="store_true",
-                    help="only fill id_sim of an earlier run's --out from its saved reconstructions")
-    ap.add_argument("--cpu-n", type=int, default=0,
-                    help="with --add-identity: also time each row on this CPU on this many faces")
-    ap.add_argument("--pti-cpu-n", type=int, default=2, help="faces for PTI's CPU timing")
-    ap.add_argument("--append", action="store_true",
-                    help="add the rows to the methods.json already in --out (one table from several runs)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("-v", "--verbose", action="store_true")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING)
-    methods = tuple(x.strip() for x in a.methods.split(",") if x.strip())
+def run_table(runs, *, pack, n: int = 100, methods=METHODS, out, optim_steps: int = 500, hybrid_steps=None,
+              pti_steps=None, pti_n: int = 100, perceptual: str = "disc", seed: int = 0, batch_size: int = 32,
+              identity: bool = False, edit_attr: str | None = "smile", device=None, save_recon: bool = False,
+              compare_prior: bool = False, append: bool = False, settings: dict | None = None) -> list:
+    """Run every method on every ``(model, space)`` of ``runs``; write ``methods.json`` / ``methods.md`` to ``out``.
+
+    Args:
+        runs: ``(model, space)`` pairs, e.g. ``[("faces64", "w+"), ("faces64-wpp", "wpp")]``.
+        pack: aligned test pack the faces come from (its first ``n``, evenly spaced).
+        n: faces per run (PTI: ``pti_n``).
+        methods: names from :data:`faceedit.inversion.methods.METHODS`.
+        out: folder for ``methods.json`` and ``methods.md`` (and reconstructions with ``save_recon``).
+        optim_steps, hybrid_steps, pti_steps: steps per method (None: the library's default).
+        pti_n: faces for PTI (it tunes one face at a time).
+        perceptual: ``"disc"`` or ``"none"``.
+        seed: seed of every optimisation.
+        batch_size: faces per batch.
+        identity: add dlib identity similarity (needs dlib's instrument).
+        edit_attr: direction for the PTI editability check (None: skip).
+        device: torch device or name (None: the best available).
+        save_recon: keep targets and reconstructions in ``out`` for :func:`add_identity`.
+        compare_prior: also run optim and hybrid with the other prior setting.
+        append: add the rows to the ``methods.json`` already in ``out``.
+        settings: what to record as this run's settings (the command's options).
+
+    Returns:
+        Every row of the table (the earlier ones first with ``append``).
+
+    Raises:
+        PipelineError: ``methods`` is empty or names an unknown method.
+    """
+    methods = tuple(methods)
     bad = [x for x in methods if x not in METHODS]
     if bad or not methods:
-        ap.error(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {a.methods!r}")
-    if a.add_identity:
-        print(table(add_identity(a.out, cpu_n=a.cpu_n, pti_cpu_n=a.pti_cpu_n)))
-        return
-    dev = resolve_device(a.device)
-    identity = None
-    if a.identity:
+        raise PipelineError(f"methods must be a non-empty list of {', '.join(METHODS)}; got {', '.join(methods)!r}")
+    dev = resolve_device(device)
+    enc = None
+    if identity:
         from faceedit.metrics.identity import IdentityEncoder
 
-        identity = IdentityEncoder()
-    images = load_faces(a.pack, a.n)["images"]
+        enc = IdentityEncoder()
+    images = load_faces(pack, n)["images"]
     rows = []
-    for run in a.runs.split(","):
-        model, space = run.rsplit(":", 1)
-        rows += bench(model, space, images, optim_steps=a.optim_steps, hybrid_steps=a.hybrid_steps,
-                      pti_steps=a.pti_steps, pti_n=a.pti_n, perceptual=a.perceptual, seed=a.seed,
-                      batch_size=a.batch_size, identity=identity, edit_attr=a.edit_attr or None, device=dev,
-                      save_recon=a.out if a.save_recon else None, methods=methods,
-                      compare_prior=a.compare_prior)
-    out = Path(a.out)
+    for model, space in runs:
+        rows += bench(model, space, images, optim_steps=optim_steps, hybrid_steps=hybrid_steps,
+                      pti_steps=pti_steps, pti_n=pti_n, perceptual=perceptual, seed=seed,
+                      batch_size=batch_size, identity=enc, edit_attr=edit_attr or None, device=dev,
+                      save_recon=out if save_recon else None, methods=methods,
+                      compare_prior=compare_prior)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [vars(a)]
-    if a.append and (out / "methods.json").is_file():
+    runs_meta = [settings or {}]
+    if append and (out / "methods.json").is_file():
         old = json.loads((out / "methods.json").read_text())
-        rows, runs = old["rows"] + rows, old.get("runs", [old.get("settings")]) + runs
-    (out / "methods.json").write_text(json.dumps({"rows": rows, "runs": runs}, indent=2, default=str))
-    md = table(rows)
-    (out / "methods.md").write_text(md + "\n")
-    print(md)
-
-
-if __name__ == "__main__":
-    main()
+        rows, runs_meta = old["rows"] + rows, old.get("runs", [old.get("settings")]) + runs_meta
+    (out / "methods.json").write_text(json.dumps({"rows": rows, "runs": runs_meta}, indent=2, default=str))
+    (out / "methods.md").write_text(table(rows) + "\n")
+    return rows

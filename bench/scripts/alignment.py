@@ -20,10 +20,10 @@ The parts, each printing a short table last and writing JSON (and PNGs) under --
              --fit fits the MTCNN calibration on the TRAIN faces.
 
 Examples:
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py speed --out out/bench_align
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py photos --detectors dlib,mtcnn,dlib-cnn --out out/photos
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py redetect --recipe ffhq --workers 2 --out out/redetect_ffhq
-  OMP_NUM_THREADS=1 python benchmarks/alignment.py quads --scale 1.0 --workers 2 --out out/quads_qn
+  OMP_NUM_THREADS=1 python bench/scripts/alignment.py speed --out out/bench_align
+  OMP_NUM_THREADS=1 python bench/scripts/alignment.py photos --detectors dlib,mtcnn,dlib-cnn --out out/photos
+  OMP_NUM_THREADS=1 python bench/scripts/alignment.py redetect --recipe ffhq --workers 2 --out out/redetect_ffhq
+  OMP_NUM_THREADS=1 python bench/scripts/alignment.py quads --scale 1.0 --workers 2 --out out/quads_qn
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FACEEDIT_SHARED", REPO.parent / "shared"))
 
 
@@ -595,7 +595,7 @@ def quads(out, train_per_set, test_per_set, fit, scale, seed, workers, photos):
                     "columns: eye-left x, y, eye-right x, y, mouth-left x, y, mouth-right x, y",
             "fitted_on": f"{n_fit} TRAIN faces ({counts['celeba10k']} CelebA, {counts['utkface']} UTKFace; random, "
                          f"seed {seed}), least squares; never on the test split",
-            "made_by": "python benchmarks/alignment.py quads --fit", "weights": "@W@"}, indent=1).replace(
+            "made_by": "python bench/scripts/alignment.py quads --fit", "weights": "@W@"}, indent=1).replace(
             '"@W@"', "[\n  " + ",\n  ".join(json.dumps(np.round(row, 6).tolist()) for row in W) + "\n ]") + "\n")
         mtcnn5_calibration.cache_clear()
     weights = mtcnn5_calibration()["weights"]
