@@ -51,6 +51,7 @@ import torch
 from faceedit.core.device import resolve_device
 from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import InversionError
+from faceedit.networks import SYNTHESIS_PATHS
 
 from .latent import Latent
 from .losses import PixelMSE, make_perceptual, noise_regularization, normalize_noise_
@@ -112,9 +113,9 @@ class Projector:
         mse_weight, perceptual_weight: weights of the image losses.
         patience, min_delta: early stop (None = off).
         seed: seeds the latent noise, the noise maps and the ``wpp-z`` start.
-        fused: modulated-conv path (default False: the shared-conv path, faster for batches;
-            True is NVIDIA's grouped-conv reference; ``"poly"`` the polyphase GPU path of
-            ``networks.fastsynth``).
+        path: synthesis path, one of ``networks.SYNTHESIS_PATHS`` (default ``shared``: one
+            shared conv per layer, faster for batches; ``reference`` is NVIDIA's grouped-conv
+            reference; ``poly`` the polyphase GPU path of ``networks.fastsynth``).
         amp: ``None`` (float32) or ``"bf16"``: synthesis and the perceptual loss under bf16
             autocast on CUDA (losses and the optimiser stay float32).
         compile: ``torch.compile`` the synthesis + loss function (CUDA speed; first steps compile);
@@ -132,7 +133,7 @@ class Projector:
                  lr_rampdown: float = 0.25, noise_factor: float = 0.05, noise_ramp: float = 0.75,
                  optimize_noise: bool = False, noise_reg_weight: float = 1e5, mse_weight: float = 1.0,
                  perceptual_weight: float = 1.0, patience: int | None = None, min_delta: float = 1e-3,
-                 seed: int = 0, fused: bool | None = None, amp: str | None = None, compile: bool | str = False,
+                 seed: int = 0, path: str = "shared", amp: str | None = None, compile: bool | str = False,
                  cuda_graphs: bool = False, lpips_pnet_rand: bool = False):
         self.G = G.eval().requires_grad_(False)
         self.device = G.synthesis.const.device
@@ -158,7 +159,9 @@ class Projector:
         self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
         self.patience, self.min_delta = patience, min_delta
         self.seed = int(seed)
-        self.fused = False if fused is None else (fused if fused == "poly" else bool(fused))
+        if path not in SYNTHESIS_PATHS:
+            raise InversionError(f"path must be one of {', '.join(SYNTHESIS_PATHS)}, got {path!r}")
+        self.path = path
         if amp not in (None, "none", "bf16"):
             raise InversionError(f"amp must be None or 'bf16', got {amp!r}")
         self.amp = amp if amp == "bf16" else None
@@ -212,7 +215,7 @@ class Projector:
         # no autocast weight cache across a CUDA graph capture (PyTorch's advice for captured autocast)
         cache = {"cache_enabled": False} if self.cuda_graphs else {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16", **cache):
-            img = self.G.synthesis(ws, noise_mode="const", noise=noise, fused=self.fused)
+            img = self.G.synthesis(ws, noise_mode="const", noise=noise, path=self.path)
             perc = self.perceptual(img, prepared) if self.perceptual is not None else None
         img = img.float()
         out = {"mse": self.mse(img, target)}

@@ -214,7 +214,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
          perceptual=None, mse_weight: float = 1.0, perceptual_weight: float = 1.0,
          locality_weight: float = 0.1, locality_radius: float = 0.5, locality_batch: int = 4,
          consistency_weight: float = 10.0, consistency_strength: float = 2.0, consistency_batch: int = 4,
-         seed: int = 0, fused: bool | None = None) -> tuple:
+         seed: int = 0, path: str | None = None) -> tuple:
     """Pivotal tuning of one image.
 
     Args:
@@ -228,6 +228,9 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         locality_weight, locality_radius, locality_batch: the locality regulariser (see module).
         consistency_weight, consistency_strength, consistency_batch: the edit-consistency
             regulariser (see module; weight 0 turns it off).
+        seed: seeds the regularisers' draws.
+        path: synthesis path (``networks.SYNTHESIS_PATHS``; default ``reference`` on CUDA,
+            ``shared`` elsewhere).
     Returns:
         ``(tuning dict with a leading batch dim of 1, record dict)``.
     """
@@ -241,7 +244,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     if rank < 1:
         raise InversionError(f"tuning rank must be >= 1, got {rank}")
     dev = G.synthesis.const.device
-    fused = (dev.type == "cuda") if fused is None else fused
+    path = ("reference" if dev.type == "cuda" else "shared") if path is None else path
     gen = torch.Generator().manual_seed(int(seed))
     weights = {k: v for k, v in modulated_weights(G).items()}
     syn_prefix = "synthesis."
@@ -259,7 +262,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     def synth(ws):
         over = {name[len(syn_prefix):]: W + _lora_delta(a, b, W.shape)
                 for (name, W), (a, b) in zip(weights.items(), factors.values())}
-        return functional_call(G.synthesis, over, (ws,), {"noise_mode": "const", "fused": fused})
+        return functional_call(G.synthesis, over, (ws,), {"noise_mode": "const", "path": path})
 
     def recon_loss(img, tgt, prep):
         loss = mse_weight * mse(img, tgt)
@@ -270,7 +273,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     n_loc = locality_batch if locality_weight > 0 else 0
     n_con = consistency_batch if consistency_weight > 0 else 0
     with torch.no_grad():
-        orig_pivot = G.synthesis(pivot, noise_mode="const", fused=fused)
+        orig_pivot = G.synthesis(pivot, noise_mode="const", path=path)
         before = float(recon_loss(orig_pivot, target, prepared))
         # one bank of mapping samples serves both regularisers (a step draws from it; no mapping per step)
         bank = G.mapping(torch.randn((256, *G.z_shape), generator=gen).to(dev))  # [256, num_ws, w_dim]
@@ -287,7 +290,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         loss = recon_loss(img_p, target, prepared).sum()
         if extra is not None:
             with torch.no_grad():
-                ref = G.synthesis(extra, noise_mode="const", fused=fused)
+                ref = G.synthesis(extra, noise_mode="const", path=path)
         if n_loc:
             ref_r = ref[:n_loc]
             ref_prep = perceptual.prepare(ref_r) if perceptual is not None else None

@@ -131,8 +131,8 @@ def test_benchmark_reports_a_failing_config_and_times_the_long_run_with_the_best
     spec.loader.exec_module(bench)
     cpu = torch.device("cpu")
     rows, kept, logged = [], {}, []
-    configs = [("ours-poly-bf16-graphs", dict(fused="poly", cuda_graphs=True)),
-               ("ours-fp32", dict(fused=False)), ("nvidia-baseline", dict(fused=True, reference_step=True))]
+    configs = [("ours-poly-bf16-graphs", dict(path="poly", cuda_graphs=True)),
+               ("ours-fp32", dict(path="shared")), ("nvidia-baseline", dict(path="reference", reference_step=True))]
     bench._rows_for(G, "tiny", cpu, (1,), configs, 3, 1, None, rows, logged.append, kept=kept)
     assert [r["config"] for r in rows] == ["ours-poly-bf16-graphs", "ours-fp32", "nvidia-baseline"]
     assert "cuda_graphs=False" in rows[0]["error"] and "error" not in rows[1] and "error" not in rows[2]
