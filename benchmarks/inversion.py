@@ -21,7 +21,7 @@ Rows:
   path (``path="poly"``, ``networks/fastsynth.py``).
 * ``ours-poly-bf16-graphs`` / ``ours-poly-bf16-compile-graphs``: the whole step (latent
   noise, synthesis, loss, backward, fused Adam, noise re-normalisation) captured in one
-  CUDA graph (``Projector(cuda_graphs=True)``), eager ops / compiled loss inside;
+  CUDA graph (``InversionOptions(cuda_graphs=True)``), eager ops / compiled loss inside;
   ``ours-poly-bf16-compile-ro``: ``compile="reduce-overhead"`` (CUDA graphs for the compiled
   loss's forward and backward only). A row whose capture fails reports the error and the run
   goes on.
@@ -106,14 +106,16 @@ def time_projector(G, *, batch, steps, warmup, perceptual, optimize_noise=True, 
     without compiling anew). ``reference_step``: per-step Adam and noise re-normalisation as
     NVIDIA's code does them (foreach Adam, per-map ops) instead of the fused CUDA ones.
     """
-    from faceedit.inversion.projector import Projector
+    from faceedit.inversion.projector import InversionOptions, Projector
 
     dev = G.synthesis.const.device
     with torch.no_grad():
         target = G.synthesis(G.mapping(G.sample_z(batch, seed=1, device=dev)), path="shared").clamp(-1, 1)
-    p = Projector(G, space, steps=warmup + steps, perceptual=perceptual, optimize_noise=optimize_noise,
-                  path=path, amp=amp, compile=compile, cuda_graphs=cuda_graphs, prior=prior,
-                  prior_weight=prior_weight)
+    named = perceptual is None or isinstance(perceptual, str)
+    opts = InversionOptions(space=space, steps=warmup + steps, perceptual=perceptual if named else "none",
+                            optimize_noise=optimize_noise, path=path, amp=amp, compile=compile,
+                            cuda_graphs=cuda_graphs, prior_weight=prior_weight)
+    p = Projector(G, opts, prior=prior, perceptual_loss=None if named else perceptual)
     p._w_std = lambda: 1.0  # not part of a step; skip the sampling it needs
     if reference_step:
         p._fast_step = False
@@ -389,13 +391,14 @@ def main(argv=None):
               3 if a.quick else 10, 1 if a.quick else 3, DiscFeatureLoss(Dc), rows, log)
     if a.cpu_200:
         from faceedit.inversion.prior import GaussianPrior, fit_prior
-        from faceedit.inversion.projector import Projector
+        from faceedit.inversion.projector import InversionOptions, Projector
 
         prior = GaussianPrior(fit_prior(Gc, 2000 if a.quick else 20000, check_n=0), Gc.num_ws, Gc.w_dim)
         with torch.no_grad():
             target = Gc.synthesis(Gc.mapping(Gc.sample_z(1, seed=2)))
         n = 20 if a.quick else 200
-        p = Projector(Gc, "w+", steps=n, perceptual=DiscFeatureLoss(Dc), prior=prior, prior_weight=0.01)
+        p = Projector(Gc, InversionOptions(space="w+", steps=n, prior_weight=0.01), prior=prior,
+                      perceptual_loss=DiscFeatureLoss(Dc))
         t, c = time.perf_counter(), time.process_time()
         p.project(target)
         wall, cpu = time.perf_counter() - t, time.process_time() - c

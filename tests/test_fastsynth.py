@@ -275,14 +275,15 @@ def test_bad_path_value_is_refused():
 def test_projector_runs_on_the_polyphase_path():
     """``Projector(path="poly")`` (what benchmarks/inversion.py's ours-poly rows use) follows
     the same optimisation trajectory as the reference path, noise maps included."""
-    from faceedit.inversion.projector import Projector
+    from faceedit.inversion.projector import InversionOptions, Projector
 
     G = random_generator(**CONFIGS["res32"])
     with torch.no_grad():
         target = G.synthesis(G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(12))))
     res = {}
     for path in ("reference", "poly"):
-        p = Projector(G, "w+", steps=3, path=path, optimize_noise=True, noise_factor=0.0)
+        p = Projector(G, InversionOptions(space="w+", steps=3, path=path, optimize_noise=True, noise_factor=0.0,
+                                          perceptual="none"))
         assert p.path == path
         res[path] = p.project(target.clamp(-1, 1))
     ref = res["reference"]
