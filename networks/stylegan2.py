@@ -140,8 +140,9 @@ def resolve_synthesis_path(path: str, fused=None) -> str:
     if fused is not None:
         if fused not in _FUSED_TO_PATH:
             raise NetworkError(f"fused={fused!r} is not True, False or 'poly'; pass path= one of {SYNTHESIS_PATHS}")
+        # stacklevel: this function, forward, nn.Module's two call wrappers, the caller
         warnings.warn(f"synthesis(fused={fused!r}) is deprecated; use path={_FUSED_TO_PATH[fused]!r}",
-                      DeprecationWarning, stacklevel=3)
+                      DeprecationWarning, stacklevel=5)
         path = _FUSED_TO_PATH[fused]
     if not isinstance(path, str) or path not in SYNTHESIS_PATHS:
         raise NetworkError(f"synthesis path must be one of {', '.join(SYNTHESIS_PATHS)}, got {path!r}")

@@ -185,8 +185,9 @@ def test_synthesis_path_is_validated_and_fused_is_a_deprecated_alias():
     with pytest.raises(NetworkError, match="pass path="):
         G.synthesis(ws, fused="fast")
     for old, new in ((True, "reference"), (False, "shared")):
-        with pytest.warns(DeprecationWarning, match=f"path='{new}'"):
+        with pytest.warns(DeprecationWarning, match=f"path='{new}'") as seen:
             out = G.synthesis(ws, fused=old)
+        assert seen[0].filename == __file__  # points at the caller, not at torch's module wrappers
         torch.testing.assert_close(out, G.synthesis(ws, path=new), rtol=0, atol=0)
 
 
