@@ -1,6 +1,7 @@
 """faceedit.inversion: latents, spaces, losses, the Gaussianized prior and the optimiser.
 
-``invert`` and ``Projector`` (``inversion.projector``), ``Latent`` (``inversion.latent``),
+``invert`` and ``Projector`` (``inversion.projector``), their settings ``InversionOptions``
+(``inversion.options``), ``Latent`` (``inversion.latent``),
 ``load_prior``/``fit_prior`` (``inversion.prior``); the spaces are documented in
 ``inversion.spaces``.
 """
@@ -14,6 +15,9 @@ _API = {
     "invert": "faceedit.inversion.projector",
     "Projector": "faceedit.inversion.projector",
     "ProjectionResult": "faceedit.inversion.projector",
+    "InversionOptions": "faceedit.inversion.options",
+    "Perceptual": "faceedit.inversion.options",
+    "Compile": "faceedit.inversion.options",
     "GaussianPrior": "faceedit.inversion.prior",
     "fit_prior": "faceedit.inversion.prior",
     "load_prior": "faceedit.inversion.prior",

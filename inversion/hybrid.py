@@ -50,12 +50,13 @@ import torch
 from faceedit.core.errors import InversionError
 
 from .latent import Latent
+from .options import METHODS, InversionOptions, resolve_options
 from .projector import DEFAULT_PRIOR_WEIGHT, setup
 from .spaces import Space, check_space
 
 log = logging.getLogger(__name__)
 
-CODE_METHODS = ("encoder", "optim", "hybrid")
+CODE_METHODS = tuple(m for m in METHODS if m != "pti")  # the methods that find a code
 HYBRID_STEPS = {"cpu": 30, "cuda": 110}     # the optimiser alone: 50 / 300 (projector.DEFAULT_STEPS)
 HYBRID_LR = 0.3                            # the optimiser alone: 0.1 (NVIDIA's)
 HYBRID_NOISE = 0.0                         # latent-noise start in w_std; the optimiser alone: 0.05
@@ -83,42 +84,49 @@ class _FromCodes(Space):
         return self.base + param
 
 
-def hybrid_invert(images, model=None, space: str = "w+", steps: int | None = None, *, G=None, D=None,
-                  encoder=None, device=None, prior="gaussian", prior_weight: float | None = None,
-                  perceptual="auto", seed: int = 0, optimize_noise: bool = False, batch_size: int = 32,
-                  progress=None, lr: float = HYBRID_LR, noise_factor: float = HYBRID_NOISE, **options) -> Latent:
+def hybrid_invert(images, model=None, space: str | None = None, steps: int | None = None, *,
+                  options: InversionOptions | None = None, G=None, D=None, encoder=None, device=None, prior=None,
+                  progress=None, **settings) -> Latent:
     """Encoder, then a short optimisation from its codes.
 
     Args:
-        images, model, space, G, D, device, prior, perceptual, seed, optimize_noise,
-        batch_size, progress: as :func:`faceedit.inversion.invert`.
-        steps: optimisation steps after the encoder (default :func:`hybrid_steps`).
+        images, model, space, options, G, D, device, prior, progress, **settings: as
+            :func:`faceedit.inversion.invert`; the fields left at None take this method's
+            defaults: :func:`hybrid_steps` steps after the encoder, ``lr`` 0.3,
+            ``noise_factor`` 0 (no latent noise), ``prior_weight`` 0.01.
+        steps: optimisation steps after the encoder.
         encoder: an ``Encoder`` or the path of an ``encoder_*.safetensors`` file (default:
             the model's own).
-        prior_weight: weight of the prior penalty (default: the projector's, 0.01).
-        lr, noise_factor: peak learning rate (0.3) and latent-noise start (0: none).
-        **options: more ``Projector`` settings.
     Returns:
         A :class:`Latent` with ``meta['method'] == 'hybrid'``, the encoder's own losses in
         ``meta['encoder_losses']`` and its time in ``meta['encoder_seconds']``.
+
+    Raises:
+        InversionError: the ``wpp-z`` space (the encoder gives codes, not z), or as ``invert``.
     """
     from .encoder import _adapt_codes, _resolve_encoder, encode_tensor
-    from .projector import Projector, _to_batch
+    from .projector import Projector, _split_prior, _to_batch
 
-    if prior_weight is None:
-        prior_weight = HYBRID_PRIOR_WEIGHT
-    G, D, mdict, model_id, prior = setup(model, space, G=G, D=D, device=device, prior=prior,
-                                         perceptual=perceptual)
-    space = check_space(G, space)
+    prior, settings = _split_prior(prior, settings)
+    opts = resolve_options(options, space=space, steps=steps, **settings)
+    G, D, mdict, model_id, prior = setup(model, opts.space, G=G, D=D, device=device,
+                                         prior=prior if prior is not None else opts.prior,
+                                         perceptual=opts.perceptual.value)
+    space = check_space(G, opts.space)
     if space == "wpp-z":
         raise InversionError("hybrid inversion starts from the encoder's codes, which are not z: use --space wpp "
                              "with --method hybrid, or --method optim for wpp-z")
     dev = G.synthesis.const.device
     E, espace = _resolve_encoder(encoder, mdict if mdict is not None else model, space, G, dev)
-    steps = int(steps) if steps is not None else hybrid_steps(dev)
-    proj = Projector(G, space, steps=steps, D=D, perceptual=perceptual, prior=prior,
-                     prior_weight=prior_weight if prior is not None else 0.0, optimize_noise=optimize_noise,
-                     seed=seed, lr=lr, noise_factor=noise_factor, **options)
+    opts = opts.replace(
+        space=space, steps=opts.steps if opts.steps is not None else hybrid_steps(dev),
+        lr=opts.lr if opts.lr is not None else HYBRID_LR,
+        noise_factor=opts.noise_factor if opts.noise_factor is not None else HYBRID_NOISE,
+        prior_weight=(opts.prior_weight if opts.prior_weight is not None else HYBRID_PRIOR_WEIGHT)
+        if prior is not None else 0.0)
+    proj = Projector(G, opts, D=D, prior=prior)
+    steps, lr, noise_factor, seed = opts.steps, opts.lr, opts.noise_factor, opts.seed
+    optimize_noise, batch_size = opts.optimize_noise, opts.batch_size
     target, faces = _to_batch(images, G.resolution, dev)
     results, enc_seconds, enc_losses = [], 0.0, {}
     for i in range(0, target.shape[0], batch_size):
@@ -166,17 +174,20 @@ def default_method(model, space: str) -> str:
     return "hybrid" if space != "wpp-z" and has_encoder(model, space) else "optim"
 
 
-def invert_code(method: str | None, images, model=None, space: str = "w+", steps: int | None = None,
+def invert_code(method: str | None, images, model=None, space: str | None = None, steps: int | None = None,
                 **kwargs) -> Latent:
-    """Invert with one of :data:`CODE_METHODS` (``None``: :func:`default_method`).
+    """Invert with one of :data:`CODE_METHODS` (``None``: ``options.method``, else :func:`default_method`).
 
-    ``kwargs`` are those of :func:`faceedit.inversion.invert` (``G``, ``D``, ``prior``,
-    ``prior_weight``, ``perceptual``, ``seed``, ``optimize_noise``, ``batch_size``, ...);
-    ``steps`` means the optimisation steps for ``optim``/``hybrid``. The returned latent's
-    ``meta`` carries the same keys whatever the method.
+    ``kwargs`` are those of :func:`faceedit.inversion.invert` (``options``, ``G``, ``D``,
+    ``prior``, and any ``InversionOptions`` field by name); ``steps`` means the optimisation
+    steps for ``optim``/``hybrid``. The returned latent's ``meta`` carries the same keys
+    whatever the method.
     """
+    options = kwargs.get("options")
+    if method is None and options is not None:
+        method = options.method
     if method is None:
-        method = default_method(model, space)
+        method = default_method(model, space or (options.space if options is not None else "w+"))
     if method not in CODE_METHODS:
         raise InversionError(f"a code is found by one of {', '.join(CODE_METHODS)}, got {method!r} "
                              f"(pti: inversion.methods.invert_with)")
@@ -188,9 +199,14 @@ def invert_code(method: str | None, images, model=None, space: str = "w+", steps
         return hybrid_invert(images, model, space, steps, **kwargs)
     from .encoder import encode
 
-    keep = {k: kwargs[k] for k in ("G", "encoder", "device", "batch_size") if k in kwargs}
-    lat = encode(images, model, space, **keep)
-    meta = {**lat.meta, "steps_requested": 0, "seed": kwargs.get("seed", 0), "prior": "none", "prior_weight": 0.0,
+    keep = {k: kwargs.pop(k) for k in ("G", "encoder", "device") if k in kwargs}
+    kwargs.pop("D", None)
+    kwargs.pop("progress", None)
+    prior = kwargs.pop("prior", None)
+    opts = resolve_options(kwargs.pop("options", None), space=space, **({"prior": prior} if isinstance(prior, str)
+                                                                         else {}), **kwargs)
+    lat = encode(images, model, opts.space, batch_size=opts.batch_size, **keep)
+    meta = {**lat.meta, "steps_requested": 0, "seed": opts.seed, "prior": "none", "prior_weight": 0.0,
             "perceptual": "none", "optimize_noise": False}
     return Latent(space=lat.space, codes=lat.codes, model_id=lat.model_id, meta=meta, arch=lat.arch)
 

@@ -9,24 +9,27 @@ from __future__ import annotations
 
 from faceedit.core.errors import InversionError
 
-from .hybrid import CODE_METHODS, default_method, invert_code
+from .hybrid import default_method, invert_code
 from .latent import Latent
+from .options import METHODS
 
-METHODS = (*CODE_METHODS, "pti")
 
-
-def invert_with(method: str | None, images, model=None, space: str = "w+", steps: int | None = None,
+def invert_with(method: str | None, images, model=None, space: str | None = None, steps: int | None = None,
                 **kwargs) -> Latent:
-    """Invert with one of :data:`METHODS` (``None``: :func:`default_method`: ``hybrid`` when the
-    model ships an encoder for the space, else ``optim``).
+    """Invert with one of :data:`METHODS` (``None``: ``options.method``, else :func:`default_method`:
+    ``hybrid`` when the model ships an encoder for the space, else ``optim``).
 
-    ``kwargs`` are those of :func:`faceedit.inversion.invert` (``G``, ``D``, ``prior``,
-    ``prior_weight``, ``perceptual``, ``seed``, ``optimize_noise``, ``batch_size``, ...);
+    ``kwargs`` are those of :func:`faceedit.inversion.invert` (``options``, ``G``, ``D``,
+    ``prior``, and any ``InversionOptions`` field by name: ``prior_weight``, ``perceptual``,
+    ``seed``, ``optimize_noise``, ``batch_size``, ...);
     ``steps`` means the optimisation steps for ``optim``/``hybrid`` and the tuning steps for
     ``pti``. The returned latent's ``meta`` carries the same keys whatever the method.
     """
+    options = kwargs.get("options")
+    if method is None and options is not None:
+        method = options.method
     if method is None:
-        method = default_method(model, space)
+        method = default_method(model, space or (options.space if options is not None else "w+"))
     if method not in METHODS:
         raise InversionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "pti":

@@ -26,12 +26,13 @@ Speed on CUDA (a batch-1 step is bound by the host's Python and kernel launches,
 GPU: on an H100, config-f 1024 eager bf16 took 81 ms/step at batch 1 and 346 ms at batch
 32): Adam runs ``fused`` and the noise maps
 are re-normalised with one ``var_mean`` and ``torch._foreach_*`` ops (the CPU keeps the
-reference ops, bit for bit); ``compile=True`` compiles the loss, ``compile="reduce-overhead"``
+reference ops, bit for bit); ``compile="default"`` compiles the loss, ``compile="reduce-overhead"``
 also replays it (forward and backward) from CUDA graphs; ``cuda_graphs=True`` captures the
 WHOLE step (latent noise add, synthesis, loss, backward, Adam, noise re-normalisation) in one
 CUDA graph after ``GRAPH_WARMUP`` eager steps and replays it; per step the host then only
 writes the step's learning rate and noise strength into device buffers, draws the latent
-noise into a static buffer and launches the graph. Combine it with ``compile=True``.
+noise into a static buffer and launches the graph. Combine it with ``compile="default"``.
+The settings are one :class:`inversion.options.InversionOptions`.
 
 Defaults: ``DEFAULT_STEPS`` = 50 on the CPU (one 64 px face in about 3-4 s on this
 project's 2-core CPU with the discriminator loss) and 300 on CUDA.
@@ -54,6 +55,7 @@ from faceedit.core.errors import InversionError
 
 from .latent import Latent
 from .losses import PixelMSE, make_perceptual, noise_regularization, normalize_noise_
+from .options import Compile, InversionOptions, resolve_options
 from .spaces import Space, check_space
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ log = logging.getLogger(__name__)
 DEFAULT_STEPS = {"cpu": 50, "cuda": 300}
 GRAPH_WARMUP = 3  # eager steps (compilation, cuDNN autotuning, optimiser state) before the graph capture
 DEFAULT_PRIOR_WEIGHT = 0.01
+DEFAULT_LR = 0.1            # NVIDIA's peak learning rate
+DEFAULT_NOISE_FACTOR = 0.05  # NVIDIA's latent-noise start, in w_std units
 _W_STD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -97,83 +101,61 @@ class Projector:
 
     Args:
         G: the generator (frozen; its device is used).
-        space: ``w``, ``w+``, ``wpp`` or ``wpp-z``.
-        steps: optimisation steps (default :func:`default_steps` of G's device).
-        D: discriminator, for ``perceptual='disc'``.
-        perceptual: ``none``, ``lpips``, ``disc``, ``auto`` or a loss object with
-            ``prepare`` and ``__call__`` (see ``inversion.losses``).
-        prior: a ``GaussianPrior`` or None.
-        prior_weight: weight of the normalised prior penalty (0 disables it).
-        lr: peak Adam learning rate (NVIDIA: 0.1).
-        lr_rampup, lr_rampdown: fractions of the run for the ramps (0.05, 0.25).
-        noise_factor, noise_ramp: latent noise start (in ``w_std``) and its ramp (0.05, 0.75).
-        optimize_noise: also optimise the per-layer noise maps.
-        noise_reg_weight: weight of the noise regulariser (NVIDIA: 1e5).
-        mse_weight, perceptual_weight: weights of the image losses.
-        patience, min_delta: early stop (None = off).
-        seed: seeds the latent noise, the noise maps and the ``wpp-z`` start.
-        fused: modulated-conv path (default False: the shared-conv path, faster for batches;
-            True is NVIDIA's grouped-conv reference; ``"poly"`` the polyphase GPU path of
-            ``networks.fastsynth``).
-        amp: ``None`` (float32) or ``"bf16"``: synthesis and the perceptual loss under bf16
-            autocast on CUDA (losses and the optimiser stay float32).
-        compile: ``torch.compile`` the synthesis + loss function (CUDA speed; first steps compile);
-            ``"reduce-overhead"`` (CUDA only) also runs it from CUDA graphs (forward and backward;
-            the loss tensors handed to ``callback`` are then overwritten by the next step).
-        cuda_graphs: (CUDA only) capture the whole optimisation step in one CUDA graph and
-            replay it (see the module docstring); the loss tensors handed to ``callback`` are
-            overwritten by the next step (clone what you keep). A capture that fails raises a
-            ``RuntimeError`` naming the way out (``cuda_graphs=False``).
+        options: the settings (:class:`inversion.options.InversionOptions`; default: its
+            defaults). ``options.prior`` is not read here: the prior is the ``prior`` object.
+        D: discriminator, for ``perceptual='disc'`` (and ``auto`` without LPIPS).
+        prior: a ``GaussianPrior`` or None (no prior term).
+        perceptual_loss: a loss object with ``prepare`` and ``__call__`` (see
+            ``inversion.losses``), used instead of ``options.perceptual``.
         lpips_pnet_rand: random LPIPS trunk (tests only).
+
+    Raises:
+        InversionError: a space the generator lacks, ``prior_weight > 0`` without a prior,
+            CUDA-only settings (``cuda_graphs``, ``compile='reduce-overhead'``) off CUDA.
     """
 
-    def __init__(self, G, space: str = "w+", *, steps: int | None = None, D=None, perceptual="none",
-                 prior=None, prior_weight: float = 0.0, lr: float = 0.1, lr_rampup: float = 0.05,
-                 lr_rampdown: float = 0.25, noise_factor: float = 0.05, noise_ramp: float = 0.75,
-                 optimize_noise: bool = False, noise_reg_weight: float = 1e5, mse_weight: float = 1.0,
-                 perceptual_weight: float = 1.0, patience: int | None = None, min_delta: float = 1e-3,
-                 seed: int = 0, fused: bool | None = None, amp: str | None = None, compile: bool | str = False,
-                 cuda_graphs: bool = False, lpips_pnet_rand: bool = False):
+    def __init__(self, G, options: InversionOptions | None = None, *, D=None, prior=None,
+                 perceptual_loss=None, lpips_pnet_rand: bool = False):
+        if options is None:
+            options = InversionOptions()
+        elif not isinstance(options, InversionOptions):
+            raise InversionError(f"Projector(G, options) takes an InversionOptions, got {type(options).__name__}; "
+                                 f"e.g. Projector(G, InversionOptions(space='w+', steps=100))")
+        self.options = options
         self.G = G.eval().requires_grad_(False)
         self.device = G.synthesis.const.device
-        self.space = Space(G, check_space(G, space))
-        self.steps = int(steps) if steps is not None else default_steps(self.device)
-        if self.steps < 1:
-            raise InversionError(f"steps must be >= 1, got {steps}")
-        if prior_weight < 0:
-            raise InversionError(f"prior weight must be >= 0, got {prior_weight}")
-        if prior_weight > 0 and prior is None:
+        self.space = Space(G, check_space(G, options.space))
+        self.steps = options.steps if options.steps is not None else default_steps(self.device)
+        if options.prior_weight is not None and options.prior_weight > 0 and prior is None:
             raise InversionError("prior_weight > 0 needs a prior (load_prior(model, G)); or pass prior_weight=0")
         self.mse = PixelMSE()
-        self.perceptual = make_perceptual(perceptual, D=D, pnet_rand=lpips_pnet_rand)
-        self.perceptual_requested = perceptual if isinstance(perceptual, str) or perceptual is None else "object"
+        if perceptual_loss is not None:
+            self.perceptual, self.perceptual_requested = perceptual_loss, "object"
+        else:
+            self.perceptual = make_perceptual(options.perceptual.value, D=D, pnet_rand=lpips_pnet_rand)
+            self.perceptual_requested = options.perceptual.value
         if isinstance(self.perceptual, torch.nn.Module):
             self.perceptual.to(self.device)
         if prior is not None and getattr(prior, "joint", False) and self.space.name in ("w", "w+"):
             prior = prior.layerwise()  # W+ on a W++ model: per-layer Gaussians, no cross-layer terms
-        self.prior, self.prior_weight = prior, float(prior_weight)
-        self.lr, self.lr_rampup, self.lr_rampdown = lr, lr_rampup, lr_rampdown
-        self.noise_factor, self.noise_ramp = noise_factor, noise_ramp
-        self.optimize_noise, self.noise_reg_weight = optimize_noise, noise_reg_weight
-        self.mse_weight, self.perceptual_weight = mse_weight, perceptual_weight
-        self.patience, self.min_delta = patience, min_delta
-        self.seed = int(seed)
-        self.fused = False if fused is None else (fused if fused == "poly" else bool(fused))
-        if amp not in (None, "none", "bf16"):
-            raise InversionError(f"amp must be None or 'bf16', got {amp!r}")
-        self.amp = amp if amp == "bf16" else None
-        if compile not in (False, True, None, "default", "reduce-overhead"):
-            raise InversionError(f"compile must be False, True or 'reduce-overhead', got {compile!r}")
-        self.cuda_graphs = bool(cuda_graphs)
-        self._reduce_overhead = compile == "reduce-overhead"
+        self.prior = prior
+        weight = options.prior_weight if options.prior_weight is not None else DEFAULT_PRIOR_WEIGHT
+        self.prior_weight = float(weight) if prior is not None else 0.0
+        self.lr = options.lr if options.lr is not None else DEFAULT_LR
+        self.lr_rampup, self.lr_rampdown = options.lr_rampup, options.lr_rampdown
+        self.noise_factor = options.noise_factor if options.noise_factor is not None else DEFAULT_NOISE_FACTOR
+        self.noise_ramp = options.noise_ramp
+        self.optimize_noise, self.noise_reg_weight = options.optimize_noise, options.noise_reg_weight
+        self.mse_weight, self.perceptual_weight = options.mse_weight, options.perceptual_weight
+        self.patience, self.min_delta = options.patience, options.min_delta
+        self.seed = options.seed
+        self.path, self.amp, self.cuda_graphs = options.path, options.amp, options.cuda_graphs
+        self._reduce_overhead = options.compile is Compile.REDUCE_OVERHEAD
         if (self.cuda_graphs or self._reduce_overhead) and self.device.type != "cuda":
             what = "cuda_graphs=True" if self.cuda_graphs else "compile='reduce-overhead'"
             raise InversionError(f"{what} needs the generator on a CUDA device (it is on {self.device}); "
-                                 f"move G to CUDA or pass cuda_graphs=False and compile=False/True")
-        if self.cuda_graphs and self._reduce_overhead:
-            raise InversionError("cuda_graphs=True already captures the whole step in one CUDA graph; combine it "
-                                 "with compile=True, not compile='reduce-overhead'")
-        if compile:
+                                 f"move G to CUDA or pass cuda_graphs=False and compile='off'/'default'")
+        if options.compile is not Compile.OFF:
             mode = "reduce-overhead" if self._reduce_overhead else None
             self._loss_fn = torch.compile(self._losses, dynamic=False, mode=mode)
         else:
@@ -212,7 +194,7 @@ class Projector:
         # no autocast weight cache across a CUDA graph capture (PyTorch's advice for captured autocast)
         cache = {"cache_enabled": False} if self.cuda_graphs else {}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp == "bf16", **cache):
-            img = self.G.synthesis(ws, noise_mode="const", noise=noise, fused=self.fused)
+            img = self.G.synthesis(ws, noise_mode="const", noise=noise, path=self.path)
             perc = self.perceptual(img, prepared) if self.perceptual is not None else None
         img = img.float()
         out = {"mse": self.mse(img, target)}
@@ -467,9 +449,9 @@ def _resize(x: torch.Tensor, R: int) -> torch.Tensor:
                                            align_corners=False)
 
 
-def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G=None, D=None, device=None,
-           prior="gaussian", prior_weight: float = DEFAULT_PRIOR_WEIGHT, perceptual="auto", seed: int = 0,
-           optimize_noise: bool = False, batch_size: int = 32, progress=None, **options) -> Latent:
+def invert(images, model=None, space: str | None = None, steps: int | None = None, *,
+           options: InversionOptions | None = None, G=None, D=None, device=None, prior=None, progress=None,
+           **settings) -> Latent:
     """Invert aligned face(s) into a latent space of a generator.
 
     Args:
@@ -478,32 +460,36 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
             Photos must be aligned with the model's recipe first (``faceedit.align``).
         model: registry name, checkpoint path or ``LoadedModel`` (default: the registry's
             default model for ``space``); ignored when ``G`` is given.
-        space: ``w``, ``w+``, ``wpp`` or ``wpp-z`` (``inversion.spaces``).
-        steps: optimisation steps (default: 50 on CPU, 300 on CUDA).
+        space, steps: shortcuts for those fields of ``options``.
+        options: the settings (:class:`inversion.options.InversionOptions`; ``space`` ``w``,
+            ``w+``, ``wpp`` or ``wpp-z``; steps by default 50 on CPU, 300 on CUDA; prior
+            ``gaussian`` with weight 0.01; perceptual ``auto``: LPIPS when its VGG trunk is
+            cached, else the discriminator when the model ships one, else none).
         G, D: an already loaded generator / discriminator.
         device: where to run (default: CUDA when available).
-        prior: ``gaussian`` (load or fit the model's prior), ``none``, or a ``GaussianPrior``.
-        prior_weight: weight of the normalised prior penalty (default 0.01).
-        perceptual: ``auto`` (LPIPS when its VGG trunk is cached, else the discriminator
-            when the model ships one, else none), ``lpips``, ``disc`` or ``none``.
-        seed: makes the run deterministic.
-        optimize_noise: also optimise the noise maps.
-        batch_size: images per optimisation batch.
+        prior: a ``GaussianPrior`` object, or ``gaussian``/``none`` (the ``prior`` field).
         progress: optional callable ``progress(done_images)``.
-        **options: more :class:`Projector` settings (``lr``, ``patience``, ...).
+        **settings: any other field of ``InversionOptions`` by name (``seed=``, ``lr=``,
+            ``optimize_noise=``, ``batch_size=``, ...); a keyword wins over ``options``.
     Returns:
         A :class:`Latent` of batch ``B``; ``meta`` holds per-image ``losses``, ``steps``,
         ``seed``, ``space``, ``prior``, ``perceptual`` and, for AlignedFace inputs, ``faces``
         (index, alignment matrix, quad, recipe).
+
+    Raises:
+        InversionError: an unknown setting, a bad value, a space the model lacks, unaligned images.
     """
-    space = str(space).lower()
-    G, D, mdict, model_id, prior = setup(model, space, G=G, D=D, device=device, prior=prior, perceptual=perceptual)
+    prior, settings = _split_prior(prior, settings)
+    opts = resolve_options(options, space=space, steps=steps, **settings)
+    G, D, mdict, model_id, prior = setup(model, opts.space, G=G, D=D, device=device,
+                                         prior=prior if prior is not None else opts.prior,
+                                         perceptual=opts.perceptual.value)
     sha = mdict.sha256 if mdict is not None else None
-    space = check_space(G, space)
+    space = check_space(G, opts.space)
+    opts = opts.replace(space=space, prior_weight=opts.prior_weight if prior is not None else 0.0)
     dev = G.synthesis.const.device
-    proj = Projector(G, space, steps=steps, D=D, perceptual=perceptual, prior=prior,
-                     prior_weight=prior_weight if prior is not None else 0.0, optimize_noise=optimize_noise,
-                     seed=seed, **options)
+    proj = Projector(G, opts, D=D, prior=prior)
+    seed, optimize_noise, batch_size = opts.seed, opts.optimize_noise, opts.batch_size
     target, faces = _to_batch(images, G.resolution, dev)
     results = []
     for i in range(0, target.shape[0], batch_size):
@@ -532,7 +518,15 @@ def invert(images, model=None, space: str = "w+", steps: int | None = None, *, G
                   arch=getattr(G, "arch", "stylegan2"))
 
 
-__all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT"]
+__all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT",
+           "InversionOptions"]
+
+
+def _split_prior(prior, settings: dict) -> tuple:
+    """``prior=`` of the inversion functions: an object stays the prior, a name goes to the settings."""
+    if isinstance(prior, str):
+        return None, {**settings, "prior": prior}
+    return prior, settings
 
 
 def setup(model, space: str, *, G=None, D=None, device=None, prior="gaussian", perceptual="auto"):

@@ -41,6 +41,7 @@ weights in place and restores the original values bit for bit on exit; a plain
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -49,6 +50,7 @@ import torch
 from faceedit.core.errors import InversionError
 
 from .latent import Latent, LatentFileError
+from .options import InversionOptions, resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
          perceptual=None, mse_weight: float = 1.0, perceptual_weight: float = 1.0,
          locality_weight: float = 0.1, locality_radius: float = 0.5, locality_batch: int = 4,
          consistency_weight: float = 10.0, consistency_strength: float = 2.0, consistency_batch: int = 4,
-         seed: int = 0, fused: bool | None = None) -> tuple:
+         seed: int = 0, path: str | None = None) -> tuple:
     """Pivotal tuning of one image.
 
     Args:
@@ -228,6 +230,9 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         locality_weight, locality_radius, locality_batch: the locality regulariser (see module).
         consistency_weight, consistency_strength, consistency_batch: the edit-consistency
             regulariser (see module; weight 0 turns it off).
+        seed: seeds the regularisers' draws.
+        path: synthesis path (``networks.SYNTHESIS_PATHS``; default ``reference`` on CUDA,
+            ``shared`` elsewhere).
     Returns:
         ``(tuning dict with a leading batch dim of 1, record dict)``.
     """
@@ -241,7 +246,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     if rank < 1:
         raise InversionError(f"tuning rank must be >= 1, got {rank}")
     dev = G.synthesis.const.device
-    fused = (dev.type == "cuda") if fused is None else fused
+    path = ("reference" if dev.type == "cuda" else "shared") if path is None else path
     gen = torch.Generator().manual_seed(int(seed))
     weights = {k: v for k, v in modulated_weights(G).items()}
     syn_prefix = "synthesis."
@@ -259,7 +264,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     def synth(ws):
         over = {name[len(syn_prefix):]: W + _lora_delta(a, b, W.shape)
                 for (name, W), (a, b) in zip(weights.items(), factors.values())}
-        return functional_call(G.synthesis, over, (ws,), {"noise_mode": "const", "fused": fused})
+        return functional_call(G.synthesis, over, (ws,), {"noise_mode": "const", "path": path})
 
     def recon_loss(img, tgt, prep):
         loss = mse_weight * mse(img, tgt)
@@ -270,7 +275,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     n_loc = locality_batch if locality_weight > 0 else 0
     n_con = consistency_batch if consistency_weight > 0 else 0
     with torch.no_grad():
-        orig_pivot = G.synthesis(pivot, noise_mode="const", fused=fused)
+        orig_pivot = G.synthesis(pivot, noise_mode="const", path=path)
         before = float(recon_loss(orig_pivot, target, prepared))
         # one bank of mapping samples serves both regularisers (a step draws from it; no mapping per step)
         bank = G.mapping(torch.randn((256, *G.z_shape), generator=gen).to(dev))  # [256, num_ws, w_dim]
@@ -287,7 +292,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         loss = recon_loss(img_p, target, prepared).sum()
         if extra is not None:
             with torch.no_grad():
-                ref = G.synthesis(extra, noise_mode="const", fused=fused)
+                ref = G.synthesis(extra, noise_mode="const", path=path)
         if n_loc:
             ref_r = ref[:n_loc]
             ref_prep = perceptual.prepare(ref_r) if perceptual is not None else None
@@ -313,55 +318,59 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
     return tuning, record
 
 
-def pti_invert(images, model=None, space: str = "w+", steps: int | None = None, *, G=None, D=None,
-               pivot: Latent | None = None, pivot_method: str | None = None, pivot_steps: int | None = None,
-               encoder=None, device=None, prior="gaussian", prior_weight: float | None = None,
-               perceptual="auto", seed: int = 0, optimize_noise: bool = False, batch_size: int = 32,
-               progress=None, rank: int = 4, lr: float = 3e-3, locality_weight: float = 0.1,
+def pti_invert(images, model=None, space: str | None = None, steps: int | None = None, *,
+               options: InversionOptions | None = None, G=None, D=None, pivot: Latent | None = None,
+               pivot_method: str | None = None, pivot_steps: int | None = None, encoder=None, device=None,
+               prior=None, progress=None, rank: int = 4, lr: float = 3e-3, locality_weight: float = 0.1,
                locality_radius: float = 0.5, consistency_weight: float = 10.0, consistency_strength: float = 2.0,
-               **options) -> Latent:
+               **settings) -> Latent:
     """Invert faces to a pivot, then tune low-rank generator deltas per face.
 
     Args:
-        images, model, space, G, D, device, prior, prior_weight, perceptual, seed,
-        batch_size, progress: as :func:`faceedit.inversion.invert`.
-        steps: tuning steps per face (default :func:`pti_steps`).
+        images, model, space, options, G, D, device, prior, progress, **settings: as
+            :func:`faceedit.inversion.invert`; ``options`` drive the pivot inversion (its
+            ``steps`` excepted: see ``pivot_steps``), its ``seed`` and ``perceptual`` the tuning too.
+        steps: tuning steps per face (default ``options.steps``, else :func:`pti_steps`).
         pivot: a ready pivot latent (batch matching the images); else one is computed with
             ``pivot_method`` (default ``hybrid`` when the model ships an encoder, else
             ``optim``) for ``pivot_steps`` steps.
         rank, lr, locality_weight, locality_radius, consistency_weight, consistency_strength:
-            see :func:`tune`.
-        **options: passed to the pivot inversion.
+            the tuning's, see :func:`tune` (``lr`` is the tuning's; the pivot's is ``options.lr``).
     Returns:
         A :class:`Latent` (the pivot codes) whose ``tuning`` holds one delta set per image;
         ``meta['tuning']`` records rank, bytes per image and the losses before/after.
+
+    Raises:
+        InversionError: ``optimize_noise`` (PTI keeps the constant noise), ``pivot_method='pti'``,
+            a pivot of another batch size, or as ``invert``.
     """
     from .hybrid import default_method, invert_code
     from .losses import make_perceptual
-    from .projector import _to_batch, setup
+    from .projector import _split_prior, _to_batch, setup
 
-    if optimize_noise:
+    prior, settings = _split_prior(prior, settings)
+    opts = resolve_options(options, space=space, **settings)
+    if opts.optimize_noise:
         raise InversionError("pivotal tuning keeps the generator's constant noise; drop --optimize-noise")
-    G, D, mdict, model_id, prior_obj = setup(model, space, G=G, D=D, device=device, prior=prior,
-                                             perceptual=perceptual)
+    perceptual, seed = opts.perceptual.value, opts.seed
+    G, D, mdict, model_id, prior_obj = setup(model, opts.space, G=G, D=D, device=device,
+                                             prior=prior if prior is not None else opts.prior, perceptual=perceptual)
     model_ref = mdict if mdict is not None else model
     dev = G.synthesis.const.device
+    steps = steps if steps is not None else opts.steps
     steps = int(steps) if steps is not None else pti_steps(dev)
     t_all = time.perf_counter()
     if pivot is None:
         if pivot_method is None:
-            pivot_method = default_method(model_ref, space) if model_ref is not None else "optim"
+            pivot_method = opts.method if opts.method not in (None, "pti") else (
+                default_method(model_ref, opts.space) if model_ref is not None else "optim")
         if pivot_method == "pti":
             raise InversionError("the pivot is found by encoder, optim or hybrid, not by pti itself")
-        kw = dict(G=G, D=D, prior=prior_obj if prior_obj is not None else "none", perceptual=perceptual,
-                  seed=seed, batch_size=batch_size, **options)
-        if prior_weight is not None:
-            kw["prior_weight"] = prior_weight
-        if pivot_method == "hybrid" and encoder is not None:
+        kw = dict(G=G, D=D, prior=prior_obj if prior_obj is not None else "none",
+                  options=dataclasses.replace(opts, steps=None, method=None))
+        if pivot_method != "optim" and encoder is not None:
             kw["encoder"] = encoder
-        if pivot_method == "encoder":
-            kw = {"G": G, "encoder": encoder, "batch_size": batch_size, "seed": seed}
-        pivot = invert_code(pivot_method, images, model_ref, space, pivot_steps, **kw)
+        pivot = invert_code(pivot_method, images, model_ref, opts.space, pivot_steps, **kw)
     target, faces = _to_batch(images, G.resolution, dev)
     if pivot.batch_size != target.shape[0]:
         raise InversionError(f"the pivot latent holds {pivot.batch_size} codes for {target.shape[0]} images")

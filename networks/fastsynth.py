@@ -1,8 +1,8 @@
-"""Polyphase fast path of StyleGAN2 synthesis (``synthesis(ws, fused="poly")``).
+"""Polyphase fast path of StyleGAN2 synthesis (``synthesis(ws, path="poly")``).
 
 The reference up-sampling layer is a stride-2 transposed 3x3 convolution at the high
 resolution followed by the 4x4 [1, 3, 3, 1] FIR blur; the shared-conv fast path
-(``fused=False``) keeps that structure. Both are slow on GPUs: the transposed conv and the
+(``path="shared"``) keeps that structure. Both are slow on GPUs: the transposed conv and the
 depthwise blur run at the high resolution with few channels, where no tensor-core kernel
 is efficient. This module rewrites the whole synthesis network with operations that are:
 
@@ -30,7 +30,7 @@ is efficient. This module rewrites the whole synthesis network with operations t
   each into one kernel (together with the next layer's input scaling and the shuffle).
 * On CUDA the activations run ``channels_last`` (what cuDNN's tensor-core kernels use).
 
-Equal to the reference path (``fused=True``) up to float rounding, forward and backward
+Equal to the reference path (``path="reference"``) up to float rounding, forward and backward
 (``tests/test_fastsynth.py``). Only 4-tap filters are supported (StyleGAN2's).
 
 Convention: NCHW tensors (the memory may be ``channels_last``); ``fir`` holds the 1-D taps
@@ -73,7 +73,7 @@ def _const_on(t: torch.Tensor, device) -> torch.Tensor:
 def _check_fir(fir: torch.Tensor) -> None:
     if fir.ndim != 1 or fir.numel() != 4:
         raise NetworkError(f"the polyphase path supports 4-tap FIR filters (StyleGAN2's [1, 3, 3, 1]); got "
-                           f"shape {tuple(fir.shape)}; use fused=False or fused=True for other filters")
+                           f"shape {tuple(fir.shape)}; use path='shared' or path='reference' for other filters")
 
 
 def phase_matrices(fir: torch.Tensor) -> torch.Tensor:

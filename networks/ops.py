@@ -94,12 +94,13 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
         demodulate: divide each output channel by the norm of its modulated weights.
         up: 2x up-sampling (transposed convolution followed by the FIR blur).
         fir: FIR taps for ``up``.
-        fused: ``True`` folds the styles into per-sample weights and runs one grouped
-            convolution (the reference, NVIDIA's ``fused_modconv``). ``False`` scales the
-            activations instead, runs one shared convolution and computes the
-            demodulation coefficients with one small matmul; mathematically identical,
-            equal to float rounding, and much faster for large batches (and under bf16
-            autocast / ``channels_last``).
+        fused: exactly NVIDIA's ``fused_modconv``: ``True`` folds the styles into
+            per-sample weights and runs one grouped convolution (the synthesis path
+            ``reference``). ``False`` scales the activations instead, runs one shared
+            convolution and computes the demodulation coefficients with one small matmul
+            (the synthesis path ``shared``); mathematically identical, equal to float
+            rounding, and much faster for large batches (and under bf16 autocast /
+            ``channels_last``). The synthesis network's public keyword is ``path``.
     Returns:
         ``[N, Cout, H', W']``.
     """
@@ -142,7 +143,7 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
 def modulated_conv2d_shared(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, *,
                             demodulate: bool = True, up: bool = False, fir: torch.Tensor | None = None,
                             eps: float = 1e-8) -> tuple:
-    """The fast (non-fused) modulated convolution, leaving the demodulation to the caller.
+    """The shared-conv (``fused=False``) modulated convolution, leaving the demodulation to the caller.
 
     Scales the activations by the styles, runs one convolution shared by the whole batch
     (plus the FIR blur when ``up``), and returns the demodulation coefficients unapplied

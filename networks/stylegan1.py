@@ -29,7 +29,7 @@ from faceedit.core.errors import NetworkError
 from .layers import EqualConv2d, EqualLinear
 from .mapping import MappingMLP
 from .ops import make_fir, upfirdn2d
-from .stylegan2 import Generator, _check_resolution, channels_for, check_synthesis_args
+from .stylegan2 import Generator, _check_resolution, channels_for, check_synthesis_args, resolve_synthesis_path
 
 V1_TRUNCATION_CUTOFF = 8
 
@@ -142,7 +142,7 @@ class SynthesisNetwork1(nn.Module):
         return [layer.noise_const for layer in self.layers]
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None,
-                fused: bool | str = True) -> torch.Tensor:
+                path: str = "reference", *, fused=None) -> torch.Tensor:
         """Synthesise images.
 
         Args:
@@ -150,13 +150,16 @@ class SynthesisNetwork1(nn.Module):
             noise_mode: ``const`` (the stored maps), ``random`` or ``none``.
             noise: optional explicit list of ``num_ws`` noise maps ``[N or 1, 1, r, r]``,
                 overriding ``noise_mode``; used by inversion when noise is optimised.
-            fused: accepted for the StyleGAN2 seam (its fast paths); v1 has one path and
-                ignores it.
+            path: one of :data:`networks.stylegan2.SYNTHESIS_PATHS`, accepted for the StyleGAN2
+                seam (its fast paths); v1 has one path and ignores the choice.
+            fused: deprecated spelling of ``path``, validated and ignored the same way.
 
         Raises:
-            NetworkError: wrong ``ws`` shape, unknown ``noise_mode``, wrong number of noise maps.
+            NetworkError: an unknown ``path``, wrong ``ws`` shape, unknown ``noise_mode``,
+                wrong number of noise maps.
         """
-        check_synthesis_args(ws, self.num_ws, self.w_dim, noise_mode, noise, self.num_ws, fused)
+        resolve_synthesis_path(path, fused)
+        check_synthesis_args(ws, self.num_ws, self.w_dim, noise_mode, noise, self.num_ws)
         x = self.const.to(ws.dtype).expand(ws.shape[0], -1, -1, -1)
         for i, layer in enumerate(self.layers):
             x = layer(x, ws[:, i], noise_mode, None if noise is None else noise[i])

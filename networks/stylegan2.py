@@ -14,6 +14,7 @@ first conv, as in the official implementation.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -56,13 +57,13 @@ class StyledConv(nn.Module):
         self.register_buffer("fir", make_fir(), persistent=False)
         self.up, self.resolution = up, resolution
 
-    def forward(self, x, w, noise_mode="const", noise=None, fused=True):
+    def forward(self, x, w, noise_mode="const", noise=None, fused_modconv=True):
         styles = self.affine(w)
         if noise is None and noise_mode == "random":
             noise = torch.randn(x.shape[0], 1, self.resolution, self.resolution, device=x.device, dtype=x.dtype)
         elif noise is None and noise_mode == "const":
             noise = self.noise_const
-        if not fused:
+        if not fused_modconv:
             return self._forward_fast(x, styles, noise)
         x = modulated_conv2d(x, self.weight * self.scale, styles, up=self.up, fir=self.fir, fused=True)
         if noise is not None:
@@ -96,15 +97,15 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(img_channels))
         self.register_buffer("fir", make_fir(), persistent=False)
 
-    def forward(self, x, w, skip=None, fused=True):
-        y = modulated_conv2d(x, self.weight * self.scale, self.affine(w), demodulate=False, fused=fused)
-        if not fused:  # fast path: the image itself is summed in fp32 even under bf16 autocast
+    def forward(self, x, w, skip=None, fused_modconv=True):
+        y = modulated_conv2d(x, self.weight * self.scale, self.affine(w), demodulate=False, fused=fused_modconv)
+        if not fused_modconv:  # shared-conv path: the image itself is summed in fp32 even under bf16 autocast
             y = y.float()
         y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
         if self.conv_clamp is not None:
             y = y.clamp(-self.conv_clamp, self.conv_clamp)
         if skip is not None:
-            if fused:
+            if fused_modconv:
                 y = y + upsample2d(skip, self.fir)
             else:
                 with _autocast_off(y.device.type):
@@ -112,15 +113,49 @@ class ToRGB(nn.Module):
         return y
 
 
-def check_synthesis_args(ws, num_ws: int, w_dim: int, noise_mode: str, noise, num_noise: int, fused) -> None:
+#: The synthesis paths, all equal to float rounding (``SynthesisNetwork.forward(path=...)``):
+#: ``reference``: per-sample grouped convolutions (NVIDIA's ``fused_modconv=True``);
+#: ``shared``: one shared convolution per layer, the styles scaling the activations and the
+#: demodulation a small matmul (faster for batches, under bf16 autocast and ``channels_last``);
+#: ``poly``: the polyphase rewrite of :mod:`networks.fastsynth` (for GPUs; returns fp32).
+SYNTHESIS_PATHS = ("reference", "shared", "poly")
+
+_FUSED_TO_PATH = {True: "reference", False: "shared", "poly": "poly"}
+
+
+def resolve_synthesis_path(path: str, fused=None) -> str:
+    """The synthesis path to run, from ``path`` or the deprecated ``fused`` keyword.
+
+    Args:
+        path: one of :data:`SYNTHESIS_PATHS`.
+        fused: the old keyword (``True`` = ``reference``, ``False`` = ``shared``,
+            ``"poly"``); ``None`` when not given. Warns with ``DeprecationWarning``.
+
+    Returns:
+        The path name.
+
+    Raises:
+        NetworkError: ``path`` (or ``fused``) is not one of the known values.
+    """
+    if fused is not None:
+        if fused not in _FUSED_TO_PATH:
+            raise NetworkError(f"fused={fused!r} is not True, False or 'poly'; pass path= one of {SYNTHESIS_PATHS}")
+        # stacklevel: this function, forward, nn.Module's two call wrappers, the caller
+        warnings.warn(f"synthesis(fused={fused!r}) is deprecated; use path={_FUSED_TO_PATH[fused]!r}",
+                      DeprecationWarning, stacklevel=5)
+        path = _FUSED_TO_PATH[fused]
+    if not isinstance(path, str) or path not in SYNTHESIS_PATHS:
+        raise NetworkError(f"synthesis path must be one of {', '.join(SYNTHESIS_PATHS)}, got {path!r}")
+    return path
+
+
+def check_synthesis_args(ws, num_ws: int, w_dim: int, noise_mode: str, noise, num_noise: int) -> None:
     """The input checks of a synthesis network's forward (shared by StyleGAN v1 and v2).
 
     Raises:
-        ValueError: ``fused`` not True/False/'poly', ``ws`` not ``[N, num_ws, w_dim]``, an
-            unknown ``noise_mode``, or a noise list of another length than ``num_noise``.
+        NetworkError: ``ws`` not ``[N, num_ws, w_dim]``, an unknown ``noise_mode``, or a
+            noise list of another length than ``num_noise``.
     """
-    if fused not in (True, False, "poly"):
-        raise NetworkError(f"fused must be True, False or 'poly', got {fused!r}")
     if ws.ndim != 3 or ws.shape[1:] != (num_ws, w_dim):
         raise NetworkError(f"synthesis expects ws of shape [N, {num_ws}, {w_dim}], got {tuple(ws.shape)}")
     if noise_mode not in ("const", "random", "none"):
@@ -162,7 +197,7 @@ class SynthesisNetwork(nn.Module):
                                            for b in (c.noise_const, d.noise_const)]
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const", noise: list | None = None,
-                fused: bool | str = True) -> torch.Tensor:
+                path: str = "reference", *, fused=None) -> torch.Tensor:
         """Synthesise images.
 
         Args:
@@ -170,23 +205,30 @@ class SynthesisNetwork(nn.Module):
             noise_mode: ``const`` (the stored maps), ``random`` or ``none``.
             noise: optional explicit list of noise maps (one per styled conv), overriding
                 ``noise_mode``; used by inversion when noise is optimised.
-            fused: ``True``: the reference (per-sample grouped convs, NVIDIA's
-                ``fused_modconv``); ``False``: one shared conv per layer (see
-                :func:`networks.ops.modulated_conv2d`); ``"poly"``: the polyphase fast path
-                of :mod:`networks.fastsynth` (up-sampling convs as one dense low-resolution
+            path: one of :data:`SYNTHESIS_PATHS`: ``reference`` (per-sample grouped convs),
+                ``shared`` (one shared conv per layer, see
+                :func:`networks.ops.modulated_conv2d`) or ``poly`` (the polyphase path of
+                :mod:`networks.fastsynth`: up-sampling convs as one dense low-resolution
                 conv, for GPUs; returns fp32). All three are equal to float rounding.
+            fused: deprecated spelling of ``path`` (``True``/``False``/``"poly"``).
+
+        Raises:
+            NetworkError: an unknown ``path``, wrong ``ws`` shape, unknown ``noise_mode``,
+                wrong number of noise maps.
         """
-        check_synthesis_args(ws, self.num_ws, self.w_dim, noise_mode, noise, 1 + 2 * len(self.convs), fused)
-        if fused == "poly":
+        path = resolve_synthesis_path(path, fused)
+        check_synthesis_args(ws, self.num_ws, self.w_dim, noise_mode, noise, 1 + 2 * len(self.convs))
+        if path == "poly":
             return synthesis_poly(self, ws, noise_mode, noise)
+        fm = path == "reference"
         nz = (lambda i: noise[i]) if noise is not None else (lambda i: None)
         x = self.const.to(ws.dtype).expand(ws.shape[0], -1, -1, -1)
-        x = self.conv1(x, ws[:, 0], noise_mode, nz(0), fused)
-        img = self.torgb1(x, ws[:, 1], fused=fused)
+        x = self.conv1(x, ws[:, 0], noise_mode, nz(0), fm)
+        img = self.torgb1(x, ws[:, 1], fused_modconv=fm)
         for k, (cu, cv, rgb) in enumerate(zip(self.convs_up, self.convs, self.torgbs)):
-            x = cu(x, ws[:, 2 * k + 1], noise_mode, nz(2 * k + 1), fused)
-            x = cv(x, ws[:, 2 * k + 2], noise_mode, nz(2 * k + 2), fused)
-            img = rgb(x, ws[:, 2 * k + 3], img, fused=fused)
+            x = cu(x, ws[:, 2 * k + 1], noise_mode, nz(2 * k + 1), fm)
+            x = cv(x, ws[:, 2 * k + 2], noise_mode, nz(2 * k + 2), fm)
+            img = rgb(x, ws[:, 2 * k + 3], img, fused_modconv=fm)
         return img
 
 

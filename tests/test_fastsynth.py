@@ -1,6 +1,6 @@
-"""Tests of the polyphase synthesis path (faceedit.networks.fastsynth, ``fused="poly"``).
+"""Tests of the polyphase synthesis path (faceedit.networks.fastsynth, ``path="poly"``).
 
-Every check compares against the reference path (``fused=True``) or the reference ops in
+Every check compares against the reference path (``path="reference"``) or the reference ops in
 ``networks/ops.py``, on random inputs, in fp32 or fp64 on the CPU.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def random_generator(resolution, channel_base, channel_max, w_dim=16, seed=0, **
 def synth(G, ws, impl, **kw):
     """``impl``: True (the reference), ``poly3`` or ``phase2`` (the polyphase path's two up-convs)."""
     if impl is True:
-        return G.synthesis(ws, fused=True, **kw)
+        return G.synthesis(ws, path="reference", **kw)
     return synthesis_poly(G.synthesis, ws, kw.get("noise_mode", "const"), kw.get("noise"), up_impl=impl)
 
 
@@ -135,15 +135,15 @@ def test_synthesis_poly_matches_reference(name):
     ws = G.mapping(torch.randn(batch, 16, generator=torch.Generator().manual_seed(5)), truncation_psi=0.8)
     with torch.no_grad():
         for mode in ("const", "none") if name != "1024-like" else ("const",):
-            ref = G.synthesis(ws, noise_mode=mode, fused=True)
-            out = G.synthesis(ws, noise_mode=mode, fused="poly")
+            ref = G.synthesis(ws, noise_mode=mode, path="reference")
+            out = G.synthesis(ws, noise_mode=mode, path="poly")
             assert out.shape == ref.shape and out.dtype == torch.float32
             assert rel_err(out, ref) < 1e-4, (name, mode)
             assert rel_err(synth(G, ws, "phase2", noise_mode=mode), ref) < 1e-4, (name, mode)
     if "conv_clamp" in CONFIGS[name]:  # the clamp must actually bite for the test to mean anything
         with torch.no_grad():
             G2 = random_generator(**{k: v for k, v in CONFIGS[name].items() if k != "conv_clamp"})
-            assert rel_err(G2.synthesis(ws, fused=True), ref) > 1e-2
+            assert rel_err(G2.synthesis(ws, path="reference"), ref) > 1e-2
 
 
 def _grads(G, ws0, noise0, probe, impl, dtype):
@@ -193,21 +193,21 @@ def test_synthesis_poly_weight_gradients_and_cache():
     layer = G.synthesis.convs_up[1]
     layer.weight.requires_grad_(True)
     grads = {}
-    for fused in (True, "poly3", "phase2"):
+    for impl in (True, "poly3", "phase2"):
         layer.weight.grad = None
-        synth(G, ws, fused).square().mean().backward()
-        grads[fused] = layer.weight.grad.clone()
+        synth(G, ws, impl).square().mean().backward()
+        grads[impl] = layer.weight.grad.clone()
     assert rel_err(grads["poly3"], grads[True]) < 1e-4
     assert rel_err(grads["phase2"], grads[True]) < 1e-4
     layer.weight.requires_grad_(False)
     with torch.no_grad():
-        a = G.synthesis(ws, fused="poly")
+        a = G.synthesis(ws, path="poly")
         assert hasattr(layer, "_poly_cache")
         layer.weight.mul_(1.5).add_(0.1)            # in-place updates: the caches must not serve stale kernels
         G.synthesis.convs[0].affine.weight.mul_(1.2)
         G.synthesis.torgbs[1].affine.bias.add_(0.3)
-        b = G.synthesis(ws, fused="poly")
-        assert rel_err(b, G.synthesis(ws, fused=True)) < 1e-4
+        b = G.synthesis(ws, path="poly")
+        assert rel_err(b, G.synthesis(ws, path="reference")) < 1e-4
         assert rel_err(a, b) > 1e-3
 
 
@@ -216,13 +216,13 @@ def test_synthesis_poly_channels_last_and_random_noise():
     ws = G.mapping(torch.randn(2, 16, generator=torch.Generator().manual_seed(9)))
     with torch.no_grad():
         # run the NHWC branches on the CPU by feeding a channels_last constant
-        ref = G.synthesis(ws, fused=True)
-        out = G.synthesis(ws, fused="poly")
+        ref = G.synthesis(ws, path="reference")
+        out = G.synthesis(ws, path="poly")
         assert rel_err(out, ref) < 1e-4
         torch.manual_seed(1)
-        r1 = G.synthesis(ws, noise_mode="random", fused="poly")
+        r1 = G.synthesis(ws, noise_mode="random", path="poly")
         torch.manual_seed(1)
-        r2 = G.synthesis(ws, noise_mode="random", fused=True)
+        r2 = G.synthesis(ws, noise_mode="random", path="reference")
         assert rel_err(r1, r2) < 1e-4                # same draws in the same order as the reference
 
 
@@ -238,7 +238,7 @@ def test_synthesis_poly_nhwc_helpers_match():
     with torch.no_grad():
         a = fastsynth.torgb_poly(rgb, x, rgb.affine(ws[:, 3]), skip)
         b = fastsynth.torgb_poly(rgb, x.contiguous(memory_format=torch.channels_last), rgb.affine(ws[:, 3]), skip)
-        ref = rgb(x, ws[:, 3], skip, fused=True)
+        ref = rgb(x, ws[:, 3], skip, fused_modconv=True)
     assert rel_err(a, ref) < 1e-5 and rel_err(b, ref) < 1e-5
     # channels_last activations stay channels_last through every kind of layer (the epilogue's
     # addcmul would otherwise hand NCHW to the next conv)
@@ -256,7 +256,7 @@ def test_synthesis_poly_traces_as_one_graph():
     """No graph breaks (no .item(), no data-dependent Python branch): torch.compile can fuse it."""
     G = random_generator(resolution=16, channel_base=256, channel_max=16)
     ws = G.mapping(torch.randn(2, 16, generator=torch.Generator().manual_seed(11)))
-    ref = G.synthesis(ws, fused=True)
+    ref = G.synthesis(ws, path="reference")
     for impl in (None, "poly3"):   # None picks phase2 while compiling
         torch._dynamo.reset()
         fn = torch.compile(lambda w: synthesis_poly(G.synthesis, w, "const", None, impl), backend="eager",
@@ -266,24 +266,26 @@ def test_synthesis_poly_traces_as_one_graph():
     torch._dynamo.reset()
 
 
-def test_bad_fused_value_is_refused():
+def test_bad_path_value_is_refused():
     G = random_generator(**CONFIGS["res32"])
-    with pytest.raises(ValueError, match="fused must be True, False or 'poly'"):
-        G.synthesis(torch.zeros(1, G.num_ws, 16), fused="fast")
+    with pytest.raises(ValueError, match="synthesis path must be one of reference, shared, poly"):
+        G.synthesis(torch.zeros(1, G.num_ws, 16), path="fast")
 
 
 def test_projector_runs_on_the_polyphase_path():
-    """``Projector(fused="poly")`` (what bench/scripts/inversion.py's ours-poly rows use) follows
+    """``Projector(path="poly")`` (what bench/scripts/inversion.py's ours-poly rows use) follows
     the same optimisation trajectory as the reference path, noise maps included."""
-    from faceedit.inversion.projector import Projector
+    from faceedit.inversion.projector import InversionOptions, Projector
 
     G = random_generator(**CONFIGS["res32"])
     with torch.no_grad():
         target = G.synthesis(G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(12))))
     res = {}
-    for fused in (True, "poly"):
-        p = Projector(G, "w+", steps=3, fused=fused, optimize_noise=True, noise_factor=0.0)
-        assert p.fused == fused
-        res[fused] = p.project(target.clamp(-1, 1))
-    assert rel_err(res["poly"].ws, res[True].ws) < 1e-4
-    assert abs(res["poly"].history[-1] - res[True].history[-1]) <= 1e-4 * abs(res[True].history[-1])
+    for path in ("reference", "poly"):
+        p = Projector(G, InversionOptions(space="w+", steps=3, path=path, optimize_noise=True, noise_factor=0.0,
+                                          perceptual="none"))
+        assert p.path == path
+        res[path] = p.project(target.clamp(-1, 1))
+    ref = res["reference"]
+    assert rel_err(res["poly"].ws, ref.ws) < 1e-4
+    assert abs(res["poly"].history[-1] - ref.history[-1]) <= 1e-4 * abs(ref.history[-1])

@@ -98,13 +98,13 @@ def test_generator_gsnr_matches_direct_loop(kind):
     got, grads = gsnr.generator_gsnr(G, D, z, noise=noise, aug_params=ap, return_grads=True)
 
     with torch.no_grad():
-        fake = G.synthesis(G.mapping(z), noise=noise, fused=False)
+        fake = G.synthesis(G.mapping(z), noise=noise, path="shared")
         stat = gsnr.mbstd_stats(D, augment.apply(fake, ap))
     params = dict(G.named_parameters())
 
     def loss_i(i):
         sl = lambda t: t[i:i + 1]  # noqa: E731
-        x = G.synthesis(G.mapping(sl(z)), noise=[sl(n) for n in noise], fused=False)
+        x = G.synthesis(G.mapping(sl(z)), noise=[sl(n) for n in noise], path="shared")
         x = augment.apply(x, {k: sl(v) for k, v in ap.items()})
         return F.softplus(-gsnr.d_logits_with_stat(D, x, sl(stat))).mean()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from faceedit.inversion import Latent, Projector, invert
+from faceedit.inversion import InversionOptions, Latent, Projector, invert
 from faceedit.inversion.losses import (DiscFeatureLoss, LPIPSLoss, MissingWeightsError, noise_regularization,
                                        normalize_noise_)
 from faceedit.inversion.prior import GaussianPrior, fit_prior
@@ -45,7 +45,7 @@ def test_wpp_on_mlp_generator_raises_and_lists_models(G):
     with pytest.raises(ValueError, match="faces64-wpp"):
         check_space(G, "wpp")
     with pytest.raises(ValueError, match="transformer"):
-        Projector(G, "wpp-z")
+        Projector(G, InversionOptions(space="wpp-z", perceptual="none"))
     with pytest.raises(ValueError, match="unknown inversion space"):
         check_space(G, "q")
 
@@ -65,7 +65,7 @@ def test_space_parameterisations(G, Gt):
 def test_inversion_recovers_generated_image(G, space):
     ws_true, target = _target(G)
     start = ((G.synthesis(G.w_avg[None].expand(2, -1, -1)) - target).square().flatten(1).mean(1))
-    r = Projector(G, space, steps=120, seed=0).project(target)
+    r = Projector(G, InversionOptions(space=space, steps=120, seed=0, perceptual="none")).project(target)
     final = torch.tensor(r.losses["mse"])
     assert (final < start / 20).all(), (start, final)
     assert r.history[-1] < r.history[0] / 10
@@ -76,22 +76,22 @@ def test_inversion_recovers_generated_image(G, space):
 def test_wpp_and_wpp_z_reduce_loss(Gt):
     _, target = _target(Gt)
     for space in ("wpp", "wpp-z"):
-        r = Projector(Gt, space, steps=40, seed=0).project(target)
+        r = Projector(Gt, InversionOptions(space=space, steps=40, seed=0, perceptual="none")).project(target)
         assert r.history[-1] < r.history[0] / 3, space
 
 
 def test_determinism_with_seed_and_batch_independence(G):
     _, target = _target(G, n=3)
     kw = dict(steps=12, perceptual="none", optimize_noise=True)
-    a = Projector(G, "w+", seed=5, **kw).project(target)
-    b = Projector(G, "w+", seed=5, **kw).project(target)
-    c = Projector(G, "w+", seed=6, **kw).project(target)
+    a = Projector(G, InversionOptions(space="w+", seed=5, **kw)).project(target)
+    b = Projector(G, InversionOptions(space="w+", seed=5, **kw)).project(target)
+    c = Projector(G, InversionOptions(space="w+", seed=6, **kw)).project(target)
     assert torch.equal(a.ws, b.ws) and all(torch.equal(x, y) for x, y in zip(a.noise, b.noise))
     assert not torch.equal(a.ws, c.ws)
     # without random terms, a batch is exactly its images run one by one
     kw = dict(steps=10, noise_factor=0.0)
-    batch = Projector(G, "w+", **kw).project(target)
-    single = Projector(G, "w+", **kw).project(target[1:2])
+    batch = Projector(G, InversionOptions(space="w+", **kw, perceptual="none")).project(target)
+    single = Projector(G, InversionOptions(space="w+", **kw, perceptual="none")).project(target[1:2])
     torch.testing.assert_close(batch.ws[1:2], single.ws, atol=1e-5, rtol=1e-5)
 
 
@@ -99,15 +99,16 @@ def test_prior_weight_pulls_toward_the_distribution(G):
     prior = GaussianPrior(fit_prior(G, 4000, check_n=0), G.num_ws, G.w_dim)
     _, target = _target(G, seed=11)
     target = (target + 0.5 * torch.randn_like(target)).clamp(-1, 1)  # off the model: codes wander
-    free = Projector(G, "w+", steps=60, prior=prior, prior_weight=0.0).project(target)
-    held = Projector(G, "w+", steps=60, prior=prior, prior_weight=1.0).project(target)
+    opts = InversionOptions(space="w+", steps=60, perceptual="none")
+    free = Projector(G, opts.replace(prior_weight=0.0), prior=prior).project(target)
+    held = Projector(G, opts.replace(prior_weight=1.0), prior=prior).project(target)
     assert np.mean(held.losses["prior"]) < 0.7 * np.mean(free.losses["prior"])
     with pytest.raises(ValueError, match="needs a prior"):
-        Projector(G, "w+", prior_weight=1.0)
+        Projector(G, InversionOptions(space="w+", prior_weight=1.0, perceptual="none"))
 
 
 def test_lr_schedule_ramps(G):
-    p = Projector(G, "w", steps=100)
+    p = Projector(G, InversionOptions(space="w", steps=100, perceptual="none"))
     assert p.lr_at(0.0) == 0.0
     assert p.lr_at(0.5) == pytest.approx(0.1)
     assert p.lr_at(0.875) == pytest.approx(0.1 * (0.5 - 0.5 * math.cos(0.5 * math.pi)))
@@ -117,9 +118,12 @@ def test_lr_schedule_ramps(G):
 def test_early_stop_on_plateau(G):
     _, target = _target(G)
     # a learning rate too small to make progress: the loss plateaus at once
-    r = Projector(G, "w", steps=400, patience=5, min_delta=1e-3, noise_ramp=0.01, lr=1e-6).project(target)
+    opts = InversionOptions(space="w", steps=400, patience=5, min_delta=1e-3, noise_ramp=0.01, lr=1e-6,
+                            perceptual="none")
+    r = Projector(G, opts).project(target)
     assert r.steps <= 4 + 5 + 1
-    assert Projector(G, "w", steps=15, lr=1e-6).project(target).steps == 15  # off by default
+    opts = InversionOptions(space="w", steps=15, lr=1e-6, perceptual="none")
+    assert Projector(G, opts).project(target).steps == 15  # off by default
 
 
 def test_noise_regulariser_and_renormalisation():
@@ -153,7 +157,7 @@ def test_lpips_loss_names_missing_file_and_runs_with_random_trunk(tmp_path, monk
     big = torch.rand(1, 3, 512, 512) * 2 - 1
     assert lp._feats(big)[0].shape[-1] == 256  # area-downsampled to 256 first
     assert torch.allclose(lp(x, lp.prepare(x)), torch.zeros(2), atol=1e-6)
-    r = Projector(_tiny(), "w", steps=3, perceptual=lp).project(x)  # runs through the loop
+    r = Projector(_tiny(), InversionOptions(space="w", steps=3), perceptual_loss=lp).project(x)  # runs through the loop
     assert r.losses["perceptual"][0] >= 0
 
 
@@ -349,8 +353,9 @@ def test_w_plus_on_a_wpp_model_uses_the_layerwise_prior(Gt):
     from faceedit.inversion.prior import LayerwisePrior
 
     prior = GaussianPrior(fit_prior(Gt, 3000, check_n=0), Gt.num_ws, Gt.w_dim)
-    assert isinstance(Projector(Gt, "w+", prior=prior, prior_weight=0.1).prior, LayerwisePrior)
-    assert Projector(Gt, "wpp", prior=prior, prior_weight=0.1).prior is prior
+    opts = InversionOptions(space="w+", prior_weight=0.1, perceptual="none")
+    assert isinstance(Projector(Gt, opts, prior=prior).prior, LayerwisePrior)
+    assert Projector(Gt, InversionOptions(space="wpp", prior_weight=0.1, perceptual="none"), prior=prior).prior is prior
     _, target = _target(Gt, n=1)
     lat = invert(target, G=Gt, space="w+", steps=3, prior=prior, perceptual="none")
     assert lat.meta["prior_kind"].startswith("layer-wise")
@@ -362,7 +367,7 @@ def test_inversion_gradients_through_a_conv_clamp_model():
     G = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=128, channel_max=16, mapping_layers=2,
                   conv_clamp=256).eval()
     _, target = _target(G, n=1)
-    r = Projector(G, "w+", steps=4, seed=0).project(target)
+    r = Projector(G, InversionOptions(space="w+", steps=4, seed=0, perceptual="none")).project(target)
     assert np.isfinite(r.history).all()
 
 

@@ -161,13 +161,34 @@ def test_bad_shapes_raise_value_error_with_message():
 
 # --- generator ----------------------------------------------------------------------------
 
-def test_fused_and_non_fused_synthesis_agree():
+def test_reference_and_shared_synthesis_paths_agree():
     G = tiny_generator(32)
     ws = G.mapping(G.sample_z(3, seed=5))
-    a = G.synthesis(ws, fused=True)
-    b = G.synthesis(ws, fused=False)
+    a = G.synthesis(ws, path="reference")
+    b = G.synthesis(ws, path="shared")
     assert rel_err(b, a) < 1e-5
     assert a.std() > 0.05  # a real image, not a constant
+
+
+def test_synthesis_path_is_validated_and_fused_is_a_deprecated_alias():
+    """An unknown path is a NetworkError naming the choices; the old ``fused=`` keyword still
+    picks the same path (True = reference, False = shared) and warns."""
+    from faceedit.core.errors import NetworkError
+    from faceedit.networks import SYNTHESIS_PATHS
+
+    assert SYNTHESIS_PATHS == ("reference", "shared", "poly")
+    G = tiny_generator(16)
+    ws = G.mapping(G.sample_z(2, seed=6))
+    for bad in ("fast", True, None):
+        with pytest.raises(NetworkError, match="reference, shared, poly"):
+            G.synthesis(ws, path=bad)
+    with pytest.raises(NetworkError, match="pass path="):
+        G.synthesis(ws, fused="fast")
+    for old, new in ((True, "reference"), (False, "shared")):
+        with pytest.warns(DeprecationWarning, match=f"path='{new}'") as seen:
+            out = G.synthesis(ws, fused=old)
+        assert seen[0].filename == __file__  # points at the caller, not at torch's module wrappers
+        torch.testing.assert_close(out, G.synthesis(ws, path=new), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("resolution", [16, 32, 64, 128, 256, 512, 1024])
@@ -267,7 +288,7 @@ def test_bf16_autocast_fast_path_close_to_fp32():
     with torch.no_grad():
         ref = G.synthesis(ws)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = G.synthesis(ws, fused=False).float()
+            out = G.synthesis(ws, path="shared").float()
     mse = (out - ref).pow(2).mean()
     psnr = 10 * torch.log10(ref.abs().max() ** 2 / mse)
     assert psnr > 30, psnr
@@ -285,10 +306,10 @@ def test_fast_path_gradients_match_reference():
     G = tiny_generator(16)
     ws = G.mapping(G.sample_z(2, seed=4)).detach()
     grads = []
-    for fused in (True, False):
+    for path in ("reference", "shared"):
         G.zero_grad()
         w = ws.clone().requires_grad_(True)
-        G.synthesis(w, fused=fused).square().mean().backward()
+        G.synthesis(w, path=path).square().mean().backward()
         grads.append((w.grad.clone(), G.synthesis.convs_up[0].weight.grad.clone()))
     for a, b in zip(*grads):
         assert rel_err(b, a) < 1e-4

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from faceedit.inversion.losses import normalize_noise_
-from faceedit.inversion.projector import Projector, _normalize_noise_foreach_
+from faceedit.inversion.projector import InversionOptions, Projector, _normalize_noise_foreach_
 from faceedit.networks import Generator
 
 
@@ -24,11 +24,11 @@ def _target(G, n=2):
 
 def test_graph_modes_need_cuda_and_name_the_fix(G):
     with pytest.raises(ValueError, match="cuda_graphs=False"):
-        Projector(G, "w+", cuda_graphs=True)
+        Projector(G, InversionOptions(space="w+", cuda_graphs=True, perceptual="none"))
     with pytest.raises(ValueError, match="reduce-overhead.*CUDA"):
-        Projector(G, "w+", compile="reduce-overhead")
+        Projector(G, InversionOptions(space="w+", compile="reduce-overhead", perceptual="none"))
     with pytest.raises(ValueError, match="compile must be"):
-        Projector(G, "w+", compile="max-speed")
+        Projector(G, InversionOptions(space="w+", compile="max-speed", perceptual="none"))
 
 
 def test_foreach_renormalisation_matches_the_reference():
@@ -46,7 +46,8 @@ def test_foreach_renormalisation_matches_the_reference():
 
 
 def _run(G, target, **attrs):
-    p = Projector(G, "w+", steps=12, optimize_noise=True, noise_ramp=0.5, seed=7)
+    p = Projector(G, InversionOptions(space="w+", steps=12, optimize_noise=True, noise_ramp=0.5, seed=7,
+                                      perceptual="none"))
     for k, v in attrs.items():
         setattr(p, k, v)
     seen = []
@@ -91,14 +92,15 @@ def test_fast_step_paths_follow_the_reference_loop(G, attrs, monkeypatch):
 def test_static_loop_early_stop_and_latent_noise(G):
     target = _target(G, n=1)
     kw = dict(steps=400, patience=3, min_delta=1e-3, noise_ramp=0.01, lr=1e-7)
-    ref = Projector(G, "w", **kw).project(target)
-    p = Projector(G, "w", **kw)
+    ref = Projector(G, InversionOptions(space="w", **kw, perceptual="none")).project(target)
+    p = Projector(G, InversionOptions(space="w", **kw, perceptual="none"))
     p._static_loop = True
     new = p.project(target)
     assert new.steps == ref.steps <= 4 + 3 + 1
     # latent noise is drawn from the same seeded stream as the reference loop's torch.randn
-    a = Projector(G, "w+", steps=6, noise_ramp=1.0, noise_factor=5.0, lr=0.0).project(target)
-    p = Projector(G, "w+", steps=6, noise_ramp=1.0, noise_factor=5.0, lr=0.0)
+    opts = InversionOptions(space="w+", steps=6, noise_ramp=1.0, noise_factor=5.0, lr=0.0, perceptual="none")
+    a = Projector(G, opts).project(target)
+    p = Projector(G, opts)
     p._static_loop = True
     b = p.project(target)
     assert b.history == pytest.approx(a.history, rel=1e-5)
@@ -111,9 +113,10 @@ def test_cuda_graph_step_matches_the_eager_loop_on_cuda(G):
     Gc.load_state_dict(G.state_dict())
     target = _target(G).cuda()
     kw = dict(steps=20, optimize_noise=True, seed=3)
-    ref = Projector(Gc, "w+", **kw).project(target)
+    ref = Projector(Gc, InversionOptions(space="w+", **kw, perceptual="none")).project(target)
     seen = []
-    new = Projector(Gc, "w+", cuda_graphs=True, **kw).project(target, callback=lambda s, _loss: seen.append(s))
+    new = Projector(Gc, InversionOptions(space="w+", cuda_graphs=True, **kw, perceptual="none")).project(
+        target, callback=lambda s, _loss: seen.append(s))
     assert seen == list(range(20)) and new.steps == 20
     assert torch.allclose(new.ws, ref.ws, atol=1e-3, rtol=1e-3)
     assert new.history == pytest.approx(ref.history, rel=1e-3, abs=1e-5)
@@ -131,8 +134,8 @@ def test_benchmark_reports_a_failing_config_and_times_the_long_run_with_the_best
     spec.loader.exec_module(bench)
     cpu = torch.device("cpu")
     rows, kept, logged = [], {}, []
-    configs = [("ours-poly-bf16-graphs", dict(fused="poly", cuda_graphs=True)),
-               ("ours-fp32", dict(fused=False)), ("nvidia-baseline", dict(fused=True, reference_step=True))]
+    configs = [("ours-poly-bf16-graphs", dict(path="poly", cuda_graphs=True)),
+               ("ours-fp32", dict(path="shared")), ("nvidia-baseline", dict(path="reference", reference_step=True))]
     bench._rows_for(G, "tiny", cpu, (1,), configs, 3, 1, None, rows, logged.append, kept=kept)
     assert [r["config"] for r in rows] == ["ours-poly-bf16-graphs", "ours-fp32", "nvidia-baseline"]
     assert "cuda_graphs=False" in rows[0]["error"] and "error" not in rows[1] and "error" not in rows[2]

@@ -68,7 +68,7 @@ def test_ffhq_configuration_has_nvidias_parameter_count():
     (lambda G: G.synthesis(torch.zeros(1, 7, 16)), r"ws of shape \[N, 8, 16\]"),
     (lambda G: G.synthesis(torch.zeros(1, 8, 16), noise_mode="fixed"), "noise_mode"),
     (lambda G: G.synthesis(torch.zeros(1, 8, 16), noise=[torch.zeros(1, 1, 4, 4)]), "expected 8 noise maps"),
-    (lambda G: G.synthesis(torch.zeros(1, 8, 16), fused="fast"), "fused must be"),
+    (lambda G: G.synthesis(torch.zeros(1, 8, 16), path="fast"), "synthesis path must be"),
     (lambda G: G.mapping(torch.zeros(2, 8, 16)), r"z of shape \[N, 16\]"),
     (lambda G: Generator1(resolution=48, **TINY), "power of two"),
     (lambda G: Generator1(resolution=32, fused_scale="yes", **TINY), "fused_scale"),

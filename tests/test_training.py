@@ -302,7 +302,7 @@ def test_default_architecture_fits_the_budgets():
         G = Generator(**TrainConfig(mapping=mapping).generator_kwargs())
         assert (G.mapping_kind, G.num_ws) == (mapping, 10)
         with FlopCounterMode(display=False) as fc:
-            G.synthesis(G.mapping(G.sample_z(1, seed=0)), fused=False)
+            G.synthesis(G.mapping(G.sample_z(1, seed=0)), path="shared")
         assert fc.get_total_flops() <= 1e9
         assert fp16(G) < 15.5 and fp16(D) < 15.5
         total += 2 * fp16(G) + fp16(D)

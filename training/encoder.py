@@ -214,7 +214,7 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
             z = G.sample_z(batch, generator=gen, device=dev)
             ws_syn = G.mapping(z)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                x_syn = G.synthesis(ws_syn, noise_mode="const", fused=False).float()
+                x_syn = G.synthesis(ws_syn, noise_mode="const", path="shared").float()
             if n_real:
                 idx = torch.randint(n_real, (batch,), generator=gen).to(dev)
                 x_real = _to_float(images[idx])
@@ -225,7 +225,7 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
                 x = x_syn
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             codes, deltas = E(x, return_deltas=True)
-            rec = G.synthesis(codes, noise_mode="const", fused=False)
+            rec = G.synthesis(codes, noise_mode="const", path="shared")
             terms = {"pix": (rec.float() - x).square().mean()}
             if w["perc"] > 0:
                 terms["perc"] = disc_feature_distance(D, rec, x).mean()

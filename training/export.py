@@ -206,7 +206,7 @@ def init_from_native(trainer: Trainer, folder) -> None:
 
         d = draw_fakes(trainer.G, n, trainer.cfg.mixing_prob, (), trainer.device)
         ws = mixed_ws(trainer.G, d)
-        img = trainer.G.synthesis(ws, noise=d.noise, fused=False)
+        img = trainer.G.synthesis(ws, noise=d.noise, path="shared")
         noise = torch.randn_like(img) / (img.shape[2] * img.shape[3]) ** 0.5
         (g,) = torch.autograd.grad((img * noise).sum(), ws)
         trainer.pl_mean.copy_(g.square().sum(2).mean(1).sqrt().mean().detach())

@@ -9,7 +9,7 @@ same regularisers at the same lazy intervals, same EMA) and changes how it runs:
   into a :class:`Draws`; the phase itself is then a pure function of weights and draws, which
   is what lets ``torch.compile`` capture it whole and what makes it testable against the
   reference path on the same inputs (``tests/test_training.py``).
-* **Polyphase synthesis** (``fused="poly"``, :mod:`networks.fastsynth`) instead of the
+* **Polyphase synthesis** (``path="poly"``, :mod:`networks.fastsynth`) instead of the
   shared-conv path: dense low-resolution convolutions instead of transposed ones plus a blur.
 * **``torch.compile``** of the G-main loss, the fake generation of D-main and the D-main
   loss (forward and backward through AOTAutograd), each compiled once: a phase always sees
@@ -92,8 +92,8 @@ def _augmented(x: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 def generate(G, d: Draws, path, update_w_avg: bool = False) -> torch.Tensor:
-    """Images of the draws through synthesis path ``path`` (``"poly"``, ``False`` or ``True``)."""
-    return G.synthesis(mixed_ws(G, d, update_w_avg), noise=d.noise, fused=path)
+    """Images of the draws through synthesis path ``path`` (one of ``networks.SYNTHESIS_PATHS``)."""
+    return G.synthesis(mixed_ws(G, d, update_w_avg), noise=d.noise, path=path)
 
 
 def g_main_loss(G, D, d: Draws, path) -> torch.Tensor:
@@ -116,11 +116,11 @@ class FastStep:
         trainer: the :class:`training.loop.Trainer` whose G, D, G_ema, optimisers and
             counters this step advances.
         compile: ``torch.compile`` the main phases (default: on CUDA only).
-        path: synthesis path of the main phases (``"poly"``; ``False`` is the reference's
-            shared-conv path, for comparisons).
+        path: synthesis path of the main phases, one of ``networks.SYNTHESIS_PATHS``
+            (``"poly"``; ``"shared"`` is the reference step's path, for comparisons).
     """
 
-    def __init__(self, trainer, compile: bool | None = None, path="poly"):
+    def __init__(self, trainer, compile: bool | None = None, path: str = "poly"):
         self.t = trainer
         dev = trainer.device
         self.path = path
@@ -222,7 +222,7 @@ def path_length_loss(t, n: int, decay: float, path) -> torch.Tensor:
     """StyleGAN2's path-length penalty on ``n`` fresh samples, fp32; updates ``t.pl_mean``."""
     d = draw_fakes(t.G, n, t.cfg.mixing_prob, (), t.device)
     ws = mixed_ws(t.G, d)
-    img = t.G.synthesis(ws, noise=d.noise, fused=path)
+    img = t.G.synthesis(ws, noise=d.noise, path=path)
     noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
     (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
     lengths = g.square().sum(2).mean(1).sqrt()

@@ -226,7 +226,7 @@ def generator_gsnr(G, D, z: torch.Tensor, *, noise: list | None = None, aug_para
     aug_params = aug_params or {}
 
     def image(g, zz, nn_):
-        return g.synthesis(g.mapping(zz), noise=list(nn_), fused=False)
+        return g.synthesis(g.mapping(zz), noise=list(nn_), path="shared")
 
     with torch.no_grad():
         fake = image(G, z, noise)

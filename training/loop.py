@@ -329,7 +329,7 @@ class Trainer:
 
     def generate(self, G, n: int, update_w_avg: bool = False) -> tuple:
         ws = self.mapping(G, n, update_w_avg)
-        return G.synthesis(ws, noise_mode="random", fused=False), ws
+        return G.synthesis(ws, noise_mode="random", path="shared"), ws
 
     def _add(self, name, value):
         v = value.detach().float()

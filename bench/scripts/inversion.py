@@ -18,10 +18,10 @@ Rows:
   very same weights; the speed-up is then stated against ``nvidia-code-fp16``.
 * ``ours``: the same loss terms, batched (1, 8, 32), shared-conv modulated convolutions,
   optionally bf16 autocast and ``torch.compile``; ``ours-poly-*``: the polyphase synthesis
-  path (``fused="poly"``, ``networks/fastsynth.py``).
+  path (``path="poly"``, ``networks/fastsynth.py``).
 * ``ours-poly-bf16-graphs`` / ``ours-poly-bf16-compile-graphs``: the whole step (latent
   noise, synthesis, loss, backward, fused Adam, noise re-normalisation) captured in one
-  CUDA graph (``Projector(cuda_graphs=True)``), eager ops / compiled loss inside;
+  CUDA graph (``InversionOptions(cuda_graphs=True)``), eager ops / compiled loss inside;
   ``ours-poly-bf16-compile-ro``: ``compile="reduce-overhead"`` (CUDA graphs for the compiled
   loss's forward and backward only). A row whose capture fails reports the error and the run
   goes on.
@@ -55,7 +55,7 @@ CONFIG_F = dict(z_dim=512, w_dim=512, resolution=1024, channel_base=32768, chann
 GPU_CONFIGS = ("nvidia-baseline", "ours-fp32", "ours-bf16", "ours-bf16-compile", "ours-poly-bf16",
                "ours-poly-bf16-compile", "ours-poly-bf16-graphs", "ours-poly-bf16-compile-graphs",
                "ours-poly-bf16-compile-ro")
-ROW_KEYS = ("fused", "amp", "compile", "cuda_graphs")  # Projector settings a row records
+ROW_KEYS = ("path", "amp", "compile", "cuda_graphs")  # Projector settings a row records
 
 
 class VGGFeatureLoss(torch.nn.Module):
@@ -97,7 +97,7 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
-def time_projector(G, *, batch, steps, warmup, perceptual, optimize_noise=True, fused=False, amp=None,
+def time_projector(G, *, batch, steps, warmup, perceptual, optimize_noise=True, path="shared", amp=None,
                    compile=False, cuda_graphs=False, prior=None, prior_weight=0.0, space="w+", keep=None,
                    reference_step=False):
     """Seconds per optimisation step (median, mean) for one configuration.
@@ -106,14 +106,16 @@ def time_projector(G, *, batch, steps, warmup, perceptual, optimize_noise=True, 
     without compiling anew). ``reference_step``: per-step Adam and noise re-normalisation as
     NVIDIA's code does them (foreach Adam, per-map ops) instead of the fused CUDA ones.
     """
-    from faceedit.inversion.projector import Projector
+    from faceedit.inversion.projector import InversionOptions, Projector
 
     dev = G.synthesis.const.device
     with torch.no_grad():
-        target = G.synthesis(G.mapping(G.sample_z(batch, seed=1, device=dev)), fused=False).clamp(-1, 1)
-    p = Projector(G, space, steps=warmup + steps, perceptual=perceptual, optimize_noise=optimize_noise,
-                  fused=fused, amp=amp, compile=compile, cuda_graphs=cuda_graphs, prior=prior,
-                  prior_weight=prior_weight)
+        target = G.synthesis(G.mapping(G.sample_z(batch, seed=1, device=dev)), path="shared").clamp(-1, 1)
+    named = perceptual is None or isinstance(perceptual, str)
+    opts = InversionOptions(space=space, steps=warmup + steps, perceptual=perceptual if named else "none",
+                            optimize_noise=optimize_noise, path=path, amp=amp, compile=compile,
+                            cuda_graphs=cuda_graphs, prior_weight=prior_weight)
+    p = Projector(G, opts, prior=prior, perceptual_loss=None if named else perceptual)
     p._w_std = lambda: 1.0  # not part of a step; skip the sampling it needs
     if reference_step:
         p._fast_step = False
@@ -340,15 +342,15 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         vgg = VGGFeatureLoss().to(dev)
-        configs = [("nvidia-baseline", dict(fused=True, reference_step=True)),
-                   ("ours-fp32", dict(fused=False)),
-                   ("ours-bf16", dict(fused=False, amp="bf16")),
-                   ("ours-bf16-compile", dict(fused=False, amp="bf16", compile=True)),
-                   ("ours-poly-bf16", dict(fused="poly", amp="bf16")),
-                   ("ours-poly-bf16-compile", dict(fused="poly", amp="bf16", compile=True)),
-                   ("ours-poly-bf16-graphs", dict(fused="poly", amp="bf16", cuda_graphs=True)),
-                   ("ours-poly-bf16-compile-graphs", dict(fused="poly", amp="bf16", compile=True, cuda_graphs=True)),
-                   ("ours-poly-bf16-compile-ro", dict(fused="poly", amp="bf16", compile="reduce-overhead"))]
+        configs = [("nvidia-baseline", dict(path="reference", reference_step=True)),
+                   ("ours-fp32", dict(path="shared")),
+                   ("ours-bf16", dict(path="shared", amp="bf16")),
+                   ("ours-bf16-compile", dict(path="shared", amp="bf16", compile=True)),
+                   ("ours-poly-bf16", dict(path="poly", amp="bf16")),
+                   ("ours-poly-bf16-compile", dict(path="poly", amp="bf16", compile=True)),
+                   ("ours-poly-bf16-graphs", dict(path="poly", amp="bf16", cuda_graphs=True)),
+                   ("ours-poly-bf16-compile-graphs", dict(path="poly", amp="bf16", compile=True, cuda_graphs=True)),
+                   ("ours-poly-bf16-compile-ro", dict(path="poly", amp="bf16", compile="reduce-overhead"))]
         if a.configs:
             configs = [(n, kw) for n, kw in configs if n in a.configs.split(",")]
         if not a.skip_64:
@@ -385,17 +387,18 @@ def main(argv=None):
     from faceedit.inversion.losses import DiscFeatureLoss
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    _rows_for(Gc, label, torch.device("cpu"), batches, [("cpu-default", dict(fused=False, optimize_noise=False))],
+    _rows_for(Gc, label, torch.device("cpu"), batches, [("cpu-default", dict(path="shared", optimize_noise=False))],
               3 if a.quick else 10, 1 if a.quick else 3, DiscFeatureLoss(Dc), rows, log)
     if a.cpu_200:
         from faceedit.inversion.prior import GaussianPrior, fit_prior
-        from faceedit.inversion.projector import Projector
+        from faceedit.inversion.projector import InversionOptions, Projector
 
         prior = GaussianPrior(fit_prior(Gc, 2000 if a.quick else 20000, check_n=0), Gc.num_ws, Gc.w_dim)
         with torch.no_grad():
             target = Gc.synthesis(Gc.mapping(Gc.sample_z(1, seed=2)))
         n = 20 if a.quick else 200
-        p = Projector(Gc, "w+", steps=n, perceptual=DiscFeatureLoss(Dc), prior=prior, prior_weight=0.01)
+        p = Projector(Gc, InversionOptions(space="w+", steps=n, prior_weight=0.01), prior=prior,
+                      perceptual_loss=DiscFeatureLoss(Dc))
         t, c = time.perf_counter(), time.process_time()
         p.project(target)
         wall, cpu = time.perf_counter() - t, time.process_time() - c

@@ -4,18 +4,18 @@ What it measures (``noise_mode='const'``, synthesis network only, ``ws`` precomp
 
 * a StyleGAN2 config-f generator (1024 px, ``channel_base=32768``, ``channel_max=512``,
   random weights) on the GPU at batch 1, 8, 32:
-    - ``ours-ref fp32``: the reference path (``fused=True``: per-sample grouped convs);
-    - ``ours-fast fp32``: ``fused=False`` (one shared conv per layer, demodulation by a
+    - ``ours-ref fp32``: the reference path (``path="reference"``: per-sample grouped convs);
+    - ``ours-fast fp32``: ``path="shared"`` (one shared conv per layer, demodulation by a
       matmul, fused epilogue), ``channels_last``;
     - ``ours-fast bf16``: the same under ``torch.autocast(bfloat16)``;
     - ``ours-fast bf16 compiled``: the same through ``torch.compile`` (``--compile``);
-    - ``ours-poly``: ``fused="poly"`` (``networks/fastsynth.py``: every up-sampling conv as one
+    - ``ours-poly``: ``path="poly"`` (``networks/fastsynth.py``: every up-sampling conv as one
       dense low-resolution conv plus a depth-to-space shuffle, no transposed conv, no blur
       pass; channels_last on its own), fp32 and bf16, eager (its ``poly3`` up-conv);
     - ``ours-poly compiled (poly3|phase2)``: bf16 through ``torch.compile``, with either
       up-conv (``phase2``: the 2x2 transposed-conv phases with the blur fused into the
       epilogue; fewer FLOPs). Compiled rows run most important first (batch 32 of both,
-      then the faster one at the other batches, then the ``fused=False`` compiled rows)
+      then the faster one at the other batches, then the ``path="shared"`` compiled rows)
       until ``--time-budget`` is spent;
     - with ``--nvidia-src DIR`` (a checkout of NVlabs/stylegan2-ada-pytorch, never part of
       this repository): NVIDIA's implementation with the *same weights* (built by NVIDIA's
@@ -31,7 +31,7 @@ What it measures (``noise_mode='const'``, synthesis network only, ``ws`` precomp
   copy bandwidth;
 * a 64 px generator (faceedit's ``faces64`` size) on the CPU;
 * ``--profile``: the top CUDA kernels at the largest batch (the polyphase path compiled and
-  eager, the ``fused=False`` path eager) in ``synthesis_profile.txt``.
+  eager, the ``path="shared"`` path eager) in ``synthesis_profile.txt``.
 
 The compute floor of every row is the reference's FLOPs (the same work); the polyphase
 path executes more multiply-adds (``gflop_per_image_poly3`` / ``_phase2`` in the info).
@@ -117,12 +117,12 @@ def copy_bandwidth(device, nbytes=1 << 30, min_time=1.0) -> float:
     return 2 * nbytes / t
 
 
-def synthesis_flops(G, ws1, fused, up_impl=None) -> int:
+def synthesis_flops(G, ws1, path, up_impl=None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         if up_impl is None:
-            G.synthesis(ws1, fused=fused)
+            G.synthesis(ws1, path=path)
         else:
             synthesis_poly(G.synthesis, ws1, "const", None, up_impl)
     return fc.get_total_flops()
@@ -267,7 +267,7 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
         ws_all = G.mapping(z, truncation_psi=0.7)
 
     # --- floors ------------------------------------------------------------------------
-    flops = synthesis_flops(G, ws_all[:1], fused=False)
+    flops = synthesis_flops(G, ws_all[:1], path="shared")
     info["gflop_per_image"] = flops / 1e9
     for impl in ("poly3", "phase2"):
         info[f"gflop_per_image_{impl}"] = synthesis_flops(G, ws_all[:1], None, impl) / 1e9
@@ -301,25 +301,25 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
     cl = dev.type == "cuda"
     G_cl = copy.deepcopy(G).to(memory_format=torch.channels_last) if cl else G
 
-    def ours(ws, fused, bf16, model):
+    def ours(ws, path, bf16, model):
         with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            return model.synthesis(ws, noise_mode="const", fused=fused).float()
+            return model.synthesis(ws, noise_mode="const", path=path).float()
 
     ref_imgs = {}
     for b in batches:
         ws = ws_all[:b].contiguous()
-        ref_imgs[b] = ours(ws, True, False, G)
-        add_row("ours-ref (fused)", "fp32", b, time_per_call(lambda: ours(ws, True, False, G), dev, min_time))
-        add_row("ours-fast", "fp32", b, time_per_call(lambda: ours(ws, False, False, G_cl), dev, min_time))
-        add_row("ours-fast", "bf16", b, time_per_call(lambda: ours(ws, False, True, G_cl), dev, min_time))
+        ref_imgs[b] = ours(ws, "reference", False, G)
+        add_row("ours-ref (fused)", "fp32", b, time_per_call(lambda: ours(ws, "reference", False, G), dev, min_time))
+        add_row("ours-fast", "fp32", b, time_per_call(lambda: ours(ws, "shared", False, G_cl), dev, min_time))
+        add_row("ours-fast", "bf16", b, time_per_call(lambda: ours(ws, "shared", True, G_cl), dev, min_time))
     for b in batches:  # the polyphase path, eager (poly3 up-convs); it goes channels_last by itself on CUDA
         ws = ws_all[:b].contiguous()
         add_row("ours-poly", "fp32", b, time_per_call(lambda: ours(ws, "poly", False, G), dev, min_time))
         add_row("ours-poly", "bf16", b, time_per_call(lambda: ours(ws, "poly", True, G), dev, min_time))
     bref = batches[min(1, len(batches) - 1)]
-    diff = ours(ws_all[:bref], False, False, G_cl) - ref_imgs[bref]
+    diff = ours(ws_all[:bref], "shared", False, G_cl) - ref_imgs[bref]
     checks["ours_fast_fp32_vs_ref_max_abs"] = diff.abs().max().item()
-    checks["ours_bf16_psnr_db"] = psnr(ours(ws_all[:bref], False, True, G_cl), ref_imgs[bref])
+    checks["ours_bf16_psnr_db"] = psnr(ours(ws_all[:bref], "shared", True, G_cl), ref_imgs[bref])
     poly32 = ours(ws_all[:bref], "poly", False, G)
     checks["ours_poly_fp32_vs_ref_max_abs"] = (poly32 - ref_imgs[bref]).abs().max().item()
     checks["ours_poly_bf16_psnr_db"] = psnr(ours(ws_all[:bref], "poly", True, G), ref_imgs[bref])
@@ -354,7 +354,7 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
 
                 def comp(ws):
                     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-                        return compiled(ws, noise_mode="const", fused=False).float()
+                        return compiled(ws, noise_mode="const", path="shared").float()
                 return comp
 
             def poly(ws):
@@ -408,8 +408,8 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
                     profile_table(lambda: fns[best](ws), dev),
                     f"== ours-poly eager (poly3) bf16, batch {order[0]} ==",
                     profile_table(lambda: ours(ws, "poly", True, G), dev, n=2),
-                    f"== ours-fast eager (fused=False) bf16, batch {order[0]}: where the old path spends its time ==",
-                    profile_table(lambda: ours(ws, False, True, G_cl), dev, n=2)]
+                    f"== ours-fast eager (path='shared') bf16, batch {order[0]}: where the old path spends its time ==",
+                    profile_table(lambda: ours(ws, "shared", True, G_cl), dev, n=2)]
             (out / "synthesis_profile.txt").write_text("\n".join(text) + "\n")
             log("profile written to synthesis_profile.txt")
 
@@ -420,10 +420,10 @@ def main(out_dir, device, resolution, channel_base, channel_max, batches, min_ti
         wsc = small.mapping(torch.randn(max(int(b) for b in cpu_batches.split(",")), 256), truncation_psi=0.7)
     cpu = torch.device("cpu")
     for b in [int(x) for x in cpu_batches.split(",")]:
-        for fused, name in ((True, "ours-ref (fused)"), (False, "ours-fast"), ("poly", "ours-poly")):
-            def run(ws=wsc[:b].contiguous(), fused=fused):
+        for path, name in (("reference", "ours-ref (fused)"), ("shared", "ours-fast"), ("poly", "ours-poly")):
+            def run(ws=wsc[:b].contiguous(), path=path):
                 with torch.no_grad():
-                    return small.synthesis(ws, fused=fused)
+                    return small.synthesis(ws, path=path)
             sec = time_per_call(run, cpu, min_time)
             rows.append(dict(impl=f"{name} 64px CPU", precision="fp32", batch=b, img_s=b / sec,
                              ms_per_batch=sec * 1e3, compute_floor_img_s=None, bandwidth_floor_img_s=None,
