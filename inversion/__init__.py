@@ -13,6 +13,7 @@ _API = {
     "LatentFileError": "faceedit.inversion.latent",
     "invert": "faceedit.inversion.projector",
     "Projector": "faceedit.inversion.projector",
+    "target_images": "faceedit.inversion.projector",
     "ProjectionResult": "faceedit.inversion.projector",
     "GaussianPrior": "faceedit.inversion.prior",
     "fit_prior": "faceedit.inversion.prior",
