@@ -468,6 +468,46 @@ class Pipeline:
                     frames[key].append(img)
         return Sweep(strengths=strengths, strips=strips, frames=frames)
 
+    def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
+                  strengths=None) -> dict:
+        """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
+        the outputs and record (``faceedit.outputs.write_edit``).
+
+        Args:
+            src: the photo's path; with ``latents`` it may be ``None`` or missing (crops only).
+            out: output folder.
+            attributes: ``{key: strength}``.
+            latents: latents from ``faceedit invert`` of the faces of ``src``, or ``None``.
+            face: without latents: ``largest``, ``all`` or a face index.
+            layers: restrict the edits to these layers.
+            strengths: also sweep each attribute over these strengths (strip and GIF).
+        Returns:
+            The record.
+        """
+        from pathlib import Path
+
+        from faceedit import outputs
+        from faceedit.core.images import load_image
+
+        t0 = time.perf_counter()
+        photo = load_image(src) if src is not None and Path(src).is_file() else None
+        t_read = time.perf_counter() - t0
+        stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
+        if latents is None:
+            res = self.edit_photo(photo, attributes, face=face, layers=layers)
+        else:
+            if photo is None and src is not None:
+                log.warning("source photo %s not found: writing crops only (pass --photo)", src)
+            res = self.edit_latents(latents, attributes, photo=photo, layers=layers)
+        faces = res if isinstance(res, list) else res.faces
+        timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
+        sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)
+                 if strengths else None)
+        inversion = None if latents is not None else {"method": self.method, "space": self.space,
+                                                      **self.invert_options}
+        return outputs.write_edit(out, stem, src, res, pairs=attributes, layers=layers, inversion=inversion,
+                                  unit=self.strength_unit, model_id=self.model_id, timings=timings, sweep=sweep)
+
     def edit(self, latent, attributes: dict, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit."""
         from faceedit.editing import edit
@@ -555,6 +595,85 @@ class Pipeline:
                           timings={k: round(v, 3) for k, v in t.items()})
 
 
+def model_for_latent(latent) -> str:
+    """The model a latent belongs to: its registry name, or the path recorded at inversion.
+
+    Raises:
+        PipelineError: the latent's model is neither registered nor recorded.
+    """
+    from faceedit.checkpoints.registry import REGISTRY
+
+    name = latent.model_id.split("@")[0]
+    if name in REGISTRY:
+        return name
+    for k in ("model_path", "model"):
+        if latent.meta.get(k):
+            return latent.meta[k]
+    raise PipelineError(f"the latent belongs to {latent.model_id!r}, which is not a registered model; "
+                        f"pass --model PATH")
+
+
+def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
+               face="largest", layers=None, strengths=None, **pipeline_options) -> list:
+    """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
+
+    Latents are grouped by their source photo (``photo`` overrides it), and one
+    :class:`Pipeline` is built per model and space; each photo's outputs go to ``out``
+    (:meth:`Pipeline.edit_file`).
+
+    Args:
+        out: output folder.
+        attributes: ``{key: strength}``.
+        photos: photo paths (folders expanded).
+        latent_files: latent paths.
+        photo: with latents: the photo to paste into instead of the recorded source.
+        model: the model for photos (latents name their own unless given).
+        space: the space photos are inverted into.
+        face: for photos: ``largest``, ``all`` or a face index.
+        layers: restrict the edits to these layers.
+        strengths: also sweep over these strengths.
+        **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``, ...).
+    Returns:
+        One record per photo.
+    Raises:
+        PipelineError: photos and latents together, or ``photo`` with several latents.
+    """
+    from pathlib import Path
+
+    from faceedit import outputs
+    from faceedit.inversion.latent import Latent
+
+    photos = outputs.collect_photos(photos)
+    if photos and latent_files:
+        raise PipelineError("give photos or latents, not both (pair a latent with its photo via --photo)")
+    if photo is not None and len(latent_files) > 1:
+        raise PipelineError("--photo goes with a single --latent")
+    if photos:
+        jobs = [(p, None, model) for p in photos]
+    else:
+        if latent_files:
+            lats = [Latent.load(p) for p in latent_files]
+        else:
+            rec = outputs.read_last_inversion()
+            lats = [Latent.load(f["latent"]) for f in rec["faces"]]
+            model = model or rec.get("model")
+        by_photo = {}
+        for lat in lats:
+            by_photo.setdefault(photo or lat.meta.get("source"), []).append(lat)
+        jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
+    pipes, records = {}, []
+    for src, lats, mdl in jobs:
+        if lats is not None:
+            mdl = mdl or model_for_latent(lats[0])
+        key = (mdl, space if lats is None else lats[0].space)
+        if key not in pipes:
+            sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
+            pipes[key] = Pipeline(mdl, space=sp, **pipeline_options)
+        records.append(pipes[key].edit_file(src, out, attributes, latents=lats, face=face, layers=layers,
+                                            strengths=strengths))
+    return records
+
+
 def model_recipe(config: dict, resolution: int):
     """The alignment recipe a model's faces are cut with, at its resolution.
 
@@ -587,4 +706,5 @@ def _as_list(latents) -> list:
     return [latents[i] for i in range(latents.batch_size)]
 
 
-__all__ = ["Pipeline", "EditResult", "FaceEdit", "Inversion", "Sweep"]
+__all__ = ["Pipeline", "EditResult", "FaceEdit", "Inversion", "InversionRun", "Sweep", "edit_files",
+           "model_for_latent"]
