@@ -22,6 +22,8 @@ strength 0 the output equals the input.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -321,7 +323,9 @@ class Pipeline:
         echo = echo or log.info
         out = Path(out)
         faces, failures = [], []
+        stage = echo if len(photos) == 1 and not quiet else (lambda msg: None)
         for p in tqdm(photos, desc="align", unit="photo", disable=quiet or len(photos) < 2):
+            stage(f"aligning {p}")
             try:
                 faces += self.align_file(p, face, aligned=aligned)
             except USER_ERRORS as e:
@@ -342,10 +346,12 @@ class Pipeline:
         bar = tqdm(total=len(faces), desc=f"invert {self.space}", unit="face", disable=quiet or len(faces) < 2)
 
         def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
+            stage(f"inverting {len(chunk)} face(s) into {self.space} with {self.method}")
             inv = self.invert_faces([f if f is not None else crop for _, f, crop in chunk])
             for k, (p, f, _) in enumerate(chunk):
                 run.records.append(outputs.write_inversion(out, p, f, inv.latents[k], self.model, inv.targets[k],
                                                            inv.reconstructions[k], inv.metrics[k], self.method))
+            stage(f"wrote {len(chunk)} face(s) to {out}")
             bar.update(len(chunk))
 
         run_batched(invert_chunk, faces, batch_size,
@@ -469,7 +475,7 @@ class Pipeline:
         return Sweep(strengths=strengths, strips=strips, frames=frames)
 
     def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
-                  strengths=None) -> dict:
+                  strengths=None, echo=None) -> dict:
         """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
         the outputs and record (``faceedit.outputs.write_edit``).
 
@@ -481,9 +487,11 @@ class Pipeline:
             face: without latents: ``largest``, ``all`` or a face index.
             layers: restrict the edits to these layers.
             strengths: also sweep each attribute over these strengths (strip and GIF).
+            echo: callable told each stage (``aligning and inverting ...``), or ``None``.
         Returns:
             The record.
         """
+        stage = echo or (lambda msg: None)
         from pathlib import Path
 
         from faceedit import outputs
@@ -494,13 +502,17 @@ class Pipeline:
         t_read = time.perf_counter() - t0
         stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
         if latents is None:
+            stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
             res = self.edit_photo(photo, attributes, face=face, layers=layers)
         else:
             if photo is None and src is not None:
                 log.warning("source photo %s not found: writing crops only (pass --photo)", src)
+            stage(f"editing {len(latents)} latent(s)" + (f" and pasting into {src}" if photo is not None else ""))
             res = self.edit_latents(latents, attributes, photo=photo, layers=layers)
         faces = res if isinstance(res, list) else res.faces
         timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
+        if strengths:
+            stage(f"sweeping {', '.join(map(str, attributes))} over {len(strengths)} strengths")
         sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)
                  if strengths else None)
         inversion = None if latents is not None else {"method": self.method, "space": self.space,
@@ -613,8 +625,46 @@ def model_for_latent(latent) -> str:
                         f"pass --model PATH")
 
 
+def check_attributes(model: str, attributes, directions=None) -> None:
+    """Check attribute names against the direction files, before any model is loaded.
+
+    A name that is an alias (``gender`` for ``male``) is logged as such; a name no direction
+    file of ``model`` (or of the folder ``directions``) carries raises with the closest match.
+    Where no direction file is found at all the check is left to the edit (whose error says
+    how to fit one).
+
+    Args:
+        model: registry name of the model (or the latent's model id).
+        attributes: the keys (``smile``, ``age|male``).
+        directions: a folder of direction files, or ``None`` (shipped and cached).
+    Raises:
+        DirectionError: a name matches no direction (``did you mean smile?``).
+    """
+    import difflib
+
+    from faceedit.editing.direction import DirectionError, canonical_attribute, list_directions
+
+    if directions is not None and not isinstance(directions, (str, os.PathLike)):
+        return
+    pool = list_directions(folder=directions) if directions is not None else list_directions(str(model))
+    known = sorted({d.attribute for _, d in pool})
+    for key in attributes:
+        if not isinstance(key, str):
+            continue
+        for name in re.split(r"[|,]", key):
+            if not name.strip():
+                continue
+            canon = canonical_attribute(name)
+            if canon != name.strip().lower():
+                log.warning("attribute %r maps to the %r direction", name, canon)
+            if known and canon not in known:
+                close = difflib.get_close_matches(canon, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise DirectionError(f"no direction {name!r} for {model}{hint}; available: {', '.join(known)}")
+
+
 def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
-               face="largest", layers=None, strengths=None, **pipeline_options) -> list:
+               face="largest", layers=None, strengths=None, echo=None, **pipeline_options) -> list:
     """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
 
     Latents are grouped by their source photo (``photo`` overrides it), and one
@@ -632,6 +682,7 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         face: for photos: ``largest``, ``all`` or a face index.
         layers: restrict the edits to these layers.
         strengths: also sweep over these strengths.
+        echo: callable told each stage when there is a single photo, or ``None``.
         **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``, ...).
     Returns:
         One record per photo.
@@ -661,16 +712,24 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         for lat in lats:
             by_photo.setdefault(photo or lat.meta.get("source"), []).append(lat)
         jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
+    from faceedit.checkpoints.registry import default_model
+
+    for _, lats, mdl in jobs:  # names checked before any model is loaded
+        mdl = mdl or (model_for_latent(lats[0]) if lats is not None
+                      else default_model("wpp" if space in ("wpp", "wpp-z") else space))
+        check_attributes(mdl, attributes, pipeline_options.get("directions"))
     pipes, records = {}, []
     for src, lats, mdl in jobs:
         if lats is not None:
             mdl = mdl or model_for_latent(lats[0])
         key = (mdl, space if lats is None else lats[0].space)
         if key not in pipes:
+            if echo is not None and len(jobs) == 1:
+                echo(f"loading {mdl}")
             sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
             pipes[key] = Pipeline(mdl, space=sp, **pipeline_options)
         records.append(pipes[key].edit_file(src, out, attributes, latents=lats, face=face, layers=layers,
-                                            strengths=strengths))
+                                            strengths=strengths, echo=echo if len(jobs) == 1 else None))
     return records
 
 

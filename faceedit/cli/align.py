@@ -100,7 +100,9 @@ class _cleanup_parts_on_exit:
               help="Landmarks the quad is built from [default: dlib68 (dlib's predictor averaged over the mirror "
                    "image and moved boxes) with the dlib detectors, mtcnn5 (MTCNN + QuadNet) with mtcnn]; "
                    "dlib68-single is one predictor pass, as the shipped data sets were cut.")
-@click.option("--face", default="all", show_default=True, help="all, largest, or an index (0 = leftmost face).")
+@click.option("--face", default="all", show_default=True,
+              help="all, largest, or an index (0 = leftmost face). All by default, unlike invert/edit "
+                   "(largest): align builds datasets, where every face is wanted.")
 @click.option("--upsample", type=click.IntRange(0, 4), default=None,
               help="dlib upsampling [default: by image size, one more if nothing is found].")
 @click.option("--min-face", type=click.IntRange(1, None), default=None,

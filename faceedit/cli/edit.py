@@ -112,6 +112,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
         raise click.UsageError("nothing to edit: pass a photo (`faceedit edit photo.jpg --attr smile`), --latent "
                                f"FILE, or run `faceedit invert PHOTO` first (its result is remembered in "
                                f"{last_inversion_path()})")
+    quiet = ctx.obj.get("quiet", False) if ctx.obj else False
     t_start = time.perf_counter()
     with job_errors():
         from faceedit.pipeline import edit_files
@@ -120,7 +121,8 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                              space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
                              method=method, device=ctx.obj["device"] if ctx.obj else "auto", detector=detector,
                              directions=directions_dir, strength_unit=unit,
-                             invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None})
+                             invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
+                             echo=None if quiet else lambda msg: click.echo(msg, err=True))
     dt = time.perf_counter() - t_start
     for r in records:
         t = r["timings"]
