@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors, parse_range
+from .common import detector_option, job_errors, parse_range, seed_option
 
 def parse_attr(text: str, default: float) -> tuple:
     """``smile`` / ``smile=2`` / ``age|male=-1.5`` -> ``(key, strength)``."""
@@ -66,9 +66,10 @@ def parse_sweep(text: str) -> list:
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
               help="For photos: inversion steps [default: the method's, e.g. 50 optim steps on CPU].")
 @click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
-@click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True)
+@detector_option()
+@seed_option("For photos: seed of the inversion")
+@click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True,
+              help="Output folder (created).")
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
          space, method, steps, face, detector, seed, out):
@@ -213,13 +214,14 @@ def directions_show(name, model):
 
 @directions.command("fit-all")
 @click.option("--model", "models", multiple=True, required=True, help="Registry name or checkpoint path (repeatable).")
-@click.option("--scorers", default=None,
+@click.option("--scorer", "--scorers", "scorers", default=None,
               help="Attribute-network weights [default: shipped], or 'landmarks' (dlib geometry; CPU).")
 @click.option("--n", "n", type=click.IntRange(100), default=100000, show_default=True, help="Latents per model.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder; files go to OUT/<model>/.")
 @click.option("--fraction", type=click.FloatRange(0.001, 0.5), default=0.02, show_default=True,
               help="Fraction kept at each end.")
-@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True,
+              help="Latents synthesized and scored together.")
 @click.option("--attr", "attrs", multiple=True, help="Attributes to fit [default: core ones + AUC >= --min-auc].")
 @click.option("--min-auc", type=click.FloatRange(0, 1), default=0.9, show_default=True)
 @click.option("--unsupervised", type=click.IntRange(0), default=8, show_default=True,
@@ -229,7 +231,8 @@ def directions_show(name, model):
 @click.option("--wplus-pack", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Aligned TRAIN pack: also fit W+ directions on the codes of inverted faces from it.")
 @click.option("--wplus-n", type=click.IntRange(1), default=5000, show_default=True, help="Faces inverted for W+.")
-@click.option("--wplus-steps", type=click.IntRange(1), default=None, help="Inversion steps for W+ [method default].")
+@click.option("--wplus-steps", type=click.IntRange(1), default=None,
+              help="Inversion steps for W+ [default: the method's].")
 @click.option("--wplus-fraction", type=click.FloatRange(0.001, 0.5), default=0.1, show_default=True)
 @click.option("--save-samples", type=click.IntRange(0), default=0, show_default=True,
               help="Also write the first N sampled images to samples_<model>.npz (for a CPU landmark fit).")
@@ -240,7 +243,7 @@ def directions_show(name, model):
               help="Also pack the directions and reports under --out into this one .zip.")
 @click.option("--jobs", type=click.IntRange(0), default=0, show_default=True,
               help="Processes for the separability SVMs (0: all cores).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the latent sampling and the fits")
 @click.pass_context
 def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min_auc, unsupervised, separability,
                        wplus_pack, wplus_n, wplus_steps, wplus_fraction, save_samples, samples_dir, from_samples,
@@ -267,7 +270,7 @@ def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min
 @directions.command("fit")
 @click.option("--model", required=True, help="Registry name or checkpoint path.")
 @click.option("--attr", "attrs", multiple=True, help="Attribute(s) to fit (names the scorer gives: smile, age, "
-              "male, eyeglasses, ...); default smile, age, male, eyeglasses.")
+              "male, eyeglasses, ...) [default: smile, age, male, eyeglasses].")
 @click.option("--condition", "conditions", multiple=True,
               help="Also write each direction with these attributes held (conditional manipulation).")
 @click.option("--method", type=click.Choice(["interfacegan", "ganspace", "sefa"]), default="interfacegan",
@@ -280,8 +283,9 @@ def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min
               help="Fraction kept at each end of the scores [default: 0.02 from 20000 samples on, else 0.05].")
 @click.option("--k", type=click.IntRange(1, 512), default=10, show_default=True, help="GANSpace/SeFa: components.")
 @click.option("--layers", default=None, help="Layers the direction applies to, e.g. 0-3 [default: all].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=click.IntRange(1, 65536), default=256, show_default=True)
+@seed_option("Seed of the latent sampling and the fit")
+@click.option("--batch", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="Latents synthesized and scored together.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder [default: the cache, CACHE/directions/MODEL, where `faceedit edit` looks].")
 @click.pass_context

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import click
 
-from .common import job_errors
+from .common import detector_option, job_errors, seed_option
 
 
 def _face_option(value: str):
@@ -56,13 +56,14 @@ def _face_option(value: str):
               "model's discriminator features, else none.")
 @click.option("--optimize-noise/--no-optimize-noise", default=False, show_default=True,
               help="Also optimise the noise maps (with NVIDIA's noise regulariser).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=16, show_default=True,
-              help="Faces optimised together.")
-@click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
+@seed_option("Seed of the optimiser's noise and of any sampling")
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=16, show_default=True,
+              help="Faces optimised together (halved on out-of-memory).")
+@detector_option()
 @click.option("--aligned", is_flag=True, help="Inputs are already aligned crops (skip detection; resized to "
               "the model's resolution).")
-@click.option("--out", type=click.Path(file_okay=False), default="out/invert", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="out/invert", show_default=True,
+              help="Output folder (created; finished faces are skipped on a re-run).")
 @click.pass_context
 def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, perceptual, optimize_noise,
            seed, batch_size, detector, aligned, out):
