@@ -287,8 +287,8 @@ class Pipeline:
             return [(path, None, img)]
         try:
             return [(path, f, f.crop) for f in self.align(img, face=face)]
-        except AlignmentError as e:
-            raise AlignmentError(f"{path}: {e}") from e
+        except AlignmentError as e:  # the same class (FaceNotFoundError, ...), the message naming the file
+            raise type(e)(f"{path}: {e}") from e
 
     def invert_files(self, photos: list, out, *, face="largest", aligned: bool = False, batch_size: int = 16,
                      quiet: bool = False, echo=None) -> InversionRun:
