@@ -27,6 +27,7 @@ turned to the subject's left (see :data:`SIGNS`).
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -370,8 +371,10 @@ def find_direction(model_id: str, key: str, latent_space: str | None = None, *, 
             raise DirectionError(
                 f"direction {key!r} of {model_id} is fitted in space(s) {sorted({d.space for d in same_model})}, "
                 f"which cannot edit a {latent_space!r} latent; invert in a matching space or fit one in this space")
+        close = difflib.get_close_matches(attr, sorted({d.attribute for _, d in pool}), n=1)
+        hint = f" (did you mean {close[0]}?)" if close and close[0] != attr else ""
         raise DirectionError(
-            f"no direction {key!r} for model {model_id!r}; available: {', '.join(have) or 'none'}. "
+            f"no direction {key!r} for model {model_id!r}{hint}; available: {', '.join(have) or 'none'}. "
             f"Fit one with `faceedit directions fit --model {model_name(model_id)} --attr {attr}`")
     preferred = "wpp" if latent_space in ("wpp", "wpp-z") else "w"
     ok.sort(key=lambda d: (bool(d.layers), d.method != "interfacegan", d.space != preferred,

@@ -22,6 +22,8 @@ strength 0 the output equals the input.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -84,6 +86,73 @@ class EditResult:
         return m
 
 
+@dataclass
+class Inversion:
+    """What :meth:`Pipeline.invert_faces` returns, one entry per face.
+
+    Attributes:
+        latents: one latent (batch of one) per face, its losses those of the face.
+        targets: ``[B, R, R, 3]`` uint8 aligned targets as the optimiser saw them.
+        reconstructions: ``[B, R, R, 3]`` uint8 syntheses of the latents.
+        metrics: one ``{name: float}`` of reconstruction metrics per face.
+    """
+
+    latents: list
+    targets: np.ndarray
+    reconstructions: np.ndarray
+    metrics: list
+
+
+@dataclass
+class Sweep:
+    """What :meth:`Pipeline.sweep` returns.
+
+    Attributes:
+        strengths: the strengths swept.
+        strips: ``[(face index, [tiles])]``: per face, the crops row by row (attributes) and
+            column by column (strengths).
+        frames: ``{attribute: [photo frames]}`` (empty without a photo), downscaled to 512 px at most.
+    """
+
+    strengths: list
+    strips: list
+    frames: dict
+
+
+@dataclass
+class InversionRun:
+    """What :meth:`Pipeline.invert_files` returns.
+
+    Attributes:
+        records: the record of each face inverted in this run (see ``faceedit.outputs``).
+        failures: ``[(photo, reason)]`` of photos skipped.
+        photos: how many photos were given.
+        skipped: faces already done in an earlier run.
+        model_id: the model's id.
+        space: the space.
+        out: the output folder.
+    """
+
+    records: list
+    failures: list
+    photos: int
+    skipped: int
+    model_id: str
+    space: str
+    out: object
+
+    def summary(self) -> str:
+        """One line: faces, photos, space, model, steps (PTI: tuning steps) and mean MSE."""
+        r = self.records[0]
+        steps = f"{r['steps']} steps"
+        tuning = r.get("tuning_steps")
+        if r["method"] == "pti" and tuning is not None:
+            steps = f"{tuning} tuning steps after a {r['steps']}-step pivot"
+        mse = float(np.mean([x["metrics"]["mse"] for x in self.records]))
+        return (f"inverted {len(self.records)} face(s) from {self.photos - len(self.failures)} photo(s) into "
+                f"{self.space} of {self.model_id} ({steps}, mean MSE {mse:.4f} on [0,1]); wrote {self.out}")
+
+
 class Pipeline:
     """Chains the stages for one generator.
 
@@ -116,9 +185,11 @@ class Pipeline:
         self.device = resolve_device(device)
         if isinstance(model, LoadedModel):
             self.model = model
+            self.model_name = model.name
         else:
             default_space = "wpp" if self.space in ("wpp", "wpp-z") else self.space
             name = model if model is not None else default_model(default_space)
+            self.model_name = str(name)
             opts = invert_options or {}
             want_d = opts.get("perceptual", "auto") in ("auto", "disc")
             try:
@@ -177,6 +248,281 @@ class Pipeline:
         return retry_smaller(lambda b: invert_with(self.method, list(faces), self.model, space=self.space, G=self.G,
                                                    D=self.model.D, prior=prior, batch_size=b, **opts), bs)
 
+    def invert_faces(self, faces: list) -> Inversion:
+        """Invert aligned faces and synthesize their reconstructions (noise maps and tuning used).
+
+        Args:
+            faces: ``AlignedFace`` objects or aligned ``[H, W, 3]`` uint8 crops.
+        Returns:
+            An :class:`Inversion` with one latent, target, reconstruction and metrics per face.
+        """
+        from faceedit.inversion.projector import target_images
+        from faceedit.metrics.reconstruction import reconstruction_metrics
+
+        batch = self.invert(faces)
+        recon = self.synthesize(batch)
+        targets = target_images(list(faces), self.G.resolution)
+        metrics = reconstruction_metrics(targets, recon)
+        latents = []
+        for k in range(batch.batch_size):
+            one = batch[k]
+            meta = dict(one.meta)
+            meta["losses"] = {n: v[k] for n, v in batch.meta["losses"].items()}
+            meta.pop("faces", None)
+            latents.append(type(one)(space=one.space, codes=one.codes, model_id=one.model_id, z=one.z,
+                                     noise=one.noise, tuning=one.tuning, meta=meta))
+        per_face = [{n: float(v[k]) for n, v in metrics.items()} for k in range(batch.batch_size)]
+        return Inversion(latents=latents, targets=targets, reconstructions=recon, metrics=per_face)
+
+    def align_file(self, path, face="largest", *, aligned: bool = False) -> list:
+        """``[(path, AlignedFace or None, crop)]`` for one photo file (``aligned``: the file is a crop).
+
+        Raises:
+            AlignmentError: no face was found, naming the file.
+        """
+        from faceedit.core.errors import AlignmentError
+        from faceedit.core.images import load_image
+
+        img = load_image(path)
+        if aligned:
+            return [(path, None, img)]
+        try:
+            return [(path, f, f.crop) for f in self.align(img, face=face)]
+        except AlignmentError as e:  # the same class (FaceNotFoundError, ...), the message naming the file
+            raise type(e)(f"{path}: {e}") from e
+
+    def invert_files(self, photos: list, out, *, face="largest", aligned: bool = False, batch_size: int = 16,
+                     quiet: bool = False, echo=None) -> InversionRun:
+        """Align photos, invert their faces in batches and write each face's outputs and record.
+
+        A face whose record exists in ``out`` is skipped (a re-run resumes); a photo that
+        fails with a user error is skipped and reported, unless it is the only one. The
+        finished run is remembered for `faceedit edit` (``faceedit.outputs.write_last_inversion``).
+
+        Args:
+            photos: photo paths.
+            out: output folder.
+            face: ``largest``, ``all`` or a face index.
+            aligned: the photos are aligned crops (no detection).
+            batch_size: faces inverted together (halved on out-of-memory).
+            quiet: no progress bars.
+            echo: callable for progress messages (resuming, batch shrinking), or ``None``.
+        Returns:
+            An :class:`InversionRun`.
+        Raises:
+            PipelineError: no photo gave a face.
+        """
+        from pathlib import Path
+
+        from tqdm import tqdm
+
+        from faceedit import outputs
+        from faceedit.batching import run_batched
+        from faceedit.core.files import remove_stale_parts
+        from faceedit.errors import USER_ERRORS
+
+        echo = echo or log.info
+        out = Path(out)
+        faces, failures = [], []
+        stage = echo if len(photos) == 1 and not quiet else (lambda msg: None)
+        for p in tqdm(photos, desc="align", unit="photo", disable=quiet or len(photos) < 2):
+            stage(f"aligning {p}")
+            try:
+                faces += self.align_file(p, face, aligned=aligned)
+            except USER_ERRORS as e:
+                if len(photos) == 1:
+                    raise
+                failures.append((str(p), f"{type(e).__name__}: {e}"))
+        if not faces:
+            raise PipelineError("no face to invert in " + "; ".join(f"{p} ({e})" for p, e in failures))
+        remove_stale_parts(out)
+        n_all = len(faces)
+        faces = [t for t in faces if not outputs.inversion_done(out, t[0], t[1])]
+        run = InversionRun(records=[], failures=failures, photos=len(photos), skipped=n_all - len(faces),
+                           model_id=self.model_id, space=self.space, out=out)
+        if not faces:
+            return run
+        if run.skipped:
+            echo(f"resuming: {run.skipped} face(s) already done in {out}")
+        bar = tqdm(total=len(faces), desc=f"invert {self.space}", unit="face", disable=quiet or len(faces) < 2)
+
+        def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
+            stage(f"inverting {len(chunk)} face(s) into {self.space} with {self.method}")
+            inv = self.invert_faces([f if f is not None else crop for _, f, crop in chunk])
+            for k, (p, f, _) in enumerate(chunk):
+                run.records.append(outputs.write_inversion(out, p, f, inv.latents[k], self.model, inv.targets[k],
+                                                           inv.reconstructions[k], inv.metrics[k], self.method))
+            stage(f"wrote {len(chunk)} face(s) to {out}")
+            bar.update(len(chunk))
+
+        run_batched(invert_chunk, faces, batch_size,
+                    on_shrink=lambda a, b: echo(f"out of GPU memory at batch {a}; continuing with {b}"))
+        bar.close()
+        outputs.write_last_inversion(run.records, model=self.model_name, model_id=self.model_id, space=self.space,
+                                     out=out)
+        return run
+
+    def faces_for_latents(self, photo: np.ndarray, latents: list) -> tuple:
+        """The faces of ``photo`` the latents were inverted from, and the paste-back options.
+
+        Each face is re-detected (its landmarks give the hull mask) and matched to the
+        alignment a latent records; where that fails, the recorded matrix and quad are used
+        (and the mask is the quad). A latent made from an aligned crop (``invert --aligned``)
+        records no alignment: it is pasted into ``photo`` as if ``photo`` were that crop,
+        which needs ``photo`` to be square.
+
+        Args:
+            photo: ``[H, W, 3]`` uint8.
+            latents: latents with ``alignment`` metadata (from ``faceedit invert``).
+        Returns:
+            ``(faces, paste_options)``.
+        Raises:
+            PipelineError: a latent records no alignment and ``photo`` is not square.
+        """
+        from faceedit.alignment.types import AlignedFace, AlignmentRecipe
+
+        faces, opts = [], {}
+        for lat in latents:
+            a = lat.meta.get("alignment")
+            if not a:
+                h, w = photo.shape[:2]
+                if h != w:
+                    raise PipelineError("the latent records no alignment (it was inverted from an aligned crop), so "
+                                        f"it pastes only into that square crop; got a {w}x{h} photo. Invert the "
+                                        "photo itself with `faceedit invert PHOTO`")
+                s = self.G.resolution / h
+                faces.append(AlignedFace(crop=photo, matrix=np.diag([s, s, 1.0]),
+                                         quad=np.array([[0, 0], [0, h], [w, h], [w, 0]], np.float64),
+                                         landmarks=np.zeros((0, 2)), score=0.0, source_size=(w, h), index=0,
+                                         detector="", recipe=self.recipe))
+                opts = {"mask": "quad"}
+                continue
+            stored = AlignedFace(crop=np.zeros((1, 1, 3), np.uint8), matrix=np.asarray(a["matrix"], np.float64),
+                                 quad=np.asarray(a["quad"], np.float64), landmarks=np.zeros((0, 2)),
+                                 score=float(a.get("score", 0.0)), source_size=tuple(a["source_size"]),
+                                 index=int(a.get("index", 0)), detector=a.get("detector", ""),
+                                 recipe=AlignmentRecipe.from_dict(a.get("recipe") or {}))
+            try:
+                match = [f for f in self.align(photo, face="all") if f.index == stored.index
+                         and np.allclose(f.matrix, stored.matrix, atol=1e-3, rtol=1e-4)]
+            except Exception as e:  # noqa: BLE001 -- any failure: use the stored geometry
+                log.info("re-alignment failed (%s); using the stored quad", e)
+                match = []
+            if match:
+                faces.append(match[0])
+            else:
+                faces.append(stored)
+                opts = opts or {"mask": "quad"}
+        return faces, opts
+
+    def edit_latents(self, latents: list, attributes: dict, *, photo: np.ndarray | None = None, layers=None):
+        """Edit latents from ``faceedit invert``; paste the edits into ``photo`` when given.
+
+        Args:
+            latents: latents (batches of one) of the faces of one photo.
+            attributes: ``{key: strength}``.
+            photo: the photo they were inverted from, or ``None`` (crops only).
+            layers: restrict the edits to these layers.
+        Returns:
+            An :class:`EditResult` with a photo, else a list of :class:`FaceEdit` (``face`` None).
+        """
+        if photo is not None:
+            faces, opts = self.faces_for_latents(photo, latents)
+            return self.edit_photo(photo, attributes, faces=faces, latents=latents, layers=layers,
+                                   paste_options=opts)
+        out = []
+        for lat in latents:
+            e = self.edit(lat, attributes, layers=layers)
+            out.append(FaceEdit(face=None, latent=lat, edited=e, reconstruction=self.synthesize(lat)[0],
+                                crop=self.synthesize(e)[0]))
+        return out
+
+    def sweep(self, faces: list, attributes, strengths, *, photo: np.ndarray | None = None, layers=None,
+              max_side: int = 512) -> Sweep:
+        """Each attribute at each strength, per face (crops) and, with ``photo``, pasted back.
+
+        Args:
+            faces: :class:`FaceEdit` objects (``EditResult.faces``).
+            attributes: the attribute keys.
+            strengths: the strengths.
+            photo: the photo to paste into (frames are only made with one and aligned faces).
+            layers: restrict the edits to these layers.
+            max_side: frames are downscaled to this side at most.
+        Returns:
+            A :class:`Sweep`.
+        """
+        strengths = list(strengths)
+        strips = []
+        for fe in faces:
+            tiles = [self.synthesize(self.edit(fe.latent, {key: s}, layers=layers))[0]
+                     for key in attributes for s in strengths]
+            strips.append((fe.face.index if fe.face is not None else 0, tiles))
+        frames = {}
+        if photo is not None and faces and faces[0].face is not None:
+            scale = min(1.0, max_side / max(photo.shape[:2]))
+            for key in attributes:
+                frames[key] = []
+                for s in strengths:
+                    img = photo
+                    for fe in faces:
+                        e = self.edit(fe.latent, {key: s}, layers=layers)
+                        img, _ = self.paste_back(img, fe.face, self.synthesize(e)[0], fe.reconstruction)
+                    if scale < 1:
+                        import cv2
+
+                        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
+                                         interpolation=cv2.INTER_AREA)
+                    frames[key].append(img)
+        return Sweep(strengths=strengths, strips=strips, frames=frames)
+
+    def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
+                  strengths=None, echo=None) -> dict:
+        """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
+        the outputs and record (``faceedit.outputs.write_edit``).
+
+        Args:
+            src: the photo's path; with ``latents`` it may be ``None`` or missing (crops only).
+            out: output folder.
+            attributes: ``{key: strength}``.
+            latents: latents from ``faceedit invert`` of the faces of ``src``, or ``None``.
+            face: without latents: ``largest``, ``all`` or a face index.
+            layers: restrict the edits to these layers.
+            strengths: also sweep each attribute over these strengths (strip and GIF).
+            echo: callable told each stage (``aligning and inverting ...``), or ``None``.
+        Returns:
+            The record.
+        """
+        from pathlib import Path
+
+        from faceedit import outputs
+        from faceedit.core.images import load_image
+
+        attributes = with_default_strength(attributes)
+        stage = echo or (lambda msg: None)
+
+        t0 = time.perf_counter()
+        photo = load_image(src) if src is not None and Path(src).is_file() else None
+        t_read = time.perf_counter() - t0
+        stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
+        if latents is None:
+            stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
+            res = self.edit_photo(photo, attributes, face=face, layers=layers)
+        else:
+            if photo is None and src is not None:
+                log.warning("source photo %s not found: writing crops only (pass --photo)", src)
+            stage(f"editing {len(latents)} latent(s)" + (f" and pasting into {src}" if photo is not None else ""))
+            res = self.edit_latents(latents, attributes, photo=photo, layers=layers)
+        faces = res if isinstance(res, list) else res.faces
+        timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
+        if strengths:
+            stage(f"sweeping {', '.join(map(str, attributes))} over {len(strengths)} strengths")
+        sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)
+                 if strengths else None)
+        inversion = None if latents is not None else {"method": self.method, "space": self.space,
+                                                      **self.invert_options}
+        return outputs.write_edit(out, stem, src, res, pairs=attributes, layers=layers, inversion=inversion,
+                                  unit=self.strength_unit, model_id=self.model_id, timings=timings, sweep=sweep)
+
     def edit(self, latent, attributes, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit; an
         attribute named without a strength (``"smile"``, ``["smile", "age"]``) gets
@@ -201,16 +547,18 @@ class Pipeline:
         latent.check_generator(self.G)
         return tensor_to_uint8(synthesize(self.G, latent))
 
-    def paste_back(self, photo: np.ndarray, face, crop: np.ndarray, reference: np.ndarray, return_mask: bool = True):
-        """``faceedit.alignment.paste_back(photo, face, crop, mode='residual', reference=reference)``."""
+    def paste_back(self, photo: np.ndarray, face, crop: np.ndarray, reference: np.ndarray, return_mask: bool = True,
+                   **options):
+        """``faceedit.alignment.paste_back(photo, face, crop, mode='residual', reference=reference)``
+        with ``self.paste_options`` updated by ``options``."""
         from faceedit.alignment import paste_back
 
         return paste_back(photo, face, crop, mode="residual", reference=reference, return_mask=return_mask,
-                          **self.paste_options)
+                          **{**self.paste_options, **options})
 
     # -- the chain --------------------------------------------------------------------------
     def edit_photo(self, photo: np.ndarray, attributes: dict, *, face="largest", faces: list | None = None,
-                   latents=None, layers=None) -> EditResult:
+                   latents=None, layers=None, paste_options: dict | None = None) -> EditResult:
         """Edit the face(s) of a photo.
 
         Args:
@@ -221,6 +569,7 @@ class Pipeline:
             faces: already aligned faces of this photo (skips alignment).
             latents: their inverted latent(s) (a batched ``Latent`` or a list; skips inversion).
             layers: restrict the edits to these layers.
+            paste_options: paste-back options for this photo (override ``self.paste_options``).
         Returns:
             :class:`EditResult` with the edited photo (same size as the input) and every
             intermediate; faces are edited and pasted one after the other.
@@ -256,7 +605,7 @@ class Pipeline:
             t1 = time.perf_counter()
             recon, crop = self.synthesize(lat)[0], self.synthesize(edited)[0]
             t2 = time.perf_counter()
-            out, mask = self.paste_back(out, f, crop, recon)
+            out, mask = self.paste_back(out, f, crop, recon, **(paste_options or {}))
             t3 = time.perf_counter()
             t["edit"] += t1 - t0
             t["synthesize"] += t2 - t1
@@ -265,6 +614,134 @@ class Pipeline:
         edits = {str(getattr(k, "key", k)): float(v) for k, v in dict(attributes).items()}
         return EditResult(photo=out, input=photo, faces=results, edits=edits,
                           timings={k: round(v, 3) for k, v in t.items()})
+
+
+def model_for_latent(latent) -> str:
+    """The model a latent belongs to: its registry name, or the path recorded at inversion.
+
+    Raises:
+        PipelineError: the latent's model is neither registered nor recorded.
+    """
+    from faceedit.checkpoints.registry import REGISTRY
+
+    name = latent.model_id.split("@")[0]
+    if name in REGISTRY:
+        return name
+    for k in ("model_path", "model"):
+        if latent.meta.get(k):
+            return latent.meta[k]
+    raise PipelineError(f"the latent belongs to {latent.model_id!r}, which is not a registered model; "
+                        f"pass --model PATH")
+
+
+def check_attributes(model: str, attributes, directions=None) -> None:
+    """Check attribute names against the direction files, before any model is loaded.
+
+    A name that is an alias (``gender`` for ``male``) is logged as such; a name no direction
+    file of ``model`` (or of the folder ``directions``) carries raises with the closest match.
+    Where no direction file is found at all the check is left to the edit (whose error says
+    how to fit one).
+
+    Args:
+        model: registry name of the model (or the latent's model id).
+        attributes: the keys (``smile``, ``age|male``).
+        directions: a folder of direction files, or ``None`` (shipped and cached).
+    Raises:
+        DirectionError: a name matches no direction (``did you mean smile?``).
+    """
+    import difflib
+
+    from faceedit.editing.direction import DirectionError, canonical_attribute, list_directions
+
+    if directions is not None and not isinstance(directions, (str, os.PathLike)):
+        return
+    pool = list_directions(folder=directions) if directions is not None else list_directions(str(model))
+    known = sorted({d.attribute for _, d in pool})
+    for key in attributes:
+        if not isinstance(key, str):
+            continue
+        for name in re.split(r"[|,]", key):
+            if not name.strip():
+                continue
+            canon = canonical_attribute(name)
+            if canon != name.strip().lower():
+                log.warning("attribute %r maps to the %r direction", name, canon)
+            if known and canon not in known:
+                close = difflib.get_close_matches(canon, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise DirectionError(f"no direction {name!r} for {model}{hint}; available: {', '.join(known)}")
+
+
+def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
+               face="largest", layers=None, strengths=None, echo=None, **pipeline_options) -> list:
+    """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
+
+    Latents are grouped by their source photo (``photo`` overrides it), and one
+    :class:`Pipeline` is built per model and space; each photo's outputs go to ``out``
+    (:meth:`Pipeline.edit_file`).
+
+    Args:
+        out: output folder.
+        attributes: ``{key: strength}``.
+        photos: photo paths (folders expanded).
+        latent_files: latent paths.
+        photo: with latents: the photo to paste into instead of the recorded source.
+        model: the model for photos (latents name their own unless given).
+        space: the space photos are inverted into.
+        face: for photos: ``largest``, ``all`` or a face index.
+        layers: restrict the edits to these layers.
+        strengths: also sweep over these strengths.
+        echo: callable told each stage when there is a single photo, or ``None``.
+        **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``, ...).
+    Returns:
+        One record per photo.
+    Raises:
+        PipelineError: photos and latents together, or ``photo`` with several latents.
+    """
+    from pathlib import Path
+
+    from faceedit import outputs
+    from faceedit.inversion.latent import Latent
+
+    attributes = with_default_strength(attributes)
+
+    photos = outputs.collect_photos(photos)
+    if photos and latent_files:
+        raise PipelineError("give photos or latents, not both (pair a latent with its photo via --photo)")
+    if photo is not None and len(latent_files) > 1:
+        raise PipelineError("--photo goes with a single --latent")
+    if photos:
+        jobs = [(p, None, model) for p in photos]
+    else:
+        if latent_files:
+            lats = [Latent.load(p) for p in latent_files]
+        else:
+            rec = outputs.read_last_inversion()
+            lats = [Latent.load(f["latent"]) for f in rec["faces"]]
+            model = model or rec.get("model")
+        by_photo = {}
+        for lat in lats:
+            by_photo.setdefault(photo or lat.meta.get("source"), []).append(lat)
+        jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
+    from faceedit.checkpoints.registry import default_model
+
+    for _, lats, mdl in jobs:  # names checked before any model is loaded
+        mdl = mdl or (model_for_latent(lats[0]) if lats is not None
+                      else default_model("wpp" if space in ("wpp", "wpp-z") else space))
+        check_attributes(mdl, attributes, pipeline_options.get("directions"))
+    pipes, records = {}, []
+    for src, lats, mdl in jobs:
+        if lats is not None:
+            mdl = mdl or model_for_latent(lats[0])
+        key = (mdl, space if lats is None else lats[0].space)
+        if key not in pipes:
+            if echo is not None and len(jobs) == 1:
+                echo(f"loading {mdl}")
+            sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
+            pipes[key] = Pipeline(mdl, space=sp, **pipeline_options)
+        records.append(pipes[key].edit_file(src, out, attributes, latents=lats, face=face, layers=layers,
+                                            strengths=strengths, echo=echo if len(jobs) == 1 else None))
+    return records
 
 
 def model_recipe(config: dict, resolution: int):
@@ -320,4 +797,5 @@ def _as_list(latents) -> list:
     return [latents[i] for i in range(latents.batch_size)]
 
 
-__all__ = ["Pipeline", "EditResult", "FaceEdit", "with_default_strength"]
+__all__ = ["Pipeline", "EditResult", "FaceEdit", "Inversion", "InversionRun", "Sweep", "edit_files",
+           "model_for_latent", "with_default_strength"]

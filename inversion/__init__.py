@@ -14,6 +14,7 @@ _API = {
     "LatentFileError": "faceedit.inversion.latent",
     "invert": "faceedit.inversion.projector",
     "Projector": "faceedit.inversion.projector",
+    "target_images": "faceedit.inversion.projector",
     "ProjectionResult": "faceedit.inversion.projector",
     "InversionOptions": "faceedit.inversion.options",
     "Perceptual": "faceedit.inversion.options",

@@ -440,6 +440,22 @@ def _to_batch(images, R: int, device):
     return t.to(device, torch.float32), faces
 
 
+def target_images(images, resolution: int) -> np.ndarray:
+    """The targets an inversion of ``images`` fits, as ``[B, R, R, 3]`` uint8.
+
+    Args:
+        images: AlignedFaces or aligned RGB crops, as :func:`invert` takes them.
+        resolution: the generator's output side ``R``.
+    Returns:
+        The crops resized to ``R`` exactly as the optimiser sees them.
+    Raises:
+        InversionError: an image is not an aligned RGB crop.
+    """
+    from faceedit.core.images import tensor_to_uint8
+
+    return tensor_to_uint8(_to_batch(images, resolution, "cpu")[0])
+
+
 def _resize(x: torch.Tensor, R: int) -> torch.Tensor:
     if x.shape[-2] != x.shape[-1]:
         raise InversionError(f"aligned crops must be square, got {tuple(x.shape[-2:])}; align the photo first")

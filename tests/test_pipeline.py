@@ -244,3 +244,98 @@ def test_bench_editing_tiny(tiny, shared_dir, tmp_path):
     chk = bench_editing.photo_check(pipe, photos, directions=tiny["dirs"])
     assert chk["passed"] and chk["checked_photos"] == 1 and chk["faces"] == 2 and len(chk["no_face"]) == 1
     assert chk["zero_max_diff"] <= 1 and chk["outside_mask_changed_px"] == 0 and chk["inside_changed"] == 1
+
+
+def test_cli_invert_folder_then_edit_folder(tiny, shared_dir, tmp_path, monkeypatch):
+    """invert and edit take the same inputs; invert's files match the Pipeline API's results."""
+    import shutil
+
+    from faceedit.cli import cli
+    from faceedit.inversion.latent import Latent
+    from faceedit.pipeline import Pipeline
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(os.path.join(shared_dir, PHOTO), photos / "obama.jpg")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--device", "cpu", "invert", str(photos), "--model", tiny["path"], "--steps", "2",
+                              "--prior", "none", "--perceptual", "none", "--out", str(tmp_path / "inv")])
+    assert res.exit_code == 0, res.output
+    assert "aligning" in res.output and "inverting 1 face(s)" in res.output  # stage lines for one photo
+    rec = json.loads((tmp_path / "inv" / "obama_0.json").read_text())
+    pipe = Pipeline(tiny["path"], device="cpu", invert_options=FAST | {"steps": 2})
+    inv = pipe.invert_faces(pipe.align(load_image(photos / "obama.jpg")))
+    assert np.array_equal(load_image(tmp_path / "inv" / "obama_0.png"), inv.reconstructions[0])
+    assert torch.equal(Latent.load(rec["latent"]).codes, inv.latents[0].codes)
+    assert rec["metrics"] == inv.metrics[0]
+    side = load_image(tmp_path / "inv" / "obama_0_side.png")
+    assert side.shape[0] >= 256 and side.shape[1] >= 512  # two 16 px tiles upscaled for viewing
+
+    res = runner.invoke(cli, ["--device", "cpu", "edit", str(photos), "--model", tiny["path"], "--directions",
+                              tiny["dirs"], "--attr", "smile", "--steps", "1", "--out", str(tmp_path / "ed")])
+    assert res.exit_code == 0, res.output
+    assert load_image(tmp_path / "ed" / "obama_edit.png").shape == load_image(photos / "obama.jpg").shape
+
+
+def test_cli_invert_no_face_names_the_file(tiny, tmp_path, monkeypatch):
+    from faceedit.cli import cli
+    from faceedit.core.images import save_image
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    blank = tmp_path / "blank.png"
+    save_image(blank, np.full((96, 96, 3), 128, np.uint8))
+    res = CliRunner().invoke(cli, ["--device", "cpu", "invert", str(blank), "--model", tiny["path"],
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and str(blank) in res.output, res.output
+
+
+def test_cli_edit_latent_of_an_aligned_crop_with_photo(tiny, edited, tmp_path, monkeypatch):
+    from faceedit.cli import cli
+    from faceedit.core.images import save_image
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    crop = tmp_path / "crop.png"
+    save_image(crop, edited[1].faces[0].face.crop)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--device", "cpu", "invert", str(crop), "--aligned", "--model", tiny["path"],
+                              "--steps", "1", "--prior", "none", "--perceptual", "none", "--out", str(tmp_path / "i")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["--device", "cpu", "edit", "--latent", str(tmp_path / "i" / "crop_0.latent.safetensors"),
+                              "--photo", str(crop), "--directions", tiny["dirs"], "--model", tiny["path"],
+                              "--attr", "smile=3", "--out", str(tmp_path / "e")])
+    assert res.exit_code == 0, res.output
+    out = load_image(tmp_path / "e" / "crop_edit.png")
+    assert out.shape == load_image(crop).shape and (out != load_image(crop)).any()
+
+
+def test_cli_attr_typo_caught_before_loading(tiny, shared_dir, tmp_path, monkeypatch):
+    import faceedit.checkpoints.registry as registry
+    from faceedit.cli import cli
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the attribute names were checked")
+
+    monkeypatch.setattr(registry, "load_model", no_load)
+    res = CliRunner().invoke(cli, ["--device", "cpu", "edit", os.path.join(shared_dir, PHOTO), "--model",
+                                   tiny["path"], "--directions", tiny["dirs"], "--attr", "smiel",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "did you mean smile?" in res.output, res.output
+
+
+def test_check_attributes_says_what_an_alias_maps_to(tiny, caplog):
+    from faceedit.pipeline import check_attributes
+
+    with caplog.at_level("WARNING"):
+        check_attributes(tiny["path"], ["Smiling", "age"], tiny["dirs"])
+    assert "'Smiling' maps to the 'smile' direction" in caplog.text and "age" not in caplog.text
+
+
+def test_pti_summary_reports_tuning_steps():
+    from faceedit.pipeline import InversionRun
+
+    rec = {"steps": 30, "method": "pti", "tuning_steps": 40, "metrics": {"mse": 0.01}}
+    run = InversionRun(records=[rec], failures=[], photos=1, skipped=0, model_id="m@1", space="w+", out="o")
+    assert "40 tuning steps after a 30-step pivot" in run.summary()
+    rec = {"steps": 30, "method": "optim", "metrics": {"mse": 0.01}}
+    assert "(30 steps" in replace(run, records=[rec]).summary()

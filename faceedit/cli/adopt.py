@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .common import job_errors
+from .common import seed_option, job_errors
 
 
 @click.command("adopt")
@@ -27,7 +27,7 @@ from .common import job_errors
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Synthesis batch [default: from the model's size and the free memory].")
 @click.option("--force", is_flag=True, help="Replace an earlier adoption of the same name.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the sampling (prior, directions, encoder)")
 @click.pass_context
 def adopt(ctx, checkpoint, name, recipe, minutes, n, prior_n, encoder, unsupervised, batch, force, seed):
     """Make CHECKPOINT (native, NVIDIA .pkl, rosinality .pt) a model the whole toolkit can use.

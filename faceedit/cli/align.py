@@ -11,7 +11,7 @@ import click
 from faceedit.alignment.align import LANDMARK_KINDS, landmark_kind
 from faceedit.alignment.errors import AlignmentError
 
-from .common import job_errors
+from .common import detector_option, job_errors
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 RECIPES = ("faces64", "ffhq")
@@ -95,12 +95,14 @@ class _cleanup_parts_on_exit:
 @click.option("--size", type=click.IntRange(8, 4096), default=None, help="Output side in px [default: the recipe's].")
 @click.option("--scale", type=click.FloatRange(0.2, 3.0), default=None,
               help="Quad scale relative to FFHQ [default: the recipe's].")
-@click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
+@detector_option()
 @click.option("--landmarks", type=click.Choice(LANDMARK_KINDS), default=None,
               help="Landmarks the quad is built from [default: dlib68 (dlib's predictor averaged over the mirror "
                    "image and moved boxes) with the dlib detectors, mtcnn5 (MTCNN + QuadNet) with mtcnn]; "
                    "dlib68-single is one predictor pass, as the shipped data sets were cut.")
-@click.option("--face", default="all", show_default=True, help="all, largest, or an index (0 = leftmost face).")
+@click.option("--face", default="all", show_default=True,
+              help="all, largest, or an index (0 = leftmost face). All by default, unlike invert/edit "
+                   "(largest): align builds datasets, where every face is wanted.")
 @click.option("--upsample", type=click.IntRange(0, 4), default=None,
               help="dlib upsampling [default: by image size, one more if nothing is found].")
 @click.option("--min-face", type=click.IntRange(1, None), default=None,

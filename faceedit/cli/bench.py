@@ -66,8 +66,9 @@ def bench():
 @click.option("--weights", type=click.Path(dir_okay=False), default=None,
               help="Attribute-network weights [default: the shipped ones].")
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="bench/results/generator", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated samples.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench/results/generator", show_default=True,
+              help="Folder for generator.json/.csv/.md and the sheets.")
 @click.pass_context
 def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc,
               seed, out):
@@ -115,8 +116,9 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
               help="Write the test figures into this card JSON (e.g. the shipped attrnet.json).")
 @click.option("--attributes/--no-attributes", default=True, show_default=True,
               help="Score with the attribute network (--no-attributes: landmark geometry only).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="bench/results/scorers", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled faces.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench/results/scorers", show_default=True,
+              help="Folder for scorers.json/.csv/.md.")
 def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
     """The attribute scorers' card on the test split (CPU).
 
@@ -142,21 +144,21 @@ def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces.")
 @click.option("--pairs", type=click.IntRange(min=100), default=5000, show_default=True)
 @click.option("--max-faces", type=click.IntRange(min=10), default=1500, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default="bench/results/scorers/identity_calibration.json",
-              show_default=True,
-              help="Ship it as checkpoints/weights/scorers/identity_calibration.json.")
+@click.option("--out", type=click.Path(file_okay=False), default="bench/results/scorers", show_default=True,
+              help="Folder for identity_calibration.json (ship it from checkpoints/weights/scorers/).")
 def identity_calibration_cmd(test_pack, pairs, max_faces, out):
     """Distances between different people and between perturbed copies of one face (dlib ResNet).
 
     \b
     Example:
-      faceedit bench identity-calibration --out checkpoints/weights/scorers/identity_calibration.json
+      faceedit bench identity-calibration --out checkpoints/weights/scorers
     """
     from faceedit.bench.quality import identity_calibration
 
     _need(test_pack, "--test-pack")
     with job_errors():
-        cal = identity_calibration(test_pack, out, n_pairs=pairs, max_faces=max_faces)
+        cal = identity_calibration(test_pack, Path(out) / "identity_calibration.json", n_pairs=pairs,
+                                   max_faces=max_faces)
     q = cal["different"]["quantiles"]
     s = cal["same"]["quantiles"]
     click.echo(f"different people: mean {cal['different']['mean']:.3f}, 5% {q[5]:.3f}, median {q[50]:.3f}")
@@ -270,7 +272,7 @@ def _photo_pipeline(model, steps, device, directions):
               help="Comma-separated weights (each a row beside no prior).")
 @click.option("--no-identity", is_flag=True, help="Skip dlib identity similarity.")
 @click.option("--no-compression", is_flag=True, help="Skip the compression-vs-truncation table.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Faces per optimisation batch.")
 @click.option("--add-identity", is_flag=True,
               help="CPU pass: fill identity from the reconstructions a GPU run saved in --out.")
@@ -330,7 +332,8 @@ def inversion_cmd(ctx, models, pack, photos, n, steps, perceptual, prior_weight,
 @click.option("--edit-attr", default="smile", show_default=True,
               help="Direction for the PTI editability check ('' = skip).")
 @click.option("--identity", is_flag=True, help="Add dlib identity similarity (needs dlib).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Faces per optimisation batch.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every optimisation.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [default: faceedit --device].")
 @click.option("--save-recon", is_flag=True,

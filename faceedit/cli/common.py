@@ -73,3 +73,19 @@ def worker_init() -> None:
     the pool), so an interrupt prints no traceback per worker."""
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+#: Face detectors every command that aligns photos offers.
+DETECTORS = ("dlib", "dlib-cnn", "mtcnn")
+
+
+def detector_option():
+    """The ``--detector`` option shared by the commands that align photos."""
+    return click.option("--detector", type=click.Choice(DETECTORS), default="dlib", show_default=True,
+                        help="Face detector: dlib (HOG, fast on the CPU), dlib-cnn (finds more turned and small "
+                             "faces; slower), mtcnn (5 landmarks; needs facenet-pytorch).")
+
+
+def seed_option(what: str = "Random seed", default: int | None = 0):
+    """The ``--seed`` option (an int, shown default)."""
+    return click.option("--seed", type=int, default=default, show_default=True, help=f"{what}.")

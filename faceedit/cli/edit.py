@@ -10,9 +10,7 @@ import click
 
 from faceedit.defaults import DEFAULT_STRENGTH
 
-from .common import job_errors, parse_range
-
-PHOTO_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+from .common import detector_option, job_errors, parse_range, seed_option
 
 
 def parse_attr(text: str, default: float) -> tuple:
@@ -41,60 +39,8 @@ def parse_sweep(text: str) -> list:
     return [a + (b - a) * i / (n - 1) for i in range(n)]
 
 
-def _last_inversion() -> dict:
-    from faceedit.checkpoints.registry import cache_dir
-
-    p = cache_dir() / "last_inversion.json"
-    if not p.is_file():
-        raise click.UsageError("nothing to edit: pass a photo (`faceedit edit photo.jpg --attr smile`), "
-                               "--latent FILE, or run `faceedit invert PHOTO` first (its result is remembered "
-                               f"in {p})")
-    try:
-        rec = json.loads(p.read_text())
-        faces = rec["faces"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise click.ClickException(f"{p} is damaged ({e}); run `faceedit invert PHOTO` again") from e
-    if not faces:
-        raise click.ClickException(f"{p} lists no faces; run `faceedit invert PHOTO` again")
-    return rec
-
-
-def _face_from_meta(meta: dict):
-    """An AlignedFace rebuilt from a latent's ``alignment`` metadata (no landmarks: quad mask)."""
-    import numpy as np
-
-    from faceedit.alignment.types import AlignedFace, AlignmentRecipe
-
-    a = meta["alignment"]
-    return AlignedFace(crop=np.zeros((1, 1, 3), np.uint8), matrix=np.asarray(a["matrix"], np.float64),
-                       quad=np.asarray(a["quad"], np.float64), landmarks=np.zeros((0, 2)),
-                       score=float(a.get("score", 0.0)), source_size=tuple(a["source_size"]),
-                       index=int(a.get("index", 0)), detector=a.get("detector", ""),
-                       recipe=AlignmentRecipe.from_dict(a.get("recipe") or {}))
-
-
-def _face_for_latent(pipe, photo, meta: dict):
-    """Re-detect the face the latent was inverted from (landmarks give the hull mask);
-    falls back to the stored matrix and quad (quad mask)."""
-    import logging
-
-    import numpy as np
-
-    a = meta.get("alignment")
-    if not a:
-        return None, None
-    stored = _face_from_meta(meta)
-    try:
-        for f in pipe.align(photo, face="all"):
-            if f.index == stored.index and np.allclose(f.matrix, stored.matrix, atol=1e-3, rtol=1e-4):
-                return f, None
-    except Exception as e:  # noqa: BLE001 -- any failure: use the stored geometry
-        logging.getLogger(__name__).info("re-alignment failed (%s); using the stored quad", e)
-    return stored, {"mask": "quad"}
-
-
 @click.command("edit")
-@click.argument("inputs", nargs=-1, type=click.Path(exists=True, dir_okay=False), metavar="[PHOTO|LATENT]...")
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True), metavar="[PHOTO|DIR|LATENT]...")
 @click.option("--attr", "attrs", multiple=True, metavar="NAME[=STRENGTH]",
               help="Attribute to edit, repeatable: smile, age, male, eyeglasses, yaw, ...; age|male = age with "
                    "male held (a conditional direction); =STRENGTH overrides --strength.")
@@ -123,9 +69,10 @@ def _face_for_latent(pipe, photo, meta: dict):
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
               help="For photos: inversion steps [default: the method's, e.g. 50 optim steps on CPU].")
 @click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
-@click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True)
+@detector_option()
+@seed_option("For photos: seed of the inversion")
+@click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True,
+              help="Output folder (created).")
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
          space, method, steps, face, detector, seed, out):
@@ -152,9 +99,12 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     pairs = dict(parse_attr(a, strength) for a in attrs)
     layer_list = parse_range(layers, name="layers") if layers else None
     strengths = parse_sweep(sweep) if sweep else None
-    photos = [Path(p) for p in inputs if Path(p).suffix.lower() in PHOTO_EXTS]
+    from faceedit.outputs import PHOTO_EXTS, last_inversion_path
+
+    photos = [Path(p) for p in inputs if Path(p).is_dir() or Path(p).suffix.lower() in PHOTO_EXTS]
     lat_inputs = [Path(p) for p in latent_files] + [Path(p) for p in inputs if Path(p).suffix == ".safetensors"]
-    odd = [p for p in inputs if Path(p).suffix.lower() not in PHOTO_EXTS and Path(p).suffix != ".safetensors"]
+    odd = [p for p in inputs if not Path(p).is_dir() and Path(p).suffix.lower() not in PHOTO_EXTS
+           and Path(p).suffix != ".safetensors"]
     if odd:
         raise click.BadParameter(f"{odd[0]} is neither a photo ({', '.join(sorted(PHOTO_EXTS))}) nor a latent "
                                  f"(.safetensors)", param_hint="[PHOTO|LATENT]")
@@ -162,150 +112,27 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
         raise click.UsageError("give photos or latents, not both (pair a latent with its photo via --photo)")
     if photo_override and len(lat_inputs) > 1:
         raise click.UsageError("--photo goes with a single --latent")
-    out = Path(out)
+    if not photos and not lat_inputs and not last_inversion_path().is_file():
+        raise click.UsageError("nothing to edit: pass a photo (`faceedit edit photo.jpg --attr smile`), --latent "
+                               f"FILE, or run `faceedit invert PHOTO` first (its result is remembered in "
+                               f"{last_inversion_path()})")
+    quiet = ctx.obj.get("quiet", False) if ctx.obj else False
     t_start = time.perf_counter()
     with job_errors():
-        from faceedit.core.device import resolve_device
-        from faceedit.core.images import load_image
-        from faceedit.inversion.latent import Latent
+        from faceedit.pipeline import edit_files
 
-        device = resolve_device(ctx.obj["device"] if ctx.obj else "auto")
-        jobs = []  # (photo path or None, [latents], model for the pipeline)
-        if photos:
-            jobs = [(p, None, model) for p in photos]
-        else:
-            if lat_inputs:
-                lats = [(p, Latent.load(p)) for p in lat_inputs]
-            else:
-                rec = _last_inversion()
-                lats = [(Path(f["latent"]), Latent.load(f["latent"])) for f in rec["faces"]]
-                model = model or rec.get("model")
-            by_photo = {}
-            for _p, lat in lats:
-                src = photo_override or lat.meta.get("source")
-                by_photo.setdefault(src, []).append(lat)
-            jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
-        from faceedit.pipeline import Pipeline
-
-        pipes = {}
-        records = []
-        for src, lats, mdl in jobs:
-            if lats is not None:
-                mdl = mdl or _model_for_latent(lats[0])
-            key = (mdl, space if lats is None else lats[0].space)
-            if key not in pipes:
-                sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
-                pipes[key] = Pipeline(mdl, space=sp, method=method, device=device, detector=detector,
-                                      directions=directions_dir,
-                                      strength_unit=unit,
-                                      invert_options={k: v for k, v in (("steps", steps), ("seed", seed))
-                                                      if v is not None})
-            pipe = pipes[key]
-            records.append(_run_one(pipe, src, lats, pairs, face, layer_list, strengths, out, load_image))
+        records = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
+                             space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
+                             method=method, device=ctx.obj["device"] if ctx.obj else "auto", detector=detector,
+                             directions=directions_dir, strength_unit=unit,
+                             invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
+                             echo=None if quiet else lambda msg: click.echo(msg, err=True))
     dt = time.perf_counter() - t_start
     for r in records:
         t = r["timings"]
         click.echo(f"wrote {r['photo_out'] or r['faces'][0]['crop']} ({len(r['faces'])} face(s), "
                    + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + ")")
     click.echo(f"done in {dt:.1f} s; records in {out}")
-
-
-def _model_for_latent(lat) -> str:
-    """The model a latent belongs to: its registry name, or the path recorded at inversion."""
-    from faceedit.checkpoints.registry import REGISTRY
-
-    name = lat.model_id.split("@")[0]
-    if name in REGISTRY:
-        return name
-    for k in ("model_path", "model"):
-        if lat.meta.get(k):
-            return lat.meta[k]
-    raise click.UsageError(f"the latent belongs to {lat.model_id!r}, which is not a registered model; "
-                           f"pass --model PATH")
-
-
-def _run_one(pipe, src, lats, pairs, face, layers, strengths, out, load_image) -> dict:
-    import numpy as np
-
-    from faceedit import __version__
-    from faceedit.core.files import atomic_write_text
-    from faceedit.core.images import make_grid, save_image
-
-    t0 = time.perf_counter()
-    photo = load_image(src) if src is not None and Path(src).is_file() else None
-    t_read = time.perf_counter() - t0
-    protect = (src,) if src is not None else ()
-    stem = Path(src).stem if src is not None else Path(lats[0].meta.get("source", "latent")).stem
-    if lats is None:
-        res = pipe.edit_photo(photo, pairs, face=_face_arg(face), layers=layers)
-    elif photo is None:
-        res = None
-        if src is not None:
-            import logging
-
-            logging.getLogger(__name__).warning("source photo %s not found: writing crops only (pass --photo)", src)
-    else:
-        faces, opts = [], None
-        for lat in lats:
-            f, o = _face_for_latent(pipe, photo, lat.meta)
-            if f is None:
-                raise click.ClickException("the latent records no alignment, so it cannot be pasted into a photo; "
-                                           "invert the photo with `faceedit invert` (or edit it directly)")
-            faces.append(f)
-            opts = opts or o
-        old = dict(pipe.paste_options)
-        pipe.paste_options.update(opts or {})
-        try:
-            res = pipe.edit_photo(photo, pairs, faces=faces, latents=lats, layers=layers)
-        finally:
-            pipe.paste_options = old
-    if res is None:  # latents without a photo
-        from faceedit.pipeline import FaceEdit
-
-        fe = []
-        for lat in lats:
-            e = pipe.edit(lat, pairs, layers=layers)
-            both = pipe.synthesize(lat)[0], pipe.synthesize(e)[0]
-            fe.append(FaceEdit(face=None, latent=lat, edited=e, reconstruction=both[0], crop=both[1]))
-        timings = {}
-        faces_out = fe
-        photo_out = None
-    else:
-        timings = {"read": round(t_read, 3), **res.timings}
-        faces_out = res.faces
-        t1 = time.perf_counter()
-        photo_out = out / f"{stem}_edit.png"
-        save_image(photo_out, res.photo, protect=protect)
-        timings["write"] = round(time.perf_counter() - t1, 3)
-    rec = {"version": __version__, "photo": str(Path(src).resolve()) if src else None,
-           "photo_out": str(photo_out) if photo_out else None, "model_id": pipe.model_id,
-           "inversion": None if lats is not None else {"method": pipe.method, "space": pipe.space,
-                                                        **{k: v for k, v in pipe.invert_options.items()}},
-           "edits": {k: float(v) for k, v in pairs.items()}, "unit": pipe.strength_unit,
-           "layers": layers, "timings": timings, "faces": []}
-    for fe in faces_out:
-        idx = fe.face.index if fe.face is not None else 0
-        fstem = f"{stem}_{idx}"
-        save_image(out / f"{fstem}_edit.png", fe.crop, protect=protect)
-        tiles = [fe.reconstruction, fe.crop]
-        if fe.face is not None and fe.face.crop.shape[0] > 1:
-            tgt = fe.face.crop
-            if tgt.shape[0] != fe.crop.shape[0]:
-                import cv2
-
-                tgt = cv2.resize(tgt, fe.crop.shape[:2][::-1], interpolation=cv2.INTER_AREA)
-            tiles.insert(0, tgt)
-        save_image(out / f"{fstem}_side.png", make_grid(np.stack(tiles), cols=len(tiles)), protect=protect)
-        fe.edited.save(out / f"{fstem}_edit.latent.safetensors")
-        rec["faces"].append({"face": idx, "crop": str(out / f"{fstem}_edit.png"), "space": fe.edited.space,
-                             "latent_in_space": fe.latent.space,
-                             "latent": str(out / f"{fstem}_edit.latent.safetensors"),
-                             "applied": fe.edited.meta.get("edits", [])[-len(pairs):],
-                             "alignment": fe.face.metadata() if fe.face is not None else None})
-    if strengths:
-        rec["sweep"] = _write_sweep(pipe, photo, faces_out, pairs, strengths, layers, out, stem, protect)
-    atomic_write_text(out / f"{stem}_edit.json", json.dumps(rec, indent=2, default=str), protect=protect)
-    return rec
 
 
 def _face_arg(face: str):
@@ -315,53 +142,6 @@ def _face_arg(face: str):
         return int(face)
     except ValueError:
         raise click.BadParameter(f"{face!r} is not largest, all or a face index", param_hint="--face") from None
-
-
-def _write_sweep(pipe, photo, faces, pairs, strengths, layers, out, stem, protect) -> dict:
-    """One strip of crops per face (rows: attributes, columns: strengths) and one GIF of the
-    whole photo per attribute (downscaled to 512 px at most)."""
-    import numpy as np
-
-    from faceedit.core.images import make_grid, save_image
-
-    written = {"strengths": strengths, "strips": [], "gifs": []}
-    frames = {k: [] for k in pairs}
-    for fe in faces:
-        tiles = []
-        for key in pairs:
-            for s in strengths:
-                tiles.append(pipe.synthesize(pipe.edit(fe.latent, {key: s}, layers=layers))[0])
-        p = out / f"{stem}_{fe.face.index if fe.face is not None else 0}_sweep.png"
-        save_image(p, make_grid(np.stack(tiles), cols=len(strengths)), protect=protect)
-        written["strips"].append(str(p))
-    if photo is None or faces[0].face is None:
-        return written
-    import imageio.v2 as imageio
-
-    from faceedit.core.files import atomic_write_bytes
-
-    scale = min(1.0, 512 / max(photo.shape[:2]))
-    for key in pairs:
-        for s in strengths:
-            img = photo
-            for fe in faces:
-                e = pipe.edit(fe.latent, {key: s}, layers=layers)
-                img, _ = pipe.paste_back(img, fe.face, pipe.synthesize(e)[0], fe.reconstruction)
-            if scale < 1:
-                import cv2
-
-                img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)),
-                                 interpolation=cv2.INTER_AREA)
-            frames[key].append(img)
-        import io
-
-        buf = io.BytesIO()
-        seq = frames[key] + frames[key][-2:0:-1]  # there and back
-        imageio.mimsave(buf, seq, format="GIF", duration=0.25, loop=0)
-        p = out / f"{stem}_sweep_{re.sub(r'[^A-Za-z0-9-]+', '-', key)}.gif"
-        atomic_write_bytes(p, buf.getvalue(), protect=protect)
-        written["gifs"].append(str(p))
-    return written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,13 +217,14 @@ def directions_show(name, model):
 
 @directions.command("fit-all")
 @click.option("--model", "models", multiple=True, required=True, help="Registry name or checkpoint path (repeatable).")
-@click.option("--scorers", default=None,
+@click.option("--scorer", "--scorers", "scorers", default=None,
               help="Attribute-network weights [default: shipped], or 'landmarks' (dlib geometry; CPU).")
 @click.option("--n", "n", type=click.IntRange(100), default=100000, show_default=True, help="Latents per model.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder; files go to OUT/<model>/.")
 @click.option("--fraction", type=click.FloatRange(0.001, 0.5), default=0.02, show_default=True,
               help="Fraction kept at each end.")
-@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True,
+              help="Latents synthesized and scored together.")
 @click.option("--attr", "attrs", multiple=True, help="Attributes to fit [default: core ones + AUC >= --min-auc].")
 @click.option("--min-auc", type=click.FloatRange(0, 1), default=0.9, show_default=True)
 @click.option("--unsupervised", type=click.IntRange(0), default=8, show_default=True,
@@ -453,7 +234,8 @@ def directions_show(name, model):
 @click.option("--wplus-pack", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Aligned TRAIN pack: also fit W+ directions on the codes of inverted faces from it.")
 @click.option("--wplus-n", type=click.IntRange(1), default=5000, show_default=True, help="Faces inverted for W+.")
-@click.option("--wplus-steps", type=click.IntRange(1), default=None, help="Inversion steps for W+ [method default].")
+@click.option("--wplus-steps", type=click.IntRange(1), default=None,
+              help="Inversion steps for W+ [default: the method's].")
 @click.option("--wplus-fraction", type=click.FloatRange(0.001, 0.5), default=0.1, show_default=True)
 @click.option("--save-samples", type=click.IntRange(0), default=0, show_default=True,
               help="Also write the first N sampled images to samples_<model>.npz (for a CPU landmark fit).")
@@ -464,7 +246,7 @@ def directions_show(name, model):
               help="Also pack the directions and reports under --out into this one .zip.")
 @click.option("--jobs", type=click.IntRange(0), default=0, show_default=True,
               help="Processes for the separability SVMs (0: all cores).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the latent sampling and the fits")
 @click.pass_context
 def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min_auc, unsupervised, separability,
                        wplus_pack, wplus_n, wplus_steps, wplus_fraction, save_samples, samples_dir, from_samples,
@@ -491,7 +273,7 @@ def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min
 @directions.command("fit")
 @click.option("--model", required=True, help="Registry name or checkpoint path.")
 @click.option("--attr", "attrs", multiple=True, help="Attribute(s) to fit (names the scorer gives: smile, age, "
-              "male, eyeglasses, ...); default smile, age, male, eyeglasses.")
+              "male, eyeglasses, ...) [default: smile, age, male, eyeglasses].")
 @click.option("--condition", "conditions", multiple=True,
               help="Also write each direction with these attributes held (conditional manipulation).")
 @click.option("--method", type=click.Choice(["interfacegan", "ganspace", "sefa"]), default="interfacegan",
@@ -504,8 +286,9 @@ def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min
               help="Fraction kept at each end of the scores [default: 0.02 from 20000 samples on, else 0.05].")
 @click.option("--k", type=click.IntRange(1, 512), default=10, show_default=True, help="GANSpace/SeFa: components.")
 @click.option("--layers", default=None, help="Layers the direction applies to, e.g. 0-3 [default: all].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=click.IntRange(1, 65536), default=256, show_default=True)
+@seed_option("Seed of the latent sampling and the fit")
+@click.option("--batch", type=click.IntRange(1, 65536), default=256, show_default=True,
+              help="Latents synthesized and scored together.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder [default: the cache, CACHE/directions/MODEL, where `faceedit edit` looks].")
 @click.pass_context

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import DATA_HELP, data_default, job_errors
+from .common import seed_option, DATA_HELP, data_default, job_errors
 
 
 @click.command("train-encoder")
@@ -25,7 +25,7 @@ from .common import DATA_HELP, data_default, job_errors
 @click.option("--val", type=click.IntRange(min=1), default=256, show_default=True,
               help="Faces at the end of the pack held out for the before/after figures.")
 @click.option("--max-images", type=click.IntRange(min=2), default=None, help="Use only the first N faces.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the initialisation and the batches")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue from the training state left in --out by an earlier run.")
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None,

@@ -31,7 +31,8 @@ Z_SOURCE = click.option("--z-source", type=click.Choice(list(_Z_RULES)), default
               help="Log-compression threshold tau (in sigmas) in the Gaussianized space, instead of --trunc.")
 @click.option("--noise", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @Z_SOURCE
-@click.option("--out", type=click.Path(file_okay=False), default="out/generate", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="out/generate", show_default=True,
+              help="Output folder (created).")
 @click.pass_context
 def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
     """Generate one PNG per seed plus a grid, and generate.json (model, seeds, how z was drawn).
@@ -79,17 +80,21 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
 
 
 @click.command("mix")
-@click.option("--model", default="faces64", show_default=True)
+@click.option("--model", default="faces64", show_default=True, help="Registry name or checkpoint path.")
 @click.option("--rows", default="0-3", show_default=True, help="Seeds giving the coarse styles (rows).")
 @click.option("--cols", default="4-7", show_default=True, help="Seeds giving the fine styles (columns).")
 @click.option("--crossover", type=int, default=None,
-              help="First layer taken from the column seed (default num_ws // 2).")
-@click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
+              help="First layer taken from the column seed [default: num_ws // 2].")
+@click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True,
+              help="Truncation psi (1 = none).")
 @Z_SOURCE
-@click.option("--out", type=click.Path(dir_okay=False), default="out/mix.png", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="out/mix", show_default=True,
+              help="Output folder (created); the grid is OUT/mix.png.")
 @click.pass_context
 def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
     """Style mixing grid: layers before --crossover from the row seed, the rest from the column seed.
+
+    Writes OUT/mix.png (first row: the column seeds; first column: the row seeds).
 
     \b
     Example:
@@ -102,6 +107,10 @@ def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
     from faceedit.sampling import seed_z
 
     r, c = parse_range(rows, name="rows"), parse_range(cols, name="cols")
+    if Path(out).suffix.lower() in (".png", ".jpg", ".jpeg"):
+        raise click.BadParameter(f"{out} names a file; --out is a folder, as for every command (the grid is "
+                                 f"OUT/mix.png)", param_hint="--out")
+    out = Path(out) / "mix.png"
     with job_errors():
         G = _load(ctx, model).G
         cut = G.num_ws // 2 if crossover is None else crossover

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors
+from .common import detector_option, job_errors
 
 SHOWN = ("Smiling", "Male", "Young", "Eyeglasses", "Wearing_Hat", "Blond_Hair", "Black_Hair", "Bald", "Mustache",
          "No_Beard", "Heavy_Makeup", "Mouth_Slightly_Open")
@@ -54,7 +54,7 @@ def _fmt(v, nd=1):
 
 @click.command("score")
 @click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--detector", type=click.Choice(["dlib", "dlib-cnn", "mtcnn"]), default="dlib", show_default=True)
+@detector_option()
 @click.option("--all-attributes", is_flag=True, help="Print all 40 CelebA attributes, not the usual dozen.")
 @click.option("--landmarks/--no-landmarks", default=True, show_default=True, help="Print the 68 landmarks.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import DATA_HELP, data_default, job_errors
+from .common import seed_option, DATA_HELP, data_default, job_errors
 
 
 def _default_datasets() -> str:
@@ -28,7 +28,7 @@ def dataset():
 @click.option("--out", type=click.Path(file_okay=False), default=data_default(), show_default=DATA_HELP,
               help="Folder for faces64_train.npz, faces64_test.npz, the report and contact sheet.")
 @click.option("--datasets", type=click.Path(exists=True, file_okay=False), default=None,
-              help="The shared data sets folder (default: $FACEEDIT_DATASETS or ../shared/datasets).")
+              help="The shared data sets folder [default: $FACEEDIT_DATASETS or ../shared/datasets].")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True, help="Alignment processes.")
 @click.option("--max-mib", type=click.FloatRange(1, 1000), default=44.0, show_default=True,
               help="Size cap of the train pack; the JPEG quality is chosen to meet it.")
@@ -72,7 +72,7 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 @click.option("--resolution", type=click.Choice(["16", "32", "64"]), default="64", show_default=True,
               help="Training resolution (the pack is area-downsampled if smaller).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-              help="Checkpoint folder, resumed when it holds one (default runs/NAME).")
+              help="Checkpoint folder, resumed when it holds one [default: runs/NAME].")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=8.5, show_default=True,
               help="Wall-clock budget of the whole job; it stops cleanly and saves.")
 @click.option("--max-steps", type=click.IntRange(1), default=None, help="Stop after N steps.")
@@ -84,7 +84,7 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Adam learning rate [0.002].")
 @click.option("--r1-gamma", type=click.FloatRange(min=0), default=None, help="R1 weight [0.2].")
 @click.option("--augment", default=None, help="DiffAugment policy [color,translation,cutout]; '' for none.")
-@click.option("--seed", type=int, default=None, help="Seed [0].")
+@click.option("--seed", type=int, default=None, help="Seed [default: 0].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set ema_kimg=5 --set channel_base=1024.")
 @click.option("--name", default=None, help="Model name [faces64 for mlp, faces64-wpp for transformer].")
@@ -185,12 +185,13 @@ def unpack_export(src, dest, names):
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True)
 @click.option("--val-every", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
               help="Epochs between validations.")
-@click.option("--batch-size", type=click.IntRange(1), default=512, show_default=True)
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1), default=512, show_default=True,
+              help="Faces per training step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--width", type=click.IntRange(4), default=32, show_default=True)
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, min_open=True), default=0.05, show_default=True,
               help="Fraction of the train pack held out for validation (never the test split).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the split and the initialisation")
 @click.pass_context
 def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, batch_size, lr, width, val_fraction,
                   seed):
@@ -219,15 +220,16 @@ def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, b
               help="Random TRAIN photos per source (CelebA, UTKFace); 0 = all.")
 @click.option("--samples", type=click.Path(dir_okay=False), default=None,
               help="Cache of the extracted crops (.npz): read if it exists, written otherwise.")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
-@click.option("--steps", type=click.IntRange(1), default=18000, show_default=True)
-@click.option("--batch", type=click.IntRange(8), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Processes extracting the training samples.")
+@click.option("--steps", type=click.IntRange(1), default=18000, show_default=True, help="Training steps.")
+@click.option("--batch", type=click.IntRange(8), default=256, show_default=True, help="Faces per training step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
 @click.option("--jitter", type=click.FloatRange(0, 3), default=1.0, show_default=True,
               help="Random re-framing of the training crops (1 = rotation 4 deg, scale 5%, shift 4%, sd).")
 @click.option("--width", type=click.IntRange(4, 256), default=40, show_default=True,
               help="Channels of the first layer.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option("Seed of the sampling and the initialisation")
 @click.pass_context
 def train_quadnet_cmd(ctx, out, datasets, per_source, samples, workers, steps, batch, lr, jitter, width, seed):
     """Train QuadNet, which puts MTCNN quads on the 68-point model's eyes and mouth (TRAIN faces only).
