@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -58,7 +59,7 @@ class LoadedModel:
 
     @property
     def resolution(self) -> int:
-        return int(self.G.resolution)
+        return int(cast(Any, self.G).resolution)
 
     @property
     def folder(self) -> Path | None:

@@ -80,8 +80,7 @@ def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAUL
             if w < 1 or h < 1:
                 raise ImageLoadError(f"{name} has no pixels ({w}x{h})")
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            return to_rgb(ImageOps.exif_transpose(im))
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own guard fires in open(), before our check

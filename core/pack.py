@@ -25,15 +25,15 @@ def write_pack(path, jpegs: list, labels: dict, names: list, meta: dict) -> Path
     """Write a pack atomically (see module docstring)."""
     offsets = np.zeros(len(jpegs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(j) for j in jpegs])
-    arrays = {"jpeg": np.frombuffer(b"".join(jpegs), np.uint8), "offsets": offsets,
-              "names": np.array(names, dtype=str), "meta": np.array(json.dumps(meta))}
+    arrays: dict[str, np.ndarray] = {"jpeg": np.frombuffer(b"".join(jpegs), np.uint8), "offsets": offsets,
+                                     "names": np.array(names, dtype=str), "meta": np.array(json.dumps(meta))}
     for k, v in labels.items():
         v = np.asarray(v)
         if len(v) != len(jpegs):
             raise ValueError(f"label {k!r} has {len(v)} rows for {len(jpegs)} images")
         arrays[f"label_{k}"] = v
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds after allow_pickle: bool
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -41,6 +41,7 @@ class Pack:
     """Read access to a pack; ``images()`` decodes everything to ``[N, H, W, 3]`` uint8."""
 
     def __init__(self, path):
+        self.path = path
         with np.load(path, allow_pickle=False) as z:
             self.jpeg = z["jpeg"]
             self.offsets = z["offsets"]
@@ -55,6 +56,8 @@ class Pack:
         import cv2
 
         a = cv2.imdecode(self.jpeg[self.offsets[i]:self.offsets[i + 1]], cv2.IMREAD_COLOR)
+        if a is None:
+            raise RuntimeError(f"{self.path}: image {i} does not decode (the pack is damaged; rebuild it)")
         return cv2.cvtColor(a, cv2.COLOR_BGR2RGB)
 
     def images(self, indices=None) -> np.ndarray:
