@@ -8,15 +8,7 @@ import torch.nn.functional as F
 
 from faceedit.training.faststep import FastStep, d_main_loss, draw_fakes, g_main_loss
 from faceedit.training.loop import TrainConfig, Trainer
-
-TINY = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, mapping_blocks=1, mapping_heads=2,
-            channel_base=128, channel_max=16, batch=8, log_every=2, gsnr_every=0, r1_every=2, pl_every=2,
-            profile_every=0)
-
-
-def _images(n=24, res=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=g)
+from test_training import TINY, _images  # the training tests' tiny setup
 
 
 def _trainer(mapping="mlp", **kw):

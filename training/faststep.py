@@ -198,24 +198,8 @@ class FastStep:
             t._add("D_real", lr_.mean())
             t._add("D_fake", lf.mean())
 
-        if cfg.r1_gamma > 0 and cfg.r1_every > 0 and k % cfg.r1_every == 0:
-            with t.timer.phase("D r1"):
-                from .loop import r1_penalty
-
-                t.optD.zero_grad(set_to_none=True)
-                r1, _ = r1_penalty(D, real, t.aug)
-                (r1.mean() * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
-                t.optD.step()
-                t._add("r1", r1.mean())
-
-        with t.timer.phase("ema"):
-            from .loop import ema_beta, update_ema
-
-            t.nimg += B
-            t.step_count += 1
-            update_ema(t.G_ema, G, ema_beta(B, t.nimg, cfg.ema_kimg, cfg.ema_rampup))
-        if t.timer.on:
-            t.timer.steps += 1
+        t.r1_phase(real)
+        t.finish_step()
 
 
 def path_length_loss(t, n: int, decay: float, path) -> torch.Tensor:

@@ -395,19 +395,27 @@ class Trainer:
             self._add("D_real", lr_.mean())
             self._add("D_fake", lf.mean())
 
-        # Dreg: R1
-        if cfg.r1_gamma > 0 and cfg.r1_every > 0 and k % cfg.r1_every == 0:
+        self.r1_phase(real)
+        self.finish_step()
+
+    def r1_phase(self, real: torch.Tensor) -> None:
+        """Dreg: the lazy R1 step on the step's real batch, when due (both steps use it)."""
+        cfg = self.cfg
+        if cfg.r1_gamma > 0 and cfg.r1_every > 0 and self.step_count % cfg.r1_every == 0:
             with self.timer.phase("D r1"):
                 self.optD.zero_grad(set_to_none=True)
-                r1, _ = r1_penalty(D, real, self.aug)
+                r1, _ = r1_penalty(self.D, real, self.aug)
                 (r1.mean() * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
                 self.optD.step()
                 self._add("r1", r1.mean())
 
+    def finish_step(self) -> None:
+        """Count the step's images and update the EMA of G (both steps use it)."""
+        cfg = self.cfg
         with self.timer.phase("ema"):
-            self.nimg += B
+            self.nimg += cfg.batch
             self.step_count += 1
-            update_ema(self.G_ema, G, ema_beta(B, self.nimg, cfg.ema_kimg, cfg.ema_rampup))
+            update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.nimg, cfg.ema_kimg, cfg.ema_rampup))
         if self.timer.on:
             self.timer.steps += 1
 
