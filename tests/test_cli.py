@@ -5,12 +5,14 @@ command that spells a shared option differently, hides its default or leaves it 
 fails here.
 """
 import re
+from pathlib import Path
 
 import click
 from click.testing import CliRunner
 import pytest
 
 from faceedit.cli import cli
+from test_architecture import FLOORS  # the rooms
 
 # Commands left out of the vocabulary checks (none: every command, `bench` included, follows them).
 EXEMPT: tuple = ()
@@ -75,7 +77,8 @@ def test_defaults_shown_one_way():
 def test_help_shows_a_default_in_brackets():
     res = CliRunner().invoke(cli, ["invert", "--help"])
     assert res.exit_code == 0
-    assert "[default: out/invert]" in res.output and "[default: largest]" in res.output
+    text = " ".join(res.output.split())  # help wraps long lines
+    assert "[default: out/invert]" in text and "[default: largest]" in text
 
 
 def test_every_out_is_a_folder():
@@ -104,3 +107,106 @@ def test_face_default_and_seed_type():
 def test_mix_refuses_a_file_for_out(tmp_path):
     res = CliRunner().invoke(cli, ["mix", "--out", str(tmp_path / "mix.png")])
     assert res.exit_code == 2 and "--out is a folder" in res.output
+
+
+#: Options whose default is a path relative to the current folder, each with the reason it may be.
+RELATIVE_OK = {
+    ("invert", "--out"): "a user's results land where they work, as the README's `invert` then `edit` shows",
+    ("edit", "--out"): "a user's results land where they work, as the README's quick start shows",
+    ("generate", "--out"): "the image commands share one convention, out/<command>, like `edit`",
+    ("mix", "--out"): "the image commands share one convention, out/<command>, like `edit`",
+}
+
+
+def _path_defaults(param, ctx):
+    """The defaults of ``param`` that name a path, computed ones resolved now."""
+    value = param.get_default(ctx, call=True)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    return [str(v) for v in values if isinstance(v, (str, Path))
+            and (isinstance(param.type, click.Path) or "/" in str(v) or isinstance(v, Path))]
+
+
+def test_no_default_is_relative_to_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    top = click.Context(cli, info_name="faceedit", **cli.context_settings)
+    seen = set()
+    for path, cmd in COMMANDS:
+        ctx = click.Context(cmd, info_name=path, parent=top)
+        for p in cmd.params:
+            name = p.opts[0] if isinstance(p, click.Option) else p.name
+            for value in _path_defaults(p, ctx):
+                if (path, name) in RELATIVE_OK:
+                    assert not Path(value).is_absolute(), f"`faceedit {path} {name}` is no longer an exception"
+                    seen.add((path, name))
+                    continue
+                assert Path(value).is_absolute(), (
+                    f"`faceedit {path} {name}` defaults to {value!r}, relative to the current folder: make it "
+                    "required or a path under the faceedit cache (cli.common.cache_default)")
+                if callable(p.default):  # a computed default lies in the cache and says so in --help
+                    assert Path(value).is_relative_to(tmp_path / "home"), (path, name, value)
+                    assert str(p.show_default).startswith("<faceedit cache>/"), (path, name, p.show_default)
+    assert seen == set(RELATIVE_OK), set(RELATIVE_OK) - seen
+
+
+def test_bench_results_go_to_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    outs = {p: o for p, o in _options("--out") if p.startswith("bench ")}
+    top = click.Context(cli, info_name="faceedit", **cli.context_settings)
+    for path in ("bench generator", "bench scorers", "bench identity-calibration"):
+        value = outs[path].get_default(click.Context(cli, info_name=path, parent=top), call=True)
+        assert Path(value) == tmp_path / "home" / "bench" / path.split()[1].replace("identity-calibration", "scorers")
+    res = CliRunner().invoke(cli, ["bench", "scorers", "--help"])
+    assert res.exit_code == 0 and "[default: (<faceedit cache>/bench/scorers)]" in " ".join(res.output.split())
+    # every other bench command asks for --out
+    assert all(o.required for p, o in outs.items() if o.default is None and p != "bench inversion")
+
+
+def test_the_relative_exceptions_say_why_in_help():
+    for (path, name) in RELATIVE_OK:
+        help_ = dict(_options(name))[path].help
+        assert "current folder" in help_, (path, help_)
+
+
+def _relative_path_defaults(root: Path) -> list:
+    """``(file, line, function, argument, default)`` for every function default in the rooms under ``root``
+    that spells a relative path: a string with a ``/`` or a ``Path("...")`` of a relative literal."""
+    import ast
+
+    found = []
+    for py in sorted(root.rglob("*.py")):
+        rel = py.relative_to(root)
+        if rel.parts[0] not in FLOORS:  # the rooms, their scripts folders included
+            continue
+        for node in ast.walk(ast.parse(py.read_text(), str(py))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            a = node.args
+            pos = a.posonlyargs + a.args
+            pairs = list(zip(pos[len(pos) - len(a.defaults):], a.defaults))
+            pairs += [(k, d) for k, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None]
+            for arg, d in pairs:
+                text = None
+                if isinstance(d, ast.Constant) and isinstance(d.value, str) and "/" in d.value:
+                    text = d.value
+                elif (isinstance(d, ast.Call) and getattr(d.func, "id", getattr(d.func, "attr", None)) == "Path"
+                      and d.args and isinstance(d.args[0], ast.Constant) and isinstance(d.args[0].value, str)):
+                    text = d.args[0].value
+                if text is not None and not Path(text).is_absolute() and "://" not in text:
+                    found.append((str(rel), node.lineno, getattr(node, "name", "<lambda>"), arg.arg, text))
+    return found
+
+
+
+
+def test_no_library_default_is_a_relative_path():
+    assert _relative_path_defaults(Path(__file__).resolve().parents[1]) == []
+
+
+def test_relative_default_checker_catches_one(tmp_path):
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "x.py").write_text(
+        "from pathlib import Path\n"
+        "def a(out='results/x'): pass\n"
+        "def b(*, root=Path('runs')): pass\n"
+        "def c(mode='w+', url='https://x/y', home='/abs/dir'): pass\n")
+    assert [(f[2], f[3]) for f in _relative_path_defaults(tmp_path)] == [("a", "out"), ("b", "root")]

@@ -2,7 +2,7 @@
 
 GPU job (also runs on the CPU, slowly)::
 
-    faceedit --device cuda train-scorers --train .gpu/data/faces64_train.npz --out runs/attrnet --minutes 2.5
+    faceedit --device cuda train-scorers --train packs/faces64_train.npz --out runs/attrnet --minutes 2.5
 
 It reads the TRAIN pack only, holds out a random part of it for validation
 (``--val-fraction``), trains for a wall-clock budget with a cosine learning-rate schedule

@@ -264,7 +264,7 @@ def build_dataset(out, datasets_dir, *, recipe=None, workers: int = 2, max_mib: 
     """Align, encode and pack the train and test splits; write the report and contact sheet.
 
     Args:
-        out: output folder (e.g. ``.gpu/data``).
+        out: output folder (e.g. ``packs``).
         datasets_dir: ``../shared/datasets``.
         recipe: alignment recipe (default ``FACES64``).
         workers: alignment processes.

@@ -3,7 +3,7 @@
 Needs no dlib, lpips or facenet, so it runs on a bare CUDA machine::
 
     faceedit --device cuda train-encoder --model checkpoints/weights/faces64 \\
-        --data .gpu/data/faces64_train.npz --space w+ --minutes 3 --out runs/enc_faces64
+        --data packs/faces64_train.npz --space w+ --minutes 3 --out runs/enc_faces64
 
 Each step draws a batch of real faces from the packed *train* split and a batch of
 synthetic pairs ``z -> ws -> image`` from the frozen generator, encodes both, re-synthesises
@@ -65,7 +65,7 @@ def load_pack_images(path, resolution: int, *, max_images: int | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data pack {path} does not exist; build it with `faceedit dataset` "
-                                f"(it writes .gpu/data/faces64_train.npz)")
+                                f"(by default it writes <faceedit cache>/data/faces64_train.npz)")
     pack = Pack(path)
     if "split" in pack.meta and str(pack.meta["split"]).lower() == "test":
         raise TrainingError(f"{path} is the test split; encoders are trained on the train split only")

@@ -3,7 +3,7 @@
 Run on the GPU machine (torch, numpy, opencv, pillow, click, safetensors; no dlib,
 lpips or facenet needed)::
 
-    faceedit --device cuda train --data .gpu/data/faces64_train.npz --mapping mlp \\
+    faceedit --device cuda train --data packs/faces64_train.npz --mapping mlp \\
         --run-dir runs/faces64 --minutes 8.5 --export $OUT
 
 It continues from ``RUN_DIR/checkpoint.safetensors`` when that exists (same machine,
@@ -64,8 +64,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     from .loop import TrainConfig, Trainer, load_images, read_state_metadata
 
     if not Path(data).is_file():
-        raise FileNotFoundError(f"data pack {data} does not exist; build it with `faceedit dataset build --out DIR` "
-                                f"(on the GPU machine: carry .gpu/data)")
+        raise FileNotFoundError(f"data pack {data} does not exist; build it with `faceedit dataset build` "
+                                f"(by default it writes <faceedit cache>/data/faces64_train.npz)")
     t_start = _T_START if t_start is None else t_start
     deadline = t_start + minutes * 60
     name = name or NAMES[mapping]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import DATA_HELP, data_default, job_errors
+from .common import DATA_HELP, RESULTS_HELP, data_default, job_errors, results_default
 
 DEFAULT_TEST = "faces64_test.npz"
 DEFAULT_TRAIN = "faces64_train.npz"
@@ -67,7 +67,8 @@ def bench():
               help="Attribute-network weights [default: the shipped ones].")
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated samples.")
-@click.option("--out", type=click.Path(file_okay=False), default="bench/results/generator", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=results_default("generator"),
+              show_default=f"{RESULTS_HELP}/generator",
               help="Folder for generator.json/.csv/.md and the sheets.")
 @click.pass_context
 def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, ls_samples, max_train, weights, trunc,
@@ -117,7 +118,8 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
 @click.option("--attributes/--no-attributes", default=True, show_default=True,
               help="Score with the attribute network (--no-attributes: landmark geometry only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled faces.")
-@click.option("--out", type=click.Path(file_okay=False), default="bench/results/scorers", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=results_default("scorers"),
+              show_default=f"{RESULTS_HELP}/scorers",
               help="Folder for scorers.json/.csv/.md.")
 def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
     """The attribute scorers' card on the test split (CPU).
@@ -144,7 +146,8 @@ def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces.")
 @click.option("--pairs", type=click.IntRange(min=100), default=5000, show_default=True)
 @click.option("--max-faces", type=click.IntRange(min=10), default=1500, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default="bench/results/scorers", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=results_default("scorers"),
+              show_default=f"{RESULTS_HELP}/scorers",
               help="Folder for identity_calibration.json (ship it from checkpoints/weights/scorers/).")
 def identity_calibration_cmd(test_pack, pairs, max_faces, out):
     """Distances between different people and between perturbed copies of one face (dlib ResNet).

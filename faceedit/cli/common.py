@@ -25,20 +25,41 @@ def parse_range(text: str, *, name: str = "seeds") -> list:
     return out
 
 
-def data_default(name: str = ""):
-    """A click default for a data pack or folder under the faceedit cache (``<cache>/data/NAME``),
-    resolved when the command runs (``$FACEEDIT_HOME``, else ``$XDG_CACHE_HOME/faceedit``, else
-    ``~/.cache/faceedit``), never relative to the current directory."""
+def cache_default(*parts: str):
+    """A click default for a path under the faceedit cache (``<cache>/PART/...``).
+
+    The path is resolved when the command runs (``$FACEEDIT_HOME``, else
+    ``$XDG_CACHE_HOME/faceedit``, else ``~/.cache/faceedit``), so it is absolute and never
+    relative to the current directory.
+
+    Args:
+        *parts: Path components below the cache folder (empty ones are skipped).
+
+    Returns:
+        A callable click calls for the default; it returns the absolute path as a string.
+    """
     def default() -> str:
         from faceedit.checkpoints.registry import cache_dir
 
-        return str(cache_dir() / "data" / name) if name else str(cache_dir() / "data")
+        return str(cache_dir().joinpath(*[p for p in parts if p]))
 
     return default
 
 
+def data_default(name: str = ""):
+    """A click default for a data pack or folder under the faceedit cache (``<cache>/data/NAME``)."""
+    return cache_default("data", name)
+
+
+def results_default(area: str):
+    """A click default for a benchmark's results folder (``<cache>/bench/AREA``)."""
+    return cache_default("bench", area)
+
+
 #: How :func:`data_default` defaults are shown in ``--help``.
 DATA_HELP = "<faceedit cache>/data"
+#: How :func:`results_default` defaults are shown in ``--help``.
+RESULTS_HELP = "<faceedit cache>/bench"
 
 
 @contextlib.contextmanager

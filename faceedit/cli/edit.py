@@ -72,7 +72,8 @@ def parse_sweep(text: str) -> list:
 @detector_option()
 @seed_option("For photos: seed of the inversion")
 @click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True,
-              help="Output folder (created).")
+              help="Output folder (created). Relative to the current folder, as in the README's "
+              "examples, so results land where the user works.")
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
          space, method, steps, face, detector, seed, out):

@@ -32,8 +32,9 @@ from .common import seed_option, DATA_HELP, data_default, job_errors
               help="Folder for the resumable training state [default: --out].")
 @click.option("--init-from", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Exported encoder weights to fine-tune when there is no training state.")
-@click.option("--out", type=click.Path(file_okay=False), default="out/encoder", show_default=True,
-              help="Folder for encoder_<space>.safetensors/.json (copy them into the model folder to ship).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for the training state and encoder_<space>.safetensors/.json (copy the last two "
+                   "into the model folder to ship).")
 @click.pass_context
 def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual, channels, val, max_images, seed,
                   resume, state_dir, init_from, out):
@@ -43,7 +44,7 @@ def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual
     Examples:
       faceedit train-encoder --model faces64 --space w+ --minutes 3 --out runs/enc64
       faceedit train-encoder --model faces64-wpp --space wpp --minutes 3 --out runs/enc64wpp
-      faceedit --device cpu train-encoder --model ./tiny --data pack.npz --steps 20 --channels 32
+      faceedit --device cpu train-encoder --model ./tiny --data pack.npz --steps 20 --channels 32 --out runs/enc-tiny
     """
     from faceedit.core.device import resolve_device
     from faceedit.training.encoder import encoder_width, format_summary, run

@@ -32,7 +32,8 @@ Z_SOURCE = click.option("--z-source", type=click.Choice(list(_Z_RULES)), default
 @click.option("--noise", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @Z_SOURCE
 @click.option("--out", type=click.Path(file_okay=False), default="out/generate", show_default=True,
-              help="Output folder (created).")
+              help="Output folder (created). Relative to the current folder, like `faceedit edit`'s, "
+              "so samples land where the user works.")
 @click.pass_context
 def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
     """Generate one PNG per seed plus a grid, and generate.json (model, seeds, how z was drawn).
@@ -89,7 +90,8 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
               help="Truncation psi (1 = none).")
 @Z_SOURCE
 @click.option("--out", type=click.Path(file_okay=False), default="out/mix", show_default=True,
-              help="Output folder (created); the grid is OUT/mix.png.")
+              help="Output folder (created); the grid is OUT/mix.png. Relative to the current folder, "
+              "like `faceedit edit`'s, so the grid lands where the user works.")
 @click.pass_context
 def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
     """Style mixing grid: layers before --crossover from the row seed, the rest from the column seed.

@@ -63,7 +63,8 @@ def _face_option(value: str):
 @click.option("--aligned", is_flag=True, help="Inputs are already aligned crops (skip detection; resized to "
               "the model's resolution).")
 @click.option("--out", type=click.Path(file_okay=False), default="out/invert", show_default=True,
-              help="Output folder (created; finished faces are skipped on a re-run).")
+              help="Output folder (created; finished faces are skipped on a re-run). Relative to the current "
+              "folder, as in the README's examples, so results land where the user works.")
 @click.pass_context
 def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, perceptual, optimize_noise,
            seed, batch_size, detector, aligned, out):

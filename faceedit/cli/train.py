@@ -47,9 +47,9 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 
     \b
     Examples:
-      faceedit dataset build --out .gpu/data
+      faceedit dataset build --out packs
       faceedit dataset build --out /tmp/trial --limit 200
-      faceedit dataset build --out .gpu/data --cache /tmp/faces64_cache --max-mib 40
+      faceedit dataset build --out packs --cache /tmp/faces64_cache --max-mib 40
     """
     from faceedit.training.dataset import build_dataset
 
@@ -199,7 +199,7 @@ def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, b
 
     \b
     Example:
-      faceedit --device cuda train-scorers --train .gpu/data/faces64_train.npz --out runs/scorers
+      faceedit --device cuda train-scorers --train packs/faces64_train.npz --out runs/scorers
     """
     from faceedit.training.attributes import summary_table, train_attrnet
 
