@@ -39,6 +39,7 @@ def bench():
 
     The code is the faceedit.bench room; the figures shipped with the project are in the
     checkout's bench/results/<area>/, the GPU and development scripts in bench/scripts/.
+    A command given no --out writes to <faceedit cache>/bench/<area>, or asks for --out.
 
     \b
     Examples:
