@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_OUT = REPO / "bench" / "editing" / "strength"
+DEFAULT_OUT = REPO / "bench" / "results" / "edit_strength"
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
 STRENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12)
 VISIBLE_LEVELS = 6.0    # the target: mean in-mask change of the edited crop vs the reconstruction
