@@ -28,6 +28,8 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,11 +38,14 @@ from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import PipelineError
 from faceedit.defaults import DEFAULT_STRENGTH
 
+if TYPE_CHECKING:
+    from faceedit.inversion.options import StepCallback
+
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def step_bar(desc: str, *, disable: bool | None = None):
+def step_bar(desc: str, *, disable: bool | None = None) -> Iterator[StepCallback]:
     """A tqdm bar on stderr over one inversion's optimisation steps.
 
     The bar appears at the first step (an encoder-only inversion takes none) and follows the
@@ -264,7 +269,7 @@ class Pipeline:
 
         return align(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True)
 
-    def invert(self, faces: list, *, callback=None):
+    def invert(self, faces: list, *, callback: StepCallback | None = None):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
         ``self.method``; one batched Latent. ``callback``: an optional
         ``faceedit.inversion.options.StepCallback`` told every optimisation step (see :func:`step_bar`)."""
@@ -285,7 +290,7 @@ class Pipeline:
                                                    D=self.model.D, prior=prior, batch_size=b, callback=callback,
                                                    **opts), bs)
 
-    def invert_faces(self, faces: list, *, callback=None) -> Inversion:
+    def invert_faces(self, faces: list, *, callback: StepCallback | None = None) -> Inversion:
         """Invert aligned faces and synthesize their reconstructions (noise maps and tuning used).
 
         Args:
@@ -600,7 +605,8 @@ class Pipeline:
 
     # -- the chain --------------------------------------------------------------------------
     def edit_photo(self, photo: np.ndarray, attributes: dict, *, face="largest", faces: list | None = None,
-                   latents=None, layers=None, paste_options: dict | None = None, callback=None) -> EditResult:
+                   latents=None, layers=None, paste_options: dict | None = None,
+                   callback: StepCallback | None = None) -> EditResult:
         """Edit the face(s) of a photo.
 
         Args:

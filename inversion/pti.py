@@ -44,6 +44,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -216,7 +217,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
          perceptual=None, mse_weight: float = 1.0, perceptual_weight: float = 1.0,
          locality_weight: float = 0.1, locality_radius: float = 0.5, locality_batch: int = 4,
          consistency_weight: float = 10.0, consistency_strength: float = 2.0, consistency_batch: int = 4,
-         seed: int = 0, path: str | None = None, callback=None) -> tuple:
+         seed: int = 0, path: str | None = None, callback: Callable[[int, dict], None] | None = None) -> tuple:
     """Pivotal tuning of one image.
 
     Args:
