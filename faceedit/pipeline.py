@@ -21,11 +21,15 @@ strength 0 the output equals the input.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -34,7 +38,43 @@ from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import PipelineError
 from faceedit.defaults import DEFAULT_STRENGTH
 
+if TYPE_CHECKING:
+    from faceedit.inversion.options import StepCallback
+
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def step_bar(desc: str, *, disable: bool | None = None) -> Iterator[StepCallback]:
+    """A tqdm bar on stderr over one inversion's optimisation steps.
+
+    The bar appears at the first step (an encoder-only inversion takes none) and follows the
+    run's step count, a restart after an out-of-memory retry included.
+
+    Args:
+        desc: the bar's label.
+        disable: True hides it; None (default) hides it when stderr is not a terminal.
+    Yields:
+        The ``callback(step, total, losses)`` (``faceedit.inversion.options.StepCallback``) to
+        pass as the inversion's ``callback=``.
+    """
+    from tqdm import tqdm
+
+    bars = []
+
+    def on_step(step: int, total: int, losses: dict) -> None:
+        if not bars:
+            bars.append(tqdm(total=total, desc=desc, unit="step", file=sys.stderr, disable=disable))
+        bar = bars[0]
+        if bar.total != total:
+            bar.total = total
+        bar.update(step + 1 - bar.n)
+
+    try:
+        yield on_step
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 @dataclass
@@ -229,9 +269,10 @@ class Pipeline:
 
         return align(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True)
 
-    def invert(self, faces: list):
+    def invert(self, faces: list, *, callback: StepCallback | None = None):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
-        ``self.method``; one batched Latent."""
+        ``self.method``; one batched Latent. ``callback``: an optional
+        ``faceedit.inversion.options.StepCallback`` told every optimisation step (see :func:`step_bar`)."""
         from faceedit.inversion.methods import invert_with
 
         opts = dict(self.invert_options)
@@ -246,20 +287,22 @@ class Pipeline:
 
         bs = opts.pop("batch_size", max(1, len(faces)))
         return retry_smaller(lambda b: invert_with(self.method, list(faces), self.model, space=self.space, G=self.G,
-                                                   D=self.model.D, prior=prior, batch_size=b, **opts), bs)
+                                                   D=self.model.D, prior=prior, batch_size=b, callback=callback,
+                                                   **opts), bs)
 
-    def invert_faces(self, faces: list) -> Inversion:
+    def invert_faces(self, faces: list, *, callback: StepCallback | None = None) -> Inversion:
         """Invert aligned faces and synthesize their reconstructions (noise maps and tuning used).
 
         Args:
             faces: ``AlignedFace`` objects or aligned ``[H, W, 3]`` uint8 crops.
+            callback: optional step callback, as :meth:`invert`.
         Returns:
             An :class:`Inversion` with one latent, target, reconstruction and metrics per face.
         """
         from faceedit.inversion.projector import target_images
         from faceedit.metrics.reconstruction import reconstruction_metrics
 
-        batch = self.invert(faces)
+        batch = self.invert(faces, callback=callback)
         recon = self.synthesize(batch)
         targets = target_images(list(faces), self.G.resolution)
         metrics = reconstruction_metrics(targets, recon)
@@ -307,6 +350,7 @@ class Pipeline:
             batch_size: faces inverted together (halved on out-of-memory).
             quiet: no progress bars.
             echo: callable for progress messages (resuming, batch shrinking), or ``None``.
+                A single photo also gets its stages told and a bar over the optimisation steps.
         Returns:
             An :class:`InversionRun`.
         Raises:
@@ -348,7 +392,8 @@ class Pipeline:
 
         def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
             stage(f"inverting {len(chunk)} face(s) into {self.space} with {self.method}")
-            inv = self.invert_faces([f if f is not None else crop for _, f, crop in chunk])
+            with step_bar(f"{self.method} steps", disable=True if quiet or len(photos) > 1 else None) as on_step:
+                inv = self.invert_faces([f if f is not None else crop for _, f, crop in chunk], callback=on_step)
             for k, (p, f, _) in enumerate(chunk):
                 run.records.append(outputs.write_inversion(out, p, f, inv.latents[k], self.model, inv.targets[k],
                                                            inv.reconstructions[k], inv.metrics[k], self.method))
@@ -488,7 +533,8 @@ class Pipeline:
             face: without latents: ``largest``, ``all`` or a face index.
             layers: restrict the edits to these layers.
             strengths: also sweep each attribute over these strengths (strip and GIF).
-            echo: callable told each stage (``aligning and inverting ...``), or ``None``.
+            echo: callable told each stage (``aligning and inverting ...``), or ``None``; with
+                one, the inversion also shows a bar over its steps (:func:`step_bar`).
         Returns:
             The record.
         """
@@ -506,7 +552,8 @@ class Pipeline:
         stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
         if latents is None:
             stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
-            res = self.edit_photo(photo, attributes, face=face, layers=layers)
+            with step_bar(f"{self.method} steps", disable=True if echo is None else None) as on_step:
+                res = self.edit_photo(photo, attributes, face=face, layers=layers, callback=on_step)
         else:
             if photo is None and src is not None:
                 log.warning("source photo %s not found: writing crops only (pass --photo)", src)
@@ -558,7 +605,8 @@ class Pipeline:
 
     # -- the chain --------------------------------------------------------------------------
     def edit_photo(self, photo: np.ndarray, attributes: dict, *, face="largest", faces: list | None = None,
-                   latents=None, layers=None, paste_options: dict | None = None) -> EditResult:
+                   latents=None, layers=None, paste_options: dict | None = None,
+                   callback: StepCallback | None = None) -> EditResult:
         """Edit the face(s) of a photo.
 
         Args:
@@ -570,6 +618,7 @@ class Pipeline:
             latents: their inverted latent(s) (a batched ``Latent`` or a list; skips inversion).
             layers: restrict the edits to these layers.
             paste_options: paste-back options for this photo (override ``self.paste_options``).
+            callback: optional step callback of the inversion, as :meth:`invert`.
         Returns:
             :class:`EditResult` with the edited photo (same size as the input) and every
             intermediate; faces are edited and pasted one after the other.
@@ -590,7 +639,7 @@ class Pipeline:
         t["align"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if latents is None:
-            batch = self.invert(faces)
+            batch = self.invert(faces, callback=callback)
             lats = [batch[i] for i in range(batch.batch_size)]
         else:
             lats = _as_list(latents)

@@ -50,7 +50,7 @@ import torch
 from faceedit.core.errors import InversionError
 
 from .latent import Latent
-from .options import METHODS, InversionOptions, resolve_options
+from .options import METHODS, InversionOptions, StepCallback, resolve_options
 from .projector import DEFAULT_PRIOR_WEIGHT, setup
 from .spaces import Space, check_space
 
@@ -86,11 +86,11 @@ class _FromCodes(Space):
 
 def hybrid_invert(images, model=None, space: str | None = None, steps: int | None = None, *,
                   options: InversionOptions | None = None, G=None, D=None, encoder=None, device=None, prior=None,
-                  progress=None, **settings) -> Latent:
+                  progress=None, callback: StepCallback | None = None, **settings) -> Latent:
     """Encoder, then a short optimisation from its codes.
 
     Args:
-        images, model, space, options, G, D, device, prior, progress, **settings: as
+        images, model, space, options, G, D, device, prior, progress, callback, **settings: as
             :func:`faceedit.inversion.invert`; the fields left at None take this method's
             defaults: :func:`hybrid_steps` steps after the encoder, ``lr`` 0.3,
             ``noise_factor`` 0 (no latent noise), ``prior_weight`` 0.01.
@@ -105,7 +105,7 @@ def hybrid_invert(images, model=None, space: str | None = None, steps: int | Non
         InversionError: the ``wpp-z`` space (the encoder gives codes, not z), or as ``invert``.
     """
     from .encoder import _adapt_codes, _resolve_encoder, encode_tensor
-    from .projector import Projector, _split_prior, _to_batch
+    from .projector import Projector, _split_prior, _to_batch, batch_callback
 
     prior, settings = _split_prior(prior, settings)
     opts = resolve_options(options, space=space, steps=steps, **settings)
@@ -142,7 +142,8 @@ def hybrid_invert(images, model=None, space: str | None = None, steps: int | Non
         for k, v in el.items():
             enc_losses.setdefault(k, []).extend(v.float().cpu().tolist())
         proj.space = _FromCodes(G, space, base=codes)
-        results.append(proj.project(tb))
+        results.append(proj.project(tb, callback=batch_callback(callback, i // batch_size, steps, target.shape[0],
+                                                                batch_size)))
         if progress is not None:
             progress(min(i + batch_size, target.shape[0]))
     ws = torch.cat([r.ws for r in results]).cpu()
@@ -202,6 +203,7 @@ def invert_code(method: str | None, images, model=None, space: str | None = None
     keep = {k: kwargs.pop(k) for k in ("G", "encoder", "device") if k in kwargs}
     kwargs.pop("D", None)
     kwargs.pop("progress", None)
+    kwargs.pop("callback", None)  # the encoder takes no steps
     prior = kwargs.pop("prior", None)
     opts = resolve_options(kwargs.pop("options", None), space=space, **({"prior": prior} if isinstance(prior, str)
                                                                          else {}), **kwargs)

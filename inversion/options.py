@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faceedit.core.errors import InversionError
-from faceedit.networks import SYNTHESIS_PATHS
 
 #: Every inversion method (``inversion.methods.invert_with``).
 METHODS = ("encoder", "optim", "hybrid", "pti")
+
+#: ``callback(step, total, losses)``, the ``callback=`` of the inversion functions: called after
+#: every optimisation step of a run (the optimiser's, then for PTI each face's tuning steps), with
+#: ``step`` counting from 0 over the whole run, ``total`` the run's planned steps (early stopping
+#: may end it sooner) and ``losses`` the step's loss tensors by name. A function, not a setting:
+#: it goes next to ``options=``, never into :class:`InversionOptions`.
+StepCallback = Callable[[int, int, dict], None]
 
 
 class Perceptual(str, enum.Enum):
@@ -133,6 +140,8 @@ class InversionOptions:
         if isinstance(compile_, bool) or compile_ is None:
             compile_ = Compile.DEFAULT if compile_ else Compile.OFF
         put(self, "compile", _enum(Compile, compile_, "compile"))
+        from faceedit.networks import SYNTHESIS_PATHS  # here, so the names above load without torch (the CLI)
+
         if self.path not in SYNTHESIS_PATHS:
             raise InversionError(f"path must be one of {', '.join(SYNTHESIS_PATHS)}, got {self.path!r}")
         if self.amp == "none":
@@ -175,4 +184,4 @@ def resolve_options(options: InversionOptions | None, **settings) -> InversionOp
     return options.replace(**settings)
 
 
-__all__ = ["InversionOptions", "Perceptual", "Compile", "METHODS", "resolve_options"]
+__all__ = ["InversionOptions", "Perceptual", "Compile", "METHODS", "StepCallback", "resolve_options"]

@@ -55,7 +55,7 @@ from faceedit.core.errors import InversionError
 
 from .latent import Latent
 from .losses import PixelMSE, make_perceptual, noise_regularization, normalize_noise_
-from .options import Compile, InversionOptions, resolve_options
+from .options import Compile, InversionOptions, StepCallback, resolve_options
 from .spaces import Space, check_space
 
 log = logging.getLogger(__name__)
@@ -467,7 +467,7 @@ def _resize(x: torch.Tensor, R: int) -> torch.Tensor:
 
 def invert(images, model=None, space: str | None = None, steps: int | None = None, *,
            options: InversionOptions | None = None, G=None, D=None, device=None, prior=None, progress=None,
-           **settings) -> Latent:
+           callback: StepCallback | None = None, **settings) -> Latent:
     """Invert aligned face(s) into a latent space of a generator.
 
     Args:
@@ -485,6 +485,8 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
         device: where to run (default: CUDA when available).
         prior: a ``GaussianPrior`` object, or ``gaussian``/``none`` (the ``prior`` field).
         progress: optional callable ``progress(done_images)``.
+        callback: optional :data:`inversion.options.StepCallback`, called after every step
+            (steps counted over all batches).
         **settings: any other field of ``InversionOptions`` by name (``seed=``, ``lr=``,
             ``optimize_noise=``, ``batch_size=``, ...); a keyword wins over ``options``.
     Returns:
@@ -509,7 +511,9 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
     target, faces = _to_batch(images, G.resolution, dev)
     results = []
     for i in range(0, target.shape[0], batch_size):
-        results.append(proj.project(target[i:i + batch_size]))
+        results.append(proj.project(target[i:i + batch_size],
+                                    callback=batch_callback(callback, i // batch_size, proj.steps, target.shape[0],
+                                                            batch_size)))
         if progress is not None:
             progress(min(i + batch_size, target.shape[0]))
     ws = torch.cat([r.ws for r in results]).cpu()
@@ -536,6 +540,19 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
 
 __all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT",
            "InversionOptions"]
+
+
+def offset_callback(callback: StepCallback | None, start: int, total: int):
+    """``Projector.project``'s ``callback(step, losses)`` reporting to ``callback`` as step
+    ``start + step`` of ``total`` (None when ``callback`` is None)."""
+    if callback is None:
+        return None
+    return lambda step, losses: callback(start + step, total, losses)
+
+
+def batch_callback(callback: StepCallback | None, batch: int, steps: int, n_images: int, batch_size: int):
+    """:func:`offset_callback` for batch number ``batch`` of a run of ``steps`` steps per batch."""
+    return offset_callback(callback, batch * steps, -(-n_images // batch_size) * steps)
 
 
 def _split_prior(prior, settings: dict) -> tuple:

@@ -44,13 +44,14 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
 from faceedit.core.errors import InversionError
 
 from .latent import Latent, LatentFileError
-from .options import InversionOptions, resolve_options
+from .options import InversionOptions, StepCallback, resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
          perceptual=None, mse_weight: float = 1.0, perceptual_weight: float = 1.0,
          locality_weight: float = 0.1, locality_radius: float = 0.5, locality_batch: int = 4,
          consistency_weight: float = 10.0, consistency_strength: float = 2.0, consistency_batch: int = 4,
-         seed: int = 0, path: str | None = None) -> tuple:
+         seed: int = 0, path: str | None = None, callback: Callable[[int, dict], None] | None = None) -> tuple:
     """Pivotal tuning of one image.
 
     Args:
@@ -233,6 +234,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         seed: seeds the regularisers' draws.
         path: synthesis path (``networks.SYNTHESIS_PATHS``; default ``reference`` on CUDA,
             ``shared`` elsewhere).
+        callback: optional ``callback(step, losses)`` after each step (``losses``: ``{"total": loss}``).
     Returns:
         ``(tuning dict with a leading batch dim of 1, record dict)``.
     """
@@ -282,7 +284,7 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         alpha = locality_radius * float((bank - pivot).flatten(1).norm(dim=1).median())
     t0 = time.perf_counter()
     hist = []
-    for _step in range(steps):
+    for step in range(steps):
         # the pivot and every regulariser code go through the tuned generator as ONE batch
         extra = [_locality_codes(pivot, bank, n_loc, alpha, gen)] if n_loc else []
         extra += [_edit_codes(pivot, bank, n_con, consistency_strength, gen)] if n_con else []
@@ -304,6 +306,8 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
         loss.backward()
         opt.step()
         hist.append(float(loss.detach()))
+        if callback is not None:
+            callback(step, {"total": loss.detach().reshape(1)})
     seconds = time.perf_counter() - t0
     with torch.no_grad():
         after = float(recon_loss(synth(pivot), target, prepared))
@@ -321,7 +325,8 @@ def tune(G, pivot: torch.Tensor, target: torch.Tensor, *, steps: int, rank: int 
 def pti_invert(images, model=None, space: str | None = None, steps: int | None = None, *,
                options: InversionOptions | None = None, G=None, D=None, pivot: Latent | None = None,
                pivot_method: str | None = None, pivot_steps: int | None = None, encoder=None, device=None,
-               prior=None, progress=None, rank: int = 4, lr: float = 3e-3, locality_weight: float = 0.1,
+               prior=None, progress=None, callback: StepCallback | None = None, rank: int = 4, lr: float = 3e-3,
+               locality_weight: float = 0.1,
                locality_radius: float = 0.5, consistency_weight: float = 10.0, consistency_strength: float = 2.0,
                **settings) -> Latent:
     """Invert faces to a pivot, then tune low-rank generator deltas per face.
@@ -330,6 +335,8 @@ def pti_invert(images, model=None, space: str | None = None, steps: int | None =
         images, model, space, options, G, D, device, prior, progress, **settings: as
             :func:`faceedit.inversion.invert`; ``options`` drive the pivot inversion (its
             ``steps`` excepted: see ``pivot_steps``), its ``seed`` and ``perceptual`` the tuning too.
+        callback: optional :data:`inversion.options.StepCallback`: the pivot's steps, then
+            each face's tuning steps, counted as one run.
         steps: tuning steps per face (default ``options.steps``, else :func:`pti_steps`).
         pivot: a ready pivot latent (batch matching the images); else one is computed with
             ``pivot_method`` (default ``hybrid`` when the model ships an encoder, else
@@ -346,7 +353,7 @@ def pti_invert(images, model=None, space: str | None = None, steps: int | None =
     """
     from .hybrid import default_method, invert_code
     from .losses import make_perceptual
-    from .projector import _split_prior, _to_batch, setup
+    from .projector import _split_prior, _to_batch, offset_callback, setup
 
     prior, settings = _split_prior(prior, settings)
     opts = resolve_options(options, space=space, **settings)
@@ -360,6 +367,15 @@ def pti_invert(images, model=None, space: str | None = None, steps: int | None =
     steps = steps if steps is not None else opts.steps
     steps = int(steps) if steps is not None else pti_steps(dev)
     t_all = time.perf_counter()
+    target, faces = _to_batch(images, G.resolution, dev)
+    tuning_total = target.shape[0] * steps
+    pivot_total = 0  # the pivot's planned steps, as its callback reports them
+
+    def pivot_callback(step, total, losses):
+        nonlocal pivot_total
+        pivot_total = total
+        callback(step, total + tuning_total, losses)
+
     if pivot is None:
         if pivot_method is None:
             pivot_method = opts.method if opts.method not in (None, "pti") else (
@@ -370,8 +386,9 @@ def pti_invert(images, model=None, space: str | None = None, steps: int | None =
                   options=dataclasses.replace(opts, steps=None, method=None))
         if pivot_method != "optim" and encoder is not None:
             kw["encoder"] = encoder
+        if callback is not None:
+            kw["callback"] = pivot_callback
         pivot = invert_code(pivot_method, images, model_ref, opts.space, pivot_steps, **kw)
-    target, faces = _to_batch(images, G.resolution, dev)
     if pivot.batch_size != target.shape[0]:
         raise InversionError(f"the pivot latent holds {pivot.batch_size} codes for {target.shape[0]} images")
     loss = make_perceptual(perceptual, D=D)
@@ -382,7 +399,8 @@ def pti_invert(images, model=None, space: str | None = None, steps: int | None =
         t, rec = tune(G, pivot.codes[i:i + 1].to(dev), target[i:i + 1], steps=steps, rank=rank, lr=lr,
                       perceptual=loss, locality_weight=locality_weight, locality_radius=locality_radius,
                       consistency_weight=consistency_weight, consistency_strength=consistency_strength,
-                      seed=seed + i)
+                      seed=seed + i,
+                      callback=offset_callback(callback, pivot_total + i * steps, pivot_total + tuning_total))
         tunings.append(t)
         records.append(rec)
         if progress is not None:

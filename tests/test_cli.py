@@ -210,3 +210,27 @@ def test_relative_default_checker_catches_one(tmp_path):
         "def b(*, root=Path('runs')): pass\n"
         "def c(mode='w+', url='https://x/y', home='/abs/dir'): pass\n")
     assert [(f[2], f[3]) for f in _relative_path_defaults(tmp_path)] == [("a", "out"), ("b", "root")]
+
+
+def test_perceptual_takes_the_names_of_perceptual():
+    """One choice set: the inversion's ``Perceptual`` names (a command supporting fewer lists a subset)."""
+    from faceedit.inversion.options import Perceptual
+
+    names = [p.value for p in Perceptual]
+    found = dict((p, o) for p, o in _options("--perceptual") if not p.startswith("bench"))
+    assert {"invert", "train-encoder"} <= set(found)
+    assert list(found["invert"].type.choices) == names and found["invert"].default == "auto"
+    for path, o in found.items():
+        assert isinstance(o.type, click.Choice), path
+        assert list(o.type.choices) == [n for n in names if n in o.type.choices], f"`faceedit {path} --perceptual`"
+        assert o.default in o.type.choices and o.help, path
+
+
+def test_landmarks_names_a_landmark_model_only():
+    from faceedit.alignment.align import LANDMARK_KINDS
+
+    found = _options("--landmarks")
+    assert [p for p, _ in found] == ["align"]
+    assert tuple(found[0][1].type.choices) == tuple(LANDMARK_KINDS)
+    show = dict(_options("--show-landmarks"))["score"]
+    assert show.is_flag and show.default is True and "--hide-landmarks" in show.secondary_opts

@@ -383,3 +383,31 @@ def test_bench_faces_refuse_the_train_split(tmp_path):
         load_faces(train, 3)
     test = write_pack(tmp_path / "test.npz", im, {}, ["a", "b", "c"], {"split": "test"})
     assert load_faces(test, 2)["images"].shape == (2, 16, 16, 3)
+
+
+def _steps_seen(run):
+    seen = []
+    run(lambda step, total, losses: seen.append((step, total, float(losses["total"].float().mean()))))
+    return seen
+
+
+@pytest.mark.parametrize("method", ["optim", "hybrid", "pti"])
+def test_step_callback_once_per_step_in_order(G, method):
+    """``callback=`` sees every step of a run once, numbered 0.. over batches (and PTI's tuning)."""
+    from faceedit.inversion.methods import invert_with
+    from faceedit.networks.encoder import Encoder
+
+    _, target = _target(G, n=3)
+    kw = dict(G=G, prior="none", perceptual="none", batch_size=2)  # two batches: 2 + 1 faces
+    if method == "hybrid":
+        torch.manual_seed(0)
+        kw["encoder"] = Encoder(16, G.num_ws, 16, "w+", channel_base=256, channel_max=32, channel_min=8,
+                                fpn_channels=16, head_channels=16)
+    if method == "pti":
+        kw.update(pivot_method="optim", pivot_steps=4, rank=1)
+    seen = _steps_seen(lambda cb: invert_with(method, target, None, "w+", 5, callback=cb, **kw))
+    # optim/hybrid: 5 steps per batch of 2 faces; pti: its optim pivot (4 x 2 batches), then 5 per face
+    total = 3 * 5 + 2 * 4 if method == "pti" else 2 * 5
+    assert [s for s, _, _ in seen] == list(range(total))
+    assert {n for _, n, _ in seen} == {total}
+    assert all(math.isfinite(v) for _, _, v in seen)

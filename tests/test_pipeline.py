@@ -258,6 +258,7 @@ def test_cli_invert_folder_then_edit_folder(tiny, shared_dir, tmp_path, monkeypa
     photos = tmp_path / "photos"
     photos.mkdir()
     shutil.copy(os.path.join(shared_dir, PHOTO), photos / "obama.jpg")
+    bars = _record_step_bars(monkeypatch)
     runner = CliRunner()
     res = runner.invoke(cli, ["--device", "cpu", "invert", str(photos), "--model", tiny["path"], "--steps", "2",
                               "--prior", "none", "--perceptual", "none", "--out", str(tmp_path / "inv")])
@@ -269,6 +270,7 @@ def test_cli_invert_folder_then_edit_folder(tiny, shared_dir, tmp_path, monkeypa
     assert np.array_equal(load_image(tmp_path / "inv" / "obama_0.png"), inv.reconstructions[0])
     assert torch.equal(Latent.load(rec["latent"]).codes, inv.latents[0].codes)
     assert rec["metrics"] == inv.metrics[0]
+    assert bars == [("optim steps", [(0, 2), (1, 2)])]  # a single photo's steps reach the bar
     side = load_image(tmp_path / "inv" / "obama_0_side.png")
     assert side.shape[0] >= 256 and side.shape[1] >= 512  # two 16 px tiles upscaled for viewing
 
@@ -276,6 +278,40 @@ def test_cli_invert_folder_then_edit_folder(tiny, shared_dir, tmp_path, monkeypa
                               tiny["dirs"], "--attr", "smile", "--steps", "1", "--out", str(tmp_path / "ed")])
     assert res.exit_code == 0, res.output
     assert load_image(tmp_path / "ed" / "obama_edit.png").shape == load_image(photos / "obama.jpg").shape
+    assert bars[1:] == [("optim steps", [(0, 1)])]
+
+
+def _record_step_bars(monkeypatch) -> list:
+    """Replace ``faceedit.pipeline.step_bar`` by one that records ``(desc, [(step, total)])`` per bar."""
+    import contextlib
+
+    import faceedit.pipeline
+
+    bars = []
+
+    @contextlib.contextmanager
+    def recording(desc, *, disable=None):
+        seen = []
+        bars.append((desc, seen))
+        yield lambda step, total, losses: seen.append((step, total))
+
+    monkeypatch.setattr(faceedit.pipeline, "step_bar", recording)
+    return bars
+
+
+def test_step_bar_follows_the_steps(capsys):
+    from faceedit.pipeline import step_bar
+
+    with step_bar("optim steps", disable=False) as on_step:
+        for s in range(3):
+            on_step(s, 5, {})
+        on_step(0, 4, {})  # a restart (out-of-memory retry) with another plan
+        on_step(3, 4, {})
+    err = capsys.readouterr().err
+    assert "optim steps" in err and "0/5" in err and err.rstrip().split("\r")[-1].count("4/4") == 1  # not 5/4
+    with step_bar("none", disable=False):
+        pass
+    assert capsys.readouterr().err == ""  # no step, no bar (the encoder method)
 
 
 def test_cli_invert_no_face_names_the_file(tiny, tmp_path, monkeypatch):

@@ -107,6 +107,15 @@ def detector_option():
                              "faces; slower), mtcnn (5 landmarks; needs facenet-pytorch).")
 
 
+def perceptual_option(help: str, *, default: str = "auto", only: tuple | None = None):
+    """The ``--perceptual`` option: the perceptual loss by the names of
+    ``faceedit.inversion.options.Perceptual`` (``only``: the subset a command supports)."""
+    from faceedit.inversion.options import Perceptual
+
+    names = [p.value for p in Perceptual if only is None or p.value in only]
+    return click.option("--perceptual", type=click.Choice(names), default=default, show_default=True, help=help)
+
+
 def seed_option(what: str = "Random seed", default: int | None = 0):
     """The ``--seed`` option (an int, shown default)."""
     return click.option("--seed", type=int, default=default, show_default=True, help=f"{what}.")

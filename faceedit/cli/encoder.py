@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import seed_option, DATA_HELP, data_default, job_errors
+from .common import DATA_HELP, data_default, job_errors, perceptual_option, seed_option
 
 
 @click.command("train-encoder")
@@ -19,8 +19,8 @@ from .common import seed_option, DATA_HELP, data_default, job_errors
 @click.option("--batch", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Real faces per step (plus as many synthetic pairs).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
-@click.option("--perceptual", type=click.Choice(["disc", "none"]), default="disc", show_default=True,
-              help="Perceptual loss on the model's discriminator features (no download needed).")
+@perceptual_option("Perceptual loss of the training: the model's discriminator features (no download "
+                   "needed) or none.", default="disc", only=("disc", "none"))
 @click.option("--channels", type=int, default=256, show_default=True, help="Encoder width (power of two).")
 @click.option("--val", type=click.IntRange(min=1), default=256, show_default=True,
               help="Faces at the end of the pack held out for the before/after figures.")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import click
 
-from .common import detector_option, job_errors, seed_option
+from .common import detector_option, job_errors, perceptual_option, seed_option
 
 
 def _face_option(value: str):
@@ -51,9 +51,8 @@ def _face_option(value: str):
               help="Gaussianized latent prior (fitted once per model and cached if the model lacks it).")
 @click.option("--prior-weight", type=click.FloatRange(min=0), default=0.01, show_default=True,
               help="Weight of the normalised prior penalty.")
-@click.option("--perceptual", type=click.Choice(["auto", "lpips", "disc", "none"]), default="auto",
-              show_default=True, help="Perceptual loss; auto = LPIPS when its VGG file is cached, else the "
-              "model's discriminator features, else none.")
+@perceptual_option("Perceptual loss; auto = LPIPS when its VGG file is cached, else the model's "
+                   "discriminator features, else none.")
 @click.option("--optimize-noise/--no-optimize-noise", default=False, show_default=True,
               help="Also optimise the noise maps (with NVIDIA's noise regulariser).")
 @seed_option("Seed of the optimiser's noise and of any sampling")

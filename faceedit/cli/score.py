@@ -56,11 +56,12 @@ def _fmt(v, nd=1):
 @click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @detector_option()
 @click.option("--all-attributes", is_flag=True, help="Print all 40 CelebA attributes, not the usual dozen.")
-@click.option("--landmarks/--no-landmarks", default=True, show_default=True, help="Print the 68 landmarks.")
+@click.option("--show-landmarks/--hide-landmarks", default=True, show_default=True,
+              help="Print the 68 landmarks of each face.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
               help="Also write everything (all faces, all scores, landmarks) to this JSON file.")
 @click.pass_context
-def score(ctx, photos, detector, all_attributes, landmarks, json_out):
+def score(ctx, photos, detector, all_attributes, show_landmarks, json_out):
     """Print the attributes, head pose and landmarks of every face in each photo.
 
     Attributes come from faceedit's attribute network (probabilities; age in years) on the
@@ -100,7 +101,7 @@ def score(ctx, photos, detector, all_attributes, landmarks, json_out):
                 click.echo(f"    age {a['age']:.0f}  female {a['female']:.2f}")
                 for i in range(0, len(names), 4):
                     click.echo("    " + "  ".join(f"{n} {a[n]:.2f}" for n in names[i:i + 4]))
-            if landmarks and g.get("landmarks"):
+            if show_landmarks and g.get("landmarks"):
                 pts = " ".join(f"{x:.0f},{y:.0f}" for x, y in g["landmarks"])
                 click.echo(f"    landmarks68 {pts}")
     if json_out:
