@@ -202,14 +202,10 @@ def init_from_native(trainer: Trainer, folder) -> None:
     trainer.D.requires_grad_(True)
     n = max(trainer.cfg.batch // trainer.cfg.pl_batch_shrink, 1)
     if trainer.cfg.pl_weight > 0:
-        from .faststep import draw_fakes, mixed_ws
+        from .faststep import path_lengths
 
-        d = draw_fakes(trainer.G, n, trainer.cfg.mixing_prob, (), trainer.device)
-        ws = mixed_ws(trainer.G, d)
-        img = trainer.G.synthesis(ws, noise=d.noise, path="shared")
-        noise = torch.randn_like(img) / (img.shape[2] * img.shape[3]) ** 0.5
-        (g,) = torch.autograd.grad((img * noise).sum(), ws)
-        trainer.pl_mean.copy_(g.square().sum(2).mean(1).sqrt().mean().detach())
+        lengths = path_lengths(trainer.G, n, trainer.cfg.mixing_prob, trainer.device, "shared", create_graph=False)
+        trainer.pl_mean.copy_(lengths.mean().detach())
     torch.manual_seed(trainer.cfg.seed + trainer.step_count)
     log.info("continuing %s from G_ema and D at step %d (%.1f kimg); G := G_ema, Adam restarted",
              folder, trainer.step_count, trainer.kimg)

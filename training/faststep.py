@@ -35,7 +35,6 @@ images/s (2,760 vs 1,613 at batches 512 and 192), after a 173 s compile.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -43,8 +42,6 @@ import torch
 import torch.nn.functional as F
 
 from . import augment as _augment
-
-log = logging.getLogger(__name__)
 
 PL_DECAY_BATCH = 128  # the batch at which ``TrainConfig.pl_decay`` is meant
 
@@ -206,13 +203,18 @@ class FastStep:
         t.finish_step()
 
 
+def path_lengths(G, n: int, mixing_prob: float, device, path, create_graph: bool = True) -> torch.Tensor:
+    """``[n]`` StyleGAN2 path lengths ``|J_w^T y|`` of ``n`` fresh samples (``y`` image-sized noise), fp32."""
+    d = draw_fakes(G, n, mixing_prob, (), device)
+    ws = mixed_ws(G, d)
+    img = G.synthesis(ws, noise=d.noise, path=path)
+    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=create_graph)
+    return g.square().sum(2).mean(1).sqrt()
+
+
 def path_length_loss(t, n: int, decay: float, path) -> torch.Tensor:
     """StyleGAN2's path-length penalty on ``n`` fresh samples, fp32; updates ``t.pl_mean``."""
-    d = draw_fakes(t.G, n, t.cfg.mixing_prob, (), t.device)
-    ws = mixed_ws(t.G, d)
-    img = t.G.synthesis(ws, noise=d.noise, path=path)
-    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-    (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-    lengths = g.square().sum(2).mean(1).sqrt()
+    lengths = path_lengths(t.G, n, t.cfg.mixing_prob, t.device, path)
     t.pl_mean.copy_(t.pl_mean.lerp(lengths.mean().detach(), decay))
     return (lengths - t.pl_mean).square().mean()

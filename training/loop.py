@@ -45,6 +45,7 @@ from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import Discriminator, Generator
 
 from . import augment as _augment
+from .faststep import FastStep, path_length_loss
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +295,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.fast_step = None
         if cfg.fast:
-            from .faststep import FastStep
-
             self.fast_step = FastStep(self, compile=cfg.compile and self.device.type == "cuda")
 
     # ------------------------------------------------------------------ pieces
@@ -366,13 +365,7 @@ class Trainer:
         if cfg.pl_weight > 0 and cfg.pl_every > 0 and k % cfg.pl_every == 0:
             with self.timer.phase("G pl"):
                 self.optG.zero_grad(set_to_none=True)
-                n = max(B // cfg.pl_batch_shrink, 1)
-                img, ws = self.generate(G, n)
-                noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-                (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-                lengths = g.square().sum(2).mean(1).sqrt()
-                self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean().detach(), cfg.pl_decay))
-                pl = (lengths - self.pl_mean).square().mean()
+                pl = path_length_loss(self, max(B // cfg.pl_batch_shrink, 1), cfg.pl_decay, "shared")
                 (pl * cfg.pl_weight * cfg.pl_every).backward()
                 self.optG.step()
                 self._add("pl", pl)
