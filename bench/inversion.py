@@ -40,6 +40,7 @@ import torch
 
 from faceedit.core.device import resolve_device
 from faceedit.core.errors import PipelineError
+from faceedit.metrics.attributes import AttributeScorer, ScorerNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +287,9 @@ def compression_table(model, *, taus=(1.0, 1.5, 2.0, 3.0), n: int = 1000, device
     G = m.G
     feats, name = None, "pixels"
     try:
-        from faceedit.metrics.attributes import AttributeScorer
-
         sc = AttributeScorer.load(device=dev)
         feats, name = (lambda im: torch.from_numpy(sc.features(im.clamp(-1, 1)))), "attribute-net features"
-    except Exception as e:  # noqa: BLE001 -- fall back to pixels, and say so in the table
+    except ScorerNotFoundError as e:  # no scorer weights installed: pixels, and the table says so
         log.warning("compression table: attribute features unavailable (%s); diversity in pixels", e)
     rows = compression_vs_truncation(G, load_prior(m, G), taus, n=n, features=feats, feature_name=name)
     return [{"model": m.model_id, **r} for r in rows]

@@ -81,8 +81,8 @@ def _stylegan1_from_tf(net, where: str) -> dict:
     from .tf_stylegan1 import stylegan1_from_tf
 
     G, info = stylegan1_from_tf(net)
-    return {"G": G, "provenance": {"format": "nvidia-stylegan1-tf-pkl", "source": where,
-                                   **{k: v for k, v in info.items() if k in ("unused", "truncation")}}}
+    return {"G": G, "provenance": {"source_format": "nvidia-stylegan1-tf-pkl", "source": where,
+                                   **{k: v for k, v in info.items() if k == "unused" or k.startswith("tf_truncation")}}}
 
 
 def read_tf(path) -> dict:

@@ -55,7 +55,7 @@ class LoadedModel:
     @property
     def arch(self) -> str:
         """``stylegan2`` or ``stylegan1``."""
-        return str(getattr(self.G, "arch", self.config.get("arch", "stylegan2")))
+        return str(cast(Any, self.G).arch)
 
     @property
     def resolution(self) -> int:

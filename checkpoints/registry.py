@@ -6,6 +6,7 @@ then in the cache: ``$FACEEDIT_HOME``, else ``$XDG_CACHE_HOME/faceedit``, else
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,6 +16,8 @@ from faceedit.core.files import sha256_file
 
 from .loaded import LoadedModel
 from .native import load_native
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -82,7 +85,8 @@ def adopted_models() -> list:
             continue
         try:
             cfg = read_config(p)
-        except CheckpointError:
+        except CheckpointError as e:
+            log.warning("adopted model %s is not listed: %s", p, e)
             continue
         g = cfg.get("generator") or {}
         kind = g.get("mapping_kind", "mlp")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from faceedit.checkpoints.loaded import LoadedModel
-from faceedit.core.errors import PipelineError
+from faceedit.core.errors import AlignmentError, PipelineError
 from faceedit.defaults import DEFAULT_STRENGTH
 
 if TYPE_CHECKING:
@@ -323,7 +323,6 @@ class Pipeline:
         Raises:
             AlignmentError: no face was found, naming the file.
         """
-        from faceedit.core.errors import AlignmentError
         from faceedit.core.images import load_image
 
         img = load_image(path)
@@ -450,7 +449,7 @@ class Pipeline:
             try:
                 match = [f for f in self.align(photo, face="all") if f.index == stored.index
                          and np.allclose(f.matrix, stored.matrix, atol=1e-3, rtol=1e-4)]
-            except Exception as e:  # noqa: BLE001 -- any failure: use the stored geometry
+            except AlignmentError as e:  # no face found again: use the stored geometry
                 log.info("re-alignment failed (%s); using the stored quad", e)
                 match = []
             if match:
@@ -786,8 +785,10 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         if key not in pipes:
             if echo is not None and len(jobs) == 1:
                 echo(f"loading {mdl}")
-            sp = key[1] if key[1] in ("w", "w+", "wpp", "wpp-z") else "w+"
-            pipes[key] = Pipeline(mdl, space=sp, **pipeline_options)
+            if key[1] not in ("w", "w+", "wpp", "wpp-z"):
+                raise PipelineError(f"{src}: latents in space {key[1]!r} cannot be edited; invert into w, w+, wpp "
+                                    f"or wpp-z")
+            pipes[key] = Pipeline(mdl, space=key[1], **pipeline_options)
         records.append(pipes[key].edit_file(src, out, attributes, latents=lats, face=face, layers=layers,
                                             strengths=strengths, echo=echo if len(jobs) == 1 else None))
     return records

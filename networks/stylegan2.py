@@ -305,6 +305,11 @@ class Generator(nn.Module):
         return self.synthesis(ws, noise_mode=noise_mode)
 
 
+def _clamp(c: float | None, x: torch.Tensor) -> torch.Tensor:
+    """Clamp to +-c (NVIDIA's conv_clamp); None = unchanged."""
+    return x if c is None else x.clamp(-c, c)
+
+
 class MinibatchStd(nn.Module):
     """Appends the std of features over groups of ``group_size`` samples as one channel.
 
@@ -345,12 +350,9 @@ class DiscBlock(nn.Module):
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
         self.register_buffer("fir", make_fir(), persistent=False)
 
-    def _clamp(self, x):
-        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
-
     def forward(self, x):
-        y = self._clamp(self.skip(downsample2d(x, self.fir)))
-        x = self._clamp(self.conv0(x))
+        y = _clamp(self.conv_clamp, self.skip(downsample2d(x, self.fir)))
+        x = _clamp(self.conv_clamp, self.conv0(x))
         if self.down_conv == "strided":
             p = self.fir.numel() - 2 + 2  # filter taps - down + kernel - 1, split evenly
             c = self.conv1
@@ -359,7 +361,7 @@ class DiscBlock(nn.Module):
             x = lrelu_gain(x)
         else:
             x = self.conv1(downsample2d(x, self.fir))
-        return (self._clamp(x) + y) * (1 / math.sqrt(2))
+        return (_clamp(self.conv_clamp, x) + y) * (1 / math.sqrt(2))
 
 
 class Discriminator(nn.Module):
@@ -392,15 +394,12 @@ class Discriminator(nn.Module):
         self.fc = EqualLinear(ch[4] * 16, ch[4], activation="lrelu")
         self.out = EqualLinear(ch[4], 1)
 
-    def _clamp(self, x):
-        return x if self.conv_clamp is None else x.clamp(-self.conv_clamp, self.conv_clamp)
-
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
         if img.ndim != 4 or img.shape[2:] != (self.resolution, self.resolution):
             raise NetworkError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
                                f"got {tuple(img.shape)}")
-        x = self._clamp(self.from_rgb(img))
+        x = _clamp(self.conv_clamp, self.from_rgb(img))
         feats = [x]
         for block in self.blocks:
             x = block(x)
@@ -409,5 +408,5 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.features(img)[-1]
-        x = self._clamp(self.conv(self.mbstd(x)))
+        x = _clamp(self.conv_clamp, self.conv(self.mbstd(x)))
         return self.out(self.fc(x.flatten(1)))

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from faceedit.alignment.types import FACES64, FFHQ, AlignmentRecipe
+from faceedit.core.device import resolve_device
 from faceedit.core.errors import TrainingError
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def available_memory(device) -> int:
     CUDA: ``torch.cuda.mem_get_info``. CPU: ``MemAvailable`` of ``/proc/meminfo`` (Linux),
     else ``os.sysconf`` available pages; read directly because psutil is not a dependency.
     """
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         free, _ = torch.cuda.mem_get_info(dev)
         return int(free)
@@ -155,7 +156,8 @@ def available_memory(device) -> int:
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 4 << 30  # unknown platform: assume 4 GiB
+        log.warning("free memory cannot be read on this platform; assuming 4 GiB to size the batch")
+        return 4 << 30
 
 
 @torch.no_grad()
@@ -340,7 +342,7 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
                          f"letter or digit")
     if name in REGISTRY:
         raise AdoptError(f"{name!r} is a registered model's name; choose another --name")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     home = cache_dir()
     final = home / "models" / name
     dir_folder = home / "directions" / name
@@ -510,7 +512,7 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
         save_encoder(tmp, E.cpu(), model_id=model_id, model_sha256=sha, record=enc_rep)
     G.to(dev)
     _samples_png(G, tmp / "samples.png", seed=seed)
-    if (tmp / "model.safetensors").is_file() and sha256_file(tmp / "model.safetensors") != sha:
+    if not (tmp / "model.safetensors").is_file() or sha256_file(tmp / "model.safetensors") != sha:
         raise AdoptError("the written model.safetensors does not hash to the model id; report this as a bug")
     old = dir_folder / "adopt_directions.json"
     if old.is_file():  # an earlier adoption's files (force): remove them, never other files

@@ -85,7 +85,7 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
                                 f"there and no checkpoint in {run_dir}; copy the files an earlier chunk exported "
                                 f"into that folder, or leave out --resume-from to start fresh")
     elif init_from is not None:
-        cfg = _export.native_train_config(init_from, {k: v for k, v in overrides.items() if k != "resolution"})
+        cfg = _export.native_train_config(init_from, overrides)
         source = f"native checkpoint {init_from}"
     else:
         cfg = TrainConfig(mapping=mapping, **overrides)

@@ -199,8 +199,8 @@ def measure(model: str, split: str, entries: list, *, attr: str, strengths, cach
     from faceedit.pipeline import Pipeline
 
     m = load_model(model, device="cpu")
-    space = "wpp" if m["G"].mapping_kind == "transformer" else "w+"
-    pipe = Pipeline(model, space=space, device="cpu")
+    space = "wpp" if m.G.mapping_kind == "transformer" else "w+"
+    pipe = Pipeline(m, space=space, device="cpu")
     cache = cache / f"{pipe.model_id.replace('@', '_')}_{space.replace('+', 'p')}_{pipe.method}" / split
     per_photo = []
     for cands in entries:
@@ -300,13 +300,9 @@ def main(argv=None) -> int:
     from faceedit.checkpoints.registry import cache_dir
 
     cache = Path(a.cache) if a.cache else cache_dir() / "bench" / "edit_strength"
-    try:
-        from faceedit.metrics.identity import IdentityEncoder
+    from faceedit.metrics.identity import IdentityEncoder
 
-        ident = IdentityEncoder()
-    except Exception as e:  # noqa: BLE001 -- dlib's network is optional: report without identity
-        log.warning("identity unavailable (%s)", e)
-        ident = None
+    ident = IdentityEncoder()  # the strength rule needs identity: a missing dlib model is an error here
     try:
         from faceedit.metrics.geometry import crop_geometry
 

@@ -318,14 +318,10 @@ def main(argv=None):
         m = load_model(a.model, with_discriminator=False)
         G, label = m.G, m.model_id
     else:
-        try:
-            from faceedit.checkpoints.registry import load_model
+        from faceedit.checkpoints.registry import load_model
 
-            m = load_model("faces64")
-            G, label = m.G, m.model_id
-        except Exception:  # noqa: BLE001 -- not shipped yet: its random twin has the same cost
-            cfg = dict(FACES64, channel_base=256, channel_max=32, resolution=16) if a.quick else FACES64
-            G, label = Generator(**cfg).eval(), f"random-{cfg['resolution']}px"
+        m = load_model("faces64")
+        G, label = m.G, m.model_id
     steps, warmup = (4, 2) if a.quick else (30, 5)
     batches = (1, 2) if a.quick else (1, 8, 32)
     if a.batches:
