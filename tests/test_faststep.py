@@ -141,15 +141,21 @@ def test_continue_from_a_native_checkpoint_with_only_g_ema_and_d(tmp_path):
         native_train_config(folder, {"channel_max": 32})
 
 
+def test_compile_mode_is_checked_before_anything_runs():
+    with pytest.raises(ValueError, match="compile_mode must be one of .*reduce-overhead"):
+        TrainConfig(**{**TINY, "fast": True, "compile_mode": "fastest"})
+
+
 @pytest.mark.gpu
-def test_compiled_fast_step_matches_eager_on_cuda():
-    """On CUDA the compiled phases give the eager phases' losses on the same draws (bf16 autocast:
-    within 2e-2 relative), and a few compiled steps stay finite."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_fast_step_matches_eager_on_cuda(mode):
+    """On CUDA the compiled phases (also replayed as CUDA graphs) give the eager phases' losses on
+    the same draws (bf16 autocast: within 2e-2 relative), and a few compiled steps stay finite."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    tr = Trainer(TrainConfig(**{**TINY, "fast": True, "batch": 16}), _images(), "cuda")
+    tr = Trainer(TrainConfig(**{**TINY, "fast": True, "batch": 16, "compile_mode": mode}), _images(), "cuda")
     fs = tr.fast_step
-    assert fs.compiled
+    assert fs.compiled and fs.graphs == (mode == "reduce-overhead")
     d = fs.draws(16)
     args = (d.z, d.z2, d.cut, d.noise, d.aug)
     compiled = float(fs._g_main(*args))

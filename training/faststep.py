@@ -16,6 +16,8 @@ same regularisers at the same lazy intervals, same EMA) and changes how it runs:
   the same ``requires_grad`` state, so no guard forces a recompile. The regularisers (R1,
   path length) need double backward, which ``torch.compile`` does not capture; they stay
   eager and run every ``r1_every`` / ``pl_every`` steps, as in the reference.
+* **CUDA graphs** (``TrainConfig.compile_mode="reduce-overhead"``): each compiled phase is
+  replayed as one graph, so that a step's cost is its kernels' and not their launches'.
 * **Fused Adam** on CUDA (one kernel per parameter group instead of one per tensor; the
   trainer builds its optimisers so when ``TrainConfig.fast`` is set).
 * bf16 autocast on CUDA as the reference; the discriminator runs ``channels_last`` on CUDA.
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from . import augment as _augment
 
 PL_DECAY_BATCH = 128  # the batch at which ``TrainConfig.pl_decay`` is meant
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -117,18 +120,24 @@ class FastStep:
         trainer: the :class:`training.loop.Trainer` whose G, D, G_ema, optimisers and
             counters this step advances.
         compile: ``torch.compile`` the main phases (default: on CUDA only).
+        mode: ``torch.compile`` mode, one of :data:`COMPILE_MODES`; ``"reduce-overhead"``
+            replays each compiled phase as a CUDA graph (one launch instead of hundreds).
         path: synthesis path of the main phases, one of ``networks.SYNTHESIS_PATHS``
             (``"poly"``; ``"shared"`` is the reference step's path, for comparisons).
     """
 
-    def __init__(self, trainer, compile: bool | None = None, path: str = "poly"):
+    def __init__(self, trainer, compile: bool | None = None, path: str = "poly", mode: str = "default"):
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.t = trainer
         dev = trainer.device
         self.path = path
         self.compiled = dev.type == "cuda" if compile is None else bool(compile)
+        self.graphs = self.compiled and mode == "reduce-overhead"
         if dev.type == "cuda":
             trainer.D.to(memory_format=torch.channels_last)
-        wrap = (lambda f: torch.compile(f, dynamic=False)) if self.compiled else (lambda f: f)
+        kw = {} if mode == "default" else {"mode": mode}
+        wrap = (lambda f: torch.compile(f, dynamic=False, **kw)) if self.compiled else (lambda f: f)
         self._g_main = wrap(self._g_main_impl)
         self._fakes = wrap(self._fakes_impl)
         self._d_main = wrap(self._d_main_impl)
@@ -162,6 +171,8 @@ class FastStep:
         t = self.t
         cfg, G, D = t.cfg, t.G, t.D
         B, k = cfg.batch, t.step_count
+        if self.graphs:  # a new iteration: the graphs' outputs of the last step may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         t.timer.on = bool(cfg.profile_every) and (k % cfg.profile_every) < 16
         policy = t.aug.policy
         with t.timer.phase("data"):

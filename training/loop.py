@@ -45,7 +45,7 @@ from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import Discriminator, Generator
 
 from . import augment as _augment
-from .faststep import FastStep, path_length_loss
+from .faststep import COMPILE_MODES, FastStep, path_length_loss
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,14 @@ class TrainConfig:
     fast: bool = False                # The fast step (training.faststep: explicit draws, polyphase synthesis,
                                       # torch.compile on CUDA, fused Adam); False = the reference step below.
     compile: bool = True              # torch.compile the fast step's main phases on CUDA (never on the CPU).
+    compile_mode: str = "default"     # torch.compile mode of the fast step (faststep.COMPILE_MODES);
+                                      # "reduce-overhead" replays the compiled phases as CUDA graphs.
 
     def __post_init__(self):
         if self.mapping not in ("mlp", "transformer"):
             raise TrainingError(f"mapping must be 'mlp' or 'transformer', got {self.mapping!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise TrainingError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.batch < 2 or self.batch % 4:
             raise TrainingError(f"batch must be a multiple of 4 (the minibatch-std group), got {self.batch}")
         if self.amp not in ("auto", "bf16", "off"):
@@ -295,7 +299,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.fast_step = None
         if cfg.fast:
-            self.fast_step = FastStep(self, compile=cfg.compile and self.device.type == "cuda")
+            self.fast_step = FastStep(self, compile=cfg.compile and self.device.type == "cuda",
+                                      mode=cfg.compile_mode)
 
     # ------------------------------------------------------------------ pieces
 

@@ -47,8 +47,10 @@ def _weights_dir(name: str) -> Path:
     return Path(__file__).resolve().parents[2] / "checkpoints" / "weights" / name
 
 
-def make_trainer(name: str, images, device, *, fast: bool, batch: int, random: bool, compile: bool = True) -> Trainer:
-    quiet = dict(compile=compile, log_every=10 ** 9, gsnr_every=0, profile_every=0, sample_every_kimg=1e12)
+def make_trainer(name: str, images, device, *, fast: bool, batch: int, random: bool, compile: bool = True,
+                 mode: str = "default") -> Trainer:
+    quiet = dict(compile=compile, compile_mode=mode, log_every=10 ** 9, gsnr_every=0, profile_every=0,
+                 sample_every_kimg=1e12)
     if random:
         cfg = TrainConfig(mapping=MODELS[name], batch=batch, fast=fast, **quiet)
         return Trainer(cfg, images, device)
@@ -97,6 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="train pack (faceedit dataset build)")
     ap.add_argument("--out", required=True, help="folder for training_speed.json / .md")
     ap.add_argument("--batch", type=int, default=512, help="batch of the fast step")
+    ap.add_argument("--fast", default=None, metavar="BATCH:MODE,...",
+                    help="fast-step rows to time, e.g. 1024:reduce-overhead,512:default "
+                         "(default: one row, --batch with torch.compile's default mode)")
     ap.add_argument("--old-batch", type=int, default=OLD_BATCH, help="batch of the reference step")
     ap.add_argument("--steps", type=int, default=48, help="timed steps (multiple of 16)")
     ap.add_argument("--warmup", type=int, default=16, help="untimed steps before timing (compile included)")
@@ -107,6 +112,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.steps % 16:
         ap.error("--steps must be a multiple of 16 (the R1 interval)")
+    fast_rows = [(int(b), m) for b, m in (x.split(":") for x in a.fast.split(","))] if a.fast else \
+        [(a.batch, "default")]
     dev = torch.device(a.device)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,13 +125,20 @@ def main(argv=None) -> int:
     for name in a.models.split(","):
         fpi = flops_per_image(name, images, dev, a.random, batch=min(32, a.old_batch))
         floor = peak / fpi
-        for fast, batch in ((False, a.old_batch), (True, a.batch)):
+        for fast, batch, mode in [(False, a.old_batch, "default")] + [(True, b, m) for b, m in fast_rows]:
             torch.manual_seed(0)
-            tr = make_trainer(name, images, dev, fast=fast, batch=batch, random=a.random, compile=not a.no_compile)
+            tr = make_trainer(name, images, dev, fast=fast, batch=batch, random=a.random, compile=not a.no_compile,
+                              mode=mode)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            r = time_steps(tr, a.warmup, a.steps)
-            r.update(model=name, step=("fast" + ("" if not a.no_compile else " (eager)")) if fast else "reference", batch=batch, gflop_per_img=fpi / 1e9,
+            try:
+                r = time_steps(tr, a.warmup, a.steps)
+            except Exception as e:  # a mode that fails on this torch/GPU is a row that says so, not a lost run
+                print(f"{name} fast batch {batch} {mode}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                del tr
+                continue
+            step = "reference" if not fast else "fast (eager)" if a.no_compile else f"fast, compile {mode}"
+            r.update(model=name, step=step, batch=batch, gflop_per_img=fpi / 1e9,
                      floor_img_per_s=floor, share_of_floor=r["img_per_s"] / floor,
                      peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None)
             info["rows"].append(r)
