@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 LICENSE = "non-commercial research only (UTKFace, CelebA terms)"
 MAX_FILE_BYTES = 16 * 2 ** 20
-LOG_FILES = ("loss.csv", "gsnr.csv", "samples.png", "gsnr.png", "train.json")
+LOG_FILES = ("loss.csv", "gsnr.csv", "kid.csv", "samples.png", "gsnr.png", "train.json")
 
 
 def export_names(name: str) -> dict:
@@ -139,7 +139,7 @@ def resume_from_export(trainer: Trainer, src_dir, name: str) -> None:
     torch.manual_seed(trainer.cfg.seed + trainer.step_count)
     if trainer.run_dir is not None:
         with zipfile.ZipFile(paths["zip"]) as z:
-            for fname in ("loss.csv", "gsnr.csv"):
+            for fname in ("loss.csv", "gsnr.csv", "kid.csv"):
                 if fname in z.namelist():
                     atomic_write_bytes(trainer.run_dir / fname, z.read(fname))
         trainer.load_logs()

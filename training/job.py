@@ -128,6 +128,7 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "",
         "peak_mem_gib": (torch.cuda.max_memory_allocated(dev) / 2 ** 30) if dev.type == "cuda" else None,
         "train_minutes_total": trainer.train_seconds / 60, "gsnr_seconds": trainer.gsnr_seconds,
+        "kid_seconds": trainer.kid_seconds, "kid": trainer.kid_rows[-1] if trainer.kid_rows else None,
         "profile_ms_per_step": {k: round(v, 3) for k, v, _ in profile},
         "config": cfg.to_dict(), "images": len(images), "job_seconds": time.time() - t_start,
         "torch": torch.__version__,
@@ -143,7 +144,7 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
             "style_mixing_prob": cfg.mixing_prob, "hardware": summary["gpu"] or "cpu", "torch": torch.__version__,
         }
         extra = {"samples.png": _png(trainer.sample_grid()), "train.json": json.dumps(summary, indent=2).encode()}
-        for fname in ("loss.csv", "gsnr.csv"):
+        for fname in ("loss.csv", "gsnr.csv", "kid.csv"):
             p = run_dir / fname
             if p.is_file():
                 extra[fname] = p.read_bytes()
@@ -182,8 +183,13 @@ def format_table(s: dict) -> str:
             ("steps this chunk", s["steps"]), ("kimg total", s["kimg"]), ("kimg this chunk", round(s["chunk_kimg"], 1)),
             ("images/s", round(s["img_per_s"], 1)), ("train minutes total", round(s["train_minutes_total"], 2)),
             ("job seconds", round(s["job_seconds"], 1)), ("gsnr seconds", round(s["gsnr_seconds"], 1)),
+            ("kid seconds", round(s.get("kid_seconds", 0.0), 1)),
             ("peak GPU memory GiB", None if s["peak_mem_gib"] is None else round(s["peak_mem_gib"], 2)),
             ("stopped on NaN", s["stopped_on_nan"])]
+    if s.get("kid"):
+        k = s["kid"]
+        rows.append(("KID-attr vs held-out", f"{float(k['kid']):.4f} [{float(k['ci_low']):.4f}, "
+                                             f"{float(k['ci_high']):.4f}] n={k['n']}"))
     for k, v in s.get("profile_ms_per_step", {}).items():
         rows.append((f"  {k} ms/step", v))
     for k, v in s.get("export_mib", {}).items():

@@ -21,7 +21,8 @@ losses are fp32. DiffAugment (``training.augment``) is applied to every image D 
 
 Run folder (``run_dir``): ``checkpoint.safetensors`` (everything needed to continue
 bit-for-bit: G, G_ema, D, both Adam states, counters, the path-length mean, RNG states,
-the config; written atomically), ``loss.csv``, ``gsnr.csv``, ``samples/kimgNNNNNN.png``
+the config; written atomically), ``loss.csv``, ``gsnr.csv``, ``kid.csv`` (with ``kid_every``),
+``samples/kimgNNNNNN.png``
 (G_ema on fixed seeds) and ``samples/latest.png``.
 """
 from __future__ import annotations
@@ -97,6 +98,9 @@ class TrainConfig:
     profile_every: int = 200          # Time every phase of 16 consecutive steps every N steps (0 = off).
     holdout: int = 0                  # N pack images (a fixed random subset) kept out of training; D's logits
                                       # on them beside train images measure the generalisation gap.
+    kid_every: int = 0                # Steps between KID-attr measurements of G_ema against the held-out
+                                      # images (needs holdout; 0 = never): the curve that says when to stop.
+    kid_samples: int = 2000           # G_ema samples per KID measurement (truncation 1).
     fast: bool = False                # The fast step (training.faststep: explicit draws, polyphase synthesis,
                                       # torch.compile on CUDA, fused Adam); False = the reference step below.
     compile: bool = True              # torch.compile the fast step's main phases on CUDA (never on the CPU).
@@ -106,6 +110,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.mapping not in ("mlp", "transformer"):
             raise TrainingError(f"mapping must be 'mlp' or 'transformer', got {self.mapping!r}")
+        if self.kid_every and not self.holdout:
+            raise TrainingError("kid_every needs held-out images to compare with: set holdout (e.g. 1000)")
         if self.compile_mode not in COMPILE_MODES:
             raise TrainingError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         if self.batch < 2 or self.batch % 4:
@@ -287,12 +293,14 @@ class Trainer:
         self.timer = _PhaseTimer(self.device)
         self.loss_rows: list = []
         self.gsnr_rows: list = []
+        self.kid_rows: list = []
+        self._kid_scorer = None
         self._acc: dict = {}
         self.sample_z = self.G.sample_z(64, seed=1234).to(self.device)
         self._last_sample_kimg = -1.0
         self._chunk_t0, self._secs_base = None, 0.0
-        self.gsnr_seconds = 0.0
-        self._gsnr_ok = True
+        self.gsnr_seconds = self.kid_seconds = 0.0
+        self._gsnr_ok = self._kid_ok = True
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -478,6 +486,32 @@ class Trainer:
                  "params": "", "samples": min(n, len(self.heldout))} for k, v in means.items()]
 
     @torch.no_grad()
+    def measure_kid(self) -> dict:
+        """KID-attr of ``kid_samples`` G_ema samples (truncation 1) against the held-out images, in the
+        shipped attribute network's features (the feature space of ``faceedit bench generator``);
+        appends a row to ``kid.csv``."""
+        from faceedit.metrics.attributes import AttributeScorer
+        from faceedit.metrics.distribution import kid
+
+        if self._kid_scorer is None:
+            self._kid_scorer = AttributeScorer.load(device=self.device)
+            self._kid_real = self._kid_scorer.scores_and_features(self.heldout.float() / 127.5 - 1)[1]
+        n, fakes = self.cfg.kid_samples, []
+        z = self.G_ema.sample_z(n, seed=4321).to(self.device)
+        with torch.no_grad(), self._autocast():
+            for i in range(0, n, 256):
+                fakes.append(self._kid_scorer.scores_and_features(
+                    self.G_ema.synthesis(self.G_ema.mapping(z[i:i + 256]), noise_mode="const").float())[1])
+        k = kid(self._kid_real, np.concatenate(fakes), n_boot=100)
+        row = {"step": self.step_count, "kimg": round(self.kimg, 3), "kid": f"{k['kid']:.6g}",
+               "ci_low": f"{k['ci_low']:.6g}", "ci_high": f"{k['ci_high']:.6g}", "n": k["n"]}
+        self.kid_rows.append(row)
+        if self.run_dir is not None:
+            _write_csv(self.run_dir / "kid.csv", self.kid_rows)
+        log.info("step %d kimg %.1f KID-attr vs held-out %.4f [%.4f, %.4f] (n=%d)", self.step_count, self.kimg,
+                 k["kid"], k["ci_low"], k["ci_high"], k["n"])
+        return row
+
     def sample_grid(self, n: int = 64) -> np.ndarray:
         from faceedit.core.images import make_grid, tensor_to_uint8
 
@@ -559,10 +593,10 @@ class Trainer:
         self._last_sample_kimg = float(c.get("last_sample_kimg", -1.0))
 
     def load_logs(self) -> None:
-        """Read ``loss.csv`` / ``gsnr.csv`` of the run folder so a resumed run appends to them."""
+        """Read ``loss.csv`` / ``gsnr.csv`` / ``kid.csv`` of the run folder so a resumed run appends to them."""
         if self.run_dir is None:
             return
-        for name, rows in (("loss.csv", self.loss_rows), ("gsnr.csv", self.gsnr_rows)):
+        for name, rows in (("loss.csv", self.loss_rows), ("gsnr.csv", self.gsnr_rows), ("kid.csv", self.kid_rows)):
             p = self.run_dir / name
             if p.is_file():
                 with open(p, newline="") as f:
@@ -625,6 +659,16 @@ class Trainer:
                     self._gsnr_ok = False
                 self.timer.sync()
                 self.gsnr_seconds += time.perf_counter() - tg
+            if cfg.kid_every and self._kid_ok and self.step_count % cfg.kid_every == 0:
+                tk = time.perf_counter()
+                try:
+                    self.measure_kid()
+                except Exception:  # noqa: BLE001 - a diagnostic must never end a training chunk
+                    log.exception("KID measurement failed at step %d; KID is off for the rest of this chunk",
+                                  self.step_count)
+                    self._kid_ok = False
+                self.timer.sync()
+                self.kid_seconds += time.perf_counter() - tk
             if self.kimg - self._last_sample_kimg >= cfg.sample_every_kimg:
                 self._last_sample_kimg = self.kimg
                 try:
