@@ -70,6 +70,8 @@ UPLOAD_WALL = 4
 PREVIEW_SIDE = 1024
 #: Side of the face crops shown in the page (upscaled with nearest neighbour).
 CROP_VIEW = 256
+#: Height of the photo views in the page, in CSS pixels.
+PHOTO_VIEW = 400
 #: Frames of a sweep (strengths from -amount to +amount).
 SWEEP_FRAMES = 7
 #: Layer groups offered for the edits, as fractions of the generator's layers.
@@ -297,7 +299,7 @@ class Editor:
 
             with lock:
                 t0 = time.perf_counter()
-                pipe.invert_faces([crop], callback=stamp)
+                pipe.invert_faces([crop], callback=stamp, identity=True)  # as the page inverts
                 timings[(method, steps)] = (t0, stamps, time.perf_counter())
         t0, st, t1 = timings[("optim", 4)]
         step = float(np.median(np.diff(st))) if len(st) > 1 else (t1 - t0) / 4
@@ -661,8 +663,9 @@ def build_app(editor: Editor):
                     "Drop a photo, choose a face, move the sliders. Everything runs on this machine; "
                     "the photo never leaves it.")
         status = gr.HTML("Drop a photo (JPEG, PNG, WebP, ...) or pick an example.", elem_id="fe-status")
+        slider = dict(minimum=-STRENGTH_RANGE, maximum=STRENGTH_RANGE, value=0.0, step=0.5)
         with gr.Row():
-            with gr.Column(scale=1, min_width=300):
+            with gr.Column(scale=1, min_width=280):
                 photo_in = gr.File(label=f"Photo (up to {editor.settings.max_file_bytes / 2**20:.0f} MiB, "
                                          f"{editor.settings.max_pixels / 1e6:.0f} MP)",
                                    file_types=sorted(PHOTO_EXTS), type="filepath", elem_id="fe-photo")
@@ -678,32 +681,20 @@ def build_app(editor: Editor):
                                      elem_id="fe-method")
             with gr.Column(scale=2):
                 boxes = gr.AnnotatedImage(label="Faces found (click one to choose it)", elem_id="fe-faces",
-                                          height=420, show_legend=False)
+                                          height=PHOTO_VIEW, show_legend=False)
                 face_in = gr.Radio(choices=[], label="Face", elem_id="fe-face")
-        with gr.Row(equal_height=True):
-            aligned = gr.Image(label="Aligned face", type="numpy", format="png", interactive=False,
-                               elem_id="fe-aligned", elem_classes="fe-crop", height=CROP_VIEW)
-            recon = gr.Image(label="Reconstruction", type="numpy", format="png", interactive=False,
-                             elem_id="fe-recon", elem_classes="fe-crop", height=CROP_VIEW)
-            crop_out = gr.Image(label="Edited face", type="numpy", format="png", interactive=False,
-                                elem_id="fe-crop", elem_classes="fe-crop", height=CROP_VIEW)
-        quality = gr.Markdown("", elem_id="fe-quality")
+            with gr.Column(scale=2):
+                photo_out = gr.Image(label="Edited photo (the edit pasted back)", type="numpy", format="jpeg",
+                                     interactive=False, elem_id="fe-edited", height=PHOTO_VIEW)
         with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                sliders = {}
-                for a in primary:
-                    sliders[a] = gr.Slider(-STRENGTH_RANGE, STRENGTH_RANGE, value=0.0, step=0.5, label=a,
-                                           elem_id=f"fe-s-{a}")
+            with gr.Column(scale=1, min_width=280):
+                sliders = {a: gr.Slider(label=a, elem_id=f"fe-s-{a}", **slider) for a in primary}
                 if more:
                     with gr.Accordion("More attributes", open=False):
-                        for a in more:
-                            sliders[a] = gr.Slider(-STRENGTH_RANGE, STRENGTH_RANGE, value=0.0, step=0.5, label=a,
-                                                   elem_id=f"fe-s-{a}")
+                        sliders.update({a: gr.Slider(label=a, elem_id=f"fe-s-{a}", **slider) for a in more})
                 if unsup:
-                    with gr.Accordion("Unsupervised directions (GANSpace, SeFa)", open=False):
-                        for a in unsup:
-                            sliders[a] = gr.Slider(-STRENGTH_RANGE, STRENGTH_RANGE, value=0.0, step=0.5, label=a,
-                                                   elem_id=f"fe-s-{a}")
+                    with gr.Accordion("GANSpace and SeFa directions", open=False):
+                        sliders.update({a: gr.Slider(label=a, elem_id=f"fe-s-{a}", **slider) for a in unsup})
                 hold = gr.CheckboxGroup(choices=list(primary), value=[], label="Hold fixed while editing "
                                         "(conditional directions)", elem_id="fe-hold")
                 layers = gr.Radio(choices=list(LAYER_GROUPS), value="all", label="Apply to layers",
@@ -711,21 +702,28 @@ def build_app(editor: Editor):
                 gr.Markdown("Strength 1 = one standard deviation of the latent distribution along the "
                             "direction; the CLI's default is 10.")
                 reset = gr.Button("Reset sliders", size="sm")
-            with gr.Column(scale=2):
-                photo_out = gr.Image(label="Edited photo (the edit pasted back)", type="numpy", format="jpeg",
-                                     interactive=False, elem_id="fe-edited", height=480)
-        with gr.Row():
-            with gr.Column(scale=1, min_width=300):
-                sweep_attr = gr.Dropdown(choices=attrs, value=attrs[0] if attrs else None, label="Sweep",
-                                         elem_id="fe-sweep-attr")
-                sweep_amount = gr.Slider(0.5, STRENGTH_RANGE, value=10.0, step=0.5, label="Sweep from -S to +S",
-                                         elem_id="fe-sweep-amount")
-                sweep_btn = gr.Button("Play sweep as GIF", elem_id="fe-sweep")
-                save_btn = gr.Button("Prepare downloads", variant="primary", elem_id="fe-save")
-                downloads = gr.File(label="Downloads: edited photo, latent(s), JSON record", file_count="multiple",
-                                    interactive=False, elem_id="fe-downloads")
-            with gr.Column(scale=2):
-                gif = gr.Image(label="Sweep", type="filepath", interactive=False, elem_id="fe-gif", height=400)
+            with gr.Column(scale=4):
+                with gr.Row(equal_height=True):
+                    aligned = gr.Image(label="Aligned face", type="numpy", format="png", interactive=False,
+                                       elem_id="fe-aligned", height=CROP_VIEW)
+                    recon = gr.Image(label="Reconstruction", type="numpy", format="png", interactive=False,
+                                     elem_id="fe-recon", height=CROP_VIEW)
+                    crop_out = gr.Image(label="Edited face", type="numpy", format="png", interactive=False,
+                                        elem_id="fe-crop", height=CROP_VIEW)
+                quality = gr.Markdown("", elem_id="fe-quality")
+                with gr.Row():
+                    with gr.Column(scale=1, min_width=240):
+                        sweep_attr = gr.Dropdown(choices=attrs, value=attrs[0] if attrs else None, label="Sweep",
+                                                 elem_id="fe-sweep-attr")
+                        sweep_amount = gr.Slider(0.5, STRENGTH_RANGE, value=10.0, step=0.5,
+                                                 label="Sweep from -S to +S", elem_id="fe-sweep-amount")
+                        sweep_btn = gr.Button("Play sweep as GIF", elem_id="fe-sweep")
+                        save_btn = gr.Button("Prepare downloads", variant="primary", elem_id="fe-save")
+                        downloads = gr.File(label="Downloads: edited photo, latent(s), JSON record",
+                                            file_count="multiple", interactive=False, elem_id="fe-downloads")
+                    with gr.Column(scale=2):
+                        gif = gr.Image(label="Sweep", type="filepath", interactive=False, elem_id="fe-gif",
+                                       height=PHOTO_VIEW)
 
         slider_list = [sliders[a] for a in attrs]
 

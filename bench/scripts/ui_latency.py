@@ -10,9 +10,9 @@ largest face; the edit is synthesised and pasted back, nothing is inverted again
 
 * ``handler``: ``faceedit.ui.Editor.edit`` in this process, what the server runs for a move;
 * ``browser``: headless Chromium driven by Selenium clicks the smile slider of the page that
-  ``faceedit ui`` serves from a subprocess; the time runs in the page from the slider's
-  ``input`` event to the moment the edited photo's new image has loaded (Gradio's queue,
-  the HTTP round trip, JPEG encoding and decoding included).
+  ``faceedit ui`` serves from a subprocess; the time runs in the page from the press on the
+  slider's track to the moment the edited photo's new image has loaded (the HTTP round
+  trips, JPEG encoding and decoding included).
 
 Prints a table (median, 90th percentile, max in ms) and writes ``ui_latency.json`` to
 ``--out``. The browser helpers here (:func:`start_server`, :class:`Page`) also drive the
@@ -147,15 +147,32 @@ class Page:
         w = el.size["width"]
         ActionChains(self.d).move_to_element_with_offset(el, int((fraction - 0.5) * (w - 16)), 0).click().perform()
 
+    def settle(self, image: str, quiet: float = 0.3, timeout: float = 30.0) -> str:
+        """Wait until ``image`` shows a loaded picture that has not changed for ``quiet`` seconds."""
+        js = f"const i = document.querySelector('#{image} img'); return i && i.complete && i.naturalWidth ? i.src : ''"
+        seen = {"src": None, "since": time.perf_counter()}
+
+        def stable():
+            src = self.d.execute_script(js)
+            if src != seen["src"]:
+                seen.update(src=src, since=time.perf_counter())
+            return bool(src) and time.perf_counter() - seen["since"] >= quiet
+
+        self.wait(stable, timeout, f"a still picture in #{image}")
+        return seen["src"]
+
     def watch(self, slider: str, image: str) -> None:
-        """Arm an in-page timer: the slider's next ``input`` event to ``image``'s next loaded new picture."""
+        """Arm an in-page timer: the next press on the slider to ``image``'s next loaded new picture
+        (call :meth:`settle` first, so that the picture it starts from is the one on screen)."""
         self.d.execute_script("""
             const [slider, image] = arguments;
             const range = document.querySelector(`#fe-s-${slider} input[type=range]`);
             const old = (document.querySelector(`#${image} img`) || {}).src || '';
             const w = {t0: null, t1: null};
             window.__fe = w;
-            range.addEventListener('input', () => { if (w.t0 === null) w.t0 = performance.now(); }, {once: true});
+            document.addEventListener('pointerdown', (e) => {
+                if (w.t0 === null && range.contains(e.target)) w.t0 = performance.now();
+            }, {capture: true});
             (function poll() {
                 const img = document.querySelector(`#${image} img`);
                 if (img && img.src && img.src !== old && img.complete && img.naturalWidth > 0 && w.t0 !== null) {
@@ -248,6 +265,7 @@ def browser_latency(photo: Path, moves: int, work: Path) -> dict:
                 ms = []
                 fractions = [0.55 + 0.05 * (k % 8) for k in range(moves + 1)]
                 for f in fractions:
+                    page.settle("fe-edited")
                     page.watch("smile", "fe-edited")
                     page.move_slider("smile", f)
                     ms.append(page.watched_ms())
