@@ -224,3 +224,49 @@ def test_safety_helpers_and_the_command(monkeypatch, tmp_path):
     assert "http://localhost:1234/" in r.output and seen["blocked"] and seen["host"] == "127.0.0.1"
     assert seen["settings"].max_file_bytes == 2 * 2**20 and seen["settings"].max_pixels == 1_000_000
     assert CliRunner().invoke(cli, ["ui", "--port", "0"]).exit_code == 2
+
+
+def test_one_photos_inversion_does_not_hold_back_anothers_slider(inverted, editor):
+    """Editor holds no lock across sessions (only PTI's generator copy has one): an edit of session B
+    finishes while session A's long inversion runs."""
+    import threading
+    import time
+
+    s, faces, res = inverted
+    other = editor.new_session()
+    editor.open_photo(other, PHOTO)
+    state = {}
+
+    class Stop(Exception):
+        pass
+
+    def on_step(fraction, desc):
+        if "step" in desc:
+            state.setdefault("t0", time.perf_counter())
+        if state.get("stop"):
+            raise Stop  # the rest of the 400 steps is not needed
+
+    def long_inversion():
+        try:
+            editor.invert(other, None, "faces64", "w+", "optim", progress=on_step)
+            state["t1"] = time.perf_counter()
+        except Stop:
+            pass
+
+    steps, editor.settings.steps = editor.settings.steps, 400
+    t = threading.Thread(target=long_inversion)
+    t.start()
+    try:
+        while "t0" not in state and t.is_alive():
+            time.sleep(0.01)
+        assert "t0" in state, "the inversion did not start"
+        time.sleep(0.3)
+        t_edit = time.perf_counter()
+        editor.edit(s, {"smile": 3.0})
+        t_edit = time.perf_counter() - t_edit
+        assert "t1" not in state, "the inversion ended before the edit could be checked against it"
+        assert t_edit < 2.0, t_edit
+    finally:
+        state["stop"] = True
+        t.join()
+        editor.settings.steps = steps
