@@ -128,10 +128,11 @@ class Session:
         folder: the session's private folder (downloads, GIFs), removed by :meth:`close`.
         name: the photo's file stem as uploaded (used in messages and download names).
         photo: ``[H, W, 3]`` uint8, or ``None`` before a photo.
-        faces: ``{recipe name and size: [AlignedFace]}`` (faces left to right).
+        faces: ``{(recipe name, size, scale, detector): [AlignedFace]}`` (faces left to right).
         results: ``{(face index, choice): FaceResult}``.
         selected: indices of the chosen faces.
         choice: ``(model, space, method, steps, seed, detector)`` of the shown inversion.
+        saves: how many sweeps and downloads were written (each in its own subfolder).
     """
 
     folder: Path
@@ -221,27 +222,26 @@ class Editor:
         seed = self.settings.seed if seed is None else seed
         detector = detector or self.settings.detector
         key = (model, space, method, steps, seed, detector, extra)
-        with self._guard:
+        with self._guard:  # held for look-ups only: a model loads without stopping other requests
             if key in self._pipes:
                 return self._pipes[key]
-            opts = {"seed": int(seed), **({"steps": int(steps)} if steps else {}), **dict(extra)}
             tuned = method == "pti"
-            base = self._loaded.get((model, tuned))
-            if base is None:
-                first = self._loaded.get((model, False))
-                if first is None:
-                    first = Pipeline(model, space=space, device=self.settings.device).model
-                    self._loaded[(model, False)] = first
-                base = first
-                if tuned:
-                    base = dataclasses.replace(first, G=copy.deepcopy(first.G))
-                    self._loaded[(model, True)] = base
-            pipe = Pipeline(base, space=space, method=method, device=self.settings.device, detector=detector,
-                            invert_options=opts)
-            pipe.model_name = model
+            first, base = self._loaded.get((model, False)), self._loaded.get((model, tuned))
+        if first is None:
+            first = Pipeline(model, space=space, device=self.settings.device).model
+            with self._guard:
+                first = self._loaded.setdefault((model, False), first)
+        if base is None:
+            base = dataclasses.replace(first, G=copy.deepcopy(first.G)) if tuned else first
+            with self._guard:
+                base = self._loaded.setdefault((model, tuned), base)
+        opts = {"seed": int(seed), **({"steps": int(steps)} if steps else {}), **dict(extra)}
+        pipe = Pipeline(base, space=space, method=method, device=self.settings.device, detector=detector,
+                        invert_options=opts)
+        pipe.model_name = model
+        with self._guard:
             lock = self._locks.setdefault((model, tuned), threading.Lock() if tuned else contextlib.nullcontext())
-            self._pipes[key] = (pipe, lock)
-            return pipe, lock
+            return self._pipes.setdefault(key, (pipe, lock))
 
     # -- time estimates --------------------------------------------------------------------
     def estimates(self, model: str, space: str, steps: int | None = None) -> dict:
@@ -470,13 +470,13 @@ class Editor:
         from faceedit import outputs
 
         res = self.edit(session, strengths, hold=hold, layers=layers)
-        pipe, _, _, _ = self._current(session)
+        pipe, _, _, results = self._current(session)
         session.saves += 1
         out = session.folder / f"save{session.saves}"
         model, space, method, steps, seed, detector = session.choice
         inversion = {"method": method, "space": space, "steps": steps, "seed": seed, "detector": detector,
-                     "metrics": [r.metrics for r in self._current(session)[3]]}
-        pairs = {f"{k}|{','.join(h for h in hold if h != k)}" if [h for h in hold if h != k] else k: float(v)
+                     "metrics": [r.metrics for r in results]}
+        pairs = {self.direction(pipe, k, tuple(h for h in hold if h != k)).key: float(v)
                  for k, v in strengths.items() if v}
         rec = outputs.write_edit(out, session.name, None, res, pairs=pairs or {PRIMARY[0]: 0.0},
                                  layers=self._layers(pipe, layers), inversion=inversion, unit=pipe.strength_unit,
@@ -764,14 +764,14 @@ def build_app(editor: Editor):
         def strengths_of(values):
             return {a: float(v) for a, v in zip(attrs, values) if v}
 
-        def on_edit(sess, hold_v, layers_v, *values):
+        def on_edit(sess, hold_v, layers_v, *values):  # returns the session too: a move keeps it alive
             if sess is None or sess.choice is None:
-                return gr.skip(), gr.skip(), gr.skip()
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             try:
                 res = editor.edit(sess, strengths_of(values), hold=hold_v or (), layers=layers_v)
             except USER_ERRORS as e:
-                return gr.skip(), gr.skip(), failed(e)
-            return crop_view(res.faces[0].crop), preview(res.photo)[0], gr.skip()
+                return gr.skip(), gr.skip(), failed(e), sess
+            return crop_view(res.faces[0].crop), preview(res.photo)[0], gr.skip(), sess
 
         def on_sweep(sess, attr, amount, hold_v, layers_v, progress=track):
             try:
@@ -804,8 +804,8 @@ def build_app(editor: Editor):
                          concurrency_id="heavy", concurrency_limit=1)
         # Slider moves skip the queue: they take tens of milliseconds, the queue's round trips would add
         # more, and they must never wait behind an inversion; they run in the server's thread pool.
-        edit_io = dict(fn=on_edit, inputs=[session, hold, layers, *slider_list], outputs=[crop_out, photo_out, status],
-                       show_progress="hidden", queue=False)
+        edit_io = dict(fn=on_edit, inputs=[session, hold, layers, *slider_list],
+                       outputs=[crop_out, photo_out, status, session], show_progress="hidden", queue=False)
 
         photo_in.change(on_photo, inputs=[photo_in, model_in, space_in, session],
                         outputs=[boxes, face_in, aligned, recon, crop_out, quality, photo_out, gif, downloads, status,
