@@ -636,8 +636,10 @@ def build_app(editor: Editor):
     spaces0 = editor.spaces(model0)
     space0 = "w+" if "w+" in spaces0 else spaces0[0]
 
+    from html import escape  # file names come from the client: never HTML
+
     def failed(e) -> str:
-        return f"<div class='fe-error'><b>{type(e).__name__}</b>: {e}</div>"
+        return f"<div class='fe-error'><b>{type(e).__name__}</b>: {escape(str(e))}</div>"
 
     def method_update(model, space, value=None):
         est = editor.estimates(model, space, editor.settings.steps)
@@ -743,7 +745,7 @@ def build_app(editor: Editor):
             view, s = preview(sess.photo)
             first = largest_face(faces)
             choices = [(f"face {f.index}", str(f.index)) for f in faces] + ([("all", "all")] if len(faces) > 1 else [])
-            msg = (f"{len(faces)} face(s) in {sess.name}; inverting face {first}"
+            msg = (f"{len(faces)} face(s) in {escape(sess.name)}; inverting face {first}"
                    + (" (the largest)" if len(faces) > 1 else "") + "...")
             return ((view, face_boxes(faces, s)), gr.update(choices=choices, value=str(first)), None, None, None,
                     "", None, None, None, msg, sess)
@@ -756,8 +758,8 @@ def build_app(editor: Editor):
             except USER_ERRORS as e:
                 return None, None, "", failed(e), gr.skip(), sess
             first = res[0]
-            msg = (f"{len(res)} face(s) of {sess.name} inverted: move a slider." if len(res) > 1
-                   else f"Face {sess.selected[0]} of {sess.name} inverted: move a slider.")
+            msg = (f"{len(res)} face(s) of {escape(sess.name)} inverted: move a slider." if len(res) > 1
+                   else f"Face {sess.selected[0]} of {escape(sess.name)} inverted: move a slider.")
             return (crop_view(first.target), crop_view(first.reconstruction), quality_text(res, sess.choice), msg,
                     method_update(model, space, method), sess)
 
@@ -779,7 +781,7 @@ def build_app(editor: Editor):
                 path = editor.sweep(ensure(sess), attr, amount, hold=hold_v or (), layers=layers_v)
             except USER_ERRORS as e:
                 return None, failed(e)
-            return str(path), f"Sweep of {attr} from -{amount:g} to +{amount:g}, there and back."
+            return str(path), f"Sweep of {escape(str(attr))} from -{amount:g} to +{amount:g}, there and back."
 
         def on_save(sess, hold_v, layers_v, *values, progress=track):
             try:
@@ -787,7 +789,7 @@ def build_app(editor: Editor):
                 files = editor.save(ensure(sess), strengths_of(values), hold=hold_v or (), layers=layers_v)
             except USER_ERRORS as e:
                 return None, failed(e)
-            return [str(p) for p in files], f"Ready: {', '.join(p.name for p in files)}."
+            return [str(p) for p in files], f"Ready: {escape(', '.join(p.name for p in files))}."
 
         def on_model(model):
             sp = editor.spaces(model)
