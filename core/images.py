@@ -48,12 +48,13 @@ def uint8_to_tensor(arr: np.ndarray, device=None):
     return t.to(device) if device is not None else t
 
 
-def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES) -> np.ndarray:
     """Read a photo as ``[H, W, 3]`` RGB uint8 with its EXIF orientation applied.
 
     Args:
         path: image file (JPEG, PNG, WebP, BMP, TIFF, ...).
         max_pixels: refuse images with more pixels than this (``--max-pixels``).
+        max_bytes: refuse files larger than this (a server takes a lower limit than the CLI's).
     Raises:
         ImageLoadError: missing, empty, truncated, not an image, or too large.
     """
@@ -63,8 +64,8 @@ def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     size = path.stat().st_size
     if size == 0:
         raise ImageLoadError(f"{path} is empty (0 bytes)")
-    if size > MAX_FILE_BYTES:
-        raise ImageLoadError(f"{path} is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES / 2**20:.0f} MiB "
+    if size > max_bytes:
+        raise ImageLoadError(f"{path} is {size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB "
                              f"limit for a photo; downscale it first")
     return decode_image(path.read_bytes(), name=str(path), max_pixels=max_pixels)
 

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Mapping samples that measure the strength scale of a conditional direction made on the fly.
+CONDITION_SAMPLES = 20_000
+
 
 @contextlib.contextmanager
 def step_bar(desc: str, *, disable: bool | None = None) -> Iterator[StepCallback]:
@@ -252,6 +255,8 @@ class Pipeline:
         self.invert_options = dict(invert_options or {})
         self.paste_options = dict(paste_options or {})
         self._prior = None
+        self._identity = None
+        self._codes = None  # mapping samples for conditional directions made on the fly
         self.load_seconds = time.perf_counter() - t0
 
     # -- the stages, each usable alone -------------------------------------------------
@@ -290,14 +295,20 @@ class Pipeline:
                                                    D=self.model.D, prior=prior, batch_size=b, callback=callback,
                                                    **opts), bs)
 
-    def invert_faces(self, faces: list, *, callback: StepCallback | None = None) -> Inversion:
+    def invert_faces(self, faces: list, *, callback: StepCallback | None = None,
+                     identity: bool = False) -> Inversion:
         """Invert aligned faces and synthesize their reconstructions (noise maps and tuning used).
 
         Args:
             faces: ``AlignedFace`` objects or aligned ``[H, W, 3]`` uint8 crops.
             callback: optional step callback, as :meth:`invert`.
+            identity: also measure identity (``identity_distance``, ``identity_similarity``) with
+                dlib's face-recognition network (``faceedit.metrics.identity.IdentityEncoder``, built
+                once per pipeline for the model's recipe).
         Returns:
             An :class:`Inversion` with one latent, target, reconstruction and metrics per face.
+        Raises:
+            IdentityUnavailableError: ``identity`` and dlib's face-recognition model is missing.
         """
         from faceedit.inversion.projector import target_images
         from faceedit.metrics.reconstruction import reconstruction_metrics
@@ -305,7 +316,11 @@ class Pipeline:
         batch = self.invert(faces, callback=callback)
         recon = self.synthesize(batch)
         targets = target_images(list(faces), self.G.resolution)
-        metrics = reconstruction_metrics(targets, recon)
+        if identity and self._identity is None:
+            from faceedit.metrics.identity import IdentityEncoder
+
+            self._identity = IdentityEncoder(recipe_scale=self.recipe.scale)
+        metrics = reconstruction_metrics(targets, recon, identity=self._identity if identity else None)
         latents = []
         for k in range(batch.batch_size):
             one = batch[k]
@@ -583,6 +598,47 @@ class Pipeline:
         kw.setdefault("strength_unit", self.strength_unit)
         return edit(latent, attributes, **kw)
 
+    def direction(self, attribute: str, hold=()):
+        """The direction of ``attribute`` for this pipeline's model and space, with ``hold`` kept fixed.
+
+        The shipped (or fitted) conditional direction ``attribute|hold`` is used where one exists;
+        otherwise the primal direction is projected off the held attributes' directions
+        (InterFaceGAN's conditional manipulation, ``faceedit.editing.fit.condition``), so any
+        set of held attributes works; its strength scale (``latent_std``) is measured on
+        :data:`CONDITION_SAMPLES` mapping samples, drawn once per pipeline.
+
+        Args:
+            attribute: an attribute name (``smile``).
+            hold: attribute names to keep fixed (``["male", "age"]``); the attribute itself is ignored.
+        Returns:
+            A :class:`~faceedit.editing.Direction`, usable as an edit key (``pipe.edit(latent, {d: 2})``).
+        Raises:
+            DirectionError: a direction is missing, or lies in the span of the held ones.
+        """
+        from faceedit.editing import DirectionError, canonical_attribute, find_direction, list_directions
+
+        attribute = canonical_attribute(attribute)
+        held = sorted({canonical_attribute(h) for h in hold} - {attribute})
+        pool = self.directions
+        if isinstance(pool, (str, os.PathLike)):
+            pool = [d for _, d in list_directions(folder=pool)]
+        elif isinstance(pool, dict):
+            pool = list(pool.values())
+
+        def find(key):
+            return find_direction(self.model_id, key, self.space, candidates=pool)
+
+        if held:
+            try:
+                return find(f"{attribute}|{','.join(held)}")
+            except DirectionError:
+                from faceedit.editing.fit import condition, sample_codes
+
+                if self._codes is None:
+                    self._codes = sample_codes(self.G, CONDITION_SAMPLES)
+                return condition(find(attribute), [find(h) for h in held], codes=self._codes)
+        return find(attribute)
+
     @torch.no_grad()
     def synthesize(self, latent) -> np.ndarray:
         """``[B, R, R, 3]`` uint8 images of a latent (its optimised noise maps and pivotal tuning used)."""
@@ -604,7 +660,7 @@ class Pipeline:
 
     # -- the chain --------------------------------------------------------------------------
     def edit_photo(self, photo: np.ndarray, attributes: dict, *, face="largest", faces: list | None = None,
-                   latents=None, layers=None, paste_options: dict | None = None,
+                   latents=None, reconstructions=None, layers=None, paste_options: dict | None = None,
                    callback: StepCallback | None = None) -> EditResult:
         """Edit the face(s) of a photo.
 
@@ -615,6 +671,9 @@ class Pipeline:
             face: ``largest``, ``all`` or a face index (0 = leftmost).
             faces: already aligned faces of this photo (skips alignment).
             latents: their inverted latent(s) (a batched ``Latent`` or a list; skips inversion).
+            reconstructions: with ``latents``: their ``[R, R, 3]`` uint8 syntheses, one per face
+                (``Inversion.reconstructions``, ``FaceEdit.reconstruction``), so that an edit of
+                cached latents synthesizes only the edited codes (one synthesis per face, not two).
             layers: restrict the edits to these layers.
             paste_options: paste-back options for this photo (override ``self.paste_options``).
             callback: optional step callback of the inversion, as :meth:`invert`.
@@ -644,14 +703,18 @@ class Pipeline:
             lats = _as_list(latents)
         if len(lats) != len(faces):
             raise PipelineError(f"{len(lats)} latents for {len(faces)} faces; pass one latent per face")
+        recons = [None] * len(lats) if reconstructions is None else list(reconstructions)
+        if len(recons) != len(lats):
+            raise PipelineError(f"{len(recons)} reconstructions for {len(lats)} latents; pass one per latent")
         t["invert"] = time.perf_counter() - t0
         t["edit"] = t["synthesize"] = t["paste"] = 0.0
         out, results = photo, []
-        for f, lat in zip(faces, lats):
+        for f, lat, recon in zip(faces, lats, recons):
             t0 = time.perf_counter()
             edited = self.edit(lat, attributes, layers=layers)
             t1 = time.perf_counter()
-            recon, crop = self.synthesize(lat)[0], self.synthesize(edited)[0]
+            recon = self.synthesize(lat)[0] if recon is None else np.asarray(recon)
+            crop = self.synthesize(edited)[0]
             t2 = time.perf_counter()
             out, mask = self.paste_back(out, f, crop, recon, **(paste_options or {}))
             t3 = time.perf_counter()

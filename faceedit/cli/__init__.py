@@ -37,6 +37,7 @@ _COMMANDS = [
     ("faceedit.cli.edit", "directions"),
     ("faceedit.cli.encoder", "train_encoder"),
     ("faceedit.cli.adopt", "adopt"),
+    ("faceedit.cli.ui", "ui"),
 ]
 
 
