@@ -76,6 +76,7 @@ class AlignmentReport:
         rotation: degrees counter-clockwise the photo was rotated to find faces (0 normally).
         tried: human-readable list of detector runs.
         landmarks: the landmark kind the faces were aligned with (one of ``LANDMARK_KINDS``).
+        notes: what the user should check (faces kept although every detection scored low).
     """
 
     faces: list = field(default_factory=list)
@@ -84,6 +85,7 @@ class AlignmentReport:
     rotation: int = 0
     tried: list = field(default_factory=list)
     landmarks: str = ""
+    notes: list = field(default_factory=list)
 
 
 def _rot90_matrix(k: int, w: int, h: int) -> np.ndarray:
@@ -154,8 +156,9 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
                f"pattern more often than a face (--min-score 0 keeps it)")
         report.skipped.append(SkippedFace(None, d.box, d.size, why, d.score))
     if beside is not None and dets and all(d.score < beside for d in dets):
-        log.warning("%s: every detection scores below %g (%s): kept as faces; check them, or pass --min-score",
-                    name, beside, ", ".join(f"{d.score:.2f}" for d in dets))
+        report.notes.append(f"every detection scores below {beside:g} ({', '.join(f'{d.score:.2f}' for d in dets)}): "
+                            f"kept as faces; check them, or pass --min-score to skip them")
+        log.warning("%s: %s", name, report.notes[-1])
     if not dets and low:
         scores = ", ".join(f"{s.score:.2f}" for s in report.skipped)
         raise FaceNotFoundError(f"no face in {name} ({W}x{H}; tried {'; '.join(report.tried)}) scoring "

@@ -247,12 +247,16 @@ class Pipeline:
         force: edit even past ``faceedit.defaults.MAX_STRENGTH`` or with a latent farther than
             ``FAR_FROM_PRIOR`` from the model's distribution (otherwise
             :class:`OutOfDistributionError`).
+        notice: callable told, per photo, each detection alignment skipped (with its score and
+            why) and each doubt (a photo whose detections all score low); ``None``: the
+            alignment room's log warnings only.
     """
 
     def __init__(self, model=None, *, space: str = "w+", method: str | None = None, device="auto",
                  detector: str = "dlib", directions=None, strength_unit: str = "std",
                  invert_options: dict | None = None, paste_options: dict | None = None,
-                 max_pixels: int | None = None, min_score: float | None = None, force: bool = False):
+                 max_pixels: int | None = None, min_score: float | None = None, force: bool = False,
+                 notice=None):
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.core.device import resolve_device
 
@@ -288,6 +292,7 @@ class Pipeline:
         self.min_score = None if min_score is None else float(min_score)
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
         self.force = bool(force)
+        self.notice = notice
         self._distance = None
         self.directions = directions
         self.strength_unit = strength_unit
@@ -310,8 +315,14 @@ class Pipeline:
         are not faces (logged as skipped, with their scores)."""
         from faceedit.alignment import align_photo
 
-        return align_photo(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True,
-                           min_score=self.min_score, name=name).faces
+        rep = align_photo(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True,
+                          min_score=self.min_score, name=name)
+        if self.notice is not None:
+            for s in rep.skipped:
+                self.notice(f"{name}: {'a detection' if s.index is None else f'face {s.index}'} skipped: {s.reason}")
+            for note in rep.notes:
+                self.notice(f"{name}: {note}")
+        return rep.faces
 
     def invert(self, faces: list, *, callback: StepCallback | None = None):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with

@@ -144,6 +144,14 @@ class OutDir(click.Path):
         return value
 
 
+def alignment_told_here() -> None:
+    """The command tells skipped detections itself (``Pipeline(notice=)``): mute the alignment
+    room's warnings of the same, so each is said once."""
+    import logging
+
+    logging.getLogger("faceedit.alignment.align").setLevel(logging.ERROR)
+
+
 def max_pixels_option():
     """The ``--max-pixels`` option of every command that reads photos."""
     from faceedit.core.images import DEFAULT_MAX_PIXELS

@@ -10,8 +10,8 @@ import click
 
 from faceedit.defaults import DEFAULT_STRENGTH
 
-from .common import (OutDir, detector_option, finish_batch, job_errors, max_pixels_option, min_score_option,
-                     parse_range, seed_option)
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
+                     min_score_option, parse_range, seed_option)
 
 
 def parse_attr(text: str, default: float) -> tuple:
@@ -128,11 +128,12 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     with job_errors():
         from faceedit.pipeline import edit_files
 
+        alignment_told_here()
         run = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
                          space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
                          method=method, device=ctx.obj["device"] if ctx.obj else "auto", detector=detector,
                          directions=directions_dir, strength_unit=unit, min_score=min_score, max_pixels=max_pixels,
-                         force=force,
+                         force=force, notice=lambda msg: click.echo(msg, err=True),
                          invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
                          echo=None if quiet else lambda msg: click.echo(msg, err=True))
     dt = time.perf_counter() - t_start

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import click
 
-from .common import (OutDir, detector_option, finish_batch, job_errors, max_pixels_option, min_score_option,
-                     perceptual_option, seed_option)
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
+                     min_score_option, perceptual_option, seed_option)
 
 
 def _face_option(value: str):
@@ -106,8 +106,10 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
         good, bad = check_photos(photos, max_pixels=max_pixels)
         if not good:  # every photo unreadable: said before any model loads
             finish_batch(bad, len(photos), "photo(s)")
+        alignment_told_here()
         pipe = Pipeline(model, space=space, method=method, device=ctx.obj["device"] if ctx.obj else "auto",
                         detector=detector, min_score=min_score, max_pixels=max_pixels,
+                        notice=lambda msg: click.echo(msg, err=True),
                         invert_options={"steps": steps, "prior": prior, "prior_weight": prior_weight,
                                         "perceptual": perceptual, "seed": seed, "optimize_noise": optimize_noise})
         run = pipe.invert_files(photos, out, face=face_sel, aligned=aligned, batch_size=batch_size, quiet=quiet,
