@@ -84,7 +84,10 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
 
     Each photo is aligned with the model's own recipe, every requested face is
     optimised into the space, and per face a latent file, the reconstruction, a
-    side-by-side image and a JSON record are written to --out.
+    side-by-side image and a JSON record are written to --out. A re-run skips the faces
+    done with the same settings and stops if --out holds these photos' results made with
+    other settings (--overwrite replaces them). A photo that fails is listed and the others
+    go on; the exit code is 1 if any failed.
 
     \b
     Examples:
