@@ -355,13 +355,17 @@ def test_tiny_faces(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 16 px model, a latent of it, and a valid direction folder for it."""
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def make_tiny(root: Path) -> dict:
+    """The body of the ``tiny`` fixture (also run by ``bench/scripts/bad_input_table.py``)."""
     from faceedit.checkpoints import load_model, save_native
     from faceedit.editing.direction import Direction
     from faceedit.inversion.latent import Latent
     from faceedit.networks import Generator
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
     G = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=64, channel_max=16, mapping_layers=2)
     save_native(root / "model", G, name="tiny16")
     m = load_model(root / "model")
@@ -980,6 +984,19 @@ def test_run_case(case, run_model, tmp_path):
     outcome = case(RunCtx(run_model, tmp_path))
     assert outcome in (CORRECT, CLEAR), outcome
     CORPUS_STATS[f"run {outcome}"] += 1
+
+
+def test_readme_table_counts_these_cases(tmp_path, tiny):
+    """README's bad-input table (bench/scripts/bad_input_table.py --write) is this suite's: as many cases
+    per suite as its lists hold, all handled (the tests above check each). A case added here without
+    regenerating the table fails this."""
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| (images|latent files|direction files|runs) [^|]*\| (\d+)[^|]*\| (\d+) \|", text, re.M)
+    got = {name: (int(tried), int(handled)) for name, tried, handled in rows}
+    marker = tmp_path / "PWNED"
+    want = {"images": len(image_corpus(tmp_path / "images")), "latent files": len(bad_latents(tiny, marker)),
+            "direction files": len(bad_directions(tiny, marker)), "runs": len(RUN_CASES)}
+    assert got == {k: (n, n) for k, n in want.items()}, (got, want)
 
 
 def test_zz_report():
