@@ -25,16 +25,18 @@ purpose passes one flag.
   a diagonal Gaussian of 4096 mapping samples) that a latent may have, before or after the
   edit. Measured on ``examples/astronaut.jpg`` and 10 photos of ``../shared/datasets/photos``
   (hybrid W+ / W++ inversions; mapping samples read about 1): ``faces64`` W+ inversions 8-13,
-  their smile edits at strength 10 100-123 and at 12 138-172 (a face), at 30 about 1000 (a
-  face dissolving), 100 about 13700 (noise), codes scaled by 1e6 about 1e13; ``faces64-wpp`` W++
-  inversions 1.5-4, strength 12 under 5, codes x10 511, x1e6 about 5e12. 300 refuses these
-  last ones and keeps every measured strength with a margin. The distance cannot see every
-  bad latent (``faces64-wpp`` codes set to zero read 2 and draw a blur): it catches the far ones.
+  their smile edits at strength 10 100-123 and at 12 138-172, smile and age both at 10 522 and
+  at 12 752 (still a face), smile at 30 about 1000 (a face dissolving), six attributes at 10
+  3385 and codes negated 3727 (noise), codes scaled by 1e6 about 1e13; ``faces64-wpp`` W++
+  inversions 1.5-4, every edit above under 6, codes x10 511, x1e6 about 5e12. 1000 keeps every
+  edit of measured strengths, two of them together included, and refuses the noise. The
+  distance does not see every bad latent: on ``faces64-wpp`` six attributes at 10 read 5.3 and
+  codes set to zero 2, and both draw a blur; it catches the far ones.
 """
 from __future__ import annotations
 
 DEFAULT_STRENGTH = 10.0
 MAX_STRENGTH = 12.0
-FAR_FROM_PRIOR = 300.0
+FAR_FROM_PRIOR = 1000.0
 
 __all__ = ["DEFAULT_STRENGTH", "MAX_STRENGTH", "FAR_FROM_PRIOR"]

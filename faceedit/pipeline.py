@@ -969,7 +969,7 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
             key = (mdl, space if lats is None else lats[0].space)
             if key not in pipes:
                 if echo is not None and len(jobs) == 1:
-                    echo(f"loading {mdl}")
+                    echo(f"loading {mdl or default_model('wpp' if key[1] in ('wpp', 'wpp-z') else key[1])}")
                 try:
                     if key[1] not in ("w", "w+", "wpp", "wpp-z"):
                         raise PipelineError(f"latents in space {key[1]!r} cannot be edited; invert into w, w+, "
