@@ -496,7 +496,7 @@ class Pipeline:
                                          out=out)
         return run
 
-    def faces_for_latents(self, photo: np.ndarray, latents: list) -> tuple:
+    def faces_for_latents(self, photo: np.ndarray, latents: list, *, name: str = "the photo") -> tuple:
         """The faces of ``photo`` the latents were inverted from, and the paste-back options.
 
         Each face is re-detected (its landmarks give the hull mask) and matched to the
@@ -508,6 +508,7 @@ class Pipeline:
         Args:
             photo: ``[H, W, 3]`` uint8.
             latents: latents with ``alignment`` metadata (from ``faceedit invert``).
+            name: how the photo is named in messages (its path).
         Returns:
             ``(faces, paste_options)``.
         Raises:
@@ -537,7 +538,7 @@ class Pipeline:
                                  index=int(a.get("index", 0)), detector=a.get("detector", ""),
                                  recipe=AlignmentRecipe.from_dict(a.get("recipe") or {}))
             try:
-                match = [f for f in self.align(photo, face="all") if f.index == stored.index
+                match = [f for f in self.align(photo, face="all", name=name) if f.index == stored.index
                          and np.allclose(f.matrix, stored.matrix, atol=1e-3, rtol=1e-4)]
             except AlignmentError as e:  # no face found again: use the stored geometry
                 log.info("re-alignment failed (%s); using the stored quad", e)
@@ -549,7 +550,8 @@ class Pipeline:
                 opts = opts or {"mask": "quad"}
         return faces, opts
 
-    def edit_latents(self, latents: list, attributes: dict, *, photo: np.ndarray | None = None, layers=None):
+    def edit_latents(self, latents: list, attributes: dict, *, photo: np.ndarray | None = None, layers=None,
+                     name: str = "the photo"):
         """Edit latents from ``faceedit invert``; paste the edits into ``photo`` when given.
 
         Args:
@@ -557,11 +559,12 @@ class Pipeline:
             attributes: ``{key: strength}``.
             photo: the photo they were inverted from, or ``None`` (crops only).
             layers: restrict the edits to these layers.
+            name: how the photo is named in messages (its path).
         Returns:
             An :class:`EditResult` with a photo, else a list of :class:`FaceEdit` (``face`` None).
         """
         if photo is not None:
-            faces, opts = self.faces_for_latents(photo, latents)
+            faces, opts = self.faces_for_latents(photo, latents, name=name)
             return self.edit_photo(photo, attributes, faces=faces, latents=latents, layers=layers,
                                    paste_options=opts)
         out = []
@@ -653,7 +656,7 @@ class Pipeline:
             if photo is None and src is not None:
                 log.warning("source photo %s not found: writing crops only (pass --photo)", src)
             stage(f"editing {len(latents)} latent(s)" + (f" and pasting into {src}" if photo is not None else ""))
-            res = self.edit_latents(latents, attributes, photo=photo, layers=layers)
+            res = self.edit_latents(latents, attributes, photo=photo, layers=layers, name=str(src))
         faces = res if isinstance(res, list) else res.faces
         timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
         if strengths:
