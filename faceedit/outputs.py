@@ -162,7 +162,10 @@ class OutputFolder:
         Returns:
             ``{source: stem}``.
         """
-        existing = self._existing()
+        import bisect
+
+        existing = sorted((n.casefold(), n) for n in self._existing())  # every pattern starts with its stem
+        keys = [k for k, _ in existing]
         owners = self._read()
         used, out = set(), {}
         for src in sources:
@@ -173,8 +176,12 @@ class OutputFolder:
                 if cand.casefold() in used:
                     continue
                 rx = re.compile(pattern(re.escape(cand)), re.IGNORECASE)
+                i, near = bisect.bisect_left(keys, cand.casefold()), []
+                while i < len(keys) and keys[i].startswith(cand.casefold()):
+                    near.append(existing[i][1])
+                    i += 1
                 if all(not rx.fullmatch(n) or (not self.is_input(self.root / n) and self._owns_name(n, src, owners))
-                       for n in existing):
+                       for n in near):
                     break
             used.add(cand.casefold())
             out[src] = cand
