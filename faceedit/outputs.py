@@ -251,7 +251,8 @@ def as_folder(out, inputs=(), *, command: str) -> OutputFolder:
 
 #: Regexes of the names one stem's outputs take, per command (``{s}``: the escaped stem).
 INVERT_NAMES = r"{s}_\d+(\.latent\.safetensors|\.png|_side\.png|\.json)"
-EDIT_NAMES = r"{s}_(edit\.png|edit\.json|\d+_edit\.png|\d+_side\.png|\d+_edit\.latent\.safetensors|\d+_sweep\.png|sweep_[^/]+\.gif)"
+EDIT_NAMES = (r"{s}_(edit\.png|edit\.json|\d+_edit\.png|\d+_side\.png|\d+_edit\.latent\.safetensors|\d+_sweep\.png"
+              r"|sweep_[^/]+\.gif)")
 
 
 def names(template: str):

@@ -424,8 +424,6 @@ class Pipeline:
             PipelineError: no photo gave a face, or results with other settings and not ``overwrite``.
             OutputError: ``out`` or the cache cannot be written.
         """
-        from pathlib import Path
-
         from tqdm import tqdm
 
         from faceedit import outputs
