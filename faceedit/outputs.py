@@ -87,25 +87,26 @@ class OutputFolder:
     def _read(self) -> dict:
         """``{name: {"command:source", ...}}``, read on from where this process last stopped."""
         key = str(self.manifest.absolute())
-        entry = _LISTS.setdefault(key, [0, {}])
+        entry = _LISTS.setdefault(key, [None, 0, {}])  # [(device, inode), bytes read, owners]
         try:
             with open(self.manifest, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < entry[0]:  # replaced by a shorter list: start again
-                    entry[:] = [0, {}]
-                f.seek(entry[0])
-                data = f.read(size - entry[0])
-        except OSError:
-            return entry[1]
+                st = os.fstat(f.fileno())
+                if (st.st_dev, st.st_ino) != entry[0] or st.st_size < entry[1]:  # another list: read it anew
+                    entry[:] = [(st.st_dev, st.st_ino), 0, {}]
+                f.seek(entry[1])
+                data = f.read(st.st_size - entry[1])
+        except OSError:  # no list (yet, or any more): nothing here is faceedit's
+            entry[:] = [None, 0, {}]
+            return entry[2]
         end = data.rfind(b"\n") + 1  # a line still being written is read next time
-        entry[0] += end
+        entry[1] += end
         for line in data[:end].decode("utf-8", errors="replace").splitlines():
             try:
                 e = json.loads(line)
-                entry[1].setdefault(str(e["file"]), set()).add(f"{e['command']}:{e['source']}")
+                entry[2].setdefault(str(e["file"]), set()).add(f"{e['command']}:{e['source']}")
             except (ValueError, KeyError, TypeError):
                 continue  # a line damaged by hand
-        return entry[1]
+        return entry[2]
 
     def _owner(self, source) -> str:
         return f"{self.command}:{_source_key(source)}"
@@ -239,7 +240,7 @@ class OutputFolder:
         return latent.save(self.claim(path, source))
 
 
-#: Each output folder's list as this process has read it: manifest path -> [bytes read, owners].
+#: Each output folder's list as this process has read it: manifest path -> [file id, bytes read, owners].
 _LISTS: dict = {}
 
 

@@ -472,3 +472,18 @@ def test_output_folder_reads_a_list_cut_short_by_a_kill(tmp_path):
     with open(out / MANIFEST, "a") as f:
         f.write('it", "source": "%s"}\n' % src.resolve())
     assert other.owns(out / "a_0_edit.png", src)
+
+
+def test_output_folder_forgets_a_deleted_folder(tmp_path):
+    """A folder deleted and written again in one process starts a new list (nothing stale is taken as listed)."""
+    import shutil
+
+    from faceedit.outputs import OutputFolder
+
+    src = tmp_path / "a.jpg"
+    src.write_bytes(b"photo")
+    out = tmp_path / "out"
+    OutputFolder(out, [src], command="edit").write_bytes(out / "a_edit.png", b"1", src)
+    shutil.rmtree(out)
+    OutputFolder(out, [src], command="edit").write_bytes(out / "a_edit.png", b"2", src)
+    assert "a_edit.png" in (out / ".faceedit-outputs.jsonl").read_text()
