@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .detect import DETECTORS, Detection, check_image, detect_faces, tried_text
+from .detect import DETECTORS, MIN_SCORES, Detection, check_image, detect_faces, tried_text
 from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError
 from .ffhq import align_landmarks, apply_matrix
 from .landmarks import landmarks68, landmarks68_averaged
@@ -48,16 +48,21 @@ def landmark_kind(detector: str, landmarks: Optional[str] = None) -> str:
 
 @dataclass
 class SkippedFace:
-    """A detected face that was not aligned, and why."""
+    """A detection that was not aligned, and why.
 
-    index: int
+    ``index`` is its place among the faces (left to right) for a face skipped for its size,
+    ``None`` for a detection below the confidence asked for (it is not counted as a face).
+    """
+
+    index: Optional[int]
     box: tuple
     size: float
     reason: str
+    score: Optional[float] = None
 
     def to_dict(self) -> dict:
         return {"index": self.index, "box": [float(v) for v in self.box], "size": round(self.size, 1),
-                "reason": self.reason}
+                "score": None if self.score is None else round(float(self.score), 3), "reason": self.reason}
 
 
 @dataclass
@@ -71,6 +76,7 @@ class AlignmentReport:
         rotation: degrees counter-clockwise the photo was rotated to find faces (0 normally).
         tried: human-readable list of detector runs.
         landmarks: the landmark kind the faces were aligned with (one of ``LANDMARK_KINDS``).
+        notes: what the user should check (faces kept although every detection scored low).
     """
 
     faces: list = field(default_factory=list)
@@ -79,6 +85,7 @@ class AlignmentReport:
     rotation: int = 0
     tried: list = field(default_factory=list)
     landmarks: str = ""
+    notes: list = field(default_factory=list)
 
 
 def _rot90_matrix(k: int, w: int, h: int) -> np.ndarray:
@@ -106,7 +113,7 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
                 try_rotations: bool = False, landmarks: Optional[str] = None,
-                name: str = "the photo") -> AlignmentReport:
+                name: str = "the photo", min_score: Optional[float] = None) -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
     Raises the same errors as :func:`align`.
@@ -115,15 +122,22 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     if not (face in ("all", "largest") or (isinstance(face, (int, np.integer)) and not isinstance(face, bool))):
         raise AlignmentError(f"face must be 'all', 'largest' or a face index (0 = leftmost), got {face!r}")
     min_face = _default_min_face(recipe) if min_face is None else int(min_face)
+    beside = MIN_SCORES.get(detector) if min_score is None else None  # the default: weak beside strong skipped
     image = check_image(image)
     H, W = image.shape[:2]
     report = AlignmentReport(landmarks=lm_kind)
 
-    work, inv, dets = image, np.eye(3), []
+    work, inv, dets, upright_low = image, np.eye(3), [], []
     for k in ((0, 1, 2, 3) if try_rotations else (0,)):
         work = np.ascontiguousarray(np.rot90(image, k)) if k else image
         report.tried.append(tried_text(detector, work.shape, upsample) + (f" rotated {90 * k} deg" if k else ""))
-        dets = detect_faces(work, detector, upsample)
+        low = []
+        dets = detect_faces(work, detector, upsample, min_score=min_score, dropped=low)
+        if beside is not None and any(d.score >= beside for d in dets):
+            low += [d for d in dets if d.score < beside]
+            dets = [d for d in dets if d.score >= beside]
+        if not k:
+            upright_low = low
         if dets:
             if dets[0].upsample is not None:
                 report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}"
@@ -134,6 +148,22 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     # Photo-coordinate detections, left to right in the photo as the user sees it.
     photo_dets = sorted(((_map_detection(d, inv), d) for d in dets), key=lambda t: t[0].center[0])
     report.detections = [p for p, _ in photo_dets]
+    low = low if dets else upright_low  # what was below min_score where faces were found, else upright
+    for d in (_map_detection(d, inv) for d in low):
+        why = (f"detector score {d.score:.2f} is below the confidence {min_score:g} asked of a face (--min-score)"
+               if min_score is not None else
+               f"detector score {d.score:.2f} is below {beside:g}, beside a face scoring more: a badge, print or "
+               f"pattern more often than a face (--min-score 0 keeps it)")
+        report.skipped.append(SkippedFace(None, d.box, d.size, why, d.score))
+    if beside is not None and dets and all(d.score < beside for d in dets):
+        report.notes.append(f"every detection scores below {beside:g} ({', '.join(f'{d.score:.2f}' for d in dets)}): "
+                            f"kept as faces; check them, or pass --min-score to skip them")
+        log.warning("%s: %s", name, report.notes[-1])
+    if not dets and low:
+        scores = ", ".join(f"{s.score:.2f}" for s in report.skipped)
+        raise FaceNotFoundError(f"no face in {name} ({W}x{H}; tried {'; '.join(report.tried)}) scoring "
+                                f"{min_score:g} or more: {len(low)} detection(s) scored {scores}; pass "
+                                f"--min-score {_lower(low):g} (min_score=) to take them")
     if not dets:
         hint = "try --detector dlib-cnn or --detector mtcnn" if detector == "dlib" else (
             "try --detector mtcnn" if detector == "dlib-cnn" else "try --detector dlib-cnn")
@@ -156,7 +186,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         pd, wd = photo_dets[i]
         if pd.size < min_face:
             report.skipped.append(SkippedFace(i, pd.box, pd.size, f"face of {pd.size:.0f} px is below the minimum "
-                                                                    f"face size {min_face} px (--min-face)"))
+                                                                    f"face size {min_face} px (--min-face)",
+                                              pd.score))
             continue
         if lm_kind == "mtcnn5-raw":
             lm = apply_matrix(inv, wd.landmarks5)
@@ -171,8 +202,13 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         raise FaceTooSmallError(f"{name}: found {len(report.skipped)} face(s) of {sizes} px, all below the minimum "
                                 f"face size {min_face} px; pass a larger photo or lower --min-face")
     for s in report.skipped:
-        log.warning("%s: face %d skipped: %s", name, s.index, s.reason)
+        log.warning("%s: %s skipped: %s", name, "a detection" if s.index is None else f"face {s.index}", s.reason)
     return report
+
+
+def _lower(dets) -> float:
+    """A ``--min-score`` just below the lowest of ``dets``' scores (two decimals, rounded down)."""
+    return float(np.floor(min(d.score for d in dets) * 100) / 100)
 
 
 def face_to_dict(face: AlignedFace) -> dict:
@@ -198,7 +234,7 @@ def face_from_dict(d: dict, crop: np.ndarray) -> AlignedFace:
 
 def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
           face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-          try_rotations: bool = False, landmarks: Optional[str] = None) -> list:
+          try_rotations: bool = False, landmarks: Optional[str] = None, min_score: Optional[float] = None) -> list:
     """Detect and align the faces of a photo with the FFHQ recipe.
 
     Args:
@@ -209,6 +245,13 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
         upsample: dlib upsampling; ``None`` picks by image size (see ``detect.default_upsample``).
         min_face: faces whose detection box is smaller than this (px) are skipped and
             logged, never aligned into mush; default ``max(24, recipe.size // 16)``.
+        min_score: detections scoring below this are not faces: skipped and logged, and not
+            counted in the indices. By default (``None``) a dlib HOG detection below 0.3
+            (``detect.DLIB_MIN_SCORE``) is skipped when the photo holds a face scoring 0.3 or
+            more (badges and prints beside a face score about 0.16, faces in photos 0.37 and
+            up), and kept, with a warning, when none does (a lone face in a small chip can
+            score 0.02); MTCNN keeps 0.95 and up, the CNN every detection. So
+            ``align(photo)[0]`` is the leftmost face, not a badge beside it.
         try_rotations: when nothing is found, also try the photo rotated by 90, 180 and
             270 degrees; matrices and quads still refer to the photo as given.
         landmarks: ``dlib68`` (dlib's predictor averaged over the mirror image and moved face
@@ -219,7 +262,9 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             match dlib68 quads more closely) or ``mtcnn5-raw`` (facenet-pytorch's points
             unchanged); default ``mtcnn5`` with the mtcnn detector, else ``dlib68``.
     Returns:
-        list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces found.
+        list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces
+        found (detections below ``min_score`` are not faces; those below ``min_face`` are),
+        and its detector ``score``.
     Raises:
         FaceNotFoundError: no face (message says what was tried and what to try next), or
             the requested index does not exist.
@@ -227,4 +272,4 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
         AlignmentError: bad arguments or image.
     """
     return align_photo(image, recipe=recipe, detector=detector, face=face, upsample=upsample, min_face=min_face,
-                       try_rotations=try_rotations, landmarks=landmarks).faces
+                       try_rotations=try_rotations, landmarks=landmarks, min_score=min_score).faces

@@ -24,6 +24,17 @@ DETECT_MAX_PIXELS = 2_500_000
 # MTCNN's final-stage probability below which a detection is dropped by default. Its
 # false positives on ../shared/datasets/photos scored 0.76-0.92, its real faces >= 0.97.
 MTCNN_MIN_SCORE = 0.95
+# dlib HOG's SVM margin below which a detection is not taken for a face when the photo holds one
+# scoring at least this much. On the 95 photos of ../shared/datasets/photos (about 130 faces a
+# person counts, tests/data/photo_face_counts.json) HOG's real faces scored 0.37 (a tilted head)
+# to 2.8, except one girl looking down at 0.16 beside two faces at 1.7; examples/astronaut.jpg's
+# mission patch scored 0.16 beside her face at 1.21. A face alone in a chip can score far less
+# (0.02-0.3 for 5.5% of 200 UTKFace and 2% of 200 CelebA images), so a photo whose detections all
+# score below it keeps them (``align`` says so). The CNN detector keeps every detection.
+DLIB_MIN_SCORE = 0.3
+#: The confidence ``align`` asks of a face beside a better one, per detector (``None``: no such rule;
+#: MTCNN's own 0.95 applies to every detection, alone or not).
+MIN_SCORES = {"dlib": DLIB_MIN_SCORE, "dlib-cnn": None, "mtcnn": None}
 # Grey margin around the image given to MTCNN, as a fraction of its shorter side.
 MTCNN_MARGIN_FRAC = 0.25
 # An automatically upsampled copy is never larger than this many pixels (HOG; the CNN is
@@ -123,7 +134,7 @@ def _dlib_run(view: np.ndarray, detector: str, up: int):
 
 
 def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[int] = None, *,
-                 min_score: Optional[float] = None, retry: bool = True) -> list:
+                 min_score: Optional[float] = None, retry: bool = True, dropped: Optional[list] = None) -> list:
     """Find faces in a photo, ordered left to right by box centre.
 
     Args:
@@ -135,8 +146,11 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
             level, as long as the upsampled image stays under 12 MP (HOG) or 4 MP
             (CNN; larger photos get less upsampling). Ignored by MTCNN.
         min_score: drop detections below this score (default: dlib keeps detections with
-            a non-negative SVM/MMOD margin; MTCNN keeps probabilities >= 0.95).
+            a non-negative SVM/MMOD margin; MTCNN keeps probabilities >= 0.95; ``align``
+            asks for :data:`MIN_SCORES`); an upsampling level whose detections are all
+            dropped counts as finding nothing.
         retry: allow the automatic extra upsampling described above.
+        dropped: a list that receives the detections dropped for their score, if given.
     Returns:
         list of :class:`Detection` (possibly empty).
     Raises:
@@ -147,6 +161,16 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
     image = check_image(image)
     h, w = image.shape[:2]
     view, s = _detection_view(image)
+    if min_score is None and detector == "mtcnn":
+        min_score = MTCNN_MIN_SCORE
+    low = []
+
+    def keep(dets):
+        if min_score is None:
+            return dets
+        low.extend(d for d in dets if d.score < min_score)
+        return [d for d in dets if d.score >= min_score]
+
     found = []
     if detector == "mtcnn":
         import cv2
@@ -163,8 +187,8 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
         if boxes is not None:
             boxes = (np.asarray(boxes, np.float64) - m) / s
             points = (np.asarray(points, np.float64) - m) / s
-            for b, p, pts in zip(boxes, probs, points):
-                found.append(Detection(tuple(float(v) for v in b), float(p), pts, "mtcnn", None))
+            found = keep([Detection(tuple(float(v) for v in b), float(p), pts, "mtcnn", None)
+                          for b, p, pts in zip(boxes, probs, points)])
     else:
         vh, vw = view.shape[:2]
         if upsample is None:
@@ -174,16 +198,14 @@ def detect_faces(image: np.ndarray, detector: str = "dlib", upsample: Optional[i
                 raise AlignmentError(f"upsample must be in 0..4, got {upsample}")
             ups = [int(upsample)]
         for up in ups:
-            dets = _dlib_run(view, detector, up)
-            if dets:
-                for box, score in dets:
-                    found.append(Detection(tuple(float(v) / s for v in box), score, None, detector, up))
+            found = keep([Detection(tuple(float(v) / s for v in box), score, None, detector, up)
+                          for box, score in _dlib_run(view, detector, up)])
+            if found:
                 break
-            log.debug("%s at upsample %d found no face", detector, up)
-    if min_score is None and detector == "mtcnn":
-        min_score = MTCNN_MIN_SCORE
-    if min_score is not None:
-        found = [d for d in found if d.score >= min_score]
+            log.debug("%s at upsample %d found no face%s", detector, up,
+                      f" scoring {min_score} or more ({len(low)} below)" if low else "")
+    if dropped is not None:
+        dropped.extend(sorted(low, key=lambda d: d.center[0]))
     return sorted(found, key=lambda d: d.center[0])
 
 

@@ -55,3 +55,7 @@ class TrainingError(FaceeditError, ValueError):
 
 class PipelineError(FaceeditError, ValueError):
     """A request the front door (``faceedit.pipeline``, the CLI) cannot serve."""
+
+
+class OutputError(FaceeditError, OSError):
+    """An output folder or file that cannot be written (read-only, under a file, someone else's file)."""

@@ -1,7 +1,9 @@
 """File output: atomic writes (a file appears whole under its final name or not at all) and hashes.
 
-Temporary files are named ``.<name>.<pid>.<random>.part`` beside the destination. A
-process killed outright (SIGKILL, or SIGTERM where no handler runs) cannot delete its
+Temporary files are named ``.<name>.<pid>.<random>.part`` beside the destination and created
+with mode ``0o666`` less the process umask, so a finished file has the permissions any other
+file the user creates gets (``tempfile.mkstemp``'s private ``0o600`` would follow the rename).
+A process killed outright (SIGKILL, or SIGTERM where no handler runs) cannot delete its
 own; :func:`remove_stale_parts` deletes those whose writer process no longer exists, and
 never those of a live process (a concurrent run into the same folder).
 """
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+from .errors import OutputError
 
 
 def atomic_write_bytes(path, data: bytes, *, protect=()) -> Path:
@@ -32,7 +36,7 @@ def atomic_write_bytes(path, data: bytes, *, protect=()) -> Path:
         except FileNotFoundError:
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
+    fd, tmp = _create_part(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -48,9 +52,65 @@ def atomic_write_bytes(path, data: bytes, *, protect=()) -> Path:
     return path
 
 
+def _create_part(path: Path) -> tuple:
+    """A new temporary file beside ``path``, opened for writing: ``(fd, name)``.
+
+    ``os.open`` with mode ``0o666`` lets the kernel apply the umask (``tempfile.mkstemp``
+    always makes ``0o600``); ``O_EXCL`` makes the random name ours alone.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+        try:
+            return os.open(tmp, flags, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 def atomic_write_text(path, text: str, **kw) -> Path:
     """Write ``text`` as UTF-8 with :func:`atomic_write_bytes` (same keywords)."""
     return atomic_write_bytes(path, text.encode("utf-8"), **kw)
+
+
+def check_writable_dir(path, *, what: str = "--out") -> Path:
+    """Check, before any work, that files can be written into folder ``path``.
+
+    The folder need not exist: its nearest existing ancestor must be a folder in which a
+    file can be created (tried for real with a temporary file, removed at once, since
+    permission bits do not tell: root ignores them, read-only mounts and immutable folders
+    do not show in them). Nothing is created when the check fails.
+
+    Args:
+        path: the output folder.
+        what: how the folder is named in the message (``--out``, ``FACEEDIT_HOME``).
+    Returns:
+        ``path`` as a ``Path``.
+    Raises:
+        OutputError: ``path`` or an ancestor is a file, or the folder cannot be written;
+            the message names the fix.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise OutputError(f"{what} {path}: {probe} is a broken link; choose another folder")
+        parent = probe.parent
+        if parent == probe:
+            break
+        probe = parent
+    if not probe.is_dir():
+        where = "is a file" if probe == path else f"lies under {probe}, which is a file"
+        raise OutputError(f"{what} {path} {where}, not a folder; choose a folder")
+    try:
+        fd, tmp = _create_part(probe / ".faceedit-write-check")
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise OutputError(f"{what} {path}: cannot write into {probe} ({why}); choose a folder you can write to"
+                          + (" or set FACEEDIT_HOME to one" if what == "FACEEDIT_HOME" else "")) from e
+    os.close(fd)
+    os.unlink(tmp)
+    return path
 
 
 def sha256_file(path) -> str:

@@ -21,7 +21,7 @@ from .errors import ImageLoadError
 from .files import atomic_write_bytes
 
 __all__ = ["ImageLoadError", "DEFAULT_MAX_PIXELS", "MAX_FILE_BYTES", "tensor_to_uint8", "uint8_to_tensor",
-           "load_image", "decode_image", "to_rgb", "encode_image", "save_image", "make_grid"]
+           "load_image", "probe_image", "decode_image", "to_rgb", "encode_image", "save_image", "make_grid"]
 
 DEFAULT_MAX_PIXELS = 50_000_000  # 50 MP: larger than any phone photo, far below a bomb
 MAX_FILE_BYTES = 200 * 1024 * 1024
@@ -52,12 +52,55 @@ def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = M
     """Read a photo as ``[H, W, 3]`` RGB uint8 with its EXIF orientation applied.
 
     Args:
-        path: image file (JPEG, PNG, WebP, BMP, TIFF, ...).
+        path: image file (JPEG, PNG, WebP, BMP, TIFF, GIF (first frame), ...).
         max_pixels: refuse images with more pixels than this (``--max-pixels``).
         max_bytes: refuse files larger than this (a server takes a lower limit than the CLI's).
     Raises:
-        ImageLoadError: missing, empty, truncated, not an image, or too large.
+        ImageLoadError: missing, empty, unreadable, truncated, not an image, or too large.
     """
+    path = _check_file(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageLoadError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from e
+    return decode_image(data, name=str(path), max_pixels=max_pixels)
+
+
+def probe_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple:
+    """Check from its header alone that :func:`load_image` will take a file (nothing decoded).
+
+    For the checks a command makes on all its inputs before it loads a model: missing,
+    empty, unreadable, not an image, or over ``max_pixels``. A file damaged past its header
+    passes here and fails in :func:`load_image`.
+
+    Args:
+        path: image file.
+        max_pixels: the pixel limit, as for :func:`load_image`.
+    Returns:
+        ``(width, height)`` as the header gives them.
+    Raises:
+        ImageLoadError: as :func:`load_image`, for what the header shows.
+    """
+    path = _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            with Image.open(f) as im:
+                w, h = im.size
+    except OSError as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise ImageLoadError(_not_an_image(str(path), e)) from e
+        if isinstance(e, (PermissionError, IsADirectoryError)):
+            raise ImageLoadError(f"{path} cannot be read ({e.strerror or e}); check its permissions") from e
+        raise ImageLoadError(_undecodable(str(path), e)) from e
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(_pillow_bomb(str(path), e)) from e
+    except (SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(_undecodable(str(path), e)) from e
+    _check_size(str(path), w, h, max_pixels)
+    return w, h
+
+
+def _check_file(path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
@@ -67,32 +110,48 @@ def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = M
     if size > max_bytes:
         raise ImageLoadError(f"{path} is {size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB "
                              f"limit for a photo; downscale it first")
-    return decode_image(path.read_bytes(), name=str(path), max_pixels=max_pixels)
+    return path
+
+
+def _check_size(name: str, w: int, h: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise ImageLoadError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} MP, over the limit of "
+                             f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels, or max_pixels= in Python, "
+                             f"if you trust the file)")
+    if w < 1 or h < 1:
+        raise ImageLoadError(f"{name} has no pixels ({w}x{h})")
+
+
+def _not_an_image(name: str, e: BaseException) -> str:
+    return f"{name} is not an image faceedit can read ({type(e).__name__}); pass a JPEG or PNG photo"
+
+
+def _undecodable(name: str, e: BaseException) -> str:
+    return (f"{name} could not be decoded ({e}); the file may be truncated or corrupt, "
+            f"re-export or re-download it")
+
+
+def _pillow_bomb(name: str, e: BaseException) -> str:
+    # Pillow's own guard fires in open(), before ours; --max-pixels does not raise it.
+    return (f"{name} is too large, over the limit for a photo: its header claims more pixels than Pillow "
+            f"will decode ({e}), a limit that --max-pixels does not raise; downscale it first")
 
 
 def decode_image(data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode image bytes (see :func:`load_image`)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ImageLoadError(f"{name} is {w}x{h} = {w * h / 1e6:.0f} MP, over the limit of "
-                                     f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels if you trust the file)")
-            if w < 1 or h < 1:
-                raise ImageLoadError(f"{name} has no pixels ({w}x{h})")
+            _check_size(name, *im.size, max_pixels)
             im.load()
             return to_rgb(ImageOps.exif_transpose(im))
     except ImageLoadError:
         raise
-    except Image.DecompressionBombError as e:  # Pillow's own guard fires in open(), before our check
-        raise ImageLoadError(f"{name} is too large: its header claims more pixels than Pillow will decode "
-                             f"({e}); it is over the limit for a photo (check --max-pixels), downscale it first") from e
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(_pillow_bomb(name, e)) from e
     except UnidentifiedImageError as e:
-        raise ImageLoadError(f"{name} is not an image faceedit can read ({type(e).__name__}); "
-                             f"pass a JPEG or PNG photo") from e
+        raise ImageLoadError(_not_an_image(name, e)) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageLoadError(f"{name} could not be decoded ({e}); the file may be truncated or corrupt, "
-                             f"re-export or re-download it") from e
+        raise ImageLoadError(_undecodable(name, e)) from e
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:

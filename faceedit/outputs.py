@@ -1,14 +1,21 @@
-"""What `faceedit invert` and `faceedit edit` write: the record schema and the writers.
+"""What `faceedit invert` and `faceedit edit` write: the record schema, the writers, and the folder guard.
 
-Every file is written atomically (``faceedit.core.files``) and never over an input: the
-photo a result comes from is passed as ``protect``. Images meant for viewing (side-by-side
+Every file is written atomically (``faceedit.core.files``) through an :class:`OutputFolder`,
+which lets no output land on an input of the run or on a file faceedit did not write,
+whatever the names: before writing a file it lists it, with the command and the input it
+comes from, in the folder's ``.faceedit-outputs.jsonl``, and a file there that the list does
+not give to the same command and input is never replaced. Output names are planned for the
+whole run before any work (:meth:`OutputFolder.plan_stems`): two inputs with one stem
+(``same.jpg``, ``same.png``) get ``same`` and ``same_png``, and a stem whose names would hit
+an input or someone else's file moves on the same way. Images meant for viewing (side-by-side
 and sweep strips) are upscaled with nearest-neighbour interpolation so that each face is at
 least :data:`VIEW_SIZE` pixels wide; the reconstruction and edited crops keep the model's
 resolution.
 
 Inversion outputs per face (``<stem>_<face>``, the face's index left to right):
 ``.latent.safetensors``, ``.png`` (reconstruction), ``_side.png`` (target | reconstruction)
-and ``.json`` (the record, written last: its presence marks the face as done). Edit outputs
+and ``.json`` (the record, written last: it marks the face as done, for the settings it lists
+under ``settings``; see :func:`inversion_settings`). Edit outputs
 per photo: ``<stem>_edit.png``, ``<stem>_edit.json`` and per face ``<stem>_<face>_edit.png``,
 ``_side.png``, ``_edit.latent.safetensors``; with a sweep also ``<stem>_<face>_sweep.png``
 and ``<stem>_sweep_<attr>.gif``.
@@ -17,44 +24,303 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from faceedit.core.errors import PipelineError
-from faceedit.core.files import atomic_write_bytes, atomic_write_text
+from faceedit.core.errors import OutputError, PipelineError
+from faceedit.core.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from faceedit.core.images import make_grid, save_image
+from faceedit.inputs import PHOTO_EXTS, collect_photos  # noqa: F401 - re-exported, their old home
 
-#: Photo file suffixes a folder is searched for.
-PHOTO_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+#: The list of the files faceedit wrote into an output folder (one JSON object a line).
+MANIFEST = ".faceedit-outputs.jsonl"
 #: Where the last finished inversion run is remembered, under the cache.
 LAST_INVERSION = "last_inversion.json"
 #: Smallest side, in pixels, of one face in a side-by-side or sweep strip.
 VIEW_SIZE = 256
 
 
-def collect_photos(inputs) -> list:
-    """Files as given, folders expanded to their photos (sorted, not recursive).
+def _file_key(path):
+    """``(device, inode)`` of an existing file (links and other names of one file compare equal), else ``None``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _source_key(source) -> str:
+    return "" if source is None else str(Path(source).resolve())
+
+
+class OutputFolder:
+    """The folder one run writes into: which names its outputs get, and what it must never replace.
 
     Args:
-        inputs: paths of photos or folders.
-    Returns:
-        A list of ``Path``.
-    Raises:
-        PipelineError: a folder holds no photo.
+        root: the output folder (created when the first file is written).
+        inputs: every file the run reads (photos, latents, the photo to paste into, a
+            checkpoint file); none of them is ever written, under any name.
+        command: the command whose outputs these are (``invert``, ``edit``, ``align``, ...):
+            an output is replaced only by the same command for the same input.
+        what: how the folder is named in messages (``--out``).
     """
-    photos = []
-    for p in map(Path, inputs):
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in PHOTO_EXTS)
-            if not found:
-                raise PipelineError(f"folder {p} holds no photos ({', '.join(sorted(PHOTO_EXTS))})")
-            photos.extend(found)
-        else:
-            photos.append(p)
-    return photos
+
+    def __init__(self, root, inputs=(), *, command: str, what: str = "--out"):
+        self.root = Path(root)
+        self.command = command
+        self.what = what
+        self._inputs = {k: str(p) for p in inputs for k in [_file_key(p)] if k is not None}
+        self._claimed = {}  # name -> owner key, this run (this process)
+
+    def __getstate__(self):  # worker processes keep their own reading of the list
+        return {**self.__dict__, "_claimed": {}}
+
+    # -- reading the list ------------------------------------------------------------------
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    def _read(self) -> dict:
+        """``{name: {"command:source", ...}}``, read on from where this process last stopped."""
+        key = str(self.manifest.absolute())
+        entry = _LISTS.setdefault(key, [None, 0, {}])  # [(device, inode), bytes read, owners]
+        try:
+            with open(self.manifest, "rb") as f:
+                st = os.fstat(f.fileno())
+                if (st.st_dev, st.st_ino) != entry[0] or st.st_size < entry[1]:  # another list: read it anew
+                    entry[:] = [(st.st_dev, st.st_ino), 0, {}]
+                f.seek(entry[1])
+                data = f.read(st.st_size - entry[1])
+        except OSError:  # no list (yet, or any more): nothing here is faceedit's
+            entry[:] = [None, 0, {}]
+            return entry[2]
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        entry[1] += end
+        for line in data[:end].decode("utf-8", errors="replace").splitlines():
+            try:
+                e = json.loads(line)
+                entry[2].setdefault(str(e["file"]), set()).add(f"{e['command']}:{e['source']}")
+            except (ValueError, KeyError, TypeError):
+                continue  # a line damaged by hand
+        return entry[2]
+
+    def _owner(self, source) -> str:
+        return f"{self.command}:{_source_key(source)}"
+
+    def _name(self, path) -> str:
+        """``path`` (a file in this folder) relative to the folder, as the list spells it."""
+        p = Path(path)
+        for a, b in ((p, self.root), (p.absolute(), self.root.absolute())):
+            try:
+                return a.relative_to(b).as_posix()
+            except ValueError:
+                continue
+        raise OutputError(f"{path} is not inside the output folder {self.root}")
+
+    def _owns_name(self, name: str, source, owners: dict | None = None) -> bool:
+        owners = self._read() if owners is None else owners
+        return self._owner(source) in owners.get(name, ())
+
+    def owns(self, path, source=None) -> bool:
+        """Whether faceedit's list gives ``path`` (a file in this folder) to this command and ``source``."""
+        return self._owns_name(self._name(path), source)
+
+    def is_input(self, path) -> bool:
+        """Whether ``path`` is (another name of) a file the run reads."""
+        k = _file_key(path)
+        return k is not None and k in self._inputs
+
+    # -- before the work -------------------------------------------------------------------
+    def check(self) -> "OutputFolder":
+        """Raise :class:`OutputError` now if the folder cannot be written (see ``check_writable_dir``)."""
+        check_writable_dir(self.root, what=self.what)
+        return self
+
+    def _existing(self) -> list:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                      if (p.is_file() or p.is_symlink()) and p.name != MANIFEST and not p.name.endswith(".part"))
+
+    def plan_stems(self, sources: list, pattern, *, stem=None) -> dict:
+        """Choose each input's output stem for the whole run, before any work.
+
+        An input gets its own stem (``stem(source)``, by default the file's stem) unless another
+        input of the run has it already, or one of the files the stem's outputs would be named
+        (``pattern(stem)``, a regex over names relative to the folder) exists and is an input
+        or not faceedit's output of this command for this input. Then it tries
+        ``<stem>_<suffix>`` (``same_png``), then ``<stem>_<suffix>_2``, ``_3``, ... The choice
+        depends only on the inputs and the folder, so a re-run finds the same names.
+
+        Args:
+            sources: the inputs, in order (paths; ``None`` is not allowed here).
+            pattern: ``pattern(stem) -> str``, the regex of every name that stem's outputs take.
+            stem: ``stem(source) -> str``, the default stem (relative path for folder trees).
+        Returns:
+            ``{source: stem}``.
+        """
+        import bisect
+
+        existing = sorted((n.casefold(), n) for n in self._existing())  # every pattern starts with its stem
+        keys = [k for k, _ in existing]
+        owners = self._read()
+        used, out = set(), {}
+        for src in sources:
+            base = stem(src) if stem is not None else Path(src).stem
+            ext = Path(src).suffix.lower().lstrip(".") or "file"
+            for k in range(1, 10_000):
+                cand = base if k == 1 else f"{base}_{ext}" if k == 2 else f"{base}_{ext}_{k - 1}"
+                if cand.casefold() in used:
+                    continue
+                rx = re.compile(pattern(re.escape(cand)), re.IGNORECASE)
+                i, near = bisect.bisect_left(keys, cand.casefold()), []
+                while i < len(keys) and keys[i].startswith(cand.casefold()):
+                    near.append(existing[i][1])
+                    i += 1
+                if all(not rx.fullmatch(n) or (not self.is_input(self.root / n) and self._owns_name(n, src, owners))
+                       for n in near):
+                    break
+            used.add(cand.casefold())
+            out[src] = cand
+        return out
+
+    def earlier(self, pattern: str, source=None) -> list:
+        """Names (matching regex ``pattern``) this command already wrote here for ``source``: what a run replaces."""
+        rx, owners = re.compile(pattern, re.IGNORECASE), self._read()
+        return [n for n in self._existing() if rx.fullmatch(n) and self._owns_name(n, source, owners)]
+
+    # -- writing ---------------------------------------------------------------------------
+    def claim(self, path, source=None) -> Path:
+        """List ``path`` as this command's output for ``source``, after checking it may be written.
+
+        Call it before writing the file (so a killed run leaves nothing unlisted).
+
+        Raises:
+            OutputError: ``path`` is an input of the run, exists and is not faceedit's
+                output of this command for ``source``, or another input of this run took it.
+        """
+        name = self._name(path)
+        path = self.root / name
+        owner = self._owner(source)
+        if self.is_input(path):
+            raise OutputError(f"refusing to write {path}: it is an input of this run; choose another {self.what}")
+        if name in self._claimed and self._claimed[name] != owner:
+            raise OutputError(f"refusing to write {path} twice in one run (for {self._claimed[name].split(':', 1)[1]} "
+                              f"and {_source_key(source)}); choose another {self.what}")
+        listed = self._owns_name(name, source)
+        if (path.exists() or path.is_symlink()) and not listed:
+            raise OutputError(f"refusing to replace {path}: faceedit's `{self.command}` did not write it for this "
+                              f"input (it is not in {self.manifest.name}); move it, or choose another {self.what}")
+        if not listed:
+            self.root.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"file": name, "command": self.command, "source": _source_key(source)}) + "\n"
+            fd = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                os.write(fd, line.encode("utf-8"))  # one write: appends of concurrent runs do not interleave
+            finally:
+                os.close(fd)
+        self._claimed[name] = owner
+        return path
+
+    def write_bytes(self, path, data: bytes, source=None) -> Path:
+        """:meth:`claim`, then ``atomic_write_bytes``."""
+        return atomic_write_bytes(self.claim(path, source), data, protect=list(self._inputs.values()))
+
+    def write_text(self, path, text: str, source=None) -> Path:
+        return self.write_bytes(path, text.encode("utf-8"), source)
+
+    def save_image(self, path, arr: np.ndarray, source=None) -> Path:
+        return save_image(self.claim(path, source), arr, protect=list(self._inputs.values()))
+
+    def save_latent(self, path, latent, source=None) -> Path:
+        return latent.save(self.claim(path, source))
+
+
+#: Each output folder's list as this process has read it: manifest path -> [file id, bytes read, owners].
+_LISTS: dict = {}
+
+
+def as_folder(out, inputs=(), *, command: str) -> OutputFolder:
+    """``out`` if it is an :class:`OutputFolder`, else a new one over the path ``out``."""
+    return out if isinstance(out, OutputFolder) else OutputFolder(out, [p for p in inputs if p is not None],
+                                                                  command=command)
+
+
+#: Regexes of the names one stem's outputs take, per command (``{s}``: the escaped stem).
+INVERT_NAMES = r"{s}_\d+(\.latent\.safetensors|\.png|_side\.png|\.json)"
+EDIT_NAMES = (r"{s}_(edit\.png|edit\.json|\d+_edit\.png|\d+_side\.png|\d+_edit\.latent\.safetensors|\d+_sweep\.png"
+              r"|sweep_[^/]+\.gif)")
+
+
+def names(template: str):
+    """``pattern(stem)`` for :meth:`OutputFolder.plan_stems` from a template of this module."""
+    return lambda s: template.replace("{s}", s)
+
+
+#: What must match between a face's record and a run for the face to count as done.
+SETTINGS_KEYS = ("model_id", "space", "method", "steps", "seed", "prior", "prior_weight", "perceptual",
+                 "optimize_noise", "detector", "min_score", "aligned", "other")
+_NOT_SETTINGS = ("batch_size", "callback")
+
+
+def inversion_settings(pipe, *, aligned: bool) -> dict:
+    """The settings an inversion result depends on, as its record stores them under ``settings``.
+
+    Args:
+        pipe: the :class:`~faceedit.pipeline.Pipeline`.
+        aligned: the inputs are aligned crops (no detection).
+    Returns:
+        ``{key: value}`` for :data:`SETTINGS_KEYS`; steps not given read ``default on cpu|cuda``.
+    """
+    from faceedit.inversion.options import InversionOptions
+
+    o = {k: v for k, v in pipe.invert_options.items() if v is not None and k not in _NOT_SETTINGS}
+    dflt = InversionOptions()
+    steps, pw = o.pop("steps", None), o.pop("prior_weight", dflt.prior_weight)
+    perceptual = o.pop("perceptual", dflt.perceptual)
+    return {"model_id": pipe.model_id, "space": pipe.space, "method": pipe.method,
+            "steps": steps if steps is not None else f"default on {pipe.device.type}",
+            "seed": int(o.pop("seed", dflt.seed)), "prior": str(o.pop("prior", "gaussian")),
+            "prior_weight": None if pw is None else float(pw),
+            "perceptual": str(getattr(perceptual, "value", perceptual)),
+            "optimize_noise": bool(o.pop("optimize_noise", dflt.optimize_noise)),
+            "detector": None if aligned else pipe.detector, "min_score": None if aligned else pipe.min_score,
+            "aligned": bool(aligned), "other": {k: repr(v) for k, v in sorted(o.items())}}
+
+
+def settings_differences(here: dict, there: dict | None) -> list:
+    """``["space: 'w+' here, 'w' there", ...]`` for every setting of ``here`` that ``there`` differs in."""
+    there = there or {}
+    return [f"{k}: {here.get(k)!r} here, {there.get(k, 'not recorded')!r} there" for k in here
+            if here.get(k) != there.get(k, "not recorded")]
+
+
+def read_record(path) -> dict | None:
+    """A JSON record, or ``None`` if it is missing or damaged (a damaged record is redone)."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def folder_inversions(folder: OutputFolder, settings: dict) -> list:
+    """Every face record in ``folder`` made with ``settings`` whose latent file exists (sorted by photo, face)."""
+    rx = re.compile(r".+_\d+\.json")
+    recs, owners = [], folder._read()
+    for n in folder._existing():
+        if "/" in n or not rx.fullmatch(n):
+            continue
+        rec = read_record(folder.root / n)
+        if (rec and rec.get("settings") == settings and folder._owns_name(n, rec.get("photo"), owners)
+                and Path(str(rec.get("latent", ""))).is_file()):
+            rec.setdefault("json", str((folder.root / n).resolve()))
+            recs.append(rec)
+    return sorted(recs, key=lambda r: (str(r["photo"]), int(r["face"])))
 
 
 def last_inversion_path() -> Path:
@@ -110,23 +376,28 @@ def view_grid(tiles, cols: int) -> np.ndarray:
     return make_grid(upscale_for_view(np.stack(tiles)), cols=cols)
 
 
-def inversion_stem(photo, face) -> str:
-    """``<stem>_<face index>`` of a face's inversion outputs (index 0 for an aligned crop)."""
-    return f"{Path(photo).stem}_{face.index if face is not None else 0}"
+def inversion_stem(photo, face, stem: str | None = None) -> str:
+    """``<stem>_<face index>`` of a face's inversion outputs (index 0 for an aligned crop); ``stem``
+    defaults to the photo's (a run gives the one :meth:`OutputFolder.plan_stems` chose)."""
+    return f"{Path(photo).stem if stem is None else stem}_{face.index if face is not None else 0}"
 
 
-def inversion_done(out, photo, face) -> bool:
-    """Whether a face's record exists in ``out`` (it is written last)."""
-    return (Path(out) / f"{inversion_stem(photo, face)}.json").exists()
+def inversion_done(out, photo, face, settings: dict | None = None, *, stem: str | None = None) -> bool:
+    """Whether a face has a finished result in ``out``: its record (written last) exists, names this
+    photo and, when ``settings`` are given, was made with them, and its latent file exists."""
+    rec = read_record(Path(out) / f"{inversion_stem(photo, face, stem)}.json")
+    return bool(rec and rec.get("photo") == str(Path(photo).resolve())
+                and (settings is None or rec.get("settings") == settings)
+                and Path(str(rec.get("latent", ""))).is_file())
 
 
 def write_inversion(out, photo, face, latent, model, target: np.ndarray, reconstruction: np.ndarray,
-                    metrics: dict, method: str) -> dict:
+                    metrics: dict, method: str, *, stem: str | None = None, settings: dict | None = None) -> dict:
     """Write one face's inversion outputs and its record.
 
     Args:
-        out: output folder.
-        photo: the source photo's path (protected from being overwritten).
+        out: output folder (a path, or the run's :class:`OutputFolder`).
+        photo: the source photo's path (never written).
         face: its ``AlignedFace`` (``None`` for an aligned crop).
         latent: the face's latent (batch of one) with the batch's metadata.
         model: the :class:`~faceedit.checkpoints.loaded.LoadedModel`.
@@ -135,14 +406,19 @@ def write_inversion(out, photo, face, latent, model, target: np.ndarray, reconst
         reconstruction: ``[R, R, 3]`` uint8 synthesis of the latent.
         metrics: ``{name: float}`` reconstruction metrics of this face.
         method: the inversion method.
+        stem: the photo's output stem (default: its file stem).
+        settings: the run's :func:`inversion_settings`, stored in the record (what resuming compares).
     Returns:
-        The record (also written as ``<stem>.json``), with its own path under ``json``.
+        The record (also written as ``<stem>_<face>.json``), with its own path under ``json``.
+    Raises:
+        OutputError: a name would replace an input or a file faceedit did not write.
     """
     from faceedit import __version__
 
-    out = Path(out)
+    folder = as_folder(out, [photo], command="invert")
+    out = folder.root
     idx = face.index if face is not None else 0
-    stem = inversion_stem(photo, face)
+    stem = inversion_stem(photo, face, stem)
     meta = dict(latent.meta)
     meta["source"] = str(Path(photo).resolve())
     meta["face_index"] = idx
@@ -150,36 +426,36 @@ def write_inversion(out, photo, face, latent, model, target: np.ndarray, reconst
         meta["alignment"] = face.metadata()
     one = type(latent)(space=latent.space, codes=latent.codes, model_id=latent.model_id, z=latent.z,
                        noise=latent.noise, tuning=latent.tuning, meta=meta)
-    protect = (photo,)
     lat_path = out / f"{stem}.latent.safetensors"
-    one.save(lat_path)
-    save_image(out / f"{stem}.png", reconstruction, protect=protect)
-    save_image(out / f"{stem}_side.png", view_grid([target, reconstruction], cols=2), protect=protect)
+    folder.save_latent(lat_path, one, photo)
+    folder.save_image(out / f"{stem}.png", reconstruction, photo)
+    folder.save_image(out / f"{stem}_side.png", view_grid([target, reconstruction], cols=2), photo)
     rec = {"version": __version__, "photo": meta["source"], "face": idx, "model": model.name,
            "model_id": model.model_id, "model_sha256": model.sha256, "space": one.space, "method": method,
            "steps": meta["steps"], "steps_requested": meta["steps_requested"], "seed": meta["seed"],
            "prior": meta["prior"], "prior_weight": meta["prior_weight"], "perceptual": meta["perceptual"],
            "perceptual_requested": meta.get("perceptual_requested"),
            "optimize_noise": meta["optimize_noise"], "losses": meta["losses"], "metrics": metrics,
-           "seconds_batch": meta["seconds"], "alignment": meta.get("alignment"), "latent": str(lat_path.resolve()),
-           "reconstruction": str((out / f"{stem}.png").resolve()),
+           "seconds_batch": meta["seconds"], "alignment": meta.get("alignment"),
+           "detector_score": None if face is None else float(face.score), "settings": settings,
+           "latent": str(lat_path.resolve()), "reconstruction": str((out / f"{stem}.png").resolve()),
            "side_by_side": str((out / f"{stem}_side.png").resolve())}
     if isinstance(meta.get("tuning"), dict) and "steps" in meta["tuning"]:
         rec["tuning_steps"] = meta["tuning"]["steps"]
     jpath = out / f"{stem}.json"
-    atomic_write_text(jpath, json.dumps(rec, indent=2), protect=protect)
+    folder.write_text(jpath, json.dumps(rec, indent=2), photo)
     rec["json"] = str(jpath.resolve())
     return rec
 
 
 def write_edit(out, stem: str, src, result, *, pairs: dict, layers, inversion: dict | None, unit: str,
-               model_id: str, timings: dict, sweep=None) -> dict:
+               model_id: str, timings: dict, sweep=None, source=None) -> dict:
     """Write an edit's outputs and its record ``<stem>_edit.json``.
 
     Args:
-        out: output folder.
-        stem: file stem (the photo's).
-        src: the source photo's path, or ``None`` (protected from being overwritten).
+        out: output folder (a path, or the run's :class:`OutputFolder`).
+        stem: file stem (the photo's, or the one the run planned).
+        src: the source photo's path, or ``None`` (never written).
         result: an :class:`~faceedit.pipeline.EditResult`, or a list of
             :class:`~faceedit.pipeline.FaceEdit` when there was no photo to paste into.
         pairs: the edits ``{key: strength}``.
@@ -189,19 +465,23 @@ def write_edit(out, stem: str, src, result, *, pairs: dict, layers, inversion: d
         model_id: the model's id.
         timings: seconds per stage so far (``write`` is added).
         sweep: a :class:`~faceedit.pipeline.Sweep`, or ``None``.
+        source: the input the outputs belong to in the folder's list (default ``src``).
     Returns:
         The record.
+    Raises:
+        OutputError: a name would replace an input or a file faceedit did not write.
     """
     from faceedit import __version__
 
-    out = Path(out)
-    protect = (src,) if src is not None else ()
+    folder = as_folder(out, [src], command="edit")
+    out = folder.root
+    source = src if source is None else source
     faces = result if isinstance(result, list) else result.faces
     photo_out = None
     if not isinstance(result, list):
         t1 = time.perf_counter()
         photo_out = out / f"{stem}_edit.png"
-        save_image(photo_out, result.photo, protect=protect)
+        folder.save_image(photo_out, result.photo, source)
         timings = {**timings, "write": round(time.perf_counter() - t1, 3)}
     rec = {"version": __version__, "photo": str(Path(src).resolve()) if src else None,
            "photo_out": str(photo_out) if photo_out else None, "model_id": model_id, "inversion": inversion,
@@ -210,7 +490,7 @@ def write_edit(out, stem: str, src, result, *, pairs: dict, layers, inversion: d
     for fe in faces:
         idx = fe.face.index if fe.face is not None else 0
         fstem = f"{stem}_{idx}"
-        save_image(out / f"{fstem}_edit.png", fe.crop, protect=protect)
+        folder.save_image(out / f"{fstem}_edit.png", fe.crop, source)
         tiles = [fe.reconstruction, fe.crop]
         if fe.face is not None and fe.face.crop.shape[0] > 1:
             tgt = fe.face.crop
@@ -219,43 +499,53 @@ def write_edit(out, stem: str, src, result, *, pairs: dict, layers, inversion: d
 
                 tgt = cv2.resize(tgt, fe.crop.shape[:2][::-1], interpolation=cv2.INTER_AREA)
             tiles.insert(0, tgt)
-        save_image(out / f"{fstem}_side.png", view_grid(tiles, cols=len(tiles)), protect=protect)
-        fe.edited.save(out / f"{fstem}_edit.latent.safetensors")
+        folder.save_image(out / f"{fstem}_side.png", view_grid(tiles, cols=len(tiles)), source)
+        folder.save_latent(out / f"{fstem}_edit.latent.safetensors", fe.edited, source)
+        score = fe.face.score if fe.face is not None and fe.face.detector else None
         rec["faces"].append({"face": idx, "crop": str(out / f"{fstem}_edit.png"), "space": fe.edited.space,
                              "latent_in_space": fe.latent.space,
                              "latent": str(out / f"{fstem}_edit.latent.safetensors"),
+                             "detector_score": None if score is None else float(score),
                              "applied": fe.edited.meta.get("edits", [])[-len(pairs):],
                              "alignment": fe.face.metadata() if fe.face is not None else None})
     if sweep is not None:
-        rec["sweep"] = write_sweep(out, stem, sweep, protect=protect)
-    atomic_write_text(out / f"{stem}_edit.json", json.dumps(rec, indent=2, default=str), protect=protect)
+        rec["sweep"] = write_sweep(folder, stem, sweep, source=source)
+    folder.write_text(out / f"{stem}_edit.json", json.dumps(rec, indent=2, default=str), source)
     return rec
 
 
-def write_sweep(out, stem: str, sweep, *, protect=()) -> dict:
+def write_sweep(out, stem: str, sweep, *, source=None) -> dict:
     """Write a sweep: one strip per face (rows: attributes, columns: strengths), one GIF per
     attribute (there and back, 0.25 s a frame).
 
+    Args:
+        out: output folder (a path, or the run's :class:`OutputFolder`).
+        stem: file stem.
+        sweep: a :class:`~faceedit.pipeline.Sweep`.
+        source: the input these outputs belong to (never written).
     Returns:
         ``{"strengths", "strips", "gifs"}`` with the written paths.
     """
     import imageio.v2 as imageio
 
-    out = Path(out)
+    folder = as_folder(out, [source], command="edit")
+    out = folder.root
     written = {"strengths": sweep.strengths, "strips": [], "gifs": []}
     for idx, tiles in sweep.strips:
         p = out / f"{stem}_{idx}_sweep.png"
-        save_image(p, view_grid(tiles, cols=len(sweep.strengths)), protect=protect)
+        folder.save_image(p, view_grid(tiles, cols=len(sweep.strengths)), source)
         written["strips"].append(str(p))
     for key, frames in sweep.frames.items():
         buf = io.BytesIO()
         imageio.mimsave(buf, frames + frames[-2:0:-1], format="GIF", duration=0.25, loop=0)
         p = out / f"{stem}_sweep_{re.sub(r'[^A-Za-z0-9-]+', '-', key)}.gif"
-        atomic_write_bytes(p, buf.getvalue(), protect=protect)
+        folder.write_bytes(p, buf.getvalue(), source)
         written["gifs"].append(str(p))
     return written
 
 
-__all__ = ["PHOTO_EXTS", "VIEW_SIZE", "collect_photos", "last_inversion_path", "read_last_inversion",
+__all__ = ["PHOTO_EXTS", "VIEW_SIZE", "MANIFEST", "OutputFolder", "as_folder", "names", "INVERT_NAMES",
+           "EDIT_NAMES", "SETTINGS_KEYS", "inversion_settings", "settings_differences", "read_record",
+           "folder_inversions", "collect_photos", "last_inversion_path", "read_last_inversion",
            "write_last_inversion", "write_inversion", "write_edit", "write_sweep", "upscale_for_view",
            "inversion_done", "inversion_stem"]

@@ -36,7 +36,7 @@ import torch
 
 from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import AlignmentError, PipelineError
-from faceedit.defaults import DEFAULT_STRENGTH
+from faceedit.defaults import DEFAULT_STRENGTH, FAR_FROM_PRIOR, MAX_STRENGTH
 
 if TYPE_CHECKING:
     from faceedit.inversion.options import StepCallback
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 
 #: Mapping samples that measure the strength scale of a conditional direction made on the fly.
 CONDITION_SAMPLES = 20_000
+
+
+class OutOfDistributionError(PipelineError):
+    """An edit past what was measured (``MAX_STRENGTH``) or a latent far outside the model's
+    distribution (``FAR_FROM_PRIOR``): the result would be noise. ``force=True`` makes it anyway."""
 
 
 @contextlib.contextmanager
@@ -184,6 +189,15 @@ class InversionRun:
     space: str
     out: object
 
+    def faces_lines(self) -> list:
+        """One line per face inverted in this run: photo, face index, detector score, outputs."""
+        out = []
+        for r in self.records:
+            score = r.get("detector_score")
+            out.append(f"  {r['photo']} face {r['face']}"
+                       + ("" if score is None else f" (detector score {score:.2f})") + f" -> {r['json']}")
+        return out
+
     def summary(self) -> str:
         """One line: faces, photos, space, model, steps (PTI: tuning steps) and mean MSE."""
         r = self.records[0]
@@ -194,6 +208,21 @@ class InversionRun:
         mse = float(np.mean([x["metrics"]["mse"] for x in self.records]))
         return (f"inverted {len(self.records)} face(s) from {self.photos - len(self.failures)} photo(s) into "
                 f"{self.space} of {self.model_id} ({steps}, mean MSE {mse:.4f} on [0,1]); wrote {self.out}")
+
+
+@dataclass
+class EditRun:
+    """What :func:`edit_files` returns.
+
+    Attributes:
+        records: one record per photo (or latent group) edited (see ``faceedit.outputs.write_edit``).
+        failures: ``[(input, reason)]`` of the inputs that failed; the others were edited.
+        replaced: how many inputs had results of an earlier run in the folder (replaced now).
+    """
+
+    records: list
+    failures: list
+    replaced: int = 0
 
 
 class Pipeline:
@@ -215,11 +244,22 @@ class Pipeline:
         paste_options: extra keyword arguments for ``faceedit.alignment.paste_back``
             (``mask``, ``feather``); the mode is always ``residual`` with the reconstruction
             as reference.
+        max_pixels: photos with more pixels are refused (``faceedit.core.images.load_image``).
+        min_score: detections scoring below this are not faces (``faceedit.alignment.align``;
+            default ``None``: its rule, a weak dlib detection beside a confident face is skipped).
+        force: edit even past ``faceedit.defaults.MAX_STRENGTH`` or with a latent farther than
+            ``FAR_FROM_PRIOR`` from the model's distribution (otherwise
+            :class:`OutOfDistributionError`).
+        notice: callable told, per photo, each detection alignment skipped (with its score and
+            why) and each doubt (a photo whose detections all score low); ``None``: the
+            alignment room's log warnings only.
     """
 
     def __init__(self, model=None, *, space: str = "w+", method: str | None = None, device="auto",
                  detector: str = "dlib", directions=None, strength_unit: str = "std",
-                 invert_options: dict | None = None, paste_options: dict | None = None):
+                 invert_options: dict | None = None, paste_options: dict | None = None,
+                 max_pixels: int | None = None, min_score: float | None = None, force: bool = False,
+                 notice=None):
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.core.device import resolve_device
 
@@ -250,6 +290,13 @@ class Pipeline:
 
         self.method = method or default_method(self.model, self.space)
         self.detector = detector
+        from faceedit.core.images import DEFAULT_MAX_PIXELS
+
+        self.min_score = None if min_score is None else float(min_score)
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
+        self.force = bool(force)
+        self.notice = notice
+        self._distance = None
         self.directions = directions
         self.strength_unit = strength_unit
         self.invert_options = dict(invert_options or {})
@@ -264,15 +311,23 @@ class Pipeline:
     def recipe(self):
         return model_recipe(self.model.config, self.G.resolution)
 
-    def align(self, photo: np.ndarray, face="largest") -> list:
+    def align(self, photo: np.ndarray, face="largest", *, name: str = "the photo") -> list:
         """Faces of ``photo`` aligned with the model's recipe (``face``: largest, all, or an index).
 
         When no face is found upright, the photo is also tried rotated by 90, 180 and 270
         degrees (``try_rotations``); matrices still refer to the photo as given, so the
-        edit is pasted back into the photo as it is."""
-        from faceedit.alignment import align
+        edit is pasted back into the photo as it is. Detections below ``self.min_score``
+        are not faces (logged as skipped, with their scores)."""
+        from faceedit.alignment import align_photo
 
-        return align(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True)
+        rep = align_photo(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True,
+                          min_score=self.min_score, name=name)
+        if self.notice is not None:
+            for s in rep.skipped:
+                self.notice(f"{name}: {'a detection' if s.index is None else f'face {s.index}'} skipped: {s.reason}")
+            for note in rep.notes:
+                self.notice(f"{name}: {note}")
+        return rep.faces
 
     def invert(self, faces: list, *, callback: StepCallback | None = None):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
@@ -340,21 +395,33 @@ class Pipeline:
         """
         from faceedit.core.images import load_image
 
-        img = load_image(path)
+        img = load_image(path, max_pixels=self.max_pixels)
         if aligned:
             return [(path, None, img)]
         try:
-            return [(path, f, f.crop) for f in self.align(img, face=face)]
+            return [(path, f, f.crop) for f in self.align(img, face=face, name=str(path))]
         except AlignmentError as e:  # the same class (FaceNotFoundError, ...), the message naming the file
+            if str(path) in str(e):
+                raise
             raise type(e)(f"{path}: {e}") from e
 
     def invert_files(self, photos: list, out, *, face="largest", aligned: bool = False, batch_size: int = 16,
-                     quiet: bool = False, echo=None) -> InversionRun:
+                     quiet: bool = False, echo=None, overwrite: bool = False) -> InversionRun:
         """Align photos, invert their faces in batches and write each face's outputs and record.
 
-        A face whose record exists in ``out`` is skipped (a re-run resumes); a photo that
-        fails with a user error is skipped and reported, unless it is the only one. The
-        finished run is remembered for `faceedit edit` (``faceedit.outputs.write_last_inversion``).
+        Before any work: the folder and the cache (``last_inversion.json``) must be writable,
+        and each photo's header is read (a bad photo is listed and skipped). Output names are
+        planned for the whole run (``faceedit.outputs.OutputFolder``): no output lands on an
+        input or on a file faceedit did not write, and two photos never share a name.
+
+        A face is done when its record in ``out`` names the photo and the same settings
+        (``faceedit.outputs.inversion_settings``: model, space, method, steps, seed, prior,
+        losses, detector) and its latent exists: a re-run skips it. Results of these photos
+        made with other settings stop the run before any inversion, saying what differs
+        (``overwrite=True`` replaces them): a folder holds one consistent set, and nothing made
+        earlier is lost to a changed option. A photo that fails with a user error is skipped
+        and listed. The finished run is remembered for `faceedit edit` with every face the
+        folder holds for these settings (``faceedit.outputs.write_last_inversion``).
 
         Args:
             photos: photo paths.
@@ -365,63 +432,84 @@ class Pipeline:
             quiet: no progress bars.
             echo: callable for progress messages (resuming, batch shrinking), or ``None``.
                 A single photo also gets its stages told and a bar over the optimisation steps.
+            overwrite: replace results of these photos made with other settings.
         Returns:
-            An :class:`InversionRun`.
+            An :class:`InversionRun` (its ``failures`` list the photos skipped).
         Raises:
-            PipelineError: no photo gave a face.
+            PipelineError: no photo gave a face, or results with other settings and not ``overwrite``.
+            OutputError: ``out`` or the cache cannot be written.
         """
-        from pathlib import Path
-
         from tqdm import tqdm
 
         from faceedit import outputs
         from faceedit.batching import run_batched
-        from faceedit.core.files import remove_stale_parts
+        from faceedit.checkpoints.registry import cache_dir
+        from faceedit.core.files import check_writable_dir, remove_stale_parts
         from faceedit.errors import USER_ERRORS
+        from faceedit.inputs import check_photos
 
         echo = echo or log.info
-        out = Path(out)
-        faces, failures = [], []
-        stage = echo if len(photos) == 1 and not quiet else (lambda msg: None)
+        folder = outputs.as_folder(out, photos, command="invert").check()
+        out = folder.root
+        check_writable_dir(cache_dir(), what="FACEEDIT_HOME")
+        n_given = len(photos)
+        photos, failures = check_photos(photos, max_pixels=self.max_pixels)
+        settings = outputs.inversion_settings(self, aligned=aligned)
+        stems = folder.plan_stems(photos, outputs.names(outputs.INVERT_NAMES))
+        other = []
+        for p in photos:
+            for n in folder.earlier(re.escape(stems[p]) + r"_\d+\.json", p):
+                rec = outputs.read_record(out / n)
+                if rec is not None and rec.get("settings") != settings:
+                    other.append((n, rec))
+        if other:
+            diff = "; ".join(outputs.settings_differences(settings, other[0][1].get("settings")))
+            if not overwrite:
+                raise PipelineError(f"{out} holds results of {len(other)} face(s) of these photos made with other "
+                                    f"settings ({diff}); nothing was inverted. Pass --out ANOTHER_FOLDER to keep "
+                                    f"them and invert there, or --overwrite (overwrite=True) to replace them")
+            echo(f"replacing {len(other)} face(s) in {out} made with other settings ({diff})")
+        faces = []
+        stage = echo if n_given == 1 and not quiet else (lambda msg: None)
         for p in tqdm(photos, desc="align", unit="photo", disable=quiet or len(photos) < 2):
             stage(f"aligning {p}")
             try:
                 faces += self.align_file(p, face, aligned=aligned)
             except USER_ERRORS as e:
-                if len(photos) == 1:
-                    raise
                 failures.append((str(p), f"{type(e).__name__}: {e}"))
         if not faces:
             raise PipelineError("no face to invert in " + "; ".join(f"{p} ({e})" for p, e in failures))
         remove_stale_parts(out)
         n_all = len(faces)
-        faces = [t for t in faces if not outputs.inversion_done(out, t[0], t[1])]
-        run = InversionRun(records=[], failures=failures, photos=len(photos), skipped=n_all - len(faces),
+        faces = [t for t in faces if not outputs.inversion_done(out, t[0], t[1], settings, stem=stems[t[0]])]
+        run = InversionRun(records=[], failures=failures, photos=n_given, skipped=n_all - len(faces),
                            model_id=self.model_id, space=self.space, out=out)
-        if not faces:
-            return run
         if run.skipped:
-            echo(f"resuming: {run.skipped} face(s) already done in {out}")
+            echo(f"resuming: {run.skipped} face(s) already done in {out} with these settings")
         bar = tqdm(total=len(faces), desc=f"invert {self.space}", unit="face", disable=quiet or len(faces) < 2)
 
         def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
             stage(f"inverting {len(chunk)} face(s) into {self.space} with {self.method}")
-            with step_bar(f"{self.method} steps", disable=True if quiet or len(photos) > 1 else None) as on_step:
+            with step_bar(f"{self.method} steps", disable=True if quiet or n_given > 1 else None) as on_step:
                 inv = self.invert_faces([f if f is not None else crop for _, f, crop in chunk], callback=on_step)
             for k, (p, f, _) in enumerate(chunk):
-                run.records.append(outputs.write_inversion(out, p, f, inv.latents[k], self.model, inv.targets[k],
-                                                           inv.reconstructions[k], inv.metrics[k], self.method))
+                run.records.append(outputs.write_inversion(folder, p, f, inv.latents[k], self.model, inv.targets[k],
+                                                           inv.reconstructions[k], inv.metrics[k], self.method,
+                                                           stem=stems[p], settings=settings))
             stage(f"wrote {len(chunk)} face(s) to {out}")
             bar.update(len(chunk))
 
-        run_batched(invert_chunk, faces, batch_size,
-                    on_shrink=lambda a, b: echo(f"out of GPU memory at batch {a}; continuing with {b}"))
+        if faces:
+            run_batched(invert_chunk, faces, batch_size,
+                        on_shrink=lambda a, b: echo(f"out of GPU memory at batch {a}; continuing with {b}"))
         bar.close()
-        outputs.write_last_inversion(run.records, model=self.model_name, model_id=self.model_id, space=self.space,
-                                     out=out)
+        every = outputs.folder_inversions(folder, settings)
+        if every:
+            outputs.write_last_inversion(every, model=self.model_name, model_id=self.model_id, space=self.space,
+                                         out=out)
         return run
 
-    def faces_for_latents(self, photo: np.ndarray, latents: list) -> tuple:
+    def faces_for_latents(self, photo: np.ndarray, latents: list, *, name: str = "the photo") -> tuple:
         """The faces of ``photo`` the latents were inverted from, and the paste-back options.
 
         Each face is re-detected (its landmarks give the hull mask) and matched to the
@@ -433,6 +521,7 @@ class Pipeline:
         Args:
             photo: ``[H, W, 3]`` uint8.
             latents: latents with ``alignment`` metadata (from ``faceedit invert``).
+            name: how the photo is named in messages (its path).
         Returns:
             ``(faces, paste_options)``.
         Raises:
@@ -462,7 +551,7 @@ class Pipeline:
                                  index=int(a.get("index", 0)), detector=a.get("detector", ""),
                                  recipe=AlignmentRecipe.from_dict(a.get("recipe") or {}))
             try:
-                match = [f for f in self.align(photo, face="all") if f.index == stored.index
+                match = [f for f in self.align(photo, face="all", name=name) if f.index == stored.index
                          and np.allclose(f.matrix, stored.matrix, atol=1e-3, rtol=1e-4)]
             except AlignmentError as e:  # no face found again: use the stored geometry
                 log.info("re-alignment failed (%s); using the stored quad", e)
@@ -474,7 +563,8 @@ class Pipeline:
                 opts = opts or {"mask": "quad"}
         return faces, opts
 
-    def edit_latents(self, latents: list, attributes: dict, *, photo: np.ndarray | None = None, layers=None):
+    def edit_latents(self, latents: list, attributes: dict, *, photo: np.ndarray | None = None, layers=None,
+                     name: str = "the photo"):
         """Edit latents from ``faceedit invert``; paste the edits into ``photo`` when given.
 
         Args:
@@ -482,11 +572,12 @@ class Pipeline:
             attributes: ``{key: strength}``.
             photo: the photo they were inverted from, or ``None`` (crops only).
             layers: restrict the edits to these layers.
+            name: how the photo is named in messages (its path).
         Returns:
             An :class:`EditResult` with a photo, else a list of :class:`FaceEdit` (``face`` None).
         """
         if photo is not None:
-            faces, opts = self.faces_for_latents(photo, latents)
+            faces, opts = self.faces_for_latents(photo, latents, name=name)
             return self.edit_photo(photo, attributes, faces=faces, latents=latents, layers=layers,
                                    paste_options=opts)
         out = []
@@ -535,7 +626,7 @@ class Pipeline:
         return Sweep(strengths=strengths, strips=strips, frames=frames)
 
     def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
-                  strengths=None, echo=None) -> dict:
+                  strengths=None, echo=None, stem: str | None = None, source=None) -> dict:
         """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
         the outputs and record (``faceedit.outputs.write_edit``).
 
@@ -549,8 +640,12 @@ class Pipeline:
             strengths: also sweep each attribute over these strengths (strip and GIF).
             echo: callable told each stage (``aligning and inverting ...``), or ``None``; with
                 one, the inversion also shows a bar over its steps (:func:`step_bar`).
+            stem: the outputs' stem (default: the photo's file stem; :func:`edit_files` plans one).
+            source: the input the outputs belong to in the folder's list (default ``src``).
         Returns:
             The record.
+        Raises:
+            OutputError: an output would replace an input or a file faceedit did not write.
         """
         from pathlib import Path
 
@@ -561,18 +656,20 @@ class Pipeline:
         stage = echo or (lambda msg: None)
 
         t0 = time.perf_counter()
-        photo = load_image(src) if src is not None and Path(src).is_file() else None
+        photo = load_image(src, max_pixels=self.max_pixels) if src is not None and Path(src).is_file() else None
         t_read = time.perf_counter() - t0
-        stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
+        if stem is None:
+            stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
         if latents is None:
             stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
             with step_bar(f"{self.method} steps", disable=True if echo is None else None) as on_step:
-                res = self.edit_photo(photo, attributes, face=face, layers=layers, callback=on_step)
+                res = self.edit_photo(photo, attributes, face=face, layers=layers, callback=on_step,
+                                      name=str(src))
         else:
             if photo is None and src is not None:
                 log.warning("source photo %s not found: writing crops only (pass --photo)", src)
             stage(f"editing {len(latents)} latent(s)" + (f" and pasting into {src}" if photo is not None else ""))
-            res = self.edit_latents(latents, attributes, photo=photo, layers=layers)
+            res = self.edit_latents(latents, attributes, photo=photo, layers=layers, name=str(src))
         faces = res if isinstance(res, list) else res.faces
         timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
         if strengths:
@@ -582,13 +679,18 @@ class Pipeline:
         inversion = None if latents is not None else {"method": self.method, "space": self.space,
                                                       **self.invert_options}
         return outputs.write_edit(out, stem, src, res, pairs=attributes, layers=layers, inversion=inversion,
-                                  unit=self.strength_unit, model_id=self.model_id, timings=timings, sweep=sweep)
+                                  unit=self.strength_unit, model_id=self.model_id, timings=timings, sweep=sweep,
+                                  source=source)
 
     def edit(self, latent, attributes, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit; an
         attribute named without a strength (``"smile"``, ``["smile", "age"]``) gets
-        ``faceedit.defaults.DEFAULT_STRENGTH``."""
-        from faceedit.editing import edit
+        ``faceedit.defaults.DEFAULT_STRENGTH``.
+
+        Unless ``self.force``, a strength past ``MAX_STRENGTH`` or a latent (given or edited)
+        farther than ``FAR_FROM_PRIOR`` from the model's distribution raises
+        :class:`OutOfDistributionError` (see ``faceedit.defaults``)."""
+        from faceedit.editing import edit, resolve_directions
 
         attributes = with_default_strength(attributes)
 
@@ -596,7 +698,50 @@ class Pipeline:
         latent.check_generator(self.G)
         kw.setdefault("directions", self.directions)
         kw.setdefault("strength_unit", self.strength_unit)
-        return edit(latent, attributes, **kw)
+        if not self.force:
+            for d, s in resolve_directions(latent.model_id, attributes, kw["directions"], latent.space):
+                std = s if kw["strength_unit"] == "std" else s / d.latent_std
+                if abs(std) > MAX_STRENGTH:
+                    raise OutOfDistributionError(
+                        f"strength {s:g} of {d.key}" + ("" if kw["strength_unit"] == "std" else f" ({std:.3g} std)")
+                        + f" is beyond the range its directions were measured on (|strength| <= {MAX_STRENGTH:g} "
+                        f"std); the result would be noise pasted into the face. Lower it, or pass --force "
+                        f"(force=True) to make it anyway")
+            self._check_distribution(latent, "the latent")
+        edited = edit(latent, attributes, **kw)
+        if not self.force:
+            self._check_distribution(edited, "the edited latent")
+        return edited
+
+    def distance_from_prior(self, latent) -> torch.Tensor:
+        """Squared Mahalanobis distance per dimension ``[B]`` of a latent's codes from the model's
+        distribution: under its Gaussianized prior when it has one, else under a diagonal Gaussian
+        of 4096 mapping samples. A mapping sample reads about 1 (see ``faceedit.defaults``)."""
+        if self._distance is None:
+            from faceedit.core.errors import InversionError
+            from faceedit.inversion.prior import gaussianize, load_prior
+
+            try:
+                prior = self._prior if self._prior is not None else load_prior(self.model, self.G, fit=False)
+                self._distance = lambda codes: prior.mahalanobis(codes) / prior.total_dim
+            except InversionError:
+                with torch.no_grad():
+                    gen = torch.Generator().manual_seed(0)
+                    z = torch.randn((4096, *self.G.z_shape), generator=gen).to(self.device)
+                    v = gaussianize(self.G.mapping(z).float()).cpu()
+                mean, std = v.mean(0), v.std(0).clamp_min(1e-8)
+                self._distance = lambda codes: ((gaussianize(codes.float()) - mean) / std).square().mean(dim=(1, 2))
+        with torch.no_grad():
+            return self._distance(latent.codes.detach().float().cpu())
+
+    def _check_distribution(self, latent, what: str) -> None:
+        d = float(self.distance_from_prior(latent).max())
+        if not d <= FAR_FROM_PRIOR:
+            raise OutOfDistributionError(
+                f"{what} lies far outside {self.model_name}'s distribution (squared distance {d:.3g} per dimension "
+                f"under its prior; mapping samples read about 1, inverted faces and measured edits stay below "
+                f"{FAR_FROM_PRIOR:g}); its image would be noise pasted into the face. Invert the photo again or "
+                f"lower the strength, or pass --force (force=True) to make it anyway")
 
     def direction(self, attribute: str, hold=()):
         """The direction of ``attribute`` for this pipeline's model and space, with ``hold`` kept fixed.
@@ -661,7 +806,7 @@ class Pipeline:
     # -- the chain --------------------------------------------------------------------------
     def edit_photo(self, photo: np.ndarray, attributes: dict, *, face="largest", faces: list | None = None,
                    latents=None, reconstructions=None, layers=None, paste_options: dict | None = None,
-                   callback: StepCallback | None = None) -> EditResult:
+                   callback: StepCallback | None = None, name: str = "the photo") -> EditResult:
         """Edit the face(s) of a photo.
 
         Args:
@@ -677,6 +822,7 @@ class Pipeline:
             layers: restrict the edits to these layers.
             paste_options: paste-back options for this photo (override ``self.paste_options``).
             callback: optional step callback of the inversion, as :meth:`invert`.
+            name: how the photo is named in messages (its path).
         Returns:
             :class:`EditResult` with the edited photo (same size as the input) and every
             intermediate; faces are edited and pasted one after the other.
@@ -693,7 +839,7 @@ class Pipeline:
         resolve_directions(self.model_id, attributes, self.directions, self.space if latents is None else None)
         t0 = time.perf_counter()
         if faces is None:
-            faces = self.align(photo, face=face)
+            faces = self.align(photo, face=face, name=name)
         t["align"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if latents is None:
@@ -784,12 +930,20 @@ def check_attributes(model: str, attributes, directions=None) -> None:
 
 
 def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
-               face="largest", layers=None, strengths=None, echo=None, **pipeline_options) -> list:
+               face="largest", layers=None, strengths=None, echo=None, **pipeline_options) -> EditRun:
     """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
 
     Latents are grouped by their source photo (``photo`` overrides it), and one
     :class:`Pipeline` is built per model and space; each photo's outputs go to ``out``
     (:meth:`Pipeline.edit_file`).
+
+    The batch behaviour is the one every command has: before any model is loaded the output
+    folder is checked and every photo's header read; an input that fails (unreadable, no face,
+    a damaged latent, an edit out of range) is listed in ``failures`` and the others go on.
+    Output names are planned for the whole run (``faceedit.outputs.OutputFolder``), so no output
+    lands on an input or on a file faceedit did not write, and two photos never share a name.
+    Results of an earlier edit of the same input in ``out`` are replaced, and told to ``echo``
+    before the work.
 
     Args:
         out: output folder.
@@ -802,16 +956,20 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         face: for photos: ``largest``, ``all`` or a face index.
         layers: restrict the edits to these layers.
         strengths: also sweep over these strengths.
-        echo: callable told each stage when there is a single photo, or ``None``.
-        **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``, ...).
+        echo: callable told each stage when there is a single photo (and what is replaced), or ``None``.
+        **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``,
+            ``max_pixels``, ``force``, ...).
     Returns:
-        One record per photo.
+        An :class:`EditRun`: one record per photo edited, and the failures.
     Raises:
-        PipelineError: photos and latents together, or ``photo`` with several latents.
+        PipelineError: photos and latents together, ``photo`` with several latents, or every input failed.
+        OutputError: ``out`` cannot be written.
     """
     from pathlib import Path
 
     from faceedit import outputs
+    from faceedit.errors import USER_ERRORS
+    from faceedit.inputs import check_photos
     from faceedit.inversion.latent import Latent
 
     attributes = with_default_strength(attributes)
@@ -821,40 +979,77 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         raise PipelineError("give photos or latents, not both (pair a latent with its photo via --photo)")
     if photo is not None and len(latent_files) > 1:
         raise PipelineError("--photo goes with a single --latent")
+    inputs = [*photos, *latent_files, *([photo] if photo is not None else [])]
+    if model is not None and Path(str(model)).is_file():
+        inputs.append(model)
+    folder = outputs.OutputFolder(out, inputs, command="edit").check()
+    failures = []
     if photos:
+        photos, failures = check_photos(photos, max_pixels=pipeline_options.get("max_pixels"))
         jobs = [(p, None, model) for p in photos]
     else:
         if latent_files:
-            lats = [Latent.load(p) for p in latent_files]
+            lats = []
+            for p in latent_files:
+                try:
+                    lats.append((p, Latent.load(p)))
+                except USER_ERRORS as e:
+                    failures.append((str(p), f"{type(e).__name__}: {e}"))
         else:
             rec = outputs.read_last_inversion()
-            lats = [Latent.load(f["latent"]) for f in rec["faces"]]
+            lats = [(f["latent"], Latent.load(f["latent"])) for f in rec["faces"]]
             model = model or rec.get("model")
         by_photo = {}
-        for lat in lats:
-            by_photo.setdefault(photo or lat.meta.get("source"), []).append(lat)
-        jobs = [(Path(src) if src else None, group, model) for src, group in by_photo.items()]
+        for path, lat in lats:
+            src = photo or lat.meta.get("source")
+            by_photo.setdefault(src if src else str(path), []).append(lat)
+        jobs = [(Path(src), group, model) for src, group in by_photo.items()]
+    if not jobs:
+        raise PipelineError("nothing to edit: " + "; ".join(f"{p} ({e})" for p, e in failures))
     from faceedit.checkpoints.registry import default_model
 
     for _, lats, mdl in jobs:  # names checked before any model is loaded
         mdl = mdl or (model_for_latent(lats[0]) if lats is not None
                       else default_model("wpp" if space in ("wpp", "wpp-z") else space))
         check_attributes(mdl, attributes, pipeline_options.get("directions"))
+
+    def stem_of(src):
+        lats = dict((str(j[0]), j[1]) for j in jobs)[str(src)]
+        if lats is None or Path(src).suffix.lower() != ".safetensors":
+            return Path(src).stem
+        return Path(lats[0].meta.get("source") or src).stem.split(".")[0]
+
+    stems = folder.plan_stems([j[0] for j in jobs], outputs.names(outputs.EDIT_NAMES), stem=stem_of)
+    replaced = [src for src, _, _ in jobs
+                if folder.earlier(outputs.EDIT_NAMES.replace("{s}", re.escape(stems[src])), src)]
+    if replaced and echo is not None:
+        echo(f"{folder.root} holds results of an earlier `faceedit edit` of {len(replaced)} of these input(s): "
+             "replacing them (pass another --out to keep both)")
     pipes, records = {}, []
     for src, lats, mdl in jobs:
-        if lats is not None:
-            mdl = mdl or model_for_latent(lats[0])
-        key = (mdl, space if lats is None else lats[0].space)
-        if key not in pipes:
-            if echo is not None and len(jobs) == 1:
-                echo(f"loading {mdl}")
-            if key[1] not in ("w", "w+", "wpp", "wpp-z"):
-                raise PipelineError(f"{src}: latents in space {key[1]!r} cannot be edited; invert into w, w+, wpp "
-                                    f"or wpp-z")
-            pipes[key] = Pipeline(mdl, space=key[1], **pipeline_options)
-        records.append(pipes[key].edit_file(src, out, attributes, latents=lats, face=face, layers=layers,
-                                            strengths=strengths, echo=echo if len(jobs) == 1 else None))
-    return records
+        try:
+            if lats is not None:
+                mdl = mdl or model_for_latent(lats[0])
+            key = (mdl, space if lats is None else lats[0].space)
+            if key not in pipes:
+                if echo is not None and len(jobs) == 1:
+                    echo(f"loading {mdl or default_model('wpp' if key[1] in ('wpp', 'wpp-z') else key[1])}")
+                try:
+                    if key[1] not in ("w", "w+", "wpp", "wpp-z"):
+                        raise PipelineError(f"latents in space {key[1]!r} cannot be edited; invert into w, w+, "
+                                            f"wpp or wpp-z")
+                    pipes[key] = Pipeline(mdl, space=key[1], **pipeline_options)
+                except USER_ERRORS as e:
+                    pipes[key] = e  # the same model fails the same way for every input: tried once
+            if isinstance(pipes[key], BaseException):
+                raise pipes[key]
+            records.append(pipes[key].edit_file(src if lats is None or src.suffix.lower() != ".safetensors" else None,
+                                                folder, attributes, latents=lats, face=face, layers=layers,
+                                                strengths=strengths, echo=echo if len(jobs) == 1 else None,
+                                                stem=stems[src], source=src))
+        except USER_ERRORS as e:
+            failures.append((str(src), f"{type(e).__name__}: {e}"))
+    return EditRun(records=records, failures=failures, replaced=len(replaced))
 
 
 def model_recipe(config: dict, resolution: int):
@@ -910,5 +1105,6 @@ def _as_list(latents) -> list:
     return [latents[i] for i in range(latents.batch_size)]
 
 
-__all__ = ["Pipeline", "EditResult", "FaceEdit", "Inversion", "InversionRun", "Sweep", "edit_files",
+__all__ = ["Pipeline", "EditResult", "EditRun", "FaceEdit", "Inversion", "InversionRun", "OutOfDistributionError",
+           "Sweep", "edit_files",
            "model_for_latent", "with_default_strength"]

@@ -17,6 +17,7 @@ report (``python -m pytest tests/test_bad_inputs.py -s`` prints it).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -354,13 +355,17 @@ def test_tiny_faces(tmp_path):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A 16 px model, a latent of it, and a valid direction folder for it."""
+    return make_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def make_tiny(root: Path) -> dict:
+    """The body of the ``tiny`` fixture (also run by ``bench/scripts/bad_input_table.py``)."""
     from faceedit.checkpoints import load_model, save_native
     from faceedit.editing.direction import Direction
     from faceedit.inversion.latent import Latent
     from faceedit.networks import Generator
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny")
     G = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=64, channel_max=16, mapping_layers=2)
     save_native(root / "model", G, name="tiny16")
     m = load_model(root / "model")
@@ -545,6 +550,453 @@ def test_usage_errors_exit_2(tiny, tmp_path):
     assert_clean_failure(cli(["edit", "--attr", "smile=abc", "--latent", tiny["root"] / "good.latent.safetensors"]),
                          r"not a number", code=2)
     CORPUS_STATS["usage inputs"] += 3
+
+
+# --------------------------------------------------------------------------- runs: outputs, batches, resume, limits
+# Each case is one way a run can destroy a file, lose a result, end in a traceback or give a
+# silently wrong result (issue #23). A case runs the real command on a 16 px model and returns
+# "correct result" or "clear error"; it asserts what "correct" means. RUN_CASES is the list the
+# README's bad-input table counts (bench/scripts/bad_input_table.py runs the same functions).
+REPO = Path(__file__).resolve().parents[1]
+ASTRONAUT = REPO / "examples" / "astronaut.jpg"
+CORRECT, CLEAR = "correct result", "clear error"
+RUN_CASES = []
+
+
+def run_case(item: str):
+    """Register a case function ``fn(ctx) -> CORRECT | CLEAR`` covering an item of issue #23."""
+    def add(fn):
+        fn.item = item
+        RUN_CASES.append(fn)
+        return fn
+    return add
+
+
+def make_run_model(root: Path) -> dict:
+    """A 16 px generator with its prior, and a 'smile' direction (its first GANSpace axis) for it."""
+    from dataclasses import replace
+
+    from faceedit.alignment.types import FACES64
+    from faceedit.checkpoints import load_model, save_native
+    from faceedit.editing.fit import ganspace, sample_codes
+    from faceedit.inversion.prior import fit_prior
+    from faceedit.networks import Generator
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, resolution=16, channel_base=64, channel_max=16, mapping_layers=2)
+    path = save_native(root / "model", G, name="tiny16", recipe=FACES64.to_dict(), prior=fit_prior(G, 20000))
+    m = load_model(path)
+    pc = ganspace(sample_codes(m.G, 2000), model_id=m.model_id, num_ws=m.G.num_ws, k=1)[0]
+    replace(pc, attribute="smile", method="manual").save(root / "dirs")
+    return {"model": path, "dirs": root / "dirs", "model_id": m.model_id}
+
+
+class RunCtx:
+    """One case's folder, with the 16 px model, the example photo and helpers to run commands."""
+
+    def __init__(self, base: dict, tmp: Path):
+        self.base, self.tmp = base, tmp
+        self.home = tmp / "home"
+        self.env = {"FACEEDIT_HOME": str(self.home)}
+
+    def cli(self, *args, env=None):
+        return cli([str(a) for a in args], env={**self.env, **(env or {})})
+
+    def invert(self, *args, aligned=True, env=None):
+        return self.cli("--device", "cpu", "invert", "--model", self.base["model"], "--steps", "1", "--prior", "none",
+                        "--perceptual", "none", *(["--aligned"] if aligned else []), *args, env=env)
+
+    def edit(self, *args, env=None):
+        return self.cli("--device", "cpu", "edit", "--model", self.base["model"], "--directions", self.base["dirs"],
+                        "--steps", "1", *args, env=env)
+
+    def photo(self, path: Path, fmt: str | None = None) -> Path:
+        """A copy of examples/astronaut.jpg (re-encoded as ``fmt``: PNG, GIF, ...)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt is None:
+            path.write_bytes(ASTRONAUT.read_bytes())
+        else:
+            path.write_bytes(encode(load_image(ASTRONAUT), fmt))
+        return path
+
+    def crop(self, path: Path, seed: int = 0) -> Path:
+        """A 16 px 'aligned crop' of noise (for `invert --aligned`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        path.write_bytes(encode(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)))
+        return path
+
+
+def ok(result):
+    assert result.exit_code == 0 and "Traceback" not in result.output, (result.exit_code, result.output[-2000:],
+                                                                         repr(result.exception))
+    return result
+
+
+def clear(result, *patterns, code=1):
+    assert_clean_failure(result, *patterns, code=code)
+    return CLEAR
+
+
+def _can_write(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_bytes(b"")
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` made read-only for this process: mode 0555, and immutable where permission bits
+    do not bind (root); skips when neither works here."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o555)
+    immutable = _can_write(folder) and subprocess.run(["chattr", "+i", str(folder)],
+                                                      capture_output=True).returncode == 0
+    try:
+        if _can_write(folder):
+            pytest.skip("cannot make a read-only folder here (root without chattr)")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        os.chmod(folder, 0o755)
+
+
+@contextlib.contextmanager
+def no_model_loads():
+    """Fail if any model is loaded inside (checks that come before the slow part)."""
+    import faceedit.checkpoints.registry as registry
+
+    real = registry.load_model
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    registry.load_model = refuse
+    try:
+        yield
+    finally:
+        registry.load_model = real
+
+
+def _bytes_of(*paths) -> dict:
+    return {p: p.read_bytes() for p in paths}
+
+
+# -- inputs destroyed or results lost
+@run_case("no output lands on an input: `edit a.jpg a_edit.png` (a_edit.png another photo)")
+def case_edit_input_named_like_an_output(ctx):
+    d = ctx.tmp / "d"
+    a, b = ctx.photo(d / "a.jpg"), ctx.photo(d / "a_edit.png", "PNG")
+    before = _bytes_of(a, b)
+    ok(ctx.edit(a, b, "--attr", "smile=1", "--out", d))
+    assert _bytes_of(a, b) == before
+    recs = [json.loads(p.read_text()) for p in d.glob("*_edit.json")]
+    assert sorted(r["photo"] for r in recs) == sorted(str(p.resolve()) for p in (a, b))
+    assert len({r["photo_out"] for r in recs}) == 2 and all(Path(r["photo_out"]).is_file() for r in recs)
+    return CORRECT
+
+
+@run_case("no output lands on an input: `invert a.png a_0.png` (a_0.png another photo)")
+def case_invert_input_named_like_an_output(ctx):
+    d = ctx.tmp / "d"
+    a, b = ctx.crop(d / "a.png", 0), ctx.crop(d / "a_0.png", 1)
+    before = _bytes_of(a, b)
+    r = ok(ctx.invert(a, b, "--out", d))
+    assert _bytes_of(a, b) == before
+    recs = [json.loads(p.read_text()) for p in d.glob("*.json")]
+    assert sorted(x["photo"] for x in recs) == sorted(str(p.resolve()) for p in (a, b)), r.output
+    return CORRECT
+
+
+@run_case("no output lands on a file the run did not create (a user's a_0.png in --out)")
+def case_someone_elses_file_in_out(ctx):
+    d = ctx.tmp / "d"
+    mine = ctx.crop(d / "a_0.png", 7)  # the user's own file, not an input of the run
+    before = mine.read_bytes()
+    ok(ctx.invert(ctx.crop(ctx.tmp / "in" / "a.png"), "--out", d))
+    assert mine.read_bytes() == before
+    (rec,) = [json.loads(p.read_text()) for p in d.glob("*.json")]
+    assert Path(rec["latent"]).is_file() and Path(rec["latent"]).name.startswith("a_png_0")
+    return CORRECT
+
+
+@run_case("two inputs with one stem (same.jpg, same.png) get distinct outputs; the summary counts right")
+def case_two_inputs_one_stem(ctx):
+    from faceedit.inversion.latent import Latent
+
+    a = ctx.crop(ctx.tmp / "in" / "same.png", 0)
+    b = ctx.tmp / "in" / "same.jpg"
+    b.write_bytes(encode(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8), "JPEG"))
+    r = ok(ctx.invert(ctx.tmp / "in", "--out", ctx.tmp / "d"))
+    assert "inverted 2 face(s) from 2 photo(s)" in r.output
+    recs = [json.loads(p.read_text()) for p in (ctx.tmp / "d").glob("*.json")]
+    assert sorted(x["photo"] for x in recs) == sorted(str(p.resolve()) for p in (a, b))
+    assert sorted(Latent.load(x["latent"]).meta["source"] for x in recs) == sorted(x["photo"] for x in recs)
+    last = json.loads((ctx.home / "last_inversion.json").read_text())
+    assert sorted(f["latent"] for f in last["faces"]) == sorted(x["latent"] for x in recs)
+    return CORRECT
+
+
+@run_case("two inputs with one stem through `align`: both aligned, each its own record")
+def case_align_two_inputs_one_stem(ctx):
+    a, b = ctx.photo(ctx.tmp / "in" / "same.jpg"), ctx.photo(ctx.tmp / "in" / "same.png", "PNG")
+    r = ok(ctx.cli("align", a, b, "--out", ctx.tmp / "d", "--workers", "1"))
+    assert "aligned 2 face(s) from 2 photo(s)" in r.output
+    recs = [json.loads(p.read_text()) for p in (ctx.tmp / "d").glob("*.json")]
+    assert sorted(x["source"] for x in recs) == sorted(map(str, (a, b))) and all(x["faces"] for x in recs)
+    return CORRECT
+
+
+@run_case("`generate` never replaces a file it did not write (a user's grid.png in --out)")
+def case_generate_over_a_users_file(ctx):
+    d = ctx.tmp / "d"
+    d.mkdir()
+    (d / "grid.png").write_bytes(b"my grid")
+    with no_model_loads():
+        r = ctx.cli("generate", "--model", ctx.base["model"], "--seeds", "0-1", "--out", d)
+    clear(r, r"refusing to replace .*grid\.png", r"another --out")
+    assert (d / "grid.png").read_bytes() == b"my grid" and not list(d.glob("seed*.png"))
+    return CLEAR
+
+
+@run_case("outputs get the umask's permissions, not the temporary file's 0600")
+def case_outputs_follow_the_umask(ctx):
+    old = os.umask(0o027)
+    try:
+        ok(ctx.invert(ctx.crop(ctx.tmp / "in" / "a.png"), "--out", ctx.tmp / "d"))
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (ctx.tmp / "d").iterdir()}
+    assert modes and set(modes.values()) == {0o640}, modes
+    assert (ctx.home / "last_inversion.json").stat().st_mode & 0o777 == 0o640
+    return CORRECT
+
+
+# -- one batch behaviour
+@run_case("`edit` goes on past a bad photo, lists it, exits 1")
+def case_edit_batch_goes_on(ctx):
+    src = ctx.tmp / "in"
+    ctx.photo(src / "b.jpg")
+    (src / "a_broken.jpg").write_bytes(b"not a photo")  # sorts first
+    r = ctx.edit(src, "--attr", "smile=1", "--out", ctx.tmp / "d")
+    assert (ctx.tmp / "d" / "b_edit.png").is_file(), r.output
+    return clear(r, r"a_broken\.jpg.*not an image", r"1 of 2 input\(s\) failed")
+
+
+@run_case("`invert` goes on past a bad photo, lists it, exits 1")
+def case_invert_batch_exit_code(ctx):
+    src = ctx.tmp / "in"
+    ctx.crop(src / "b.png")
+    (src / "a_empty.png").write_bytes(b"")
+    r = ctx.invert(src, "--out", ctx.tmp / "d")
+    assert (ctx.tmp / "d" / "b_0.json").is_file(), r.output
+    return clear(r, r"a_empty\.png.*empty", r"1 of 2 photo\(s\) failed")
+
+
+@run_case("`align` goes on past a bad photo, lists it, exits 1")
+def case_align_batch_exit_code(ctx):
+    src = ctx.tmp / "in"
+    ctx.photo(src / "b.jpg")
+    (src / "a_text.jpg").write_bytes(b"text " * 50)
+    r = ctx.cli("align", src, "--out", ctx.tmp / "d", "--workers", "1")
+    assert json.loads((ctx.tmp / "d" / "b.json").read_text())["faces"], r.output
+    return clear(r, r"a_text\.jpg.*not an image", r"1 of 2 photo\(s\) failed")
+
+
+@run_case("`score` goes on past a bad photo, lists it, exits 1")
+def case_score_batch(ctx):
+    bad = ctx.tmp / "a_text.jpg"
+    bad.write_bytes(b"text " * 50)
+    r = ctx.cli("score", bad, ctx.photo(ctx.tmp / "b.jpg"), "--hide-landmarks")
+    assert "b.jpg (512x512): 1 face(s)" in r.output and "detector score 1.21" in r.output, r.output
+    return clear(r, r"a_text\.jpg.*not an image", r"1 of 2 photo\(s\) failed")
+
+
+# -- resume keyed by settings
+@run_case("`invert` again with another --space: refused before the work, naming what differs and the fix")
+def case_resume_other_space(ctx):
+    a, d = ctx.crop(ctx.tmp / "in" / "a.png"), ctx.tmp / "d"
+    ok(ctx.invert(a, "--out", d))
+    clear(ctx.invert(a, "--space", "w", "--out", d), r"other settings", r"space: 'w' here, 'w\+' there",
+          r"--out ANOTHER_FOLDER", r"--overwrite")
+    assert json.loads((d / "a_0.json").read_text())["space"] == "w+"
+    r = ok(ctx.invert(a, "--space", "w", "--out", d, "--overwrite"))
+    assert "replacing 1 face(s)" in r.output and json.loads((d / "a_0.json").read_text())["space"] == "w"
+    assert "nothing to do" in ok(ctx.invert(a, "--space", "w", "--out", d)).output  # same settings: done
+    return CLEAR
+
+
+@run_case("`invert` again with other --steps: refused, naming steps")
+def case_resume_other_steps(ctx):
+    a, d = ctx.crop(ctx.tmp / "in" / "a.png"), ctx.tmp / "d"
+    ok(ctx.invert(a, "--out", d))
+    return clear(ctx.invert(a, "--steps", "2", "--out", d), r"steps: 2 here, 1 there", r"--overwrite")
+
+
+@run_case("`align` does not take a failed photo as done: the re-run with --detector tries it")
+def case_align_failed_photo_not_done(ctx):
+    blank = ctx.tmp / "blank.png"
+    blank.write_bytes(encode(np.full((120, 120, 3), 128, np.uint8)))
+    clear(ctx.cli("align", blank, "--out", ctx.tmp / "d"), r"no face")
+    r = ctx.cli("align", blank, "--out", ctx.tmp / "d", "--detector", "dlib-cnn")
+    assert "nothing to do" not in r.output
+    return clear(r, r"no face.*tried dlib-cnn")
+
+
+@run_case("`align` again with other settings: refused before the work, naming what differs")
+def case_align_other_settings(ctx):
+    a, d = ctx.photo(ctx.tmp / "in" / "a.jpg"), ctx.tmp / "d"
+    ok(ctx.cli("align", a, "--out", d))
+    return clear(ctx.cli("align", a, "--out", d, "--ext", "jpg"), r"other settings", r"ext: 'jpg' here, 'png' there",
+                 r"--overwrite")
+
+
+@run_case("last_inversion.json after a resumed run lists every face of the folder")
+def case_last_inversion_after_resume(ctx):
+    src, d = ctx.tmp / "in", ctx.tmp / "d"
+    ok(ctx.invert(ctx.crop(src / "a.png", 0), "--out", d))
+    r = ok(ctx.invert(ctx.crop(src / "a.png", 0), ctx.crop(src / "b.png", 1), "--out", d))
+    assert "resuming: 1 face(s) already done" in r.output
+    last = json.loads((ctx.home / "last_inversion.json").read_text())
+    assert sorted(Path(f["photo"]).name for f in last["faces"]) == ["a.png", "b.png"]
+    return CORRECT
+
+
+# -- tracebacks and wrong advice
+@run_case("--out in a read-only folder: a usage error before any work")
+def case_out_read_only(ctx):
+    with read_only(ctx.tmp / "ro") as ro, no_model_loads():
+        return clear(ctx.invert(ctx.crop(ctx.tmp / "a.png"), "--out", ro / "sub"), r"cannot write into", code=2)
+
+
+@run_case("--out under a file: a usage error before any work")
+def case_out_under_a_file(ctx):
+    a = ctx.crop(ctx.tmp / "a.png")
+    with no_model_loads():
+        clear(ctx.invert(a, "--out", a / "sub"), r"lies under .*a\.png, which is a file", code=2)
+        return clear(ctx.cli("generate", "--out", a / "x"), r"which is a file", code=2)
+
+
+@run_case("a read-only FACEEDIT_HOME: a clear error before any work")
+def case_read_only_home(ctx):
+    with read_only(ctx.tmp / "home_ro") as home, no_model_loads():
+        return clear(ctx.invert(ctx.crop(ctx.tmp / "a.png"), "--out", ctx.tmp / "d", env={"FACEEDIT_HOME": str(home)}),
+                     r"FACEEDIT_HOME .*cannot write", r"set FACEEDIT_HOME")
+
+
+@run_case("the pixel limit's message names an option the command has (--max-pixels of edit and invert)")
+def case_pixel_limit_option(ctx):
+    a = ctx.crop(ctx.tmp / "a.png")
+    with no_model_loads():
+        clear(ctx.invert(a, "--max-pixels", "100", "--out", ctx.tmp / "d"), r"over the limit.*--max-pixels")
+        clear(ctx.edit(ctx.photo(ctx.tmp / "p.jpg"), "--attr", "smile", "--max-pixels", "1000", "--out",
+                       ctx.tmp / "e"), r"over the limit.*--max-pixels")
+    ok(ctx.invert(a, "--max-pixels", "256", "--out", ctx.tmp / "d"))  # 16x16 = 256: at the limit, taken
+    return CLEAR
+
+
+@run_case("empty and unreadable inputs are reported before any model loads")
+def case_bad_inputs_before_the_model(ctx):
+    empty, text = ctx.tmp / "empty.jpg", ctx.tmp / "text.png"
+    empty.write_bytes(b"")
+    text.write_bytes(b"hello " * 20)
+    with no_model_loads():
+        clear(ctx.invert(empty, text, "--out", ctx.tmp / "d"), r"empty\.jpg is empty", r"text\.png is not an image")
+        return clear(ctx.edit(empty, "--attr", "smile", "--out", ctx.tmp / "e"), r"empty\.jpg is empty")
+
+
+@run_case("one rule for input formats: `edit` and `invert` both take a GIF, by name and in a folder")
+def case_gif_one_rule(ctx):
+    g = ctx.photo(ctx.tmp / "in" / "a.gif", "GIF")
+    ok(ctx.edit(g, "--attr", "smile=1", "--out", ctx.tmp / "e"))
+    assert load_image(ctx.tmp / "e" / "a_edit.png").shape == (512, 512, 3)
+    ok(ctx.invert(ctx.tmp / "in", "--out", ctx.tmp / "i", aligned=False))
+    assert json.loads((ctx.tmp / "i" / "a_0.json").read_text())["photo"] == str(g.resolve())
+    return CORRECT
+
+
+# -- silently wrong
+@run_case("--strength beyond the range the directions were measured on: refused without --force")
+def case_strength_beyond_measured(ctx):
+    p = ctx.photo(ctx.tmp / "a.jpg")
+    clear(ctx.edit(p, "--attr", "smile=1e9", "--out", ctx.tmp / "e"), r"beyond the range .*measured",
+          r"--force")
+    assert not (ctx.tmp / "e" / "a_edit.png").exists()
+    ok(ctx.edit(p, "--attr", "smile=1e9", "--force", "--out", ctx.tmp / "e"))
+    return CLEAR
+
+
+@run_case("a latent far outside the model's distribution (codes x 1e6): refused without --force")
+def case_latent_far_outside(ctx):
+    from dataclasses import replace
+
+    from faceedit.inversion.latent import Latent
+
+    from faceedit.checkpoints import load_model
+
+    ok(ctx.invert(ctx.photo(ctx.tmp / "a.jpg"), "--out", ctx.tmp / "i", aligned=False))
+    lat = Latent.load(ctx.tmp / "i" / "a_0.latent.safetensors")
+    with torch.no_grad():  # a code of the model's own distribution, placed on the inverted face
+        w = load_model(ctx.base["model"]).G.mapping(torch.randn(1, 16, generator=torch.Generator().manual_seed(3)))
+    near = replace(lat, codes=w).save(ctx.tmp / "near.latent.safetensors")
+    far = replace(lat, codes=w * 1e6).save(ctx.tmp / "far.latent.safetensors")
+    clear(ctx.edit("--latent", far, "--attr", "smile=1", "--out", ctx.tmp / "e"), r"far outside .*distribution",
+          r"--force")
+    ok(ctx.edit("--latent", near, "--attr", "smile=1", "--out", ctx.tmp / "e"))
+    return CLEAR
+
+
+@run_case("a badge beside a face is not a face: skipped, saying so; each face's detector score reported")
+def case_badge_beside_a_face(ctx):
+    r = ok(ctx.invert(ctx.photo(ctx.tmp / "astronaut.jpg"), "--face", "all", "--out", ctx.tmp / "i",
+                      aligned=False))
+    assert "inverted 1 face(s)" in r.output and "face 0 (detector score 1.21)" in r.output, r.output
+    assert re.search(r"detector score 0\.16 is below 0\.3.*--min-score 0 keeps it", r.output), r.output
+    r = ok(ctx.invert(ctx.photo(ctx.tmp / "astronaut.jpg"), "--face", "all", "--min-score", "0", "--out",
+                      ctx.tmp / "j", aligned=False))
+    assert "inverted 2 face(s)" in r.output and "(detector score 0.16)" in r.output
+    return CORRECT
+
+
+@run_case("the default --out replaces the previous run's results: said before the work")
+def case_default_out_replaced_says_so(ctx):
+    p = ctx.photo(ctx.tmp / "a.jpg")
+    assert "replacing" not in ok(ctx.edit(p, "--attr", "smile=1", "--out", ctx.tmp / "e")).output
+    r = ok(ctx.edit(p, "--attr", "smile=2", "--out", ctx.tmp / "e"))
+    assert re.search(r"holds results of an earlier `faceedit edit` of 1 of these input\(s\): replacing", r.output)
+    return CORRECT
+
+
+@pytest.fixture(scope="module")
+def run_model(tmp_path_factory):
+    return make_run_model(tmp_path_factory.mktemp("run_model"))
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=[c.__name__[5:] for c in RUN_CASES])
+def test_run_case(case, run_model, tmp_path):
+    CORPUS_STATS["run inputs"] += 1
+    outcome = case(RunCtx(run_model, tmp_path))
+    assert outcome in (CORRECT, CLEAR), outcome
+    CORPUS_STATS[f"run {outcome}"] += 1
+
+
+def test_readme_table_counts_these_cases(tmp_path, tiny):
+    """README's bad-input table (bench/scripts/bad_input_table.py --write) is this suite's: as many cases
+    per suite as its lists hold, all handled (the tests above check each). A case added here without
+    regenerating the table fails this."""
+    text = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| (images|latent files|direction files|runs) [^|]*\| (\d+)[^|]*\| (\d+) \|", text, re.M)
+    got = {name: (int(tried), int(handled)) for name, tried, handled in rows}
+    marker = tmp_path / "PWNED"
+    want = {"images": len(image_corpus(tmp_path / "images")), "latent files": len(bad_latents(tiny, marker)),
+            "direction files": len(bad_directions(tiny, marker)), "runs": len(RUN_CASES)}
+    assert got == {k: (n, n) for k, n in want.items()}, (got, want)
 
 
 def test_zz_report():

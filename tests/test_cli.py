@@ -234,3 +234,40 @@ def test_landmarks_names_a_landmark_model_only():
     assert tuple(found[0][1].type.choices) == tuple(LANDMARK_KINDS)
     show = dict(_options("--show-landmarks"))["score"]
     assert show.is_flag and show.default is True and "--hide-landmarks" in show.secondary_opts
+
+
+def test_every_out_is_checked_before_the_work(tmp_path):
+    """Every --out is an OutDir: a folder under a file or that cannot be written is a usage error
+    when the command line is read, before any model loads or any photo is read."""
+    from faceedit.cli.common import OutDir
+
+    outs = _options("--out")
+    assert len(outs) >= 15
+    for path, o in outs:
+        assert isinstance(o.type, OutDir), f"`faceedit {path} --out` is not checked before the work (use OutDir)"
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    for args in (["mix"], ["generate"], ["align", str(a_file)], ["invert", str(a_file)],
+                 ["edit", str(a_file), "--attr", "smile"]):
+        res = CliRunner().invoke(cli, [*args, "--out", str(a_file / "sub")])
+        assert res.exit_code == 2 and "which is a file" in res.output, (args, res.output)
+        assert not (tmp_path / "f.txt" / "sub").exists()
+
+
+def test_commands_that_read_photos_have_the_photo_options():
+    """A command that detects faces names every option its messages can suggest: --max-pixels (the
+    pixel limit's message) and --min-score (a skipped detection's)."""
+    for path, _ in _options("--detector"):
+        opts = {n for o in dict(COMMANDS)[path].params for n in getattr(o, "opts", [])}
+        assert {"--max-pixels", "--min-score"} <= opts, path
+        mp = [o for o in dict(COMMANDS)[path].params if "--max-pixels" in getattr(o, "opts", [])][0]
+        from faceedit.core.images import DEFAULT_MAX_PIXELS
+
+        assert mp.default == DEFAULT_MAX_PIXELS, path
+
+
+def test_batch_commands_document_the_exit_code():
+    """The one batch behaviour (skip, go on, list, exit 1 if any failed) is said in each command's help."""
+    for name in ("align", "invert", "edit"):
+        res = CliRunner().invoke(cli, [name, "--help"])
+        assert res.exit_code == 0 and "exit code is 1 if any failed" in " ".join(res.output.split()), name

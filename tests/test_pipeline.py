@@ -94,8 +94,10 @@ def test_edit_photo_resolves_the_model_once(tiny, shared_dir, monkeypatch, metho
     monkeypatch.setattr(registry, "resolve", counting(registry.resolve))
     monkeypatch.setattr(registry, "load_model", counting(registry.load_model))
     photo = load_image(os.path.join(shared_dir, PHOTO))
+    # force: PTI's pivot (the optimiser's default steps) on this untrained generator lies far outside its
+    # distribution, which the edit would otherwise refuse; this test is about loading the model once.
     pipe = Pipeline(tiny["path"], device="cpu", method=method, directions=tiny["dirs"],
-                    invert_options=dict(FAST, steps=1))
+                    invert_options=dict(FAST, steps=1), force=True)
     r = pipe.edit_photo(photo, {"smile": 2})
     assert len(r.faces) == 1 and r.faces[0].latent.meta["method"] == method
     assert calls == {"resolve": 1, "load_model": 1}
@@ -375,3 +377,113 @@ def test_pti_summary_reports_tuning_steps():
     assert "40 tuning steps after a 30-step pivot" in run.summary()
     rec = {"steps": 30, "method": "optim", "metrics": {"mse": 0.01}}
     assert "(30 steps" in replace(run, records=[rec]).summary()
+
+
+# --------------------------------------------------------------------------- edits past what was measured
+def test_edit_refuses_past_the_measured_strength(edited, pipe, tiny):
+    from faceedit.defaults import MAX_STRENGTH
+    from faceedit.pipeline import OutOfDistributionError, Pipeline
+
+    lat = edited[1].faces[0].latent
+    assert pipe.edit(lat, {"smile": MAX_STRENGTH}).meta["edits"][-1]["strength"] == MAX_STRENGTH
+    for s in (MAX_STRENGTH * 1.01, -1e9):
+        with pytest.raises(OutOfDistributionError, match=r"beyond the range .*force"):
+            pipe.edit(lat, {"smile": s})
+    # the distance unit is converted with the direction's latent_std before the comparison
+    from faceedit.editing import resolve_directions
+
+    (d, _), = resolve_directions(tiny["model_id"], {"smile": 1}, tiny["dirs"])
+    dist = Pipeline(tiny["path"], device="cpu", directions=tiny["dirs"], strength_unit="distance")
+    dist.edit(lat, {"smile": 0.99 * MAX_STRENGTH * d.latent_std})
+    with pytest.raises(OutOfDistributionError, match=r"std\)"):
+        dist.edit(lat, {"smile": 1.01 * MAX_STRENGTH * d.latent_std})
+    forced = Pipeline(tiny["path"], device="cpu", directions=tiny["dirs"], force=True)
+    assert forced.edit(lat, {"smile": 1e9}).codes.abs().max() > 1e6
+
+
+@pytest.mark.parametrize("name", ["faces64", "faces64-wpp", "tiny"])
+def test_distance_from_prior_reads_one_on_the_models_samples(name, tiny):
+    """Fresh mapping samples read about 1 per dimension (the prior's, or the diagonal fallback of a model
+    without one); the same codes x 1e6 read past FAR_FROM_PRIOR, and are refused."""
+    from faceedit.defaults import FAR_FROM_PRIOR
+    from faceedit.inversion.latent import Latent
+    from faceedit.pipeline import OutOfDistributionError, Pipeline
+
+    pipe = Pipeline(tiny["path"] if name == "tiny" else name, space="wpp" if name.endswith("wpp") else "w+",
+                    device="cpu", invert_options={"perceptual": "none"})
+    with torch.no_grad():
+        z = torch.randn(256, *pipe.G.z_shape, generator=torch.Generator().manual_seed(123))
+        ws = pipe.G.mapping(z)
+    d = pipe.distance_from_prior(Latent("w+", ws, pipe.model_id))
+    assert 0.7 < float(d.mean()) < 1.3 and float(d.max()) < 10, (name, float(d.mean()), float(d.max()))
+    far = Latent("w+", ws[:1] * 1e6, pipe.model_id)
+    assert float(pipe.distance_from_prior(far)) > FAR_FROM_PRIOR
+    with pytest.raises(OutOfDistributionError, match="far outside"):
+        pipe._check_distribution(far, "the latent")
+
+
+# --------------------------------------------------------------------------- the output folder guard
+def test_output_folder_plans_distinct_stems_and_refuses_what_is_not_its_own(tmp_path):
+    from faceedit.core.errors import OutputError
+    from faceedit.outputs import INVERT_NAMES, MANIFEST, OutputFolder, names
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    inputs = [tmp_path / "x" / "same.jpg", tmp_path / "y" / "same.jpg", tmp_path / "x" / "same.png"]
+    for p in inputs:
+        p.write_bytes(b"photo")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine_0.png").write_bytes(b"the user's")  # not faceedit's: no stem may write it
+    folder = OutputFolder(out, inputs + [tmp_path / "x" / "mine.jpg"], command="invert")
+    stems = folder.plan_stems(inputs + [tmp_path / "x" / "mine.jpg"], names(INVERT_NAMES))
+    assert list(stems.values()) == ["same", "same_jpg", "same_png", "mine_jpg"]
+    assert OutputFolder(out, inputs, command="invert").plan_stems(inputs, names(INVERT_NAMES)) == dict(
+        list(stems.items())[:3])  # the same inputs, the same names on a re-run
+    folder.claim(out / "same_0.png", inputs[0])
+    (out / "same_0.png").write_bytes(b"result")
+    folder.claim(out / "same_0.png", inputs[0])  # its own output again: fine, listed once
+    assert (out / MANIFEST).read_text().count('"same_0.png"') == 1
+    with pytest.raises(OutputError, match="twice in one run"):
+        folder.claim(out / "same_0.png", inputs[1])
+    with pytest.raises(OutputError, match="did not write it"):
+        OutputFolder(out, inputs, command="edit").claim(out / "same_0.png", inputs[0])  # another command's
+    with pytest.raises(OutputError, match="did not write it"):
+        folder.claim(out / "mine_0.png", inputs[0])
+    os.link(inputs[2], out / "linked.png")  # another name of an input
+    with pytest.raises(OutputError, match="input of this run"):
+        folder.claim(out / "linked.png", inputs[0])
+    assert (out / "mine_0.png").read_bytes() == b"the user's" and inputs[2].read_bytes() == b"photo"
+
+
+def test_output_folder_reads_a_list_cut_short_by_a_kill(tmp_path):
+    """A line half-written by a killed run is skipped until it is complete; the rest of the list counts."""
+    from faceedit.outputs import MANIFEST, OutputFolder
+
+    src = tmp_path / "a.jpg"
+    src.write_bytes(b"photo")
+    out = tmp_path / "out"
+    folder = OutputFolder(out, [src], command="edit")
+    folder.write_bytes(out / "a_edit.png", b"1", src)
+    with open(out / MANIFEST, "a") as f:
+        f.write('{"file": "a_0_edit.png", "command": "ed')
+    other = OutputFolder(out, [src], command="edit")
+    assert other.owns(out / "a_edit.png", src) and not other.owns(out / "a_0_edit.png", src)
+    with open(out / MANIFEST, "a") as f:
+        f.write('it", "source": "%s"}\n' % src.resolve())
+    assert other.owns(out / "a_0_edit.png", src)
+
+
+def test_output_folder_forgets_a_deleted_folder(tmp_path):
+    """A folder deleted and written again in one process starts a new list (nothing stale is taken as listed)."""
+    import shutil
+
+    from faceedit.outputs import OutputFolder
+
+    src = tmp_path / "a.jpg"
+    src.write_bytes(b"photo")
+    out = tmp_path / "out"
+    OutputFolder(out, [src], command="edit").write_bytes(out / "a_edit.png", b"1", src)
+    shutil.rmtree(out)
+    OutputFolder(out, [src], command="edit").write_bytes(out / "a_edit.png", b"2", src)
+    assert "a_edit.png" in (out / ".faceedit-outputs.jsonl").read_text()

@@ -1,7 +1,7 @@
 """The ``faceedit`` command line: a click group whose commands are thin wrappers.
 
 Each command lives in its own module of this package and is registered below.
-Exit codes: 0 success, 1 a failed job (``click.ClickException``), 2 a usage error.
+Exit codes: 0 success, 1 a failed job or batch input (``click.ClickException``), 2 a usage error.
 Ctrl-C and SIGTERM stop a command cleanly (``Aborted!``, exit code 1): finished outputs
 stay complete, temporary files are removed, and folder runs (``align``, ``invert``)
 resume where they stopped when run again.
@@ -58,9 +58,9 @@ def cli(ctx, verbose, quiet, device):
       faceedit models
 
     \b
-    Exit codes: 0 done; 1 the job failed (the message names the fix) or was
-    interrupted (Ctrl-C, SIGTERM: finished outputs are kept, a re-run resumes);
-    2 a usage error.
+    Exit codes: 0 done; 1 the job failed (the message names the fix), some inputs
+    of a batch failed (listed; the others are done), or it was interrupted (Ctrl-C,
+    SIGTERM: finished outputs are kept, a re-run resumes); 2 a usage error.
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

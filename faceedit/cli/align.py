@@ -11,10 +11,11 @@ import click
 from faceedit.alignment.align import LANDMARK_KINDS, landmark_kind
 from faceedit.alignment.errors import AlignmentError
 
-from .common import detector_option, job_errors
+from .common import OutDir, detector_option, finish_batch, job_errors, max_pixels_option, min_score_option
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 RECIPES = ("faces64", "ffhq")
+#: The names one photo's outputs take (``{s}``: its stem, relative to --out).
+ALIGN_NAMES = r"{s}(\.json|_\d+\.(png|jpg))"
 
 
 def _parse_face(value: str):
@@ -27,46 +28,61 @@ def _parse_face(value: str):
 
 
 def _gather(inputs):
-    """[(photo path, output stem relative to --out)] for files and folders (recursively)."""
+    """[(photo path, default output stem relative to --out)] for files and folders (recursively;
+    folders give the files ``faceedit.inputs.PHOTO_EXTS`` names, files are read whatever their suffix)."""
+    from faceedit.inputs import folder_photos
+
     jobs = []
     for inp in inputs:
         p = Path(inp)
         if p.is_dir():
-            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
-            jobs += [(q, q.relative_to(p).with_suffix("")) for q in files]
+            jobs += [(q, q.relative_to(p).with_suffix("").as_posix()) for q in folder_photos(p, recursive=True)]
         else:
-            jobs.append((p, Path(p.stem)))
+            jobs.append((p, p.stem))
     return jobs
+
+
+def _done(json_path: Path, src, settings: dict, folder):
+    """``"done"`` (a result of this photo with these settings), ``"other"`` (with other settings),
+    or ``None`` (nothing, a failure, damaged, or not faceedit's: align it)."""
+    from faceedit.outputs import read_record
+
+    rec = read_record(json_path)
+    if rec is None or rec.get("error") or not folder.owns(json_path, src):
+        return None
+    return "done" if rec.get("settings") == settings else "other"
 
 
 def _align_one(job):
     """Worker: align one photo, write its crops and JSON; returns (status, path, faces, message)."""
     from faceedit.alignment import align_photo, face_to_dict
-    from faceedit.core.files import atomic_write_text
-    from faceedit.core.images import ImageLoadError, load_image, save_image
+    from faceedit.core.images import ImageLoadError, load_image
 
     src, json_path, opts = job
     src, json_path = Path(src), Path(json_path)
-    record = {"version": 1, "source": str(src), "detector": opts["detector"], "recipe": opts["recipe"].to_dict()}
+    folder = opts["folder"]
+    record = {"version": 1, "source": str(src), "detector": opts["detector"], "recipe": opts["recipe"].to_dict(),
+              "settings": opts["settings"]}
     try:
         img = load_image(src, max_pixels=opts["max_pixels"])
         rep = align_photo(img, recipe=opts["recipe"], detector=opts["detector"], face=opts["face"],
-                          upsample=opts["upsample"], min_face=opts["min_face"],
+                          upsample=opts["upsample"], min_face=opts["min_face"], min_score=opts["min_score"],
                           try_rotations=opts["try_rotations"], landmarks=opts["landmarks"], name=str(src))
     except (AlignmentError, ImageLoadError) as e:
+        # recorded for the user, never taken as done: a re-run (with the --detector it suggests) tries again
         record.update(error=f"{type(e).__name__}: {e}", faces=[])
-        atomic_write_text(json_path, json.dumps(record, indent=1), protect=[src])
+        folder.write_text(json_path, json.dumps(record, indent=1), src)
         return "failed", str(src), 0, 0, f"{type(e).__name__}: {e}"
     faces = []
     for f in rep.faces:
         out = json_path.with_name(f"{json_path.name[:-len('.json')]}_{f.index}.{opts['ext']}")
-        save_image(out, f.crop, protect=[src])
+        folder.save_image(out, f.crop, src)
         d = face_to_dict(f)
         d["file"] = out.name
         faces.append(d)
     record.update(source_size=list(img.shape[1::-1]), landmarks=rep.landmarks, rotation=rep.rotation, tried=rep.tried,
                   num_detected=len(rep.detections), faces=faces, skipped=[s.to_dict() for s in rep.skipped])
-    atomic_write_text(json_path, json.dumps(record, indent=1), protect=[src])  # written last: marks "done"
+    folder.write_text(json_path, json.dumps(record, indent=1), src)  # written last: marks "done"
     return "ok", str(src), len(faces), len(rep.skipped), ""
 
 
@@ -89,7 +105,7 @@ class _cleanup_parts_on_exit:
 
 @click.command("align")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--out", type=OutDir(), required=True, help="Output folder.")
 @click.option("--recipe", type=click.Choice(RECIPES), default="faces64", show_default=True,
               help="Crop geometry: faces64 (FFHQ at 0.6x, our models) or ffhq (NVIDIA's).")
 @click.option("--size", type=click.IntRange(8, 4096), default=None, help="Output side in px [default: the recipe's].")
@@ -107,23 +123,28 @@ class _cleanup_parts_on_exit:
               help="dlib upsampling [default: by image size, one more if nothing is found].")
 @click.option("--min-face", type=click.IntRange(1, None), default=None,
               help="Skip (and report) faces smaller than this many px [default: max(24, size/16)].")
+@min_score_option()
 @click.option("--try-rotations", is_flag=True, help="Also try the photo turned 90/180/270 degrees.")
 @click.option("--ext", type=click.Choice(["png", "jpg"]), default="png", show_default=True, help="Crop format.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="Processes for folder inputs.")
-@click.option("--max-pixels", type=click.IntRange(1, None), default=50_000_000, show_default=True,
-              help="Refuse larger images (decompression bombs).")
+@max_pixels_option()
+@click.option("--overwrite", is_flag=True,
+              help="Replace results of these photos in --out made with other settings (refused without it).")
 @click.pass_context
-def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsample, min_face, try_rotations, ext,
-          workers, max_pixels):
+def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsample, min_face, min_score,
+          try_rotations, ext, workers, max_pixels, overwrite):
     """Detect, align and crop the faces of photos; write crops and a JSON with each face's transform.
 
     For every photo STEM it writes STEM_<i>.png per face (i = position left to right
     among all faces found) and STEM.json (source, recipe, photo->crop matrix, quad and
     landmarks per face, skipped small faces, or the error). Folders are searched
     recursively, keep their structure under --out, show a progress bar, use --workers
-    processes, and resume: photos whose JSON exists are skipped. A photo without a face
-    is reported and recorded, not fatal.
+    processes, and resume: photos done with the same settings are skipped; results made
+    with other settings stop the run (another --out keeps both, --overwrite replaces them).
+    A photo without a face is reported and recorded (and tried again on a re-run), the
+    others go on; the exit code is 1 if any failed. STEM becomes STEM_EXT when two photos
+    share one or a name would hit a file that is not this photo's earlier result.
 
     \b
     Examples:
@@ -145,17 +166,40 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
         if size is not None or scale is not None:
             rec = type(rec).from_dict({**rec.to_dict(), **({"size": size} if size else {}),
                                        **({"scale": scale} if scale else {})})
-    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=_parse_face(face), upsample=upsample,
-                min_face=min_face,
-                try_rotations=try_rotations, ext=ext, max_pixels=max_pixels)
+    from faceedit.outputs import OutputFolder, names, settings_differences
+
+    face_sel = _parse_face(face)
+    settings = {"recipe": rec.to_dict(), "detector": detector, "landmarks": landmark_kind(detector, landmarks),
+                "face": face_sel, "upsample": upsample, "min_face": min_face,
+                "min_score": min_score,
+                "try_rotations": bool(try_rotations), "ext": ext}
+    gathered = _gather(inputs)
+    folder = OutputFolder(out, [src for src, _ in gathered], command="align").check()
+    stems = folder.plan_stems([src for src, _ in gathered], names(ALIGN_NAMES), stem=dict(gathered).get)
+    opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=face_sel, upsample=upsample,
+                min_face=min_face, min_score=min_score, try_rotations=try_rotations, ext=ext, max_pixels=max_pixels,
+                folder=folder, settings=settings)
     out = Path(out)
-    jobs, done = [], 0
-    for src, stem in _gather(inputs):
-        json_path = out / stem.parent / (stem.name + ".json")
-        if json_path.exists():
+    jobs, done, other = [], 0, []
+    for src, _ in gathered:
+        json_path = out / (stems[src] + ".json")
+        state = _done(json_path, src, settings, folder)
+        if state == "done":
             done += 1
             continue
+        if state == "other":
+            other.append(json_path)
         jobs.append((str(src), str(json_path), opts))
+    if other:
+        from faceedit.outputs import read_record
+
+        diff = "; ".join(settings_differences(settings, (read_record(other[0]) or {}).get("settings")))
+        if not overwrite:
+            raise click.ClickException(f"{out} holds results of {len(other)} of these photo(s) made with other "
+                                       f"settings ({diff}); nothing was aligned. Pass --out ANOTHER_FOLDER to keep "
+                                       f"them and align there, or --overwrite to replace them")
+        click.echo(f"replacing the results of {len(other)} photo(s) in {out} made with other settings ({diff})",
+                   err=True)
     from faceedit.core.files import remove_stale_parts
 
     remove_stale_parts(out)  # temporary files of an earlier run that was killed outright
@@ -192,15 +236,15 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
                     failures.append((src, msg))
     bar.close()
     if failures:
-        from faceedit.core.files import atomic_write_text
-
-        atomic_write_text(out / "failures.json", json.dumps([{"source": s, "error": m} for s, m in failures], indent=1))
+        folder.write_text(out / "failures.json", json.dumps([{"source": s, "error": m} for s, m in failures],
+                                                            indent=1))
+    click.echo(f"aligned {faces} face(s) from {ok} photo(s) into {out}; {len(failures)} failed"
+               + (f"; {small} detection(s) skipped, below --min-face or --min-score (listed in the JSON)"
+                  if small else "")
+               + (f"; {done} already done" if done else ""))
+    if len(failures) > 10:
         for _s, m in failures[:10]:
             click.echo(f"failed: {m}", err=True)
-        if len(failures) > 10:
-            click.echo(f"... and {len(failures) - 10} more (see {out / 'failures.json'})", err=True)
-    click.echo(f"aligned {faces} face(s) from {ok} photo(s) into {out}; {len(failures)} failed"
-               + (f"; {small} face(s) below --min-face skipped (listed in the JSON)" if small else "")
-               + (f"; {done} already done" if done else ""))
-    if failures and not ok and not done:
-        raise click.ClickException(f"no photo could be aligned ({len(failures)} failed)")
+        raise click.ClickException(f"{len(failures)} of {len(jobs) + done} photo(s) failed (the first 10 above, "
+                                   f"all in {out / 'failures.json'}); the others are done")
+    finish_batch(failures, len(jobs) + done, "photo(s)")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import DATA_HELP, RESULTS_HELP, data_default, job_errors, results_default
+from .common import DATA_HELP, RESULTS_HELP, OutDir, data_default, job_errors, results_default
 
 DEFAULT_TEST = "faces64_test.npz"
 DEFAULT_TRAIN = "faces64_train.npz"
@@ -68,7 +68,7 @@ def bench():
               help="Attribute-network weights [default: the shipped ones].")
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated samples.")
-@click.option("--out", type=click.Path(file_okay=False), default=results_default("generator"),
+@click.option("--out", type=OutDir(), default=results_default("generator"),
               show_default=f"{RESULTS_HELP}/generator",
               help="Folder for generator.json/.csv/.md and the sheets.")
 @click.pass_context
@@ -119,7 +119,7 @@ def generator(ctx, models, images_dirs, test_pack, train_pack, n, ppl_samples, l
 @click.option("--attributes/--no-attributes", default=True, show_default=True,
               help="Score with the attribute network (--no-attributes: landmark geometry only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampled faces.")
-@click.option("--out", type=click.Path(file_okay=False), default=results_default("scorers"),
+@click.option("--out", type=OutDir(), default=results_default("scorers"),
               show_default=f"{RESULTS_HELP}/scorers",
               help="Folder for scorers.json/.csv/.md.")
 def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
@@ -147,7 +147,7 @@ def scorers(test_pack, weights, geometry, update_card, attributes, seed, out):
 @_pack_option("--test-pack", DEFAULT_TEST, "Aligned real TEST faces.")
 @click.option("--pairs", type=click.IntRange(min=100), default=5000, show_default=True)
 @click.option("--max-faces", type=click.IntRange(min=10), default=1500, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=results_default("scorers"),
+@click.option("--out", type=OutDir(), default=results_default("scorers"),
               show_default=f"{RESULTS_HELP}/scorers",
               help="Folder for identity_calibration.json (ship it from checkpoints/weights/scorers/).")
 def identity_calibration_cmd(test_pack, pairs, max_faces, out):
@@ -225,7 +225,7 @@ def _pack_or_none(pack):
               help="Reuse inversions saved there by --save-latents (same pack and --n).")
 @click.option("--save-latents", type=click.Path(file_okay=False), default=None, help="Save the inversions there.")
 @click.option("--invert-only", is_flag=True, help="With --save-latents: stop after inverting.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", type=OutDir(), required=True,
               help="Folder for editing.json and editing.md (e.g. bench/results/editing/faces64).")
 @click.pass_context
 def editing_cmd(ctx, models, pack, photos, n, strengths, steps, directions, perceptual, method, attrs, photo_steps,
@@ -282,7 +282,7 @@ def _photo_pipeline(model, steps, device, directions):
               help="CPU pass: fill identity from the reconstructions a GPU run saved in --out.")
 @click.option("--align-photos", type=click.Path(dir_okay=False), default=None, metavar="PACK",
               help="CPU pass: align --photos with the first --model's recipe into PACK and exit.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=OutDir(), default=None,
               help="Folder for inversion.json/.csv/.md (required unless --align-photos).")
 @click.pass_context
 def inversion_cmd(ctx, models, pack, photos, n, steps, perceptual, prior_weight, no_identity, no_compression,
@@ -350,7 +350,7 @@ def inversion_cmd(ctx, models, pack, photos, n, steps, perceptual, prior_weight,
               help="Faces for PTI's CPU timing.")
 @click.option("--append", is_flag=True,
               help="Add the rows to the methods.json already in --out (one table from several runs).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for methods.json and methods.md.")
+@click.option("--out", type=OutDir(), required=True, help="Folder for methods.json and methods.md.")
 @click.option("-v", "--verbose", is_flag=True, help="Log each stage.")
 @click.pass_context
 def methods_cmd(ctx, methods, compare_prior, runs, pack, n, pti_n, optim_steps, hybrid_steps, pti_steps, perceptual,

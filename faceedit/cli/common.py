@@ -119,3 +119,78 @@ def perceptual_option(help: str, *, default: str = "auto", only: tuple | None = 
 def seed_option(what: str = "Random seed", default: int | None = 0):
     """The ``--seed`` option (an int, shown default)."""
     return click.option("--seed", type=int, default=default, show_default=True, help=f"{what}.")
+
+
+class OutDir(click.Path):
+    """The type of every ``--out``: a folder that can be written, checked when the command line is
+    read, before any work (``faceedit.core.files.check_writable_dir``: not a file, not under a
+    file, not read-only; nothing is created). A bad one is a usage error (exit code 2)."""
+
+    name = "folder"
+
+    def __init__(self, **kw):
+        kw.setdefault("file_okay", False)
+        super().__init__(**kw)
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        from faceedit.core.errors import OutputError
+        from faceedit.core.files import check_writable_dir
+
+        try:
+            check_writable_dir(value, what=param.opts[0] if param is not None and param.opts else "--out")
+        except OutputError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
+def alignment_told_here() -> None:
+    """The command tells skipped detections itself (``Pipeline(notice=)``): mute the alignment
+    room's warnings of the same, so each is said once."""
+    import logging
+
+    logging.getLogger("faceedit.alignment.align").setLevel(logging.ERROR)
+
+
+def max_pixels_option():
+    """The ``--max-pixels`` option of every command that reads photos."""
+    from faceedit.core.images import DEFAULT_MAX_PIXELS
+
+    return click.option("--max-pixels", type=click.IntRange(1, None), default=DEFAULT_MAX_PIXELS, show_default=True,
+                        help="Refuse photos with more pixels than this (decompression bombs); raise it for a "
+                             "huge photo you trust.")
+
+
+def min_score_option():
+    """The ``--min-score`` option of every command that detects faces."""
+    return click.option("--min-score", type=float, default=None,
+                        help="Detections scoring below this are not faces: skipped and reported [default: dlib "
+                             "skips a detection below 0.3 beside a face scoring more (a badge or print scores about "
+                             "0.16, faces in photos 0.37 and up) and keeps a lone one, with a warning; mtcnn 0.95; "
+                             "dlib-cnn every detection].")
+
+
+def finish_batch(failures: list, total: int, noun: str = "input(s)") -> None:
+    """The end of every batch command: list the inputs that failed on stderr, then exit 1 if any did.
+
+    Every command that takes several inputs skips a bad one and goes on with the rest; the
+    summary line (printed before this) counts what was done, and the exit code says whether
+    everything was: 0 all done, 1 some (listed) or all failed.
+
+    Args:
+        failures: ``[(input, reason)]``.
+        total: how many inputs were given.
+        noun: what the inputs are called in the message.
+    Raises:
+        click.ClickException: one or more inputs failed (exit code 1); a single failure's
+            reason is the message itself.
+    """
+    if not failures:
+        return
+    if len(failures) == 1:
+        p, why = failures[0]
+        why = why if str(p) in why else f"{p}: {why}"
+        raise click.ClickException(why if total <= 1 else f"1 of {total} {noun} failed: {why}; the others are done")
+    for p, why in failures:
+        click.echo(f"failed: {p}: {why}", err=True)
+    raise click.ClickException(f"{len(failures)} of {total} {noun} failed (listed above); the others are done")

@@ -10,7 +10,8 @@ import click
 
 from faceedit.defaults import DEFAULT_STRENGTH
 
-from .common import detector_option, job_errors, parse_range, seed_option
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
+                     min_score_option, parse_range, seed_option)
 
 
 def parse_attr(text: str, default: float) -> tuple:
@@ -70,20 +71,27 @@ def parse_sweep(text: str) -> list:
               help="For photos: inversion steps [default: the method's, e.g. 50 optim steps on CPU].")
 @click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
 @detector_option()
+@min_score_option()
+@max_pixels_option()
 @seed_option("For photos: seed of the inversion")
-@click.option("--out", type=click.Path(file_okay=False), default="out/edit", show_default=True,
-              help="Output folder (created). Relative to the current folder, as in the README's "
-              "examples, so results land where the user works.")
+@click.option("--force", is_flag=True, help="Edit even past the strengths the directions were measured at (12) or "
+              "with a latent far outside the model's distribution, where the result is mostly noise.")
+@click.option("--out", type=OutDir(), default="out/edit", show_default=True,
+              help="Output folder (created; an earlier edit of the same photo there is replaced, and said so). "
+              "Relative to the current folder, as in the README's examples, so results land where the user works.")
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
-         space, method, steps, face, detector, seed, out):
+         space, method, steps, face, detector, min_score, max_pixels, seed, force, out):
     """Edit faces: a photo (aligned and inverted first), a latent file, or the last inversion.
 
     Writes to --out, per photo: STEM_edit.png (the whole photo with the edit pasted
     back, same size as the input, changed only inside the face mask), per face
     STEM_FACE_edit.png (the edited crop), STEM_FACE_side.png (aligned | reconstruction |
     edit), STEM_FACE_edit.latent.safetensors, and STEM_edit.json (the record); with
-    --sweep also STEM_FACE_sweep.png and STEM_sweep_ATTR.gif.
+    --sweep also STEM_FACE_sweep.png and STEM_sweep_ATTR.gif. STEM is the photo's, or
+    STEM_EXT when two inputs share one (same.jpg, same.png) or the name would hit a file
+    that is not an earlier result of this photo. A photo that fails is listed and the others
+    go on; the exit code is 1 if any failed.
 
     \b
     Examples:
@@ -100,15 +108,13 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     pairs = dict(parse_attr(a, strength) for a in attrs)
     layer_list = parse_range(layers, name="layers") if layers else None
     strengths = parse_sweep(sweep) if sweep else None
-    from faceedit.outputs import PHOTO_EXTS, last_inversion_path
+    from faceedit.inputs import LATENT_SUFFIX
+    from faceedit.outputs import last_inversion_path
 
-    photos = [Path(p) for p in inputs if Path(p).is_dir() or Path(p).suffix.lower() in PHOTO_EXTS]
-    lat_inputs = [Path(p) for p in latent_files] + [Path(p) for p in inputs if Path(p).suffix == ".safetensors"]
-    odd = [p for p in inputs if not Path(p).is_dir() and Path(p).suffix.lower() not in PHOTO_EXTS
-           and Path(p).suffix != ".safetensors"]
-    if odd:
-        raise click.BadParameter(f"{odd[0]} is neither a photo ({', '.join(sorted(PHOTO_EXTS))}) nor a latent "
-                                 f"(.safetensors)", param_hint="[PHOTO|LATENT]")
+    # one rule for photos (faceedit.inputs): any file but a latent is read as a photo, its content decides
+    photos = [Path(p) for p in inputs if Path(p).is_dir() or Path(p).suffix.lower() != LATENT_SUFFIX]
+    lat_inputs = [Path(p) for p in latent_files] + [Path(p) for p in inputs if Path(p).suffix.lower() == LATENT_SUFFIX
+                                                    and not Path(p).is_dir()]
     if photos and lat_inputs:
         raise click.UsageError("give photos or latents, not both (pair a latent with its photo via --photo)")
     if photo_override and len(lat_inputs) > 1:
@@ -122,18 +128,24 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     with job_errors():
         from faceedit.pipeline import edit_files
 
-        records = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
-                             space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
-                             method=method, device=ctx.obj["device"] if ctx.obj else "auto", detector=detector,
-                             directions=directions_dir, strength_unit=unit,
-                             invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
-                             echo=None if quiet else lambda msg: click.echo(msg, err=True))
+        alignment_told_here()
+        run = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
+                         space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
+                         method=method, device=ctx.obj["device"] if ctx.obj else "auto", detector=detector,
+                         directions=directions_dir, strength_unit=unit, min_score=min_score, max_pixels=max_pixels,
+                         force=force, notice=lambda msg: click.echo(msg, err=True),
+                         invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
+                         echo=None if quiet else lambda msg: click.echo(msg, err=True))
     dt = time.perf_counter() - t_start
-    for r in records:
+    for r in run.records:
         t = r["timings"]
-        click.echo(f"wrote {r['photo_out'] or r['faces'][0]['crop']} ({len(r['faces'])} face(s), "
+        scores = [f["detector_score"] for f in r["faces"] if f.get("detector_score") is not None]
+        click.echo(f"wrote {r['photo_out'] or r['faces'][0]['crop']} ({len(r['faces'])} face(s)"
+                   + (", detector score " + " ".join(f"{v:.2f}" for v in scores) if scores else "") + "; "
                    + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + ")")
-    click.echo(f"done in {dt:.1f} s; records in {out}")
+    n = len(run.records) + len(run.failures)
+    click.echo(f"edited {len(run.records)} of {n} input(s) in {dt:.1f} s; records in {out}")
+    finish_batch(run.failures, n)
 
 
 def _face_arg(face: str):
@@ -221,7 +233,7 @@ def directions_show(name, model):
 @click.option("--scorer", "--scorers", "scorers", default=None,
               help="Attribute-network weights [default: shipped], or 'landmarks' (dlib geometry; CPU).")
 @click.option("--n", "n", type=click.IntRange(100), default=100000, show_default=True, help="Latents per model.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder; files go to OUT/<model>/.")
+@click.option("--out", type=OutDir(), required=True, help="Folder; files go to OUT/<model>/.")
 @click.option("--fraction", type=click.FloatRange(0.001, 0.5), default=0.02, show_default=True,
               help="Fraction kept at each end.")
 @click.option("--batch", type=click.IntRange(1), default=1000, show_default=True,
@@ -290,7 +302,7 @@ def directions_fit_all(ctx, models, scorers, n, out, fraction, batch, attrs, min
 @seed_option("Seed of the latent sampling and the fit")
 @click.option("--batch", type=click.IntRange(1, 65536), default=256, show_default=True,
               help="Latents synthesized and scored together.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=OutDir(), default=None,
               help="Folder [default: the cache, CACHE/directions/MODEL, where `faceedit edit` looks].")
 @click.pass_context
 def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k, layers, seed, batch, out):
@@ -364,7 +376,7 @@ def directions_fit(ctx, model, attrs, conditions, method, scorer, n, fraction, k
 @click.option("--layers", default=None, help="Layers it applies to, e.g. 0-3 (GANSpace's ranges) [default: all].")
 @click.option("--component", "components", multiple=True, type=click.IntRange(min=0),
               help="GANSpace .npz: import only these components (with --attr: exactly one).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=OutDir(), default=None,
               help="Folder [default: the cache, CACHE/directions/MODEL, where `faceedit edit` looks].")
 def directions_import(file, model, attr, space, layers, components, out):
     """Import an InterFaceGAN .npy boundary, an e4e/pSp .pt direction or a GANSpace .npz.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import DATA_HELP, data_default, job_errors, perceptual_option, seed_option
+from .common import DATA_HELP, OutDir, data_default, job_errors, perceptual_option, seed_option
 
 
 @click.command("train-encoder")
@@ -32,7 +32,7 @@ from .common import DATA_HELP, data_default, job_errors, perceptual_option, seed
               help="Folder for the resumable training state [default: --out].")
 @click.option("--init-from", type=click.Path(dir_okay=False, exists=True), default=None,
               help="Exported encoder weights to fine-tune when there is no training state.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", type=OutDir(), required=True,
               help="Folder for the training state and encoder_<space>.safetensors/.json (copy the last two "
                    "into the model folder to ship).")
 @click.pass_context

@@ -5,7 +5,25 @@ from pathlib import Path
 
 import click
 
-from .common import job_errors, parse_range
+from .common import OutDir, job_errors, parse_range
+
+
+def _out_folder(out, model, command: str, names: list):
+    """The checked output folder of `generate`/`mix`, after saying which of ``names`` an earlier run left there.
+
+    Every name is claimed before the model loads, so a file there that faceedit did not write stops
+    the run at once (``faceedit.outputs.OutputFolder``).
+    """
+    from faceedit.outputs import OutputFolder
+
+    folder = OutputFolder(out, [model] if Path(str(model)).is_file() else [], command=command).check()
+    earlier = [n for n in names if (folder.root / n).exists()]
+    for n in names:
+        folder.claim(folder.root / n)
+    if earlier:
+        click.echo(f"replacing {len(earlier)} file(s) an earlier `faceedit {command}` wrote in {folder.root} "
+                   f"(pass another --out to keep them)", err=True)
+    return folder
 
 
 def _load(ctx, model):
@@ -31,9 +49,9 @@ Z_SOURCE = click.option("--z-source", type=click.Choice(list(_Z_RULES)), default
               help="Log-compression threshold tau (in sigmas) in the Gaussianized space, instead of --trunc.")
 @click.option("--noise", type=click.Choice(["const", "random", "none"]), default="const", show_default=True)
 @Z_SOURCE
-@click.option("--out", type=click.Path(file_okay=False), default="out/generate", show_default=True,
-              help="Output folder (created). Relative to the current folder, like `faceedit edit`'s, "
-              "so samples land where the user works.")
+@click.option("--out", type=OutDir(), default="out/generate", show_default=True,
+              help="Output folder (created; an earlier run's samples there are replaced, and said so). Relative "
+              "to the current folder, like `faceedit edit`'s, so samples land where the user works.")
 @click.pass_context
 def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
     """Generate one PNG per seed plus a grid, and generate.json (model, seeds, how z was drawn).
@@ -53,12 +71,13 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
 
     import torch
 
-    from faceedit.core.files import atomic_write_text
-    from faceedit.core.images import make_grid, save_image, tensor_to_uint8
+    from faceedit.core.images import make_grid, tensor_to_uint8
     from faceedit.sampling import seed_z
 
     seed_list = parse_range(seeds)
     with job_errors():
+        folder = _out_folder(out, model, "generate", [f"seed{s:04d}.png" for s in seed_list]
+                             + ["grid.png", "generate.json"])
         loaded = _load(ctx, model)
         G = loaded.G
         z = seed_z(G, seed_list, z_source)
@@ -71,12 +90,12 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
             imgs = tensor_to_uint8(G.synthesis(ws, noise_mode=noise))
         out = Path(out)
         for s, im in zip(seed_list, imgs):
-            save_image(out / f"seed{s:04d}.png", im)
-        save_image(out / "grid.png", make_grid(imgs))
+            folder.save_image(out / f"seed{s:04d}.png", im)
+        folder.save_image(out / "grid.png", make_grid(imgs))
         record = {"version": 1, "model": str(model), "model_id": loaded.model_id, "seeds": seed_list,
                   "z_source": z_source, "z_rule": _Z_RULES[z_source], "truncation_psi": trunc,
                   "compress_tau": compress, "noise_mode": noise}
-        atomic_write_text(out / "generate.json", json.dumps(record, indent=1) + "\n")
+        folder.write_text(out / "generate.json", json.dumps(record, indent=1) + "\n")
     click.echo(f"wrote {len(seed_list)} images, grid.png and generate.json to {out} (z from {z_source})")
 
 
@@ -89,9 +108,9 @@ def generate(ctx, model, seeds, trunc, compress, noise, z_source, out):
 @click.option("--trunc", type=click.FloatRange(0, 2), default=1.0, show_default=True,
               help="Truncation psi (1 = none).")
 @Z_SOURCE
-@click.option("--out", type=click.Path(file_okay=False), default="out/mix", show_default=True,
-              help="Output folder (created); the grid is OUT/mix.png. Relative to the current folder, "
-              "like `faceedit edit`'s, so the grid lands where the user works.")
+@click.option("--out", type=OutDir(), default="out/mix", show_default=True,
+              help="Output folder (created); the grid is OUT/mix.png (an earlier one is replaced, and said so). "
+              "Relative to the current folder, like `faceedit edit`'s, so the grid lands where the user works.")
 @click.pass_context
 def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
     """Style mixing grid: layers before --crossover from the row seed, the rest from the column seed.
@@ -105,7 +124,7 @@ def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
     import numpy as np
     import torch
 
-    from faceedit.core.images import make_grid, save_image, tensor_to_uint8
+    from faceedit.core.images import make_grid, tensor_to_uint8
     from faceedit.sampling import seed_z
 
     r, c = parse_range(rows, name="rows"), parse_range(cols, name="cols")
@@ -114,6 +133,7 @@ def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
                                  f"OUT/mix.png)", param_hint="--out")
     out = Path(out) / "mix.png"
     with job_errors():
+        folder = _out_folder(out.parent, model, "mix", ["mix.png"])
         G = _load(ctx, model).G
         cut = G.num_ws // 2 if crossover is None else crossover
         if not 0 <= cut <= G.num_ws:
@@ -126,5 +146,5 @@ def mix(ctx, model, rows, cols, crossover, trunc, z_source, out):
             for i in range(len(r)):
                 mixed = torch.cat([wr[i:i + 1, :cut].expand(len(c), -1, -1), wc[:, cut:]], dim=1)
                 tiles += [tensor_to_uint8(G.synthesis(wr[i:i + 1])), tensor_to_uint8(G.synthesis(mixed))]
-        save_image(out, make_grid(np.concatenate(tiles), cols=len(c) + 1))
+        folder.save_image(out, make_grid(np.concatenate(tiles), cols=len(c) + 1))
     click.echo(f"wrote {out}")

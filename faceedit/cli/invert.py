@@ -12,14 +12,23 @@ among the photo's faces (left to right, as ``faceedit align`` numbers them):
 
 The last finished run is remembered in ``cache_dir()/last_inversion.json`` (the cache is
 ``$FACEEDIT_HOME``, else ``$XDG_CACHE_HOME/faceedit``, else ``~/.cache/faceedit``), written
-atomically; with concurrent runs the last one to finish wins. ``faceedit edit`` with no
-input picks it up (all its faces).
+atomically; with concurrent runs the last one to finish wins. It lists every face the output
+folder holds for the run's settings, those of earlier runs included; ``faceedit edit`` with
+no input picks it up (all its faces).
+
+A re-run into the same folder skips the faces done with the same settings (model, space,
+method, steps, seed, prior, losses, detector). If the folder holds results of these photos
+made with other settings, the run stops before inverting anything and says what differs:
+pass another ``--out`` to keep both, or ``--overwrite`` to replace them (refused by default
+so that a changed option never silently costs an earlier result, and a folder never mixes
+two settings). A photo that fails is skipped and listed; the exit code is 1 if any failed.
 """
 from __future__ import annotations
 
 import click
 
-from .common import detector_option, job_errors, perceptual_option, seed_option
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
+                     min_score_option, perceptual_option, seed_option)
 
 
 def _face_option(value: str):
@@ -59,19 +68,26 @@ def _face_option(value: str):
 @click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=16, show_default=True,
               help="Faces optimised together (halved on out-of-memory).")
 @detector_option()
+@min_score_option()
+@max_pixels_option()
 @click.option("--aligned", is_flag=True, help="Inputs are already aligned crops (skip detection; resized to "
               "the model's resolution).")
-@click.option("--out", type=click.Path(file_okay=False), default="out/invert", show_default=True,
-              help="Output folder (created; finished faces are skipped on a re-run). Relative to the current "
-              "folder, as in the README's examples, so results land where the user works.")
+@click.option("--out", type=OutDir(), default="out/invert", show_default=True,
+              help="Output folder (created; faces finished with the same settings are skipped on a re-run). "
+              "Relative to the current folder, as in the README's examples, so results land where the user works.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace results of these photos in --out made with other settings (refused without it).")
 @click.pass_context
 def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, perceptual, optimize_noise,
-           seed, batch_size, detector, aligned, out):
+           seed, batch_size, detector, min_score, max_pixels, aligned, out, overwrite):
     """Invert faces in photos into a generator's latent space.
 
     Each photo is aligned with the model's own recipe, every requested face is
     optimised into the space, and per face a latent file, the reconstruction, a
-    side-by-side image and a JSON record are written to --out.
+    side-by-side image and a JSON record are written to --out. A re-run skips the faces
+    done with the same settings and stops if --out holds these photos' results made with
+    other settings (--overwrite replaces them). A photo that fails is listed and the others
+    go on; the exit code is 1 if any failed.
 
     \b
     Examples:
@@ -83,19 +99,27 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     face_sel = _face_option(face)
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
     with job_errors():
-        from faceedit.outputs import collect_photos
+        from faceedit.checkpoints.registry import cache_dir
+        from faceedit.core.files import check_writable_dir
+        from faceedit.inputs import check_photos, collect_photos
         from faceedit.pipeline import Pipeline
 
         photos = collect_photos(inputs)
+        check_writable_dir(cache_dir(), what="FACEEDIT_HOME")  # last_inversion.json; before any model loads
+        good, bad = check_photos(photos, max_pixels=max_pixels)
+        if not good:  # every photo unreadable: said before any model loads
+            finish_batch(bad, len(photos), "photo(s)")
+        alignment_told_here()
         pipe = Pipeline(model, space=space, method=method, device=ctx.obj["device"] if ctx.obj else "auto",
-                        detector=detector, invert_options={"steps": steps, "prior": prior,
-                                                           "prior_weight": prior_weight, "perceptual": perceptual,
-                                                           "seed": seed, "optimize_noise": optimize_noise})
+                        detector=detector, min_score=min_score, max_pixels=max_pixels,
+                        notice=lambda msg: click.echo(msg, err=True),
+                        invert_options={"steps": steps, "prior": prior, "prior_weight": prior_weight,
+                                        "perceptual": perceptual, "seed": seed, "optimize_noise": optimize_noise})
         run = pipe.invert_files(photos, out, face=face_sel, aligned=aligned, batch_size=batch_size, quiet=quiet,
-                                echo=lambda msg: click.echo(msg, err=True))
-    for p, e in run.failures:
-        click.echo(f"skipped {p}: {e}", err=True)
-    if not run.records:
-        click.echo(f"nothing to do: all {run.skipped} face(s) already have results in {out}")
-        return
-    click.echo(run.summary())
+                                echo=lambda msg: click.echo(msg, err=True), overwrite=overwrite)
+    if run.records:
+        click.echo("\n".join(run.faces_lines()))
+        click.echo(run.summary())
+    else:
+        click.echo(f"nothing to do: all {run.skipped} face(s) already have results in {out} with these settings")
+    finish_batch(run.failures, run.photos, "photo(s)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import job_errors
+from .common import OutDir, job_errors
 
 
 @click.command("models")
@@ -85,7 +85,7 @@ def convert(src, dst, recipe):
 
 @click.command("fit-prior")
 @click.argument("model")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the copy with its prior.")
+@click.option("--out", type=OutDir(), required=True, help="Folder for the copy with its prior.")
 @click.option("--n", type=click.IntRange(min=100), default=None, help="Mapping samples [default: 100000].")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Weight dtype of the written checkpoint (the statistics stay float32).")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import seed_option, DATA_HELP, data_default, job_errors
+from .common import seed_option, DATA_HELP, OutDir, data_default, job_errors
 
 
 def _default_datasets() -> str:
@@ -25,7 +25,7 @@ def dataset():
 
 
 @dataset.command("build")
-@click.option("--out", type=click.Path(file_okay=False), default=data_default(), show_default=DATA_HELP,
+@click.option("--out", type=OutDir(), default=data_default(), show_default=DATA_HELP,
               help="Folder for faces64_train.npz, faces64_test.npz, the report and contact sheet.")
 @click.option("--datasets", type=click.Path(exists=True, file_okay=False), default=None,
               help="The shared data sets folder [default: $FACEEDIT_DATASETS or ../shared/datasets].")
@@ -178,7 +178,7 @@ def unpack_export(src, dest, names):
 @click.command("train-scorers")
 @click.option("--train", "train_pack", type=click.Path(dir_okay=False, exists=True), required=True,
               help="Aligned TRAIN pack (.npz) with CelebA attributes and UTKFace age/gender labels.")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", type=OutDir(), required=True,
               help="Folder for attrnet.safetensors and attrnet.json (copy them into checkpoints/weights/scorers).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=2.5, show_default=True)
 @click.option("--max-steps", type=click.IntRange(1), default=None)
@@ -212,7 +212,7 @@ def train_scorers(ctx, train_pack, out, minutes, max_steps, epochs, val_every, b
 
 
 @click.command("train-quadnet")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
+@click.option("--out", type=OutDir(), required=True,
               help="Folder for quadnet.safetensors and quadnet.json (copy the weights into alignment/).")
 @click.option("--datasets", type=click.Path(exists=True, file_okay=False), default=None,
               help="The shared datasets folder [../shared/datasets or $FACEEDIT_DATASETS].")
