@@ -58,7 +58,7 @@ def load_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = M
     Raises:
         ImageLoadError: missing, empty, unreadable, truncated, not an image, or too large.
     """
-    path = _check_file(path)
+    path = _check_file(path, max_bytes)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -100,7 +100,7 @@ def probe_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple:
     return w, h
 
 
-def _check_file(path) -> Path:
+def _check_file(path, max_bytes: int = MAX_FILE_BYTES) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")

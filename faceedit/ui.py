@@ -96,6 +96,8 @@ class UiSettings:
         examples: example photos offered under the upload box.
         detector: face detector (``dlib``, ``dlib-cnn``, ``mtcnn``).
         steps: inversion steps (None: each method's default).
+        min_score: detections scoring below this are not faces (None: the detector's rule, as
+            ``Pipeline(min_score=)``).
         seed: inversion seed.
     """
 
@@ -106,6 +108,7 @@ class UiSettings:
     examples: tuple = ()
     detector: str = "dlib"
     steps: int | None = None
+    min_score: float | None = None
     seed: int = 0
 
 
@@ -237,7 +240,7 @@ class Editor:
                 base = self._loaded.setdefault((model, tuned), base)
         opts = {"seed": int(seed), **({"steps": int(steps)} if steps else {}), **dict(extra)}
         pipe = Pipeline(base, space=space, method=method, device=self.settings.device, detector=detector,
-                        invert_options=opts)
+                        invert_options=opts, max_pixels=self.settings.max_pixels, min_score=self.settings.min_score)
         pipe.model_name = model
         with self._guard:
             lock = self._locks.setdefault((model, tuned), threading.Lock() if tuned else contextlib.nullcontext())

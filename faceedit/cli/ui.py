@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import detector_option, job_errors, seed_option
+from .common import detector_option, job_errors, max_pixels_option, min_score_option, seed_option
 
 
 @click.command("ui")
@@ -15,16 +15,16 @@ from .common import detector_option, job_errors, seed_option
 @click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True, help="TCP port.")
 @click.option("--max-file-mb", type=click.FloatRange(0.01, 2048), default=25.0, show_default=True,
               help="Largest photo file accepted, in MiB.")
-@click.option("--max-pixels", type=click.IntRange(1, None), default=50_000_000, show_default=True,
-              help="Largest photo accepted, in pixels (more is refused, as a decompression bomb would be).")
+@max_pixels_option()
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
               help="Inversion steps [default: each method's, e.g. 30 hybrid steps on the CPU].")
 @click.option("--examples", "examples", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Example photos offered under the upload box, repeatable [default: the checkout's examples/].")
 @detector_option()
+@min_score_option()
 @seed_option("Seed of the inversions")
 @click.pass_context
-def ui(ctx, model, host, port, max_file_mb, max_pixels, steps, examples, detector, seed):
+def ui(ctx, model, host, port, max_file_mb, max_pixels, steps, examples, detector, min_score, seed):
     """Serve a web page for editing the faces of a photo (needs `pip install 'faceedit[ui]'`).
 
     Drop a photo, choose a face, model, space and method, see the reconstruction and its
@@ -44,7 +44,7 @@ def ui(ctx, model, host, port, max_file_mb, max_pixels, steps, examples, detecto
         settings = UiSettings(model=model, device=ctx.obj["device"] if ctx.obj else "auto",
                               max_file_bytes=int(max_file_mb * 2**20), max_pixels=max_pixels,
                               examples=tuple(examples) or example_photos(), detector=detector, steps=steps,
-                              seed=seed)
+                              min_score=min_score, seed=seed)
         server = serve(settings, host=host, port=port)
     click.echo(f"faceedit ui: open {server.url} (Ctrl-C stops it)")
     server.block()
