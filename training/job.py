@@ -191,14 +191,14 @@ def _gsnr_plot_png(csv_path: Path, title: str):
         return None
 
 
-def format_table(s: dict) -> str:
-    """The short table printed last."""
+def format_table(s: dict, extra: tuple | list = ()) -> str:
+    """The short table printed last; ``extra`` rows ``(label, value)`` go after the main ones."""
     rows = [("model", s["name"]), ("arch", s.get("arch", "stylegan2")), ("source", s["source"]), ("device", s["gpu"] or s["device"]),
             ("steps this chunk", s["steps"]), ("kimg total", s["kimg"]), ("kimg this chunk", round(s["chunk_kimg"], 1)),
             ("images/s", round(s["img_per_s"], 1)), ("train minutes total", round(s["train_minutes_total"], 2)),
             ("job seconds", round(s["job_seconds"], 1)), ("gsnr seconds", round(s["gsnr_seconds"], 1)),
             ("peak GPU memory GiB", None if s["peak_mem_gib"] is None else round(s["peak_mem_gib"], 2)),
-            ("stopped on NaN", s["stopped_on_nan"])]
+            ("stopped on NaN", s["stopped_on_nan"]), *extra]
     for k, v in s.get("profile_ms_per_step", {}).items():
         rows.append((f"  {k} ms/step", v))
     for k, v in s.get("export_mib", {}).items():
