@@ -63,8 +63,9 @@ def test_bf16_autocast_path_runs_on_cpu():
     assert all(torch.isfinite(p).all() for p in tr.G.parameters())
 
 
-def test_resume_from_checkpoint_is_bit_identical(tmp_path):
-    cfg = TrainConfig(**TINY)
+@pytest.mark.parametrize("arch", ["stylegan2", "stylegan1"])
+def test_resume_from_checkpoint_is_bit_identical(arch, tmp_path):
+    cfg = TrainConfig(**{**TINY, "arch": arch})
     imgs = _images()
     a = Trainer(cfg, imgs, "cpu", run_dir=tmp_path / "a")
     a.train(max_steps=6)
@@ -74,6 +75,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     c.load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
     c.load_logs()
     assert c.step_count == 3 and c.nimg == 24
+    assert type(c.G).__name__ == {"stylegan2": "Generator", "stylegan1": "Generator1"}[arch]
     c.train(max_steps=3)
     ta, tc = a.state_tensors(), c.state_tensors()
     assert set(ta) == set(tc)
@@ -381,25 +383,6 @@ def test_sg1_fast_step_replays_the_reference_step():
     assert not torch.equal(g_main_loss(G, D, draw_fakes(G, 8, 0.9, tr.aug.policy, "cpu"), path="poly"), ref)
     s = tr.train(max_steps=2)
     assert not s["stopped_on_nan"] and all(torch.isfinite(p).all() for p in tr.G.parameters())
-
-
-def test_sg1_resume_from_checkpoint_is_bit_identical(tmp_path):
-    cfg = TrainConfig(**SG1)
-    imgs = _images()
-    a = Trainer(cfg, imgs, "cpu", run_dir=tmp_path / "a")
-    a.train(max_steps=4)
-    b = Trainer(cfg, imgs, "cpu", run_dir=tmp_path / "b")
-    b.train(max_steps=2)
-    c = Trainer(cfg, imgs, "cpu", run_dir=tmp_path / "b")
-    c.load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
-    assert c.step_count == 2 and type(c.G).__name__ == "Generator1"
-    c.train(max_steps=2)
-    ta, tc = a.state_tensors(), c.state_tensors()
-    assert set(ta) == set(tc) and any(k.startswith("G.synthesis.layers.") for k in ta)
-    assert any(k.startswith("optG.") for k in ta) and any(k.startswith("optD.") for k in ta)
-    assert [k for k in ta if not torch.equal(ta[k], tc[k])] == []
-    # the noise strengths trained (from zero): the resumed run's noise draws were the same
-    assert a.G.synthesis.layers[3].noise_strength.abs().sum() > 0
 
 
 def _sg1_job(tmp_path, **kw):
