@@ -63,8 +63,9 @@ def test_bf16_autocast_path_runs_on_cpu():
     assert all(torch.isfinite(p).all() for p in tr.G.parameters())
 
 
-def test_resume_from_checkpoint_is_bit_identical(tmp_path):
-    cfg = TrainConfig(**TINY)
+@pytest.mark.parametrize("arch", ["stylegan2", "stylegan1"])
+def test_resume_from_checkpoint_is_bit_identical(arch, tmp_path):
+    cfg = TrainConfig(**{**TINY, "arch": arch})
     imgs = _images()
     a = Trainer(cfg, imgs, "cpu", run_dir=tmp_path / "a")
     a.train(max_steps=6)
@@ -74,6 +75,7 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     c.load_checkpoint(tmp_path / "b" / "checkpoint.safetensors")
     c.load_logs()
     assert c.step_count == 3 and c.nimg == 24
+    assert type(c.G).__name__ == {"stylegan2": "Generator", "stylegan1": "Generator1"}[arch]
     c.train(max_steps=3)
     ta, tc = a.state_tensors(), c.state_tensors()
     assert set(ta) == set(tc)
@@ -307,3 +309,178 @@ def test_default_architecture_fits_the_budgets():
         assert fp16(G) < 15.5 and fp16(D) < 15.5
         total += 2 * fp16(G) + fp16(D)
     assert total < 56
+
+
+# -- StyleGAN v1 through the same loop ---------------------------------------------------------
+SG1 = dict(TINY, arch="stylegan1")
+
+
+def _with_noise_and_bias(tr):
+    """Non-zero noise strengths and synthesis biases, so that the noise draws matter."""
+    with torch.no_grad():
+        for name, p in tr.G.named_parameters():
+            if name.endswith("noise_strength") or (name.endswith("bias") and "synthesis" in name):
+                p.copy_(torch.randn_like(p) * 0.3)
+    return tr
+
+
+def test_sg1_config_builds_a_v1_generator_with_its_losses():
+    from faceedit.networks import Discriminator, Generator1
+
+    cfg = TrainConfig(**SG1)
+    assert (cfg.pl_weight, cfg.mixing_prob) == (0.0, 0.9)  # SG1 has no path-length penalty; mixing 0.9
+    assert TrainConfig(**TINY).pl_weight == 2.0 and TrainConfig(**{**SG1, "pl_weight": 1.5}).pl_weight == 1.5
+    assert TrainConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "arch"}).arch == "stylegan2"
+    tr = Trainer(cfg, _images(), "cpu")
+    assert type(tr.G) is Generator1 and type(tr.G_ema) is Generator1 and type(tr.D) is Discriminator
+    assert (tr.G.synthesis.channels, tr.G.config["mapping_layers"]) == ({4: 16, 8: 16, 16: 8}, 2)
+    # no path-length phase: G's Adam is uncorrected, D's carries the lazy-R1 correction
+    assert tr.optG.param_groups[0]["lr"] == pytest.approx(0.002)
+    assert tr.optD.param_groups[0]["lr"] == pytest.approx(0.002 * 2 / 3)
+    with pytest.raises(ValueError, match="MLP mapping only"):
+        TrainConfig(**{**SG1, "mapping": "transformer"})
+    with pytest.raises(ValueError, match="arch must be one of stylegan2, stylegan1"):
+        TrainConfig(**{**TINY, "arch": "stylegan3"})
+
+
+def test_sg1_few_steps_are_finite_and_train_both_networks(tmp_path):
+    cfg = TrainConfig(**{**SG1, "gsnr_every": 2, "gsnr_samples": 4})
+    tr = Trainer(cfg, _images(), "cpu", run_dir=tmp_path)
+    g0 = {k: v.clone() for k, v in tr.G.state_dict().items()}
+    d0 = {k: v.clone() for k, v in tr.D.state_dict().items()}
+    s = tr.train(max_steps=4)
+    assert s["steps"] == 4 and not s["stopped_on_nan"]
+    for r in tr.loss_rows:
+        for k in ("loss_G", "loss_D", "r1", "D_real", "D_fake"):
+            assert math.isfinite(float(r[k])), (k, r)
+        assert r["pl"] == "" and r["pl_mean"] == ""  # the path-length phase never ran
+    changed = {k for k, v in tr.G.state_dict().items() if not torch.equal(v, g0[k])}
+    assert any(k.startswith("mapping.net.") for k in changed)
+    assert {"synthesis.const", "synthesis.layers.5.weight", "synthesis.layers.5.affine.weight",
+            "synthesis.torgb.weight"} <= changed
+    assert any(not torch.equal(v, d0[k]) for k, v in tr.D.state_dict().items())
+    assert tr.G.mapping.w_avg.abs().sum() > 0 and torch.equal(tr.G_ema.mapping.w_avg, tr.G.mapping.w_avg)
+    assert float(tr.pl_mean) == 0.0
+    groups = {r["group"] for r in tr.gsnr_rows if r["net"] == "G"}
+    assert {"mapping", "syn4", "syn8", "syn16"} <= groups  # v1 layers grouped by resolution
+
+
+def test_sg1_fast_step_replays_the_reference_step():
+    """The fast step runs a v1 generator: its G-main loss on explicit draws equals the reference
+    step's code seeded alike (the 'poly' path is the one v1 path), and fast steps stay finite."""
+    from faceedit.training.faststep import draw_fakes, g_main_loss
+
+    tr = _with_noise_and_bias(Trainer(TrainConfig(**{**SG1, "fast": True}), _images(), "cpu"))
+    assert tr.fast_step is not None and not tr.fast_step.compiled
+    G, D = tr.G, tr.D
+    torch.manual_seed(5)
+    fake, _ = tr.generate(G, 8)
+    ref = torch.nn.functional.softplus(-D(tr.aug(fake))).mean()
+    torch.manual_seed(5)
+    ours = g_main_loss(G, D, draw_fakes(G, 8, tr.cfg.mixing_prob, tr.aug.policy, "cpu"), path="poly")
+    assert torch.equal(ours, ref)
+    torch.manual_seed(6)
+    assert not torch.equal(g_main_loss(G, D, draw_fakes(G, 8, 0.9, tr.aug.policy, "cpu"), path="poly"), ref)
+    s = tr.train(max_steps=2)
+    assert not s["stopped_on_nan"] and all(torch.isfinite(p).all() for p in tr.G.parameters())
+
+
+def _sg1_job(tmp_path, **kw):
+    from faceedit.training import job
+
+    pack = _tiny_pack(tmp_path / "train.npz", n=16, side=32)
+    ov = {**{k: v for k, v in TINY.items() if k != "resolution"}, "resolution": 16, "arch": "stylegan1"}
+    s = job.run_job(data=pack, mapping="mlp", run_dir=tmp_path / "run", minutes=5, export=tmp_path / "out",
+                    device="cpu", max_steps=2, overrides=ov, **kw)
+    return pack, s
+
+
+def test_sg1_job_exports_a_native_v1_model_that_loads_and_inverts(tmp_path):
+    """run_job(overrides=dict(arch='stylegan1')) exports faces64-sg1.*: config.json records the
+    arch, load_model gives a Generator1 whose images are bit-identical to the trained G_ema
+    (fp16, as exported), and W / W+ inversion runs on it."""
+    import copy as _copy
+
+    from faceedit import invert
+    from faceedit.checkpoints import load_model
+    from faceedit.networks import Generator1
+    from faceedit.training import export
+
+    pack, s = _sg1_job(tmp_path)
+    assert s["name"] == "faces64-sg1" and s["arch"] == "stylegan1" and s["config"]["pl_weight"] == 0.0
+    zpath = tmp_path / "out" / "faces64-sg1.zip"
+    with zipfile.ZipFile(zpath) as z:
+        cfg = json.loads(z.read("config.json"))
+        assert json.loads(z.read("train.json"))["config"]["arch"] == "stylegan1"
+    assert cfg["generator"]["arch"] == "stylegan1" and cfg["provenance"]["training"]["pl_weight"] == 0.0
+    m = load_model(zpath)
+    assert type(m.G) is Generator1 and m.arch == "stylegan1"
+    # the trained G_ema, rounded to fp16 as the export stores it
+    tr = Trainer(export.read_export_config(tmp_path / "out", "faces64-sg1"), load_images(pack, 16), "cpu")
+    export.resume_from_export(tr, tmp_path / "out", "faces64-sg1")
+    ref = _copy.deepcopy(tr.G_ema)
+    z = m.G.sample_z(3, seed=2)
+    assert torch.equal(m.G(z), ref(z))
+    folder = export.unpack(tmp_path / "out", "faces64-sg1", tmp_path / "weights")
+    assert torch.equal(load_model(folder).G(z), ref(z))
+    with torch.no_grad():
+        target = m.G(m.G.sample_z(1, seed=9))
+    for space in ("w", "w+"):
+        lat = invert(target, model=str(folder), space=space, steps=4, prior="none", perceptual="none",
+                     device="cpu", seed=0)
+        assert lat.arch == "stylegan1" and lat.codes.shape == (1, 6, 16)
+        assert lat.meta["history"][-1] < lat.meta["history"][0]
+
+
+def test_sg1_job_resumes_and_refuses_the_other_arch(tmp_path):
+    from faceedit.checkpoints.native import save_native
+    from faceedit.training import job
+    from faceedit.training.export import init_from_native, native_train_config, unpack
+
+    pack, _ = _sg1_job(tmp_path)
+    # a fresh machine continues from the export, as stylegan1, counters carried
+    s2 = job.run_job(data=pack, mapping="mlp", run_dir=tmp_path / "run2", minutes=5, resume_from=tmp_path / "out",
+                     device="cpu", max_steps=1, overrides={"arch": "stylegan1"})
+    assert s2["source"].startswith("export") and s2["arch"] == "stylegan1" and s2["total_steps"] == 3
+    # the run folder holds a stylegan1 state: asking for stylegan2 there is refused, not ignored
+    with pytest.raises(ValueError, match=r"holds a stylegan1 run, not stylegan2; use another --run-dir or "
+                                         r"--arch stylegan1"):
+        job.run_job(data=pack, mapping="mlp", run_dir=tmp_path / "run", minutes=5, device="cpu", max_steps=1,
+                    name="faces64-sg1", overrides={"arch": "stylegan2"})
+    folder = unpack(tmp_path / "out", "faces64-sg1", tmp_path / "w")
+    # a native v1 folder continues as v1 (init_from); as stylegan2 it is refused by name
+    cfg = native_train_config(folder, {"batch": 8})
+    assert (cfg.arch, cfg.pl_weight, cfg.z_dim) == ("stylegan1", 0.0, 16)
+    tr = Trainer(cfg, load_images(pack, 16), "cpu")
+    init_from_native(tr, folder)
+    assert tr.step_count == 2 and float(tr.pl_mean) == 0.0
+    with pytest.raises(ValueError, match="holds a stylegan1 generator; it cannot be continued as stylegan2"):
+        native_train_config(folder, {"arch": "stylegan2"})
+    sg2 = Trainer(TrainConfig(**TINY), load_images(pack, 16), "cpu")
+    with pytest.raises(ValueError, match="holds a stylegan1 generator and this run trains a stylegan2 one"):
+        init_from_native(sg2, folder)
+    sg2_folder = save_native(tmp_path / "sg2", sg2.G_ema, name="m", D=sg2.D)
+    with pytest.raises(ValueError, match="holds a stylegan2 generator; it cannot be continued as stylegan1"):
+        native_train_config(sg2_folder, {"arch": "stylegan1"})
+    with pytest.raises(ValueError, match="holds a stylegan2 generator and this run trains a stylegan1 one"):
+        init_from_native(tr, sg2_folder)
+
+
+def test_cli_train_arch_stylegan1(tmp_path):
+    from click.testing import CliRunner
+
+    from faceedit.cli import cli
+
+    pack = _tiny_pack(tmp_path / "train.npz", n=12, side=16)
+    sets = [a for k in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "gsnr_every",
+                        "profile_every", "r1_every") for a in ("--set", f"{k}={TINY[k]}")]
+    r = CliRunner().invoke(cli, ["--device", "cpu", "train", "--arch", "stylegan1", "--data", str(pack),
+                                 "--resolution", "16", "--batch", "8", "--max-steps", "1", "--run-dir",
+                                 str(tmp_path / "run"), "--export", str(tmp_path / "out"), *sets])
+    assert r.exit_code == 0, r.output
+    assert [ln.split() for ln in r.output.splitlines()[:2]] == [["model", "faces64-sg1"], ["arch", "stylegan1"]]
+    assert (tmp_path / "out" / "faces64-sg1.zip").is_file()
+    r = CliRunner().invoke(cli, ["--device", "cpu", "train", "--arch", "stylegan1", "--mapping", "transformer",
+                                 "--data", str(pack), "--resolution", "16", "--max-steps", "1",
+                                 "--run-dir", str(tmp_path / "run3"), *sets])
+    assert r.exit_code != 0 and "MLP mapping only" in r.output

@@ -147,21 +147,37 @@ def resume_from_export(trainer: Trainer, src_dir, name: str) -> None:
              name, src_dir, trainer.step_count, trainer.kimg)
 
 
-NATIVE_ARCH_KEYS = {"z_dim": "z_dim", "w_dim": "w_dim", "resolution": "resolution", "mapping_kind": "mapping",
-                    "mapping_layers": "mapping_layers", "mapping_blocks": "mapping_blocks",
+NATIVE_ARCH_KEYS = {"arch": "arch", "z_dim": "z_dim", "w_dim": "w_dim", "resolution": "resolution",
+                    "mapping_kind": "mapping", "mapping_layers": "mapping_layers", "mapping_blocks": "mapping_blocks",
                     "mapping_heads": "mapping_heads", "channel_base": "channel_base", "channel_max": "channel_max"}
 
 
 def native_train_config(folder, overrides: dict | None = None) -> TrainConfig:
-    """A :class:`TrainConfig` for continuing a native checkpoint: its architecture, the training
-    settings its provenance records, then ``overrides`` (which may not change the architecture)."""
+    """A :class:`TrainConfig` for continuing a native checkpoint: its architecture (``arch``
+    included: a StyleGAN v1 folder continues as ``stylegan1``), the training settings its
+    provenance records, then ``overrides`` (which may not change the architecture).
+
+    Raises:
+        TrainingError: an override would change the architecture (another ``arch`` among them),
+            or the generator has settings the loop does not build (mapping_lr_mul, colour
+            channels, a v1 ``fused_scale`` other than the loop's ``'auto'``).
+    """
     from faceedit.checkpoints.native import read_config
 
     cfg = read_config(Path(folder))
-    arch = {NATIVE_ARCH_KEYS[k]: v for k, v in cfg["generator"].items() if k in NATIVE_ARCH_KEYS}
-    if cfg["generator"].get("mapping_lr_mul", 0.01) != 0.01 or cfg["generator"].get("img_channels", 3) != 3:
+    gen = cfg["generator"]
+    arch = {"arch": "stylegan2", **{NATIVE_ARCH_KEYS[k]: v for k, v in gen.items() if k in NATIVE_ARCH_KEYS}}
+    if gen.get("mapping_lr_mul", 0.01) != 0.01 or gen.get("img_channels", 3) != 3:
         raise TrainingError(f"{folder}: only generators with mapping_lr_mul 0.01 and 3 colour channels can be "
                          f"trained further here")
+    fused = gen.get("fused_scale", "auto")
+    if fused != "auto" and not (fused is False and arch["resolution"] < 128):  # False == 'auto' below 128 px
+        raise TrainingError(f"{folder}: a StyleGAN v1 generator with fused_scale={fused!r} cannot be trained "
+                            f"further here (the loop builds fused_scale 'auto')")
+    want = (overrides or {}).get("arch", arch["arch"])
+    if want != arch["arch"]:
+        raise TrainingError(f"{folder} holds a {arch['arch']} generator; it cannot be continued as {want} "
+                            f"(leave out --arch to continue it, or start a fresh {want} run without --init-from)")
     clash = sorted(k for k in (overrides or {}) if k in arch and overrides[k] != arch[k])
     if clash:
         raise TrainingError(f"{folder}: --set {', '.join(clash)} would change the architecture of the checkpoint "
@@ -180,13 +196,17 @@ def init_from_native(trainer: Trainer, folder) -> None:
     every path length to 0 for the first hundred steps); Adam restarts.
 
     Raises:
-        CheckpointError / TrainingError: no discriminator, or an architecture that does not
-            match ``trainer.cfg`` (build the trainer with :func:`native_train_config`).
+        CheckpointError / TrainingError: no discriminator, or an architecture (``arch``
+            included) that does not match ``trainer.cfg`` (build the trainer with
+            :func:`native_train_config`).
     """
     from faceedit.checkpoints.native import load_native
 
     folder = Path(folder)
     nat = load_native(folder, with_discriminator=True)
+    if nat.G.arch != trainer.cfg.arch:
+        raise TrainingError(f"{folder} holds a {nat.G.arch} generator and this run trains a {trainer.cfg.arch} one; "
+                            f"build the trainer with native_train_config({str(folder)!r})")
     sd = nat.G.state_dict()
     for mod in (trainer.G, trainer.G_ema):
         own = mod.state_dict()

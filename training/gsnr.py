@@ -134,10 +134,11 @@ def group_means(gsnr: dict, groups: dict | None = None) -> dict:
 
 
 def param_groups(module: nn.Module, prefix: str = "") -> dict:
-    """``{param name: group}`` by resolution for the StyleGAN2 G and D (else top module).
+    """``{param name: group}`` by resolution for the StyleGAN2 / v1 G and D (else top module).
 
     Generator: ``mapping``, ``syn4`` (constant, 4x4 conv, first toRGB), ``syn8``... (the
-    up-sampling conv, conv and toRGB of each block). Discriminator: ``rgb`` (fromRGB),
+    up-sampling conv, conv and toRGB of each block; for StyleGAN v1 the two layers of each
+    resolution, its one toRGB in the last group). Discriminator: ``rgb`` (fromRGB),
     ``b64``, ``b32``... (residual block at that input resolution), ``epilogue`` (4x4 conv, FC, output).
     """
     out = {}
@@ -149,7 +150,15 @@ def param_groups(module: nn.Module, prefix: str = "") -> dict:
             g = "mapping"
         elif parts[0] == "synthesis":
             m = re.match(r"(convs_up|convs|torgbs)\.(\d+)", ".".join(parts[1:3]))
-            g = f"syn{2 ** (int(m.group(2)) + 3)}" if m else "syn4"
+            v1 = re.fullmatch(r"layers\.(\d+)", ".".join(parts[1:3]))  # StyleGAN v1: layer i at 2 ** (i // 2 + 2)
+            if m:
+                g = f"syn{2 ** (int(m.group(2)) + 3)}"
+            elif v1:
+                g = f"syn{2 ** (int(v1.group(1)) // 2 + 2)}"
+            elif parts[1] == "torgb" and res:
+                g = f"syn{res}"  # v1's one toRGB, at the output resolution
+            else:
+                g = "syn4"
         elif parts[0] == "from_rgb":
             g = "rgb"
         elif parts[0] == "blocks" and res:

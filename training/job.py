@@ -29,7 +29,13 @@ from pathlib import Path  # noqa: E402
 log = logging.getLogger(__name__)
 
 NAMES = {"mlp": "faces64", "transformer": "faces64-wpp"}
+SG1_NAME = "faces64-sg1"  # the default name of a StyleGAN v1 run (arch stylegan1, MLP mapping)
 EXPORT_RESERVE_S = 30.0
+
+
+def default_name(mapping: str, arch: str | None = None) -> str:
+    """The model name a run gets when none is given: ``faces64``, ``faces64-wpp`` or ``faces64-sg1``."""
+    return SG1_NAME if arch == "stylegan1" else NAMES[mapping]
 
 
 def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_from=None, name: str | None = None,
@@ -44,16 +50,22 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         minutes: wall-clock budget of the whole job, counted from ``t_start``.
         export: folder for the three export files (None: no export).
         resume_from: folder with an earlier export, used when ``run_dir`` has no checkpoint.
-        name: model name (default ``faces64`` / ``faces64-wpp``).
+        name: model name (default :func:`default_name`: ``faces64`` / ``faces64-wpp``, or
+            ``faces64-sg1`` when ``overrides`` has ``arch="stylegan1"``).
         device: ``auto``, ``cpu`` or ``cuda``.
         max_steps: stop after this many steps (tests, benchmarks).
         overrides: :class:`TrainConfig` fields for a fresh run or one started with
-            ``init_from`` (ignored on resume, which keeps the saved settings).
+            ``init_from`` (ignored on resume, which keeps the saved settings; an ``arch``
+            among them must be the resumed run's). ``dict(arch="stylegan1")`` trains a
+            StyleGAN v1 generator (``mapping`` must then be ``mlp``).
         init_from: a native checkpoint folder (G_ema and D, e.g. a shipped model) to continue
             when neither ``run_dir`` nor ``resume_from`` holds a training state: G and G_ema
             start from its G_ema, the counters from its provenance, Adam fresh.
     Returns:
         summary dict (also written as ``train.json`` into the export zip).
+    Raises:
+        TrainingError: the resumed state was trained with another mapping or ``arch`` than
+            asked for, no time is left to train, or training diverged before a checkpoint.
     """
     import torch
 
@@ -68,11 +80,11 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
                                 f"(by default it writes <faceedit cache>/data/faces64_train.npz)")
     t_start = _T_START if t_start is None else t_start
     deadline = t_start + minutes * 60
-    name = name or NAMES[mapping]
+    overrides = dict(overrides or {})
+    name = name or default_name(mapping, overrides.get("arch"))
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     ckpt = run_dir / "checkpoint.safetensors"
-    overrides = dict(overrides or {})
 
     if ckpt.is_file():
         cfg = TrainConfig.from_dict(read_state_metadata(ckpt.read_bytes(), ckpt)["config"])
@@ -93,6 +105,9 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     if cfg.mapping != mapping:
         raise TrainingError(f"{source} was trained with mapping {cfg.mapping!r}, not {mapping!r}; "
                             f"use another --run-dir or --mapping {cfg.mapping}")
+    if overrides.get("arch", cfg.arch) != cfg.arch:
+        raise TrainingError(f"{source} holds a {cfg.arch} run, not {overrides['arch']}; use another --run-dir "
+                            f"or --arch {cfg.arch}")
 
     pack_meta = Pack(data).meta
     images = load_images(data, cfg.resolution)
@@ -124,7 +139,7 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
 
     profile = trainer.timer.table()
     summary.update({
-        "name": name, "mapping": mapping, "source": source, "device": str(dev),
+        "name": name, "arch": cfg.arch, "mapping": mapping, "source": source, "device": str(dev),
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "",
         "peak_mem_gib": (torch.cuda.max_memory_allocated(dev) / 2 ** 30) if dev.type == "cuda" else None,
         "train_minutes_total": trainer.train_seconds / 60, "gsnr_seconds": trainer.gsnr_seconds,
@@ -177,9 +192,10 @@ def _gsnr_plot_png(csv_path: Path, title: str):
         return None
 
 
-def format_table(s: dict) -> str:
-    """The short table printed last."""
-    rows = [("model", s["name"]), ("source", s["source"]), ("device", s["gpu"] or s["device"]),
+def format_table(s: dict, extra: tuple | list = ()) -> str:
+    """The short table printed last; ``extra`` rows ``(label, value)`` go after the main ones."""
+    rows = [("model", s["name"]), ("arch", s.get("arch", "stylegan2")), ("source", s["source"]),
+            ("device", s["gpu"] or s["device"]),
             ("steps this chunk", s["steps"]), ("kimg total", s["kimg"]), ("kimg this chunk", round(s["chunk_kimg"], 1)),
             ("images/s", round(s["img_per_s"], 1)), ("train minutes total", round(s["train_minutes_total"], 2)),
             ("job seconds", round(s["job_seconds"], 1)), ("gsnr seconds", round(s["gsnr_seconds"], 1)),
@@ -190,6 +206,7 @@ def format_table(s: dict) -> str:
         k = s["kid"]
         rows.append(("KID-attr vs held-out", f"{float(k['kid']):.4f} [{float(k['ci_low']):.4f}, "
                                              f"{float(k['ci_high']):.4f}] n={k['n']}"))
+    rows += list(extra)
     for k, v in s.get("profile_ms_per_step", {}).items():
         rows.append((f"  {k} ms/step", v))
     for k, v in s.get("export_mib", {}).items():

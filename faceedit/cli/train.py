@@ -69,6 +69,9 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
               show_default=f"{DATA_HELP}/faces64_train.npz", help="Train pack from `faceedit dataset build`.")
 @click.option("--mapping", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
               help="mlp: W/W+ model (faces64); transformer: W++ model (faces64-wpp).")
+@click.option("--arch", type=click.Choice(["stylegan2", "stylegan1"]), default=None,
+              help="Generator: stylegan2, or stylegan1 (AdaIN, MLP mapping; no path-length penalty) "
+                   "[stylegan2, or what a resumed run saved].")
 @click.option("--resolution", type=click.Choice(["16", "32", "64"]), default="64", show_default=True,
               help="Training resolution (the pack is area-downsampled if smaller).")
 @click.option("--run-dir", type=click.Path(file_okay=False), default=None,
@@ -87,7 +90,8 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 @click.option("--seed", type=int, default=None, help="Seed [default: 0].")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set ema_kimg=5 --set channel_base=1024.")
-@click.option("--name", default=None, help="Model name [faces64 for mlp, faces64-wpp for transformer].")
+@click.option("--name", default=None,
+              help="Model name [faces64 for mlp, faces64-wpp for transformer, faces64-sg1 for stylegan1].")
 @click.option("--init-from", type=click.Path(file_okay=False, exists=True), default=None,
               help="Native checkpoint folder (G_ema + discriminator, e.g. a shipped model) to continue when "
                    "the run folder holds no state and --resume-from is not given; Adam restarts.")
@@ -96,9 +100,9 @@ def build(ctx, out, datasets, workers, max_mib, limit, prefix, cache):
 @click.option("--plot", "plot_only", is_flag=True,
               help="Only draw loss.png and gsnr.png from the CSV logs of --run-dir, then exit.")
 @click.pass_context
-def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, resume_from, batch, lr, r1_gamma,
+def train(ctx, data, mapping, arch, resolution, run_dir, minutes, max_steps, export, resume_from, batch, lr, r1_gamma,
           augment, seed, settings, name, init_from, fast, plot_only):
-    """Train a StyleGAN2 generator (W or W++) on a face pack, resumably.
+    """Train a StyleGAN2 generator (W or W++) or a StyleGAN v1 one on a face pack, resumably.
 
     A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
     channel_max 256; transformer 4 blocks, 4 heads); a resumed run keeps its saved
@@ -108,13 +112,14 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
     Examples:
       faceedit train --mapping mlp --minutes 8.5 --export out/
       faceedit train --mapping transformer --run-dir runs/faces64-wpp --minutes 8.5
+      faceedit --device cuda train --arch stylegan1 --minutes 8.5 --export out/
       faceedit --device cuda train --init-from checkpoints/weights/faces64 --fast --batch 512 --export out/
       faceedit train --resolution 16 --set channel_base=256 --set channel_max=32 --max-steps 20 --run-dir /tmp/t
       faceedit train --plot --run-dir runs/faces64
     """
-    from faceedit.training.job import NAMES, format_table, parse_overrides, run_job
+    from faceedit.training.job import default_name, format_table, parse_overrides, run_job
 
-    name = name or NAMES[mapping]
+    name = name or default_name(mapping, arch)
     run_dir = run_dir or f"runs/{name}"
     if plot_only:
         _plots(run_dir, name)
@@ -122,7 +127,7 @@ def train(ctx, data, mapping, resolution, run_dir, minutes, max_steps, export, r
     with job_errors():
         overrides = parse_overrides(settings)
         for k, v in (("batch", batch), ("lr", lr), ("r1_gamma", r1_gamma), ("augment", augment), ("seed", seed),
-                     ("fast", fast)):
+                     ("fast", fast), ("arch", arch)):
             if v is not None:
                 overrides[k] = v
         overrides["resolution"] = int(resolution)
