@@ -77,11 +77,11 @@ def resolve_max_bytes(max_bytes: int | None = None) -> int:
     return int(gib * (1 << 30))
 
 
-def raise_hint(limit: int) -> str:
-    """How to raise ``limit`` on purpose (the tail of every budget message)."""
-    suggest = max(2 * limit, 1 << 30)
-    return (f"if you trust the file and have the memory, raise the limit on purpose: pass max_bytes={suggest} to "
-            f"load_model (or the reader) or set {ENV_VAR}={suggest / (1 << 30):g}")
+def raise_hint(need: int) -> str:
+    """How to raise the limit on purpose to ``need`` bytes, rounded up to whole GiB (the tail of budget messages)."""
+    gib = max(1, math.ceil(need / (1 << 30)))
+    return (f"if you trust the file and have the memory, raise the limit on purpose: set {ENV_VAR}={gib} or pass "
+            f"max_bytes={gib << 30} to load_model (or the reader)")
 
 
 class Budget:
@@ -112,7 +112,7 @@ class Budget:
             before = f" (on top of {human_bytes(self.used)} already read or built)" if self.used else ""
             raise CheckpointSizeError(f"{self.where}: {what} would need {human_bytes(nbytes)}{before}, above the "
                                       f"{human_bytes(self.limit)} limit for loading a checkpoint; "
-                                      f"{raise_hint(self.limit)}")
+                                      f"{raise_hint(self.used + nbytes)}")
 
     def charge(self, nbytes: int, what: str) -> None:
         """:meth:`check`, then count ``nbytes`` as allocated."""
