@@ -53,8 +53,8 @@ class MappingMLP(nn.Module):
     @staticmethod
     def size(z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, *_, **__) -> tuple:
         """``(state elements, other buffer elements)`` of this mapping, computed without building it."""
-        return add_sizes(EqualLinear.size(z_dim, w_dim), *[EqualLinear.size(w_dim, w_dim)] * (num_layers - 1),
-                         (w_dim, 0))
+        (first, _), (rest, _) = EqualLinear.size(z_dim, w_dim), EqualLinear.size(w_dim, w_dim)
+        return first + rest * (num_layers - 1) + w_dim, 0  # the layers, then w_avg
 
     @property
     def z_shape(self) -> tuple:
