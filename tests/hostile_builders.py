@@ -12,7 +12,8 @@ with stand-ins for ``torch_utils.persistence`` and ``dnnlib.tflib.network`` that
 
 ``KINDS`` lists every hostile file: ``name -> (builder, needle)``; a builder takes the folder
 to write into and the declared size of zip bombs, and returns the path to load; ``needle`` is
-a regular expression the refusal message must match (it names the field or the limit).
+a regular expression the refusal message must match: it names the field with its value and
+its limit (or the sizes at stake), whatever the wording.
 """
 from __future__ import annotations
 
@@ -437,7 +438,7 @@ KINDS = {
     "NVIDIA pkl: channel_base=2^40": (_nvidia_config("channels", channel_base=1 << 40, channel_max=1 << 20),
                                       r"'channel_(base|max)' = \d+ .*out of range"),
     "NVIDIA pkl: img_resolution=2^20": (_nvidia_config("res", img_resolution=1 << 20),
-                                        r"'resolution' = 1048576 .*16\.\.1024"),
+                                        r"resolution'?( =)? 1048576 .*16\.\.1024"),
     "NVIDIA pkl: w_dim='512' (a string)": (_nvidia_config("w_dim_str", w_dim="512"),
                                            r"w_dim='512' is not an integer"),
     "stylegan3-repo pkl: in range, 4.1 G parameters": (nvidia_sg3_repo_over_budget,
@@ -449,19 +450,19 @@ KINDS = {
     "rosinality .pt: stride-0 tensor of 2^31 elements": (rosinality_stride0, r"style\.1\.weight.*storage"),
     "rosinality .pt: storage entry of zeros, 1000:1": (rosinality_zip_bomb, r"data/0 declares .*compress"),
     "TF SG2 pkl: dlatent_size=10^9": (_tf_config("wdim", dlatent_size=10 ** 9),
-                                      r"'w_dim' = 1000000000 \(the file's dlatent_size\) .*1\.\.4096"),
+                                      r"'w_dim' = 1000000000 .*1\.\.4096"),
     "TF SG2 pkl: fmap_base=2^40": (_tf_config("fmap", fmap_base=1 << 40, fmap_max=1 << 20),
                                    r"'channel_(base|max)' = \d+ \(the file's fmap_(base x 2|max)\) is out of range"),
     "TF SG2 pkl: 10^6 mapping layers": (_tf_config("layers", mapping_layers=10 ** 6),
                                          r"'mapping_layers' = 1000000 .*1\.\.64"),
-    "TF SG2 pkl: resolution=2^20": (_tf_config("res", resolution=1 << 20), r"'resolution' = 1048576 .*16\.\.1024"),
+    "TF SG2 pkl: resolution=2^20": (_tf_config("res", resolution=1 << 20), r"resolution'?( =)? 1048576 .*16\.\.1024"),
     "TF SG2 pkl: in range, 4.1 G parameters": (_tf_config("big", latent_size=4096, dlatent_size=4096, mapping_layers=64,
                                                           resolution=1024, fmap_base=1 << 21, fmap_max=4096),
                                                r"GiB in fp32.*above the 4 GiB limit"),
     "TF SG2 pkl: dlatent_size='x' (a string)": (_tf_config("str", dlatent_size="x"),
                                                 r"dlatent_size='x' is not an integer"),
     "TF SG1 pkl: dlatent_size=10^9": (_tf_config("v1_wdim", v1=True, dlatent_size=10 ** 9, mapping_fmaps=10 ** 9),
-                                      r"'w_dim' = 1000000000 \(the file's dlatent_size\) .*1\.\.4096"),
+                                      r"'w_dim' = 1000000000 .*1\.\.4096"),
 }
 
 
