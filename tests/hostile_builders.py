@@ -503,6 +503,7 @@ for path in paths:
     except BaseException as e:
         out.update(outcome="crashed", message=f"{type(e).__name__}: {e}", type=type(e).__name__)
     print("RESULT " + json.dumps(out), flush=True)
+print("PEAK " + next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")), flush=True)
 """
 
 
@@ -517,8 +518,12 @@ def load_in_fresh_process(paths: list, limit_gib: float = 2.0, python: str | Non
         python: the interpreter (default: this one); another checkout's, to compare with it.
     Returns:
         ``(results, rss_mib)``: per path ``{"path", "outcome" ("refused", "loaded", "crashed"),
-        "message", "type"}``, and the process's peak resident memory in MiB, read from
-        ``os.wait4`` (the ``ru_maxrss`` of that child alone).
+        "message", "type"}``, and the process's peak resident memory in MiB: its own ``VmHWM``
+        (``/proc/self/status``), or, when it died before reporting it, the ``ru_maxrss`` that
+        ``os.wait4`` gives for it. (Linux carries the resident high-water mark a child had before
+        ``exec`` -- a copy of the parent -- into its ``ru_maxrss``, as into
+        ``getrusage(RUSAGE_CHILDREN)``: under a large parent, a pytest run with torch loaded,
+        ``ru_maxrss`` reports the parent's size. ``VmHWM`` is the new process's alone.)
     """
     import os
     import subprocess
@@ -535,4 +540,5 @@ def load_in_fresh_process(paths: list, limit_gib: float = 2.0, python: str | Non
     results = [json.loads(line[7:]) for line in text.splitlines() if line.startswith("RESULT ")]
     for p in list(map(str, paths))[len(results):]:
         results.append({"path": p, "outcome": f"died (exit {proc.returncode})", "message": text.strip()[-300:]})
-    return results, usage.ru_maxrss / 1024
+    peak = [int(line[5:]) for line in text.splitlines() if line.startswith("PEAK ")]
+    return results, (peak[0] if peak else usage.ru_maxrss) / 1024

@@ -4,9 +4,10 @@ Builds each file of ``tests/hostile_builders.py`` (small files that declare GiBs
 zip entries that inflate 1000:1, stride-0 tensors, generator records with ``w_dim = 10**9``,
 configs larger than their tensors, ...), then loads each with
 ``faceedit.checkpoints.load_model`` in a fresh Python process and reads that process's peak
-resident memory from ``os.wait4`` (its ``ru_maxrss``, as ``getrusage(RUSAGE_CHILDREN)`` would
-give for a single child). A first row loads nothing: it is the cost of importing torch and
-faceedit, which every other row includes.
+resident memory: its ``VmHWM``, or the ``ru_maxrss`` of ``os.wait4`` when it died first (see
+``hostile_builders.load_in_fresh_process`` for why not ``getrusage(RUSAGE_CHILDREN)``: Linux
+counts the parent's size at fork into it). A first row loads nothing: it is the cost of
+importing torch and faceedit, which every other row includes.
 
 Each child may get an address-space limit (``--limit-as-gib``, over what it has mapped after
 its imports) so that a regression fails with ``MemoryError`` instead of taking the machine;
@@ -120,9 +121,9 @@ def main(argv=None) -> int:
     space = "unlimited" if args.limit_as_gib <= 0 else \
         f"limited to {args.limit_as_gib:g} GiB over the imports, so RSS stops there: MemoryError"
     lines = ["# Peak memory of loading hostile checkpoint files", "",
-             f"`{cmd}`: each file loaded with `load_model` of {who}, in a fresh process (peak RSS from `os.wait4`; "
-             f"address space {space}); the first row is the cost of importing torch and faceedit, included in every "
-             f"row.", "",
+             f"`{cmd}`: each file loaded with `load_model` of {who}, in a fresh process (peak RSS: the process's "
+             f"VmHWM; address space {space}); the first row is the cost of importing torch and faceedit, included in "
+             f"every row.", "",
              f"{len(rows) - 1} kinds tried, {refused} refused, {clear} of them with a clear message (naming the "
              f"field or the limit, no torch internals); max RSS {max(r[4] for r in rows):.0f} MiB "
              f"(limit {args.max_rss_mib:.0f} MiB).", "",
