@@ -21,12 +21,14 @@ import logging
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
 from faceedit.core.errors import CheckpointError
 from faceedit.core.files import atomic_write_bytes, sha256_file
 
+from .budget import Budget, check_zip_entry
 from .loaded import LoadedModel
 from .native import FORMAT, folder_to_zip_bytes, is_zip, load_native, model_safetensors_bytes, read_config, save_native
 
@@ -36,10 +38,33 @@ log = logging.getLogger(__name__)
 # How far into a TF pickle its first global (the Network class) can sit: after the PROTO
 # opcode and the opening of the (G, D, Gs) tuple, a few dozen bytes in every protocol.
 _TF_HEAD = 256
+_PERSISTENCE = b"torch_utils.persistence"
 
 
-def sniff(path) -> str:
-    """``'native'``, ``'nvidia'``, ``'nvidia-tf'`` or ``'rosinality'`` from the file's content."""
+def _names_persistence(z: zipfile.ZipFile, name: str) -> bool:
+    """Whether the zip entry ``name`` (a ``data.pkl``) contains ``torch_utils.persistence``, read
+    as a stream in 1 MiB pieces (never held whole)."""
+    tail = b""
+    with z.open(name) as f:
+        while chunk := f.read(1 << 20):
+            if _PERSISTENCE in tail + chunk:
+                return True
+            tail = chunk[-len(_PERSISTENCE):]
+    return False
+
+
+def sniff(path, *, max_bytes: int | Budget | None = None) -> str:
+    """``'native'``, ``'nvidia'``, ``'nvidia-tf'`` or ``'rosinality'`` from the file's content.
+
+    Args:
+        path: the file or folder.
+        max_bytes: the size budget (as for :func:`convert_to_native_in_memory`): a torch
+            zip's ``data.pkl`` is checked against it (and its compression ratio) before it is
+            inflated to be looked into; nothing is charged.
+    Raises:
+        CheckpointError: not a kind faceedit reads, or a damaged zip.
+        CheckpointSizeError: a ``data.pkl`` larger than the budget or inflating like a bomb.
+    """
     path = Path(path)
     if path.is_dir():
         return "native"
@@ -53,8 +78,11 @@ def sniff(path) -> str:
                     return "native"
                 pkls = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
                 if len(pkls) == 1:
-                    return "nvidia" if b"torch_utils.persistence" in z.read(pkls[0]) else "rosinality"
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
+                    check_zip_entry(z.getinfo(pkls[0]), str(path), Budget.of(max_bytes, str(path)), charge=False)
+                    return "nvidia" if _names_persistence(z, pkls[0]) else "rosinality"
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} is a damaged zip ({e}); download or convert it again") from e
         raise CheckpointError(f"{path} is a zip that is neither a faceedit checkpoint nor a torch.save archive")
     with open(path, "rb") as f:
@@ -76,18 +104,21 @@ def _native_config(G, name: str, provenance: dict, license: str = "", D=None, re
             "provenance": provenance}
 
 
-def _stylegan1_from_tf(net, where: str) -> dict:
+def _stylegan1_from_tf(net, where: str, budget: Budget) -> dict:
     """``{"G": Generator1, "provenance": ...}`` from a StyleGAN v1 TF generator record."""
     from .tf_stylegan1 import stylegan1_from_tf
 
-    G, info = stylegan1_from_tf(net)
+    G, info = stylegan1_from_tf(net, where, max_bytes=budget)
     return {"G": G, "provenance": {"source_format": "nvidia-stylegan1-tf-pkl", "source": where,
                                    **{k: v for k, v in info.items() if k == "unused" or k.startswith("tf_truncation")}}}
 
 
-def read_tf(path) -> dict:
+def read_tf(path, *, max_bytes: int | Budget | None = None) -> dict:
     """Read an NVIDIA TensorFlow pickle (StyleGAN2 or StyleGAN v1).
 
+    Args:
+        path: the ``.pkl``.
+        max_bytes: the size budget (see :func:`convert_to_native_in_memory`).
     Returns:
         ``{"G": generator, "D": Discriminator | None, "provenance": dict}``: ``Gs`` (else ``G``)
         converted; ``D`` when it is StyleGAN2's resnet discriminator, otherwise ``None`` with the
@@ -98,7 +129,8 @@ def read_tf(path) -> dict:
     from .tf_pickle import read_tf_pickle, sniff_generation
 
     path = Path(path)
-    nets = read_tf_pickle(path)
+    budget = Budget.of(max_bytes, str(path))
+    nets = read_tf_pickle(path, max_bytes=budget)
     key = "Gs" if nets["Gs"] is not None else "G"
     if nets[key] is None:
         raise CheckpointError(f"{path} holds no generator")
@@ -107,11 +139,11 @@ def read_tf(path) -> dict:
     gen = sniff_generation(nets[key])
     where = f"{path} ({key})"
     if gen == "stylegan1":
-        out = dict(_stylegan1_from_tf(nets[key], where))
+        out = dict(_stylegan1_from_tf(nets[key], where, budget))
     else:
         from .tf_stylegan2 import stylegan2_from_tf
 
-        out = dict(stylegan2_from_tf(nets[key], where))
+        out = dict(stylegan2_from_tf(nets[key], where, max_bytes=budget))
     prov = dict(out.get("provenance") or {}, source_key=key, source_file=path.name)
     D, note = out.get("D"), "the file has no discriminator"
     if D is None and nets["D"] is not None:
@@ -122,7 +154,7 @@ def read_tf(path) -> dict:
             from .tf_stylegan2 import discriminator_from_tf
 
             try:
-                D, note = discriminator_from_tf(nets["D"], f"{path} (D)"), "converted"
+                D, note = discriminator_from_tf(nets["D"], f"{path} (D)", max_bytes=budget), "converted"
             except CheckpointError as e:
                 note = f"not converted: {e}"
                 log.warning("%s; the model converts without a discriminator", e)
@@ -132,19 +164,20 @@ def read_tf(path) -> dict:
     return {"G": out["G"], "D": D, "provenance": prov}
 
 
-def _read_foreign(path: Path, kind: str) -> dict:
+def _read_foreign(path: Path, kind: str, budget: Budget) -> dict:
     if kind == "nvidia":
         from .nvidia import read_nvidia
 
-        return read_nvidia(path)
+        return read_nvidia(path, max_bytes=budget)
     if kind == "nvidia-tf":
-        return read_tf(path)
+        return read_tf(path, max_bytes=budget)
     from .rosinality import read_rosinality
 
-    return read_rosinality(path)
+    return read_rosinality(path, max_bytes=budget)
 
 
-def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> LoadedModel:
+def convert_to_native_in_memory(path, *, recipe: dict | None = None,
+                                max_bytes: int | Budget | None = None) -> LoadedModel:
     """Read any supported checkpoint without writing anything.
 
     Args:
@@ -153,6 +186,9 @@ def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> LoadedMo
             converted model; its ``size`` is set to the model's resolution. ``None`` records
             none (``invert``/``edit`` then fall back to FFHQ's and say so). Ignored for native
             checkpoints, which carry their own.
+        max_bytes: the size budget of the load (``None``: ``$FACEEDIT_MAX_CHECKPOINT_GIB`` GiB,
+            else 4 GiB): declared file and tensor sizes and the networks the file describes
+            are charged to it before they are read or built (:mod:`faceedit.checkpoints.budget`).
     Returns:
         A :class:`LoadedModel`, as :func:`faceedit.checkpoints.native.load_native` gives: ``G`` (eval, fp32),
         ``D`` (NVIDIA's or rosinality's resnet discriminator when the file has one faceedit can
@@ -161,13 +197,15 @@ def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> LoadedMo
         ``model.safetensors`` that :func:`convert_file` would write, so the model id is the same
         before and after conversion).
     Raises:
-        CheckpointError (and its subclass ``UnsafePickleError``): unreadable, unsafe or unsupported.
+        CheckpointError (and its subclasses ``UnsafePickleError``, ``CheckpointSizeError``):
+            unreadable, unsafe, unsupported, or over the size budget.
     """
     path = Path(path)
-    kind = sniff(path)
+    budget = Budget.of(max_bytes, str(path))
+    kind = sniff(path, max_bytes=budget)
     if kind == "native":
-        return load_native(path)
-    out = _read_foreign(path, kind)
+        return load_native(path, max_bytes=budget)
+    out = _read_foreign(path, kind, budget)
     G, D = out["G"], out.get("D")
     prov = dict(out["provenance"], source_sha256=sha256_file(path))
     if recipe is not None:
@@ -177,7 +215,7 @@ def convert_to_native_in_memory(path, *, recipe: dict | None = None) -> LoadedMo
                        name=path.stem, source=path)
 
 
-def convert_file(src, dst, *, recipe: dict | None = None) -> Path:
+def convert_file(src, dst, *, recipe: dict | None = None, max_bytes: int | None = None) -> Path:
     """Convert ``src`` (NVIDIA PyTorch or TensorFlow ``.pkl``, rosinality ``.pt`` or native) to a
     native checkpoint, keeping its discriminator where faceedit can run it.
 
@@ -187,6 +225,7 @@ def convert_file(src, dst, *, recipe: dict | None = None) -> Path:
         recipe: alignment recipe recorded for a converted model (see
             :func:`convert_to_native_in_memory`); for a native ``src``, replaces its recipe
             when given.
+        max_bytes: the size budget of reading ``src`` (see :func:`convert_to_native_in_memory`).
     Returns:
         The written path.
     Raises:
@@ -199,12 +238,13 @@ def convert_file(src, dst, *, recipe: dict | None = None) -> Path:
     if dst.is_dir() and any(dst.iterdir()) and not (dst / "config.json").is_file():
         raise CheckpointError(f"{dst} is a non-empty folder that is not a faceedit checkpoint; choose an empty "
                               f"or new folder")
-    if sniff(src) == "native":  # re-save (e.g. folder <-> zip), keeping the discriminator if there is one
-        out = load_native(src, with_discriminator=read_config(src).get("discriminator") is not None)
+    if sniff(src, max_bytes=max_bytes) == "native":  # re-save (e.g. folder <-> zip), keeping the discriminator
+        out = load_native(src, with_discriminator=read_config(src).get("discriminator") is not None,
+                          max_bytes=max_bytes)
         if recipe is not None:
             out = replace(out, config={**out.config, "recipe": {**recipe, "size": out.resolution}})
     else:
-        out = convert_to_native_in_memory(src, recipe=recipe)
+        out = convert_to_native_in_memory(src, recipe=recipe, max_bytes=max_bytes)
     cfg = out.config
     if cfg.get("recipe") is None:
         log.warning("%s: no alignment recipe recorded; invert and edit will align faces with FFHQ's recipe "

@@ -24,6 +24,8 @@ import inspect
 import io
 import json
 import math
+import operator
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -34,14 +36,15 @@ from faceedit.core.errors import CheckpointError
 from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import GENERATORS, Discriminator, Generator, Generator1
 
+from .budget import Budget, CheckpointSizeError, check_tensor_geometry, check_zip_entry, human_bytes
 from .loaded import LoadedModel
 
 FORMAT = "faceedit.checkpoint"
 MAX_CONFIG_BYTES = 1 << 20
-MAX_WEIGHTS_BYTES = 4 << 30       # a 1024 px StyleGAN2 in fp32 is ~130 MB
-MAX_PARAMETERS = 1_000_000_000    # refuse architectures that would allocate more (a 1024 px G: ~30M)
-
-
+MAX_HEADER_BYTES = 100 << 20      # safetensors' own bound on a header
+# Bytes per element of the safetensors dtypes.
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
 def is_zip(path) -> bool:
@@ -94,22 +97,85 @@ class _Source:
             return self.prefix + name in self.zip.namelist()
         return (self.path / name).is_file()
 
-    def read(self, name: str, limit: int | None = -1) -> bytes:
-        """The bytes of ``name``; ``limit`` bounds the size (``-1``: ``MAX_WEIGHTS_BYTES``, ``None``: none)."""
-        limit = MAX_WEIGHTS_BYTES if limit == -1 else limit
+    def _size(self, name: str) -> int:
+        """The declared size of ``name`` (a zip entry's ratio is checked here, before anything is inflated)."""
         if self.zip is not None:
             info = self.zip.getinfo(self.prefix + name)
-            if limit is not None and info.file_size > limit:
-                raise CheckpointError(f"{self.path}: {name} is {info.file_size} bytes, over {limit}")
-            try:  # zipfile stops at the declared size, so a deflate bomb cannot exceed the limit
-                return self.zip.read(info)
-            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-                raise CheckpointError(f"{self.path}: {name} cannot be read from the zip ({e}); the archive is "
-                                      f"damaged, encrypted or uses an unsupported compression") from e
-        p = self.path / name
-        if limit is not None and p.stat().st_size > limit:
-            raise CheckpointError(f"{p} is {p.stat().st_size} bytes, over the {limit}-byte limit")
-        return p.read_bytes()
+            check_zip_entry(info, str(self.path))
+            return info.file_size
+        return (self.path / name).stat().st_size
+
+    def _open(self, name: str):
+        return self.zip.open(self.prefix + name) if self.zip is not None else open(self.path / name, "rb")
+
+    def read(self, name: str, budget: Budget | None = None, *, limit: int | None = None) -> bytes:
+        """The bytes of ``name``, refused before reading when over ``limit`` or the budget (charged).
+
+        A zip entry is refused by its declared size and compression ratio; :mod:`zipfile`
+        stops inflating at the declared size, so a bomb cannot exceed it either.
+        """
+        size = self._size(name)
+        if limit is not None and size > limit:
+            raise CheckpointError(f"{self.path}: {name} is {size} bytes, over the {limit}-byte limit")
+        if budget is not None:
+            budget.charge(size, f"{'zip entry ' if self.zip is not None else ''}{name} ({human_bytes(size)})")
+        if self.zip is None:
+            return (self.path / name).read_bytes()
+        try:
+            return self.zip.read(self.prefix + name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
+            raise CheckpointError(f"{self.path}: {name} cannot be read from the zip ({e}); the archive is "
+                                  f"damaged, encrypted or uses an unsupported compression") from e
+
+    def safetensors_header(self, name: str) -> dict:
+        """``{tensor: (shape, dtype)}`` from the header of the safetensors member ``name``, read alone.
+
+        Only the length and the JSON header are read (inflated, for a zip entry), never the
+        data: the tensors a file declares are checked against the config and against the
+        file's size before the file is read. (``safetensors.safe_open`` reads headers only of
+        files on disk, not of zip members; the full format check stays safetensors' own, when
+        the file is loaded.)
+
+        Raises:
+            CheckpointError: a malformed header, or declared tensors that the file's size
+                cannot hold (or that leave part of it unaccounted for).
+        """
+        where = f"{self.path}/{name}" if self.zip is None else f"{self.path}: {name}"
+        size = self._size(name)
+        bad = f"{where} is not a valid safetensors file"
+        try:
+            with self._open(name) as f:
+                head = f.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+                if n is None or n > min(size - 8, MAX_HEADER_BYTES):
+                    raise CheckpointError(f"{bad} (header length {n} does not fit the file's {size} bytes); the "
+                                          f"download may be truncated or the file corrupt")
+                header = json.loads(f.read(n))
+        except CheckpointError:
+            raise
+        except (ValueError, RecursionError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise CheckpointError(f"{bad} ({type(e).__name__}: {str(e)[:200]}); the download may be truncated or "
+                                  f"the file corrupt") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{bad} (its header is a {type(header).__name__}, not a table)")
+        out, data = {}, 0
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            dtype = entry.get("dtype") if isinstance(entry, dict) else None
+            shape = entry.get("shape") if isinstance(entry, dict) else None
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise CheckpointError(f"{bad} (tensor {key!r:.60} has shape {shape!r:.60})")
+            if dtype not in _ST_ITEMSIZE:
+                raise CheckpointError(f"{where}: tensor {key!r:.60} has dtype {dtype!r:.20}, which no StyleGAN "
+                                      f"checkpoint holds (the file is damaged or not a faceedit checkpoint)")
+            data += math.prod(shape) * _ST_ITEMSIZE[dtype]
+            out[key] = (tuple(shape), dtype)
+        if 8 + n + data != size:
+            raise CheckpointError(f"{where}: its header declares {human_bytes(data)} of tensors ({len(out)} of them) "
+                                  f"but the file holds {human_bytes(size - 8 - n)} of data; the file is damaged, "
+                                  f"truncated or padded (a zip entry that inflates to more than it holds)")
+        return out
 
 
 def read_config(path) -> dict:
@@ -118,7 +184,7 @@ def read_config(path) -> dict:
     if not src.exists("config.json"):
         raise CheckpointError(f"{path} has no config.json; it is not a faceedit checkpoint "
                               f"(convert .pkl/.pt files with `faceedit convert`)")
-    return _parse_config(src.read("config.json", MAX_CONFIG_BYTES), path)
+    return _parse_config(src.read("config.json", limit=MAX_CONFIG_BYTES), path)
 
 
 def _parse_config(raw: bytes, path) -> dict:
@@ -168,16 +234,56 @@ def _network_class(kind: str, kw: dict, where: str):
     return GENERATORS[arch]
 
 
-def check_architecture(kind: str, kw: dict, where: str) -> None:
-    """Validate ``Generator``/``Discriminator`` keyword arguments read from a file *before* building.
+def as_int(value, name: str, where: str) -> int:
+    """``value`` as an ``int`` when it is one (python or numpy integer, not a bool), else raise.
 
-    A hostile or damaged config must not make faceedit allocate terabytes or hang, so every
-    setting is type- and range-checked and the parameter count is estimated from the
-    channel table (cheap) and bounded by ``MAX_PARAMETERS``.
+    Foreign readers turn the constructor arguments a file declares into faceedit's settings
+    with this, so a string, float or list is refused by name instead of being truncated
+    (``int(16.7)``) or raising a bare ``ValueError``.
 
     Raises:
-        CheckpointError: unknown setting, wrong type, out of range, or too large a network.
+        CheckpointError: naming the setting and what was found.
     """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise CheckpointError(f"{where}: {name}={value!r:.60} is not an integer; the file is damaged or not a "
+                          f"StyleGAN checkpoint")
+
+
+def as_float(value, name: str, where: str) -> float:
+    """``value`` as a finite ``float`` when it is a real number (not a bool), else raise :class:`CheckpointError`."""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            f = float(value)
+            if math.isfinite(f):
+                return f
+        except (TypeError, ValueError, OverflowError):
+            pass
+    raise CheckpointError(f"{where}: {name}={value!r:.60} is not a finite number; the file is damaged or not a "
+                          f"StyleGAN checkpoint")
+
+
+def check_architecture(kind: str, kw: dict, where: str, names: dict | None = None) -> None:
+    """Validate ``Generator``/``Discriminator`` keyword arguments read from a file *before* building.
+
+    Every setting is type- and range-checked against what a sane StyleGAN can have
+    (``_ARCH_LIMITS``: widths up to 4096, 64 mapping layers, 16..1024 px); the network's
+    size in bytes is then bounded by the load's :class:`~faceedit.checkpoints.budget.Budget`
+    (:func:`plan_network`).
+
+    Args:
+        kind: ``"generator"`` or ``"discriminator"``.
+        kw: the keyword arguments (a native config table, or a foreign reader's translation).
+        where: the source, for messages.
+        names: ``{setting: what the file calls it}`` for messages of foreign readers
+            (``{"w_dim": "dlatent_size"}``).
+    Raises:
+        CheckpointError: unknown setting, wrong type, out of range, or no channels left.
+    """
+    names = names or {}
     cls = _network_class(kind, kw, where)
     unknown = set(kw) - _signature_names(cls) - ({"arch"} if kind == "generator" else set())
     if unknown:
@@ -202,34 +308,127 @@ def check_architecture(kind: str, kw: dict, where: str) -> None:
         types, lo, hi = _ARCH_LIMITS.get(k, ((int, float), -math.inf, math.inf))
         if isinstance(v, bool) or not isinstance(v, types) or not (isinstance(v, int) or math.isfinite(v)) \
                 or not lo <= v <= hi:
-            raise CheckpointError(f"{where}: {kind} setting {k!r} = {v!r} is not valid (expected "
-                                  f"{'an integer' if types is int else 'a number'} in {lo}..{hi}); the file is "
-                                  f"damaged or not a faceedit checkpoint")
+            said = f" (the file's {names[k]})" if k in names else ""
+            raise CheckpointError(f"{where}: {kind} setting {k!r} = {v!r:.60}{said} is out of range: faceedit builds "
+                                  f"{'integers' if types is int else 'numbers'} in {lo}..{hi}; the file is damaged "
+                                  f"or not a StyleGAN checkpoint")
     res = kw.get("resolution", 1024 if kind == "generator" else None)
     if res is None or res & (res - 1):
         raise CheckpointError(f"{where}: {kind} resolution {res!r} is not a power of two in 16..1024")
     default = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
     base, cmax = kw.get("channel_base", default["channel_base"]), kw.get("channel_max", default["channel_max"])
-    ch = [min(base // 2 ** i, cmax) for i in range(2, int(math.log2(res)) + 1)]
-    if min(ch) < 1:
+    if min(base // res, cmax) < 1:
         raise CheckpointError(f"{where}: channel_base={base} leaves layers with no channels at {res} px")
-    w = kw.get("w_dim", 512) if kind == "generator" else 0
-    convs = sum(9 * a * b for a, b in zip([ch[0]] + ch, ch + ch[1:])) + sum(w * c for c in ch) * 3
-    mapping = kw.get("mapping_layers", 8) * w * w + kw.get("mapping_blocks", 4) * 12 * w * w
-    if convs + mapping > MAX_PARAMETERS:
-        raise CheckpointError(f"{where}: the {kind} described would have about {(convs + mapping) / 1e9:.1f} "
-                              f"billion parameters (limit {MAX_PARAMETERS / 1e9:.0f}); refused")
 
 
-def build_network(kind: str, kw: dict, where: str):
-    """The generator (class by ``arch``) or ``Discriminator`` from file data, checked first
-    (see :func:`check_architecture`)."""
-    check_architecture(kind, kw, where)
+_SIZE_SETTINGS = ("resolution", "z_dim", "w_dim", "mapping_kind", "mapping_layers", "mapping_blocks", "channel_base",
+                  "channel_max")
+
+
+def plan_network(kind: str, kw: dict, where: str, budget: Budget | None = None,
+                 names: dict | None = None) -> int:
+    """Check the network ``kw`` describes and charge its size, before anything is allocated.
+
+    :func:`check_architecture` first; then the network's parameters and buffers are counted
+    from the keyword arguments alone (``Generator.size`` and its kin in ``faceedit.networks``:
+    integer arithmetic, nothing built) and ``budget`` is charged their bytes in fp32, as
+    faceedit runs them. (Building on PyTorch's ``meta`` device would give the same counts,
+    but its first use imports ``torch._dynamo`` and sympy: 1.4 s and 150 MB per load.)
+
+    Args:
+        kind, kw, where, names: as for :func:`check_architecture`.
+        budget: charged with the network's bytes (``None``: nothing is charged).
+    Returns:
+        The number of values the network's ``state_dict()`` holds: what a file must provide.
+    Raises:
+        CheckpointError: as :func:`check_architecture`.
+        CheckpointSizeError: the network would not fit the budget.
+    """
+    check_architecture(kind, kw, where, names)
+    cls = _network_class(kind, kw, where)
+    try:
+        state, other = cls.size(**{k: v for k, v in kw.items() if k != "arch"})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: cannot build the {kind} it describes ({e})") from e
+    if budget is not None:
+        n = 4 * (state + other)
+        said = ", ".join(f"{k}={kw[k]}" for k in _SIZE_SETTINGS if k in kw)
+        budget.charge(n, f"the {kind} it describes ({said}: {(state + other) / 1e6:,.1f}M parameters and buffers, "
+                         f"{human_bytes(n)} in fp32)")
+    return state
+
+
+def check_holds(needed: int, held: int, where: str, kind: str = "generator") -> None:
+    """Refuse to build a network of ``needed`` values from a file whose tensors hold fewer than half of them.
+
+    Run before the network is built, so a small file cannot make faceedit allocate the large
+    network its config describes. (A file holding about as much is built and then checked
+    name by name, which gives the precise message.)
+
+    Raises:
+        CheckpointSizeError: naming both counts.
+    """
+    if 2 * held < needed:
+        raise CheckpointSizeError(f"{where}: its tensors hold {held:,} values but the {kind} its architecture "
+                                  f"describes has {needed:,} ({human_bytes(4 * needed)} in fp32): the file does not "
+                                  f"hold the network it describes (damaged, or the architecture of another model); "
+                                  f"refused before building it")
+
+
+def count_values(state: dict, where: str) -> int:
+    """The values the tensors of ``state`` hold, each one's geometry checked first
+    (:func:`~faceedit.checkpoints.budget.check_tensor_geometry`), before anything copies it.
+
+    Raises:
+        CheckpointError: an entry that is not a tensor.
+        CheckpointSizeError: a tensor spread over repeated storage.
+    """
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: {k} is a {type(v).__name__}, not a tensor")
+        check_tensor_geometry(v, k, where)
+    return sum(v.numel() for v in state.values())
+
+
+def new_network(kind: str, kw: dict, where: str) -> torch.nn.Module:
+    """Construct the network ``kw`` describes (after :func:`plan_network`), wrapping constructor errors."""
     cls = _network_class(kind, kw, where)
     try:
         return cls(**{k: v for k, v in kw.items() if k != "arch"})
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as e:
         raise CheckpointError(f"{where}: cannot build the {kind} it describes ({e})") from e
+
+
+def build_network(kind: str, kw: dict, where: str, state: dict, *, budget: Budget | None = None,
+                  needed: int | None = None, state_where: str | None = None,
+                  names: dict | None = None) -> torch.nn.Module:
+    """The generator (class by ``arch``) or ``Discriminator`` ``kw`` describes, holding ``state``.
+
+    Nothing is allocated until the file's tensors are known to back it: the network is
+    checked and charged to ``budget`` (:func:`plan_network`), the tensors' geometry checked
+    and counted against it (:func:`check_holds`); only then is it built and loaded strictly
+    (names, dtypes, shapes, NaN/Inf). Returned in eval mode without gradients.
+
+    Args:
+        kind: ``"generator"`` or ``"discriminator"``.
+        kw: its keyword arguments (``arch`` names a generator's class).
+        where: where ``kw`` came from, for messages.
+        state: ``{name: tensor}`` in faceedit's names, any floating dtype.
+        budget: charged with the network's bytes.
+        needed: :func:`plan_network`'s result when the caller planned already (not charged again).
+        state_where: where ``state`` came from (default ``where``).
+        names: the file's names of the settings, for messages (see :func:`check_architecture`).
+    Raises:
+        CheckpointError: a bad setting, tensors that do not match, NaN or Inf weights.
+        CheckpointSizeError: over the budget, too few values, or a tensor spread over repeated storage.
+    """
+    state_where = state_where or where
+    if needed is None:
+        needed = plan_network(kind, kw, where, budget, names)
+    check_holds(needed, count_values(state, state_where), state_where, kind)
+    net = new_network(kind, kw, where)
+    _strict_load(net, state, state_where)
+    return net.eval().requires_grad_(False)
 
 
 def _load_tensors(raw: bytes, where: str) -> dict:
@@ -244,6 +443,9 @@ def _load_tensors(raw: bytes, where: str) -> dict:
 
 
 def _strict_load(module: torch.nn.Module, state: dict, where: str) -> None:
+    """Load ``state`` into ``module`` strictly: the same names, floating-point weights, the same
+    shapes, finite values (each refused by name), every tensor's geometry checked first."""
+    count_values(state, where)
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
@@ -252,52 +454,83 @@ def _strict_load(module: torch.nn.Module, state: dict, where: str) -> None:
                               f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''})")
     for k, v in state.items():
-        if not isinstance(v, torch.Tensor):
-            raise CheckpointError(f"{where}: {k} is a {type(v).__name__}, not a tensor")
         if own[k].is_floating_point() and not v.is_floating_point():
             raise CheckpointError(f"{where}: tensor {k} has dtype {v.dtype}; the architecture needs floating-point "
                                   f"weights (the file is damaged or not a StyleGAN2 checkpoint)")
         if v.shape != own[k].shape:
             raise CheckpointError(f"{where}: tensor {k} has shape {tuple(v.shape)}, the architecture "
                                   f"needs {tuple(own[k].shape)}")
-        if not torch.isfinite(v.float()).all():
+        if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{where}: tensor {k} holds NaN or Inf; the checkpoint is damaged")
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
-def load_native(path, *, with_discriminator: bool = False, device=None) -> LoadedModel:
+def _held(header: dict, prefix: str) -> int:
+    """Values the tensors named ``prefix...`` of a safetensors header hold."""
+    return sum(math.prod(shape) for k, (shape, _) in header.items() if k.startswith(prefix))
+
+
+def load_native(path, *, with_discriminator: bool = False, device=None,
+                max_bytes: int | Budget | None = None) -> LoadedModel:
     """Load a native checkpoint.
 
+    Sizes are checked before anything is read or built: the networks ``config.json``
+    describes are sized from it and charged to the size budget, each safetensors header is
+    read alone and checked against the file's declared size and against those networks, and
+    only then is the file read and the network built.
+
+    Args:
+        path: a checkpoint folder or a ``.zip`` of one.
+        with_discriminator: also load ``discriminator.safetensors`` (an error when there is none).
+        device: where to put G (and D); ``None`` leaves them on the CPU.
+        max_bytes: the size budget of this load (``None``: ``$FACEEDIT_MAX_CHECKPOINT_GIB``
+            GiB, else 4 GiB; see :mod:`faceedit.checkpoints.budget`).
     Returns:
         A :class:`~faceedit.checkpoints.loaded.LoadedModel` (``G`` in eval mode, a
         ``Generator1`` when the config's ``arch`` is ``stylegan1``; ``D`` or ``None``; the
         config; the prior statistics; the sha256 of ``model.safetensors``), named by the
         config's ``name``, else the path's stem.
+    Raises:
+        CheckpointError: unreadable, damaged, or tensors that do not match the config.
+        CheckpointSizeError: over the size budget (the message says how to raise it).
     """
     path = Path(path)
+    budget = Budget.of(max_bytes, str(path))
     src = _Source(path)
     cfg = read_config(path)
     if not src.exists("model.safetensors"):
         raise CheckpointError(f"{path} has no model.safetensors")
-    raw = src.read("model.safetensors")
-    sha = hashlib.sha256(raw).hexdigest()
-    tensors = _load_tensors(raw, f"{path}/model.safetensors")
-    G = build_network("generator", cfg["generator"], f"{path}/config.json")
-    _strict_load(G, {k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}, f"{path}/model.safetensors")
-    prior = {k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")}
-    if src.exists("prior.safetensors"):
-        prior.update(_unpack_prior(_load_tensors(src.read("prior.safetensors"), f"{path}/prior.safetensors"),
-                                   f"{path}/prior.safetensors"))
-    D = None
+    where_cfg, where_model, where_d = f"{path}/config.json", f"{path}/model.safetensors", \
+        f"{path}/discriminator.safetensors"
+    g_needed = plan_network("generator", cfg["generator"], where_cfg, budget)
+    d_needed = None
     if with_discriminator:
         if cfg.get("discriminator") is None or not src.exists("discriminator.safetensors"):
             raise CheckpointError(f"{path} ships no discriminator; `--perceptual disc` and realism "
                                   f"scores need one (use --perceptual none)")
-        D = build_network("discriminator", cfg["discriminator"], f"{path}/config.json")
-        dt = _load_tensors(src.read("discriminator.safetensors"), f"{path}/discriminator.safetensors")
-        _strict_load(D, {k[2:]: v for k, v in dt.items() if k.startswith("D.")}, f"{path}/discriminator.safetensors")
-        D.eval().requires_grad_(False)
-    G.eval().requires_grad_(False)
+        d_needed = plan_network("discriminator", cfg["discriminator"], where_cfg, budget)
+    check_holds(g_needed, _held(src.safetensors_header("model.safetensors"), "G_ema."), where_model)
+    if d_needed is not None:
+        check_holds(d_needed, _held(src.safetensors_header("discriminator.safetensors"), "D."), where_d,
+                    "discriminator")
+    raw = src.read("model.safetensors", budget)
+    sha = hashlib.sha256(raw).hexdigest()
+    tensors = _load_tensors(raw, where_model)
+    del raw
+    G = build_network("generator", cfg["generator"], where_cfg,
+                      {k[6:]: v for k, v in tensors.items() if k.startswith("G_ema.")}, needed=g_needed,
+                      state_where=where_model)
+    prior = {k[6:]: v.float() for k, v in tensors.items() if k.startswith("prior.")}
+    del tensors
+    if src.exists("prior.safetensors"):
+        src.safetensors_header("prior.safetensors")
+        prior.update(_unpack_prior(_load_tensors(src.read("prior.safetensors", budget), f"{path}/prior.safetensors"),
+                                   f"{path}/prior.safetensors"))
+    D = None
+    if d_needed is not None:
+        dt = _load_tensors(src.read("discriminator.safetensors", budget), where_d)
+        D = build_network("discriminator", cfg["discriminator"], where_cfg,
+                          {k[2:]: v for k, v in dt.items() if k.startswith("D.")}, needed=d_needed, state_where=where_d)
     if device is not None:
         G.to(device)
         D = D.to(device) if D is not None else None

@@ -42,9 +42,9 @@ from pathlib import Path
 
 import torch
 
-from faceedit.networks import Discriminator, Generator
-
-from .native import CheckpointError, _strict_load
+from .budget import Budget
+from .native import (CheckpointError, _strict_load, as_float, as_int, build_network, check_holds, count_values,
+                     new_network, plan_network)
 from .safe_pickle import EasyDict, PersistentRecord, load_restricted
 
 log = logging.getLogger(__name__)
@@ -209,23 +209,33 @@ def _discriminator_kwargs(rec: PersistentRecord, where: str) -> dict:
     if unknown:
         raise CheckpointError(f"{where}: unknown discriminator settings {unknown}")
     group = ek.get("mbstd_group_size", 4)
-    cfg = dict(resolution=int(kw["img_resolution"]), channel_base=int(kw.get("channel_base", 32768)),
-               channel_max=int(kw.get("channel_max", 512)), img_channels=int(kw.get("img_channels", 3)),
-               mbstd_group=int(4 if group is None else group), down_conv="strided")
+    cfg = dict(resolution=as_int(kw["img_resolution"], "img_resolution", where),
+               channel_base=as_int(kw.get("channel_base", 32768), "channel_base", where),
+               channel_max=as_int(kw.get("channel_max", 512), "channel_max", where),
+               img_channels=as_int(kw.get("img_channels", 3), "img_channels", where),
+               mbstd_group=as_int(4 if group is None else group, "epilogue_kwargs.mbstd_group_size", where),
+               down_conv="strided")
     if kw.get("conv_clamp") is not None:
-        cfg["conv_clamp"] = float(kw["conv_clamp"])
+        cfg["conv_clamp"] = as_float(kw["conv_clamp"], "conv_clamp", where)
     return cfg
 
 
-def discriminator_from_record(rec: PersistentRecord, where: str):
-    """A faceedit :class:`Discriminator` from NVIDIA's ``D`` record, or raise :class:`CheckpointError`."""
+_D_NAMES = {"resolution": "img_resolution", "mbstd_group": "epilogue_kwargs.mbstd_group_size"}
+
+
+def discriminator_from_record(rec: PersistentRecord, where: str, *, max_bytes: int | Budget | None = None):
+    """A faceedit :class:`Discriminator` from NVIDIA's ``D`` record, or raise :class:`CheckpointError`.
+
+    The discriminator is planned and charged to the size budget (``max_bytes``, see
+    :mod:`faceedit.checkpoints.budget`) and its tensors checked against it before it is built.
+    """
     if rec.class_name != "Discriminator":
         raise CheckpointError(f"{where}: D is a {rec.class_name}, not a Discriminator")
+    budget = Budget.of(max_bytes, where)
     cfg = _discriminator_kwargs(rec, where)
-    state = nvidia_d_to_native_state(rec.tensors(), cfg["resolution"], where)
-    D = Discriminator(**cfg)
-    _strict_load(D, {k: v.float() for k, v in state.items()}, where)
-    return D.eval().requires_grad_(False)
+    needed = plan_network("discriminator", cfg, where, budget, _D_NAMES)
+    state = nvidia_d_to_native_state(rec.tensors(where=where), cfg["resolution"], where)
+    return build_network("discriminator", cfg, where, state, needed=needed)
 
 
 def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
@@ -253,7 +263,7 @@ def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
     for k in sorted(set(kw) - set(_GEN_ARGS)):
         raise CheckpointError(f"{where}: unknown Generator argument {k!r}={kw[k]!r}; not a StyleGAN2 generator of "
                               f"stylegan2-ada-pytorch or the stylegan3 repository (other variants are not supported)")
-    w_dim = int(kw["w_dim"])
+    w_dim = as_int(kw["w_dim"], "w_dim", where)
     for key, ok in (("activation", "lrelu"),):
         if mk.get(key, ok) != ok:
             raise CheckpointError(f"{where}: mapping {key}={mk[key]!r} is not supported (only {ok!r})")
@@ -275,12 +285,15 @@ def _generator_kwargs(rec: PersistentRecord, where: str) -> dict:
     unknown = sorted(set(mk) - known_m)
     if unknown:
         raise CheckpointError(f"{where}: unknown mapping settings {unknown}")
-    cfg = dict(z_dim=int(kw["z_dim"]), w_dim=w_dim, resolution=int(kw["img_resolution"]), mapping_kind="mlp",
-               mapping_layers=int(mk.get("num_layers", 8)), mapping_lr_mul=float(mk.get("lr_multiplier", 0.01)),
-               channel_base=int(sk.get("channel_base", 32768)), channel_max=int(sk.get("channel_max", 512)),
-               img_channels=int(kw.get("img_channels", 3)))
+    cfg = dict(z_dim=as_int(kw["z_dim"], "z_dim", where), w_dim=w_dim,
+               resolution=as_int(kw["img_resolution"], "img_resolution", where), mapping_kind="mlp",
+               mapping_layers=as_int(mk.get("num_layers", 8), "mapping_kwargs.num_layers", where),
+               mapping_lr_mul=as_float(mk.get("lr_multiplier", 0.01), "mapping_kwargs.lr_multiplier", where),
+               channel_base=as_int(sk.get("channel_base", 32768), "channel_base", where),
+               channel_max=as_int(sk.get("channel_max", 512), "channel_max", where),
+               img_channels=as_int(kw.get("img_channels", 3), "img_channels", where))
     if sk.get("conv_clamp") is not None:
-        cfg["conv_clamp"] = float(sk["conv_clamp"])
+        cfg["conv_clamp"] = as_float(sk["conv_clamp"], "conv_clamp", where)
     if sk.get("num_fp16_res"):
         log.info("%s: NVIDIA ran the top %d resolutions in fp16; the converted model runs in fp32 "
                  "(it matches NVIDIA's force_fp32=True output)", where, sk["num_fp16_res"])
@@ -315,11 +328,21 @@ def pick_generator(obj, where: str) -> tuple:
                           f"as stylegan2-ada-pytorch writes it")
 
 
-def read_nvidia(path) -> dict:
+_G_NAMES = {"resolution": "img_resolution", "mapping_layers": "mapping_kwargs.num_layers",
+            "mapping_lr_mul": "mapping_kwargs.lr_multiplier"}
+
+
+def read_nvidia(path, *, max_bytes: int | Budget | None = None) -> dict:
     """Read an NVIDIA stylegan2-ada-pytorch pickle into a faceedit :class:`Generator`.
 
-    Nothing from the file is executed (see :mod:`faceedit.checkpoints.safe_pickle`).
+    Nothing from the file is executed (see :mod:`faceedit.checkpoints.safe_pickle`). Sizes
+    are checked before anything is built: the file against the size budget, every tensor
+    against its storage, and the generator (and discriminator) its record describes is sized
+    from its constructor arguments, charged to the budget and counted against the file's tensors.
 
+    Args:
+        path: the ``.pkl`` (or a ``torch.save`` zip of NVIDIA's objects).
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`).
     Returns:
         ``{"G": Generator (eval, fp32), "D": Discriminator | None, "provenance": dict}``; ``D`` is
         NVIDIA's resnet discriminator when the file holds one faceedit can map (the provenance's
@@ -327,19 +350,21 @@ def read_nvidia(path) -> dict:
     Raises:
         UnsafePickleError: the pickle references anything outside the allow-list.
         CheckpointError: not a StyleGAN2 generator faceedit can reproduce; the message says why.
+        CheckpointSizeError: over the size budget, or a tensor spread over repeated storage.
     """
     path = Path(path)
-    obj = load_restricted(path)
+    budget = Budget.of(max_bytes, str(path))
+    obj = load_restricted(path, max_bytes=budget)
     rec, key = pick_generator(obj, str(path))
     if rec.class_name != "Generator":
         raise CheckpointError(f"{path}: {key} is a {rec.class_name}, not a Generator")
     _refuse_stylegan3(rec, str(path))
     cfg = _generator_kwargs(rec, str(path))
+    where = f"{path} ({key})"
+    needed = plan_network("generator", cfg, where, budget, _G_NAMES)
     res = cfg["resolution"]
-    if res < 16 or res > 1024 or res & (res - 1):
-        raise CheckpointError(f"{path}: resolution {res} is outside faceedit's 16..1024 powers of two")
     try:
-        nv = rec.tensors()
+        nv = rec.tensors(where=where)
     except RecursionError as e:
         raise CheckpointError(f"{path}: sub-networks nested far deeper than any StyleGAN2; the file is damaged "
                               f"or hostile") from e
@@ -349,12 +374,16 @@ def read_nvidia(path) -> dict:
     noise_free = [k[: -len(".affine.weight")] for k in nv if k.endswith(".affine.weight") and ".torgb" not in k
                   and k.replace(".affine.weight", ".noise_strength") not in nv]
     state = nvidia_to_native_state(nv, num_blocks)
-    G = Generator(**cfg)
+    check_holds(needed, count_values(state, where), where)
+    G = new_network("generator", cfg, where)
+    own = G.state_dict()
     for layer in noise_free:  # use_noise=False layers: zero strength reproduces them exactly
         base = next(iter(nvidia_to_native_state({layer + ".bias": torch.zeros(1)}, num_blocks)))[: -len(".bias")]
+        if f"{base}.noise_const" not in own:
+            raise CheckpointError(f"{where}: layer {layer} is not part of a {res} px StyleGAN2 generator")
         state[f"{base}.noise_strength"] = torch.zeros([])
-        state[f"{base}.noise_const"] = torch.zeros_like(G.state_dict()[f"{base}.noise_const"])
-    _strict_load(G, {k: v.float() for k, v in state.items()}, f"{path} ({key})")
+        state[f"{base}.noise_const"] = torch.zeros_like(own[f"{base}.noise_const"])
+    _strict_load(G, state, where)
     G.eval().requires_grad_(False)
     fmt = "nvidia-stylegan3-repo-stylegan2-pkl" if "fused_modconv_default" in rec.init_kwargs or \
         "channel_base" in rec.init_kwargs else "nvidia-stylegan2-ada-pkl"
@@ -366,7 +395,7 @@ def read_nvidia(path) -> dict:
     D, note = None, "the file has no discriminator"
     if isinstance(obj, dict) and isinstance(obj.get("D"), PersistentRecord):
         try:
-            D = discriminator_from_record(obj["D"], f"{path} (D)")
+            D = discriminator_from_record(obj["D"], f"{path} (D)", max_bytes=budget)
             note = "converted"
         except CheckpointError as e:
             note = f"not converted: {e}"

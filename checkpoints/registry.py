@@ -142,32 +142,38 @@ def resolve(name_or_path) -> tuple:
     return p, None
 
 
-def load_model(name_or_path, *, device=None, with_discriminator: bool = False) -> LoadedModel:
+def load_model(name_or_path, *, device=None, with_discriminator: bool = False,
+               max_bytes: int | None = None) -> LoadedModel:
     """Resolve a registry name or a path and load the checkpoint (native folder/zip, NVIDIA
-    ``.pkl``, rosinality ``.pt``): the one place a model name is resolved.
+    ``.pkl``, rosinality ``.pt``, NVIDIA TensorFlow ``.pkl``): the one place a model name is resolved.
 
     Args:
         name_or_path: a registry name, an adopted model's name, or a checkpoint path.
         device: where to put G (and D); ``None`` leaves them on the CPU.
         with_discriminator: also load the discriminator (an error when the file has none).
+        max_bytes: the size budget of the load: what the file's declared tensors and the
+            networks it describes may take (``None``: ``$FACEEDIT_MAX_CHECKPOINT_GIB`` GiB,
+            else 4 GiB; see :mod:`faceedit.checkpoints.budget`). Checked before anything is
+            read or built.
     Returns:
         A :class:`LoadedModel` named by the registry name when there is one.
     Raises:
         CheckpointError: unknown name, missing file, unreadable or unsafe checkpoint, or no
             discriminator when one was asked for.
+        CheckpointSizeError: (a ``CheckpointError``) the file declares more than ``max_bytes``.
     """
     path, reg = resolve(name_or_path)
     suffix = path.suffix.lower()
     if suffix in (".pkl", ".pt", ".pth"):
         from .convert import convert_to_native_in_memory
 
-        out = convert_to_native_in_memory(path)
+        out = convert_to_native_in_memory(path, max_bytes=max_bytes)
         if device is not None:
             out.to(device)
         if with_discriminator and out.D is None:
             raise CheckpointError(f"{path} holds no discriminator")
     else:
-        out = load_native(path, with_discriminator=with_discriminator, device=device)
+        out = load_native(path, with_discriminator=with_discriminator, device=device, max_bytes=max_bytes)
     return replace(out, name=reg or out.name, source=path)
 
 

@@ -41,13 +41,16 @@ import argparse
 import logging
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
 
-from faceedit.networks import Discriminator, Generator, channels_for
+from faceedit.networks import channels_for
 
-from .native import CheckpointError, _strict_load
+from .budget import Budget, check_tensor_geometry, check_zip_archive, human_bytes
+from .native import CheckpointError, build_network, is_zip
+from .safe_pickle import torch_refusal_reason
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,33 @@ W_AVG_SAMPLES = 10000
 W_AVG_SEED = 0
 
 
-def load_weights_only(path) -> object:
-    """``torch.load(path, weights_only=True)`` allowing ``argparse.Namespace`` (rosinality's ``args``)."""
+def load_weights_only(path, *, max_bytes: int | Budget | None = None) -> object:
+    """``torch.load(path, weights_only=True)`` allowing ``argparse.Namespace`` (rosinality's ``args``).
+
+    The file's size is charged to the size budget first: for a ``torch.save`` zip, every
+    entry by its declared size (and refused when it inflates like a bomb: ``torch.load``
+    inflates deflated entries whole); for the legacy format, the file itself.
+
+    Args:
+        path: the ``.pt`` file.
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`).
+    Raises:
+        CheckpointError: refused by ``weights_only`` (with the finding, never torch's advice to
+            load unsafely), or not a readable torch file.
+        CheckpointSizeError: over the budget, or a zip entry inflating like a bomb.
+    """
+    budget = Budget.of(max_bytes, str(path))
+    if is_zip(path):
+        try:
+            with zipfile.ZipFile(path) as z:
+                check_zip_archive(z, str(path), budget)
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, ValueError, NotImplementedError, OSError) as e:
+            raise CheckpointError(f"{path} is a damaged zip ({e}); download or convert it again") from e
+    else:
+        size = Path(path).stat().st_size
+        budget.charge(size, f"the file ({human_bytes(size)})")
     try:
         ctx = torch.serialization.safe_globals([argparse.Namespace])
     except AttributeError:  # torch < 2.5: no context manager; Namespace-free files still load
@@ -67,13 +95,16 @@ def load_weights_only(path) -> object:
         with ctx:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{path}: refused to load: torch.load(weights_only=True) found something other "
-                              f"than tensors and plain data ({first}). The file may be malicious; nothing in it "
-                              f"was executed. faceedit never falls back to unsafe loading.") from e
+                              f"than tensors and plain data ({torch_refusal_reason(e)}). The file may be malicious; "
+                              f"nothing in it was executed, and faceedit never loads checkpoints unsafely. A "
+                              f"rosinality checkpoint holds state dicts of tensors: if this file is one you trust, "
+                              f"re-save its 'g_ema' (and 'd') state dicts alone with torch.save and convert that "
+                              f"with `faceedit convert`.") from e
     except Exception as e:  # noqa: BLE001 - damaged bytes make torch.load raise many types (AssertionError,
         # IndexError, KeyError, struct.error, ...); weights_only already refused anything unsafe
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: "
+                              f"{torch_refusal_reason(e)})") from e
 
 
 def _kernel_ok(t: torch.Tensor, scale: float) -> bool:
@@ -107,11 +138,18 @@ def rosinality_to_native_state(sd: dict, where: str = "checkpoint") -> tuple:
         raise CheckpointError(f"{where}: not a rosinality StyleGAN2 generator (need style.*, input.input, "
                               f"to_rgb1.*; found {sorted(sd)[:6]}...)")
     n_rgbs = len({k.split(".")[1] for k in sd if k.startswith("to_rgbs.")})
+    if n_rgbs > 8:
+        raise CheckpointError(f"{where}: {n_rgbs} to_rgbs layers describe a {2 ** (n_rgbs + 2)} px generator; "
+                              f"faceedit builds 16..1024 px")
     resolution = 2 ** (n_rgbs + 2)
-    z_dim = sd["style.1.weight"].shape[1]
-    ch = {4: sd["input.input"].shape[1]}
-    for k in range(n_rgbs):
-        ch[2 ** (k + 3)] = sd[f"convs.{2 * k}.conv.weight"].shape[1]
+    try:
+        z_dim = sd["style.1.weight"].shape[1]
+        ch = {4: sd["input.input"].shape[1]}
+        for k in range(n_rgbs):
+            ch[2 ** (k + 3)] = sd[f"convs.{2 * k}.conv.weight"].shape[1]
+    except (KeyError, IndexError) as e:
+        raise CheckpointError(f"{where}: not a rosinality StyleGAN2 generator ({e} is missing or has too few "
+                              f"dimensions)") from e
     base, cmax = _infer_channel_rule(ch, where)
     cfg = dict(z_dim=z_dim, w_dim=z_dim, resolution=resolution, mapping_kind="mlp", mapping_layers=len(style),
                mapping_lr_mul=0.01, channel_base=base, channel_max=cmax, img_channels=3)
@@ -176,6 +214,9 @@ def rosinality_d_to_native_state(sd: dict, where: str = "discriminator") -> tupl
     if "convs.0.0.weight" not in sd or "final_linear.1.weight" not in sd:
         raise CheckpointError(f"{where}: not a rosinality StyleGAN2 discriminator (no convs.0 / final_linear)")
     n_blocks = len({k.split(".")[1] for k in sd if re.fullmatch(r"convs\.\d+\.conv1\..*", k)})
+    if n_blocks > 8:
+        raise CheckpointError(f"{where}: {n_blocks} discriminator blocks describe a {2 ** (n_blocks + 2)} px "
+                              f"discriminator; faceedit builds 16..1024 px")
     resolution = 2 ** (n_blocks + 2)
     ch = {resolution: sd["convs.0.0.weight"].shape[0]}
     for j in range(1, n_blocks + 1):
@@ -242,20 +283,36 @@ def native_to_rosinality_state(sd: dict, num_blocks: int) -> dict:
     return out
 
 
-def read_rosinality(path, obj=None) -> dict:
+def _tensor_dict(obj, key: str, where: str) -> dict:
+    """``obj[key]`` as ``{name: tensor}``, every tensor's geometry checked before anything copies it."""
+    sd = dict(obj[key])
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{where}: {key} entry {k!r} is a {type(v).__name__}, not a tensor")
+        check_tensor_geometry(v, k, where)
+    return sd
+
+
+def read_rosinality(path, obj=None, *, max_bytes: int | Budget | None = None) -> dict:
     """Read a rosinality ``.pt`` checkpoint into a faceedit :class:`Generator`.
 
     Args:
         path: the file.
         obj: the already loaded (``weights_only``) content, to avoid reading twice.
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`): the file, then
+            the networks its tensors describe, are charged to it before they are read or built.
     Returns:
         ``{"G": Generator (eval, fp32), "D": Discriminator | None, "provenance": dict}``.
         Without ``latent_avg`` in the file, ``w_avg`` is estimated from ``W_AVG_SAMPLES``
         mapped z (seed ``W_AVG_SEED``) and the provenance says so. ``D`` is the file's ``d``
         when present and mappable (``provenance["discriminator"]`` says which).
+    Raises:
+        CheckpointError: refused, unreadable, or not a generator faceedit can map (named).
+        CheckpointSizeError: over the budget, or a tensor spread over repeated storage.
     """
     path = Path(path)
-    obj = load_weights_only(path) if obj is None else obj
+    budget = Budget.of(max_bytes, str(path))
+    obj = load_weights_only(path, max_bytes=budget) if obj is None else obj
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a rosinality checkpoint dict")
     key = "g_ema" if "g_ema" in obj else ("g" if "g" in obj else None)
@@ -263,32 +320,31 @@ def read_rosinality(path, obj=None) -> dict:
         raise CheckpointError(f"{path} has no generator state 'g_ema' (keys: {sorted(map(str, obj))[:8]})")
     if key == "g":
         log.warning("%s has no g_ema; using the training generator g", path)
-    sd = {k: v for k, v in obj[key].items()}
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: {key} entries {bad[:3]} are not tensors")
-    cfg, state = rosinality_to_native_state(sd, f"{path} ({key})")
+    where = f"{path} ({key})"
+    sd = _tensor_dict(obj, key, where)
+    cfg, state = rosinality_to_native_state(sd, where)
     args = obj.get("args")
-    if isinstance(args, argparse.Namespace) and isinstance(getattr(args, "lr_mlp", None), (int, float)):
+    if isinstance(args, argparse.Namespace) and isinstance(getattr(args, "lr_mlp", None), (int, float)) \
+            and not isinstance(args.lr_mlp, bool):
         cfg["mapping_lr_mul"] = float(args.lr_mlp)
-    G = Generator(**cfg)
     la = obj.get("latent_avg")
     prov = {"source_format": "rosinality-pt", "source_key": key, "source_file": path.name}
     if isinstance(la, torch.Tensor) and la.numel() == cfg["w_dim"]:
+        check_tensor_geometry(la, "latent_avg", str(path))
         state["mapping.w_avg"] = la.reshape(-1)
     else:
         state["mapping.w_avg"] = torch.zeros(cfg["w_dim"])
         prov["w_avg"] = f"estimated from {W_AVG_SAMPLES} mapped z (seed {W_AVG_SEED}); the file has no latent_avg"
-    _strict_load(G, {k: v.float() for k, v in state.items()}, f"{path} ({key})")
+    G = build_network("generator", cfg, f"{where}: the generator its tensors describe", state, budget=budget,
+                      state_where=where)
     if "w_avg" in prov:
         with torch.no_grad():
             z = torch.randn(W_AVG_SAMPLES, cfg["z_dim"], generator=torch.Generator().manual_seed(W_AVG_SEED))
             G.mapping.w_avg.copy_(G.mapping(z)[:, 0].mean(0))
-    G.eval().requires_grad_(False)
     D, prov["discriminator"] = None, "the file has no discriminator"
     if isinstance(obj.get("d"), dict):
         try:
-            D = _read_discriminator(obj["d"], f"{path} (d)")
+            D = _read_discriminator(obj, f"{path} (d)", budget)
             prov["discriminator"] = "converted"
         except CheckpointError as e:
             prov["discriminator"] = f"not converted: {e}"
@@ -296,14 +352,11 @@ def read_rosinality(path, obj=None) -> dict:
     return {"G": G, "D": D, "provenance": prov}
 
 
-def _read_discriminator(sd: dict, where: str) -> Discriminator:
-    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{where}: entries {bad[:3]} are not tensors")
+def _read_discriminator(obj: dict, where: str, budget: Budget):
+    sd = _tensor_dict(obj, "d", where)
     cfg, state = rosinality_d_to_native_state(sd, where)
-    D = Discriminator(**cfg)
-    _strict_load(D, {k: v.float() for k, v in state.items()}, where)
-    return D.eval().requires_grad_(False)
+    return build_network("discriminator", cfg, f"{where}: the discriminator its tensors describe", state,
+                         budget=budget, state_where=where)
 
 
 __all__ = ["read_rosinality", "load_weights_only", "rosinality_to_native_state", "native_to_rosinality_state",

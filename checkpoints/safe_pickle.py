@@ -33,15 +33,18 @@ re-saved NVIDIA objects with ``torch.save``.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import logging
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .budget import Budget, check_tensor_geometry, check_zip_archive, check_zip_entry, human_bytes
 from .native import CheckpointError, is_zip
 
 log = logging.getLogger(__name__)
@@ -115,8 +118,17 @@ class PersistentRecord:
             raise CheckpointError(f"{self.class_name} has no sub-network {name!r}")
         return c
 
-    def tensors(self, prefix: str = "") -> dict:
-        """Parameters and buffers of this record and its sub-records, keyed like ``state_dict()``."""
+    def tensors(self, prefix: str = "", where: str = "checkpoint") -> dict:
+        """Parameters and buffers of this record and its sub-records, keyed like ``state_dict()``.
+
+        Each tensor's geometry is checked against its storage first
+        (:func:`~faceedit.checkpoints.budget.check_tensor_geometry`: no stride-0 view may pose
+        as more elements than the file holds), before anything copies it.
+
+        Raises:
+            CheckpointError: an entry that is not a tensor or a record.
+            CheckpointSizeError: a tensor declaring more elements than its storage holds.
+        """
         out = {}
         for group in ("_parameters", "_buffers"):
             for k, v in (self.state.get(group) or {}).items():
@@ -124,13 +136,14 @@ class PersistentRecord:
                     continue
                 if not isinstance(v, torch.Tensor):
                     raise CheckpointError(f"{self.class_name}.{k} is a {type(v).__name__}, not a tensor")
+                check_tensor_geometry(v, prefix + k, where)
                 out[prefix + k] = v
         for k, m in (self.state.get("_modules") or {}).items():
             if m is None:
                 continue
             if not isinstance(m, PersistentRecord):
                 raise CheckpointError(f"sub-module {prefix + k} is a {type(m).__name__}, not a persistence record")
-            out.update(m.tensors(f"{prefix}{k}."))
+            out.update(m.tensors(f"{prefix}{k}.", where))
         return out
 
 
@@ -174,17 +187,58 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
     return data
 
 
-def _load_from_bytes(b):
+# Sentences of torch's weights_only refusal that advise loading the file unsafely (or
+# allow-listing what it holds); faceedit never passes them on.
+_TORCH_ADVICE = re.compile(r"weights_only|[Rr]e-?running|trust|safe_globals|Check the documentation|two options|"
+                           r"Alternatively|arbitrary code")
+
+
+def torch_refusal_reason(e: BaseException) -> str:
+    """What ``torch.load(weights_only=True)`` found, from its exception, without torch's advice.
+
+    torch's message tells the user to re-run with ``weights_only=False`` (which runs any code
+    in the file) or to allow-list the global; faceedit keeps only the finding ("Unsupported
+    global: GLOBAL posix.system ...") and gives its own advice. Allocation failures become a
+    plain statement that the file declares more memory than there is.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if "DefaultCPUAllocator" in text or "can't allocate memory" in text:
+        return "it declares tensors larger than the memory of this machine"
+    kept = []
+    for line in text.splitlines():
+        line = line.strip()
+        line = re.sub(r"^WeightsUnpickler error:\s*", "", line)
+        line = re.split(r"\s*Please use `torch\.serialization", line)[0].strip()
+        if line and not _TORCH_ADVICE.search(line):
+            kept.append(line)
+    return " ".join(kept)[:300] or type(e).__name__
+
+
+def _load_from_bytes(b, *, budget: Budget | None = None, source: str = "<pickle>"):
+    """``torch.storage._load_from_bytes(b)`` done safely: ``torch.load(weights_only=True)`` of ``b``
+    after its size is checked (a nested zip's entries by their declared sizes, before inflating)."""
     if not isinstance(b, (bytes, bytearray)) or len(b) > MAX_NESTED_BYTES:
         raise UnsafePickleError("torch.storage._load_from_bytes with a non-bytes or oversized argument")
+    budget = budget if budget is not None else Budget(None, source)
+    if bytes(b[:4]) == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(io.BytesIO(bytes(b))) as z:
+                check_zip_archive(z, f"{source}: a nested tensor storage", budget)
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, ValueError, NotImplementedError, OSError) as e:
+            raise UnsafePickleError(f"{source}: a nested tensor storage is a damaged zip ({e})") from e
+    else:
+        budget.charge(len(b), f"a nested tensor storage ({human_bytes(len(b))})")
     try:
         obj = torch.load(io.BytesIO(bytes(b)), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnsafePickleError(f"a nested tensor storage holds a pickle that torch.load(weights_only=True) "
-                                f"refuses ({first}); nothing was executed") from e
-    except (RuntimeError, EOFError, ValueError) as e:
-        raise UnsafePickleError(f"a nested tensor storage could not be read safely ({e})") from e
+        raise UnsafePickleError(f"{source}: a nested tensor storage holds a pickle that torch.load(weights_only=True) "
+                                f"refuses ({torch_refusal_reason(e)}); nothing was executed. A tensor storage is "
+                                f"plain bytes: the file is malicious or damaged") from e
+    except (RuntimeError, EOFError, ValueError, MemoryError) as e:
+        raise UnsafePickleError(f"{source}: a nested tensor storage could not be read safely "
+                                f"({torch_refusal_reason(e)})") from e
     _check_storage(obj, "torch.storage._load_from_bytes")
     return obj
 
@@ -282,18 +336,23 @@ class RestrictedUnpickler(pickle.Unpickler):
     Args:
         file: binary stream positioned at the pickle.
         source: name used in error messages.
-        storages: for a ``torch.save`` zip, ``key -> bytes`` reader of its ``data/`` entries;
+        storages: for a ``torch.save`` zip, ``(key, nbytes) -> bytes`` reader of its ``data/``
+            entries (refusing an entry whose declared size is not ``nbytes`` before reading it);
             ``None`` for a plain pickle (which then may not use persistent ids).
+        budget: the load's size budget, charged with nested storages (default: a new one).
     """
 
-    def __init__(self, file, *, source: str = "<pickle>", storages=None):
+    def __init__(self, file, *, source: str = "<pickle>", storages=None, budget: Budget | None = None):
         super().__init__(file)
         self.source = source
         self.storages = storages
+        self.budget = budget if budget is not None else Budget(None, source)
         self._cache = {}
 
     def find_class(self, module, name):
         fn = _ALLOWED.get((module, name))
+        if fn is _load_from_bytes:
+            return functools.partial(_load_from_bytes, budget=self.budget, source=self.source)
         if fn is None:
             raise UnsafePickleError(
                 f"{self.source}: refused to load: the pickle references {module}.{name}, which a StyleGAN2 "
@@ -309,8 +368,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(f"{self.source}: unexpected persistent id {pid!r}")
         _, stype, key, _location, numel = pid
         if key not in self._cache:
-            raw = self.storages(key)
             itemsize = torch.empty((), dtype=stype.dtype).element_size()
+            if numel < 0:
+                raise UnsafePickleError(f"{self.source}: storage {key} declares {numel} elements")
+            raw = self.storages(key, numel * itemsize)
             if len(raw) != numel * itemsize:
                 raise CheckpointError(f"{self.source}: storage {key} holds {len(raw)} bytes, expected "
                                       f"{numel} x {itemsize}; the file is truncated or damaged")
@@ -320,22 +381,33 @@ class RestrictedUnpickler(pickle.Unpickler):
         return self._cache[key]
 
 
-def _torch_zip_reader(path: Path):
+def _torch_zip_reader(path: Path, budget: Budget):
+    """``(data.pkl bytes, storage reader)`` of a ``torch.save`` zip; every entry is checked by its
+    declared size (against the budget, which it is charged to, and the declared tensor size) and
+    compression ratio before it is inflated."""
     z = zipfile.ZipFile(path)
     names = z.namelist()
     pkls = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkls) != 1:
         raise CheckpointError(f"{path} is a zip but not a torch.save archive (no single data.pkl)")
     prefix = pkls[0][: -len("data.pkl")]
-    if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() not in (b"little", b""):
-        raise CheckpointError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
+    if prefix + "byteorder" in names:
+        check_zip_entry(z.getinfo(prefix + "byteorder"), str(path), budget)
+        if z.read(prefix + "byteorder").strip() not in (b"little", b""):
+            raise CheckpointError(f"{path} was saved on a big-endian machine; re-save it on a little-endian one")
 
-    def storages(key: str) -> bytes:
+    def storages(key: str, nbytes: int) -> bytes:
         name = f"{prefix}data/{key}"
         if "/" in key or ".." in key or name not in names:
             raise CheckpointError(f"{path}: storage {key!r} is missing from the archive")
+        info = z.getinfo(name)
+        if info.file_size != nbytes:
+            raise CheckpointError(f"{path}: storage {key} declares {info.file_size} bytes in the archive, the pickle "
+                                  f"expects {nbytes}; the file is truncated or damaged")
+        check_zip_entry(info, str(path), budget)
         return z.read(name)
 
+    check_zip_entry(z.getinfo(pkls[0]), str(path), budget)
     return z.read(pkls[0]), storages
 
 
@@ -364,23 +436,32 @@ def prescan(data: bytes, source: str) -> None:
         raise CheckpointError(f"{source} is not a readable checkpoint pickle ({type(e).__name__}: {e})") from e
 
 
-def load_restricted(path) -> object:
+def load_restricted(path, *, max_bytes: int | Budget | None = None) -> object:
     """Load a plain pickle or a ``torch.save`` zip through :class:`RestrictedUnpickler`.
 
+    Args:
+        path: the file.
+        max_bytes: the size budget (``None``: the default of :mod:`faceedit.checkpoints.budget`):
+            the file (or each zip entry, by its declared size) and every nested storage are
+            charged to it before they are read.
     Returns:
         The unpickled object: dicts, :class:`EasyDict`, :class:`PersistentRecord`, tensors.
     Raises:
         UnsafePickleError: the file references anything outside the allow-list.
         CheckpointError: the file is damaged or of another kind.
+        CheckpointSizeError: over the size budget, or a zip entry inflating like a bomb.
     """
     path = Path(path)
+    budget = Budget.of(max_bytes, str(path))
     try:
         if is_zip(path):
-            data, storages = _torch_zip_reader(path)
+            data, storages = _torch_zip_reader(path, budget)
         else:
+            size = path.stat().st_size
+            budget.charge(size, f"the pickle ({human_bytes(size)})")
             data, storages = path.read_bytes(), None
         prescan(data, str(path))
-        obj = RestrictedUnpickler(io.BytesIO(data), source=str(path), storages=storages).load()
+        obj = RestrictedUnpickler(io.BytesIO(data), source=str(path), storages=storages, budget=budget).load()
     except UnsafePickleError:
         raise
     except CheckpointError:
@@ -397,4 +478,4 @@ def load_restricted(path) -> object:
 
 
 __all__ = ["UnsafePickleError", "PersistentRecord", "EasyDict", "NumpyDtype", "RestrictedUnpickler", "load_restricted",
-           "prescan", "safe_container_globals"]
+           "prescan", "safe_container_globals", "torch_refusal_reason"]

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .budget import Budget, human_bytes
 from .native import CheckpointError
 from .safe_pickle import NumpyDtype, UnsafePickleError, prescan, safe_container_globals
 
@@ -269,10 +270,17 @@ def _to_network(rec, where: str, seen: set, depth: int = 0) -> TFNetwork:
                      components=components, version=version)
 
 
-def load_tf_records(path) -> object:
-    """Unpickle ``path`` with :class:`TFUnpickler` (raw records, not yet :class:`TFNetwork`)."""
+def load_tf_records(path, *, max_bytes: int | Budget | None = None) -> object:
+    """Unpickle ``path`` with :class:`TFUnpickler` (raw records, not yet :class:`TFNetwork`).
+
+    The file is charged to the size budget (``max_bytes``, see :mod:`faceedit.checkpoints.budget`)
+    before it is read; every array it holds is refused unless its bytes are in the file.
+    """
     path = Path(path)
+    budget = Budget.of(max_bytes, str(path))
     try:
+        size = path.stat().st_size
+        budget.charge(size, f"the pickle ({human_bytes(size)})")
         data = path.read_bytes()
         prescan(data, str(path))
         return TFUnpickler(io.BytesIO(data), source=str(path)).load()
@@ -286,12 +294,13 @@ def load_tf_records(path) -> object:
                               f"no real network has ({type(e).__name__}); the file is damaged or hostile") from e
 
 
-def read_tf_pickle(path) -> dict:
+def read_tf_pickle(path, *, max_bytes: int | Budget | None = None) -> dict:
     """Read an NVIDIA TensorFlow network pickle without TensorFlow and without running anything.
 
     Args:
         path: a ``.pkl`` holding ``(G, D, Gs)`` (what NVIDIA's training writes and publishes) or a
             single network.
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`).
     Returns:
         ``{"G": TFNetwork | None, "D": TFNetwork | None, "Gs": TFNetwork | None}``; a single
         network is returned as ``Gs``.
@@ -300,7 +309,7 @@ def read_tf_pickle(path) -> dict:
         CheckpointError: not a tflib network pickle, or a damaged one; the message says what was found.
     """
     path = Path(path)
-    obj = load_tf_records(path)
+    obj = load_tf_records(path, max_bytes=max_bytes)
     if isinstance(obj, _NetworkState):
         return {"G": None, "D": None, "Gs": _to_network(obj, f"{path}", set())}
     if isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(o, _NetworkState) for o in obj):

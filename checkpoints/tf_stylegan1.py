@@ -41,9 +41,8 @@ import re
 import numpy as np
 import torch
 
-from faceedit.networks import Generator1
-
-from .native import CheckpointError, check_architecture
+from .budget import Budget
+from .native import CheckpointError, as_float, as_int, check_architecture, check_holds, new_network, plan_network
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,9 @@ _IGNORED = {"truncation_psi", "truncation_cutoff", "truncation_psi_val", "trunca
 _FIXED = {"label_size": 0, "mapping_nonlinearity": "lrelu", "normalize_latents": True, "use_wscale": True,
           "use_styles": True, "const_input_layer": True, "use_noise": True, "nonlinearity": "lrelu",
           "use_pixel_norm": False, "use_instance_norm": True, "fmap_decay": 1.0, "blur_filter": [1, 2, 1]}
+#: faceedit's setting -> the TF keyword argument it comes from (for messages).
+_TF_NAMES = {"z_dim": "latent_size", "w_dim": "dlatent_size", "mapping_lr_mul": "mapping_lrmul",
+             "channel_base": "fmap_base x 2", "channel_max": "fmap_max", "img_channels": "num_channels"}
 _SIZES = {"latent_size", "dlatent_size", "mapping_layers", "mapping_fmaps", "mapping_lrmul", "num_channels",
           "resolution", "fmap_base", "fmap_max", "fused_scale"}
 
@@ -91,20 +93,22 @@ def generator1_config_from_tf(net, where: str = "TF generator") -> dict:
         if not same:
             raise CheckpointError(f"{where}: {k}={v!r} is not supported (faceedit's StyleGAN v1 is the paper's "
                                   f"network, {k}={want!r})")
-    w_dim = int(kw.get("dlatent_size", 512))
-    hidden = int(kw.get("mapping_fmaps", 512))  # NVIDIA's default, whatever dlatent_size is
+    w_dim = as_int(kw.get("dlatent_size", 512), "dlatent_size", where)
+    hidden = as_int(kw.get("mapping_fmaps", 512), "mapping_fmaps", where)  # NVIDIA's default, whatever dlatent_size is
     if hidden != w_dim:
         raise CheckpointError(f"{where}: mapping_fmaps={hidden} differs from dlatent_size={w_dim}; "
                               f"faceedit's mapping keeps one width")
     fused = kw.get("fused_scale", "auto")
     if not (fused == "auto" or isinstance(fused, bool)):
         raise CheckpointError(f"{where}: fused_scale={fused!r} is not True, False or 'auto'")
-    cfg = dict(arch="stylegan1", z_dim=int(kw.get("latent_size", 512)), w_dim=w_dim,
-               resolution=int(kw.get("resolution", 1024)), mapping_layers=int(kw.get("mapping_layers", 8)),
-               mapping_lr_mul=float(kw.get("mapping_lrmul", 0.01)), channel_base=2 * int(kw.get("fmap_base", 8192)),
-               channel_max=int(kw.get("fmap_max", 512)), img_channels=int(kw.get("num_channels", 3)),
-               fused_scale=fused)
-    check_architecture("generator", cfg, where)
+    cfg = dict(arch="stylegan1", z_dim=as_int(kw.get("latent_size", 512), "latent_size", where), w_dim=w_dim,
+               resolution=as_int(kw.get("resolution", 1024), "resolution", where),
+               mapping_layers=as_int(kw.get("mapping_layers", 8), "mapping_layers", where),
+               mapping_lr_mul=as_float(kw.get("mapping_lrmul", 0.01), "mapping_lrmul", where),
+               channel_base=2 * as_int(kw.get("fmap_base", 8192), "fmap_base", where),
+               channel_max=as_int(kw.get("fmap_max", 512), "fmap_max", where),
+               img_channels=as_int(kw.get("num_channels", 3), "num_channels", where), fused_scale=fused)
+    check_architecture("generator", cfg, where, _TF_NAMES)
     return cfg
 
 
@@ -147,13 +151,16 @@ def _convert(a: np.ndarray, layout: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a))
 
 
-def stylegan1_from_tf(net, where: str = "TF generator") -> tuple:
+def stylegan1_from_tf(net, where: str = "TF generator", *, max_bytes: int | Budget | None = None) -> tuple:
     """Build a :class:`~faceedit.networks.Generator1` holding a v1 TF generator's weights.
 
     Args:
         net: a ``TFNetwork`` record of NVIDIA's ``G_style`` (``G`` or ``Gs`` of a StyleGAN
             pickle), read by :mod:`faceedit.checkpoints.tf_pickle`.
         where: how errors name the source.
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`): the generator is
+            sized from the keyword arguments, charged to it and counted against the variables
+            before it is built.
 
     Returns:
         ``(G, info)``: ``G`` in eval mode; ``info`` holds ``arch``, the ``config``, the TF
@@ -163,9 +170,12 @@ def stylegan1_from_tf(net, where: str = "TF generator") -> tuple:
     Raises:
         CheckpointError: a keyword argument or variable it cannot map (named), a wrong shape,
             a missing variable, NaN/Inf weights, or a level of detail other than 0.
+        CheckpointSizeError: over the size budget.
     """
     cfg = generator1_config_from_tf(net, where)
-    G = Generator1(**{k: v for k, v in cfg.items() if k != "arch"})
+    needed = plan_network("generator", cfg, where, Budget.of(max_bytes, where), _TF_NAMES)
+    check_holds(needed, sum(int(np.size(a)) for a in net.variables.values()), where)
+    G = new_network("generator", cfg, where)
     table = _tf_to_native_names(G.num_ws, cfg["mapping_layers"])
     own = G.state_dict()
     state, unused = {}, []

@@ -34,9 +34,10 @@ import re
 import numpy as np
 import torch
 
-from faceedit.networks import Discriminator, Generator
+from faceedit.networks import Discriminator
 
-from .native import CheckpointError, _strict_load
+from .budget import Budget
+from .native import CheckpointError, as_float, as_int, build_network, check_architecture
 from .nvidia import nvidia_d_to_native_state, nvidia_to_native_state
 from .tf_pickle import TFNetwork
 
@@ -62,10 +63,16 @@ def _need(kw: dict, key: str, ok, where: str, default=None):
         raise CheckpointError(f"{where}: {key}={v!r} is not supported (faceedit reproduces {key}={ok!r})")
 
 
+#: faceedit's setting -> the TF keyword argument it comes from (for messages).
+_TF_NAMES = {"z_dim": "latent_size", "w_dim": "dlatent_size", "mapping_lr_mul": "mapping_lrmul",
+             "channel_base": "fmap_base x 2", "channel_max": "fmap_max", "img_channels": "num_channels",
+             "mbstd_group": "mbstd_group_size"}
+
+
 def _channels(kw: dict, where: str) -> tuple:
-    base = int(kw.get("fmap_base", 16 << 10)) * 2
-    cmax = int(kw.get("fmap_max", 512))
-    if float(kw.get("fmap_decay", 1.0)) != 1.0:
+    base = as_int(kw.get("fmap_base", 16 << 10), "fmap_base", where) * 2
+    cmax = as_int(kw.get("fmap_max", 512), "fmap_max", where)
+    if as_float(kw.get("fmap_decay", 1.0), "fmap_decay", where) != 1.0:
         raise CheckpointError(f"{where}: fmap_decay={kw['fmap_decay']} is not supported (faceedit's channel rule "
                               f"is fmap_base / res, i.e. fmap_decay 1)")
     return base, cmax
@@ -94,20 +101,22 @@ def generator_config_from_tf(net: TFNetwork, where: str) -> dict:
     _need(kw, "mapping_nonlinearity", "lrelu", where, "lrelu")
     _need(kw, "normalize_latents", True, where, True)
     _need(kw, "use_noise", True, where, True)
-    w_dim = int(kw.get("dlatent_size", 512))
+    w_dim = as_int(kw.get("dlatent_size", 512), "dlatent_size", where)
     if kw.get("mapping_fmaps") not in (None, w_dim):
-        raise CheckpointError(f"{where}: mapping_fmaps={kw['mapping_fmaps']} != dlatent_size is not supported")
+        raise CheckpointError(f"{where}: mapping_fmaps={kw['mapping_fmaps']!r:.40} != dlatent_size is not supported")
     base, cmax = _channels(kw, where)
-    cfg = dict(z_dim=int(kw.get("latent_size", 512)), w_dim=w_dim, resolution=int(kw.get("resolution", 1024)),
-               mapping_kind="mlp", mapping_layers=int(kw.get("mapping_layers", 8)),
-               mapping_lr_mul=float(kw.get("mapping_lrmul", 0.01)), channel_base=base, channel_max=cmax,
-               img_channels=int(kw.get("num_channels", 3)))
-    fmin = int(kw.get("fmap_min", 1))
+    cfg = dict(z_dim=as_int(kw.get("latent_size", 512), "latent_size", where), w_dim=w_dim,
+               resolution=as_int(kw.get("resolution", 1024), "resolution", where),
+               mapping_kind="mlp", mapping_layers=as_int(kw.get("mapping_layers", 8), "mapping_layers", where),
+               mapping_lr_mul=as_float(kw.get("mapping_lrmul", 0.01), "mapping_lrmul", where), channel_base=base,
+               channel_max=cmax, img_channels=as_int(kw.get("num_channels", 3), "num_channels", where))
+    if kw.get("conv_clamp") is not None:
+        cfg["conv_clamp"] = as_float(kw["conv_clamp"], "conv_clamp", where)
+    check_architecture("generator", cfg, where, _TF_NAMES)
+    fmin = as_int(kw.get("fmap_min", 1), "fmap_min", where)
     if fmin > min(base // cfg["resolution"], cmax):
         raise CheckpointError(f"{where}: fmap_min={fmin} raises the channel count at {cfg['resolution']} px; "
                               f"faceedit's channel rule has no floor")
-    if kw.get("conv_clamp") is not None:
-        cfg["conv_clamp"] = float(kw["conv_clamp"])
     return cfg
 
 
@@ -197,24 +206,27 @@ def _tf_nonfinite(variables: dict, where: str) -> None:
         raise CheckpointError(f"{where}: TF variable {bad[0]} holds NaN or infinite values")
 
 
-def stylegan2_from_tf(net: TFNetwork, where: str = "TF generator") -> dict:
+def stylegan2_from_tf(net: TFNetwork, where: str = "TF generator", *, max_bytes: int | Budget | None = None) -> dict:
     """A faceedit :class:`Generator` from NVIDIA's StyleGAN2 TF generator (``Gs`` as a :class:`TFNetwork`).
 
+    Args:
+        net: the record.
+        where: the source, for messages.
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`): the generator the
+            keyword arguments describe is charged to it, and checked against the variables,
+            before it is built.
     Returns:
         ``{"G": Generator (eval, fp32), "provenance": dict}``.
     Raises:
         CheckpointError: not a StyleGAN2 'skip' generator; names the setting or variable.
+        CheckpointSizeError: over the size budget.
     """
     cfg = generator_config_from_tf(net, where)
     res = cfg["resolution"]
-    if res < 16 or res > 1024 or res & (res - 1):
-        raise CheckpointError(f"{where}: resolution {res} is outside faceedit's 16..1024 powers of two")
     _tf_nonfinite(net.variables, where)
     nv = tf_generator_to_nvidia_state(net.variables, res, where)
     state = nvidia_to_native_state(nv, int(math.log2(res)) - 2)
-    G = Generator(**cfg)
-    _strict_load(G, {k: v.float() for k, v in state.items()}, where)
-    G.eval().requires_grad_(False)
+    G = build_network("generator", cfg, where, state, budget=Budget.of(max_bytes, where), names=_TF_NAMES)
     prov = {"source_format": "nvidia-stylegan2-tf-pkl", "source_key": net.name,
             "tf_build_func": net.build_func_name,
             "tf_static_kwargs": {k: v for k, v in net.static_kwargs.items()
@@ -240,11 +252,12 @@ def discriminator_config_from_tf(net: TFNetwork, where: str) -> dict:
     _need(kw, "resample_kernel", [1, 3, 3, 1], where, [1, 3, 3, 1])
     _need(kw, "mbstd_num_features", 1, where, 1)
     base, cmax = _channels(kw, where)
-    cfg = dict(resolution=int(kw.get("resolution", 1024)), channel_base=base, channel_max=cmax,
-               img_channels=int(kw.get("num_channels", 3)), mbstd_group=int(kw.get("mbstd_group_size", 4)),
-               down_conv="strided")
+    cfg = dict(resolution=as_int(kw.get("resolution", 1024), "resolution", where), channel_base=base,
+               channel_max=cmax, img_channels=as_int(kw.get("num_channels", 3), "num_channels", where),
+               mbstd_group=as_int(kw.get("mbstd_group_size", 4), "mbstd_group_size", where), down_conv="strided")
     if kw.get("conv_clamp") is not None:
-        cfg["conv_clamp"] = float(kw["conv_clamp"])
+        cfg["conv_clamp"] = as_float(kw["conv_clamp"], "conv_clamp", where)
+    check_architecture("discriminator", cfg, where, _TF_NAMES)
     return cfg
 
 
@@ -272,18 +285,22 @@ def tf_discriminator_to_nvidia_state(variables: dict, where: str) -> dict:
     return out
 
 
-def discriminator_from_tf(net: TFNetwork, where: str = "TF discriminator") -> Discriminator:
+def discriminator_from_tf(net: TFNetwork, where: str = "TF discriminator", *,
+                          max_bytes: int | Budget | None = None) -> Discriminator:
     """A faceedit :class:`Discriminator` (``down_conv='strided'``) from NVIDIA's ``D_stylegan2`` (resnet).
 
+    Args:
+        net: the record.
+        where: the source, for messages.
+        max_bytes: the size budget (see :mod:`faceedit.checkpoints.budget`).
     Raises:
         CheckpointError: another architecture or an unmapped variable, named.
+        CheckpointSizeError: over the size budget.
     """
     cfg = discriminator_config_from_tf(net, where)
     _tf_nonfinite(net.variables, where)
     state = nvidia_d_to_native_state(tf_discriminator_to_nvidia_state(net.variables, where), cfg["resolution"], where)
-    D = Discriminator(**cfg)
-    _strict_load(D, {k: v.float() for k, v in state.items()}, where)
-    return D.eval().requires_grad_(False)
+    return build_network("discriminator", cfg, where, state, budget=Budget.of(max_bytes, where), names=_TF_NAMES)
 
 
 __all__ = ["stylegan2_from_tf", "discriminator_from_tf", "generator_config_from_tf", "discriminator_config_from_tf",

@@ -37,6 +37,12 @@ class EqualLinear(nn.Module):
         self.activation = activation
         self.in_features, self.out_features = in_features, out_features
 
+    @staticmethod
+    def size(in_features: int, out_features: int, bias: bool = True, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of ``EqualLinear(in_features, out_features, bias)``,
+        computed without building it (see ``Generator.size``)."""
+        return in_features * out_features + (out_features if bias else 0), 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise NetworkError(f"EqualLinear expects last dim {self.in_features}, got {tuple(x.shape)}")
@@ -61,10 +67,20 @@ class EqualConv2d(nn.Module):
         self.padding = kernel_size // 2
         self.activation = activation
 
+    @staticmethod
+    def size(in_channels: int, out_channels: int, kernel_size: int, bias: bool = True, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this conv, computed without building it."""
+        return out_channels * in_channels * kernel_size ** 2 + (out_channels if bias else 0), 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = None if self.bias is None else self.bias.to(x.dtype)
         x = F.conv2d(x, self.weight.to(x.dtype) * self.scale, b, padding=self.padding)
         return lrelu_gain(x) if self.activation == "lrelu" else x
+
+
+def add_sizes(*sizes: tuple) -> tuple:
+    """The sum of ``(state elements, other buffer elements)`` pairs (the ``size`` methods' results)."""
+    return sum(a for a, _ in sizes), sum(b for _, b in sizes)
 
 
 def normalize_2nd_moment(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:

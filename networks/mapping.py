@@ -15,7 +15,7 @@ from torch import nn
 
 from faceedit.core.errors import NetworkError
 
-from .layers import EqualLinear, normalize_2nd_moment
+from .layers import EqualLinear, add_sizes, normalize_2nd_moment
 
 
 def _truncate(ws: torch.Tensor, w_avg: torch.Tensor, psi: float, cutoff: int | None) -> torch.Tensor:
@@ -50,6 +50,12 @@ class MappingMLP(nn.Module):
                                    for a, b in zip(dims[:-1], dims[1:])])
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
+    @staticmethod
+    def size(z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this mapping, computed without building it."""
+        (first, _), (rest, _) = EqualLinear.size(z_dim, w_dim), EqualLinear.size(w_dim, w_dim)
+        return first + rest * (num_layers - 1) + w_dim, 0  # the layers, then w_avg
+
     @property
     def z_shape(self) -> tuple:
         return (self.z_dim,)
@@ -80,6 +86,14 @@ class _TokenBlock(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.fc1 = EqualLinear(dim, hidden, lr_mul=lr_mul)
         self.fc2 = EqualLinear(hidden, dim, lr_mul=lr_mul)
+
+    @staticmethod
+    def size(num_tokens: int, dim: int, num_heads: int, mlp_ratio: float, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this block, computed without building it."""
+        hidden = int(dim * mlp_ratio)
+        norms = (4 * num_tokens * dim, 0)  # two layer norms, weight and bias over [num_tokens, dim]
+        return add_sizes(norms, EqualLinear.size(dim, 3 * dim), EqualLinear.size(dim, dim),
+                         EqualLinear.size(dim, hidden), EqualLinear.size(hidden, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
@@ -119,6 +133,14 @@ class MappingTransformer(nn.Module):
         self.out = EqualLinear(w_dim, w_dim, lr_mul=lr_mul)
         self.register_buffer("token_ids", torch.eye(num_ws), persistent=False)
         self.register_buffer("w_avg", torch.zeros(num_ws, w_dim))
+
+    @staticmethod
+    def size(z_dim: int, w_dim: int, num_ws: int, num_blocks: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0,
+             *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this mapping, computed without building it."""
+        block = _TokenBlock.size(num_ws, w_dim, num_heads, mlp_ratio)
+        return add_sizes(EqualLinear.size(z_dim + num_ws, w_dim), (block[0] * num_blocks, block[1] * num_blocks),
+                         EqualLinear.size(w_dim, w_dim), (num_ws * w_dim, num_ws * num_ws))
 
     @property
     def z_shape(self) -> tuple:

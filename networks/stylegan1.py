@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 from faceedit.core.errors import NetworkError
 
-from .layers import EqualConv2d, EqualLinear
+from .layers import EqualConv2d, EqualLinear, add_sizes
 from .mapping import MappingMLP
 from .ops import make_fir, upfirdn2d
-from .stylegan2 import Generator, _check_resolution, channels_for, check_synthesis_args, resolve_synthesis_path
+from .stylegan2 import (Generator, _check_resolution, bind_defaults, channels_for, check_synthesis_args,
+                        resolve_synthesis_path)
 
 V1_TRUNCATION_CUTOFF = 8
 
@@ -75,6 +76,12 @@ class StyledLayer(nn.Module):
         self.affine = EqualLinear(w_dim, 2 * out_ch)  # the paper's "A": w -> [y_s, y_b] (bias starts at 0)
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
         self.register_buffer("blur", make_fir((1, 2, 1)), persistent=False)
+
+    @staticmethod
+    def size(in_ch: int, out_ch: int, w_dim: int, resolution: int, conv: bool = True, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this layer, computed without building it."""
+        own = (out_ch * in_ch * 9 if conv else 0) + 2 * out_ch + resolution ** 2  # weight, noise, bias, noise map
+        return add_sizes(EqualLinear.size(w_dim, 2 * out_ch), (own, 3))
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         w = (self.weight * self.scale).to(x.dtype)
@@ -136,6 +143,18 @@ class SynthesisNetwork1(nn.Module):
             self.layers.append(StyledLayer(ch[r // 2], ch[r], w_dim, r, up="transposed" if fused else "nearest"))
             self.layers.append(StyledLayer(ch[r], ch[r], w_dim, r))
         self.torgb = EqualConv2d(ch[resolution], img_channels, 1)
+
+    @staticmethod
+    def size(w_dim: int, resolution: int, channel_base: int = 16384, channel_max: int = 512, img_channels: int = 3,
+             *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this network, computed without building it."""
+        log_res = _check_resolution(resolution)
+        ch = channels_for(resolution, channel_base, channel_max)
+        parts = [(ch[4] * 16, 0), StyledLayer.size(ch[4], ch[4], w_dim, 4, conv=False),
+                 StyledLayer.size(ch[4], ch[4], w_dim, 4)]
+        for r in (2 ** i for i in range(3, log_res + 1)):
+            parts += [StyledLayer.size(ch[r // 2], ch[r], w_dim, r), StyledLayer.size(ch[r], ch[r], w_dim, r)]
+        return add_sizes(*parts, EqualConv2d.size(ch[resolution], img_channels, 1))
 
     def noise_buffers(self) -> list:
         """The constant noise maps, one per layer (``num_ws`` of them), in layer order."""
@@ -220,6 +239,16 @@ class Generator1(nn.Module):
         self.config = dict(arch=self.arch, z_dim=z_dim, w_dim=w_dim, resolution=resolution,
                            mapping_layers=mapping_layers, mapping_lr_mul=mapping_lr_mul, channel_base=channel_base,
                            channel_max=channel_max, img_channels=img_channels, fused_scale=fused_scale)
+
+    @classmethod
+    def size(cls, **kwargs) -> tuple:
+        """``(state elements, other buffer elements)`` of ``Generator1(**kwargs)``, computed without
+        building it (see ``Generator.size``)."""
+        a = bind_defaults(cls, kwargs)
+        num_ws = 2 * _check_resolution(a["resolution"]) - 2
+        return add_sizes(SynthesisNetwork1.size(a["w_dim"], a["resolution"], a["channel_base"], a["channel_max"],
+                                                a["img_channels"]),
+                         MappingMLP1.size(a["z_dim"], a["w_dim"], num_ws, a["mapping_layers"]))
 
     # The same functions of mapping and synthesis as StyleGAN2's: z_shape, the [num_ws, w_dim] w_avg, seeded z.
     z_shape = Generator.z_shape

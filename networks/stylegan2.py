@@ -13,6 +13,7 @@ first conv, as in the official implementation.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from faceedit.core.errors import NetworkError
 
 from .fastsynth import synthesis_poly
-from .layers import EqualConv2d, EqualLinear
+from .layers import EqualConv2d, EqualLinear, add_sizes
 from .mapping import MappingMLP, MappingTransformer
 from .ops import (_autocast_off, downsample2d, lrelu_gain, make_fir, modulated_conv2d, modulated_conv2d_shared,
                   upfirdn2d, upsample2d, upsample2d_fast)
@@ -32,6 +33,17 @@ from .ops import (_autocast_off, downsample2d, lrelu_gain, make_fir, modulated_c
 def channels_for(resolution: int, channel_base: int, channel_max: int) -> dict:
     """Channels per resolution: ``min(channel_base // res, channel_max)`` (NVIDIA's rule)."""
     return {2 ** i: min(channel_base // 2 ** i, channel_max) for i in range(2, int(math.log2(resolution)) + 1)}
+
+
+#: Elements of the [1, 3, 3, 1] resampling filter each resampling layer keeps (a non-persistent buffer).
+FIR_TAPS = 4
+
+
+def bind_defaults(cls, kwargs: dict) -> dict:
+    """``kwargs`` completed with the defaults of ``cls``'s constructor (for the ``size`` methods)."""
+    bound = inspect.signature(cls).bind(**kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _check_resolution(resolution: int) -> int:
@@ -56,6 +68,12 @@ class StyledConv(nn.Module):
         self.register_buffer("noise_const", torch.randn(1, 1, resolution, resolution))
         self.register_buffer("fir", make_fir(), persistent=False)
         self.up, self.resolution = up, resolution
+
+    @staticmethod
+    def size(in_ch: int, out_ch: int, w_dim: int, resolution: int, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this layer, computed without building it."""
+        own = out_ch * in_ch * 9 + 1 + out_ch + resolution ** 2  # weight, noise strength, bias, noise map
+        return add_sizes(EqualLinear.size(w_dim, in_ch), (own, FIR_TAPS))
 
     def forward(self, x, w, noise_mode="const", noise=None, fused_modconv=True):
         styles = self.affine(w)
@@ -96,6 +114,11 @@ class ToRGB(nn.Module):
         self.scale = 1 / math.sqrt(in_ch)
         self.bias = nn.Parameter(torch.zeros(img_channels))
         self.register_buffer("fir", make_fir(), persistent=False)
+
+    @staticmethod
+    def size(in_ch: int, w_dim: int, img_channels: int = 3, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this layer, computed without building it."""
+        return add_sizes(EqualLinear.size(w_dim, in_ch), (img_channels * in_ch + img_channels, FIR_TAPS))
 
     def forward(self, x, w, skip=None, fused_modconv=True):
         y = modulated_conv2d(x, self.weight * self.scale, self.affine(w), demodulate=False, fused=fused_modconv)
@@ -191,6 +214,18 @@ class SynthesisNetwork(nn.Module):
             self.convs.append(StyledConv(ch[r], ch[r], w_dim, r, conv_clamp=conv_clamp))
             self.torgbs.append(ToRGB(ch[r], w_dim, img_channels, conv_clamp))
 
+    @staticmethod
+    def size(w_dim: int, resolution: int, channel_base: int = 32768, channel_max: int = 512, img_channels: int = 3,
+             *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this network, computed without building it."""
+        log_res = _check_resolution(resolution)
+        ch = channels_for(resolution, channel_base, channel_max)
+        parts = [(ch[4] * 16, 0), StyledConv.size(ch[4], ch[4], w_dim, 4), ToRGB.size(ch[4], w_dim, img_channels)]
+        for r in (2 ** i for i in range(3, log_res + 1)):
+            parts += [StyledConv.size(ch[r // 2], ch[r], w_dim, r), StyledConv.size(ch[r], ch[r], w_dim, r),
+                      ToRGB.size(ch[r], w_dim, img_channels)]
+        return add_sizes(*parts)
+
     def noise_buffers(self) -> list:
         """The constant noise maps, one per styled conv, in layer order."""
         return [self.conv1.noise_const] + [b for c, d in zip(self.convs_up, self.convs)
@@ -275,6 +310,30 @@ class Generator(nn.Module):
         if conv_clamp is not None:  # only present when set, so existing configs stay unchanged
             self.config["conv_clamp"] = float(conv_clamp)
 
+    @classmethod
+    def size(cls, **kwargs) -> tuple:
+        """``(state elements, other buffer elements)`` of ``Generator(**kwargs)``, computed without building it.
+
+        The first is what ``state_dict()`` holds (what a checkpoint must provide), the second
+        the non-persistent buffers (resampling filters, token ids); times 4 bytes, their sum is
+        what building the network allocates. Plain integer arithmetic, so any widths can be
+        sized before they are refused (checkpoint readers bound a file's networks with it).
+        ``tests/test_networks.py`` checks it against built networks.
+
+        Raises:
+            TypeError: an argument the constructor does not take.
+            NetworkError: a resolution the constructor refuses.
+        """
+        a = bind_defaults(cls, kwargs)
+        num_ws = 2 * _check_resolution(a["resolution"]) - 2
+        synthesis = SynthesisNetwork.size(a["w_dim"], a["resolution"], a["channel_base"], a["channel_max"],
+                                          a["img_channels"])
+        if a["mapping_kind"] == "transformer":
+            mapping = MappingTransformer.size(a["z_dim"], a["w_dim"], num_ws, a["mapping_blocks"], a["mapping_heads"])
+        else:
+            mapping = MappingMLP.size(a["z_dim"], a["w_dim"], num_ws, a["mapping_layers"])
+        return add_sizes(synthesis, mapping)
+
     @property
     def z_shape(self) -> tuple:
         """Shape of one z sample: ``(z_dim,)`` for W, ``(num_ws, z_dim)`` for W++."""
@@ -350,6 +409,12 @@ class DiscBlock(nn.Module):
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
         self.register_buffer("fir", make_fir(), persistent=False)
 
+    @staticmethod
+    def size(in_ch: int, out_ch: int, *_, **__) -> tuple:
+        """``(state elements, other buffer elements)`` of this block, computed without building it."""
+        return add_sizes(EqualConv2d.size(in_ch, in_ch, 3), EqualConv2d.size(in_ch, out_ch, 3),
+                         EqualConv2d.size(in_ch, out_ch, 1, bias=False), (0, FIR_TAPS))
+
     def forward(self, x):
         y = _clamp(self.conv_clamp, self.skip(downsample2d(x, self.fir)))
         x = _clamp(self.conv_clamp, self.conv0(x))
@@ -393,6 +458,18 @@ class Discriminator(nn.Module):
         self.conv = EqualConv2d(ch[4] + 1, ch[4], 3, activation="lrelu")
         self.fc = EqualLinear(ch[4] * 16, ch[4], activation="lrelu")
         self.out = EqualLinear(ch[4], 1)
+
+    @classmethod
+    def size(cls, **kwargs) -> tuple:
+        """``(state elements, other buffer elements)`` of ``Discriminator(**kwargs)``, computed without
+        building it (see :meth:`Generator.size`)."""
+        a = bind_defaults(cls, kwargs)
+        log_res, res = _check_resolution(a["resolution"]), a["resolution"]
+        ch = channels_for(res, a["channel_base"], a["channel_max"])
+        return add_sizes(EqualConv2d.size(a["img_channels"], ch[res], 1),
+                         *[DiscBlock.size(ch[2 ** i], ch[2 ** (i - 1)]) for i in range(log_res, 2, -1)],
+                         EqualConv2d.size(ch[4] + 1, ch[4], 3), EqualLinear.size(ch[4] * 16, ch[4]),
+                         EqualLinear.size(ch[4], 1))
 
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""

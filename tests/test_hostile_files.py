@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from faceedit.checkpoints import CheckpointError, load_model, native, save_native
+from faceedit.checkpoints import CheckpointError, load_model, save_native
 from faceedit.networks import Discriminator, Generator
 
 TINY = dict(z_dim=16, w_dim=16, resolution=16, channel_base=64, channel_max=16, mapping_layers=2)
@@ -476,13 +476,16 @@ def test_zip_valid_roundtrip_and_damage(tmp_path, tiny_dir):
         load_model(tmp_path / "cut.zip")
 
 
-def test_zip_entry_size_limit(tmp_path, tiny_dir, monkeypatch):
-    """Entries are bounded by their declared size (zipfile stops there) and by the limit."""
+def test_zip_entry_size_limit(tmp_path, tiny_dir):
+    """Entries are charged to the size budget by their declared size, before they are inflated."""
+    from faceedit.checkpoints.budget import CheckpointSizeError
+
     z = _zip(tmp_path / "ckpt.zip", {"config.json": (tiny_dir / "config.json").read_bytes(),
                                      "model.safetensors": (tiny_dir / "model.safetensors").read_bytes()})
-    monkeypatch.setattr(native, "MAX_WEIGHTS_BYTES", 1000)
-    with pytest.raises(CheckpointError, match="over"):
-        load_model(z)
+    g_bytes = 4 * sum(Generator.size(**TINY))
+    with pytest.raises(CheckpointSizeError, match=r"zip entry model\.safetensors .* above the .* limit.*max_bytes="):
+        load_model(z, max_bytes=g_bytes + 1000)
+    assert load_model(z, max_bytes=g_bytes + (tiny_dir / "model.safetensors").stat().st_size).G.resolution == 16
 
 
 def test_zip_with_oversized_config(tmp_path, tiny_dir):
