@@ -128,7 +128,10 @@ def read_vectors(path, fmt: str | None = None) -> tuple:
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError) as e:
-            raise DirectionImportError(f"{path}: refused: torch.load(weights_only=True) would not read it ({e}); "
+            from faceedit.checkpoints.safe_pickle import torch_refusal_reason
+
+            raise DirectionImportError(f"{path}: refused: torch.load(weights_only=True) would not read it "
+                                       f"({torch_refusal_reason(e)}); "
                                        f"it holds Python objects other than tensors, which could run code") from e
         if not isinstance(obj, torch.Tensor) or not obj.is_floating_point():
             raise DirectionImportError(f"{path} holds a {type(obj).__name__}, not a float tensor; e4e/pSp direction "

@@ -124,8 +124,9 @@ def test_refusals(model, tmp_path):
     buf = io.BytesIO()
     torch.save({"v": torch.zeros(W), "x": Evil()}, buf)
     (tmp_path / "evil.pt").write_bytes(buf.getvalue())
-    with pytest.raises(DirectionImportError, match="weights_only"):
+    with pytest.raises(DirectionImportError, match="weights_only") as err:
         import_directions(tmp_path / "evil.pt", m, attr="smile", out=tmp_path / "d")
+    assert "weights_only=False" not in str(err.value) and "False will likely" not in str(err.value)
     # a plain pickle stream with code
     (tmp_path / "evil2.pt").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(DirectionImportError, match="refused"):

@@ -11,8 +11,9 @@ per suite:
 * clear message / correct result: how the handled ones ended.
 
 A case skipped here (a read-only folder cannot be made on this machine) is counted as skipped,
-neither handled nor not. The ``max RSS`` column is left for the hostile-checkpoint rows
-(``tests/test_hostile_files.py``), which measure it; it reads ``-`` for these suites.
+neither handled nor not. The hostile-checkpoint row and its ``max RSS`` come from
+``bench/results/reliability/hostile_rss.md`` (``bench/scripts/hostile_rss.py``, a fresh process
+per file); ``max RSS`` reads ``-`` for the other suites.
 
 Usage::
 
@@ -138,9 +139,30 @@ def table(rows: dict) -> str:
         skipped = f" ({n['skipped']} skipped)" if n["skipped"] else ""
         lines.append(f"| {name} | {n['tried']}{skipped} | {n['handled']} | {n['clear error']} | "
                      f"{n['correct result']} | - |")
+    hostile = hostile_row()
+    rss = "-"
+    if hostile is not None:
+        tried, refused, clear, rss = hostile
+        total.update({"tried": tried, "handled": refused, "clear error": clear})
+        lines.append(f"| hostile checkpoint files (zip and pickle bombs, absurd configs; {HOSTILE.name}) | {tried} | "
+                     f"{refused} | {clear} | 0 | {rss} MiB |")
     lines.append(f"| all | {total['tried']} | {total['handled']} | {total['clear error']} | "
-                 f"{total['correct result']} | - |")
+                 f"{total['correct result']} | {rss if rss == '-' else f'{rss} MiB'} |")
     return "\n".join(lines)
+
+
+HOSTILE = REPO / "bench" / "results" / "reliability" / "hostile_rss.md"
+
+
+def hostile_row() -> tuple | None:
+    """``(tried, refused, clear message, max RSS MiB)`` of the hostile checkpoint files, from the
+    summary line ``bench/scripts/hostile_rss.py`` wrote (a fresh process per file; it takes minutes,
+    so it is read here rather than re-run)."""
+    if not HOSTILE.is_file():
+        return None
+    m = re.search(r"(\d+) kinds tried, (\d+) refused, (\d+) of them with a clear message.*?max RSS (\d+) MiB",
+                  HOSTILE.read_text())
+    return tuple(int(g) for g in m.groups()) if m else None
 
 
 def main(argv=None) -> int:
