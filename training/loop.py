@@ -635,6 +635,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
 
+    def _diagnostic(self, what: str, measure, seconds_attr: str) -> bool:
+        """Run one diagnostic measurement, its time added to ``seconds_attr``; False (off for the rest of
+        the chunk) when it fails: a diagnostic must never end a training chunk."""
+        t0 = time.perf_counter()
+        ok = True
+        try:
+            measure()
+        except Exception:  # noqa: BLE001 - logged with its traceback, training goes on
+            log.exception("%s measurement failed at step %d; %s is off for the rest of this chunk", what,
+                          self.step_count, what)
+            ok = False
+        self.timer.sync()
+        setattr(self, seconds_attr, getattr(self, seconds_attr) + time.perf_counter() - t0)
+        return ok
+
     def train(self, *, seconds: float | None = None, max_steps: int | None = None, kimg: float | None = None,
               progress: bool = False) -> dict:
         """Train until a wall-clock budget, a step count or an image count is reached; then checkpoint.
@@ -680,25 +695,9 @@ class Trainer:
                     log.info("step %d kimg %.1f G %.3f D %.3f %.0f img/s", row["step"], row["kimg"], row["loss_G"],
                              row["loss_D"], row["img_per_s"])
             if cfg.gsnr_every and self._gsnr_ok and self.step_count % cfg.gsnr_every == 0:
-                tg = time.perf_counter()
-                try:
-                    self.measure_gsnr()
-                except Exception:  # noqa: BLE001 - a diagnostic must never end a training chunk
-                    log.exception("GSNR measurement failed at step %d; GSNR is off for the rest of this chunk",
-                                  self.step_count)
-                    self._gsnr_ok = False
-                self.timer.sync()
-                self.gsnr_seconds += time.perf_counter() - tg
+                self._gsnr_ok = self._diagnostic("GSNR", self.measure_gsnr, "gsnr_seconds")
             if cfg.kid_every and self._kid_ok and self.step_count % cfg.kid_every == 0:
-                tk = time.perf_counter()
-                try:
-                    self.measure_kid()
-                except Exception:  # noqa: BLE001 - a diagnostic must never end a training chunk
-                    log.exception("KID measurement failed at step %d; KID is off for the rest of this chunk",
-                                  self.step_count)
-                    self._kid_ok = False
-                self.timer.sync()
-                self.kid_seconds += time.perf_counter() - tk
+                self._kid_ok = self._diagnostic("KID", self.measure_kid, "kid_seconds")
             if self.kimg - self._last_sample_kimg >= cfg.sample_every_kimg:
                 self._last_sample_kimg = self.kimg
                 try:
