@@ -107,9 +107,14 @@ def load_weights_only(path, *, max_bytes: int | Budget | None = None) -> object:
                               f"{torch_refusal_reason(e)})") from e
 
 
-def _kernel_ok(t: torch.Tensor, scale: float) -> bool:
+def _fir(scale: float) -> torch.Tensor:
+    """rosinality's 4x4 ``[1,3,3,1]`` filter buffer, times ``scale`` (4 for up-sampling, 1 for blur)."""
     k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    return t.shape == (4, 4) and torch.allclose(t.float(), torch.outer(k, k) / 64 * scale)
+    return torch.outer(k, k) / 64 * scale
+
+
+def _kernel_ok(t: torch.Tensor, scale: float) -> bool:
+    return t.shape == (4, 4) and torch.allclose(t.float(), _fir(scale))
 
 
 def _infer_channel_rule(ch: dict, where: str) -> tuple:
@@ -249,9 +254,10 @@ def rosinality_d_to_native_state(sd: dict, where: str = "discriminator") -> tupl
     return cfg, out
 
 
-def native_to_rosinality_state(sd: dict, num_blocks: int) -> dict:
-    """Inverse of :func:`rosinality_to_native_state` (no filter buffers, no ``latent_avg``);
-    used by tests to lay one of our generators out under rosinality's names."""
+def native_to_rosinality_state(sd: dict, num_blocks: int, *, filters: bool = False) -> dict:
+    """Inverse of :func:`rosinality_to_native_state` (no ``latent_avg``); used by tests and the parity
+    benchmark to lay one of our generators out under rosinality's names. ``filters``: also the
+    up-sampling filter buffers rosinality's own ``state_dict`` holds."""
     convs = {"conv1": "conv1", **{f"convs_up.{k}": f"convs.{2 * k}" for k in range(num_blocks)},
              **{f"convs.{k}": f"convs.{2 * k + 1}" for k in range(num_blocks)}}
     noise_idx = {"conv1": 0, **{f"convs_up.{k}": 2 * k + 1 for k in range(num_blocks)},
@@ -280,6 +286,11 @@ def native_to_rosinality_state(sd: dict, num_blocks: int) -> dict:
                     rest, rest.replace("affine", "conv.modulation"))
                 t = t[None] if rest == "weight" else (t.reshape(1) if rest == "noise_strength" else t)
                 out[f"{convs[layer]}.{dst}"] = t
+    if filters:
+        for j in range(0, 2 * num_blocks, 2):
+            out[f"convs.{j}.conv.blur.kernel"] = _fir(4.0)
+        for j in range(num_blocks):
+            out[f"to_rgbs.{j}.upsample.kernel"] = _fir(4.0)
     return out
 
 

@@ -444,14 +444,7 @@ def test_garbage_and_truncated_files(tmp_path, monkeypatch):
 # --- rosinality ----------------------------------------------------------------------------
 
 def rosinality_state_of(G: Generator) -> dict:
-    sd = native_to_rosinality_state(G.state_dict(), NUM_BLOCKS)
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    kern = torch.outer(k, k) / 64 * 4
-    for j in range(0, 2 * NUM_BLOCKS, 2):
-        sd[f"convs.{j}.conv.blur.kernel"] = kern
-    for j in range(NUM_BLOCKS):
-        sd[f"to_rgbs.{j}.upsample.kernel"] = kern
-    return sd
+    return native_to_rosinality_state(G.state_dict(), NUM_BLOCKS, filters=True)
 
 
 @pytest.mark.parametrize("legacy", [False, True])

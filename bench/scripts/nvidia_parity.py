@@ -139,13 +139,7 @@ def rosinality_row(G, G_nv, res, z, dev, tmp) -> dict:
 
     G = G.cpu()
     nb = int(math.log2(res)) - 2
-    sd = native_to_rosinality_state(G.state_dict(), nb)
-    k = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    kern = torch.outer(k, k) / 64 * 4
-    for j in range(0, 2 * nb, 2):
-        sd[f"convs.{j}.conv.blur.kernel"] = kern
-    for j in range(nb):
-        sd[f"to_rgbs.{j}.upsample.kernel"] = kern
+    sd = native_to_rosinality_state(G.state_dict(), nb, filters=True)
     p = tmp / "ros.pt"
     torch.save({"g_ema": sd, "latent_avg": G.mapping.w_avg.clone(),
                 "args": argparse.Namespace(size=res, latent=512, n_mlp=8, lr_mlp=0.01, channel_multiplier=2)}, p)

@@ -135,6 +135,8 @@ def main(argv=None) -> int:
                 r = time_steps(tr, a.warmup, a.steps)
             except Exception as e:  # a mode that fails on this torch/GPU is a row that says so, not a lost run
                 print(f"{name} fast batch {batch} {mode}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                info["rows"].append({"model": name, "step": f"fast, compile {mode}", "batch": batch,
+                                     "error": f"{type(e).__name__}: {str(e)[:120]}"})
                 del tr
                 continue
             step = "reference" if not fast else "fast (eager)" if a.no_compile else f"fast, compile {mode}"
@@ -150,6 +152,9 @@ def main(argv=None) -> int:
     lines = ["| model | step | batch | img/s | ms/step | x reference | warm-up s (compile) | GFLOP/img | "
              "% of bf16 floor | peak GiB | finite |", "|" + "---|" * 11]
     for r in info["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['step']} | {r['batch']} | failed: {r['error']} |" + " |" * 7)
+            continue
         r["ratio"] = r["img_per_s"] / base[r["model"]]
         lines.append(f"| {r['model']} | {r['step']} | {r['batch']} | {r['img_per_s']:.0f} | {r['ms_per_step']:.1f} | "
                      f"{r['ratio']:.2f} | {r['warmup_s']:.1f} | {r['gflop_per_img']:.2f} | "
