@@ -1,0 +1,113 @@
+"""The process group of a ``torchrun`` launch, read once from the environment.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` for every process it starts; a plain
+``python`` or ``faceedit`` run has none of them and is a world of one, with no process group. The
+same code paths therefore run with and without ``torchrun``: they ask :func:`context` who they are
+and shard by :func:`shard_indices`, which does not depend on how the world was launched.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import DeviceError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Who this process is in its launch.
+
+    Attributes:
+        rank: the global rank, 0 for a single process.
+        world_size: how many processes the launch has, 1 for a single process.
+        local_rank: the rank on this node, which picks its GPU.
+        backend: ``nccl`` / ``gloo`` once a process group is up, ``None`` for a single process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process prints progress and writes the files written once per run."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a process group is up (more than one process)."""
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise DeviceError(f"{name}={value!r} is not an integer; launch with torchrun, which sets it") from None
+
+
+def context(device: torch.device | str = "cpu") -> DistContext:
+    """The launch this process belongs to, starting its process group on first use.
+
+    Args:
+        device: where the job runs: ``cuda`` picks NCCL and pins this process to
+            ``cuda:LOCAL_RANK``; anything else picks gloo.
+    Returns:
+        The :class:`DistContext`; a world of one when ``WORLD_SIZE`` is unset or 1.
+    Raises:
+        DeviceError: ``RANK``/``WORLD_SIZE`` are inconsistent, or CUDA ranks outnumber the GPUs.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if world < 1 or not 0 <= rank < world:
+        raise DeviceError(f"RANK={rank} does not fit WORLD_SIZE={world}; launch with torchrun")
+    if world == 1:
+        return DistContext()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        if local >= torch.cuda.device_count():
+            raise DeviceError(f"LOCAL_RANK={local} but this node has {torch.cuda.device_count()} GPU(s); "
+                              f"use torchrun --nproc_per_node {torch.cuda.device_count()} or fewer")
+        torch.cuda.set_device(local)
+    backend = "nccl" if cuda else "gloo"
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend=backend)
+    return DistContext(rank=rank, world_size=world, local_rank=local, backend=torch.distributed.get_backend())
+
+
+def rank_device(ctx: DistContext, device: torch.device) -> torch.device:
+    """This rank's device: its own GPU under torchrun with CUDA, the given device otherwise."""
+    if ctx.distributed and device.type == "cuda":
+        return torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def shard_indices(n: int, ctx: DistContext) -> range:
+    """The inputs of ``n`` (in their sorted order) that this rank handles: every ``world_size``-th.
+
+    Args:
+        n: how many inputs the whole run has.
+        ctx: this process's launch.
+    Returns:
+        The indices ``rank, rank + world_size, ...`` below ``n``; all of them for a world of one.
+    """
+    return range(ctx.rank, n, ctx.world_size)
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op for a single process)."""
+    if ctx.distributed:
+        torch.distributed.barrier()
+
+
+def shutdown(ctx: DistContext) -> None:
+    """End the process group this module started (no-op for a single process)."""
+    if ctx.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
