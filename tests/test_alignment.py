@@ -161,6 +161,24 @@ def test_model_file():
         model_file("no_such_model.dat")
 
 
+def test_shipped_hog_detector_is_dlibs_own(tmp_path, shared_dir):
+    """The HOG detector read from the shipped file (fast) is the one compiled into dlib (the
+    reference): its serialisation byte for byte, and the same faces and scores on photos."""
+    import dlib
+
+    from faceedit.alignment import models
+
+    ref = dlib.get_frontal_face_detector()
+    ref.save(str(tmp_path / "ref.svm"))
+    with open(models.HOG_DETECTOR_FILE, "rb") as f:
+        assert f.read() == (tmp_path / "ref.svm").read_bytes()
+    fast = models.hog_detector()
+    astronaut = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "astronaut.jpg")
+    for img in (load_image(astronaut), photo(shared_dir, "facenet__multiface.jpg")):
+        a, b = ref.run(img, 1, 0.0), fast.run(img, 1, 0.0)
+        assert len(a[0]) >= 1 and list(a[0]) == list(b[0]) and a[1] == b[1]
+
+
 def test_default_upsample_by_size():
     assert default_upsample(109, 89) == 1      # CelebA
     assert default_upsample(200, 200) == 0     # UTKFace
