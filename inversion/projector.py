@@ -592,8 +592,8 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
                   arch=getattr(G, "arch", "stylegan2"))
 
 
-__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT",
-           "InversionOptions"]
+__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "DEFAULT_STEPS",
+           "DEFAULT_PRIOR_WEIGHT", "InversionOptions"]
 
 
 def offset_callback(callback: StepCallback | None, start: int, total: int):
