@@ -86,4 +86,7 @@ def main():
     # 2-core machine) only to free memory the operating system reclaims anyway; frozen objects are skipped.
     atexit.register(gc.freeze)
     handle_termination()
+    from faceedit.core.threads import configure_cpu_threads
+
+    configure_cpu_threads()  # before torch loads: threads by idle cores, waiting threads sleep
     cli(prog_name="faceedit")
