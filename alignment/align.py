@@ -105,7 +105,7 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-                try_rotations: bool = False, landmarks: Optional[str] = None,
+                try_rotations: bool = False, landmarks: Optional[str] = None, coarse: bool = True,
                 name: str = "the photo") -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
@@ -122,11 +122,13 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     work, inv, dets = image, np.eye(3), []
     for k in ((0, 1, 2, 3) if try_rotations else (0,)):
         work = np.ascontiguousarray(np.rot90(image, k)) if k else image
-        report.tried.append(tried_text(detector, work.shape, upsample) + (f" rotated {90 * k} deg" if k else ""))
-        dets = detect_faces(work, detector, upsample)
+        report.tried.append(tried_text(detector, work.shape, upsample, coarse)
+                            + (f" rotated {90 * k} deg" if k else ""))
+        dets = detect_faces(work, detector, upsample, coarse=coarse)
         if dets:
             if dets[0].upsample is not None:
-                report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}"
+                copy = f" on a {dets[0].scale:.2f}x copy" if dets[0].scale != 1.0 else ""
+                report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}{copy}"
                                     + (f" rotated {90 * k} deg" if k else ""))
             report.rotation = 90 * k
             inv = np.linalg.inv(_rot90_matrix(k, W, H))
@@ -198,7 +200,7 @@ def face_from_dict(d: dict, crop: np.ndarray) -> AlignedFace:
 
 def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
           face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-          try_rotations: bool = False, landmarks: Optional[str] = None) -> list:
+          try_rotations: bool = False, landmarks: Optional[str] = None, coarse: bool = True) -> list:
     """Detect and align the faces of a photo with the FFHQ recipe.
 
     Args:
@@ -218,6 +220,9 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             ``mtcnn5`` (those, re-estimated by QuadNet on the crop they frame, so its quads
             match dlib68 quads more closely) or ``mtcnn5-raw`` (facenet-pytorch's points
             unchanged); default ``mtcnn5`` with the mtcnn detector, else ``dlib68``.
+        coarse: with the dlib detector and ``upsample=None``, a large photo is searched first on
+            a downscaled copy and fully only when that finds no face (see ``detect_faces``);
+            the landmarks always run on the photo itself. ``False``: the full search only.
     Returns:
         list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces found.
     Raises:
@@ -227,4 +232,4 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
         AlignmentError: bad arguments or image.
     """
     return align_photo(image, recipe=recipe, detector=detector, face=face, upsample=upsample, min_face=min_face,
-                       try_rotations=try_rotations, landmarks=landmarks).faces
+                       try_rotations=try_rotations, landmarks=landmarks, coarse=coarse).faces
