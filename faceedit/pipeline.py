@@ -32,9 +32,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import AlignmentError, PipelineError
 from faceedit.defaults import DEFAULT_STRENGTH
 
@@ -217,6 +215,7 @@ class Pipeline:
     def __init__(self, model=None, *, space: str = "w+", method: str | None = None, device="auto",
                  detector: str = "dlib", directions=None, strength_unit: str = "std",
                  invert_options: dict | None = None, paste_options: dict | None = None):
+        from faceedit.checkpoints.loaded import LoadedModel
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.core.device import resolve_device
 
@@ -267,7 +266,11 @@ class Pipeline:
         edit is pasted back into the photo as it is."""
         from faceedit.alignment import align
 
-        return align(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True)
+        return align(photo, **self.align_options(face))
+
+    def align_options(self, face="largest") -> dict:
+        """The keywords of ``faceedit.alignment.align`` that :meth:`align` passes (recipe, detector, ...)."""
+        return {"recipe": self.recipe, "detector": self.detector, "face": face, "try_rotations": True}
 
     def invert(self, faces: list, *, callback: StepCallback | None = None):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
@@ -520,7 +523,7 @@ class Pipeline:
         return Sweep(strengths=strengths, strips=strips, frames=frames)
 
     def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
-                  strengths=None, echo=None) -> dict:
+                  strengths=None, echo=None, aligned=None) -> dict:
         """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
         the outputs and record (``faceedit.outputs.write_edit``).
 
@@ -534,6 +537,9 @@ class Pipeline:
             strengths: also sweep each attribute over these strengths (strip and GIF).
             echo: callable told each stage (``aligning and inverting ...``), or ``None``; with
                 one, the inversion also shows a bar over its steps (:func:`step_bar`).
+            aligned: the photo read and aligned elsewhere: a future of ``(photo, AlignmentReport,
+                {"read": s, "align": s})`` from ``faceedit.alignment.background.BackgroundAligner``
+                with :meth:`align_options` (``face`` as here); ``None``: read and align here.
         Returns:
             The record.
         """
@@ -546,13 +552,18 @@ class Pipeline:
         stage = echo or (lambda msg: None)
 
         t0 = time.perf_counter()
-        photo = load_image(src) if src is not None and Path(src).is_file() else None
+        faces = done = None
+        if aligned is not None:
+            photo, report, done = aligned.result()
+            faces = report.faces
+        else:
+            photo = load_image(src) if src is not None and Path(src).is_file() else None
         t_read = time.perf_counter() - t0
         stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
         if latents is None:
             stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
             with step_bar(f"{self.method} steps", disable=True if echo is None else None) as on_step:
-                res = self.edit_photo(photo, attributes, face=face, layers=layers, callback=on_step)
+                res = self.edit_photo(photo, attributes, face=face, faces=faces, layers=layers, callback=on_step)
         else:
             if photo is None and src is not None:
                 log.warning("source photo %s not found: writing crops only (pass --photo)", src)
@@ -560,6 +571,8 @@ class Pipeline:
             res = self.edit_latents(latents, attributes, photo=photo, layers=layers)
         faces = res if isinstance(res, list) else res.faces
         timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
+        if done is not None:  # read and aligned in the background: their own times, and the wait for them
+            timings.update(read=round(done["read"], 3), align=round(done["align"], 3), align_wait=round(t_read, 3))
         if strengths:
             stage(f"sweeping {', '.join(map(str, attributes))} over {len(strengths)} strengths")
         sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)
@@ -583,15 +596,17 @@ class Pipeline:
         kw.setdefault("strength_unit", self.strength_unit)
         return edit(latent, attributes, **kw)
 
-    @torch.no_grad()
     def synthesize(self, latent) -> np.ndarray:
         """``[B, R, R, 3]`` uint8 images of a latent (its optimised noise maps and pivotal tuning used)."""
+        import torch
+
         from faceedit.core.images import tensor_to_uint8
         from faceedit.inversion.pti import synthesize
 
         latent.check_model(self.model_id)
         latent.check_generator(self.G)
-        return tensor_to_uint8(synthesize(self.G, latent))
+        with torch.no_grad():
+            return tensor_to_uint8(synthesize(self.G, latent))
 
     def paste_back(self, photo: np.ndarray, face, crop: np.ndarray, reference: np.ndarray, return_mask: bool = True,
                    **options):
@@ -721,7 +736,8 @@ def check_attributes(model: str, attributes, directions=None) -> None:
 
 
 def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
-               face="largest", layers=None, strengths=None, echo=None, **pipeline_options) -> list:
+               face="largest", layers=None, strengths=None, echo=None, background: bool | None = None,
+               **pipeline_options) -> list:
     """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
 
     Latents are grouped by their source photo (``photo`` overrides it), and one
@@ -740,16 +756,17 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         layers: restrict the edits to these layers.
         strengths: also sweep over these strengths.
         echo: callable told each stage when there is a single photo, or ``None``.
+        background: read and align the photos in a worker process
+            (``faceedit.alignment.background.BackgroundAligner``), started before torch and the
+            model load and kept one photo ahead of the inversion; ``None`` (default): when this
+            process may run on two cores or more. The outputs are the same either way.
         **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``, ...).
     Returns:
         One record per photo.
     Raises:
         PipelineError: photos and latents together, or ``photo`` with several latents.
     """
-    from pathlib import Path
-
     from faceedit import outputs
-    from faceedit.inversion.latent import Latent
 
     attributes = with_default_strength(attributes)
 
@@ -758,9 +775,34 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         raise PipelineError("give photos or latents, not both (pair a latent with its photo via --photo)")
     if photo is not None and len(latent_files) > 1:
         raise PipelineError("--photo goes with a single --latent")
+    if background is None:
+        from faceedit.core.threads import available_cores
+
+        background = available_cores() >= 2
+    aligner = None
+    if photos and background:  # first, so that the worker loads dlib's models while torch loads here
+        from faceedit.alignment.background import BackgroundAligner
+
+        aligner = BackgroundAligner(pipeline_options.get("detector", "dlib"))
+    try:
+        return _edit_jobs(out, attributes, photos, latent_files, photo, model, space, face, layers, strengths, echo,
+                          aligner, pipeline_options)
+    finally:
+        if aligner is not None:
+            aligner.close()
+
+
+def _edit_jobs(out, attributes, photos, latent_files, photo, model, space, face, layers, strengths, echo, aligner,
+               pipeline_options) -> list:
+    """:func:`edit_files` after its checks: one :class:`Pipeline` per model and space, one record per photo."""
+    from pathlib import Path
+
     if photos:
         jobs = [(p, None, model) for p in photos]
     else:
+        from faceedit import outputs
+        from faceedit.inversion.latent import Latent
+
         if latent_files:
             lats = [Latent.load(p) for p in latent_files]
         else:
@@ -777,8 +819,8 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         mdl = mdl or (model_for_latent(lats[0]) if lats is not None
                       else default_model("wpp" if space in ("wpp", "wpp-z") else space))
         check_attributes(mdl, attributes, pipeline_options.get("directions"))
-    pipes, records = {}, []
-    for src, lats, mdl in jobs:
+    pipes, records, pending = {}, [], {}
+    for i, (src, lats, mdl) in enumerate(jobs):
         if lats is not None:
             mdl = mdl or model_for_latent(lats[0])
         key = (mdl, space if lats is None else lats[0].space)
@@ -789,8 +831,15 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
                 raise PipelineError(f"{src}: latents in space {key[1]!r} cannot be edited; invert into w, w+, wpp "
                                     f"or wpp-z")
             pipes[key] = Pipeline(mdl, space=key[1], **pipeline_options)
+        aligned = None
+        if aligner is not None and lats is None:  # this photo and the next one: the worker keeps one ahead
+            for j in (i, i + 1):
+                if j < len(jobs) and j not in pending:
+                    pending[j] = aligner.submit(jobs[j][0], **pipes[key].align_options(face))
+            aligned = pending.pop(i)
         records.append(pipes[key].edit_file(src, out, attributes, latents=lats, face=face, layers=layers,
-                                            strengths=strengths, echo=echo if len(jobs) == 1 else None))
+                                            strengths=strengths, echo=echo if len(jobs) == 1 else None,
+                                            aligned=aligned))
     return records
 
 

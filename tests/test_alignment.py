@@ -225,6 +225,32 @@ def test_faces_too_small_for_the_coarse_pass_are_found_by_the_full_search(shared
                                atol=0.15 * 90)
 
 
+def test_background_aligner_gives_align_photos_faces_and_errors(shared_dir, tmp_path):
+    """BackgroundAligner (a worker process) against align_photo here: the same photo array, the
+    same faces bit for bit, and the same error class and message for a photo without a face."""
+    from faceedit.alignment.background import BackgroundAligner
+    from faceedit.core.images import save_image
+
+    two = os.path.join(shared_dir, "datasets", "photos", "face_recognition__two_people.jpg")
+    grass = str(tmp_path / "grey.png")
+    save_image(grass, np.full((120, 160, 3), 90, np.uint8))
+    with BackgroundAligner() as bg:
+        a = bg.submit(two, recipe=FACES64, face="all", try_rotations=True)
+        b = bg.submit(grass, recipe=FACES64)
+        photo, report, times = a.result()
+        with pytest.raises(FaceNotFoundError) as err:
+            b.result()
+    assert np.array_equal(photo, load_image(two)) and set(times) == {"read", "align"}
+    ref = align_photo(load_image(two), recipe=FACES64, face="all", try_rotations=True)
+    assert len(report.faces) == len(ref.faces) == 2 and report.tried == ref.tried
+    for f, g in zip(report.faces, ref.faces):
+        assert np.array_equal(f.crop, g.crop) and np.array_equal(f.matrix, g.matrix)
+        assert np.array_equal(f.landmarks, g.landmarks) and f.index == g.index
+    with pytest.raises(FaceNotFoundError) as here:
+        align_photo(load_image(grass), recipe=FACES64)
+    assert str(err.value) == str(here.value)
+
+
 def test_two_faces_left_to_right(shared_dir):
     img = photo(shared_dir, "face_recognition__two_people.jpg")
     dets = detect_faces(img)
