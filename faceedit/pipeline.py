@@ -768,8 +768,6 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
     """
     from faceedit import outputs
 
-    attributes = with_default_strength(attributes)
-
     photos = outputs.collect_photos(photos)
     if photos and latent_files:
         raise PipelineError("give photos or latents, not both (pair a latent with its photo via --photo)")
@@ -780,11 +778,12 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
 
         background = available_cores() >= 2
     aligner = None
-    if photos and background:  # first, so that the worker loads dlib's models while torch loads here
+    if photos and background:  # before anything imports torch: the worker loads dlib's models meanwhile
         from faceedit.alignment.background import BackgroundAligner
 
         aligner = BackgroundAligner(pipeline_options.get("detector", "dlib"))
     try:
+        attributes = with_default_strength(attributes)
         return _edit_jobs(out, attributes, photos, latent_files, photo, model, space, face, layers, strengths, echo,
                           aligner, pipeline_options)
     finally:
