@@ -21,8 +21,10 @@ from .align import align_photo, landmark_kind
 
 
 def _start_worker(detector: str, landmarks) -> None:
-    """The worker's initializer: Ctrl-C is the caller's to handle; the models are loaded now."""
+    """The worker's initializer: Ctrl-C is the caller's to handle, SIGTERM ends the worker (whatever
+    handler the caller had installed before it started); the models are loaded now."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from . import models
 
     if detector == "mtcnn":
