@@ -204,12 +204,20 @@ def report(res: dict) -> str:
              f"{res['load_end']} at the end.", "",
              "## The README's command, fresh process (wall, median of "
              f"{res['repeats']}; OMP_NUM_THREADS {res['cli_threads'] or 'unset'})", "",
-             "| run | baseline | current | speed-up |", "| --- | --- | --- | --- |"]
+             "| run | baseline | current | speed-up | load average |", "| --- | --- | --- | --- | --- |"]
     for key, label in (("photo", "one photo"), ("folder", f"folder, per photo ({len(res['folder'])} photos)")):
         c = [res["cli"][n][key] for n in names]
         meds = [_med([r["wall_s"] for r in x]) / (len(res["folder"]) if key == "folder" else 1) for x in c]
         rng = [f"{min(r['wall_s'] for r in x):.2f}-{max(r['wall_s'] for r in x):.2f} s" for x in c]
-        lines.append(f"| {label} | {_fmt(meds[0])} ({rng[0]}) | {_fmt(meds[1])} ({rng[1]}) | {_ratio(*meds)} |")
+        loads = [r["load"] for x in c for r in x]
+        lines.append(f"| {label} | {_fmt(meds[0])} ({rng[0]}) | {_fmt(meds[1])} ({rng[1]}) | {_ratio(*meds)} | "
+                     f"{min(loads):.2f}-{max(loads):.2f} |")
+    if res.get("cli_steps"):
+        lines += ["", "The current tree's command with `--steps N` (the hybrid's optimisation steps; wall, median):", "",
+                  "| steps | wall | range |", "| --- | --- | --- |"]
+        for n, runs in res["cli_steps"].items():
+            w = [r["wall_s"] for r in runs]
+            lines.append(f"| {n} | {_fmt(_med(w))} | {min(w):.2f}-{max(w):.2f} s |")
     st = [res["stages"][n] for n in names]
     lines += ["", f"## Where the time goes (one process per tree, {res['stage_threads']} thread(s); cold = the first "
               "photo, models loaded on first use; warm = median over the folder's photos after it)", "",
@@ -251,6 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cli-threads", default=None, help="OMP_NUM_THREADS for the command runs [default: as set "
                     "in this environment, usually unset: each tree chooses]")
     ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for the stage runs")
+    ap.add_argument("--cli-steps", default="", help="also time the current tree's command with --steps N for each "
+                    "N of this comma-separated list (what the hybrid's CPU step count costs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
     a = ap.parse_args(argv)
     a.baseline = a.baseline or _git("merge-base", "HEAD", "main")
@@ -293,6 +303,12 @@ def main(argv=None) -> int:
                 res["cli"][name]["folder"].append(run_cli(tree, [*dev, "edit", str(folder), "--attr", "smile"],
                                                           work / f"cli_{name}", a.cli_threads))
                 print(f"cli folder {name} #{r}: {res['cli'][name]['folder'][-1]}", file=sys.stderr, flush=True)
+        res["cli_steps"] = {}
+        for r in range(a.repeats if a.cli_steps else 0):
+            for n in a.cli_steps.split(","):
+                res["cli_steps"].setdefault(n, []).append(run_cli(
+                    REPO, [*dev, "edit", a.photo, "--attr", "smile", "--steps", n], work / "cli_steps", a.cli_threads))
+                print(f"cli --steps {n} #{r}: {res['cli_steps'][n][-1]}", file=sys.stderr, flush=True)
         for name, tree in trees.items():
             res["stages"][name] = run_stages(tree, [a.photo, *photos], a.device, work / f"stages_{name}", a.threads)
             print(f"stages {name}: done", file=sys.stderr, flush=True)
