@@ -176,6 +176,15 @@ def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str) -
     return res
 
 
+def _pool_stage_runs(runs: list) -> dict:
+    """Several stage runs of one tree as one: the cold figures their median, the warm photos all of them."""
+    first = runs[0]
+    cold = {k: _med([r["photos"][0][k] for r in runs]) for k in STAGES}
+    return {"import_torch_s": _med([r["import_torch_s"] for r in runs]), "pipeline_s": _med([r["pipeline_s"] for r in runs]),
+            "method": first["method"], "torch_threads": first["torch_threads"], "loads": [r["load"] for r in runs],
+            "photos": [{**first["photos"][0], **cold}] + [p for r in runs for p in r["photos"][1:]], "runs": runs}
+
+
 def _child_main():
     device, out, *photos = sys.argv[1:]
     print(json.dumps(_stages(photos, device, Path(out))))
@@ -219,8 +228,10 @@ def report(res: dict) -> str:
             w = [r["wall_s"] for r in runs]
             lines.append(f"| {n} | {_fmt(_med(w))} | {min(w):.2f}-{max(w):.2f} s |")
     st = [res["stages"][n] for n in names]
-    lines += ["", f"## Where the time goes (one process per tree, {res['stage_threads']} thread(s); cold = the first "
-              "photo, models loaded on first use; warm = median over the folder's photos after it)", "",
+    lines += ["", f"## Where the time goes ({len(st[0]['runs'])} fresh processes per tree, alternating, "
+              f"{res['stage_threads']} thread(s); cold = the first photo, models loaded on first use, median over the "
+              f"processes; warm = median over the folder's photos after it, all processes; load average "
+              f"{min(st[0]['loads'] + st[1]['loads']):.2f}-{max(st[0]['loads'] + st[1]['loads']):.2f})", "",
               "| stage | baseline cold | current cold | baseline warm | current warm | warm speed-up |",
               "| --- | --- | --- | --- | --- | --- |",
               f"| import torch | {_fmt(st[0]['import_torch_s'])} | {_fmt(st[1]['import_torch_s'])} | | | |",
@@ -259,6 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cli-threads", default=None, help="OMP_NUM_THREADS for the command runs [default: as set "
                     "in this environment, usually unset: each tree chooses]")
     ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for the stage runs")
+    ap.add_argument("--stage-repeats", type=int, default=2, help="stage runs per tree (fresh processes, alternating)")
     ap.add_argument("--cli-steps", default="", help="also time the current tree's command with --steps N for each "
                     "N of this comma-separated list (what the hybrid's CPU step count costs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
@@ -309,9 +321,12 @@ def main(argv=None) -> int:
                 res["cli_steps"].setdefault(n, []).append(run_cli(
                     REPO, [*dev, "edit", a.photo, "--attr", "smile", "--steps", n], work / "cli_steps", a.cli_threads))
                 print(f"cli --steps {n} #{r}: {res['cli_steps'][n][-1]}", file=sys.stderr, flush=True)
-        for name, tree in trees.items():
-            res["stages"][name] = run_stages(tree, [a.photo, *photos], a.device, work / f"stages_{name}", a.threads)
-            print(f"stages {name}: done", file=sys.stderr, flush=True)
+        runs = {n: [] for n in trees}
+        for r in range(a.stage_repeats):  # alternating, so that both trees see the same spells of load
+            for name, tree in trees.items():
+                runs[name].append(run_stages(tree, [a.photo, *photos], a.device, work / f"stages_{name}", a.threads))
+                print(f"stages {name} #{r}: done", file=sys.stderr, flush=True)
+        res["stages"] = {n: _pool_stage_runs(x) for n, x in runs.items()}
         res["load_end"] = _load()
         text = report(res)
         out.mkdir(parents=True, exist_ok=True)
