@@ -160,7 +160,8 @@ def _stages(photos: list, device: str, out: Path) -> dict:
         mark("encode+write", s)
         rows.append({"photo": str(path), "size": list(photo.shape[1::-1]), "steps": lat.meta.get("steps"), **t})
     return {"import_torch_s": t_torch, "pipeline_s": t_pipe, "method": pipe.method, "torch_threads":
-            torch.get_num_threads(), "photos": rows}
+            torch.get_num_threads(), "photos": rows, "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU cores"}
 
 
 def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str) -> dict:
@@ -182,6 +183,7 @@ def _pool_stage_runs(runs: list) -> dict:
     cold = {k: _med([r["photos"][0][k] for r in runs]) for k in STAGES}
     return {"import_torch_s": _med([r["import_torch_s"] for r in runs]), "pipeline_s": _med([r["pipeline_s"] for r in runs]),
             "method": first["method"], "torch_threads": first["torch_threads"], "loads": [r["load"] for r in runs],
+            "torch": first["torch"], "device_name": first["device_name"],
             "photos": [{**first["photos"][0], **cold}] + [p for r in runs for p in r["photos"][1:]], "runs": runs}
 
 
@@ -205,7 +207,8 @@ def _ratio(a: float, b: float) -> str:
 
 def report(res: dict) -> str:
     names = ("baseline", "current")
-    lines = [f"# The photo path, {res['device']} ({res['machine']})", "",
+    cur = res["stages"]["current"]
+    lines = [f"# The photo path, {res['device']} ({cur['device_name']}, torch {cur['torch']})", "",
              f"baseline = `{res['baseline']}` ({res['baseline_commit'][:10]}), current = the working tree "
              f"({res['current_commit'][:10]}{', with uncommitted changes' if res['dirty'] else ''}); "
              f"photo `{Path(res['photo']).name}` ({res['photo_size'][0]}x{res['photo_size'][1]}), folder of "
@@ -296,8 +299,7 @@ def main(argv=None) -> int:
 
         with Image.open(a.photo) as im:
             size = list(im.size)
-        res = {"device": a.device, "machine": f"{os.cpu_count()} CPU cores" if a.device == "cpu" else "CUDA",
-               "baseline": a.baseline, "baseline_commit": _git("rev-parse", a.baseline),
+        res = {"device": a.device, "baseline": a.baseline, "baseline_commit": _git("rev-parse", a.baseline),
                "current_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "-uno")),
                "photo": a.photo, "photo_size": size, "folder": [str(p) for p in photos], "repeats": a.repeats,
                "cli_threads": a.cli_threads or os.environ.get("OMP_NUM_THREADS"), "stage_threads": a.threads,
