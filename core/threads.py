@@ -6,10 +6,10 @@ another process holds up the rest (OpenMP threads spin while they wait), so a ru
 several times longer than with one thread. :func:`cpu_threads` counts the cores of the
 process's CPU affinity less the load average (the processes already running), rounded, and
 at least one; :func:`configure_cpu_threads` applies that, unless the user chose a number
-through ``OMP_NUM_THREADS``, and lets waiting threads sleep instead of spin
-(``OMP_WAIT_POLICY=PASSIVE``, unless set), so that a count that was right when the command
-started costs little when another process takes a core later. No torch import here: the CLI
-calls it before torch is loaded (OpenMP reads both variables when torch loads).
+through ``OMP_NUM_THREADS``. OpenMP's wait policy is left as it is: sleeping waits
+(``OMP_WAIT_POLICY=PASSIVE``) made two threads on an idle 2-core machine slower than one (the
+small operators of a 64 px generator wake the threads thousands of times a step). No torch
+import here: the CLI calls it before torch is loaded (OpenMP reads the variable when torch loads).
 """
 from __future__ import annotations
 
@@ -49,9 +49,8 @@ def cpu_threads(*, cores: int | None = None, load: float | None = None) -> int:
 def configure_cpu_threads(environ=None) -> int:
     """Use :func:`cpu_threads` threads for torch's CPU operators, unless ``OMP_NUM_THREADS`` is set.
 
-    Sets ``OMP_WAIT_POLICY=PASSIVE`` and ``OMP_NUM_THREADS`` where they are unset (OpenMP reads
-    them when torch loads) and, if torch is already loaded, calls ``torch.set_num_threads``.
-    What the user put in either variable is kept.
+    Sets ``OMP_NUM_THREADS`` where it is unset (OpenMP reads it when torch loads) and, if torch
+    is already loaded, calls ``torch.set_num_threads``. A number the user put there is kept.
 
     Args:
         environ: the environment to read and change (default: ``os.environ``).
@@ -59,7 +58,6 @@ def configure_cpu_threads(environ=None) -> int:
         The thread count in force.
     """
     env = os.environ if environ is None else environ
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     given = env.get("OMP_NUM_THREADS", "").strip()
     if given.isdigit() and int(given) > 0:
         return int(given)

@@ -88,5 +88,5 @@ def main():
     handle_termination()
     from faceedit.core.threads import configure_cpu_threads
 
-    configure_cpu_threads()  # before torch loads: threads by idle cores, waiting threads sleep
+    configure_cpu_threads()  # before torch loads: as many threads as idle cores
     cli(prog_name="faceedit")
