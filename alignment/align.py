@@ -112,7 +112,7 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-                try_rotations: bool = False, landmarks: Optional[str] = None,
+                try_rotations: bool = False, landmarks: Optional[str] = None, coarse: bool = True,
                 name: str = "the photo", min_score: Optional[float] = None) -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
@@ -130,9 +130,10 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     work, inv, dets, upright_low = image, np.eye(3), [], []
     for k in ((0, 1, 2, 3) if try_rotations else (0,)):
         work = np.ascontiguousarray(np.rot90(image, k)) if k else image
-        report.tried.append(tried_text(detector, work.shape, upsample) + (f" rotated {90 * k} deg" if k else ""))
+        report.tried.append(tried_text(detector, work.shape, upsample, coarse)
+                            + (f" rotated {90 * k} deg" if k else ""))
         low = []
-        dets = detect_faces(work, detector, upsample, min_score=min_score, dropped=low)
+        dets = detect_faces(work, detector, upsample, min_score=min_score, coarse=coarse, dropped=low)
         if beside is not None and any(d.score >= beside for d in dets):
             low += [d for d in dets if d.score < beside]
             dets = [d for d in dets if d.score >= beside]
@@ -140,7 +141,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
             upright_low = low
         if dets:
             if dets[0].upsample is not None:
-                report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}"
+                copy = f" on a {dets[0].scale:.2f}x copy" if dets[0].scale != 1.0 else ""
+                report.tried[-1] = (f"{detector} at upsample {dets[0].upsample}{copy}"
                                     + (f" rotated {90 * k} deg" if k else ""))
             report.rotation = 90 * k
             inv = np.linalg.inv(_rot90_matrix(k, W, H))
@@ -234,7 +236,8 @@ def face_from_dict(d: dict, crop: np.ndarray) -> AlignedFace:
 
 def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
           face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
-          try_rotations: bool = False, landmarks: Optional[str] = None, min_score: Optional[float] = None) -> list:
+          try_rotations: bool = False, landmarks: Optional[str] = None, min_score: Optional[float] = None,
+          coarse: bool = True) -> list:
     """Detect and align the faces of a photo with the FFHQ recipe.
 
     Args:
@@ -261,6 +264,9 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             ``mtcnn5`` (those, re-estimated by QuadNet on the crop they frame, so its quads
             match dlib68 quads more closely) or ``mtcnn5-raw`` (facenet-pytorch's points
             unchanged); default ``mtcnn5`` with the mtcnn detector, else ``dlib68``.
+        coarse: with the dlib detector and ``upsample=None``, a large photo is searched first on
+            a downscaled copy and fully only when that finds no face (see ``detect_faces``);
+            the landmarks always run on the photo itself. ``False``: the full search only.
     Returns:
         list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces
         found (detections below ``min_score`` are not faces; those below ``min_face`` are),
@@ -272,4 +278,5 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
         AlignmentError: bad arguments or image.
     """
     return align_photo(image, recipe=recipe, detector=detector, face=face, upsample=upsample, min_face=min_face,
-                       try_rotations=try_rotations, landmarks=landmarks, min_score=min_score).faces
+                       try_rotations=try_rotations, landmarks=landmarks, min_score=min_score,
+                       coarse=coarse).faces

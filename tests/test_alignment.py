@@ -161,11 +161,94 @@ def test_model_file():
         model_file("no_such_model.dat")
 
 
+def test_shipped_hog_detector_is_dlibs_own(tmp_path, shared_dir):
+    """The HOG detector read from the shipped file (fast) is the one compiled into dlib (the
+    reference): its serialisation byte for byte, and the same faces and scores on photos."""
+    import dlib
+
+    from faceedit.alignment import models
+
+    ref = dlib.get_frontal_face_detector()
+    ref.save(str(tmp_path / "ref.svm"))
+    with open(models.HOG_DETECTOR_FILE, "rb") as f:
+        assert f.read() == (tmp_path / "ref.svm").read_bytes()
+    fast = models.hog_detector()
+    astronaut = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "astronaut.jpg")
+    for img in (load_image(astronaut), photo(shared_dir, "facenet__multiface.jpg")):
+        a, b = ref.run(img, 1, 0.0), fast.run(img, 1, 0.0)
+        assert len(a[0]) >= 1 and list(a[0]) == list(b[0]) and a[1] == b[1]
+
+
 def test_default_upsample_by_size():
     assert default_upsample(109, 89) == 1      # CelebA
     assert default_upsample(200, 200) == 0     # UTKFace
     assert default_upsample(630, 1200) == 1    # a group photo
     assert default_upsample(3000, 4000) == 0   # a 12 MP photo (detected on a 2.5 MP copy)
+
+
+def test_coarse_detection_matches_the_full_search(shared_dir):
+    """The coarse first pass (HOG on a 0.5 MP copy, the default) against the full search
+    (coarse=False, the reference): on 2 MP photos the same faces, boxes within a few percent and
+    FFHQ quads (landmarks on the full photo) that agree; the pass runs only on large photos."""
+    from faceedit.alignment.detect import COARSE_DETECT_PIXELS
+    from faceedit.alignment.ffhq import quad_difference, quads_agree
+
+    img = photo(shared_dir, "face_recognition__knn_examples_obama1.jpg")  # 1480x832
+    assert img.shape[0] * img.shape[1] > COARSE_DETECT_PIXELS
+    fast, ref = align_photo(img, face="largest"), align_photo(img, face="largest", coarse=False)
+    (a,), (b,) = fast.detections, ref.detections
+    assert (a.upsample, b.upsample, b.scale) == (0, 1, 1.0) and f"on a {a.scale:.2f}x copy" in fast.tried[0]
+    assert a.scale == pytest.approx(np.sqrt(COARSE_DETECT_PIXELS / (1480 * 832)), rel=1e-3)
+    # HOG's boxes move and grow with its pyramid level; the landmarks from them agree
+    assert np.hypot(*np.subtract(a.center, b.center)) < 0.1 * b.size and abs(a.size / b.size - 1) < 0.2
+    assert quads_agree([quad_difference(ref.faces[0].landmarks, fast.faces[0].landmarks)]).all()
+    small = photo(shared_dir, "face_recognition__two_people.jpg")  # 0.74 MP: coarse; the faces are large
+    assert len(detect_faces(small)) == 2
+    chip = load_image(os.path.join(shared_dir, "datasets", "utkface", sorted(os.listdir(
+        os.path.join(shared_dir, "datasets", "utkface")))[1]))
+    assert [d.box for d in detect_faces(chip)] == [d.box for d in detect_faces(chip, coarse=False)]  # below: as before
+
+
+def test_faces_too_small_for_the_coarse_pass_are_found_by_the_full_search(shared_dir):
+    """Six 90 px faces in a 4.3 MP canvas are 31 px in the coarse copy: that pass finds none, the
+    full search that follows finds all six (on the 2.5 MP view)."""
+    from faceedit.alignment.detect import COARSE_DETECT_PIXELS, _detection_view, _dlib_run
+
+    group = photo(shared_dir, "facenet__multiface.jpg")  # 1200x630, six faces of about 90 px
+    canvas = np.full((1800, 2400, 3), 127, np.uint8)
+    canvas[600:1230, 600:1800] = group
+    assert _dlib_run(_detection_view(canvas, COARSE_DETECT_PIXELS)[0], "dlib", 0) == []
+    dets = detect_faces(canvas)
+    assert len(dets) == 6
+    want = detect_faces(group)
+    np.testing.assert_allclose(sorted(d.center[0] - 600 for d in dets), sorted(d.center[0] for d in want),
+                               atol=0.15 * 90)
+
+
+def test_background_aligner_gives_align_photos_faces_and_errors(shared_dir, tmp_path):
+    """BackgroundAligner (a worker process) against align_photo here: the same photo array, the
+    same faces bit for bit, and the same error class and message for a photo without a face."""
+    from faceedit.alignment.background import BackgroundAligner
+    from faceedit.core.images import save_image
+
+    two = os.path.join(shared_dir, "datasets", "photos", "face_recognition__two_people.jpg")
+    grass = str(tmp_path / "grey.png")
+    save_image(grass, np.full((120, 160, 3), 90, np.uint8))
+    with BackgroundAligner() as bg:
+        a = bg.submit(two, recipe=FACES64, face="all", try_rotations=True)
+        b = bg.submit(grass, recipe=FACES64)
+        photo, report, times = a.result()
+        with pytest.raises(FaceNotFoundError) as err:
+            b.result()
+    assert np.array_equal(photo, load_image(two)) and set(times) == {"read", "align"}
+    ref = align_photo(load_image(two), recipe=FACES64, face="all", try_rotations=True)
+    assert len(report.faces) == len(ref.faces) == 2 and report.tried == ref.tried
+    for f, g in zip(report.faces, ref.faces):
+        assert np.array_equal(f.crop, g.crop) and np.array_equal(f.matrix, g.matrix)
+        assert np.array_equal(f.landmarks, g.landmarks) and f.index == g.index
+    with pytest.raises(FaceNotFoundError) as here:
+        align_photo(load_image(grass), recipe=FACES64)
+    assert str(err.value) == str(here.value)
 
 
 def test_two_faces_left_to_right(shared_dir):

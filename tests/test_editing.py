@@ -50,6 +50,27 @@ def test_direction_round_trip(tmp_path):
     assert abs(float(e.vector.norm()) - 1) < 1e-6
 
 
+def test_direction_file_read_once_until_it_changes(tmp_path, monkeypatch):
+    """Direction.load reads a file once per process; a rewritten file (new size or time) is read again."""
+    import os
+
+    import faceedit.editing.direction as mod
+
+    reads = []
+    real = mod._load
+    monkeypatch.setattr(mod, "_load", lambda p: reads.append(p) or real(p))
+    p = _dir("Smiling", accuracy=0.9).save(tmp_path)
+    a, b = Direction.load(p), Direction.load(str(p))
+    assert a is b and len(reads) == 1
+    _dir("Smiling", accuracy=0.5, meta={"note": "refitted"}).save(tmp_path)
+    st = os.stat(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    c = Direction.load(p)
+    assert len(reads) == 2 and c.accuracy == 0.5 and a.accuracy == 0.9
+    with pytest.raises(DirectionFileError):
+        Direction.load(tmp_path / "missing.safetensors")
+
+
 def test_filenames_carry_what_defines_them():
     assert direction_filename("faces64", "smile", "w") == "faces64_smile_w.safetensors"
     assert direction_filename("faces64", "age", "w", conditions=("gender",)) == "faces64_age_w_c-male.safetensors"

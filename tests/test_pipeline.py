@@ -177,6 +177,26 @@ def test_cli_photo_latent_and_last_inversion(tiny, shared_dir, tmp_path, monkeyp
     assert edited_lat.meta["edits"][-1]["strength"] == 3.0
 
 
+def test_edit_files_aligned_in_the_background_writes_the_same_files(tiny, shared_dir, tmp_path):
+    """edit_files with the photos read and aligned in a worker process (the default on two cores)
+    and without: the same edited photo, crops and alignment records; the worker's times recorded."""
+    from faceedit.pipeline import edit_files
+
+    photos = [os.path.join(shared_dir, TWO)]
+    kw = dict(photos=photos, model=tiny["path"], face="all", device="cpu", directions=tiny["dirs"],
+              invert_options=FAST)
+    bg = edit_files(tmp_path / "bg", {"smile": 2}, background=True, **kw).records
+    here = edit_files(tmp_path / "here", {"smile": 2}, background=False, **kw).records
+    assert [len(r["faces"]) for r in bg] == [len(r["faces"]) for r in here] == [2]
+    for a, b in zip(bg, here):
+        assert load_image(a["photo_out"]).tobytes() == load_image(b["photo_out"]).tobytes()
+        assert [f["alignment"] for f in a["faces"]] == [f["alignment"] for f in b["faces"]]
+        assert {"read", "align", "align_wait"} <= set(a["timings"]) and "align_wait" not in b["timings"]
+    for name in os.listdir(tmp_path / "here"):
+        if name.endswith(".png"):
+            assert load_image(tmp_path / "bg" / name).tobytes() == load_image(tmp_path / "here" / name).tobytes()
+
+
 def test_cli_errors(tiny, tmp_path, monkeypatch, shared_dir):
     from faceedit.cli import cli
 

@@ -64,7 +64,8 @@ def main():
               help="A ~2 MP photo.")
 @click.option("--size", default=1024, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
-@click.option("--detectors", default="dlib,mtcnn,dlib-cnn", show_default=True)
+@click.option("--detectors", default="dlib,mtcnn,dlib-cnn", show_default=True,
+              help="Comma-separated; dlib-full is dlib without the coarse first pass (align(coarse=False)).")
 @click.option("--upsample", type=int, default=None, help="dlib upsampling [default: automatic by photo size].")
 def speed(out, photo, size, repeats, detectors, upsample):
     """Faces per second for a SIZE px FFHQ crop from a ~2 MP photo, per detector."""
@@ -77,12 +78,13 @@ def speed(out, photo, size, repeats, detectors, upsample):
     img = load_image(photo)
     recipe = FFHQ.with_size(size)
     rows, res = [], {}
-    for det in detectors.split(","):
+    for name in detectors.split(","):
+        det, coarse = name.removesuffix("-full"), not name.endswith("-full")  # dlib-full: no coarse first pass
         align(img, recipe=recipe.with_size(64), detector=det, upsample=upsample)  # load models, warm caches
         t_wall, t_cpu, n = [], [], 0
         for _ in range(repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            faces = align(img, recipe=recipe, detector=det, upsample=upsample)
+            faces = align(img, recipe=recipe, detector=det, upsample=upsample, coarse=coarse)
             t_wall.append(time.perf_counter() - w0)
             t_cpu.append(time.process_time() - c0)
             n = len(faces)
@@ -91,7 +93,7 @@ def speed(out, photo, size, repeats, detectors, upsample):
         parts = {"detect": [], "landmarks": [], "warp": [], "landmarks_one_pass": []}
         for _ in range(repeats):
             a = c()
-            d = detect_faces(img, det, upsample)
+            d = detect_faces(img, det, upsample, coarse=coarse)
             b = c()
             # what align() does per face: MTCNN refined, calibrated and QuadNet; else dlib's 68 points, averaged
             lms = [quadnet_points(img, calibrate_mtcnn5(mtcnn5_refined(img, x.box))) if det == "mtcnn"
@@ -110,9 +112,9 @@ def speed(out, photo, size, repeats, detectors, upsample):
                 parts["landmarks_one_pass"].append(c() - g)
         med = {k: float(np.median(v)) for k, v in parts.items() if v}
         wall, cpu = float(np.median(t_wall)), float(np.median(t_cpu))
-        res[det] = {"faces": n, "wall_s": wall, "cpu_s": cpu, "faces_per_s_wall": n / wall, "faces_per_s_cpu": n / cpu,
+        res[name] = {"faces": n, "wall_s": wall, "cpu_s": cpu, "faces_per_s_wall": n / wall, "faces_per_s_cpu": n / cpu,
                     "breakdown_cpu_s": med}
-        rows.append([det, n, f"{n / wall:.2f}", f"{n / cpu:.2f}", f"{med['detect'] * 1e3:.0f}",
+        rows.append([name, n, f"{n / wall:.2f}", f"{n / cpu:.2f}", f"{med['detect'] * 1e3:.0f}",
                      f"{med['landmarks'] * 1e3:.0f}",
                      f"{med['landmarks_one_pass'] * 1e3:.0f}" if "landmarks_one_pass" in med else "-",
                      f"{med['warp'] * 1e3:.0f}"])
@@ -132,7 +134,8 @@ def speed(out, photo, size, repeats, detectors, upsample):
 # ----------------------------------------------------------------------------------------------
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), required=True)
-@click.option("--detectors", default="dlib,mtcnn,dlib-cnn", show_default=True)
+@click.option("--detectors", default="dlib,mtcnn,dlib-cnn", show_default=True,
+              help="Comma-separated; dlib-full is dlib without the coarse first pass (align(coarse=False)).")
 @click.option("--try-rotations", is_flag=True, help="Also run each detector with try_rotations=True.")
 def photos(out, detectors, try_rotations):
     """Faces found per detector vs the human counts on the 95 photos; how each photo ends."""
@@ -156,7 +159,8 @@ def photos(out, detectors, try_rotations):
             t0 = time.perf_counter()
             try:
                 img = load_image(folder / name)
-                rep = align_photo(img, detector=det, try_rotations=rot, name=name)
+                rep = align_photo(img, detector=det.removesuffix("-full"), try_rotations=rot, name=name,
+                                  coarse=not det.endswith("-full"))
                 found, aligned, outcome = len(rep.detections), len(rep.faces), "aligned"
             except FaceNotFoundError as e:
                 found = len(getattr(e, "detections", []) or [])

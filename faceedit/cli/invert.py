@@ -53,7 +53,7 @@ def _face_option(value: str):
               help="Inversion method [default: hybrid when the model ships an encoder for the space, else "
               "optim]; pti tunes low-rank generator deltas per face (stored in the latent file).")
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
-              help="Optimisation steps [default: optim 50 on CPU, 300 on CUDA; hybrid 30 / 110]; for pti the "
+              help="Optimisation steps [default: optim 50 on CPU, 300 on CUDA; hybrid 20 / 110]; for pti the "
               "tuning steps [40 / 200] (its pivot takes the hybrid or optim default).")
 @click.option("--face", default="largest", show_default=True, help="largest, all, or a face index (0 = leftmost).")
 @click.option("--prior", type=click.Choice(["gaussian", "none"]), default="gaussian", show_default=True,

@@ -1,0 +1,344 @@
+"""Where the time of `faceedit edit PHOTO --attr smile` goes, for the working tree and a baseline revision.
+
+The whole photo path is timed for two code trees in the same run: the working tree
+("current") and the tree of a git revision (``--baseline``, default ``main``), extracted with
+``git archive`` into a temporary folder (default: ``git merge-base HEAD main``, the code this
+branch started from). Each tree runs in its own fresh Python processes (the
+same interpreter and packages), whose imports of ``faceedit`` resolve to that tree, so the
+baseline is the code as it was, not a re-enactment of it. Runs of the two trees alternate
+(baseline, current, baseline, ...), and the load average is recorded with every figure.
+
+Two measurements per tree:
+
+* ``cli``: wall time of the README's command in a fresh process (``faceedit edit PHOTO --attr
+  smile --out TMP``; start-up, imports, model loading and writing included), ``--repeats``
+  times, median and range; once for the photo and once for the folder (``faceedit edit DIR``,
+  per photo). The environment is the caller's: with ``OMP_NUM_THREADS`` unset each tree runs
+  with the thread count it would choose itself (torch's default, or faceedit's own choice).
+* ``stages``: one fresh process per tree times each stage of the chain with the public
+  functions both trees have: decode (``load_image``), detect (``detect_faces``, the tree's
+  default search), landmarks (``landmarks68_averaged`` on the largest face), warp
+  (``align_landmarks`` with the model's recipe), invert (``Pipeline.invert``, the default
+  method), edit, synthesize (reconstruction and edit), paste back, and encode + write
+  (``faceedit.outputs.write_edit``: the photo PNG, crops, latent, JSON). The first photo is the
+  cold path (model files loaded on first use; ``import torch`` and ``Pipeline()`` are rows of
+  their own), the folder's photos after it the warm one (median per photo). Threads:
+  ``--threads`` (default 1, both trees), set before torch loads.
+
+Examples::
+
+    python bench/scripts/photo_path.py                                   # CPU, the default photo and folder
+    python bench/scripts/photo_path.py --device cuda --repeats 5         # on the GPU machine
+    python bench/scripts/photo_path.py --baseline 495cfd4 --photo examples/astronaut.jpg
+
+Writes ``photo_path_<device>.json`` and ``photo_path_<device>.md`` under ``--out`` (default
+``bench/results/photo_path``) and prints the markdown tables last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("FACEEDIT_SHARED", REPO.parent / "shared"))
+PHOTOS = SHARED / "datasets" / "photos"
+DEFAULT_PHOTO = PHOTOS / "face_recognition__knn_examples_obama1.jpg"  # 1480x832, 1.2 MP, one face
+# The folder: photos of 1-2 MP with one face each (dlib finds it), from the in-the-wild set.
+DEFAULT_FOLDER = ("face_recognition__knn_examples_alex_lacamoire1.jpg", "face_recognition__knn_examples_obama1.jpg",
+                  "face_recognition__knn_examples_train_biden_biden2.jpg", "face_recognition__obama.jpg",
+                  "facenet__kate_siegel_1.jpg", "insightface__RD_d1.jpeg", "insightface__bulk_woman_search.jpeg",
+                  "insightface__bulk_yifei.jpg")
+ROOMS = ("core", "networks", "checkpoints", "alignment", "metrics", "inversion", "editing", "training", "bench")
+STAGES = ("decode", "detect", "landmarks", "warp", "invert", "edit", "synthesize", "paste", "encode+write")
+
+# Run first in every child process: imports of faceedit.* come from the tree in FACEEDIT_TREE.
+BOOT = r"""
+import importlib.util, os, sys
+from importlib.machinery import PathFinder
+TREE = os.environ["FACEEDIT_TREE"]
+ROOMS = {ROOMS!r}
+class TreeFinder:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        parts = name.split(".")
+        if parts[0] != "faceedit":
+            return None
+        if len(parts) == 1:
+            folder = os.path.join(TREE, "faceedit")
+        elif len(parts) == 2 and parts[1] in ROOMS:
+            folder = os.path.join(TREE, parts[1])
+        else:
+            return PathFinder.find_spec(name, path)
+        return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+sys.meta_path.insert(0, TreeFinder)
+""".replace("{ROOMS!r}", repr(ROOMS))
+
+
+def _child_env(tree: Path, threads: str | None) -> dict:
+    env = dict(os.environ, FACEEDIT_TREE=str(tree))
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = threads
+    return env
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def run_cli(tree: Path, args: list, out: Path, threads: str | None) -> dict:
+    """Wall seconds of ``faceedit ARGS --out OUT`` in a fresh process on ``tree``."""
+    code = BOOT + "sys.argv = ['faceedit'] + sys.argv[1:]\nfrom faceedit.cli import main\nmain()\n"
+    shutil.rmtree(out, ignore_errors=True)
+    load = _load()
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", code, *args, "--out", str(out)], env=_child_env(tree, threads),
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"faceedit {' '.join(args)} failed on {tree}:\n{p.stderr[-2000:]}")
+    return {"wall_s": wall, "load": load}
+
+
+# -- the stages, run inside the child process (python photo_path.py _stages ...) ----------------
+def _stages(photos: list, device: str, out: Path) -> dict:
+    t0 = time.perf_counter()
+    import torch
+
+    t_torch = time.perf_counter() - t0
+    import faceedit
+    from faceedit import outputs
+    from faceedit.alignment import align_landmarks, detect_faces, landmarks68_averaged
+    from faceedit.pipeline import EditResult, FaceEdit
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    pipe = faceedit.Pipeline(device=device)
+    t_pipe = time.perf_counter() - t0
+    rows = []
+    for path in photos:
+        t, clock = {}, time.perf_counter
+
+        def mark(name, start):
+            sync()
+            t[name] = clock() - start
+            return clock()
+
+        s = clock()
+        photo = faceedit.load_image(path)
+        s = mark("decode", s)
+        det = max(detect_faces(photo, "dlib"), key=lambda d: d.size)
+        s = mark("detect", s)
+        lm = landmarks68_averaged(photo, det.box)
+        s = mark("landmarks", s)
+        face = align_landmarks(photo, lm, pipe.recipe, score=det.score, index=0, detector="dlib")
+        s = mark("warp", s)
+        lat = pipe.invert([face])[0]
+        s = mark("invert", s)
+        edited = pipe.edit(lat, {"smile": 10.0})
+        s = mark("edit", s)
+        recon, crop = pipe.synthesize(lat)[0], pipe.synthesize(edited)[0]
+        s = mark("synthesize", s)
+        pasted, mask = pipe.paste_back(photo, face, crop, recon)
+        s = mark("paste", s)
+        res = EditResult(photo=pasted, input=photo, faces=[FaceEdit(face=face, latent=lat, edited=edited,
+                                                                   reconstruction=recon, crop=crop, mask=mask)],
+                         edits={"smile": 10.0})
+        outputs.write_edit(out, Path(path).stem, path, res, pairs={"smile": 10.0}, layers=None,
+                           inversion={"method": pipe.method}, unit="std", model_id=pipe.model_id, timings={})
+        mark("encode+write", s)
+        rows.append({"photo": str(path), "size": list(photo.shape[1::-1]), "steps": lat.meta.get("steps"), **t})
+    return {"import_torch_s": t_torch, "pipeline_s": t_pipe, "method": pipe.method, "torch_threads":
+            torch.get_num_threads(), "photos": rows, "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU cores"}
+
+
+def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str) -> dict:
+    code = BOOT + f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\nimport photo_path\n" \
+                  "photo_path._child_main()\n"
+    load = _load()
+    p = subprocess.run([sys.executable, "-c", code, device, str(out), *map(str, photos)],
+                       env=_child_env(tree, threads), capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"the stage run failed on {tree}:\n{p.stderr[-3000:]}")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["load"] = load
+    return res
+
+
+def _pool_stage_runs(runs: list) -> dict:
+    """Several stage runs of one tree as one: the cold figures their median, the warm photos all of them."""
+    first = runs[0]
+    cold = {k: _med([r["photos"][0][k] for r in runs]) for k in STAGES}
+    return {"import_torch_s": _med([r["import_torch_s"] for r in runs]), "pipeline_s": _med([r["pipeline_s"] for r in runs]),
+            "method": first["method"], "torch_threads": first["torch_threads"], "loads": [r["load"] for r in runs],
+            "torch": first["torch"], "device_name": first["device_name"],
+            "photos": [{**first["photos"][0], **cold}] + [p for r in runs for p in r["photos"][1:]], "runs": runs}
+
+
+def _child_main():
+    device, out, *photos = sys.argv[1:]
+    print(json.dumps(_stages(photos, device, Path(out))))
+
+
+# -- the report ------------------------------------------------------------------------------------
+def _med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def _fmt(s: float) -> str:
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x" if b > 0 else "-"
+
+
+def report(res: dict) -> str:
+    names = ("baseline", "current")
+    cur = res["stages"]["current"]
+    lines = [f"# The photo path, {res['device']} ({cur['device_name']}, torch {cur['torch']})", "",
+             f"baseline = `{res['baseline']}` ({res['baseline_commit'][:10]}), current = the working tree "
+             f"({res['current_commit'][:10]}{', with uncommitted changes' if res['dirty'] else ''}); "
+             f"photo `{Path(res['photo']).name}` ({res['photo_size'][0]}x{res['photo_size'][1]}), folder of "
+             f"{len(res['folder'])} photos of 1-2 MP; load average {res['load_start']} at the start, "
+             f"{res['load_end']} at the end.", "",
+             "## The README's command, fresh process (wall, median of "
+             f"{res['repeats']}; OMP_NUM_THREADS {res['cli_threads'] or 'unset'})", "",
+             "| run | baseline | current | speed-up | load average |", "| --- | --- | --- | --- | --- |"]
+    for key, label in (("photo", "one photo"), ("folder", f"folder, per photo ({len(res['folder'])} photos)")):
+        c = [res["cli"][n][key] for n in names]
+        meds = [_med([r["wall_s"] for r in x]) / (len(res["folder"]) if key == "folder" else 1) for x in c]
+        rng = [f"{min(r['wall_s'] for r in x):.2f}-{max(r['wall_s'] for r in x):.2f} s" for x in c]
+        loads = [r["load"] for x in c for r in x]
+        lines.append(f"| {label} | {_fmt(meds[0])} ({rng[0]}) | {_fmt(meds[1])} ({rng[1]}) | {_ratio(*meds)} | "
+                     f"{min(loads):.2f}-{max(loads):.2f} |")
+    if res.get("cli_steps"):
+        lines += ["", "The current tree's command with `--steps N` (the hybrid's optimisation steps; wall, median):", "",
+                  "| steps | wall | range |", "| --- | --- | --- |"]
+        for n, runs in res["cli_steps"].items():
+            w = [r["wall_s"] for r in runs]
+            lines.append(f"| {n} | {_fmt(_med(w))} | {min(w):.2f}-{max(w):.2f} s |")
+    st = [res["stages"][n] for n in names]
+    lines += ["", f"## Where the time goes ({len(st[0]['runs'])} fresh processes per tree, alternating, "
+              f"{res['stage_threads']} thread(s); cold = the first photo, models loaded on first use, median over the "
+              f"processes; warm = median over the folder's photos after it, all processes; load average "
+              f"{min(st[0]['loads'] + st[1]['loads']):.2f}-{max(st[0]['loads'] + st[1]['loads']):.2f})", "",
+              "| stage | baseline cold | current cold | baseline warm | current warm | warm speed-up |",
+              "| --- | --- | --- | --- | --- | --- |",
+              f"| import torch | {_fmt(st[0]['import_torch_s'])} | {_fmt(st[1]['import_torch_s'])} | | | |",
+              f"| Pipeline() (load the generator) | {_fmt(st[0]['pipeline_s'])} | {_fmt(st[1]['pipeline_s'])} | | | |"]
+    tot = {n: [0.0, 0.0] for n in names}
+    for stage in STAGES:
+        cold = [x["photos"][0][stage] for x in st]
+        warm = [_med([p[stage] for p in x["photos"][1:]]) for x in st]
+        for n, c, w in zip(names, cold, warm):
+            tot[n][0] += c
+            tot[n][1] += w
+        lines.append(f"| {stage} | {_fmt(cold[0])} | {_fmt(cold[1])} | {_fmt(warm[0])} | {_fmt(warm[1])} | "
+                     f"{_ratio(*warm)} |")
+    lines.append(f"| **sum of the stages** | {_fmt(tot['baseline'][0])} | {_fmt(tot['current'][0])} | "
+                 f"{_fmt(tot['baseline'][1])} | {_fmt(tot['current'][1])} | "
+                 f"{_ratio(tot['baseline'][1], tot['current'][1])} |")
+    lines += ["", f"Inversion: {st[0]['method']}, {st[0]['photos'][0]['steps']} steps (baseline) / "
+              f"{st[1]['photos'][0]['steps']} steps (current); torch threads in the stage runs: "
+              f"{st[0]['torch_threads']} / {st[1]['torch_threads']}.", ""]
+    return "\n".join(lines)
+
+
+def _git(*args) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", default=None, help="git revision of the baseline tree [default: where this "
+                    "branch left main, git merge-base HEAD main]")
+    ap.add_argument("--photo", default=str(DEFAULT_PHOTO), help="the one photo")
+    ap.add_argument("--folder", default=None, help="a folder of photos [default: 8 photos of 1-2 MP from "
+                    "../shared/datasets/photos, linked into a temporary folder]")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--repeats", type=int, default=5, help="fresh-process runs of the command per tree")
+    ap.add_argument("--cli-threads", default=None, help="OMP_NUM_THREADS for the command runs [default: as set "
+                    "in this environment, usually unset: each tree chooses]")
+    ap.add_argument("--threads", default="1", help="OMP_NUM_THREADS for the stage runs")
+    ap.add_argument("--stage-repeats", type=int, default=2, help="stage runs per tree (fresh processes, alternating)")
+    ap.add_argument("--cli-steps", default="", help="also time the current tree's command with --steps N for each "
+                    "N of this comma-separated list (what the hybrid's CPU step count costs)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
+    a = ap.parse_args(argv)
+    a.baseline = a.baseline or _git("merge-base", "HEAD", "main")
+    out = Path(a.out)
+    work = Path(tempfile.mkdtemp(prefix="photo_path_"))
+    try:
+        base = work / "baseline"
+        base.mkdir()
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", a.baseline], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+        trees = {"baseline": base, "current": REPO}
+        if a.folder:
+            folder = Path(a.folder)
+        else:
+            folder = work / "folder"
+            folder.mkdir()
+            for name in DEFAULT_FOLDER:
+                (folder / name).symlink_to(PHOTOS / name)
+        photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        from PIL import Image
+
+        with Image.open(a.photo) as im:
+            size = list(im.size)
+        res = {"device": a.device, "baseline": a.baseline, "baseline_commit": _git("rev-parse", a.baseline),
+               "current_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "-uno")),
+               "photo": a.photo, "photo_size": size, "folder": [str(p) for p in photos], "repeats": a.repeats,
+               "cli_threads": a.cli_threads or os.environ.get("OMP_NUM_THREADS"), "stage_threads": a.threads,
+               "load_start": _load(), "cli": {n: {"photo": [], "folder": []} for n in trees}, "stages": {}}
+        dev = ["--device", a.device]
+        for tree in trees.values():  # one untimed run each: the file cache warm, the .pyc files written
+            run_cli(tree, [*dev, "edit", a.photo, "--attr", "smile"], work / "warm", a.cli_threads)
+        for r in range(a.repeats):
+            for name, tree in trees.items():
+                res["cli"][name]["photo"].append(run_cli(tree, [*dev, "edit", a.photo, "--attr", "smile"],
+                                                         work / f"cli_{name}", a.cli_threads))
+                print(f"cli photo {name} #{r}: {res['cli'][name]['photo'][-1]}", file=sys.stderr, flush=True)
+        for r in range(max(1, a.repeats // 2)):
+            for name, tree in trees.items():
+                res["cli"][name]["folder"].append(run_cli(tree, [*dev, "edit", str(folder), "--attr", "smile"],
+                                                          work / f"cli_{name}", a.cli_threads))
+                print(f"cli folder {name} #{r}: {res['cli'][name]['folder'][-1]}", file=sys.stderr, flush=True)
+        res["cli_steps"] = {}
+        for r in range(a.repeats if a.cli_steps else 0):
+            for n in a.cli_steps.split(","):
+                res["cli_steps"].setdefault(n, []).append(run_cli(
+                    REPO, [*dev, "edit", a.photo, "--attr", "smile", "--steps", n], work / "cli_steps", a.cli_threads))
+                print(f"cli --steps {n} #{r}: {res['cli_steps'][n][-1]}", file=sys.stderr, flush=True)
+        runs = {n: [] for n in trees}
+        for r in range(a.stage_repeats):  # alternating, so that both trees see the same spells of load
+            for name, tree in trees.items():
+                runs[name].append(run_stages(tree, [a.photo, *photos], a.device, work / f"stages_{name}", a.threads))
+                print(f"stages {name} #{r}: done", file=sys.stderr, flush=True)
+        res["stages"] = {n: _pool_stage_runs(x) for n, x in runs.items()}
+        res["load_end"] = _load()
+        text = report(res)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"photo_path_{a.device}.json").write_text(json.dumps(res, indent=1))
+        (out / f"photo_path_{a.device}.md").write_text(text)
+        print(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
