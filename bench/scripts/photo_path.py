@@ -257,14 +257,22 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
-def _git(*args) -> str:
-    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True).stdout.strip()
+def _git(*args, default: str | None = None) -> str:
+    """``git ARGS`` in the repository; ``default`` where there is no history (a copied tree)."""
+    res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    if res.returncode and default is not None:
+        return default
+    res.check_returncode()
+    return res.stdout.strip()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", default=None, help="git revision of the baseline tree [default: where this "
                     "branch left main, git merge-base HEAD main]")
+    ap.add_argument("--baseline-tar", default=None, help="the baseline tree as a `git archive` tar, for a copy of "
+                    "the repository without its history (a GPU machine); with --baseline naming its revision. "
+                    "Where the tar leaves out checkpoints/weights, the working tree's weights are linked in")
     ap.add_argument("--photo", default=str(DEFAULT_PHOTO), help="the one photo")
     ap.add_argument("--folder", default=None, help="a folder of photos [default: 8 photos of 1-2 MP from "
                     "../shared/datasets/photos, linked into a temporary folder]")
@@ -278,14 +286,21 @@ def main(argv=None) -> int:
                     "N of this comma-separated list (what the hybrid's CPU step count costs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
     a = ap.parse_args(argv)
+    if a.baseline_tar and not a.baseline:
+        ap.error("--baseline-tar needs --baseline naming the revision it holds")
     a.baseline = a.baseline or _git("merge-base", "HEAD", "main")
     out = Path(a.out)
     work = Path(tempfile.mkdtemp(prefix="photo_path_"))
     try:
         base = work / "baseline"
         base.mkdir()
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", a.baseline], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+        if a.baseline_tar:
+            subprocess.run(["tar", "-x", "-C", str(base), "-f", a.baseline_tar], check=True)
+            if not (base / "checkpoints" / "weights").exists():
+                (base / "checkpoints" / "weights").symlink_to(REPO / "checkpoints" / "weights")
+        else:
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", a.baseline], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
         trees = {"baseline": base, "current": REPO}
         if a.folder:
             folder = Path(a.folder)
@@ -299,8 +314,10 @@ def main(argv=None) -> int:
 
         with Image.open(a.photo) as im:
             size = list(im.size)
-        res = {"device": a.device, "baseline": a.baseline, "baseline_commit": _git("rev-parse", a.baseline),
-               "current_commit": _git("rev-parse", "HEAD"), "dirty": bool(_git("status", "--porcelain", "-uno")),
+        res = {"device": a.device, "baseline": a.baseline,
+               "baseline_commit": _git("rev-parse", a.baseline, default=a.baseline),
+               "current_commit": _git("rev-parse", "HEAD", default=os.environ.get("FACEEDIT_COMMIT", "unknown")),
+               "dirty": bool(_git("status", "--porcelain", "-uno", default="")),
                "photo": a.photo, "photo_size": size, "folder": [str(p) for p in photos], "repeats": a.repeats,
                "cli_threads": a.cli_threads or os.environ.get("OMP_NUM_THREADS"), "stage_threads": a.threads,
                "load_start": _load(), "cli": {n: {"photo": [], "folder": []} for n in trees}, "stages": {}}
