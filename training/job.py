@@ -223,7 +223,7 @@ def _gsnr_plot_png(csv_path: Path, title: str):
 def format_table(s: dict, extra: tuple | list = ()) -> str:
     """The short table printed last; ``extra`` rows ``(label, value)`` go after the main ones."""
     rows = [("model", s["name"]), ("arch", s.get("arch", "stylegan2")), ("source", s["source"]),
-            ("device", s["gpu"] or s["device"]),
+            ("device", s["gpu"] or s["device"]), ("processes", s.get("world_size", 1)),
             ("steps this chunk", s["steps"]), ("kimg total", s["kimg"]), ("kimg this chunk", round(s["chunk_kimg"], 1)),
             ("images/s", round(s["img_per_s"], 1)), ("train minutes total", round(s["train_minutes_total"], 2)),
             ("job seconds", round(s["job_seconds"], 1)), ("gsnr seconds", round(s["gsnr_seconds"], 1)),
