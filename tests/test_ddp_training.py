@@ -88,7 +88,8 @@ def _worker(rank: int, root: str) -> None:
     torch.set_num_threads(1)
     f = _files(Path(root))
     dist.init_process_group("gloo", store=dist.FileStore(str(f["store"]), WORLD), rank=rank, world_size=WORLD)
-    from faceedit.core.distributed import context
+    from faceedit.core.distributed import check_same, context
+    from faceedit.core.errors import DeviceError
     from faceedit.training import encoder, job
     from faceedit.training.loop import TrainConfig, Trainer
 
@@ -101,7 +102,12 @@ def _worker(rank: int, root: str) -> None:
     tr.train(max_steps=STEPS)
     e = encoder.run(str(f["model"]), f["pack"], out=w / "enc", device="cpu",
                     encoder_kwargs=encoder.encoder_width(8), **ENC)
-    torch.save({"job": s, "fast": tr.state_tensors(), "encoder": e, "writes": writes},
+    try:  # what a rank that sees other files than rank 0 meets
+        check_same(context("cpu"), f"run folder {rank}", "where the run continues from")
+        disagree = None
+    except DeviceError as err:
+        disagree = str(err)
+    torch.save({"job": s, "fast": tr.state_tensors(), "encoder": e, "writes": writes, "disagree": disagree},
                f["results"] / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -254,6 +260,13 @@ def test_encoder_two_ranks_train_as_one_process(ranks, tmp_path):
     assert max(float((a["E_weights"][k] - b["E_weights"][k]).abs().max()) for k in b["E_weights"]) < ATOL
     moved = max(float((b["E_weights"][k] - one["E_weights"][k]).abs().max()) for k in b["E_weights"])
     assert moved > 20 * ATOL
+
+
+def test_ranks_that_see_different_files_are_refused_on_every_rank(ranks):
+    _, res = ranks
+    for r in res:
+        assert "the ranks disagree on where the run continues from" in r["disagree"]
+        assert "run folder 0" in r["disagree"] and "run folder 1" in r["disagree"] and "mounts" in r["disagree"]
 
 
 def test_batch_that_does_not_split_over_the_ranks_is_refused():
