@@ -437,9 +437,8 @@ def _run(ctx: DistContext, dev: torch.device, model, data, *, space, minutes, ou
     after = evaluate(G, E, real=val_imgs, D=D)
     # latency of the encoder alone, batch 32, the device and precision used for inference
     lat_ms = encoder_latency(E, batch=32, device=dev)
-    record = {"steps": res["total_steps"], "train_seconds": res["seconds"], "batch": batch, "ranks": ctx.world_size,
-              "lr": lr,
-              "loss_weights": {**DEFAULT_WEIGHTS, **(weights or {})}, "perceptual": perceptual,
+    record = {"steps": res["total_steps"], "train_seconds": res["seconds"], "batch": batch, "lr": lr,
+              "ranks": ctx.world_size, "loss_weights": {**DEFAULT_WEIGHTS, **(weights or {})}, "perceptual": perceptual,
               "train_images": len(train_imgs), "val_images": len(val_imgs), "data": str(data),
               "before": before, "after": after, "device": str(dev),
               "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,

@@ -75,7 +75,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reserve-min", type=float, default=1.75,
                    help="Minutes kept for each run still to come when a run's budget is set [1.75].")
     p.add_argument("--tiny", action="store_true",
-                   help="Toy model (16 px), batch 8, 12 steps, a random pack when --data is absent: a smoke test.")
+                   help="Toy model (16 px), batch 8, 12 steps, faces64's samples as the pack when --data is absent: a smoke test.")
     a = p.parse_args(argv)
     if a.tiny:
         a.batch, a.steps, a.warmup_steps, a.log_every = 8, 12, 4, 2
@@ -91,18 +91,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def tiny_pack(path: Path, n: int = 32, side: int = 32) -> Path:
-    """A pack of ``n`` random JPEG faces (noise) for the smoke test."""
-    import cv2
-    import numpy as np
+def tiny_pack(path: Path, n: int = 32) -> Path:
+    """A pack of ``n`` faces drawn by the shipped ``faces64`` generator, for the smoke test."""
+    import torch
 
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.core.images import encode_image, tensor_to_uint8
     from faceedit.core.pack import write_pack
 
-    rng = np.random.default_rng(0)
-    jpegs = [cv2.imencode(".jpg", (rng.random((side, side, 3)) * 255).astype(np.uint8))[1].tobytes()
-             for _ in range(n)]
-    write_pack(path, jpegs, {"source": np.ones(n, np.int8)}, [f"{i}.jpg" for i in range(n)],
-               {"recipe": {"name": "faces64", "size": side}, "split": "train"})
+    G = load_model("faces64", device="cpu").G
+    with torch.no_grad():
+        faces = tensor_to_uint8(G.synthesis(G.mapping(G.sample_z(n, seed=0)), noise_mode="const"))
+    write_pack(path, [encode_image(f, "JPEG", 90) for f in faces], {}, [f"g{i}.jpg" for i in range(n)],
+               {"recipe": {"name": "faces64", "size": G.resolution}, "split": "train"})
     return path
 
 
@@ -130,7 +131,7 @@ def run_one(name: str, launcher: list, a, data: Path, work: Path, minutes: float
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
         try:
-            rc = proc.wait(timeout=minutes * 60 + 90)
+            rc = proc.wait(timeout=minutes * 60 + 45)  # faceedit train stops itself at --minutes
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             rc = proc.wait()
