@@ -7,8 +7,10 @@ and shard by :func:`shard_indices`, which does not depend on how the world was l
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import torch
 
@@ -107,7 +109,130 @@ def barrier(ctx: DistContext) -> None:
         torch.distributed.barrier()
 
 
+@contextlib.contextmanager
+def launch(device: torch.device | str = "cpu") -> Iterator[DistContext]:
+    """:func:`context` for the length of one job: a process group it starts ends with the job (one
+    that was already up, e.g. a caller's, is left up)."""
+    started = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    ctx = context(device)
+    try:
+        yield ctx
+    finally:
+        if started:
+            shutdown(ctx)
+
+
 def shutdown(ctx: DistContext) -> None:
     """End the process group this module started (no-op for a single process)."""
+    _CONTROL.clear()
     if ctx.distributed and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- collectives for training
+
+_CONTROL: dict = {}  # the gloo group of host-side agreements, made on first use
+
+
+def _control_group():
+    """A gloo group for small host-side values (``None``: the default group, when that is gloo).
+
+    Under NCCL a Python number agreed through the default group would travel as a CUDA tensor
+    and wait for the GPU's queue; through gloo it stays on the host and the GPUs run on.
+    """
+    if torch.distributed.get_backend() == "gloo":
+        return None
+    if "group" not in _CONTROL:  # every rank reaches its first agreement at the same point
+        _CONTROL["group"] = torch.distributed.new_group(backend="gloo")
+    return _CONTROL["group"]
+
+
+def _flat_groups(tensors: Iterable[torch.Tensor]) -> list:
+    """``tensors`` grouped by (device, dtype), so that each group travels as one flat buffer."""
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return list(groups.values())
+
+
+def all_mean_(ctx: DistContext, tensors: Iterable[torch.Tensor]) -> None:
+    """Replace every tensor by its mean over the ranks, in place (one all-reduce per dtype).
+
+    Args:
+        ctx: this process's launch (a world of one leaves the tensors as they are).
+        tensors: floating-point tensors of the same shapes on every rank.
+    """
+    if not ctx.distributed:
+        return
+    for group in _flat_groups(tensors):
+        flat = torch.cat([t.reshape(-1) for t in group])
+        torch.distributed.all_reduce(flat)  # SUM: gloo has no AVG
+        flat /= ctx.world_size
+        for t, part in zip(group, flat.split([t.numel() for t in group])):
+            t.copy_(part.view_as(t))
+
+
+def average_gradients(ctx: DistContext, params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over the ranks before an optimiser step (data parallel).
+
+    ``torch.nn.parallel.DistributedDataParallel`` is not used: its reducer hooks the backward of
+    the forward it wrapped and does not support ``torch.autograd.grad`` with ``create_graph``
+    (double backward), which the R1 and path-length regularisers need, nor a module trained in
+    several phases with different losses per step. NVIDIA's StyleGAN2-ADA and StyleGAN3 training
+    loops meet the same limits by all-reducing one flat copy of a phase's gradients; this does the
+    same. A parameter without a gradient keeps none (the optimiser skips it on every rank alike:
+    the ranks run the same graph, so the same parameters have gradients).
+
+    Args:
+        ctx: this process's launch (no-op for a world of one).
+        params: the parameters of the phase's module.
+    """
+    if ctx.distributed:
+        all_mean_(ctx, [p.grad for p in params if p.grad is not None])
+
+
+def broadcast_(ctx: DistContext, tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite every tensor with rank 0's, in place (no-op for a world of one)."""
+    if not ctx.distributed:
+        return
+    for group in _flat_groups(tensors):
+        flat = torch.cat([t.reshape(-1) for t in group])
+        torch.distributed.broadcast(flat, src=0)
+        for t, part in zip(group, flat.split([t.numel() for t in group])):
+            t.copy_(part.view_as(t))
+
+
+def main_value(ctx: DistContext, value: float) -> float:
+    """Rank 0's ``value`` on every rank: a decision that depends on a clock (a time budget, a
+    learning rate scheduled in wall time) taken once, so that the ranks never part ways.
+
+    Args:
+        ctx: this process's launch.
+        value: a number (a bool travels as 0/1).
+    Returns:
+        Rank 0's value, as a float (``value`` itself for a world of one).
+    """
+    if not ctx.distributed:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    torch.distributed.broadcast(t, src=0, group=_control_group())
+    return float(t)
+
+
+def check_same(ctx: DistContext, value, what: str) -> None:
+    """Raise unless every rank holds the same ``value`` (a picklable fact, e.g. where a run resumes from).
+
+    Args:
+        ctx: this process's launch (a world of one always agrees).
+        value: this rank's fact.
+        what: what the value is, for the message.
+    Raises:
+        DeviceError: the ranks disagree (it names each rank's value and the usual cause).
+    """
+    if not ctx.distributed:
+        return
+    seen: list = [None] * ctx.world_size
+    torch.distributed.all_gather_object(seen, value, group=_control_group())
+    if any(v != seen[0] for v in seen):
+        raise DeviceError(f"the ranks disagree on {what}: {seen}; every rank must see the same files (put the "
+                          f"run folder on storage that every node mounts)")

@@ -121,9 +121,9 @@ class DiffAugment:
         self.policy = parse_policy(policy)
         self.translation, self.cutout = float(translation), float(cutout)
 
-    def sample(self, n: int, size: int, device=None) -> dict:
+    def sample(self, n: int, size: int, device=None, generator: torch.Generator | None = None) -> dict:
         return sample_params(n, size, policy=self.policy, translation=self.translation, cutout=self.cutout,
-                             device=device)
+                             device=device, generator=generator)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.policy:

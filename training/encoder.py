@@ -26,6 +26,13 @@ ready to be copied into ``checkpoints/weights/<model>/``; and ``encoder_<space>.
 
 Only the held-out tail of the *train* pack (``--val``) is used for the figures printed
 at the end; the test split is never touched here.
+
+Under ``torchrun`` (``torchrun --nproc_per_node N -m faceedit --device cuda train-encoder ...``) each
+process is one rank of a data-parallel run: ``--batch`` is the global batch, every step's draws
+(real indices and flips, synthetic z) are made for the whole batch from a seed of (seed, step)
+alone and each rank encodes its share, the encoder's and the latent discriminator's gradients are
+averaged over the ranks before each Adam step, and rank 0 alone evaluates and writes ``--out``.
+The training state holds nothing of a rank: it resumes on any number of ranks.
 """
 from __future__ import annotations
 
@@ -38,11 +45,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from faceedit.core import distributed as _dist
 from faceedit.core.device import resolve_device
+from faceedit.core.distributed import DistContext
 from faceedit.core.errors import TrainingError
 from faceedit.inversion.encoder import ENCODER_FORMAT, encoder_files
 from faceedit.inversion.losses import DiscFeatureLoss
 from faceedit.networks.encoder import Encoder, LatentDiscriminator
+
+from .loop import step_seed
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +166,7 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
                   minutes: float | None = None, steps: int | None = None, batch: int = 32,
                   lr: float = 2e-3, ld_lr: float = 2e-4, weights: dict | None = None, r1_gamma: float = 10.0,
                   opt_state: dict | None = None, seed: int = 0, log_every: int = 100,
-                  amp: bool | None = None) -> dict:
+                  amp: bool | None = None, dist: DistContext | None = None) -> dict:
     """Train ``E`` for ``steps`` steps or ``minutes`` of wall time, whichever ends first.
 
     Args:
@@ -165,10 +176,18 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
         D: frozen discriminator for the perceptual term (``None`` drops that term).
         LD: latent discriminator (made when ``weights['adv'] > 0`` and none is given).
         weights: loss weights, keys as :data:`DEFAULT_WEIGHTS`.
+        batch: real faces per step, over all ranks (plus as many synthetic pairs).
         opt_state: ``{'E': ..., 'LD': ..., 'step': int}`` to resume optimisers from.
+        seed: seed of the draws; step ``k``'s come from ``(seed, k)`` alone, so a resumed run
+            continues with the batches an uninterrupted one would have drawn.
         amp: bf16 autocast (default: on for CUDA).
+        dist: the launch this is one rank of (default: a single process); every rank calls this alike
+            with the same ``E``, ``LD`` and ``opt_state``.
     Returns:
-        ``{'steps', 'seconds', 'history': [{step, seconds, loss terms...}], 'opt_state', 'LD'}``.
+        ``{'steps', 'seconds', 'history': [{step, seconds, loss terms...}], 'opt_state', 'LD'}``
+        (the history's losses are the means over the ranks).
+    Raises:
+        TrainingError: no budget, unknown loss weights, or a ``batch`` that does not split over the ranks.
     """
     if minutes is None and steps is None:
         raise TrainingError("give --minutes or --steps to bound the training run")
@@ -178,6 +197,14 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
         raise TrainingError(f"unknown loss weights {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
     if w["perc"] > 0 and D is None:
         w["perc"] = 0.0
+    ctx = dist if dist is not None else DistContext()
+    if batch % ctx.world_size:
+        raise TrainingError(f"--batch {batch} does not split over {ctx.world_size} ranks; use a multiple of "
+                            f"{ctx.world_size} (it is the global batch of all ranks together)")
+    per = batch // ctx.world_size
+
+    def share(t: torch.Tensor) -> torch.Tensor:  # this rank's rows of a global batch (no cross-sample layer here)
+        return t[ctx.rank * per:(ctx.rank + 1) * per]
     dev = G.synthesis.const.device
     amp = (dev.type == "cuda") if amp is None else amp
     G.requires_grad_(False)
@@ -195,13 +222,14 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
             opt_ld.load_state_dict(opt_state["LD"])
         start_step = int(opt_state.get("step", 0))
     images = images.to(dev)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu")
     budget = None if minutes is None else minutes * 60.0
     t0 = time.time()
     history, step, acc = [], 0, {}
     n_real = len(images)
     while True:
-        elapsed = time.time() - t0
+        # one clock for all ranks (rank 0's): the same learning rate and the same last step everywhere
+        elapsed = time.time() - t0 if budget is None else _dist.main_value(ctx, time.time() - t0)
         if (steps is not None and step >= steps) or (budget is not None and elapsed >= budget):
             break
         frac = step / steps if steps is not None else elapsed / budget
@@ -209,16 +237,17 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
             frac = max(step / steps, elapsed / budget)
         for g in opt.param_groups:   # cosine decay to 10% over the run
             g["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        # batch: real faces (random flips) + synthetic pairs
+        # batch: real faces (random flips) + synthetic pairs, drawn for the global batch, this rank's share kept
+        gen.manual_seed(step_seed(seed, start_step + step, 0))
         with torch.no_grad():
-            z = G.sample_z(batch, generator=gen, device=dev)
+            z = share(G.sample_z(batch, generator=gen, device=dev))
             ws_syn = G.mapping(z)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
                 x_syn = G.synthesis(ws_syn, noise_mode="const", path="shared").float()
             if n_real:
-                idx = torch.randint(n_real, (batch,), generator=gen).to(dev)
+                idx = share(torch.randint(n_real, (batch,), generator=gen)).to(dev)
                 x_real = _to_float(images[idx])
-                flip = (torch.rand(batch, generator=gen) < 0.5).to(dev)
+                flip = share(torch.rand(batch, generator=gen) < 0.5).to(dev)
                 x_real = torch.where(flip.view(-1, 1, 1, 1), x_real.flip(3), x_real)
                 x = torch.cat([x_real, x_syn])
             else:
@@ -230,13 +259,14 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
             if w["perc"] > 0:
                 terms["perc"] = disc_feature_distance(D, rec, x).mean()
         codes = codes.float()
-        terms["lat"] = (codes[-batch:] - ws_syn).square().mean()
+        terms["lat"] = (codes[-len(z):] - ws_syn).square().mean()
         terms["delta"] = delta_penalty(deltas)
         if LD is not None and w["adv"] > 0:
             terms["adv"] = F.softplus(-LD(_latent_d_input(E, codes))).mean()
         loss = sum(w[k] * v for k, v in terms.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _dist.average_gradients(ctx, E.parameters())
         opt.step()
         if LD is not None and w["adv"] > 0:
             real_codes = _latent_d_input(E, ws_syn).detach().requires_grad_(True)
@@ -248,6 +278,7 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
                 ld_loss = ld_loss + r1_gamma / 2 * g.square().flatten(1).sum(1).mean()
             opt_ld.zero_grad(set_to_none=True)
             ld_loss.backward()
+            _dist.average_gradients(ctx, LD.parameters())
             opt_ld.step()
             terms["ld"] = ld_loss.detach()
         for k, v in terms.items():
@@ -255,22 +286,27 @@ def train_encoder(G, E: Encoder, images: torch.Tensor, *, D=None, LD: LatentDisc
         acc["n"] = acc.get("n", 0) + 1
         step += 1
         if step % log_every == 0:
-            n = acc.pop("n")
-            row = {"step": start_step + step, "seconds": round(time.time() - t0, 2),
-                   **{k: float(v) / n for k, v in acc.items()}}
-            history.append(row)
-            log.info("step %d  %s", row["step"], "  ".join(f"{k} {v:.4g}" for k, v in row.items()
-                                                          if k not in ("step",)))
+            history.append(_history_row(ctx, acc, start_step + step, time.time() - t0))
+            if ctx.is_main:
+                log.info("step %d  %s", history[-1]["step"], "  ".join(
+                    f"{k} {v:.4g}" for k, v in history[-1].items() if k not in ("step",)))
             acc = {}
     if acc.get("n"):
-        n = acc.pop("n")
-        history.append({"step": start_step + step, "seconds": round(time.time() - t0, 2),
-                        **{k: float(v) / n for k, v in acc.items()}})
+        history.append(_history_row(ctx, acc, start_step + step, time.time() - t0))
     E.eval()
     state = {"E": opt.state_dict(), "LD": opt_ld.state_dict() if opt_ld is not None else None,
              "step": start_step + step}
     return {"steps": step, "total_steps": start_step + step, "seconds": time.time() - t0,
             "history": history, "opt_state": state, "LD": LD}
+
+
+def _history_row(ctx: DistContext, acc: dict, step: int, seconds: float) -> dict:
+    """The mean of each accumulated loss term over the steps since the last row and over the ranks."""
+    n = acc.pop("n")
+    keys = list(acc)  # the same order on every rank
+    means = torch.stack([torch.as_tensor(acc[k], dtype=torch.float32) for k in keys]) / n
+    _dist.all_mean_(ctx, [means])
+    return {"step": step, "seconds": round(seconds, 2), **{k: float(v) for k, v in zip(keys, means)}}
 
 
 # -- export --------------------------------------------------------------------------
@@ -329,19 +365,35 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
         init_from: an exported encoder (``encoder_<space>.safetensors``, e.g. the shipped one)
             to start from when there is no training state: fine-tuning an encoder whose
             state was not kept (its optimiser and latent discriminator start fresh).
+    Returns:
+        The summary (the training record, the files written); under ``torchrun`` rank 0's, while the
+        other ranks get ``rank``, ``world_size``, ``steps`` and ``space`` only (they write nothing).
+    Raises:
+        TrainingError: a bad option or data set, or a training state of another model.
+        DeviceError: under ``torchrun``, the ranks do not see the same training state.
     """
-    from faceedit.checkpoints.registry import load_model
-
     if perceptual not in ("disc", "none"):
         raise TrainingError(f"perceptual must be 'disc' or 'none', got {perceptual!r}")
     dev = resolve_device(device)
+    with _dist.launch(dev) as ctx:
+        return _run(ctx, _dist.rank_device(ctx, dev), model, data, space=space, minutes=minutes, out=out, batch=batch,
+                    lr=lr, max_images=max_images, val=val, perceptual=perceptual, weights=weights, seed=seed,
+                    resume=resume, encoder_kwargs=encoder_kwargs, steps=steps, log_every=log_every,
+                    state_dir=state_dir, init_from=init_from)
+
+
+def _run(ctx: DistContext, dev: torch.device, model, data, *, space, minutes, out, batch, lr, max_images, val,
+         perceptual, weights, seed, resume, encoder_kwargs, steps, log_every, state_dir, init_from) -> dict:
+    from faceedit.checkpoints.registry import load_model
+
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(seed)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     t_load = time.time()
     m = load_model(model, device=dev, with_discriminator=(perceptual == "disc"))
     G, D = m.G, m.D
@@ -353,6 +405,7 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     LD = make_latent_discriminator(E).to(dev)
     state_file = _state_path(Path(state_dir) if state_dir is not None else out, space)
     opt_state = None
+    _dist.check_same(ctx, bool(resume and state_file.is_file()), f"whether {state_file} exists")
     if resume and state_file.is_file():
         st = torch.load(state_file, map_location=dev, weights_only=True)
         if st.get("model_sha256") != m.sha256 or st.get("config") != E.config:
@@ -361,7 +414,8 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
         E.load_state_dict(st["E_weights"])
         LD.load_state_dict(st["LD_weights"])
         opt_state = st["opt"]
-        log.info("resuming from %s at step %d", state_file, opt_state["step"])
+        if ctx.is_main:
+            log.info("resuming from %s at step %d", state_file, opt_state["step"])
     elif init_from is not None:
         from faceedit.inversion.encoder import load_encoder
 
@@ -370,16 +424,21 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
             raise TrainingError(f"{init_from} has another encoder architecture ({init.config}); "
                                 f"pass a matching --channels or drop --init-from")
         E.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
-        log.info("starting from the weights of %s", init_from)
+        if ctx.is_main:
+            log.info("starting from the weights of %s", init_from)
+    _dist.broadcast_(ctx, list(E.state_dict().values()) + list(LD.state_dict().values()))  # one start for all
     load_s = time.time() - t_load
-    before = evaluate(G, E, real=val_imgs, D=D)
+    before = evaluate(G, E, real=val_imgs, D=D) if ctx.is_main else {}
     res = train_encoder(G, E, train_imgs, D=D, LD=LD, minutes=minutes, steps=steps, batch=batch, lr=lr,
-                        weights=weights, opt_state=opt_state, seed=seed, log_every=log_every)
+                        weights=weights, opt_state=opt_state, seed=seed, log_every=log_every, dist=ctx)
+    if not ctx.is_main:
+        _dist.barrier(ctx)  # until rank 0 has written the files
+        return {"rank": ctx.rank, "world_size": ctx.world_size, "steps": res["total_steps"], "space": space}
     after = evaluate(G, E, real=val_imgs, D=D)
     # latency of the encoder alone, batch 32, the device and precision used for inference
     lat_ms = encoder_latency(E, batch=32, device=dev)
     record = {"steps": res["total_steps"], "train_seconds": res["seconds"], "batch": batch, "lr": lr,
-              "loss_weights": {**DEFAULT_WEIGHTS, **(weights or {})}, "perceptual": perceptual,
+              "ranks": ctx.world_size, "loss_weights": {**DEFAULT_WEIGHTS, **(weights or {})}, "perceptual": perceptual,
               "train_images": len(train_imgs), "val_images": len(val_imgs), "data": str(data),
               "before": before, "after": after, "device": str(dev),
               "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
@@ -393,8 +452,9 @@ def run(model, data, *, space: str = "w+", minutes: float = 3.0, out, batch: int
     torch.save({"model_sha256": m.sha256, "config": E.config, "E_weights": E.state_dict(),
                 "LD_weights": res["LD"].state_dict(), "opt": res["opt_state"]}, buf)
     atomic_write_bytes(state_file, buf.getvalue())
+    _dist.barrier(ctx)
     return {"weights": str(wpath), "json": str(jpath), "state": str(state_file), "load_seconds": load_s,
-            "model_id": m.model_id, "space": space, **record}
+            "model_id": m.model_id, "space": space, "rank": ctx.rank, "world_size": ctx.world_size, **record}
 
 
 @torch.no_grad()

@@ -137,14 +137,15 @@ def resume_from_export(trainer: Trainer, src_dir, name: str) -> None:
     trainer.pl_mean.copy_(t["pl_mean"].reshape([]).to(trainer.pl_mean.device))
     trainer._set_counters(meta["counters"])
     torch.manual_seed(trainer.cfg.seed + trainer.step_count)
-    if trainer.run_dir is not None:
+    if trainer.writes:  # rank 0 under torchrun
         with zipfile.ZipFile(paths["zip"]) as z:
             for fname in ("loss.csv", "gsnr.csv", "kid.csv"):
                 if fname in z.namelist():
                     atomic_write_bytes(trainer.run_dir / fname, z.read(fname))
         trainer.load_logs()
-    log.info("resumed %s from the export in %s at step %d (%.1f kimg); Adam restarted",
-             name, src_dir, trainer.step_count, trainer.kimg)
+    if trainer.dist.is_main:
+        log.info("resumed %s from the export in %s at step %d (%.1f kimg); Adam restarted",
+                 name, src_dir, trainer.step_count, trainer.kimg)
 
 
 NATIVE_ARCH_KEYS = {"arch": "arch", "z_dim": "z_dim", "w_dim": "w_dim", "resolution": "resolution",
@@ -227,8 +228,9 @@ def init_from_native(trainer: Trainer, folder) -> None:
         lengths = path_lengths(trainer.G, n, trainer.cfg.mixing_prob, trainer.device, "shared", create_graph=False)
         trainer.pl_mean.copy_(lengths.mean().detach())
     torch.manual_seed(trainer.cfg.seed + trainer.step_count)
-    log.info("continuing %s from G_ema and D at step %d (%.1f kimg); G := G_ema, Adam restarted",
-             folder, trainer.step_count, trainer.kimg)
+    if trainer.dist.is_main:
+        log.info("continuing %s from G_ema and D at step %d (%.1f kimg); G := G_ema, Adam restarted",
+                 folder, trainer.step_count, trainer.kimg)
 
 
 def unpack(src_dir, name: str, dest) -> Path:

@@ -8,7 +8,10 @@ same regularisers at the same lazy intervals, same EMA) and changes how it runs:
   the noise maps, the augmentation parameters, the real indices and flips) is drawn first
   into a :class:`Draws`; the phase itself is then a pure function of weights and draws, which
   is what lets ``torch.compile`` capture it whole and what makes it testable against the
-  reference path on the same inputs (``tests/test_training.py``).
+  reference path on the same inputs (``tests/test_training.py``). In a step both paths take
+  their draws from :meth:`Trainer.step_draws` (seeded per step and phase, each rank's share of
+  the global batch under ``torchrun``); the gradient all-reduce between a phase's backward and
+  its Adam step runs outside the compiled functions.
 * **Polyphase synthesis** (``path="poly"``, :mod:`networks.fastsynth`) instead of the
   shared-conv path: dense low-resolution convolutions instead of transposed ones plus a blur.
 * **``torch.compile``** of the G-main loss, the fake generation of D-main and the D-main
@@ -67,17 +70,26 @@ class Draws:
     noise: list
     aug: dict
 
+    def rows(self, take) -> "Draws":
+        """The same draws with ``take`` (a function of a ``[B, ...]`` tensor) applied to every tensor."""
+        opt = lambda t: None if t is None else take(t)  # noqa: E731
+        return Draws(take(self.z), opt(self.z2), opt(self.cut), [take(x) for x in self.noise],
+                     {k: take(v) for k, v in self.aug.items()})
 
-def draw_fakes(G, n: int, mixing_prob: float, policy: tuple, device) -> Draws:
-    """Draw everything one generator pass of ``n`` samples needs (see :class:`Draws`)."""
-    z = torch.randn((n, *G.z_shape), device=device)
+
+def draw_fakes(G, n: int, mixing_prob: float, policy: tuple, device, generator: torch.Generator | None = None
+               ) -> Draws:
+    """Draw everything one generator pass of ``n`` samples needs (see :class:`Draws`), from
+    ``generator`` (on ``device``) or, without one, from torch's global generator."""
+    kw = dict(device=device, generator=generator)
+    z = torch.randn((n, *G.z_shape), **kw)
     z2 = cut = None
     if mixing_prob > 0:
-        z2 = torch.randn((n, *G.z_shape), device=device)
-        cut = torch.randint(1, G.num_ws, (n, 1), device=device)
-        cut = torch.where(torch.rand(n, 1, device=device) < mixing_prob, cut, torch.full_like(cut, G.num_ws))
-    noise = [torch.randn(n, 1, b.shape[-2], b.shape[-1], device=device) for b in G.synthesis.noise_buffers()]
-    aug = _augment.sample_params(n, G.resolution, policy=policy, device=device) if policy else {}
+        z2 = torch.randn((n, *G.z_shape), **kw)
+        cut = torch.randint(1, G.num_ws, (n, 1), **kw)
+        cut = torch.where(torch.rand(n, 1, **kw) < mixing_prob, cut, torch.full_like(cut, G.num_ws))
+    noise = [torch.randn(n, 1, b.shape[-2], b.shape[-1], **kw) for b in G.synthesis.noise_buffers()]
+    aug = _augment.sample_params(n, G.resolution, policy=policy, **kw) if policy else {}
     return Draws(z, z2, cut, noise, aug)
 
 
@@ -174,11 +186,9 @@ class FastStep:
         if self.graphs:  # a new iteration: the graphs' outputs of the last step may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
         t.timer.on = bool(cfg.profile_every) and (k % cfg.profile_every) < 16
-        policy = t.aug.policy
         with t.timer.phase("data"):
-            real = t.real_batch(B)
-            real_aug = _augment.sample_params(B, cfg.resolution, policy=policy, device=t.device) if policy else {}
-            g_draws, d_draws = self.draws(B), self.draws(B)
+            s = t.step_draws()
+            g_draws, d_draws = s.g, s.d
 
         with t.timer.phase("G main"):
             G.requires_grad_(True)
@@ -186,6 +196,7 @@ class FastStep:
             t.optG.zero_grad(set_to_none=True)
             loss_G = self._g_main(g_draws.z, g_draws.z2, g_draws.cut, g_draws.noise, g_draws.aug)
             loss_G.backward()
+            t.reduce_g_main()
             t.optG.step()
             t._add("loss_G", loss_G)
 
@@ -194,6 +205,7 @@ class FastStep:
                 t.optG.zero_grad(set_to_none=True)
                 pl = path_length_loss(t, max(B // cfg.pl_batch_shrink, 1), self.pl_decay, self.path)
                 (pl * cfg.pl_weight * cfg.pl_every).backward()
+                t.reduce_gradients(G)
                 t.optG.step()
                 t._add("pl", pl)
                 t._add("pl_mean", t.pl_mean)
@@ -203,29 +215,39 @@ class FastStep:
             D.requires_grad_(True)
             t.optD.zero_grad(set_to_none=True)
             fake = self._fakes(d_draws.z, d_draws.z2, d_draws.cut, d_draws.noise)
-            loss_D, lr_, lf = self._d_main(fake, d_draws.aug, real, real_aug)
+            loss_D, lr_, lf = self._d_main(fake, d_draws.aug, s.real, s.real_aug)
             loss_D.backward()
+            t.reduce_gradients(D)
             t.optD.step()
             t._add("loss_D", loss_D)
             t._add("D_real", lr_.mean())
             t._add("D_fake", lf.mean())
 
-        t.r1_phase(real)
+        t.r1_phase(s)
         t.finish_step()
 
 
-def path_lengths(G, n: int, mixing_prob: float, device, path, create_graph: bool = True) -> torch.Tensor:
-    """``[n]`` StyleGAN2 path lengths ``|J_w^T y|`` of ``n`` fresh samples (``y`` image-sized noise), fp32."""
-    d = draw_fakes(G, n, mixing_prob, (), device)
+def _lengths(G, d: Draws, y: torch.Tensor | None, path, create_graph: bool) -> torch.Tensor:
+    """Path lengths ``|J_w^T y|`` of the draws ``d``; ``y`` image-sized noise (None: drawn here), fp32."""
     ws = mixed_ws(G, d)
     img = G.synthesis(ws, noise=d.noise, path=path)
-    noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-    (g,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=create_graph)
+    y = (torch.randn_like(img) if y is None else y) / math.sqrt(img.shape[2] * img.shape[3])
+    (g,) = torch.autograd.grad((img * y).sum(), ws, create_graph=create_graph)
     return g.square().sum(2).mean(1).sqrt()
 
 
+def path_lengths(G, n: int, mixing_prob: float, device, path, create_graph: bool = True) -> torch.Tensor:
+    """``[n]`` StyleGAN2 path lengths ``|J_w^T y|`` of ``n`` fresh samples (``y`` image-sized noise), fp32,
+    drawn from torch's global generator."""
+    return _lengths(G, draw_fakes(G, n, mixing_prob, (), device), None, path, create_graph)
+
+
 def path_length_loss(t, n: int, decay: float, path) -> torch.Tensor:
-    """StyleGAN2's path-length penalty on ``n`` fresh samples, fp32; updates ``t.pl_mean``."""
-    lengths = path_lengths(t.G, n, t.cfg.mixing_prob, t.device, path)
-    t.pl_mean.copy_(t.pl_mean.lerp(lengths.mean().detach(), decay))
+    """StyleGAN2's path-length penalty on this rank's part of ``n`` samples drawn for the step
+    (:meth:`Trainer.pl_draws`), fp32; updates ``t.pl_mean`` with the mean length over every rank."""
+    d, y = t.pl_draws(n)
+    lengths = _lengths(t.G, d, y, path, create_graph=True)
+    mean = lengths.mean().detach()
+    t.rank_mean_(mean)
+    t.pl_mean.copy_(t.pl_mean.lerp(mean, decay))
     return (lengths - t.pl_mean).square().mean()

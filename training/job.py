@@ -6,6 +6,12 @@ lpips or facenet needed)::
     faceedit --device cuda train --data packs/faces64_train.npz --mapping mlp \\
         --run-dir runs/faces64 --minutes 8.5 --export $OUT
 
+Under ``torchrun`` (``torchrun --nproc_per_node N -m faceedit --device cuda train ...``) each
+process is one rank of a data-parallel run (:class:`training.loop.Trainer` with the launch's
+:class:`core.distributed.DistContext`): ``--batch`` is the global batch, rank 0 alone writes the
+run folder and the export, and every rank must see the same run folder (on several nodes: shared
+storage). The state holds nothing of a rank, so a chunk may continue on another number of ranks.
+
 It continues from ``RUN_DIR/checkpoint.safetensors`` when that exists (same machine,
 exact: Adam and RNG included), else from an earlier chunk's export given with
 ``--resume-from DIR`` (fresh machine; Adam restarts), else starts fresh. ``--minutes``
@@ -62,14 +68,28 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
             when neither ``run_dir`` nor ``resume_from`` holds a training state: G and G_ema
             start from its G_ema, the counters from its provenance, Adam fresh.
     Returns:
-        summary dict (also written as ``train.json`` into the export zip).
+        summary dict (also written as ``train.json`` into the export zip); ``rank`` and
+        ``world_size`` say which process of a ``torchrun`` launch returned it (the export is rank 0's).
     Raises:
         TrainingError: the resumed state was trained with another mapping or ``arch`` than
             asked for, no time is left to train, or training diverged before a checkpoint.
+        DeviceError: under ``torchrun``, the ranks do not see the same run folder.
     """
+    from faceedit.core import distributed as _dist
+    from faceedit.core.device import resolve_device
+
+    dev = resolve_device(device)
+    with _dist.launch(dev) as ctx:
+        return _run_job(ctx, _dist.rank_device(ctx, dev), data=data, mapping=mapping, run_dir=run_dir,
+                        minutes=minutes, export=export, resume_from=resume_from, name=name, max_steps=max_steps,
+                        overrides=overrides, t_start=t_start, init_from=init_from)
+
+
+def _run_job(ctx, dev, *, data, mapping, run_dir, minutes, export, resume_from, name, max_steps, overrides, t_start,
+             init_from) -> dict:
     import torch
 
-    from faceedit.core.device import resolve_device
+    from faceedit.core import distributed as _dist
     from faceedit.core.pack import Pack
 
     from . import export as _export
@@ -83,7 +103,6 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     overrides = dict(overrides or {})
     name = name or default_name(mapping, overrides.get("arch"))
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
     ckpt = run_dir / "checkpoint.safetensors"
 
     if ckpt.is_file():
@@ -109,9 +128,10 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         raise TrainingError(f"{source} holds a {cfg.arch} run, not {overrides['arch']}; use another --run-dir "
                             f"or --arch {cfg.arch}")
 
+    _dist.check_same(ctx, source, "where the run continues from")
     pack_meta = Pack(data).meta
     images = load_images(data, cfg.resolution)
-    trainer = Trainer(cfg, images, dev, run_dir=run_dir)
+    trainer = Trainer(cfg, images, dev, run_dir=run_dir, dist=ctx)
     if ckpt.is_file():
         trainer.load_checkpoint(ckpt)
         trainer.load_logs()
@@ -119,10 +139,14 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         _export.resume_from_export(trainer, resume_from, name)
     elif source.startswith("native"):
         _export.init_from_native(trainer, init_from)
-    log.info("%s: %s; %d training images; step %d, %.1f kimg; device %s, amp %s", name, source, len(images),
-             trainer.step_count, trainer.kimg, dev, trainer.amp_dtype)
+    _dist.check_same(ctx, (trainer.step_count, trainer.nimg), "the step and image counters")
+    trainer.sync_from_main()
+    if ctx.is_main:
+            log.info("%s: %s; %d training images; step %d, %.1f kimg; device %s, amp %s; %d rank(s)", name, source,
+                 len(images), trainer.step_count, trainer.kimg, dev, trainer.amp_dtype, ctx.world_size)
 
-    budget = deadline - time.time() - (EXPORT_RESERVE_S if export is not None else 5.0)
+    # rank 0's clock sets every rank's budget (the ranks must stop at the same step)
+    budget = _dist.main_value(ctx, deadline - time.time() - (EXPORT_RESERVE_S if export is not None else 5.0))
     if budget <= 0 and max_steps is None:
         raise TrainingError(f"--minutes {minutes} leaves no time to train after loading (need more than "
                             f"{EXPORT_RESERVE_S:.0f} s for the export)")
@@ -132,7 +156,9 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
     if summary["stopped_on_nan"]:
         if ckpt.is_file():
             trainer.load_checkpoint(ckpt)
-            log.error("%s: non-finite losses; exporting the last good checkpoint (step %d)", name, trainer.step_count)
+            if ctx.is_main:
+                log.error("%s: non-finite losses; exporting the last good checkpoint (step %d)", name,
+                          trainer.step_count)
         else:
             raise TrainingError(f"{name}: training diverged before the first checkpoint; lower --lr or raise "
                                 f"--r1-gamma")
@@ -146,9 +172,9 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
         "kid_seconds": trainer.kid_seconds, "kid": trainer.kid_rows[-1] if trainer.kid_rows else None,
         "profile_ms_per_step": {k: round(v, 3) for k, v, _ in profile},
         "config": cfg.to_dict(), "images": len(images), "job_seconds": time.time() - t_start,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "rank": ctx.rank, "world_size": ctx.world_size,
     })
-    if export is not None:
+    if export is not None and ctx.is_main:
         provenance = {
             "kimg": round(trainer.kimg, 3), "steps": trainer.step_count,
             "minutes": round(trainer.train_seconds / 60, 2), "images_seen": trainer.nimg,
@@ -156,7 +182,8 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
                      "sources": pack_meta.get("sources", "UTKFace + CelebA (train split)")},
             "training": {k: cfg.to_dict()[k] for k in ("batch", "lr", "r1_gamma", "pl_weight", "ema_kimg",
                                                        "augment", "mirror", "style_mixing")},
-            "style_mixing_prob": cfg.mixing_prob, "hardware": summary["gpu"] or "cpu", "torch": torch.__version__,
+            "style_mixing_prob": cfg.mixing_prob, "torch": torch.__version__,
+            "hardware": (f"{ctx.world_size} x " if ctx.distributed else "") + (summary["gpu"] or "cpu"),
         }
         extra = {"samples.png": _png(trainer.sample_grid()), "train.json": json.dumps(summary, indent=2).encode()}
         for fname in ("loss.csv", "gsnr.csv", "kid.csv"):
@@ -170,6 +197,7 @@ def run_job(*, data, mapping: str, run_dir, minutes: float, export=None, resume_
                                    extra_files=extra)
         summary["export"] = {k: str(v) for k, v in files.items()}
         summary["export_mib"] = {k: round(Path(v).stat().st_size / 2 ** 20, 2) for k, v in files.items()}
+    _dist.barrier(ctx)  # the job ends on every rank once rank 0 has written the export
     summary["job_seconds"] = time.time() - t_start
     return summary
 
@@ -195,7 +223,7 @@ def _gsnr_plot_png(csv_path: Path, title: str):
 def format_table(s: dict, extra: tuple | list = ()) -> str:
     """The short table printed last; ``extra`` rows ``(label, value)`` go after the main ones."""
     rows = [("model", s["name"]), ("arch", s.get("arch", "stylegan2")), ("source", s["source"]),
-            ("device", s["gpu"] or s["device"]),
+            ("device", s["gpu"] or s["device"]), ("processes", s.get("world_size", 1)),
             ("steps this chunk", s["steps"]), ("kimg total", s["kimg"]), ("kimg this chunk", round(s["chunk_kimg"], 1)),
             ("images/s", round(s["img_per_s"], 1)), ("train minutes total", round(s["train_minutes_total"], 2)),
             ("job seconds", round(s["job_seconds"], 1)), ("gsnr seconds", round(s["gsnr_seconds"], 1)),

@@ -28,10 +28,22 @@ Every main/regulariser phase is its own Adam step; with lazy regularisation ever
 paper, appendix B). G and D run under bf16 autocast on CUDA; the regularisers and the
 losses are fp32. DiffAugment (``training.augment``) is applied to every image D sees.
 
+Data parallel under ``torchrun`` (``Trainer(dist=...)``, :mod:`faceedit.core.distributed`): every
+random input of a step (the real images' indices and flips, z, the mixing draws, the noise maps,
+the augmentations, the regularisers' samples) is drawn for the whole ``batch`` from a generator
+seeded by the run's seed, the step and the phase alone (:func:`step_seed`), and each rank computes
+its share of it (:func:`batch_rows`: whole minibatch-std groups). Before every Adam step the
+phase's gradients are averaged over the ranks (:func:`core.distributed.average_gradients`), and
+so are the two statistics a step updates from its batch (G's ``w_avg`` and the path-length mean):
+N ranks train as one process at the same ``batch`` does, up to float rounding (the order of the
+sums). ``batch`` is the global batch; the EMA half-life counts its images. Rank 0 alone writes
+the run folder and measures the diagnostics; the state it writes holds nothing of a rank, so a
+run continues on any number of ranks.
+
 Run folder (``run_dir``): ``checkpoint.safetensors`` (everything needed to continue
-bit-for-bit: G, G_ema, D, both Adam states, counters, the path-length mean, RNG states,
-the config; written atomically), ``loss.csv``, ``gsnr.csv``, ``kid.csv`` (with ``kid_every``),
-``samples/kimgNNNNNN.png``
+bit-for-bit: G, G_ema, D, both Adam states, counters, the path-length mean, torch's global
+RNG states (only the diagnostics draw from them), the config; written atomically),
+``loss.csv``, ``gsnr.csv``, ``kid.csv`` (with ``kid_every``), ``samples/kimgNNNNNN.png``
 (G_ema on fixed seeds) and ``samples/latest.png``.
 """
 from __future__ import annotations
@@ -48,20 +60,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from faceedit.core import distributed as _dist
+from faceedit.core.distributed import DistContext
 from faceedit.core.errors import TrainingError
 from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import GENERATORS, Discriminator, Generator, Generator1
 
 from . import augment as _augment
-from .faststep import COMPILE_MODES, FastStep, path_length_loss
+from .faststep import COMPILE_MODES, Draws, FastStep, d_main_loss, draw_fakes, g_main_loss, generate, \
+    path_length_loss
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "faceedit.trainstate"
 HOLDOUT_SEED = 20261206  # fixes which pack images TrainConfig.holdout keeps out
 ARCHS = ("stylegan2", "stylegan1")  # TrainConfig.arch: the generator architectures the loop trains
+# The phases of a step that draw random inputs, each from its own seed (step_seed).
+PHASE_REAL, PHASE_G, PHASE_D, PHASE_PL, PHASE_R1 = range(5)
 
 
 @dataclass
@@ -207,6 +223,57 @@ def load_images(path, resolution: int | None = None, *, limit: int | None = None
 # --------------------------------------------------------------------------- helpers
 
 
+def step_seed(seed: int, step: int, phase: int) -> int:
+    """The seed of one phase's draws at one step: a function of the run's seed, the step and the
+    phase only (never of the rank or of how many ranks there are), mixed by numpy's SeedSequence
+    so that neighbouring steps get unrelated streams."""
+    return int(np.random.SeedSequence([int(seed) % 2 ** 64, int(step), int(phase)]).generate_state(1, np.uint64)[0])
+
+
+def batch_rows(x: torch.Tensor, ctx: DistContext, group: int = 1) -> torch.Tensor:
+    """This rank's ``B / world_size`` rows of a global batch ``x`` (``[B, ...]``), in whole groups.
+
+    :class:`networks.stylegan2.MinibatchStd` groups rows ``j, j + B/g, j + 2B/g, ...`` (a stride
+    of ``B / group``). Rank ``r`` takes the ``r``-th run of ``B / (world_size * group)`` groups in
+    that same strided layout, so its local minibatch-std groups are global groups and the
+    discriminator's outputs over the union of the ranks are those of one process on all of ``x``.
+
+    Args:
+        x: a global batch, first dimension ``B``.
+        ctx: this process's launch (a world of one gets ``x`` itself).
+        group: the minibatch-std group size (1: plain contiguous shares).
+    Returns:
+        ``[B / world_size, ...]`` rows of ``x``.
+    Raises:
+        TrainingError: ``B`` is not a multiple of ``world_size * group``.
+    """
+    if ctx.world_size == 1:
+        return x
+    n, w = x.shape[0], ctx.world_size
+    if n % (w * group):
+        raise TrainingError(f"a batch of {n} does not split over {w} ranks in whole groups of {group}: "
+                            f"use a multiple of {w * group}")
+    per = n // (w * group)
+    return x.reshape(group, w, per, *x.shape[1:])[:, ctx.rank].reshape(n // w, *x.shape[1:])
+
+
+@dataclass
+class StepDraws:
+    """This rank's share of the random inputs of one step's main phases (:meth:`Trainer.step_draws`).
+
+    Attributes:
+        real: ``[b, 3, R, R]`` real images in [-1, 1] (mirrored where drawn so).
+        real_aug: the augmentation of the reals in D main.
+        g: the draws of the G-main fakes.
+        d: the draws of the D-main fakes.
+    """
+
+    real: torch.Tensor
+    real_aug: dict
+    g: Draws
+    d: Draws
+
+
 def ema_beta(batch: int, cur_nimg: int, ema_kimg: float, rampup: float | None) -> float:
     """Per-step EMA decay for a half-life of ``ema_kimg`` thousand images (with ramp-up)."""
     ema_nimg = ema_kimg * 1000
@@ -281,17 +348,25 @@ class Trainer:
     """Holds G, G_ema, D, their optimisers and counters; ``step()`` is one training step.
 
     Args:
-        cfg: the run's settings.
+        cfg: the run's settings (``cfg.batch`` is the global batch, over all ranks).
         images: ``[N, 3, R, R]`` uint8 training images (see :func:`load_images`).
-        device: torch device.
-        run_dir: where checkpoints, logs and samples go (None: nowhere).
+        device: torch device (under ``torchrun`` with CUDA, this rank's GPU is used).
+        run_dir: where checkpoints, logs and samples go (None: nowhere). Under ``torchrun`` give every
+            rank the same one (the end of a chunk is a collective for those that have one); only
+            rank 0 writes there.
+        dist: the launch this trainer is one rank of (:func:`core.distributed.context`; default:
+            a single process). Every rank builds its trainer alike and calls the same methods.
+    Raises:
+        TrainingError: the images do not fit ``cfg``, or ``cfg.batch`` does not split over the ranks.
     """
 
-    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device=None, run_dir=None):
+    def __init__(self, cfg: TrainConfig, images: torch.Tensor, device=None, run_dir=None,
+                 dist: DistContext | None = None):
         from faceedit.core.device import resolve_device
 
         self.cfg = cfg
-        self.device = resolve_device(device or "auto")
+        self.dist = dist if dist is not None else DistContext()
+        self.device = _dist.rank_device(self.dist, resolve_device(device or "auto"))
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (cfg.resolution, cfg.resolution):
             raise TrainingError(f"training images must be [N, 3, {cfg.resolution}, {cfg.resolution}] uint8, "
                                 f"got {tuple(images.shape)}")
@@ -308,6 +383,18 @@ class Trainer:
         self.G = cfg.build_generator().to(self.device).train()
         self.D = Discriminator(**cfg.discriminator_kwargs()).to(self.device).train()
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self._group = self.D.mbstd.group_size  # the share of a rank is whole minibatch-std groups
+        world = self.dist.world_size
+        if cfg.batch % (world * self._group):
+            raise TrainingError(f"batch {cfg.batch} does not split over {world} ranks in whole minibatch-std groups "
+                                f"of {self._group}: use a multiple of {world * self._group} (batch is the global "
+                                f"batch of all ranks together)")
+        if cfg.pl_weight > 0 and max(cfg.batch // cfg.pl_batch_shrink, 1) % world:
+            raise TrainingError(f"the path-length batch (batch {cfg.batch} / pl_batch_shrink {cfg.pl_batch_shrink}) "
+                                f"does not split over {world} ranks; use a batch that is a multiple of "
+                                f"{world * cfg.pl_batch_shrink * self._group}")
+        self._gen = torch.Generator(device=self.device)  # reseeded per step and phase (step_seed)
+        self._w_avgs = [b for name, b in self.G.named_buffers() if name.endswith("w_avg")]
         fused = cfg.fast and self.device.type == "cuda"
         self.optG = _lazy_adam(self.G.parameters(), cfg.lr, cfg.beta1, cfg.beta2, cfg.pl_every, cfg.pl_weight > 0,
                                fused)
@@ -347,13 +434,71 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def real_batch(self, n: int) -> torch.Tensor:
-        idx = torch.randint(len(self.images), (n,), device=self.device)
+    @property
+    def writes(self) -> bool:
+        """Whether this trainer writes the run folder: it has one and is rank 0."""
+        return self.run_dir is not None and self.dist.is_main
+
+    def _reals(self, idx: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
         x = self.images[idx].float() / 127.5 - 1.0
-        if self.cfg.mirror:
-            flip = torch.rand(n, device=self.device) < 0.5
-            x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+        if flip is not None:
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return x
+
+    def real_batch(self, n: int) -> torch.Tensor:
+        """``n`` random real images (mirrored at random), drawn from torch's global generator (diagnostics)."""
+        idx = torch.randint(len(self.images), (n,), device=self.device)
+        return self._reals(idx, torch.rand(n, device=self.device) < 0.5 if self.cfg.mirror else None)
+
+    def _generator(self, phase: int) -> torch.Generator:
+        return self._gen.manual_seed(step_seed(self.cfg.seed, self.step_count, phase))
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        return batch_rows(x, self.dist, self._group)
+
+    def step_draws(self) -> StepDraws:
+        """The random inputs of this step's main phases: drawn for the global batch from the step's seeds
+        (:func:`step_seed`), this rank's share kept (:func:`batch_rows`)."""
+        cfg, B, dev, policy = self.cfg, self.cfg.batch, self.device, self.aug.policy
+        gen = self._generator(PHASE_REAL)
+        idx = torch.randint(len(self.images), (B,), device=dev, generator=gen)
+        flip = torch.rand(B, device=dev, generator=gen) < 0.5 if cfg.mirror else None
+        real_aug = self.aug.sample(B, cfg.resolution, dev, gen) if policy else {}
+        g = draw_fakes(self.G, B, cfg.mixing_prob, policy, dev, self._generator(PHASE_G))
+        d = draw_fakes(self.G, B, cfg.mixing_prob, policy, dev, self._generator(PHASE_D))
+        real = self._reals(self._rows(idx), None if flip is None else self._rows(flip))
+        return StepDraws(real, {k: self._rows(v) for k, v in real_aug.items()}, g.rows(self._rows),
+                         d.rows(self._rows))
+
+    def pl_draws(self, n: int) -> tuple:
+        """This rank's share of the step's ``n`` path-length samples: ``(Draws, image-sized noise y)``."""
+        gen = self._generator(PHASE_PL)
+        d = draw_fakes(self.G, n, self.cfg.mixing_prob, (), self.device, gen)
+        y = torch.randn((n, *self.images.shape[1:]), device=self.device, generator=gen)
+        take = lambda t: batch_rows(t, self.dist)  # noqa: E731  (no discriminator: any whole share)
+        return d.rows(take), take(y)
+
+    def reduce_gradients(self, module: torch.nn.Module) -> None:
+        """Average ``module``'s gradients over the ranks (before its optimiser steps; no-op for one process)."""
+        _dist.average_gradients(self.dist, module.parameters())
+
+    def reduce_g_main(self) -> None:
+        """After G main's backward: G's gradients, and G's ``w_avg`` that each rank moved towards its own
+        share's mean (a lerp: the mean over ranks is the move towards the global batch's mean)."""
+        self.reduce_gradients(self.G)
+        _dist.all_mean_(self.dist, self._w_avgs)
+
+    def rank_mean_(self, t: torch.Tensor) -> None:
+        """Replace ``t`` by its mean over the ranks, in place (no-op for one process)."""
+        _dist.all_mean_(self.dist, [t])
+
+    def sync_from_main(self) -> None:
+        """Give every rank rank 0's G, G_ema, D and path-length mean (after building or loading a state:
+        every rank reads the same files, this makes sure they start from one state)."""
+        tensors = [self.pl_mean]
+        for mod in (self.G, self.G_ema, self.D):
+            tensors += list(mod.state_dict().values())
+        _dist.broadcast_(self.dist, tensors)
 
     def mapping(self, G, n: int, update_w_avg: bool = False) -> torch.Tensor:
         """Codes ``ws`` for ``n`` random z, with per-sample style mixing for the MLP mapping."""
@@ -389,7 +534,7 @@ class Trainer:
         k = self.step_count
         self.timer.on = bool(cfg.profile_every) and (k % cfg.profile_every) < 16
         with self.timer.phase("data"):
-            real = self.real_batch(B)
+            s = self.step_draws()
 
         # Gmain
         with self.timer.phase("G main"):
@@ -397,10 +542,9 @@ class Trainer:
             D.requires_grad_(False)
             self.optG.zero_grad(set_to_none=True)
             with self._autocast():
-                fake, _ = self.generate(G, B, update_w_avg=True)
-                logits = D(self.aug(fake))
-            loss_G = F.softplus(-logits.float()).mean()
+                loss_G = g_main_loss(G, D, s.g, "shared")
             loss_G.backward()
+            self.reduce_g_main()
             self.optG.step()
             self._add("loss_G", loss_G)
 
@@ -410,6 +554,7 @@ class Trainer:
                 self.optG.zero_grad(set_to_none=True)
                 pl = path_length_loss(self, max(B // cfg.pl_batch_shrink, 1), cfg.pl_decay, "shared")
                 (pl * cfg.pl_weight * cfg.pl_every).backward()
+                self.reduce_gradients(G)
                 self.optG.step()
                 self._add("pl", pl)
                 self._add("pl_mean", self.pl_mean)
@@ -420,28 +565,33 @@ class Trainer:
             D.requires_grad_(True)
             self.optD.zero_grad(set_to_none=True)
             with torch.no_grad(), self._autocast():
-                fake, _ = self.generate(G, B)
+                fake = generate(G, s.d, "shared")
             with self._autocast():
-                lf = D(self.aug(fake.detach())).float()
-                lr_ = D(self.aug(real)).float()
-            loss_D = F.softplus(lf).mean() + F.softplus(-lr_).mean()
+                loss_D, lr_, lf = d_main_loss(D, fake.detach(), s.d.aug, s.real, s.real_aug)
             loss_D.backward()
+            self.reduce_gradients(D)
             self.optD.step()
             self._add("loss_D", loss_D)
             self._add("D_real", lr_.mean())
             self._add("D_fake", lf.mean())
 
-        self.r1_phase(real)
+        self.r1_phase(s)
         self.finish_step()
 
-    def r1_phase(self, real: torch.Tensor) -> None:
-        """Dreg: the lazy R1 step on the step's real batch, when due (both steps use it)."""
+    def r1_phase(self, s: StepDraws) -> None:
+        """Dreg: the lazy R1 step on the step's real batch ``s.real``, when due (both steps use it)."""
         cfg = self.cfg
         if cfg.r1_gamma > 0 and cfg.r1_every > 0 and self.step_count % cfg.r1_every == 0:
             with self.timer.phase("D r1"):
                 self.optD.zero_grad(set_to_none=True)
-                r1, _ = r1_penalty(self.D, real, self.aug)
+                aug = None
+                if self.aug.policy:
+                    params = self.aug.sample(cfg.batch, cfg.resolution, self.device, self._generator(PHASE_R1))
+                    params = {k: self._rows(v) for k, v in params.items()}
+                    aug = lambda x: _augment.apply(x, params)  # noqa: E731
+                r1, _ = r1_penalty(self.D, s.real, aug)
                 (r1.mean() * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
+                self.reduce_gradients(self.D)
                 self.optD.step()
                 self._add("r1", r1.mean())
 
@@ -462,6 +612,13 @@ class Trainer:
         return self.nimg / 1000
 
     def flush_log(self, seconds: float, img_per_s: float) -> dict:
+        """Average the accumulated losses (over the steps since the last row and over the ranks) into a
+        ``loss.csv`` row; every rank calls it at the same steps, rank 0 writes the file."""
+        if self.dist.distributed and self._acc:
+            keys = sorted(self._acc)
+            sums = torch.stack([self._acc[k][0] for k in keys])
+            self.rank_mean_(sums)
+            self._acc = {k: (sums[i], self._acc[k][1]) for i, k in enumerate(keys)}
         row = {"step": self.step_count, "kimg": round(self.kimg, 3), "minutes": round(seconds / 60, 3),
                "img_per_s": round(img_per_s, 1)}
         for k in ("loss_G", "loss_D", "D_real", "D_fake", "r1", "pl", "pl_mean"):
@@ -469,7 +626,7 @@ class Trainer:
             row[k] = round(float(s) / c, 5) if c else ""
         self._acc = {}
         self.loss_rows.append(row)
-        if self.run_dir is not None:
+        if self.writes:
             _write_csv(self.run_dir / "loss.csv", self.loss_rows)
         return row
 
@@ -497,7 +654,7 @@ class Trainer:
         if self.heldout is not None:
             rows.extend(self.generalisation_gap())
         self.gsnr_rows.extend(rows)
-        if self.run_dir is not None:
+        if self.writes:
             _write_csv(self.run_dir / "gsnr.csv", self.gsnr_rows)
         return rows
 
@@ -536,7 +693,7 @@ class Trainer:
         row = {"step": self.step_count, "kimg": round(self.kimg, 3), "kid": f"{k['kid']:.6g}",
                "ci_low": f"{k['ci_low']:.6g}", "ci_high": f"{k['ci_high']:.6g}", "n": k["n"]}
         self.kid_rows.append(row)
-        if self.run_dir is not None:
+        if self.writes:
             _write_csv(self.run_dir / "kid.csv", self.kid_rows)
         log.info("step %d kimg %.1f KID-attr vs held-out %.4f [%.4f, %.4f] (n=%d)", self.step_count, self.kimg,
                  k["kid"], k["ci_low"], k["ci_high"], k["n"])
@@ -551,7 +708,7 @@ class Trainer:
         return make_grid(tensor_to_uint8(torch.cat(imgs)), cols=int(math.ceil(math.sqrt(n))))
 
     def save_samples(self) -> None:
-        if self.run_dir is None:
+        if not self.writes:
             return
         from faceedit.core.images import save_image
 
@@ -654,7 +811,10 @@ class Trainer:
               progress: bool = False) -> dict:
         """Train until a wall-clock budget, a step count or an image count is reached; then checkpoint.
 
-        Non-finite losses stop the chunk without saving (the last good checkpoint stays).
+        Non-finite losses stop the chunk without saving (the last good checkpoint stays). Under
+        ``torchrun`` every rank calls it alike; rank 0's clock decides when the time budget is spent
+        (the ranks stop at the same step), and rank 0 alone shows progress, measures the
+        diagnostics and writes the run folder.
 
         Returns:
             summary dict (steps, kimg, seconds, images/s, whether stopped on NaN).
@@ -668,15 +828,18 @@ class Trainer:
         start_step, start_nimg = self.step_count, self.nimg
         log_t, log_nimg = t0, self.nimg
         bar = None
-        if progress:
+        main = self.dist.is_main
+        if progress and main:
             from tqdm import tqdm
 
             bar = tqdm(total=max_steps, unit="step", disable=None)
         nan = False
         while True:
             done = self.step_count - start_step
-            el = time.perf_counter() - t0
-            if (max_steps is not None and done >= max_steps) or (seconds is not None and el >= seconds) or \
+            out_of_time = seconds is not None and time.perf_counter() - t0 >= seconds
+            if seconds is not None:  # a clock of its own on every rank: take rank 0's decision
+                out_of_time = bool(_dist.main_value(self.dist, out_of_time))
+            if (max_steps is not None and done >= max_steps) or out_of_time or \
                     (kimg is not None and self.kimg >= kimg):
                 break
             self.step()
@@ -687,16 +850,18 @@ class Trainer:
                 row = self.flush_log(self._secs_base + now - t0, (self.nimg - log_nimg) / max(now - log_t, 1e-9))
                 log_t, log_nimg = now, self.nimg
                 if not all(math.isfinite(float(row[k])) for k in ("loss_G", "loss_D") if row[k] != ""):
-                    log.error("non-finite loss at step %d (%s); stopping this chunk without saving",
-                              self.step_count, row)
+                    # the row is the ranks' mean: every rank sees the same and stops at the same step
+                    if main:
+                        log.error("non-finite loss at step %d (%s); stopping this chunk without saving",
+                                  self.step_count, row)
                     nan = True
                     break
-                if self.step_count % (cfg.log_every * cfg.console_every) == 0:
+                if main and self.step_count % (cfg.log_every * cfg.console_every) == 0:
                     log.info("step %d kimg %.1f G %.3f D %.3f %.0f img/s", row["step"], row["kimg"], row["loss_G"],
                              row["loss_D"], row["img_per_s"])
-            if cfg.gsnr_every and self._gsnr_ok and self.step_count % cfg.gsnr_every == 0:
+            if main and cfg.gsnr_every and self._gsnr_ok and self.step_count % cfg.gsnr_every == 0:
                 self._gsnr_ok = self._diagnostic("GSNR", self.measure_gsnr, "gsnr_seconds")
-            if cfg.kid_every and self._kid_ok and self.step_count % cfg.kid_every == 0:
+            if main and cfg.kid_every and self._kid_ok and self.step_count % cfg.kid_every == 0:
                 self._kid_ok = self._diagnostic("KID", self.measure_kid, "kid_seconds")
             if self.kimg - self._last_sample_kimg >= cfg.sample_every_kimg:
                 self._last_sample_kimg = self.kimg
@@ -704,17 +869,18 @@ class Trainer:
                     self.save_samples()
                 except OSError:
                     log.exception("could not write the sample grid at step %d", self.step_count)
-            if self.run_dir is not None and time.perf_counter() - last_ckpt > cfg.checkpoint_every_min * 60:
+            if self.writes and time.perf_counter() - last_ckpt > cfg.checkpoint_every_min * 60:
                 self.save_checkpoint()
                 last_ckpt = time.perf_counter()
         if bar is not None:
             bar.close()
         el = time.perf_counter() - t0
         if not nan and self.run_dir is not None:
-            if self._acc:
+            if self._acc:  # a collective under torchrun: every rank has the run folder's path
                 self.flush_log(self._secs_base + el, (self.nimg - log_nimg) / max(time.perf_counter() - log_t, 1e-9))
-            self.save_samples()
-            self.save_checkpoint()
+            if self.writes:
+                self.save_samples()
+                self.save_checkpoint()
         self.train_seconds = self._secs_base + (time.perf_counter() - t0)
         self._chunk_t0 = None
         return {"steps": self.step_count - start_step, "kimg": round(self.kimg, 3),

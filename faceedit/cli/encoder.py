@@ -45,6 +45,10 @@ def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual
       faceedit train-encoder --model faces64 --space w+ --minutes 3 --out runs/enc64
       faceedit train-encoder --model faces64-wpp --space wpp --minutes 3 --out runs/enc64wpp
       faceedit --device cpu train-encoder --model ./tiny --data pack.npz --steps 20 --channels 32 --out runs/enc-tiny
+      torchrun --nproc_per_node 2 -m faceedit --device cuda train-encoder --model faces64 --batch 64 --out runs/enc64
+
+    Under torchrun each process is one rank of a data-parallel run (--batch is the global batch;
+    rank 0 evaluates and writes --out; the state resumes on any number of ranks).
     """
     from faceedit.core.device import resolve_device
     from faceedit.training.encoder import encoder_width, format_summary, run
@@ -54,4 +58,5 @@ def train_encoder(ctx, model, data, space, minutes, steps, batch, lr, perceptual
         s = run(model, data, space=space, minutes=minutes, steps=steps, out=out, batch=batch, lr=lr,
                 max_images=max_images, val=val, perceptual=perceptual, device=device, seed=seed, resume=resume,
                 encoder_kwargs=encoder_width(channels), state_dir=state_dir, init_from=init_from)
-    click.echo(format_summary(s))
+    if s["rank"] == 0:  # under torchrun, one summary
+        click.echo(format_summary(s))

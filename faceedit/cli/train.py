@@ -104,6 +104,9 @@ def train(ctx, data, mapping, arch, resolution, run_dir, minutes, max_steps, exp
           augment, seed, settings, name, init_from, fast, plot_only):
     """Train a StyleGAN2 generator (W or W++) or a StyleGAN v1 one on a face pack, resumably.
 
+    Under torchrun each process is one rank of a data-parallel run (--batch is the global batch;
+    rank 0 writes the run folder and the export; it resumes on any number of ranks).
+
     A fresh run uses the shipped models' architecture (z and w 256, channel_base 2048,
     channel_max 256; transformer 4 blocks, 4 heads); a resumed run keeps its saved
     settings. On a GPU: `faceedit --device cuda train ...`.
@@ -116,6 +119,7 @@ def train(ctx, data, mapping, arch, resolution, run_dir, minutes, max_steps, exp
       faceedit --device cuda train --init-from checkpoints/weights/faces64 --fast --batch 512 --export out/
       faceedit train --resolution 16 --set channel_base=256 --set channel_max=32 --max-steps 20 --run-dir /tmp/t
       faceedit train --plot --run-dir runs/faces64
+      torchrun --nproc_per_node 2 -m faceedit --device cuda train --fast --batch 512 --export out/
     """
     from faceedit.training.job import default_name, format_table, parse_overrides, run_job
 
@@ -135,7 +139,8 @@ def train(ctx, data, mapping, arch, resolution, run_dir, minutes, max_steps, exp
                     resume_from=resume_from, name=name, device=ctx.obj["device"], max_steps=max_steps,
                     overrides=overrides, init_from=init_from,
                     t_start=__import__("time").time())
-    click.echo(format_table(s))
+    if s["rank"] == 0:  # under torchrun, one table
+        click.echo(format_table(s))
 
 
 def _plots(run_dir, name):
