@@ -109,7 +109,7 @@ def run_cli(tree: Path, args: list, out: Path, threads: str | None) -> dict:
 
 
 # -- the stages, run inside the child process (python photo_path.py _stages ...) ----------------
-def _stages(photos: list, device: str, out: Path) -> dict:
+def _stages(photos: list, device: str, out: Path, detector: str = "dlib") -> dict:
     t0 = time.perf_counter()
     import torch
 
@@ -124,7 +124,7 @@ def _stages(photos: list, device: str, out: Path) -> dict:
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    pipe = faceedit.Pipeline(device=device)
+    pipe = faceedit.Pipeline(device=device, detector=detector)
     t_pipe = time.perf_counter() - t0
     rows = []
     for path in photos:
@@ -138,11 +138,17 @@ def _stages(photos: list, device: str, out: Path) -> dict:
         s = clock()
         photo = faceedit.load_image(path)
         s = mark("decode", s)
-        det = max(detect_faces(photo, "dlib"), key=lambda d: d.size)
+        det = max(detect_faces(photo, detector), key=lambda d: d.size)
         s = mark("detect", s)
-        lm = landmarks68_averaged(photo, det.box)
+        if detector == "mtcnn":  # as align_photo's default mtcnn5 landmarks: refined, calibrated, QuadNet
+            from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
+            from faceedit.alignment.quadnet import quadnet_points
+
+            lm = quadnet_points(photo, calibrate_mtcnn5(mtcnn5_refined(photo, det.box)))
+        else:
+            lm = landmarks68_averaged(photo, det.box)
         s = mark("landmarks", s)
-        face = align_landmarks(photo, lm, pipe.recipe, score=det.score, index=0, detector="dlib")
+        face = align_landmarks(photo, lm, pipe.recipe, score=det.score, index=0, detector=detector)
         s = mark("warp", s)
         lat = pipe.invert([face])[0]
         s = mark("invert", s)
@@ -164,11 +170,11 @@ def _stages(photos: list, device: str, out: Path) -> dict:
             "device_name": torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU cores"}
 
 
-def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str) -> dict:
+def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str, detector: str = "dlib") -> dict:
     code = BOOT + f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\nimport photo_path\n" \
                   "photo_path._child_main()\n"
     load = _load()
-    p = subprocess.run([sys.executable, "-c", code, device, str(out), *map(str, photos)],
+    p = subprocess.run([sys.executable, "-c", code, device, detector, str(out), *map(str, photos)],
                        env=_child_env(tree, threads), capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"the stage run failed on {tree}:\n{p.stderr[-3000:]}")
@@ -188,8 +194,8 @@ def _pool_stage_runs(runs: list) -> dict:
 
 
 def _child_main():
-    device, out, *photos = sys.argv[1:]
-    print(json.dumps(_stages(photos, device, Path(out))))
+    device, detector, out, *photos = sys.argv[1:]
+    print(json.dumps(_stages(photos, device, Path(out), detector)))
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -277,6 +283,8 @@ def main(argv=None) -> int:
     ap.add_argument("--folder", default=None, help="a folder of photos [default: 8 photos of 1-2 MP from "
                     "../shared/datasets/photos, linked into a temporary folder]")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--detector", default="dlib", choices=["dlib", "mtcnn"], help="the face detector of every run "
+                    "(mtcnn where dlib's landmark model is not installed, as on the GPU machine)")
     ap.add_argument("--repeats", type=int, default=5, help="fresh-process runs of the command per tree")
     ap.add_argument("--cli-threads", default=None, help="OMP_NUM_THREADS for the command runs [default: as set "
                     "in this environment, usually unset: each tree chooses]")
@@ -314,7 +322,7 @@ def main(argv=None) -> int:
 
         with Image.open(a.photo) as im:
             size = list(im.size)
-        res = {"device": a.device, "baseline": a.baseline,
+        res = {"device": a.device, "detector": a.detector, "baseline": a.baseline,
                "baseline_commit": _git("rev-parse", a.baseline, default=a.baseline),
                "current_commit": _git("rev-parse", "HEAD", default=os.environ.get("FACEEDIT_COMMIT", "unknown")),
                "dirty": bool(_git("status", "--porcelain", "-uno", default="")),
@@ -322,28 +330,30 @@ def main(argv=None) -> int:
                "cli_threads": a.cli_threads or os.environ.get("OMP_NUM_THREADS"), "stage_threads": a.threads,
                "load_start": _load(), "cli": {n: {"photo": [], "folder": []} for n in trees}, "stages": {}}
         dev = ["--device", a.device]
+        det = ["--detector", a.detector]
         for tree in trees.values():  # one untimed run each: the file cache warm, the .pyc files written
-            run_cli(tree, [*dev, "edit", a.photo, "--attr", "smile"], work / "warm", a.cli_threads)
+            run_cli(tree, [*dev, "edit", a.photo, *det, "--attr", "smile"], work / "warm", a.cli_threads)
         for r in range(a.repeats):
             for name, tree in trees.items():
-                res["cli"][name]["photo"].append(run_cli(tree, [*dev, "edit", a.photo, "--attr", "smile"],
+                res["cli"][name]["photo"].append(run_cli(tree, [*dev, "edit", a.photo, *det, "--attr", "smile"],
                                                          work / f"cli_{name}", a.cli_threads))
                 print(f"cli photo {name} #{r}: {res['cli'][name]['photo'][-1]}", file=sys.stderr, flush=True)
         for r in range(max(1, a.repeats // 2)):
             for name, tree in trees.items():
-                res["cli"][name]["folder"].append(run_cli(tree, [*dev, "edit", str(folder), "--attr", "smile"],
+                res["cli"][name]["folder"].append(run_cli(tree, [*dev, "edit", str(folder), *det, "--attr", "smile"],
                                                           work / f"cli_{name}", a.cli_threads))
                 print(f"cli folder {name} #{r}: {res['cli'][name]['folder'][-1]}", file=sys.stderr, flush=True)
         res["cli_steps"] = {}
         for r in range(a.repeats if a.cli_steps else 0):
             for n in a.cli_steps.split(","):
                 res["cli_steps"].setdefault(n, []).append(run_cli(
-                    REPO, [*dev, "edit", a.photo, "--attr", "smile", "--steps", n], work / "cli_steps", a.cli_threads))
+                    REPO, [*dev, "edit", a.photo, *det, "--attr", "smile", "--steps", n], work / "cli_steps", a.cli_threads))
                 print(f"cli --steps {n} #{r}: {res['cli_steps'][n][-1]}", file=sys.stderr, flush=True)
         runs = {n: [] for n in trees}
         for r in range(a.stage_repeats):  # alternating, so that both trees see the same spells of load
             for name, tree in trees.items():
-                runs[name].append(run_stages(tree, [a.photo, *photos], a.device, work / f"stages_{name}", a.threads))
+                runs[name].append(run_stages(tree, [a.photo, *photos], a.device, work / f"stages_{name}", a.threads,
+                                             a.detector))
                 print(f"stages {name} #{r}: done", file=sys.stderr, flush=True)
         res["stages"] = {n: _pool_stage_runs(x) for n, x in runs.items()}
         res["load_end"] = _load()
