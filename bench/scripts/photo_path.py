@@ -276,9 +276,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", default=None, help="git revision of the baseline tree [default: where this "
                     "branch left main, git merge-base HEAD main]")
-    ap.add_argument("--baseline-tar", default=None, help="the baseline tree as a `git archive` tar, for a copy of "
-                    "the repository without its history (a GPU machine); with --baseline naming its revision. "
-                    "Where the tar leaves out checkpoints/weights, the working tree's weights are linked in")
+    ap.add_argument("--baseline-tree", default=None, help="the baseline tree as a folder or a `git archive` tar, for "
+                    "a copy of the repository without its history (a GPU machine); with --baseline naming its "
+                    "revision. Where it leaves out checkpoints/weights, the working tree's weights are linked in")
     ap.add_argument("--photo", default=str(DEFAULT_PHOTO), help="the one photo")
     ap.add_argument("--folder", default=None, help="a folder of photos [default: 8 photos of 1-2 MP from "
                     "../shared/datasets/photos, linked into a temporary folder]")
@@ -294,16 +294,19 @@ def main(argv=None) -> int:
                     "N of this comma-separated list (what the hybrid's CPU step count costs)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
     a = ap.parse_args(argv)
-    if a.baseline_tar and not a.baseline:
-        ap.error("--baseline-tar needs --baseline naming the revision it holds")
+    if a.baseline_tree and not a.baseline:
+        ap.error("--baseline-tree needs --baseline naming the revision it holds")
     a.baseline = a.baseline or _git("merge-base", "HEAD", "main")
     out = Path(a.out)
     work = Path(tempfile.mkdtemp(prefix="photo_path_"))
     try:
         base = work / "baseline"
         base.mkdir()
-        if a.baseline_tar:
-            subprocess.run(["tar", "-x", "-C", str(base), "-f", a.baseline_tar], check=True)
+        if a.baseline_tree and Path(a.baseline_tree).is_dir():
+            shutil.copytree(a.baseline_tree, base, dirs_exist_ok=True, symlinks=True)
+        elif a.baseline_tree:
+            subprocess.run(["tar", "-x", "-C", str(base), "-f", a.baseline_tree], check=True)
+        if a.baseline_tree:
             if not (base / "checkpoints" / "weights").exists():
                 (base / "checkpoints" / "weights").symlink_to(REPO / "checkpoints" / "weights")
         else:
