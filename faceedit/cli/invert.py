@@ -25,10 +25,12 @@ two settings). A photo that fails is skipped and listed; the exit code is 1 if a
 """
 from __future__ import annotations
 
+import os
+
 import click
 
-from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
-                     min_score_option, perceptual_option, seed_option)
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, loader_workers_option,
+                     max_pixels_option, min_score_option, perceptual_option, retry_failed_option, seed_option)
 
 
 def _face_option(value: str):
@@ -77,9 +79,11 @@ def _face_option(value: str):
               "Relative to the current folder, as in the README's examples, so results land where the user works.")
 @click.option("--overwrite", is_flag=True,
               help="Replace results of these photos in --out made with other settings (refused without it).")
+@retry_failed_option()
+@loader_workers_option()
 @click.pass_context
 def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, perceptual, optimize_noise,
-           seed, batch_size, detector, min_score, max_pixels, aligned, out, overwrite):
+           seed, batch_size, detector, min_score, max_pixels, aligned, out, overwrite, retry_failed, workers):
     """Invert faces in photos into a generator's latent space.
 
     Each photo is aligned with the model's own recipe, every requested face is
@@ -99,6 +103,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     face_sel = _face_option(face)
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
     with job_errors():
+        from faceedit.batchrun import launched, rate_line
         from faceedit.checkpoints.registry import cache_dir
         from faceedit.core.files import check_writable_dir
         from faceedit.inputs import check_photos, collect_photos
@@ -106,20 +111,29 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
 
         photos = collect_photos(inputs)
         check_writable_dir(cache_dir(), what="FACEEDIT_HOME")  # last_inversion.json; before any model loads
-        good, bad = check_photos(photos, max_pixels=max_pixels)
-        if not good:  # every photo unreadable: said before any model loads
-            finish_batch(bad, len(photos), "photo(s)")
+        if "WORLD_SIZE" not in os.environ:  # one process: every header read before the model loads
+            good, bad = check_photos(photos, max_pixels=max_pixels)
+            if not good:  # every photo unreadable: said before any model loads
+                finish_batch(bad, len(photos), "photo(s)")
         alignment_told_here()
-        pipe = Pipeline(model, space=space, method=method, device=ctx.obj["device"] if ctx.obj else "auto",
-                        detector=detector, min_score=min_score, max_pixels=max_pixels,
-                        notice=lambda msg: click.echo(msg, err=True),
-                        invert_options={"steps": steps, "prior": prior, "prior_weight": prior_weight,
-                                        "perceptual": perceptual, "seed": seed, "optimize_noise": optimize_noise})
-        run = pipe.invert_files(photos, out, face=face_sel, aligned=aligned, batch_size=batch_size, quiet=quiet,
-                                echo=lambda msg: click.echo(msg, err=True), overwrite=overwrite)
+        with launched(ctx.obj["device"] if ctx.obj else "auto") as (dist, device):
+            pipe = Pipeline(model, space=space, method=method, device=device, detector=detector, min_score=min_score,
+                            max_pixels=max_pixels, notice=lambda msg: click.echo(msg, err=True),
+                            invert_options={"steps": steps, "prior": prior, "prior_weight": prior_weight,
+                                            "perceptual": perceptual, "seed": seed, "optimize_noise": optimize_noise})
+            run = pipe.invert_files(photos, out, face=face_sel, aligned=aligned, batch_size=batch_size, quiet=quiet,
+                                    echo=lambda msg: click.echo(msg, err=True), overwrite=overwrite,
+                                    retry_failed=retry_failed, workers=workers, dist=dist)
+    if not dist.is_main:  # rank 0 of a torchrun launch tells the whole run
+        return
     if run.records:
         click.echo("\n".join(run.faces_lines()))
         click.echo(run.summary())
+        if len(photos) > 1:
+            click.echo(rate_line(run.rate))
     else:
         click.echo(f"nothing to do: all {run.skipped} face(s) already have results in {out} with these settings")
+    if run.failed_before:
+        click.echo(f"{run.failed_before} photo(s) failed in an earlier run and were not tried again (listed below; "
+                   f"--retry-failed tries them)", err=True)
     finish_batch(run.failures, run.photos, "photo(s)")
