@@ -5,9 +5,13 @@ Once dlib's models are loaded, finding the faces of a photo costs little; loadin
 Python's GIL, so a thread could not overlap them with anything. :class:`BackgroundAligner` runs
 them in one worker process instead: started before the caller imports torch and loads a
 generator, the worker loads dlib's models meanwhile; each photo submitted is then read and
-aligned there while the caller inverts the one before. The worker calls
-:func:`faceedit.core.images.load_image` and :func:`~faceedit.alignment.align.align_photo`, so
+aligned there while the caller inverts the one before. The worker calls :func:`read_and_align`
+(``faceedit.core.images.load_image``, then :func:`~faceedit.alignment.align.align_photo`), so
 the faces are exactly those of an alignment in the caller's process (``tests/test_alignment.py``).
+
+``faceedit edit PHOTO`` uses it for its one photo, where starting before torch is the point; a
+folder goes through the loader workers of ``faceedit.batchrun``, which need torch anyway and
+call the same :func:`read_and_align`, and start by the same rule (:func:`worker_context`).
 """
 from __future__ import annotations
 

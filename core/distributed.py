@@ -143,7 +143,8 @@ def decided_by_main(ctx: DistContext, decide):
     """
     if not ctx.distributed:
         return decide()
-    box, raised = [None], None
+    box: list = [None]
+    raised: Exception | None = None
     if ctx.is_main:
         try:
             box[0] = (True, decide())
@@ -165,7 +166,7 @@ def gathered(ctx: DistContext, obj) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` for a world of one)."""
     if not ctx.distributed:
         return [obj]
-    out = [None] * ctx.world_size
+    out: list = [None] * ctx.world_size
     torch.distributed.all_gather_object(out, obj)
     return out
 

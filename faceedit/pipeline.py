@@ -984,12 +984,13 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
 
         dist = dist if dist is not None else context(pipeline_options.get("device", "auto") or "auto")
         folder.journal = dist.distributed
-        settings = {"attributes": {str(getattr(k, "key", k)): float(v) for k, v in
-                                   with_default_strength(attributes).items()},
+        settings = {"attributes": {_attribute_setting(k): float(v)
+                                   for k, v in with_default_strength(attributes).items()},
                     "layers": layers, "strengths": strengths, "model": _as_setting(model), "space": space,
                     "face": face, "photo": _as_setting(photo),
                     "options": {k: _as_setting(v) for k, v in pipeline_options.items()
-                                if k not in ("device", "notice")}}
+                                if k not in ("device", "notice")},
+                    "direction_files": _direction_files(pipeline_options.get("directions"))}
         return edit_jobs(folder, with_default_strength(attributes), photos, latent_files, photo, model, space, face,
                          layers, strengths, echo, aligner, pipeline_options, settings=settings, dist=dist,
                          retry_failed=retry_failed, workers=(workers if background else 0))
@@ -1005,6 +1006,26 @@ def _as_setting(value):
         st = os.stat(value)
         return [str(Path(value).resolve()), st.st_size, st.st_mtime_ns]
     return value
+
+
+def _attribute_setting(key) -> str:
+    """An edit key as a setting: a name as it is, a ``Direction`` by its key and a hash of its vector."""
+    if not hasattr(key, "vector"):
+        return str(key)
+    import hashlib
+
+    return f"{key.key}@{hashlib.sha256(key.vector.detach().cpu().numpy().tobytes()).hexdigest()[:12]}"
+
+
+def _direction_files(directions) -> list:
+    """``[[path, size, mtime], ...]`` of the direction files an edit may read (the folder given, or the
+    shipped and cached ones): a direction fitted or replaced since makes another edit setting."""
+    from faceedit.checkpoints.registry import WEIGHTS_DIR, cache_dir
+
+    if directions is not None and not isinstance(directions, (str, os.PathLike)):
+        return []  # Direction objects: their values are in the settings already
+    roots = [Path(directions)] if directions is not None else [WEIGHTS_DIR / "directions", cache_dir() / "directions"]
+    return [_as_setting(p) for r in roots if r.is_dir() for p in sorted(r.rglob("*.safetensors"))]
 
 
 def model_recipe(config: dict, resolution: int):

@@ -132,7 +132,7 @@ def _stage_job(job: dict) -> None:
 
 # ----------------------------------------------------------------------------- the parent
 def _env(tree: Path, site: list, home: Path) -> dict:
-    env = photo_path._child_env(tree, os.environ.get("OMP_NUM_THREADS", "1"))
+    env = photo_path._child_env(tree, None)  # OMP_NUM_THREADS as set here; unset, each process chooses
     env.update(FACEEDIT_BENCH_SITE=os.pathsep.join(map(str, site)), FACEEDIT_HOME=str(home))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -208,11 +208,12 @@ def baseline_tree(spec: str, work: Path) -> Path:
 
 def prepare(dest: Path, baseline: str | None, photos: Path) -> None:
     """Copy what a run needs onto a machine that lacks it: the photos, facenet-pytorch (and the
-    pure-Python packages it imports), the baseline tree without its weights (the same as this tree's)."""
+    pure-Python packages it imports), pytorch-msssim, the baseline tree without its weights (the
+    same as this tree's)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(photos, dest / "photos", dirs_exist_ok=True)
     site = dest / "site"
-    for name in ("facenet_pytorch", "requests", "urllib3", "idna", "charset_normalizer", "certifi"):
+    for name in ("facenet_pytorch", "requests", "urllib3", "idna", "charset_normalizer", "certifi", "pytorch_msssim"):
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:
             print(f"not found here, not copied: {name}", file=sys.stderr)
@@ -232,6 +233,14 @@ def prepare(dest: Path, baseline: str | None, photos: Path) -> None:
         (dest / "baseline.txt").write_text(f"{baseline} {rev}\n")
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     print(f"prepared {dest}: {size / 2**20:.1f} MiB (photos, site packages{', baseline tree' if baseline else ''})")
+
+
+def _commit() -> str | None:
+    """This tree's commit, where git and the repository's history are at hand."""
+    try:
+        return photo_path._git("rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _gpus(device: str) -> int:
@@ -291,7 +300,7 @@ def main(argv=None) -> int:
         res = {"device": a.device, "count": a.count, "distinct_photos": len({p.resolve() for p in paths}),
                "batch": a.batch, "steps": a.steps, "detector": detector, "model": a.model, "workers": a.workers,
                "nice": os.nice(0), "cores": os.cpu_count(), "omp_threads": env.get("OMP_NUM_THREADS"),
-               "commit": photo_path._git("rev-parse", "HEAD") if (REPO / ".git").exists() else None,
+               "commit": _commit(),
                "skipped_nproc": skipped, "load_start": photo_path._load(), "runs": [], "baseline": None}
         job = {"device": a.device, "model": a.model, "detector": detector, "steps": a.steps, "batch": a.batch,
                "workers": a.workers, "photos": str(work / "photos")}
@@ -363,7 +372,8 @@ def report(res: dict) -> str:
              f"../shared/datasets/photos, replicated), model {res['model']}, {first.get('method', '?')} with "
              f"{first.get('steps', '?')} steps, batch {res['batch']}, detector {res['detector']}, loader workers "
              f"{res['workers'] if res['workers'] is not None else 'the default (cores per process less one)'}; "
-             f"{res['cores']} cores, OMP_NUM_THREADS {res['omp_threads']}, nice {res['nice']}, load average "
+             f"{res['cores']} cores, OMP_NUM_THREADS {res['omp_threads'] or 'unset (each process chooses)'}, nice "
+             f"{res['nice']}, load average "
              f"{res['load_start']} at the start, {res['load_end']} at the end; commit "
              f"{(res['commit'] or 'unknown')[:10]}.", ""]
     if res["skipped_nproc"]:
@@ -385,7 +395,9 @@ def report(res: dict) -> str:
     if base and base.get("same_images"):
         s = base["same_images"]
         lines += ["", f"Reconstructions of the 1-process launch byte-identical to the baseline's: {s['identical']} of "
-                  f"{s['compared']}."]
+                  f"{s['compared']} (the old path fills each batch with the next {res['batch']} faces, so after a "
+                  "photo without a face, or with two, its batches are not the fixed groups of photos, and a face's "
+                  "last bits depend on its batch)."]
     lines += ["", "## Where the processes' time goes (seconds per photo, summed over the processes)", "",
               "read + align run in the loader workers, beside the process (their sum can pass the wall time); wait "
               "is the part of them the process waited for; invert and write are the process's own.", "",

@@ -144,9 +144,11 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
     recursively, keep their structure under --out, show a progress bar, use --workers
     processes, and resume: photos done with the same settings are skipped; results made
     with other settings stop the run (another --out keeps both, --overwrite replaces them).
-    A photo without a face is reported and recorded (and tried again on a re-run), the
-    others go on; the exit code is 1 if any failed. STEM becomes STEM_EXT when two photos
-    share one or a name would hit a file that is not this photo's earlier result.
+    A photo without a face is reported and recorded (tried again on a re-run with other
+    settings, or with --retry-failed), the others go on; the exit code is 1 if any failed.
+    Under torchrun the photos are dealt to the processes, each with its --workers. STEM
+    becomes STEM_EXT when two photos share one or a name would hit a file that is not this
+    photo's earlier result.
 
     \b
     Examples:
@@ -154,6 +156,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
       faceedit align group.jpg --face largest --recipe ffhq --size 1024 --out aligned/
       faceedit align ../shared/datasets/celeba10k --out data/celeba64 --ext jpg
       faceedit align rotated.jpg --try-rotations --detector mtcnn --out aligned/
+      torchrun --nproc_per_node 4 -m faceedit align photos/ --out aligned/ --workers 4
     """
     import logging
 

@@ -94,7 +94,9 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     --sweep also STEM_FACE_sweep.png and STEM_sweep_ATTR.gif. STEM is the photo's, or
     STEM_EXT when two inputs share one (same.jpg, same.png) or the name would hit a file
     that is not an earlier result of this photo. A photo that fails is listed and the others
-    go on; the exit code is 1 if any failed.
+    go on; the exit code is 1 if any failed. An input edited into --out with the same settings
+    is skipped; one that failed with them is skipped unless --retry-failed. Under torchrun the
+    inputs are dealt to the processes.
 
     \b
     Examples:
@@ -104,6 +106,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
       faceedit edit photo.jpg --attr "age|male=3"             # older, gender held
       faceedit edit --latent out/invert/photo_0.latent.safetensors --attr yaw --sweep -3:3:7
       faceedit edit photo.jpg --space wpp --attr smile --layers 0-5
+      torchrun --nproc_per_node 8 -m faceedit --device cuda edit photos/ --attr smile --out ed/
     """
     if not attrs:
         raise click.UsageError("say what to edit with --attr NAME[=STRENGTH], e.g. --attr smile "

@@ -21,7 +21,13 @@ method, steps, seed, prior, losses, detector). If the folder holds results of th
 made with other settings, the run stops before inverting anything and says what differs:
 pass another ``--out`` to keep both, or ``--overwrite`` to replace them (refused by default
 so that a changed option never silently costs an earlier result, and a folder never mixes
-two settings). A photo that fails is skipped and listed; the exit code is 1 if any failed.
+two settings). A photo that fails is skipped, listed and recorded as failed in the folder's
+manifest; a re-run does not try it again unless ``--retry-failed`` (it is listed again, and
+the exit code is 1 if any photo failed, now or before).
+
+Launched by ``torchrun --nproc_per_node N [--nnodes M ...] -m faceedit invert DIR --out OUT``,
+the photos are dealt to the N x M processes in groups of ``--batch`` (``faceedit.batchrun``);
+rank 0 prints the progress bar and the summary of the whole run.
 """
 from __future__ import annotations
 
@@ -91,7 +97,9 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     side-by-side image and a JSON record are written to --out. A re-run skips the faces
     done with the same settings and stops if --out holds these photos' results made with
     other settings (--overwrite replaces them). A photo that fails is listed and the others
-    go on; the exit code is 1 if any failed.
+    go on; the exit code is 1 if any failed. It is recorded as failed and not tried again
+    by a re-run unless --retry-failed. Under torchrun the photos are dealt to the processes
+    (groups of --batch photos, the same results whatever their number).
 
     \b
     Examples:
@@ -99,6 +107,7 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
       faceedit invert photos/ --space w+ --face all --out inv/
       faceedit invert crop.png --aligned --model faces64 --space w --steps 200
       faceedit invert photo.jpg --prior none --perceptual none --seed 1
+      torchrun --nproc_per_node 8 -m faceedit --device cuda invert photos/ --out inv/
     """
     face_sel = _face_option(face)
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
