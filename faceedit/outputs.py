@@ -33,8 +33,8 @@ and no lock is needed where nothing is shared. Every line is a whole JSON object
 newline, written with one ``os.write`` and made durable with ``fsync`` before the work it
 announces goes on; a reader takes the list file and every journal as one list and leaves a last
 line without its newline (a writer killed mid-line) unread. What an input's lines mean is
-:meth:`OutputFolder.input_state`: ``done`` while the files its done line names exist, else
-``failed`` if a failed line exists, else ``pending``. Lines of either kind are skipped by the
+:meth:`OutputFolder.input_state`: ``done`` while the files its done line names are as it left
+them, else ``failed`` if its last outcome was a failure, else ``pending``. Lines of either kind are skipped by the
 other kind's reader, so folders written before the states existed read as they did.
 """
 from __future__ import annotations
@@ -100,6 +100,7 @@ class _Lists:
 
     def __init__(self):
         self.files, self.owners, self.states, self.finished, self.ended = {}, {}, {}, {}, {}
+        self._seq = 0  # the order lines were read in (the list file first, then the journals)
 
     @staticmethod
     def paths(root: Path) -> list:
@@ -147,6 +148,8 @@ class _Lists:
             if "file" in e:
                 self.owners.setdefault(str(e["file"]), set()).add(f"{e['command']}:{e['source']}")
             elif e.get("state") in STATES:
+                self._seq += 1
+                e["_seq"] = self._seq
                 self.states.setdefault((e["command"], e["input"], e["settings"]), {})[e["state"]] = e
                 if e["state"] != "pending" and e.get("run"):
                     self.finished[e["run"]] = self.finished.get(e["run"], 0) + 1
@@ -203,8 +206,9 @@ class OutputFolder:
             lists: a reading of the list to use (default: read on now).
             of: the input's other files, as its lines name them under ``of`` (an edit's latents).
         Returns:
-            ``(state, line)``: ``("done", line)`` when a done line exists and every file it names
-            is there, else ``("failed", line)`` when a failed line exists, else ``("pending",
+            ``(state, line)``: ``("done", line)`` when a done line exists and the files it names
+            are there as it left them (:meth:`done_holds`), else ``("failed", line)`` when a
+            failed line exists and came after the last done line, else ``("pending",
             line)``; ``None`` when the list never named the input. A done or failed line holds
             for the input's files as they were (their sizes and modification times): an input
             whose file was replaced since, or another set of files, is pending again.
@@ -215,12 +219,16 @@ class OutputFolder:
             return None
         now = [_stat_of(p) for p in (source, *of)]
         done, failed = (slot.get(k) for k in ("done", "failed"))
-        if (done is not None and done.get("stat") == now
-                and all((self.root / n).is_file() for n in done.get("files", ()))):
+        if done is not None and done.get("stat") == now and self.done_holds(done):
             return "done", done
-        if failed is not None and failed.get("stat") == now:
-            return "failed", failed
+        if failed is not None and failed.get("stat") == now and (done is None or _later(failed, done)):
+            return "failed", failed  # a failure after the last done line (or with none)
         return "pending", slot.get("pending") or done or failed
+
+    def done_holds(self, line: dict) -> bool:
+        """Whether the files a done line names are still those it was written after (same sizes and
+        modification times: not deleted, not rewritten since by a run with other settings)."""
+        return [_stat_of(self.root / n) for n in line.get("files", ())] == line.get("files_stat")
 
     def finished_in(self, run: str) -> int:
         """How many inputs the run ``run`` recorded as done or failed so far (every process's lines)."""
@@ -276,6 +284,8 @@ class OutputFolder:
             if e["state"] not in STATES:
                 raise ValueError(f"state {e['state']!r} is not one of {', '.join(STATES)}")
             of = [str(p) for p in e.get("of", ())]
+            if e["state"] == "done":
+                e = {**e, "files_stat": [_stat_of(self.root / n) for n in e.get("files", ())]}
             lines.append({**e, "input": _source_key(e["input"]), "of": of,
                           "stat": [_stat_of(p) for p in (e["input"], *of)], "command": self.command,
                           "settings": settings, "run": run, "rank": int(os.environ.get("RANK", 0)), "time": now})
@@ -448,6 +458,11 @@ def _stat_of(path) -> list | None:
     return [st.st_size, st.st_mtime_ns]
 
 
+def _later(a: dict, b: dict) -> bool:
+    """Whether state line ``a`` was written after ``b``: by their times (one second), then their reading order."""
+    return (str(a.get("time", "")), a.get("_seq", 0)) > (str(b.get("time", "")), b.get("_seq", 0))
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -529,14 +544,14 @@ def folder_inversions(folder: OutputFolder, settings: dict) -> list:
     for (command, source, _), slot in lists.states.items():
         done = slot.get("done")
         if command == "invert" and done is not None and done.get("record_settings") == key:
-            listed.update({n: (source, face) for n, face in zip(done.get("files", ()), done.get("faces", ()))})
+            listed.update({n: (source, face, done) for n, face in zip(done.get("files", ()), done.get("faces", ()))})
     for n in folder._existing():
         if "/" in n or not rx.fullmatch(n):
             continue
         if n in listed:  # the record need not be read: its done line says whose it is and with which settings
-            photo, face = listed[n]
+            photo, face, line = listed[n]
             latent = folder.root / (n[:-len(".json")] + ".latent.safetensors")
-            if folder._owns_name(n, photo, owners) and latent.is_file():
+            if folder._owns_name(n, photo, owners) and latent.is_file() and folder.done_holds(line):
                 recs.append({"photo": photo, "face": int(face), "latent": str(latent.resolve()),
                              "json": str((folder.root / n).resolve())})
             continue

@@ -215,6 +215,9 @@ def test_manifest_states_and_retry_failed(tiny, tmp_path, monkeypatch):
     states = [(Path(e["input"]).name, e["state"]) for e in manifest_lines(out) if e.get("state")]
     assert states.count(("face_recognition__obama.jpg", "failed")) == 1  # the second run did not try it
     assert states.count(("insightface__bulk_Rob_Lowe_0001.jpg", "done")) == 1
+    record = out / "face_recognition__obama_0.json"
+    record.write_text(record.read_text().replace('"seed": 0', '"seed": 0 '))  # rewritten by another run
+    assert folder.input_state(big, key)[0] == "pending"
     shutil.copy(PHOTOS / "face_recognition__two_people.jpg", small)  # another photo under the same name
     assert folder.input_state(small, key)[0] == "pending"
 
