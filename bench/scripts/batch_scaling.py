@@ -62,6 +62,9 @@ for extra in os.environ.get("FACEEDIT_BENCH_SITE", "").split(os.pathsep):
         sys.path.append(extra)  # packages carried to a machine that lacks them, after its own
 
 SHARED_PHOTOS = photo_path.PHOTOS
+#: What the old path's process runs after the import hook: the carried packages after its own.
+SITE = ("for extra in os.environ.get('FACEEDIT_BENCH_SITE', '').split(os.pathsep):\n"
+        "    if extra and extra not in sys.path:\n        sys.path.append(extra)\n")
 STAGES = ("decode", "detect", "landmarks", "warp")
 RUN_STAGES = ("read", "align", "wait", "invert", "write")
 
@@ -316,7 +319,8 @@ def main(argv=None) -> int:
             tree = baseline_tree(a.baseline, work)
             args = ["--device", a.device, "-q", "invert", str(work / "photos"), "--model", a.model, "--batch",
                     str(a.batch), "--detector", detector, *(["--steps", str(a.steps)] if a.steps else [])]
-            code = photo_path.BOOT + "sys.argv = ['faceedit'] + sys.argv[1:]\nfrom faceedit.cli import main\nmain()\n"
+            code = (photo_path.BOOT + SITE + "sys.argv = ['faceedit'] + sys.argv[1:]\n"
+                    "from faceedit.cli import main\nmain()\n")
             benv = _env(tree, site, work / "home_baseline")
             t = time.perf_counter()
             p = subprocess.run([sys.executable, "-c", code, *args, "--out", str(work / "out_baseline")], env=benv,
