@@ -31,7 +31,7 @@ Examples::
     nice -n 10 python bench/scripts/batch_scaling.py --count 32 --nproc 1,2 --baseline main   # CPU here
     python bench/scripts/batch_scaling.py --prepare .gpu/batch --baseline main               # before a GPU run
     python bench/scripts/batch_scaling.py --device cuda --nproc 1 --carried .gpu/batch --out $OUT
-    python bench/scripts/batch_scaling.py --device cuda --nproc 1,2,4,8 --count 2000 --carried .gpu/batch
+    python bench/scripts/batch_scaling.py --device cuda --nproc 1,2,4,8 --count 2000 --carried .gpu/batch --no-baseline
 
 Writes ``batch_scaling_<device>.json`` and ``.md`` under ``--out`` (default
 ``bench/results/batch_scaling``) and prints the markdown tables last.
@@ -267,6 +267,7 @@ def main(argv=None) -> int:
                     "process, less one]")
     ap.add_argument("--baseline", default=None, help="also time the old single-process path: a git revision, or a "
                     "folder holding its tree")
+    ap.add_argument("--no-baseline", action="store_true", help="leave the old path out, even when --carried has it")
     ap.add_argument("--photos", default=None, help="folder of photos [default: ../shared/datasets/photos, or "
                     "CARRIED/photos]")
     ap.add_argument("--stage-photos", type=int, default=16, help="photos the alignment stages are timed on")
@@ -291,6 +292,8 @@ def main(argv=None) -> int:
     sys.path.extend(str(s) for s in site)
     if a.baseline is None and carried and (carried / "baseline").is_dir():
         a.baseline = str(carried / "baseline")
+    if a.no_baseline:
+        a.baseline = None
     detector = pick_detector(a.detector)
     out = Path(a.out)
     work = Path(tempfile.mkdtemp(prefix="batch_scaling_"))
