@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -101,6 +102,75 @@ def shard_indices(n: int, ctx: DistContext) -> range:
         The indices ``rank, rank + world_size, ...`` below ``n``; all of them for a world of one.
     """
     return range(ctx.rank, n, ctx.world_size)
+
+
+def group_shards(n: int, size: int, ctx: DistContext) -> list:
+    """This rank's groups of ``size`` consecutive inputs, the groups dealt to the ranks in turn.
+
+    The groups are fixed by ``n`` and ``size`` alone (group ``g`` holds ``g * size, ...,
+    g * size + size - 1``), so each is the same set of inputs whatever the number of ranks,
+    and a job that treats a group as one unit (one inversion batch) gives the same results
+    with 1 or N processes. Group ``g`` goes to rank ``g % world_size``.
+
+    Args:
+        n: how many inputs the whole run has.
+        size: inputs per group (>= 1).
+        ctx: this process's launch.
+    Returns:
+        A list of ``range`` objects, this rank's groups in order.
+    """
+    size = max(1, int(size))
+    return [range(g * size, min(n, (g + 1) * size)) for g in shard_indices(-(-n // size), ctx)]
+
+
+def local_world_size() -> int:
+    """How many processes of the launch run on this node (``LOCAL_WORLD_SIZE``, 1 without torchrun)."""
+    return max(1, _env_int("LOCAL_WORLD_SIZE", 1))
+
+
+def decided_by_main(ctx: DistContext, decide):
+    """``decide()`` run on rank 0 alone, its result (or its exception) given to every rank.
+
+    For what must be one decision for the whole launch (a plan that reads a shared folder
+    before any rank writes into it). A world of one just calls ``decide()``.
+
+    Args:
+        ctx: this process's launch.
+        decide: a callable of no arguments whose result pickles.
+    Returns:
+        ``decide()``'s result, on every rank.
+    Raises:
+        Whatever ``decide()`` raised on rank 0, raised on every rank (an exception that does not
+        pickle arrives as ``RuntimeError`` with its message).
+    """
+    if not ctx.distributed:
+        return decide()
+    box: list = [None]
+    raised: Exception | None = None
+    if ctx.is_main:
+        try:
+            box[0] = (True, decide())
+        except Exception as e:  # noqa: BLE001 - handed to every rank, raised there and here
+            raised = e
+            try:
+                pickle.dumps(e)
+                box[0] = (False, e)
+            except Exception:  # noqa: BLE001 - an exception that does not pickle travels as its message
+                box[0] = (False, RuntimeError(f"rank 0: {type(e).__name__}: {e}"))
+    torch.distributed.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise (raised if raised is not None else value)
+    return value
+
+
+def gathered(ctx: DistContext, obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` for a world of one)."""
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def barrier(ctx: DistContext) -> None:

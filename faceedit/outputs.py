@@ -19,13 +19,33 @@ under ``settings``; see :func:`inversion_settings`). Edit outputs
 per photo: ``<stem>_edit.png``, ``<stem>_edit.json`` and per face ``<stem>_<face>_edit.png``,
 ``_side.png``, ``_edit.latent.safetensors``; with a sweep also ``<stem>_<face>_sweep.png``
 and ``<stem>_sweep_<attr>.gif``.
+
+The manifest. The folder's list is also where a batch run records the state of each of its
+inputs: ``pending`` (planned), ``done`` (naming the record files that mark it done) or
+``failed`` (with the message), keyed by the command, the input (its path, and its size and
+modification time: a file replaced since is pending again) and a hash of the run's settings
+(:func:`settings_key`). A run with one process appends to ``.faceedit-outputs.jsonl``
+(:data:`MANIFEST`); a run of several processes (``torchrun``), possibly on several machines
+sharing the folder, has each process append only to its own journal
+``.faceedit-outputs.d/<host>.<pid>.<token>.jsonl`` (:data:`JOURNALS`), so that no two processes
+ever write one file: appends from two machines to one file over NFS can overwrite each other,
+and no lock is needed where nothing is shared. Every line is a whole JSON object ending in a
+newline, written with one ``os.write`` and made durable with ``fsync`` before the work it
+announces goes on; a reader takes the list file and every journal as one list and leaves a last
+line without its newline (a writer killed mid-line) unread. What an input's lines mean is
+:meth:`OutputFolder.input_state`: ``done`` while the files its done line names are as it left
+them, else ``failed`` if its last outcome was a failure, else ``pending``. Lines of either kind are skipped by the
+other kind's reader, so folders written before the states existed read as they did.
 """
 from __future__ import annotations
 
 import io
+import hashlib
 import json
 import os
 import re
+import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -38,6 +58,10 @@ from faceedit.inputs import PHOTO_EXTS, collect_photos  # noqa: F401 - re-export
 
 #: The list of the files faceedit wrote into an output folder (one JSON object a line).
 MANIFEST = ".faceedit-outputs.jsonl"
+#: The folder of the per-process journals a run of several processes writes instead of :data:`MANIFEST`.
+JOURNALS = ".faceedit-outputs.d"
+#: The states a batch run records for its inputs.
+STATES = ("pending", "done", "failed")
 #: Where the last finished inversion run is remembered, under the cache.
 LAST_INVERSION = "last_inversion.json"
 #: Smallest side, in pixels, of one face in a side-by-side or sweep strip.
@@ -57,6 +81,84 @@ def _source_key(source) -> str:
     return "" if source is None else str(Path(source).resolve())
 
 
+def settings_key(settings) -> str:
+    """A short hash of a run's settings (any JSON-able value): what keys its inputs' states in the manifest."""
+    text = json.dumps(settings, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class _Lists:
+    """What the list and the journals of one folder say, read on from where this process last stopped.
+
+    Attributes:
+        files: ``{list file: [(device, inode), bytes read]}``.
+        owners: ``{output name: {"command:source", ...}}``.
+        states: ``{(command, source, settings key): {state: its last line}}``.
+        finished: ``{run id: done and failed lines of that run}``.
+        ended: ``{run id: {ranks that said they finished}}``.
+    """
+
+    def __init__(self):
+        self.files, self.owners, self.states, self.finished, self.ended = {}, {}, {}, {}, {}
+        self._seq = 0  # the order lines were read in (the list file first, then the journals)
+
+    @staticmethod
+    def paths(root: Path) -> list:
+        """The list file and the journals, in a fixed order."""
+        try:
+            journals = sorted(n for n in os.listdir(root / JOURNALS) if n.endswith(".jsonl"))
+        except OSError:
+            journals = []
+        return [str(root / MANIFEST)] + [str(root / JOURNALS / n) for n in journals]
+
+    def refresh(self, root: Path) -> "_Lists":
+        """Read what was appended since the last call; start over when a file read before is gone,
+        replaced or shorter (the folder was deleted and written again)."""
+        paths = self.paths(root)
+        if not self._read_all(paths):
+            self.__init__()
+            self._read_all(paths)
+        return self
+
+    def _read_all(self, paths: list) -> bool:
+        if set(self.files) - set(paths):
+            return False
+        for p in paths:
+            ident, done = self.files.get(p, (None, 0))
+            try:
+                with open(p, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if ident is not None and (ident != (st.st_dev, st.st_ino) or st.st_size < done):
+                        return False
+                    f.seek(done)
+                    data = f.read(st.st_size - done)
+            except OSError:  # not there (yet, or any more)
+                if ident is not None:
+                    return False
+                continue
+            end = data.rfind(b"\n") + 1  # a line still being written is read next time
+            self.files[p] = [(st.st_dev, st.st_ino), done + end]
+            for line in data[:end].decode("utf-8", errors="replace").splitlines():
+                self._take(line)
+        return True
+
+    def _take(self, line: str) -> None:
+        try:
+            e = json.loads(line)
+            if "file" in e:
+                self.owners.setdefault(str(e["file"]), set()).add(f"{e['command']}:{e['source']}")
+            elif e.get("state") in STATES:
+                self._seq += 1
+                e["_seq"] = self._seq
+                self.states.setdefault((e["command"], e["input"], e["settings"]), {})[e["state"]] = e
+                if e["state"] != "pending" and e.get("run"):
+                    self.finished[e["run"]] = self.finished.get(e["run"], 0) + 1
+            elif "ended" in e:
+                self.ended.setdefault(str(e["run"]), set()).add(int(e["rank"]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a line damaged by hand, or a kind this version does not know
+
+
 class OutputFolder:
     """The folder one run writes into: which names its outputs get, and what it must never replace.
 
@@ -67,46 +169,131 @@ class OutputFolder:
         command: the command whose outputs these are (``invert``, ``edit``, ``align``, ...):
             an output is replaced only by the same command for the same input.
         what: how the folder is named in messages (``--out``).
+        journal: append this process's lines to a journal of its own (a run of several
+            processes) instead of the folder's list file.
     """
 
-    def __init__(self, root, inputs=(), *, command: str, what: str = "--out"):
+    def __init__(self, root, inputs=(), *, command: str, what: str = "--out", journal: bool = False):
         self.root = Path(root)
         self.command = command
         self.what = what
+        self.journal = bool(journal)
         self._inputs = {k: str(p) for p in inputs for k in [_file_key(p)] if k is not None}
         self._claimed = {}  # name -> owner key, this run (this process)
+        self._journal_file = None  # (pid, path) of this process's journal
 
-    def __getstate__(self):  # worker processes keep their own reading of the list
-        return {**self.__dict__, "_claimed": {}}
+    def __getstate__(self):  # worker processes keep their own reading of the list, and their own journal
+        return {**self.__dict__, "_claimed": {}, "_journal_file": None}
 
     # -- reading the list ------------------------------------------------------------------
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST
 
+    def _lists(self) -> _Lists:
+        return _LISTS.setdefault(str(self.root.absolute()), _Lists()).refresh(self.root)
+
     def _read(self) -> dict:
         """``{name: {"command:source", ...}}``, read on from where this process last stopped."""
-        key = str(self.manifest.absolute())
-        entry = _LISTS.setdefault(key, [None, 0, {}])  # [(device, inode), bytes read, owners]
+        return self._lists().owners
+
+    def input_state(self, source, settings: str, *, lists: _Lists | None = None, of=()):
+        """The state of one input of this command under the settings key ``settings``.
+
+        Args:
+            source: the input (its resolved path is the key).
+            settings: :func:`settings_key` of the run's settings.
+            lists: a reading of the list to use (default: read on now).
+            of: the input's other files, as its lines name them under ``of`` (an edit's latents).
+        Returns:
+            ``(state, line)``: ``("done", line)`` when a done line exists and the files it names
+            are there as it left them (:meth:`done_holds`), else ``("failed", line)`` when a
+            failed line exists and came after the last done line, else ``("pending",
+            line)``; ``None`` when the list never named the input. A done or failed line holds
+            for the input's files as they were (their sizes and modification times): an input
+            whose file was replaced since, or another set of files, is pending again.
+        """
+        lists = self._lists() if lists is None else lists
+        slot = lists.states.get((self.command, _source_key(source), settings))
+        if not slot:
+            return None
+        now = [_stat_of(p) for p in (source, *of)]
+        done, failed = (slot.get(k) for k in ("done", "failed"))
+        if done is not None and done.get("stat") == now and self.done_holds(done):
+            return "done", done
+        if failed is not None and failed.get("stat") == now and (done is None or _later(failed, done)):
+            return "failed", failed  # a failure after the last done line (or with none)
+        return "pending", slot.get("pending") or done or failed
+
+    def done_holds(self, line: dict) -> bool:
+        """Whether the files a done line names are still those it was written after (same sizes and
+        modification times: not deleted, not rewritten since by a run with other settings)."""
+        return [_stat_of(self.root / n) for n in line.get("files", ())] == line.get("files_stat")
+
+    def finished_in(self, run: str) -> int:
+        """How many inputs the run ``run`` recorded as done or failed so far (every process's lines)."""
+        return self._lists().finished.get(run, 0)
+
+    def ended_in(self, run: str) -> set:
+        """The ranks of the run ``run`` that recorded the end of their share (:meth:`record_end`)."""
+        return set(self._lists().ended.get(run, ()))
+
+    # -- writing the list ------------------------------------------------------------------
+    def _append(self, entries: list) -> None:
+        """Append JSON lines with one ``os.write`` and ``fsync``: to :data:`MANIFEST`, or to this
+        process's journal (created with a header line naming its host, process and rank).
+
+        Raises:
+            OutputError: the lines could not be written whole (a full disk).
+        """
+        if not entries:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.manifest
+        if self.journal:
+            if self._journal_file is None or self._journal_file[0] != os.getpid():
+                name = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.jsonl"
+                self._journal_file = (os.getpid(), self.root / JOURNALS / name)
+                (self.root / JOURNALS).mkdir(exist_ok=True)
+                entries = [{"journal": 1, "host": socket.gethostname(), "pid": os.getpid(),
+                            "rank": int(os.environ.get("RANK", 0)), "world_size": int(os.environ.get("WORLD_SIZE", 1)),
+                            "command": self.command, "time": _now()}, *entries]
+            path = self._journal_file[1]
+        data = "".join(json.dumps(e, default=str) + "\n" for e in entries).encode("utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
-            with open(self.manifest, "rb") as f:
-                st = os.fstat(f.fileno())
-                if (st.st_dev, st.st_ino) != entry[0] or st.st_size < entry[1]:  # another list: read it anew
-                    entry[:] = [(st.st_dev, st.st_ino), 0, {}]
-                f.seek(entry[1])
-                data = f.read(st.st_size - entry[1])
-        except OSError:  # no list (yet, or any more): nothing here is faceedit's
-            entry[:] = [None, 0, {}]
-            return entry[2]
-        end = data.rfind(b"\n") + 1  # a line still being written is read next time
-        entry[1] += end
-        for line in data[:end].decode("utf-8", errors="replace").splitlines():
-            try:
-                e = json.loads(line)
-                entry[2].setdefault(str(e["file"]), set()).add(f"{e['command']}:{e['source']}")
-            except (ValueError, KeyError, TypeError):
-                continue  # a line damaged by hand
-        return entry[2]
+            if os.write(fd, data) != len(data):  # one write: appends of concurrent runs do not interleave
+                raise OutputError(f"could not append to {path} (is the disk full?); the run stopped here and resumes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def record_states(self, entries: list, *, settings: str, run: str | None = None) -> None:
+        """Record inputs' states in the list, all in one append.
+
+        Args:
+            entries: ``{"input": path, "state": "pending" | "done" | "failed", ...}`` each; a done
+                one names its record files under ``files`` (relative to the folder), a failed one
+                its message under ``error``; ``of`` lists other files the input stands for.
+            settings: :func:`settings_key` of the run's settings.
+            run: the run's id (progress is counted per run).
+        """
+        now = _now()
+        lines = []
+        for e in entries:
+            if e["state"] not in STATES:
+                raise ValueError(f"state {e['state']!r} is not one of {', '.join(STATES)}")
+            of = [str(p) for p in e.get("of", ())]
+            if e["state"] == "done":
+                e = {**e, "files_stat": [_stat_of(self.root / n) for n in e.get("files", ())]}
+            lines.append({**e, "input": _source_key(e["input"]), "of": of,
+                          "stat": [_stat_of(p) for p in (e["input"], *of)], "command": self.command,
+                          "settings": settings, "run": run, "rank": int(os.environ.get("RANK", 0)), "time": now})
+        self._append(lines)
+
+    def record_end(self, run: str, rank: int) -> None:
+        """Record that rank ``rank`` of the run ``run`` has finished its share."""
+        self._append([{"ended": True, "run": run, "rank": int(rank), "time": _now()}])
 
     def _owner(self, source) -> str:
         return f"{self.command}:{_source_key(source)}"
@@ -144,7 +331,8 @@ class OutputFolder:
         if not self.root.is_dir():
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
-                      if (p.is_file() or p.is_symlink()) and p.name != MANIFEST and not p.name.endswith(".part"))
+                      if (p.is_file() or p.is_symlink()) and p.name != MANIFEST and not p.name.endswith(".part")
+                      and p.relative_to(self.root).parts[0] != JOURNALS)
 
     def plan_stems(self, sources: list, pattern, *, stem=None) -> dict:
         """Choose each input's output stem for the whole run, before any work.
@@ -193,6 +381,28 @@ class OutputFolder:
         rx, owners = re.compile(pattern, re.IGNORECASE), self._read()
         return [n for n in self._existing() if rx.fullmatch(n) and self._owns_name(n, source, owners)]
 
+    def earlier_of(self, template: str, stems: dict) -> dict:
+        """:meth:`earlier` for many inputs at once, the folder listed once: ``{source: [names]}``.
+
+        Args:
+            template: a names template of this module (``EDIT_NAMES``; ``{s}`` the stem).
+            stems: ``{source: its stem}``.
+        """
+        import bisect
+
+        existing = sorted((n.casefold(), n) for n in self._existing())  # a stem's names start with it
+        keys, owners, out = [k for k, _ in existing], self._read(), {}
+        for src, stem in stems.items():
+            rx = re.compile(template.replace("{s}", re.escape(stem)), re.IGNORECASE)
+            i, found = bisect.bisect_left(keys, stem.casefold()), []
+            while i < len(keys) and keys[i].startswith(stem.casefold()):
+                n = existing[i][1]
+                if rx.fullmatch(n) and self._owns_name(n, src, owners):
+                    found.append(n)
+                i += 1
+            out[src] = found
+        return out
+
     # -- writing ---------------------------------------------------------------------------
     def claim(self, path, source=None) -> Path:
         """List ``path`` as this command's output for ``source``, after checking it may be written.
@@ -211,18 +421,13 @@ class OutputFolder:
         if name in self._claimed and self._claimed[name] != owner:
             raise OutputError(f"refusing to write {path} twice in one run (for {self._claimed[name].split(':', 1)[1]} "
                               f"and {_source_key(source)}); choose another {self.what}")
-        listed = self._owns_name(name, source)
-        if (path.exists() or path.is_symlink()) and not listed:
-            raise OutputError(f"refusing to replace {path}: faceedit's `{self.command}` did not write it for this "
-                              f"input (it is not in {self.manifest.name}); move it, or choose another {self.what}")
-        if not listed:
-            self.root.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"file": name, "command": self.command, "source": _source_key(source)}) + "\n"
-            fd = os.open(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                os.write(fd, line.encode("utf-8"))  # one write: appends of concurrent runs do not interleave
-            finally:
-                os.close(fd)
+        if path.exists() or path.is_symlink():  # replaced only when the list gives it to this command and input
+            if not self._owns_name(name, source):
+                raise OutputError(f"refusing to replace {path}: faceedit's `{self.command}` did not write it for "
+                                  f"this input (it is not in {self.manifest.name}); move it, or choose another "
+                                  f"{self.what}")
+        elif self._claimed.get(name) != owner:  # a new file: listed first (a line listed twice is harmless)
+            self._append([{"file": name, "command": self.command, "source": _source_key(source)}])
         self._claimed[name] = owner
         return path
 
@@ -240,8 +445,26 @@ class OutputFolder:
         return latent.save(self.claim(path, source))
 
 
-#: Each output folder's list as this process has read it: manifest path -> [file id, bytes read, owners].
+#: Each output folder's list as this process has read it: folder -> :class:`_Lists`.
 _LISTS: dict = {}
+
+
+def _stat_of(path) -> list | None:
+    """``[size, modification time in ns]`` of an input file (``None`` when it is missing): which file a state is of."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _later(a: dict, b: dict) -> bool:
+    """Whether state line ``a`` was written after ``b``: by their times (one second), then their reading order."""
+    return (str(a.get("time", "")), a.get("_seq", 0)) > (str(b.get("time", "")), b.get("_seq", 0))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def as_folder(out, inputs=(), *, command: str) -> OutputFolder:
@@ -309,11 +532,28 @@ def read_record(path) -> dict | None:
 
 
 def folder_inversions(folder: OutputFolder, settings: dict) -> list:
-    """Every face record in ``folder`` made with ``settings`` whose latent file exists (sorted by photo, face)."""
+    """Every face record in ``folder`` made with ``settings`` whose latent file exists (sorted by photo, face).
+
+    A face the manifest lists as done with these settings comes as ``{photo, face, latent, json}``
+    without its record being read (a folder of 100k faces is not read again at the end of a run);
+    the others are their records as read."""
     rx = re.compile(r".+_\d+\.json")
-    recs, owners = [], folder._read()
+    lists = folder._lists()
+    recs, owners, key = [], lists.owners, settings_key(settings)
+    listed = {}  # record name -> (photo, face) of the faces the list's done lines give these settings
+    for (command, source, _), slot in lists.states.items():
+        done = slot.get("done")
+        if command == "invert" and done is not None and done.get("record_settings") == key:
+            listed.update({n: (source, face, done) for n, face in zip(done.get("files", ()), done.get("faces", ()))})
     for n in folder._existing():
         if "/" in n or not rx.fullmatch(n):
+            continue
+        if n in listed:  # the record need not be read: its done line says whose it is and with which settings
+            photo, face, line = listed[n]
+            latent = folder.root / (n[:-len(".json")] + ".latent.safetensors")
+            if folder._owns_name(n, photo, owners) and latent.is_file() and folder.done_holds(line):
+                recs.append({"photo": photo, "face": int(face), "latent": str(latent.resolve()),
+                             "json": str((folder.root / n).resolve())})
             continue
         rec = read_record(folder.root / n)
         if (rec and rec.get("settings") == settings and folder._owns_name(n, rec.get("photo"), owners)
@@ -544,7 +784,8 @@ def write_sweep(out, stem: str, sweep, *, source=None) -> dict:
     return written
 
 
-__all__ = ["PHOTO_EXTS", "VIEW_SIZE", "MANIFEST", "OutputFolder", "as_folder", "names", "INVERT_NAMES",
+__all__ = ["PHOTO_EXTS", "VIEW_SIZE", "MANIFEST", "JOURNALS", "STATES", "settings_key",
+           "OutputFolder", "as_folder", "names", "INVERT_NAMES",
            "EDIT_NAMES", "SETTINGS_KEYS", "inversion_settings", "settings_differences", "read_record",
            "folder_inversions", "collect_photos", "last_inversion_path", "read_last_inversion",
            "write_last_inversion", "write_inversion", "write_edit", "write_sweep", "upscale_for_view",

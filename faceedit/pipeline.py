@@ -180,6 +180,9 @@ class InversionRun:
         model_id: the model's id.
         space: the space.
         out: the output folder.
+        rate: the run's throughput (``faceedit.batchrun.throughput``: photos, faces, seconds,
+            processes, photos/s overall and per process, seconds per stage summed over the processes).
+        failed_before: how many of ``failures`` failed in an earlier run and were not retried.
     """
 
     records: list
@@ -189,6 +192,8 @@ class InversionRun:
     model_id: str
     space: str
     out: object
+    rate: dict = field(default_factory=dict)
+    failed_before: int = 0
 
     def faces_lines(self) -> list:
         """One line per face inverted in this run: photo, face index, detector score, outputs."""
@@ -219,11 +224,17 @@ class EditRun:
         records: one record per photo (or latent group) edited (see ``faceedit.outputs.write_edit``).
         failures: ``[(input, reason)]`` of the inputs that failed; the others were edited.
         replaced: how many inputs had results of an earlier run in the folder (replaced now).
+        skipped: how many inputs were edited with these settings by an earlier run (not again).
+        rate: the run's throughput (``faceedit.batchrun.throughput``).
+        failed_before: how many of ``failures`` failed in an earlier run and were not retried.
     """
 
     records: list
     failures: list
     replaced: int = 0
+    skipped: int = 0
+    rate: dict = field(default_factory=dict)
+    failed_before: int = 0
 
 
 class Pipeline:
@@ -403,122 +414,64 @@ class Pipeline:
 
         Raises:
             AlignmentError: no face was found, naming the file.
+            ImageLoadError: the file cannot be read as a photo.
         """
-        from faceedit.core.images import load_image
+        from faceedit.batchrun import prepare_photo
 
-        img = load_image(path, max_pixels=self.max_pixels)
-        if aligned:
-            return [(path, None, img)]
-        try:
-            return [(path, f, f.crop) for f in self.align(img, face=face, name=str(path))]
-        except AlignmentError as e:  # the same class (FaceNotFoundError, ...), the message naming the file
-            if str(path) in str(e):
-                raise
-            raise type(e)(f"{path}: {e}") from e
+        item = prepare_photo(path, align_options=self.align_options(face), max_pixels=self.max_pixels, aligned=aligned)
+        if item.exception is not None:
+            raise item.exception
+        return item.faces()
 
     def invert_files(self, photos: list, out, *, face="largest", aligned: bool = False, batch_size: int = 16,
-                     quiet: bool = False, echo=None, overwrite: bool = False) -> InversionRun:
-        """Align photos, invert their faces in batches and write each face's outputs and record.
+                     quiet: bool = False, echo=None, overwrite: bool = False, retry_failed: bool = False,
+                     workers: int | None = None, dist=None) -> InversionRun:
+        """Align photos, invert their faces in batches and write each face's outputs and record,
+        as one process or as every rank of a ``torchrun`` launch (``faceedit.batchrun.invert_photos``).
 
-        Before any work: the folder and the cache (``last_inversion.json``) must be writable,
-        and each photo's header is read (a bad photo is listed and skipped). Output names are
-        planned for the whole run (``faceedit.outputs.OutputFolder``): no output lands on an
-        input or on a file faceedit did not write, and two photos never share a name.
+        Before any work: the folder and the cache (``last_inversion.json``) must be writable.
+        Output names are planned for the whole run (``faceedit.outputs.OutputFolder``): no output
+        lands on an input or on a file faceedit did not write, and two photos never share a name.
+        The photos are cut into groups of ``batch_size``, dealt to the ranks, read and aligned in
+        loader workers while the faces before are inverted; a group's faces are one batch, so
+        the results do not depend on how many processes run.
 
         A face is done when its record in ``out`` names the photo and the same settings
         (``faceedit.outputs.inversion_settings``: model, space, method, steps, seed, prior,
-        losses, detector) and its latent exists: a re-run skips it. Results of these photos
-        made with other settings stop the run before any inversion, saying what differs
-        (``overwrite=True`` replaces them): a folder holds one consistent set, and nothing made
-        earlier is lost to a changed option. A photo that fails with a user error is skipped
-        and listed. The finished run is remembered for `faceedit edit` with every face the
-        folder holds for these settings (``faceedit.outputs.write_last_inversion``).
+        losses, detector) and its latent exists; a photo is done when the folder's manifest
+        says so and its records exist: a re-run skips it. A photo that failed (no face,
+        unreadable) is recorded as failed and skipped by a re-run unless ``retry_failed``.
+        Results of these photos made with other settings stop the run before any inversion,
+        saying what differs (``overwrite=True`` replaces them): a folder holds one consistent
+        set, and nothing made earlier is lost to a changed option. A photo that fails with a
+        user error is skipped and listed. The finished run is remembered for `faceedit edit`
+        with every face the folder holds for these settings (``faceedit.outputs.write_last_inversion``).
 
         Args:
             photos: photo paths.
             out: output folder.
             face: ``largest``, ``all`` or a face index.
             aligned: the photos are aligned crops (no detection).
-            batch_size: faces inverted together (halved on out-of-memory).
+            batch_size: photos per group and faces inverted together (halved on out-of-memory).
             quiet: no progress bars.
             echo: callable for progress messages (resuming, batch shrinking), or ``None``.
                 A single photo also gets its stages told and a bar over the optimisation steps.
             overwrite: replace results of these photos made with other settings.
+            retry_failed: work again on photos that failed in an earlier run into ``out``.
+            workers: processes per rank that read and align photos (``None``: the cores per
+                process less one; 0: in this process).
+            dist: the launch (``faceedit.core.distributed.DistContext``; default: read from the
+                environment, a world of one without ``torchrun``).
         Returns:
-            An :class:`InversionRun` (its ``failures`` list the photos skipped).
+            An :class:`InversionRun` (its ``failures`` list the photos skipped, of every rank).
         Raises:
             PipelineError: no photo gave a face, or results with other settings and not ``overwrite``.
             OutputError: ``out`` or the cache cannot be written.
         """
-        from tqdm import tqdm
+        from faceedit.batchrun import invert_photos
 
-        from faceedit import outputs
-        from faceedit.batching import run_batched
-        from faceedit.checkpoints.registry import cache_dir
-        from faceedit.core.files import check_writable_dir, remove_stale_parts
-        from faceedit.errors import USER_ERRORS
-        from faceedit.inputs import check_photos
-
-        echo = echo or log.info
-        folder = outputs.as_folder(out, photos, command="invert").check()
-        out = folder.root
-        check_writable_dir(cache_dir(), what="FACEEDIT_HOME")
-        n_given = len(photos)
-        photos, failures = check_photos(photos, max_pixels=self.max_pixels)
-        settings = outputs.inversion_settings(self, aligned=aligned)
-        stems = folder.plan_stems(photos, outputs.names(outputs.INVERT_NAMES))
-        other = []
-        for p in photos:
-            for n in folder.earlier(re.escape(stems[p]) + r"_\d+\.json", p):
-                rec = outputs.read_record(out / n)
-                if rec is not None and rec.get("settings") != settings:
-                    other.append((n, rec))
-        if other:
-            diff = "; ".join(outputs.settings_differences(settings, other[0][1].get("settings")))
-            if not overwrite:
-                raise PipelineError(f"{out} holds results of {len(other)} face(s) of these photos made with other "
-                                    f"settings ({diff}); nothing was inverted. Pass --out ANOTHER_FOLDER to keep "
-                                    f"them and invert there, or --overwrite (overwrite=True) to replace them")
-            echo(f"replacing {len(other)} face(s) in {out} made with other settings ({diff})")
-        faces = []
-        stage = echo if n_given == 1 and not quiet else (lambda msg: None)
-        for p in tqdm(photos, desc="align", unit="photo", disable=quiet or len(photos) < 2):
-            stage(f"aligning {p}")
-            try:
-                faces += self.align_file(p, face, aligned=aligned)
-            except USER_ERRORS as e:
-                failures.append((str(p), f"{type(e).__name__}: {e}"))
-        if not faces:
-            raise PipelineError("no face to invert in " + "; ".join(f"{p} ({e})" for p, e in failures))
-        remove_stale_parts(out)
-        n_all = len(faces)
-        faces = [t for t in faces if not outputs.inversion_done(out, t[0], t[1], settings, stem=stems[t[0]])]
-        run = InversionRun(records=[], failures=failures, photos=n_given, skipped=n_all - len(faces),
-                           model_id=self.model_id, space=self.space, out=out)
-        if run.skipped:
-            echo(f"resuming: {run.skipped} face(s) already done in {out} with these settings")
-        bar = tqdm(total=len(faces), desc=f"invert {self.space}", unit="face", disable=quiet or len(faces) < 2)
-
-        def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
-            stage(f"inverting {len(chunk)} face(s) into {self.space} with {self.method}")
-            with step_bar(f"{self.method} steps", disable=True if quiet or n_given > 1 else None) as on_step:
-                inv = self.invert_faces([f if f is not None else crop for _, f, crop in chunk], callback=on_step)
-            for k, (p, f, _) in enumerate(chunk):
-                run.records.append(outputs.write_inversion(folder, p, f, inv.latents[k], self.model, inv.targets[k],
-                                                           inv.reconstructions[k], inv.metrics[k], self.method,
-                                                           stem=stems[p], settings=settings))
-            stage(f"wrote {len(chunk)} face(s) to {out}")
-            bar.update(len(chunk))
-
-        if faces:
-            run_batched(invert_chunk, faces, batch_size,
-                        on_shrink=lambda a, b: echo(f"out of GPU memory at batch {a}; continuing with {b}"))
-        bar.close()
-        every = outputs.folder_inversions(folder, settings)
-        if every:
-            outputs.write_last_inversion(every, model=self.model_name, model_id=self.model_id, space=self.space,
-                                         out=out)
-        return run
+        return invert_photos(self, photos, out, face=face, aligned=aligned, batch_size=batch_size, quiet=quiet,
+                             echo=echo, overwrite=overwrite, retry_failed=retry_failed, workers=workers, dist=dist)
 
     def faces_for_latents(self, photo: np.ndarray, latents: list, *, name: str = "the photo") -> tuple:
         """The faces of ``photo`` the latents were inverted from, and the paste-back options.
@@ -653,9 +606,10 @@ class Pipeline:
                 one, the inversion also shows a bar over its steps (:func:`step_bar`).
             stem: the outputs' stem (default: the photo's file stem; :func:`edit_files` plans one).
             source: the input the outputs belong to in the folder's list (default ``src``).
-            aligned: the photo read and aligned elsewhere: a future of ``(photo, AlignmentReport,
-                {"read": s, "align": s})`` from ``faceedit.alignment.background.BackgroundAligner``
-                with :meth:`align_options` (``face`` as here); ``None``: read and align here.
+            aligned: the photo read and aligned elsewhere: ``(photo, AlignmentReport, {"read": s,
+                "align": s})`` as ``faceedit.alignment.background.read_and_align`` returns them
+                with :meth:`align_options` (``face`` as here; the dict may also give the ``wait``
+                for them, recorded as ``align_wait``); ``None``: read and align here.
         Returns:
             The record.
         Raises:
@@ -672,7 +626,7 @@ class Pipeline:
         t0 = time.perf_counter()
         faces = done = None
         if aligned is not None:
-            photo, report, done = aligned.result()
+            photo, report, done = aligned
             self._notify(report, str(src))
             faces = report.faces
         else:
@@ -693,7 +647,8 @@ class Pipeline:
         faces = res if isinstance(res, list) else res.faces
         timings = {} if isinstance(res, list) else {"read": round(t_read, 3), **res.timings}
         if done is not None:  # read and aligned in the background: their own times, and the wait for them
-            timings.update(read=round(done["read"], 3), align=round(done["align"], 3), align_wait=round(t_read, 3))
+            timings.update(read=round(done["read"], 3), align=round(done["align"], 3),
+                           align_wait=round(done.get("wait", t_read), 3))
         if strengths:
             stage(f"sweeping {', '.join(map(str, attributes))} over {len(strengths)} strengths")
         sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)
@@ -957,20 +912,23 @@ def check_attributes(model: str, attributes, directions=None) -> None:
 
 def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
                face="largest", layers=None, strengths=None, echo=None, background: bool | None = None,
-               **pipeline_options) -> EditRun:
-    """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run.
+               retry_failed: bool = False, workers: int | None = None, dist=None, **pipeline_options) -> EditRun:
+    """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run,
+    as one process or as every rank of a ``torchrun`` launch (``faceedit.batchrun.edit_jobs``).
 
     Latents are grouped by their source photo (``photo`` overrides it), and one
     :class:`Pipeline` is built per model and space; each photo's outputs go to ``out``
-    (:meth:`Pipeline.edit_file`).
+    (:meth:`Pipeline.edit_file`). The inputs are dealt to the ranks one by one.
 
     The batch behaviour is the one every command has: before any model is loaded the output
-    folder is checked and every photo's header read; an input that fails (unreadable, no face,
-    a damaged latent, an edit out of range) is listed in ``failures`` and the others go on.
-    Output names are planned for the whole run (``faceedit.outputs.OutputFolder``), so no output
-    lands on an input or on a file faceedit did not write, and two photos never share a name.
-    Results of an earlier edit of the same input in ``out`` are replaced, and told to ``echo``
-    before the work.
+    folder is checked and (one process) every photo's header read; an input that fails
+    (unreadable, no face, a damaged latent, an edit out of range) is listed in ``failures``
+    and the others go on. Output names are planned for the whole run
+    (``faceedit.outputs.OutputFolder``), so no output lands on an input or on a file faceedit
+    did not write, and two photos never share a name. An input the folder's manifest lists
+    as edited with the same settings (edits, model, options) is skipped; one that failed with
+    them is skipped unless ``retry_failed``; results of an earlier edit of the same input with
+    other settings are replaced, and told to ``echo`` before the work.
 
     Args:
         out: output folder.
@@ -984,14 +942,18 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         layers: restrict the edits to these layers.
         strengths: also sweep over these strengths.
         echo: callable told each stage when there is a single photo (and what is replaced), or ``None``.
-        background: read and align the photos in a worker process
-            (``faceedit.alignment.background.BackgroundAligner``), started before torch and the
-            model load and kept one photo ahead of the inversion; ``None`` (default): when this
-            process may run on two cores or more. The outputs are the same either way.
+        background: read and align the photos in worker processes: a single photo in a
+            ``faceedit.alignment.background.BackgroundAligner`` started before torch and the
+            model load, several in the loader workers of ``faceedit.batchrun.prepared_photos``;
+            ``None`` (default): when this process may run on two cores or more. The outputs are
+            the same either way.
+        retry_failed: work again on inputs that failed in an earlier run into ``out``.
+        workers: loader processes for several photos (``None``: the cores per process less one).
+        dist: the launch (``faceedit.core.distributed.DistContext``; default: read from the environment).
         **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``,
             ``max_pixels``, ``force``, ...).
     Returns:
-        An :class:`EditRun`: one record per photo edited, and the failures.
+        An :class:`EditRun`: one record per photo edited, and the failures (of every rank).
     Raises:
         PipelineError: photos and latents together, ``photo`` with several latents, or every input failed.
         OutputError: ``out`` cannot be written.
@@ -1012,102 +974,58 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
 
         background = available_cores() >= 2
     aligner = None
-    if photos and background:  # before anything imports torch: the worker loads dlib's models meanwhile
-        from faceedit.alignment.background import BackgroundAligner
+    if len(photos) == 1 and background and dist is None and "WORLD_SIZE" not in os.environ:
+        from faceedit.alignment.background import BackgroundAligner  # before anything imports torch: the
 
-        aligner = BackgroundAligner(pipeline_options.get("detector", "dlib"))
+        aligner = BackgroundAligner(pipeline_options.get("detector", "dlib"))  # worker loads dlib's models meanwhile
     try:
-        return _edit_jobs(folder, with_default_strength(attributes), photos, latent_files, photo, model, space, face,
-                          layers, strengths, echo, aligner, pipeline_options)
+        from faceedit.batchrun import edit_jobs
+        from faceedit.core.distributed import context
+
+        dist = dist if dist is not None else context(pipeline_options.get("device", "auto") or "auto")
+        folder.journal = dist.distributed
+        settings = {"attributes": {_attribute_setting(k): float(v)
+                                   for k, v in with_default_strength(attributes).items()},
+                    "layers": layers, "strengths": strengths, "model": _as_setting(model), "space": space,
+                    "face": face, "photo": _as_setting(photo),
+                    "options": {k: _as_setting(v) for k, v in pipeline_options.items()
+                                if k not in ("device", "notice")},
+                    "direction_files": _direction_files(pipeline_options.get("directions"))}
+        return edit_jobs(folder, with_default_strength(attributes), photos, latent_files, photo, model, space, face,
+                         layers, strengths, echo, aligner, pipeline_options, settings=settings, dist=dist,
+                         retry_failed=retry_failed, workers=(workers if background else 0))
     finally:
         if aligner is not None:
             aligner.close()
 
 
-def _edit_jobs(folder, attributes, photos, latent_files, photo, model, space, face, layers, strengths, echo, aligner,
-               pipeline_options) -> EditRun:
-    """:func:`edit_files` after its checks: one :class:`Pipeline` per model and space, one record per photo."""
-    from faceedit import outputs
-    from faceedit.errors import USER_ERRORS
-    from faceedit.inputs import check_photos
-    from faceedit.inversion.latent import Latent
+def _as_setting(value):
+    """A setting as the manifest keys a run by it: a file or folder by its path and its last change
+    (a checkpoint or direction folder replaced in place is another setting), anything else as it is."""
+    if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+        st = os.stat(value)
+        return [str(Path(value).resolve()), st.st_size, st.st_mtime_ns]
+    return value
 
-    failures = []
-    if photos:
-        photos, failures = check_photos(photos, max_pixels=pipeline_options.get("max_pixels"))
-        jobs = [(p, None, model) for p in photos]
-    else:
-        from faceedit import outputs
-        from faceedit.inversion.latent import Latent
 
-        if latent_files:
-            lats = []
-            for p in latent_files:
-                try:
-                    lats.append((p, Latent.load(p)))
-                except USER_ERRORS as e:
-                    failures.append((str(p), f"{type(e).__name__}: {e}"))
-        else:
-            rec = outputs.read_last_inversion()
-            lats = [(f["latent"], Latent.load(f["latent"])) for f in rec["faces"]]
-            model = model or rec.get("model")
-        by_photo = {}
-        for path, lat in lats:
-            src = photo or lat.meta.get("source")
-            by_photo.setdefault(src if src else str(path), []).append(lat)
-        jobs = [(Path(src), group, model) for src, group in by_photo.items()]
-    if not jobs:
-        raise PipelineError("nothing to edit: " + "; ".join(f"{p} ({e})" for p, e in failures))
-    from faceedit.checkpoints.registry import default_model
+def _attribute_setting(key) -> str:
+    """An edit key as a setting: a name as it is, a ``Direction`` by its key and a hash of its vector."""
+    if not hasattr(key, "vector"):
+        return str(key)
+    import hashlib
 
-    for _, lats, mdl in jobs:  # names checked before any model is loaded
-        mdl = mdl or (model_for_latent(lats[0]) if lats is not None
-                      else default_model("wpp" if space in ("wpp", "wpp-z") else space))
-        check_attributes(mdl, attributes, pipeline_options.get("directions"))
+    return f"{key.key}@{hashlib.sha256(key.vector.detach().cpu().numpy().tobytes()).hexdigest()[:12]}"
 
-    def stem_of(src):
-        lats = dict((str(j[0]), j[1]) for j in jobs)[str(src)]
-        if lats is None or Path(src).suffix.lower() != ".safetensors":
-            return Path(src).stem
-        return Path(lats[0].meta.get("source") or src).stem.split(".")[0]
 
-    stems = folder.plan_stems([j[0] for j in jobs], outputs.names(outputs.EDIT_NAMES), stem=stem_of)
-    replaced = [src for src, _, _ in jobs
-                if folder.earlier(outputs.EDIT_NAMES.replace("{s}", re.escape(stems[src])), src)]
-    if replaced and echo is not None:
-        echo(f"{folder.root} holds results of an earlier `faceedit edit` of {len(replaced)} of these input(s): "
-             "replacing them (pass another --out to keep both)")
-    pipes, records, pending = {}, [], {}
-    for i, (src, lats, mdl) in enumerate(jobs):
-        try:
-            if lats is not None:
-                mdl = mdl or model_for_latent(lats[0])
-            key = (mdl, space if lats is None else lats[0].space)
-            if key not in pipes:
-                if echo is not None and len(jobs) == 1:
-                    echo(f"loading {mdl or default_model('wpp' if key[1] in ('wpp', 'wpp-z') else key[1])}")
-                try:
-                    if key[1] not in ("w", "w+", "wpp", "wpp-z"):
-                        raise PipelineError(f"latents in space {key[1]!r} cannot be edited; invert into w, w+, "
-                                            f"wpp or wpp-z")
-                    pipes[key] = Pipeline(mdl, space=key[1], **pipeline_options)
-                except USER_ERRORS as e:
-                    pipes[key] = e  # the same model fails the same way for every input: tried once
-            if isinstance(pipes[key], BaseException):
-                raise pipes[key]
-            aligned = None
-            if aligner is not None and lats is None:  # this photo and the next one: the worker keeps one ahead
-                for j in (i, i + 1):
-                    if j < len(jobs) and j not in pending:
-                        pending[j] = aligner.submit(jobs[j][0], **pipes[key].align_options(face))
-                aligned = pending.pop(i)
-            records.append(pipes[key].edit_file(src if lats is None or src.suffix.lower() != ".safetensors" else None,
-                                                folder, attributes, latents=lats, face=face, layers=layers,
-                                                strengths=strengths, echo=echo if len(jobs) == 1 else None,
-                                                stem=stems[src], source=src, aligned=aligned))
-        except USER_ERRORS as e:
-            failures.append((str(src), f"{type(e).__name__}: {e}"))
-    return EditRun(records=records, failures=failures, replaced=len(replaced))
+def _direction_files(directions) -> list:
+    """``[[path, size, mtime], ...]`` of the direction files an edit may read (the folder given, or the
+    shipped and cached ones): a direction fitted or replaced since makes another edit setting."""
+    from faceedit.checkpoints.registry import WEIGHTS_DIR, cache_dir
+
+    if directions is not None and not isinstance(directions, (str, os.PathLike)):
+        return []  # Direction objects: their values are in the settings already
+    roots = [Path(directions)] if directions is not None else [WEIGHTS_DIR / "directions", cache_dir() / "directions"]
+    return [_as_setting(p) for r in roots if r.is_dir() for p in sorted(r.rglob("*.safetensors"))]
 
 
 def model_recipe(config: dict, resolution: int):

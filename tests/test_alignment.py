@@ -371,7 +371,7 @@ def test_cli_align_files_folder_resume_and_failures(shared_dir, tmp_path):
     face = face_from_dict(rec["faces"][1], crop)
     pasted, m = paste_back(img, face, crop, return_mask=True)
     assert psnr(pasted[m > 0.999], img[m > 0.999]) > 27
-    # Resume: what was done is skipped; the failed photos are not done, so they are tried again.
+    # Resume: what was done is skipped; the failed photos are listed again (tried with --retry-failed).
     r2 = CliRunner().invoke(cli, ["align", str(src), "--out", str(out)])
     assert r2.exit_code == 1 and "1 already done" in r2.output and "2 failed" in r2.output
     # One photo with no face, alone: the job fails with exit code 1 and a one-line reason.

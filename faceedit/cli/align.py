@@ -1,9 +1,9 @@
 """`faceedit align`: photos (or folders of photos) to aligned face crops plus a JSON per photo."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -11,7 +11,8 @@ import click
 from faceedit.alignment.align import LANDMARK_KINDS, landmark_kind
 from faceedit.alignment.errors import AlignmentError
 
-from .common import OutDir, detector_option, finish_batch, job_errors, max_pixels_option, min_score_option
+from .common import (OutDir, detector_option, finish_batch, job_errors, max_pixels_option, min_score_option,
+                     retry_failed_option)
 
 RECIPES = ("faces64", "ffhq")
 #: The names one photo's outputs take (``{s}``: its stem, relative to --out).
@@ -131,9 +132,10 @@ class _cleanup_parts_on_exit:
 @max_pixels_option()
 @click.option("--overwrite", is_flag=True,
               help="Replace results of these photos in --out made with other settings (refused without it).")
+@retry_failed_option()
 @click.pass_context
 def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsample, min_face, min_score,
-          try_rotations, ext, workers, max_pixels, overwrite):
+          try_rotations, ext, workers, max_pixels, overwrite, retry_failed):
     """Detect, align and crop the faces of photos; write crops and a JSON with each face's transform.
 
     For every photo STEM it writes STEM_<i>.png per face (i = position left to right
@@ -142,9 +144,11 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
     recursively, keep their structure under --out, show a progress bar, use --workers
     processes, and resume: photos done with the same settings are skipped; results made
     with other settings stop the run (another --out keeps both, --overwrite replaces them).
-    A photo without a face is reported and recorded (and tried again on a re-run), the
-    others go on; the exit code is 1 if any failed. STEM becomes STEM_EXT when two photos
-    share one or a name would hit a file that is not this photo's earlier result.
+    A photo without a face is reported and recorded (tried again on a re-run with other
+    settings, or with --retry-failed), the others go on; the exit code is 1 if any failed.
+    Under torchrun the photos are dealt to the processes, each with its --workers. STEM
+    becomes STEM_EXT when two photos share one or a name would hit a file that is not this
+    photo's earlier result.
 
     \b
     Examples:
@@ -152,6 +156,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
       faceedit align group.jpg --face largest --recipe ffhq --size 1024 --out aligned/
       faceedit align ../shared/datasets/celeba10k --out data/celeba64 --ext jpg
       faceedit align rotated.jpg --try-rotations --detector mtcnn --out aligned/
+      torchrun --nproc_per_node 4 -m faceedit align photos/ --out aligned/ --workers 4
     """
     import logging
 
@@ -166,7 +171,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
         if size is not None or scale is not None:
             rec = type(rec).from_dict({**rec.to_dict(), **({"size": size} if size else {}),
                                        **({"scale": scale} if scale else {})})
-    from faceedit.outputs import OutputFolder, names, settings_differences
+    from faceedit.outputs import OutputFolder
 
     face_sel = _parse_face(face)
     settings = {"recipe": rec.to_dict(), "detector": detector, "landmarks": landmark_kind(detector, landmarks),
@@ -174,77 +179,122 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
                 "min_score": min_score,
                 "try_rotations": bool(try_rotations), "ext": ext}
     gathered = _gather(inputs)
-    folder = OutputFolder(out, [src for src, _ in gathered], command="align").check()
-    stems = folder.plan_stems([src for src, _ in gathered], names(ALIGN_NAMES), stem=dict(gathered).get)
+    sources = [src for src, _ in gathered]
     opts = dict(recipe=rec, detector=detector, landmarks=landmarks, face=face_sel, upsample=upsample,
                 min_face=min_face, min_score=min_score, try_rotations=try_rotations, ext=ext, max_pixels=max_pixels,
-                folder=folder, settings=settings)
+                settings=settings)
     out = Path(out)
-    jobs, done, other = [], 0, []
-    for src, _ in gathered:
-        json_path = out / (stems[src] + ".json")
-        state = _done(json_path, src, settings, folder)
-        if state == "done":
-            done += 1
-            continue
-        if state == "other":
-            other.append(json_path)
-        jobs.append((str(src), str(json_path), opts))
-    if other:
-        from faceedit.outputs import read_record
-
-        diff = "; ".join(settings_differences(settings, (read_record(other[0]) or {}).get("settings")))
-        if not overwrite:
-            raise click.ClickException(f"{out} holds results of {len(other)} of these photo(s) made with other "
-                                       f"settings ({diff}); nothing was aligned. Pass --out ANOTHER_FOLDER to keep "
-                                       f"them and align there, or --overwrite to replace them")
-        click.echo(f"replacing the results of {len(other)} photo(s) in {out} made with other settings ({diff})",
-                   err=True)
-    from faceedit.core.files import remove_stale_parts
-
-    remove_stale_parts(out)  # temporary files of an earlier run that was killed outright
-    if not jobs:
-        click.echo(f"nothing to do: all {done} photo(s) already have results in {out}")
-        return
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
-    logging.getLogger("faceedit.alignment").setLevel(logging.ERROR)  # skipped faces are summarised below
-    from tqdm import tqdm
+    launch = contextlib.nullcontext((None, "cpu"))  # one process never imports torch
+    if "WORLD_SIZE" in os.environ:  # a torchrun launch: the photos are dealt to the ranks
+        from faceedit.batchrun import launched
 
-    ok = faces = small = 0
-    failures = []
-    bar = tqdm(total=len(jobs), unit="photo", file=sys.stderr, disable=None if not quiet else True, desc="align")
-    with job_errors(), _cleanup_parts_on_exit(out):
-        if workers > 1 and len(jobs) > 1:
-            import multiprocessing as mp
+        launch = launched("cpu")
+    with job_errors(), launch as (dist, _):
+        from faceedit.batchrun import Progress, decided, is_main, shards
 
-            from .common import worker_init
+        folder = OutputFolder(out, sources, command="align", journal=dist is not None and dist.distributed).check()
+        opts["folder"] = folder
+        plan = decided(dist, lambda: _plan(folder, gathered, settings, overwrite=overwrite, retry_failed=retry_failed))
+        main = is_main(dist)
+        if plan.note and main:
+            click.echo(plan.note, err=True)
+        if not plan.todo and not plan.failed_before:
+            if main:
+                click.echo(f"nothing to do: all {plan.done} photo(s) already have results in {out}")
+            return
+        todo = set(plan.todo)
+        mine = [i for g in shards(len(sources), 1, dist) for i in g if i in todo]
+        jobs = [(str(sources[i]), str(out / (plan.stems[i] + ".json")), opts) for i in mine]
+        folder.record_states([{"input": sources[i], "state": "pending"} for i in mine], settings=plan.key,
+                             run=plan.run)
+        logging.getLogger("faceedit.alignment").setLevel(logging.ERROR)  # skipped faces are summarised below
+        progress = Progress(folder, dist, plan, len(plan.todo), desc="align", quiet=quiet)
+        ok = faces = small = 0
+        failures = []
 
-            os.environ.setdefault("OMP_NUM_THREADS", "1")
-            with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=worker_init) as pool:
-                results = pool.imap_unordered(_align_one, jobs, chunksize=8 if len(jobs) > 200 else 1)
-                for status, src, n, n_small, msg in results:
-                    bar.update(1)
-                    ok, faces, small = ok + (status == "ok"), faces + n, small + n_small
-                    if status != "ok":
-                        failures.append((src, msg))
-        else:
-            for job in jobs:
-                status, src, n, n_small, msg = _align_one(job)
-                bar.update(1)
-                ok, faces, small = ok + (status == "ok"), faces + n, small + n_small
-                if status != "ok":
-                    failures.append((src, msg))
-    bar.close()
-    if failures:
-        folder.write_text(out / "failures.json", json.dumps([{"source": s, "error": m} for s, m in failures],
-                                                            indent=1))
+        def take(status, src, n, n_small, msg, json_name):
+            nonlocal ok, faces, small
+            ok, faces, small = ok + (status == "ok"), faces + n, small + n_small
+            if status != "ok":
+                failures.append((src, msg))
+            folder.record_states([{"input": src, "state": "done", "files": [json_name]} if status == "ok" else
+                                  {"input": src, "state": "failed", "error": msg}], settings=plan.key, run=plan.run)
+            progress.tick()
+
+        with _cleanup_parts_on_exit(out):
+            names_of = {src: Path(j).relative_to(out).as_posix() for src, j, _ in jobs}
+            if workers > 1 and len(jobs) > 1:
+                import multiprocessing as mp
+
+                from .common import worker_init
+
+                os.environ.setdefault("OMP_NUM_THREADS", "1")
+                with mp.get_context("spawn").Pool(min(workers, len(jobs)), initializer=worker_init) as pool:
+                    for res in pool.imap_unordered(_align_one, jobs, chunksize=8 if len(jobs) > 200 else 1):
+                        take(*res, names_of[res[1]])
+            else:
+                for job in jobs:
+                    res = _align_one(job)
+                    take(*res, names_of[res[1]])
+        stats = progress.finish({"ok": ok, "faces": faces, "small": small, "failures": failures, "photos": len(jobs)})
+        if not main:  # rank 0 of a torchrun launch tells the whole run
+            return
+        ok, faces, small = (sum(s[k] for s in stats) for k in ("ok", "faces", "small"))
+        failures = [f for s in stats for f in s["failures"]]
+        if failures:
+            folder.write_text(out / "failures.json", json.dumps([{"source": s, "error": m} for s, m in failures],
+                                                                indent=1))
+    failures += plan.failed_before
+    done, total = plan.done, len(sources)
     click.echo(f"aligned {faces} face(s) from {ok} photo(s) into {out}; {len(failures)} failed"
+               + (f" ({len(plan.failed_before)} in an earlier run, not tried again: --retry-failed tries them)"
+                  if plan.failed_before else "")
                + (f"; {small} detection(s) skipped, below --min-face or --min-score (listed in the JSON)"
                   if small else "")
                + (f"; {done} already done" if done else ""))
+    if len(stats) > 1 or len(jobs) > 1:
+        from faceedit.batchrun import rate_line, throughput
+
+        click.echo(rate_line(throughput(stats, max(s["seconds"] for s in stats))))
     if len(failures) > 10:
         for _s, m in failures[:10]:
             click.echo(f"failed: {m}", err=True)
-        raise click.ClickException(f"{len(failures)} of {len(jobs) + done} photo(s) failed (the first 10 above, "
+        raise click.ClickException(f"{len(failures)} of {total} photo(s) failed (the first 10 above, "
                                    f"all in {out / 'failures.json'}); the others are done")
-    finish_batch(failures, len(jobs) + done, "photo(s)")
+    finish_batch(failures, total, "photo(s)")
+
+
+def _plan(folder, gathered: list, settings: dict, *, overwrite: bool, retry_failed: bool):
+    """Rank 0's plan of an alignment run: names, what is done (the manifest, else the record), what
+    failed before, and the refusal of results made with other settings."""
+    from faceedit.batchrun import Plan, new_run_id, sort_states
+    from faceedit.core.errors import PipelineError
+    from faceedit.core.files import remove_stale_parts
+    from faceedit.outputs import names, read_record, settings_differences, settings_key
+
+    sources = [src for src, _ in gathered]
+    stems = folder.plan_stems(sources, names(ALIGN_NAMES), stem=dict(gathered).get)
+    key = settings_key(settings)
+    todo, done, failed = sort_states(folder, sources, key, retry_failed=retry_failed)
+    left, other = [], []
+    for i in todo:
+        json_path = folder.root / (stems[sources[i]] + ".json")
+        state = _done(json_path, sources[i], settings, folder)  # a record written before the manifest's states
+        if state == "done":
+            done[i] = {}
+            continue
+        if state == "other":
+            other.append(json_path)
+        left.append(i)
+    note = ""
+    if other:
+        diff = "; ".join(settings_differences(settings, (read_record(other[0]) or {}).get("settings")))
+        if not overwrite:
+            raise PipelineError(f"{folder.root} holds results of {len(other)} of these photo(s) made with other "
+                                f"settings ({diff}); nothing was aligned. Pass --out ANOTHER_FOLDER to keep them and "
+                                f"align there, or --overwrite to replace them")
+        note = f"replacing the results of {len(other)} photo(s) in {folder.root} made with other settings ({diff})"
+    remove_stale_parts(folder.root)  # temporary files of an earlier run that was killed outright
+    return Plan(run=new_run_id(), stems=[stems[s] for s in sources], todo=left, done=len(done), failed_before=failed,
+                replacing=len(other), note=note, key=key)

@@ -194,3 +194,18 @@ def finish_batch(failures: list, total: int, noun: str = "input(s)") -> None:
     for p, why in failures:
         click.echo(f"failed: {p}: {why}", err=True)
     raise click.ClickException(f"{len(failures)} of {total} {noun} failed (listed above); the others are done")
+
+
+def retry_failed_option():
+    """The ``--retry-failed`` flag of the batch commands (``align``, ``invert``, ``edit``)."""
+    return click.option("--retry-failed", is_flag=True,
+                        help="Work again on the inputs a run into --out recorded as failed (skipped and listed "
+                             "again without it).")
+
+
+def loader_workers_option():
+    """The ``--workers`` option of ``invert`` and ``edit``: the processes that read and align photos."""
+    return click.option("--workers", type=click.IntRange(0, 256), default=None,
+                        help="Processes (per process of a torchrun launch) that read and align photos while the "
+                             "faces before are inverted; 0: in the process itself [default: the cores per process, "
+                             "less one].")

@@ -10,8 +10,8 @@ import click
 
 from faceedit.defaults import DEFAULT_STRENGTH
 
-from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
-                     min_score_option, parse_range, seed_option)
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, loader_workers_option,
+                     max_pixels_option, min_score_option, parse_range, retry_failed_option, seed_option)
 
 
 def parse_attr(text: str, default: float) -> tuple:
@@ -77,11 +77,14 @@ def parse_sweep(text: str) -> list:
 @click.option("--force", is_flag=True, help="Edit even past the strengths the directions were measured at (12) or "
               "with a latent far outside the model's distribution, where the result is mostly noise.")
 @click.option("--out", type=OutDir(), default="out/edit", show_default=True,
-              help="Output folder (created; an earlier edit of the same photo there is replaced, and said so). "
+              help="Output folder (created; an input edited there with the same settings is skipped, an earlier "
+              "edit of it with other settings replaced, and said so). "
               "Relative to the current folder, as in the README's examples, so results land where the user works.")
+@retry_failed_option()
+@loader_workers_option()
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
-         space, method, steps, face, detector, min_score, max_pixels, seed, force, out):
+         space, method, steps, face, detector, min_score, max_pixels, seed, force, out, retry_failed, workers):
     """Edit faces: a photo (aligned and inverted first), a latent file, or the last inversion.
 
     Writes to --out, per photo: STEM_edit.png (the whole photo with the edit pasted
@@ -91,7 +94,9 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     --sweep also STEM_FACE_sweep.png and STEM_sweep_ATTR.gif. STEM is the photo's, or
     STEM_EXT when two inputs share one (same.jpg, same.png) or the name would hit a file
     that is not an earlier result of this photo. A photo that fails is listed and the others
-    go on; the exit code is 1 if any failed.
+    go on; the exit code is 1 if any failed. An input edited into --out with the same settings
+    is skipped; one that failed with them is skipped unless --retry-failed. Under torchrun the
+    inputs are dealt to the processes.
 
     \b
     Examples:
@@ -101,6 +106,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
       faceedit edit photo.jpg --attr "age|male=3"             # older, gender held
       faceedit edit --latent out/invert/photo_0.latent.safetensors --attr yaw --sweep -3:3:7
       faceedit edit photo.jpg --space wpp --attr smile --layers 0-5
+      torchrun --nproc_per_node 8 -m faceedit --device cuda edit photos/ --attr smile --out ed/
     """
     if not attrs:
         raise click.UsageError("say what to edit with --attr NAME[=STRENGTH], e.g. --attr smile "
@@ -125,17 +131,30 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                                f"{last_inversion_path()})")
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
     t_start = time.perf_counter()
+    device = ctx.obj["device"] if ctx.obj else "auto"
     with job_errors():
+        import contextlib
+        import os
+
         from faceedit.pipeline import edit_files
 
         alignment_told_here()
-        run = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
-                         space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
-                         method=method, device=ctx.obj["device"] if ctx.obj else "auto", detector=detector,
-                         directions=directions_dir, strength_unit=unit, min_score=min_score, max_pixels=max_pixels,
-                         force=force, notice=lambda msg: click.echo(msg, err=True),
-                         invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
-                         echo=None if quiet else lambda msg: click.echo(msg, err=True))
+        launch = contextlib.nullcontext((None, device))  # one process imports torch once the photo is being aligned
+        if "WORLD_SIZE" in os.environ:
+            from faceedit.batchrun import launched
+
+            launch = launched(device)
+        with launch as (dist, device):
+            run = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
+                             space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
+                             method=method, device=device, detector=detector, directions=directions_dir,
+                             strength_unit=unit, min_score=min_score, max_pixels=max_pixels, force=force,
+                             notice=lambda msg: click.echo(msg, err=True),
+                             invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
+                             echo=None if quiet else lambda msg: click.echo(msg, err=True),
+                             retry_failed=retry_failed, workers=workers, dist=dist)
+    if dist is not None and not dist.is_main:  # rank 0 of a torchrun launch tells the whole run
+        return
     dt = time.perf_counter() - t_start
     for r in run.records:
         t = r["timings"]
@@ -143,8 +162,20 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
         click.echo(f"wrote {r['photo_out'] or r['faces'][0]['crop']} ({len(r['faces'])} face(s)"
                    + (", detector score " + " ".join(f"{v:.2f}" for v in scores) if scores else "") + "; "
                    + ", ".join(f"{k} {v:.2f}s" for k, v in t.items()) + ")")
-    n = len(run.records) + len(run.failures)
-    click.echo(f"edited {len(run.records)} of {n} input(s) in {dt:.1f} s; records in {out}")
+    n = len(run.records) + len(run.failures) + run.skipped
+    if run.skipped and not run.records:
+        click.echo(f"nothing to do: {run.skipped} of {n} input(s) already have results in {out} with these "
+                   f"settings (another --out, or deleting them, edits them again)")
+    else:
+        click.echo(f"edited {len(run.records)} of {n} input(s) in {dt:.1f} s; records in {out}"
+                   + (f"; {run.skipped} already done" if run.skipped else ""))
+    if len(run.records) > 1:
+        from faceedit.batchrun import rate_line
+
+        click.echo(rate_line(run.rate))
+    if run.failed_before:
+        click.echo(f"{run.failed_before} input(s) failed in an earlier run and were not tried again (listed below; "
+                   f"--retry-failed tries them)", err=True)
     finish_batch(run.failures, n)
 
 

@@ -21,14 +21,22 @@ method, steps, seed, prior, losses, detector). If the folder holds results of th
 made with other settings, the run stops before inverting anything and says what differs:
 pass another ``--out`` to keep both, or ``--overwrite`` to replace them (refused by default
 so that a changed option never silently costs an earlier result, and a folder never mixes
-two settings). A photo that fails is skipped and listed; the exit code is 1 if any failed.
+two settings). A photo that fails is skipped, listed and recorded as failed in the folder's
+manifest; a re-run does not try it again unless ``--retry-failed`` (it is listed again, and
+the exit code is 1 if any photo failed, now or before).
+
+Launched by ``torchrun --nproc_per_node N [--nnodes M ...] -m faceedit invert DIR --out OUT``,
+the photos are dealt to the N x M processes in groups of ``--batch`` (``faceedit.batchrun``);
+rank 0 prints the progress bar and the summary of the whole run.
 """
 from __future__ import annotations
 
+import os
+
 import click
 
-from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, max_pixels_option,
-                     min_score_option, perceptual_option, seed_option)
+from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, loader_workers_option,
+                     max_pixels_option, min_score_option, perceptual_option, retry_failed_option, seed_option)
 
 
 def _face_option(value: str):
@@ -77,9 +85,11 @@ def _face_option(value: str):
               "Relative to the current folder, as in the README's examples, so results land where the user works.")
 @click.option("--overwrite", is_flag=True,
               help="Replace results of these photos in --out made with other settings (refused without it).")
+@retry_failed_option()
+@loader_workers_option()
 @click.pass_context
 def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, perceptual, optimize_noise,
-           seed, batch_size, detector, min_score, max_pixels, aligned, out, overwrite):
+           seed, batch_size, detector, min_score, max_pixels, aligned, out, overwrite, retry_failed, workers):
     """Invert faces in photos into a generator's latent space.
 
     Each photo is aligned with the model's own recipe, every requested face is
@@ -87,7 +97,9 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
     side-by-side image and a JSON record are written to --out. A re-run skips the faces
     done with the same settings and stops if --out holds these photos' results made with
     other settings (--overwrite replaces them). A photo that fails is listed and the others
-    go on; the exit code is 1 if any failed.
+    go on; the exit code is 1 if any failed. It is recorded as failed and not tried again
+    by a re-run unless --retry-failed. Under torchrun the photos are dealt to the processes
+    (groups of --batch photos, the same results whatever their number).
 
     \b
     Examples:
@@ -95,10 +107,12 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
       faceedit invert photos/ --space w+ --face all --out inv/
       faceedit invert crop.png --aligned --model faces64 --space w --steps 200
       faceedit invert photo.jpg --prior none --perceptual none --seed 1
+      torchrun --nproc_per_node 8 -m faceedit --device cuda invert photos/ --out inv/
     """
     face_sel = _face_option(face)
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
     with job_errors():
+        from faceedit.batchrun import launched, rate_line
         from faceedit.checkpoints.registry import cache_dir
         from faceedit.core.files import check_writable_dir
         from faceedit.inputs import check_photos, collect_photos
@@ -106,20 +120,29 @@ def invert(ctx, inputs, space, model, method, steps, face, prior, prior_weight, 
 
         photos = collect_photos(inputs)
         check_writable_dir(cache_dir(), what="FACEEDIT_HOME")  # last_inversion.json; before any model loads
-        good, bad = check_photos(photos, max_pixels=max_pixels)
-        if not good:  # every photo unreadable: said before any model loads
-            finish_batch(bad, len(photos), "photo(s)")
+        if "WORLD_SIZE" not in os.environ:  # one process: every header read before the model loads
+            good, bad = check_photos(photos, max_pixels=max_pixels)
+            if not good:  # every photo unreadable: said before any model loads
+                finish_batch(bad, len(photos), "photo(s)")
         alignment_told_here()
-        pipe = Pipeline(model, space=space, method=method, device=ctx.obj["device"] if ctx.obj else "auto",
-                        detector=detector, min_score=min_score, max_pixels=max_pixels,
-                        notice=lambda msg: click.echo(msg, err=True),
-                        invert_options={"steps": steps, "prior": prior, "prior_weight": prior_weight,
-                                        "perceptual": perceptual, "seed": seed, "optimize_noise": optimize_noise})
-        run = pipe.invert_files(photos, out, face=face_sel, aligned=aligned, batch_size=batch_size, quiet=quiet,
-                                echo=lambda msg: click.echo(msg, err=True), overwrite=overwrite)
+        with launched(ctx.obj["device"] if ctx.obj else "auto") as (dist, device):
+            pipe = Pipeline(model, space=space, method=method, device=device, detector=detector, min_score=min_score,
+                            max_pixels=max_pixels, notice=lambda msg: click.echo(msg, err=True),
+                            invert_options={"steps": steps, "prior": prior, "prior_weight": prior_weight,
+                                            "perceptual": perceptual, "seed": seed, "optimize_noise": optimize_noise})
+            run = pipe.invert_files(photos, out, face=face_sel, aligned=aligned, batch_size=batch_size, quiet=quiet,
+                                    echo=lambda msg: click.echo(msg, err=True), overwrite=overwrite,
+                                    retry_failed=retry_failed, workers=workers, dist=dist)
+    if not dist.is_main:  # rank 0 of a torchrun launch tells the whole run
+        return
     if run.records:
         click.echo("\n".join(run.faces_lines()))
         click.echo(run.summary())
+        if len(photos) > 1:
+            click.echo(rate_line(run.rate))
     else:
         click.echo(f"nothing to do: all {run.skipped} face(s) already have results in {out} with these settings")
+    if run.failed_before:
+        click.echo(f"{run.failed_before} photo(s) failed in an earlier run and were not tried again (listed below; "
+                   f"--retry-failed tries them)", err=True)
     finish_batch(run.failures, run.photos, "photo(s)")
