@@ -1,7 +1,6 @@
 """`faceedit align`: photos (or folders of photos) to aligned face crops plus a JSON per photo."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from faceedit.alignment.align import LANDMARK_KINDS, landmark_kind
 from faceedit.alignment.errors import AlignmentError
 
 from .common import (OutDir, detector_option, finish_batch, job_errors, max_pixels_option, min_score_option,
-                     retry_failed_option)
+                     retry_failed_option, torchrun_launch)
 
 RECIPES = ("faces64", "ffhq")
 #: The names one photo's outputs take (``{s}``: its stem, relative to --out).
@@ -185,12 +184,7 @@ def align(ctx, inputs, out, recipe, size, scale, detector, landmarks, face, upsa
                 settings=settings)
     out = Path(out)
     quiet = ctx.obj.get("quiet", False) if ctx.obj else False
-    launch = contextlib.nullcontext((None, "cpu"))  # one process never imports torch
-    if "WORLD_SIZE" in os.environ:  # a torchrun launch: the photos are dealt to the ranks
-        from faceedit.batchrun import launched
-
-        launch = launched("cpu")
-    with job_errors(), launch as (dist, _):
+    with job_errors(), torchrun_launch("cpu") as (dist, _):  # under torchrun the photos are dealt to the ranks
         from faceedit.batchrun import Progress, decided, is_main, shards
 
         folder = OutputFolder(out, sources, command="align", journal=dist is not None and dist.distributed).check()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 
@@ -209,3 +210,18 @@ def loader_workers_option():
                         help="Processes (per process of a torchrun launch) that read and align photos while the "
                              "faces before are inverted; 0: in the process itself [default: the cores per process, "
                              "less one].")
+
+
+def torchrun_launch(device):
+    """The launch a folder command runs in: ``faceedit.batchrun.launched(device)`` under ``torchrun``
+    (``WORLD_SIZE`` set), else this process alone, ``(None, device)``, without importing torch (so that a
+    single photo's alignment can start first).
+
+    Returns:
+        A context manager of ``(DistContext or None, device)``.
+    """
+    if "WORLD_SIZE" not in os.environ:
+        return contextlib.nullcontext((None, device))
+    from faceedit.batchrun import launched
+
+    return launched(device)

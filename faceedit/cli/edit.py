@@ -11,7 +11,8 @@ import click
 from faceedit.defaults import DEFAULT_STRENGTH
 
 from .common import (OutDir, alignment_told_here, detector_option, finish_batch, job_errors, loader_workers_option,
-                     max_pixels_option, min_score_option, parse_range, retry_failed_option, seed_option)
+                     max_pixels_option, min_score_option, parse_range, retry_failed_option, seed_option,
+                     torchrun_launch)
 
 
 def parse_attr(text: str, default: float) -> tuple:
@@ -133,18 +134,10 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     t_start = time.perf_counter()
     device = ctx.obj["device"] if ctx.obj else "auto"
     with job_errors():
-        import contextlib
-        import os
-
         from faceedit.pipeline import edit_files
 
         alignment_told_here()
-        launch = contextlib.nullcontext((None, device))  # one process imports torch once the photo is being aligned
-        if "WORLD_SIZE" in os.environ:
-            from faceedit.batchrun import launched
-
-            launch = launched(device)
-        with launch as (dist, device):
+        with torchrun_launch(device) as (dist, device):
             run = edit_files(out, pairs, photos=photos, latent_files=lat_inputs, photo=photo_override, model=model,
                              space=space, face=_face_arg(face), layers=layer_list, strengths=strengths,
                              method=method, device=device, detector=detector, directions=directions_dir,
