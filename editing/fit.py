@@ -62,9 +62,10 @@ def z_batches(z_shape, n: int, *, seed: int = 0, start: int = 0, batch: int = 10
 
     Every sampler of this module draws its ``z`` here, so the ``i``-th latent of a seed is
     the same whatever the batch size, and a run split in parts (``start``) draws the rows
-    of one run. torch's CPU normal sampler fills a tensor in groups of 16 values, so two
-    ways of cutting one stream agree exactly when every piece holds a multiple of 16
-    values; the rows are therefore drawn in whole blocks of :data:`Z_BLOCK` rows. For a
+    of one run. torch's CPU normal sampler transforms its uniform draws in groups of 16
+    values, so consecutive pieces of one stream equal a single draw only when every piece
+    holds a multiple of 16 values; the rows are therefore drawn in whole blocks of
+    :data:`Z_BLOCK` rows (the suite checks the property). For a
     batch whose size is a multiple of 16 values this is the sequence one
     ``torch.randn((batch, *z_shape), generator=torch.Generator().manual_seed(seed))`` per
     batch gives (``directions fit-all`` drew the shipped samples that way, 1000 x 256).

@@ -39,6 +39,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -248,7 +249,7 @@ def table(rows) -> str:
 
 def fit_attribute_set(codes, scores, attrs, *, model_id: str, num_ws: int, arch: str, scorer: str,
                       fraction: float, seed: int, C: float = SVM_C, aucs: dict | None = None,
-                      meta: dict | None = None, needed=None) -> dict:
+                      meta: dict | None = None, needed: Callable[[int], float] | None = None) -> dict:
     """InterFaceGAN directions of ``attrs`` from scored samples, and their :data:`CONDITIONAL` variants.
 
     The one fitting path of the shipped directions (:func:`fit_model`) and of
@@ -294,7 +295,7 @@ def fit_attribute_set(codes, scores, attrs, *, model_id: str, num_ws: int, arch:
         need = None if needed is None else float(needed(d.meta["n_val"]))
         if need is not None and (d.accuracy is None or d.accuracy < need):
             log.info("%s: %s: refused: held-out accuracy %.3f < %.3f on %d held-out samples", model_id, a,
-                        float("nan") if d.accuracy is None else d.accuracy, need, d.meta["n_val"])
+                     float("nan") if d.accuracy is None else d.accuracy, need, d.meta["n_val"])
             refused[a] = {"reason": "not better than chance", "accuracy": d.accuracy, "needed": need,
                           "n_val": d.meta["n_val"]}
             continue

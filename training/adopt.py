@@ -15,10 +15,10 @@
    fitted the shipped directions (``editing.fit_job.fit_attribute_set``, on the latent
    sequence ``directions fit-all`` draws for the same seed). The scorer was trained on the
    faces64 framing, so every sample is reframed from the model's recipe to the scorer's
-   (:func:`reframe`; the identity for a faces64-framed model) before scoring: that re-cut
-   and the chance check are all adopt adds. A direction whose held-out SVM accuracy is not above chance by
-   :func:`chance_margin` is refused: skipped, logged, and listed under ``rejected`` in the
-   report;
+   (:func:`reframe`; the identity for a faces64-framed model) before scoring. A direction
+   whose held-out SVM accuracy is not above chance by :func:`chance_margin` is refused:
+   skipped, logged, and listed under ``rejected`` in the report. The re-cut and this
+   check are all that adopt adds to the shipped recipe;
 5. GANSpace and SeFa directions (``editing.fit``);
 6. optionally (``encoder=True``) an encoder trained in what is left of the time budget on
    synthetic pairs drawn from the model itself, so it serves the model's own recipe

@@ -9,7 +9,8 @@ each: seed 0 (the latent sequence ``directions fit-all`` drew the shipped direct
 ``editing.fit.z_batches``) and seed 1 (independent samples). The scored samples are cached
 under ``--cache`` in chunks of ``--chunk`` rows, so a CPU run can be split into commands of
 ``--budget-minutes`` each (exit status 3: sampling is not finished, run it again). On the
-CPU the ``shared`` synthesis path is used (4x faster; equal to float rounding).
+CPU the ``shared`` synthesis path is used (4x faster; equal to float rounding); on CUDA the
+shipped fit's path and batch (1000), so that there row 1 checks bit-level reproduction.
 
 Printed, per attribute (smile, age, male, eyeglasses), for InterFaceGAN's SVM normal fitted
 by ``editing.fit.fit_svm`` (the shipped recipe: 2% at each end, ``C=1``, 70/30 split):
@@ -23,7 +24,12 @@ by ``editing.fit.fit_svm`` (the shipped recipe: 2% at each end, ``C=1``, 70/30 s
 3. every recipe at ``n`` (SVM ``C`` and kept fraction): seed-to-seed cosine (corr), how
    well each seed's direction sorts the *other* seed's top and bottom 2% (ROC AUC of the
    projection, mean of both ways: generalisation measured on independent samples), and the
-   cosine with the shipped recipe fitted on the same samples.
+   cosine with the shipped recipe fitted on the same samples;
+4. the sensitivity of the shipped recipe: fitted on the latents adopt drew before it
+   shared the shipped sequence (256 of seed 0, then seed 1), and on seed 0 with N(0, 2e-4)
+   added to the scores (less than float arithmetic moves them between machines);
+5. the spread of the codes' covariance and the share of each shipped normal that lies in
+   its narrowest half of axes (where the samples hardly vary) and in its widest eighth.
 
 Writes ``stability.md`` and ``stability.json`` under ``--out``.
 """
@@ -41,6 +47,8 @@ import torch
 
 ATTRS = ("smile", "age", "male", "eyeglasses")
 SHIPPED = {"fraction": 0.02, "C": 1.0}
+OLD_FIRST = 256  # adopt's first (timing) batch on CUDA before the shared sequence
+NOISE = 2e-4  # standard deviation of the score perturbation of the sensitivity row
 VARIANTS = tuple({"fraction": 0.02, "C": c} for c in (0.1, 0.01, 0.003, 0.001, 0.0003)) + (
     {"fraction": 0.1, "C": 1.0}, {"fraction": 0.1, "C": 0.001})
 
@@ -99,10 +107,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, required=True, help="folder for the scored samples")
     ap.add_argument("--out", type=Path, required=True, help="folder for stability.md and stability.json")
     ap.add_argument("--chunk", type=int, default=35_000, help="rows per cached file")
-    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="synthesis batch [default: 1000 on CUDA (the shipped fit's), 500 on the CPU]")
     ap.add_argument("--path", default=None, help="synthesis path [default: shared on the CPU, else the model's]")
     ap.add_argument("--budget-minutes", type=float, default=None, help="stop sampling after this long (exit 3)")
     args = ap.parse_args(argv)
+    args.batch = args.batch or (1000 if torch.device(args.device).type == "cuda" else 500)
     if args.n < 8000 or args.chunk < 1:
         ap.error("--n must be at least 8000 (n/4 samples keep 40 at each end) and --chunk at least 1")
 
@@ -153,6 +163,12 @@ def main(argv=None) -> int:
         r["refit_seed0_vs_shipped_corr"] = corr(v0, ship[a])
         r["accuracy"] = [i0["accuracy"], i1["accuracy"]]
         r["other_seed_auc"] = (other_auc(v0, 0, a) + other_auc(v1, 1, a)) / 2
+        # the latents adopt drew before it shared fit_job's sequence: 256 of seed 0, then seed 1
+        old = np.concatenate([X[0][0][:OLD_FIRST], X[1][0][:args.n - OLD_FIRST]])
+        olds = np.concatenate([X[0][1][a][:OLD_FIRST], X[1][1][a][:args.n - OLD_FIRST]])
+        r["old_adopt_latents_vs_shipped"] = float(fit_svm(old, olds, **SHIPPED, seed=0)[0] @ ship[a])
+        noisy = X[0][1][a] + NOISE * np.random.default_rng(0).standard_normal(args.n)
+        r["score_noise_vs_refit"] = float(fit_svm(X[0][0], noisy, **SHIPPED, seed=0)[0] @ v0)
         r["seed_to_seed"] = {}
         for parts in (1, 2, 4):
             k = args.n // parts
@@ -202,6 +218,26 @@ def main(argv=None) -> int:
                 cells.append(f"{v['seed_to_seed']:.3f} ({v['corr']:.3f}) / {v['other_seed_auc']:.4f} / "
                              f"{v['vs_shipped_recipe']:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Sensitivity of the shipped recipe: the latents adopt drew before (256 of seed 0, then seed 1) "
+              f"against the shipped file, and seed 0's fit with N(0, {NOISE:g}) added to the scores against "
+              "the same fit without", "",
+              "| attribute | old adopt's latents vs shipped | scores perturbed vs unperturbed |", "| --- | --- | --- |"]
+    lines += [f"| {a} | {res['attributes'][a]['old_adopt_latents_vs_shipped']:.3f} | "
+              f"{res['attributes'][a]['score_noise_vs_refit']:.3f} |" for a in ATTRS]
+    ev, U = np.linalg.eigh(cov)  # ascending
+    half, top = len(ev) // 2, max(1, len(ev) // 8)
+    res["code_covariance"] = {"eigenvalue_max": float(ev[-1]), "eigenvalue_median": float(np.median(ev)),
+                              "eigenvalue_min": float(ev[0]), "mean_norm": float(np.linalg.norm(allc.mean(0)))}
+    lines += ["", f"Where the shipped normals lie: the codes' covariance has eigenvalues {ev[-1]:.3g} down to "
+              f"{ev[0]:.3g} (median {np.median(ev):.3g}; the mean's norm is "
+              f"{res['code_covariance']['mean_norm']:.3g})", "",
+              f"| attribute | share of the shipped normal in the {half} narrowest axes | in the {top} widest |",
+              "| --- | --- | --- |"]
+    for a in ATTRS:
+        e = (U.T @ ship[a]) ** 2
+        res["attributes"][a]["shipped_energy_narrow_half"] = float(e[:half].sum())
+        res["attributes"][a]["shipped_energy_wide_eighth"] = float(e[-top:].sum())
+        lines.append(f"| {a} | {e[:half].sum():.3f} | {e[-top:].sum():.3f} |")
     text = "\n".join(lines) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stability.md").write_text(text)
