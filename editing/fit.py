@@ -49,22 +49,79 @@ def code_space(G) -> str:
     return "wpp" if getattr(G, "mapping_kind", "mlp") == "transformer" else "w"
 
 
-@torch.no_grad()
-def sample_codes(G, n: int, *, seed: int = 0, batch: int = 1024, device=None, truncation_psi: float = 1.0):
-    """Mapping samples as a float32 array: ``[n, w_dim]`` (MLP) or ``[n, num_ws, w_dim]`` (W++)."""
-    device = device if device is not None else G.synthesis.const.device
+#: The SVM regularisation of the shipped directions (scikit-learn's ``LinearSVC`` default): the
+#: one value :func:`fit_svm`, :func:`fit_direction`, ``editing.fit_job`` and ``faceedit adopt``
+#: use unless told otherwise.
+SVM_C = 1.0
+#: Rows drawn together by :func:`z_batches` (see there).
+Z_BLOCK = 16
+
+
+def z_batches(z_shape, n: int, *, seed: int = 0, start: int = 0, batch: int = 1024):
+    """Rows ``start .. start + n`` of seed ``seed``'s latent sequence, in batches of ``batch`` rows.
+
+    Every sampler of this module draws its ``z`` here, so the ``i``-th latent of a seed is
+    the same whatever the batch size, and a run split in parts (``start``) draws the rows
+    of one run. torch's CPU normal sampler transforms its uniform draws in groups of 16
+    values, so consecutive pieces of one stream equal a single draw only when every piece
+    holds a multiple of 16 values; the rows are therefore drawn in whole blocks of
+    :data:`Z_BLOCK` rows (the suite checks the property). For a
+    batch whose size is a multiple of 16 values this is the sequence one
+    ``torch.randn((batch, *z_shape), generator=torch.Generator().manual_seed(seed))`` per
+    batch gives (``directions fit-all`` drew the shipped samples that way, 1000 x 256).
+
+    Args:
+        z_shape: shape of one latent (``G.z_shape``).
+        n: rows wanted.
+        seed: seed of the sequence.
+        start: index of the first row wanted.
+        batch: rows per yielded tensor (the last may be shorter).
+    Yields:
+        float32 CPU tensors ``[b, *z_shape]``.
+    Raises:
+        EditingError: a negative ``n`` or ``start``, or a batch below 1.
+    """
+    n, start, batch = int(n), int(start), int(batch)
+    if n < 0 or start < 0 or batch < 1:
+        raise EditingError(f"z rows need n >= 0, start >= 0 and batch >= 1; got n={n}, start={start}, batch={batch}")
     gen = torch.Generator().manual_seed(int(seed))
+    skip = start // Z_BLOCK * Z_BLOCK
+    while skip:  # whole blocks before the first row wanted, drawn and dropped in bounded pieces
+        k = min(skip, Z_BLOCK * 4096)
+        torch.randn((k, *z_shape), generator=gen)
+        skip -= k
+    buf = torch.randn((Z_BLOCK, *z_shape), generator=gen)[start % Z_BLOCK:] if n else None
+    done = 0
+    while done < n:
+        want = min(batch, n - done)
+        if len(buf) < want:
+            more = -(-(want - len(buf)) // Z_BLOCK) * Z_BLOCK
+            buf = torch.cat([buf, torch.randn((more, *z_shape), generator=gen)])
+        yield buf[:want]
+        buf = buf[want:]
+        done += want
+
+
+@torch.no_grad()
+def sample_codes(G, n: int, *, seed: int = 0, batch: int = 1024, device=None, truncation_psi: float = 1.0,
+                 start: int = 0):
+    """Mapping samples as a float32 array: ``[n, w_dim]`` (MLP) or ``[n, num_ws, w_dim]`` (W++).
+
+    Rows ``start .. start + n`` of the seed's latent sequence (:func:`z_batches`): the codes
+    do not depend on ``batch``.
+    """
+    device = device if device is not None else G.synthesis.const.device
     out = []
-    for i in range(0, n, batch):
-        z = torch.randn((min(batch, n - i), *G.z_shape), generator=gen).to(device)
-        ws = G.mapping(z, truncation_psi=truncation_psi)
+    for z in z_batches(G.z_shape, n, seed=seed, start=start, batch=batch):
+        ws = G.mapping(z.to(device), truncation_psi=truncation_psi)
         out.append((ws[:, 0] if code_space(G) == "w" else ws).float().cpu().numpy())
     return np.concatenate(out)
 
 
 @torch.no_grad()
 def sample_and_score(G, scorer, n: int, *, seed: int = 0, batch: int = 256, device=None,
-                     truncation_psi: float = 1.0, noise_mode: str = "const", progress=None):
+                     truncation_psi: float = 1.0, noise_mode: str = "const", progress=None, start: int = 0,
+                     path: str | None = None):
     """Sample ``n`` latents, synthesise them and score the images.
 
     Args:
@@ -72,30 +129,37 @@ def sample_and_score(G, scorer, n: int, *, seed: int = 0, batch: int = 256, devi
         scorer: callable ``images [B, 3, R, R] in [-1, 1] -> {attribute: scores [B]}``
             (higher = more of the attribute; NaN where it cannot tell).
         n: number of samples.
+        seed: seed of the latent sequence (:func:`z_batches`).
+        batch: latents synthesised together (the samples do not depend on it).
         progress: optional callable ``(done, total)``.
+        start: index of the first latent of the sequence, so that a run split in two
+            (``start=0, n=k`` then ``start=k``) gives the samples of one run.
+        path: the synthesis path (``networks.stylegan2.SYNTHESIS_PATHS``; equal to float
+            rounding); ``None``: the generator's default.
 
     Returns:
         ``(codes, scores)``: codes as in :func:`sample_codes`; scores ``{attribute: [n]}``.
     """
     device = device if device is not None else G.synthesis.const.device
-    gen = torch.Generator().manual_seed(int(seed))
     codes, scores = [], {}
-    for i in range(0, n, batch):
-        z = torch.randn((min(batch, n - i), *G.z_shape), generator=gen).to(device)
-        ws = G.mapping(z, truncation_psi=truncation_psi)
-        img = G.synthesis(ws, noise_mode=noise_mode)
+    done = 0
+    for z in z_batches(G.z_shape, n, seed=seed, start=start, batch=batch):
+        ws = G.mapping(z.to(device), truncation_psi=truncation_psi)
+        img = G.synthesis(ws, noise_mode=noise_mode) if path is None else G.synthesis(ws, noise_mode=noise_mode,
+                                                                                       path=path)
         for k, v in scorer(img).items():
             scores.setdefault(canonical_attribute(k), []).append(torch.as_tensor(v).float().cpu().numpy().reshape(-1))
         codes.append((ws[:, 0] if code_space(G) == "w" else ws).float().cpu().numpy())
+        done += len(z)
         if progress is not None:
-            progress(min(i + batch, n), n)
+            progress(done, n)
     return np.concatenate(codes), {k: np.concatenate(v) for k, v in scores.items()}
 
 
 # ------------------------------------------------------------------------------------
 # InterFaceGAN
 # ------------------------------------------------------------------------------------
-def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3, C: float = 1.0,
+def fit_svm(codes, scores, *, fraction: float = 0.02, val_fraction: float = 0.3, C: float = SVM_C,
             seed: int = 0, max_iter: int = 20000) -> tuple:
     """Fit InterFaceGAN's linear SVM on the most confident samples at each end.
 
@@ -166,7 +230,7 @@ def latent_std(codes, vector, *, chunk: int = 16384) -> float:
 
 
 def fit_direction(codes, scores, *, attribute: str, model_id: str, num_ws: int, space: str | None = None,
-                  layers=(), fraction: float = 0.02, val_fraction: float = 0.3, C: float = 1.0, seed: int = 0,
+                  layers=(), fraction: float = 0.02, val_fraction: float = 0.3, C: float = SVM_C, seed: int = 0,
                   scorer: str = "", std_codes=None, meta: dict | None = None, arch: str = "stylegan2") -> Direction:
     """InterFaceGAN direction from scored codes.
 

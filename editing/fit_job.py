@@ -39,6 +39,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ import torch
 from faceedit.core.errors import EditingError
 
 from .direction import canonical_attribute, model_name
-from .fit import code_space, condition, fit_direction, ganspace, sample_and_score, sefa
+from .fit import SVM_C, code_space, condition, fit_direction, ganspace, sample_and_score, sefa
 
 log = logging.getLogger(__name__)
 
@@ -246,10 +247,68 @@ def table(rows) -> str:
     return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in lines)
 
 
+def fit_attribute_set(codes, scores, attrs, *, model_id: str, num_ws: int, arch: str, scorer: str,
+                      fraction: float, seed: int, C: float = SVM_C, aucs: dict | None = None,
+                      meta: dict | None = None, needed: Callable[[int], float] | None = None) -> dict:
+    """InterFaceGAN directions of ``attrs`` from scored samples, and their :data:`CONDITIONAL` variants.
+
+    The one fitting path of the shipped directions (:func:`fit_model`) and of
+    ``faceedit adopt`` (``training.adopt``): one :func:`~faceedit.editing.fit.fit_direction`
+    per attribute (top/bottom ``fraction``, linear SVM, held-out accuracy), then every
+    conditional direction whose primal and conditions were all fitted (projected off on
+    ``codes``). The same samples and seed give the same directions by either caller.
+
+    Args:
+        codes: ``[N, w_dim]`` or ``[N, num_ws, w_dim]`` codes of the samples.
+        scores: ``{attribute: [N]}`` scores of the same samples.
+        attrs: attributes to fit, in order (each must be in ``scores``).
+        model_id, num_ws, arch: the generator's, recorded in each direction.
+        scorer: the scorer's id, recorded in each direction.
+        fraction: kept at each end of the scores.
+        seed: seed of the train/held-out split.
+        C: the SVM's regularisation (:data:`~faceedit.editing.fit.SVM_C`, the shipped recipe's).
+        aucs: ``{attribute: the scorer's validation AUC}``, recorded as ``classifier_auc``.
+        meta: more fields for every direction's ``meta``.
+        needed: optional ``n_val -> accuracy``: a direction whose held-out accuracy is below
+            it is refused (``faceedit adopt``'s chance check); ``None`` keeps every fit.
+    Returns:
+        ``{"fitted": {attribute: Direction}, "refused": {attribute: {"reason", "accuracy",
+        "needed", "n_val"}}, "conditional": [Direction]}``.
+    Raises:
+        EditingError: an attribute the scores lack.
+    """
+    aucs = aucs or {}
+    missing = [a for a in attrs if a not in scores]
+    if missing:
+        raise EditingError(f"the scorer gives no {', '.join(missing)}; it scores {', '.join(sorted(scores))}")
+    fitted, refused = {}, {}
+    for a in attrs:
+        try:
+            d = fit_direction(codes, scores[a], attribute=a, model_id=model_id, num_ws=num_ws, fraction=fraction,
+                              C=C, seed=seed, scorer=scorer, arch=arch,
+                              meta={"classifier_auc": aucs.get(a), "truncation_psi": 1.0, "seed": seed,
+                                    **(meta or {})})
+        except EditingError as e:
+            log.info("%s: %s: refused (%s)", model_id, a, e)
+            refused[a] = {"reason": str(e), "accuracy": None, "needed": None, "n_val": None}
+            continue
+        need = None if needed is None else float(needed(d.meta["n_val"]))
+        if need is not None and (d.accuracy is None or d.accuracy < need):
+            log.info("%s: %s: refused: held-out accuracy %.3f < %.3f on %d held-out samples", model_id, a,
+                     float("nan") if d.accuracy is None else d.accuracy, need, d.meta["n_val"])
+            refused[a] = {"reason": "not better than chance", "accuracy": d.accuracy, "needed": need,
+                          "n_val": d.meta["n_val"]}
+            continue
+        fitted[a] = d
+    conditional = [condition(fitted[primal], [fitted[c] for c in conds], codes=codes)
+                   for primal, conds in CONDITIONAL if primal in fitted and all(c in fitted for c in conds)]
+    return {"fitted": fitted, "refused": refused, "conditional": conditional}
+
+
 def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch, device, seed, attrs,
               min_auc, unsupervised: int, separability: int = 0, jobs: int = 0, wplus_pack=None,
               wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1, save_samples: int = 0,
-              from_samples=None, samples_dir=None):
+              from_samples=None, samples_dir=None, svm_c: float = SVM_C):
     from faceedit.checkpoints.registry import load_model
 
     m = load_model(model_path, device=device)
@@ -286,29 +345,22 @@ def fit_model(model_path, score_fn, aucs, scorer_id, *, n, out, fraction, batch,
             a for a in scores if a not in CORE and a not in NEVER and aucs.get(a, 0.0) >= min_auc)
     rows, report = [], {"model_id": model_id, "scorer": scorer_id, "samples": n, "fraction": fraction,
                         "seconds_sample_and_score": round(t_sample, 2), "directions": {}}
-    fitted = {}
     num_ws = G.num_ws
-    for a in want:
-        try:
-            d = fit_direction(codes, scores[a], attribute=a, model_id=model_id, num_ws=num_ws, fraction=fraction,
-                              seed=seed, scorer=scorer_id, arch=G.arch,
-                              meta={"classifier_auc": aucs.get(a), "truncation_psi": 1.0, "seed": seed})
-        except ValueError as e:
-            log.warning("%s: %s: skipped (%s)", name, a, e)
-            continue
-        fitted[a] = d
+    fit = fit_attribute_set(codes, scores, want, model_id=model_id, num_ws=num_ws, arch=G.arch, scorer=scorer_id,
+                            fraction=fraction, seed=seed, C=svm_c, aucs=aucs)
+    fitted = fit["fitted"]
+    for a, r in fit["refused"].items():
+        log.warning("%s: %s: skipped (%s)", name, a, r["reason"])
+    for a, d in fitted.items():
         p = d.save(folder)
         report["directions"][d.key] = {"file": p.name, "accuracy": d.accuracy, "std": d.latent_std,
                                        "train_accuracy": d.meta["train_accuracy"], "classifier_auc": aucs.get(a)}
         rows.append((name, d.key, d.space, f"{d.accuracy:.3f}", f"{d.meta['train_accuracy']:.3f}",
                      f"{d.latent_std:.4g}", d.meta["n_kept"], ""))
-    for primal, conds in CONDITIONAL:
-        if primal in fitted and all(c in fitted for c in conds):
-            d = condition(fitted[primal], [fitted[c] for c in conds], codes=codes)
-            p = d.save(folder)
-            report["directions"][d.key] = {"file": p.name, "std": d.latent_std,
-                                           "primal_cosine": d.meta["primal_cosine"]}
-            rows.append((name, d.key, d.space, "", "", f"{d.latent_std:.4g}", "", f"{d.meta['primal_cosine']:.3f}"))
+    for d in fit["conditional"]:
+        p = d.save(folder)
+        report["directions"][d.key] = {"file": p.name, "std": d.latent_std, "primal_cosine": d.meta["primal_cosine"]}
+        rows.append((name, d.key, d.space, "", "", f"{d.latent_std:.4g}", "", f"{d.meta['primal_cosine']:.3f}"))
     if wplus_pack and G.mapping_kind == "mlp" and fitted:
         rows += _fit_wplus(m, score_fn, scorer_id, wplus_pack, list(fitted), folder=folder, n=wplus_n,
                            steps=wplus_steps, fraction=wplus_fraction, seed=seed, report=report, device=device)
@@ -349,7 +401,7 @@ def run_fit_job(models, out, *, scorers=None, n: int = 100000, fraction: float =
                 attrs=None, min_auc: float = 0.9, unsupervised: int = 8, separability: int = 10000,
                 wplus_pack=None, wplus_n: int = 5000, wplus_steps=None, wplus_fraction: float = 0.1,
                 save_samples: int = 0, samples_dir=None, from_samples=None, zip_path=None, jobs: int = 0,
-                seed: int = 0, device="auto") -> dict:
+                seed: int = 0, device="auto", svm_c: float = SVM_C) -> dict:
     """Fit the shipped direction set of every model in ``models`` (see the module docstring).
 
     Returns ``{"rows": [...], "timing": [lines], "device": str, "seconds": float}``; the
@@ -372,7 +424,7 @@ def run_fit_job(models, out, *, scorers=None, n: int = 100000, fraction: float =
                               unsupervised=unsupervised, separability=separability, jobs=jobs,
                               wplus_pack=wplus_pack, wplus_n=wplus_n, wplus_steps=wplus_steps,
                               wplus_fraction=wplus_fraction, save_samples=save_samples,
-                              from_samples=from_samples, samples_dir=samples_dir)
+                              from_samples=from_samples, samples_dir=samples_dir, svm_c=svm_c)
         all_rows += rows
         timing.append(f"{rep['model_id']}: sample+score {rep['seconds_sample_and_score']} s, "
                       f"total {rep['seconds_total']} s")

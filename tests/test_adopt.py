@@ -125,6 +125,36 @@ def test_adopted_prior_matches_a_direct_fit(adopted, monkeypatch):
     assert torch.allclose(m.prior["cov"], ref["cov"], atol=1e-5)
 
 
+def two_attributes(img):
+    """Two learnable stand-in attributes: brightness and redness."""
+    return {"smile": img.mean(dim=(1, 2, 3)), "male": img[:, 0].mean(dim=(1, 2)) - img[:, 1:].mean(dim=(1, 2, 3))}
+
+
+def test_adopt_fits_what_the_shipped_job_fits(tmp_path, monkeypatch):
+    """One fitting path: adopt and ``fit_model`` (which made the shipped directions) give the same
+    directions, conditional ones included, on the same samples and seed."""
+    from faceedit.editing.direction import list_directions
+    from faceedit.editing.fit_job import fit_model
+
+    monkeypatch.setenv("FACEEDIT_HOME", str(tmp_path / "home"))
+    src = _tiny(tmp_path / "src")
+    frame = FACES64.with_size(16)  # the model's own framing is the scorer's: reframing is the identity
+    img = torch.rand(2, 3, 16, 16)
+    assert torch.equal(reframe(img, frame, frame), img)
+    kw = dict(n=900, fraction=0.1, batch=64, seed=3, attrs=["smile", "male"])
+    rep = adopt(src, "twin", recipe="faces64", scorer_recipe=frame, prior_n=300, unsupervised=0, device="cpu",
+                scorer=two_attributes, **kw)
+    fit_model(src, two_attributes, {}, "two_attributes", out=tmp_path / "job", device="cpu", min_auc=0.9,
+              unsupervised=0, **kw)
+    mine = {d.key: d for _, d in list_directions(folder=tmp_path / "home" / "directions" / "twin")}
+    ref = {d.key: d for _, d in list_directions(folder=tmp_path / "job")}
+    assert set(mine) == set(ref) == {"smile", "male", "smile|male"} and not rep["directions"]["rejected"]
+    for k, d in ref.items():
+        assert torch.allclose(mine[k].vector, d.vector, atol=1e-5), k
+        assert mine[k].accuracy == d.accuracy and mine[k].samples == d.samples == 900
+        assert mine[k].latent_std == pytest.approx(d.latent_std, rel=1e-5)
+
+
 def test_adopt_refuses_bad_names_and_existing(adopted, monkeypatch):
     monkeypatch.setenv("FACEEDIT_HOME", str(adopted["home"]))
     with pytest.raises(AdoptError, match="already adopted"):

@@ -11,11 +11,14 @@
    else FFHQ's (scale 1.0 at the model's resolution); never faces64 by default. It is
    written to ``config.json`` and said on the stage line;
 3. the Gaussianized prior (``inversion.prior.fit_prior``, as ``faceedit fit-prior``);
-4. InterFaceGAN directions fitted with the shipped attribute network
-   (``editing.fit``). The scorer was trained on the faces64 framing, so every sample is
-   reframed from the model's recipe to the scorer's (:func:`reframe`) before scoring. A
-   direction whose held-out SVM accuracy is not above chance by :func:`chance_margin` is
-   refused: skipped, logged, and listed under ``rejected`` in the report;
+4. InterFaceGAN directions fitted with the shipped attribute network by the path that
+   fitted the shipped directions (``editing.fit_job.fit_attribute_set``, on the latent
+   sequence ``directions fit-all`` draws for the same seed). The scorer was trained on the
+   faces64 framing, so every sample is reframed from the model's recipe to the scorer's
+   (:func:`reframe`; the identity for a faces64-framed model) before scoring. A direction
+   whose held-out SVM accuracy is not above chance by :func:`chance_margin` is refused:
+   skipped, logged, and listed under ``rejected`` in the report. The re-cut and this
+   check are all that adopt adds to the shipped recipe;
 5. GANSpace and SeFa directions (``editing.fit``);
 6. optionally (``encoder=True``) an encoder trained in what is left of the time budget on
    synthetic pairs drawn from the model itself, so it serves the model's own recipe
@@ -291,7 +294,7 @@ def model_card(report: dict) -> str:
 def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int | None = None,
           encoder: bool = False, device="cpu", scorer=None, scorer_recipe: AlignmentRecipe = SCORER_RECIPE,
           attrs=None, prior_n: int | None = None, unsupervised: int = 8, fraction: float | None = None,
-          batch: int | None = None, force: bool = False, seed: int = 0,
+          batch: int | None = None, force: bool = False, seed: int = 0, svm_c: float | None = None,
           stage: Callable[[str], None] | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Turn ``checkpoint`` into the registered model ``name`` (see the module docstring).
@@ -315,6 +318,10 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
         fraction: kept at each end for the SVM (default 0.02 from 20000 samples, else 0.05).
         batch: synthesis batch (default: :func:`choose_batch`).
         force: replace an earlier adoption of the same name.
+        seed: seed of the samples (prior, directions, encoder); the directions' latents are
+            the ones ``faceedit directions fit-all`` draws with the same seed.
+        svm_c: the InterFaceGAN SVM's regularisation (default
+            ``faceedit.editing.fit.SVM_C``, the shipped directions').
         stage: called with one line per stage (what runs, elapsed, time left).
         progress: called with ``(stage, done, total)`` during sampling.
     Returns:
@@ -330,8 +337,9 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
     from faceedit.core.files import sha256_file
     from faceedit.checkpoints.registry import REGISTRY, cache_dir
     from faceedit.editing.direction import canonical_attribute
-    from faceedit.editing.fit import condition, fit_direction, ganspace, sample_and_score, sefa
-    from faceedit.editing.fit_job import CONDITIONAL, CORE, classifier_scorer
+    from faceedit.core.errors import EditingError
+    from faceedit.editing.fit import SVM_C, ganspace, sample_and_score, sefa
+    from faceedit.editing.fit_job import CORE, classifier_scorer, fit_attribute_set
     from faceedit.inversion.prior import DEFAULT_N, fit_prior
 
     t_start = time.time()
@@ -385,9 +393,10 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
                  **{k: float(stats[k]) for k in ("shrinkage", "w_std", "check_mean_ratio", "check_var_ratio",
                                                  "check_ks") if k in stats}}
 
-    # 3. scored samples -> InterFaceGAN directions
+    # 3. scored samples -> InterFaceGAN directions, by the path of the shipped ones (fit_job)
+    aucs = {}
     if scorer is None:
-        score_fn, _, scorer_id = classifier_scorer(None, dev)
+        score_fn, aucs, scorer_id = classifier_scorer(None, dev)
     else:
         score_fn, scorer_id = scorer, getattr(scorer, "__name__", "custom")
 
@@ -411,9 +420,9 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
     if progress is not None:
         progress("sample+score", b0, n)
     rest = n - b0
-    if rest > 0:
+    if rest > 0:  # the same latent sequence continued: the samples of one fit_job run of this seed
         cb = (lambda d, tot: progress("sample+score", b0 + d, n)) if progress is not None else None
-        codes1, scores1 = sample_and_score(G, framed, rest, seed=seed + 1, batch=bs, device=dev, progress=cb)
+        codes1, scores1 = sample_and_score(G, framed, rest, seed=seed, start=b0, batch=bs, device=dev, progress=cb)
         codes = np.concatenate([codes0, codes1])
         scores = {k: np.concatenate([scores0[k], scores1[k]]) for k in scores0}
     else:
@@ -421,36 +430,22 @@ def adopt(checkpoint, name: str, *, recipe=None, minutes: float = 10.0, n: int |
     timings["sample_and_score"] = time.time() - t
     fraction = float(fraction or (0.02 if n >= 20000 else 0.05))
     want = [canonical_attribute(a) for a in attrs] if attrs else [a for a in CORE if a in scores]
-    missing = [a for a in want if a not in scores]
-    if missing:
-        raise AdoptError(f"the scorer gives no {', '.join(missing)}; it scores {', '.join(sorted(scores))}")
     t = time.time()
-    fitted, rejected, dirs = {}, {}, []
-    for a in want:
-        try:
-            d = fit_direction(codes, scores[a], attribute=a, model_id=model_id, arch=G.arch, num_ws=G.num_ws,
-                              fraction=fraction, seed=seed, scorer=scorer_id, meta={"truncation_psi": 1.0, "seed": seed,
-                                                                 "scorer_recipe": scorer_recipe.name,
-                                                                 "model_recipe": rcp.name})
-        except ValueError as e:
-            rejected[a] = {"reason": str(e), "accuracy": None, "needed": None}
-            say(f"      {a}: refused ({e})")
-            continue
-        need = 0.5 + chance_margin(d.meta["n_val"])
-        if d.accuracy is None or d.accuracy < need:
-            rejected[a] = {"reason": "not better than chance", "accuracy": d.accuracy, "needed": need,
-                           "n_val": d.meta["n_val"]}
-            say(f"      {a}: refused: held-out accuracy {d.accuracy:.3f} < {need:.3f} (chance 0.5 + margin on "
-                f"{d.meta['n_val']} held-out samples)")
-            continue
-        fitted[a] = d
-        dirs.append(d)
-    conditional = []
-    for primal, conds in CONDITIONAL:
-        if primal in fitted and all(c in fitted for c in conds):
-            d = condition(fitted[primal], [fitted[c] for c in conds], codes=codes)
-            dirs.append(d)
-            conditional.append(d.key)
+    try:
+        fit = fit_attribute_set(codes, scores, want, model_id=model_id, num_ws=G.num_ws, arch=G.arch,
+                                scorer=scorer_id, fraction=fraction, seed=seed, aucs=aucs,
+                                C=SVM_C if svm_c is None else float(svm_c),
+                                meta={"scorer_recipe": scorer_recipe.name, "model_recipe": rcp.name},
+                                needed=lambda n_val: 0.5 + chance_margin(n_val))
+    except EditingError as e:
+        raise AdoptError(str(e)) from e
+    fitted, rejected = fit["fitted"], fit["refused"]
+    for a, r in rejected.items():
+        say(f"      {a}: refused: " + (r["reason"] if r["accuracy"] is None else
+                                      f"held-out accuracy {r['accuracy']:.3f} < {r['needed']:.3f} (chance 0.5 + "
+                                      f"margin on {r['n_val']} held-out samples)"))
+    dirs = list(fitted.values()) + fit["conditional"]
+    conditional = [d.key for d in fit["conditional"]]
     timings["fit_directions"] = time.time() - t
     say(f"[4/6] directions: kept {', '.join(f'{a} {d.accuracy:.3f}' for a, d in fitted.items()) or 'none'}; "
         f"refused {', '.join(rejected) or 'none'} (elapsed {_fmt_time(time.time() - t_start)})")
