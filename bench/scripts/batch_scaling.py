@@ -193,22 +193,6 @@ def pick_detector(choice: str) -> str:
         return "mtcnn"
 
 
-def baseline_tree(spec: str, work: Path) -> Path:
-    """The tree of ``spec``: a folder as it is, else a git revision extracted into ``work``
-    (its shipped weights linked from this tree when it has none of its own)."""
-    if Path(spec).is_dir():
-        tree = Path(spec)
-    else:
-        tree = work / "baseline"
-        tree.mkdir(parents=True)
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", spec], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
-    weights = tree / "checkpoints" / "weights"
-    if not weights.exists():
-        weights.symlink_to(REPO / "checkpoints" / "weights")
-    return tree
-
-
 def prepare(dest: Path, baseline: str | None, photos: Path) -> None:
     """Copy what a run needs onto a machine that lacks it: the photos, facenet-pytorch (and the
     pure-Python packages it imports), pytorch-msssim, the baseline tree without its weights (the
@@ -319,7 +303,7 @@ def main(argv=None) -> int:
             print(f"{n} process(es): {r['rate']['photos_per_s']:.2f} photos/s (run), {a.count / wall:.2f} (wall)",
                   file=sys.stderr, flush=True)
         if a.baseline:
-            tree = baseline_tree(a.baseline, work)
+            tree = photo_path.baseline_tree(a.baseline, work)
             args = ["--device", a.device, "-q", "invert", str(work / "photos"), "--model", a.model, "--batch",
                     str(a.batch), "--detector", detector, *(["--steps", str(a.steps)] if a.steps else [])]
             code = (photo_path.BOOT + SITE + "sys.argv = ['faceedit'] + sys.argv[1:]\n"
@@ -342,10 +326,7 @@ def main(argv=None) -> int:
         res["stages"] = json.loads((work / "stages.json").read_text())
         res["load_end"] = photo_path._load()
         text = report(res)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"batch_scaling_{a.device}.json").write_text(json.dumps(res, indent=1))
-        (out / f"batch_scaling_{a.device}.md").write_text(text)
-        print(text)
+        photo_path.write_report(out, f"batch_scaling_{a.device}", res, text)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

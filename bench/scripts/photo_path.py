@@ -272,6 +272,34 @@ def _git(*args, default: str | None = None) -> str:
     return res.stdout.strip()
 
 
+def baseline_tree(spec: str, work: Path) -> Path:
+    """The baseline tree of ``spec``: a folder as it is, a ``git archive`` tar, or a git revision of
+    this repository, the last two extracted into ``work / "baseline"``. A tree without shipped
+    weights gets this tree's linked in (the benchmarks compare code, not models)."""
+    if Path(spec).is_dir():
+        tree = Path(spec)
+    else:
+        tree = work / "baseline"
+        tree.mkdir(parents=True)
+        if Path(spec).is_file():
+            subprocess.run(["tar", "-x", "-C", str(tree), "-f", spec], check=True)
+        else:
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", spec], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    weights = tree / "checkpoints" / "weights"
+    if not weights.exists():
+        weights.symlink_to(REPO / "checkpoints" / "weights")
+    return tree
+
+
+def write_report(out: Path, stem: str, res: dict, text: str) -> None:
+    """``STEM.json`` (the figures) and ``STEM.md`` (the tables) under ``out``, and the tables printed last."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", default=None, help="git revision of the baseline tree [default: where this "
@@ -300,18 +328,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     work = Path(tempfile.mkdtemp(prefix="photo_path_"))
     try:
-        base = work / "baseline"
-        base.mkdir()
-        if a.baseline_tree and Path(a.baseline_tree).is_dir():
-            shutil.copytree(a.baseline_tree, base, dirs_exist_ok=True, symlinks=True)
-        elif a.baseline_tree:
-            subprocess.run(["tar", "-x", "-C", str(base), "-f", a.baseline_tree], check=True)
-        if a.baseline_tree:
-            if not (base / "checkpoints" / "weights").exists():
-                (base / "checkpoints" / "weights").symlink_to(REPO / "checkpoints" / "weights")
-        else:
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", a.baseline], capture_output=True, check=True)
-            subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+        base = baseline_tree(a.baseline_tree or a.baseline, work)
         trees = {"baseline": base, "current": REPO}
         if a.folder:
             folder = Path(a.folder)
@@ -361,10 +378,7 @@ def main(argv=None) -> int:
         res["stages"] = {n: _pool_stage_runs(x) for n, x in runs.items()}
         res["load_end"] = _load()
         text = report(res)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"photo_path_{a.device}.json").write_text(json.dumps(res, indent=1))
-        (out / f"photo_path_{a.device}.md").write_text(text)
-        print(text)
+        write_report(out, f"photo_path_{a.device}", res, text)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
