@@ -7,7 +7,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .detect import DETECTORS, MIN_SCORES, Detection, check_image, detect_faces, tried_text
+from .detect import DETECTORS, MIN_SCORES, MTCNN_MIN_SCORE, Detection, check_image, detect_faces, tried_text
 from .errors import AlignmentError, FaceNotFoundError, FaceTooSmallError
 from .ffhq import align_landmarks, apply_matrix
 from .landmarks import landmarks68, landmarks68_averaged
@@ -123,6 +123,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         raise AlignmentError(f"face must be 'all', 'largest' or a face index (0 = leftmost), got {face!r}")
     min_face = _default_min_face(recipe) if min_face is None else int(min_face)
     beside = MIN_SCORES.get(detector) if min_score is None else None  # the default: weak beside strong skipped
+    # The cut detect_faces applies (MTCNN's own default when none is asked for), for the messages.
+    cut = MTCNN_MIN_SCORE if min_score is None and detector == "mtcnn" else min_score
     image = check_image(image)
     H, W = image.shape[:2]
     report = AlignmentReport(landmarks=lm_kind)
@@ -154,6 +156,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     for d in (_map_detection(d, inv) for d in low):
         why = (f"detector score {d.score:.2f} is below the confidence {min_score:g} asked of a face (--min-score)"
                if min_score is not None else
+               f"detector score {d.score:.2f} is below MTCNN's default confidence {cut:g} (--min-score lowers it)"
+               if cut is not None else
                f"detector score {d.score:.2f} is below {beside:g}, beside a face scoring more: a badge, print or "
                f"pattern more often than a face (--min-score 0 keeps it)")
         report.skipped.append(SkippedFace(None, d.box, d.size, why, d.score))
@@ -164,7 +168,7 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     if not dets and low:
         scores = ", ".join(f"{s.score:.2f}" for s in report.skipped)
         raise FaceNotFoundError(f"no face in {name} ({W}x{H}; tried {'; '.join(report.tried)}) scoring "
-                                f"{min_score:g} or more: {len(low)} detection(s) scored {scores}; pass "
+                                f"{cut:g} or more: {len(low)} detection(s) scored {scores}; pass "
                                 f"--min-score {_lower(low):g} (min_score=) to take them")
     if not dets:
         hint = "try --detector dlib-cnn or --detector mtcnn" if detector == "dlib" else (

@@ -415,3 +415,22 @@ def test_landmark_kind_defaults_per_detector_and_refuses_the_other_family():
         landmark_kind("dlib", "dlib5")
     with pytest.raises(AlignmentError, match="unknown detector"):
         landmark_kind("haar")
+
+
+def test_mtcnn_detections_below_its_default_cut_are_named_not_a_crash(monkeypatch):
+    """MTCNN drops detections under its own 0.95 when no --min-score is given; a photo whose only
+    detections were dropped so says which cut applied (it formatted None before)."""
+    import importlib
+
+    from faceedit.alignment.detect import Detection
+
+    align_mod = importlib.import_module("faceedit.alignment.align")  # the package's `align` is the function
+
+    def fake_detect(image, detector, upsample, *, min_score=None, coarse=True, dropped=None):
+        assert min_score is None and detector == "mtcnn"
+        dropped.append(Detection((10.0, 10.0, 60.0, 60.0), 0.81, None, "mtcnn", None))
+        return []
+
+    monkeypatch.setattr(align_mod, "detect_faces", fake_detect)
+    with pytest.raises(FaceNotFoundError, match=r"scoring 0\.95 or more: 1 detection\(s\) scored 0\.81"):
+        align_mod.align_photo(np.full((96, 96, 3), 127, np.uint8), detector="mtcnn")
