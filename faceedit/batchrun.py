@@ -263,8 +263,8 @@ def prepared_photos(paths, *, workers: int, ahead: int = 2, **options):
 
     from faceedit.alignment.background import worker_context
 
-    a = {} if options.get("aligned") else options.get("align_options", {})
-    start = functools.partial(_start_loader_worker, detector=a.get("detector", "dlib") if a else None,
+    a = options.get("align_options", {})
+    start = functools.partial(_start_loader_worker, detector=a.get("detector", "dlib"),
                               landmarks=a.get("landmarks"))
     loader = DataLoader(_Photos(paths, options), batch_size=None, shuffle=False, num_workers=workers,
                         collate_fn=_as_is, prefetch_factor=max(2, -(-int(ahead) // workers)),

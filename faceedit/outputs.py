@@ -42,6 +42,7 @@ from __future__ import annotations
 import io
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -55,6 +56,8 @@ from faceedit.core.errors import OutputError, PipelineError
 from faceedit.core.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from faceedit.core.images import make_grid, save_image
 from faceedit.inputs import PHOTO_EXTS, collect_photos  # noqa: F401 - re-exported, their old home
+
+log = logging.getLogger(__name__)
 
 #: The list of the files faceedit wrote into an output folder (one JSON object a line).
 MANIFEST = ".faceedit-outputs.jsonl"
@@ -155,8 +158,8 @@ class _Lists:
                     self.finished[e["run"]] = self.finished.get(e["run"], 0) + 1
             elif "ended" in e:
                 self.ended.setdefault(str(e["run"]), set()).add(int(e["rank"]))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            pass  # a line damaged by hand, or a kind this version does not know
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # damaged by hand, or a newer kind
+            log.debug("manifest line left out (%s: %s): %.200s", type(err).__name__, err, line)
 
 
 class OutputFolder:
@@ -376,13 +379,9 @@ class OutputFolder:
             out[src] = cand
         return out
 
-    def earlier(self, pattern: str, source=None) -> list:
-        """Names (matching regex ``pattern``) this command already wrote here for ``source``: what a run replaces."""
-        rx, owners = re.compile(pattern, re.IGNORECASE), self._read()
-        return [n for n in self._existing() if rx.fullmatch(n) and self._owns_name(n, source, owners)]
-
     def earlier_of(self, template: str, stems: dict) -> dict:
-        """:meth:`earlier` for many inputs at once, the folder listed once: ``{source: [names]}``.
+        """The names this command already wrote here for each input (what a run replaces), the folder
+        listed once: ``{source: [names]}``.
 
         Args:
             template: a names template of this module (``EDIT_NAMES``; ``{s}`` the stem).

@@ -854,8 +854,11 @@ class Server:
 
     def close(self) -> None:
         """Stop the server and remove every temporary file it made."""
-        with contextlib.suppress(Exception):
+        try:
             self.demo.close()
+        except Exception as err:  # noqa: BLE001 - the temporary files below are removed whatever Gradio raises
+            log.warning("closing the Gradio app failed (%s: %s); its temporary files are removed anyway",
+                        type(err).__name__, err)
         self.editor.close()
 
 
@@ -916,12 +919,10 @@ def serve(settings: UiSettings | None = None, *, host: str = "127.0.0.1", port: 
 
 def example_photos() -> tuple:
     """The example photos beside the package (``examples/*.jpg`` of a source checkout), if any."""
-    from faceedit.outputs import PHOTO_EXTS
+    from faceedit.inputs import folder_photos
 
     folder = Path(__file__).resolve().parents[1] / "examples"
-    if not folder.is_dir():
-        return ()
-    return tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_EXTS))
+    return tuple(folder_photos(folder)) if folder.is_dir() else ()
 
 
 __all__ = ["Editor", "UiSettings", "Session", "FaceResult", "Server", "UiError", "build_app", "serve",

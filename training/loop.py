@@ -685,7 +685,7 @@ class Trainer:
             self._kid_real = self._kid_scorer.scores_and_features(self.heldout.float() / 127.5 - 1)[1]
         n, fakes = self.cfg.kid_samples, []
         z = self.G_ema.sample_z(n, seed=4321).to(self.device)
-        with torch.no_grad(), self._autocast():
+        with self._autocast():
             for i in range(0, n, 256):
                 fakes.append(self._kid_scorer.scores_and_features(
                     self.G_ema.synthesis(self.G_ema.mapping(z[i:i + 256]), noise_mode="const").float())[1])
@@ -699,6 +699,7 @@ class Trainer:
                  k["kid"], k["ci_low"], k["ci_high"], k["n"])
         return row
 
+    @torch.no_grad()
     def sample_grid(self, n: int = 64) -> np.ndarray:
         from faceedit.core.images import make_grid, tensor_to_uint8
 

@@ -95,7 +95,7 @@ def _rank_job(job: dict) -> None:
 
 def _stage_job(job: dict) -> None:
     """Decode, detect, landmarks and warp of the photos in one process, through ``align_photo``'s own calls."""
-    from faceedit.alignment import align_photo
+    from faceedit.alignment import FaceNotFoundError, align_photo
     from faceedit.core.images import load_image
     from faceedit.pipeline import model_recipe
     from faceedit.checkpoints.registry import load_model
@@ -127,8 +127,8 @@ def _stage_job(job: dict) -> None:
         try:
             faces = len(align_photo(photo, recipe=recipe, detector=job["detector"], face="largest",
                                     try_rotations=True).faces)
-        except Exception as e:  # noqa: BLE001 - a photo without a face still costs its search
-            faces = f"{type(e).__name__}"
+        except FaceNotFoundError:  # a photo without a face still costs its search; any other error stops the run
+            faces = 0
         rows.append({"photo": Path(p).name, "faces": faces, **{k: spent.get(k, 0.0) for k in STAGES}})
     Path(job["result"]).write_text(json.dumps(rows))
 
