@@ -171,7 +171,8 @@ def load_model(name_or_path, *, device=None, with_discriminator: bool = False,
         if device is not None:
             out.to(device)
         if with_discriminator and out.D is None:
-            raise CheckpointError(f"{path} holds no discriminator")
+            why = (out.config.get("provenance") or {}).get("discriminator") or "none in the file"
+            raise CheckpointError(f"{path} holds no discriminator faceedit can use ({why})")
     else:
         out = load_native(path, with_discriminator=with_discriminator, device=device, max_bytes=max_bytes)
     return replace(out, name=reg or out.name, source=path)
