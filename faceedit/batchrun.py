@@ -149,7 +149,7 @@ def worker_photos(detector: str | None) -> int:
 
     A worker's start (:data:`WORKER_START_SECONDS`) is spent before its first photo; it pays
     when the photos it aligns take at least that long (:data:`WORKER_PHOTO_SECONDS` each), and
-    never for fewer than :data:`PHOTOS_PER_WORKER`: 15 photos a worker with MTCNN, 20 with
+    never for fewer than :data:`PHOTOS_PER_WORKER`: 14 photos a worker with MTCNN, 20 with
     dlib's HOG, 4 with dlib's CNN. Fewer, slower-starting workers also leave the cores to the
     process itself while it loads its model and starts its GPU.
     """
