@@ -113,10 +113,12 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
                 try_rotations: bool = False, landmarks: Optional[str] = None, coarse: bool = True,
-                name: str = "the photo", min_score: Optional[float] = None) -> AlignmentReport:
+                name: str = "the photo", min_score: Optional[float] = None, device=None) -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
-    Raises the same errors as :func:`align`.
+    ``device`` (``None``: the CPU; ``"cuda"``, ...) is where MTCNN and the mtcnn5 landmark
+    networks (its ONet, QuadNet) run; the dlib detectors and landmarks run on the CPU whatever it
+    says. Raises the same errors as :func:`align`.
     """
     lm_kind = landmark_kind(detector, landmarks)
     if not (face in ("all", "largest") or (isinstance(face, (int, np.integer)) and not isinstance(face, bool))):
@@ -135,7 +137,7 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         report.tried.append(tried_text(detector, work.shape, upsample, coarse)
                             + (f" rotated {90 * k} deg" if k else ""))
         low = []
-        dets = detect_faces(work, detector, upsample, min_score=min_score, coarse=coarse, dropped=low)
+        dets = detect_faces(work, detector, upsample, min_score=min_score, coarse=coarse, dropped=low, device=device)
         if beside is not None and any(d.score >= beside for d in dets):
             low += [d for d in dets if d.score < beside]
             dets = [d for d in dets if d.score >= beside]
@@ -198,8 +200,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         if lm_kind == "mtcnn5-raw":
             lm = apply_matrix(inv, wd.landmarks5)
         elif lm_kind.startswith("mtcnn5"):
-            lm = calibrate_mtcnn5(mtcnn5_refined(work, wd.box))
-            lm = apply_matrix(inv, quadnet_points(work, lm) if lm_kind == "mtcnn5" else lm)
+            lm = calibrate_mtcnn5(mtcnn5_refined(work, wd.box, device=device))
+            lm = apply_matrix(inv, quadnet_points(work, lm, device=device) if lm_kind == "mtcnn5" else lm)
         else:
             lm = apply_matrix(inv, (landmarks68 if lm_kind == "dlib68-single" else landmarks68_averaged)(work, wd.box))
         report.faces.append(align_landmarks(image, lm, recipe, score=pd.score, index=i, detector=detector))
@@ -268,9 +270,10 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             ``mtcnn5`` (those, re-estimated by QuadNet on the crop they frame, so its quads
             match dlib68 quads more closely) or ``mtcnn5-raw`` (facenet-pytorch's points
             unchanged); default ``mtcnn5`` with the mtcnn detector, else ``dlib68``.
-        coarse: with the dlib detector and ``upsample=None``, a large photo is searched first on
-            a downscaled copy and fully only when that finds no face (see ``detect_faces``);
-            the landmarks always run on the photo itself. ``False``: the full search only.
+        coarse: with the dlib detector and ``upsample=None``, or with mtcnn, a large photo is
+            searched first on a downscaled copy and fully only when that finds no face (see
+            ``detect_faces``); the landmarks always run on the photo itself. ``False``: the full
+            search only.
     Returns:
         list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces
         found (detections below ``min_score`` are not faces; those below ``min_face`` are),

@@ -92,13 +92,24 @@ def shape_predictor68():
     return _import_dlib().shape_predictor(model_file("shape_predictor_68_face_landmarks.dat"))
 
 
+def mtcnn(min_face_size: int = 20, device=None):
+    """facenet-pytorch's MTCNN with ``keep_all=True``, on ``device`` (default the CPU), cached per process.
+
+    Args:
+        min_face_size: the smallest face (px of the image it is given) its pyramid looks for.
+        device: ``None``/``"cpu"``, ``"cuda"``, ``"cuda:1"`` or a ``torch.device``.
+    Raises:
+        ModelFileError: facenet-pytorch is not installed.
+    """
+    return _mtcnn(int(min_face_size), "cpu" if device is None else str(device))
+
+
 @functools.lru_cache(maxsize=None)
-def mtcnn(min_face_size: int = 20):
-    """facenet-pytorch's MTCNN on the CPU with ``keep_all=True`` (cached per process)."""
+def _mtcnn(min_face_size: int, device: str):
     try:
         from facenet_pytorch import MTCNN
     except ImportError as e:
         raise ModelFileError("the mtcnn detector needs facenet-pytorch; run: "
                              "pip install 'facenet-pytorch>=2.5.3,!=2.6.0' "
                              "or use --detector dlib") from e
-    return MTCNN(keep_all=True, device="cpu", min_face_size=int(min_face_size), post_process=False)
+    return MTCNN(keep_all=True, device=device, min_face_size=min_face_size, post_process=False)

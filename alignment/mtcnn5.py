@@ -19,7 +19,7 @@ ONET_SIZE = 48
 CALIBRATION_FILE = "mtcnn5_calibration.json"
 
 
-def mtcnn5_refined(image: np.ndarray, box, *, mirror: bool = True) -> np.ndarray:
+def mtcnn5_refined(image: np.ndarray, box, *, mirror: bool = True, device=None) -> np.ndarray:
     """MTCNN's 5 points re-estimated by its output network on an exact crop of the face box.
 
     facenet-pytorch cuts the ONet's input at whole pixels but maps the points back from the
@@ -32,6 +32,7 @@ def mtcnn5_refined(image: np.ndarray, box, *, mirror: bool = True) -> np.ndarray
         image: ``[H, W, 3]`` RGB uint8 photo.
         box: ``(x0, y0, x1, y1)`` face box, e.g. ``Detection.box`` of ``detect_faces(img, 'mtcnn')``.
         mirror: also run the mirrored crop and average (two ONet passes; a few ms).
+        device: where the ONet runs (``None``: the CPU; ``models.mtcnn``'s device argument).
     Returns:
         ``[5, 2]`` float64 photo coordinates: eye, eye, nose, mouth corner, mouth corner
         (image left first), MTCNN's own definitions (see :func:`calibrate_mtcnn5`).
@@ -48,9 +49,10 @@ def mtcnn5_refined(image: np.ndarray, box, *, mirror: bool = True) -> np.ndarray
     square = np.array([[bx, by], [bx, by + side], [bx + side, by + side], [bx + side, by]])
     crop = warp_quad(np.ascontiguousarray(image), square, ONET_SIZE, fill=127)[0]
     crops = [crop, crop[:, ::-1]] if mirror else [crop]
-    x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).permute(0, 3, 1, 2).float()
+    net = mtcnn(device=device).onet
+    x = torch.from_numpy(np.ascontiguousarray(np.stack(crops))).to(next(net.parameters()).device)
     with torch.no_grad():
-        p = mtcnn().onet((x - 127.5) * 0.0078125)[1].double().numpy()
+        p = net((x.permute(0, 3, 1, 2).float() - 127.5) * 0.0078125)[1].double().cpu().numpy()
     pts = [np.stack([p[0, :5], p[0, 5:]], 1)]
     if mirror:
         q = np.stack([1.0 - p[1, :5], p[1, 5:]], 1)

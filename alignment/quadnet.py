@@ -108,21 +108,31 @@ def load_quadnet(path: str | None = None):
     return net.eval()
 
 
+@functools.lru_cache(maxsize=4)
+def quadnet_on(device: str):
+    """A copy of the shipped QuadNet (:func:`load_quadnet`) on ``device`` (``"cuda"``, ...), cached per device."""
+    import copy
+
+    return copy.deepcopy(load_quadnet()).to(device)
+
+
 def predict_crops(net, crops: np.ndarray, mirror: bool = True) -> np.ndarray:
-    """``[N, 8]`` predictions for ``[N, S, S, 3]`` RGB uint8 crops, averaged with the mirrored crops' if ``mirror``."""
+    """``[N, 8]`` predictions for ``[N, S, S, 3]`` RGB uint8 crops, averaged with the mirrored crops' if ``mirror``
+    (on the device ``net`` is on)."""
     import cv2
     import torch
 
     grey = np.stack([cv2.cvtColor(np.ascontiguousarray(c), cv2.COLOR_RGB2GRAY) for c in crops])
-    x = torch.from_numpy(grey)[:, None].float() / 255.0
+    x = torch.from_numpy(grey)[:, None].to(next(net.parameters()).device).float() / 255.0
     with torch.no_grad():
-        p = net(x).double().numpy()
+        p = net(x).double().cpu().numpy()
         if mirror:
-            p = 0.5 * (p + mirror_targets(net(x.flip(3)).double().numpy()))
+            p = 0.5 * (p + mirror_targets(net(x.flip(3)).double().cpu().numpy()))
     return p
 
 
-def quadnet_points(image: np.ndarray, points5: np.ndarray, *, net=None, mirror: bool = True) -> np.ndarray:
+def quadnet_points(image: np.ndarray, points5: np.ndarray, *, net=None, mirror: bool = True,
+                   device=None) -> np.ndarray:
     """Calibrated MTCNN points with eyes and mouth corners re-estimated by QuadNet.
 
     Args:
@@ -131,6 +141,7 @@ def quadnet_points(image: np.ndarray, points5: np.ndarray, *, net=None, mirror: 
             they frame the crop the net looks at.
         net: a QuadNet (default: the shipped one, :func:`load_quadnet`).
         mirror: also run the mirrored crop and average.
+        device: where the shipped net runs when ``net`` is not given (``None``: the CPU).
     Returns:
         ``[5, 2]`` photo coordinates; the nose is the input's.
     """
@@ -138,6 +149,8 @@ def quadnet_points(image: np.ndarray, points5: np.ndarray, *, net=None, mirror: 
     if p5.shape != (5, 2) or not np.isfinite(p5).all():
         raise AlignmentError(f"expected finite [5, 2] MTCNN points, got shape {p5.shape}")
     crop, M = quad_crop(image, p5)
-    q = predict_crops(net or load_quadnet(), crop[None], mirror)[0].reshape(4, 2) * CROP
+    if net is None:
+        net = load_quadnet() if device is None or str(device) == "cpu" else quadnet_on(str(device))
+    q = predict_crops(net, crop[None], mirror)[0].reshape(4, 2) * CROP
     pts = apply_matrix(np.linalg.inv(M), q)
     return np.stack([pts[0], pts[1], p5[2], pts[2], pts[3]])

@@ -55,8 +55,21 @@ log = logging.getLogger(__name__)
 
 #: Seconds between two readings of the manifest for the progress bar and the wait for the other ranks.
 POLL_SECONDS = 0.5
-#: Photos a loader worker must have to be started (it imports torch and loads the detector: ~2 s on a CPU core).
+#: Photos a loader worker must have to be started, at least (:func:`worker_photos` asks more of a
+#: detector whose worker starts slowly).
 PHOTOS_PER_WORKER = 4
+#: Seconds until a loader worker has aligned its first photo, beyond the photo itself: it imports
+#: torch (every DataLoader worker does) and loads the detector. MTCNN (facenet-pytorch, torchvision,
+#: its three networks, a first pass): 3.6 s on the 16-core GPU machine; dlib (HOG file and 68-point
+#: predictor, 0.3 s): the torch import, about 2 s on a CPU core.
+WORKER_START_SECONDS = {"mtcnn": 3.6, "dlib": 2.0, "dlib-cnn": 2.0}
+#: Seconds a worker aligns a 1-2 MP photo in, once started (one core): MTCNN on its 1024 px copy
+#: with the mtcnn5 landmarks about 0.25 s (``bench/results/alignment/mtcnn_coarse.json``), dlib's
+#: coarse HOG pass and dlib68 about 0.1 s, dlib's CNN several seconds.
+WORKER_PHOTO_SECONDS = {"mtcnn": 0.25, "dlib": 0.1, "dlib-cnn": 3.0}
+#: Seconds the process itself spends on a 1-2 MP photo when it aligns on its GPU (decode, MTCNN on the
+#: 1024 px copy, the mtcnn5 landmarks): an estimate for :func:`in_process_photos` (``photo_path.py`` measures it).
+GPU_PHOTO_SECONDS = 0.08
 
 
 # ----------------------------------------------------------------------------- the launch
@@ -129,6 +142,38 @@ def loader_workers(requested: int | None = None, *, cores: int | None = None, pe
     cores = available_cores() if cores is None else max(1, int(cores))
     per_node = local_world_size() if per_node is None else max(1, int(per_node))
     return max(0, cores // per_node - 1)
+
+
+def worker_photos(detector: str | None) -> int:
+    """Photos a loader worker must have to be worth its start with ``detector``.
+
+    A worker's start (:data:`WORKER_START_SECONDS`) is spent before its first photo; it pays
+    when the photos it aligns take at least that long (:data:`WORKER_PHOTO_SECONDS` each), and
+    never for fewer than :data:`PHOTOS_PER_WORKER`: 14 photos a worker with MTCNN, 20 with
+    dlib's HOG, 4 with dlib's CNN. Fewer, slower-starting workers also leave the cores to the
+    process itself while it loads its model and starts its GPU.
+    """
+    start = WORKER_START_SECONDS.get(detector or "dlib", 2.0)
+    each = WORKER_PHOTO_SECONDS.get(detector or "dlib", 0.1)
+    return max(PHOTOS_PER_WORKER, int(round(start / each)))
+
+
+def in_process_photos(n: int, detector: str | None, seconds_per_photo: float) -> int:
+    """How many of ``n`` photos the process aligns itself, on its GPU, before the loader's workers take over.
+
+    The workers start at once and align the rest; the process aligns the first photos while
+    they start (their :data:`WORKER_START_SECONDS`, at ``seconds_per_photo`` each), and all of
+    them where the rest would not pay for one worker (:func:`worker_photos`).
+
+    Args:
+        n: photos to align.
+        detector: the detector.
+        seconds_per_photo: what one photo costs the process (read, detect and landmarks on its GPU).
+    Returns:
+        A count in ``0..n``.
+    """
+    head = int(WORKER_START_SECONDS.get(detector or "dlib", 2.0) / max(1e-3, float(seconds_per_photo)))
+    return n if n - head < worker_photos(detector) else max(0, head)
 
 
 # ----------------------------------------------------------------------------- reading and aligning
@@ -231,28 +276,36 @@ def _start_loader_worker(_worker_id: int, *, detector: str | None = None, landma
         load_models(detector, landmarks)
 
 
-def prepared_photos(paths, *, workers: int, ahead: int = 2, **options):
+def prepared_photos(paths, *, workers: int, ahead: int = 2, in_process: int = 0, **options):
     """:func:`prepare_photo` for each path, in order, read and aligned by ``workers`` processes.
 
     A ``torch.utils.data.DataLoader`` over the paths (one photo an item), keeping about ``ahead``
     photos in flight, so that the caller works on a photo while the next ones are aligned. Its
     workers start as ``BackgroundAligner``'s do (``worker_context``: spawned, not forked, once
     torch is loaded: a forked copy of a process whose thread pools have run, OpenCV's among them,
-    can hang in them) and load the detector's models first: a start costs about as much as
-    aligning a few photos, so there is a worker for every :data:`PHOTOS_PER_WORKER` photos at
-    most. With no workers, or aligned crops (nothing to align), the photos are read here, one
-    when asked for.
+    can hang in them) and load the detector's models first: a start costs as much as aligning
+    several photos, so there is a worker for every :func:`worker_photos` photos at most. The
+    workers align on the CPU (``align_options["device"]`` is left out there: a CUDA context per
+    worker would cost more than its photos). With no workers, or aligned crops (nothing to
+    align), the photos are read here, one when asked for, with the options as given (a GPU
+    detector included).
 
     Args:
         paths: photo files.
         workers: worker processes at most (0: none).
         ahead: photos to keep in flight.
+        in_process: the first photos read and aligned here, as given (on the GPU where
+            ``align_options`` says so), while the workers start for the others
+            (:func:`in_process_photos`).
         **options: :func:`prepare_photo`'s keywords.
     Yields:
         One :class:`Prepared` per path, in order.
     """
     paths = list(paths)
-    workers = min(int(workers), len(paths) // PHOTOS_PER_WORKER)
+    head, rest = paths[:max(0, int(in_process))], paths[max(0, int(in_process)):]
+    a = options.get("align_options", {})
+    detector = a.get("detector", "dlib")
+    workers = min(int(workers), len(rest) // worker_photos(detector))
     if workers <= 0 or options.get("aligned"):
         for p in paths:
             yield prepare_photo(p, **options)
@@ -263,14 +316,15 @@ def prepared_photos(paths, *, workers: int, ahead: int = 2, **options):
 
     from faceedit.alignment.background import worker_context
 
-    a = options.get("align_options", {})
-    start = functools.partial(_start_loader_worker, detector=a.get("detector", "dlib"),
-                              landmarks=a.get("landmarks"))
-    loader = DataLoader(_Photos(paths, options), batch_size=None, shuffle=False, num_workers=workers,
+    on_cpu = {**options, "align_options": {k: v for k, v in a.items() if k != "device"}}
+    start = functools.partial(_start_loader_worker, detector=detector, landmarks=a.get("landmarks"))
+    loader = DataLoader(_Photos(rest, on_cpu), batch_size=None, shuffle=False, num_workers=workers,
                         collate_fn=_as_is, prefetch_factor=max(2, -(-int(ahead) // workers)),
                         worker_init_fn=start, multiprocessing_context=worker_context())
-    it = iter(loader)
+    it = iter(loader)  # the workers start now, while the process aligns the first photos
     try:
+        for p in head:
+            yield prepare_photo(p, **options)
         yield from it
     finally:
         del it  # stops the workers now, not when the garbage is collected
@@ -514,9 +568,12 @@ def invert_photos(pipe, photos: list, out, *, face="largest", aligned: bool = Fa
     records, failures, skipped = [], [], 0
     stages = {"read": 0.0, "align": 0.0, "wait": 0.0, "invert": 0.0, "write": 0.0}
     photos_done = faces_done = 0
+    align_options = pipe.align_options(face)
+    head = (in_process_photos(len(mine), pipe.detector, GPU_PHOTO_SECONDS) if align_options.get("device") is not None
+            else 0)
     items = prepared_photos([photos[i] for i in mine], workers=0 if single else loader_workers(workers),
-                            ahead=2 * batch_size, align_options=pipe.align_options(face), max_pixels=pipe.max_pixels,
-                            aligned=aligned)
+                            ahead=2 * batch_size, in_process=head, align_options=align_options,
+                            max_pixels=pipe.max_pixels, aligned=aligned)
 
     def invert_chunk(chunk):  # outputs are written only once the whole chunk succeeded
         stage(f"inverting {len(chunk)} face(s) into {pipe.space} with {pipe.method}")
@@ -725,7 +782,8 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
                     pipe = pipeline(mdl, None)
                     t0 = time.perf_counter()
                     if aligner is not None:  # the photo read and aligned in the worker started before torch
-                        aligned = aligner.submit(src, **pipe.align_options(face)).result()
+                        on_cpu = {k: v for k, v in pipe.align_options(face).items() if k != "device"}
+                        aligned = aligner.submit(src, **on_cpu).result()
                     elif items is not None:
                         item = next(items)
                         if item.exception is not None:

@@ -265,13 +265,21 @@ class Pipeline:
         notice: callable told, per photo, each detection alignment skipped (with its score and
             why) and each doubt (a photo whose detections all score low); ``None``: the
             alignment room's log warnings only.
+        align_device: where MTCNN and its landmark networks run: ``auto`` (the pipeline's CUDA
+            device with the mtcnn detector, else the CPU), ``cpu`` or ``cuda``; the dlib
+            detectors always run on the CPU. Loader worker processes align on the CPU whatever
+            it says (``faceedit.batchrun.prepared_photos``).
+        cuda_graphs: replay each optimisation step of ``hybrid``/``optim`` from one CUDA graph
+            (``inversion.options.InversionOptions.cuda_graphs``; a capture that fails is logged
+            and the steps run eagerly, ``meta['cuda_graphs']`` says which); ``None``: on CUDA,
+            unless ``invert_options`` says otherwise.
     """
 
     def __init__(self, model=None, *, space: str = "w+", method: str | None = None, device="auto",
                  detector: str = "dlib", directions=None, strength_unit: str = "std",
                  invert_options: dict | None = None, paste_options: dict | None = None,
                  max_pixels: int | None = None, min_score: float | None = None, force: bool = False,
-                 notice=None):
+                 notice=None, align_device="auto", cuda_graphs: bool | None = None):
         from faceedit.checkpoints.loaded import LoadedModel
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.core.device import resolve_device
@@ -303,6 +311,8 @@ class Pipeline:
 
         self.method = method or default_method(self.model, self.space)
         self.detector = detector
+        self.align_device = _align_device(align_device, self.device, detector)
+        self.cuda_graphs = cuda_graphs
         from faceedit.core.images import DEFAULT_MAX_PIXELS
 
         self.min_score = None if min_score is None else float(min_score)
@@ -339,8 +349,11 @@ class Pipeline:
 
     def align_options(self, face="largest") -> dict:
         """The keywords of ``faceedit.alignment.align_photo`` that :meth:`align` passes (recipe, detector, ...)."""
-        return {"recipe": self.recipe, "detector": self.detector, "face": face, "try_rotations": True,
+        opts = {"recipe": self.recipe, "detector": self.detector, "face": face, "try_rotations": True,
                 "min_score": self.min_score}
+        if self.align_device is not None:
+            opts["device"] = str(self.align_device)
+        return opts
 
     def _notify(self, report, name: str) -> None:
         """Tell ``self.notice`` the faces an alignment skipped and its notes."""
@@ -358,6 +371,12 @@ class Pipeline:
         from faceedit.inversion.methods import invert_with
 
         opts = dict(self.invert_options)
+        graphs = self.cuda_graphs
+        if graphs is None:  # on CUDA by default, where the settings leave room for it
+            graphs = (self.device.type == "cuda" and self.method in ("hybrid", "optim")
+                      and str(opts.get("compile", "off")) != "reduce-overhead")
+        if graphs and "cuda_graphs" not in opts:
+            opts["cuda_graphs"] = True
         prior = opts.pop("prior", "gaussian")
         if prior == "gaussian":
             if self._prior is None:
@@ -852,6 +871,18 @@ class Pipeline:
         edits = {str(getattr(k, "key", k)): float(v) for k, v in dict(attributes).items()}
         return EditResult(photo=out, input=photo, faces=results, edits=edits,
                           timings={k: round(v, 3) for k, v in t.items()})
+
+
+def _align_device(choice, device, detector: str):
+    """The ``device`` of ``align_photo`` for a pipeline on ``device`` (``None``: the CPU); see ``Pipeline``."""
+    import torch
+
+    if choice is None or str(choice) == "auto":
+        return device if device.type == "cuda" and detector == "mtcnn" else None
+    from faceedit.core.device import resolve_device
+
+    dev = resolve_device(choice)
+    return None if dev.type == "cpu" or detector != "mtcnn" else torch.device(dev)
 
 
 def model_for_latent(latent) -> str:

@@ -86,6 +86,9 @@ class ProjectionResult:
         history: mean total loss of the batch at every step.
         steps: steps run (fewer than asked after an early stop).
         seconds: wall time of the loop.
+        graph: how the steps ran: ``"off"`` (eager loop), ``"replayed"`` (one captured CUDA graph),
+            or ``"eager after a failed capture: <error>"`` (``cuda_graphs`` asked for, the capture
+            failed, the same step function ran eagerly instead).
     """
 
     ws: torch.Tensor
@@ -95,6 +98,7 @@ class ProjectionResult:
     history: list = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    graph: str = "off"
 
 
 class Projector:
@@ -164,6 +168,10 @@ class Projector:
         # CUDA: fused Adam and the foreach noise re-normalisation; the CPU keeps the reference ops (EagerAdam)
         self._fast_step = self.device.type == "cuda"
         self._static_loop = False  # tests: the CUDA-graph step function, run eagerly (no capture)
+        # A failed capture (an op CUDA graphs cannot hold, e.g. a host copy inside a compiled loss) is
+        # logged and the run goes on with the same step function, eagerly; False: it raises.
+        self.graph_fallback = True
+        self._graph_state = "off"
         self._torch_adam = False  # tests: torch.optim.Adam instead of EagerAdam off CUDA (the same numbers)
 
     # -- set-up ------------------------------------------------------------------------
@@ -243,6 +251,7 @@ class Projector:
         prepared = self.perceptual.prepare(target) if self.perceptual is not None else None
         stopper = _EarlyStop(self, B)
         t0 = time.perf_counter()
+        self._graph_state = "off"
         if self.cuda_graphs or self._static_loop:
             history, step = self._loop_static(param, noise, target, prepared, dgen, w_std, stopper, callback,
                                               capture=self.cuda_graphs)
@@ -256,7 +265,7 @@ class Projector:
         return ProjectionResult(ws=ws.detach(), param=param.detach(),
                                 noise=None if noise is None else [n.detach() for n in noise],
                                 losses={k: v.float().cpu().tolist() for k, v in final.items()},
-                                history=history, steps=step + 1, seconds=seconds)
+                                history=history, steps=step + 1, seconds=seconds, graph=self._graph_state)
 
     def _strength(self, t: float, w_std: float) -> float:
         return w_std * self.noise_factor * max(0.0, 1.0 - t / self.noise_ramp) ** 2
@@ -308,7 +317,9 @@ class Projector:
         is fused and capturable with a tensor learning rate. With ``capture`` (CUDA) the first
         ``GRAPH_WARMUP`` steps run eagerly on a side stream, the next is captured into one CUDA
         graph and every later step replays it. Without ``capture`` each step runs the same
-        function eagerly (the CPU tests check this path against the default loop).
+        function eagerly (the CPU tests check this path against the default loop). A capture that
+        fails (with :attr:`graph_fallback`) leaves the state as the last eager step left it (nothing
+        captured has run), so the run goes on from there eagerly, and the result says so.
         """
         dev = self.device
         n = self.steps
@@ -339,7 +350,21 @@ class Projector:
             cur.copy_(sched[step])
             if sched_host[step][1] > 0:
                 eps.normal_(generator=dgen)  # the same draws as the eager loop's torch.randn
-            if graph is None and (not capture or step < GRAPH_WARMUP or step == n - 1):
+            if graph is None and capture and GRAPH_WARMUP <= step < n - 1:
+                try:
+                    graph, static = self._capture(body, opt)
+                    self._graph_state = "replayed"
+                except RuntimeError as e:
+                    if not self.graph_fallback:
+                        raise
+                    self._graph_state = f"eager after a failed capture: {e}"
+                    log.warning("%s; the remaining %d steps run eagerly", e, n - step)
+                    torch.cuda.synchronize(dev)
+                    capture = False
+            if graph is not None:
+                graph.replay()
+                losses = static
+            else:
                 opt.zero_grad(set_to_none=True)
                 if capture:  # warm-up off the default stream, as CUDA graph capture wants
                     side.wait_stream(torch.cuda.current_stream(dev))
@@ -348,11 +373,6 @@ class Projector:
                     torch.cuda.current_stream(dev).wait_stream(side)
                 else:
                     losses = body()
-            else:
-                if graph is None:
-                    graph, static = self._capture(body, opt)
-                graph.replay()
-                losses = static
             tot = losses["total"].detach().float()
             history.append(tot.mean())
             if callback is not None:
@@ -582,6 +602,7 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
             "prior": "gaussian" if prior is not None else "none", "prior_weight": proj.prior_weight,
             "prior_kind": proj.prior.summary()["kind"] if proj.prior is not None else None,
             "optimize_noise": bool(optimize_noise), "seconds": sum(r.seconds for r in results),
+            "cuda_graphs": graph_summary(results),
             "history": [float(np.mean([r.history[s] for r in results if s < len(r.history)]))
                         for s in range(max(len(r.history) for r in results))]}
     if sha is not None:
@@ -593,7 +614,13 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
 
 
 __all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "DEFAULT_STEPS",
-           "DEFAULT_PRIOR_WEIGHT", "InversionOptions"]
+           "DEFAULT_PRIOR_WEIGHT", "InversionOptions", "graph_summary"]
+
+
+def graph_summary(results: list) -> str:
+    """How the batches' steps ran (:attr:`ProjectionResult.graph`), one line: ``off``, ``replayed``, or the failure."""
+    states = list(dict.fromkeys(r.graph for r in results))
+    return states[0] if len(states) == 1 else "; ".join(states)
 
 
 def offset_callback(callback: StepCallback | None, start: int, total: int):

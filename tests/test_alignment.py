@@ -426,7 +426,7 @@ def test_mtcnn_detections_below_its_default_cut_are_named_not_a_crash(monkeypatc
 
     align_mod = importlib.import_module("faceedit.alignment.align")  # the package's `align` is the function
 
-    def fake_detect(image, detector, upsample, *, min_score=None, coarse=True, dropped=None):
+    def fake_detect(image, detector, upsample, *, min_score=None, coarse=True, dropped=None, device=None):
         assert min_score is None and detector == "mtcnn"
         dropped.append(Detection((10.0, 10.0, 60.0, 60.0), 0.81, None, "mtcnn", None))
         return []

@@ -66,6 +66,10 @@ SHARED_PHOTOS = photo_path.PHOTOS
 SITE = ("for extra in os.environ.get('FACEEDIT_BENCH_SITE', '').split(os.pathsep):\n"
         "    if extra and extra not in sys.path:\n        sys.path.append(extra)\n")
 STAGES = ("decode", "detect", "landmarks", "warp")
+#: Settings of the working tree measured beside its defaults at one process (``--variants``).
+VARIANTS = {"cpu-align": {"pipeline": {"align_device": "cpu"}}, "no-graphs": {"pipeline": {"cuda_graphs": False}},
+            "reference": {"pipeline": {"align_device": "cpu", "cuda_graphs": False}}, "batch32": {"batch": 32},
+            "batch64": {"batch": 64}}
 RUN_STAGES = ("read", "align", "wait", "invert", "write")
 
 
@@ -78,7 +82,8 @@ def _rank_job(job: dict) -> None:
     t0 = time.perf_counter()
     with launched(job["device"]) as (dist, device):
         pipe = Pipeline(job["model"], device=device, detector=job["detector"],
-                        invert_options={k: v for k, v in (("steps", job["steps"]),) if v is not None})
+                        invert_options={k: v for k, v in (("steps", job["steps"]),) if v is not None},
+                        **photo_path._accepted(Pipeline, job.get("pipeline", {})))
         t_load = time.perf_counter() - t0
         photos = sorted(Path(job["photos"]).iterdir())
         run = pipe.invert_files(photos, job["out"], batch_size=job["batch"], quiet=True, workers=job["workers"],
@@ -90,6 +95,8 @@ def _rank_job(job: dict) -> None:
                 "rate": run.rate, "faces": len(run.records), "failures": len(run.failures), "load_s": t_load,
                 "method": pipe.method, "steps": run.records[0]["steps"] if run.records else None,
                 "world_size": dist.world_size, "torch": torch.__version__,
+                "align_device": str(getattr(pipe, "align_device", None) or "cpu"),
+                "cuda_graphs": getattr(pipe, "cuda_graphs", "absent"),
                 "device_name": torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()} CPU cores"}))
 
 
@@ -257,6 +264,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-photos", type=int, default=16, help="photos the alignment stages are timed on")
     ap.add_argument("--carried", default=None, help="a folder made by --prepare: its photos, packages and baseline")
     ap.add_argument("--prepare", default=None, metavar="DIR", help="only copy what a run needs into DIR (see above)")
+    ap.add_argument("--variants", default="", help="also run one process with these settings of the working tree, "
+                    f"comma-separated, of: {', '.join(VARIANTS)} (alignment on the CPU workers against the GPU, the "
+                    "eager step against the CUDA graph, larger inversion batches)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "batch_scaling"))
     ap.add_argument("--_rank", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_stage", default=None, help=argparse.SUPPRESS)
@@ -294,13 +304,21 @@ def main(argv=None) -> int:
                "skipped_nproc": skipped, "load_start": photo_path._load(), "runs": [], "baseline": None}
         job = {"device": a.device, "model": a.model, "detector": detector, "steps": a.steps, "batch": a.batch,
                "workers": a.workers, "photos": str(work / "photos")}
-        for n in counts:
-            res_file = work / f"run{n}.json"
-            wall = _child("rank", {**job, "out": str(work / f"out{n}"), "result": str(res_file)}, env, nproc=n)
+        variants = [v for v in a.variants.split(",") if v]
+        for v in variants:
+            if v not in VARIANTS:
+                raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+        plan = [(n, "default") for n in counts] + [(1, v) for v in variants]
+        for n, v in plan:
+            res_file = work / f"run{n}_{v}.json"
+            wall = _child("rank", {**job, **VARIANTS.get(v, {}), "out": str(work / (f"out{n}" if v == "default" else
+                                                                                    f"out{n}_{v}")),
+                                   "result": str(res_file)}, env, nproc=n)
             r = json.loads(res_file.read_text())
-            r.update(nproc=n, wall_s=wall, load=photo_path._load())
+            r.update(nproc=n, wall_s=wall, load=photo_path._load(), variant=v,
+                     batch=VARIANTS.get(v, {}).get("batch", a.batch))
             res["runs"].append(r)
-            print(f"{n} process(es): {r['rate']['photos_per_s']:.2f} photos/s (run), {a.count / wall:.2f} (wall)",
+            print(f"{n} process(es), {v}: {r['rate']['photos_per_s']:.2f} photos/s (run), {a.count / wall:.2f} (wall)",
                   file=sys.stderr, flush=True)
         if a.baseline:
             tree = photo_path.baseline_tree(a.baseline, work)
@@ -351,6 +369,19 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
 
 
+def _variant(r: dict) -> str:
+    return r.get("variant", "default")
+
+
+def _label(r: dict) -> str:
+    """A run's row label: its process count, and its variant and settings beside the defaults."""
+    if _variant(r) == "default":
+        extra = f" (MTCNN on {r['align_device']}, graphs {r['cuda_graphs']})" if "align_device" in r else ""
+        return f"{r['nproc']}{extra}".replace("graphs None", "graphs auto")
+    return f"{r['nproc']}, {_variant(r)} (batch {r.get('batch')}, MTCNN on {r.get('align_device')}, graphs " \
+           f"{r.get('cuda_graphs')})"
+
+
 def report(res: dict) -> str:
     runs, base = res["runs"], res["baseline"]
     first = runs[0] if runs else {}
@@ -370,14 +401,14 @@ def report(res: dict) -> str:
               "and model loading included. Efficiency: photos/s (run) at N over N times that at 1.", "",
               "| processes | photos/s (run) | photos/s (wall) | efficiency | per process | faces | failures | "
               "wall | load average |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    one = next((r["rate"]["photos_per_s"] for r in runs if r["nproc"] == 1), None)
+    one = next((r["rate"]["photos_per_s"] for r in runs if r["nproc"] == 1 and _variant(r) == "default"), None)
     if base:
         lines.append(f"| old single-process path (baseline) | | {res['count'] / base['wall_s']:.2f} | | | "
                      f"{base['faces']} | | {base['wall_s']:.1f} s | {base['load']} |")
     for r in runs:
         rate = r["rate"]
-        eff = f"{rate['photos_per_s'] / (r['nproc'] * one):.2f}" if one else ""
-        lines.append(f"| {r['nproc']} | {rate['photos_per_s']:.2f} | {res['count'] / r['wall_s']:.2f} | {eff} | "
+        eff = f"{rate['photos_per_s'] / (r['nproc'] * one):.2f}" if one and _variant(r) == "default" else ""
+        lines.append(f"| {_label(r)} | {rate['photos_per_s']:.2f} | {res['count'] / r['wall_s']:.2f} | {eff} | "
                      f"{rate['per_process']:.2f} | {r['faces']} | {r['failures']} | {r['wall_s']:.1f} s | "
                      f"{r['load']} |")
     if base and base.get("same_images"):
@@ -394,7 +425,7 @@ def report(res: dict) -> str:
     for r in runs:
         st, n = r["rate"]["stages"], max(1, r["rate"]["photos"])
         busy = r["rate"]["seconds"] * r["nproc"]
-        lines.append(f"| {r['nproc']} | " + " | ".join(_ms(st.get(k, 0.0) / n) for k in RUN_STAGES)
+        lines.append(f"| {_label(r)} | " + " | ".join(_ms(st.get(k, 0.0) / n) for k in RUN_STAGES)
                      + f" | {st.get('wait', 0.0) / busy:.0%} |")
     rows = res["stages"]
     lines += ["", f"## Alignment's stages, one process, {len(rows)} photos (mean per photo; detect includes the "

@@ -109,7 +109,15 @@ def run_cli(tree: Path, args: list, out: Path, threads: str | None) -> dict:
 
 
 # -- the stages, run inside the child process (python photo_path.py _stages ...) ----------------
-def _stages(photos: list, device: str, out: Path, detector: str = "dlib") -> dict:
+def _accepted(fn, kw: dict) -> dict:
+    """The keywords of ``kw`` that ``fn`` takes (a baseline tree's functions may lack the newer ones)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kw.items() if k in params}
+
+
+def _stages(photos: list, device: str, out: Path, detector: str = "dlib", variant: dict | None = None) -> dict:
     t0 = time.perf_counter()
     import torch
 
@@ -124,8 +132,10 @@ def _stages(photos: list, device: str, out: Path, detector: str = "dlib") -> dic
             torch.cuda.synchronize()
 
     t0 = time.perf_counter()
-    pipe = faceedit.Pipeline(device=device, detector=detector)
+    pipe = faceedit.Pipeline(device=device, detector=detector, **_accepted(faceedit.Pipeline, variant or {}))
     t_pipe = time.perf_counter() - t0
+    adev = getattr(pipe, "align_device", None)  # where this tree's pipeline runs MTCNN (None: the CPU)
+    on = {"device": str(adev)} if adev is not None else {}
     rows = []
     for path in photos:
         t, clock = {}, time.perf_counter
@@ -138,13 +148,14 @@ def _stages(photos: list, device: str, out: Path, detector: str = "dlib") -> dic
         s = clock()
         photo = faceedit.load_image(path)
         s = mark("decode", s)
-        det = max(detect_faces(photo, detector), key=lambda d: d.size)
+        det = max(detect_faces(photo, detector, **_accepted(detect_faces, on)), key=lambda d: d.size)
         s = mark("detect", s)
         if detector == "mtcnn":  # as align_photo's default mtcnn5 landmarks: refined, calibrated, QuadNet
             from faceedit.alignment.mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
             from faceedit.alignment.quadnet import quadnet_points
 
-            lm = quadnet_points(photo, calibrate_mtcnn5(mtcnn5_refined(photo, det.box)))
+            lm = quadnet_points(photo, calibrate_mtcnn5(mtcnn5_refined(photo, det.box, **_accepted(mtcnn5_refined, on))),
+                                **_accepted(quadnet_points, on))
         else:
             lm = landmarks68_averaged(photo, det.box)
         s = mark("landmarks", s)
@@ -164,17 +175,21 @@ def _stages(photos: list, device: str, out: Path, detector: str = "dlib") -> dic
         outputs.write_edit(out, Path(path).stem, path, res, pairs={"smile": 10.0}, layers=None,
                            inversion={"method": pipe.method}, unit="std", model_id=pipe.model_id, timings={})
         mark("encode+write", s)
-        rows.append({"photo": str(path), "size": list(photo.shape[1::-1]), "steps": lat.meta.get("steps"), **t})
+        rows.append({"photo": str(path), "size": list(photo.shape[1::-1]), "steps": lat.meta.get("steps"),
+                     "graph": lat.meta.get("cuda_graphs", "off"), "align_device": on.get("device", "cpu"),
+                     "detect_scale": det.scale, **t})
     return {"import_torch_s": t_torch, "pipeline_s": t_pipe, "method": pipe.method, "torch_threads":
             torch.get_num_threads(), "photos": rows, "torch": torch.__version__,
             "device_name": torch.cuda.get_device_name() if device == "cuda" else f"{os.cpu_count()} CPU cores"}
 
 
-def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str, detector: str = "dlib") -> dict:
+def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str, detector: str = "dlib",
+               variant: dict | None = None) -> dict:
     code = BOOT + f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\nimport photo_path\n" \
                   "photo_path._child_main()\n"
     load = _load()
-    p = subprocess.run([sys.executable, "-c", code, device, detector, str(out), *map(str, photos)],
+    p = subprocess.run([sys.executable, "-c", code, device, detector, str(out), json.dumps(variant or {}),
+                        *map(str, photos)],
                        env=_child_env(tree, threads), capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"the stage run failed on {tree}:\n{p.stderr[-3000:]}")
@@ -194,8 +209,8 @@ def _pool_stage_runs(runs: list) -> dict:
 
 
 def _child_main():
-    device, detector, out, *photos = sys.argv[1:]
-    print(json.dumps(_stages(photos, device, Path(out), detector)))
+    device, detector, out, variant, *photos = sys.argv[1:]
+    print(json.dumps(_stages(photos, device, Path(out), detector, json.loads(variant))))
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -225,6 +240,8 @@ def report(res: dict) -> str:
              "| run | baseline | current | speed-up | load average |", "| --- | --- | --- | --- | --- |"]
     for key, label in (("photo", "one photo"), ("folder", f"folder, per photo ({len(res['folder'])} photos)")):
         c = [res["cli"][n][key] for n in names]
+        if not all(c):
+            continue
         meds = [_med([r["wall_s"] for r in x]) / (len(res["folder"]) if key == "folder" else 1) for x in c]
         rng = [f"{min(r['wall_s'] for r in x):.2f}-{max(r['wall_s'] for r in x):.2f} s" for x in c]
         loads = [r["load"] for x in c for r in x]
@@ -259,8 +276,37 @@ def report(res: dict) -> str:
                  f"{_ratio(tot['baseline'][1], tot['current'][1])} |")
     lines += ["", f"Inversion: {st[0]['method']}, {st[0]['photos'][0]['steps']} steps (baseline) / "
               f"{st[1]['photos'][0]['steps']} steps (current); torch threads in the stage runs: "
-              f"{st[0]['torch_threads']} / {st[1]['torch_threads']}.", ""]
+              f"{st[0]['torch_threads']} / {st[1]['torch_threads']}; the current tree's CUDA graphs: "
+              f"{st[1]['photos'][-1].get('graph', 'off')}, MTCNN on {st[1]['photos'][-1].get('align_device', 'cpu')} "
+              f"(detection on a {st[1]['photos'][-1].get('detect_scale', 1.0):.2f}x copy of the last photo).", ""]
+    lines += variants_table(res)
     return "\n".join(lines)
+
+
+#: The current tree's settings measured beside its defaults (``--variants``): Pipeline keywords.
+VARIANTS = {"cpu-align": {"align_device": "cpu"}, "no-graphs": {"cuda_graphs": False},
+            "reference": {"align_device": "cpu", "cuda_graphs": False}}
+
+
+def variants_table(res: dict) -> list:
+    """The warm stages of the current tree with its defaults and with each of ``--variants`` (median per photo)."""
+    names = ["current", *res.get("variants", {})]
+    runs = [res["stages"]["current"], *res.get("variants", {}).values()]
+    if len(runs) < 2:
+        return []
+    lines = ["## The current tree's settings, warm (median per photo; " + "; ".join(
+        f"{n}: {VARIANTS[n]}" for n in names[1:]) + ")", "", "| stage | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names)]
+    tot = [0.0] * len(runs)
+    for stage in STAGES:
+        warm = [_med([p[stage] for p in x["photos"][1:]]) for x in runs]
+        tot = [a + b for a, b in zip(tot, warm)]
+        lines.append(f"| {stage} | " + " | ".join(_fmt(w) for w in warm) + " |")
+    lines.append("| **sum of the stages** | " + " | ".join(_fmt(t) for t in tot) + " |")
+    lines.append("| CUDA graphs / MTCNN on | " + " | ".join(
+        f"{x['photos'][-1].get('graph', 'off')[:40]} / {x['photos'][-1].get('align_device', 'cpu')}" for x in runs)
+        + " |")
+    return [*lines, ""]
 
 
 def _git(*args, default: str | None = None) -> str:
@@ -320,8 +366,15 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-repeats", type=int, default=2, help="stage runs per tree (fresh processes, alternating)")
     ap.add_argument("--cli-steps", default="", help="also time the current tree's command with --steps N for each "
                     "N of this comma-separated list (what the hybrid's CPU step count costs)")
+    ap.add_argument("--variants", default="", help="also time the current tree's stages with these settings, "
+                    f"comma-separated, of: {', '.join(VARIANTS)} (e.g. MTCNN on the CPU against the GPU)")
+    ap.add_argument("--no-folder-cli", action="store_true", help="leave out the folder command runs (a short GPU call)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
     a = ap.parse_args(argv)
+    variants = [v for v in a.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     if a.baseline_tree and not a.baseline:
         ap.error("--baseline-tree needs --baseline naming the revision it holds")
     a.baseline = a.baseline or _git("merge-base", "HEAD", "main")
@@ -358,7 +411,7 @@ def main(argv=None) -> int:
                 res["cli"][name]["photo"].append(run_cli(tree, [*dev, "edit", a.photo, *det, "--attr", "smile"],
                                                          work / f"cli_{name}", a.cli_threads))
                 print(f"cli photo {name} #{r}: {res['cli'][name]['photo'][-1]}", file=sys.stderr, flush=True)
-        for r in range(max(1, a.repeats // 2)):
+        for r in range(0 if a.no_folder_cli else max(1, a.repeats // 2)):
             for name, tree in trees.items():
                 res["cli"][name]["folder"].append(run_cli(tree, [*dev, "edit", str(folder), *det, "--attr", "smile"],
                                                           work / f"cli_{name}", a.cli_threads))
@@ -376,6 +429,11 @@ def main(argv=None) -> int:
                                              a.detector))
                 print(f"stages {name} #{r}: done", file=sys.stderr, flush=True)
         res["stages"] = {n: _pool_stage_runs(x) for n, x in runs.items()}
+        res["variants"] = {}
+        for v in variants:
+            res["variants"][v] = _pool_stage_runs([run_stages(REPO, [a.photo, *photos], a.device, work / f"stages_{v}",
+                                                              a.threads, a.detector, VARIANTS[v])])
+            print(f"stages current ({v}): done", file=sys.stderr, flush=True)
         res["load_end"] = _load()
         text = report(res)
         write_report(out, f"photo_path_{a.device}", res, text)
