@@ -74,7 +74,9 @@ def test_shipped_directions_belong_to_the_shipped_weights(sg1):
 # -- golden synthesis: what the fp16 file gives ---------------------------------------------------------
 # Computed once from checkpoints/weights/faces64-sg1 (torch 2.14.1, CPU fp32). A wrong key
 # mapping, a lost noise strength or constant-noise buffer, a bad fp16 cast, or a w_avg left
-# at zero (the psi 0.7 row) moves these far beyond the tolerance.
+# at zero (the psi 0.7 row) moves these far beyond the tolerance. The means agree across psi:
+# AdaIN sets each channel's mean from the style alone, so the image's channel means (a 1x1
+# to-RGB of the last layer) come from layer 9's code, past the truncation cutoff of 8.
 GOLDEN = {  # psi: (mean, std, image 0 at (32, 32), image 1 at (10, 50), D logits)
     1.0: (-0.062797, 0.577001, (0.865470, 0.637658, 0.493769), (0.059475, -0.500894, -0.758907), (0.971529, 0.674403)),
     0.7: (-0.062797, 0.576870, (0.967988, 0.767842, 0.570056), (-0.009989, -0.538170, -0.780360), (0.920368, 0.663603)),
