@@ -15,18 +15,6 @@ TINY = dict(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, mapping_blocks=
             profile_every=0)
 
 
-@pytest.fixture(autouse=True)
-def _job_clock_starts_with_the_test(monkeypatch):
-    """``run_job``'s ``--minutes`` count from ``faceedit.training.job``'s import (a command's start);
-    in the suite that import can come minutes before these tests, which would leave their
-    ``minutes=5`` jobs no time at all, so each test starts the clock itself."""
-    import time
-
-    from faceedit.training import job
-
-    monkeypatch.setattr(job, "_T_START", time.time())
-
-
 def _images(n=24, res=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=g)
