@@ -48,6 +48,10 @@ REGISTRY = {e.name: e for e in [
                sha256="17958e3c750f88719b7f436aad1999e155fbba0f76e25482c3fb2968fa32602f",
                description="faceedit's own 64 px StyleGAN2 with TransStyleGAN's transformer mapping (W++)",
                default_for=("wpp", "wpp-z")),
+    ModelEntry("faces64-sg1", 64, ("w", "w+"), "non-commercial research (UTKFace, CelebA)", "shipped",
+               "faces64-sg1", "mlp", sha256="baa51f534719d67ac201d69b8796f9fa31ca2515c3dee079f25b6854f4389972",
+               description="a 64 px StyleGAN v1 trained here for 6.3 GPU-minutes: a test model of the v1 "
+               "architecture, not a default"),
     ModelEntry("stylegan2-ffhq-1024", 1024, ("w", "w+"), "NVIDIA Source Code License-NC",
                "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/"
                "stylegan2-ffhq-1024x1024.pkl", "stylegan2-ffhq-1024x1024.pkl", "mlp",
