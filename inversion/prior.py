@@ -125,6 +125,24 @@ def chi2_check(d2: torch.Tensor, dof: int) -> dict:
 
 
 # -- the prior object ----------------------------------------------------------------
+def prior_on(prior, device):
+    """A copy of ``prior`` whose penalty tensors (``mean``, ``whiten``) live on ``device``.
+
+    The projector takes one before its loop: the penalty would otherwise copy them from the
+    host at every step, which costs a transfer per step and is refused inside a CUDA graph
+    capture (a pageable host copy). Statistics and covariances stay where they are; a prior
+    already there (or ``None``) is returned as it is.
+    """
+    import copy
+
+    device = torch.device(device)
+    if prior is None or (prior.mean.device == device and prior.whiten.device == device):
+        return prior
+    view = copy.copy(prior)
+    view.mean, view.whiten = prior.mean.to(device), prior.whiten.to(device)
+    return view
+
+
 class GaussianPrior:
     """A fitted Gaussianized prior for one generator (see the module docstring).
 
@@ -486,6 +504,6 @@ def embed_prior(model, out, *, device, n: int = DEFAULT_N, dtype=torch.float32) 
     return {"path": path, "model_id": m.model_id, "stats": stats, "seconds": secs, "device": str(dev)}
 
 
-__all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",
+__all__ = ["GaussianPrior", "LayerwisePrior", "prior_on", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",
            "degaussianize", "embed_prior", "fit_prior", "gaussianize",
            "load_prior", "prior_cache_path", "LEAKY_INV_SLOPE"]

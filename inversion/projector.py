@@ -57,6 +57,7 @@ from faceedit.core.errors import InversionError
 from .latent import Latent
 from .losses import PixelMSE, make_perceptual, noise_regularization, normalize_noise_
 from .options import Compile, InversionOptions, StepCallback, resolve_options
+from .prior import prior_on
 from .spaces import Space, check_space
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class Projector:
             self.perceptual.to(self.device)
         if prior is not None and getattr(prior, "joint", False) and self.space.name in ("w", "w+"):
             prior = prior.layerwise()  # W+ on a W++ model: per-layer Gaussians, no cross-layer terms
-        self.prior = prior
+        self.prior = prior_on(prior, self.device)
         weight = options.prior_weight if options.prior_weight is not None else DEFAULT_PRIOR_WEIGHT
         self.prior_weight = float(weight) if prior is not None else 0.0
         self.lr = options.lr if options.lr is not None else DEFAULT_LR

@@ -160,6 +160,39 @@ def test_cuda_graph_step_matches_the_eager_loop_on_cuda(G):
     assert new.history == pytest.approx(ref.history, rel=1e-3, abs=1e-5)
 
 
+def test_projector_holds_the_prior_on_its_device_and_leaves_the_callers(G):
+    """The penalty's tensors are moved once, before the loop (a per-step host copy cannot be
+    captured in a CUDA graph); the caller's prior is not changed, and the penalty runs where the copy is."""
+    from faceedit.inversion.prior import GaussianPrior, fit_prior, prior_on
+
+    prior = GaussianPrior(fit_prior(G, 2000, check_n=0), G.num_ws, G.w_dim)
+    view = prior_on(prior, "meta")
+    assert view.mean.device.type == "meta" and view.whiten.device.type == "meta"
+    assert prior.mean.device.type == "cpu" and prior.whiten.device.type == "cpu"
+    assert prior_on(prior, "cpu") is prior and prior_on(None, "cpu") is None
+    ws = G.mapping(G.sample_z(3, seed=2))
+    assert view.penalty(ws.to("meta")).shape == (3,)  # the penalty runs where the view's tensors are
+    proj = Projector(G, InversionOptions(space="w+", perceptual="none"), prior=prior)
+    assert proj.prior.mean.device == proj.device
+
+
+@pytest.mark.gpu
+def test_cuda_graph_step_with_the_prior_replays_and_matches_the_eager_loop(G):
+    """The pipeline's hybrid step holds the Gaussianized prior; its capture failed on a host copy
+    of the prior's tensors before the projector moved them to the device."""
+    from faceedit.inversion.prior import GaussianPrior, fit_prior
+
+    prior = GaussianPrior(fit_prior(G, 2000, check_n=0), G.num_ws, G.w_dim)
+    Gc = Generator(**G.config).eval().cuda()
+    Gc.load_state_dict(G.state_dict())
+    target = _target(G).cuda()
+    kw = dict(space="w+", steps=20, seed=3, perceptual="none", prior_weight=1.0)
+    ref = Projector(Gc, InversionOptions(**kw), prior=prior).project(target)
+    new = Projector(Gc, InversionOptions(cuda_graphs=True, **kw), prior=prior).project(target)
+    assert new.graph == "replayed"
+    assert torch.allclose(new.ws, ref.ws, atol=1e-3, rtol=1e-3)
+
+
 def test_benchmark_reports_a_failing_config_and_times_the_long_run_with_the_best(G):
     """bench/scripts/inversion.py: a config that cannot run (here cuda_graphs on the CPU) becomes an
     error row and the run goes on; the long one-photo run reuses the fastest batch-1 projector."""
