@@ -271,15 +271,18 @@ class Pipeline:
             it says (``faceedit.batchrun.prepared_photos``).
         cuda_graphs: replay each optimisation step of ``hybrid``/``optim`` from one CUDA graph
             (``inversion.options.InversionOptions.cuda_graphs``; a capture that fails is logged
-            and the steps run eagerly, ``meta['cuda_graphs']`` says which); ``None``: on CUDA,
-            unless ``invert_options`` says otherwise.
+            and the steps run eagerly, ``meta['cuda_graphs']`` says which). Off unless asked
+            (``True``, or ``invert_options``): on an H100 the capture of the pipeline's hybrid
+            step failed on a host copy (``bench/results/photo_path/photo_path_cuda_gpufast.md``),
+            and a failed capture made a folder 13% slower than the eager steps; the prior's
+            tensors now move to the device before the loop, but that is not yet measured there.
     """
 
     def __init__(self, model=None, *, space: str = "w+", method: str | None = None, device="auto",
                  detector: str = "dlib", directions=None, strength_unit: str = "std",
                  invert_options: dict | None = None, paste_options: dict | None = None,
                  max_pixels: int | None = None, min_score: float | None = None, force: bool = False,
-                 notice=None, align_device="auto", cuda_graphs: bool | None = None):
+                 notice=None, align_device="auto", cuda_graphs: bool = False):
         from faceedit.checkpoints.loaded import LoadedModel
         from faceedit.checkpoints.registry import default_model, load_model
         from faceedit.core.device import resolve_device
@@ -371,11 +374,7 @@ class Pipeline:
         from faceedit.inversion.methods import invert_with
 
         opts = dict(self.invert_options)
-        graphs = self.cuda_graphs
-        if graphs is None:  # on CUDA by default, where the settings leave room for it
-            graphs = (self.device.type == "cuda" and self.method in ("hybrid", "optim")
-                      and str(opts.get("compile", "off")) != "reduce-overhead")
-        if graphs and "cuda_graphs" not in opts:
+        if self.cuda_graphs and "cuda_graphs" not in opts:
             opts["cuda_graphs"] = True
         prior = opts.pop("prior", "gaussian")
         if prior == "gaussian":

@@ -67,7 +67,7 @@ SITE = ("for extra in os.environ.get('FACEEDIT_BENCH_SITE', '').split(os.pathsep
         "    if extra and extra not in sys.path:\n        sys.path.append(extra)\n")
 STAGES = ("decode", "detect", "landmarks", "warp")
 #: Settings of the working tree measured beside its defaults at one process (``--variants``).
-VARIANTS = {"cpu-align": {"pipeline": {"align_device": "cpu"}}, "no-graphs": {"pipeline": {"cuda_graphs": False}},
+VARIANTS = {"cpu-align": {"pipeline": {"align_device": "cpu"}}, "graphs": {"pipeline": {"cuda_graphs": True}},
             "reference": {"pipeline": {"align_device": "cpu", "cuda_graphs": False}}, "batch32": {"batch": 32},
             "batch64": {"batch": 64}}
 RUN_STAGES = ("read", "align", "wait", "invert", "write")

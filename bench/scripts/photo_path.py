@@ -284,7 +284,7 @@ def report(res: dict) -> str:
 
 
 #: The current tree's settings measured beside its defaults (``--variants``): Pipeline keywords.
-VARIANTS = {"cpu-align": {"align_device": "cpu"}, "no-graphs": {"cuda_graphs": False},
+VARIANTS = {"cpu-align": {"align_device": "cpu"}, "graphs": {"cuda_graphs": True},
             "reference": {"align_device": "cpu", "cuda_graphs": False}}
 
 
@@ -333,6 +333,8 @@ def baseline_tree(spec: str, work: Path) -> Path:
             archive = subprocess.run(["git", "-C", str(REPO), "archive", spec], capture_output=True, check=True)
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     weights = tree / "checkpoints" / "weights"
+    if weights.is_symlink() and not weights.exists():
+        weights.unlink()  # a link made on another machine: its target is not here
     if not weights.exists():
         weights.symlink_to(REPO / "checkpoints" / "weights")
     return tree
