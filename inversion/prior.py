@@ -504,6 +504,6 @@ def embed_prior(model, out, *, device, n: int = DEFAULT_N, dtype=torch.float32) 
     return {"path": path, "model_id": m.model_id, "stats": stats, "seconds": secs, "device": str(dev)}
 
 
-__all__ = ["GaussianPrior", "LayerwisePrior", "prior_on", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",
-           "degaussianize", "embed_prior", "fit_prior", "gaussianize",
+__all__ = ["GaussianPrior", "LayerwisePrior", "LedoitWolfAccumulator", "chi2_check", "compression_vs_truncation",
+           "degaussianize", "embed_prior", "fit_prior", "gaussianize", "prior_on",
            "load_prior", "prior_cache_path", "LEAKY_INV_SLOPE"]
