@@ -5,11 +5,11 @@
 unit: 1 moves the latent by one standard deviation of the latent distribution along the
 direction. Chosen by ``bench/scripts/edit_strength.py`` (its docstring states the rule):
 the smallest strength of its grid whose ``faces64`` (W+) smile edit changes the face crop
-by at least 6 levels on average inside the face mask, on 20 train-split photos (6.85 levels
-at 10, 5.46 at 8), with the edit's identity cost kept small (median dlib distance to the
-reconstruction 0.19; same-person below 0.6); checked on 20 test-split photos (6.52 levels).
-``bench/results/edit_strength/README.md`` has the table, W++ included (it moves about 2.4x
-further per unit: 16 levels at 10).
+by at least 6 levels on average inside the face mask, on 20 train-split photos (6.93 levels
+at 1, 5.18 at 0.75), with the edit's identity cost kept small (median dlib distance to the
+reconstruction 0.11; same-person below 0.6); checked on 20 test-split photos (6.71 levels,
+median identity distance 0.12). ``bench/results/edit_strength/README.md`` has the table, W++
+included (its smile moves about a third as far per unit: 2.1 levels at 1, 6.3 at 3).
 
 ``MAX_STRENGTH`` and ``FAR_FROM_PRIOR`` are where an edit stops being a measured edit and
 :class:`faceedit.Pipeline` refuses it unless ``force=True`` (``faceedit edit --force``). Refused
@@ -19,24 +19,28 @@ purpose passes one flag.
 
 * ``MAX_STRENGTH``: the largest ``|strength|`` (``std`` unit; ``distance`` is converted with
   the direction's ``latent_std``) the shipped directions were measured at: the grid of
-  ``bench/scripts/edit_strength.py`` goes to 12 (the editing benchmark to 2).
+  ``bench/results/edit_strength`` goes to 10 (the editing benchmark to 2). At 10 the ``faces64``
+  smile changes the crop by 64-67 levels inside the mask and the median identity distance to the
+  reconstruction is 0.55-0.57; at 12 one of its 40 photos' edits lies past ``FAR_FROM_PRIOR``.
 * ``FAR_FROM_PRIOR``: the largest squared Mahalanobis distance per dimension under the model's
   Gaussianized prior (``prior.mahalanobis(codes) / (num_ws * w_dim)``; a model without one gets
   a diagonal Gaussian of 4096 mapping samples) that a latent may have, before or after the
-  edit. Measured on ``examples/astronaut.jpg`` and 10 photos of ``../shared/datasets/photos``
-  (hybrid W+ / W++ inversions; mapping samples read about 1): ``faces64`` W+ inversions 8-13,
-  their smile edits at strength 10 100-123 and at 12 138-172, smile and age both at 10 522 and
-  at 12 752 (still a face), smile at 30 about 1000 (a face dissolving), six attributes at 10
-  3385 and codes negated 3727 (noise), codes scaled by 1e6 about 1e13; ``faces64-wpp`` W++
-  inversions 1.5-4, every edit above under 6, codes x10 511, x1e6 about 5e12. 1000 keeps every
-  edit of measured strengths, two of them together included, and refuses the noise. The
-  distance does not see every bad latent: on ``faces64-wpp`` six attributes at 10 read 5.3 and
-  codes set to zero 2, and both draw a blur; it catches the far ones.
+  edit. Measured on ``examples/astronaut.jpg`` and the 40 photos of
+  ``bench/results/edit_strength`` (hybrid W+ / W++ inversions; mapping samples read about 1):
+  ``faces64`` W+ inversions 8-31, their smile edits at strength 1 11-34, at 10 456-717 (a
+  distorted face) and at 12 721-1085, age, male, eyeglasses, young or bald at 10 288-746, smile
+  and age both at 6 407-735 and at 8 848-1410 (a face dissolving), smile at 30 6600-8600, six
+  attributes at 10 5000-7300 and codes negated 1600-4300 (noise), codes scaled by 10 800-3100
+  and by 1e6 about 1e13; ``faces64-wpp`` W++ inversions 1.4-5.6, each of those edits of one
+  attribute (up to 12) under 6.3, codes x10 300-730, x1e6 about 5e12. 1000 keeps every edit of
+  one of those attributes at measured strengths and two of them together up to 6, and refuses
+  the noise. The distance does not see every bad latent: on ``faces64-wpp`` six attributes at
+  10 read 4-8.6 and codes set to zero 2, and both draw a blur; it catches the far ones.
 """
 from __future__ import annotations
 
-DEFAULT_STRENGTH = 10.0
-MAX_STRENGTH = 12.0
+DEFAULT_STRENGTH = 1.0
+MAX_STRENGTH = 10.0
 FAR_FROM_PRIOR = 1000.0
 
 __all__ = ["DEFAULT_STRENGTH", "MAX_STRENGTH", "FAR_FROM_PRIOR"]
