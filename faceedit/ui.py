@@ -53,6 +53,7 @@ import numpy as np
 
 from faceedit.core.errors import PipelineError
 from faceedit.core.images import DEFAULT_MAX_PIXELS
+from faceedit.defaults import DEFAULT_STRENGTH, MAX_STRENGTH
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ PRIMARY = ("smile", "age", "male", "eyeglasses", "yaw")
 #: Direction methods whose components are not named attributes (shown apart).
 UNSUPERVISED = ("ganspace", "sefa")
 #: Range of every strength slider (in standard deviations of the latent distribution).
-STRENGTH_RANGE = 15.0
+STRENGTH_RANGE = MAX_STRENGTH
 #: Default upload limit of the page (the CLI's is ``faceedit.core.images.MAX_FILE_BYTES``).
 DEFAULT_MAX_FILE_BYTES = 25 * 2**20
 #: Uploads this many times over ``max_file_bytes`` are refused by Gradio while they arrive.
@@ -705,7 +706,7 @@ def build_app(editor: Editor):
                 layers = gr.Radio(choices=list(LAYER_GROUPS), value="all", label="Apply to layers",
                                   elem_id="fe-layers")
                 gr.Markdown("Strength 1 = one standard deviation of the latent distribution along the "
-                            "direction; the CLI's default is 10.")
+                            f"direction; the CLI's default is {DEFAULT_STRENGTH:g}.")
                 reset = gr.Button("Reset sliders", size="sm")
             with gr.Column(scale=4):
                 with gr.Row(equal_height=True):
@@ -720,7 +721,7 @@ def build_app(editor: Editor):
                     with gr.Column(scale=1, min_width=240):
                         sweep_attr = gr.Dropdown(choices=attrs, value=attrs[0] if attrs else None, label="Sweep",
                                                  elem_id="fe-sweep-attr")
-                        sweep_amount = gr.Slider(0.5, STRENGTH_RANGE, value=10.0, step=0.5,
+                        sweep_amount = gr.Slider(0.5, STRENGTH_RANGE, value=3.0, step=0.5,
                                                  label="Sweep from -S to +S", elem_id="fe-sweep-amount")
                         sweep_btn = gr.Button("Play sweep as GIF", elem_id="fe-sweep")
                         save_btn = gr.Button("Prepare downloads", variant="primary", elem_id="fe-save")
