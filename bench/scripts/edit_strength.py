@@ -59,7 +59,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "bench" / "results" / "edit_strength"
 DEFAULT_DATASETS = REPO.parent / "shared" / "datasets"
-STRENGTHS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12)
+STRENGTHS = (0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 10)  # to MAX_STRENGTH: past it the prior check refuses edits
 VISIBLE_LEVELS = 6.0    # the target: mean in-mask change of the edited crop vs the reconstruction
 CHANGED_LEVELS = 8      # a pixel "changed" when some channel moved by more than this
 CHOOSE_MODEL = "faces64"
