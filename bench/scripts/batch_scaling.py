@@ -377,7 +377,7 @@ def _label(r: dict) -> str:
     """A run's row label: its process count, and its variant and settings beside the defaults."""
     if _variant(r) == "default":
         extra = f" (MTCNN on {r['align_device']}, graphs {r['cuda_graphs']})" if "align_device" in r else ""
-        return f"{r['nproc']}{extra}".replace("graphs None", "graphs auto")
+        return f"{r['nproc']}{extra}"
     return f"{r['nproc']}, {_variant(r)} (batch {r.get('batch')}, MTCNN on {r.get('align_device')}, graphs " \
            f"{r.get('cuda_graphs')})"
 

@@ -134,6 +134,8 @@ def _stages(photos: list, device: str, out: Path, detector: str = "dlib", varian
     t0 = time.perf_counter()
     pipe = faceedit.Pipeline(device=device, detector=detector, **_accepted(faceedit.Pipeline, variant or {}))
     t_pipe = time.perf_counter() - t0
+    from faceedit.defaults import DEFAULT_STRENGTH as strength  # the tree's own default, as its CLI edits
+
     adev = getattr(pipe, "align_device", None)  # where this tree's pipeline runs MTCNN (None: the CPU)
     on = {"device": str(adev)} if adev is not None else {}
     rows = []
@@ -163,7 +165,7 @@ def _stages(photos: list, device: str, out: Path, detector: str = "dlib", varian
         s = mark("warp", s)
         lat = pipe.invert([face])[0]
         s = mark("invert", s)
-        edited = pipe.edit(lat, {"smile": 10.0})
+        edited = pipe.edit(lat, {"smile": strength})
         s = mark("edit", s)
         recon, crop = pipe.synthesize(lat)[0], pipe.synthesize(edited)[0]
         s = mark("synthesize", s)
@@ -171,8 +173,8 @@ def _stages(photos: list, device: str, out: Path, detector: str = "dlib", varian
         s = mark("paste", s)
         res = EditResult(photo=pasted, input=photo, faces=[FaceEdit(face=face, latent=lat, edited=edited,
                                                                    reconstruction=recon, crop=crop, mask=mask)],
-                         edits={"smile": 10.0})
-        outputs.write_edit(out, Path(path).stem, path, res, pairs={"smile": 10.0}, layers=None,
+                         edits={"smile": strength})
+        outputs.write_edit(out, Path(path).stem, path, res, pairs={"smile": strength}, layers=None,
                            inversion={"method": pipe.method}, unit="std", model_id=pipe.model_id, timings={})
         mark("encode+write", s)
         rows.append({"photo": str(path), "size": list(photo.shape[1::-1]), "steps": lat.meta.get("steps"),
