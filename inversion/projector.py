@@ -172,7 +172,6 @@ class Projector:
         # A failed capture (an op CUDA graphs cannot hold, e.g. a host copy inside a compiled loss) is
         # logged and the run goes on with the same step function, eagerly; False: it raises.
         self.graph_fallback = True
-        self._graph_state = "off"
         self._torch_adam = False  # tests: torch.optim.Adam instead of EagerAdam off CUDA (the same numbers)
 
     # -- set-up ------------------------------------------------------------------------
@@ -252,10 +251,10 @@ class Projector:
         prepared = self.perceptual.prepare(target) if self.perceptual is not None else None
         stopper = _EarlyStop(self, B)
         t0 = time.perf_counter()
-        self._graph_state = "off"
+        graph = "off"
         if self.cuda_graphs or self._static_loop:
-            history, step = self._loop_static(param, noise, target, prepared, dgen, w_std, stopper, callback,
-                                              capture=self.cuda_graphs)
+            history, step, graph = self._loop_static(param, noise, target, prepared, dgen, w_std, stopper,
+                                                     callback, capture=self.cuda_graphs)
         else:
             history, step = self._loop(param, noise, target, prepared, dgen, w_std, stopper, callback)
         history = torch.stack(history).cpu().tolist()
@@ -266,7 +265,7 @@ class Projector:
         return ProjectionResult(ws=ws.detach(), param=param.detach(),
                                 noise=None if noise is None else [n.detach() for n in noise],
                                 losses={k: v.float().cpu().tolist() for k, v in final.items()},
-                                history=history, steps=step + 1, seconds=seconds, graph=self._graph_state)
+                                history=history, steps=step + 1, seconds=seconds, graph=graph)
 
     def _strength(self, t: float, w_std: float) -> float:
         return w_std * self.noise_factor * max(0.0, 1.0 - t / self.noise_ramp) ** 2
@@ -321,6 +320,7 @@ class Projector:
         function eagerly (the CPU tests check this path against the default loop). A capture that
         fails (with :attr:`graph_fallback`) leaves the state as the last eager step left it (nothing
         captured has run), so the run goes on from there eagerly, and the result says so.
+        Returns the eager loop's ``(history, last step)`` and :attr:`ProjectionResult.graph`.
         """
         dev = self.device
         n = self.steps
@@ -343,6 +343,7 @@ class Projector:
             return out
 
         graph = static = None
+        state = "off"  # how the steps ran, for ProjectionResult.graph
         side = torch.cuda.Stream(dev) if capture else None
         history = []
         step = 0
@@ -354,11 +355,11 @@ class Projector:
             if graph is None and capture and GRAPH_WARMUP <= step < n - 1:
                 try:
                     graph, static = self._capture(body, opt)
-                    self._graph_state = "replayed"
+                    state = "replayed"
                 except RuntimeError as e:
                     if not self.graph_fallback:
                         raise
-                    self._graph_state = f"eager after a failed capture: {e}"
+                    state = f"eager after a failed capture: {e}"
                     log.warning("%s; the remaining %d steps run eagerly", e, n - step)
                     torch.cuda.synchronize(dev)
                     capture = False
@@ -380,7 +381,7 @@ class Projector:
                 callback(step, {k: v.detach() for k, v in losses.items()})
             if stopper(step, t, tot):
                 break
-        return history, step
+        return history, step, state
 
     @staticmethod
     def _capture(body, opt):
