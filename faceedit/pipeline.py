@@ -273,7 +273,7 @@ class Pipeline:
             (``inversion.options.InversionOptions.cuda_graphs``; a capture that fails is logged
             and the steps run eagerly, ``meta['cuda_graphs']`` says which). Off unless asked
             (``True``, or ``invert_options``): on an H100 the capture of the pipeline's hybrid
-            step failed on a host copy (``bench/results/photo_path/photo_path_cuda_gpufast.md``),
+            step failed on a host copy (``bench/results/photo_path/gpu_2026-12-07.md``),
             and a failed capture made a folder 13% slower than the eager steps; the prior's
             tensors now move to the device before the loop, but that is not yet measured there.
     """
@@ -874,14 +874,14 @@ class Pipeline:
 
 def _align_device(choice, device, detector: str):
     """The ``device`` of ``align_photo`` for a pipeline on ``device`` (``None``: the CPU); see ``Pipeline``."""
-    import torch
-
+    if detector != "mtcnn":
+        return None
     if choice is None or str(choice) == "auto":
-        return device if device.type == "cuda" and detector == "mtcnn" else None
+        return device if device.type == "cuda" else None
     from faceedit.core.device import resolve_device
 
     dev = resolve_device(choice)
-    return None if dev.type == "cpu" or detector != "mtcnn" else torch.device(dev)
+    return None if dev.type == "cpu" else dev
 
 
 def model_for_latent(latent) -> str:

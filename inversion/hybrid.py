@@ -34,15 +34,16 @@ vs the 500-step optimiser at 110 steps: lr 0.1 / 0.2 / 0.3 / 0.5 -0.0022 / -0.00
 noise); at lr 0.3, 90 steps -0.0009 +- 0.0006 on faces64, 110 steps reach the optimiser on both.
 Both defaults stand.
 
-The CUDA default stays at 110 now that a step can replay from one CUDA graph (``cuda_graphs``,
-which ``faceedit.Pipeline`` turns on for CUDA): on those 100 held-out faces (``sweep_val.json``,
+The CUDA default stays at 110 although a step can replay from one CUDA graph (``cuda_graphs``;
+``faceedit.Pipeline(cuda_graphs=True)``): on those 100 held-out faces (``sweep_val.json``,
 lr 0.3, faces64) 150 / 110 / 90 / 70 / 50 steps gave 27.72 / 27.33 / 27.02 / 26.57 / 25.85 dB
 and identity 0.9971 / 0.9963 / 0.9949 / 0.9935 / 0.9889: each 20 steps below 110 costs 0.3-0.7 dB,
 and only 110 reaches the 500-step optimiser's identity (0.9958). At batch 1 a 64 px step is bound
 by kernel launches (about 15 ms eager on an H100, ``bench/results/photo_path/photo_path_cuda.md``),
 so a one-photo edit's 1.7 s of inversion is the step's cost, not the count: dropping to 50 steps
-would save less than the graph does and lose 1.5 dB. ``bench/scripts/photo_path.py --device cuda``
-times the graphed step (``.gpu/scripts/gpufast.sh``).
+would save less than a graph should and lose 1.5 dB. ``bench/scripts/photo_path.py --device cuda
+--variants graphs`` times the graphed step (not yet measured in the pipeline: its first capture
+failed, ``bench/results/photo_path/gpu_2026-12-07.md``).
 
 Plumbing: the projector optimises one tensor per image through a ``Space``; here that
 tensor is the *offset* from the encoder's code (``_FromCodes``: start 0, ``ws = codes +
