@@ -176,6 +176,33 @@ def test_projector_holds_the_prior_on_its_device_and_leaves_the_callers(G):
     assert proj.prior.mean.device == proj.device
 
 
+def test_benchmark_reports_a_failing_config_and_times_the_long_run_with_the_best(G):
+    """bench/scripts/inversion.py: a config that cannot run (here cuda_graphs on the CPU) becomes an
+    error row and the run goes on; the long one-photo run reuses the fastest batch-1 projector."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_inversion_speed", Path(__file__).resolve().parents[1] / "bench" / "scripts" / "inversion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cpu = torch.device("cpu")
+    rows, kept, logged = [], {}, []
+    configs = [("ours-poly-bf16-graphs", dict(path="poly", cuda_graphs=True)),
+               ("ours-fp32", dict(path="shared")), ("nvidia-baseline", dict(path="reference", reference_step=True))]
+    bench._rows_for(G, "tiny", cpu, (1,), configs, 3, 1, None, rows, logged.append, kept=kept)
+    assert [r["config"] for r in rows] == ["ours-poly-bf16-graphs", "ours-fp32", "nvidia-baseline"]
+    assert "cuda_graphs=False" in rows[0]["error"] and "error" not in rows[1] and "error" not in rows[2]
+    assert rows[1]["ms_per_step"] > 0 and set(kept) == {"ours-fp32", "nvidia-baseline"}
+    assert kept["nvidia-baseline"]["projector"]._fast_step is False
+    long = bench.time_1000_steps(rows, kept, "tiny", cpu, G, None, logged.append, steps=7)
+    assert len(long) == 1 and long[0]["config"] == "ours-fp32" and long[0]["what"].startswith("7-step")
+    assert long[0]["seconds"] > 0 and long[0]["goal_met"] in (True, False) and logged[-1] is long[0]
+    kept["ours-fp32"]["projector"] = None  # a broken projector: reported, no crash
+    bad = bench.time_1000_steps(rows, kept, "tiny", cpu, G, None, logged.append, steps=7)
+    assert len(bad) == 1 and "error" in bad[0]
+
+
 # -- a failed capture falls back to the same step run eagerly; the graphed hybrid step on a GPU --
 class _NoStream:
     """Stands in for torch.cuda's stream calls on the CPU: the warm-up steps run on the current thread."""
