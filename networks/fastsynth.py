@@ -198,10 +198,12 @@ def _weights(layer, up: str | None, channels_last: bool = False) -> tuple:
     The cache is used only where no gradient can reach the weight and outside
     ``torch.compile`` tracing (there the few small ops are part of the graph); it is keyed
     by the parameter's version counter, so in-place updates (optimiser steps, loading)
-    invalidate it.
+    invalidate it, except those that bypass the counter (fused optimisers, ``.data`` writes):
+    a module whose weights change that way turns the cache off (:func:`set_weight_cache`).
     """
     weight = layer.weight
-    usable = not (torch.is_grad_enabled() and weight.requires_grad) and not _compiling()
+    usable = (not (torch.is_grad_enabled() and weight.requires_grad) and not _compiling()
+              and getattr(layer, "_poly_cache_on", True))
     key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, up, layer.scale, channels_last)
     if usable:
         hit = getattr(layer, "_poly_cache", None)
@@ -217,6 +219,22 @@ def _weights(layer, up: str | None, channels_last: bool = False) -> tuple:
     if usable:
         layer._poly_cache = (key, tuple(t.detach() for t in out))
     return out
+
+
+def set_weight_cache(module: torch.nn.Module, on: bool) -> torch.nn.Module:
+    """Turn the polyphase path's per-weight caches on or off in every layer of ``module``.
+
+    The caches are keyed by the weights' version counters, which ``torch.optim.Adam(fused=True)``
+    and writes through ``.data`` do not advance: a generator trained that way must turn them off,
+    or its no-gradient passes (a training step's fakes for the discriminator) keep using the
+    first weights they saw. Clearing drops what was cached. Returns ``module``.
+    """
+    for m in module.modules():
+        m._poly_cache_on = bool(on)
+        for attr in ("_poly_cache", "_poly_affine_cache"):
+            if hasattr(m, attr):
+                delattr(m, attr)
+    return module
 
 
 def _acc(t: torch.Tensor) -> torch.Tensor:
@@ -324,9 +342,10 @@ def all_styles(layers: list, ws: torch.Tensor) -> list:
     """
     affs = [m.affine for m, _ in layers]
     params = [t for a in affs for t in (a.weight, a.bias)]
-    usable = not (torch.is_grad_enabled() and any(t.requires_grad for t in params)) and not _compiling()
-    key = (tuple((t._version, t.data_ptr()) for t in params), ws.dtype, ws.device)
     owner = layers[0][0]
+    usable = (not (torch.is_grad_enabled() and any(t.requires_grad for t in params)) and not _compiling()
+              and getattr(owner, "_poly_cache_on", True))
+    key = (tuple((t._version, t.data_ptr()) for t in params), ws.dtype, ws.device)
     hit = getattr(owner, "_poly_affine_cache", None) if usable else None
     if hit is not None and hit[0] == key:
         wt, b = hit[1]

@@ -289,3 +289,32 @@ def test_projector_runs_on_the_polyphase_path():
     ref = res["reference"]
     assert rel_err(res["poly"].ws, ref.ws) < 1e-4
     assert abs(res["poly"].history[-1] - ref.history[-1]) <= 1e-4 * abs(ref.history[-1])
+
+
+def test_fused_adam_updates_reach_the_polyphase_path_once_its_cache_is_off():
+    """Fused Adam does not advance version counters: with the weight caches on, a no-gradient
+    polyphase pass after a fused step would reuse the old kernels (the stale-fakes bug of the
+    eager fast training step); with them off (what the trainer sets) it matches the reference
+    path on the updated weights, and the trainer's generators have them off."""
+    from faceedit.networks.fastsynth import set_weight_cache
+    from faceedit.training.loop import Trainer, TrainConfig
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=64, channel_max=16)
+    ws = G.mapping(torch.randn(3, 16)).detach()
+    opt = torch.optim.Adam(G.synthesis.parameters(), lr=0.05, fused=True)
+    with torch.no_grad():
+        before = G.synthesis(ws, noise_mode="const", path="poly")  # fills the caches
+    G.synthesis(ws, noise_mode="const", path="reference").square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        ref = G.synthesis(ws, noise_mode="const", path="reference")
+        stale = G.synthesis(ws, noise_mode="const", path="poly")
+        set_weight_cache(G, False)
+        fresh = G.synthesis(ws, noise_mode="const", path="poly")
+    assert (ref - before).abs().max() > 1e-2  # the step moved the images
+    assert (stale - ref).abs().max() > 1e-3  # the trap: the cached kernels are the old weights'
+    assert torch.allclose(fresh, ref, atol=1e-4)
+    tr = Trainer(TrainConfig(resolution=16, z_dim=16, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16,
+                             batch=8), torch.zeros(8, 3, 16, 16, dtype=torch.uint8), "cpu")
+    assert not any(getattr(m, "_poly_cache_on", True) for g in (tr.G, tr.G_ema) for m in g.modules())

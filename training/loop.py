@@ -66,6 +66,7 @@ from faceedit.core.distributed import DistContext
 from faceedit.core.errors import TrainingError
 from faceedit.core.files import atomic_write_bytes, atomic_write_text
 from faceedit.networks import GENERATORS, Discriminator, Generator, Generator1
+from faceedit.networks.fastsynth import set_weight_cache
 
 from . import augment as _augment
 from .faststep import COMPILE_MODES, Draws, FastStep, d_main_loss, draw_fakes, g_main_loss, generate, \
@@ -382,6 +383,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.G = cfg.build_generator().to(self.device).train()
         self.D = Discriminator(**cfg.discriminator_kwargs()).to(self.device).train()
+        # fused Adam does not advance version counters, which the polyphase path's weight caches rely on
+        set_weight_cache(self.G, False)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self._group = self.D.mbstd.group_size  # the share of a rank is whole minibatch-std groups
         world = self.dist.world_size
