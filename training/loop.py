@@ -48,6 +48,7 @@ RNG states (only the diagnostics draw from them), the config; written atomically
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
@@ -297,8 +298,8 @@ def r1_penalty(D, real: torch.Tensor, augment=None) -> tuple:
     """``|grad_x D(aug(x))|^2`` per image and the logits (``x`` the un-augmented reals)."""
     x = real.detach().requires_grad_(True)
     logits = D(augment(x) if augment is not None else x)
-    (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-    return g.square().sum(dim=[1, 2, 3]), logits
+    (g,) = torch.autograd.grad(logits.float().sum(), x, create_graph=True)
+    return g.float().square().sum(dim=[1, 2, 3]), logits
 
 
 def _lazy_adam(params, lr, beta1, beta2, every, active, fused: bool = False):
@@ -581,8 +582,9 @@ class Trainer:
         self.r1_phase(s)
         self.finish_step()
 
-    def r1_phase(self, s: StepDraws) -> None:
-        """Dreg: the lazy R1 step on the step's real batch ``s.real``, when due (both steps use it)."""
+    def r1_phase(self, s: StepDraws, amp: bool = False) -> None:
+        """Dreg: the lazy R1 step on the step's real batch ``s.real``, when due (both steps use it);
+        ``amp``: under the run's autocast (the fast step's choice; the reference runs it in fp32)."""
         cfg = self.cfg
         if cfg.r1_gamma > 0 and cfg.r1_every > 0 and self.step_count % cfg.r1_every == 0:
             with self.timer.phase("D r1"):
@@ -592,7 +594,8 @@ class Trainer:
                     params = self.aug.sample(cfg.batch, cfg.resolution, self.device, self._generator(PHASE_R1))
                     params = {k: self._rows(v) for k, v in params.items()}
                     aug = lambda x: _augment.apply(x, params)  # noqa: E731
-                r1, _ = r1_penalty(self.D, s.real, aug)
+                with self._autocast() if amp else contextlib.nullcontext():
+                    r1, _ = r1_penalty(self.D, s.real, aug)
                 (r1.mean() * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
                 self.reduce_gradients(self.D)
                 self.optD.step()
