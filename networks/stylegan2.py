@@ -391,6 +391,30 @@ class MinibatchStd(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
+DOWN_IMPLS = ("reference", "taps")
+
+
+def downsample2d_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
+    """:func:`ops.downsample2d` computed at the output samples only, as a sum of strided slices.
+
+    The reference filters at full resolution with two depthwise convolutions and then drops
+    three samples in four; depthwise convolutions are among cuDNN's slowest kernels at 64 px
+    with 32 channels (measured: about half the discriminator's GPU time in a training step on
+    an H100). Here each of the ``taps x taps`` products is a strided slice of the padded input
+    scaled by one tap: element-wise work that ``torch.compile`` fuses into one kernel. Equal
+    to the reference up to float rounding (``tests/test_networks.py``).
+    """
+    if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+        raise NetworkError(f"downsample2d_taps expects [N, C, H, W] with even H and W, got {tuple(x.shape)}")
+    n_taps = fir.numel()
+    p = n_taps - 2
+    h, w = x.shape[2], x.shape[3]
+    xp = F.pad(x, [(p + 1) // 2, p // 2, (p + 1) // 2, p // 2])
+    f = fir.flip(0).to(x.dtype)  # flipped: a true convolution, as upfirdn2d
+    rows = sum(f[k] * xp[:, :, k:k + h - 1:2, :] for k in range(n_taps))
+    return sum(f[k] * rows[:, :, :, k:k + w - 1:2] for k in range(n_taps))
+
+
 class DiscBlock(nn.Module):
     """Residual discriminator block: two 3x3 convs with down-sampling and a 1x1 skip.
 
@@ -408,6 +432,7 @@ class DiscBlock(nn.Module):
         self.conv1 = EqualConv2d(in_ch, out_ch, 3, activation="lrelu")
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
         self.register_buffer("fir", make_fir(), persistent=False)
+        self.down_impl = "reference"  # or "taps" (downsample2d_taps); set by Discriminator.set_down_impl
 
     @staticmethod
     def size(in_ch: int, out_ch: int, *_, **__) -> tuple:
@@ -416,7 +441,8 @@ class DiscBlock(nn.Module):
                          EqualConv2d.size(in_ch, out_ch, 1, bias=False), (0, FIR_TAPS))
 
     def forward(self, x):
-        y = _clamp(self.conv_clamp, self.skip(downsample2d(x, self.fir)))
+        down = downsample2d_taps if self.down_impl == "taps" else downsample2d
+        y = _clamp(self.conv_clamp, self.skip(down(x, self.fir)))
         x = _clamp(self.conv_clamp, self.conv0(x))
         if self.down_conv == "strided":
             p = self.fir.numel() - 2 + 2  # filter taps - down + kernel - 1, split evenly
@@ -425,7 +451,7 @@ class DiscBlock(nn.Module):
                          c.weight.to(x.dtype) * c.scale, c.bias.to(x.dtype), stride=2)
             x = lrelu_gain(x)
         else:
-            x = self.conv1(downsample2d(x, self.fir))
+            x = self.conv1(down(x, self.fir))
         return (_clamp(self.conv_clamp, x) + y) * (1 / math.sqrt(2))
 
 
@@ -470,6 +496,16 @@ class Discriminator(nn.Module):
                          *[DiscBlock.size(ch[2 ** i], ch[2 ** (i - 1)]) for i in range(log_res, 2, -1)],
                          EqualConv2d.size(ch[4] + 1, ch[4], 3), EqualLinear.size(ch[4] * 16, ch[4]),
                          EqualLinear.size(ch[4], 1))
+
+    def set_down_impl(self, impl: str) -> "Discriminator":
+        """How the blocks down-sample: ``"reference"`` (:func:`ops.downsample2d`) or ``"taps"``
+        (:func:`downsample2d_taps`, the fast training step's; equal up to float rounding).
+        Not part of the checkpoint: a loaded discriminator uses the reference."""
+        if impl not in DOWN_IMPLS:
+            raise NetworkError(f"down-sampling implementation must be one of {DOWN_IMPLS}, got {impl!r}")
+        for block in self.blocks:
+            block.down_impl = impl
+        return self
 
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
