@@ -107,6 +107,25 @@ def test_fast_step_trains_logs_regularisers_and_resumes_bit_identically(tmp_path
     assert b.step_count == 0
 
 
+@pytest.mark.parametrize("beta1", [0.0, 0.5])
+def test_checkpoint_leaves_out_adams_first_moment_only_when_beta1_is_zero(tmp_path, beta1):
+    """With beta1 = 0 the saved state has no exp_avg (the next step overwrites it) and a resumed run
+    still continues exactly; with beta1 > 0 it is kept."""
+    a = _trainer(fast=True, beta1=beta1)
+    a.run_dir = tmp_path
+    a.train(max_steps=2)
+    saved = a.state_tensors()
+    assert any(k.endswith(".exp_avg_sq") for k in saved)
+    assert any(k.endswith(".exp_avg") for k in saved) == (beta1 > 0)
+    c = Trainer(a.cfg, _images(), "cpu", run_dir=tmp_path)
+    c.load_checkpoint(tmp_path / "checkpoint.safetensors")
+    a.run_dir = None
+    a.train(max_steps=2)
+    c.train(max_steps=2)
+    ta, tc = a.state_tensors(), c.state_tensors()
+    assert [k for k in ta if not torch.equal(ta[k], tc[k])] == []
+
+
 def test_fast_step_scales_the_path_length_decay_with_the_batch():
     tr = _trainer(fast=True, batch=64)
     assert tr.fast_step.pl_decay == pytest.approx(tr.cfg.pl_decay * 64 / 128)

@@ -726,13 +726,20 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def state_tensors(self) -> dict:
-        """Everything to continue exactly: weights, optimiser moments, counters, RNG."""
+        """Everything to continue exactly: weights, optimiser moments, counters, RNG.
+
+        With ``beta1 = 0`` (the default) Adam's first moment is only the last gradient, which
+        the next step overwrites before reading it, so it is left out: a fifth less to carry
+        between working periods (:meth:`load_checkpoint` restores it as zeros).
+        """
         t = {}
         for prefix, mod in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):
             t.update({f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in mod.state_dict().items()})
         for prefix, opt in (("optG", self.optG), ("optD", self.optD)):
             for idx, st in opt.state_dict()["state"].items():
                 for name, v in st.items():
+                    if name == "exp_avg" and self.cfg.beta1 == 0:
+                        continue
                     t[f"{prefix}.{idx}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous().clone()
         t["pl_mean"] = self.pl_mean.detach().cpu().reshape(1).clone()
         t["rng.cpu"] = torch.get_rng_state()
@@ -773,6 +780,9 @@ class Trainer:
                 if key.startswith(prefix + "."):
                     _, idx, name = key.split(".", 2)
                     state.setdefault(int(idx), {})[name] = v
+            for st in state.values():  # left out by state_tensors when beta1 = 0
+                if "exp_avg" not in st and "exp_avg_sq" in st:
+                    st["exp_avg"] = torch.zeros_like(st["exp_avg_sq"])
             sd["state"] = state
             opt.load_state_dict(sd)
         self.pl_mean.copy_(t["pl_mean"].reshape([]).to(self.device))
