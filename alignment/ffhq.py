@@ -164,12 +164,12 @@ def _pad_mask(xx: np.ndarray, yy: np.ndarray, w: int, h: int, pad) -> np.ndarray
     return np.maximum(mx[None, :], my[:, None])
 
 
-def _channel_medians(q: np.ndarray, mask=None) -> list:
-    """Per-channel medians of a uint8 ``[H, W, 3]`` image (where ``mask`` is non-zero), from histograms."""
+def _channel_medians(q: np.ndarray) -> list:
+    """Per-channel medians of a uint8 ``[H, W, 3]`` image, from histograms."""
     import cv2
 
-    half = (q.shape[0] * q.shape[1] if mask is None else int(np.count_nonzero(mask))) / 2.0
-    return [float(np.searchsorted(np.cumsum(cv2.calcHist([q], [k], mask, [256], [0, 256]).ravel()), half))
+    half = q.shape[0] * q.shape[1] / 2.0
+    return [float(np.searchsorted(np.cumsum(cv2.calcHist([q], [k], None, [256], [0, 256]).ravel()), half))
             for k in range(3)]
 
 
