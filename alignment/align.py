@@ -13,6 +13,7 @@ from .ffhq import align_landmarks, apply_matrix
 from .landmarks import landmarks68, landmarks68_averaged
 from .mtcnn5 import calibrate_mtcnn5, mtcnn5_refined
 from .quadnet import quadnet_points
+from .resample import check_path
 from .types import FACES64, AlignedFace, AlignmentRecipe
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def _default_min_face(recipe: AlignmentRecipe) -> int:
 def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
                 face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
                 try_rotations: bool = False, landmarks: Optional[str] = None, coarse: bool = True,
-                name: str = "the photo", min_score: Optional[float] = None, device=None) -> AlignmentReport:
+                name: str = "the photo", min_score: Optional[float] = None, device=None,
+                path: str = "fast") -> AlignmentReport:
     """Like :func:`align` but returns an :class:`AlignmentReport` (skipped faces, rotation, what was tried).
 
     ``device`` (``None``: the CPU; ``"cuda"``, ...) is where MTCNN and the mtcnn5 landmark
@@ -121,6 +123,7 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
     says. Raises the same errors as :func:`align`.
     """
     lm_kind = landmark_kind(detector, landmarks)
+    check_path(path)
     if not (face in ("all", "largest") or (isinstance(face, (int, np.integer)) and not isinstance(face, bool))):
         raise AlignmentError(f"face must be 'all', 'largest' or a face index (0 = leftmost), got {face!r}")
     min_face = _default_min_face(recipe) if min_face is None else int(min_face)
@@ -137,7 +140,8 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
         report.tried.append(tried_text(detector, work.shape, upsample, coarse)
                             + (f" rotated {90 * k} deg" if k else ""))
         low = []
-        dets = detect_faces(work, detector, upsample, min_score=min_score, coarse=coarse, dropped=low, device=device)
+        dets = detect_faces(work, detector, upsample, min_score=min_score, coarse=coarse, dropped=low, device=device,
+                            path=path)
         if beside is not None and any(d.score >= beside for d in dets):
             low += [d for d in dets if d.score < beside]
             dets = [d for d in dets if d.score >= beside]
@@ -204,7 +208,7 @@ def align_photo(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detecto
             lm = apply_matrix(inv, quadnet_points(work, lm, device=device) if lm_kind == "mtcnn5" else lm)
         else:
             lm = apply_matrix(inv, (landmarks68 if lm_kind == "dlib68-single" else landmarks68_averaged)(work, wd.box))
-        report.faces.append(align_landmarks(image, lm, recipe, score=pd.score, index=i, detector=detector))
+        report.faces.append(align_landmarks(image, lm, recipe, score=pd.score, index=i, detector=detector, path=path))
     if not report.faces:
         sizes = ", ".join(f"{s.size:.0f}" for s in report.skipped)
         raise FaceTooSmallError(f"{name}: found {len(report.skipped)} face(s) of {sizes} px, all below the minimum "
@@ -243,7 +247,7 @@ def face_from_dict(d: dict, crop: np.ndarray) -> AlignedFace:
 def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str = "dlib",
           face: Union[str, int] = "all", upsample: Optional[int] = None, min_face: Optional[int] = None,
           try_rotations: bool = False, landmarks: Optional[str] = None, min_score: Optional[float] = None,
-          coarse: bool = True) -> list:
+          coarse: bool = True, path: str = "fast") -> list:
     """Detect and align the faces of a photo with the FFHQ recipe.
 
     Args:
@@ -274,6 +278,9 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
             searched first on a downscaled copy and fully only when that finds no face (see
             ``detect_faces``); the landmarks always run on the photo itself. ``False``: the full
             search only.
+        path: ``"fast"`` (default) or ``"reference"``: how the detectors' downscaled copies and
+            the crop are resampled (``detect_faces``, ``align_landmarks``); the same search,
+            landmarks, quads and matrices either way, the crops within resampling noise.
     Returns:
         list of :class:`AlignedFace`, left to right, each with its ``index`` among all faces
         found (detections below ``min_score`` are not faces; those below ``min_face`` are),
@@ -286,4 +293,4 @@ def align(image: np.ndarray, *, recipe: AlignmentRecipe = FACES64, detector: str
     """
     return align_photo(image, recipe=recipe, detector=detector, face=face, upsample=upsample, min_face=min_face,
                        try_rotations=try_rotations, landmarks=landmarks, min_score=min_score,
-                       coarse=coarse).faces
+                       coarse=coarse, path=path).faces

@@ -133,13 +133,14 @@ def _reference_ffhq_pil(img, lm, size, scale=1.0):
     return np.asarray(pil.resize((size, size), PIL.Image.LANCZOS))
 
 
+@pytest.mark.parametrize("path", ["reference", "fast"])
 @pytest.mark.parametrize("name,size,scale", [("face_recognition__two_people.jpg", 128, 1.0),
                                              ("facenet__angelina_jolie_1.jpg", 64, 0.6)])
-def test_parity_with_pil_reference(shared_dir, name, size, scale):
+def test_parity_with_pil_reference(shared_dir, name, size, scale, path):
     img = photo(shared_dir, name)
     d = detect_faces(img)[0]
     lm = landmarks68(img, d.box)
-    ours = align_landmarks(img, lm, AlignmentRecipe(size=size, scale=scale)).crop
+    ours = align_landmarks(img, lm, AlignmentRecipe(size=size, scale=scale), path=path).crop
     ref = _reference_ffhq_pil(img, lm, size, scale)
     assert psnr(ours, ref) > 30, psnr(ours, ref)
 
@@ -426,7 +427,7 @@ def test_mtcnn_detections_below_its_default_cut_are_named_not_a_crash(monkeypatc
 
     align_mod = importlib.import_module("faceedit.alignment.align")  # the package's `align` is the function
 
-    def fake_detect(image, detector, upsample, *, min_score=None, coarse=True, dropped=None, device=None):
+    def fake_detect(image, detector, upsample, *, min_score=None, coarse=True, dropped=None, device=None, path="fast"):
         assert min_score is None and detector == "mtcnn"
         dropped.append(Detection((10.0, 10.0, 60.0, 60.0), 0.81, None, "mtcnn", None))
         return []

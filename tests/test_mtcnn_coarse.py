@@ -32,10 +32,10 @@ def test_mtcnn_coarse_copy_gives_the_reference_quads(shared_dir):
 def test_mtcnn_full_view_searched_when_the_copy_keeps_no_face(monkeypatch):
     calls = []
 
-    def run(view, s, device, keep):
-        calls.append((view.shape[:2], round(s, 4), device))
+    def run(view, s, device, keep):  # s: the copy's scales (x, y)
+        calls.append((view.shape[:2], round(s[0], 4), device))
         return [] if len(calls) == 1 else keep([detect_mod.Detection((10.0, 10.0, 60.0, 60.0), 0.99, None,
-                                                                     "mtcnn", None, s)])
+                                                                     "mtcnn", None, s[0])])
 
     monkeypatch.setattr(detect_mod, "_mtcnn_run", run)
     img = np.zeros((1000, 2000, 3), np.uint8)

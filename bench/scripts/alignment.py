@@ -2,8 +2,12 @@
 
 The parts, each printing a short table last and writing JSON (and PNGs) under --out:
 
-  speed      faces aligned per second for a 1024 px FFHQ crop from a ~2 MP photo, per
-             detector (wall and CPU time; the breakdown detect / landmarks / warp).
+  speed      photos aligned per second for a 1024 px FFHQ crop from a ~2 MP photo, per
+             detector, on the reference and the fast path (align(path=...)) side by side
+             (wall and CPU, with and without reading the photo; the breakdown detect /
+             landmarks / warp), the decode and model-load costs, and on both paths the faces
+             found on the in-the-wild photos, the crops' PSNR, the quad agreement and the eye
+             re-detection (the figures of `quads` and `redetect`), face for face.
   photos     faces found per detector on ../shared/datasets/photos against the counts a
              person made (tests/data/photo_face_counts.json), and how every photo ends:
              aligned, a clear FaceNotFoundError, or an unexpected exception.
@@ -20,7 +24,7 @@ The parts, each printing a short table last and writing JSON (and PNGs) under --
              --fit fits the MTCNN calibration on the TRAIN faces.
 
 Examples:
-  OMP_NUM_THREADS=1 python bench/scripts/alignment.py speed --out out/bench_align
+  OMP_NUM_THREADS=1 python bench/scripts/alignment.py speed --workers 2 --out out/speed22b
   OMP_NUM_THREADS=1 python bench/scripts/alignment.py photos --detectors dlib,mtcnn,dlib-cnn --out out/photos
   OMP_NUM_THREADS=1 python bench/scripts/alignment.py redetect --recipe ffhq --workers 2 --out out/redetect_ffhq
   OMP_NUM_THREADS=1 python bench/scripts/alignment.py quads --scale 1.0 --workers 2 --out out/quads_qn
@@ -58,77 +62,331 @@ def main():
 
 
 # ----------------------------------------------------------------------------------------------
+def _cpu_wall(fn):
+    """``(result, wall s, CPU s)`` of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    r = fn()
+    return r, time.perf_counter() - w0, time.process_time() - c0
+
+
+def _stage_seconds(img, det: str, recipe, upsample, coarse: bool, path: str) -> dict:
+    """CPU seconds of each step ``align_photo`` takes for every face of ``img``: detect, landmarks, warp
+    (and, for the dlib detectors, one predictor pass, the dlib68-single baseline of the averaged points)."""
+    from faceedit.alignment import align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68, landmarks68_averaged
+    from faceedit.alignment import mtcnn5_refined
+    from faceedit.alignment.quadnet import quadnet_points
+
+    c = time.process_time
+    a = c()
+    d = detect_faces(img, det, upsample, coarse=coarse, path=path)
+    b = c()
+    lms = [quadnet_points(img, calibrate_mtcnn5(mtcnn5_refined(img, x.box))) if det == "mtcnn"
+           else landmarks68_averaged(img, x.box) for x in d]
+    e = c()
+    for lm in lms:
+        align_landmarks(img, lm, recipe, path=path)
+    f = c()
+    out = {"detect": b - a, "landmarks": e - b, "warp": f - e}
+    if det != "mtcnn":
+        for x in d:
+            landmarks68(img, x.box)
+        out["landmarks_one_pass"] = c() - f
+    return out
+
+
+def _decode_options(photo: Path, repeats: int) -> dict:
+    """CPU ms of the ways to get pixels for detection out of a JPEG: the full decode ``load_image`` does,
+    PIL's DCT-domain ``draft`` at 1/2, 1/4, 1/8, and the fast path's 2x reduction of the decoded photo."""
+    import io
+
+    from PIL import Image
+
+    from faceedit.alignment.resample import shrink
+    from faceedit.core.images import load_image
+
+    data = photo.read_bytes()
+
+    def draft(k):
+        with Image.open(io.BytesIO(data)) as im:
+            if k > 1:
+                im.draft("RGB", (im.width // k, im.height // k))
+            return np.asarray(im.convert("RGB"))
+
+    img = load_image(photo)
+    fns = {"load_image (full decode)": lambda: load_image(photo), "PIL decode, full": lambda: draft(1),
+           "PIL draft 1/2": lambda: draft(2), "PIL draft 1/4": lambda: draft(4), "PIL draft 1/8": lambda: draft(8),
+           "shrink the decoded photo 1/2 (fast path)": lambda: shrink(img, img.shape[1] // 2, img.shape[0] // 2)}
+    return {k: float(np.median([_cpu_wall(f)[2] for _ in range(repeats)]) * 1e3) for k, f in fns.items()}
+
+
+def _model_loads() -> dict:
+    """Seconds to load each model again in this process (the OS file cache is warm; a cold disk adds to it)."""
+    from faceedit.alignment import models
+    from faceedit.alignment.quadnet import load_quadnet, quadnet_on
+
+    out = {}
+    for name, cache, fn in (("dlib HOG detector", models.hog_detector, models.hog_detector),
+                            ("dlib 68-point predictor", models.shape_predictor68, models.shape_predictor68),
+                            ("MTCNN", models._mtcnn, models.mtcnn), ("QuadNet", load_quadnet, lambda: quadnet_on("cpu"))):
+        cache.cache_clear()
+        if name == "QuadNet":
+            quadnet_on.cache_clear()
+        out[name] = _cpu_wall(fn)[1]
+    return out
+
+
+def _quad_pair(img, path: str) -> dict:
+    """The largest dlib face's averaged 68 points and the MTCNN + QuadNet points of the same face, as
+    ``align`` finds them on ``path`` (the 'mtcnn5 (QuadNet) vs dlib68' row of ``quads``)."""
+    from faceedit.alignment import calibrate_mtcnn5, detect_faces, landmarks68_averaged, mtcnn5_refined
+    from faceedit.alignment.quadnet import quadnet_points
+
+    d = detect_faces(img, "dlib", path=path)
+    if not d:
+        return {"ok": False, "reason": "dlib: no face"}
+    d = max(d, key=lambda x: x.size)
+    m = detect_faces(img, "mtcnn", path=path)
+    if not m:
+        return {"ok": False, "reason": "mtcnn: no face"}
+    m = min(m, key=lambda x: np.hypot(*np.subtract(x.center, d.center)))
+    return {"ok": True, "lm68_avg": np.round(landmarks68_averaged(img, d.box), 3).tolist(),
+            "quadnet": np.round(quadnet_points(img, calibrate_mtcnn5(mtcnn5_refined(img, m.box))), 3).tolist()}
+
+
+def _paths_job(job) -> dict:
+    """One face's records on both paths: ``("quads", name, file)`` or ``("redetect", name, file, recipe)``."""
+    from faceedit.alignment import ALIGN_PATHS
+    from faceedit.core.images import load_image
+
+    kind, name, file = job[:3]
+    out = {"kind": kind, "name": name}
+    for p in ALIGN_PATHS:
+        if kind == "redetect":
+            out[p] = _redetect_one(file, job[3], False, p)
+        else:
+            try:
+                out[p] = _quad_pair(load_image(file), p)
+            except Exception as e:  # noqa: BLE001 -- an unreadable photo is a record, not the end of the run
+                out[p] = {"ok": False, "reason": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def _photo_faces(detector: str, path: str, recipe) -> dict:
+    """``align_photo(face='all')`` on every in-the-wild photo: ``{photo: [face box centres and sizes]}``
+    (``None`` for a photo that raised), and the CPU seconds of the aligning alone. The minimum face is
+    faces64's (24 px), so the faces are those of the ``photos`` part whatever the crop size."""
+    from faceedit.alignment import AlignmentError, align_photo
+    from faceedit.core.images import ImageLoadError, load_image
+
+    truth = json.loads((REPO / "tests/data/photo_face_counts.json").read_text())["counts"]
+    found, cpu = {}, 0.0
+    for name in sorted(truth):
+        try:
+            img = load_image(SHARED / "datasets/photos" / name)
+        except ImageLoadError:
+            found[name] = None
+            continue
+        try:
+            rep, _, c = _cpu_wall(lambda: align_photo(img, recipe=recipe, detector=detector, name=name, min_face=24,
+                                                      path=path))
+            cpu += c
+            found[name] = [[*d.center, d.size] for d in rep.detections]
+        except AlignmentError:
+            found[name] = None
+    return {"faces": found, "cpu_s": cpu}
+
+
+def _crop_psnr(recipes) -> dict:
+    """PSNR of the fast path's crops against the reference's, every dlib face of the in-the-wild
+    photos, the same landmarks: ``{recipe label: [dB per face]}``."""
+    from faceedit.alignment import align_landmarks, detect_faces, landmarks68_averaged
+    from faceedit.core.images import ImageLoadError, load_image
+
+    out = {label: [] for label, _ in recipes}
+    for p in sorted((SHARED / "datasets" / "photos").iterdir()):
+        try:
+            img = load_image(p)
+        except ImageLoadError:
+            continue
+        for d in detect_faces(img):
+            lm = landmarks68_averaged(img, d.box)
+            for label, recipe in recipes:
+                a, b = (align_landmarks(img, lm, recipe, path=q).crop.astype(np.float64) for q in ("fast", "reference"))
+                out[label].append(float(10 * np.log10(255.0 ** 2 / max(np.mean((a - b) ** 2), 1e-12))))
+    return out
+
+
+def _same_faces(a, b, tol: float = 0.1) -> bool:
+    """Whether two lists of ``[cx, cy, size]`` are the same faces: equal counts, centres within
+    ``tol`` of the size and sizes within ``tol``, matched in order (left to right)."""
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and all(np.hypot(x[0] - y[0], x[1] - y[1]) <= tol * x[2] and abs(y[2] / x[2] - 1) <= tol
+                                    for x, y in zip(a, b))
+
+
+def _accuracy(out: Path, size: int, train_per_source: int, test_per_source: int, seed: int, workers: int) -> tuple:
+    """Faces found on the in-the-wild photos (and the CPU time to align them at ``size`` px), the
+    crops' PSNR, quad agreement (all TEST faces and the photos) and eye re-detection (TRAIN faces,
+    FFHQ recipe at 256 px) on both paths, face for face. Returns ``(summary, rows)``."""
+    from faceedit.alignment import ALIGN_PATHS, FACES64, FFHQ
+    from faceedit.alignment.ffhq import quad_difference, quads_agree
+
+    summary, rows = {"photos": {}, "crop_psnr": {}, "quads": {}, "redetect": {}}, []
+    for det in ("dlib", "mtcnn"):
+        got = {p: _photo_faces(det, p, FFHQ.with_size(size)) for p in ALIGN_PATHS}
+        ref, fast = got["reference"]["faces"], got["fast"]["faces"]
+        same = sum(_same_faces(ref[k], fast[k]) for k in ref)
+        n_ref, n_fast = (sum(len(v) for v in x.values() if v) for x in (ref, fast))
+        summary["photos"][det] = {"photos": len(ref), "faces_reference": n_ref, "faces_fast": n_fast,
+                                  "photos_same_faces": same, "differ": [k for k in ref if not _same_faces(ref[k], fast[k])],
+                                  "cpu_s": {p: got[p]["cpu_s"] for p in ALIGN_PATHS}}
+        rows.append([f"faces found, {det}", f"{len(ref)} photos", n_ref, n_fast, f"{same}/{len(ref)} photos the same",
+                     f"{got['reference']['cpu_s']:.1f} s / {got['fast']['cpu_s']:.1f} s"])
+    for label, v in _crop_psnr([(f"ffhq {size}", FFHQ.with_size(size)), ("ffhq 256", FFHQ.with_size(256)),
+                                ("faces64", FACES64)]).items():
+        v = np.array(v)
+        summary["crop_psnr"][label] = {"faces": len(v), "min": float(v.min()), "p5": float(np.percentile(v, 5)),
+                                       "median": float(np.median(v))}
+        rows.append([f"crop PSNR fast vs reference, {label}", f"{len(v)} faces", "-", "-",
+                     f"min {v.min():.1f} / p5 {np.percentile(v, 5):.1f} / median {np.median(v):.1f} dB", ""])
+    rng = np.random.default_rng(seed)
+    files = _split_files()
+    recipe = FFHQ.with_size(256)
+    jobs = [("quads", name, file) for (_, split), lst in sorted(files.items()) if split == "test"
+            for name, file in lst[:test_per_source or None]]
+    jobs += [("quads", f"photos/{p.name}", str(p)) for p in sorted((SHARED / "datasets" / "photos").iterdir())
+             if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    for (_, split), lst in sorted(files.items()):
+        if split == "train":
+            pick = sorted(rng.choice(len(lst), min(train_per_source, len(lst)), replace=False))
+            jobs += [("redetect", lst[i][0], lst[i][1], recipe) for i in pick]
+    log_path = out / "paths.jsonl"
+    done = {(r["kind"], r["name"]) for r in _read_jsonl(log_path)}
+    left = [j for j in jobs if (j[0], j[1]) not in done]
+    print(f"accuracy: {len(jobs)} faces, {len(left)} to go", file=sys.stderr, flush=True)
+    with open(log_path, "a") as fh, _pool(workers) as pool:
+        for k, rec in enumerate(pool.imap(_paths_job, left, chunksize=8) if pool else map(_paths_job, left)):
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            if (k + 1) % 500 == 0:
+                print(f"{k + 1}/{len(left)}", file=sys.stderr, flush=True)
+    want = {(j[0], j[1]) for j in jobs}
+    recs = [r for r in _read_jsonl(log_path) if (r["kind"], r["name"]) in want]
+    for group, sel in (("test", lambda n: not n.startswith("photos/")), ("wild", lambda n: n.startswith("photos/"))):
+        rs = [r for r in recs if r["kind"] == "quads" and sel(r["name"]) and all(r[p]["ok"] for p in ALIGN_PATHS)]
+        ok = {p: quads_agree([quad_difference(r[p]["lm68_avg"], r[p]["quadnet"]) for r in rs]) for p in ALIGN_PATHS}
+        changed = int((ok["reference"] != ok["fast"]).sum())
+        summary["quads"][group] = {"faces": len(rs), **{p: float(ok[p].mean()) for p in ALIGN_PATHS}, "verdicts_changed": changed}
+        rows.append([f"quads agree, mtcnn5 vs dlib68 ({group})", f"{len(rs)} faces", f"{ok['reference'].mean():.1%}",
+                     f"{ok['fast'].mean():.1%}", f"{changed} faces change verdict", ""])
+    rs = [r for r in recs if r["kind"] == "redetect" and all(r[p]["ok"] for p in ALIGN_PATHS)]
+    # as redetect: one template for all faces, the mean of their first-pass eyes
+    template = {p: np.array([r[p]["own"] for r in rs]).mean(0) for p in ALIGN_PATHS}
+    for src in ("celeba10k", "utkface", "all"):
+        sub = [r for r in rs if src == "all" or r["name"].startswith(src + "/")]
+        within = {}
+        for p in ALIGN_PATHS:
+            err = np.linalg.norm(np.array([r[p]["fixed"] for r in sub]) - template[p], axis=2).max(1) / recipe.size
+            within[p] = err <= 0.02
+        changed = int((within["reference"] != within["fast"]).sum())
+        summary["redetect"][src] = {"faces": len(sub), **{p: float(within[p].mean()) for p in ALIGN_PATHS},
+                                    "verdicts_changed": changed}
+        rows.append([f"eyes re-found <= 2% ({src})", f"{len(sub)} TRAIN faces", f"{within['reference'].mean():.1%}",
+                     f"{within['fast'].mean():.1%}", f"{changed} faces change verdict", ""])
+    return summary, rows
+
+
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--photo", default=str(SHARED / "datasets/photos/face_recognition__obama-1080p.jpg"), show_default=True,
               help="A ~2 MP photo.")
 @click.option("--size", default=1024, show_default=True)
-@click.option("--repeats", default=3, show_default=True)
-@click.option("--detectors", default="dlib,mtcnn,dlib-cnn", show_default=True,
-              help="Comma-separated; dlib-full is dlib without the coarse first pass (align(coarse=False)).")
+@click.option("--repeats", default=9, show_default=True)
+@click.option("--detectors", default="dlib,mtcnn", show_default=True,
+              help="Comma-separated, of dlib, mtcnn, dlib-cnn; dlib-full is dlib without the coarse first pass "
+                   "(align(coarse=False)).")
 @click.option("--upsample", type=int, default=None, help="dlib upsampling [default: automatic by photo size].")
-def speed(out, photo, size, repeats, detectors, upsample):
-    """Faces per second for a SIZE px FFHQ crop from a ~2 MP photo, per detector."""
-    from faceedit.alignment import (FFHQ, align, align_landmarks, calibrate_mtcnn5, detect_faces, landmarks68,
-                                    landmarks68_averaged, mtcnn5_refined)
-    from faceedit.alignment.quadnet import quadnet_points
+@click.option("--accuracy/--no-accuracy", default=True, show_default=True,
+              help="Also the faces found, quad agreement and eye re-detection on both paths.")
+@click.option("--train-per-source", default=1000, show_default=True, help="Random TRAIN faces per source for eye "
+                                                                           "re-detection.")
+@click.option("--test-per-source", default=0, show_default=True, help="TEST faces per source for the quads (0 = all).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Processes for the accuracy part (one thread each).")
+def speed(out, photo, size, repeats, detectors, upsample, accuracy, train_per_source, test_per_source, seed, workers):
+    """Photos per second for a SIZE px FFHQ crop of a ~2 MP photo, reference and fast paths side by side.
+
+    One core: OpenCV's own thread pool is set to one thread too (OMP_NUM_THREADS does not reach it).
+    Per detector and path (``align(path=...)``), the median over REPEATS of: reading the photo
+    (``load_image``) and ``align`` (wall and CPU), and of each step align runs (CPU). The paths
+    alternate within each repeat. Then the ways to decode a JPEG for detection, the model load
+    times, and (``--accuracy``) on both paths: the faces found on the in-the-wild photos, the
+    quad agreement of MTCNN + QuadNet with dlib68 on all TEST faces and the photos, and the eye
+    re-detection on TRAIN faces (FFHQ recipe, 256 px), each face compared with itself
+    (records in paths.jsonl: a killed run resumes).
+    """
+    import cv2
+
+    from faceedit.alignment import ALIGN_PATHS, FFHQ, align
     from faceedit.core.images import load_image
 
+    cv2.setNumThreads(1)
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     img = load_image(photo)
     recipe = FFHQ.with_size(size)
+    load0 = os.getloadavg()
+    paths = ALIGN_PATHS[::-1]  # the reference first in the table
     rows, res = [], {}
     for name in detectors.split(","):
         det, coarse = name.removesuffix("-full"), not name.endswith("-full")  # dlib-full: no coarse first pass
         align(img, recipe=recipe.with_size(64), detector=det, upsample=upsample)  # load models, warm caches
-        t_wall, t_cpu, n = [], [], 0
+        t = {p: {"read_wall": [], "read_cpu": [], "align_wall": [], "align_cpu": [], "stages": []} for p in paths}
+        n = 0
         for _ in range(repeats):
-            w0, c0 = time.perf_counter(), time.process_time()
-            faces = align(img, recipe=recipe, detector=det, upsample=upsample, coarse=coarse)
-            t_wall.append(time.perf_counter() - w0)
-            t_cpu.append(time.process_time() - c0)
-            n = len(faces)
-        # Breakdown (CPU seconds, median of the repeats).
-        c = time.process_time
-        parts = {"detect": [], "landmarks": [], "warp": [], "landmarks_one_pass": []}
-        for _ in range(repeats):
-            a = c()
-            d = detect_faces(img, det, upsample, coarse=coarse)
-            b = c()
-            # what align() does per face: MTCNN refined, calibrated and QuadNet; else dlib's 68 points, averaged
-            lms = [quadnet_points(img, calibrate_mtcnn5(mtcnn5_refined(img, x.box))) if det == "mtcnn"
-                   else landmarks68_averaged(img, x.box) for x in d]
-            e = c()
-            for lm in lms:
-                align_landmarks(img, lm, recipe)
-            f = c()
-            parts["detect"].append(b - a)
-            parts["landmarks"].append(e - b)
-            parts["warp"].append(f - e)
-            if det != "mtcnn":  # the baseline of the averaged points: one predictor pass (dlib68-single)
-                g = c()
-                for x in d:
-                    landmarks68(img, x.box)
-                parts["landmarks_one_pass"].append(c() - g)
-        med = {k: float(np.median(v)) for k, v in parts.items() if v}
-        wall, cpu = float(np.median(t_wall)), float(np.median(t_cpu))
-        res[name] = {"faces": n, "wall_s": wall, "cpu_s": cpu, "faces_per_s_wall": n / wall, "faces_per_s_cpu": n / cpu,
-                    "breakdown_cpu_s": med}
-        rows.append([name, n, f"{n / wall:.2f}", f"{n / cpu:.2f}", f"{med['detect'] * 1e3:.0f}",
-                     f"{med['landmarks'] * 1e3:.0f}",
-                     f"{med['landmarks_one_pass'] * 1e3:.0f}" if "landmarks_one_pass" in med else "-",
-                     f"{med['warp'] * 1e3:.0f}"])
+            for p in paths:
+                photo_px, rw, rc = _cpu_wall(lambda: load_image(photo))
+                faces, aw, ac = _cpu_wall(lambda: align(photo_px, recipe=recipe, detector=det, upsample=upsample,
+                                                        coarse=coarse, path=p))
+                n = len(faces)
+                for k, v in (("read_wall", rw), ("read_cpu", rc), ("align_wall", aw), ("align_cpu", ac)):
+                    t[p][k].append(v)
+                t[p]["stages"].append(_stage_seconds(img, det, recipe, upsample, coarse, p))
+        for p in paths:
+            med = {k: float(np.median(v)) for k, v in t[p].items() if k != "stages"}
+            both = float(np.median(np.add(t[p]["read_cpu"], t[p]["align_cpu"])))
+            stages = {k: float(np.median([s[k] for s in t[p]["stages"]])) for k in t[p]["stages"][0]}
+            res[f"{name}/{p}"] = {"faces": n, **med, "read_align_cpu": both, "photos_per_s_wall": 1 / med["align_wall"],
+                                  "photos_per_s_cpu": 1 / med["align_cpu"], "read_align_photos_per_s_cpu": 1 / both,
+                                  "stages_cpu_s": stages}
+            rows.append([name, p, n, f"{1 / med['align_wall']:.2f}", f"{1 / med['align_cpu']:.2f}", f"{1 / both:.2f}",
+                         f"{med['read_cpu'] * 1e3:.0f}", f"{stages['detect'] * 1e3:.0f}", f"{stages['landmarks'] * 1e3:.0f}",
+                         f"{stages['landmarks_one_pass'] * 1e3:.0f}" if "landmarks_one_pass" in stages else "-",
+                         f"{stages['warp'] * 1e3:.1f}"])
+    decode = _decode_options(Path(photo), repeats)
+    loads = _model_loads()
+    load1 = os.getloadavg()
     h, w = img.shape[:2]
     meta = {"photo": str(photo), "photo_size": [w, h], "megapixels": w * h / 1e6, "size": size, "repeats": repeats,
-            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "results": res}
+            "cpu_count": os.cpu_count(), "load_avg_before": load0, "load_avg_after": load1, "results": res,
+            "decode_ms": decode, "model_load_s": loads}
+    acc_rows = []
+    if accuracy:
+        meta["accuracy"], acc_rows = _accuracy(out, size, train_per_source, test_per_source, seed, workers)
+        meta["load_avg_end"] = os.getloadavg()
     _write_json(out, "speed.json", meta)
-    print(f"photo {Path(photo).name} {w}x{h} ({w * h / 1e6:.2f} MP) -> {size} px FFHQ crop (4x supersampled), "
-          f"upsample {'auto' if upsample is None else upsample}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, load avg {os.getloadavg()[0]:.1f}")
-    print(_table(rows, ["detector", "faces", "faces/s wall", "faces/s cpu", "detect ms", "landmarks ms", "one pass ms",
-                        "warp ms"]))
-    print("landmarks: what align() does per face (dlib68: 14 averaged passes; mtcnn: refine, calibrate, QuadNet); "
-          "one pass: dlib's predictor once (dlib68-single)")
+    print(f"photo {Path(photo).name} {w}x{h} ({w * h / 1e6:.2f} MP) -> {size} px FFHQ crop, upsample "
+          f"{'auto' if upsample is None else upsample}, one thread (OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS')}, cv2 1), median of {repeats}, load avg {load0[0]:.1f} -> {load1[0]:.1f}")
+    print("decode, CPU ms: " + "; ".join(f"{k} {v:.1f}" for k, v in decode.items()))
+    print("model load, s (warm file cache): " + "; ".join(f"{k} {v:.2f}" for k, v in loads.items()))
+    if acc_rows:
+        print(_table(acc_rows, ["measure", "on", "reference", "fast", "face for face", "align CPU ref / fast"]))
+    print(_table(rows, ["detector", "path", "faces", "photos/s wall", "photos/s cpu", "read+align /s cpu", "read ms",
+                        "detect ms", "landmarks ms", "one pass ms", "warp ms"]))
+    print("photos/s: align() on the decoded photo; read+align: load_image() and align(), CPU; stages CPU ms; "
+          "landmarks: dlib68's 14 averaged passes or mtcnn5's refine, calibrate, QuadNet; one pass: dlib68-single")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,8 +485,8 @@ def _eyes(lm) -> np.ndarray:
     return np.stack(eye_mouth_points(lm)[:2])
 
 
-def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
-    """Align a train photo (align()'s defaults), re-find the landmarks on the crop, return eye centres."""
+def _redetect_one(path: str, recipe, with_hog: bool, align_path: str = "fast") -> dict:
+    """Align a train photo (align()'s defaults, on ``align_path``), re-find the landmarks on the crop, return eye centres."""
     import cv2
 
     from faceedit.alignment import align, detect_faces, landmarks68_averaged
@@ -237,7 +495,7 @@ def _redetect_one(path: str, recipe, with_hog: bool) -> dict:
     from faceedit.core.images import load_image
 
     try:
-        f = align(load_image(path), recipe=recipe, face="largest")[0]
+        f = align(load_image(path), recipe=recipe, face="largest", path=align_path)[0]
     except Exception as e:  # noqa: BLE001 -- the data set build counts these the same way
         return {"ok": False, "reason": type(e).__name__}
     rec = {"ok": True, "own": apply_matrix(f.matrix, _eyes(f.landmarks)).round(3).tolist(),
