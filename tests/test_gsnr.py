@@ -153,3 +153,140 @@ def test_discriminator_gsnr_matches_direct_loop_and_modes():
         assert g1[k]["gsnr"] == pytest.approx(ref1[k]["gsnr"], rel=2e-2, abs=1e-6), k
     with pytest.raises(ValueError, match="mbstd"):
         gsnr.discriminator_gsnr(D, real, fake, mbstd="nope")
+
+
+# --------------------------------------------------------------------------- bias-corrected estimates
+
+
+def _draws(m, reps, mu, sigma, seed=0):
+    """``reps`` independent replicates of ``m`` per-sample gradients ~ N(mu, sigma^2), one per element."""
+    g = torch.Generator().manual_seed(seed)
+    return {"w": mu + sigma * torch.randn(m, reps, generator=g, dtype=torch.float64)}
+
+
+@pytest.mark.parametrize("mu,sigma", [(0.3, 1.5), (0.0, 2.0)])
+def test_corrected_gsnr_is_unbiased_where_the_plain_one_is_not(mu, sigma):
+    m, reps = 16, 200_000
+    r = mu ** 2 / sigma ** 2
+    g = _draws(m, reps, mu, sigma)
+    corr = gsnr.gsnr_from_grads(g, corrected=True)["w"]
+    plain = gsnr.gsnr_from_grads(g)["w"]
+    se = float(corr.std()) / reps ** 0.5
+    assert abs(float(corr.mean()) - r) < 4 * se, (float(corr.mean()), r, se)
+    # the plain figure: E = (r + 1/m)(m-1)/(m-3), i.e. about 1/m too high (the no-signal floor)
+    want_plain = (r + 1 / m) * (m - 1) / (m - 3)
+    assert abs(float(plain.mean()) - want_plain) < 4 * float(plain.std()) / reps ** 0.5
+    assert float(plain.mean()) - r > 1 / m
+    # the shorter (mean^2 - var/m) / var keeps a bias of 2r/(m-3) + 2/(m(m-3)): detectably off
+    naive = float((plain - 1 / m).mean())
+    assert naive - r == pytest.approx(2 * r / (m - 3) + 2 / (m * (m - 3)), abs=4 * se)
+    assert naive - r > 8 * se
+
+
+def test_corrected_gsnr_with_micro_batches_is_unbiased():
+    # micro-batch gradients of k samples are means of k draws: N(mu, sigma^2 / k)
+    m, k, reps, mu, sigma = 32, 4, 100_000, 0.5, 2.0
+    g = _draws(m // k, reps, mu, sigma / k ** 0.5, seed=1)
+    corr = gsnr.gsnr_from_grads(g, micro=k, corrected=True)["w"]
+    assert abs(float(corr.mean()) - mu ** 2 / sigma ** 2) < 4 * float(corr.std()) / reps ** 0.5
+    with pytest.raises(ValueError, match="at least 4"):
+        gsnr.gsnr_from_grads({"w": torch.randn(3, 2)}, corrected=True)
+
+
+def test_group_stats_figures_and_the_exact_plain_to_corrected_map():
+    torch.manual_seed(7)
+    m = 12
+    grads = {"a": torch.randn(m, 3, 4) + 0.4, "b": torch.randn(m, 5) * torch.tensor([1.0, 2, 3, 4, 5]),
+             "c": torch.ones(m, 2)}  # c: equal for every sample -> undefined
+    groups = {"a": "G1", "b": "G1", "c": "G2"}
+    st = gsnr.group_stats(grads, groups)
+    ref = gsnr.group_means(gsnr.gsnr_from_grads(grads), groups)
+    refc = gsnr.group_means(gsnr.gsnr_from_grads(grads, corrected=True), groups)
+    for key in ("G1", "all"):
+        assert st[key]["gsnr"] == pytest.approx(ref[key]["gsnr"], rel=1e-12)
+        assert st[key]["gsnr_c"] == pytest.approx(refc[key]["gsnr"], rel=1e-10)
+        # group means of the corrected figure are an exact affine map of the plain ones
+        assert st[key]["gsnr_c"] == pytest.approx(gsnr.corrected_from_plain(st[key]["gsnr"], m), rel=1e-10)
+        assert st[key]["params"] == 17 and math.isfinite(st[key]["gsnr_c_se"]) and st[key]["gsnr_c_se"] > 0
+    assert st["G2"]["params"] == 0 and st["G2"]["undefined"] == 2 and math.isnan(st["G2"]["gsnr_c"])
+    g = torch.cat([grads["a"].reshape(m, -1), grads["b"]], 1).double()
+    mean, var = g.mean(0), g.var(0)
+    assert st["G1"]["gsnr_pool"] == pytest.approx(float((mean ** 2 - var / m).sum() / var.sum()), rel=1e-10)
+    # too few samples for the corrected figure: NaN, the plain one still there
+    few = gsnr.group_stats({"a": grads["a"][:3]})
+    assert math.isnan(few["all"]["gsnr_c"]) and math.isnan(few["all"]["gsnr_c_se"]) and few["all"]["gsnr"] > 0
+    with pytest.raises(ValueError, match="same number"):
+        gsnr.group_stats({"a": torch.randn(5, 2), "b": torch.randn(6, 2)})
+
+
+def test_pooled_gsnr_is_unbiased_over_unequal_parameters():
+    # a ratio of two unbiased sums: unbiased once the group is large enough for its denominator to settle
+    torch.manual_seed(2)
+    m, p, reps = 8, 2000, 200
+    mu = torch.randn(p, dtype=torch.float64) * 0.3
+    sigma = torch.rand(p, dtype=torch.float64) * 2 + 0.2
+    want = float((mu ** 2).sum() / (sigma ** 2).sum())
+    v = torch.tensor([gsnr.group_stats({"w": mu + sigma * torch.randn(m, p, dtype=torch.float64)})["all"]["gsnr_pool"]
+                      for _ in range(reps)])
+    se = float(v.std()) / reps ** 0.5
+    assert abs(float(v.mean()) - want) < 4 * se, (float(v.mean()), want, se)
+    assert 1 / m > 20 * se  # resolution: the uncorrected sum ratio, ~1/m higher, would fail the check above
+
+
+def test_jackknife_error_matches_the_spread_over_repeated_measurements():
+    # parameters share a noise component (as a layer's do): the group mean's spread is far above
+    # the independent-parameter figure, and the jackknife must see it
+    torch.manual_seed(4)
+    m, p, reps = 16, 40, 300
+    mu = torch.linspace(0.0, 0.6, p, dtype=torch.float64)
+    est, se = [], []
+    for _ in range(reps):
+        g = mu + 0.8 * torch.randn(m, 1, dtype=torch.float64) + 0.6 * torch.randn(m, p, dtype=torch.float64)
+        s = gsnr.group_stats({"w": g})["all"]
+        est.append(s["gsnr_c"])
+        se.append(s["gsnr_c_se"])
+    spread, mean_se = float(torch.tensor(est).std()), float(torch.tensor(se).mean())
+    assert 0.8 < mean_se / spread < 1.5, (mean_se, spread)
+
+
+def test_one_step_ratio_equals_the_papers_weighted_form():
+    torch.manual_seed(6)
+    mu, sigma, n = torch.randn(50, dtype=torch.float64) * 0.1, torch.rand(50, dtype=torch.float64) + 0.1, 300
+    r = mu ** 2 / sigma ** 2
+    e_g2 = mu ** 2 + sigma ** 2 / n   # E over training sets of the squared full-batch gradient
+    w = e_g2 / e_g2.sum()
+    paper = 1 - float((w / (r + 1 / n)).sum()) / n
+    pooled = float((mu ** 2).sum() / (sigma ** 2).sum())
+    assert gsnr.one_step_generalisation_ratio(pooled, n) == pytest.approx(paper, rel=1e-12)
+    assert gsnr.one_step_generalisation_ratio(-0.01, n) == 0.0
+    with pytest.raises(ValueError, match="positive"):
+        gsnr.one_step_generalisation_ratio(0.1, 0)
+
+
+def test_discriminator_gsnr_on_real_faces_alone_matches_direct_loop():
+    _, D = _tiny_gd()
+    torch.manual_seed(8)
+    m = 6
+    real = torch.randn(m, 3, 16, 16)
+    got, grads = gsnr.discriminator_gsnr(D, real, None, return_grads=True)
+    sr = gsnr.mbstd_stats(D, real)
+    params = dict(D.named_parameters())
+    ref = _loop_grads(lambda i: F.softplus(-gsnr.d_logits_with_stat(D, real[i:i + 1], sr[i:i + 1])).mean(), params, m)
+    for k in params:
+        torch.testing.assert_close(grads[k], ref[k], rtol=1e-4, atol=1e-6)
+    pair = gsnr.discriminator_gsnr(D, real, torch.randn(m, 3, 16, 16))
+    assert got["all"]["gsnr"] != pytest.approx(pair["all"]["gsnr"], rel=1e-3)  # a different loss
+
+
+def test_read_log_rows_brings_old_logs_to_the_corrected_scale():
+    old = [{"step": "10", "kimg": "1.5", "net": "G", "group": "all", "gsnr": "0.05", "params": "7", "samples": "32"},
+           {"step": "10", "kimg": "1.5", "net": "D", "group": "gap", "gsnr": "-0.002", "params": "", "samples": "1000"}]
+    new = [{**old[0], "gsnr_c": "0.0123", "gsnr_c_se": "0.001", "gsnr_pool": "0.01", "gsnr_pool_se": "nan"}]
+    a, gap = gsnr.read_log_rows(old)
+    assert a["derived"] and a["gsnr_c"] == pytest.approx(29 / 31 * 0.05 - 1 / 32) and math.isnan(a["gsnr_c_se"])
+    assert a["params"] == 7 and a["step"] == 10
+    assert not gap["derived"] and gap["gsnr"] == -0.002 and math.isnan(gap["gsnr_c"])
+    (b,) = gsnr.read_log_rows(new)
+    assert not b["derived"] and b["gsnr_c"] == 0.0123 and b["gsnr_c_se"] == 0.001 and math.isnan(b["gsnr_pool_se"])
+    with pytest.raises(ValueError, match="not a gsnr.csv row"):
+        gsnr.read_log_rows([{"step": "1", "net": "G"}])

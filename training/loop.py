@@ -637,7 +637,12 @@ class Trainer:
         return row
 
     def measure_gsnr(self) -> list:
-        """GSNR of G and D on ``gsnr_samples`` fresh samples (fp32); appends rows to ``gsnr.csv``."""
+        """GSNR of G and D on ``gsnr_samples`` fresh samples (fp32); appends rows to ``gsnr.csv``.
+
+        One row per network and parameter group: ``gsnr`` (plain), ``gsnr_c`` (bias-corrected),
+        ``gsnr_pool`` (pooled) and their jackknife errors (:func:`gsnr.group_stats`). With held-out
+        images, also net ``D_real`` (D's loss on the real faces alone, the loss whose train /
+        held-out gap the ``logit_*`` / ``gap`` rows of :meth:`generalisation_gap` follow)."""
         from . import gsnr
 
         cfg, m = self.cfg, self.cfg.gsnr_samples
@@ -651,12 +656,15 @@ class Trainer:
             fake, _ = self.generate(self.G, m)
             real = self.real_batch(m)
             fa, ra = self.aug(fake), self.aug(real)
-        d = gsnr.discriminator_gsnr(self.D, ra, fa, chunk_size=8)
+        nets = [("G", g), ("D", gsnr.discriminator_gsnr(self.D, ra, fa, chunk_size=8))]
+        if self.heldout is not None:
+            nets.append(("D_real", gsnr.discriminator_gsnr(self.D, ra, None, chunk_size=8)))
         rows = []
-        for net, res in (("G", g), ("D", d)):
+        for net, res in nets:
             for group, v in res.items():
                 rows.append({"step": self.step_count, "kimg": round(self.kimg, 3), "net": net, "group": group,
-                             "gsnr": f"{v['gsnr']:.6g}", "params": v["params"], "samples": m})
+                             "gsnr": f"{v['gsnr']:.6g}", "params": v["params"], "samples": m,
+                             **{k: f"{v[k]:.6g}" for k in ("gsnr_c", "gsnr_c_se", "gsnr_pool", "gsnr_pool_se")}})
         if self.heldout is not None:
             rows.extend(self.generalisation_gap())
         self.gsnr_rows.extend(rows)

@@ -37,28 +37,119 @@ def _rows_or_none(csv_path):
     return _rows(csv_path) or None
 
 
-def gsnr_plot_png(csv_path, title: str = "") -> bytes | None:
-    """GSNR (mean over each parameter group's parameters) against kimg, one panel per network."""
-    rows = _rows_or_none(csv_path)
-    if rows is None:
+def _float(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _group_order(g: str):
+    """``all`` last, the rest by resolution where the name carries one (``syn8`` before ``syn16``)."""
+    digits = "".join(ch for ch in g if ch.isdigit())
+    return (g == "all", g.rstrip("0123456789"), int(digits) if digits else -1, g)
+
+
+def _gsnr_panel(ax, rows: list, net: str, title: str) -> None:
+    """The corrected GSNR of each group of ``net`` against kimg, a +-2 SE band where the log has the
+    jackknife error, and the zero line (the corrected figure's no-signal level)."""
+    import math
+
+    sel = [r for r in rows if r["net"] == net and math.isfinite(r["gsnr_c"])]
+    groups = sorted({r["group"] for r in sel}, key=_group_order)
+    derived = any(r["derived"] for r in sel)
+    peak = 0.0
+    for g in groups:
+        pts = sorted((r["kimg"], r["gsnr_c"], r["gsnr_c_se"]) for r in sel if r["group"] == g)
+        x, y, se = (list(v) for v in zip(*pts))
+        line, = ax.plot(x, y, marker="o", ms=3, label=g, lw=2.5 if g == "all" else 1.2,
+                        color="k" if g == "all" else None, zorder=3 if g == "all" else 2)
+        peak = max([peak] + [abs(v) for v in y])
+        if all(math.isfinite(v) for v in se):
+            ax.fill_between(x, [a - 2 * b for a, b in zip(y, se)], [a + 2 * b for a, b in zip(y, se)],
+                            color=line.get_color(), alpha=0.25 if g == "all" else 0.12, lw=0)
+    ax.axhline(0.0, color="grey", lw=1, ls=":", label="0: no signal")
+    m = next((r["samples"] for r in sel if r["samples"]), 0)
+    if m and peak > 10.0 / m:  # GSNR that grows by decades reads better on a log scale past 1/m
+        ax.set_yscale("symlog", linthresh=1.0 / m)
+    ax.set_xlabel("kimg")
+    ax.set_ylabel("GSNR, bias-corrected (group mean)")
+    note = "from the plain figure; this log has no error bars" if derived else "band: +-2 jackknife SE"
+    ax.set_title(f"{title}\n({note}{f', m={m}' if m else ''})", fontsize=9)
+    ax.legend(fontsize=6, ncol=2, framealpha=0.6)
+
+
+def gsnr_plot_png(csv_path, title: str = "", kid_csv=None) -> bytes | None:
+    """GSNR per parameter group against kimg beside the generalisation gap and KID.
+
+    Top row: one panel per network (``G``, ``D``, and ``D_real`` where the log has it) with the
+    bias-corrected GSNR of each group (older logs: derived from the plain figure with
+    :func:`gsnr.corrected_from_plain`). Bottom row, where the log has them: D's mean logit on
+    train and held-out real faces, their gap (train - held-out), and KID-attr of G_ema against
+    the held-out faces with its interval, all on linear axes.
+
+    Args:
+        csv_path: the run's ``gsnr.csv``.
+        title: prefix of the panel titles (the model name).
+        kid_csv: the run's ``kid.csv``; default: ``kid.csv`` beside ``csv_path`` where it exists.
+    Returns:
+        PNG bytes, or None when ``gsnr.csv`` is missing or empty.
+    """
+    import math
+
+    from .gsnr import GAP_GROUPS, read_log_rows
+
+    raw = _rows_or_none(csv_path)
+    if raw is None:
         return None
-    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 4))
-    for ax, net in zip(axes, ("G", "D")):
-        groups = sorted({r["group"] for r in rows if r["net"] == net}, key=lambda g: (g == "all", g))
-        for g in groups:
-            pts = [(float(r["kimg"]), float(r["gsnr"])) for r in rows if r["net"] == net and r["group"] == g]
-            if pts:
-                x, y = zip(*pts)
-                ax.plot(x, y, label=g, lw=2.5 if g == "all" else 1.2, color="k" if g == "all" else None)
-        m = next((int(r["samples"]) for r in rows if r.get("samples")), 0)
-        if m:
-            ax.axhline(1 / m, ls=":", color="grey", lw=1, label=f"1/m noise floor (m={m})")
-        ax.set_yscale("log")
-        ax.set_xlabel("kimg")
-        ax.set_ylabel("GSNR (group mean over parameters)")
-        ax.set_title(f"{title} {net}".strip())
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    rows = read_log_rows(raw)
+    kid_path = Path(kid_csv) if kid_csv is not None else Path(csv_path).with_name("kid.csv")
+    kid_rows = _rows_or_none(kid_path) or []
+    gap = {g: sorted((r["kimg"], r["gsnr"]) for r in rows if r["net"] == "D" and r["group"] == g) for g in GAP_GROUPS}
+    rows = [r for r in rows if not (r["net"] == "D" and r["group"] in GAP_GROUPS)]
+    nets = [n for n in ("G", "D", "D_real") if any(r["net"] == n for r in rows)]
+    nets += sorted({r["net"] for r in rows} - set(nets))
+    bottom = (2 if any(gap.values()) else 0) + (1 if kid_rows else 0)
+    ntop = max(len(nets), 1)
+    cols = math.lcm(ntop, bottom or 1)
+    fig = _pyplot().figure(figsize=(5.0 * max(ntop, bottom), 4.2 * (2 if bottom else 1)), layout="constrained")
+    grid = fig.add_gridspec(2 if bottom else 1, cols)
+    names = {"G": "G", "D": "D (real + fake loss)", "D_real": "D on real faces alone"}
+    w = cols // ntop
+    for i, net in enumerate(nets):
+        _gsnr_panel(fig.add_subplot(grid[0, i * w:(i + 1) * w]), rows, net, f"{title} {names.get(net, net)}".strip())
+    if bottom:
+        w = cols // bottom
+        bax = [fig.add_subplot(grid[1, i * w:(i + 1) * w]) for i in range(bottom)]
+        if any(gap.values()):
+            ax = bax.pop(0)
+            for g, label in (("logit_train", "train faces"), ("logit_heldout", "held-out faces")):
+                if gap[g]:
+                    ax.plot(*zip(*gap[g]), marker="o", ms=3, label=label)
+            ax.set_title(f"{title} D mean logit on real faces".strip(), fontsize=9)
+            ax.set_xlabel("kimg")
+            ax.set_ylabel("mean D logit")
+            ax.legend(fontsize=7)
+            ax = bax.pop(0)
+            if gap["gap"]:
+                ax.plot(*zip(*gap["gap"]), marker="o", ms=3, color="C3", label="train - held-out")
+            ax.axhline(0.0, color="grey", lw=0.8)
+            ax.set_title(f"{title} generalisation gap of D".strip(), fontsize=9)
+            ax.set_xlabel("kimg")
+            ax.set_ylabel("logit gap (train - held-out)")
+            ax.legend(fontsize=7)
+        if kid_rows:
+            ax = bax.pop(0)
+            pts = sorted(p for p in ((_float(r.get("kimg")), _float(r.get("kid")), _float(r.get("ci_low")),
+                                      _float(r.get("ci_high"))) for r in kid_rows) if math.isfinite(p[0] + p[1]))
+            x, y, lo, hi = (list(v) for v in zip(*pts)) if pts else ([], [], [], [])
+            ax.plot(x, y, marker="o", ms=3, color="C2", label="KID-attr, G_ema vs held-out")
+            if all(math.isfinite(v) for v in lo + hi):
+                ax.fill_between(x, lo, hi, color="C2", alpha=0.2, lw=0, label="bootstrap interval")
+            ax.set_title(f"{title} KID vs held-out faces".strip(), fontsize=9)
+            ax.set_xlabel("kimg")
+            ax.set_ylabel("KID-attr")
+            ax.legend(fontsize=7)
     return _fig_png(fig)
 
 
