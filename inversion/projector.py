@@ -70,6 +70,25 @@ DEFAULT_NOISE_FACTOR = 0.05  # NVIDIA's latent-noise start, in w_std units
 _W_STD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+def default_path(G, device) -> str:
+    """The synthesis path a projector on ``device`` takes when its options name none.
+
+    On the CPU ``poly`` (``networks.fastsynth``: the frozen generator's polyphase kernels and
+    affine weights are computed once and cached, the up-sampling blur pass is gone): a 64 px
+    hybrid step of one face (synthesis, discriminator-feature loss, prior, backward, Adam) took
+    34.7 ms there against 41.9 ms on ``shared`` and 55.3 ms on ``reference``, with the same
+    reconstructions of 100 held-out faces (23.13 dB each; identity within 0.0002) (2-core CPU,
+    two threads, ``bench/scripts/hybrid_cpu_steps.py --paths``,
+    ``bench/results/photo_path/hybrid_cpu_paths.md``). ``shared`` on CUDA, and wherever a
+    filter is not the 4-tap one ``poly`` supports. The three are one function to float rounding.
+    """
+    synthesis = G.synthesis
+    firs = [m.fir for m in synthesis.modules() if isinstance(getattr(m, "fir", None), torch.Tensor)]
+    if torch.device(device).type == "cpu" and firs and all(f.numel() == 4 for f in firs):
+        return "poly"
+    return "shared"
+
+
 def default_steps(device) -> int:
     """Default number of steps on ``device`` (50 on CPU, 300 on CUDA)."""
     return DEFAULT_STEPS["cuda" if torch.device(device).type == "cuda" else "cpu"]
@@ -155,7 +174,8 @@ class Projector:
         self.mse_weight, self.perceptual_weight = options.mse_weight, options.perceptual_weight
         self.patience, self.min_delta = options.patience, options.min_delta
         self.seed = options.seed
-        self.path, self.amp, self.cuda_graphs = options.path, options.amp, options.cuda_graphs
+        self.path = options.path if options.path is not None else default_path(G, self.device)
+        self.amp, self.cuda_graphs = options.amp, options.cuda_graphs
         self._reduce_overhead = options.compile is Compile.REDUCE_OVERHEAD
         if (self.cuda_graphs or self._reduce_overhead) and self.device.type != "cuda":
             what = "cuda_graphs=True" if self.cuda_graphs else "compile='reduce-overhead'"
@@ -223,12 +243,14 @@ class Projector:
         return out
 
     # -- the loop ----------------------------------------------------------------------
-    def project(self, target: torch.Tensor, *, callback=None) -> ProjectionResult:
+    def project(self, target: torch.Tensor, *, callback=None, prepared=None) -> ProjectionResult:
         """Invert a batch of target images.
 
         Args:
             target: ``[B, 3, R, R]`` in [-1, 1] at the generator's resolution.
             callback: optional ``callback(step, losses_dict)`` after each step.
+            prepared: the perceptual loss's ``prepare(target)`` when the caller has it already
+                (the target's features, computed once per batch); ``None``: computed here.
         """
         G, dev = self.G, self.device
         R = G.resolution
@@ -248,7 +270,8 @@ class Projector:
                      for b in G.synthesis.noise_buffers()]
             normalize_noise_(noise)
         w_std = self._w_std()
-        prepared = self.perceptual.prepare(target) if self.perceptual is not None else None
+        if prepared is None and self.perceptual is not None:
+            prepared = self.perceptual.prepare(target)
         stopper = _EarlyStop(self, B)
         t0 = time.perf_counter()
         graph = "off"
@@ -615,7 +638,7 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
                   arch=getattr(G, "arch", "stylegan2"))
 
 
-__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "DEFAULT_STEPS",
+__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "default_path", "DEFAULT_STEPS",
            "DEFAULT_PRIOR_WEIGHT", "InversionOptions", "graph_summary"]
 
 

@@ -322,3 +322,89 @@ def test_cuda_graph_step_with_the_prior_replays_and_matches_the_eager_loop(G):
     new = Projector(Gc, InversionOptions(cuda_graphs=True, **kw), prior=prior).project(target)
     assert new.graph == "replayed"
     assert torch.allclose(new.ws, ref.ws, atol=1e-3, rtol=1e-3)
+
+
+def _disc(G):
+    from faceedit.networks import Discriminator
+
+    torch.manual_seed(1)
+    return Discriminator(resolution=G.resolution, channel_base=128, channel_max=16).eval()
+
+
+def test_cpu_step_takes_the_polyphase_path_and_ends_at_the_reference_latent(G):
+    """On the CPU a projector given no path runs ``poly`` (default_path); 12 steps of the hybrid's
+    settings (offset from a code, lr 0.3, no latent noise, discriminator-feature loss) end at the
+    latent the reference path (NVIDIA's grouped convs) reaches: codes within 2e-5 (2e-6 seen) of a
+    run that moves them by about 2.7, losses and the loss history within 1e-4 relative."""
+    from faceedit.inversion.projector import default_path
+
+    D = _disc(G)
+    target = _target(G, n=2)
+    with torch.no_grad():
+        base = G.mapping(G.sample_z(2, seed=11))
+
+    def run(path):
+        p = Projector(G, InversionOptions(space="w+", steps=12, lr=0.3, noise_factor=0.0, perceptual="disc",
+                                          path=path), D=D)
+        p.space = _FromCodes(G, "w+", base=base)
+        return p, p.project(target)
+
+    fast, a = run(None)
+    assert fast.path == "poly" == default_path(G, "cpu") and default_path(G, "cuda") == "shared"
+    _, ref = run("reference")
+    moved = float((ref.ws - base).abs().max())
+    assert 1 < moved < 10  # the steps move the codes
+    assert float((a.ws - ref.ws).abs().max()) < 2e-5
+    assert a.losses["total"] == pytest.approx(ref.losses["total"], rel=1e-4)
+    assert a.history == pytest.approx(ref.history, rel=1e-4)
+
+
+def test_default_path_leaves_poly_for_filters_it_cannot_run(G):
+    """A generator whose resampling filter is not the 4-tap one takes ``shared`` on the CPU too."""
+    import copy
+
+    from faceedit.inversion.projector import default_path
+    from faceedit.networks.ops import make_fir
+
+    odd = copy.deepcopy(G)
+    for m in odd.synthesis.modules():
+        if isinstance(getattr(m, "fir", None), torch.Tensor):
+            m.fir = make_fir((1, 5, 10, 10, 5, 1))
+    assert default_path(G, "cpu") == "poly" and default_path(odd, "cpu") == "shared"
+    opts = InversionOptions(space="w+", steps=2, perceptual="none")
+    assert Projector(odd, opts).path == "shared" and Projector(G, opts.replace(path="reference")).path == "reference"
+
+
+def test_hybrid_computes_the_targets_features_once_per_batch(G, monkeypatch):
+    """The hybrid's encoder losses and its optimisation share one ``prepare`` of the targets (the
+    discriminator's features of the faces), and the result is the one a second ``prepare`` gave."""
+    from faceedit.inversion.hybrid import hybrid_invert
+    from faceedit.inversion.losses import DiscFeatureLoss
+    from faceedit.networks.encoder import Encoder
+
+    D = _disc(G)
+    torch.manual_seed(0)
+    E = Encoder(16, G.num_ws, 16, "w+", channel_base=256, channel_max=32, channel_min=8, fpn_channels=16,
+                head_channels=16)
+    target = _target(G, n=3)
+    kw = dict(G=G, D=D, encoder=E, prior="none", perceptual="disc", batch_size=2)
+    calls = []
+    prepare = DiscFeatureLoss.prepare
+
+    def counting(self, t):
+        calls.append(t.shape[0])
+        return prepare(self, t)
+
+    monkeypatch.setattr(DiscFeatureLoss, "prepare", counting)
+    lat = hybrid_invert(target, None, "w+", 4, **kw)
+    assert calls == [2, 1]  # two batches, one prepare each
+    twice = []
+
+    def prepare_again(self, target, *, callback=None, prepared=None):
+        twice.append(prepared is not None)
+        return project(self, target, callback=callback)  # computes the features itself
+
+    project = Projector.project
+    monkeypatch.setattr(Projector, "project", prepare_again)
+    again = hybrid_invert(target, None, "w+", 4, **kw)
+    assert twice == [True, True] and torch.equal(again.codes, lat.codes)
