@@ -1,0 +1,50 @@
+"""bench/scripts/photo_path.py: the wait for a quiet machine and the table of where the command's time went
+(the timed runs themselves are the benchmark's, not the suite's)."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def pp():
+    spec = importlib.util.spec_from_file_location(
+        "photo_path", Path(__file__).resolve().parents[1] / "bench" / "scripts" / "photo_path.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(wall, **timings):
+    return {"wall_s": wall, "load": 0.1, "timings": timings}
+
+
+def test_where_the_time_went_adds_the_main_path_and_leaves_the_rest_to_start_up(pp):
+    res = {"cli": {"baseline": {"photo": [_run(3.0, load=0.1, align_wait=0.2, invert=1.5, write=0.2, read=0.05),
+                                          _run(3.4, load=0.1, align_wait=0.2, invert=1.7, write=0.2, read=0.05),
+                                          _run(3.2, load=0.1, align_wait=0.2, invert=1.6, write=0.2, read=0.05)]},
+                   "current": {"photo": [_run(2.5, load=0.1, preload=0.1, align_wait=0.0, invert=0.8, write=0.1,
+                                              read=0.04)] * 3}}}
+    lines = pp.command_stages_table(res)
+    rows = {ln.split(" | ")[0].lstrip("| "): ln.rstrip(" |").split(" | ")[1:] for ln in lines if ln.startswith("| ")}
+    assert rows["invert"] == ["1.60 s", "800 ms"]
+    assert rows["preload"] == ["-", "100 ms"]  # a stage one tree does not have
+    assert rows["read"] == ["50 ms", "40 ms"]  # the worker's, listed after the main path
+    # the rest: wall less the main path's stages (read and align ran in the worker, overlapped)
+    assert rows["the rest: start-up (Python, imports, torch), exit"] == ["1.10 s", "1.40 s"]
+    assert list(rows)[2:5] == ["load", "preload", "align_wait"]  # the main path in its order, after the header
+    assert pp.command_stages_table({"cli": {"baseline": {"photo": [_run(3.0)]}, "current": {"photo": []}}}) == []
+
+
+def test_wait_for_quiet_waits_for_the_load_and_gives_up_after_its_time(pp, monkeypatch):
+    loads = iter([0.9, 0.6, 0.2, 0.2])
+    monkeypatch.setattr(pp, "_load", lambda: next(loads))
+    slept = []
+    monkeypatch.setattr(pp.time, "sleep", slept.append)
+    monkeypatch.setitem(pp.QUIET, "max_load", 0.3)
+    monkeypatch.setitem(pp.QUIET, "wait_s", 600.0)
+    assert pp._wait_for_quiet() == 0.2 and len(slept) == 2
+    monkeypatch.setattr(pp, "_load", lambda: 5.0)
+    clock = iter(range(0, 10_000, 100))
+    monkeypatch.setattr(pp.time, "monotonic", lambda: next(clock))
+    assert pp._wait_for_quiet() == 5.0  # a machine that stays busy: the run goes on, its load recorded
