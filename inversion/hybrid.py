@@ -24,10 +24,10 @@ On the CPU the default is 20 steps, chosen by what a step buys there against wha
 faces, against 30 steps (the earlier default), 20 steps lose 1.40 dB PSNR (23.13 vs 24.53 dB)
 and 0.021 identity (0.951 vs 0.972), 25 steps 0.55 dB and 0.004, 15 steps 2.02 dB and 0.025;
 each step cost about 45-75 ms of a one-photo edit on a 2-core CPU on the ``shared`` synthesis path,
-and 20 is the count that kept `faceedit edit PHOTO` near 3 s there. On the CPU the step now runs the
+and 20 is the count that kept `faceedit edit PHOTO` near 3 s there. On the CPU the step runs the
 ``poly`` path (``inversion.projector.default_path``): about 35 ms with two threads, the same
-reconstructions (``bench/results/photo_path/hybrid_cpu_paths.md``). The photo keeps its own detail either way (the
-residual paste-back adds only the edit's change); pass ``steps`` (``--steps``) for more.
+reconstructions (``bench/results/photo_path/hybrid_cpu_paths.md``). The photo keeps its own detail
+either way (the residual paste-back adds only the edit's change); pass ``steps`` (``--steps``) for more.
 
 Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'
 validation tail; ``bench/scripts/hybrid_sweep.py``, ``bench/results/methods/sweep_val.json``), H100, identity
