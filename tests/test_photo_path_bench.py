@@ -1,18 +1,11 @@
 """bench/scripts/photo_path.py: the wait for a quiet machine and the table of where the command's time went
 (the timed runs themselves are the benchmark's, not the suite's)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 
 @pytest.fixture(scope="module")
-def pp():
-    spec = importlib.util.spec_from_file_location(
-        "photo_path", Path(__file__).resolve().parents[1] / "bench" / "scripts" / "photo_path.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def pp(bench_script):
+    return bench_script("photo_path")
 
 
 def _run(wall, **timings):
