@@ -1,5 +1,5 @@
 """bench/scripts/photo_path.py: the wait for a quiet machine and the table of where the command's time went
-(the timed runs themselves are the benchmark's, not the suite's)."""
+(the timed runs themselves are the benchmark's, not the suite's); hybrid_cpu_steps.py's argument checks."""
 import pytest
 
 
@@ -41,3 +41,16 @@ def test_wait_for_quiet_waits_for_the_load_and_gives_up_after_its_time(pp, monke
     clock = iter(range(0, 10_000, 100))
     monkeypatch.setattr(pp.time, "monotonic", lambda: next(clock))
     assert pp._wait_for_quiet() == 5.0  # a machine that stays busy: the run goes on, its load recorded
+
+
+@pytest.mark.parametrize("args, message", [(["--steps", "20,25", "--ref", "30"], "--ref 30 is not one of --steps"),
+                                           (["--paths", "poly,fast"], "--paths takes default or reference"),
+                                           (["--paths", ","], "--paths takes")])
+def test_hybrid_cpu_steps_refuses_a_run_it_could_not_report_before_loading_anything(bench_script, capsys, args,
+                                                                                    message):
+    """A --ref step count the run leaves out (no row to pair with) or an unknown path is a usage
+    error at once, not a failure after the faces are inverted."""
+    steps = bench_script("hybrid_cpu_steps")
+    with pytest.raises(SystemExit) as e:
+        steps.main(["--pack", "/nonexistent.npz", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err

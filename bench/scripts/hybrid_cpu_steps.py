@@ -51,6 +51,15 @@ def main(argv=None) -> int:
     ap.add_argument("--stem", default="hybrid_cpu_steps", help="the output files' name")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
     a = ap.parse_args(argv)
+    paths = [p.strip() for p in a.paths.split(",") if p.strip()]
+    step_counts = [int(s) for s in a.steps.split(",")]
+    from faceedit.networks import SYNTHESIS_PATHS
+
+    bad = [p for p in paths if p != "default" and p not in SYNTHESIS_PATHS]
+    if bad or not paths:
+        ap.error(f"--paths takes default or {', '.join(SYNTHESIS_PATHS)}, got {a.paths!r}")
+    if a.ref not in step_counts:
+        ap.error(f"--ref {a.ref} is not one of --steps {a.steps}: the paired differences need that run")
     import torch
 
     torch.set_num_threads(a.threads)
@@ -69,10 +78,9 @@ def main(argv=None) -> int:
     m = load_model("faces64", device="cpu", with_discriminator=True)
     prior = load_prior(m, m.G)
     ident = IdentityEncoder()
-    paths = [p.strip() for p in a.paths.split(",") if p.strip()]
     rows = []
     for path in paths:
-        for steps in (int(s) for s in a.steps.split(",")):
+        for steps in step_counts:
             if steps == 0 and path != paths[0]:
                 continue  # the encoder alone takes no path
             method, kw = ("encoder", {}) if steps == 0 else ("hybrid", {"steps": steps, "D": m.D, "prior": prior})
