@@ -70,21 +70,43 @@ DEFAULT_NOISE_FACTOR = 0.05  # NVIDIA's latent-noise start, in w_std units
 _W_STD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+#: The CPU projector takes ``poly`` up to this many multiply-adds per image in the generator's
+#: up-sampling convs (:func:`up_conv_macs`; see :func:`default_path`).
+POLY_CPU_MAX_UP_MACS = 300e6
+
+
+def up_conv_macs(G) -> int:
+    """Multiply-adds per image of the synthesis network's up-sampling convs as transposed convs
+    (``Cout * Cin * 9`` per input pixel; ``poly`` spends 4x as many); 0 where it has none."""
+    return sum(int(m.weight.shape[0] * m.weight.shape[1] * 9 * (m.resolution // 2) ** 2)
+               for m in getattr(G.synthesis, "convs_up", ()))
+
+
 def default_path(G, device) -> str:
     """The synthesis path a projector on ``device`` takes when its options name none.
 
-    On the CPU ``poly`` (``networks.fastsynth``: the frozen generator's polyphase kernels and
-    affine weights are computed once and cached, the up-sampling blur pass is gone): a 64 px
-    hybrid step of one face (synthesis, discriminator-feature loss, prior, backward, Adam) took
-    34.7 ms there against 41.9 ms on ``shared`` and 55.3 ms on ``reference``, with the same
-    reconstructions of 100 held-out faces (23.13 dB each; identity within 0.0002) (2-core CPU,
-    two threads, ``bench/scripts/hybrid_cpu_steps.py --paths``,
-    ``bench/results/photo_path/hybrid_cpu_paths.md``). ``shared`` on CUDA, and wherever a
-    filter is not the 4-tap one ``poly`` supports. The three are one function to float rounding.
+    ``poly`` on the CPU for a generator up to :data:`POLY_CPU_MAX_UP_MACS` up-conv
+    multiply-adds (:func:`up_conv_macs`; the shipped 64 px models have 66M), ``shared`` for
+    larger ones, on CUDA, and wherever a filter is not the 4-tap one ``poly`` supports. The
+    three paths are one function to float rounding; ``poly`` (``networks.fastsynth``: the frozen
+    generator's polyphase kernels and affine weights cached, no up-sampling blur pass) runs fewer,
+    larger operations for 4x the up-convs' multiply-adds, which pays on the CPU only where a step
+    is bound by the operations, not by the arithmetic.
+
+    Measured on a 2-core CPU: a 64 px hybrid step of one faces64 face (synthesis,
+    discriminator-feature loss, prior, backward, Adam) took 34.7 ms on ``poly`` against 41.9 ms
+    on ``shared`` and 55.3 ms on ``reference`` (two threads), with the same reconstructions of
+    100 held-out faces (23.13 dB each; identity within 0.0002) (``bench/scripts/hybrid_cpu_steps.py
+    --paths``, ``bench/results/photo_path/hybrid_cpu_paths.md``). The synthesis step alone
+    (forward and backward to the codes, ``bench/scripts/cpu_synthesis_paths.py``,
+    ``bench/results/photo_path/cpu_synthesis_paths_{1,2}t.md``) took 0.79-0.95x ``shared``'s time
+    on ``poly`` up to 264M up-conv multiply-adds with two threads (0.93-1.07x with one), and
+    1.08-1.25x from 793M on (1.20-1.39x with one; FFHQ's widths: 3.2G at 64 px, 12.9G at 256 px).
     """
     synthesis = G.synthesis
     firs = [m.fir for m in synthesis.modules() if isinstance(getattr(m, "fir", None), torch.Tensor)]
-    if torch.device(device).type == "cpu" and firs and all(f.numel() == 4 for f in firs):
+    if (torch.device(device).type == "cpu" and firs and all(f.numel() == 4 for f in firs)
+            and up_conv_macs(G) <= POLY_CPU_MAX_UP_MACS):
         return "poly"
     return "shared"
 
@@ -638,8 +660,8 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
                   arch=getattr(G, "arch", "stylegan2"))
 
 
-__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "default_path", "DEFAULT_STEPS",
-           "DEFAULT_PRIOR_WEIGHT", "InversionOptions", "graph_summary"]
+__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "default_path", "up_conv_macs",
+           "POLY_CPU_MAX_UP_MACS", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT", "InversionOptions", "graph_summary"]
 
 
 def graph_summary(results: list) -> str:

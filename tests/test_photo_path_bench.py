@@ -1,5 +1,6 @@
 """bench/scripts/photo_path.py: the wait for a quiet machine and the table of where the command's time went
-(the timed runs themselves are the benchmark's, not the suite's); hybrid_cpu_steps.py's argument checks."""
+(the timed runs themselves are the benchmark's, not the suite's); hybrid_cpu_steps.py's argument checks;
+cpu_synthesis_paths.py's table at a toy size."""
 import pytest
 
 
@@ -54,3 +55,24 @@ def test_hybrid_cpu_steps_refuses_a_run_it_could_not_report_before_loading_anyth
     with pytest.raises(SystemExit) as e:
         steps.main(["--pack", "/nonexistent.npz", *args])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_cpu_synthesis_paths_reports_each_path_and_the_projectors_choice(bench_script, tmp_path):
+    """One toy size: a row with the three paths' times, the up-conv count the rule reads and the
+    path ``default_path`` takes for it; a malformed --sizes is a usage error."""
+    import json
+
+    from faceedit.inversion.projector import up_conv_macs
+    from faceedit.networks import Generator
+
+    paths = bench_script("cpu_synthesis_paths")
+    assert paths.main(["--sizes", "16:128:16", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "cpu_synthesis_paths_1t.json").read_text())["rows"]
+    g = Generator(z_dim=256, w_dim=256, resolution=16, channel_base=128, channel_max=16, mapping_layers=2)
+    assert len(rows) == 1 and rows[0]["up_conv_macs"] == up_conv_macs(g) and rows[0]["default"] == "poly"
+    assert set(rows[0]["seconds"]) == {"reference", "shared", "poly"} and min(rows[0]["seconds"].values()) > 0
+    table = (tmp_path / "cpu_synthesis_paths_1t.md").read_text().splitlines()
+    assert table[-1].startswith("| 16 | 128 | 16 | 0M |") and "| poly | " in table[-1]
+    with pytest.raises(SystemExit) as e:
+        paths.main(["--sizes", "64:2048"])
+    assert e.value.code == 2

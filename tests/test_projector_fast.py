@@ -514,3 +514,18 @@ def test_cpu_default_path_follows_generator_weights_changed_in_place(G):
     ref = Projector(G2, opts.replace(path="reference")).project(target)
     assert float((after.ws - ref.ws).abs().max()) < 1e-4
     assert float((after.ws - before.ws).abs().max()) > 1e-2
+
+
+def test_default_path_takes_poly_on_the_cpu_only_for_small_generators(G, monkeypatch):
+    """``poly`` spends 4x the up-convs' multiply-adds: the CPU takes it up to
+    ``POLY_CPU_MAX_UP_MACS`` of them (:func:`up_conv_macs`, counted by hand here), ``shared`` above."""
+    import faceedit.inversion.projector as mod
+
+    # up-convs of the 16 px toy: 4 -> 8 px (16 -> 16 channels), 8 -> 16 px (16 -> 8); 9 taps per input pixel
+    assert mod.up_conv_macs(G) == 16 * 16 * 9 * 4 ** 2 + 8 * 16 * 9 * 8 ** 2
+    assert mod.up_conv_macs(G) <= mod.POLY_CPU_MAX_UP_MACS
+    monkeypatch.setattr(mod, "POLY_CPU_MAX_UP_MACS", mod.up_conv_macs(G))
+    assert mod.default_path(G, "cpu") == "poly"
+    monkeypatch.setattr(mod, "POLY_CPU_MAX_UP_MACS", mod.up_conv_macs(G) - 1)
+    assert mod.default_path(G, "cpu") == "shared"
+    assert Projector(G, InversionOptions(space="w+", steps=1, perceptual="none")).path == "shared"
