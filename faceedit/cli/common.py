@@ -103,7 +103,9 @@ class ProgramExit:
     (the normal exit goes on) where no status was recorded or the status is not an integer
     (a message), in a ``torchrun`` launch (``WORLD_SIZE`` set: the process group's own
     teardown is left to run), and where ``faceedit`` is not the program itself (its ``main``
-    called from another program, e.g. a test: the other program's exit is its own).
+    called from another program, e.g. a test: the other program's exit is its own). Exit handlers
+    registered before :meth:`arm` (before ``main``: a coverage or tracing hook started with the
+    interpreter) do not run.
     """
 
     def __init__(self):
