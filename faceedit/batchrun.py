@@ -783,7 +783,12 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
                     t0 = time.perf_counter()
                     if aligner is not None:  # the photo read and aligned in the worker started before torch
                         on_cpu = {k: v for k, v in pipe.align_options(face).items() if k != "device"}
-                        aligned = aligner.submit(src, **on_cpu).result()
+                        pending = aligner.submit(src, **on_cpu)
+                        pipe.preload(attributes)  # meanwhile: the files the inversion and the edit read first
+                        t_pre = time.perf_counter()
+                        aligned = pending.result()
+                        aligned[2]["preload"] = t_pre - t0
+                        t0 = t_pre  # the wait below: for the result alone
                     elif items is not None:
                         item = next(items)
                         if item.exception is not None:

@@ -328,6 +328,7 @@ class Pipeline:
         self.invert_options = dict(invert_options or {})
         self.paste_options = dict(paste_options or {})
         self._prior = None
+        self._encoder = None  # the hybrid's (and encoder method's) encoder, read once
         self._identity = None
         self._codes = None  # mapping samples for conditional directions made on the fly
         self.load_seconds = time.perf_counter() - t0
@@ -378,17 +379,55 @@ class Pipeline:
             opts["cuda_graphs"] = True
         prior = opts.pop("prior", "gaussian")
         if prior == "gaussian":
-            if self._prior is None:
-                from faceedit.inversion.prior import load_prior
-
-                self._prior = load_prior(self.model, self.G)
-            prior = self._prior
+            prior = self._model_prior()
+        if self.method != "optim" and "encoder" not in opts:
+            opts["encoder"] = self._model_encoder()
         from faceedit.batching import retry_smaller
 
         bs = opts.pop("batch_size", max(1, len(faces)))
         return retry_smaller(lambda b: invert_with(self.method, list(faces), self.model, space=self.space, G=self.G,
                                                    D=self.model.D, prior=prior, batch_size=b, callback=callback,
                                                    **opts), bs)
+
+    def _model_prior(self):
+        """The model's Gaussianized prior, loaded on first use."""
+        if self._prior is None:
+            from faceedit.inversion.prior import load_prior
+
+            self._prior = load_prior(self.model, self.G)
+        return self._prior
+
+    def _model_encoder(self):
+        """The model's encoder for ``self.space`` (``inversion.encoder.encoder_for``), loaded on
+        first use; ``None`` where the model ships none (the method then says so itself)."""
+        if self._encoder is None:
+            from faceedit.inversion.encoder import encoder_for, has_encoder
+
+            if not has_encoder(self.model, self.space):
+                return None
+            self._encoder = encoder_for(self.model, self.space, G=self.G, device=self.device)[0]
+        return self._encoder
+
+    def preload(self, attributes=()) -> None:
+        """Read now what inverting and editing a photo would read on first use: the prior (with
+        the default ``prior``), the encoder (methods other than ``optim``), the directions of
+        ``attributes`` and the paste-back's image library. Nothing changes but when the files
+        are read: ``faceedit edit PHOTO`` calls it while the photo is aligned in the background.
+
+        Args:
+            attributes: the edit's ``{key: strength}`` (or keys).
+        Raises:
+            CheckpointError, EncoderError, DirectionError: as inverting and editing would raise them.
+        """
+        if self.invert_options.get("prior", "gaussian") == "gaussian":
+            self._model_prior()
+        if self.method != "optim" and "encoder" not in self.invert_options:
+            self._model_encoder()
+        if attributes:
+            from faceedit.editing import resolve_directions
+
+            resolve_directions(self.model_id, with_default_strength(attributes), self.directions, self.space)
+        import cv2  # noqa: F401 -- paste_back's warps; its import is the first paste's largest cost
 
     def invert_faces(self, faces: list, *, callback: StepCallback | None = None,
                      identity: bool = False) -> Inversion:
@@ -627,7 +666,8 @@ class Pipeline:
             aligned: the photo read and aligned elsewhere: ``(photo, AlignmentReport, {"read": s,
                 "align": s})`` as ``faceedit.alignment.background.read_and_align`` returns them
                 with :meth:`align_options` (``face`` as here; the dict may also give the ``wait``
-                for them, recorded as ``align_wait``); ``None``: read and align here.
+                for them, recorded as ``align_wait``, and the ``preload`` time spent meanwhile,
+                :meth:`preload`); ``None``: read and align here.
         Returns:
             The record.
         Raises:
@@ -667,6 +707,8 @@ class Pipeline:
         if done is not None:  # read and aligned in the background: their own times, and the wait for them
             timings.update(read=round(done["read"], 3), align=round(done["align"], 3),
                            align_wait=round(done.get("wait", t_read), 3))
+            if "preload" in done:
+                timings["preload"] = round(done["preload"], 3)
         if strengths:
             stage(f"sweeping {', '.join(map(str, attributes))} over {len(strengths)} strengths")
         sweep = (self.sweep(faces, list(attributes), strengths, photo=photo, layers=layers)

@@ -23,9 +23,11 @@ On the CPU the default is 20 steps, chosen by what a step buys there against wha
 (``bench/scripts/hybrid_cpu_steps.py``, ``bench/results/photo_path/``): on 100 held-out TRAIN
 faces, against 30 steps (the earlier default), 20 steps lose 1.40 dB PSNR (23.13 vs 24.53 dB)
 and 0.021 identity (0.951 vs 0.972), 25 steps 0.55 dB and 0.004, 15 steps 2.02 dB and 0.025;
-each step costs about 45-75 ms of a one-photo edit on a 2-core CPU, and 20 is the count that
-keeps `faceedit edit PHOTO` near 3 s there. The photo keeps its own detail either way (the
-residual paste-back adds only the edit's change); pass ``steps`` (``--steps``) for more.
+each step cost about 45-75 ms of a one-photo edit on a 2-core CPU on the ``shared`` synthesis path,
+and 20 is the count that kept `faceedit edit PHOTO` near 3 s there. On the CPU the step runs the
+``poly`` path (``inversion.projector.default_path``): about 35 ms with two threads, the same
+reconstructions (``bench/results/photo_path/hybrid_cpu_paths.md``). The photo keeps its own detail
+either way (the residual paste-back adds only the edit's change); pass ``steps`` (``--steps``) for more.
 
 Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'
 validation tail; ``bench/scripts/hybrid_sweep.py``, ``bench/results/methods/sweep_val.json``), H100, identity
@@ -159,8 +161,8 @@ def hybrid_invert(images, model=None, space: str | None = None, steps: int | Non
         for k, v in el.items():
             enc_losses.setdefault(k, []).extend(v.float().cpu().tolist())
         proj.space = _FromCodes(G, space, base=codes)
-        results.append(proj.project(tb, callback=batch_callback(callback, i // batch_size, steps, target.shape[0],
-                                                                batch_size)))
+        results.append(proj.project(tb, prepared=prepared, callback=batch_callback(
+            callback, i // batch_size, steps, target.shape[0], batch_size)))
         if progress is not None:
             progress(min(i + batch_size, target.shape[0]))
     ws = torch.cat([r.ws for r in results]).cpu()

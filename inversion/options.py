@@ -84,7 +84,8 @@ class InversionOptions:
         patience, min_delta: early stop (``patience`` None: off).
         seed: seeds the latent noise, the noise maps and the ``wpp-z`` start.
         path: synthesis path, one of ``networks.SYNTHESIS_PATHS`` (``shared``: faster for
-            batches; ``reference``: NVIDIA's grouped convs; ``poly``: the polyphase GPU path).
+            batches; ``reference``: NVIDIA's grouped convs; ``poly``: the polyphase path), or
+            None: the projector's choice for its device (``inversion.projector.default_path``).
         amp: None (float32) or ``bf16``: synthesis and the perceptual loss under bf16
             autocast on CUDA (losses and the optimiser stay float32).
         compile: a :class:`Compile` (or its name; ``True``/``False`` mean ``default``/``off``).
@@ -113,7 +114,7 @@ class InversionOptions:
     patience: int | None = None
     min_delta: float = 1e-3
     seed: int = 0
-    path: str = "shared"
+    path: str | None = None
     amp: str | None = None
     compile: Compile = Compile.OFF
     cuda_graphs: bool = False
@@ -142,7 +143,7 @@ class InversionOptions:
         put(self, "compile", _enum(Compile, compile_, "compile"))
         from faceedit.networks import SYNTHESIS_PATHS  # here, so the names above load without torch (the CLI)
 
-        if self.path not in SYNTHESIS_PATHS:
+        if self.path is not None and self.path not in SYNTHESIS_PATHS:
             raise InversionError(f"path must be one of {', '.join(SYNTHESIS_PATHS)}, got {self.path!r}")
         if self.amp == "none":
             put(self, "amp", None)

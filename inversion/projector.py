@@ -70,6 +70,47 @@ DEFAULT_NOISE_FACTOR = 0.05  # NVIDIA's latent-noise start, in w_std units
 _W_STD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
+#: The CPU projector takes ``poly`` up to this many multiply-adds per image in the generator's
+#: up-sampling convs (:func:`up_conv_macs`; see :func:`default_path`).
+POLY_CPU_MAX_UP_MACS = 300e6
+
+
+def up_conv_macs(G) -> int:
+    """Multiply-adds per image of the synthesis network's up-sampling convs as transposed convs
+    (``Cout * Cin * 9`` per input pixel; ``poly`` spends 4x as many); 0 where it has none."""
+    return sum(int(m.weight.shape[0] * m.weight.shape[1] * 9 * (m.resolution // 2) ** 2)
+               for m in getattr(G.synthesis, "convs_up", ()))
+
+
+def default_path(G, device) -> str:
+    """The synthesis path a projector on ``device`` takes when its options name none.
+
+    ``poly`` on the CPU for a generator up to :data:`POLY_CPU_MAX_UP_MACS` up-conv
+    multiply-adds (:func:`up_conv_macs`; the shipped 64 px models have 66M), ``shared`` for
+    larger ones, on CUDA, and wherever a filter is not the 4-tap one ``poly`` supports. The
+    three paths are one function to float rounding; ``poly`` (``networks.fastsynth``: the frozen
+    generator's polyphase kernels and affine weights cached, no up-sampling blur pass) runs fewer,
+    larger operations for 4x the up-convs' multiply-adds, which pays on the CPU only where a step
+    is bound by the operations, not by the arithmetic.
+
+    Measured on a 2-core CPU: a 64 px hybrid step of one faces64 face (synthesis,
+    discriminator-feature loss, prior, backward, Adam) took 34.7 ms on ``poly`` against 41.9 ms
+    on ``shared`` and 55.3 ms on ``reference`` (two threads), with the same reconstructions of
+    100 held-out faces (23.13 dB each; identity within 0.0002) (``bench/scripts/hybrid_cpu_steps.py
+    --paths``, ``bench/results/photo_path/hybrid_cpu_paths.md``). The synthesis step alone
+    (forward and backward to the codes, ``bench/scripts/cpu_synthesis_paths.py``,
+    ``bench/results/photo_path/cpu_synthesis_paths_{1,2}t.md``) took 0.79-0.95x ``shared``'s time
+    on ``poly`` up to 264M up-conv multiply-adds with two threads (0.93-1.07x with one), and
+    1.08-1.25x from 793M on (1.20-1.39x with one; FFHQ's widths: 3.2G at 64 px, 12.9G at 256 px).
+    """
+    synthesis = G.synthesis
+    firs = [m.fir for m in synthesis.modules() if isinstance(getattr(m, "fir", None), torch.Tensor)]
+    if (torch.device(device).type == "cpu" and firs and all(f.numel() == 4 for f in firs)
+            and up_conv_macs(G) <= POLY_CPU_MAX_UP_MACS):
+        return "poly"
+    return "shared"
+
+
 def default_steps(device) -> int:
     """Default number of steps on ``device`` (50 on CPU, 300 on CUDA)."""
     return DEFAULT_STEPS["cuda" if torch.device(device).type == "cuda" else "cpu"]
@@ -155,7 +196,8 @@ class Projector:
         self.mse_weight, self.perceptual_weight = options.mse_weight, options.perceptual_weight
         self.patience, self.min_delta = options.patience, options.min_delta
         self.seed = options.seed
-        self.path, self.amp, self.cuda_graphs = options.path, options.amp, options.cuda_graphs
+        self.path = options.path if options.path is not None else default_path(G, self.device)
+        self.amp, self.cuda_graphs = options.amp, options.cuda_graphs
         self._reduce_overhead = options.compile is Compile.REDUCE_OVERHEAD
         if (self.cuda_graphs or self._reduce_overhead) and self.device.type != "cuda":
             what = "cuda_graphs=True" if self.cuda_graphs else "compile='reduce-overhead'"
@@ -223,12 +265,14 @@ class Projector:
         return out
 
     # -- the loop ----------------------------------------------------------------------
-    def project(self, target: torch.Tensor, *, callback=None) -> ProjectionResult:
+    def project(self, target: torch.Tensor, *, callback=None, prepared=None) -> ProjectionResult:
         """Invert a batch of target images.
 
         Args:
             target: ``[B, 3, R, R]`` in [-1, 1] at the generator's resolution.
             callback: optional ``callback(step, losses_dict)`` after each step.
+            prepared: the perceptual loss's ``prepare(target)`` when the caller has it already
+                (the target's features, computed once per batch); ``None``: computed here.
         """
         G, dev = self.G, self.device
         R = G.resolution
@@ -248,7 +292,8 @@ class Projector:
                      for b in G.synthesis.noise_buffers()]
             normalize_noise_(noise)
         w_std = self._w_std()
-        prepared = self.perceptual.prepare(target) if self.perceptual is not None else None
+        if prepared is None and self.perceptual is not None:
+            prepared = self.perceptual.prepare(target)
         stopper = _EarlyStop(self, B)
         t0 = time.perf_counter()
         graph = "off"
@@ -615,8 +660,8 @@ def invert(images, model=None, space: str | None = None, steps: int | None = Non
                   arch=getattr(G, "arch", "stylegan2"))
 
 
-__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "DEFAULT_STEPS",
-           "DEFAULT_PRIOR_WEIGHT", "InversionOptions", "graph_summary"]
+__all__ = ["Projector", "ProjectionResult", "EagerAdam", "invert", "default_steps", "default_path", "up_conv_macs",
+           "POLY_CPU_MAX_UP_MACS", "DEFAULT_STEPS", "DEFAULT_PRIOR_WEIGHT", "InversionOptions", "graph_summary"]
 
 
 def graph_summary(results: list) -> str:

@@ -42,3 +42,19 @@ class _MeanAbsIdentity:
 def fake_identity():
     """The stand-in identity encoder's class (benches' CPU identity passes without dlib)."""
     return _MeanAbsIdentity
+
+
+def load_bench_script(name: str):
+    """``bench/scripts/NAME.py`` imported as a module of that name (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "bench", "scripts", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def bench_script():
+    """:func:`load_bench_script`, for tests of the benchmark scripts' own logic."""
+    return load_bench_script

@@ -30,13 +30,17 @@ def test_configure_keeps_the_users_choice_and_fills_in_the_rest():
 
 
 def test_the_cli_sets_them_before_torch_loads():
+    # read as the command ends (an exit handler registered before main would not run: the program
+    # ends right after the handlers registered since, faceedit.cli.common.ProgramExit)
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    code = ("import atexit, os, sys\n"
-            "atexit.register(lambda: print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('OMP_WAIT_POLICY'),"
-            " 'torch' in sys.modules))\n"
+    code = ("import os, sys\n"
             "sys.argv = ['faceedit', '--version']\n"
             "from faceedit.cli import main\n"
-            "main()\n")
+            "try:\n"
+            "    main()\n"
+            "except SystemExit:\n"
+            "    print(os.environ.get('OMP_NUM_THREADS'), os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+            "    raise\n")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     threads, policy, torch_loaded = out.stdout.strip().splitlines()[-1].split()
     assert 1 <= int(threads) <= available_cores() and policy == "None" and torch_loaded == "False"

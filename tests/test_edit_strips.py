@@ -1,20 +1,9 @@
 """bench/scripts/edit_strips.py: the README figure's layout (the edits are the pipeline's, tested elsewhere)."""
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "edit_strips", Path(__file__).resolve().parents[1] / "bench" / "scripts" / "edit_strips.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_tile_places_each_crop_at_its_attribute_row_and_strength_column():
-    s = _script()
+def test_tile_places_each_crop_at_its_attribute_row_and_strength_column(bench_script):
+    s = bench_script("edit_strips")
     rows, cols, r, pad, label_w, title_h = 2, 3, 8, 4, 72, 16
     blocks = [np.zeros((rows, cols, r, r, 3), np.uint8) for _ in range(2)]
     for b, block in enumerate(blocks):

@@ -179,7 +179,8 @@ def test_cli_photo_latent_and_last_inversion(tiny, shared_dir, tmp_path, monkeyp
 
 def test_edit_files_aligned_in_the_background_writes_the_same_files(tiny, shared_dir, tmp_path):
     """edit_files with the photos read and aligned in a worker process (the default on two cores)
-    and without: the same edited photo, crops and alignment records; the worker's times recorded."""
+    and without: the same edited photo, crops and alignment records; the worker's times recorded,
+    and the time the pipeline spent meanwhile reading its files (``preload``)."""
     from faceedit.pipeline import edit_files
 
     photos = [os.path.join(shared_dir, TWO)]
@@ -191,7 +192,8 @@ def test_edit_files_aligned_in_the_background_writes_the_same_files(tiny, shared
     for a, b in zip(bg, here):
         assert load_image(a["photo_out"]).tobytes() == load_image(b["photo_out"]).tobytes()
         assert [f["alignment"] for f in a["faces"]] == [f["alignment"] for f in b["faces"]]
-        assert {"read", "align", "align_wait"} <= set(a["timings"]) and "align_wait" not in b["timings"]
+        assert {"read", "align", "align_wait", "preload"} <= set(a["timings"])
+        assert not {"align_wait", "preload"} & set(b["timings"])
     for name in os.listdir(tmp_path / "here"):
         if name.endswith(".png"):
             assert load_image(tmp_path / "bg" / name).tobytes() == load_image(tmp_path / "here" / name).tobytes()
@@ -507,3 +509,59 @@ def test_output_folder_forgets_a_deleted_folder(tmp_path):
     shutil.rmtree(out)
     OutputFolder(out, [src], command="edit").write_bytes(out / "a_edit.png", b"2", src)
     assert "a_edit.png" in (out / ".faceedit-outputs.jsonl").read_text()
+
+
+def test_pipeline_reads_the_encoder_once_and_preload_changes_nothing_but_when(tmp_path, shared_dir, monkeypatch):
+    """A hybrid pipeline loads its encoder file once for all its inversions (``preload`` or the first
+    ``invert``), and inverting after ``preload`` gives the latents a pipeline without it gives."""
+    from faceedit.checkpoints.registry import load_model
+    from faceedit.inversion import encoder as enc
+    from faceedit.networks import Discriminator
+    from faceedit.networks.encoder import Encoder
+    from faceedit.pipeline import Pipeline
+    from faceedit.training.encoder import save_encoder
+
+    torch.manual_seed(0)
+    G = Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=128, channel_max=16)
+    D = Discriminator(16, channel_base=128, channel_max=16)
+    path = save_native(tmp_path / "m", G, name="tiny-hybrid", D=D, recipe=FACES64.to_dict())
+    m = load_model(path)
+    E = Encoder(16, G.num_ws, 16, "w+", channel_base=256, channel_max=32, channel_min=8, fpn_channels=16,
+                head_channels=16)
+    save_encoder(path, E, model_id=m.model_id, model_sha256=m.sha256)
+    loads = []
+    load_encoder = enc.load_encoder
+    monkeypatch.setattr(enc, "load_encoder", lambda *a, **k: loads.append(a) or load_encoder(*a, **k))
+    faces = Pipeline(str(path), device="cpu").align(load_image(os.path.join(shared_dir, TWO)), face="all")
+    opts = dict(steps=2, prior="none", perceptual="disc")
+
+    cold = Pipeline(str(path), device="cpu", invert_options=opts)
+    assert cold.method == "hybrid"
+    first = [cold.invert([f]) for f in faces]
+    assert len(loads) == 1  # two inversions, one read of the encoder
+
+    warm = Pipeline(str(path), device="cpu", invert_options=opts)
+    warm.preload()
+    assert len(loads) == 2
+    again = [warm.invert([f]) for f in faces]
+    assert len(loads) == 2  # preload's encoder served both
+    for a, b in zip(first, again):
+        assert torch.equal(a.codes, b.codes) and a.meta["losses"] == b.meta["losses"]
+    assert not torch.equal(first[0].codes, first[1].codes)  # two faces, two latents
+
+
+def test_preload_reads_the_directions_and_fails_as_the_edit_would(pipe, monkeypatch):
+    """``preload`` resolves the edit's directions (their files read now, not at the edit) and raises
+    the edit's own error for a direction that is not there."""
+    import faceedit.editing as editing
+    from faceedit.editing import DirectionError
+
+    seen = []
+    resolve = editing.resolve_directions
+    monkeypatch.setattr(editing, "resolve_directions", lambda *a, **k: seen.append(a[1]) or resolve(*a, **k))
+    pipe.preload({"smile": 2})
+    assert seen == [{"smile": 2.0}]
+    pipe.preload(["age"])
+    assert seen[-1] == {"age": DEFAULT_STRENGTH}
+    with pytest.raises(DirectionError, match="frown"):
+        pipe.preload({"frown": 1})

@@ -381,9 +381,11 @@ def main(argv=None):
     if D is not None:
         Dc = D.to("cpu")
     from faceedit.inversion.losses import DiscFeatureLoss
+    from faceedit.inversion.projector import default_path
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-    _rows_for(Gc, label, torch.device("cpu"), batches, [("cpu-default", dict(path="shared", optimize_noise=False))],
+    cpu_default = dict(path=default_path(Gc, "cpu"), optimize_noise=False)  # the path the CPU projector takes
+    _rows_for(Gc, label, torch.device("cpu"), batches, [("cpu-default", cpu_default)],
               3 if a.quick else 10, 1 if a.quick else 3, DiscFeatureLoss(Dc), rows, log)
     if a.cpu_200:
         from faceedit.inversion.prior import GaussianPrior, fit_prior

@@ -15,6 +15,11 @@ Two measurements per tree:
   times, median and range; once for the photo and once for the folder (``faceedit edit DIR``,
   per photo). The environment is the caller's: with ``OMP_NUM_THREADS`` unset each tree runs
   with the thread count it would choose itself (torch's default, or faceedit's own choice).
+  Each run waits for the one-minute load average to fall below ``--max-load`` (0.3) first, so
+  that the runs before it (and other users of a shared machine) do not make it choose one
+  thread; the load at its start is recorded. Where the one photo's time went is read from
+  the stage times the command records itself (its ``*_edit.json``), the rest of the wall
+  time being Python's start-up, the imports and the exit.
 * ``stages``: one fresh process per tree times each stage of the chain with the public
   functions both trees have: decode (``load_image``), detect (``detect_faces``, the tree's
   default search), landmarks (``landmarks68_averaged`` on the largest face), warp
@@ -94,18 +99,35 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+#: Before each timed command run: wait up to QUIET["wait_s"] seconds for the one-minute load average
+#: to fall below QUIET["max_load"] (the machine may be shared; the load is recorded with every figure).
+QUIET = {"max_load": 0.3, "wait_s": 600.0}
+
+
+def _wait_for_quiet() -> float:
+    """Wait (see :data:`QUIET`) for a quiet machine; the load average it then has."""
+    t0 = time.monotonic()
+    while _load() >= QUIET["max_load"] and time.monotonic() - t0 < QUIET["wait_s"]:
+        time.sleep(2.0)
+    return _load()
+
+
 def run_cli(tree: Path, args: list, out: Path, threads: str | None) -> dict:
-    """Wall seconds of ``faceedit ARGS --out OUT`` in a fresh process on ``tree``."""
+    """Wall seconds of ``faceedit ARGS --out OUT`` in a fresh process on ``tree``, after a wait for a quiet
+    machine, with the load average at its start and the stage times the command recorded (``timings``
+    of its ``*_edit.json``; a folder run: the first photo's)."""
     code = BOOT + "sys.argv = ['faceedit'] + sys.argv[1:]\nfrom faceedit.cli import main\nmain()\n"
     shutil.rmtree(out, ignore_errors=True)
-    load = _load()
+    load = _wait_for_quiet()
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-c", code, *args, "--out", str(out)], env=_child_env(tree, threads),
                        capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"faceedit {' '.join(args)} failed on {tree}:\n{p.stderr[-2000:]}")
-    return {"wall_s": wall, "load": load}
+    records = sorted(out.glob("*_edit.json"))
+    timings = json.loads(records[0].read_text()).get("timings", {}) if records else {}
+    return {"wall_s": wall, "load": load, "timings": timings}
 
 
 # -- the stages, run inside the child process (python photo_path.py _stages ...) ----------------
@@ -189,7 +211,7 @@ def run_stages(tree: Path, photos: list, device: str, out: Path, threads: str, d
                variant: dict | None = None) -> dict:
     code = BOOT + f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\nimport photo_path\n" \
                   "photo_path._child_main()\n"
-    load = _load()
+    load = _wait_for_quiet()
     p = subprocess.run([sys.executable, "-c", code, device, detector, str(out), json.dumps(variant or {}),
                         *map(str, photos)],
                        env=_child_env(tree, threads), capture_output=True, text=True)
@@ -238,7 +260,9 @@ def report(res: dict) -> str:
              f"{len(res['folder'])} photos of 1-2 MP; load average {res['load_start']} at the start, "
              f"{res['load_end']} at the end.", "",
              "## The README's command, fresh process (wall, median of "
-             f"{res['repeats']}; OMP_NUM_THREADS {res['cli_threads'] or 'unset'})", "",
+             f"{res['repeats']}; OMP_NUM_THREADS {res['cli_threads'] or 'unset'}"
+             + (f"; each run started once the load average was below {res['max_load']}"
+                if res.get("max_load") not in (None, float("inf")) else "") + ")", "",
              "| run | baseline | current | speed-up | load average |", "| --- | --- | --- | --- | --- |"]
     for key, label in (("photo", "one photo"), ("folder", f"folder, per photo ({len(res['folder'])} photos)")):
         c = [res["cli"][n][key] for n in names]
@@ -249,6 +273,7 @@ def report(res: dict) -> str:
         loads = [r["load"] for x in c for r in x]
         lines.append(f"| {label} | {_fmt(meds[0])} ({rng[0]}) | {_fmt(meds[1])} ({rng[1]}) | {_ratio(*meds)} | "
                      f"{min(loads):.2f}-{max(loads):.2f} |")
+    lines += command_stages_table(res)
     if res.get("cli_steps"):
         lines += ["", "The current tree's command with `--steps N` (the hybrid's optimisation steps; wall, median):", "",
                   "| steps | wall | range |", "| --- | --- | --- |"]
@@ -283,6 +308,33 @@ def report(res: dict) -> str:
               f"(detection on a {st[1]['photos'][-1].get('detect_scale', 1.0):.2f}x copy of the last photo).", ""]
     lines += variants_table(res)
     return "\n".join(lines)
+
+
+#: The command's recorded stages on its main process's path, in order (``read`` and ``align`` ran in the
+#: background worker where ``align_wait`` is recorded, overlapped with the main process's start-up).
+MAIN_PATH = ("load", "preload", "align_wait", "invert", "edit", "synthesize", "paste", "write")
+
+
+def command_stages_table(res: dict) -> list:
+    """Where the one-photo command's wall time went, per tree: the median of each stage it recorded
+    itself, and the rest of the wall time (Python's start-up, the imports, torch's among them, the
+    exit), median over the same runs."""
+    runs = {n: res["cli"][n]["photo"] for n in ("baseline", "current")}
+    if not all(r and r[0].get("timings") for r in runs.values()):
+        return []
+    lines = ["", "Where the command's time went (the stages it records itself, median over the runs above; "
+             "read and align in the background worker, overlapped with the start-up):", "",
+             "| stage | baseline | current |", "| --- | --- | --- |"]
+    names = list(dict.fromkeys(k for r in runs.values() for x in r for k in x["timings"]))
+    for k in [*MAIN_PATH, *[n for n in names if n not in MAIN_PATH]]:
+        if k not in names:
+            continue
+        cells = [_fmt(_med([x["timings"][k] for x in r])) if all(k in x["timings"] for x in r) else "-"
+                 for r in runs.values()]
+        lines.append(f"| {k} | {cells[0]} | {cells[1]} |")
+    rest = [_med([x["wall_s"] - sum(x["timings"].get(k, 0.0) for k in MAIN_PATH) for x in r]) for r in runs.values()]
+    lines.append(f"| the rest: start-up (Python, imports, torch), exit | {_fmt(rest[0])} | {_fmt(rest[1])} |")
+    return lines
 
 
 #: The current tree's settings measured beside its defaults (``--variants``): Pipeline keywords.
@@ -373,6 +425,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="", help="also time the current tree's stages with these settings, "
                     f"comma-separated, of: {', '.join(VARIANTS)} (e.g. MTCNN on the CPU against the GPU)")
     ap.add_argument("--no-folder-cli", action="store_true", help="leave out the folder command runs (a short GPU call)")
+    ap.add_argument("--max-load", type=float, default=QUIET["max_load"], help="before each timed command run, wait "
+                    "for the one-minute load average to fall below this (0 or less: no wait)")
+    ap.add_argument("--max-wait", type=float, default=QUIET["wait_s"], help="seconds to wait for it before running "
+                    "anyway (the load is recorded with every run)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "photo_path"))
     a = ap.parse_args(argv)
     variants = [v for v in a.variants.split(",") if v]
@@ -382,6 +438,7 @@ def main(argv=None) -> int:
     if a.baseline_tree and not a.baseline:
         ap.error("--baseline-tree needs --baseline naming the revision it holds")
     a.baseline = a.baseline or _git("merge-base", "HEAD", "main")
+    QUIET.update(max_load=a.max_load if a.max_load > 0 else float("inf"), wait_s=a.max_wait)
     out = Path(a.out)
     work = Path(tempfile.mkdtemp(prefix="photo_path_"))
     try:
@@ -405,6 +462,7 @@ def main(argv=None) -> int:
                "dirty": bool(_git("status", "--porcelain", "-uno", default="")),
                "photo": a.photo, "photo_size": size, "folder": [str(p) for p in photos], "repeats": a.repeats,
                "cli_threads": a.cli_threads or os.environ.get("OMP_NUM_THREADS"), "stage_threads": a.threads,
+               "max_load": QUIET["max_load"] if QUIET["max_load"] != float("inf") else None,
                "load_start": _load(), "cli": {n: {"photo": [], "folder": []} for n in trees}, "stages": {}}
         dev = ["--device", a.device]
         det = ["--detector", a.detector]

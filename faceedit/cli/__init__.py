@@ -81,8 +81,10 @@ def main():
     import atexit
     import gc
 
-    from .common import handle_termination
+    from .common import ProgramExit, handle_termination
 
+    ending = ProgramExit()
+    ending.arm()  # first registered, so it runs after every other exit handler
     # The interpreter's last garbage collection walks every object torch made (about 0.2 s of CPU on a
     # 2-core machine) only to free memory the operating system reclaims anyway; frozen objects are skipped.
     atexit.register(gc.freeze)
@@ -90,4 +92,8 @@ def main():
     from faceedit.core.threads import configure_cpu_threads
 
     configure_cpu_threads()  # before torch loads: as many threads as idle cores
-    cli(prog_name="faceedit")
+    try:
+        cli(prog_name="faceedit")
+    except SystemExit as e:
+        ending.record(e.code)
+        raise
