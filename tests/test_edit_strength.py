@@ -1,6 +1,5 @@
 """The default edit strength: one constant for the CLI and the Pipeline, chosen by
 ``bench/scripts/edit_strength.py``, whose measuring functions are checked here on known images."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -16,11 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("edit_strength", REPO / "bench" / "scripts" / "edit_strength.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(bench_script):
+    return bench_script("edit_strength")
 
 
 def test_cli_option_default_is_the_constant():

@@ -1,11 +1,9 @@
 """GSNR over a whole run: the trainer's gsnr.csv columns, the plot, and bench/scripts/gsnr_run.py."""
 import csv
-import importlib.util
 import io
 import json
 import math
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,17 +15,13 @@ from faceedit.training.plots import gsnr_plot_png
 
 from test_training import TINY, _images  # the training tests' tiny setup
 
-REPO = Path(__file__).resolve().parents[1]
 OLD_COLS = ["step", "kimg", "net", "group", "gsnr", "params", "samples"]
 NEW_COLS = OLD_COLS + ["gsnr_c", "gsnr_c_se", "gsnr_pool", "gsnr_pool_se"]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("gsnr_run", REPO / "bench" / "scripts" / "gsnr_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(bench_script):
+    return bench_script("gsnr_run")
 
 
 def _run_rows(steps, d_gsnr, g_gsnr, gap, *, new=True, m=32, net_d="D"):
