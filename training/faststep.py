@@ -41,8 +41,10 @@ The trainer compiles only on CUDA and only with ``TrainConfig.compile`` (on by d
 CPU the same step runs eagerly. ``FastStep(trainer, compile=True)`` compiles on the CPU too (a C++
 compiler is needed, and it takes minutes).
 
-Measured (``bench/results/training_speed/``, one H100, faces64): 1.71x the reference step's
-images/s (2,760 vs 1,613 at batches 512 and 192), after a 173 s compile.
+Measured (``bench/results/training_speed/``, one H100, one run): eagerly (``compile=False``) 3.32x
+the reference step's images/s for faces64 (4,864 at batch 1024 vs 1,466 at 192) and 3.40x for
+faces64-wpp (4,794 vs 1,410); compiled, before the bf16 regularisers and the strided down-sampling,
+1.71x after a 173 s compile (not re-measured since: compiling at batch 1024 took over 250 s).
 """
 from __future__ import annotations
 
