@@ -565,3 +565,13 @@ def test_preload_reads_the_directions_and_fails_as_the_edit_would(pipe, monkeypa
     assert seen[-1] == {"age": DEFAULT_STRENGTH}
     with pytest.raises(DirectionError, match="frown"):
         pipe.preload({"frown": 1})
+
+
+
+def test_cuda_graphs_default_follows_the_device_and_an_explicit_choice_wins(tiny):
+    """``cuda_graphs=None`` means on for a CUDA pipeline only; True/False are kept as given."""
+    from faceedit.pipeline import Pipeline, _want_graphs
+
+    assert Pipeline(tiny["path"], device="cpu").cuda_graphs is False
+    assert [_want_graphs(c, torch.device("cuda")) for c in (None, True, False)] == [True, True, False]
+    assert [_want_graphs(c, torch.device("cpu")) for c in (None, True, False)] == [False, True, False]
