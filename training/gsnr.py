@@ -143,9 +143,14 @@ def _moments(g: torch.Tensor, micro: int) -> tuple:
     return mean, s2, s2 > 0
 
 
+def _correct(plain, n: int, micro: int):
+    """The bias-corrected GSNR from the plain one, ``n`` micro-batches of ``micro`` (module docstring)."""
+    return (n - 3) / (n - 1) * plain - 1.0 / (n * micro)
+
+
 def _corrected(mean2: torch.Tensor, s2: torch.Tensor, n: int, micro: int) -> torch.Tensor:
-    """The bias-corrected GSNR of ``n`` micro-batches of ``micro`` (module docstring)."""
-    return (n - 3) / (n - 1) * mean2 / (micro * s2.clamp_min(1e-300)) - 1.0 / (n * micro)
+    """The bias-corrected GSNR of ``n`` micro-batches of ``micro`` from their moments."""
+    return _correct(mean2 / (micro * s2.clamp_min(1e-300)), n, micro)
 
 
 def gsnr_from_grads(grads: dict, *, micro: int = 1, corrected: bool = False) -> dict:
@@ -495,19 +500,27 @@ def corrected_from_plain(plain: float, samples: int, micro: int = 1) -> float:
         samples: samples ``m`` it was measured on.
         micro: samples per micro-batch (``Trainer.measure_gsnr`` uses 1).
     Returns:
-        ``(M - 3) / (M - 1) * plain - 1 / m`` with ``M = m / micro``; NaN where ``M < 4``.
+        ``(M - 3) / (M - 1) * plain - 1 / (M micro)`` with ``M = m // micro``; NaN where ``M < 4``.
     """
     n = samples // micro
     if n < 4:
         return float("nan")
-    return (n - 3) / (n - 1) * float(plain) - 1.0 / samples
+    return _correct(float(plain), n, micro)
 
 
-def _num(v) -> float:
+def float_or_nan(v) -> float:
+    """A CSV cell as a float: NaN where it is empty, missing or not a number."""
     try:
         return float(v)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def group_order(g: str) -> tuple:
+    """Sort key of parameter-group names: by name, then by the resolution the name carries
+    (``syn8`` before ``syn16``)."""
+    digits = "".join(ch for ch in g if ch.isdigit())
+    return (g.rstrip("0123456789"), int(digits) if digits else -1, g)
 
 
 def read_log_rows(rows) -> list:
@@ -531,9 +544,9 @@ def read_log_rows(rows) -> list:
             raise TrainingError(f"not a gsnr.csv row (needs step, kimg, net, group, gsnr): {dict(r)}") from e
         if "gsnr" not in r:
             raise TrainingError(f"not a gsnr.csv row (needs step, kimg, net, group, gsnr): {dict(r)}")
-        row.update({k: _num(r.get(k)) for k in _FLOAT_COLS})
+        row.update({k: float_or_nan(r.get(k)) for k in _FLOAT_COLS})
         for k in ("samples", "params"):
-            row[k] = int(_num(r.get(k))) if math.isfinite(_num(r.get(k))) else 0
+            row[k] = int(float_or_nan(r.get(k))) if math.isfinite(float_or_nan(r.get(k))) else 0
         row["derived"] = False
         is_gap = row["net"] == "D" and row["group"] in GAP_GROUPS
         if not is_gap and not math.isfinite(row["gsnr_c"]) and math.isfinite(row["gsnr"]) and row["samples"]:

@@ -37,26 +37,15 @@ def _rows_or_none(csv_path):
     return _rows(csv_path) or None
 
 
-def _float(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _group_order(g: str):
-    """``all`` last, the rest by resolution where the name carries one (``syn8`` before ``syn16``)."""
-    digits = "".join(ch for ch in g if ch.isdigit())
-    return (g == "all", g.rstrip("0123456789"), int(digits) if digits else -1, g)
-
-
 def _gsnr_panel(ax, rows: list, net: str, title: str) -> None:
     """The corrected GSNR of each group of ``net`` against kimg, a +-2 SE band where the log has the
     jackknife error, and the zero line (the corrected figure's no-signal level)."""
     import math
 
+    from .gsnr import group_order
+
     sel = [r for r in rows if r["net"] == net and math.isfinite(r["gsnr_c"])]
-    groups = sorted({r["group"] for r in sel}, key=_group_order)
+    groups = sorted({r["group"] for r in sel}, key=lambda g: (g == "all", *group_order(g)))  # "all" last
     derived = any(r["derived"] for r in sel)
     peak = 0.0
     for g in groups:
@@ -97,7 +86,7 @@ def gsnr_plot_png(csv_path, title: str = "", kid_csv=None) -> bytes | None:
     """
     import math
 
-    from .gsnr import GAP_GROUPS, read_log_rows
+    from .gsnr import GAP_GROUPS, float_or_nan, read_log_rows
 
     raw = _rows_or_none(csv_path)
     if raw is None:
@@ -140,8 +129,8 @@ def gsnr_plot_png(csv_path, title: str = "", kid_csv=None) -> bytes | None:
             ax.legend(fontsize=7)
         if kid_rows:
             ax = bax.pop(0)
-            pts = sorted(p for p in ((_float(r.get("kimg")), _float(r.get("kid")), _float(r.get("ci_low")),
-                                      _float(r.get("ci_high"))) for r in kid_rows) if math.isfinite(p[0] + p[1]))
+            cells = (tuple(float_or_nan(r.get(k)) for k in ("kimg", "kid", "ci_low", "ci_high")) for r in kid_rows)
+            pts = sorted(p for p in cells if math.isfinite(p[0] + p[1]))
             x, y, lo, hi = (list(v) for v in zip(*pts)) if pts else ([], [], [], [])
             ax.plot(x, y, marker="o", ms=3, color="C2", label="KID-attr, G_ema vs held-out")
             if all(math.isfinite(v) for v in lo + hi):

@@ -59,7 +59,8 @@ from pathlib import Path
 import numpy as np
 
 from faceedit.core.files import atomic_write_bytes, atomic_write_text
-from faceedit.training.gsnr import GAP_GROUPS, one_step_generalisation_ratio, read_log_rows
+from faceedit.training.gsnr import GAP_GROUPS, float_or_nan, group_order, one_step_generalisation_ratio, \
+    read_log_rows
 
 N_BOOT = 2000
 EXPECTED_SIGN = -1  # H1 and H2 both predict a negative correlation
@@ -122,7 +123,7 @@ def join_sources(sources: list) -> dict:
             g_rows[key] = r
         for r in src["kid"]:
             row = {"step": int(float(r["step"])), "kimg": float(r["kimg"]), "kid": float(r["kid"]),
-                   "ci_low": _f(r.get("ci_low")), "ci_high": _f(r.get("ci_high")), "n": r.get("n", "")}
+                   "ci_low": float_or_nan(r.get("ci_low")), "ci_high": float_or_nan(r.get("ci_high")), "n": r.get("n", "")}
             if row["step"] in k_rows:
                 repeats += 1
                 conflicts += not _same(k_rows[row["step"]], row)
@@ -130,13 +131,6 @@ def join_sources(sources: list) -> dict:
         train = src.get("train") or train
     return {"gsnr": [g_rows[k] for k in sorted(g_rows, key=lambda k: (k[0], k[1], k[2]))],
             "kid": [k_rows[s] for s in sorted(k_rows)], "repeats": repeats, "conflicts": conflicts, "train": train}
-
-
-def _f(v) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -218,12 +212,6 @@ def interval_side(c: dict) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "-"
     return "below 0" if hi < 0 else ("above 0" if lo > 0 else "spans 0")
-
-
-def _group_key(g: str):
-    """``all`` first, then by name and resolution (``syn8`` before ``syn16``)."""
-    digits = "".join(ch for ch in g if ch.isdigit())
-    return (g != "all", g.rstrip("0123456789"), int(digits) if digits else -1, g)
 
 
 def _rng_kwarg(fn, seed: int) -> dict:
@@ -313,7 +301,8 @@ def analyse(log_: dict, *, n_train: int | None = None, n_boot: int = N_BOOT, see
         primary[name] = {"predictor": f"{net} all gsnr_c", "outcome": f"{outcome} change per Mimg after t", **res}
     secondary = []
     for net in nets:
-        for group in sorted({r["group"] for r in gsnr_rows if r["net"] == net}, key=_group_key):
+        groups = {r["group"] for r in gsnr_rows if r["net"] == net}
+        for group in sorted(groups, key=lambda g: (g != "all", *group_order(g))):  # "all" first
             for outcome in ("gap", "kid"):
                 if not outcomes[outcome]:
                     continue
