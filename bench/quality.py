@@ -2,8 +2,9 @@
 ``identity-calibration``).
 
 * ``generator``: a generator against the real faces, in the attribute network's
-  features: KID-attr with a bootstrap interval, FD-attr, precision/recall-attr, each
-  also for real-train vs real-test (the floor a perfect generator would reach);
+  features: KID-attr with a bootstrap interval, FD-attr, precision/recall-attr (means over
+  disjoint draws of the generated faces, with intervals; recall differences between the models
+  of one run paired by test face), each also for real-train vs real-test (the floor a perfect generator would reach);
   attribute rates of generated vs real faces; PPL and linear separability; a contact
   sheet of generated faces beside their nearest train faces.
 * ``scorers``: the attribute network's test-split card (per-attribute AUC, gender
@@ -139,16 +140,23 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
     rows = []
     neq = min(len(f_test), len(f_train))
 
+    recalls = {}  # model -> precision_recall_draws result, for the paired recall differences
+
     def dist_rows(name, f_fake, kind):
         k = D.kid(f_fake, f_test, seed=seed)
-        pr = D.precision_recall(f_test, f_fake, seed=seed)
+        pr = D.precision_recall_draws(f_test, f_fake, seed=seed)
+        recalls[name] = pr
+        note = f"mean of {pr['draws']} disjoint draws of {pr['n']}"
         return [
             {"model": name, "compared": kind, "metric": "KID-attr", "value": k["kid"], "ci_low": k["ci_low"],
              "ci_high": k["ci_high"], "n": k["n"]},
             {"model": name, "compared": kind, "metric": "FD-attr", "value": D.frechet_distance(f_fake, f_test),
              "n": min(len(f_fake), len(f_test))},
-            {"model": name, "compared": kind, "metric": "precision-attr", "value": pr["precision"], "n": pr["n"]},
-            {"model": name, "compared": kind, "metric": "recall-attr", "value": pr["recall"], "n": pr["n"]},
+            {"model": name, "compared": kind, "metric": "precision-attr", "value": pr["precision"],
+             "ci_low": pr["precision_ci"][0], "ci_high": pr["precision_ci"][1], "n": pr["n"],
+             "note": note + "; interval given the test set"},
+            {"model": name, "compared": kind, "metric": "recall-attr", "value": pr["recall"],
+             "ci_low": pr["recall_ci"][0], "ci_high": pr["recall_ci"][1], "n": pr["n"], "note": note},
         ]
 
     rows += dist_rows("real-train", f_train[:neq], "vs real test (floor)")
@@ -255,6 +263,15 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
                              "note": f"{len(res['per_attribute'])} attributes, skipped {','.join(res['skipped'])}"})
                 extra.setdefault(name, {})[f"separability_{space}"] = res
         del G
+    measured = [m for m in recalls if m != "real-train"]
+    for i, a in enumerate(measured):
+        for b in measured[i + 1:]:
+            if recalls[a]["n"] != recalls[b]["n"]:
+                continue  # measured against different subsets of the test faces: not paired
+            d = D.paired_recall_difference(recalls[a], recalls[b])
+            rows.append({"model": f"{b} - {a}", "compared": "paired by test face", "metric": "recall-attr difference",
+                         "value": d["difference"], "ci_low": d["ci"][0], "ci_high": d["ci"][1], "n": d["n"],
+                         "note": f"draws {d['draws'][0]} and {d['draws'][1]}"})
     labels = list(KEY_ATTRIBUTES) + ["female"]
     chart = {k: [v.get(a, float("nan")) for a in labels] for k, v in rates.items() if k != "real train (scorer)"}
     images["attribute_rates"] = bar_chart(chart, labels)

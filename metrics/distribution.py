@@ -15,6 +15,8 @@ FID/KID figures.
   Gaussians fitted to the two sets.
 * :func:`precision_recall`: improved precision and recall (Kynkaanniemi et al. 2019):
   k-NN balls around each real (generated) feature form the real (generated) manifold.
+  :func:`precision_recall_draws` averages them over disjoint draws of the generated set and
+  gives intervals; :func:`paired_recall_difference` compares two models' recall face by face.
 """
 from __future__ import annotations
 
@@ -169,6 +171,85 @@ def precision_recall(real, fake, *, k: int = 3, max_samples: int = 10000, seed: 
     return {"precision": float(prec), "recall": float(rec), "k": int(k), "n": int(n)}
 
 
+def precision_recall_draws(real, fake, *, k: int = 3, max_samples: int = 10000, ci: float = 0.95,
+                           max_draws: int = 64, seed: int = 0) -> dict:
+    """Precision and recall averaged over disjoint draws of ``fake``, with confidence intervals.
+
+    The real set is cut once to ``n = min(len(real), max_samples)`` faces; ``fake`` is split into
+    ``R = min(len(fake) // n, max_draws)`` disjoint draws of ``n`` (R >= 1). Each draw gives the
+    :func:`precision_recall` figures on equal sample sizes; the estimates are their means.
+
+    The intervals are normal ones, ``estimate +- z * se``, from two sources of variance:
+
+    * the generated sample: the variance of the R per-draw figures over R (needs R >= 2; with
+      one draw it is unknown and the interval is NaN);
+    * the real sample, for recall only: each real face's share of draws in whose manifold it lies
+      is one i.i.d. term of the recall, so their variance over ``n`` is the variance a new real set
+      of the same size would add. Precision's real-side variance (the real manifold itself) is
+      not estimated: its interval is conditional on this real set, and says so (``precision_given``).
+
+    Returns:
+        ``{"precision", "recall", "precision_ci", "recall_ci", "precision_se", "recall_se",
+        "precision_draws", "recall_draws", "recall_per_real" [n], "draws", "k", "n", "ci",
+        "precision_given"}``; ``recall_per_real`` is what :func:`paired_recall_difference` pairs.
+    """
+    from statistics import NormalDist
+
+    real, fake = _as2d(real, "real"), _as2d(fake, "fake")
+    rng = np.random.default_rng(seed)
+    n = min(len(real), len(fake), int(max_samples))
+    if n <= k:
+        raise MetricsError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
+    real = real[rng.choice(len(real), n, replace=False)] if len(real) > n else real
+    draws = max(1, min(len(fake) // n, int(max_draws)))
+    order = rng.permutation(len(fake))[:draws * n].reshape(draws, n)
+    real_radii = _knn_radii(real, k)
+    prec, rec, inside = [], [], np.zeros(n)
+    for idx in order:
+        f = fake[idx]
+        prec.append(float(_inside(f, real, real_radii).mean()))
+        hit = _inside(real, f, _knn_radii(f, k))
+        rec.append(float(hit.mean()))
+        inside += hit
+    per_real = inside / draws
+    prec, rec = np.array(prec), np.array(rec)
+    between = (lambda v: float(v.var(ddof=1)) / draws if draws > 1 else float("nan"))
+    p_se = float(np.sqrt(between(prec)))
+    r_se = float(np.sqrt(between(rec) + per_real.var(ddof=1) / n))
+    zq = NormalDist().inv_cdf((1 + ci) / 2)
+    p, r = float(prec.mean()), float(rec.mean())
+    return {"precision": p, "recall": r, "precision_ci": (p - zq * p_se, p + zq * p_se),
+            "recall_ci": (r - zq * r_se, r + zq * r_se), "precision_se": p_se, "recall_se": r_se,
+            "precision_draws": prec.tolist(), "recall_draws": rec.tolist(), "recall_per_real": per_real,
+            "draws": int(draws), "k": int(k), "n": int(n), "ci": float(ci),
+            "precision_given": "the real set (its manifold's own sampling variance is not in the interval)"}
+
+
+def paired_recall_difference(a: dict, b: dict, *, ci: float = 0.95) -> dict:
+    """``recall(b) - recall(a)`` for two :func:`precision_recall_draws` results on the same real set.
+
+    Pairing by real face removes the variance the two models share (which real faces are easy to
+    cover): the real-side term is the variance of the per-face differences over ``n``, and each
+    model adds its own between-draw variance. Raises when the two were measured on different
+    real sets (sizes differ).
+    """
+    from statistics import NormalDist
+
+    ra, rb = np.asarray(a["recall_per_real"]), np.asarray(b["recall_per_real"])
+    if ra.shape != rb.shape:
+        raise MetricsError(f"recall differences need the same real faces: {ra.shape[0]} vs {rb.shape[0]}")
+    n = len(ra)
+    var = (rb - ra).var(ddof=1) / n
+    for res in (a, b):
+        d = np.asarray(res["recall_draws"])
+        var += d.var(ddof=1) / len(d) if len(d) > 1 else float("nan")
+    diff = float(b["recall"] - a["recall"])
+    se = float(np.sqrt(var))
+    zq = NormalDist().inv_cdf((1 + ci) / 2)
+    return {"difference": diff, "ci": (diff - zq * se, diff + zq * se), "se": se, "n": n,
+            "draws": (a["draws"], b["draws"]), "level": float(ci)}
+
+
 def nearest_neighbours(query, ref, *, batch: int = 2048) -> tuple:
     """For each query feature, ``(index of the nearest ref feature, its L2 distance)``."""
     import torch
@@ -185,4 +266,5 @@ def nearest_neighbours(query, ref, *, batch: int = 2048) -> tuple:
 
 
 __all__ = ["kid", "mmd2_unbiased", "polynomial_kernel", "frechet_distance", "frechet_from_stats",
-           "gaussian_stats", "precision_recall", "nearest_neighbours", "NAMES"]
+           "gaussian_stats", "precision_recall", "precision_recall_draws", "paired_recall_difference",
+           "nearest_neighbours", "NAMES"]

@@ -292,6 +292,8 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
     torch.manual_seed(0)
     save_native(tmp_path / "g", Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=64,
                                           channel_max=16), name="tiny")
+    save_native(tmp_path / "g2", Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=64,
+                                           channel_max=16), name="tiny2")
     train = synthetic_pack(tmp_path / "train.npz", n=60, seed=1)
     test = synthetic_pack(tmp_path / "test.npz", n=60, seed=2)
     w, _ = save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=8).eval(), {})
@@ -301,13 +303,19 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
 
     for i, im in enumerate(Pack(train).images(range(12))):
         save_image(tmp_path / "imgs" / f"{i:03d}.png", im)
-    res = bench_generator([str(tmp_path / "g")], test_pack=test, train_pack=train, n=40, ppl_samples=8,
+    res = bench_generator([str(tmp_path / "g"), str(tmp_path / "g2")], test_pack=test, train_pack=train, n=120, ppl_samples=8,
                           ls_samples=0, scorer=sc, device="cpu", out=tmp_path / "out", images_dirs=[tmp_path / "imgs"])
     assert any(r["model"] == "images:imgs" and r["metric"] == "KID-attr" and r["n"] == 12 for r in res["rows"])
     metrics = {(r["model"], r["metric"]) for r in res["rows"]}
     assert ("real-train", "KID-attr") in metrics and any(m[1] == "ppl_w_end[attr]" for m in metrics)
     kid = [r for r in res["rows"] if r["metric"] == "KID-attr" and r["model"] != "real-train"][0]
-    assert kid["n"] == 40 and kid["ci_low"] <= kid["value"] <= kid["ci_high"]
+    assert kid["n"] == 60 and kid["ci_low"] <= kid["value"] <= kid["ci_high"]
+    rec = {r["model"]: r for r in res["rows"] if r["metric"] == "recall-attr"}
+    ids = [m for m in rec if m.startswith("tiny")]
+    assert len(ids) == 2 and all("2 disjoint draws of 60" in rec[m]["note"] for m in ids)
+    assert all(rec[m]["ci_low"] <= rec[m]["value"] <= rec[m]["ci_high"] for m in ids)
+    diff = [r for r in res["rows"] if r["metric"] == "recall-attr difference"]
+    assert len(diff) == 1 and diff[0]["value"] == pytest.approx(rec[ids[1]]["value"] - rec[ids[0]]["value"])
     out = json.loads((tmp_path / "out" / "generator.json").read_text())
     assert out["provenance"]["models"]["attrnet"] == sc.sha256 and out["provenance"]["test_pack_sha256"]
     assert (tmp_path / "out" / "generator_nearest_tiny.png").is_file()
