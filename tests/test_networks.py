@@ -166,6 +166,84 @@ def test_discriminator_with_taps_downsampling_matches_reference_forward_and_back
         D.set_down_impl("fast")
 
 
+def test_downsample_pool_matches_the_reference_downsampler():
+    """Three 2x2 average pools are the [1, 3, 3, 1] down-sampler, padding included, in both memory
+    layouts; odd sizes are refused."""
+    from faceedit.networks.stylegan2 import downsample2d_pool
+
+    x = torch.randn(3, 5, 12, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    ref = downsample2d(x, make_fir().double())
+    for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+        fast = downsample2d_pool(xi)
+        assert fast.shape == ref.shape == (3, 5, 6, 4) and rel_err(fast, ref) < 1e-12
+    with pytest.raises(ValueError, match="even H and W"):
+        downsample2d_pool(torch.randn(1, 1, 6, 5))
+
+
+@pytest.mark.parametrize("conv_clamp", [None, 0.5])
+def test_discriminator_pool_and_folded_gains_match_reference_forward_and_backward(conv_clamp):
+    """The fast step's discriminator (pooled down-sampling, gains folded into the weights) gives the
+    reference's logits, features and gradients; with conv_clamp (which does not commute with a gain)
+    folding leaves the blocks' order alone and the values still agree (the clamp is active here)."""
+    from faceedit.networks import Discriminator
+
+    torch.manual_seed(0)
+    D = Discriminator(32, channel_base=256, channel_max=32, conv_clamp=conv_clamp).double()
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64) * 3
+    outs = []
+    for impl, fold in (("reference", False), ("pool", True)):
+        D.set_down_impl(impl).set_fold_gains(fold)
+        D.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_(True)
+        y = D(xi)
+        feats = [f.detach() for f in D.features(xi)]
+        y.square().sum().backward()
+        outs.append((y.detach(), feats, xi.grad, [p.grad.clone() for p in D.parameters()]))
+    (ya, fa, ga, pa), (yb, fb, gb, pb) = outs
+    assert rel_err(yb, ya) < 1e-10 and max(rel_err(b, a) for a, b in zip(fa, fb)) < 1e-10
+    assert rel_err(gb, ga) < 1e-10 and max(rel_err(b, a) for a, b in zip(pa, pb)) < 1e-10
+    if conv_clamp is not None:
+        assert (fa[1].abs() >= conv_clamp - 1e-12).any()  # the clamp bites, so the order mattered
+
+
+@pytest.mark.gpu
+def test_discriminator_pool_and_folded_gains_on_cuda_channels_last_bf16():
+    """Where the fast step runs it: CUDA, channels_last, bf16 autocast. Logits and input gradients
+    agree with the reference discriminator to bf16's precision."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from faceedit.networks import Discriminator
+
+    torch.manual_seed(0)
+    D = Discriminator(64, channel_base=2048, channel_max=256).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(32, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    outs = []
+    for impl, fold in (("reference", False), ("pool", True)):
+        D.set_down_impl(impl).set_fold_gains(fold)
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cuda", torch.bfloat16):
+            y = D(xi).float()
+        y.sum().backward()
+        outs.append((y.detach(), xi.grad))
+    (ya, ga), (yb, gb) = outs
+    assert rel_err(yb, ya) < 3e-2 and rel_err(gb, ga) < 3e-2, (rel_err(yb, ya), rel_err(gb, ga))
+
+
+def test_pool_down_impl_and_folding_refuse_what_they_cannot_compute():
+    from faceedit.networks import Discriminator
+    from faceedit.networks.layers import EqualConv2d
+
+    D = Discriminator(16, channel_base=64, channel_max=16)
+    assert D.has_default_fir()
+    for b in D.blocks:
+        b.fir = make_fir((1, 2, 1))
+    assert not D.has_default_fir()
+    with pytest.raises(ValueError, match=r"'pool' needs the \[1, 3, 3, 1\] filter.*use 'taps'"):
+        D.set_down_impl("pool")
+    with pytest.raises(ValueError, match="out_gain must be positive"):
+        EqualConv2d(3, 4, 3, activation="lrelu").forward_folded(torch.randn(1, 3, 4, 4), -1.0)
+
+
 def test_bad_shapes_raise_value_error_with_message():
     x, w, s = torch.randn(2, 4, 5, 5), torch.randn(3, 4, 3, 3), torch.randn(2, 4)
     with pytest.raises(ValueError, match="do not agree"):
