@@ -171,6 +171,12 @@ def precision_recall(real, fake, *, k: int = 3, max_samples: int = 10000, seed: 
     return {"precision": float(prec), "recall": float(rec), "k": int(k), "n": int(n)}
 
 
+def _mean_var(values) -> float:
+    """The variance of the mean of independent ``values`` (NaN for fewer than two)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.var(ddof=1)) / len(v) if len(v) > 1 else float("nan")
+
+
 def precision_recall_draws(real, fake, *, k: int = 3, max_samples: int = 10000, ci: float = 0.95,
                            max_draws: int = 64, seed: int = 0) -> dict:
     """Precision and recall averaged over disjoint draws of ``fake``, with confidence intervals.
@@ -213,9 +219,8 @@ def precision_recall_draws(real, fake, *, k: int = 3, max_samples: int = 10000, 
         inside += hit
     per_real = inside / draws
     prec, rec = np.array(prec), np.array(rec)
-    between = (lambda v: float(v.var(ddof=1)) / draws if draws > 1 else float("nan"))
-    p_se = float(np.sqrt(between(prec)))
-    r_se = float(np.sqrt(between(rec) + per_real.var(ddof=1) / n))
+    p_se = float(np.sqrt(_mean_var(prec)))
+    r_se = float(np.sqrt(_mean_var(rec) + per_real.var(ddof=1) / n))
     zq = NormalDist().inv_cdf((1 + ci) / 2)
     p, r = float(prec.mean()), float(rec.mean())
     return {"precision": p, "recall": r, "precision_ci": (p - zq * p_se, p + zq * p_se),
@@ -240,9 +245,7 @@ def paired_recall_difference(a: dict, b: dict, *, ci: float = 0.95) -> dict:
         raise MetricsError(f"recall differences need the same real faces: {ra.shape[0]} vs {rb.shape[0]}")
     n = len(ra)
     var = (rb - ra).var(ddof=1) / n
-    for res in (a, b):
-        d = np.asarray(res["recall_draws"])
-        var += d.var(ddof=1) / len(d) if len(d) > 1 else float("nan")
+    var += _mean_var(a["recall_draws"]) + _mean_var(b["recall_draws"])
     diff = float(b["recall"] - a["recall"])
     se = float(np.sqrt(var))
     zq = NormalDist().inv_cdf((1 + ci) / 2)

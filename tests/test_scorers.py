@@ -303,8 +303,9 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
 
     for i, im in enumerate(Pack(train).images(range(12))):
         save_image(tmp_path / "imgs" / f"{i:03d}.png", im)
-    res = bench_generator([str(tmp_path / "g"), str(tmp_path / "g2")], test_pack=test, train_pack=train, n=120, ppl_samples=8,
-                          ls_samples=0, scorer=sc, device="cpu", out=tmp_path / "out", images_dirs=[tmp_path / "imgs"])
+    res = bench_generator([str(tmp_path / "g"), str(tmp_path / "g2")], test_pack=test, train_pack=train, n=120,
+                          ppl_samples=8, ls_samples=0, scorer=sc, device="cpu", out=tmp_path / "out",
+                          images_dirs=[tmp_path / "imgs"])
     assert any(r["model"] == "images:imgs" and r["metric"] == "KID-attr" and r["n"] == 12 for r in res["rows"])
     metrics = {(r["model"], r["metric"]) for r in res["rows"]}
     assert ("real-train", "KID-attr") in metrics and any(m[1] == "ppl_w_end[attr]" for m in metrics)
