@@ -206,27 +206,43 @@ def test_discriminator_pool_and_folded_gains_match_reference_forward_and_backwar
         assert (fa[1].abs() >= conv_clamp - 1e-12).any()  # the clamp bites, so the order mattered
 
 
-@pytest.mark.gpu
-def test_discriminator_pool_and_folded_gains_on_cuda_channels_last_bf16():
-    """Where the fast step runs it: CUDA, channels_last, bf16 autocast. Logits and input gradients
-    agree with the reference discriminator to bf16's precision."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
+def _d_bf16_errors(device, impls) -> dict:
+    """For each ``(down_impl, fold_gains)``: relative errors of D's logits, input gradient and weight
+    gradients (softplus loss, as in training) under bf16 autocast against the float32 reference."""
     from faceedit.networks import Discriminator
 
     torch.manual_seed(0)
-    D = Discriminator(64, channel_base=2048, channel_max=256).cuda().to(memory_format=torch.channels_last)
-    x = torch.randn(32, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
-    outs = []
-    for impl, fold in (("reference", False), ("pool", True)):
+    D = Discriminator(64, channel_base=2048, channel_max=256).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
+
+    def run(impl, fold, bf16):
         D.set_down_impl(impl).set_fold_gains(fold)
+        D.zero_grad(set_to_none=True)
         xi = x.clone().requires_grad_(True)
-        with torch.autocast("cuda", torch.bfloat16):
+        with torch.autocast(device, torch.bfloat16, enabled=bf16):
             y = D(xi).float()
-        y.sum().backward()
-        outs.append((y.detach(), xi.grad))
-    (ya, ga), (yb, gb) = outs
-    assert rel_err(yb, ya) < 3e-2 and rel_err(gb, ga) < 3e-2, (rel_err(yb, ya), rel_err(gb, ga))
+        F.softplus(y).sum().backward()
+        return y.detach(), xi.grad, torch.cat([p.grad.flatten() for p in D.parameters()])
+
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        ref = run("reference", False, False)
+    return {key: [rel_err(a, b) for a, b in zip(run(*key, True), ref)] for key in impls}
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_discriminator_pool_and_folded_gains_are_as_accurate_in_bf16_channels_last(device):
+    """Where the fast step runs it (channels_last, bf16 autocast), the pooled, folded discriminator
+    is no further from the float32 reference than the reference's own bf16 run (logits, input and
+    weight gradients). On CPU at the time of writing: 0.013 / 0.116 / 0.020 against 0.019 / 0.121 /
+    0.023. The gpu case has not run yet. A first check on an H100 compared the two paths' bf16 runs
+    with each other directly (loss: the logits' sum): logits 0.011 apart, input gradients 1.2 apart,
+    where the same check on CPU gives about 0.1. Until this test passes on CUDA the fast step keeps
+    the strided-slice down-sampler (``training.faststep``)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    err = _d_bf16_errors(device, [("reference", False), ("pool", True)])
+    for ours, theirs in zip(err[("pool", True)], err[("reference", False)]):
+        assert ours <= 1.5 * theirs + 1e-3, err
 
 
 def test_pool_down_impl_and_folding_refuse_what_they_cannot_compute():
