@@ -196,6 +196,7 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
         rates[key]["mean_age"] = float(sc["age"].mean())
     model_hashes = {"attrnet": scorer.sha256}
     images, extra = {}, {}
+    sheet_names = set()
     sources = [("model", m) for m in models] + [("images", d) for d in (images_dirs or [])]
     for kind, m in sources:
         if kind == "model":
@@ -212,6 +213,9 @@ def bench_generator(models, *, test_pack, train_pack, n: int | None = None, seed
             name = f"images:{Path(m).name}"
             model_hashes[name] = file_sha256(m)
             say(f"{name}: {len(gen_imgs)} images")
+        if short in sheet_names:  # two models of one name (a retrained one beside the shipped one): both sheets
+            short = f"{short}_{name.rsplit('@', 1)[-1] if '@' in name else len(sheet_names)}"
+        sheet_names.add(short)
         if gen_imgs.shape[1] != 64:
             import torch.nn.functional as F
 

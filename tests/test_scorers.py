@@ -293,7 +293,7 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
     save_native(tmp_path / "g", Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=64,
                                           channel_max=16), name="tiny")
     save_native(tmp_path / "g2", Generator(z_dim=16, w_dim=16, resolution=16, mapping_layers=2, channel_base=64,
-                                           channel_max=16), name="tiny2")
+                                           channel_max=16), name="tiny")  # the same name, other weights
     train = synthetic_pack(tmp_path / "train.npz", n=60, seed=1)
     test = synthetic_pack(tmp_path / "test.npz", n=60, seed=2)
     w, _ = save_attrnet(tmp_path / "attrnet.safetensors", AttrNet(width=8).eval(), {})
@@ -319,6 +319,8 @@ def test_bench_generator_and_scorers_end_to_end(tmp_path):
     assert len(diff) == 1 and diff[0]["value"] == pytest.approx(rec[ids[1]]["value"] - rec[ids[0]]["value"])
     out = json.loads((tmp_path / "out" / "generator.json").read_text())
     assert out["provenance"]["models"]["attrnet"] == sc.sha256 and out["provenance"]["test_pack_sha256"]
+    sheets = sorted(p.name for p in (tmp_path / "out").glob("generator_samples_tiny*.png"))
+    assert len(sheets) == 2 and "generator_samples_tiny.png" in sheets  # one sheet each, none overwritten
     assert (tmp_path / "out" / "generator_nearest_tiny.png").is_file()
     card = tmp_path / "card.json"
     card.write_text("{}")
