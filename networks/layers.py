@@ -83,7 +83,7 @@ class EqualConv2d(nn.Module):
         and the activation's sqrt 2 and ``out_gain`` scale the (small) weight instead of the
         activations. One convolution and at most one in-place activation kernel per call."""
         if not out_gain > 0:
-            raise ValueError(f"out_gain must be positive, got {out_gain}")
+            raise NetworkError(f"out_gain must be positive, got {out_gain}")
         g = out_gain * (math.sqrt(2) if self.activation == "lrelu" else 1.0)
         b = None if self.bias is None else self.bias.to(x.dtype) * g
         x = F.conv2d(x, self.weight.to(x.dtype) * (self.scale * g), b, padding=self.padding)

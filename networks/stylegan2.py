@@ -424,7 +424,8 @@ def downsample2d_pool(x: torch.Tensor, fir: torch.Tensor | None = None) -> torch
     s=2)``: three pooling kernels forward and three backward, in any memory layout. The
     strided-slice form (:func:`downsample2d_taps`) runs 16 element-wise kernels forward on strided
     views and, backward, a zero fill and a copy per slice; on an H100 in the eager fast step at
-    batch 512 those copies and fills alone were ~23 of 106 ms of GPU time (``torch.profiler``).
+    batch 512 the step's copy and fill kernels (345 and 288 a step, most of them, by their counts,
+    from those slices) took ~23 of its 106 ms of GPU time (``torch.profiler``).
     ``fir``, when given, must be that filter (:meth:`Discriminator.set_down_impl` checks it once).
     """
     if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
@@ -529,8 +530,9 @@ class Discriminator(nn.Module):
 
     def set_down_impl(self, impl: str) -> "Discriminator":
         """How the blocks down-sample: ``"reference"`` (:func:`ops.downsample2d`), ``"taps"``
-        (:func:`downsample2d_taps`) or ``"pool"`` (:func:`downsample2d_pool`, the fast training
-        step's; only for the default ``[1, 3, 3, 1]`` filter); all equal up to float rounding.
+        (:func:`downsample2d_taps`, the fast training step's) or ``"pool"`` (:func:`downsample2d_pool`,
+        its candidate replacement; only for the default ``[1, 3, 3, 1]`` filter); all equal up to
+        float rounding.
         Not part of the checkpoint: a loaded discriminator uses the reference."""
         if impl not in DOWN_IMPLS:
             raise NetworkError(f"down-sampling implementation must be one of {DOWN_IMPLS}, got {impl!r}")

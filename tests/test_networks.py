@@ -182,8 +182,8 @@ def test_downsample_pool_matches_the_reference_downsampler():
 
 @pytest.mark.parametrize("conv_clamp", [None, 0.5])
 def test_discriminator_pool_and_folded_gains_match_reference_forward_and_backward(conv_clamp):
-    """The fast step's discriminator (pooled down-sampling, gains folded into the weights) gives the
-    reference's logits, features and gradients; with conv_clamp (which does not commute with a gain)
+    """The candidate fast-step discriminator (pooled down-sampling, gains folded into the weights) gives
+    the reference's logits, features and gradients; with conv_clamp (which does not commute with a gain)
     folding leaves the blocks' order alone and the values still agree (the clamp is active here)."""
     from faceedit.networks import Discriminator
 

@@ -25,8 +25,8 @@ same regularisers at the same lazy intervals, same EMA) and changes how it runs:
 * **Down-sampling by strided slices** in the discriminator (``Discriminator.set_down_impl("taps")``,
   :func:`networks.stylegan2.downsample2d_taps`) instead of depthwise FIR convolutions, which
   took another quarter of that GPU time. The next profile (eager, batch 512, H100: 106 ms of GPU
-  time per step, convolutions ~15 ms of it) put ~23 ms in those slices' backward zero fills and
-  copies; ``set_down_impl("pool")`` (three 2x2 average pools) with ``set_fold_gains(True)`` (the
+  time per step, convolutions ~15 ms of it) put ~23 ms in copy and fill kernels, most of them those
+  slices' backward; ``set_down_impl("pool")`` (three 2x2 average pools) with ``set_fold_gains(True)`` (the
   gains in the weights) is the replacement, parity-tested on the CPU but not yet on CUDA, so not
   on by default.
 * **CUDA graphs** (``TrainConfig.compile_mode="reduce-overhead"``): each compiled phase is
