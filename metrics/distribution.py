@@ -149,6 +149,17 @@ def _inside(query, ref, radii, batch: int = 2048) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def _real_cut(real, fake, k: int, max_samples: int, seed: int) -> tuple:
+    """``(real, fake, n, rng)``: the checked feature arrays, ``real`` cut to ``n = min(len(real), len(fake),
+    max_samples)`` by a seeded choice, and the generator that made it (the fake side draws from it next)."""
+    real, fake = _as2d(real, "real"), _as2d(fake, "fake")
+    rng = np.random.default_rng(seed)
+    n = min(len(real), len(fake), int(max_samples))
+    if n <= k:
+        raise MetricsError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
+    return (real[rng.choice(len(real), n, replace=False)] if len(real) > n else real), fake, n, rng
+
+
 def precision_recall(real, fake, *, k: int = 3, max_samples: int = 10000, seed: int = 0) -> dict:
     """Improved precision and recall with k-NN manifolds.
 
@@ -159,12 +170,7 @@ def precision_recall(real, fake, *, k: int = 3, max_samples: int = 10000, seed: 
     Returns:
         ``{"precision", "recall", "k", "n"}``.
     """
-    real, fake = _as2d(real, "real"), _as2d(fake, "fake")
-    rng = np.random.default_rng(seed)
-    n = min(len(real), len(fake), int(max_samples))
-    if n <= k:
-        raise MetricsError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
-    real = real[rng.choice(len(real), n, replace=False)] if len(real) > n else real
+    real, fake, n, rng = _real_cut(real, fake, k, max_samples, seed)
     fake = fake[rng.choice(len(fake), n, replace=False)] if len(fake) > n else fake
     prec = _inside(fake, real, _knn_radii(real, k)).mean()
     rec = _inside(real, fake, _knn_radii(fake, k)).mean()
@@ -201,12 +207,7 @@ def precision_recall_draws(real, fake, *, k: int = 3, max_samples: int = 10000, 
     """
     from statistics import NormalDist
 
-    real, fake = _as2d(real, "real"), _as2d(fake, "fake")
-    rng = np.random.default_rng(seed)
-    n = min(len(real), len(fake), int(max_samples))
-    if n <= k:
-        raise MetricsError(f"precision/recall with k={k} needs more than {k} samples per set, got {n}")
-    real = real[rng.choice(len(real), n, replace=False)] if len(real) > n else real
+    real, fake, n, rng = _real_cut(real, fake, k, max_samples, seed)
     draws = max(1, min(len(fake) // n, int(max_draws)))
     order = rng.permutation(len(fake))[:draws * n].reshape(draws, n)
     real_radii = _knn_radii(real, k)
