@@ -394,6 +394,11 @@ class MinibatchStd(nn.Module):
 DOWN_IMPLS = ("reference", "taps", "pool")
 
 
+def _check_even(x: torch.Tensor, who: str) -> None:
+    if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+        raise NetworkError(f"{who} expects [N, C, H, W] with even H and W, got {tuple(x.shape)}")
+
+
 def downsample2d_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     """:func:`ops.downsample2d` computed at the output samples only, as a sum of strided slices.
 
@@ -404,8 +409,7 @@ def downsample2d_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     element-wise kernels (which ``torch.compile`` can fuse). Equal to the reference up to float
     rounding (``tests/test_networks.py``).
     """
-    if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
-        raise NetworkError(f"downsample2d_taps expects [N, C, H, W] with even H and W, got {tuple(x.shape)}")
+    _check_even(x, "downsample2d_taps")
     n_taps = fir.numel()
     p = n_taps - 2
     h, w = x.shape[2], x.shape[3]
@@ -428,8 +432,7 @@ def downsample2d_pool(x: torch.Tensor, fir: torch.Tensor | None = None) -> torch
     from those slices) took ~23 of its 106 ms of GPU time (``torch.profiler``).
     ``fir``, when given, must be that filter (:meth:`Discriminator.set_down_impl` checks it once).
     """
-    if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
-        raise NetworkError(f"downsample2d_pool expects [N, C, H, W] with even H and W, got {tuple(x.shape)}")
+    _check_even(x, "downsample2d_pool")
     x = F.avg_pool2d(x, 2, stride=1, padding=1)
     x = F.avg_pool2d(x, 2, stride=1)
     return F.avg_pool2d(x, 2, stride=2)
@@ -559,13 +562,16 @@ class Discriminator(nn.Module):
         self.fold_gains = bool(on)
         return self
 
+    def _folds(self) -> bool:
+        """Whether the layers outside the blocks fold their gains (not with conv_clamp: see set_fold_gains)."""
+        return self.fold_gains and self.conv_clamp is None
+
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
         if img.ndim != 4 or img.shape[2:] != (self.resolution, self.resolution):
             raise NetworkError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
                                f"got {tuple(img.shape)}")
-        fold = self.fold_gains and self.conv_clamp is None
-        x = self.from_rgb.forward_folded(img) if fold else _clamp(self.conv_clamp, self.from_rgb(img))
+        x = self.from_rgb.forward_folded(img) if self._folds() else _clamp(self.conv_clamp, self.from_rgb(img))
         feats = [x]
         for block in self.blocks:
             x = block(x)
@@ -574,7 +580,7 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.features(img)[-1]
-        if self.fold_gains and self.conv_clamp is None:
+        if self._folds():
             x = self.conv.forward_folded(self.mbstd(x))
         else:
             x = _clamp(self.conv_clamp, self.conv(self.mbstd(x)))

@@ -44,3 +44,14 @@ def test_the_cli_sets_them_before_torch_loads():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     threads, policy, torch_loaded = out.stdout.strip().splitlines()[-1].split()
     assert 1 <= int(threads) <= available_cores() and policy == "None" and torch_loaded == "False"
+
+
+def test_the_cli_says_its_threads_with_verbose():
+    """``-v`` names the count in force (chosen before logging was set up, so said once it is)."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    run = [sys.executable, "-m", "faceedit", "-v", "models"]
+    chosen = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    given = subprocess.run(run, env={**env, "OMP_NUM_THREADS": "3"}, capture_output=True, text=True, timeout=120)
+    assert chosen.returncode == 0 and given.returncode == 0, (chosen.stderr, given.stderr)
+    n = int(chosen.stderr.split("CPU threads: ")[1].split()[0])
+    assert 1 <= n <= available_cores() and "CPU threads: 3" in given.stderr

@@ -4,8 +4,8 @@ Busy-loop processes (``--busy``, one per core they should take) keep the machine
 one-minute load average has risen to them, the command runs in fresh processes with
 ``OMP_NUM_THREADS`` unset (faceedit chooses: :func:`faceedit.core.threads.cpu_threads`, the idle
 cores), set to the core count (torch's own default) and set to 1, interleaved, ``--repeats`` times
-each. It prints the wall times, the load average before each run and the count faceedit would
-choose at that load; the same with no busy process gives the idle row.
+each. It prints the wall times, the load average before each run and the thread count the
+unset runs chose (their own ``-v`` log line); the same with no busy process gives the idle row.
 
     python bench/scripts/contention.py --busy 0,1 --repeats 3 --out DIR
 """
@@ -15,6 +15,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -44,24 +45,27 @@ def _wait_load(target: float, timeout: float) -> float:
     return os.getloadavg()[0]
 
 
-def run_command(photo: Path, threads: str | None) -> float:
-    """Wall seconds of ``faceedit edit PHOTO --attr smile`` in a fresh process, ``OMP_NUM_THREADS=threads``
-    (None: unset), into a temporary folder."""
+def run_command(photo: Path, threads: str | None) -> tuple:
+    """``(wall seconds, threads it used or None)`` of ``faceedit -v edit PHOTO --attr smile`` in a fresh
+    process, ``OMP_NUM_THREADS=threads`` (None: unset, faceedit chooses and logs its choice), into a
+    temporary folder."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     if threads is not None:
         env["OMP_NUM_THREADS"] = threads
     out = Path(tempfile.mkdtemp(prefix="contention_"))
     try:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "faceedit", "edit", str(photo), "--attr", "smile", "--out", str(out)],
-                       env=env, check=True, capture_output=True)
-        return time.perf_counter() - t0
+        r = subprocess.run([sys.executable, "-m", "faceedit", "-v", "edit", str(photo), "--attr", "smile",
+                            "--out", str(out)], env=env, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        used = re.search(r"CPU threads: (\d+)", r.stderr)
+        return wall, int(used.group(1)) if used else None
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
 
 def main(argv=None) -> int:
-    from faceedit.core.threads import available_cores, cpu_threads
+    from faceedit.core.threads import available_cores
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--busy", default="0,1", help="busy-loop process counts to measure under, comma-separated")
@@ -83,11 +87,11 @@ def main(argv=None) -> int:
             loads, chosen = [], []
             for _ in range(a.repeats):
                 for name, threads in variants:
-                    load = os.getloadavg()[0]
-                    loads.append(load)
+                    loads.append(os.getloadavg()[0])
+                    wall, used = run_command(Path(a.photo), threads)
+                    times[name].append(wall)
                     if threads is None:
-                        chosen.append(cpu_threads(cores=cores, load=load))
-                    times[name].append(run_command(Path(a.photo), threads))
+                        chosen.append(used)
         finally:
             stop.set()
             for p in procs:

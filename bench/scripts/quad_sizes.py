@@ -28,6 +28,7 @@ def quad_side(quad) -> float:
 
 def main(argv=None) -> int:
     from faceedit.alignment import align
+    from faceedit.alignment.errors import FaceNotFoundError, FaceTooSmallError
     from faceedit.core.images import load_image
     from faceedit.training.dataset import SOURCE_CELEBA, SOURCE_UTK, list_sources
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
             photo_sides.append(min(img.shape[:2]))
             try:
                 found.append(quad_side(align(img, face="largest")[0].quad))
-            except Exception:  # noqa: BLE001 - no face: counted, not measured
+            except (FaceNotFoundError, FaceTooSmallError):  # counted in "faces", not measured
                 pass
         s = np.array(found)
         sides[str(source)] = s.tolist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import click
 
@@ -64,6 +65,9 @@ def cli(ctx, verbose, quiet, device):
     """
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # main() set it before torch loaded (faceedit.core.threads), when logging was not configured yet
+    threads = os.environ.get("OMP_NUM_THREADS", "torch's default")
+    logging.getLogger("faceedit.core.threads").info("CPU threads: %s", threads)
     ctx.ensure_object(dict)
     ctx.obj["device"] = device
     ctx.obj["quiet"] = quiet
