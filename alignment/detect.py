@@ -146,9 +146,9 @@ def _view(image: np.ndarray, size: tuple, path: str = "fast"):
 
     The reference path keeps one area resize and one scale for both axes (``width / W``), as
     the detectors always had; the fast one reduces by :func:`~faceedit.alignment.resample.shrink`
-    (block average, then a bilinear rest: on the in-the-wild photos the HOG detector returns the
-    same boxes on it as on the reference copy, its scores within 0.13) and maps each axis by its
-    own scale.
+    (block average, then a bilinear rest: on the in-the-wild photos the HOG detector finds the
+    same faces on it as on the reference copy, ``bench/scripts/alignment.py speed``) and maps each
+    axis by its own scale.
     """
     from .resample import shrink
 

@@ -375,7 +375,8 @@ def align_landmarks(image: np.ndarray, landmarks: np.ndarray, recipe: AlignmentR
         score, index, detector: recorded in the result.
         path: ``"fast"`` (:func:`_warp_fast`) or ``"reference"`` (the FFHQ script's steps,
             :func:`_warp_reference`, ``recipe.supersample`` times supersampled; the fast path
-            chooses its own). The same quad and matrix either way.
+            chooses its own, so a recipe with another ``supersample`` than the default 4 takes the
+            reference warp). The same quad and matrix either way.
     Returns:
         :class:`AlignedFace` with the crop, the photo->crop matrix and the quad.
     Raises:
@@ -384,7 +385,9 @@ def align_landmarks(image: np.ndarray, landmarks: np.ndarray, recipe: AlignmentR
     img = np.ascontiguousarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
         raise AlignmentError(f"expected an [H, W, 3] uint8 RGB image, got {img.shape} {img.dtype}")
-    warp = _warp_fast if check_path(path) == "fast" else _warp_reference
+    # a supersampling other than the recipe default is an explicit choice: only the reference warp has one
+    fast = check_path(path) == "fast" and recipe.supersample == AlignmentRecipe.supersample
+    warp = _warp_fast if fast else _warp_reference
     H, W = img.shape[:2]
     quad, qsize = ffhq_quad(landmarks, recipe.scale)
     crop, M = warp(img, quad.copy(), qsize, recipe)

@@ -18,7 +18,8 @@ class AlignmentRecipe:
         scale: multiplier on the FFHQ quad size (1.0 = FFHQ; <1 crops tighter).
         supersample: the quad is warped at ``supersample * size`` and then
             downsampled with an anti-aliasing filter (FFHQ uses 4), on the reference path
-            (``align(path="reference")``); the fast path picks its own (1 or 2).
+            (``align(path="reference")``); the fast path picks its own (1 or 2) at the default 4,
+            and any other value sends the warp down the reference path.
         pad_mode: how area outside the photo is filled: ``reflect`` (FFHQ: reflect,
             blur and median fill) or ``constant``.
         landmarks: ``dlib68``, ``mtcnn5`` (QuadNet on the calibrated points),

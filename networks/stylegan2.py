@@ -429,7 +429,8 @@ def downsample2d_pool(x: torch.Tensor, fir: torch.Tensor | None = None) -> torch
     strided-slice form (:func:`downsample2d_taps`) runs 16 element-wise kernels forward on strided
     views and, backward, a zero fill and a copy per slice; on an H100 in the eager fast step at
     batch 512 the step's copy and fill kernels (345 and 288 a step, most of them, by their counts,
-    from those slices) took ~23 of its 106 ms of GPU time (``torch.profiler``).
+    from those slices) took ~23 of its 106 ms of GPU time
+    (``bench/results/training_speed/profile_eager_b512_h100.md``).
     ``fir``, when given, must be that filter (:meth:`Discriminator.set_down_impl` checks it once).
     """
     _check_even(x, "downsample2d_pool")

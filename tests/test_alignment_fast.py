@@ -68,6 +68,19 @@ def test_fast_warp_agrees_with_the_reference_warp(astronaut, size, scale):
     np.testing.assert_array_equal(align_landmarks(img, lm, recipe, path="fast").crop, fast.crop)
 
 
+@pytest.mark.parametrize("supersample", [1, 2, 8])
+def test_a_chosen_supersampling_is_honoured_on_the_default_path(astronaut, supersample):
+    """The fast warp has its own supersampling; a recipe that asks for another than the default
+    gets the reference warp's crop exactly, not a silently ignored field."""
+    img, lm = astronaut
+    recipe = AlignmentRecipe(size=64, scale=0.6, supersample=supersample)
+    np.testing.assert_array_equal(align_landmarks(img, lm, recipe).crop,
+                                  align_landmarks(img, lm, recipe, path="reference").crop)
+    default = AlignmentRecipe(size=64, scale=0.6)
+    assert not np.array_equal(align_landmarks(img, lm, default).crop,
+                              align_landmarks(img, lm, default, path="reference").crop)
+
+
 @pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
 def test_fast_padding_agrees_with_the_reference_padding(astronaut, pad_mode):
     """A face cut so its quad leaves the photo on three sides: the reference pads (reflect, blur,

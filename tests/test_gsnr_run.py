@@ -200,6 +200,11 @@ def test_main_writes_markdown_json_and_pngs(bench, tmp_path):
     for name in ("gsnr_run.png", "gsnr.png"):
         _png_size((out / name).read_bytes())
     assert {r["step"] for r in csv.DictReader(open(out / "kid.csv"))} == {str(s) for s in steps}
+    with_kid = _png_size((out / "gsnr.png").read_bytes())
+    # the same --out again for a run without KID: the earlier kid.csv must not reach the new plot
+    (run / "kid.csv").unlink()
+    assert bench.main([str(run), "--out", str(out), "--n-boot", "200", "--train-images", "500"]) == 0
+    assert not (out / "kid.csv").exists() and _png_size((out / "gsnr.png").read_bytes()) != with_kid
     assert bench.main([str(tmp_path / "nowhere"), "--out", str(out)]) == 2
 
 

@@ -23,12 +23,12 @@ same regularisers at the same lazy intervals, same EMA) and changes how it runs:
   path-length pass alone took a third of an eager fast step's GPU time); the lengths and the
   penalties are summed in fp32.
 * **Down-sampling by strided slices** in the discriminator (``Discriminator.set_down_impl("taps")``,
-  :func:`networks.stylegan2.downsample2d_taps`) instead of depthwise FIR convolutions, which
-  took another quarter of that GPU time. The next profile (eager, batch 512, H100: 106 ms of GPU
-  time per step, convolutions ~15 ms of it) put ~23 ms in copy and fill kernels, most of them those
-  slices' backward; ``set_down_impl("pool")`` (three 2x2 average pools) with ``set_fold_gains(True)`` (the
-  gains in the weights) is the replacement, parity-tested on the CPU but not yet on CUDA, so not
-  on by default.
+  :func:`networks.stylegan2.downsample2d_taps`) instead of depthwise FIR convolutions, which took
+  another quarter of that GPU time. The next profile (eager, batch 512, H100: 106 ms of GPU time per
+  step, convolutions ~15 ms of it; ``bench/results/training_speed/profile_eager_b512_h100.md``) put
+  ~23 ms in copy and fill kernels, most of them those slices' backward; ``set_down_impl("pool")``
+  (three 2x2 average pools) with ``set_fold_gains(True)`` (the gains in the weights) is the
+  replacement, parity-tested on the CPU but not yet on CUDA, so not on by default.
 * **CUDA graphs** (``TrainConfig.compile_mode="reduce-overhead"``): each compiled phase is
   replayed as one graph, so that a step's cost is its kernels' and not their launches'.
 * **Fused Adam** on CUDA (one kernel per parameter group instead of one per tensor; the
@@ -48,7 +48,8 @@ compiler is needed, and it takes minutes).
 Measured (``bench/results/training_speed/``, one H100, one run): eagerly (``compile=False``) 3.32x
 the reference step's images/s for faces64 (4,864 at batch 1024 vs 1,466 at 192) and 3.40x for
 faces64-wpp (4,794 vs 1,410); compiled, before the bf16 regularisers and the strided down-sampling,
-1.71x after a 173 s compile (not re-measured since: compiling at batch 1024 took over 250 s).
+1.71x after a 173 s compile (that table is in git history, ``training_speed_h100.md`` at b8a50ad; not
+re-measured since: compiling at batch 1024 took over 250 s).
 """
 from __future__ import annotations
 

@@ -737,8 +737,9 @@ class Trainer:
         """Everything to continue exactly: weights, optimiser moments, counters, RNG.
 
         With ``beta1 = 0`` (the default) Adam's first moment is only the last gradient, which
-        the next step overwrites before reading it, so it is left out: a fifth less to carry
-        between working periods (:meth:`load_checkpoint` restores it as zeros).
+        the next step overwrites before reading it, so it is left out: for faces64 about 29% fewer
+        floats to carry between working periods (G's 3.4M and D's 3.5M of the 24.3M in G, G_ema,
+        D and both moments; :meth:`load_checkpoint` restores it as zeros).
         """
         t = {}
         for prefix, mod in (("G", self.G), ("G_ema", self.G_ema), ("D", self.D)):

@@ -183,16 +183,16 @@ def _photo_faces(detector: str, path: str, recipe) -> dict:
     for name in sorted(truth):
         try:
             img = load_image(SHARED / "datasets/photos" / name)
-        except ImageLoadError:
-            found[name] = None
+        except ImageLoadError as e:
+            found[name] = type(e).__name__
             continue
         try:
             rep, _, c = _cpu_wall(lambda: align_photo(img, recipe=recipe, detector=detector, name=name, min_face=24,
                                                       path=path))
             cpu += c
             found[name] = [[*d.center, d.size] for d in rep.detections]
-        except AlignmentError:
-            found[name] = None
+        except AlignmentError as e:  # the error's kind, so that two paths failing differently are not "the same"
+            found[name] = type(e).__name__
     return {"faces": found, "cpu_s": cpu}
 
 
@@ -218,9 +218,10 @@ def _crop_psnr(recipes) -> dict:
 
 def _same_faces(a, b, tol: float = 0.1) -> bool:
     """Whether two lists of ``[cx, cy, size]`` are the same faces: equal counts, centres within
-    ``tol`` of the size and sizes within ``tol``, matched in order (left to right)."""
-    if a is None or b is None:
-        return a is None and b is None
+    ``tol`` of the size and sizes within ``tol``, matched in order (left to right); a photo that
+    failed (its error's name) matches only the same error."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
     return len(a) == len(b) and all(np.hypot(x[0] - y[0], x[1] - y[1]) <= tol * x[2] and abs(y[2] / x[2] - 1) <= tol
                                     for x, y in zip(a, b))
 
@@ -237,7 +238,7 @@ def _accuracy(out: Path, size: int, train_per_source: int, test_per_source: int,
         got = {p: _photo_faces(det, p, FFHQ.with_size(size)) for p in ALIGN_PATHS}
         ref, fast = got["reference"]["faces"], got["fast"]["faces"]
         same = sum(_same_faces(ref[k], fast[k]) for k in ref)
-        n_ref, n_fast = (sum(len(v) for v in x.values() if v) for x in (ref, fast))
+        n_ref, n_fast = (sum(len(v) for v in x.values() if isinstance(v, list)) for x in (ref, fast))
         summary["photos"][det] = {"photos": len(ref), "faces_reference": n_ref, "faces_fast": n_fast,
                                   "photos_same_faces": same, "differ": [k for k in ref if not _same_faces(ref[k], fast[k])],
                                   "cpu_s": {p: got[p]["cpu_s"] for p in ALIGN_PATHS}}

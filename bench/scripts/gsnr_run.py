@@ -495,6 +495,8 @@ def main(argv=None) -> int:
     atomic_write_text(out / "gsnr.csv", _csv_text(grows, gcols))
     if joined["kid"]:
         atomic_write_text(out / "kid.csv", _csv_text(joined["kid"], ["step", "kimg", "kid", "ci_low", "ci_high", "n"]))
+    else:  # an earlier run's kid.csv in --out would be plotted beside this run's GSNR (gsnr_plot_png reads it)
+        (out / "kid.csv").unlink(missing_ok=True)
     from faceedit.training.plots import gsnr_plot_png
 
     png = gsnr_plot_png(out / "gsnr.csv", args.title, kid_csv=out / "kid.csv" if joined["kid"] else None)
