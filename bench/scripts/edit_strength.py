@@ -198,10 +198,11 @@ def measure(model: str, split: str, entries: list, *, attr: str, strengths, cach
     from faceedit.core.images import load_image
     from faceedit.pipeline import Pipeline
 
-    m = load_model(model, device="cpu")
+    # with D, as `faceedit edit` loads it: the default inversion's loss is the discriminator-feature one
+    m = load_model(model, device="cpu", with_discriminator=True)
     space = "wpp" if m.G.mapping_kind == "transformer" else "w+"
     pipe = Pipeline(m, space=space, device="cpu")
-    cache = cache / f"{pipe.model_id.replace('@', '_')}_{space.replace('+', 'p')}_{pipe.method}" / split
+    cache = cache / f"{pipe.model_id.replace('@', '_')}_{space.replace('+', 'p')}_{pipe.method}_disc" / split
     per_photo = []
     for cands in entries:
         got = _align_first(pipe, cands, load_image)
