@@ -40,12 +40,12 @@ class ModelEntry:
 
 REGISTRY = {e.name: e for e in [
     ModelEntry("faces64", 64, ("w", "w+"), "non-commercial research (UTKFace, CelebA)", "shipped",
-               "faces64", "mlp", sha256="bac7bf484a04b329ab6c7a704730e627c1d6229566dc63f0e254fc6a7925aec3",
+               "faces64", "mlp", sha256="cd361065a9fc8904cea08d191e18658d1a0d7056a8cc4aabd480fd8a4bb7e891",
                description="faceedit's own 64 px StyleGAN2 (MLP mapping), trained on the train split of UTKFace + "
                "CelebA", default_for=("w", "w+")),
     ModelEntry("faces64-wpp", 64, ("w+", "wpp", "wpp-z"), "non-commercial research (UTKFace, CelebA)",
                "shipped", "faces64-wpp", "transformer",
-               sha256="17958e3c750f88719b7f436aad1999e155fbba0f76e25482c3fb2968fa32602f",
+               sha256="d2a054e55c4c71f29f93dc780b62e7a6a76c391e4102e99a18dc1ab899f38120",
                description="faceedit's own 64 px StyleGAN2 with TransStyleGAN's transformer mapping (W++)",
                default_for=("wpp", "wpp-z")),
     ModelEntry("faces64-sg1", 64, ("w", "w+"), "non-commercial research (UTKFace, CelebA)", "shipped",

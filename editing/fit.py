@@ -54,7 +54,7 @@ def code_space(G) -> str:
 #: Not scikit-learn's default of 1: the 2% tails are nearly separable in W, so at C=1 a few
 #: support vectors in W's narrowest axes set the normal and two independent 100k fits agree
 #: only to cosine 0.33-0.59; at 0.001 they agree to 0.92-0.98 and rank held-out tails as well
-#: (``bench/results/byo/adopt_cosines_cpu.md``).
+#: (``bench/results/previous_release_622kimg/byo/adopt_cosines_cpu.md``, on the previous release).
 SVM_C = 0.001
 #: Rows drawn together by :func:`z_batches` (see there).
 Z_BLOCK = 16

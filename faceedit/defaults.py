@@ -5,11 +5,12 @@
 unit: 1 moves the latent by one standard deviation of the latent distribution along the
 direction. Chosen by ``bench/scripts/edit_strength.py`` (its docstring states the rule):
 the smallest strength of its grid whose ``faces64`` (W+) smile edit changes the face crop
-by at least 6 levels on average inside the face mask, on 20 train-split photos (6.93 levels
-at 1, 5.18 at 0.75), with the edit's identity cost kept small (median dlib distance to the
-reconstruction 0.11; same-person below 0.6); checked on 20 test-split photos (6.71 levels,
-median identity distance 0.12). ``bench/results/edit_strength/README.md`` has the table, W++
-included (its smile moves about a third as far per unit: 2.1 levels at 1, 6.3 at 3).
+by at least 6 levels on average inside the face mask, on 20 train-split photos (6.45 levels
+at 1, 4.88 at 0.75, on the models shipped with issue 17's retraining), with the edit's identity
+cost kept moderate (median dlib distance to the reconstruction 0.21; same-person below 0.6);
+checked on 20 test-split photos (6.26 levels, median identity distance 0.21).
+``bench/results/edit_strength/README.md`` has the table, W++ included (its smile moves about
+two thirds as far per unit: 4.1 levels at 1, 6.1 at 1.5).
 
 ``MAX_STRENGTH`` and ``FAR_FROM_PRIOR`` are where an edit stops being a measured edit and
 :class:`faceedit.Pipeline` refuses it unless ``force=True`` (``faceedit edit --force``). Refused
@@ -20,12 +21,15 @@ purpose passes one flag.
 * ``MAX_STRENGTH``: the largest ``|strength|`` (``std`` unit; ``distance`` is converted with
   the direction's ``latent_std``) the shipped directions were measured at: the grid of
   ``bench/results/edit_strength`` goes to 10 (the editing benchmark to 2). At 10 the ``faces64``
-  smile changes the crop by 64-67 levels inside the mask and the median identity distance to the
-  reconstruction is 0.55-0.57; at 12 one of its 40 photos' edits lies past ``FAR_FROM_PRIOR``.
+  smile changes the crop by 45 levels inside the mask and the median identity distance to the
+  reconstruction is 0.67-0.68 on the shipped model; on the previous release's
+  model one of its 40 photos' edits at 12 lay past ``FAR_FROM_PRIOR``.
 * ``FAR_FROM_PRIOR``: the largest squared Mahalanobis distance per dimension under the model's
   Gaussianized prior (``prior.mahalanobis(codes) / (num_ws * w_dim)``; a model without one gets
   a diagonal Gaussian of 4096 mapping samples) that a latent may have, before or after the
-  edit. Measured on ``examples/astronaut.jpg`` and the 40 photos of
+  edit. Measured on the previous release's models (the figures below; on the shipped ones all
+  80 smile edits of ``bench/results/edit_strength`` up to strength 10 pass it), on
+  ``examples/astronaut.jpg`` and the 40 photos of
   ``bench/results/edit_strength`` (hybrid W+ / W++ inversions; mapping samples read about 1):
   ``faces64`` W+ inversions 8-31, their smile edits at strength 1 11-34, at 10 456-717 (a
   distorted face) and at 12 721-1085, age, male, eyeglasses, young or bald at 10 288-746, smile

@@ -13,7 +13,8 @@ prior at the optimiser's weight; CPU, identity by dlib). The 500-step optimiser 
 release) 25.34 dB / 0.9857; no noise 25.88 / 0.9909; no noise and lr 0.05 / 0.2 / 0.3 /
 0.5: 25.17 / 26.38 / 26.52 / 26.35 dB. No noise, lr 0.3: 70 steps 27.46 dB / 0.9954, 90
 steps 27.96 dB / 0.9979 (a longer cosine ramp-down or none at all did worse). So: no
-noise, lr 0.3. Steps on CUDA: in the 100-face table (``bench/results/methods/``, H100) 90 steps
+noise, lr 0.3. Steps on CUDA: in the 100-face table (``bench/results/previous_release_622kimg/methods/``,
+H100, the models before issue 17's retraining) 90 steps
 left faces64 0.0002 short of the 500-step optimiser's identity (0.9957 vs 0.9959, paired
 interval +-0.0009); 110 steps reached 0.9968 in 16.9% of its time (faces64-wpp at 100
 steps: 0.9967 vs 0.9956 in 14.8%), so the CUDA default is 110. Per step the hybrid took
@@ -30,7 +31,8 @@ reconstructions (``bench/results/photo_path/hybrid_cpu_paths.md``). The photo ke
 either way (the residual paste-back adds only the edit's change); pass ``steps`` (``--steps``) for more.
 
 Those first picks looked at test faces. Re-chosen on 100 held-out TRAIN faces (the encoders'
-validation tail; ``bench/scripts/hybrid_sweep.py``, ``bench/results/methods/sweep_val.json``), H100, identity
+validation tail; ``bench/scripts/hybrid_sweep.py``,
+``bench/results/previous_release_622kimg/methods/sweep_val.json``), H100, identity
 vs the 500-step optimiser at 110 steps: lr 0.1 / 0.2 / 0.3 / 0.5 -0.0022 / -0.0005 / +0.0005 /
 -0.0001 (faces64) and -0.0010 / +0.0007 / +0.0020 / +0.0026 (faces64-wpp, 0.3 and 0.5 within
 noise); at lr 0.3, 90 steps -0.0009 +- 0.0006 on faces64, 110 steps reach the optimiser on both.
