@@ -111,7 +111,16 @@ def list_sources(datasets_dir) -> dict:
 
 
 def init_worker():
-    """Pool initializer: one thread per worker process (OpenMP and OpenCV), so workers share the cores."""
+    """Pool initializer: one thread per worker process (OpenMP and OpenCV), so workers share the cores.
+
+    The signals are the alignment workers' (``alignment.background.worker_signals``): a forked
+    worker inherits the CLI's SIGTERM-as-Ctrl-C handler, and ``Pool.terminate`` (the pool's
+    ``with`` exit) ends its workers by SIGTERM, so under that handler a worker could outlive it
+    and the pool's join wait for ever (seen once at the end of a full ``faceedit dataset build``).
+    """
+    from faceedit.alignment.background import worker_signals
+
+    worker_signals()
     os.environ["OMP_NUM_THREADS"] = "1"
     try:
         import cv2
