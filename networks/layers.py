@@ -77,18 +77,6 @@ class EqualConv2d(nn.Module):
         x = F.conv2d(x, self.weight.to(x.dtype) * self.scale, b, padding=self.padding)
         return lrelu_gain(x) if self.activation == "lrelu" else x
 
-    def forward_folded(self, x: torch.Tensor, out_gain: float = 1.0) -> torch.Tensor:
-        """``forward(x) * out_gain`` (``out_gain`` > 0) with every constant folded into the weight and
-        bias: leaky ReLU is positively homogeneous, so ``lrelu(z) * c == lrelu(c * z)`` for ``c > 0``,
-        and the activation's sqrt 2 and ``out_gain`` scale the (small) weight instead of the
-        activations. One convolution and at most one in-place activation kernel per call."""
-        if not out_gain > 0:
-            raise NetworkError(f"out_gain must be positive, got {out_gain}")
-        g = out_gain * (math.sqrt(2) if self.activation == "lrelu" else 1.0)
-        b = None if self.bias is None else self.bias.to(x.dtype) * g
-        x = F.conv2d(x, self.weight.to(x.dtype) * (self.scale * g), b, padding=self.padding)
-        return F.leaky_relu_(x, 0.2) if self.activation == "lrelu" else x
-
 
 def add_sizes(*sizes: tuple) -> tuple:
     """The sum of ``(state elements, other buffer elements)`` pairs (the ``size`` methods' results)."""

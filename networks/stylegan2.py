@@ -391,12 +391,7 @@ class MinibatchStd(nn.Module):
         return torch.cat([x, y], dim=1)
 
 
-DOWN_IMPLS = ("reference", "taps", "pool")
-
-
-def _check_even(x: torch.Tensor, who: str) -> None:
-    if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
-        raise NetworkError(f"{who} expects [N, C, H, W] with even H and W, got {tuple(x.shape)}")
+DOWN_IMPLS = ("reference", "taps")
 
 
 def downsample2d_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
@@ -409,7 +404,8 @@ def downsample2d_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     element-wise kernels (which ``torch.compile`` can fuse). Equal to the reference up to float
     rounding (``tests/test_networks.py``).
     """
-    _check_even(x, "downsample2d_taps")
+    if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+        raise NetworkError(f"downsample2d_taps expects [N, C, H, W] with even H and W, got {tuple(x.shape)}")
     n_taps = fir.numel()
     p = n_taps - 2
     h, w = x.shape[2], x.shape[3]
@@ -417,30 +413,6 @@ def downsample2d_taps(x: torch.Tensor, fir: torch.Tensor) -> torch.Tensor:
     f = fir.flip(0).to(x.dtype)  # flipped: a true convolution, as upfirdn2d
     rows = sum(f[k] * xp[:, :, k:k + h - 1:2, :] for k in range(n_taps))
     return sum(f[k] * rows[:, :, :, k:k + w - 1:2] for k in range(n_taps))
-
-
-def downsample2d_pool(x: torch.Tensor, fir: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`ops.downsample2d` with the default ``[1, 3, 3, 1]`` filter, as three 2x2 average pools.
-
-    ``[1, 3, 3, 1] / 8`` is ``[1, 1] / 2`` convolved with itself three times, and the reference's
-    padding (one sample each side) is the first pool's own zero padding, so the filter and the
-    decimation are ``avg_pool2d(k=2, s=1, pad=1)``, ``avg_pool2d(k=2, s=1)``, ``avg_pool2d(k=2,
-    s=2)``: three pooling kernels forward and three backward, in any memory layout. The
-    strided-slice form (:func:`downsample2d_taps`) runs 16 element-wise kernels forward on strided
-    views and, backward, a zero fill and a copy per slice; on an H100 in the eager fast step at
-    batch 512 the step's copy and fill kernels (345 and 288 a step, most of them, by their counts,
-    from those slices) took ~23 of its 106 ms of GPU time
-    (``bench/results/training_speed/profile_eager_b512_h100.md``).
-    ``fir``, when given, must be that filter (:meth:`Discriminator.set_down_impl` checks it once).
-    """
-    _check_even(x, "downsample2d_pool")
-    x = F.avg_pool2d(x, 2, stride=1, padding=1)
-    x = F.avg_pool2d(x, 2, stride=1)
-    return F.avg_pool2d(x, 2, stride=2)
-
-
-_DOWNSAMPLERS = {"reference": downsample2d, "taps": downsample2d_taps, "pool": downsample2d_pool}
-_INV_SQRT2 = 1 / math.sqrt(2)
 
 
 class DiscBlock(nn.Module):
@@ -460,8 +432,7 @@ class DiscBlock(nn.Module):
         self.conv1 = EqualConv2d(in_ch, out_ch, 3, activation="lrelu")
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False)
         self.register_buffer("fir", make_fir(), persistent=False)
-        self.down_impl = "reference"  # or "taps", "pool"; set by Discriminator.set_down_impl
-        self.fold_gains = False  # set by Discriminator.set_fold_gains
+        self.down_impl = "reference"  # or "taps" (downsample2d_taps); set by Discriminator.set_down_impl
 
     @staticmethod
     def size(in_ch: int, out_ch: int, *_, **__) -> tuple:
@@ -470,12 +441,7 @@ class DiscBlock(nn.Module):
                          EqualConv2d.size(in_ch, out_ch, 1, bias=False), (0, FIR_TAPS))
 
     def forward(self, x):
-        down = _DOWNSAMPLERS[self.down_impl]
-        if self.fold_gains and self.conv_clamp is None and self.down_conv == "decimate":
-            # the same sum with the output's 1/sqrt 2 and the activations' sqrt 2 in the weights
-            y = self.skip.forward_folded(down(x, self.fir), _INV_SQRT2)
-            x = self.conv1.forward_folded(down(self.conv0.forward_folded(x), self.fir), _INV_SQRT2)
-            return x + y
+        down = downsample2d_taps if self.down_impl == "taps" else downsample2d
         y = _clamp(self.conv_clamp, self.skip(down(x, self.fir)))
         x = _clamp(self.conv_clamp, self.conv0(x))
         if self.down_conv == "strided":
@@ -515,7 +481,6 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList([DiscBlock(ch[2 ** i], ch[2 ** (i - 1)], down_conv, conv_clamp)
                                      for i in range(log, 2, -1)])
         self.mbstd = MinibatchStd(mbstd_group)
-        self.fold_gains = False  # set_fold_gains
         self.conv = EqualConv2d(ch[4] + 1, ch[4], 3, activation="lrelu")
         self.fc = EqualLinear(ch[4] * 16, ch[4], activation="lrelu")
         self.out = EqualLinear(ch[4], 1)
@@ -533,46 +498,21 @@ class Discriminator(nn.Module):
                          EqualLinear.size(ch[4], 1))
 
     def set_down_impl(self, impl: str) -> "Discriminator":
-        """How the blocks down-sample: ``"reference"`` (:func:`ops.downsample2d`), ``"taps"``
-        (:func:`downsample2d_taps`, the fast training step's) or ``"pool"`` (:func:`downsample2d_pool`,
-        its candidate replacement; only for the default ``[1, 3, 3, 1]`` filter); all equal up to
-        float rounding.
+        """How the blocks down-sample: ``"reference"`` (:func:`ops.downsample2d`) or ``"taps"``
+        (:func:`downsample2d_taps`, the fast training step's; equal up to float rounding).
         Not part of the checkpoint: a loaded discriminator uses the reference."""
         if impl not in DOWN_IMPLS:
             raise NetworkError(f"down-sampling implementation must be one of {DOWN_IMPLS}, got {impl!r}")
-        if impl == "pool" and not self.has_default_fir():
-            raise NetworkError(f"down-sampling 'pool' needs the [1, 3, 3, 1] filter; this discriminator has "
-                               f"{self.blocks[0].fir.tolist()}: use 'taps'")
         for block in self.blocks:
             block.down_impl = impl
         return self
-
-    def has_default_fir(self) -> bool:
-        """Whether every block filters with the default ``[1, 3, 3, 1]`` (what ``"pool"`` computes)."""
-        want = make_fir()
-        return all(b.fir.shape == want.shape and torch.allclose(b.fir.detach().cpu().float(), want)
-                   for b in self.blocks)
-
-    def set_fold_gains(self, on: bool) -> "Discriminator":
-        """Fold the leaky ReLUs' sqrt 2 and the blocks' output 1/sqrt 2 into the conv weights
-        (:meth:`EqualConv2d.forward_folded`): fewer activation-sized kernels, the same values up to
-        float rounding. Blocks with ``conv_clamp`` or NVIDIA's strided down-sampling keep the
-        reference order (a clamp does not commute with a gain). Not part of the checkpoint."""
-        for block in self.blocks:
-            block.fold_gains = bool(on)
-        self.fold_gains = bool(on)
-        return self
-
-    def _folds(self) -> bool:
-        """Whether the layers outside the blocks fold their gains (not with conv_clamp: see set_fold_gains)."""
-        return self.fold_gains and self.conv_clamp is None
 
     def features(self, img: torch.Tensor) -> list:
         """Activations after ``from_rgb`` and after each block (for a perceptual loss)."""
         if img.ndim != 4 or img.shape[2:] != (self.resolution, self.resolution):
             raise NetworkError(f"discriminator expects [N, C, {self.resolution}, {self.resolution}], "
                                f"got {tuple(img.shape)}")
-        x = self.from_rgb.forward_folded(img) if self._folds() else _clamp(self.conv_clamp, self.from_rgb(img))
+        x = _clamp(self.conv_clamp, self.from_rgb(img))
         feats = [x]
         for block in self.blocks:
             x = block(x)
@@ -581,8 +521,5 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         x = self.features(img)[-1]
-        if self._folds():
-            x = self.conv.forward_folded(self.mbstd(x))
-        else:
-            x = _clamp(self.conv_clamp, self.conv(self.mbstd(x)))
+        x = _clamp(self.conv_clamp, self.conv(self.mbstd(x)))
         return self.out(self.fc(x.flatten(1)))

@@ -26,9 +26,11 @@ same regularisers at the same lazy intervals, same EMA) and changes how it runs:
   :func:`networks.stylegan2.downsample2d_taps`) instead of depthwise FIR convolutions, which took
   another quarter of that GPU time. The next profile (eager, batch 512, H100: 106 ms of GPU time per
   step, convolutions ~15 ms of it; ``bench/results/training_speed/profile_eager_b512_h100.md``) put
-  ~23 ms in copy and fill kernels, most of them those slices' backward; ``set_down_impl("pool")``
-  (three 2x2 average pools) with ``set_fold_gains(True)`` (the gains in the weights) is the
-  replacement, parity-tested on the CPU but not yet on CUDA, so not on by default.
+  ~23 ms in copy and fill kernels, most of them those slices' backward. Their replacement by
+  three 2x2 average pools with the gains folded into the weights was built, tried on an H100
+  and removed: 3,616 against 4,851 img/s at batch 1024 in the same run, and input gradients
+  1.19 from the float32 reference under bf16 against the slices' 0.115
+  (``bench/results/training_speed/pool_attempt_h100.md``).
 * **CUDA graphs** (``TrainConfig.compile_mode="reduce-overhead"``): each compiled phase is
   replayed as one graph, so that a step's cost is its kernels' and not their launches'.
 * **Fused Adam** on CUDA (one kernel per parameter group instead of one per tensor; the
@@ -161,8 +163,6 @@ class FastStep:
         self.graphs = self.compiled and mode == "reduce-overhead"
         if dev.type == "cuda":
             trainer.D.to(memory_format=torch.channels_last)
-        # "pool" + folded gains is parity-tested on the CPU only; a first CUDA check disagreed on input
-        # gradients (tests/test_networks.py): until its CUDA test passes, the slices stay
         trainer.D.set_down_impl("taps")
         kw = {} if mode == "default" else {"mode": mode}
         wrap = (lambda f: torch.compile(f, dynamic=False, **kw)) if self.compiled else (lambda f: f)

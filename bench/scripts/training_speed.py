@@ -94,23 +94,13 @@ def flops_per_image(name: str, images, device, random: bool, batch: int = 32) ->
     return fc.get_total_flops() / (16 * batch)
 
 
-def _fast_row(spec: str) -> tuple:
-    """``BATCH:MODE[:D]`` -> ``(batch, compile mode, discriminator)``; ``D`` is ``taps`` (the fast
-    step's: strided-slice down-sampling) or ``pool`` (average pools, gains folded into the weights:
-    ``Discriminator.set_down_impl("pool").set_fold_gains(True)``, not yet the default)."""
-    parts = spec.split(":")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("pool", "taps")):
-        raise SystemExit(f"--fast rows are BATCH:MODE or BATCH:MODE:taps|pool, got {spec!r}")
-    return int(parts[0]), parts[1], parts[2] if len(parts) == 3 else "taps"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="train pack (faceedit dataset build)")
     ap.add_argument("--out", required=True, help="folder for training_speed.json / .md")
     ap.add_argument("--batch", type=int, default=512, help="batch of the fast step")
     ap.add_argument("--fast", default=None, metavar="BATCH:MODE,...",
-                    help="fast-step rows to time, e.g. 1024:reduce-overhead,512:default,512:default:pool "
+                    help="fast-step rows to time, e.g. 1024:reduce-overhead,512:default "
                          "(default: one row, --batch with torch.compile's default mode)")
     ap.add_argument("--old-batch", type=int, default=OLD_BATCH, help="batch of the reference step")
     ap.add_argument("--steps", type=int, default=48, help="timed steps (multiple of 16)")
@@ -122,7 +112,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.steps % 16:
         ap.error("--steps must be a multiple of 16 (the R1 interval)")
-    fast_rows = [_fast_row(x) for x in a.fast.split(",")] if a.fast else [(a.batch, "default", "taps")]
+    fast_rows = [(int(b), m) for b, m in (x.split(":") for x in a.fast.split(","))] if a.fast else \
+        [(a.batch, "default")]
     dev = torch.device(a.device)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,12 +125,10 @@ def main(argv=None) -> int:
     for name in a.models.split(","):
         fpi = flops_per_image(name, images, dev, a.random, batch=min(32, a.old_batch))
         floor = peak / fpi
-        for fast, batch, mode, down in [(False, a.old_batch, "default", None)] + [(True, *r) for r in fast_rows]:
+        for fast, batch, mode in [(False, a.old_batch, "default")] + [(True, b, m) for b, m in fast_rows]:
             torch.manual_seed(0)
             tr = make_trainer(name, images, dev, fast=fast, batch=batch, random=a.random, compile=not a.no_compile,
                               mode=mode)
-            if fast and down == "pool":  # the candidate: pooled down-sampling, gains folded into weights
-                tr.D.set_down_impl("pool").set_fold_gains(True)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
             try:
@@ -151,8 +140,6 @@ def main(argv=None) -> int:
                 del tr
                 continue
             step = "reference" if not fast else "fast (eager)" if a.no_compile else f"fast, compile {mode}"
-            if fast and down == "pool":
-                step += ", D pool + folded gains"
             r.update(model=name, step=step, batch=batch, gflop_per_img=fpi / 1e9,
                      floor_img_per_s=floor, share_of_floor=r["img_per_s"] / floor,
                      peak_mem_gib=torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None)
