@@ -94,6 +94,14 @@ def flops_per_image(name: str, images, device, random: bool, batch: int = 32) ->
     return fc.get_total_flops() / (16 * batch)
 
 
+def _fast_row(ap: argparse.ArgumentParser, spec: str) -> tuple:
+    """``BATCH:MODE`` -> ``(batch, compile mode)``; anything else is a usage error naming the form."""
+    batch, _, mode = spec.partition(":")
+    if not batch.isdigit() or not mode:
+        ap.error(f"--fast rows are BATCH:MODE (e.g. 1024:default), got {spec!r}")
+    return int(batch), mode
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="train pack (faceedit dataset build)")
@@ -112,8 +120,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.steps % 16:
         ap.error("--steps must be a multiple of 16 (the R1 interval)")
-    fast_rows = [(int(b), m) for b, m in (x.split(":") for x in a.fast.split(","))] if a.fast else \
-        [(a.batch, "default")]
+    fast_rows = [_fast_row(ap, x) for x in a.fast.split(",")] if a.fast else [(a.batch, "default")]
     dev = torch.device(a.device)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
