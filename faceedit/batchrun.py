@@ -5,7 +5,8 @@
 processes of the launch, which share the inputs and the output folder. The code is the same:
 
 * **Sharding.** The inputs keep their order (a folder's photos sorted) and are cut into groups
-  of consecutive inputs: ``invert`` groups ``--batch`` photos, ``edit`` one. Group ``g`` goes to
+  of consecutive inputs: ``invert`` groups ``--batch`` photos, ``edit`` too (by default 16 on
+  CUDA, one on the CPU: :data:`EDIT_BATCH`). Group ``g`` goes to
   rank ``g mod world size`` (``faceedit.core.distributed.group_shards``). A group is fixed by the
   inputs and the group size alone, and the faces of its photos still to do are inverted as one
   batch, so the batch a face is inverted in, hence every float of its result, is the same
@@ -706,12 +707,17 @@ def _edit_slim(rec: dict) -> dict:
 
 def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model, space: str, face, layers,
               strengths, echo, aligner, pipeline_options: dict, *, settings: dict, dist: DistContext,
-              retry_failed: bool = False, workers: int | None = None):
+              retry_failed: bool = False, workers: int | None = None, batch_size: int | None = None):
     """``faceedit.pipeline.edit_files`` after its checks: plan, shard, edit, record, summarise.
 
-    Rank 0 plans (names, states, what is replaced); the inputs are dealt to the ranks one by
-    one; photos are read and aligned by ``aligner`` (a single photo, started before torch) or
-    by :func:`prepared_photos`'s loader workers (several), while the process edits the one before.
+    Rank 0 plans (names, states, what is replaced); the inputs are dealt to the ranks in groups
+    of ``batch_size`` consecutive inputs (``None``: :func:`edit_batch_size` of the device); photos
+    are read and aligned by ``aligner`` (a single photo, started before torch) or by
+    :func:`prepared_photos`'s loader workers (several), while the process edits the ones before.
+    With groups of more than one, the faces of a group's photos are inverted as one batch
+    (:func:`_invert_group`) and the outputs are written by :data:`WRITER_THREADS` threads while
+    the process inverts the next group; a photo's result then depends on its group (fixed by
+    the inputs and ``batch_size``, not by the number of processes), as in ``faceedit invert DIR``.
 
     Returns:
         An :class:`~faceedit.pipeline.EditRun` of the whole run.
@@ -738,12 +744,15 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
     if plan.note and echo is not None and dist.is_main:
         echo(plan.note)
     todo = set(plan.todo)
-    mine = [i for g in shards(len(jobs), 1, dist) for i in g if i in todo]
+    batch = edit_batch_size(pipeline_options.get("device", "auto")) if batch_size is None else max(1, int(batch_size))
+    groups = [[i for i in g if i in todo] for g in shards(len(jobs), batch, dist)]
+    mine = [i for g in groups for i in g]
     folder.record_states([{"input": jobs[i][0], "of": files[i], "state": "pending"} for i in mine], settings=plan.key,
                          run=plan.run)
     progress = Progress(folder, dist, plan, len(plan.todo), desc="edit", quiet=echo is None)
     single = len(jobs) == 1
-    pipes, records, photos_done = {}, [], 0
+    pipes, records = {}, []
+    photos_done = 0
 
     def pipeline(mdl, lats):
         key = (mdl, space if lats is None else lats[0].space)
@@ -761,56 +770,92 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
             raise pipes[key]
         return pipes[key]
 
+    def settle(i, state, rec=None, error=None):  # a photo is done (or failed): record it
+        nonlocal photos_done
+        if error is not None:
+            failures.append((str(jobs[i][0]), f"{type(error).__name__}: {error}"))
+            state = {"input": jobs[i][0], "of": files[i], "state": "failed", "error": failures[-1][1]}
+        else:
+            records.append(rec)
+        folder.record_states([state], settings=plan.key, run=plan.run)
+        photos_done += 1
+        progress.tick()
+
+    def settle_writes(inflight):
+        for i, state, fut in inflight:
+            try:
+                settle(i, state, fut.result())
+            except USER_ERRORS as e:
+                settle(i, state, error=e)
+        inflight.clear()
+
     mine_photos = [i for i in mine if jobs[i][1] is None]
-    items = None  # without workers, Pipeline.edit_file reads and aligns each photo itself
-    if len(mine_photos) > 1 and aligner is None and loader_workers(workers) > 0:
+    items = None  # without them, Pipeline.edit_file reads and aligns each photo itself
+    if len(mine_photos) > 1 and aligner is None and (batch > 1 or loader_workers(workers) > 0):
         try:
             first = pipeline(jobs[mine_photos[0]][2], None)
         except USER_ERRORS:
             first = None  # each photo fails with the model's error below
         if first is not None:
+            options = first.align_options(face)
+            head = (in_process_photos(len(mine_photos), first.detector, GPU_PHOTO_SECONDS)
+                    if batch > 1 and options.get("device") is not None else 0)
             items = prepared_photos([jobs[i][0] for i in mine_photos], workers=loader_workers(workers),
-                                    ahead=2, align_options=first.align_options(face), max_pixels=first.max_pixels,
-                                    keep_photo=True)
+                                    ahead=2 if batch == 1 else 2 * batch, in_process=head, align_options=options,
+                                    max_pixels=first.max_pixels, keep_photo=True)
+    writer = None
+    if batch > 1 and len(mine) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        writer = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="faceedit-write")
+    inflight = []  # (index, state, future) of the photos being written
     try:
-        for i in mine:
-            src, lats, mdl = jobs[i]
-            state = {"input": src, "of": files[i], "state": "done", "files": [f"{plan.stems[i]}_edit.json"]}
-            try:
-                aligned = None
-                if lats is None:
-                    pipe = pipeline(mdl, None)
-                    t0 = time.perf_counter()
-                    if aligner is not None:  # the photo read and aligned in the worker started before torch
-                        on_cpu = {k: v for k, v in pipe.align_options(face).items() if k != "device"}
-                        pending = aligner.submit(src, **on_cpu)
-                        pipe.preload(attributes)  # meanwhile: the files the inversion and the edit read first
-                        t_pre = time.perf_counter()
-                        aligned = pending.result()
-                        aligned[2]["preload"] = t_pre - t0
-                        t0 = t_pre  # the wait below: for the result alone
-                    elif items is not None:
-                        item = next(items)
-                        if item.exception is not None:
-                            raise item.exception
-                        aligned = (item.photo, item.report, item.seconds)
-                    if aligned is not None:
-                        aligned[2]["wait"] = time.perf_counter() - t0
+        for group in groups:
+            read = {i: next(items) for i in group if items is not None and jobs[i][1] is None}
+            inverted = _invert_group(read, jobs, pipeline) if batch > 1 else {}
+            settle_writes(inflight)  # the group before: written while this group was inverted
+            for i in group:
+                src, lats, mdl = jobs[i]
+                state = {"input": src, "of": files[i], "state": "done", "files": [f"{plan.stems[i]}_edit.json"]}
+                try:
+                    aligned = None
+                    if lats is None:
+                        pipe = pipeline(mdl, None)
+                        t0 = time.perf_counter()
+                        if aligner is not None:  # the photo read and aligned in the worker started before torch
+                            on_cpu = {k: v for k, v in pipe.align_options(face).items() if k != "device"}
+                            pending = aligner.submit(src, **on_cpu)
+                            pipe.preload(attributes)  # meanwhile: the files the inversion and the edit read first
+                            t_pre = time.perf_counter()
+                            aligned = pending.result()
+                            aligned[2]["preload"] = t_pre - t0
+                            t0 = t_pre  # the wait below: for the result alone
+                        elif i in read:
+                            item = read[i]
+                            if item.exception is not None:
+                                raise item.exception
+                            aligned = (item.photo, item.report, item.seconds)
+                        if aligned is not None:
+                            aligned[2].setdefault("wait", time.perf_counter() - t0)
+                    else:
+                        lats = [lat if hasattr(lat, "meta") else Latent.load(lat) for lat in lats]
+                        mdl = mdl or model_for_latent(lats[0])
+                        pipe = pipeline(mdl, lats)
+                    done = pipe.edit_file(src if lats is None or src.suffix.lower() != ".safetensors" else None,
+                                          folder, attributes, latents=lats, face=face, layers=layers,
+                                          strengths=strengths, echo=echo if single else None, stem=plan.stems[i],
+                                          source=src, aligned=aligned, inverted=inverted.get(i), writer=writer)
+                except USER_ERRORS as e:
+                    settle(i, state, error=e)
+                    continue
+                if writer is None:
+                    settle(i, state, done)
                 else:
-                    lats = [lat if hasattr(lat, "meta") else Latent.load(lat) for lat in lats]
-                    mdl = mdl or model_for_latent(lats[0])
-                    pipe = pipeline(mdl, lats)
-                records.append(pipe.edit_file(src if lats is None or src.suffix.lower() != ".safetensors" else None,
-                                              folder, attributes, latents=lats, face=face, layers=layers,
-                                              strengths=strengths, echo=echo if single else None,
-                                              stem=plan.stems[i], source=src, aligned=aligned))
-            except USER_ERRORS as e:
-                failures.append((str(src), f"{type(e).__name__}: {e}"))
-                state = {"input": src, "of": files[i], "state": "failed", "error": failures[-1][1]}
-            folder.record_states([state], settings=plan.key, run=plan.run)
-            photos_done += 1
-            progress.tick()
+                    inflight.append((i, state, done))
+        settle_writes(inflight)
     finally:
+        if writer is not None:
+            writer.shutdown(wait=True)  # a write under way finishes (each file is atomic either way)
         if items is not None:
             items.close()
     stats = progress.finish({"records": records if not dist.distributed else [_edit_slim(r) for r in records],
@@ -822,10 +867,63 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
                    rate=throughput(stats, progress_wall(stats)), failed_before=len(plan.failed_before))
 
 
+#: Photos per group of ``faceedit edit DIR`` (faces inverted as one batch) by device type. On CUDA a
+#: batch-1 step is bound by kernel launches, so 16 faces cost little more than one; on the CPU a
+#: step's cost grows with the batch, and one photo at a time keeps the loader workers' overlap.
+EDIT_BATCH = {"cpu": 1, "cuda": 16}
+#: Threads that encode and write a batched edit run's outputs (PNG encoding releases the GIL).
+WRITER_THREADS = 4
+
+
+def edit_batch_size(device="auto") -> int:
+    """:data:`EDIT_BATCH` of ``device`` (``auto``: CUDA where there is one)."""
+    from faceedit.core.device import resolve_device
+
+    return EDIT_BATCH.get(resolve_device(device).type, 1)
+
+
+def _invert_group(read: dict, jobs: list, pipeline) -> dict:
+    """Invert the faces of a group's photos as one batch.
+
+    Args:
+        read: ``{job index: Prepared}`` of the group's photos the loader read.
+        jobs: the run's jobs (``(source, latents, model)``).
+        pipeline: ``pipeline(model, None)`` -> the run's :class:`~faceedit.pipeline.Pipeline`.
+    Returns:
+        ``{job index: (latents of its faces, its share of the inversion's seconds)}`` for the
+        photos that were read with faces and share the first one's model; ``{}`` when the batch
+        fails with a user's error (each photo is then inverted by itself, so that only the photo
+        at fault fails).
+    """
+    from faceedit.errors import USER_ERRORS
+
+    ok = [i for i, item in read.items() if item.exception is None and item.report is not None and item.report.faces]
+    ok = [i for i in ok if jobs[i][2] == jobs[ok[0]][2]]
+    if not ok:
+        return {}
+    try:
+        pipe = pipeline(jobs[ok[0]][2], None)
+        faces = [f for i in ok for f in read[i].report.faces]
+        t0 = time.perf_counter()
+        batch = pipe.invert(faces)
+        seconds = time.perf_counter() - t0
+    except USER_ERRORS as e:
+        log.warning("inverting %d photos as one batch failed (%s: %s); inverting them one by one",
+                    len(ok), type(e).__name__, e)
+        return {}
+    out, k = {}, 0
+    for i in ok:
+        n = len(read[i].report.faces)
+        out[i] = ([batch[j] for j in range(k, k + n)], seconds * n / len(faces))
+        k += n
+    return out
+
+
 def progress_wall(stats: list) -> float:
     """The run's wall time: the longest rank's."""
     return max((s["seconds"] for s in stats), default=0.0)
 
 
 __all__ = ["launched", "loader_workers", "Prepared", "prepare_photo", "prepared_photos", "Plan", "new_run_id",
-           "sort_states", "Progress", "throughput", "rate_line", "invert_photos", "edit_jobs"]
+           "sort_states", "Progress", "throughput", "rate_line", "invert_photos", "edit_jobs", "edit_batch_size",
+           "EDIT_BATCH"]

@@ -47,6 +47,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 
 #: The list of the files faceedit wrote into an output folder (one JSON object a line).
 MANIFEST = ".faceedit-outputs.jsonl"
+#: Held while a folder's list is read or appended to: an edit run writes its photos in threads
+#: (``Pipeline.edit_file(writer=)``) while the run records states.
+_LIST_LOCK = threading.RLock()
 #: The folder of the per-process journals a run of several processes writes instead of :data:`MANIFEST`.
 JOURNALS = ".faceedit-outputs.d"
 #: The states a batch run records for its inputs.
@@ -194,7 +198,8 @@ class OutputFolder:
         return self.root / MANIFEST
 
     def _lists(self) -> _Lists:
-        return _LISTS.setdefault(str(self.root.absolute()), _Lists()).refresh(self.root)
+        with _LIST_LOCK:
+            return _LISTS.setdefault(str(self.root.absolute()), _Lists()).refresh(self.root)
 
     def _read(self) -> dict:
         """``{name: {"command:source", ...}}``, read on from where this process last stopped."""
@@ -251,6 +256,10 @@ class OutputFolder:
         """
         if not entries:
             return
+        with _LIST_LOCK:
+            self._append_locked(entries)
+
+    def _append_locked(self, entries: list) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.manifest
         if self.journal:
@@ -412,6 +421,10 @@ class OutputFolder:
             OutputError: ``path`` is an input of the run, exists and is not faceedit's
                 output of this command for ``source``, or another input of this run took it.
         """
+        with _LIST_LOCK:
+            return self._claim(path, source)
+
+    def _claim(self, path, source) -> Path:
         name = self._name(path)
         path = self.root / name
         owner = self._owner(source)

@@ -22,6 +22,7 @@ strength 0 the output equals the input.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -646,7 +647,8 @@ class Pipeline:
         return Sweep(strengths=strengths, strips=strips, frames=frames)
 
     def edit_file(self, src, out, attributes: dict, *, latents: list | None = None, face="largest", layers=None,
-                  strengths=None, echo=None, stem: str | None = None, source=None, aligned=None) -> dict:
+                  strengths=None, echo=None, stem: str | None = None, source=None, aligned=None,
+                  inverted=None, writer=None):
         """Edit one photo file (aligned and inverted first) or the latents of one photo, and write
         the outputs and record (``faceedit.outputs.write_edit``).
 
@@ -667,10 +669,18 @@ class Pipeline:
                 with :meth:`align_options` (``face`` as here; the dict may also give the ``wait``
                 for them, recorded as ``align_wait``, and the ``preload`` time spent meanwhile,
                 :meth:`preload`); ``None``: read and align here.
+            inverted: with ``aligned``: ``(latents, seconds)``, the latents of its faces (one per
+                face, in order) inverted by :meth:`invert` with this pipeline's settings, beside
+                other photos' faces in one batch (``faceedit.batchrun.edit_jobs``), and the share
+                of that inversion's time to record; ``None``: invert here.
+            writer: a ``concurrent.futures.Executor`` to write the outputs in (PNG encoding and
+                file writes, no torch: the edited latents are moved to the CPU here first), so that
+                the caller goes on with the next photo; ``None``: written before returning.
         Returns:
-            The record.
+            The record, or with ``writer`` the ``Future`` of the record.
         Raises:
-            OutputError: an output would replace an input or a file faceedit did not write.
+            OutputError: an output would replace an input or a file faceedit did not write
+                (with ``writer``: from the future's ``result()``).
         """
         from pathlib import Path
 
@@ -691,7 +701,13 @@ class Pipeline:
         t_read = time.perf_counter() - t0
         if stem is None:
             stem = Path(src).stem if src is not None else Path(latents[0].meta.get("source", "latent")).stem
-        if latents is None:
+        if inverted is not None and faces is None:
+            raise PipelineError("edit_file(inverted=...) goes with aligned=...: the latents are of its faces")
+        if latents is None and inverted is not None:
+            stage(f"editing {src}, inverted beside other photos")
+            res = self.edit_photo(photo, attributes, faces=faces, latents=inverted[0], layers=layers, name=str(src))
+            res.timings["invert"] = round(float(inverted[1]), 3)
+        elif latents is None:
             stage(f"aligning and inverting {src} into {self.space} with {self.method}, then editing")
             with step_bar(f"{self.method} steps", disable=True if echo is None else None) as on_step:
                 res = self.edit_photo(photo, attributes, face=face, faces=faces, layers=layers, callback=on_step,
@@ -714,9 +730,14 @@ class Pipeline:
                  if strengths else None)
         inversion = None if latents is not None else {"method": self.method, "space": self.space,
                                                       **self.invert_options}
-        return outputs.write_edit(out, stem, src, res, pairs=attributes, layers=layers, inversion=inversion,
-                                  unit=self.strength_unit, model_id=self.model_id, timings=timings, sweep=sweep,
-                                  source=source)
+        write = functools.partial(outputs.write_edit, out, stem, src, res, pairs=attributes, layers=layers,
+                                  inversion=inversion, unit=self.strength_unit, model_id=self.model_id,
+                                  timings=timings, sweep=sweep, source=source)
+        if writer is None:
+            return write()
+        for fe in faces:  # the writer thread makes no CUDA call (none may run beside a graph capture)
+            fe.edited = fe.edited.to("cpu")
+        return writer.submit(write)
 
     def edit(self, latent, attributes, **kw):
         """``faceedit.editing.edit`` with this pipeline's directions and strength unit; an
@@ -988,13 +1009,14 @@ def check_attributes(model: str, attributes, directions=None) -> None:
 
 def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None, model=None, space: str = "w+",
                face="largest", layers=None, strengths=None, echo=None, background: bool | None = None,
-               retry_failed: bool = False, workers: int | None = None, dist=None, **pipeline_options) -> EditRun:
+               retry_failed: bool = False, workers: int | None = None, dist=None, batch_size: int | None = None,
+               **pipeline_options) -> EditRun:
     """Edit photos, or latent files, or (with neither) the faces of the last `faceedit invert` run,
     as one process or as every rank of a ``torchrun`` launch (``faceedit.batchrun.edit_jobs``).
 
     Latents are grouped by their source photo (``photo`` overrides it), and one
     :class:`Pipeline` is built per model and space; each photo's outputs go to ``out``
-    (:meth:`Pipeline.edit_file`). The inputs are dealt to the ranks one by one.
+    (:meth:`Pipeline.edit_file`). The inputs are dealt to the ranks in groups of ``batch_size``.
 
     The batch behaviour is the one every command has: before any model is loaded the output
     folder is checked and (one process) every photo's header read; an input that fails
@@ -1026,6 +1048,8 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         retry_failed: work again on inputs that failed in an earlier run into ``out``.
         workers: loader processes for several photos (``None``: the cores per process less one).
         dist: the launch (``faceedit.core.distributed.DistContext``; default: read from the environment).
+        batch_size: photos per group, whose faces are inverted as one batch (``None``: 16 on
+            CUDA, 1 elsewhere: ``faceedit.batchrun.EDIT_BATCH``).
         **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``,
             ``max_pixels``, ``force``, ...).
     Returns:
@@ -1069,7 +1093,7 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
                     "direction_files": _direction_files(pipeline_options.get("directions"))}
         return edit_jobs(folder, with_default_strength(attributes), photos, latent_files, photo, model, space, face,
                          layers, strengths, echo, aligner, pipeline_options, settings=settings, dist=dist,
-                         retry_failed=retry_failed, workers=(workers if background else 0))
+                         retry_failed=retry_failed, workers=(workers if background else 0), batch_size=batch_size)
     finally:
         if aligner is not None:
             aligner.close()

@@ -199,6 +199,71 @@ def test_edit_files_aligned_in_the_background_writes_the_same_files(tiny, shared
             assert load_image(tmp_path / "bg" / name).tobytes() == load_image(tmp_path / "here" / name).tobytes()
 
 
+def _group_run(tiny, shared_dir, tmp_path, monkeypatch, batch_size, *, fail_batches=False):
+    """edit_files over three photos with faces (one of them with two) and a blank one, in groups of
+    ``batch_size``; returns the run and the face counts Pipeline.invert was called with."""
+    from faceedit.core.errors import InversionError
+    from faceedit.core.images import save_image
+    from faceedit.pipeline import Pipeline, edit_files
+
+    calls = []
+    invert = getattr(Pipeline.invert, "__wrapped__", Pipeline.invert)  # not an earlier run's counter
+
+    def counted(self, faces, **kw):
+        calls.append(len(faces))
+        if fail_batches and len(faces) > 1:
+            raise InversionError("made to fail for the test")
+        return invert(self, faces, **kw)
+
+    counted.__wrapped__ = invert
+    monkeypatch.setattr(Pipeline, "invert", counted)
+    save_image(tmp_path / "blank.png", np.full((96, 96, 3), 128, np.uint8))
+    photos = [os.path.join(shared_dir, PHOTO), os.path.join(shared_dir, TWO), str(tmp_path / "blank.png"),
+              os.path.join(shared_dir, "datasets/photos/face_recognition__biden.jpg")]
+    run = edit_files(tmp_path / f"b{batch_size}{'f' if fail_batches else ''}", {"smile": 2}, photos=photos,
+                     model=tiny["path"], face="all", device="cpu", directions=tiny["dirs"],
+                     invert_options={**FAST, "noise_factor": 0.0},  # no latent noise: nothing drawn per batch
+                     background=False, batch_size=batch_size)
+    return run, calls
+
+
+def test_edit_folder_in_groups_inverts_each_group_once_and_matches_one_photo_at_a_time(tiny, shared_dir, tmp_path,
+                                                                                        monkeypatch):
+    """Groups of 4: the 4 faces of the group's three photos with faces go through one inversion (the
+    blank photo fails alone), the outputs are written by the writer threads, and they are the
+    one-at-a-time run's up to the last bits of a batched inversion; a photo's recorded inversion
+    time is its share of the group's, by its faces."""
+    one, calls1 = _group_run(tiny, shared_dir, tmp_path, monkeypatch, 1)
+    four, calls4 = _group_run(tiny, shared_dir, tmp_path, monkeypatch, 4)
+    assert calls1 == [1, 2, 1] and calls4 == [4]
+    for run in (one, four):
+        assert len(run.records) == 3 and [os.path.basename(p) for p, _ in run.failures] == ["blank.png"]
+        assert "FaceNotFoundError" in run.failures[0][1]
+    by_photo = {r["photo"]: r for r in one.records}
+    for r in four.records:
+        a, b = load_image(r["photo_out"]), load_image(by_photo[r["photo"]]["photo_out"])
+        assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() <= 2
+        assert r["inversion"] == by_photo[r["photo"]]["inversion"] and len(r["faces"]) == len(
+            by_photo[r["photo"]]["faces"])
+        for f in r["faces"]:
+            assert os.path.isfile(f["latent"]) and os.path.isfile(f["crop"])
+    shares = {len(r["faces"]): r["timings"]["invert"] for r in four.records}
+    assert shares[2] == pytest.approx(2 * shares[1], abs=2e-3)
+    states = [json.loads(line) for line in open(os.path.join(os.path.dirname(four.records[0]["photo_out"]),
+                                                             ".faceedit-outputs.jsonl"))]
+    done = [s for s in states if s.get("state") == "done"]
+    assert sorted(os.path.basename(str(s["input"])) for s in done) == sorted(
+        os.path.basename(r["photo"]) for r in four.records)
+
+
+def test_edit_folder_group_whose_batch_fails_inverts_its_photos_one_by_one(tiny, shared_dir, tmp_path, monkeypatch):
+    """A user's error from a group's batched inversion does not fail the group: its photos are
+    inverted one by one, and each photo's own result decides."""
+    run, calls = _group_run(tiny, shared_dir, tmp_path, monkeypatch, 4, fail_batches=True)
+    assert calls == [4, 1, 2, 1] and len(run.records) == 2  # the two-face photo fails by itself too
+    assert sorted(os.path.basename(p) for p, _ in run.failures) == ["blank.png", "face_recognition__two_people.jpg"]
+
+
 def test_cli_errors(tiny, tmp_path, monkeypatch, shared_dir):
     from faceedit.cli import cli
 

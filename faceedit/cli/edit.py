@@ -71,6 +71,9 @@ def parse_sweep(text: str) -> list:
 @click.option("--steps", type=click.IntRange(1, 100_000), default=None,
               help="For photos: inversion steps [default: the method's, e.g. 50 optim steps on CPU].")
 @click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
+@click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=None,
+              help="For a folder: photos whose faces are inverted as one batch while the ones before are written "
+                   "[default: 16 on CUDA, 1 on the CPU].")
 @detector_option()
 @min_score_option()
 @max_pixels_option()
@@ -85,7 +88,8 @@ def parse_sweep(text: str) -> list:
 @loader_workers_option()
 @click.pass_context
 def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_override, directions_dir, model,
-         space, method, steps, face, detector, min_score, max_pixels, seed, force, out, retry_failed, workers):
+         space, method, steps, face, batch_size, detector, min_score, max_pixels, seed, force, out, retry_failed,
+         workers):
     """Edit faces: a photo (aligned and inverted first), a latent file, or the last inversion.
 
     Writes to --out, per photo: STEM_edit.png (the whole photo with the edit pasted
@@ -97,7 +101,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
     that is not an earlier result of this photo. A photo that fails is listed and the others
     go on; the exit code is 1 if any failed. An input edited into --out with the same settings
     is skipped; one that failed with them is skipped unless --retry-failed. Under torchrun the
-    inputs are dealt to the processes.
+    inputs are dealt to the processes in groups of --batch.
 
     \b
     Examples:
@@ -145,7 +149,7 @@ def edit(ctx, inputs, attrs, strength, unit, layers, sweep, latent_files, photo_
                              notice=lambda msg: click.echo(msg, err=True),
                              invert_options={k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None},
                              echo=None if quiet else lambda msg: click.echo(msg, err=True),
-                             retry_failed=retry_failed, workers=workers, dist=dist)
+                             retry_failed=retry_failed, workers=workers, dist=dist, batch_size=batch_size)
     if dist is not None and not dist.is_main:  # rank 0 of a torchrun launch tells the whole run
         return
     dt = time.perf_counter() - t_start
