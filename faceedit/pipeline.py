@@ -1049,7 +1049,7 @@ def edit_files(out, attributes: dict, *, photos=(), latent_files=(), photo=None,
         workers: loader processes for several photos (``None``: the cores per process less one).
         dist: the launch (``faceedit.core.distributed.DistContext``; default: read from the environment).
         batch_size: photos per group, whose faces are inverted as one batch (``None``: 16 on
-            CUDA, 1 elsewhere: ``faceedit.batchrun.EDIT_BATCH``).
+            CUDA, 4 elsewhere: ``faceedit.batchrun.EDIT_BATCH``).
         **pipeline_options: :class:`Pipeline` keywords (``method``, ``device``, ``detector``,
             ``max_pixels``, ``force``, ...).
     Returns:

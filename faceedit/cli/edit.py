@@ -73,7 +73,7 @@ def parse_sweep(text: str) -> list:
 @click.option("--face", default="largest", show_default=True, help="For photos: largest, all, or a face index.")
 @click.option("--batch", "--batch-size", "batch_size", type=click.IntRange(1, 1024), default=None,
               help="For a folder: photos whose faces are inverted as one batch while the ones before are written "
-                   "[default: 16 on CUDA, 1 on the CPU].")
+                   "[default: 16 on CUDA, 4 on the CPU].")
 @detector_option()
 @min_score_option()
 @max_pixels_option()
