@@ -76,3 +76,28 @@ def test_cpu_synthesis_paths_reports_each_path_and_the_projectors_choice(bench_s
     with pytest.raises(SystemExit) as e:
         paths.main(["--sizes", "64:2048"])
     assert e.value.code == 2
+
+
+def test_folder_edit_reads_the_commands_rate_line_and_tables_medians(bench_script):
+    """folder_edit.py parses the rate line `faceedit edit DIR` prints (batchrun.rate_line) and tables
+    the median run of each setting with its stages in ms."""
+    from faceedit.batchrun import rate_line, throughput
+
+    fe = bench_script("folder_edit")
+    line = rate_line(throughput([{"photos": 200}], 12.5))
+    m = fe.RATE.search(f"edited 200 of 200 input(s) in 14.1 s; records in out\n{line}\n")
+    assert m and (m.group(1), float(m.group(2)), float(m.group(3))) == ("200", 12.5, 16.0)
+
+    def run(rate, wall, invert):
+        return {"run_rate": rate, "wall_rate": 200 / wall, "wall_s": wall, "load": 0.5,
+                "stages": {"invert": invert, "write": 0.1}}
+    res = {"device": "cuda", "device_name": "X", "count": 200, "distinct": 8, "photos": "P", "detector": "mtcnn",
+           "threads": None, "baseline": "abc", "baseline_commit": "abc1234567890", "current_commit": "def1234567890",
+           "dirty": False, "repeats": 3, "diff": {"batch 16": 2},
+           "runs": {"baseline": [run(3.0, 70.0, 0.3)] * 3,
+                    "batch 16": [run(9.0, 30.0, 0.05), run(10.0, 25.0, 0.04), run(30.0, 20.0, 0.01)]}}
+    rows = {ln.split(" | ")[0].lstrip("| "): ln.rstrip(" |").split(" | ")[1:] for ln in fe.report(res).splitlines()
+            if ln.startswith("| ") and not ln.startswith("| run")}
+    assert rows["batch 16"][:3] == ["10.00", "8.00", "25.0 s"]
+    assert rows["batch 16"][4] == "40 ms" and rows["batch 16"][-2] == "2"
+    assert rows["baseline"][-2] == ""
