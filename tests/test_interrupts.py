@@ -120,7 +120,7 @@ def test_align_interrupt_then_resume(tmp_path, how, workers):
     interrupt(proc, how)
     rc, _, err = finish(proc)
     done = check_align_outputs(out)
-    if rc == 0:
+    if "Aborted" not in err and len(done) == len(photos):  # exit 1 then: CelebA holds photos without a face
         pytest.skip("the run finished before the signal arrived (machine too fast); nothing to check")
     assert rc == 1 and "Aborted" in err, (rc, err[-2000:])
     no_traceback(err)
