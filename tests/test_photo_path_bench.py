@@ -101,3 +101,24 @@ def test_folder_edit_reads_the_commands_rate_line_and_tables_medians(bench_scrip
     assert rows["batch 16"][:3] == ["10.00", "8.00", "25.0 s"]
     assert rows["batch 16"][4] == "40 ms" and rows["batch 16"][-2] == "2"
     assert rows["baseline"][-2] == ""
+
+
+def test_gpu_probe_tables_each_setting_and_refuses_bad_arguments(bench_script):
+    """gpu_inversion_probe.py: a setting that could not run is a row saying why; the kernels and the
+    one-photo tables follow; a wrong setting or step pair stops it before any model loads."""
+    probe = bench_script("gpu_inversion_probe")
+    ok = {"batch": 1, "config": "graphs", "short_s": 0.05, "long_s": 0.25, "long_median_s": 0.26, "per_step_ms": 2.0,
+          "fixed_ms": 30.0, "first_call_s": 1.5, "graph": "replayed"}
+    res = {"device": "cuda", "device_name": "GPU", "torch": "2.x", "model": "faces64", "detector": "mtcnn",
+           "method": "hybrid", "short": 10, "long": 110, "reps": 3, "photos_n": 4,
+           "steps": [ok, {"batch": 1, "config": "eager", "error": "RuntimeError: boom"}],
+           "kernels": {1: {"kernels": 9000, "kernels_per_step": 900.0, "gpu_ms": 40.0}},
+           "photos": {"graphs": {"median_s": 0.41, "best_s": 0.39, "stages": {"invert": 0.25, "write": 0.1}}}}
+    md = probe.report(res)
+    assert "| 1 | graphs | 2.00 ms | 30 ms | 0.250 s | 1.50 s | replayed |" in md
+    assert "| 1 | eager | RuntimeError: boom |" in md
+    assert "| 1 | 900 | 40.0 ms |" in md
+    assert "| graphs | 0.410 s | 0.390 s | 250 ms | 100 ms |" in md
+    for bad in (["--configs", "eager,nope"], ["--short", "5", "--long", "5"]):
+        with pytest.raises(SystemExit):
+            probe.main(["--device", "cpu", *bad])
