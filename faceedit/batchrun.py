@@ -811,7 +811,12 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
     inflight = []  # (index, state, future) of the photos being written
     try:
         for group in groups:
-            read = {i: next(items) for i in group if items is not None and jobs[i][1] is None}
+            read = {}  # the group's photos as the loader read them, each with the time waited for it
+            for i in group:
+                if items is not None and jobs[i][1] is None:
+                    t0 = time.perf_counter()
+                    read[i] = next(items)
+                    read[i].seconds["wait"] = time.perf_counter() - t0
             inverted = _invert_group(read, jobs, pipeline) if batch > 1 else {}
             settle_writes(inflight)  # the group before: written while this group was inverted
             for i in group:

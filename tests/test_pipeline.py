@@ -247,6 +247,8 @@ def test_edit_folder_in_groups_inverts_each_group_once_and_matches_one_photo_at_
             by_photo[r["photo"]]["faces"])
         for f in r["faces"]:
             assert os.path.isfile(f["latent"]) and os.path.isfile(f["crop"])
+    for r in four.records:  # read and aligned in this process here: the wait for a photo is its alignment
+        assert r["timings"]["align_wait"] >= 0.01 and r["timings"]["align_wait"] >= r["timings"]["align"]
     shares = {len(r["faces"]): r["timings"]["invert"] for r in four.records}
     assert shares[2] == pytest.approx(2 * shares[1], abs=2e-3)
     states = [json.loads(line) for line in open(os.path.join(os.path.dirname(four.records[0]["photo_out"]),
