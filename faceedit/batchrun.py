@@ -877,7 +877,7 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
 #: (``bench/scripts/folder_edit.py --count 16 --batches 1,2,4,8 --repeats 2``, 16 photos of 1-2 MP,
 #: dlib; ``bench/results/photo_path/folder_edit_cpu_groups.md``) groups of 1 / 2 / 4 / 8 edited 0.62 /
 #: 0.83 / 0.88 / 0.89 photos/s: 4 takes most of the gain and keeps a group's wait for its slowest
-#: photo short. Against the old path in one run (``folder_edit_cpu.md``): 1.00 photos/s against 0.67.
+#: photo short. Against the old path in one run, two threads (``folder_edit_cpu.md``): 1.29 photos/s against 0.89.
 EDIT_BATCH = {"cpu": 4, "cuda": 16}
 #: Threads that encode and write a batched edit run's outputs (PNG encoding releases the GIL).
 WRITER_THREADS = 4
