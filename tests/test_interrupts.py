@@ -30,7 +30,10 @@ import torch
 from faceedit.batching import OutOfMemoryAtBatchOne, is_oom, retry_smaller, run_batched
 
 CELEBA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celeba10k"
-RUN = [sys.executable, "-c", "from faceedit.cli import main; main()"]
+# Ctrl-C restored first: a shell that starts the suite in the background (`.ci/run &`) hands its
+# children SIGINT ignored, and the Ctrl-C tests would then send a signal nobody hears.
+RUN = [sys.executable, "-c", "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "from faceedit.cli import main; main()"]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -43,8 +43,12 @@ def free_port() -> int:
 
 
 def start_server(port: int, *args: str, env: dict | None = None, log=None) -> subprocess.Popen:
-    """``faceedit ui --port PORT ARGS...`` in a subprocess (this interpreter's faceedit)."""
-    cmd = [sys.executable, "-c", "from faceedit.cli import main; main()", "ui", "--port", str(port), *args]
+    """``faceedit ui --port PORT ARGS...`` in a subprocess (this interpreter's faceedit), with Ctrl-C's
+    default action: started from a background job of a shell, this process and its children have
+    SIGINT ignored, and :func:`stop_server`'s SIGINT would then wait for nothing."""
+    code = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from faceedit.cli import main; main()")
+    cmd = [sys.executable, "-c", code, "ui", "--port", str(port), *args]
     return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=log or subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
 
@@ -64,13 +68,8 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> floa
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> int:
-    """Stop the server as Ctrl-C would (SIGINT) and return its exit code (killed after ``timeout`` s: -9).
-
-    The timeout is generous: Gradio's close waits for its worker threads, and in one clean-clone CI
-    rehearsal on the 2-core machine the page's server did not stop within 20 s (four reruns, two beside
-    a CPU hog, stopped in time).
-    """
+def stop_server(proc: subprocess.Popen, timeout: float = 20.0) -> int:
+    """Stop the server as Ctrl-C would (SIGINT) and return its exit code (killed after ``timeout`` s: -9)."""
     import signal
 
     if proc.poll() is None:
