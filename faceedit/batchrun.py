@@ -826,22 +826,19 @@ def edit_jobs(folder, attributes: dict, photos: list, latent_files, photo, model
                     aligned = None
                     if lats is None:
                         pipe = pipeline(mdl, None)
-                        t0 = time.perf_counter()
                         if aligner is not None:  # the photo read and aligned in the worker started before torch
+                            t0 = time.perf_counter()
                             on_cpu = {k: v for k, v in pipe.align_options(face).items() if k != "device"}
                             pending = aligner.submit(src, **on_cpu)
                             pipe.preload(attributes)  # meanwhile: the files the inversion and the edit read first
                             t_pre = time.perf_counter()
                             aligned = pending.result()
-                            aligned[2]["preload"] = t_pre - t0
-                            t0 = t_pre  # the wait below: for the result alone
-                        elif i in read:
+                            aligned[2].update(preload=t_pre - t0, wait=time.perf_counter() - t_pre)
+                        elif i in read:  # its wait was timed where the group read it
                             item = read[i]
                             if item.exception is not None:
                                 raise item.exception
                             aligned = (item.photo, item.report, item.seconds)
-                        if aligned is not None:
-                            aligned[2].setdefault("wait", time.perf_counter() - t0)
                     else:
                         lats = [lat if hasattr(lat, "meta") else Latent.load(lat) for lat in lats]
                         mdl = mdl or model_for_latent(lats[0])
