@@ -17,7 +17,11 @@ where a photo's time went, the mean over the photos of the stage times each reco
 photo's share of its group's inversion; ``write``: the photo's PNG; the crops, latent and JSON
 after it are not timed by the record). The edited photos of each run are compared with the
 baseline's (largest difference in levels). Every child runs a tree's code through
-``photo_path.py``'s import hook, ``OMP_NUM_THREADS`` as set here.
+``photo_path.py``'s import hook, ``OMP_NUM_THREADS`` as set here (faceedit takes one thread
+on a loaded machine: set it, or runs that start at different loads differ in their floats).
+The hook is the command's process's only: the loader workers it spawns import the installed
+faceedit, so a baseline's photos are read and aligned by this tree's code (the same as
+ffe7406's: neither ``alignment/`` nor ``batchrun.prepare_photo`` has changed since).
 
 Examples::
 
